@@ -1,0 +1,1 @@
+//! Embedded SQLite broker for sealq (in progress).

@@ -1,0 +1,318 @@
+//! The [`Broker`] trait: the one seam between sealq's runtime and storage.
+//!
+//! Every backend (embedded SQLite, Redis, Postgres) implements this trait and
+//! passes the same conformance suite (`sealq::testkit`, feature `testkit`).
+//! The client, the worker runtime, the audit log and erasure sit above it and
+//! never know which backend is below.
+//!
+//! Rules every implementation follows:
+//! - **Batches, one round trip each.** `enqueue`, `dequeue`, `ack` and
+//!   `extend_leases` take many items and must cost one round trip (one
+//!   transaction, one script call, one pipeline) per call, not per item.
+//! - **Leases with expiry.** `dequeue` moves tasks to `Active` with a lease that
+//!   expires; only the holder of the current lease token may ack or extend it.
+//!   A stale ack (lease expired and re-leased) reports [`AckResult::LeaseLost`]
+//!   and changes nothing.
+//! - **Opaque envelopes.** The broker stores sealed bytes and never interprets
+//!   them; the clear metadata it sees is [`TaskMeta`].
+//! - **The broker's clock.** Times are Unix milliseconds from the broker's
+//!   [`crate::Clock`], so tests can drive time.
+//! - **No backend types** in any signature; failures are [`BrokerError`].
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::BrokerError;
+use crate::task::{ArchiveReason, SubjectTag, TaskId, TaskMeta, TaskState};
+
+/// Result of broker operations.
+pub type BrokerResult<T> = std::result::Result<T, BrokerError>;
+
+/// A task ready to be stored: sealed envelope plus clear metadata.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    /// Task id (UUID v7).
+    pub id: TaskId,
+    /// Queue name.
+    pub queue: String,
+    /// Task type name.
+    pub kind: String,
+    /// The sealed envelope bytes (see `docs/envelope.md`).
+    pub envelope: Vec<u8>,
+    /// Clear metadata.
+    pub meta: TaskMeta,
+    /// When it may run, Unix ms. At or before now: `Pending`; later: `Scheduled`.
+    pub run_at_ms: i64,
+    /// Uniqueness constraint: key and how long it holds, ms.
+    pub unique: Option<(String, u64)>,
+}
+
+/// What happened to one task of an enqueue batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnqueueResult {
+    /// Stored.
+    Enqueued,
+    /// A live task already holds the unique key.
+    Duplicate {
+        /// The task holding the key.
+        existing: TaskId,
+    },
+    /// A task with the same id exists or completed before (replay).
+    IdExists,
+}
+
+/// A stored task as the broker returns it.
+#[derive(Clone)]
+pub struct TaskRecord {
+    /// Task id.
+    pub id: TaskId,
+    /// Queue name.
+    pub queue: String,
+    /// Task type name.
+    pub kind: String,
+    /// Sealed envelope.
+    pub envelope: Vec<u8>,
+    /// Clear metadata.
+    pub meta: TaskMeta,
+    /// Current state.
+    pub state: TaskState,
+    /// How many times it has been leased (1 during the first attempt).
+    pub attempts: u32,
+    /// When it may next run, Unix ms.
+    pub run_at_ms: i64,
+    /// Sealed error of the last failed attempt.
+    pub last_error: Option<Vec<u8>>,
+    /// Sealed result, once completed.
+    pub result: Option<Vec<u8>>,
+    /// Why it was archived.
+    pub archive_reason: Option<ArchiveReason>,
+    /// Lease expiry while active, Unix ms.
+    pub lease_expires_at_ms: Option<i64>,
+    /// When it completed or was archived, Unix ms.
+    pub finished_at_ms: Option<i64>,
+    /// Last state change, Unix ms.
+    pub updated_at_ms: i64,
+}
+
+impl std::fmt::Debug for TaskRecord {
+    /// Ids, types, sizes and states only: never envelope, result or error bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskRecord")
+            .field("id", &self.id)
+            .field("queue", &self.queue)
+            .field("kind", &self.kind)
+            .field("state", &self.state)
+            .field("attempts", &self.attempts)
+            .field("envelope_len", &self.envelope.len())
+            .field("result_len", &self.result.as_ref().map(Vec::len))
+            .field("archive_reason", &self.archive_reason)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Proof of holding a task: the id plus the token issued by `dequeue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// The leased task.
+    pub task_id: TaskId,
+    /// Token unique to this lease; a later lease of the same task gets another.
+    pub token: u64,
+    /// When the lease expires unless extended, Unix ms.
+    pub expires_at_ms: i64,
+}
+
+/// A task handed to a worker.
+#[derive(Debug, Clone)]
+pub struct LeasedTask {
+    /// The task (state `Active`, `attempts` already incremented).
+    pub record: TaskRecord,
+    /// The lease to ack or extend with.
+    pub lease: Lease,
+    /// The broker remembers this id as completed before (the task came back:
+    /// replay). The worker archives it with reason `replay` unopened.
+    pub replayed: bool,
+}
+
+/// A request for work.
+#[derive(Debug, Clone)]
+pub struct DequeueRequest {
+    /// Queues in the order to take from: the first non-empty, unpaused queue
+    /// is drained first, then the next, until `max` tasks are taken.
+    pub queues: Vec<String>,
+    /// At most this many tasks.
+    pub max: usize,
+    /// Lease length.
+    pub lease: Duration,
+    /// Who takes them (for inspection).
+    pub worker: String,
+}
+
+/// The final word of a worker on one leased task.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Succeeded; keep the optional sealed result for the retention period.
+    Complete {
+        /// Sealed result.
+        result: Option<Vec<u8>>,
+    },
+    /// Failed; run again at the given time.
+    Retry {
+        /// Next run, Unix ms.
+        at_ms: i64,
+        /// Sealed error message.
+        error: Option<Vec<u8>>,
+    },
+    /// Dead-letter it.
+    Archive {
+        /// Why.
+        reason: ArchiveReason,
+        /// Sealed error message.
+        error: Option<Vec<u8>>,
+    },
+    /// Give it back unstarted (shutdown): back to `Pending`, this attempt not counted.
+    Requeue,
+}
+
+/// One acknowledgement.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    /// The lease being released.
+    pub lease: Lease,
+    /// What to do with the task.
+    pub outcome: Outcome,
+}
+
+/// What happened to one ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckResult {
+    /// Applied.
+    Applied,
+    /// The lease was no longer held (expired and recovered, or the task was
+    /// deleted); nothing was changed.
+    LeaseLost,
+}
+
+/// Counts of one queue's tasks by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStats {
+    /// Queue name.
+    pub queue: String,
+    /// Whether dequeue skips it.
+    pub paused: bool,
+    /// Tasks scheduled.
+    pub scheduled: u64,
+    /// Tasks pending.
+    pub pending: u64,
+    /// Tasks active.
+    pub active: u64,
+    /// Tasks waiting to retry.
+    pub retry: u64,
+    /// Completed tasks still retained.
+    pub completed: u64,
+    /// Archived tasks.
+    pub archived: u64,
+}
+
+impl QueueStats {
+    /// Count for one state.
+    pub fn get(&self, state: TaskState) -> u64 {
+        match state {
+            TaskState::Scheduled => self.scheduled,
+            TaskState::Pending => self.pending,
+            TaskState::Active => self.active,
+            TaskState::Retry => self.retry,
+            TaskState::Completed => self.completed,
+            TaskState::Archived => self.archived,
+        }
+    }
+}
+
+/// A listing query.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only this state.
+    pub state: Option<TaskState>,
+    /// Only this subject.
+    pub subject: Option<SubjectTag>,
+    /// Ids greater than this (pagination).
+    pub after: Option<TaskId>,
+    /// At most this many (0 means 100).
+    pub limit: usize,
+}
+
+/// Result of lease recovery.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Expired leases put back for another attempt.
+    pub retried: u64,
+    /// Expired leases whose retries were exhausted, archived.
+    pub archived: u64,
+}
+
+/// Result of forwarding due tasks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Forwarded {
+    /// Scheduled/retry tasks moved to pending.
+    pub moved: u64,
+    /// The earliest run time still in the future, if any (lets workers sleep exactly).
+    pub next_due_ms: Option<i64>,
+}
+
+/// Storage for sealed tasks. See the module documentation for the rules.
+#[async_trait]
+pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
+    /// Store a batch of tasks in one round trip; one result per task, in order.
+    async fn enqueue(&self, tasks: Vec<NewTask>) -> BrokerResult<Vec<EnqueueResult>>;
+
+    /// Lease up to `max` ready tasks from the queues in the order given.
+    /// Due scheduled/retry tasks are eligible even before `forward_due` ran.
+    async fn dequeue(&self, req: &DequeueRequest) -> BrokerResult<Vec<LeasedTask>>;
+
+    /// Apply a batch of acknowledgements in one round trip; one result per ack.
+    async fn ack(&self, acks: Vec<Ack>) -> BrokerResult<Vec<AckResult>>;
+
+    /// Extend held leases by `lease` from now; `false` for leases no longer held.
+    async fn extend_leases(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Vec<bool>>;
+
+    /// Move due scheduled and retry tasks to pending.
+    async fn forward_due(&self) -> BrokerResult<Forwarded>;
+
+    /// Return tasks whose lease expired: to retry when attempts remain, else archived (`exhausted`).
+    async fn recover_expired(&self) -> BrokerResult<Recovered>;
+
+    /// Delete completed tasks past their retention; returns how many.
+    async fn purge_completed(&self) -> BrokerResult<u64>;
+
+    /// Per-queue counts (every queue that has tasks or is paused).
+    async fn stats(&self) -> BrokerResult<Vec<QueueStats>>;
+
+    /// List tasks, ordered by id.
+    async fn list(&self, query: &ListQuery) -> BrokerResult<Vec<TaskRecord>>;
+
+    /// One task by id.
+    async fn get(&self, id: TaskId) -> BrokerResult<Option<TaskRecord>>;
+
+    /// Delete tasks in any state; returns how many existed.
+    async fn delete(&self, ids: &[TaskId]) -> BrokerResult<u64>;
+
+    /// Move archived tasks back to pending with their attempts reset; returns how many moved.
+    async fn rerun(&self, ids: &[TaskId]) -> BrokerResult<u64>;
+
+    /// Stop dequeue from taking tasks of `queue`.
+    async fn pause(&self, queue: &str) -> BrokerResult<()>;
+
+    /// Undo [`Broker::pause`].
+    async fn resume(&self, queue: &str) -> BrokerResult<()>;
+
+    /// Wait until work may be available in one of `queues` (a task enqueued,
+    /// retried or requeued, by this process or another) or `timeout` passes.
+    /// A hint only: callers dequeue afterwards and may find nothing. Must not
+    /// poll the store in a busy loop.
+    async fn wait_for_work(&self, queues: &[String], timeout: Duration) -> BrokerResult<()>;
+
+    /// A short, secret-free description for logs (`sqlite:///path`, `redis://host:port`).
+    fn describe(&self) -> String;
+}

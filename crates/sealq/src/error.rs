@@ -1,0 +1,192 @@
+//! The one error type of the `sealq` library.
+//!
+//! Variants are grouped by who is at fault, so a caller can decide what to do
+//! without parsing messages: bad input from the caller, an integrity failure
+//! (someone or something changed stored bytes), an unavailable or failing
+//! broker, or a misuse of the API / configuration. Messages say what was wrong
+//! and what to do about it; they never contain a payload, a result or a key.
+
+use crate::task::TaskId;
+
+/// Errors returned by sealq.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    // ---- bad input -------------------------------------------------------
+    /// The serialized payload is larger than the queue's budget.
+    #[error(
+        "payload of {size} bytes exceeds the {limit}-byte limit of queue `{queue}`; \
+         put an identifier in the payload and fetch the data in the handler (see sealq::Ref)"
+    )]
+    PayloadTooLarge {
+        /// Queue the task was meant for.
+        queue: String,
+        /// Serialized payload size in bytes.
+        size: usize,
+        /// The queue's limit in bytes.
+        limit: usize,
+    },
+    /// The payload policy found sensitive data. Names the rule and the field, never the value.
+    #[error("payload rejected by policy rule `{rule}` at field `{path}`{detail}")]
+    PolicyViolation {
+        /// The rule that matched (for example `card_number`).
+        rule: String,
+        /// Path of the offending field inside the payload (for example `customer.card`).
+        path: String,
+        /// Extra non-secret detail (for example `, card ending 4242`); may be empty.
+        detail: String,
+    },
+    /// A payload or result could not be encoded or decoded.
+    #[error("cannot encode or decode {what}: {reason}")]
+    Codec {
+        /// What was being encoded (payload, result ...).
+        what: &'static str,
+        /// The serializer's message (never contains the value).
+        reason: String,
+    },
+    /// An argument was invalid (queue name, option value, URL ...).
+    #[error("invalid {what}: {reason}")]
+    InvalidArgument {
+        /// What was invalid.
+        what: &'static str,
+        /// Why, and how to fix it.
+        reason: String,
+    },
+    /// A task with this unique key already exists; carries the existing id.
+    #[error("a task with unique key `{key}` already exists: {existing}")]
+    Duplicate {
+        /// The unique key that collided.
+        key: String,
+        /// The id of the task that holds the key.
+        existing: TaskId,
+    },
+    /// A task with this id already exists (or already completed: replay).
+    #[error("task id {0} already exists")]
+    IdExists(TaskId),
+    /// No task with this id.
+    #[error("task {0} not found")]
+    NotFound(TaskId),
+
+    // ---- integrity -------------------------------------------------------
+    /// A sealed envelope failed to open or verify.
+    #[error("integrity failure: {0}")]
+    Integrity(#[from] IntegrityError),
+
+    // ---- keys and configuration -------------------------------------------
+    /// No keyring was configured. sealq never falls back to plaintext.
+    #[error(
+        "no keyring configured: pass --keyring PATH, set SEALQ_KEYRING=PATH or SEALQ_KEYRING_TOML; \
+         create one with `sealq keys generate > keyring.toml` (sealq never runs without encryption)"
+    )]
+    NoKeyring,
+    /// The keyring could not be loaded or is invalid.
+    #[error("invalid keyring: {0}")]
+    Keyring(String),
+    /// Invalid configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    // ---- broker ----------------------------------------------------------
+    /// The broker failed or is unavailable.
+    #[error("broker error: {0}")]
+    Broker(#[from] BrokerError),
+
+    // ---- runtime ---------------------------------------------------------
+    /// The worker or client was shut down.
+    #[error("shut down")]
+    Shutdown,
+}
+
+/// Why a sealed envelope could not be opened. Never carries plaintext.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IntegrityError {
+    /// Shorter than the fixed header, or a length field points past the end.
+    #[error("envelope truncated ({len} bytes)")]
+    Truncated {
+        /// Length of the bytes seen.
+        len: usize,
+    },
+    /// Unknown format version byte.
+    #[error("unsupported envelope version {0}")]
+    UnsupportedVersion(u8),
+    /// Unknown algorithm byte.
+    #[error("unsupported envelope algorithm {0}")]
+    UnsupportedAlgorithm(u8),
+    /// The header names a key id the keyring does not hold.
+    #[error(
+        "envelope sealed with unknown key id `{0}`; add that key to the keyring (open-only) to read it"
+    )]
+    UnknownKey(String),
+    /// Authentication failed: wrong key, edited bytes, or the task's identity
+    /// (id, queue, type, producer, times, subject) does not match what was sealed.
+    #[error("authentication failed (wrong key, tampered bytes, or task moved/renamed)")]
+    Tampered,
+    /// The envelope is past its not-after time.
+    #[error("envelope expired")]
+    Expired,
+    /// A task id that already completed came back.
+    #[error("task already completed (replay)")]
+    Replay,
+}
+
+/// A broker failure, without backend types in the signature.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct BrokerError {
+    /// Class of the failure.
+    pub kind: BrokerErrorKind,
+    /// What happened and, where possible, what to do.
+    pub message: String,
+    /// The underlying error, if any.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+/// Class of a [`BrokerError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BrokerErrorKind {
+    /// The broker cannot be reached or is busy; retrying later may succeed.
+    Unavailable,
+    /// Stored data is corrupt or not a sealq store.
+    Corrupt,
+    /// Permission denied by the backend.
+    PermissionDenied,
+    /// The backend was configured wrongly (URL, options, schema version).
+    Config,
+    /// Anything else.
+    Other,
+}
+
+impl std::fmt::Display for BrokerErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Unavailable => "broker unavailable",
+            Self::Corrupt => "broker data corrupt",
+            Self::PermissionDenied => "permission denied",
+            Self::Config => "broker misconfigured",
+            Self::Other => "broker failure",
+        })
+    }
+}
+
+impl BrokerError {
+    /// A new error of `kind` with a message.
+    pub fn new(kind: BrokerErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Attach the underlying cause.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+}
+
+/// Result alias for sealq.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,41 @@
+//! # sealq: a task queue whose tasks are sealed
+//!
+//! A payload is encrypted and bound to its task before it leaves the producer,
+//! so the broker (an SQLite file, Redis, Postgres) only ever holds ciphertext
+//! it can neither read, forge, replay nor move.
+//!
+//! ## A tour
+//!
+//! - [`Task`]: a payload type with a type name. [`EnqueueOptions`] carry queue,
+//!   delay, retries, uniqueness, subject, expiry.
+//! - [`Keyring`]: named keys, one primary. No keyring, no start.
+//! - [`envelope`]: the sealed bytes and what they are bound to.
+//! - [`PayloadPolicy`]: size budgets and a scanner that refuses card numbers,
+//!   private keys, cloud keys and tokens before anything is sealed.
+//! - [`Broker`]: the storage seam; `sealq-sqlite` is the embedded default.
+//! - [`Client`]: policy check, seal, enqueue (one round trip per batch).
+//! - [`Worker`]: lease, open, run the handler, ack; retries, timeouts,
+//!   heartbeats, graceful shutdown.
+//!
+//! `docs/internals.md` in the repository follows one task through the code.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod backoff;
+pub mod broker;
+pub mod clock;
+pub mod envelope;
+mod error;
+pub mod keyring;
+pub mod options;
+pub mod policy;
+pub mod task;
+
+pub use backoff::Backoff;
+pub use broker::Broker;
+pub use clock::{Clock, SystemClock};
+pub use error::{BrokerError, BrokerErrorKind, Error, IntegrityError, Result};
+pub use keyring::Keyring;
+pub use options::EnqueueOptions;
+pub use policy::PayloadPolicy;
+pub use task::{ArchiveReason, SubjectTag, Task, TaskId, TaskMeta, TaskState};

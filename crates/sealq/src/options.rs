@@ -1,0 +1,156 @@
+//! Per-task enqueue options.
+
+use std::time::Duration;
+
+use crate::backoff::Backoff;
+
+/// The default queue name.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// Options for one enqueue. Unset fields fall back to the task type's
+/// [`crate::Task::options`] and then to the defaults documented per field.
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = sealq::EnqueueOptions::new()
+///     .queue("emails")
+///     .delay(Duration::from_secs(30))
+///     .max_retries(5)
+///     .unique("welcome:user-42", Duration::from_secs(3600))
+///     .subject("user-42");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EnqueueOptions {
+    /// Queue name (default `default`).
+    pub queue: Option<String>,
+    /// Run no earlier than this, Unix ms. Overrides `delay`.
+    pub run_at_ms: Option<i64>,
+    /// Run no earlier than now + delay.
+    pub delay: Option<Duration>,
+    /// The handler must finish by this time (Unix ms); past it the task is archived.
+    pub deadline_ms: Option<i64>,
+    /// Per-attempt timeout (default 30 min).
+    pub timeout: Option<Duration>,
+    /// Retries after the first attempt (default 25).
+    pub max_retries: Option<u32>,
+    /// Delay policy between attempts (default exponential 1 s .. 1 h, jittered).
+    pub backoff: Option<Backoff>,
+    /// At most one task with this key exists until it completes or the TTL passes.
+    pub unique: Option<(String, Duration)>,
+    /// How long the completed task and its result are kept (default 24 h).
+    pub retention: Option<Duration>,
+    /// Data subject (e.g. a user id) the task concerns; only a keyed hash is stored.
+    pub subject: Option<String>,
+    /// The task must not start after this time (Unix ms); it is archived as `expired`.
+    pub not_after_ms: Option<i64>,
+    /// A caller-chosen id (default: a fresh UUID v7).
+    pub id: Option<crate::TaskId>,
+}
+
+macro_rules! setter {
+    ($(#[$m:meta])* $name:ident: $ty:ty => $field:ident) => {
+        $(#[$m])*
+        pub fn $name(mut self, v: $ty) -> Self {
+            self.$field = Some(v.into());
+            self
+        }
+    };
+}
+
+impl EnqueueOptions {
+    /// Empty options (all defaults).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    setter!(/// Set the queue.
+        queue: impl Into<String> => queue);
+    setter!(/// Run after `delay`.
+        delay: Duration => delay);
+    setter!(/// Run at this Unix-ms time.
+        run_at_ms: i64 => run_at_ms);
+    setter!(/// Finish by this Unix-ms time.
+        deadline_ms: i64 => deadline_ms);
+    setter!(/// Per-attempt timeout.
+        timeout: Duration => timeout);
+    setter!(/// Retries after the first attempt.
+        max_retries: u32 => max_retries);
+    setter!(/// Backoff policy.
+        backoff: Backoff => backoff);
+    setter!(/// Completed-task retention.
+        retention: Duration => retention);
+    setter!(/// Data subject for erasure.
+        subject: impl Into<String> => subject);
+    setter!(/// Must not start after this Unix-ms time.
+        not_after_ms: i64 => not_after_ms);
+    setter!(/// Use this id.
+        id: crate::TaskId => id);
+
+    /// At most one task with `key` until it completes or `ttl` passes.
+    pub fn unique(mut self, key: impl Into<String>, ttl: Duration) -> Self {
+        self.unique = Some((key.into(), ttl));
+        self
+    }
+
+    /// Field-by-field merge: values set in `self` win over `base`.
+    pub fn or(self, base: EnqueueOptions) -> EnqueueOptions {
+        EnqueueOptions {
+            queue: self.queue.or(base.queue),
+            run_at_ms: self.run_at_ms.or(base.run_at_ms),
+            delay: self.delay.or(base.delay),
+            deadline_ms: self.deadline_ms.or(base.deadline_ms),
+            timeout: self.timeout.or(base.timeout),
+            max_retries: self.max_retries.or(base.max_retries),
+            backoff: self.backoff.or(base.backoff),
+            unique: self.unique.or(base.unique),
+            retention: self.retention.or(base.retention),
+            subject: self.subject.or(base.subject),
+            not_after_ms: self.not_after_ms.or(base.not_after_ms),
+            id: self.id.or(base.id),
+        }
+    }
+}
+
+/// Default per-attempt timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Default retries after the first attempt.
+pub const DEFAULT_MAX_RETRIES: u32 = 25;
+/// Default retention of completed tasks.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// Check a queue name: 1-128 chars of `[A-Za-z0-9_.:-]`. Braces are refused
+/// because Redis uses them for Cluster hash tags.
+pub fn validate_queue_name(name: &str) -> crate::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::Error::InvalidArgument {
+            what: "queue name",
+            reason: format!(
+                "`{}` must be 1-128 characters of letters, digits, `_`, `.`, `:` or `-`",
+                name.escape_debug()
+            ),
+        })
+    }
+}
+
+/// Check a task type name: 1-128 printable ASCII characters without spaces.
+pub fn validate_kind(kind: &str) -> crate::Result<()> {
+    let ok = !kind.is_empty() && kind.len() <= 128 && kind.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::Error::InvalidArgument {
+            what: "task type",
+            reason: format!(
+                "`{}` must be 1-128 printable ASCII characters without spaces",
+                kind.escape_debug()
+            ),
+        })
+    }
+}
