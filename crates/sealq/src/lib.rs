@@ -30,6 +30,8 @@ pub mod keyring;
 pub mod options;
 pub mod policy;
 pub mod task;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use backoff::Backoff;
 pub use broker::Broker;
