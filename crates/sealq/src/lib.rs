@@ -23,6 +23,7 @@
 
 pub mod backoff;
 pub mod broker;
+mod client;
 pub mod clock;
 pub mod envelope;
 mod error;
@@ -30,14 +31,20 @@ pub mod keyring;
 pub mod options;
 pub mod policy;
 pub mod task;
+pub mod worker;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use backoff::Backoff;
 pub use broker::Broker;
+pub use client::{Client, ClientBuilder, RawTask};
 pub use clock::{Clock, SystemClock};
 pub use error::{BrokerError, BrokerErrorKind, Error, IntegrityError, Result};
 pub use keyring::Keyring;
 pub use options::EnqueueOptions;
 pub use policy::PayloadPolicy;
 pub use task::{ArchiveReason, SubjectTag, Task, TaskId, TaskMeta, TaskState};
+pub use worker::{
+    Failure, HandlerResult, Priority, RawPayload, TaskContext, TaskError, Worker, WorkerBuilder,
+    WorkerHandle, WorkerReport,
+};

@@ -1,0 +1,322 @@
+//! The producer side: check the payload policy, seal, enqueue.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::broker::{Broker, EnqueueResult, NewTask};
+use crate::clock::{SharedClock, system_clock};
+use crate::envelope::{Aad, Purpose};
+use crate::error::{Error, Result};
+use crate::keyring::Keyring;
+use crate::options::{
+    DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, DEFAULT_RETENTION, DEFAULT_TIMEOUT, EnqueueOptions,
+    validate_kind, validate_queue_name,
+};
+use crate::policy::PayloadPolicy;
+use crate::task::{Task, TaskId, TaskMeta, duration_ms, encode_payload};
+
+/// One task to enqueue, before sealing: a type name, the MessagePack payload
+/// and options. The dynamic counterpart of a typed [`Task`], for tools.
+#[derive(Clone)]
+pub struct RawTask {
+    /// Task type name.
+    pub kind: String,
+    /// Payload in sealq's wire form (MessagePack, see [`crate::task::encode_payload`]).
+    pub payload: Vec<u8>,
+    /// Options.
+    pub options: EnqueueOptions,
+}
+
+impl std::fmt::Debug for RawTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawTask")
+            .field("kind", &self.kind)
+            .field("payload_len", &self.payload.len())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl RawTask {
+    /// A raw task from a type name and an encoded payload.
+    pub fn new(kind: impl Into<String>, payload: Vec<u8>, options: EnqueueOptions) -> Self {
+        RawTask {
+            kind: kind.into(),
+            payload,
+            options,
+        }
+    }
+
+    /// A raw task from a typed one: encodes the payload and merges the type's default options.
+    pub fn typed<T: Task>(task: &T, options: EnqueueOptions) -> Result<Self> {
+        Ok(RawTask {
+            kind: T::KIND.to_owned(),
+            payload: encode_payload(task)?,
+            options: options.or(T::options()),
+        })
+    }
+
+    /// A raw task from a JSON value (converted to MessagePack).
+    pub fn from_json(
+        kind: impl Into<String>,
+        value: &serde_json::Value,
+        options: EnqueueOptions,
+    ) -> Result<Self> {
+        Ok(RawTask::new(kind, encode_payload(value)?, options))
+    }
+}
+
+/// Enqueues sealed tasks. Cheap to clone; share one per process.
+///
+/// ```no_run
+/// # async fn f(broker: std::sync::Arc<dyn sealq::Broker>) -> sealq::Result<()> {
+/// use serde::{Deserialize, Serialize};
+/// #[derive(Serialize, Deserialize)]
+/// struct Resize { image_id: u64 }
+/// impl sealq::Task for Resize { const KIND: &'static str = "image.resize"; }
+///
+/// let keyring = sealq::Keyring::from_env()?;
+/// let client = sealq::Client::builder(broker, keyring).producer("web-1").build();
+/// let id = client.enqueue(&Resize { image_id: 7 }, sealq::EnqueueOptions::new()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    broker: Arc<dyn Broker>,
+    keyring: Arc<Keyring>,
+    policy: PayloadPolicy,
+    producer: String,
+    clock: SharedClock,
+}
+
+/// Builds a [`Client`].
+#[derive(Debug)]
+pub struct ClientBuilder {
+    broker: Arc<dyn Broker>,
+    keyring: Arc<Keyring>,
+    policy: PayloadPolicy,
+    producer: Option<String>,
+    clock: SharedClock,
+}
+
+impl ClientBuilder {
+    /// The producer id bound into every envelope (default `HOSTNAME:PID`).
+    pub fn producer(mut self, id: impl Into<String>) -> Self {
+        self.producer = Some(id.into());
+        self
+    }
+
+    /// The payload policy (default: 64 KiB per payload, every scanner rule rejecting).
+    pub fn policy(mut self, policy: PayloadPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The clock used for created-at and delays (tests).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Build the client.
+    pub fn build(self) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                broker: self.broker,
+                keyring: self.keyring,
+                policy: self.policy,
+                producer: self.producer.unwrap_or_else(default_process_id),
+                clock: self.clock,
+            }),
+        }
+    }
+}
+
+/// `host:pid`, used as default producer and worker id.
+pub(crate) fn default_process_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}:{}", std::process::id())
+}
+
+impl Client {
+    /// Start building a client over `broker` sealing with `keyring`.
+    pub fn builder(broker: Arc<dyn Broker>, keyring: impl Into<Arc<Keyring>>) -> ClientBuilder {
+        ClientBuilder {
+            broker,
+            keyring: keyring.into(),
+            policy: PayloadPolicy::default(),
+            producer: None,
+            clock: system_clock(),
+        }
+    }
+
+    /// The broker this client writes to.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.inner.broker
+    }
+
+    /// The keyring this client seals with.
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.inner.keyring
+    }
+
+    /// This client's producer id.
+    pub fn producer(&self) -> &str {
+        &self.inner.producer
+    }
+
+    /// Check, seal and enqueue one typed task; returns its id.
+    ///
+    /// Fails with [`Error::Duplicate`] (carrying the existing id) when the
+    /// unique key is held, with [`Error::PolicyViolation`] or
+    /// [`Error::PayloadTooLarge`] before anything is sealed or sent.
+    pub async fn enqueue<T: Task>(&self, task: &T, options: EnqueueOptions) -> Result<TaskId> {
+        self.enqueue_raw(RawTask::typed(task, options)?).await
+    }
+
+    /// Check, seal and enqueue one raw task; returns its id.
+    pub async fn enqueue_raw(&self, task: RawTask) -> Result<TaskId> {
+        let mut results = self.enqueue_batch(vec![task]).await?;
+        results.pop().unwrap_or(Err(Error::Shutdown))
+    }
+
+    /// Check, seal and enqueue many tasks in one broker round trip.
+    ///
+    /// The outer error is a broker failure (nothing can be said about which
+    /// tasks were stored only if the broker failed mid-way; SQLite and Redis
+    /// apply a batch atomically). The inner results are per task, in order:
+    /// a task refused by the policy or a unique key does not stop the others.
+    pub async fn enqueue_batch(&self, tasks: Vec<RawTask>) -> Result<Vec<Result<TaskId>>> {
+        let mut out: Vec<Result<TaskId>> = Vec::with_capacity(tasks.len());
+        let mut sealed = Vec::with_capacity(tasks.len());
+        let mut slots = Vec::with_capacity(tasks.len());
+        let mut keys = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            match self.seal(task) {
+                Ok(new) => {
+                    slots.push(out.len());
+                    keys.push(new.unique.as_ref().map(|(k, _)| k.clone()));
+                    out.push(Ok(new.id));
+                    sealed.push(new);
+                }
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        if sealed.is_empty() {
+            return Ok(out);
+        }
+        let ids: Vec<TaskId> = sealed.iter().map(|t| t.id).collect();
+        let results = self.inner.broker.enqueue(sealed).await?;
+        for (((slot, result), id), key) in slots.into_iter().zip(results).zip(ids).zip(keys) {
+            match result {
+                EnqueueResult::Enqueued => {}
+                EnqueueResult::Duplicate { existing } => {
+                    out[slot] = Err(Error::Duplicate {
+                        key: key.unwrap_or_default(),
+                        existing,
+                    });
+                }
+                EnqueueResult::IdExists => out[slot] = Err(Error::IdExists(id)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Typed batch: every task of one type, each with its options.
+    pub async fn enqueue_many<T: Task>(
+        &self,
+        tasks: impl IntoIterator<Item = (T, EnqueueOptions)>,
+    ) -> Result<Vec<Result<TaskId>>> {
+        let raw = tasks
+            .into_iter()
+            .map(|(t, o)| RawTask::typed(&t, o))
+            .collect::<Result<Vec<_>>>()?;
+        self.enqueue_batch(raw).await
+    }
+
+    /// Apply the policy and seal one task, without sending it.
+    pub fn seal(&self, task: RawTask) -> Result<NewTask> {
+        let RawTask {
+            kind,
+            payload,
+            options,
+        } = task;
+        let queue = options
+            .queue
+            .clone()
+            .unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
+        validate_queue_name(&queue)?;
+        validate_kind(&kind)?;
+        self.inner.policy.check(&queue, &payload)?;
+
+        let now = self.inner.clock.now_ms();
+        let run_at_ms = options
+            .run_at_ms
+            .or_else(|| {
+                options
+                    .delay
+                    .map(|d| now.saturating_add(duration_ms(d) as i64))
+            })
+            .unwrap_or(now);
+        let subject_tag = options
+            .subject
+            .as_deref()
+            .map(|s| self.inner.keyring.subject_tag(s));
+        let meta = TaskMeta {
+            producer: self.inner.producer.clone(),
+            created_at_ms: now,
+            not_after_ms: options.not_after_ms,
+            deadline_ms: options.deadline_ms,
+            timeout_ms: Some(duration_ms(options.timeout.unwrap_or(DEFAULT_TIMEOUT))),
+            max_retries: options.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+            backoff: options.backoff.unwrap_or_default(),
+            retention_ms: duration_ms(options.retention.unwrap_or(DEFAULT_RETENTION)),
+            subject_tag,
+        };
+        let id = options.id.unwrap_or_default();
+        let aad = Aad {
+            purpose: Purpose::Payload,
+            task_id: id,
+            queue: &queue,
+            kind: &kind,
+            producer: &meta.producer,
+            created_at_ms: meta.created_at_ms,
+            not_after_ms: meta.not_after_ms,
+            subject_tag: meta.subject_tag,
+        };
+        let envelope = self.inner.keyring.seal(&aad, &payload)?;
+        // The plaintext copy is no longer needed; wipe it.
+        zeroize::Zeroize::zeroize(&mut { payload });
+        Ok(NewTask {
+            id,
+            queue,
+            kind,
+            envelope,
+            meta,
+            run_at_ms,
+            unique: options.unique.map(|(k, ttl)| (k, duration_ms(ttl))),
+        })
+    }
+}
+
+/// Encode a result value for [`crate::worker::TaskContext::set_result`].
+pub(crate) fn encode_result<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    rmp_serde::to_vec_named(value).map_err(|e| Error::Codec {
+        what: "result",
+        reason: e.to_string(),
+    })
+}

@@ -1,0 +1,271 @@
+//! What a handler receives ([`TaskContext`], [`RawPayload`]) and returns
+//! ([`TaskError`]), and how typed handlers are erased for the runtime.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+use crate::task::{ArchiveReason, Task, TaskId, decode_payload};
+
+/// The outcome a failing handler asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// Retry with the task's backoff policy (the default for any error).
+    Retry,
+    /// Retry after exactly this delay.
+    RetryIn(Duration),
+    /// Do not retry: archive with reason `skip_retry`.
+    SkipRetry,
+    /// The task is no longer wanted: archive with reason `cancelled`.
+    Cancel,
+    /// Archive with a specific reason (e.g. `reference_missing`).
+    Archive(ArchiveReason),
+}
+
+/// A handler's error: what to do next plus a message.
+///
+/// The message is stored **sealed** with the task (operators reveal it
+/// explicitly) and is never written to logs, because handler errors often
+/// quote the data they failed on.
+///
+/// Any `std::error::Error` converts into a retrying `TaskError` with `?`.
+pub struct TaskError {
+    /// What the runtime should do.
+    pub failure: Failure,
+    message: String,
+}
+
+impl TaskError {
+    /// Fail and retry with the task's backoff.
+    pub fn retry(message: impl Into<String>) -> Self {
+        TaskError {
+            failure: Failure::Retry,
+            message: message.into(),
+        }
+    }
+
+    /// Fail and retry after `delay`.
+    pub fn retry_in(delay: Duration, message: impl Into<String>) -> Self {
+        TaskError {
+            failure: Failure::RetryIn(delay),
+            message: message.into(),
+        }
+    }
+
+    /// Fail without retrying.
+    pub fn skip_retry(message: impl Into<String>) -> Self {
+        TaskError {
+            failure: Failure::SkipRetry,
+            message: message.into(),
+        }
+    }
+
+    /// Cancel the task.
+    pub fn cancel(message: impl Into<String>) -> Self {
+        TaskError {
+            failure: Failure::Cancel,
+            message: message.into(),
+        }
+    }
+
+    /// Archive with `reason`.
+    pub fn archive(reason: ArchiveReason, message: impl Into<String>) -> Self {
+        TaskError {
+            failure: Failure::Archive(reason),
+            message: message.into(),
+        }
+    }
+
+    /// The message (sealed before storage).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Debug for TaskError {
+    /// The failure kind and message length only: messages may hold payload data.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskError")
+            .field("failure", &self.failure)
+            .field("message_len", &self.message.len())
+            .finish()
+    }
+}
+
+impl<E: std::error::Error> From<E> for TaskError {
+    fn from(e: E) -> Self {
+        TaskError::retry(e.to_string())
+    }
+}
+
+/// What a handler returns.
+pub type HandlerResult = Result<(), TaskError>;
+
+/// An opened payload. Wiped from memory on drop; `Debug` shows the length only.
+pub struct RawPayload(pub(crate) Zeroizing<Vec<u8>>);
+
+impl RawPayload {
+    /// The MessagePack bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Decode as `T`.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> crate::Result<T> {
+        decode_payload(&self.0)
+    }
+
+    /// Decode as JSON (for tools that pass payloads to other programs).
+    pub fn to_json(&self) -> crate::Result<serde_json::Value> {
+        decode_payload(&self.0)
+    }
+}
+
+impl std::fmt::Debug for RawPayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RawPayload({} bytes)", self.0.len())
+    }
+}
+
+/// What a handler knows about the task it runs.
+#[derive(Clone)]
+pub struct TaskContext {
+    pub(crate) id: TaskId,
+    pub(crate) kind: Arc<str>,
+    pub(crate) queue: Arc<str>,
+    pub(crate) attempt: u32,
+    pub(crate) max_retries: u32,
+    pub(crate) created_at_ms: i64,
+    pub(crate) run_at_ms: i64,
+    pub(crate) started_at_ms: i64,
+    pub(crate) deadline_ms: Option<i64>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) result: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+impl std::fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("queue", &self.queue)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskContext {
+    /// The task id: stable across retries, the idempotency key.
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+    /// The task type.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+    /// The queue.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+    /// 1 on the first attempt, 2 on the first retry ...
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+    /// Retries allowed after the first attempt.
+    pub fn max_retries(&self) -> u32 {
+        self.max_retries
+    }
+    /// When the task was enqueued, Unix ms.
+    pub fn created_at_ms(&self) -> i64 {
+        self.created_at_ms
+    }
+    /// When the task became due, Unix ms (enqueue time, or its delay/backoff end).
+    pub fn run_at_ms(&self) -> i64 {
+        self.run_at_ms
+    }
+    /// When this attempt started, Unix ms.
+    pub fn started_at_ms(&self) -> i64 {
+        self.started_at_ms
+    }
+    /// The deadline, if any, Unix ms.
+    pub fn deadline_ms(&self) -> Option<i64> {
+        self.deadline_ms
+    }
+    /// Cancelled when the worker shuts down hard or loses the lease; long
+    /// handlers should watch it (`ctx.cancellation().cancelled().await`).
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Store a result with the completed task. It is sealed before it leaves
+    /// the worker and kept for the task's retention.
+    pub fn set_result<T: Serialize + ?Sized>(&self, value: &T) -> crate::Result<()> {
+        let bytes = crate::client::encode_result(value)?;
+        self.set_result_bytes(bytes);
+        Ok(())
+    }
+
+    /// Store raw result bytes (sealed before storage).
+    pub fn set_result_bytes(&self, bytes: Vec<u8>) {
+        // A poisoned lock means another clone panicked mid-write; the value is
+        // a plain Option, so overwriting it is still sound.
+        let mut slot = self.result.lock().unwrap_or_else(|p| p.into_inner());
+        *slot = Some(bytes);
+    }
+
+    pub(crate) fn take_result(&self) -> Option<Vec<u8>> {
+        self.result.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// A boxed handler future.
+pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
+
+/// A handler with its payload type erased.
+pub(crate) trait ErasedHandler: Send + Sync + 'static {
+    fn call(&self, payload: RawPayload, ctx: TaskContext) -> BoxFuture;
+}
+
+pub(crate) struct Typed<T, F> {
+    pub(crate) f: F,
+    pub(crate) _t: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T, F, Fut> ErasedHandler for Typed<T, F>
+where
+    T: Task,
+    F: Fn(T, TaskContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send + 'static,
+{
+    fn call(&self, payload: RawPayload, ctx: TaskContext) -> BoxFuture {
+        match payload.decode::<T>() {
+            Ok(value) => Box::pin((self.f)(value, ctx)),
+            // The payload opened (it is authentic) but is not a `T`: a producer
+            // and worker disagree on the type. Retrying cannot help.
+            Err(e) => {
+                Box::pin(
+                    async move { Err(TaskError::archive(ArchiveReason::Decode, e.to_string())) },
+                )
+            }
+        }
+    }
+}
+
+pub(crate) struct Raw<F> {
+    pub(crate) f: F,
+}
+
+impl<F, Fut> ErasedHandler for Raw<F>
+where
+    F: Fn(RawPayload, TaskContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send + 'static,
+{
+    fn call(&self, payload: RawPayload, ctx: TaskContext) -> BoxFuture {
+        Box::pin((self.f)(payload, ctx))
+    }
+}

@@ -1,0 +1,382 @@
+//! The consumer side: lease tasks, open them, run handlers, acknowledge.
+//!
+//! A [`Worker`] runs four cooperating loops over one [`crate::Broker`]:
+//! - **fetch**: asks for up to `concurrency + prefetch - outstanding` tasks per
+//!   round trip, in the queue order given by [`Priority`]; when nothing is
+//!   ready it waits on the broker's wake-up, never polls;
+//! - **process**: one tokio task per leased task; opens the envelope (tasks that
+//!   fail to open never reach a handler), enforces timeout and deadline, catches
+//!   panics, seals the result or error;
+//! - **ack**: batches outcomes into one broker call;
+//! - **heartbeat + maintenance**: extends the leases of running tasks in one
+//!   call, forwards due scheduled/retry tasks, recovers expired leases, purges
+//!   completed tasks past retention.
+//!
+//! Delivery is at-least-once: a handler can run again after a crash or a lost
+//! lease; the task id is the idempotency key.
+
+mod handler;
+mod priority;
+mod runtime;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub use handler::{Failure, HandlerResult, RawPayload, TaskContext, TaskError};
+pub use priority::Priority;
+
+use crate::broker::Broker;
+use crate::clock::{SharedClock, system_clock};
+use crate::error::{Error, Result};
+use crate::keyring::Keyring;
+use crate::options::validate_queue_name;
+use crate::task::Task;
+use handler::{ErasedHandler, Raw, Typed};
+
+/// Counters of one worker, readable while it runs.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Tasks leased from the broker.
+    pub fetched: AtomicU64,
+    /// Handlers that returned success.
+    pub succeeded: AtomicU64,
+    /// Failed attempts scheduled for retry.
+    pub retried: AtomicU64,
+    /// Tasks archived (any reason).
+    pub archived: AtomicU64,
+    /// Tasks archived because their envelope failed to open, expired or replayed.
+    pub integrity_failures: AtomicU64,
+    /// Tasks given back unstarted or unfinished at shutdown.
+    pub requeued: AtomicU64,
+    /// Acks the broker refused because the lease was lost.
+    pub leases_lost: AtomicU64,
+}
+
+/// A plain copy of [`WorkerStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WorkerReport {
+    /// Tasks leased.
+    pub fetched: u64,
+    /// Successes.
+    pub succeeded: u64,
+    /// Retries scheduled.
+    pub retried: u64,
+    /// Archived.
+    pub archived: u64,
+    /// Integrity, expiry and replay refusals (also counted in `archived`).
+    pub integrity_failures: u64,
+    /// Given back at shutdown.
+    pub requeued: u64,
+    /// Lost leases.
+    pub leases_lost: u64,
+}
+
+impl WorkerStats {
+    /// A snapshot.
+    pub fn report(&self) -> WorkerReport {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WorkerReport {
+            fetched: g(&self.fetched),
+            succeeded: g(&self.succeeded),
+            retried: g(&self.retried),
+            archived: g(&self.archived),
+            integrity_failures: g(&self.integrity_failures),
+            requeued: g(&self.requeued),
+            leases_lost: g(&self.leases_lost),
+        }
+    }
+}
+
+/// Configuration shared by the worker's loops.
+pub(crate) struct Config {
+    pub(crate) id: String,
+    pub(crate) queues: Vec<(String, u32)>,
+    pub(crate) priority: Priority,
+    pub(crate) concurrency: usize,
+    pub(crate) prefetch: usize,
+    pub(crate) lease: Duration,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) maintenance_interval: Duration,
+    pub(crate) ack_batch: usize,
+}
+
+/// Builds a [`Worker`].
+pub struct WorkerBuilder {
+    broker: Arc<dyn Broker>,
+    keyring: Arc<Keyring>,
+    clock: SharedClock,
+    handlers: HashMap<String, Arc<dyn ErasedHandler>>,
+    fallback: Option<Arc<dyn ErasedHandler>>,
+    config: Config,
+}
+
+impl std::fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("queues", &self.config.queues)
+            .field("handlers", &self.handlers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerBuilder {
+    /// Queues to take from, with weights (default: `default` with weight 1).
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = (S, u32)>,
+        S: Into<String>,
+    {
+        self.config.queues = queues.into_iter().map(|(q, w)| (q.into(), w)).collect();
+        self
+    }
+
+    /// How queue weights are applied (default [`Priority::Weighted`]).
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.config.priority = priority;
+        self
+    }
+
+    /// Handlers running at once (default 16).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.config.concurrency = n.max(1);
+        self
+    }
+
+    /// Tasks leased ahead of free handler slots (default: same as concurrency).
+    /// Prefetched tasks hold a lease, so keep this small for long tasks.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.config.prefetch = n;
+        self
+    }
+
+    /// Lease length (default 30 s); extended every third of it while running.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = lease.max(Duration::from_millis(300));
+        self
+    }
+
+    /// How long shutdown waits for running handlers before cancelling them
+    /// and returning their tasks (default 30 s).
+    pub fn shutdown_timeout(mut self, t: Duration) -> Self {
+        self.config.shutdown_timeout = t;
+        self
+    }
+
+    /// How often to forward due tasks and recover expired leases (default 1 s).
+    pub fn maintenance_interval(mut self, t: Duration) -> Self {
+        self.config.maintenance_interval = t.max(Duration::from_millis(10));
+        self
+    }
+
+    /// The worker id (default `HOSTNAME:PID`).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.config.id = id.into();
+        self
+    }
+
+    /// The clock (tests).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Register the handler for task type `T`.
+    pub fn handle<T, F, Fut>(mut self, f: F) -> Self
+    where
+        T: Task,
+        F: Fn(T, TaskContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        let h = Typed::<T, F> {
+            f,
+            _t: std::marker::PhantomData,
+        };
+        self.handlers.insert(T::KIND.to_owned(), Arc::new(h));
+        self
+    }
+
+    /// Register a handler for type name `kind` receiving the raw payload.
+    pub fn handle_raw<F, Fut>(mut self, kind: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(RawPayload, TaskContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.handlers.insert(kind.into(), Arc::new(Raw { f }));
+        self
+    }
+
+    /// Register a handler for every type without its own handler. Without one,
+    /// a task of an unknown type is archived with reason `unknown_type`.
+    pub fn handle_any<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(RawPayload, TaskContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.fallback = Some(Arc::new(Raw { f }));
+        self
+    }
+
+    /// Check the configuration and build the worker.
+    pub fn build(self) -> Result<Worker> {
+        if self.config.queues.is_empty() {
+            return Err(Error::Config("a worker needs at least one queue".into()));
+        }
+        for (q, _) in &self.config.queues {
+            validate_queue_name(q)?;
+        }
+        if self.handlers.is_empty() && self.fallback.is_none() {
+            return Err(Error::Config(
+                "a worker needs at least one handler (handle, handle_raw or handle_any)".into(),
+            ));
+        }
+        Ok(Worker {
+            inner: Arc::new(runtime::Shared::new(
+                self.broker,
+                self.keyring,
+                self.clock,
+                self.handlers,
+                self.fallback,
+                self.config,
+            )),
+        })
+    }
+}
+
+/// Processes tasks. Build with [`Worker::builder`], then [`Worker::run`]
+/// (until SIGINT/SIGTERM), [`Worker::run_until`] or [`Worker::spawn`].
+///
+/// ```no_run
+/// # async fn f(broker: std::sync::Arc<dyn sealq::Broker>) -> sealq::Result<()> {
+/// use serde::{Deserialize, Serialize};
+/// #[derive(Serialize, Deserialize)]
+/// struct Resize { image_id: u64 }
+/// impl sealq::Task for Resize { const KIND: &'static str = "image.resize"; }
+///
+/// let worker = sealq::Worker::builder(broker, sealq::Keyring::from_env()?)
+///     .queues([("default", 1)])
+///     .concurrency(32)
+///     .handle(|task: Resize, ctx: sealq::TaskContext| async move {
+///         println!("resizing {} (attempt {})", task.image_id, ctx.attempt());
+///         Ok(())
+///     })
+///     .build()?;
+/// worker.run().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<runtime::Shared>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("id", &self.inner.config.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Start building a worker over `broker` opening with `keyring`.
+    pub fn builder(broker: Arc<dyn Broker>, keyring: impl Into<Arc<Keyring>>) -> WorkerBuilder {
+        let concurrency = 16;
+        WorkerBuilder {
+            broker,
+            keyring: keyring.into(),
+            clock: system_clock(),
+            handlers: HashMap::new(),
+            fallback: None,
+            config: Config {
+                id: crate::client::default_process_id(),
+                queues: vec![(crate::options::DEFAULT_QUEUE.to_owned(), 1)],
+                priority: Priority::Weighted,
+                concurrency,
+                prefetch: usize::MAX, // resolved to `concurrency` in Shared::new
+                lease: Duration::from_secs(30),
+                shutdown_timeout: Duration::from_secs(30),
+                maintenance_interval: Duration::from_secs(1),
+                ack_batch: 1024,
+            },
+        }
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &WorkerStats {
+        &self.inner.stats
+    }
+
+    /// Run until SIGINT or SIGTERM, then shut down gracefully.
+    pub async fn run(&self) -> Result<WorkerReport> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Run until `shutdown` completes, then shut down gracefully: stop
+    /// fetching, give back prefetched tasks, wait up to the shutdown timeout
+    /// for running handlers, cancel and give back the rest, flush acks.
+    pub async fn run_until(
+        &self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<WorkerReport> {
+        runtime::run(self.inner.clone(), shutdown).await
+    }
+
+    /// Run in the background; the handle stops it.
+    pub fn spawn(&self) -> WorkerHandle {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let s = stop.clone();
+        let inner = self.inner.clone();
+        let join = tokio::spawn(async move { runtime::run(inner, s.cancelled_owned()).await });
+        WorkerHandle {
+            stop,
+            join,
+            worker: self.clone(),
+        }
+    }
+}
+
+/// A worker running in the background.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    stop: tokio_util::sync::CancellationToken,
+    join: tokio::task::JoinHandle<Result<WorkerReport>>,
+    worker: Worker,
+}
+
+impl WorkerHandle {
+    /// Live counters.
+    pub fn stats(&self) -> &WorkerStats {
+        self.worker.stats()
+    }
+
+    /// Shut down gracefully and wait for it.
+    pub async fn shutdown(self) -> Result<WorkerReport> {
+        self.stop.cancel();
+        self.join.await.map_err(|_| Error::Shutdown)?
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

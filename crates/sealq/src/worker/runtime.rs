@@ -1,0 +1,584 @@
+//! The worker's loops: fetch, process, ack, heartbeat, maintenance.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::handler::{ErasedHandler, Failure, RawPayload, TaskContext};
+use super::priority::fetch_order;
+use super::{Config, WorkerReport, WorkerStats};
+use crate::broker::{
+    Ack, AckResult, Broker, DequeueRequest, Lease, LeasedTask, Outcome, TaskRecord,
+};
+use crate::clock::SharedClock;
+use crate::envelope::{Aad, Purpose};
+use crate::error::{IntegrityError, Result};
+use crate::keyring::Keyring;
+use crate::task::ArchiveReason;
+
+/// State shared by all loops of one worker.
+pub(crate) struct Shared {
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) keyring: Arc<Keyring>,
+    pub(crate) clock: SharedClock,
+    pub(crate) handlers: HashMap<String, Arc<dyn ErasedHandler>>,
+    pub(crate) fallback: Option<Arc<dyn ErasedHandler>>,
+    pub(crate) config: Config,
+    pub(crate) stats: WorkerStats,
+    /// Leases held by this worker (fetched, not yet acked), with the token
+    /// that cancels the handler if the lease is lost.
+    inflight: Mutex<HashMap<crate::TaskId, (Lease, CancellationToken)>>,
+    queue_names: Vec<String>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        broker: Arc<dyn Broker>,
+        keyring: Arc<Keyring>,
+        clock: SharedClock,
+        handlers: HashMap<String, Arc<dyn ErasedHandler>>,
+        fallback: Option<Arc<dyn ErasedHandler>>,
+        mut config: Config,
+    ) -> Self {
+        if config.prefetch == usize::MAX {
+            config.prefetch = config.concurrency;
+        }
+        let queue_names = config.queues.iter().map(|(q, _)| q.clone()).collect();
+        Shared {
+            broker,
+            keyring,
+            clock,
+            handlers,
+            fallback,
+            config,
+            stats: WorkerStats::default(),
+            inflight: Mutex::new(HashMap::new()),
+            queue_names,
+        }
+    }
+
+    fn inflight(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<crate::TaskId, (Lease, CancellationToken)>> {
+        // The map holds plain values; a panic while holding the lock cannot
+        // leave it logically inconsistent, so a poisoned lock is still usable.
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The per-run cancellation tokens and limits.
+struct Run {
+    /// Stop fetching; tasks not yet started are given back.
+    stop: CancellationToken,
+    /// Cancel running handlers and give their tasks back.
+    hard: CancellationToken,
+    /// Handlers running at once.
+    running: Arc<Semaphore>,
+    acks: mpsc::UnboundedSender<Ack>,
+}
+
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<WorkerReport> {
+    let cfg = &shared.config;
+    let total_slots = cfg.concurrency + cfg.prefetch;
+    let slots = Arc::new(Semaphore::new(total_slots));
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let background = CancellationToken::new();
+    let run = Arc::new(Run {
+        stop: CancellationToken::new(),
+        hard: CancellationToken::new(),
+        running: Arc::new(Semaphore::new(cfg.concurrency)),
+        acks: ack_tx,
+    });
+    info!(
+        worker = %cfg.id,
+        broker = %shared.broker.describe(),
+        queues = ?shared.queue_names,
+        concurrency = cfg.concurrency,
+        "worker started"
+    );
+
+    let acker = tokio::spawn(ack_loop(shared.clone(), ack_rx));
+    let heartbeat = tokio::spawn(heartbeat_loop(shared.clone(), background.clone()));
+    let maintenance = tokio::spawn(maintenance_loop(shared.clone(), background.clone()));
+    let fetcher = tokio::spawn(fetch_loop(shared.clone(), run.clone(), slots.clone()));
+
+    shutdown.await;
+    info!(worker = %cfg.id, "shutting down: no new tasks; waiting for running handlers");
+    run.stop.cancel();
+    let _ = fetcher.await;
+
+    // Every slot comes back once its task's ack is queued.
+    let all = u32::try_from(total_slots).unwrap_or(u32::MAX);
+    if tokio::time::timeout(cfg.shutdown_timeout, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        warn!(
+            worker = %cfg.id,
+            timeout_ms = cfg.shutdown_timeout.as_millis() as u64,
+            "shutdown timeout: cancelling running handlers and returning their tasks"
+        );
+        run.hard.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), slots.acquire_many(all)).await;
+    }
+    // Dropping the last sender lets the acker drain and finish.
+    drop(run);
+    let _ = tokio::time::timeout(Duration::from_secs(30), acker).await;
+    background.cancel();
+    let _ = heartbeat.await;
+    let _ = maintenance.await;
+    let report = shared.stats.report();
+    info!(worker = %cfg.id, ?report, "worker stopped");
+    Ok(report)
+}
+
+/// Backoff for broker errors in loops: 50 ms doubling to 5 s.
+fn error_backoff(failures: u32) -> Duration {
+    Duration::from_millis((50u64 << failures.min(7)).min(5_000))
+}
+
+async fn fetch_loop(shared: Arc<Shared>, run: Arc<Run>, slots: Arc<Semaphore>) {
+    let cfg = &shared.config;
+    let mut failures = 0u32;
+    loop {
+        let mut permit: OwnedSemaphorePermit = tokio::select! {
+            biased;
+            _ = run.stop.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let more = slots.available_permits();
+        if more > 0
+            && let Ok(extra) = slots.clone().try_acquire_many_owned(more as u32)
+        {
+            permit.merge(extra);
+        }
+        let order = fetch_order(&cfg.queues, cfg.priority, rand::random::<f64>);
+        let request = DequeueRequest {
+            queues: order,
+            max: permit.num_permits(),
+            lease: cfg.lease,
+            worker: cfg.id.clone(),
+        };
+        match shared.broker.dequeue(&request).await {
+            Ok(tasks) if tasks.is_empty() => {
+                failures = 0;
+                drop(permit);
+                // Nothing ready: sleep until the broker signals work (or the
+                // maintenance interval passes, for scheduled tasks). Not a poll.
+                tokio::select! {
+                    _ = run.stop.cancelled() => return,
+                    r = shared.broker.wait_for_work(&shared.queue_names, cfg.maintenance_interval) => {
+                        if let Err(e) = r {
+                            warn!(error = %e, "waiting for work failed; retrying");
+                            tokio::time::sleep(error_backoff(3)).await;
+                        }
+                    }
+                }
+            }
+            Ok(tasks) => {
+                failures = 0;
+                shared
+                    .stats
+                    .fetched
+                    .fetch_add(tasks.len() as u64, Ordering::Relaxed);
+                for task in tasks {
+                    // Invariant: the broker returns at most `max` tasks, and
+                    // the permit holds `max`, so a split of 1 always succeeds.
+                    let slot = match permit.split(1) {
+                        Some(s) => s,
+                        None => {
+                            warn!(
+                                "broker returned more tasks than requested; returning the excess"
+                            );
+                            let _ = run.acks.send(Ack {
+                                lease: task.lease,
+                                outcome: Outcome::Requeue,
+                            });
+                            continue;
+                        }
+                    };
+                    let cancel = run.hard.child_token();
+                    shared
+                        .inflight()
+                        .insert(task.record.id, (task.lease, cancel.clone()));
+                    tokio::spawn(process(shared.clone(), run.clone(), task, slot, cancel));
+                }
+            }
+            Err(e) => {
+                drop(permit);
+                warn!(error = %e, "dequeue failed; retrying");
+                failures += 1;
+                tokio::select! {
+                    _ = run.stop.cancelled() => return,
+                    _ = tokio::time::sleep(error_backoff(failures)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn process(
+    shared: Arc<Shared>,
+    run: Arc<Run>,
+    task: LeasedTask,
+    slot: OwnedSemaphorePermit,
+    cancel: CancellationToken,
+) {
+    let record = &task.record;
+    let span = info_span!(
+        "sealq.task",
+        id = %record.id,
+        kind = %record.kind,
+        queue = %record.queue,
+        attempt = record.attempts
+    );
+    let outcome = async {
+        tokio::select! {
+            biased;
+            permit = run.running.clone().acquire_owned() => {
+                let _permit = permit;
+                execute(&shared, &run, &task, cancel).await
+            }
+            // Shut down before it started: give it back, this attempt does not count.
+            _ = run.stop.cancelled() => Outcome::Requeue,
+        }
+    }
+    .instrument(span)
+    .await;
+    if matches!(outcome, Outcome::Requeue) {
+        shared.stats.requeued.fetch_add(1, Ordering::Relaxed);
+    }
+    shared.inflight().remove(&record.id);
+    // The acker owns the receiving end until every sender is gone, so this
+    // only fails if the acker died; the lease then expires and the task is
+    // recovered for another attempt (at-least-once).
+    let _ = run.acks.send(Ack {
+        lease: task.lease,
+        outcome,
+    });
+    drop(slot);
+}
+
+/// Run one leased task to an outcome. Never panics on task data.
+async fn execute(
+    shared: &Shared,
+    run: &Run,
+    task: &LeasedTask,
+    cancel: CancellationToken,
+) -> Outcome {
+    let record = &task.record;
+    let now = shared.clock.now_ms();
+
+    // Refusals: nothing below reaches a handler.
+    if task.replayed {
+        return refuse(
+            shared,
+            record,
+            IntegrityError::Replay,
+            ArchiveReason::Replay,
+        );
+    }
+    if record.meta.not_after_ms.is_some_and(|t| now > t) {
+        return refuse(
+            shared,
+            record,
+            IntegrityError::Expired,
+            ArchiveReason::Expired,
+        );
+    }
+    let payload = match shared
+        .keyring
+        .open(&Aad::for_record(record, Purpose::Payload), &record.envelope)
+    {
+        Ok(p) => RawPayload(p),
+        Err(e) => return refuse(shared, record, e, ArchiveReason::Integrity),
+    };
+    if record.meta.deadline_ms.is_some_and(|d| now >= d) {
+        return archive(
+            shared,
+            record,
+            ArchiveReason::DeadlineExceeded,
+            "deadline passed before start",
+        );
+    }
+    let Some(handler) = shared
+        .handlers
+        .get(&record.kind)
+        .or(shared.fallback.as_ref())
+        .cloned()
+    else {
+        warn!("no handler registered for this task type; archiving");
+        return archive(
+            shared,
+            record,
+            ArchiveReason::UnknownType,
+            "no handler for this task type",
+        );
+    };
+
+    let ctx = TaskContext {
+        id: record.id,
+        kind: Arc::from(record.kind.as_str()),
+        queue: Arc::from(record.queue.as_str()),
+        attempt: record.attempts,
+        max_retries: record.meta.max_retries,
+        created_at_ms: record.meta.created_at_ms,
+        run_at_ms: record.run_at_ms,
+        started_at_ms: now,
+        deadline_ms: record.meta.deadline_ms,
+        cancel: cancel.clone(),
+        result: Arc::default(),
+    };
+    let lateness_ms = (now - record.run_at_ms).max(0);
+    metrics::histogram!("sealq_task_start_delay_seconds").record(lateness_ms as f64 / 1000.0);
+
+    let mut limit_ms = record.meta.timeout_ms.unwrap_or(u64::MAX);
+    if let Some(d) = record.meta.deadline_ms {
+        limit_ms = limit_ms.min(u64::try_from(d - now).unwrap_or(0));
+    }
+    let limit = Duration::from_millis(limit_ms.min(365 * 24 * 3600 * 1000));
+    let call = AssertUnwindSafe(handler.call(payload, ctx.clone())).catch_unwind();
+    let started = std::time::Instant::now();
+    let result = tokio::select! {
+        r = tokio::time::timeout(limit, call) => r,
+        _ = run.hard.cancelled() => {
+            cancel.cancel();
+            info!("shutdown timeout reached while running; returning the task");
+            return Outcome::Requeue;
+        }
+    };
+    metrics::histogram!("sealq_task_duration_seconds").record(started.elapsed().as_secs_f64());
+
+    match result {
+        Ok(Ok(Ok(()))) => {
+            shared.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("sealq_tasks_total", "outcome" => "completed").increment(1);
+            debug!("completed");
+            let result = ctx
+                .take_result()
+                .and_then(|bytes| seal_or_log(shared, record, Purpose::Result, &bytes));
+            Outcome::Complete { result }
+        }
+        Ok(Ok(Err(e))) => fail(shared, record, e.failure.clone(), e.message()),
+        Ok(Err(panic)) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            warn!("handler panicked; treating as a failure");
+            fail(
+                shared,
+                record,
+                Failure::Retry,
+                &format!("handler panicked: {msg}"),
+            )
+        }
+        Err(_elapsed) => {
+            cancel.cancel();
+            if record
+                .meta
+                .deadline_ms
+                .is_some_and(|d| shared.clock.now_ms() >= d)
+            {
+                return archive(
+                    shared,
+                    record,
+                    ArchiveReason::DeadlineExceeded,
+                    "deadline exceeded",
+                );
+            }
+            warn!(timeout_ms = limit_ms, "handler timed out");
+            fail(
+                shared,
+                record,
+                Failure::Retry,
+                &format!("timed out after {limit_ms} ms"),
+            )
+        }
+    }
+}
+
+/// An envelope that must not reach a handler: archive, count, log (no payload).
+fn refuse(
+    shared: &Shared,
+    record: &TaskRecord,
+    error: IntegrityError,
+    reason: ArchiveReason,
+) -> Outcome {
+    shared
+        .stats
+        .integrity_failures
+        .fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("sealq_integrity_failures_total", "reason" => reason.as_str().to_owned())
+        .increment(1);
+    warn!(error = %error, reason = %reason, envelope_len = record.envelope.len(), "refusing task");
+    archive(shared, record, reason, &error.to_string())
+}
+
+fn archive(shared: &Shared, record: &TaskRecord, reason: ArchiveReason, message: &str) -> Outcome {
+    shared.stats.archived.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("sealq_tasks_total", "outcome" => "archived").increment(1);
+    info!(reason = %reason, "archived");
+    let error = seal_or_log(shared, record, Purpose::Error, message.as_bytes());
+    Outcome::Archive { reason, error }
+}
+
+fn fail(shared: &Shared, record: &TaskRecord, failure: Failure, message: &str) -> Outcome {
+    let retry_in = match failure {
+        Failure::Retry => Some(record.meta.backoff.next_delay_ms(record.attempts)),
+        Failure::RetryIn(d) => Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        Failure::SkipRetry => return archive(shared, record, ArchiveReason::SkipRetry, message),
+        Failure::Cancel => return archive(shared, record, ArchiveReason::Cancelled, message),
+        Failure::Archive(reason) => return archive(shared, record, reason, message),
+    };
+    // `attempts` counts this attempt: with max_retries = 2 the task runs at most 3 times.
+    if record.attempts > record.meta.max_retries {
+        return archive(shared, record, ArchiveReason::Exhausted, message);
+    }
+    let delay = retry_in.unwrap_or(0);
+    shared.stats.retried.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("sealq_tasks_total", "outcome" => "retry").increment(1);
+    info!(retry_in_ms = delay, "failed; will retry");
+    let at_ms = shared
+        .clock
+        .now_ms()
+        .saturating_add(i64::try_from(delay).unwrap_or(i64::MAX));
+    let error = seal_or_log(shared, record, Purpose::Error, message.as_bytes());
+    Outcome::Retry { at_ms, error }
+}
+
+/// Seal a result or error for storage. Sealing only fails on a broken
+/// keyring; the task's outcome must still be recorded, so the bytes are
+/// dropped (never stored in the clear) and the failure logged.
+fn seal_or_log(
+    shared: &Shared,
+    record: &TaskRecord,
+    purpose: Purpose,
+    bytes: &[u8],
+) -> Option<Vec<u8>> {
+    match shared
+        .keyring
+        .seal(&Aad::for_record(record, purpose), bytes)
+    {
+        Ok(sealed) => Some(sealed),
+        Err(e) => {
+            warn!(error = %e, ?purpose, "could not seal; dropping it rather than storing plaintext");
+            None
+        }
+    }
+}
+
+async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ack>) {
+    let max = shared.config.ack_batch;
+    let mut batch = Vec::with_capacity(max);
+    while rx.recv_many(&mut batch, max).await > 0 {
+        let mut failures = 0u32;
+        loop {
+            match shared.broker.ack(batch.clone()).await {
+                Ok(results) => {
+                    let lost = results
+                        .iter()
+                        .filter(|r| **r == AckResult::LeaseLost)
+                        .count();
+                    if lost > 0 {
+                        shared
+                            .stats
+                            .leases_lost
+                            .fetch_add(lost as u64, Ordering::Relaxed);
+                        warn!(
+                            lost,
+                            "acks refused: leases were lost (the tasks may run again elsewhere)"
+                        );
+                    }
+                    break;
+                }
+                Err(e) if failures < 20 => {
+                    failures += 1;
+                    warn!(error = %e, attempt = failures, "ack failed; retrying");
+                    tokio::time::sleep(error_backoff(failures)).await;
+                }
+                Err(e) => {
+                    // Giving up is safe: the leases expire and the tasks are
+                    // recovered for another attempt (at-least-once delivery).
+                    warn!(error = %e, count = batch.len(), "ack failed repeatedly; leases will expire and the tasks run again");
+                    break;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = shared.config.lease / 3;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let leases: Vec<Lease> = shared.inflight().values().map(|(l, _)| *l).collect();
+        if leases.is_empty() {
+            continue;
+        }
+        match shared
+            .broker
+            .extend_leases(&leases, shared.config.lease)
+            .await
+        {
+            Ok(held) => {
+                let mut map = shared.inflight();
+                for (lease, ok) in leases.iter().zip(held) {
+                    if !ok && let Some((_, token)) = map.remove(&lease.task_id) {
+                        warn!(id = %lease.task_id, "lease lost; cancelling the handler");
+                        token.cancel();
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "lease extension failed; will retry"),
+        }
+    }
+}
+
+async fn maintenance_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = 0u64;
+    loop {
+        match shared.broker.forward_due().await {
+            Ok(f) if f.moved > 0 => debug!(moved = f.moved, "forwarded due tasks"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "forwarding due tasks failed"),
+        }
+        match shared.broker.recover_expired().await {
+            Ok(r) if r.retried + r.archived > 0 => {
+                info!(
+                    retried = r.retried,
+                    archived = r.archived,
+                    "recovered expired leases"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "recovering expired leases failed"),
+        }
+        if tick.is_multiple_of(60)
+            && let Err(e) = shared.broker.purge_completed().await
+        {
+            warn!(error = %e, "purging completed tasks failed");
+        }
+        tick += 1;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(shared.config.maintenance_interval) => {}
+        }
+    }
+}
