@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what sealq's tests need (when missing) and runs every test.
+# Used verbatim by the README and by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+# The embedded broker needs nothing: rusqlite builds its own SQLite (bundled).
+# Brokers added later list their servers here (redis-server, postgres).
+for bin in cc; do
+  command -v "$bin" >/dev/null 2>&1 || need_apt+=(build-essential)
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing test prerequisites: ${need_apt[*]}" >&2
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+cargo test --workspace --all-targets --locked
+cargo test --workspace --doc --locked
