@@ -1,68 +1,612 @@
 //! The keyring: named sealing keys, one primary. Loaded from a TOML file or
 //! environment variable, never from the broker.
 //!
-//! STUB: API fixed, implementation pending (helper H1 fills this file).
+//! # Keyring TOML
+//!
+//! ```toml
+//! # sealq keyring — keep secret
+//! primary = "k-20261123-ab12"
+//! subject_tag_key = "<base64 32 bytes>"   # HMAC key for subject tags; must stay stable across rotations
+//!
+//! [keys.k-20261123-ab12]
+//! secret = "<base64 32 bytes>"
+//! created = "2026-11-23T18:00:00Z"         # optional, RFC 3339
+//!
+//! [keys.old-key]
+//! secret = "..."
+//! ```
+//!
+//! - `primary` (required): the id of the key every new envelope is sealed
+//!   with. It must be one of the `[keys.*]` tables.
+//! - `subject_tag_key` (required): 32 bytes, standard base64 with padding. The
+//!   HMAC key of [`Keyring::subject_tag`] and the master of
+//!   [`Keyring::derive_subkey`]. It is *not* rotated with the sealing keys:
+//!   changing it makes every stored subject tag unfindable.
+//! - `[keys.<id>]` (at least one): `secret` is 32 bytes in standard base64
+//!   with padding; `created` is an optional RFC 3339 timestamp (string or TOML
+//!   datetime). Key ids are 1 to 64 characters from `A-Z a-z 0-9 . _ -` (quote
+//!   ids containing `.` in TOML: `[keys."k.1"]`).
+//! - Unknown fields are errors, so a misspelt `primary` is not silently ignored.
+//!
+//! Every key other than the primary is open-only: it opens envelopes that name
+//! it, and never seals. Rotation ([`Keyring::rotate`]) adds a new random key and
+//! makes it primary; the old key stays to open what it sealed. Retire a key
+//! ([`Keyring::remove_key`]) only once no stored envelope names it.
+//!
+//! Error messages name the field or key id that is wrong; they never contain
+//! a secret value.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chacha20poly1305::aead::AeadInOut;
+use chacha20poly1305::{Key, KeyInit, Tag, XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::envelope::Aad;
+use crate::envelope::{
+    self, Aad, Algorithm, NONCE_LEN, TAG_LEN, is_valid_key_id, parse_header, write_header,
+};
 use crate::error::{Error, IntegrityError};
 use crate::task::SubjectTag;
 
+/// Length of every secret in the keyring (sealing keys, subject tag key).
+pub const KEY_LEN: usize = 32;
+
+/// Environment variable naming the keyring file.
+pub const ENV_KEYRING_PATH: &str = "SEALQ_KEYRING";
+
+/// Environment variable holding the keyring TOML itself.
+pub const ENV_KEYRING_TOML: &str = "SEALQ_KEYRING_TOML";
+
+/// Domain prefix of the subject tag HMAC input.
+const SUBJECT_DOMAIN: &[u8] = b"sealq-subject-v1";
+
+/// HKDF salt of [`Keyring::derive_subkey`].
+const SUBKEY_SALT: &[u8] = b"sealq-subkey-v1";
+
+/// One sealing key: the secret (kept for export) and its precomputed cipher.
+struct KeyEntry {
+    secret: Zeroizing<[u8; KEY_LEN]>,
+    cipher: XChaCha20Poly1305,
+    created: Option<jiff::Timestamp>,
+}
+
+impl KeyEntry {
+    fn new(secret: Zeroizing<[u8; KEY_LEN]>, created: Option<jiff::Timestamp>) -> Self {
+        let key: &Key = (&*secret).into();
+        let cipher = XChaCha20Poly1305::new(key);
+        KeyEntry {
+            secret,
+            cipher,
+            created,
+        }
+    }
+
+    fn random(created: Option<jiff::Timestamp>) -> Self {
+        Self::new(random_key(), created)
+    }
+}
+
 /// Named keys; seals with the primary, opens with the key an envelope names.
+///
+/// Loaded with [`Keyring::from_file`], [`Keyring::from_env`] or
+/// [`Keyring::from_toml`] (format in the [module docs](self)), or created with
+/// [`Keyring::generate`]. Secrets are wiped from memory when the keyring is
+/// dropped, and `Debug` prints key ids only.
 pub struct Keyring {
     primary: String,
+    keys: BTreeMap<String, KeyEntry>,
+    subject_tag_key: Zeroizing<[u8; KEY_LEN]>,
 }
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keyring")
             .field("primary", &self.primary)
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
 
 impl Keyring {
-    /// A fresh keyring with one random primary key.
+    /// A fresh keyring with one random primary key (id `k-YYYYMMDD-xxxx`, UTC
+    /// date and 4 random hex digits) and a random subject tag key.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system's random number generator fails, which leaves
+    /// no safe way to make a key.
     pub fn generate() -> Self {
+        let now = now_seconds();
+        let id = new_key_id(now, |_| false);
+        let mut keys = BTreeMap::new();
+        keys.insert(id.clone(), KeyEntry::random(Some(now)));
         Keyring {
-            primary: String::new(),
+            primary: id,
+            keys,
+            subject_tag_key: random_key(),
         }
     }
-    /// Parse keyring TOML.
-    pub fn from_toml(_s: &str) -> Result<Self, Error> {
-        Err(Error::Keyring("not implemented".into()))
+
+    /// Parse keyring TOML (format in the [module docs](self)).
+    ///
+    /// Errors are [`Error::Keyring`] naming what is wrong; secrets are never
+    /// echoed.
+    pub fn from_toml(s: &str) -> Result<Self, Error> {
+        let raw: KeyringToml = toml::from_str(s).map_err(|e| toml_error(s, &e))?;
+        Self::from_raw(raw)
     }
-    /// Load from a TOML file.
-    pub fn from_file(_path: &std::path::Path) -> Result<Self, Error> {
-        Err(Error::Keyring("not implemented".into()))
+
+    /// Load from a TOML file. Errors name the path.
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path)
+            .map(Zeroizing::new)
+            .map_err(|e| {
+                Error::Keyring(format!("cannot read keyring file {}: {e}", path.display()))
+            })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            Error::Keyring(msg) => Error::Keyring(format!("{}: {msg}", path.display())),
+            other => other,
+        })
     }
-    /// Load from `SEALQ_KEYRING` (path) or `SEALQ_KEYRING_TOML` (the TOML itself).
+
+    /// Load from `SEALQ_KEYRING` (a path) or, if unset or empty,
+    /// `SEALQ_KEYRING_TOML` (the TOML itself); neither gives
+    /// [`Error::NoKeyring`].
     pub fn from_env() -> Result<Self, Error> {
+        Self::from_env_with(|name| std::env::var_os(name))
+    }
+
+    /// [`Keyring::from_env`] reading variables through `var` instead of the
+    /// process environment (for layered configuration and tests).
+    pub fn from_env_with(var: impl Fn(&str) -> Option<OsString>) -> Result<Self, Error> {
+        if let Some(path) = var(ENV_KEYRING_PATH).filter(|p| !p.is_empty()) {
+            return Self::from_file(Path::new(&path));
+        }
+        if let Some(text) = var(ENV_KEYRING_TOML).filter(|t| !t.is_empty()) {
+            let text =
+                Zeroizing::new(text.into_string().map_err(|_| {
+                    Error::Keyring(format!("{ENV_KEYRING_TOML} is not valid UTF-8"))
+                })?);
+            return Self::from_toml(&text)
+                .map_err(|e| prefix_keyring_error(e, &format!("{ENV_KEYRING_TOML}: ")));
+        }
         Err(Error::NoKeyring)
     }
+
     /// Export as TOML including secrets (explicit act: `sealq keys generate`).
+    ///
+    /// The output parses back with [`Keyring::from_toml`] to an identical keyring.
     pub fn to_toml_secret(&self) -> Zeroizing<String> {
-        Zeroizing::new(String::new())
+        // Reserve up front so the buffer never reallocates (a reallocation
+        // would leave an unwiped copy of the secrets behind).
+        let per_key = 32 + 2 * envelope::MAX_KEY_ID_LEN + 64 + 64;
+        let mut out = Zeroizing::new(String::with_capacity(256 + per_key * self.keys.len()));
+        let b64 = |k: &[u8; KEY_LEN]| {
+            let mut s = Zeroizing::new(String::with_capacity(44));
+            BASE64.encode_string(k, &mut s);
+            s
+        };
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "# sealq keyring — keep secret");
+        let _ = writeln!(out, "primary = \"{}\"", self.primary);
+        let _ = writeln!(
+            out,
+            "subject_tag_key = \"{}\"   # HMAC key for subject tags; must stay stable across rotations",
+            b64(&self.subject_tag_key).as_str()
+        );
+        for (id, entry) in &self.keys {
+            out.push('\n');
+            if id.contains('.') {
+                let _ = writeln!(out, "[keys.\"{id}\"]");
+            } else {
+                let _ = writeln!(out, "[keys.{id}]");
+            }
+            let _ = writeln!(out, "secret = \"{}\"", b64(&entry.secret).as_str());
+            if let Some(created) = entry.created {
+                let _ = writeln!(out, "created = \"{created}\"");
+            }
+        }
+        out
     }
+
     /// Id of the primary key.
     pub fn primary_key_id(&self) -> &str {
         &self.primary
     }
-    /// Keyed hash of a subject id.
-    pub fn subject_tag(&self, _subject: &str) -> SubjectTag {
-        SubjectTag([0; 32])
+
+    /// Ids of all keys (primary and open-only), sorted.
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(String::as_str)
     }
-    /// Seal `plaintext` with the primary key.
-    pub fn seal(&self, _aad: &Aad<'_>, _plaintext: &[u8]) -> Result<Vec<u8>, Error> {
-        Err(Error::Keyring("not implemented".into()))
+
+    /// Whether the keyring holds a key with this id.
+    pub fn contains_key(&self, id: &str) -> bool {
+        self.keys.contains_key(id)
     }
-    /// Open an envelope.
+
+    /// Add a new random open-only key named `id`.
+    ///
+    /// Fails if `id` is not a valid key id or already exists. Make it the
+    /// sealing key with [`Keyring::set_primary`].
+    pub fn add_key(&mut self, id: &str) -> Result<(), Error> {
+        check_key_id(id)?;
+        if self.keys.contains_key(id) {
+            return Err(Error::Keyring(format!("key `{id}` already exists")));
+        }
+        self.keys
+            .insert(id.to_owned(), KeyEntry::random(Some(now_seconds())));
+        Ok(())
+    }
+
+    /// Make the existing key `id` the primary (sealing) key.
+    pub fn set_primary(&mut self, id: &str) -> Result<(), Error> {
+        if !self.keys.contains_key(id) {
+            return Err(Error::Keyring(format!(
+                "cannot make `{id}` primary: no such key"
+            )));
+        }
+        self.primary = id.to_owned();
+        Ok(())
+    }
+
+    /// Rotate: add a new random key with a fresh `k-YYYYMMDD-xxxx` id and make
+    /// it primary. Returns the new id. Earlier keys stay, open-only, so what
+    /// they sealed still opens. The subject tag key does not change.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system's random number generator fails.
+    pub fn rotate(&mut self) -> String {
+        let now = now_seconds();
+        let id = new_key_id(now, |id| self.keys.contains_key(id));
+        self.keys.insert(id.clone(), KeyEntry::random(Some(now)));
+        self.primary.clone_from(&id);
+        id
+    }
+
+    /// Remove an open-only key. Envelopes that name it no longer open
+    /// ([`IntegrityError::UnknownKey`]). The primary cannot be removed.
+    pub fn remove_key(&mut self, id: &str) -> Result<(), Error> {
+        if id == self.primary {
+            return Err(Error::Keyring(format!(
+                "cannot remove `{id}`: it is the primary key; rotate first"
+            )));
+        }
+        match self.keys.remove(id) {
+            Some(_) => Ok(()),
+            None => Err(Error::Keyring(format!("cannot remove `{id}`: no such key"))),
+        }
+    }
+
+    /// Keyed hash of a subject id:
+    /// `HMAC-SHA-256(subject_tag_key, "sealq-subject-v1" || subject)`.
+    ///
+    /// The broker stores the tag, never the subject id.
+    pub fn subject_tag(&self, subject: &str) -> SubjectTag {
+        let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&self.subject_tag_key[..])
+            // Invariant: HMAC accepts keys of any length.
+            .expect("HMAC accepts any key length");
+        mac.update(SUBJECT_DOMAIN);
+        mac.update(subject.as_bytes());
+        SubjectTag(mac.finalize().into_bytes().into())
+    }
+
+    /// A 32-byte key for another purpose (for example `"audit-mac-v1"`),
+    /// derived with HKDF-SHA-256 from the keyring's master secret, the
+    /// `subject_tag_key`: `HKDF(salt = "sealq-subkey-v1", ikm = subject_tag_key,
+    /// info = label)`.
+    ///
+    /// Derived keys are independent of the sealing keys (rotation does not
+    /// change them) and of each other (distinct labels give unrelated keys).
+    /// Never use a label for two purposes.
+    pub fn derive_subkey(&self, label: &str) -> Zeroizing<[u8; 32]> {
+        let hk = hkdf::Hkdf::<Sha256>::new(Some(SUBKEY_SALT), &self.subject_tag_key[..]);
+        let mut okm = Zeroizing::new([0u8; 32]);
+        hk.expand(label.as_bytes(), &mut okm[..])
+            // Invariant: 32 bytes is far below HKDF-SHA-256's 8160-byte limit.
+            .expect("32 bytes is a valid HKDF-SHA-256 output length");
+        okm
+    }
+
+    /// Seal `plaintext` with the primary key and a fresh random nonce.
+    ///
+    /// Returns `version | alg | key_id_len | key_id | nonce | ciphertext | tag`
+    /// (see `docs/envelope.md`). Fails only if the operating system's random
+    /// number generator fails or an AAD field is longer than 4 GiB.
+    pub fn seal(&self, aad: &Aad<'_>, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).map_err(|e| {
+            Error::Keyring(format!(
+                "the operating system's random number generator failed: {e}"
+            ))
+        })?;
+        self.seal_with_nonce(aad, plaintext, nonce)
+    }
+
+    /// **Test only**: [`Keyring::seal`] with a caller-chosen nonce, to produce
+    /// deterministic test vectors. Reusing a nonce with the same key destroys
+    /// confidentiality and authenticity; production code must call `seal`.
+    #[doc(hidden)]
+    pub fn seal_with_nonce(
+        &self,
+        aad: &Aad<'_>,
+        plaintext: &[u8],
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<Vec<u8>, Error> {
+        let key_id = self.primary.as_str();
+        let entry = self.keys.get(key_id).ok_or_else(|| {
+            Error::Keyring(format!(
+                "primary key `{key_id}` is missing from the keyring"
+            ))
+        })?;
+        let alg = Algorithm::XChaCha20Poly1305;
+        let ad = envelope::associated_data_for(aad, alg, key_id).ok_or_else(|| {
+            Error::InvalidArgument {
+                what: "task identity",
+                reason: "queue, task type or producer is longer than 4 GiB".into(),
+            }
+        })?;
+        let header_len = envelope::header_len(key_id);
+        let mut out = Vec::with_capacity(header_len + plaintext.len() + TAG_LEN);
+        write_header(&mut out, alg, key_id, &nonce);
+        out.extend_from_slice(plaintext);
+        let tag = entry
+            .cipher
+            .encrypt_inout_detached(
+                <&XNonce>::from(&nonce),
+                &ad,
+                (&mut out[header_len..]).into(),
+            )
+            .map_err(|_| Error::InvalidArgument {
+                what: "plaintext",
+                reason: "too long for XChaCha20-Poly1305 (over 256 GiB)".into(),
+            })?;
+        out.extend_from_slice(&tag);
+        Ok(out)
+    }
+
+    /// Open an envelope sealed for `aad`, with the key its header names.
+    ///
+    /// Errors: [`IntegrityError::Truncated`], [`IntegrityError::UnsupportedVersion`],
+    /// [`IntegrityError::UnsupportedAlgorithm`] or [`IntegrityError::UnknownKey`]
+    /// from the header; [`IntegrityError::Tampered`] if authentication fails
+    /// (wrong key, edited bytes, or `aad` differs from what was sealed).
+    /// Never panics, whatever the input.
     pub fn open(
         &self,
-        _aad: &Aad<'_>,
-        _envelope: &[u8],
+        aad: &Aad<'_>,
+        envelope: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, IntegrityError> {
-        Err(IntegrityError::Tampered)
+        let header = parse_header(envelope)?;
+        let entry = self
+            .keys
+            .get(header.key_id)
+            .ok_or_else(|| IntegrityError::UnknownKey(header.key_id.to_owned()))?;
+        let ad = envelope::associated_data_for(aad, header.alg, header.key_id)
+            .ok_or(IntegrityError::Tampered)?;
+        let body = envelope
+            .get(header.encoded_len()..)
+            .ok_or(IntegrityError::Truncated {
+                len: envelope.len(),
+            })?;
+        let ct_len = body
+            .len()
+            .checked_sub(TAG_LEN)
+            .ok_or(IntegrityError::Truncated {
+                len: envelope.len(),
+            })?;
+        let (ciphertext, tag) = body.split_at(ct_len);
+        let tag = <&Tag>::try_from(tag).map_err(|_| IntegrityError::Tampered)?;
+        let mut plaintext = Zeroizing::new(Vec::with_capacity(ct_len));
+        plaintext.extend_from_slice(ciphertext);
+        match header.alg {
+            Algorithm::XChaCha20Poly1305 => entry
+                .cipher
+                .decrypt_inout_detached(
+                    <&XNonce>::from(&header.nonce),
+                    &ad,
+                    plaintext.as_mut_slice().into(),
+                    tag,
+                )
+                .map_err(|_| IntegrityError::Tampered)?,
+        }
+        Ok(plaintext)
     }
+
+    fn from_raw(raw: KeyringToml) -> Result<Self, Error> {
+        let primary = raw.primary.ok_or_else(|| {
+            Error::Keyring(
+                "`primary` is missing: name the sealing key, e.g. primary = \"k-20261123-ab12\""
+                    .into(),
+            )
+        })?;
+        let subject_tag_key = raw.subject_tag_key.ok_or_else(|| {
+            Error::Keyring(
+                "`subject_tag_key` is missing (32 bytes, base64); it must be the same key that \
+                 tagged the stored tasks"
+                    .into(),
+            )
+        })?;
+        let subject_tag_key = decode_key(&subject_tag_key.0, "`subject_tag_key`")?;
+        if raw.keys.is_empty() {
+            return Err(Error::Keyring(
+                "no keys: add a [keys.<id>] table with secret = \"<base64 32 bytes>\"".into(),
+            ));
+        }
+        let mut keys = BTreeMap::new();
+        for (id, k) in raw.keys {
+            check_key_id(&id)?;
+            let what = format!("key `{id}`");
+            let secret = k.secret.ok_or_else(|| {
+                Error::Keyring(format!("{what}: `secret` is missing (32 bytes, base64)"))
+            })?;
+            let secret = decode_key(&secret.0, &what)?;
+            let created = k.created.map(|v| parse_created(&v, &what)).transpose()?;
+            keys.insert(id, KeyEntry::new(secret, created));
+        }
+        if !keys.contains_key(&primary) {
+            let ids: Vec<&str> = keys.keys().map(String::as_str).collect();
+            return Err(Error::Keyring(format!(
+                "primary key {primary:?} is not among the keys ({})",
+                ids.join(", ")
+            )));
+        }
+        Ok(Keyring {
+            primary,
+            keys,
+            subject_tag_key,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// TOML shapes (private)
+// ---------------------------------------------------------------------------
+
+/// A secret string from TOML, wiped on drop.
+struct SecretText(Zeroizing<String>);
+
+impl<'de> Deserialize<'de> for SecretText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|s| SecretText(Zeroizing::new(s)))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyringToml {
+    primary: Option<String>,
+    subject_tag_key: Option<SecretText>,
+    #[serde(default)]
+    keys: BTreeMap<String, KeyToml>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyToml {
+    secret: Option<SecretText>,
+    created: Option<toml::Value>,
+}
+
+// ---------------------------------------------------------------------------
+// helpers
+// ---------------------------------------------------------------------------
+
+/// A TOML syntax/shape error, with line number, redacting quoted values
+/// (the offending line may hold a secret).
+fn toml_error(src: &str, e: &toml::de::Error) -> Error {
+    let line = e
+        .span()
+        .map(|s| src.get(..s.start).map_or(0, |p| p.matches('\n').count()) + 1);
+    let msg = redact_quoted(e.message().trim());
+    match line {
+        Some(l) => Error::Keyring(format!("TOML error at line {l}: {msg}")),
+        None => Error::Keyring(format!("TOML error: {msg}")),
+    }
+}
+
+/// Replace the contents of `"..."` in a message with `…` (serde messages quote
+/// the offending value).
+fn redact_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut inside = false;
+    for c in msg.chars() {
+        if c == '"' {
+            if inside {
+                out.push('…');
+            }
+            inside = !inside;
+            out.push(c);
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn prefix_keyring_error(e: Error, prefix: &str) -> Error {
+    match e {
+        Error::Keyring(msg) => Error::Keyring(format!("{prefix}{msg}")),
+        other => other,
+    }
+}
+
+fn check_key_id(id: &str) -> Result<(), Error> {
+    if is_valid_key_id(id) {
+        Ok(())
+    } else {
+        Err(Error::Keyring(format!(
+            "invalid key id {id:?}: use 1 to 64 characters from A-Z a-z 0-9 . _ -"
+        )))
+    }
+}
+
+fn decode_key(b64: &str, what: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, Error> {
+    let bytes = Zeroizing::new(BASE64.decode(b64.trim().as_bytes()).map_err(|_| {
+        Error::Keyring(format!(
+            "{what}: not valid base64 (standard alphabet with `=` padding)"
+        ))
+    })?);
+    if bytes.len() != KEY_LEN {
+        return Err(Error::Keyring(format!(
+            "{what}: must be {KEY_LEN} bytes, got {} (generate one with `sealq keys generate`)",
+            bytes.len()
+        )));
+    }
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    key.copy_from_slice(&bytes);
+    Ok(key)
+}
+
+fn parse_created(v: &toml::Value, what: &str) -> Result<jiff::Timestamp, Error> {
+    let text = match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Datetime(d) => d.to_string(),
+        _ => String::new(),
+    };
+    text.parse::<jiff::Timestamp>().map_err(|_| {
+        Error::Keyring(format!(
+            "{what}: `created` must be an RFC 3339 timestamp like \"2026-11-23T18:00:00Z\""
+        ))
+    })
+}
+
+/// 32 random bytes from the operating system.
+fn random_key() -> Zeroizing<[u8; KEY_LEN]> {
+    let mut k = Zeroizing::new([0u8; KEY_LEN]);
+    fill_random(&mut k[..]);
+    k
+}
+
+fn fill_random(buf: &mut [u8]) {
+    // Invariant: without a working OS RNG no key can be made safely; there is
+    // nothing sensible to fall back to, so fail loudly.
+    getrandom::fill(buf).expect("the operating system's random number generator failed");
+}
+
+/// A fresh `k-YYYYMMDD-xxxx` id not rejected by `taken`.
+fn new_key_id(now: jiff::Timestamp, taken: impl Fn(&str) -> bool) -> String {
+    let date = now.strftime("%Y%m%d");
+    loop {
+        let mut r = [0u8; 2];
+        fill_random(&mut r);
+        let id = format!("k-{date}-{}", hex::encode(r));
+        if !taken(&id) {
+            return id;
+        }
+    }
+}
+
+/// The current time truncated to whole seconds (for `created`).
+fn now_seconds() -> jiff::Timestamp {
+    let now = jiff::Timestamp::now();
+    jiff::Timestamp::from_second(now.as_second()).unwrap_or(now)
 }
