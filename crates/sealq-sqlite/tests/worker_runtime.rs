@@ -422,3 +422,66 @@ async fn policy_rejections_store_nothing() {
     let all = e.broker.list(&ListQuery::default()).await.unwrap();
     assert!(all.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_workers_task_is_recovered_after_its_lease_expires() {
+    let e = env();
+    let id = e.client.enqueue(&Greet { name: "a".into() }, EnqueueOptions::new()).await.unwrap();
+    // A "worker" that leases the task and dies without acking.
+    let req = sealq::broker::DequeueRequest {
+        queues: vec!["default".into()],
+        max: 10,
+        lease: Duration::from_millis(200),
+        worker: "crashed".into(),
+    };
+    let leased = e.broker.dequeue(&req).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].record.id, id);
+
+    let worker = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
+        .handle(|_: Greet, _ctx: TaskContext| async move { Ok(()) })
+        .build()
+        .unwrap()
+        .spawn();
+    let rec = wait_state(&e.broker, id, TaskState::Completed).await;
+    worker.shutdown().await.unwrap();
+    assert_eq!(rec.attempts, 2, "the crashed attempt counts, the recovered one completes");
+    // The dead worker's late ack changes nothing.
+    let late = e
+        .broker
+        .ack(vec![sealq::broker::Ack {
+            lease: leased[0].lease,
+            outcome: sealq::broker::Outcome::Archive { reason: ArchiveReason::Cancelled, error: None },
+        }])
+        .await
+        .unwrap();
+    assert_eq!(late, vec![sealq::broker::AckResult::LeaseLost]);
+    assert_eq!(e.broker.get(id).await.unwrap().unwrap().state, TaskState::Completed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_long_task_leased() {
+    let e = env();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let worker = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
+        .lease(Duration::from_millis(300))
+        .handle(move |_: Greet, _ctx: TaskContext| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                // Three lease lengths: only heartbeats keep it ours.
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap()
+        .spawn();
+    let id = e.client.enqueue(&Greet { name: "slow".into() }, EnqueueOptions::new()).await.unwrap();
+    let rec = wait_state(&e.broker, id, TaskState::Completed).await;
+    let report = worker.shutdown().await.unwrap();
+    assert_eq!(rec.attempts, 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(report.leases_lost, 0);
+}
