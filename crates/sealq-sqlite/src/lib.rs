@@ -1,1 +1,288 @@
-//! Embedded SQLite broker for sealq (in progress).
+//! # sealq-sqlite: the embedded broker
+//!
+//! sealq's default [`Broker`]: one SQLite file, no server. Several processes
+//! (producers and workers) may share the file.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sealq::BrokerError> {
+//! use sealq_sqlite::SqliteBroker;
+//! let broker = SqliteBroker::open("queue.db")?;
+//! // or: SqliteBroker::open_url("sqlite://queue.db?synchronous=normal")?;
+//! # let _ = broker; Ok(()) }
+//! ```
+//!
+//! ## How it works
+//!
+//! - **Storage.** SQLite (bundled, never the system library) in WAL mode with
+//!   `synchronous=FULL` by default: an acknowledged write survives a power cut.
+//!   [`Synchronous::Normal`] trades the last commits on power loss for speed.
+//!   The schema is described in the `schema` module; migrations are keyed by
+//!   `PRAGMA user_version` and run at open. A file that is not SQLite is
+//!   refused as [`sealq::BrokerErrorKind::Corrupt`] and left untouched; a
+//!   schema newer than this build as [`sealq::BrokerErrorKind::Config`].
+//! - **Group commit.** One writer thread owns the write connection. Every
+//!   mutating call (enqueue, dequeue, ack, extend, forward, recover, purge,
+//!   delete, rerun, pause, resume) is queued to it; it runs everything queued
+//!   in one `BEGIN IMMEDIATE … COMMIT` transaction (each call in its own
+//!   savepoint, so one failing call does not undo the others) and then
+//!   replies. Many concurrent callers share one fsync.
+//! - **Reads** (`get`, `list`, `stats`) use separate read connections and do
+//!   not queue behind writes.
+//! - **Several processes.** SQLite's file lock serialises writers across
+//!   processes. A writer that finds the lock taken waits and retries with
+//!   backoff for [`SqliteOptions::busy_timeout`] (30 s by default) before
+//!   failing as [`sealq::BrokerErrorKind::Unavailable`]; `database is locked`
+//!   never surfaces before that.
+//! - **Wake-ups, not polling.** After a commit that made work ready (a
+//!   pending task enqueued, a retry or requeue, a rerun, a resume, forwarded
+//!   tasks) the writer signals a `tokio::sync::Notify` that
+//!   [`Broker::wait_for_work`] waits on. For work written by *other* processes,
+//!   a watcher thread checks `PRAGMA data_version` (a counter in shared memory;
+//!   no table is read) every [`SqliteOptions::watch_interval`] (50 ms) and
+//!   signals when it changed. Wake-ups are hints: a woken worker dequeues and
+//!   may find nothing. Scheduled tasks do not wake anyone when they become
+//!   due; workers sleep until [`sealq::broker::Forwarded::next_due_ms`].
+//! - **Time** comes from the injected [`sealq::Clock`] ([`SqliteOptions::clock`]).
+//! - **Lifetime.** [`SqliteBroker`] is a cheap handle (`Clone`, an `Arc`).
+//!   When the last handle is dropped, the writer finishes what was queued, its
+//!   thread and the watcher thread stop, and the file is closed before `drop`
+//!   returns.
+//!
+//! ## Semantics worth knowing
+//!
+//! - Dequeue takes, queue by queue in the order asked, tasks that are pending
+//!   or scheduled/retry and due, by `run_at` then id. Paused queues are skipped.
+//! - An ack or extension with the current lease token is accepted even after
+//!   the lease's expiry, as long as no lease recovery has taken the task back.
+//! - Lease recovery puts a task whose lease expired back as `retry`, due at
+//!   once, while `attempts <= max_retries`; otherwise archives it `exhausted`.
+//! - Completed ids are remembered for [`SqliteOptions::replay_horizon`] after
+//!   completion (pruned by `purge_completed`), so a replayed id is refused at
+//!   enqueue and flagged `replayed` at dequeue even after its task was purged.
+//! - A unique key is held while its task is neither completed nor archived
+//!   nor deleted, and its TTL has not passed.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod codec;
+mod error;
+mod ops;
+mod options;
+mod read;
+mod schema;
+mod url;
+mod wake;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sealq::broker::{
+    Ack, AckResult, Broker, BrokerResult, DequeueRequest, EnqueueResult, Forwarded, Lease,
+    LeasedTask, ListQuery, NewTask, QueueStats, Recovered, TaskRecord,
+};
+use sealq::{BrokerError, TaskId};
+
+pub use crate::options::{SqliteOptions, Synchronous};
+use crate::read::Reader;
+use crate::wake::{Wake, Watcher};
+use crate::writer::{Writer, WriterEnv};
+
+/// The embedded SQLite broker. Cheap to clone: clones share one writer
+/// thread, one read pool and one watcher.
+#[derive(Debug, Clone)]
+pub struct SqliteBroker {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    // Field order is drop order: the writer finishes queued work first.
+    writer: Writer,
+    _watcher: Watcher,
+    reader: Arc<Reader>,
+    wake: Arc<Wake>,
+    path: PathBuf,
+}
+
+impl SqliteBroker {
+    /// Open (creating if needed) the store at `path` with default options:
+    /// `synchronous=FULL`, the system clock.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, BrokerError> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// Open the store at `path` with `options`.
+    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, BrokerError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = schema::open_writer(&path, options.synchronous, options.busy_timeout)?;
+        let wake = Arc::new(Wake::default());
+        let watcher = Watcher::start(path.clone(), options.watch_interval, Arc::clone(&wake))?;
+        let writer = Writer::start(
+            conn,
+            WriterEnv {
+                path: path.clone(),
+                clock: options.clock.clone(),
+                busy: options.busy_timeout,
+                max_group: options.max_group.max(1),
+                replay_horizon_ms: i64::try_from(options.replay_horizon.as_millis())
+                    .unwrap_or(i64::MAX),
+                wake: Arc::clone(&wake),
+            },
+        )?;
+        let reader = Arc::new(Reader::new(
+            path.clone(),
+            options.read_connections,
+            options.busy_timeout,
+        ));
+        tracing::debug!(path = %path.display(), synchronous = options.synchronous.as_pragma(), "opened SQLite broker");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                writer,
+                _watcher: watcher,
+                reader,
+                wake,
+                path,
+            }),
+        })
+    }
+
+    /// Open from a URL: `sqlite:///abs/path.db`, `sqlite://rel.db` or
+    /// `sqlite:rel.db`, with optional `?synchronous=full|normal`,
+    /// `busy_timeout_ms=N`, `watch_interval_ms=N`.
+    pub fn open_url(url: &str) -> Result<Self, BrokerError> {
+        Self::open_url_with(url, SqliteOptions::default())
+    }
+
+    /// Open from a URL; options in the URL override those in `options`.
+    pub fn open_url_with(url: &str, options: SqliteOptions) -> Result<Self, BrokerError> {
+        let (path, options) = url::parse(url, options)?;
+        Self::open_with(path, options)
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+}
+
+fn lease_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Broker for SqliteBroker {
+    async fn enqueue(&self, tasks: Vec<NewTask>) -> BrokerResult<Vec<EnqueueResult>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.inner
+            .writer
+            .call(move |ctx| ops::enqueue(ctx, tasks))
+            .await
+    }
+
+    async fn dequeue(&self, req: &DequeueRequest) -> BrokerResult<Vec<LeasedTask>> {
+        if req.max == 0 || req.queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let req = req.clone();
+        self.inner
+            .writer
+            .call(move |ctx| ops::dequeue(ctx, req))
+            .await
+    }
+
+    async fn ack(&self, acks: Vec<Ack>) -> BrokerResult<Vec<AckResult>> {
+        if acks.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.inner.writer.call(move |ctx| ops::ack(ctx, acks)).await
+    }
+
+    async fn extend_leases(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Vec<bool>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let leases = leases.to_vec();
+        let ms = lease_ms(lease);
+        self.inner
+            .writer
+            .call(move |ctx| ops::extend(ctx, leases, ms))
+            .await
+    }
+
+    async fn forward_due(&self) -> BrokerResult<Forwarded> {
+        self.inner.writer.call(ops::forward_due).await
+    }
+
+    async fn recover_expired(&self) -> BrokerResult<Recovered> {
+        self.inner.writer.call(ops::recover_expired).await
+    }
+
+    async fn purge_completed(&self) -> BrokerResult<u64> {
+        self.inner.writer.call(ops::purge_completed).await
+    }
+
+    async fn stats(&self) -> BrokerResult<Vec<QueueStats>> {
+        self.inner.reader.stats().await
+    }
+
+    async fn list(&self, query: &ListQuery) -> BrokerResult<Vec<TaskRecord>> {
+        self.inner.reader.list(query.clone()).await
+    }
+
+    async fn get(&self, id: TaskId) -> BrokerResult<Option<TaskRecord>> {
+        self.inner.reader.get(id).await
+    }
+
+    async fn delete(&self, ids: &[TaskId]) -> BrokerResult<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids = ids.to_vec();
+        self.inner
+            .writer
+            .call(move |ctx| ops::delete(ctx, ids))
+            .await
+    }
+
+    async fn rerun(&self, ids: &[TaskId]) -> BrokerResult<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids = ids.to_vec();
+        self.inner
+            .writer
+            .call(move |ctx| ops::rerun(ctx, ids))
+            .await
+    }
+
+    async fn pause(&self, queue: &str) -> BrokerResult<()> {
+        let queue = queue.to_owned();
+        self.inner
+            .writer
+            .call(move |ctx| ops::set_paused(ctx, queue, true))
+            .await
+    }
+
+    async fn resume(&self, queue: &str) -> BrokerResult<()> {
+        let queue = queue.to_owned();
+        self.inner
+            .writer
+            .call(move |ctx| ops::set_paused(ctx, queue, false))
+            .await
+    }
+
+    async fn wait_for_work(&self, _queues: &[String], timeout: Duration) -> BrokerResult<()> {
+        // One signal for all queues: a hint, callers dequeue afterwards.
+        self.inner.wake.wait(timeout).await;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("sqlite://{}", self.inner.path.display())
+    }
+}

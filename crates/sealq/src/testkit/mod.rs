@@ -1,2 +1,177 @@
-//! Broker conformance suite (feature `testkit`). STUB: helper H3 fills this module.
+//! Broker conformance suite (feature `testkit`).
+//!
+//! Every backend proves it implements [`crate::Broker`] faithfully by running
+//! this suite from its own tests with one macro call:
+//!
+//! ```ignore
+//! // crates/sealq-mybackend/tests/conformance.rs
+//! use sealq::clock::SharedClock;
+//! use sealq::testkit::Harness;
+//!
+//! sealq::conformance_tests!(async |clock: SharedClock| {
+//!     let dir = tempfile::tempdir().unwrap();
+//!     let broker = MyBroker::open(dir.path().join("q.db"), clock).unwrap();
+//!     // The guard (here the temp dir) lives until the case ends.
+//!     Harness::new(broker).with_guard(dir)
+//! });
+//! ```
+//!
+//! The macro expands to one `#[tokio::test(flavor = "multi_thread",
+//! worker_threads = 2)]` per case, named after the case (see [`cases`]), so a
+//! failure is reported by name. The calling crate needs `tokio` with the
+//! `macros` and `rt-multi-thread` features among its dev-dependencies.
+//!
+//! The factory is anything callable as `async (SharedClock) -> R` where
+//! `R: Into<Harness>`: a broker value, an `Arc<dyn Broker>`, or a [`Harness`]
+//! carrying a guard (temp dir, child server process) that must outlive the
+//! case. It must return a fresh, isolated store each time. The clock it is
+//! given is a [`ManualClock`] the cases drive, so no case sleeps to make time
+//! pass; the only real waiting is in the wake-up cases, bounded by generous
+//! timeouts rather than asserted speeds.
+
+use std::any::Any;
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::broker::Broker;
+use crate::clock::SharedClock;
+
 pub use crate::clock::ManualClock;
+
+pub mod cases;
+pub mod fixtures;
+
+pub use fixtures::Ctx;
+
+/// The start time of every case's [`ManualClock`]: 2023-11-14T22:13:20Z.
+pub const START_MS: i64 = 1_700_000_000_000;
+
+/// A broker under test plus whatever must stay alive while it is used
+/// (a temp dir, a server process). Dropped, broker first, when the case ends.
+pub struct Harness {
+    broker: Arc<dyn Broker>,
+    guard: Option<Box<dyn Any + Send>>,
+}
+
+impl Harness {
+    /// A harness around a broker value.
+    pub fn new(broker: impl Broker) -> Self {
+        Self::from_arc(Arc::new(broker))
+    }
+
+    /// A harness around a shared broker.
+    pub fn from_arc(broker: Arc<dyn Broker>) -> Self {
+        Self {
+            broker,
+            guard: None,
+        }
+    }
+
+    /// Keep `guard` alive until the case has finished and the broker is dropped.
+    pub fn with_guard(mut self, guard: impl Send + 'static) -> Self {
+        self.guard = Some(Box::new(guard));
+        self
+    }
+
+    /// The broker under test.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness")
+            .field("broker", &self.broker)
+            .field("guard", &self.guard.is_some())
+            .finish()
+    }
+}
+
+impl<B: Broker> From<B> for Harness {
+    fn from(broker: B) -> Self {
+        Harness::new(broker)
+    }
+}
+
+impl From<Arc<dyn Broker>> for Harness {
+    fn from(broker: Arc<dyn Broker>) -> Self {
+        Harness::from_arc(broker)
+    }
+}
+
+/// Run one case: build a fresh broker on a new [`ManualClock`] starting at
+/// [`START_MS`], run `case`, then drop the broker and its guard.
+///
+/// Used by [`crate::conformance_tests!`]; callable directly to run a single
+/// case or a backend-specific test with the same fixtures.
+pub async fn run<F, R, C, Fut>(factory: F, case: C)
+where
+    F: AsyncFnOnce(SharedClock) -> R,
+    R: Into<Harness>,
+    C: FnOnce(Ctx) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let clock = ManualClock::new(START_MS);
+    let shared: SharedClock = clock.clone();
+    let harness: Harness = factory(shared).await.into();
+    let Harness { broker, guard } = harness;
+    case(Ctx::new(broker, clock)).await;
+    drop(guard);
+}
+
+/// Expand to one `#[tokio::test]` per conformance case, each building its
+/// broker with the given factory (see the [module docs](crate::testkit)).
+///
+/// ```ignore
+/// sealq::conformance_tests!(async |clock: sealq::clock::SharedClock| {
+///     MyBroker::in_memory(clock)
+/// });
+/// ```
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr $(,)?) => {
+        $crate::conformance_tests!(@cases $factory;
+            enqueue_get_roundtrip,
+            enqueue_batch_results_in_order,
+            enqueue_empty_batches,
+            pending_vs_scheduled,
+            dequeue_leases,
+            dequeue_respects_max,
+            dequeue_orders_by_run_at_then_id,
+            dequeue_drains_first_queue_first,
+            dequeue_skips_paused_until_resumed,
+            dequeue_takes_due_scheduled_without_forward,
+            ack_complete_keeps_result,
+            ack_retry_waits_for_run_at,
+            ack_archive_with_reason,
+            ack_requeue_does_not_count_attempt,
+            stale_ack_is_lease_lost,
+            ack_of_deleted_task_is_lease_lost,
+            extend_leases_held_and_lost,
+            recover_expired_retries_then_archives,
+            forward_due_moves_due_tasks,
+            unique_key_duplicate_until_ttl,
+            unique_key_released_when_holder_finishes,
+            id_exists_for_live_and_purged_ids,
+            purge_completed_respects_retention,
+            stats_per_queue,
+            list_filters,
+            list_pagination,
+            delete_tasks,
+            rerun_archived,
+            wait_for_work_wakes_on_enqueue,
+            wait_for_work_times_out,
+            concurrent_workers_never_share_a_task,
+            batch_ack_many,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::testkit::run($factory, $crate::testkit::cases::$case).await;
+            }
+        )*
+    };
+}

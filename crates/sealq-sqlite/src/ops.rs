@@ -1,0 +1,421 @@
+//! The mutating operations, each run by the writer thread inside a group
+//! transaction (see [`crate::writer`]). Every statement is prepared once and
+//! cached; a batch costs one statement execution per item, never a
+//! transaction per item.
+
+use rusqlite::{OptionalExtension, params};
+use sealq::broker::{
+    Ack, AckResult, BrokerResult, DequeueRequest, EnqueueResult, Forwarded, Lease, LeasedTask,
+    NewTask, Outcome, Recovered,
+};
+use sealq::{BrokerError, BrokerErrorKind, TaskId};
+
+use crate::codec::{
+    RECORD_COLUMNS, encode_meta, id_blob, id_from_row, ms_to_sql, record_from_row, token_to_sql,
+};
+use crate::error::map_err;
+use crate::writer::{OpCtx, WriterEnv};
+
+/// Error mapper for statements run while doing `what`.
+fn fail<'a>(
+    env: &'a WriterEnv,
+    what: &'static str,
+) -> impl Fn(rusqlite::Error) -> BrokerError + 'a {
+    move |e| map_err(&env.path, what, e)
+}
+
+/// Store a batch; one result per task, in order.
+pub(crate) fn enqueue(
+    ctx: &mut OpCtx<'_>,
+    tasks: Vec<NewTask>,
+) -> BrokerResult<Vec<EnqueueResult>> {
+    let (conn, now, env) = (ctx.conn, ctx.now, ctx.env);
+    let err = fail(env, "enqueueing tasks");
+    let mut completed = conn
+        .prepare_cached("SELECT 1 FROM completed_ids WHERE id = ?1")
+        .map_err(&err)?;
+    let mut holder = conn
+        .prepare_cached(
+            "SELECT u.task_id FROM unique_keys u JOIN tasks t ON t.id = u.task_id \
+             WHERE u.key = ?1 AND u.expires_at > ?2 \
+               AND t.state NOT IN ('completed', 'archived')",
+        )
+        .map_err(&err)?;
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO tasks (id, queue, kind, envelope, meta, subject_tag, max_retries, \
+                                retention_ms, state, attempts, run_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?11) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .map_err(&err)?;
+    let mut take_key = conn
+        .prepare_cached(
+            "INSERT INTO unique_keys (key, task_id, expires_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (key) DO UPDATE SET task_id = excluded.task_id, \
+                                             expires_at = excluded.expires_at",
+        )
+        .map_err(&err)?;
+
+    let mut results = Vec::with_capacity(tasks.len());
+    let mut ready = false;
+    for t in tasks {
+        let id = id_blob(&t.id);
+        if completed.exists([id]).map_err(&err)? {
+            results.push(EnqueueResult::IdExists);
+            continue;
+        }
+        if let Some((key, _)) = &t.unique {
+            let existing = holder
+                .query_row(params![key, now], |r| id_from_row(r, 0))
+                .optional()
+                .map_err(&err)?;
+            if let Some(existing) = existing {
+                results.push(EnqueueResult::Duplicate { existing });
+                continue;
+            }
+        }
+        let meta = encode_meta(&t.meta).map_err(|e| {
+            BrokerError::new(
+                BrokerErrorKind::Other,
+                format!("cannot encode the metadata of task {}: {e}", t.id),
+            )
+        })?;
+        let pending = t.run_at_ms <= now;
+        let state = if pending { "pending" } else { "scheduled" };
+        let inserted = insert
+            .execute(params![
+                id,
+                t.queue,
+                t.kind,
+                t.envelope,
+                meta,
+                t.meta.subject_tag.as_ref().map(|s| s.0),
+                i64::from(t.meta.max_retries),
+                ms_to_sql(t.meta.retention_ms),
+                state,
+                t.run_at_ms,
+                now,
+            ])
+            .map_err(&err)?;
+        if inserted == 0 {
+            results.push(EnqueueResult::IdExists);
+            continue;
+        }
+        if let Some((key, ttl_ms)) = &t.unique {
+            let expires = now.saturating_add(ms_to_sql(*ttl_ms));
+            take_key.execute(params![key, id, expires]).map_err(&err)?;
+        }
+        ready |= pending;
+        results.push(EnqueueResult::Enqueued);
+    }
+    ctx.wake |= ready;
+    Ok(results)
+}
+
+/// Lease up to `req.max` ready tasks, queue by queue.
+pub(crate) fn dequeue(ctx: &mut OpCtx<'_>, req: DequeueRequest) -> BrokerResult<Vec<LeasedTask>> {
+    let (conn, now, env) = (ctx.conn, ctx.now, ctx.env);
+    let err = fail(env, "dequeueing tasks");
+    let mut out = Vec::with_capacity(req.max.min(1024));
+    if req.max == 0 {
+        return Ok(out);
+    }
+    let lease_ms = i64::try_from(req.lease.as_millis()).unwrap_or(i64::MAX);
+    let expires = now.saturating_add(lease_ms);
+    let mut paused = conn
+        .prepare_cached("SELECT 1 FROM paused_queues WHERE queue = ?1")
+        .map_err(&err)?;
+    let mut ready = conn
+        .prepare_cached(
+            "SELECT id FROM tasks \
+             WHERE queue = ?1 AND state IN ('pending', 'scheduled', 'retry') AND run_at <= ?2 \
+             ORDER BY run_at, id LIMIT ?3",
+        )
+        .map_err(&err)?;
+    let mut lease = conn
+        .prepare_cached(&format!(
+            "UPDATE tasks SET state = 'active', attempts = attempts + 1, lease_token = ?2, \
+                              lease_expires_at = ?3, worker = ?4, updated_at = ?5 \
+             WHERE id = ?1 \
+             RETURNING {RECORD_COLUMNS}, \
+                       EXISTS (SELECT 1 FROM completed_ids c WHERE c.id = tasks.id)"
+        ))
+        .map_err(&err)?;
+    let mut ids: Vec<TaskId> = Vec::new();
+    for queue in &req.queues {
+        let want = req.max - out.len();
+        if want == 0 {
+            break;
+        }
+        if paused.exists([queue]).map_err(&err)? {
+            continue;
+        }
+        ids.clear();
+        let rows = ready
+            .query_map(params![queue, now, want as i64], |r| id_from_row(r, 0))
+            .map_err(&err)?;
+        for id in rows {
+            ids.push(id.map_err(&err)?);
+        }
+        for id in &ids {
+            let token: u64 = rand::random();
+            let leased = lease
+                .query_row(
+                    params![id_blob(id), token_to_sql(token), expires, req.worker, now],
+                    |r| Ok((record_from_row(r)?, r.get::<_, bool>(14)?)),
+                )
+                .map_err(&err)?;
+            let (record, replayed) = leased;
+            out.push(LeasedTask {
+                lease: Lease {
+                    task_id: record.id,
+                    token,
+                    expires_at_ms: expires,
+                },
+                record,
+                replayed,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Apply a batch of acks; one result per ack.
+pub(crate) fn ack(ctx: &mut OpCtx<'_>, acks: Vec<Ack>) -> BrokerResult<Vec<AckResult>> {
+    let (conn, now, env) = (ctx.conn, ctx.now, ctx.env);
+    let err = fail(env, "acknowledging tasks");
+    let held = "WHERE id = ?1 AND state = 'active' AND lease_token = ?2";
+    let release = "lease_token = NULL, lease_expires_at = NULL, worker = NULL";
+    let mut complete = conn
+        .prepare_cached(&format!(
+            "UPDATE tasks SET state = 'completed', result = ?3, {release}, finished_at = ?4, \
+                              purge_at = ?4 + retention_ms, updated_at = ?4 {held}"
+        ))
+        .map_err(&err)?;
+    let mut remember = conn
+        .prepare_cached(
+            "INSERT INTO completed_ids (id, completed_at) VALUES (?1, ?2) \
+             ON CONFLICT (id) DO UPDATE SET completed_at = excluded.completed_at",
+        )
+        .map_err(&err)?;
+    let mut retry = conn
+        .prepare_cached(&format!(
+            "UPDATE tasks SET state = 'retry', run_at = ?3, last_error = coalesce(?4, last_error), \
+                              {release}, updated_at = ?5 {held}"
+        ))
+        .map_err(&err)?;
+    let mut archive = conn
+        .prepare_cached(&format!(
+            "UPDATE tasks SET state = 'archived', archive_reason = ?3, \
+                              last_error = coalesce(?4, last_error), {release}, \
+                              finished_at = ?5, updated_at = ?5 {held}"
+        ))
+        .map_err(&err)?;
+    let mut requeue = conn
+        .prepare_cached(&format!(
+            "UPDATE tasks SET state = 'pending', attempts = max(attempts - 1, 0), {release}, \
+                              updated_at = ?3 {held}"
+        ))
+        .map_err(&err)?;
+
+    let mut results = Vec::with_capacity(acks.len());
+    let mut ready = false;
+    for a in acks {
+        let id = id_blob(&a.lease.task_id);
+        let token = token_to_sql(a.lease.token);
+        let changed = match &a.outcome {
+            Outcome::Complete { result } => {
+                let n = complete
+                    .execute(params![id, token, result, now])
+                    .map_err(&err)?;
+                if n > 0 {
+                    remember.execute(params![id, now]).map_err(&err)?;
+                }
+                n
+            }
+            Outcome::Retry { at_ms, error } => {
+                let n = retry
+                    .execute(params![id, token, at_ms, error, now])
+                    .map_err(&err)?;
+                ready |= n > 0 && *at_ms <= now;
+                n
+            }
+            Outcome::Archive { reason, error } => archive
+                .execute(params![id, token, reason.as_str(), error, now])
+                .map_err(&err)?,
+            Outcome::Requeue => {
+                let n = requeue.execute(params![id, token, now]).map_err(&err)?;
+                ready |= n > 0;
+                n
+            }
+        };
+        results.push(if changed > 0 {
+            AckResult::Applied
+        } else {
+            AckResult::LeaseLost
+        });
+    }
+    ctx.wake |= ready;
+    Ok(results)
+}
+
+/// Extend held leases to `now + lease_ms`.
+pub(crate) fn extend(
+    ctx: &mut OpCtx<'_>,
+    leases: Vec<Lease>,
+    lease_ms: i64,
+) -> BrokerResult<Vec<bool>> {
+    let (conn, now, env) = (ctx.conn, ctx.now, ctx.env);
+    let err = fail(env, "extending leases");
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE tasks SET lease_expires_at = ?3 \
+             WHERE id = ?1 AND state = 'active' AND lease_token = ?2",
+        )
+        .map_err(&err)?;
+    let expires = now.saturating_add(lease_ms);
+    leases
+        .iter()
+        .map(|l| {
+            stmt.execute(params![id_blob(&l.task_id), token_to_sql(l.token), expires])
+                .map(|n| n > 0)
+                .map_err(&err)
+        })
+        .collect()
+}
+
+/// Move due scheduled/retry tasks to pending; report the next due time.
+pub(crate) fn forward_due(ctx: &mut OpCtx<'_>) -> BrokerResult<Forwarded> {
+    let (conn, now, env) = (ctx.conn, ctx.now, ctx.env);
+    let err = fail(env, "forwarding due tasks");
+    let moved = conn
+        .prepare_cached(
+            "UPDATE tasks SET state = 'pending', updated_at = ?1 \
+             WHERE state IN ('scheduled', 'retry') AND run_at <= ?1",
+        )
+        .map_err(&err)?
+        .execute([now])
+        .map_err(&err)?;
+    let next_due_ms: Option<i64> = conn
+        .prepare_cached("SELECT min(run_at) FROM tasks WHERE state IN ('scheduled', 'retry')")
+        .map_err(&err)?
+        .query_row([], |r| r.get(0))
+        .map_err(&err)?;
+    ctx.wake |= moved > 0;
+    Ok(Forwarded {
+        moved: moved as u64,
+        next_due_ms,
+    })
+}
+
+/// Return expired leases: retry while attempts remain, else archive as exhausted.
+pub(crate) fn recover_expired(ctx: &mut OpCtx<'_>) -> BrokerResult<Recovered> {
+    let (conn, now, env) = (ctx.conn, ctx.now, ctx.env);
+    let err = fail(env, "recovering expired leases");
+    let release = "lease_token = NULL, lease_expires_at = NULL, worker = NULL";
+    let archived = conn
+        .prepare_cached(&format!(
+            "UPDATE tasks SET state = 'archived', archive_reason = 'exhausted', {release}, \
+                              finished_at = ?1, updated_at = ?1 \
+             WHERE state = 'active' AND lease_expires_at <= ?1 AND attempts > max_retries"
+        ))
+        .map_err(&err)?
+        .execute([now])
+        .map_err(&err)?;
+    let retried = conn
+        .prepare_cached(&format!(
+            "UPDATE tasks SET state = 'retry', run_at = ?1, {release}, updated_at = ?1 \
+             WHERE state = 'active' AND lease_expires_at <= ?1"
+        ))
+        .map_err(&err)?
+        .execute([now])
+        .map_err(&err)?;
+    ctx.wake |= retried > 0;
+    Ok(Recovered {
+        retried: retried as u64,
+        archived: archived as u64,
+    })
+}
+
+/// Delete completed tasks past retention; prune replay memory and stale unique keys.
+pub(crate) fn purge_completed(ctx: &mut OpCtx<'_>) -> BrokerResult<u64> {
+    let (conn, now, env) = (ctx.conn, ctx.now, ctx.env);
+    let err = fail(env, "purging completed tasks");
+    let purged = conn
+        .prepare_cached("DELETE FROM tasks WHERE purge_at <= ?1 AND state = 'completed'")
+        .map_err(&err)?
+        .execute([now])
+        .map_err(&err)?;
+    conn.prepare_cached("DELETE FROM completed_ids WHERE completed_at < ?1")
+        .map_err(&err)?
+        .execute([now.saturating_sub(env.replay_horizon_ms)])
+        .map_err(&err)?;
+    conn.prepare_cached("DELETE FROM unique_keys WHERE expires_at <= ?1")
+        .map_err(&err)?
+        .execute([now])
+        .map_err(&err)?;
+    Ok(purged as u64)
+}
+
+/// Delete tasks in any state; how many existed.
+pub(crate) fn delete(ctx: &mut OpCtx<'_>, ids: Vec<TaskId>) -> BrokerResult<u64> {
+    let err = fail(ctx.env, "deleting tasks");
+    let mut stmt = ctx
+        .conn
+        .prepare_cached("DELETE FROM tasks WHERE id = ?1")
+        .map_err(&err)?;
+    let mut n = 0u64;
+    for id in &ids {
+        n += stmt.execute([id_blob(id)]).map_err(&err)? as u64;
+    }
+    Ok(n)
+}
+
+/// Archived tasks back to pending with attempts reset.
+pub(crate) fn rerun(ctx: &mut OpCtx<'_>, ids: Vec<TaskId>) -> BrokerResult<u64> {
+    let (conn, now, env) = (ctx.conn, ctx.now, ctx.env);
+    let err = fail(env, "re-running tasks");
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE tasks SET state = 'pending', attempts = 0, run_at = ?2, archive_reason = NULL, \
+                              finished_at = NULL, updated_at = ?2 \
+             WHERE id = ?1 AND state = 'archived'",
+        )
+        .map_err(&err)?;
+    let mut n = 0u64;
+    for id in &ids {
+        n += stmt.execute(params![id_blob(id), now]).map_err(&err)? as u64;
+    }
+    ctx.wake |= n > 0;
+    Ok(n)
+}
+
+/// Pause (`true`) or resume (`false`) a queue.
+pub(crate) fn set_paused(ctx: &mut OpCtx<'_>, queue: String, paused: bool) -> BrokerResult<()> {
+    let (conn, now, env) = (ctx.conn, ctx.now, ctx.env);
+    let err = fail(
+        env,
+        if paused {
+            "pausing a queue"
+        } else {
+            "resuming a queue"
+        },
+    );
+    if paused {
+        conn.prepare_cached(
+            "INSERT INTO paused_queues (queue, paused_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        )
+        .map_err(&err)?
+        .execute(params![queue, now])
+        .map_err(&err)?;
+    } else {
+        let n = conn
+            .prepare_cached("DELETE FROM paused_queues WHERE queue = ?1")
+            .map_err(&err)?
+            .execute([queue])
+            .map_err(&err)?;
+        ctx.wake |= n > 0;
+    }
+    Ok(())
+}

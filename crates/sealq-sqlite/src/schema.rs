@@ -1,0 +1,264 @@
+//! The database schema, its migrations, and opening connections.
+//!
+//! Migrations are keyed by `PRAGMA user_version` and applied in one
+//! `BEGIN IMMEDIATE` transaction at open, so two processes opening a new file
+//! at once apply them exactly once. The file is stamped with an
+//! `application_id` ("SEAL") so another application's SQLite file is refused
+//! rather than written into.
+//!
+//! Tables:
+//! - `tasks`: one row per task, a column per [`sealq::broker::TaskRecord`]
+//!   field. `id` is the 16-byte UUID (so `ORDER BY id` is id order); `meta` is
+//!   the [`sealq::TaskMeta`] as named MessagePack, with the fields the broker
+//!   queries on (`subject_tag`, `max_retries`, `retention_ms`) copied into
+//!   columns; `lease_token` is the current lease's token; `purge_at` is when a
+//!   completed task may be purged.
+//! - `unique_keys`: unique key → holding task id and expiry.
+//! - `paused_queues`: queues dequeue skips.
+//! - `completed_ids`: replay memory, ids that completed (kept for
+//!   [`crate::SqliteOptions::replay_horizon`] after completion).
+//!
+//! Indexes serve one query each: `tasks_ready` (partial, ready-ish states
+//! only, ordered as dequeue takes them) lets dequeue read exactly the rows it
+//! leases; `tasks_due` serves `forward_due`, `tasks_lease` lease recovery,
+//! `tasks_purge` purging, `tasks_queue_state` stats, `tasks_subject` erasure
+//! lookups.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use sealq::{BrokerError, BrokerErrorKind};
+
+use crate::error::{map_err, retry_busy};
+use crate::options::Synchronous;
+
+/// "SEAL" in ASCII: marks a sealq database (`PRAGMA application_id`).
+pub(crate) const APPLICATION_ID: i32 = 0x5345_414C;
+
+/// Migrations in order; migration `i` brings the schema to version `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE tasks (
+    id               BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),
+    queue            TEXT NOT NULL,
+    kind             TEXT NOT NULL,
+    envelope         BLOB NOT NULL,
+    meta             BLOB NOT NULL,
+    subject_tag      BLOB,
+    max_retries      INTEGER NOT NULL,
+    retention_ms     INTEGER NOT NULL,
+    state            TEXT NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    run_at           INTEGER NOT NULL,
+    last_error       BLOB,
+    result           BLOB,
+    archive_reason   TEXT,
+    lease_token      INTEGER,
+    lease_expires_at INTEGER,
+    worker           TEXT,
+    finished_at      INTEGER,
+    purge_at         INTEGER,
+    updated_at       INTEGER NOT NULL
+);
+CREATE INDEX tasks_ready ON tasks (queue, run_at, id)
+    WHERE state IN ('pending', 'scheduled', 'retry');
+CREATE INDEX tasks_due ON tasks (run_at) WHERE state IN ('scheduled', 'retry');
+CREATE INDEX tasks_lease ON tasks (lease_expires_at) WHERE state = 'active';
+CREATE INDEX tasks_purge ON tasks (purge_at) WHERE purge_at IS NOT NULL;
+CREATE INDEX tasks_queue_state ON tasks (queue, state);
+CREATE INDEX tasks_subject ON tasks (subject_tag) WHERE subject_tag IS NOT NULL;
+
+CREATE TABLE unique_keys (
+    key        TEXT PRIMARY KEY NOT NULL,
+    task_id    BLOB NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX unique_keys_expiry ON unique_keys (expires_at);
+
+CREATE TABLE paused_queues (
+    queue     TEXT PRIMARY KEY NOT NULL,
+    paused_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE completed_ids (
+    id           BLOB PRIMARY KEY NOT NULL,
+    completed_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX completed_ids_at ON completed_ids (completed_at);
+"#];
+
+/// The schema version this build writes.
+pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Per-attempt wait inside SQLite's busy handler; [`retry_busy`] loops around it.
+const BUSY_SLICE: Duration = Duration::from_millis(250);
+
+/// Refuse a non-empty file that does not start with the SQLite header,
+/// without letting SQLite touch it.
+fn check_header(path: &Path) -> Result<(), BrokerError> {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Ok(()); // missing (created below) or unreadable (reported by SQLite)
+    };
+    let mut head = [0u8; 16];
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(_) => return Ok(()),
+        }
+    }
+    if n == 0 || (n == head.len() && &head == b"SQLite format 3\0") {
+        return Ok(());
+    }
+    Err(BrokerError::new(
+        BrokerErrorKind::Corrupt,
+        format!(
+            "`{}` is not an SQLite database (bad header); it was left untouched. \
+             Point sealq at a new path or restore the file from a backup",
+            path.display()
+        ),
+    ))
+}
+
+fn open_raw(path: &Path, flags: OpenFlags) -> Result<Connection, BrokerError> {
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| map_err(path, "opening the database", e))?;
+    conn.busy_timeout(BUSY_SLICE)
+        .map_err(|e| map_err(path, "configuring the connection", e))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Open the write connection: check the file, switch to WAL, set
+/// `synchronous`, and bring the schema up to date.
+pub(crate) fn open_writer(
+    path: &Path,
+    synchronous: Synchronous,
+    busy: Duration,
+) -> Result<Connection, BrokerError> {
+    check_header(path)?;
+    let conn = open_raw(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // Reading the header first: a damaged file fails here, before any write.
+    let (app_id, version): (i32, i64) =
+        retry_busy(path, "reading the schema version", busy, || {
+            Ok((
+                conn.query_row("PRAGMA application_id", [], |r| r.get(0))?,
+                conn.query_row("PRAGMA user_version", [], |r| r.get(0))?,
+            ))
+        })?;
+    check_identity(path, app_id, version)?;
+
+    let mode: String = retry_busy(path, "switching to WAL", busy, || {
+        conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+    })?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(BrokerError::new(
+            BrokerErrorKind::Config,
+            format!(
+                "`{}` cannot use WAL mode (got `{mode}`); put it on a local file system",
+                path.display()
+            ),
+        ));
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {}; PRAGMA journal_size_limit = 67108864;",
+        synchronous.as_pragma()
+    ))
+    .map_err(|e| map_err(path, "configuring the connection", e))?;
+    migrate(path, &conn, busy)?;
+    Ok(conn)
+}
+
+/// Open a connection for reading (`get`, `list`, `stats`, the watcher).
+pub(crate) fn open_reader(path: &Path) -> Result<Connection, BrokerError> {
+    let conn = open_raw(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.execute_batch("PRAGMA query_only = 1;")
+        .map_err(|e| map_err(path, "configuring the connection", e))?;
+    Ok(conn)
+}
+
+fn check_identity(path: &Path, app_id: i32, version: i64) -> Result<(), BrokerError> {
+    if app_id != 0 && app_id != APPLICATION_ID {
+        return Err(BrokerError::new(
+            BrokerErrorKind::Corrupt,
+            format!(
+                "`{}` is another application's SQLite database (application_id {app_id:#x}), \
+                 not a sealq store; point sealq at another path",
+                path.display()
+            ),
+        ));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(BrokerError::new(
+            BrokerErrorKind::Config,
+            format!(
+                "`{}` has schema version {version}, newer than the {SCHEMA_VERSION} this sealq \
+                 understands; upgrade sealq (never downgrade a store in use)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn migrate(path: &Path, conn: &Connection, busy: Duration) -> Result<(), BrokerError> {
+    let err = |e| map_err(path, "migrating the schema", e);
+    retry_busy(path, "migrating the schema", busy, || {
+        conn.execute_batch("BEGIN IMMEDIATE")
+    })?;
+    let result = (|| {
+        let app_id: i32 = conn
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .map_err(err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
+        check_identity(path, app_id, version)?;
+        if version == 0 {
+            let foreign: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(err)?;
+            if foreign > 0 {
+                return Err(BrokerError::new(
+                    BrokerErrorKind::Corrupt,
+                    format!(
+                        "`{}` is an SQLite database with other tables, not a sealq store; \
+                         point sealq at another path",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            conn.execute_batch(sql).map_err(err)?;
+            conn.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+                .map_err(err)?;
+        }
+        conn.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID}"))
+            .map_err(err)?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => retry_busy(path, "migrating the schema", busy, || {
+            conn.execute_batch("COMMIT")
+        }),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}

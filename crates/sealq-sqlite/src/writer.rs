@@ -1,0 +1,244 @@
+//! The writer thread and group commit.
+//!
+//! One thread owns the only write connection. Every mutating operation is sent
+//! to it over a channel with a oneshot reply. The thread takes everything
+//! queued (up to [`crate::SqliteOptions::max_group`] operations) and runs it in
+//! ONE `BEGIN IMMEDIATE … COMMIT` transaction, then replies to all of them: one
+//! fsync is shared by every operation in the group, so throughput grows with
+//! concurrency instead of being capped at one commit per operation.
+//!
+//! Each operation runs inside its own `SAVEPOINT`: one that fails is rolled
+//! back alone and gets its error; the others in the group still commit. No
+//! reply is sent before the commit: an acknowledged operation is durable (as
+//! durable as [`crate::Synchronous`] makes it).
+//!
+//! The thread ends when the last [`Writer`] handle is dropped (its channel
+//! closes); dropping the handle waits for the thread, so the file is closed
+//! when the last broker handle is gone.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use sealq::broker::BrokerResult;
+use sealq::clock::SharedClock;
+use sealq::{BrokerError, BrokerErrorKind};
+use tokio::sync::oneshot;
+
+use crate::error::retry_busy;
+use crate::wake::Wake;
+
+/// What the writer thread knows besides its connection.
+#[derive(Debug)]
+pub(crate) struct WriterEnv {
+    /// The database path, for error messages.
+    pub(crate) path: PathBuf,
+    /// The broker's clock.
+    pub(crate) clock: SharedClock,
+    /// How long to retry while another process holds the lock.
+    pub(crate) busy: Duration,
+    /// Most operations per transaction.
+    pub(crate) max_group: usize,
+    /// How long completed ids are remembered, ms.
+    pub(crate) replay_horizon_ms: i64,
+    /// Where to signal new work.
+    pub(crate) wake: Arc<Wake>,
+}
+
+/// What an operation sees while it runs inside the group's transaction.
+pub(crate) struct OpCtx<'a> {
+    /// The write connection, inside `BEGIN IMMEDIATE` and a savepoint.
+    pub(crate) conn: &'a Connection,
+    /// The clock's time when the operation started, Unix ms.
+    pub(crate) now: i64,
+    /// Set by the operation when it made work ready (waiters are woken after commit).
+    pub(crate) wake: bool,
+    /// The writer's settings.
+    pub(crate) env: &'a WriterEnv,
+}
+
+/// A queued operation, type-erased.
+trait Job: Send {
+    /// Run inside the transaction; `false` when it failed (its savepoint is rolled back).
+    fn run(&mut self, ctx: &mut OpCtx<'_>) -> bool;
+    /// Reply once the transaction committed (`Ok`) or failed (`Err`).
+    fn finish(self: Box<Self>, commit: Result<(), &BrokerError>);
+}
+
+struct TypedJob<T, F> {
+    op: Option<F>,
+    result: Option<BrokerResult<T>>,
+    reply: oneshot::Sender<BrokerResult<T>>,
+}
+
+impl<T, F> Job for TypedJob<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut OpCtx<'_>) -> BrokerResult<T> + Send + 'static,
+{
+    fn run(&mut self, ctx: &mut OpCtx<'_>) -> bool {
+        let op = self.op.take().expect("a job runs once");
+        let result = op(ctx);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), &BrokerError>) {
+        let reply = match (commit, self.result) {
+            (Ok(()), Some(result)) => result,
+            (Err(e), _) => Err(copy_error(e)),
+            (Ok(()), None) => Err(BrokerError::new(
+                BrokerErrorKind::Other,
+                "internal error: operation was not run",
+            )),
+        };
+        let _ = self.reply.send(reply);
+    }
+}
+
+fn copy_error(e: &BrokerError) -> BrokerError {
+    BrokerError::new(e.kind, e.message.clone())
+}
+
+/// Handle to the writer thread.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    tx: Option<Sender<Box<dyn Job>>>,
+    thread: Option<JoinHandle<()>>,
+    path: PathBuf,
+}
+
+impl Writer {
+    /// Start the writer thread on `conn`.
+    pub(crate) fn start(conn: Connection, env: WriterEnv) -> Result<Self, BrokerError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = env.path.clone();
+        let thread = std::thread::Builder::new()
+            .name("sealq-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, env, rx))
+            .map_err(|e| {
+                BrokerError::new(
+                    BrokerErrorKind::Other,
+                    "cannot start the SQLite writer thread",
+                )
+                .with_source(e)
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+            path,
+        })
+    }
+
+    /// Run `op` in the next group transaction and return its result once committed.
+    pub(crate) async fn call<T, F>(&self, op: F) -> BrokerResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut OpCtx<'_>) -> BrokerResult<T> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job: Box<dyn Job> = Box::new(TypedJob {
+            op: Some(op),
+            result: None,
+            reply,
+        });
+        let stopped = || {
+            BrokerError::new(
+                BrokerErrorKind::Unavailable,
+                format!(
+                    "the SQLite writer thread for `{}` has stopped; reopen the broker",
+                    self.path.display()
+                ),
+            )
+        };
+        self.tx
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(job)
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, env: WriterEnv, rx: Receiver<Box<dyn Job>>) {
+    let mut group: Vec<Box<dyn Job>> = Vec::with_capacity(env.max_group);
+    while let Ok(first) = rx.recv() {
+        group.push(first);
+        while group.len() < env.max_group {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        run_group(&conn, &env, &mut group);
+    }
+    // Channel closed: the last handle is gone. The connection closes here.
+}
+
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+fn run_group(conn: &Connection, env: &WriterEnv, group: &mut Vec<Box<dyn Job>>) {
+    let path = &env.path;
+    if let Err(e) = retry_busy(path, "starting a write transaction", env.busy, || {
+        exec(conn, "BEGIN IMMEDIATE")
+    }) {
+        for job in group.drain(..) {
+            job.finish(Err(&e));
+        }
+        return;
+    }
+    let mut wake = false;
+    for job in group.iter_mut() {
+        if exec(conn, "SAVEPOINT op").is_err() {
+            continue; // the transaction is gone; COMMIT below reports it
+        }
+        let mut ctx = OpCtx {
+            conn,
+            now: env.clock.now_ms(),
+            wake: false,
+            env,
+        };
+        let ok = job.run(&mut ctx);
+        if ok {
+            wake |= ctx.wake;
+        } else {
+            let _ = exec(conn, "ROLLBACK TO op");
+        }
+        let _ = exec(conn, "RELEASE op");
+    }
+    let commit = retry_busy(path, "committing", env.busy, || exec(conn, "COMMIT"));
+    match commit {
+        Ok(()) => {
+            for job in group.drain(..) {
+                job.finish(Ok(()));
+            }
+            if wake {
+                env.wake.signal();
+            }
+        }
+        Err(e) => {
+            if !conn.is_autocommit() {
+                let _ = exec(conn, "ROLLBACK");
+            }
+            tracing::warn!(path = %path.display(), error = %e, "SQLite group commit failed");
+            for job in group.drain(..) {
+                job.finish(Err(&e));
+            }
+        }
+    }
+}
