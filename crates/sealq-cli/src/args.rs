@@ -1,0 +1,227 @@
+//! Command-line arguments (clap derive). Flag names are part of the CLI's
+//! contract: scripts depend on them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::duration::parse_duration;
+
+/// The broker used when neither `--broker` nor `SEALQ_BROKER` is given.
+pub(crate) const DEFAULT_BROKER: &str = "sqlite://./sealq.db";
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  runtime failure (broker error, policy rejection, duplicate task ...)
+  2  usage or configuration error (bad flags, no keyring, invalid JSON ...)
+
+Environment:
+  SEALQ_BROKER        broker URL (like --broker)
+  SEALQ_KEYRING       path of the keyring TOML (like --keyring)
+  SEALQ_KEYRING_TOML  the keyring TOML itself, when no path is given
+  RUST_LOG            log filter, overrides -v (logs go to stderr)";
+
+/// sealq: a task queue whose payloads are sealed (XChaCha20-Poly1305, bound
+/// to each task's identity). Brokers only ever store ciphertext.
+#[derive(Debug, Parser)]
+#[command(name = "sealq", version, about, after_help = EXIT_CODES)]
+pub(crate) struct Cli {
+    /// Broker URL. Supported: `sqlite://PATH[?synchronous=normal|full]` and
+    /// `sqlite:PATH` [default: sqlite://./sealq.db; `demo` and `bench` use a
+    /// throw-away file unless --broker is given on the command line].
+    #[arg(long, env = "SEALQ_BROKER", global = true, value_name = "URL")]
+    pub(crate) broker: Option<String>,
+
+    /// Keyring TOML file. Without it, SEALQ_KEYRING_TOML is used; without
+    /// either, commands that seal or open tasks refuse to run.
+    #[arg(long, env = "SEALQ_KEYRING", global = true, value_name = "PATH")]
+    pub(crate) keyring: Option<PathBuf>,
+
+    /// More logging to stderr (-v info, -vv debug, -vvv trace; default warn).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub(crate) verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// See sealq work end to end in a few seconds: no keyring, no server needed.
+    Demo(DemoArgs),
+    /// Manage keyrings.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Seal and enqueue one task; prints its id.
+    Enqueue(EnqueueArgs),
+    /// Process tasks by running a shell command for each one.
+    Worker(WorkerArgs),
+    /// Inspect tasks (ids, types, states and sizes; never payloads).
+    #[command(subcommand)]
+    Tasks(TasksCommand),
+    /// Measure enqueue and processing throughput and latency.
+    Bench(BenchArgs),
+}
+
+/// `sealq demo`.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// How many tasks to enqueue.
+    #[arg(long, default_value_t = 5000)]
+    pub(crate) tasks: usize,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `sealq keys ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Print a new keyring (TOML, with secrets) to stdout.
+    ///
+    /// Redirect it to a file readable only by you:
+    /// `(umask 077; sealq keys generate > keyring.toml)`.
+    Generate,
+}
+
+/// `sealq enqueue`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("payload_source").required(true)))]
+pub(crate) struct EnqueueArgs {
+    /// Queue name.
+    #[arg(long, short = 'q', default_value = "default")]
+    pub(crate) queue: String,
+    /// Task type name (e.g. `emails.welcome`).
+    #[arg(long = "type", short = 't', value_name = "TYPE")]
+    pub(crate) kind: String,
+    /// The payload as JSON.
+    #[arg(long, value_name = "JSON", group = "payload_source")]
+    pub(crate) payload: Option<String>,
+    /// Read the JSON payload from a file (`-` for stdin).
+    #[arg(long, value_name = "FILE", group = "payload_source")]
+    pub(crate) payload_file: Option<PathBuf>,
+    /// Data subject (e.g. a user id); only a keyed hash of it is stored.
+    #[arg(long)]
+    pub(crate) subject: Option<String>,
+    /// Run no earlier than this from now (500ms, 30s, 5m, 2h, 1d).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) delay: Option<Duration>,
+    /// Retries after the first attempt [library default: 25].
+    #[arg(long)]
+    pub(crate) max_retries: Option<u32>,
+    /// At most one live task with this key.
+    #[arg(long, value_name = "KEY", requires = "unique_ttl")]
+    pub(crate) unique: Option<String>,
+    /// How long the unique key holds.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", requires = "unique")]
+    pub(crate) unique_ttl: Option<Duration>,
+    /// Per-attempt timeout [library default: 30m].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) timeout: Option<Duration>,
+}
+
+/// `sealq worker`.
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    /// Queues with optional weights: `critical:6,default:3,low`.
+    #[arg(long, default_value = "default", value_name = "QUEUES")]
+    pub(crate) queues: String,
+    /// Strict priority: a queue runs only when every heavier queue is empty.
+    #[arg(long)]
+    pub(crate) strict: bool,
+    /// Shell command run for each task (`sh -c CMD`). It gets the payload as
+    /// JSON on stdin and SEALQ_TASK_ID, SEALQ_TASK_TYPE, SEALQ_QUEUE,
+    /// SEALQ_ATTEMPT in its environment; exit status 0 means success, any
+    /// other status schedules a retry.
+    #[arg(long, value_name = "CMD")]
+    pub(crate) exec: String,
+    /// Commands running at once.
+    #[arg(long, short = 'c', default_value_t = 16)]
+    pub(crate) concurrency: usize,
+    /// On SIGINT/SIGTERM, how long to wait for running commands before
+    /// killing them and returning their tasks to the queue.
+    #[arg(long, value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
+    pub(crate) shutdown_timeout: Duration,
+}
+
+/// `sealq tasks ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TasksCommand {
+    /// List tasks, oldest first.
+    List(ListArgs),
+    /// Per-queue counts by state.
+    Stats(StatsArgs),
+}
+
+/// `sealq tasks list`.
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// Only this queue.
+    #[arg(long, short = 'q')]
+    pub(crate) queue: Option<String>,
+    /// Only this state: scheduled, pending, active, retry, completed, archived.
+    #[arg(long, short = 's')]
+    pub(crate) state: Option<String>,
+    /// At most this many tasks.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) limit: usize,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `sealq tasks stats`.
+#[derive(Debug, Args)]
+pub(crate) struct StatsArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// How `bench` schedules its two phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BenchMode {
+    /// Enqueue everything, then process everything; each phase timed alone.
+    Phased,
+    /// Enqueue and process at the same time; end-to-end rate over the whole run.
+    Pipelined,
+}
+
+/// SQLite durability for bench's throw-away file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Synchronous {
+    /// fsync at checkpoints only (survives process crashes, not power loss).
+    Normal,
+    /// fsync every commit (the broker's default).
+    Full,
+}
+
+/// `sealq bench`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// How many tasks.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) tasks: usize,
+    /// Approximate size of each sealed payload, bytes.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) payload_bytes: usize,
+    /// Worker concurrency.
+    #[arg(long, short = 'c', default_value_t = 64)]
+    pub(crate) concurrency: usize,
+    /// Tasks per enqueue batch (one broker round trip each).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) batch: usize,
+    /// Phased (enqueue, then process) or pipelined (both at once).
+    #[arg(long, value_enum, default_value_t = BenchMode::Phased)]
+    pub(crate) mode: BenchMode,
+    /// SQLite `synchronous` for the throw-away file (ignored with --broker).
+    #[arg(long, value_enum, default_value_t = Synchronous::Full)]
+    pub(crate) synchronous: Synchronous,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}

@@ -1,0 +1,278 @@
+//! `sealq bench`: enqueue and processing throughput, and how late tasks start.
+//!
+//! A throw-away keyring; by default a fresh temporary SQLite file, deleted
+//! afterwards. Phased mode times the enqueue phase and the processing phase
+//! separately; pipelined mode runs both at once and times the whole.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sealq::{Client, EnqueueOptions, Keyring, RawTask, TaskState, Worker};
+use serde::Serialize;
+
+use super::Global;
+use crate::args::{BenchArgs, BenchMode, Synchronous};
+use crate::broker_url;
+use crate::error::{CliError, CliResult, context, msg};
+use crate::output::{Latencies, LatencySummary, peak_rss_kib, print_json, progress_bar, rate};
+
+/// The queue bench uses.
+const QUEUE: &str = "bench";
+/// The task type bench uses.
+const KIND: &str = "bench.noop";
+/// Envelope and encoding overhead subtracted from `--payload-bytes` so the
+/// stored envelope comes out at about the requested size.
+const OVERHEAD: usize = 72;
+/// How long a run may take before bench gives up.
+const TIME_LIMIT: Duration = Duration::from_secs(600);
+
+/// The benchmark payload: a sequence number and filler.
+#[derive(Serialize)]
+struct Payload<'a> {
+    seq: u64,
+    data: &'a str,
+}
+
+/// What bench reports.
+#[derive(Debug, Serialize)]
+struct Results {
+    broker: String,
+    mode: &'static str,
+    tasks: usize,
+    payload_bytes: usize,
+    envelope_bytes: usize,
+    batch: usize,
+    concurrency: usize,
+    enqueue_seconds: f64,
+    enqueue_per_second: f64,
+    process_seconds: f64,
+    process_per_second: f64,
+    total_seconds: f64,
+    end_to_end_per_second: f64,
+    /// Enqueue-to-start latency (`now - run_at` in the handler), ms. In phased
+    /// mode it includes the time a task waited while the enqueue phase ran.
+    latency: LatencySummary,
+    peak_rss_kib: Option<u64>,
+}
+
+/// Run the benchmark.
+pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
+    if args.tasks == 0 || args.batch == 0 || args.concurrency == 0 {
+        return Err(CliError::usage(msg(
+            "--tasks, --batch and --concurrency must be at least 1",
+        )));
+    }
+    let tempdir = tempfile::Builder::new()
+        .prefix("sealq-bench-")
+        .tempdir()
+        .map_err(|e| CliError::runtime(context("cannot create a temporary directory", e)))?;
+    let url = match (&global.broker, global.broker_on_command_line) {
+        (Some(url), true) => url.clone(),
+        _ => format!(
+            "sqlite://{}?synchronous={}",
+            tempdir.path().join("bench.db").display(),
+            match args.synchronous {
+                Synchronous::Normal => "normal",
+                Synchronous::Full => "full",
+            }
+        ),
+    };
+    let broker = broker_url::open(&url)?.broker;
+    let keyring = Arc::new(Keyring::generate());
+    let client = Client::builder(broker.clone(), keyring.clone())
+        .producer("sealq-bench")
+        .build();
+    let latencies = Arc::new(Latencies::with_capacity(args.tasks));
+    let l = latencies.clone();
+    let worker = Worker::builder(broker.clone(), keyring)
+        .id("sealq-bench-worker")
+        .queues([(QUEUE, 1)])
+        .concurrency(args.concurrency)
+        .maintenance_interval(Duration::from_millis(100))
+        .handle_raw(KIND, move |_payload, ctx| {
+            let l = l.clone();
+            async move {
+                l.record_since(ctx.run_at_ms());
+                Ok(())
+            }
+        })
+        .build()?;
+    let filler = filler(args.payload_bytes.saturating_sub(OVERHEAD));
+    let pb = progress_bar(args.tasks as u64, args.json);
+
+    let started = Instant::now();
+    let (enqueue_time, process_time, handle);
+    match args.mode {
+        BenchMode::Phased => {
+            enqueue_time = enqueue_all(&client, &args, &filler, &pb).await?;
+            let t = Instant::now();
+            handle = worker.spawn();
+            wait_done(&handle, args.tasks, &pb).await?;
+            process_time = t.elapsed();
+        }
+        BenchMode::Pipelined => {
+            handle = worker.spawn();
+            enqueue_time = enqueue_all(&client, &args, &filler, &pb).await?;
+            wait_done(&handle, args.tasks, &pb).await?;
+            process_time = started.elapsed();
+        }
+    }
+    let total = started.elapsed();
+    pb.finish_and_clear();
+    handle.shutdown().await?;
+
+    let envelope_bytes = broker
+        .list(&sealq::broker::ListQuery {
+            queue: Some(QUEUE.into()),
+            state: Some(TaskState::Completed),
+            limit: 1,
+            ..Default::default()
+        })
+        .await?
+        .first()
+        .map_or(0, |r| r.envelope.len());
+    let results = Results {
+        broker: broker.describe(),
+        mode: match args.mode {
+            BenchMode::Phased => "phased",
+            BenchMode::Pipelined => "pipelined",
+        },
+        tasks: args.tasks,
+        payload_bytes: args.payload_bytes,
+        envelope_bytes,
+        batch: args.batch,
+        concurrency: args.concurrency,
+        enqueue_seconds: enqueue_time.as_secs_f64(),
+        enqueue_per_second: rate(args.tasks, enqueue_time),
+        process_seconds: process_time.as_secs_f64(),
+        process_per_second: rate(args.tasks, process_time),
+        total_seconds: total.as_secs_f64(),
+        end_to_end_per_second: rate(args.tasks, total),
+        latency: latencies.summary(),
+        peak_rss_kib: peak_rss_kib(),
+    };
+    drop(broker);
+    drop(tempdir);
+    if args.json {
+        print_json(&results)
+    } else {
+        print_results(&results);
+        Ok(())
+    }
+}
+
+/// Enqueue `args.tasks` tasks in batches; returns the time it took.
+async fn enqueue_all(
+    client: &Client,
+    args: &BenchArgs,
+    filler: &str,
+    pb: &indicatif::ProgressBar,
+) -> CliResult<Duration> {
+    let t = Instant::now();
+    let mut seq = 0u64;
+    while (seq as usize) < args.tasks {
+        let n = args.batch.min(args.tasks - seq as usize);
+        let mut batch = Vec::with_capacity(n);
+        for _ in 0..n {
+            let payload = sealq::task::encode_payload(&Payload { seq, data: filler })?;
+            batch.push(RawTask::new(
+                KIND,
+                payload,
+                EnqueueOptions::new().queue(QUEUE),
+            ));
+            seq += 1;
+        }
+        for r in client.enqueue_batch(batch).await? {
+            r?;
+        }
+        pb.set_message(format!("enqueued {seq}"));
+    }
+    Ok(t.elapsed())
+}
+
+/// Wait until the worker has completed `n` tasks.
+async fn wait_done(
+    handle: &sealq::WorkerHandle,
+    n: usize,
+    pb: &indicatif::ProgressBar,
+) -> CliResult {
+    let deadline = Instant::now() + TIME_LIMIT;
+    loop {
+        let r = handle.stats().report();
+        pb.set_position(r.succeeded.min(n as u64));
+        if r.succeeded + r.archived >= n as u64 {
+            if r.archived > 0 {
+                return Err(CliError::runtime(msg(format!(
+                    "{} benchmark tasks were archived instead of completing",
+                    r.archived
+                ))));
+            }
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(CliError::runtime(msg(format!(
+                "bench did not finish within {} s ({} of {n} tasks done)",
+                TIME_LIMIT.as_secs(),
+                r.succeeded
+            ))));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `len` pseudo-random letters and digits (incompressible enough that the
+/// size is honest, cheap enough not to be measured).
+fn filler(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ALPHABET[(state % ALPHABET.len() as u64) as usize] as char
+        })
+        .collect()
+}
+
+fn print_results(r: &Results) {
+    println!("sealq bench ({} mode) on {}", r.mode, r.broker);
+    println!(
+        "  {} tasks, ~{} B payload ({} B sealed envelope), batch {}, concurrency {}",
+        r.tasks, r.payload_bytes, r.envelope_bytes, r.batch, r.concurrency
+    );
+    println!(
+        "  enqueue      {:>10.0} tasks/s  ({:.3} s)",
+        r.enqueue_per_second, r.enqueue_seconds
+    );
+    println!(
+        "  process      {:>10.0} tasks/s  ({:.3} s{})",
+        r.process_per_second,
+        r.process_seconds,
+        if r.mode == "pipelined" {
+            ", from the first enqueue"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  end-to-end   {:>10.0} tasks/s  ({:.3} s)",
+        r.end_to_end_per_second, r.total_seconds
+    );
+    println!(
+        "  enqueue-to-start latency: p50 {} ms, p90 {} ms, p99 {} ms, max {} ms{}",
+        r.latency.p50_ms,
+        r.latency.p90_ms,
+        r.latency.p99_ms,
+        r.latency.max_ms,
+        if r.mode == "phased" {
+            " (includes waiting for the enqueue phase)"
+        } else {
+            ""
+        }
+    );
+    match r.peak_rss_kib {
+        Some(k) => println!("  peak RSS     {:.1} MiB", k as f64 / 1024.0),
+        None => println!("  peak RSS     unknown"),
+    }
+}

@@ -1,0 +1,80 @@
+//! One module per command, and what they share: global options, keyring
+//! loading, broker opening.
+
+mod bench;
+mod demo;
+mod enqueue;
+mod keys;
+mod tasks;
+mod worker;
+
+use std::path::PathBuf;
+
+use clap::ArgMatches;
+use clap::parser::ValueSource;
+use sealq::Keyring;
+
+use crate::args::{Command, DEFAULT_BROKER, KeysCommand, TasksCommand};
+use crate::broker_url::{self, Opened};
+use crate::error::CliResult;
+
+/// Options every command sees.
+#[derive(Debug, Clone)]
+pub(crate) struct Global {
+    /// `--broker` / `SEALQ_BROKER`.
+    pub(crate) broker: Option<String>,
+    /// Whether `--broker` was typed on the command line (not taken from the
+    /// environment): `demo` and `bench` only leave their throw-away store then.
+    pub(crate) broker_on_command_line: bool,
+    /// `--keyring` / `SEALQ_KEYRING`.
+    pub(crate) keyring: Option<PathBuf>,
+}
+
+impl Global {
+    /// The broker URL, or the default.
+    fn broker_url(&self) -> &str {
+        self.broker.as_deref().unwrap_or(DEFAULT_BROKER)
+    }
+
+    /// Open the configured broker.
+    pub(crate) fn open_broker(&self) -> CliResult<Opened> {
+        broker_url::open(self.broker_url())
+    }
+
+    /// The keyring: `--keyring`/`SEALQ_KEYRING`, else `SEALQ_KEYRING_TOML`;
+    /// neither is [`sealq::Error::NoKeyring`] (exit 2).
+    pub(crate) fn keyring(&self) -> CliResult<Keyring> {
+        match &self.keyring {
+            Some(path) if !path.as_os_str().is_empty() => Ok(Keyring::from_file(path)?),
+            _ => Ok(Keyring::from_env()?),
+        }
+    }
+}
+
+/// Run one command.
+pub(crate) async fn run(global: Global, command: Command) -> CliResult {
+    match command {
+        Command::Demo(a) => demo::run(&global, a).await,
+        Command::Keys(KeysCommand::Generate) => keys::generate(),
+        Command::Enqueue(a) => enqueue::run(&global, a).await,
+        Command::Worker(a) => worker::run(&global, a).await,
+        Command::Tasks(TasksCommand::List(a)) => tasks::list(&global, a).await,
+        Command::Tasks(TasksCommand::Stats(a)) => tasks::stats(&global, a).await,
+        Command::Bench(a) => bench::run(&global, a).await,
+    }
+}
+
+/// Whether argument `id` was given on the command line, at the top level or
+/// after any subcommand (global arguments may appear in either place).
+pub(crate) fn given_on_command_line(matches: &ArgMatches, id: &str) -> bool {
+    let mut m = Some(matches);
+    while let Some(cur) = m {
+        if matches!(cur.try_contains_id(id), Ok(true))
+            && cur.value_source(id) == Some(ValueSource::CommandLine)
+        {
+            return true;
+        }
+        m = cur.subcommand().map(|(_, sub)| sub);
+    }
+    false
+}

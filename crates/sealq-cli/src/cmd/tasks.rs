@@ -1,0 +1,132 @@
+//! `sealq tasks list` and `sealq tasks stats`: ids, types, states, sizes.
+//! Never payloads, results or error texts: those stay sealed.
+
+use std::str::FromStr;
+
+use sealq::TaskState;
+use sealq::broker::{ListQuery, TaskRecord};
+use serde::Serialize;
+
+use super::Global;
+use crate::args::{ListArgs, StatsArgs};
+use crate::error::{CliError, CliResult};
+use crate::output::{print_json, rfc3339_ms, table};
+
+/// One listed task: what is safe to show.
+#[derive(Debug, Serialize)]
+struct TaskRow {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    queue: String,
+    state: &'static str,
+    attempts: u32,
+    envelope_bytes: usize,
+    archive_reason: Option<String>,
+    /// Size of the sealed error of the last failed attempt; the text stays sealed.
+    error_sealed_bytes: Option<usize>,
+    created_at: String,
+    run_at: String,
+}
+
+impl From<&TaskRecord> for TaskRow {
+    fn from(r: &TaskRecord) -> Self {
+        TaskRow {
+            id: r.id.to_string(),
+            kind: r.kind.clone(),
+            queue: r.queue.clone(),
+            state: r.state.as_str(),
+            attempts: r.attempts,
+            envelope_bytes: r.envelope.len(),
+            archive_reason: r.archive_reason.as_ref().map(|a| a.as_str().to_owned()),
+            error_sealed_bytes: r.last_error.as_ref().map(Vec::len),
+            created_at: rfc3339_ms(r.meta.created_at_ms),
+            run_at: rfc3339_ms(r.run_at_ms),
+        }
+    }
+}
+
+/// `sealq tasks list`.
+pub(crate) async fn list(global: &Global, args: ListArgs) -> CliResult {
+    let state = args
+        .state
+        .as_deref()
+        .map(TaskState::from_str)
+        .transpose()
+        .map_err(CliError::from)?;
+    if let Some(q) = &args.queue {
+        sealq::options::validate_queue_name(q)?;
+    }
+    let broker = global.open_broker()?.broker;
+    let query = ListQuery {
+        queue: args.queue,
+        state,
+        limit: args.limit.max(1),
+        ..ListQuery::default()
+    };
+    let records = broker.list(&query).await?;
+    let rows: Vec<TaskRow> = records.iter().map(TaskRow::from).collect();
+    if args.json {
+        return print_json(&rows);
+    }
+    if rows.is_empty() {
+        println!("no tasks");
+        return Ok(());
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.kind.clone(),
+                r.queue.clone(),
+                r.state.to_owned(),
+                r.attempts.to_string(),
+                r.envelope_bytes.to_string(),
+                r.archive_reason.clone().unwrap_or_else(|| "-".into()),
+                r.error_sealed_bytes
+                    .map_or_else(|| "-".into(), |n| format!("<sealed, {n} bytes>")),
+                r.created_at.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "ID", "TYPE", "QUEUE", "STATE", "ATTEMPTS", "ENVELOPE", "ARCHIVED", "ERROR",
+                "CREATED",
+            ],
+            &cells,
+        )
+    );
+    Ok(())
+}
+
+/// `sealq tasks stats`.
+pub(crate) async fn stats(global: &Global, args: StatsArgs) -> CliResult {
+    let broker = global.open_broker()?.broker;
+    let stats = broker.stats().await?;
+    if args.json {
+        return print_json(&stats);
+    }
+    if stats.is_empty() {
+        println!("no queues");
+        return Ok(());
+    }
+    let mut header = vec!["QUEUE", "PAUSED"];
+    header.extend(TaskState::ALL.iter().map(|s| s.as_str()));
+    let cells: Vec<Vec<String>> = stats
+        .iter()
+        .map(|q| {
+            let mut row = vec![
+                q.queue.clone(),
+                if q.paused { "yes" } else { "no" }.to_owned(),
+            ];
+            row.extend(TaskState::ALL.iter().map(|s| q.get(*s).to_string()));
+            row
+        })
+        .collect();
+    print!("{}", table(&header, &cells));
+    Ok(())
+}
