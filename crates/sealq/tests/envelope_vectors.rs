@@ -138,6 +138,33 @@ fn vectors_reproduce_exactly() {
 }
 
 #[test]
+fn docs_show_the_same_vectors() {
+    let doc: String = include_str!("../../../docs/envelope.md")
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let v = vectors();
+    for e in &v.envelopes {
+        assert!(
+            doc.contains(&e.envelope_hex),
+            "{}: envelope hex not in docs/envelope.md",
+            e.name
+        );
+        assert!(
+            doc.contains(&e.aad_hex),
+            "{}: AAD hex not in docs/envelope.md",
+            e.name
+        );
+    }
+    for t in &v.subject_tags {
+        assert!(
+            doc.contains(&t.tag_hex),
+            "subject tag not in docs/envelope.md"
+        );
+    }
+}
+
+#[test]
 fn subject_tag_vectors() {
     let v = vectors();
     let kr = vector_keyring(&v, &v.keys[0].id);
