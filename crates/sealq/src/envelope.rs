@@ -236,10 +236,12 @@ pub fn parse_header(envelope: &[u8]) -> Result<Header<'_>, IntegrityError> {
 ///
 /// # Panics
 ///
-/// Never for a key id accepted by the keyring. A `queue`, `kind` or `producer`
-/// longer than 4 GiB cannot be length-prefixed and panics (sealing refuses
-/// such values with an error before calling this).
+/// If `key_id` is longer than 255 bytes or `queue`, `kind` or `producer` is
+/// longer than 4 GiB: such fields cannot be length-prefixed. Valid key ids are
+/// at most 64 bytes, and sealing refuses over-long strings with an error
+/// instead of calling this.
 pub fn associated_data(aad: &Aad<'_>, key_id: &str) -> Vec<u8> {
+    // Invariant (documented under Panics): callers pass lengths that fit.
     associated_data_for(aad, Algorithm::XChaCha20Poly1305, key_id).expect(
         "queue, kind and producer are shorter than 4 GiB and the key id is at most 255 bytes",
     )
