@@ -42,7 +42,7 @@ pub use clock::{Clock, SystemClock};
 pub use error::{BrokerError, BrokerErrorKind, Error, IntegrityError, Result};
 pub use keyring::Keyring;
 pub use options::EnqueueOptions;
-pub use policy::PayloadPolicy;
+pub use policy::{Finding, PayloadPolicy, PolicyMode, Rule};
 pub use task::{ArchiveReason, SubjectTag, Task, TaskId, TaskMeta, TaskState};
 pub use worker::{
     Failure, HandlerResult, Priority, RawPayload, TaskContext, TaskError, Worker, WorkerBuilder,

@@ -1,0 +1,42 @@
+//! Payload policy cost: size budget plus scanner over a typical 1 KiB payload.
+//!
+//! `cargo bench -p sealq --bench policy -- --warm-up-time 1 --measurement-time 3`
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use sealq::PayloadPolicy;
+use sealq::policy::Rule;
+use serde_json::json;
+
+fn policy(c: &mut Criterion) {
+    let payload = rmp_serde::to_vec_named(&json!({
+        "order_id": "ord_01890a5dac96774bbcceb302099a8057",
+        "customer": {
+            "id": "cus_NffrFeUfNV2Hib", "name": "Ann Example", "email": "ann@example.com",
+            "phone": "+44 20 7946 0958",
+            "address": { "line1": "1 Main Street", "city": "London", "zip": "N1 9GU" },
+        },
+        "items": (0..8).map(|i| json!({
+            "sku": format!("SKU-{i:06}"), "qty": i, "price": 19.99,
+            "title": "A perfectly ordinary product title",
+        })).collect::<Vec<_>>(),
+        "created_at_ms": 1712345678901u64,
+        "note": "Please leave the parcel at the door; ring twice. Thanks!",
+        "card": { "brand": "visa", "last4": "4242" },
+    }))
+    .expect("encode");
+    let full = PayloadPolicy::default();
+    let decode_only = Rule::ALL
+        .into_iter()
+        .fold(PayloadPolicy::default(), |p, r| p.allow_in_queue(r, "q"));
+    let mut g = c.benchmark_group(format!("policy_{}B", payload.len()));
+    g.bench_function("check", |b| b.iter(|| full.check("q", black_box(&payload))));
+    g.bench_function("decode_only", |b| {
+        b.iter(|| decode_only.check("q", black_box(&payload)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, policy);
+criterion_main!(benches);
