@@ -26,7 +26,7 @@ Environment:
 /// sealq: a task queue whose payloads are sealed (XChaCha20-Poly1305, bound
 /// to each task's identity). Brokers only ever store ciphertext.
 #[derive(Debug, Parser)]
-#[command(name = "sealq", version, about, after_help = EXIT_CODES)]
+#[command(name = "sealq", version, after_help = EXIT_CODES)]
 pub(crate) struct Cli {
     /// Broker URL. Supported: `sqlite://PATH[?synchronous=normal|full]` and
     /// `sqlite:PATH` [default: sqlite://./sealq.db; `demo` and `bench` use a
@@ -169,6 +169,10 @@ pub(crate) struct ListArgs {
     /// At most this many tasks.
     #[arg(long, default_value_t = 100)]
     pub(crate) limit: usize,
+    /// Only tasks whose id sorts after this one (to page through a listing,
+    /// pass the last id of the previous page).
+    #[arg(long, value_name = "ID")]
+    pub(crate) after: Option<String>,
     /// Print a JSON array.
     #[arg(long)]
     pub(crate) json: bool,
@@ -218,6 +222,12 @@ pub(crate) struct BenchArgs {
     /// Phased (enqueue, then process) or pipelined (both at once).
     #[arg(long, value_enum, default_value_t = BenchMode::Phased)]
     pub(crate) mode: BenchMode,
+    /// Cap the producer at this many tasks per second (0: as fast as it can).
+    /// With `--mode pipelined` and a rate below the processing rate, the
+    /// latency figures show how late tasks start under a sustained load
+    /// rather than how long a backlog takes to drain.
+    #[arg(long, default_value_t = 0, value_name = "TASKS_PER_SEC")]
+    pub(crate) rate: u64,
     /// SQLite `synchronous` for the throw-away file (ignored with --broker).
     #[arg(long, value_enum, default_value_t = Synchronous::Full)]
     pub(crate) synchronous: Synchronous,

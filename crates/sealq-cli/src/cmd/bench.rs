@@ -43,6 +43,8 @@ struct Results {
     envelope_bytes: usize,
     batch: usize,
     concurrency: usize,
+    /// Producer rate cap, tasks/s (0: none).
+    rate: u64,
     enqueue_seconds: f64,
     enqueue_per_second: f64,
     process_seconds: f64,
@@ -142,6 +144,7 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
         envelope_bytes,
         batch: args.batch,
         concurrency: args.concurrency,
+        rate: args.rate,
         enqueue_seconds: enqueue_time.as_secs_f64(),
         enqueue_per_second: rate(args.tasks, enqueue_time),
         process_seconds: process_time.as_secs_f64(),
@@ -184,6 +187,11 @@ async fn enqueue_all(
         }
         for r in client.enqueue_batch(batch).await? {
             r?;
+        }
+        if args.rate > 0 {
+            // Sleep until this many tasks are due at the requested rate.
+            let due = Duration::from_secs_f64(seq as f64 / args.rate as f64);
+            tokio::time::sleep_until((t + due).into()).await;
         }
         pb.set_message(format!("enqueued {seq}"));
     }
@@ -241,6 +249,9 @@ fn print_results(r: &Results) {
         "  {} tasks, ~{} B payload ({} B sealed envelope), batch {}, concurrency {}",
         r.tasks, r.payload_bytes, r.envelope_bytes, r.batch, r.concurrency
     );
+    if r.rate > 0 {
+        println!("  producer capped at {} tasks/s", r.rate);
+    }
     println!(
         "  enqueue      {:>10.0} tasks/s  ({:.3} s)",
         r.enqueue_per_second, r.enqueue_seconds

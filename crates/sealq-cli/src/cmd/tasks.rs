@@ -57,10 +57,17 @@ pub(crate) async fn list(global: &Global, args: ListArgs) -> CliResult {
     if let Some(q) = &args.queue {
         sealq::options::validate_queue_name(q)?;
     }
+    let after = args
+        .after
+        .as_deref()
+        .map(sealq::TaskId::from_str)
+        .transpose()
+        .map_err(CliError::from)?;
     let broker = global.open_broker()?.broker;
     let query = ListQuery {
         queue: args.queue,
         state,
+        after,
         limit: args.limit.max(1),
         ..ListQuery::default()
     };
@@ -114,8 +121,9 @@ pub(crate) async fn stats(global: &Global, args: StatsArgs) -> CliResult {
         println!("no queues");
         return Ok(());
     }
-    let mut header = vec!["QUEUE", "PAUSED"];
-    header.extend(TaskState::ALL.iter().map(|s| s.as_str()));
+    let mut header = vec!["QUEUE".to_owned(), "PAUSED".to_owned()];
+    header.extend(TaskState::ALL.iter().map(|s| s.as_str().to_uppercase()));
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
     let cells: Vec<Vec<String>> = stats
         .iter()
         .map(|q| {

@@ -1,0 +1,426 @@
+//! End-to-end tests of the `sealq` binary: each test runs the real binary in
+//! its own temporary directory with its own keyring and SQLite file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sealq");
+
+/// A temporary directory with a keyring and a broker URL.
+struct Sandbox {
+    dir: tempfile::TempDir,
+    keyring: PathBuf,
+}
+
+/// What a finished run printed.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Sandbox {
+    /// A fresh directory and keyring (`sealq keys generate > keyring.toml`).
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keyring = dir.path().join("keyring.toml");
+        let sb = Sandbox { dir, keyring };
+        let out = sb.run(&["keys", "generate"]);
+        assert_eq!(out.code, 0, "keys generate: {}", out.stderr);
+        std::fs::write(&sb.keyring, out.stdout).expect("write keyring");
+        sb
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The binary with a clean, sandboxed environment.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .current_dir(self.path())
+            .env_remove("SEALQ_KEYRING_TOML")
+            .env_remove("RUST_LOG")
+            .env(
+                "SEALQ_BROKER",
+                format!(
+                    "sqlite://{}?synchronous=normal",
+                    self.path().join("q.db").display()
+                ),
+            )
+            .env("SEALQ_KEYRING", &self.keyring)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        finished(self.cmd(args).output().expect("run sealq"))
+    }
+
+    /// Enqueue and return the printed id.
+    fn enqueue(&self, args: &[&str]) -> String {
+        let mut all = vec!["enqueue"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        assert_eq!(out.code, 0, "enqueue failed: {}", out.stderr);
+        out.stdout.trim().to_owned()
+    }
+
+    /// `tasks list --json` as values.
+    fn list(&self, extra: &[&str]) -> (Vec<Value>, String) {
+        let mut args = vec!["tasks", "list", "--json"];
+        args.extend_from_slice(extra);
+        let out = self.run(&args);
+        assert_eq!(out.code, 0, "tasks list: {}", out.stderr);
+        let v: Value = serde_json::from_str(&out.stdout).expect("list --json is JSON");
+        (v.as_array().expect("an array").clone(), out.stdout)
+    }
+
+    /// Start a worker in the background.
+    fn spawn_worker(&self, args: &[&str]) -> Child {
+        let mut all = vec!["worker"];
+        all.extend_from_slice(args);
+        self.cmd(&all)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn worker")
+    }
+}
+
+fn finished(o: Output) -> Run {
+    Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// SIGTERM via `kill`, then collect the output.
+fn terminate(child: Child) -> Run {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    finished(child.wait_with_output().expect("wait for worker"))
+}
+
+/// Poll `check` every 50 ms for up to `secs` seconds.
+fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| {
+            if [8, 13, 18, 23].contains(&i) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
+}
+
+#[test]
+fn keys_generate_prints_a_fresh_keyring() {
+    let sb = Sandbox::new();
+    let a = sb.run(&["keys", "generate"]);
+    let b = sb.run(&["keys", "generate"]);
+    assert_eq!((a.code, b.code), (0, 0));
+    let ka = sealq::Keyring::from_toml(&a.stdout).expect("output parses as a keyring");
+    sealq::Keyring::from_toml(&b.stdout).expect("output parses as a keyring");
+    assert_ne!(a.stdout, b.stdout, "two runs must give different keys");
+    assert!(a.stdout.starts_with('#'), "starts with a usage comment");
+    assert!(a.stdout.contains("SEALQ_KEYRING"));
+    assert!(a.stdout.contains(ka.primary_key_id()));
+    assert!(a.stderr.is_empty(), "nothing logged: {}", a.stderr);
+}
+
+#[test]
+fn enqueue_without_keyring_is_a_config_error() {
+    let sb = Sandbox::new();
+    let out = sb
+        .cmd(&["enqueue", "--type", "t", "--payload", "{}"])
+        .env_remove("SEALQ_KEYRING")
+        .output()
+        .expect("run");
+    let out = finished(out);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.starts_with("error: "), "{}", out.stderr);
+    assert!(out.stderr.contains("sealq keys generate"), "{}", out.stderr);
+}
+
+#[test]
+fn enqueue_prints_the_task_id_only() {
+    let sb = Sandbox::new();
+    let out = sb.run(&[
+        "enqueue",
+        "--queue",
+        "emails",
+        "--type",
+        "emails.welcome",
+        "--payload",
+        r#"{"user_id": 42}"#,
+        "--delay",
+        "500ms",
+        "--max-retries",
+        "3",
+        "--timeout",
+        "30s",
+        "--subject",
+        "user-42",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.lines().count(), 1);
+    assert!(is_uuid(out.stdout.trim()), "not a UUID: {:?}", out.stdout);
+}
+
+#[test]
+fn enqueue_with_card_number_is_refused_without_echoing_it() {
+    let sb = Sandbox::new();
+    let out = sb.run(&[
+        "enqueue",
+        "--type",
+        "payments.charge",
+        "--payload",
+        r#"{"order": 7, "payment": {"card": "4242 4242 4242 4242"}}"#,
+    ]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("card_number"),
+        "names the rule: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("payment.card"),
+        "names the path: {}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("4242 4242"), "{}", out.stderr);
+    assert!(!out.stderr.contains("4242424242424242"), "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+    assert!(sb.list(&[]).0.is_empty(), "nothing was stored");
+}
+
+#[test]
+fn enqueue_with_invalid_json_is_a_usage_error() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["enqueue", "--type", "t", "--payload", r#"{"a": 1,"#]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("invalid JSON"), "{}", out.stderr);
+    assert!(out.stderr.contains("line 1 column"), "{}", out.stderr);
+}
+
+#[test]
+fn duplicate_unique_key_names_the_existing_task() {
+    let sb = Sandbox::new();
+    let args = [
+        "--type",
+        "t",
+        "--payload",
+        "{}",
+        "--unique",
+        "report:7",
+        "--unique-ttl",
+        "1h",
+    ];
+    let first = sb.enqueue(&args);
+    let mut all = vec!["enqueue"];
+    all.extend_from_slice(&args);
+    let out = sb.run(&all);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains(&first), "{}", out.stderr);
+}
+
+#[test]
+fn unsupported_broker_is_a_usage_error() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["--broker", "redis://localhost:6379", "tasks", "stats"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("sqlite://"), "{}", out.stderr);
+    assert!(out.stderr.contains("coming"), "{}", out.stderr);
+}
+
+#[test]
+fn tasks_list_shows_metadata_never_the_payload() {
+    let sb = Sandbox::new();
+    let id = sb.enqueue(&[
+        "--queue",
+        "mail",
+        "--type",
+        "emails.welcome",
+        "--payload",
+        r#"{"to": "secret-recipient@example.org"}"#,
+    ]);
+    let (rows, raw) = sb.list(&["--queue", "mail", "--state", "pending"]);
+    assert_eq!(rows.len(), 1, "{raw}");
+    let row = &rows[0];
+    assert_eq!(row["id"], id.as_str());
+    assert_eq!(row["type"], "emails.welcome");
+    assert_eq!(row["queue"], "mail");
+    assert_eq!(row["state"], "pending");
+    assert!(row["envelope_bytes"].as_u64().unwrap() > 0);
+    assert!(!raw.contains("secret-recipient"), "{raw}");
+
+    let table = sb.run(&["tasks", "list"]);
+    assert_eq!(table.code, 0);
+    assert!(table.stdout.contains(&id));
+    assert!(!table.stdout.contains("secret-recipient"));
+
+    let stats = sb.run(&["tasks", "stats", "--json"]);
+    let v: Value = serde_json::from_str(&stats.stdout).expect("stats --json");
+    assert_eq!(v[0]["queue"], "mail");
+    assert_eq!(v[0]["pending"], 1);
+}
+
+#[test]
+fn worker_exec_gets_the_payload_on_stdin() {
+    let sb = Sandbox::new();
+    let payload = r#"{"user_id":42,"tags":["a","b"],"nested":{"x":1.5}}"#;
+    let id = sb.enqueue(&["--queue", "jobs", "--type", "t.exec", "--payload", payload]);
+    let worker = sb.spawn_worker(&[
+        "--queues",
+        "jobs:3,other",
+        "--exec",
+        r#"{ printf '%s %s %s %s\n' "$SEALQ_TASK_ID" "$SEALQ_TASK_TYPE" "$SEALQ_QUEUE" "$SEALQ_ATTEMPT"; cat; } > out.tmp && mv out.tmp done.txt"#,
+    ]);
+    let done = sb.path().join("done.txt");
+    let appeared = eventually(20, || done.exists());
+    let out = terminate(worker);
+    assert!(
+        appeared,
+        "the command never ran; worker stderr: {}",
+        out.stderr
+    );
+    assert_eq!(out.code, 0, "worker exit: {}", out.stderr);
+
+    let text = std::fs::read_to_string(&done).expect("read output");
+    let (first, rest) = text.split_once('\n').expect("two parts");
+    assert_eq!(first, format!("{id} t.exec jobs 1"));
+    let got: Value = serde_json::from_str(rest).expect("stdin was JSON");
+    let want: Value = serde_json::from_str(payload).unwrap();
+    assert_eq!(got, want);
+
+    let report: Value =
+        serde_json::from_str(out.stdout.trim().lines().last().expect("a report line"))
+            .expect("the report is JSON");
+    assert_eq!(report["succeeded"], 1);
+    assert!(eventually(5, || sb.list(&["--state", "completed"]).0.len() == 1));
+}
+
+#[test]
+fn failing_exec_leaves_the_task_in_retry() {
+    let sb = Sandbox::new();
+    let id = sb.enqueue(&[
+        "--type",
+        "t.fail",
+        "--payload",
+        r#"{"private":"do-not-log-me"}"#,
+        "--max-retries",
+        "5",
+    ]);
+    let worker = sb.spawn_worker(&["--exec", "echo failing >&2; exit 3"]);
+    let mut last = Vec::new();
+    let retried = eventually(20, || {
+        last = sb.list(&["--state", "retry"]).0;
+        !last.is_empty()
+    });
+    let out = terminate(worker);
+    assert!(retried, "task never reached retry; stderr: {}", out.stderr);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(last[0]["id"], id.as_str());
+    assert!(last[0]["attempts"].as_u64().unwrap() >= 1);
+    assert!(last[0]["error_sealed_bytes"].as_u64().unwrap() > 0);
+    assert!(!out.stderr.contains("do-not-log-me"));
+}
+
+#[test]
+fn demo_runs_and_finds_no_plaintext() {
+    let sb = Sandbox::new();
+    let out = sb
+        .cmd(&["demo", "--tasks", "500"])
+        .env_remove("SEALQ_KEYRING")
+        .output()
+        .expect("run demo");
+    let out = finished(out);
+    assert_eq!(
+        out.code, 0,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    assert!(
+        out.stdout.contains("plaintext found in store: no"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("card_number"), "{}", out.stdout);
+    assert!(!out.stdout.contains("4242 4242"), "{}", out.stdout);
+    // The demo used a throw-away file, not the sandbox's broker.
+    assert!(!sb.path().join("q.db").exists());
+}
+
+#[test]
+fn demo_json_summary() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["demo", "--tasks", "300", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).expect("demo --json is JSON");
+    assert_eq!(v["tasks_enqueued"], 300);
+    assert_eq!(v["rejected_by_policy"], 1);
+    assert_eq!(v["store"]["plaintext_found_in_store"], false);
+    assert_eq!(v["store"]["plaintext_contains_marker"], true);
+    let done = v["succeeded"].as_u64().unwrap() + v["archived"].as_u64().unwrap();
+    assert_eq!(done, 300);
+    assert!(v["archived"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn bench_reports_positive_rates_as_json() {
+    let sb = Sandbox::new();
+    let out = sb.run(&[
+        "bench",
+        "--tasks",
+        "2000",
+        "--json",
+        "--synchronous",
+        "normal",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).expect("bench --json is JSON");
+    for key in [
+        "enqueue_per_second",
+        "process_per_second",
+        "end_to_end_per_second",
+    ] {
+        assert!(v[key].as_f64().unwrap() > 0.0, "{key}: {}", out.stdout);
+    }
+    assert_eq!(v["tasks"], 2000);
+    assert_eq!(v["latency"]["samples"], 2000);
+    assert!(v["latency"]["p99_ms"].as_u64().unwrap() >= v["latency"]["p50_ms"].as_u64().unwrap());
+
+    let out = sb.run(&[
+        "bench",
+        "--tasks",
+        "500",
+        "--json",
+        "--mode",
+        "pipelined",
+        "--batch",
+        "100",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).expect("bench --json is JSON");
+    assert_eq!(v["mode"], "pipelined");
+}
