@@ -9,8 +9,15 @@ use rusqlite::types::Type;
 use sealq::broker::TaskRecord;
 use sealq::{ArchiveReason, TaskId, TaskMeta, TaskState};
 
-/// The columns [`record_from_row`] reads, in its order.
-pub(crate) const RECORD_COLUMNS: &str = "id, queue, kind, envelope, meta, state, attempts, run_at, \
+/// `SELECT {RECORD_SELECT} WHERE …`: the columns [`record_from_row`] reads.
+pub(crate) const RECORD_SELECT: &str = "t.id, t.queue, t.kind, b.envelope, b.meta, t.state, \
+     t.attempts, t.run_at, t.last_error, t.result, t.archive_reason, t.lease_expires_at, \
+     t.finished_at, t.updated_at FROM tasks t JOIN task_bodies b ON b.seq = t.seq";
+
+/// `UPDATE tasks … RETURNING {RECORD_RETURNING}`: the columns [`record_from_row`] reads.
+pub(crate) const RECORD_RETURNING: &str = "id, queue, kind, \
+     (SELECT envelope FROM task_bodies b WHERE b.seq = tasks.seq), \
+     (SELECT meta FROM task_bodies b WHERE b.seq = tasks.seq), state, attempts, run_at, \
      last_error, result, archive_reason, lease_expires_at, finished_at, updated_at";
 
 /// The id as stored.
@@ -49,7 +56,7 @@ pub(crate) fn state_from_str(s: &str, col: usize) -> rusqlite::Result<TaskState>
         .map_err(|_| conversion(col, Type::Text, format!("unknown task state `{s}`")))
 }
 
-/// Read one task row selected with [`RECORD_COLUMNS`] starting at column 0.
+/// Read one task row selected with [`RECORD_SELECT`] or [`RECORD_RETURNING`].
 pub(crate) fn record_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
     let meta_bytes: Vec<u8> = row.get(4)?;
     let meta: TaskMeta = rmp_serde::from_slice(&meta_bytes)

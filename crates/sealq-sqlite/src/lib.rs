@@ -166,6 +166,32 @@ impl SqliteBroker {
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
+
+    /// The `synchronous` mode in force on the write connection, read back
+    /// from SQLite (for diagnostics and tests).
+    pub async fn synchronous(&self) -> Result<Synchronous, BrokerError> {
+        self.inner
+            .writer
+            .call(|ctx| {
+                let path = &ctx.env.path;
+                let v: i64 = ctx
+                    .conn
+                    .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                    .map_err(|e| error::map_err(path, "reading PRAGMA synchronous", e))?;
+                match v {
+                    1 => Ok(Synchronous::Normal),
+                    2 => Ok(Synchronous::Full),
+                    other => Err(BrokerError::new(
+                        sealq::BrokerErrorKind::Config,
+                        format!(
+                            "unexpected PRAGMA synchronous = {other} on `{}`",
+                            path.display()
+                        ),
+                    )),
+                }
+            })
+            .await
+    }
 }
 
 fn lease_ms(d: Duration) -> i64 {

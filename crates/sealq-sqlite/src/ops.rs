@@ -11,7 +11,7 @@ use sealq::broker::{
 use sealq::{BrokerError, BrokerErrorKind, TaskId};
 
 use crate::codec::{
-    RECORD_COLUMNS, encode_meta, id_blob, id_from_row, ms_to_sql, record_from_row, token_to_sql,
+    RECORD_RETURNING, encode_meta, id_blob, id_from_row, ms_to_sql, record_from_row, token_to_sql,
 };
 use crate::error::map_err;
 use crate::writer::{OpCtx, WriterEnv};
@@ -43,11 +43,14 @@ pub(crate) fn enqueue(
         .map_err(&err)?;
     let mut insert = conn
         .prepare_cached(
-            "INSERT INTO tasks (id, queue, kind, envelope, meta, subject_tag, max_retries, \
+            "INSERT INTO tasks (id, queue, kind, subject_tag, max_retries, \
                                 retention_ms, state, attempts, run_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?11) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9) \
              ON CONFLICT (id) DO NOTHING",
         )
+        .map_err(&err)?;
+    let mut insert_body = conn
+        .prepare_cached("INSERT INTO task_bodies (seq, envelope, meta) VALUES (?1, ?2, ?3)")
         .map_err(&err)?;
     let mut take_key = conn
         .prepare_cached(
@@ -88,8 +91,6 @@ pub(crate) fn enqueue(
                 id,
                 t.queue,
                 t.kind,
-                t.envelope,
-                meta,
                 t.meta.subject_tag.as_ref().map(|s| s.0),
                 i64::from(t.meta.max_retries),
                 ms_to_sql(t.meta.retention_ms),
@@ -102,6 +103,9 @@ pub(crate) fn enqueue(
             results.push(EnqueueResult::IdExists);
             continue;
         }
+        insert_body
+            .execute(params![conn.last_insert_rowid(), t.envelope, meta])
+            .map_err(&err)?;
         if let Some((key, ttl_ms)) = &t.unique {
             let expires = now.saturating_add(ms_to_sql(*ttl_ms));
             take_key.execute(params![key, id, expires]).map_err(&err)?;
@@ -128,7 +132,7 @@ pub(crate) fn dequeue(ctx: &mut OpCtx<'_>, req: DequeueRequest) -> BrokerResult<
         .map_err(&err)?;
     let mut ready = conn
         .prepare_cached(
-            "SELECT id FROM tasks \
+            "SELECT seq FROM tasks \
              WHERE queue = ?1 AND state IN ('pending', 'scheduled', 'retry') AND run_at <= ?2 \
              ORDER BY run_at, id LIMIT ?3",
         )
@@ -137,12 +141,12 @@ pub(crate) fn dequeue(ctx: &mut OpCtx<'_>, req: DequeueRequest) -> BrokerResult<
         .prepare_cached(&format!(
             "UPDATE tasks SET state = 'active', attempts = attempts + 1, lease_token = ?2, \
                               lease_expires_at = ?3, worker = ?4, updated_at = ?5 \
-             WHERE id = ?1 \
-             RETURNING {RECORD_COLUMNS}, \
+             WHERE seq = ?1 \
+             RETURNING {RECORD_RETURNING}, \
                        EXISTS (SELECT 1 FROM completed_ids c WHERE c.id = tasks.id)"
         ))
         .map_err(&err)?;
-    let mut ids: Vec<TaskId> = Vec::new();
+    let mut seqs: Vec<i64> = Vec::new();
     for queue in &req.queues {
         let want = req.max - out.len();
         if want == 0 {
@@ -151,18 +155,18 @@ pub(crate) fn dequeue(ctx: &mut OpCtx<'_>, req: DequeueRequest) -> BrokerResult<
         if paused.exists([queue]).map_err(&err)? {
             continue;
         }
-        ids.clear();
+        seqs.clear();
         let rows = ready
-            .query_map(params![queue, now, want as i64], |r| id_from_row(r, 0))
+            .query_map(params![queue, now, want as i64], |r| r.get::<_, i64>(0))
             .map_err(&err)?;
-        for id in rows {
-            ids.push(id.map_err(&err)?);
+        for seq in rows {
+            seqs.push(seq.map_err(&err)?);
         }
-        for id in &ids {
+        for seq in &seqs {
             let token: u64 = rand::random();
             let leased = lease
                 .query_row(
-                    params![id_blob(id), token_to_sql(token), expires, req.worker, now],
+                    params![seq, token_to_sql(token), expires, req.worker, now],
                     |r| Ok((record_from_row(r)?, r.get::<_, bool>(14)?)),
                 )
                 .map_err(&err)?;

@@ -16,7 +16,7 @@ use rusqlite::{Connection, OptionalExtension};
 use sealq::broker::{BrokerResult, ListQuery, QueueStats, TaskRecord};
 use sealq::{BrokerError, BrokerErrorKind, TaskId, TaskState};
 
-use crate::codec::{RECORD_COLUMNS, id_blob, record_from_row, state_from_str};
+use crate::codec::{RECORD_SELECT, id_blob, record_from_row, state_from_str};
 use crate::error::retry_busy;
 use crate::schema::open_reader;
 
@@ -76,7 +76,7 @@ impl Reader {
     /// One task by id.
     pub(crate) async fn get(self: &Arc<Self>, id: TaskId) -> BrokerResult<Option<TaskRecord>> {
         self.run("reading a task", move |conn| {
-            conn.prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM tasks WHERE id = ?1"))?
+            conn.prepare_cached(&format!("SELECT {RECORD_SELECT} WHERE t.id = ?1"))?
                 .query_row([id_blob(&id)], record_from_row)
                 .optional()
         })
@@ -86,7 +86,7 @@ impl Reader {
     /// Tasks matching `q`, ordered by id.
     pub(crate) async fn list(self: &Arc<Self>, q: ListQuery) -> BrokerResult<Vec<TaskRecord>> {
         self.run("listing tasks", move |conn| {
-            let mut sql = format!("SELECT {RECORD_COLUMNS} FROM tasks WHERE 1");
+            let mut sql = format!("SELECT {RECORD_SELECT} WHERE 1");
             let mut args: Vec<&dyn ToSql> = Vec::new();
             let state = q.state.map(|s| s.as_str());
             let subject = q.subject.map(|s| s.0);
@@ -94,22 +94,22 @@ impl Reader {
             let limit = if q.limit == 0 { 100 } else { q.limit as i64 };
             if let Some(queue) = &q.queue {
                 args.push(queue);
-                sql.push_str(&format!(" AND queue = ?{}", args.len()));
+                sql.push_str(&format!(" AND t.queue = ?{}", args.len()));
             }
             if let Some(state) = &state {
                 args.push(state);
-                sql.push_str(&format!(" AND state = ?{}", args.len()));
+                sql.push_str(&format!(" AND t.state = ?{}", args.len()));
             }
             if let Some(subject) = &subject {
                 args.push(subject);
-                sql.push_str(&format!(" AND subject_tag = ?{}", args.len()));
+                sql.push_str(&format!(" AND t.subject_tag = ?{}", args.len()));
             }
             if let Some(after) = &after {
                 args.push(after);
-                sql.push_str(&format!(" AND id > ?{}", args.len()));
+                sql.push_str(&format!(" AND t.id > ?{}", args.len()));
             }
             args.push(&limit);
-            sql.push_str(&format!(" ORDER BY id LIMIT ?{}", args.len()));
+            sql.push_str(&format!(" ORDER BY t.id LIMIT ?{}", args.len()));
             let mut stmt = conn.prepare_cached(&sql)?;
             let rows = stmt.query_map(args.as_slice(), record_from_row)?;
             rows.collect()

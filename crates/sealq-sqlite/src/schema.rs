@@ -7,12 +7,16 @@
 //! rather than written into.
 //!
 //! Tables:
-//! - `tasks`: one row per task, a column per [`sealq::broker::TaskRecord`]
-//!   field. `id` is the 16-byte UUID (so `ORDER BY id` is id order); `meta` is
-//!   the [`sealq::TaskMeta`] as named MessagePack, with the fields the broker
-//!   queries on (`subject_tag`, `max_retries`, `retention_ms`) copied into
+//! - `tasks`: one row per task, a column per mutable [`sealq::broker::TaskRecord`]
+//!   field. `id` is the 16-byte UUID (so `ORDER BY id` is id order), `seq` a
+//!   stable integer key; the fields of [`sealq::TaskMeta`] the broker queries
+//!   on (`subject_tag`, `max_retries`, `retention_ms`) are copied into
 //!   columns; `lease_token` is the current lease's token; `purge_at` is when a
 //!   completed task may be purged.
+//! - `task_bodies`: the immutable part, keyed by `seq`: the sealed `envelope`
+//!   and `meta` (the whole [`sealq::TaskMeta`] as named MessagePack). Kept
+//!   apart so the frequent state changes rewrite small rows, not envelopes;
+//!   a trigger deletes the body with its task.
 //! - `unique_keys`: unique key → holding task id and expiry.
 //! - `paused_queues`: queues dequeue skips.
 //! - `completed_ids`: replay memory, ids that completed (kept for
@@ -40,11 +44,10 @@ pub(crate) const APPLICATION_ID: i32 = 0x5345_414C;
 /// Migrations in order; migration `i` brings the schema to version `i + 1`.
 const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE tasks (
-    id               BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),
+    seq              INTEGER PRIMARY KEY,
+    id               BLOB UNIQUE NOT NULL CHECK (length(id) = 16),
     queue            TEXT NOT NULL,
     kind             TEXT NOT NULL,
-    envelope         BLOB NOT NULL,
-    meta             BLOB NOT NULL,
     subject_tag      BLOB,
     max_retries      INTEGER NOT NULL,
     retention_ms     INTEGER NOT NULL,
@@ -61,6 +64,14 @@ CREATE TABLE tasks (
     purge_at         INTEGER,
     updated_at       INTEGER NOT NULL
 );
+CREATE TABLE task_bodies (
+    seq      INTEGER PRIMARY KEY,
+    envelope BLOB NOT NULL,
+    meta     BLOB NOT NULL
+);
+CREATE TRIGGER tasks_delete_body AFTER DELETE ON tasks BEGIN
+    DELETE FROM task_bodies WHERE seq = OLD.seq;
+END;
 CREATE INDEX tasks_ready ON tasks (queue, run_at, id)
     WHERE state IN ('pending', 'scheduled', 'retry');
 CREATE INDEX tasks_due ON tasks (run_at) WHERE state IN ('scheduled', 'retry');
