@@ -40,10 +40,17 @@ struct Env {
 fn env() -> Env {
     let dir = tempfile::tempdir().expect("tempdir");
     let broker: Arc<dyn Broker> =
-        Arc::new(SqliteBroker::open(&dir.path().join("q.db")).expect("open broker"));
+        Arc::new(SqliteBroker::open(dir.path().join("q.db")).expect("open broker"));
     let keyring = Arc::new(Keyring::generate());
-    let client = Client::builder(broker.clone(), keyring.clone()).producer("tests").build();
-    Env { _dir: dir, broker, keyring, client }
+    let client = Client::builder(broker.clone(), keyring.clone())
+        .producer("tests")
+        .build();
+    Env {
+        _dir: dir,
+        broker,
+        keyring,
+        client,
+    }
 }
 
 fn fast(builder: sealq::WorkerBuilder) -> sealq::WorkerBuilder {
@@ -53,7 +60,11 @@ fn fast(builder: sealq::WorkerBuilder) -> sealq::WorkerBuilder {
 }
 
 /// Wait (bounded) until `id` reaches `state`; returns the record.
-async fn wait_state(broker: &Arc<dyn Broker>, id: TaskId, state: TaskState) -> sealq::broker::TaskRecord {
+async fn wait_state(
+    broker: &Arc<dyn Broker>,
+    id: TaskId,
+    state: TaskState,
+) -> sealq::broker::TaskRecord {
     let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let rec = broker.get(id).await.expect("get").expect("task exists");
@@ -88,8 +99,15 @@ async fn typed_tasks_run_and_results_are_sealed() {
         .spawn();
     let mut ids = Vec::new();
     for i in 0..50 {
-        let greet = Greet { name: format!("secret-name-{i}") };
-        ids.push(e.client.enqueue(&greet, EnqueueOptions::new()).await.unwrap());
+        let greet = Greet {
+            name: format!("secret-name-{i}"),
+        };
+        ids.push(
+            e.client
+                .enqueue(&greet, EnqueueOptions::new())
+                .await
+                .unwrap(),
+        );
     }
     for id in &ids {
         wait_state(&e.broker, *id, TaskState::Completed).await;
@@ -101,11 +119,18 @@ async fn typed_tasks_run_and_results_are_sealed() {
     let sealed = rec.result.clone().expect("result stored");
     assert!(!String::from_utf8_lossy(&sealed).contains("secret-name-7"));
     assert!(!String::from_utf8_lossy(&rec.envelope).contains("secret-name-7"));
-    let opened = e.keyring.open(&Aad::for_record(&rec, Purpose::Result), &sealed).unwrap();
+    let opened = e
+        .keyring
+        .open(&Aad::for_record(&rec, Purpose::Result), &sealed)
+        .unwrap();
     let text: String = rmp_serde::from_slice(&opened).unwrap();
     assert_eq!(text, "hello secret-name-7");
     // A result cannot be passed off as a payload.
-    assert!(e.keyring.open(&Aad::for_record(&rec, Purpose::Payload), &sealed).is_err());
+    assert!(
+        e.keyring
+            .open(&Aad::for_record(&rec, Purpose::Payload), &sealed)
+            .is_err()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +144,10 @@ async fn failure_retries_then_succeeds() {
             async move {
                 c.fetch_add(1, Ordering::SeqCst);
                 if ctx.attempt() == 1 {
-                    return Err(TaskError::retry_in(Duration::from_millis(20), "first try fails"));
+                    return Err(TaskError::retry_in(
+                        Duration::from_millis(20),
+                        "first try fails",
+                    ));
                 }
                 Ok(())
             }
@@ -127,7 +155,11 @@ async fn failure_retries_then_succeeds() {
         .build()
         .unwrap()
         .spawn();
-    let id = e.client.enqueue(&Greet { name: "a".into() }, EnqueueOptions::new()).await.unwrap();
+    let id = e
+        .client
+        .enqueue(&Greet { name: "a".into() }, EnqueueOptions::new())
+        .await
+        .unwrap();
     let rec = wait_state(&e.broker, id, TaskState::Completed).await;
     worker.shutdown().await.unwrap();
     assert_eq!(rec.attempts, 2);
@@ -139,21 +171,42 @@ async fn exhausted_retries_archive_with_sealed_error() {
     let e = env();
     let worker = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
         .handle(|t: Greet, _ctx: TaskContext| async move {
-            Err(TaskError::retry_in(Duration::from_millis(5), format!("cannot greet {}", t.name)))
+            Err(TaskError::retry_in(
+                Duration::from_millis(5),
+                format!("cannot greet {}", t.name),
+            ))
         })
         .build()
         .unwrap()
         .spawn();
     let opts = EnqueueOptions::new().max_retries(2);
-    let id = e.client.enqueue(&Greet { name: "private-bob".into() }, opts).await.unwrap();
+    let id = e
+        .client
+        .enqueue(
+            &Greet {
+                name: "private-bob".into(),
+            },
+            opts,
+        )
+        .await
+        .unwrap();
     let rec = wait_state(&e.broker, id, TaskState::Archived).await;
     worker.shutdown().await.unwrap();
     assert_eq!(rec.attempts, 3, "first attempt plus two retries");
     assert_eq!(rec.archive_reason, Some(ArchiveReason::Exhausted));
     let err = rec.last_error.clone().expect("error stored");
-    assert!(!String::from_utf8_lossy(&err).contains("private-bob"), "error stored in the clear");
-    let opened = e.keyring.open(&Aad::for_record(&rec, Purpose::Error), &err).unwrap();
-    assert_eq!(std::str::from_utf8(&opened).unwrap(), "cannot greet private-bob");
+    assert!(
+        !String::from_utf8_lossy(&err).contains("private-bob"),
+        "error stored in the clear"
+    );
+    let opened = e
+        .keyring
+        .open(&Aad::for_record(&rec, Purpose::Error), &err)
+        .unwrap();
+    assert_eq!(
+        std::str::from_utf8(&opened).unwrap(),
+        "cannot greet private-bob"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,19 +227,48 @@ async fn panics_and_timeouts_are_failures_and_the_worker_keeps_going() {
         .unwrap()
         .spawn();
     let no_retry = EnqueueOptions::new().max_retries(0);
-    let p = e.client.enqueue(&Greet { name: "panic".into() }, no_retry.clone()).await.unwrap();
-    let h = e
+    let p = e
         .client
-        .enqueue(&Greet { name: "hang".into() }, no_retry.timeout(Duration::from_millis(100)))
+        .enqueue(
+            &Greet {
+                name: "panic".into(),
+            },
+            no_retry.clone(),
+        )
         .await
         .unwrap();
-    let ok = e.client.enqueue(&Greet { name: "fine".into() }, EnqueueOptions::new()).await.unwrap();
+    let h = e
+        .client
+        .enqueue(
+            &Greet {
+                name: "hang".into(),
+            },
+            no_retry.timeout(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap();
+    let ok = e
+        .client
+        .enqueue(
+            &Greet {
+                name: "fine".into(),
+            },
+            EnqueueOptions::new(),
+        )
+        .await
+        .unwrap();
     let rp = wait_state(&e.broker, p, TaskState::Archived).await;
     let rh = wait_state(&e.broker, h, TaskState::Archived).await;
     wait_state(&e.broker, ok, TaskState::Completed).await;
     worker.shutdown().await.unwrap();
     let msg = |r: &sealq::broker::TaskRecord| {
-        let b = e.keyring.open(&Aad::for_record(r, Purpose::Error), r.last_error.as_ref().unwrap()).unwrap();
+        let b = e
+            .keyring
+            .open(
+                &Aad::for_record(r, Purpose::Error),
+                r.last_error.as_ref().unwrap(),
+            )
+            .unwrap();
         String::from_utf8(b.to_vec()).unwrap()
     };
     assert!(msg(&rp).contains("panicked"), "{}", msg(&rp));
@@ -199,33 +281,66 @@ async fn tampered_moved_foreign_expired_and_unknown_tasks_never_reach_a_handler(
     let called = Arc::new(AtomicU32::new(0));
     let c = called.clone();
     let other_keyring = Keyring::generate();
-    let foreign = Client::builder(e.broker.clone(), other_keyring).producer("intruder").build();
+    let foreign = Client::builder(e.broker.clone(), other_keyring)
+        .producer("intruder")
+        .build();
 
     // Bit flip in the ciphertext.
-    let mut flipped = e.client.seal(RawTask::typed(&Greet { name: "x".into() }, EnqueueOptions::new()).unwrap()).unwrap();
+    let mut flipped = e
+        .client
+        .seal(RawTask::typed(&Greet { name: "x".into() }, EnqueueOptions::new()).unwrap())
+        .unwrap();
     let last = flipped.envelope.len() - 1;
     flipped.envelope[last] ^= 0x01;
     // Sealed for queue `default`, stored under another queue.
-    let mut moved = e.client.seal(RawTask::typed(&Greet { name: "x".into() }, EnqueueOptions::new().queue("payroll")).unwrap()).unwrap();
+    let mut moved = e
+        .client
+        .seal(
+            RawTask::typed(
+                &Greet { name: "x".into() },
+                EnqueueOptions::new().queue("payroll"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
     moved.queue = "default".into();
     // Relabelled as another type.
-    let mut relabelled = e.client.seal(RawTask::typed(&Other { n: 1 }, EnqueueOptions::new()).unwrap()).unwrap();
+    let mut relabelled = e
+        .client
+        .seal(RawTask::typed(&Other { n: 1 }, EnqueueOptions::new()).unwrap())
+        .unwrap();
     relabelled.kind = Greet::KIND.into();
     // Truncated.
-    let mut truncated = e.client.seal(RawTask::typed(&Greet { name: "x".into() }, EnqueueOptions::new()).unwrap()).unwrap();
+    let mut truncated = e
+        .client
+        .seal(RawTask::typed(&Greet { name: "x".into() }, EnqueueOptions::new()).unwrap())
+        .unwrap();
     truncated.envelope.truncate(10);
     let ids = [flipped.id, moved.id, relabelled.id, truncated.id];
-    e.broker.enqueue(vec![flipped, moved, relabelled, truncated]).await.unwrap();
+    e.broker
+        .enqueue(vec![flipped, moved, relabelled, truncated])
+        .await
+        .unwrap();
     // Sealed with a key this worker does not have.
-    let wrong_key = foreign.enqueue(&Greet { name: "x".into() }, EnqueueOptions::new()).await.unwrap();
+    let wrong_key = foreign
+        .enqueue(&Greet { name: "x".into() }, EnqueueOptions::new())
+        .await
+        .unwrap();
     // Past its not-after.
     let expired = e
         .client
-        .enqueue(&Greet { name: "x".into() }, EnqueueOptions::new().not_after_ms(1))
+        .enqueue(
+            &Greet { name: "x".into() },
+            EnqueueOptions::new().not_after_ms(1),
+        )
         .await
         .unwrap();
     // No handler for this type.
-    let unknown = e.client.enqueue(&Other { n: 2 }, EnqueueOptions::new()).await.unwrap();
+    let unknown = e
+        .client
+        .enqueue(&Other { n: 2 }, EnqueueOptions::new())
+        .await
+        .unwrap();
 
     let worker = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
         .handle(move |_: Greet, _ctx: TaskContext| {
@@ -248,14 +363,23 @@ async fn tampered_moved_foreign_expired_and_unknown_tasks_never_reach_a_handler(
     let rec = wait_state(&e.broker, unknown, TaskState::Archived).await;
     assert_eq!(rec.archive_reason, Some(ArchiveReason::UnknownType));
     let report = worker.shutdown().await.unwrap();
-    assert_eq!(called.load(Ordering::SeqCst), 0, "a refused task reached the handler");
+    assert_eq!(
+        called.load(Ordering::SeqCst),
+        0,
+        "a refused task reached the handler"
+    );
     assert_eq!(report.integrity_failures, 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payload_of_the_wrong_shape_is_archived_as_decode() {
     let e = env();
-    let raw = RawTask::from_json(Greet::KIND, &serde_json::json!({"unexpected": 1}), EnqueueOptions::new()).unwrap();
+    let raw = RawTask::from_json(
+        Greet::KIND,
+        &serde_json::json!({"unexpected": 1}),
+        EnqueueOptions::new(),
+    )
+    .unwrap();
     let id = e.client.enqueue_raw(raw).await.unwrap();
     let worker = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
         .handle(|_: Greet, _ctx: TaskContext| async move { Ok(()) })
@@ -272,18 +396,46 @@ async fn skip_retry_and_cancel_archive_immediately() {
     let e = env();
     let worker = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
         .handle(|t: Greet, _ctx: TaskContext| async move {
-            if t.name == "skip" { Err(TaskError::skip_retry("no point")) } else { Err(TaskError::cancel("unwanted")) }
+            if t.name == "skip" {
+                Err(TaskError::skip_retry("no point"))
+            } else {
+                Err(TaskError::cancel("unwanted"))
+            }
         })
         .build()
         .unwrap()
         .spawn();
-    let s = e.client.enqueue(&Greet { name: "skip".into() }, EnqueueOptions::new()).await.unwrap();
-    let c = e.client.enqueue(&Greet { name: "cancel".into() }, EnqueueOptions::new()).await.unwrap();
+    let s = e
+        .client
+        .enqueue(
+            &Greet {
+                name: "skip".into(),
+            },
+            EnqueueOptions::new(),
+        )
+        .await
+        .unwrap();
+    let c = e
+        .client
+        .enqueue(
+            &Greet {
+                name: "cancel".into(),
+            },
+            EnqueueOptions::new(),
+        )
+        .await
+        .unwrap();
     let rs = wait_state(&e.broker, s, TaskState::Archived).await;
     let rc = wait_state(&e.broker, c, TaskState::Archived).await;
     worker.shutdown().await.unwrap();
-    assert_eq!((rs.archive_reason, rs.attempts), (Some(ArchiveReason::SkipRetry), 1));
-    assert_eq!((rc.archive_reason, rc.attempts), (Some(ArchiveReason::Cancelled), 1));
+    assert_eq!(
+        (rs.archive_reason, rs.attempts),
+        (Some(ArchiveReason::SkipRetry), 1)
+    );
+    assert_eq!(
+        (rc.archive_reason, rc.attempts),
+        (Some(ArchiveReason::Cancelled), 1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,9 +460,21 @@ async fn shutdown_returns_running_and_prefetched_tasks_uncounted() {
         .spawn();
     let mut ids = Vec::new();
     for i in 0..3 {
-        ids.push(e.client.enqueue(&Greet { name: format!("{i}") }, EnqueueOptions::new()).await.unwrap());
+        ids.push(
+            e.client
+                .enqueue(
+                    &Greet {
+                        name: format!("{i}"),
+                    },
+                    EnqueueOptions::new(),
+                )
+                .await
+                .unwrap(),
+        );
     }
-    tokio::time::timeout(Duration::from_secs(10), started.notified()).await.expect("a handler started");
+    tokio::time::timeout(Duration::from_secs(10), started.notified())
+        .await
+        .expect("a handler started");
     let report = worker.shutdown().await.unwrap();
     assert_eq!(report.succeeded, 0);
     assert!(report.requeued >= 1, "{report:?}");
@@ -325,8 +489,14 @@ async fn shutdown_returns_running_and_prefetched_tasks_uncounted() {
 async fn strict_priority_drains_the_higher_queue_first() {
     let e = env();
     for i in 0..20 {
-        e.client.enqueue(&Other { n: i }, EnqueueOptions::new().queue("low")).await.unwrap();
-        e.client.enqueue(&Other { n: 100 + i }, EnqueueOptions::new().queue("high")).await.unwrap();
+        e.client
+            .enqueue(&Other { n: i }, EnqueueOptions::new().queue("low"))
+            .await
+            .unwrap();
+        e.client
+            .enqueue(&Other { n: 100 + i }, EnqueueOptions::new().queue("high"))
+            .await
+            .unwrap();
     }
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let o = order.clone();
@@ -359,7 +529,11 @@ async fn strict_priority_drains_the_higher_queue_first() {
 async fn unique_keys_and_replayed_ids_are_refused_at_enqueue() {
     let e = env();
     let opts = EnqueueOptions::new().unique("welcome:42", Duration::from_secs(60));
-    let first = e.client.enqueue(&Greet { name: "a".into() }, opts.clone()).await.unwrap();
+    let first = e
+        .client
+        .enqueue(&Greet { name: "a".into() }, opts.clone())
+        .await
+        .unwrap();
     match e.client.enqueue(&Greet { name: "a".into() }, opts).await {
         Err(Error::Duplicate { existing, key }) => {
             assert_eq!(existing, first);
@@ -375,8 +549,14 @@ async fn unique_keys_and_replayed_ids_are_refused_at_enqueue() {
     wait_state(&e.broker, first, TaskState::Completed).await;
     worker.shutdown().await.unwrap();
     // The same id coming back after completion is a replay.
-    let again = e.client.enqueue(&Greet { name: "a".into() }, EnqueueOptions::new().id(first)).await;
-    assert!(matches!(again, Err(Error::IdExists(id)) if id == first), "{again:?}");
+    let again = e
+        .client
+        .enqueue(&Greet { name: "a".into() }, EnqueueOptions::new().id(first))
+        .await;
+    assert!(
+        matches!(again, Err(Error::IdExists(id)) if id == first),
+        "{again:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,14 +569,22 @@ async fn delayed_tasks_wait_for_their_time() {
         .spawn();
     let id = e
         .client
-        .enqueue(&Greet { name: "later".into() }, EnqueueOptions::new().delay(Duration::from_millis(300)))
+        .enqueue(
+            &Greet {
+                name: "later".into(),
+            },
+            EnqueueOptions::new().delay(Duration::from_millis(300)),
+        )
         .await
         .unwrap();
     let rec = e.broker.get(id).await.unwrap().unwrap();
     assert_eq!(rec.state, TaskState::Scheduled);
     let rec = wait_state(&e.broker, id, TaskState::Completed).await;
     worker.shutdown().await.unwrap();
-    assert!(rec.finished_at_ms.unwrap() >= rec.meta.created_at_ms + 300, "ran before its time");
+    assert!(
+        rec.finished_at_ms.unwrap() >= rec.meta.created_at_ms + 300,
+        "ran before its time"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,7 +592,12 @@ async fn policy_rejections_store_nothing() {
     let e = env();
     let res = e
         .client
-        .enqueue(&Greet { name: "card 4242 4242 4242 4242".into() }, EnqueueOptions::new())
+        .enqueue(
+            &Greet {
+                name: "card 4242 4242 4242 4242".into(),
+            },
+            EnqueueOptions::new(),
+        )
         .await;
     match res {
         Err(err @ Error::PolicyViolation { .. }) => {
@@ -414,7 +607,9 @@ async fn policy_rejections_store_nothing() {
         }
         other => panic!("expected a policy violation, got {other:?}"),
     }
-    let big = Greet { name: "x".repeat(70 * 1024) };
+    let big = Greet {
+        name: "x".repeat(70 * 1024),
+    };
     assert!(matches!(
         e.client.enqueue(&big, EnqueueOptions::new()).await,
         Err(Error::PayloadTooLarge { limit: 65536, .. })
@@ -426,7 +621,11 @@ async fn policy_rejections_store_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_workers_task_is_recovered_after_its_lease_expires() {
     let e = env();
-    let id = e.client.enqueue(&Greet { name: "a".into() }, EnqueueOptions::new()).await.unwrap();
+    let id = e
+        .client
+        .enqueue(&Greet { name: "a".into() }, EnqueueOptions::new())
+        .await
+        .unwrap();
     // A "worker" that leases the task and dies without acking.
     let req = sealq::broker::DequeueRequest {
         queues: vec!["default".into()],
@@ -445,18 +644,27 @@ async fn a_crashed_workers_task_is_recovered_after_its_lease_expires() {
         .spawn();
     let rec = wait_state(&e.broker, id, TaskState::Completed).await;
     worker.shutdown().await.unwrap();
-    assert_eq!(rec.attempts, 2, "the crashed attempt counts, the recovered one completes");
+    assert_eq!(
+        rec.attempts, 2,
+        "the crashed attempt counts, the recovered one completes"
+    );
     // The dead worker's late ack changes nothing.
     let late = e
         .broker
         .ack(vec![sealq::broker::Ack {
             lease: leased[0].lease,
-            outcome: sealq::broker::Outcome::Archive { reason: ArchiveReason::Cancelled, error: None },
+            outcome: sealq::broker::Outcome::Archive {
+                reason: ArchiveReason::Cancelled,
+                error: None,
+            },
         }])
         .await
         .unwrap();
     assert_eq!(late, vec![sealq::broker::AckResult::LeaseLost]);
-    assert_eq!(e.broker.get(id).await.unwrap().unwrap().state, TaskState::Completed);
+    assert_eq!(
+        e.broker.get(id).await.unwrap().unwrap().state,
+        TaskState::Completed
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -478,7 +686,16 @@ async fn heartbeats_keep_a_long_task_leased() {
         .build()
         .unwrap()
         .spawn();
-    let id = e.client.enqueue(&Greet { name: "slow".into() }, EnqueueOptions::new()).await.unwrap();
+    let id = e
+        .client
+        .enqueue(
+            &Greet {
+                name: "slow".into(),
+            },
+            EnqueueOptions::new(),
+        )
+        .await
+        .unwrap();
     let rec = wait_state(&e.broker, id, TaskState::Completed).await;
     let report = worker.shutdown().await.unwrap();
     assert_eq!(rec.attempts, 1);

@@ -31,9 +31,9 @@ pub mod keyring;
 pub mod options;
 pub mod policy;
 pub mod task;
-pub mod worker;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod worker;
 
 pub use backoff::Backoff;
 pub use broker::Broker;
