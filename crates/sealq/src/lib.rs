@@ -16,6 +16,8 @@
 //! - [`Client`]: policy check, seal, enqueue (one round trip per batch).
 //! - [`Worker`]: lease, open, run the handler, ack; retries, timeouts,
 //!   heartbeats, graceful shutdown.
+//! - [`Ref`] and [`Resolver`]: identifiers in payloads, resolved in the
+//!   handler with timeout, cache, single-flight and metrics ([`reference`]).
 //!
 //! `docs/internals.md` in the repository follows one task through the code.
 #![forbid(unsafe_code)]
@@ -30,6 +32,7 @@ mod error;
 pub mod keyring;
 pub mod options;
 pub mod policy;
+pub mod reference;
 pub mod task;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -43,6 +46,10 @@ pub use error::{BrokerError, BrokerErrorKind, Error, IntegrityError, Result};
 pub use keyring::Keyring;
 pub use options::EnqueueOptions;
 pub use policy::{Finding, PayloadPolicy, PolicyMode, Rule};
+pub use reference::{
+    CacheOptions, PayloadStats, Ref, ResolveError, Resolver, ResolverOptions, Resolvers,
+    payload_report,
+};
 pub use task::{ArchiveReason, SubjectTag, Task, TaskId, TaskMeta, TaskState};
 pub use worker::{
     Failure, HandlerResult, Priority, RawPayload, TaskContext, TaskError, Worker, WorkerBuilder,

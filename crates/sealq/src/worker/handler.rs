@@ -146,6 +146,8 @@ pub struct TaskContext {
     pub(crate) deadline_ms: Option<i64>,
     pub(crate) cancel: CancellationToken,
     pub(crate) result: Arc<Mutex<Option<Vec<u8>>>>,
+    /// The worker's resolvers (see [`TaskContext::resolve`]).
+    pub(crate) resolvers: Arc<crate::reference::Resolvers>,
 }
 
 impl std::fmt::Debug for TaskContext {
@@ -216,6 +218,12 @@ impl TaskContext {
         // a plain Option, so overwriting it is still sound.
         let mut slot = self.result.lock().unwrap_or_else(|p| p.into_inner());
         *slot = Some(bytes);
+    }
+
+    /// The worker's resolvers ([`crate::WorkerBuilder::resolver`]); handlers
+    /// usually call [`TaskContext::resolve`] instead.
+    pub fn resolvers(&self) -> &crate::reference::Resolvers {
+        &self.resolvers
     }
 
     pub(crate) fn take_result(&self) -> Option<Vec<u8>> {

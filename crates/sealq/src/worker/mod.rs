@@ -101,6 +101,8 @@ pub(crate) struct Config {
     pub(crate) shutdown_timeout: Duration,
     pub(crate) maintenance_interval: Duration,
     pub(crate) ack_batch: usize,
+    /// Resolvers handed to every [`TaskContext`].
+    pub(crate) resolvers: Arc<crate::reference::Resolvers>,
 }
 
 /// Builds a [`Worker`].
@@ -180,6 +182,18 @@ impl WorkerBuilder {
     /// The clock (tests).
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Register the resolver handlers use to fetch the `T` a
+    /// [`Ref<T>`](crate::Ref) points to ([`TaskContext::resolve`]), with its
+    /// timeout and optional cache. See [`crate::reference`].
+    pub fn resolver<T, R>(mut self, resolver: R, options: crate::reference::ResolverOptions) -> Self
+    where
+        T: Send + Sync + 'static,
+        R: crate::reference::Resolver<T>,
+    {
+        Arc::make_mut(&mut self.config.resolvers).register::<T, R>(resolver, options);
         self
     }
 
@@ -299,6 +313,7 @@ impl Worker {
                 shutdown_timeout: Duration::from_secs(30),
                 maintenance_interval: Duration::from_secs(1),
                 ack_batch: 1024,
+                resolvers: Arc::default(),
             },
         }
     }
@@ -306,6 +321,12 @@ impl Worker {
     /// Live counters.
     pub fn stats(&self) -> &WorkerStats {
         &self.inner.stats
+    }
+
+    /// The resolvers registered with [`WorkerBuilder::resolver`], for their
+    /// [`stats`](crate::Resolvers::stats).
+    pub fn resolvers(&self) -> &crate::reference::Resolvers {
+        &self.inner.config.resolvers
     }
 
     /// Run until SIGINT or SIGTERM, then shut down gracefully.

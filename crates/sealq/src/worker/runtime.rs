@@ -339,6 +339,7 @@ async fn execute(
         deadline_ms: record.meta.deadline_ms,
         cancel: cancel.clone(),
         result: Arc::default(),
+        resolvers: shared.config.resolvers.clone(),
     };
     let lateness_ms = (now - record.run_at_ms).max(0);
     metrics::histogram!("sealq_task_start_delay_seconds").record(lateness_ms as f64 / 1000.0);
