@@ -85,6 +85,22 @@ pub trait Resolver<T>: Send + Sync + 'static {
     }
 }
 
+/// A shared resolver (keep a handle to it, register the `Arc`).
+#[async_trait]
+impl<T, R> Resolver<T> for std::sync::Arc<R>
+where
+    T: Send + 'static,
+    R: Resolver<T> + ?Sized,
+{
+    async fn resolve(&self, id: &str) -> Result<T, ResolveError> {
+        (**self).resolve(id).await
+    }
+
+    fn validate_id(&self, id: &str) -> Result<(), String> {
+        (**self).validate_id(id)
+    }
+}
+
 /// How the worker calls one type's resolver.
 ///
 /// ```
