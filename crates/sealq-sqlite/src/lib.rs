@@ -76,6 +76,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod checkpoint;
 mod codec;
 mod error;
 mod ops;
@@ -129,7 +130,8 @@ impl SqliteBroker {
     /// Open the store at `path` with `options`.
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, BrokerError> {
         let path = path.as_ref().to_path_buf();
-        let conn = schema::open_writer(&path, options.synchronous, options.busy_timeout)?;
+        let mut conn = schema::open_writer(&path, options.synchronous, options.busy_timeout)?;
+        checkpoint::install(&mut conn, &path)?;
         let wake = Arc::new(Wake::default());
         let watcher = Watcher::start(path.clone(), options.watch_interval, Arc::clone(&wake))?;
         let writer = Writer::start(

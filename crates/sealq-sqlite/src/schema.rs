@@ -179,7 +179,10 @@ pub(crate) fn open_writer(
         ));
     }
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {}; PRAGMA journal_size_limit = 67108864;",
+        // temp_store: savepoint sub-journals stay in memory instead of
+        // creating a temp file per group.
+        "PRAGMA synchronous = {}; PRAGMA journal_size_limit = 67108864; \
+         PRAGMA temp_store = MEMORY;",
         synchronous.as_pragma()
     ))
     .map_err(|e| map_err(path, "configuring the connection", e))?;
