@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::audit::hooks as audit_hooks;
 use crate::broker::{Broker, EnqueueResult, NewTask};
 use crate::clock::{SharedClock, system_clock};
 use crate::envelope::{Aad, Purpose};
@@ -93,6 +94,7 @@ struct Inner {
     policy: PayloadPolicy,
     producer: String,
     clock: SharedClock,
+    audit: Option<crate::audit::Auditor>,
 }
 
 /// Builds a [`Client`].
@@ -103,9 +105,18 @@ pub struct ClientBuilder {
     policy: PayloadPolicy,
     producer: Option<String>,
     clock: SharedClock,
+    audit: Option<crate::audit::Auditor>,
 }
 
 impl ClientBuilder {
+    /// Write an audit record for every task stored (`enqueued`, with the
+    /// ciphertext's SHA-256 and size) and every policy refusal
+    /// (`policy_rejected`, rule and field path only). Default: none.
+    pub fn audit(mut self, auditor: crate::audit::Auditor) -> Self {
+        self.audit = Some(auditor);
+        self
+    }
+
     /// The producer id bound into every envelope (default `HOSTNAME:PID`).
     pub fn producer(mut self, id: impl Into<String>) -> Self {
         self.producer = Some(id.into());
@@ -133,6 +144,7 @@ impl ClientBuilder {
                 policy: self.policy,
                 producer: self.producer.unwrap_or_else(default_process_id),
                 clock: self.clock,
+                audit: self.audit,
             }),
         }
     }
@@ -161,6 +173,7 @@ impl Client {
             policy: PayloadPolicy::default(),
             producer: None,
             clock: system_clock(),
+            audit: None,
         }
     }
 
@@ -206,6 +219,11 @@ impl Client {
         let mut slots = Vec::with_capacity(tasks.len());
         let mut keys = Vec::with_capacity(tasks.len());
         for task in tasks {
+            // Only with an auditor: what a policy refusal is recorded against.
+            let names = self.inner.audit.as_ref().map(|_| {
+                let q = task.options.queue.as_deref().unwrap_or(DEFAULT_QUEUE);
+                (q.to_owned(), task.kind.clone())
+            });
             match self.seal(task) {
                 Ok(new) => {
                     slots.push(out.len());
@@ -213,17 +231,43 @@ impl Client {
                     out.push(Ok(new.id));
                     sealed.push(new);
                 }
-                Err(e) => out.push(Err(e)),
+                Err(e) => {
+                    if let (Some(a), Some((q, k))) = (&self.inner.audit, &names)
+                        && let Some(ev) = audit_hooks::policy_rejected(&e, q, k, self.producer())
+                    {
+                        a.record(ev);
+                    }
+                    out.push(Err(e));
+                }
             }
         }
         if sealed.is_empty() {
             return Ok(out);
         }
         let ids: Vec<TaskId> = sealed.iter().map(|t| t.id).collect();
+        let mut events: Vec<Option<crate::audit::AuditEvent>> = match &self.inner.audit {
+            Some(_) => sealed
+                .iter()
+                .map(|t| Some(audit_hooks::enqueued_event(t)))
+                .collect(),
+            None => Vec::new(),
+        };
         let results = self.inner.broker.enqueue(sealed).await?;
-        for (((slot, result), id), key) in slots.into_iter().zip(results).zip(ids).zip(keys) {
+        for (i, (((slot, result), id), key)) in slots
+            .into_iter()
+            .zip(results)
+            .zip(ids)
+            .zip(keys)
+            .enumerate()
+        {
             match result {
-                EnqueueResult::Enqueued => {}
+                EnqueueResult::Enqueued => {
+                    if let (Some(a), Some(ev)) =
+                        (&self.inner.audit, events.get_mut(i).and_then(Option::take))
+                    {
+                        a.record(ev);
+                    }
+                }
                 EnqueueResult::Duplicate { existing } => {
                     out[slot] = Err(Error::Duplicate {
                         key: key.unwrap_or_default(),

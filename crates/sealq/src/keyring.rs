@@ -7,6 +7,7 @@
 //! # sealq keyring — keep secret
 //! primary = "k-20261123-ab12"
 //! subject_tag_key = "<base64 32 bytes>"   # HMAC key for subject tags; must stay stable across rotations
+//! audit_signing_key = "<base64 32 bytes>" # optional: Ed25519 seed signing audit checkpoints
 //!
 //! [keys.k-20261123-ab12]
 //! secret = "<base64 32 bytes>"
@@ -22,6 +23,12 @@
 //!   HMAC key of [`Keyring::subject_tag`] and the master of
 //!   [`Keyring::derive_subkey`]. It is *not* rotated with the sealing keys:
 //!   changing it makes every stored subject tag unfindable.
+//! - `audit_signing_key` (optional): the 32-byte Ed25519 seed that signs
+//!   audit checkpoints (see [`crate::audit`]), standard base64 with padding.
+//!   [`Keyring::generate`] makes one; keyrings written before it existed still
+//!   load, but an [`crate::audit::Auditor`] refuses to start without it.
+//!   Verifying checkpoints needs only its public half,
+//!   [`Keyring::audit_verifying_key`].
 //! - `[keys.<id>]` (at least one): `secret` is 32 bytes in standard base64
 //!   with padding; `created` is an optional RFC 3339 timestamp (string or TOML
 //!   datetime). Key ids are 1 to 64 characters from `A-Z a-z 0-9 . _ -` (quote
@@ -104,6 +111,8 @@ pub struct Keyring {
     primary: String,
     keys: BTreeMap<String, KeyEntry>,
     subject_tag_key: Zeroizing<[u8; KEY_LEN]>,
+    /// Ed25519 seed signing audit checkpoints (optional for older keyrings).
+    audit_signing_key: Option<Zeroizing<[u8; KEY_LEN]>>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -132,6 +141,7 @@ impl Keyring {
             primary: id,
             keys,
             subject_tag_key: random_key(),
+            audit_signing_key: Some(random_key()),
         }
     }
 
@@ -202,6 +212,13 @@ impl Keyring {
             "subject_tag_key = \"{}\"   # HMAC key for subject tags; must stay stable across rotations",
             b64(&self.subject_tag_key).as_str()
         );
+        if let Some(k) = &self.audit_signing_key {
+            let _ = writeln!(
+                out,
+                "audit_signing_key = \"{}\" # Ed25519 seed signing audit checkpoints",
+                b64(k).as_str()
+            );
+        }
         for (id, entry) in &self.keys {
             out.push('\n');
             if id.contains('.') {
@@ -314,6 +331,41 @@ impl Keyring {
             // Invariant: 32 bytes is far below HKDF-SHA-256's 8160-byte limit.
             .expect("32 bytes is a valid HKDF-SHA-256 output length");
         okm
+    }
+
+    /// The Ed25519 seed that signs audit checkpoints, if the keyring has one.
+    pub(crate) fn audit_signing_seed(&self) -> Option<&[u8; KEY_LEN]> {
+        self.audit_signing_key.as_deref()
+    }
+
+    /// The Ed25519 public key that verifies audit checkpoints (the public
+    /// half of `audit_signing_key`), or `None` for a keyring without one.
+    /// Safe to publish: `sealq audit verify --public-key` needs only this.
+    pub fn audit_verifying_key(&self) -> Option<[u8; 32]> {
+        self.audit_signing_seed().map(|seed| {
+            ed25519_dalek::SigningKey::from_bytes(seed)
+                .verifying_key()
+                .to_bytes()
+        })
+    }
+
+    /// [`Keyring::audit_verifying_key`] in standard base64 with padding.
+    pub fn audit_public_key_base64(&self) -> Option<String> {
+        self.audit_verifying_key().map(|k| BASE64.encode(k))
+    }
+
+    /// Add a random `audit_signing_key` to a keyring that has none (older
+    /// keyrings); returns whether one was added. An existing key is kept.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system's random number generator fails.
+    pub fn ensure_audit_signing_key(&mut self) -> bool {
+        if self.audit_signing_key.is_some() {
+            return false;
+        }
+        self.audit_signing_key = Some(random_key());
+        true
     }
 
     /// Seal `plaintext` with the primary key and a fresh random nonce.
@@ -436,6 +488,10 @@ impl Keyring {
             )
         })?;
         let subject_tag_key = decode_key(&subject_tag_key.0, "`subject_tag_key`")?;
+        let audit_signing_key = raw
+            .audit_signing_key
+            .map(|k| decode_key(&k.0, "`audit_signing_key`"))
+            .transpose()?;
         if raw.keys.is_empty() {
             return Err(Error::Keyring(
                 "no keys: add a [keys.<id>] table with secret = \"<base64 32 bytes>\"".into(),
@@ -463,6 +519,7 @@ impl Keyring {
             primary,
             keys,
             subject_tag_key,
+            audit_signing_key,
         })
     }
 }
@@ -485,6 +542,7 @@ impl<'de> Deserialize<'de> for SecretText {
 struct KeyringToml {
     primary: Option<String>,
     subject_tag_key: Option<SecretText>,
+    audit_signing_key: Option<SecretText>,
     #[serde(default)]
     keys: BTreeMap<String, KeyToml>,
 }

@@ -16,6 +16,7 @@
 //! - [`Client`]: policy check, seal, enqueue (one round trip per batch).
 //! - [`Worker`]: lease, open, run the handler, ack; retries, timeouts,
 //!   heartbeats, graceful shutdown.
+//! - [`audit`]: the HMAC-chained, checkpoint-signed audit log ([`Auditor`]).
 //! - [`Ref`] and [`Resolver`]: identifiers in payloads, resolved in the
 //!   handler with timeout, cache, single-flight and metrics ([`reference`]).
 //!
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod backoff;
 pub mod broker;
 mod client;
@@ -38,6 +40,7 @@ pub mod task;
 pub mod testkit;
 pub mod worker;
 
+pub use audit::{AuditEvent, AuditSink, Auditor};
 pub use backoff::Backoff;
 pub use broker::Broker;
 pub use client::{Client, ClientBuilder, RawTask};

@@ -103,6 +103,8 @@ pub(crate) struct Config {
     pub(crate) ack_batch: usize,
     /// Resolvers handed to every [`TaskContext`].
     pub(crate) resolvers: Arc<crate::reference::Resolvers>,
+    /// Where lifecycle events are recorded, if anywhere.
+    pub(crate) audit: Option<crate::audit::Auditor>,
 }
 
 /// Builds a [`Worker`].
@@ -182,6 +184,14 @@ impl WorkerBuilder {
     /// The clock (tests).
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Write an audit record for every lease, start, success, failure,
+    /// retry, archive (refusals included: `integrity`, `expired`, `replay`)
+    /// and give-back. Default: none.
+    pub fn audit(mut self, auditor: crate::audit::Auditor) -> Self {
+        self.config.audit = Some(auditor);
         self
     }
 
@@ -314,6 +324,7 @@ impl Worker {
                 maintenance_interval: Duration::from_secs(1),
                 ack_batch: 1024,
                 resolvers: Arc::default(),
+                audit: None,
             },
         }
     }

@@ -236,6 +236,9 @@ async fn process(
     cancel: CancellationToken,
 ) {
     let record = &task.record;
+    if let Some(a) = &shared.config.audit {
+        a.on_leased(&shared.config.id, &task);
+    }
     let span = info_span!(
         "sealq.task",
         id = %record.id,
@@ -256,6 +259,9 @@ async fn process(
     }
     .instrument(span)
     .await;
+    if let Some(a) = &shared.config.audit {
+        a.on_outcome(&shared.config.id, record, &outcome);
+    }
     if matches!(outcome, Outcome::Requeue) {
         shared.stats.requeued.fetch_add(1, Ordering::Relaxed);
     }
@@ -349,6 +355,9 @@ async fn execute(
         limit_ms = limit_ms.min(u64::try_from(d - now).unwrap_or(0));
     }
     let limit = Duration::from_millis(limit_ms.min(365 * 24 * 3600 * 1000));
+    if let Some(a) = &shared.config.audit {
+        a.on_started(&shared.config.id, record);
+    }
     let call = AssertUnwindSafe(handler.call(payload, ctx.clone())).catch_unwind();
     let started = std::time::Instant::now();
     let result = tokio::select! {
@@ -437,6 +446,10 @@ fn archive(shared: &Shared, record: &TaskRecord, reason: ArchiveReason, message:
 }
 
 fn fail(shared: &Shared, record: &TaskRecord, failure: Failure, message: &str) -> Outcome {
+    if let Some(a) = &shared.config.audit {
+        let len = crate::audit::hooks::sealed_len(&shared.keyring, message);
+        a.on_failed(&shared.config.id, record, len);
+    }
     let retry_in = match failure {
         Failure::Retry => Some(record.meta.backoff.next_delay_ms(record.attempts)),
         Failure::RetryIn(d) => Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),

@@ -1,0 +1,438 @@
+//! The [`Auditor`]: records events off the hot path, chains, batches,
+//! appends and checkpoints them in a background task.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+use super::event::AuditEvent;
+use super::record::{
+    AuditKeys, AuditRecord, Checkpoint, GENESIS, canonical, chain_hash, record_mac,
+};
+use super::sink::{AuditError, AuditSink};
+use crate::error::Error;
+use crate::keyring::Keyring;
+
+/// Default: a checkpoint after this many records of one writer.
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
+
+/// Default: a checkpoint at least this often while records are written.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Most messages taken from the queue per batch.
+const MAX_BATCH: usize = 8192;
+
+enum Msg {
+    Record { time_ms: i64, event: AuditEvent },
+    Flush(oneshot::Sender<Result<(), String>>),
+    Close(oneshot::Sender<Result<(), String>>),
+}
+
+/// Counters of one auditor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AuditStats {
+    /// Records appended to the sink.
+    pub records: u64,
+    /// Checkpoints appended.
+    pub checkpoints: u64,
+    /// Events recorded after `close` (not written).
+    pub dropped: u64,
+    /// Appends that failed (and were retried).
+    pub failed_appends: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    records: AtomicU64,
+    checkpoints: AtomicU64,
+    dropped: AtomicU64,
+    failed: AtomicU64,
+}
+
+struct Shared {
+    tx: mpsc::UnboundedSender<Msg>,
+    writer: String,
+    closed: AtomicBool,
+    counters: Arc<Counters>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Writes the audit log of one process (one writer, one chain).
+///
+/// A cheap handle: clone it into the [`crate::Client`]
+/// ([`crate::ClientBuilder::audit`]) and the [`crate::Worker`]
+/// ([`crate::WorkerBuilder::audit`]). [`Auditor::record`] only queues the
+/// event; a background task numbers, chains and MACs the queued records,
+/// appends everything queued as one batch, and writes a signed checkpoint
+/// every [`AuditorBuilder::checkpoint_every`] records, every
+/// [`AuditorBuilder::checkpoint_interval`] and at [`Auditor::close`].
+///
+/// Call [`Auditor::close`] before the process exits: records still queued
+/// when the runtime stops are lost (verification then reports an
+/// uncheckpointed tail, not a fault, unless it is longer than the window).
+#[derive(Clone)]
+pub struct Auditor {
+    inner: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Auditor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auditor")
+            .field("writer", &self.inner.writer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`Auditor`].
+#[derive(Debug)]
+pub struct AuditorBuilder {
+    sink: Arc<dyn AuditSink>,
+    keys: Result<AuditKeys, Error>,
+    writer: Option<String>,
+    every: u64,
+    interval: Duration,
+}
+
+impl AuditorBuilder {
+    /// The writer id (default `host:pid:xxxxxxxx`, random suffix). Must be
+    /// unique per process run: two processes writing one chain id would
+    /// break each other's chain.
+    pub fn writer(mut self, id: impl Into<String>) -> Self {
+        self.writer = Some(id.into());
+        self
+    }
+
+    /// Checkpoint after this many records (default 1000, at least 1).
+    /// Verification treats more uncheckpointed records than this as a fault.
+    pub fn checkpoint_every(mut self, n: u64) -> Self {
+        self.every = n.max(1);
+        self
+    }
+
+    /// Checkpoint at least this often while records arrive (default 5 s).
+    pub fn checkpoint_interval(mut self, t: Duration) -> Self {
+        self.interval = t.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Start the background task. Needs a tokio runtime. Fails when the
+    /// keyring has no `audit_signing_key`.
+    pub fn start(self) -> Result<Auditor, Error> {
+        let keys = self.keys?;
+        let writer = self.writer.unwrap_or_else(default_writer_id);
+        if writer.is_empty() {
+            return Err(Error::InvalidArgument {
+                what: "audit writer id",
+                reason: "must not be empty".into(),
+            });
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let counters = Arc::new(Counters::default());
+        let state = Chain {
+            sink: self.sink,
+            keys,
+            writer: writer.clone(),
+            every: self.every,
+            interval: self.interval,
+            counters: counters.clone(),
+            next_seq: 0,
+            prev_mac: GENESIS,
+            prev_hash: GENESIS,
+            pending: Vec::new(),
+            appended: None,
+            checkpointed_seq: None,
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            failures: 0,
+        };
+        let task = tokio::spawn(state.run(rx));
+        Ok(Auditor {
+            inner: Arc::new(Shared {
+                tx,
+                writer,
+                closed: AtomicBool::new(false),
+                counters,
+                task: Mutex::new(Some(task)),
+            }),
+        })
+    }
+}
+
+/// `host:pid:xxxxxxxx`.
+fn default_writer_id() -> String {
+    format!(
+        "{}:{:08x}",
+        crate::client::default_process_id(),
+        rand::random::<u32>()
+    )
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Auditor {
+    /// Start building an auditor writing to `sink` with the keyring's audit
+    /// keys (MAC key derived with label `sealq-audit-mac-v1`, checkpoint
+    /// signing key `audit_signing_key`).
+    pub fn builder(sink: Arc<dyn AuditSink>, keyring: &Keyring) -> AuditorBuilder {
+        AuditorBuilder {
+            sink,
+            keys: AuditKeys::from_keyring(keyring),
+            writer: None,
+            every: DEFAULT_CHECKPOINT_EVERY,
+            interval: DEFAULT_CHECKPOINT_INTERVAL,
+        }
+    }
+
+    /// An auditor with default options.
+    pub fn start(sink: Arc<dyn AuditSink>, keyring: &Keyring) -> Result<Self, Error> {
+        Self::builder(sink, keyring).start()
+    }
+
+    /// This auditor's writer id.
+    pub fn writer(&self) -> &str {
+        &self.inner.writer
+    }
+
+    /// Queue an event. Never blocks and never fails: after [`Auditor::close`]
+    /// the event is counted as dropped.
+    pub fn record(&self, event: AuditEvent) {
+        if self.inner.closed.load(Ordering::Relaxed)
+            || self
+                .inner
+                .tx
+                .send(Msg::Record {
+                    time_ms: now_ms(),
+                    event,
+                })
+                .is_err()
+        {
+            self.inner.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Wait until everything recorded so far is appended and covered by a
+    /// checkpoint.
+    pub async fn flush(&self) -> Result<(), AuditError> {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.tx.send(Msg::Flush(tx)).is_err() {
+            return Err(AuditError::new("the auditor is closed"));
+        }
+        rx.await
+            .map_err(|_| AuditError::new("the auditor stopped"))?
+            .map_err(AuditError::new)
+    }
+
+    /// Append what is queued, write a final checkpoint and stop. Later
+    /// [`Auditor::record`] calls on any clone are dropped. Idempotent.
+    pub async fn close(&self) -> Result<AuditStats, AuditError> {
+        self.inner.closed.store(true, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let result = if self.inner.tx.send(Msg::Close(tx)).is_ok() {
+            rx.await.unwrap_or(Ok(())).map_err(AuditError::new)
+        } else {
+            Ok(())
+        };
+        let task = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        result.map(|()| self.stats())
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> AuditStats {
+        let c = &self.inner.counters;
+        AuditStats {
+            records: c.records.load(Ordering::Relaxed),
+            checkpoints: c.checkpoints.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            failed_appends: c.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The background task's state: one writer's chain.
+struct Chain {
+    sink: Arc<dyn AuditSink>,
+    keys: AuditKeys,
+    writer: String,
+    every: u64,
+    interval: Duration,
+    counters: Arc<Counters>,
+    next_seq: u64,
+    prev_mac: [u8; 32],
+    prev_hash: [u8; 32],
+    /// Chained, not yet appended.
+    pending: Vec<(AuditRecord, [u8; 32])>,
+    /// Head of what is appended: seq, mac, hash.
+    appended: Option<(u64, [u8; 32], [u8; 32])>,
+    checkpointed_seq: Option<u64>,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+    failures: u32,
+}
+
+impl Chain {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        let mut buf = Vec::with_capacity(1024);
+        loop {
+            let due = self
+                .has_uncovered()
+                .then(|| self.last_checkpoint + self.interval);
+            let n = tokio::select! {
+                n = rx.recv_many(&mut buf, MAX_BATCH) => n,
+                _ = sleep_until(due) => {
+                    let _ = self.checkpoint().await;
+                    continue;
+                }
+            };
+            if n == 0 {
+                // Every handle is gone: write what is left and stop.
+                let _ = self.settle().await;
+                return;
+            }
+            let mut closing = None;
+            for msg in buf.drain(..) {
+                match msg {
+                    Msg::Record { time_ms, event } => {
+                        self.push(time_ms, event);
+                        if self.since_checkpoint >= self.every {
+                            let _ = self.settle().await;
+                        }
+                    }
+                    Msg::Flush(reply) => {
+                        let _ = reply.send(self.settle().await);
+                    }
+                    Msg::Close(reply) => closing = Some(reply),
+                }
+            }
+            if let Some(reply) = closing {
+                let _ = reply.send(self.settle().await);
+                return;
+            }
+            if let Err(e) = self.append().await {
+                self.failures += 1;
+                warn!(error = %e, writer = %self.writer, "audit append failed; will retry");
+                tokio::time::sleep(Duration::from_millis(
+                    (50u64 << self.failures.min(6)).min(5_000),
+                ))
+                .await;
+            } else {
+                self.failures = 0;
+            }
+        }
+    }
+
+    fn has_uncovered(&self) -> bool {
+        !self.pending.is_empty()
+            || self
+                .appended
+                .is_some_and(|(s, ..)| self.checkpointed_seq.is_none_or(|c| c < s))
+    }
+
+    /// Number, MAC and hash one record.
+    fn push(&mut self, time_ms: i64, event: AuditEvent) {
+        let seq = self.next_seq;
+        let bytes = match canonical(&self.writer, seq, time_ms, &event) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, event = event.name(), "cannot encode audit record; skipped");
+                return;
+            }
+        };
+        let Some(key) = self.keys.mac.as_deref() else {
+            return;
+        };
+        let mac = record_mac(key, &self.prev_mac, &bytes);
+        let hash = chain_hash(&self.prev_hash, &mac, &bytes);
+        self.prev_mac = mac;
+        self.prev_hash = hash;
+        self.next_seq += 1;
+        self.since_checkpoint += 1;
+        self.pending.push((
+            AuditRecord {
+                writer: self.writer.clone(),
+                seq,
+                time_ms,
+                event,
+                mac: hex::encode(mac),
+            },
+            hash,
+        ));
+    }
+
+    /// Append everything pending.
+    async fn append(&mut self) -> Result<(), String> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<AuditRecord> = self.pending.iter().map(|(r, _)| r.clone()).collect();
+        if let Err(e) = self.sink.append_records(&records).await {
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+            return Err(format!("{}: {e}", self.sink.describe()));
+        }
+        self.counters
+            .records
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        if let Some((last, hash)) = self.pending.last() {
+            let mac = last.mac_bytes().unwrap_or(GENESIS);
+            self.appended = Some((last.seq, mac, *hash));
+        }
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Append everything pending and checkpoint it.
+    async fn settle(&mut self) -> Result<(), String> {
+        self.append().await?;
+        self.checkpoint().await
+    }
+
+    /// Checkpoint the appended head, if it is not covered yet.
+    async fn checkpoint(&mut self) -> Result<(), String> {
+        self.last_checkpoint = Instant::now();
+        let Some((seq, mac, hash)) = self.appended else {
+            return Ok(());
+        };
+        if self.checkpointed_seq.is_some_and(|c| c >= seq) {
+            return Ok(());
+        }
+        let mut cp = Checkpoint {
+            writer: self.writer.clone(),
+            seq,
+            head_mac: hex::encode(mac),
+            head_hash: hex::encode(hash),
+            time_ms: now_ms(),
+            signature: String::new(),
+        };
+        self.keys.sign(&mut cp);
+        if let Err(e) = self.sink.append_checkpoint(&cp).await {
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+            warn!(error = %e, writer = %self.writer, "audit checkpoint failed; will retry");
+            return Err(format!("{}: {e}", self.sink.describe()));
+        }
+        self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.checkpointed_seq = Some(seq);
+        self.since_checkpoint = self.next_seq.saturating_sub(seq + 1);
+        Ok(())
+    }
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}

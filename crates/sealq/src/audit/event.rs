@@ -1,0 +1,244 @@
+//! What an audit record says happened: [`AuditEvent`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::task::TaskId;
+
+/// One lifecycle event. Serialized with a `type` tag in snake_case
+/// (`{"type":"enqueued","task":"…",…}`).
+///
+/// Events carry ids, names, sizes, hashes and reasons, never a payload, a
+/// result, an error message or a subject id: a payload is represented by the
+/// SHA-256 of its sealed envelope, an error by the size of its sealed form, a
+/// data subject by its keyed tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum AuditEvent {
+    /// A producer stored a sealed task.
+    Enqueued {
+        /// The task.
+        task: TaskId,
+        /// Its queue.
+        queue: String,
+        /// Its type name.
+        kind: String,
+        /// The producer id bound into the envelope.
+        producer: String,
+        /// The key id that sealed the envelope.
+        key_id: String,
+        /// SHA-256 of the sealed envelope, lowercase hex.
+        ciphertext_sha256: String,
+        /// Size of the sealed envelope, bytes.
+        ciphertext_len: u64,
+    },
+    /// A worker took a lease on the task.
+    Leased {
+        /// The task.
+        task: TaskId,
+        /// Its queue.
+        queue: String,
+        /// The worker holding the lease.
+        worker: String,
+        /// The attempt (1 for the first run).
+        attempt: u32,
+        /// When the lease expires unless extended, Unix ms.
+        lease_expires_at_ms: i64,
+    },
+    /// The envelope opened and the handler was called.
+    Started {
+        /// The task.
+        task: TaskId,
+        /// The worker.
+        worker: String,
+        /// The attempt.
+        attempt: u32,
+    },
+    /// The handler succeeded.
+    Succeeded {
+        /// The task.
+        task: TaskId,
+        /// The worker.
+        worker: String,
+        /// The attempt.
+        attempt: u32,
+        /// Size of the sealed result, if the handler set one.
+        result_len: Option<u64>,
+    },
+    /// The handler failed (returned an error, panicked or timed out).
+    Failed {
+        /// The task.
+        task: TaskId,
+        /// The worker.
+        worker: String,
+        /// The attempt.
+        attempt: u32,
+        /// Size of the sealed error message, bytes (never the text).
+        error_len: u64,
+    },
+    /// The failed task is scheduled to run again.
+    Retried {
+        /// The task.
+        task: TaskId,
+        /// The worker.
+        worker: String,
+        /// The attempt that failed.
+        attempt: u32,
+        /// When it runs next, Unix ms.
+        next_run_at_ms: i64,
+    },
+    /// The task was dead-lettered.
+    Archived {
+        /// The task.
+        task: TaskId,
+        /// The worker, when a worker archived it.
+        worker: Option<String>,
+        /// The attempt.
+        attempt: u32,
+        /// Why: `exhausted`, `integrity`, `expired`, `replay`, `erased`, …
+        reason: String,
+    },
+    /// A worker gave the task back unfinished (shutdown); the attempt does not count.
+    Requeued {
+        /// The task.
+        task: TaskId,
+        /// The worker.
+        worker: String,
+        /// The attempt given back.
+        attempt: u32,
+    },
+    /// An operator deleted the task.
+    Deleted {
+        /// The task.
+        task: TaskId,
+        /// Who.
+        operator: String,
+    },
+    /// An operator re-ran an archived or completed task.
+    Rerun {
+        /// The task.
+        task: TaskId,
+        /// Who.
+        operator: String,
+    },
+    /// An operator revealed the task's plaintext payload.
+    PayloadRevealed {
+        /// The task.
+        task: TaskId,
+        /// Who.
+        operator: String,
+    },
+    /// The keyring's primary key was rotated.
+    KeyRotated {
+        /// The previous primary key id.
+        previous_key_id: Option<String>,
+        /// The new primary key id.
+        new_key_id: String,
+        /// Who.
+        operator: String,
+    },
+    /// A task's envelope was re-sealed under another key.
+    Resealed {
+        /// The task.
+        task: TaskId,
+        /// The key that sealed it before.
+        from_key_id: String,
+        /// The key that seals it now.
+        to_key_id: String,
+        /// SHA-256 of the new sealed envelope, lowercase hex.
+        ciphertext_sha256: String,
+        /// Who.
+        operator: String,
+    },
+    /// The erasure receipt: a data subject's tasks and key were destroyed.
+    /// Names the subject by its keyed tag only, never its id.
+    SubjectErased {
+        /// Receipt id, to quote to the data subject or a regulator.
+        receipt_id: String,
+        /// The subject tag (HMAC of the subject id), lowercase hex.
+        subject_tag: String,
+        /// Tasks removed, by state (`pending`, `completed`, …).
+        counts: BTreeMap<String, u64>,
+        /// Whether a wrapped subject key existed and was destroyed.
+        key_destroyed: bool,
+        /// Who.
+        operator: String,
+    },
+    /// The payload policy refused a task before it was sealed.
+    PolicyRejected {
+        /// The queue it was meant for.
+        queue: String,
+        /// Its type name.
+        kind: String,
+        /// The producer.
+        producer: String,
+        /// The rule that matched (e.g. `card_number`, `size_budget`).
+        rule: String,
+        /// Path of the offending field (empty for size budgets). Never the value.
+        path: String,
+    },
+    /// An operator paused a queue.
+    QueuePaused {
+        /// The queue.
+        queue: String,
+        /// Who.
+        operator: String,
+    },
+    /// An operator resumed a queue.
+    QueueResumed {
+        /// The queue.
+        queue: String,
+        /// Who.
+        operator: String,
+    },
+}
+
+impl AuditEvent {
+    /// The snake_case name of the event (its `type` tag).
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuditEvent::Enqueued { .. } => "enqueued",
+            AuditEvent::Leased { .. } => "leased",
+            AuditEvent::Started { .. } => "started",
+            AuditEvent::Succeeded { .. } => "succeeded",
+            AuditEvent::Failed { .. } => "failed",
+            AuditEvent::Retried { .. } => "retried",
+            AuditEvent::Archived { .. } => "archived",
+            AuditEvent::Requeued { .. } => "requeued",
+            AuditEvent::Deleted { .. } => "deleted",
+            AuditEvent::Rerun { .. } => "rerun",
+            AuditEvent::PayloadRevealed { .. } => "payload_revealed",
+            AuditEvent::KeyRotated { .. } => "key_rotated",
+            AuditEvent::Resealed { .. } => "resealed",
+            AuditEvent::SubjectErased { .. } => "subject_erased",
+            AuditEvent::PolicyRejected { .. } => "policy_rejected",
+            AuditEvent::QueuePaused { .. } => "queue_paused",
+            AuditEvent::QueueResumed { .. } => "queue_resumed",
+        }
+    }
+
+    /// The task the event is about, if it is about one task.
+    pub fn task(&self) -> Option<TaskId> {
+        match self {
+            AuditEvent::Enqueued { task, .. }
+            | AuditEvent::Leased { task, .. }
+            | AuditEvent::Started { task, .. }
+            | AuditEvent::Succeeded { task, .. }
+            | AuditEvent::Failed { task, .. }
+            | AuditEvent::Retried { task, .. }
+            | AuditEvent::Archived { task, .. }
+            | AuditEvent::Requeued { task, .. }
+            | AuditEvent::Deleted { task, .. }
+            | AuditEvent::Rerun { task, .. }
+            | AuditEvent::PayloadRevealed { task, .. }
+            | AuditEvent::Resealed { task, .. } => Some(*task),
+            AuditEvent::KeyRotated { .. }
+            | AuditEvent::SubjectErased { .. }
+            | AuditEvent::PolicyRejected { .. }
+            | AuditEvent::QueuePaused { .. }
+            | AuditEvent::QueueResumed { .. } => None,
+        }
+    }
+}

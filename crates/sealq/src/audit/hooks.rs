@@ -1,0 +1,115 @@
+//! The calls the client and the worker runtime make (one line each at their
+//! call sites); all take the auditor as an `Option` so no auditor costs a
+//! branch and nothing else.
+
+use sha2::{Digest as _, Sha256};
+
+use super::Auditor;
+use super::event::AuditEvent;
+use crate::broker::{LeasedTask, NewTask, Outcome, TaskRecord};
+use crate::error::Error;
+
+/// An `enqueued` event for a sealed task (call only once the broker stored it).
+pub(crate) fn enqueued_event(task: &NewTask) -> AuditEvent {
+    let key_id = crate::envelope::parse_header(&task.envelope)
+        .map(|h| h.key_id.to_owned())
+        .unwrap_or_default();
+    AuditEvent::Enqueued {
+        task: task.id,
+        queue: task.queue.clone(),
+        kind: task.kind.clone(),
+        producer: task.meta.producer.clone(),
+        key_id,
+        ciphertext_sha256: hex::encode(Sha256::digest(&task.envelope)),
+        ciphertext_len: task.envelope.len() as u64,
+    }
+}
+
+/// A `policy_rejected` event for a policy or size-budget refusal; `None`
+/// for other errors.
+pub(crate) fn policy_rejected(
+    error: &Error,
+    queue: &str,
+    kind: &str,
+    producer: &str,
+) -> Option<AuditEvent> {
+    let (rule, path) = match error {
+        Error::PolicyViolation { rule, path, .. } => (rule.clone(), path.clone()),
+        Error::PayloadTooLarge { .. } => ("size_budget".to_owned(), String::new()),
+        _ => return None,
+    };
+    Some(AuditEvent::PolicyRejected {
+        queue: queue.to_owned(),
+        kind: kind.to_owned(),
+        producer: producer.to_owned(),
+        rule,
+        path,
+    })
+}
+
+impl Auditor {
+    /// A worker leased the task.
+    pub(crate) fn on_leased(&self, worker: &str, task: &LeasedTask) {
+        self.record(AuditEvent::Leased {
+            task: task.record.id,
+            queue: task.record.queue.clone(),
+            worker: worker.to_owned(),
+            attempt: task.record.attempts,
+            lease_expires_at_ms: task.lease.expires_at_ms,
+        });
+    }
+
+    /// The handler is about to be called.
+    pub(crate) fn on_started(&self, worker: &str, record: &TaskRecord) {
+        self.record(AuditEvent::Started {
+            task: record.id,
+            worker: worker.to_owned(),
+            attempt: record.attempts,
+        });
+    }
+
+    /// The handler failed; `sealed_len` is the size of the sealed error.
+    pub(crate) fn on_failed(&self, worker: &str, record: &TaskRecord, sealed_len: usize) {
+        self.record(AuditEvent::Failed {
+            task: record.id,
+            worker: worker.to_owned(),
+            attempt: record.attempts,
+            error_len: sealed_len as u64,
+        });
+    }
+
+    /// The worker's final word on one attempt.
+    pub(crate) fn on_outcome(&self, worker: &str, record: &TaskRecord, outcome: &Outcome) {
+        let (task, attempt, worker) = (record.id, record.attempts, worker.to_owned());
+        self.record(match outcome {
+            Outcome::Complete { result } => AuditEvent::Succeeded {
+                task,
+                worker,
+                attempt,
+                result_len: result.as_ref().map(|r| r.len() as u64),
+            },
+            Outcome::Retry { at_ms, .. } => AuditEvent::Retried {
+                task,
+                worker,
+                attempt,
+                next_run_at_ms: *at_ms,
+            },
+            Outcome::Archive { reason, .. } => AuditEvent::Archived {
+                task,
+                worker: Some(worker),
+                attempt,
+                reason: reason.as_str().to_owned(),
+            },
+            Outcome::Requeue => AuditEvent::Requeued {
+                task,
+                worker,
+                attempt,
+            },
+        });
+    }
+}
+
+/// Size of `message` once sealed with `keyring`'s primary key.
+pub(crate) fn sealed_len(keyring: &crate::keyring::Keyring, message: &str) -> usize {
+    crate::envelope::header_len(keyring.primary_key_id()) + message.len() + crate::envelope::TAG_LEN
+}

@@ -1,0 +1,377 @@
+//! Where audit records go: the [`AuditSink`] trait, [`JsonLinesSink`] and
+//! [`MemorySink`]. `sealq_sqlite::SqliteAuditSink` is the SQLite one.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use super::record::{AuditRecord, Checkpoint};
+
+/// A storage failure of an audit sink. The message names the sink and what
+/// failed; never a secret.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct AuditError {
+    /// What failed.
+    pub message: String,
+    /// The underlying error.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl AuditError {
+    /// An error with a message.
+    pub fn new(message: impl Into<String>) -> Self {
+        AuditError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Attach the cause.
+    pub fn with_source(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(e));
+        self
+    }
+}
+
+/// One item read back from a sink, with where it was found: a 1-based line
+/// number for files, a row id for tables. An item that does not parse is
+/// kept as `Err(reason)` so verification can name it.
+#[derive(Debug, Clone)]
+pub struct Loaded<T> {
+    /// Line number or row id.
+    pub position: u64,
+    /// The parsed item, or why it could not be parsed.
+    pub item: Result<T, String>,
+}
+
+impl<T: serde::de::DeserializeOwned> Loaded<T> {
+    /// Parse one JSON line found at `position`.
+    pub fn parse(position: u64, line: &[u8]) -> Self {
+        let item = serde_json::from_slice::<T>(line).map_err(|e| {
+            let text = e.to_string();
+            // serde_json appends " at line 1 column N"; keep the column only.
+            match text.rfind(" at line ") {
+                Some(i) => format!("{} (column {})", &text[..i], e.column()),
+                None => text,
+            }
+        });
+        Loaded { position, item }
+    }
+}
+
+/// Storage for audit records and checkpoints.
+///
+/// Appends must be durable when they return (the [`super::Auditor`] calls
+/// them with whole batches, so one sync per batch is the expected cost) and
+/// must never rewrite what is stored. Records and checkpoints should live in
+/// different places (two files, two tables, two streams), so that cutting
+/// one is caught by the other.
+#[async_trait]
+pub trait AuditSink: Send + Sync + std::fmt::Debug + 'static {
+    /// Append records, in order.
+    async fn append_records(&self, records: &[AuditRecord]) -> Result<(), AuditError>;
+    /// Append one checkpoint.
+    async fn append_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), AuditError>;
+    /// Every stored record in storage order, unparseable ones included.
+    async fn read_records(&self) -> Result<Vec<Loaded<AuditRecord>>, AuditError>;
+    /// Every stored checkpoint in storage order; `None` when the checkpoint
+    /// store itself is missing (deleted), which verification reports.
+    async fn read_checkpoints(&self) -> Result<Option<Vec<Loaded<Checkpoint>>>, AuditError>;
+    /// A short human description (path, table) for messages.
+    fn describe(&self) -> String;
+}
+
+/// JSON text of a record as every sink stores it (one line, no newline).
+pub fn record_line(r: &AuditRecord) -> String {
+    // Invariant: records are plain strings, integers and maps; serde_json
+    // cannot fail on them.
+    serde_json::to_string(r).unwrap_or_default()
+}
+
+/// JSON text of a checkpoint (one line, no newline).
+pub fn checkpoint_line(c: &Checkpoint) -> String {
+    serde_json::to_string(c).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------
+// JSON lines
+// ---------------------------------------------------------------------------
+
+/// Two append-only JSON-lines files: records (`audit.jsonl`) and
+/// checkpoints (`audit.checkpoints.jsonl`, beside it). One line per item.
+///
+/// Files are opened with `O_APPEND`, each batch is written with one `write`
+/// and then `fsync`ed, so several processes may append to the same files.
+/// The default sink for the embedded SQLite broker, as `<db>.audit.jsonl`
+/// next to the database file.
+#[derive(Debug, Clone)]
+pub struct JsonLinesSink {
+    inner: Arc<JsonInner>,
+}
+
+#[derive(Debug)]
+struct JsonInner {
+    records: PathBuf,
+    checkpoints: PathBuf,
+    files: Mutex<Option<(std::fs::File, std::fs::File)>>,
+}
+
+impl JsonLinesSink {
+    /// Open (creating if needed) `records` and its checkpoint file
+    /// ([`JsonLinesSink::checkpoints_path_for`]) for appending. Creating both
+    /// at once means a missing checkpoint file later means a deleted one.
+    pub fn open(records: impl AsRef<Path>) -> Result<Self, AuditError> {
+        let records = records.as_ref().to_path_buf();
+        let checkpoints = Self::checkpoints_path_for(&records);
+        let sink = Self::at_paths(records, checkpoints);
+        drop(sink.files()?);
+        Ok(sink)
+    }
+
+    /// A sink over the two files without opening or creating anything (for
+    /// reading; the first append creates them).
+    pub fn at_paths(records: PathBuf, checkpoints: PathBuf) -> Self {
+        JsonLinesSink {
+            inner: Arc::new(JsonInner {
+                records,
+                checkpoints,
+                files: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// [`JsonLinesSink::at_paths`] with the default checkpoint path.
+    pub fn at(records: impl AsRef<Path>) -> Self {
+        let records = records.as_ref().to_path_buf();
+        let checkpoints = Self::checkpoints_path_for(&records);
+        Self::at_paths(records, checkpoints)
+    }
+
+    /// `x.jsonl` → `x.checkpoints.jsonl`; any other name gets
+    /// `.checkpoints.jsonl` appended.
+    pub fn checkpoints_path_for(records: &Path) -> PathBuf {
+        let s = records.as_os_str().to_string_lossy();
+        match s.strip_suffix(".jsonl") {
+            Some(stem) => PathBuf::from(format!("{stem}.checkpoints.jsonl")),
+            None => PathBuf::from(format!("{s}.checkpoints.jsonl")),
+        }
+    }
+
+    /// The records file.
+    pub fn records_path(&self) -> &Path {
+        &self.inner.records
+    }
+
+    /// The checkpoints file.
+    pub fn checkpoints_path(&self) -> &Path {
+        &self.inner.checkpoints
+    }
+
+    fn files(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, Option<(std::fs::File, std::fs::File)>>, AuditError> {
+        let mut guard = self.inner.files.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            let open = |p: &Path| {
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(p)
+                    .map_err(|e| {
+                        AuditError::new(format!("cannot open audit file {}", p.display()))
+                            .with_source(e)
+                    })
+            };
+            *guard = Some((open(&self.inner.records)?, open(&self.inner.checkpoints)?));
+        }
+        Ok(guard)
+    }
+
+    fn append(&self, checkpoint_file: bool, text: &[u8]) -> Result<(), AuditError> {
+        let mut guard = self.files()?;
+        let Some((records, checkpoints)) = guard.as_mut() else {
+            return Err(AuditError::new("audit files are not open"));
+        };
+        let (file, path) = if checkpoint_file {
+            (checkpoints, &self.inner.checkpoints)
+        } else {
+            (records, &self.inner.records)
+        };
+        file.write_all(text)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| {
+                AuditError::new(format!("cannot append to audit file {}", path.display()))
+                    .with_source(e)
+            })
+    }
+
+    fn read_lines<T: serde::de::DeserializeOwned>(
+        path: &Path,
+    ) -> Result<Option<Vec<Loaded<T>>>, AuditError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(
+                    AuditError::new(format!("cannot read audit file {}", path.display()))
+                        .with_source(e),
+                );
+            }
+        };
+        let mut out = Vec::new();
+        for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            out.push(Loaded::parse(i as u64 + 1, line));
+        }
+        Ok(Some(out))
+    }
+}
+
+#[async_trait]
+impl AuditSink for JsonLinesSink {
+    async fn append_records(&self, records: &[AuditRecord]) -> Result<(), AuditError> {
+        let mut text = String::with_capacity(records.len() * 320);
+        for r in records {
+            text.push_str(&record_line(r));
+            text.push('\n');
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.append(false, text.as_bytes()))
+            .await
+            .map_err(|e| AuditError::new(format!("audit writer task failed: {e}")))?
+    }
+
+    async fn append_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), AuditError> {
+        let mut text = checkpoint_line(checkpoint);
+        text.push('\n');
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.append(true, text.as_bytes()))
+            .await
+            .map_err(|e| AuditError::new(format!("audit writer task failed: {e}")))?
+    }
+
+    async fn read_records(&self) -> Result<Vec<Loaded<AuditRecord>>, AuditError> {
+        let path = self.inner.records.clone();
+        let read = tokio::task::spawn_blocking(move || Self::read_lines(&path))
+            .await
+            .map_err(|e| AuditError::new(format!("audit reader task failed: {e}")))??;
+        read.ok_or_else(|| {
+            AuditError::new(format!(
+                "no audit log at {} (the file does not exist)",
+                self.inner.records.display()
+            ))
+        })
+    }
+
+    async fn read_checkpoints(&self) -> Result<Option<Vec<Loaded<Checkpoint>>>, AuditError> {
+        let path = self.inner.checkpoints.clone();
+        tokio::task::spawn_blocking(move || Self::read_lines(&path))
+            .await
+            .map_err(|e| AuditError::new(format!("audit reader task failed: {e}")))?
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} (checkpoints {})",
+            self.inner.records.display(),
+            self.inner.checkpoints.display()
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------
+// memory
+// ---------------------------------------------------------------------------
+
+/// Records and checkpoints kept in memory as JSON lines, for tests. Cheap to
+/// clone; clones share storage. The lines can be edited to simulate
+/// tampering ([`MemorySink::edit_records`]).
+#[derive(Debug, Clone, Default)]
+pub struct MemorySink {
+    inner: Arc<Mutex<MemoryInner>>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryInner {
+    records: Vec<String>,
+    checkpoints: Option<Vec<String>>,
+}
+
+impl MemorySink {
+    /// An empty sink.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Change the stored record lines (one JSON text per record).
+    pub fn edit_records(&self, f: impl FnOnce(&mut Vec<String>)) {
+        f(&mut self.lock().records);
+    }
+
+    /// Change the stored checkpoint lines; `None` simulates a deleted store.
+    pub fn edit_checkpoints(&self, f: impl FnOnce(&mut Option<Vec<String>>)) {
+        f(&mut self.lock().checkpoints);
+    }
+
+    /// How many record lines are stored.
+    pub fn len(&self) -> usize {
+        self.lock().records.len()
+    }
+
+    /// Whether no record is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait]
+impl AuditSink for MemorySink {
+    async fn append_records(&self, records: &[AuditRecord]) -> Result<(), AuditError> {
+        let mut g = self.lock();
+        g.checkpoints.get_or_insert_with(Vec::new);
+        g.records.extend(records.iter().map(record_line));
+        Ok(())
+    }
+
+    async fn append_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), AuditError> {
+        self.lock()
+            .checkpoints
+            .get_or_insert_with(Vec::new)
+            .push(checkpoint_line(checkpoint));
+        Ok(())
+    }
+
+    async fn read_records(&self) -> Result<Vec<Loaded<AuditRecord>>, AuditError> {
+        Ok(self
+            .lock()
+            .records
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Loaded::parse(i as u64 + 1, l.as_bytes()))
+            .collect())
+    }
+
+    async fn read_checkpoints(&self) -> Result<Option<Vec<Loaded<Checkpoint>>>, AuditError> {
+        Ok(self.lock().checkpoints.as_ref().map(|cps| {
+            cps.iter()
+                .enumerate()
+                .map(|(i, l)| Loaded::parse(i as u64 + 1, l.as_bytes()))
+                .collect()
+        }))
+    }
+
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}
