@@ -1,0 +1,512 @@
+#!lua name=sealq
+-- sealq's Redis Functions library. Loaded by `sealq redis install`
+-- (FUNCTION LOAD REPLACE); called with FCALL by producers and workers.
+--
+-- Keys. KEYS[1] of every per-queue function is the queue's key base
+-- `PREFIX:{queue}:`; every key a call touches is that base plus a suffix, so
+-- one call touches one Cluster slot. The global base `PREFIX:{~}:g:` (id index,
+-- queue registry, paused registry) is passed as KEYS[2] only on standalone
+-- servers; on a Cluster the Rust side maintains it with separate calls, using
+-- the ids these functions return.
+--
+-- Per queue (Q = KEYS[1]):
+--   Q..'t:'..id   hash  one task (fields below)
+--   Q..'ready'    zset  scheduled, pending and retry ids by run_at (dequeue order)
+--   Q..'delayed'  zset  scheduled and retry ids by run_at (forwarding)
+--   Q..'active'   zset  leased ids by lease expiry (recovery)
+--   Q..'done'     zset  completed ids by purge time (retention)
+--   Q..'archived' zset  archived ids by finish time
+--   Q..'seen'     zset  replay memory: completed ids by completion time
+--   Q..'all'      zset  every stored id, score 0 (lexical order = id order)
+--   Q..'n'        hash  task count per state
+--   Q..'u:'..key  string unique key holder: id..'|'..expires_at_ms
+--   Q..'paused'   string exists while the queue is paused
+--   Q..'wake'     list  at most one wake-up token for idle workers
+-- Global (G = KEYS[2]):
+--   G..'ids'      hash  id -> queue, for every stored or remembered id
+--   G..'queues'   set   queue names
+--   G..'paused'   set   paused queue names
+--
+-- Task hash fields: q queue, k kind, e envelope, m meta (MessagePack),
+-- s state, a attempts, r run_at, le last error, res result, ar archive
+-- reason, lx lease expiry, tok lease token, w worker, fin finished at,
+-- upd updated at, mr max retries, ret retention ms, sub subject tag (hex),
+-- uk unique key.
+--
+-- Times are Unix ms from the caller's clock (ARGV), never Redis' TIME, so
+-- tests can drive time and every worker agrees with its producers.
+
+local VERSION = '__SEALQ_VERSION__'
+
+local function s(n)
+  return string.format('%d', n)
+end
+
+local function incr(Q, state, by)
+  redis.call('HINCRBY', Q .. 'n', state, by)
+end
+
+local function wake(Q)
+  redis.call('LPUSH', Q .. 'wake', '1')
+  redis.call('LTRIM', Q .. 'wake', 0, 0)
+end
+
+-- Drop the unique key `uk` if task `id` holds it.
+local function release_unique(Q, id, uk)
+  if uk then
+    local k = Q .. 'u:' .. uk
+    local v = redis.call('GET', k)
+    if v and string.sub(v, 1, #id + 1) == id .. '|' then
+      redis.call('DEL', k)
+    end
+  end
+end
+
+local function clear_lease(T)
+  redis.call('HDEL', T, 'tok', 'lx', 'w')
+end
+
+local function version()
+  return VERSION
+end
+
+-- ARGV: now, queue, then per task 10 fields:
+-- id, kind, envelope, meta, run_at, max_retries, retention_ms, subject, ukey, uttl
+-- Returns per task: 'ok' | 'exists' | the id holding the unique key.
+local function enqueue(keys, args)
+  local Q, G = keys[1], keys[2]
+  local now, queue = tonumber(args[1]), args[2]
+  local out = {}
+  local ready = false
+  local i = 3
+  while i <= #args do
+    local id, kind, env, meta = args[i], args[i + 1], args[i + 2], args[i + 3]
+    local run_at = tonumber(args[i + 4])
+    local mr, ret, sub, uk, uttl = args[i + 5], args[i + 6], args[i + 7], args[i + 8], args[i + 9]
+    i = i + 10
+    local T = Q .. 't:' .. id
+    local exists
+    if G then
+      exists = redis.call('HEXISTS', G .. 'ids', id) == 1
+    else
+      exists = redis.call('EXISTS', T) == 1 or redis.call('ZSCORE', Q .. 'seen', id)
+    end
+    if exists then
+      out[#out + 1] = 'exists'
+    else
+      local dup = nil
+      if uk ~= '' then
+        local v = redis.call('GET', Q .. 'u:' .. uk)
+        if v then
+          local bar = string.find(v, '|', 1, true)
+          if bar and tonumber(string.sub(v, bar + 1)) > now then
+            dup = string.sub(v, 1, bar - 1)
+          end
+        end
+      end
+      if dup then
+        out[#out + 1] = dup
+      else
+        local state = 'pending'
+        if run_at > now then state = 'scheduled' end
+        redis.call('HSET', T, 'q', queue, 'k', kind, 'e', env, 'm', meta, 's', state,
+          'a', '0', 'r', s(run_at), 'mr', mr, 'ret', ret, 'upd', s(now))
+        if sub ~= '' then redis.call('HSET', T, 'sub', sub) end
+        if uk ~= '' then
+          redis.call('HSET', T, 'uk', uk)
+          redis.call('SET', Q .. 'u:' .. uk, id .. '|' .. s(now + tonumber(uttl)))
+        end
+        redis.call('ZADD', Q .. 'ready', s(run_at), id)
+        if state == 'scheduled' then
+          redis.call('ZADD', Q .. 'delayed', s(run_at), id)
+        else
+          ready = true
+        end
+        redis.call('ZADD', Q .. 'all', '0', id)
+        incr(Q, state, 1)
+        if G then redis.call('HSET', G .. 'ids', id, queue) end
+        out[#out + 1] = 'ok'
+      end
+    end
+  end
+  if G then redis.call('SADD', G .. 'queues', queue) end
+  if ready then wake(Q) end
+  return out
+end
+
+-- KEYS: one base per queue, in order. ARGV: now, max, lease_ms, worker, token
+-- prefix (12 hex digits). Returns per task {id, token, replayed, hgetall, key index}.
+local function dequeue(keys, args)
+  local now, max = tonumber(args[1]), tonumber(args[2])
+  local expires = s(now + tonumber(args[3]))
+  local worker, tokp = args[4], args[5]
+  local out = {}
+  for qi, Q in ipairs(keys) do
+    local want = max - #out
+    if want <= 0 then break end
+    if redis.call('EXISTS', Q .. 'paused') == 0 then
+      local ids = redis.call('ZRANGEBYSCORE', Q .. 'ready', '-inf', s(now), 'LIMIT', 0, want)
+      for _, id in ipairs(ids) do
+        local T = Q .. 't:' .. id
+        local st = redis.call('HGET', T, 's')
+        redis.call('ZREM', Q .. 'ready', id)
+        if st == 'pending' or st == 'scheduled' or st == 'retry' then
+          if st ~= 'pending' then redis.call('ZREM', Q .. 'delayed', id) end
+          local tok = tokp .. string.format('%04x', #out)
+          redis.call('HINCRBY', T, 'a', 1)
+          redis.call('HSET', T, 's', 'active', 'tok', tok, 'lx', expires, 'w', worker, 'upd', s(now))
+          redis.call('ZADD', Q .. 'active', expires, id)
+          incr(Q, st, -1)
+          incr(Q, 'active', 1)
+          local replayed = 0
+          if redis.call('ZSCORE', Q .. 'seen', id) then replayed = 1 end
+          out[#out + 1] = {id, tok, replayed, redis.call('HGETALL', T), qi}
+        end
+      end
+      if #out >= max then
+        -- Work left behind: pass the wake-up on to another idle worker.
+        if #redis.call('ZRANGEBYSCORE', Q .. 'ready', '-inf', s(now), 'LIMIT', 0, 1) > 0 then
+          wake(Q)
+        end
+      end
+    end
+  end
+  return out
+end
+
+-- ARGV: now, then per ack 5 fields: id, token, op, a1, a2.
+-- op: c (complete), C (complete with result a1), r (retry at a1),
+-- R (retry at a1 with error a2), a (archive reason a1), A (archive reason a1,
+-- error a2), q (requeue). Returns per ack 1 (applied) or 0 (lease lost).
+local function ack(keys, args)
+  local Q = keys[1]
+  local now = tonumber(args[1])
+  local nows = s(now)
+  local out = {}
+  local ready = false
+  local i = 2
+  while i <= #args do
+    local id, tok, op, a1, a2 = args[i], args[i + 1], args[i + 2], args[i + 3], args[i + 4]
+    i = i + 5
+    local T = Q .. 't:' .. id
+    local cur = redis.call('HMGET', T, 's', 'tok', 'ret', 'uk', 'r', 'a')
+    if cur[1] ~= 'active' or cur[2] ~= tok then
+      out[#out + 1] = 0
+    else
+      clear_lease(T)
+      redis.call('ZREM', Q .. 'active', id)
+      incr(Q, 'active', -1)
+      if op == 'c' or op == 'C' then
+        redis.call('HSET', T, 's', 'completed', 'fin', nows, 'upd', nows)
+        if op == 'C' then redis.call('HSET', T, 'res', a1) end
+        redis.call('ZADD', Q .. 'done', s(now + tonumber(cur[3])), id)
+        redis.call('ZADD', Q .. 'seen', nows, id)
+        release_unique(Q, id, cur[4])
+        incr(Q, 'completed', 1)
+      elseif op == 'r' or op == 'R' then
+        redis.call('HSET', T, 's', 'retry', 'r', a1, 'upd', nows)
+        if op == 'R' then redis.call('HSET', T, 'le', a2) end
+        redis.call('ZADD', Q .. 'ready', a1, id)
+        redis.call('ZADD', Q .. 'delayed', a1, id)
+        incr(Q, 'retry', 1)
+        if tonumber(a1) <= now then ready = true end
+      elseif op == 'a' or op == 'A' then
+        redis.call('HSET', T, 's', 'archived', 'ar', a1, 'fin', nows, 'upd', nows)
+        if op == 'A' then redis.call('HSET', T, 'le', a2) end
+        redis.call('ZADD', Q .. 'archived', nows, id)
+        release_unique(Q, id, cur[4])
+        incr(Q, 'archived', 1)
+      else
+        local a = tonumber(cur[6]) - 1
+        if a < 0 then a = 0 end
+        redis.call('HSET', T, 's', 'pending', 'a', s(a), 'upd', nows)
+        redis.call('ZADD', Q .. 'ready', cur[5], id)
+        incr(Q, 'pending', 1)
+        ready = true
+      end
+      out[#out + 1] = 1
+    end
+  end
+  if ready then wake(Q) end
+  return out
+end
+
+-- ARGV: now, lease_ms, then id, token pairs. Returns 1/0 per lease.
+local function extend(keys, args)
+  local Q = keys[1]
+  local expires = s(tonumber(args[1]) + tonumber(args[2]))
+  local out = {}
+  local i = 3
+  while i <= #args do
+    local id, tok = args[i], args[i + 1]
+    i = i + 2
+    local T = Q .. 't:' .. id
+    local cur = redis.call('HMGET', T, 's', 'tok')
+    if cur[1] == 'active' and cur[2] == tok then
+      redis.call('HSET', T, 'lx', expires)
+      redis.call('ZADD', Q .. 'active', expires, id)
+      out[#out + 1] = 1
+    else
+      out[#out + 1] = 0
+    end
+  end
+  return out
+end
+
+-- ARGV: now, limit. Moves due scheduled/retry tasks to pending.
+-- Returns {moved, next_due or ''}.
+local function forward(keys, args)
+  local Q = keys[1]
+  local now = tonumber(args[1])
+  local nows = s(now)
+  local ids = redis.call('ZRANGEBYSCORE', Q .. 'delayed', '-inf', nows, 'LIMIT', 0, tonumber(args[2]))
+  local moved = 0
+  for _, id in ipairs(ids) do
+    local T = Q .. 't:' .. id
+    local st = redis.call('HGET', T, 's')
+    redis.call('ZREM', Q .. 'delayed', id)
+    if st == 'scheduled' or st == 'retry' then
+      redis.call('HSET', T, 's', 'pending', 'upd', nows)
+      incr(Q, st, -1)
+      incr(Q, 'pending', 1)
+      moved = moved + 1
+    end
+  end
+  if moved > 0 then wake(Q) end
+  local nxt = redis.call('ZRANGE', Q .. 'delayed', 0, 0, 'WITHSCORES')
+  local due = ''
+  if #nxt > 0 then due = nxt[2] end
+  return {moved, due}
+end
+
+-- ARGV: now, limit. Expired leases: retry (due now) or archive `exhausted`.
+-- Returns {retried, archived, scanned}.
+local function recover(keys, args)
+  local Q = keys[1]
+  local now = tonumber(args[1])
+  local nows = s(now)
+  local ids = redis.call('ZRANGEBYSCORE', Q .. 'active', '-inf', nows, 'LIMIT', 0, tonumber(args[2]))
+  local retried, archived = 0, 0
+  for _, id in ipairs(ids) do
+    local T = Q .. 't:' .. id
+    local cur = redis.call('HMGET', T, 's', 'a', 'mr', 'uk')
+    redis.call('ZREM', Q .. 'active', id)
+    if cur[1] == 'active' then
+      clear_lease(T)
+      incr(Q, 'active', -1)
+      if tonumber(cur[2]) > tonumber(cur[3]) then
+        redis.call('HSET', T, 's', 'archived', 'ar', 'exhausted', 'fin', nows, 'upd', nows)
+        redis.call('ZADD', Q .. 'archived', nows, id)
+        release_unique(Q, id, cur[4])
+        incr(Q, 'archived', 1)
+        archived = archived + 1
+      else
+        redis.call('HSET', T, 's', 'retry', 'r', nows, 'upd', nows)
+        redis.call('ZADD', Q .. 'ready', nows, id)
+        redis.call('ZADD', Q .. 'delayed', nows, id)
+        incr(Q, 'retry', 1)
+        retried = retried + 1
+      end
+    end
+  end
+  if retried > 0 then wake(Q) end
+  return {retried, archived, #ids}
+end
+
+-- ARGV: now, limit, replay_horizon_ms. Deletes completed tasks past their
+-- retention; forgets replay memory older than the horizon.
+-- Returns {purged, scanned, forgotten ids...} (forgotten ids only without G).
+local function purge(keys, args)
+  local Q, G = keys[1], keys[2]
+  local now, limit = tonumber(args[1]), tonumber(args[2])
+  local ids = redis.call('ZRANGEBYSCORE', Q .. 'done', '-inf', s(now), 'LIMIT', 0, limit)
+  local purged = 0
+  for _, id in ipairs(ids) do
+    local T = Q .. 't:' .. id
+    redis.call('ZREM', Q .. 'done', id)
+    if redis.call('HGET', T, 's') == 'completed' then
+      redis.call('DEL', T)
+      redis.call('ZREM', Q .. 'all', id)
+      incr(Q, 'completed', -1)
+      purged = purged + 1
+    end
+  end
+  local out = {purged, #ids}
+  local old = redis.call('ZRANGEBYSCORE', Q .. 'seen', '-inf', '(' .. s(now - tonumber(args[3])), 'LIMIT', 0, limit)
+  for _, id in ipairs(old) do
+    redis.call('ZREM', Q .. 'seen', id)
+    if redis.call('EXISTS', Q .. 't:' .. id) == 0 then
+      if G then
+        redis.call('HDEL', G .. 'ids', id)
+      else
+        out[#out + 1] = id
+      end
+    end
+  end
+  return out
+end
+
+local function remove_task(Q, id, st, uk)
+  for _, z in ipairs({'ready', 'delayed', 'active', 'done', 'archived', 'all'}) do
+    redis.call('ZREM', Q .. z, id)
+  end
+  release_unique(Q, id, uk)
+  incr(Q, st, -1)
+  redis.call('DEL', Q .. 't:' .. id)
+end
+
+-- ARGV: ids. Deletes tasks in any state. Returns {count, unindexed ids...}
+-- (ids only without G: those the global index should forget).
+local function delete(keys, args)
+  local Q, G = keys[1], keys[2]
+  local out = {0}
+  for _, id in ipairs(args) do
+    local cur = redis.call('HMGET', Q .. 't:' .. id, 's', 'uk')
+    if cur[1] then
+      remove_task(Q, id, cur[1], cur[2])
+      out[1] = out[1] + 1
+      if not redis.call('ZSCORE', Q .. 'seen', id) then
+        if G then redis.call('HDEL', G .. 'ids', id) else out[#out + 1] = id end
+      end
+    end
+  end
+  return out
+end
+
+-- ARGV: now, ids. Archived tasks back to pending with attempts 0.
+local function rerun(keys, args)
+  local Q = keys[1]
+  local nows = args[1]
+  local n = 0
+  for i = 2, #args do
+    local id = args[i]
+    local T = Q .. 't:' .. id
+    if redis.call('HGET', T, 's') == 'archived' then
+      redis.call('HSET', T, 's', 'pending', 'a', '0', 'r', nows, 'upd', nows)
+      redis.call('HDEL', T, 'ar', 'fin')
+      redis.call('ZREM', Q .. 'archived', id)
+      redis.call('ZADD', Q .. 'ready', nows, id)
+      incr(Q, 'archived', -1)
+      incr(Q, 'pending', 1)
+      n = n + 1
+    end
+  end
+  if n > 0 then wake(Q) end
+  return n
+end
+
+-- ARGV: queue, '1' to pause or '0' to resume.
+local function pause(keys, args)
+  local Q, G = keys[1], keys[2]
+  if args[2] == '1' then
+    redis.call('SET', Q .. 'paused', '1')
+    if G then
+      redis.call('SADD', G .. 'paused', args[1])
+      redis.call('SADD', G .. 'queues', args[1])
+    end
+  else
+    if redis.call('DEL', Q .. 'paused') > 0 then wake(Q) end
+    if G then redis.call('SREM', G .. 'paused', args[1]) end
+  end
+  return 1
+end
+
+-- Global registry (KEYS[1] = G). ARGV: op, then values.
+-- op 'index': queue, ids... -> per id 1 if claimed, 0 if already indexed.
+-- op 'unindex': ids...; op 'queue': queue, paused flag ('1', '0' or '').
+local function registry(keys, args)
+  local G = keys[1]
+  local op = args[1]
+  if op == 'index' then
+    local out = {}
+    for i = 3, #args do
+      out[#out + 1] = redis.call('HSETNX', G .. 'ids', args[i], args[2])
+    end
+    redis.call('SADD', G .. 'queues', args[2])
+    return out
+  elseif op == 'unindex' then
+    for i = 2, #args do redis.call('HDEL', G .. 'ids', args[i]) end
+    return #args - 1
+  elseif op == 'queue' then
+    redis.call('SADD', G .. 'queues', args[2])
+    if args[3] == '1' then redis.call('SADD', G .. 'paused', args[2]) end
+    if args[3] == '0' then redis.call('SREM', G .. 'paused', args[2]) end
+    return 1
+  end
+  return redis.error_reply('unknown registry op')
+end
+
+-- Read-only -------------------------------------------------------------
+
+-- KEYS[1] = G. ARGV: ids. Returns the queue of each id, or false.
+local function locate(keys, args)
+  if #args == 0 then return {} end
+  return redis.call('HMGET', keys[1] .. 'ids', unpack(args))
+end
+
+-- KEYS[1] = G. Returns {queues, paused}.
+local function queues(keys, args)
+  return {redis.call('SMEMBERS', keys[1] .. 'queues'), redis.call('SMEMBERS', keys[1] .. 'paused')}
+end
+
+-- KEYS[1] = Q. Returns {paused, counts hgetall}.
+local function stats(keys, args)
+  local Q = keys[1]
+  return {redis.call('EXISTS', Q .. 'paused'), redis.call('HGETALL', Q .. 'n')}
+end
+
+-- KEYS[1] = Q. ARGV: ids. Returns one hgetall (maybe empty) per id.
+local function get(keys, args)
+  local Q = keys[1]
+  local out = {}
+  for i, id in ipairs(args) do
+    out[i] = {id, redis.call('HGETALL', Q .. 't:' .. id)}
+  end
+  return out
+end
+
+-- KEYS[1] = Q. ARGV: after ('' for none), limit, state ('' any), subject ('' any).
+-- Returns up to limit {id, hgetall} in id order.
+local function list(keys, args)
+  local Q = keys[1]
+  local after, limit, state, sub = args[1], tonumber(args[2]), args[3], args[4]
+  local lo = '-'
+  if after ~= '' then lo = '(' .. after end
+  local out = {}
+  while #out < limit do
+    local ids = redis.call('ZRANGEBYLEX', Q .. 'all', lo, '+', 'LIMIT', 0, 256)
+    if #ids == 0 then break end
+    for _, id in ipairs(ids) do
+      local T = Q .. 't:' .. id
+      local ok = true
+      if state ~= '' and redis.call('HGET', T, 's') ~= state then ok = false end
+      if ok and sub ~= '' and redis.call('HGET', T, 'sub') ~= sub then ok = false end
+      if ok then
+        local h = redis.call('HGETALL', T)
+        if #h > 0 then out[#out + 1] = {id, h} end
+        if #out >= limit then break end
+      end
+    end
+    lo = '(' .. ids[#ids]
+  end
+  return out
+end
+
+local ro = {'no-writes'}
+redis.register_function{function_name = 'sealq_version', callback = version, flags = ro}
+redis.register_function{function_name = 'sealq_enqueue', callback = enqueue, flags = {}}
+redis.register_function{function_name = 'sealq_dequeue', callback = dequeue, flags = {}}
+redis.register_function{function_name = 'sealq_ack', callback = ack, flags = {}}
+redis.register_function{function_name = 'sealq_extend', callback = extend, flags = {}}
+redis.register_function{function_name = 'sealq_forward', callback = forward, flags = {}}
+redis.register_function{function_name = 'sealq_recover', callback = recover, flags = {}}
+redis.register_function{function_name = 'sealq_purge', callback = purge, flags = {}}
+redis.register_function{function_name = 'sealq_delete', callback = delete, flags = {}}
+redis.register_function{function_name = 'sealq_rerun', callback = rerun, flags = {}}
+redis.register_function{function_name = 'sealq_pause', callback = pause, flags = {}}
+redis.register_function{function_name = 'sealq_registry', callback = registry, flags = {}}
+redis.register_function{function_name = 'sealq_locate', callback = locate, flags = ro}
+redis.register_function{function_name = 'sealq_queues', callback = queues, flags = ro}
+redis.register_function{function_name = 'sealq_stats', callback = stats, flags = ro}
+redis.register_function{function_name = 'sealq_get', callback = get, flags = ro}
+redis.register_function{function_name = 'sealq_list', callback = list, flags = ro}

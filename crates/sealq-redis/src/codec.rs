@@ -1,0 +1,154 @@
+//! How sealq values are stored in Redis and read back from function replies.
+//!
+//! Ids are 32 lowercase hex digits (the UUID without dashes, so lexical order
+//! is id order), states and archive reasons their snake_case names, times
+//! decimal Unix ms, [`TaskMeta`] named MessagePack, lease tokens 16 hex digits.
+
+use redis::Value;
+use sealq::broker::TaskRecord;
+use sealq::{ArchiveReason, SubjectTag, TaskId, TaskMeta, TaskState};
+
+/// A task id as stored.
+pub(crate) fn id_str(id: &TaskId) -> String {
+    id.0.simple().to_string()
+}
+
+/// Parse a stored id.
+pub(crate) fn parse_id(s: &[u8]) -> Option<TaskId> {
+    uuid::Uuid::try_parse_ascii(s).ok().map(TaskId)
+}
+
+/// A lease token as stored.
+pub(crate) fn token_str(token: u64) -> String {
+    format!("{token:016x}")
+}
+
+/// Parse a stored lease token.
+pub(crate) fn parse_token(s: &[u8]) -> Option<u64> {
+    u64::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok()
+}
+
+/// The elements of an array reply.
+pub(crate) fn array(v: Value) -> Result<Vec<Value>, String> {
+    match v {
+        Value::Array(a) | Value::Set(a) => Ok(a),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(format!("expected an array, got {}", kind(&other))),
+    }
+}
+
+/// The bytes of a string reply (`None` for nil/false).
+pub(crate) fn opt_bytes(v: Value) -> Result<Option<Vec<u8>>, String> {
+    match v {
+        Value::BulkString(b) => Ok(Some(b)),
+        Value::SimpleString(s) => Ok(Some(s.into_bytes())),
+        Value::Int(i) => Ok(Some(i.to_string().into_bytes())),
+        Value::Nil => Ok(None),
+        other => Err(format!("expected a string, got {}", kind(&other))),
+    }
+}
+
+/// The bytes of a string reply.
+pub(crate) fn bytes(v: Value) -> Result<Vec<u8>, String> {
+    opt_bytes(v)?.ok_or_else(|| "expected a string, got nil".to_owned())
+}
+
+/// An integer reply (or a decimal string).
+pub(crate) fn int(v: &Value) -> Result<i64, String> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        Value::BulkString(b) => parse_i64(b).ok_or_else(|| "expected an integer".to_owned()),
+        Value::SimpleString(s) => s.parse().map_err(|_| "expected an integer".to_owned()),
+        other => Err(format!("expected an integer, got {}", kind(other))),
+    }
+}
+
+fn parse_i64(b: &[u8]) -> Option<i64> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Nil => "nil",
+        Value::Int(_) => "integer",
+        Value::BulkString(_) => "string",
+        Value::Array(_) => "array",
+        Value::SimpleString(_) => "status",
+        _ => "another type",
+    }
+}
+
+/// Build a record from a task hash (`HGETALL` field/value pairs).
+pub(crate) fn record(id: TaskId, fields: Vec<Value>) -> Result<TaskRecord, String> {
+    let mut queue = None;
+    let mut kind_ = None;
+    let mut envelope = None;
+    let mut meta = None;
+    let mut state = None;
+    let mut attempts = 0i64;
+    let mut run_at = None;
+    let mut last_error = None;
+    let mut result = None;
+    let mut reason = None;
+    let mut lease = None;
+    let mut finished = None;
+    let mut updated = None;
+    let mut it = fields.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        let k = bytes(k)?;
+        let v = bytes(v)?;
+        let num = || {
+            parse_i64(&v)
+                .ok_or_else(|| format!("field `{}` is not a number", String::from_utf8_lossy(&k)))
+        };
+        match k.as_slice() {
+            b"q" => queue = Some(String::from_utf8(v).map_err(|_| "queue is not UTF-8")?),
+            b"k" => kind_ = Some(String::from_utf8(v).map_err(|_| "kind is not UTF-8")?),
+            b"e" => envelope = Some(v),
+            b"m" => {
+                meta = Some(
+                    rmp_serde::from_slice::<TaskMeta>(&v)
+                        .map_err(|e| format!("task meta does not decode: {e}"))?,
+                )
+            }
+            b"s" => {
+                let s = std::str::from_utf8(&v).map_err(|_| "state is not UTF-8")?;
+                state = Some(
+                    s.parse::<TaskState>()
+                        .map_err(|_| format!("unknown state `{s}`"))?,
+                );
+            }
+            b"a" => attempts = num()?,
+            b"r" => run_at = Some(num()?),
+            b"le" => last_error = Some(v),
+            b"res" => result = Some(v),
+            b"ar" => reason = Some(ArchiveReason::parse(&String::from_utf8_lossy(&v))),
+            b"lx" => lease = Some(num()?),
+            b"fin" => finished = Some(num()?),
+            b"upd" => updated = Some(num()?),
+            _ => {}
+        }
+    }
+    let missing = |f: &str| format!("task {id} has no `{f}` field");
+    Ok(TaskRecord {
+        id,
+        queue: queue.ok_or_else(|| missing("q"))?,
+        kind: kind_.ok_or_else(|| missing("k"))?,
+        envelope: envelope.ok_or_else(|| missing("e"))?,
+        meta: meta.ok_or_else(|| missing("m"))?,
+        state: state.ok_or_else(|| missing("s"))?,
+        attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
+        run_at_ms: run_at.ok_or_else(|| missing("r"))?,
+        last_error,
+        result,
+        archive_reason: reason,
+        lease_expires_at_ms: lease,
+        finished_at_ms: finished,
+        updated_at_ms: updated.ok_or_else(|| missing("upd"))?,
+    })
+}
+
+/// A subject tag as stored (hex).
+pub(crate) fn subject_str(s: &SubjectTag) -> String {
+    s.to_hex()
+}

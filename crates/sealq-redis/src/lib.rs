@@ -1,0 +1,1230 @@
+//! # sealq-redis: the Redis broker
+//!
+//! A [`Broker`] on Redis ≥ 7 (standalone, Sentinel or Cluster) whose every
+//! state change is a Redis Function of one library (`lua/sealq.lua`, named
+//! `sealq`), so runtime users need neither `EVAL` nor `SCRIPT` nor
+//! `FUNCTION LOAD`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sealq::BrokerError> {
+//! use sealq_redis::RedisBroker;
+//! // Once, as an admin user: load the functions library.
+//! RedisBroker::connect_unchecked("redis://admin:pw@127.0.0.1:6379", Default::default())
+//!     .await?
+//!     .install()
+//!     .await?;
+//! // Producers and workers: refuses to start if the library is missing or another version.
+//! let broker = RedisBroker::connect("redis://worker:pw@127.0.0.1:6379").await?;
+//! # let _ = broker; Ok(()) }
+//! ```
+//!
+//! ## How it works
+//!
+//! - **Keys.** `PREFIX:{queue}:…` (default prefix `sealq`): the braces are a
+//!   Cluster hash tag, so every key of a queue lives in one slot and every
+//!   function call touches one slot. The global index (id → queue), queue
+//!   registry and paused registry live under `PREFIX:{~}:g:`. On a standalone
+//!   or Sentinel-managed server the per-queue functions update them in the
+//!   same call; on a Cluster the broker updates them with separate calls.
+//!   `docs/redis.md` lists every key.
+//! - **Round trips.** Enqueue: one `FCALL` per queue in one pipeline.
+//!   Dequeue: one `FCALL` for all requested queues (one per queue on a
+//!   Cluster). Ack: one `FCALL` per queue, pipelined. Lease extension: one per
+//!   queue. Forwarding, recovery and purging: one `FCALL` per queue with a
+//!   batch limit, pipelined, atomic per queue, so workers sharing them never
+//!   do the same work twice.
+//! - **Wake-ups, not polling.** Enqueue, retry-due, requeue, forward and
+//!   resume push a token onto `PREFIX:{queue}:wake` (capped at one element);
+//!   idle workers block on it with `BLPOP` on a dedicated connection. A
+//!   worker that leaves ready work behind passes the token on.
+//! - **Time** comes from the broker's [`sealq::Clock`]: every call passes
+//!   `now` in milliseconds, Redis' own clock is never used.
+//! - **Connections.** One multiplexed connection (`ConnectionManager`,
+//!   reconnecting by itself), cloned per call; blocking pops use their own
+//!   connections. Sentinel: after a connection failure or `READONLY` the
+//!   broker asks the Sentinels for the master again.
+//!
+//! ## Semantics worth knowing
+//!
+//! - Unique keys are per queue (`PREFIX:{queue}:u:KEY`).
+//! - Lease tokens are random per dequeue call; an ack or extension with the
+//!   current token is accepted even past the lease's expiry until recovery
+//!   takes the task back (as the embedded broker does).
+//! - Completed ids are remembered for [`RedisOptions::replay_horizon`].
+//! - A task hash that does not decode (edited or injected by someone with
+//!   write access) is archived with reason `integrity` at dequeue and never
+//!   handed out.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod codec;
+mod conn;
+mod error;
+mod functions;
+mod url;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::{Cmd, Value};
+use sealq::broker::{
+    Ack, AckResult, Broker, BrokerResult, DequeueRequest, EnqueueResult, Forwarded, Lease,
+    LeasedTask, ListQuery, NewTask, Outcome, QueueStats, Recovered, TaskRecord,
+};
+use sealq::clock::{SharedClock, system_clock};
+use sealq::{ArchiveReason, BrokerError, BrokerErrorKind, TaskId};
+
+pub use crate::conn::TlsFiles;
+pub use crate::functions::{LIBRARY_NAME, LIBRARY_VERSION, library_source};
+pub use crate::url::redact;
+
+use crate::codec::{array, bytes, id_str, int, opt_bytes, parse_id, parse_token, token_str};
+use crate::conn::{Blocking, Conn};
+
+/// Options of a [`RedisBroker`].
+#[derive(Clone)]
+pub struct RedisOptions {
+    /// Key prefix (default `sealq`). Several independent sealq deployments
+    /// may share one Redis with different prefixes. No `{`, `}` or `:`.
+    pub prefix: String,
+    /// The broker's clock (default: the system clock).
+    pub clock: SharedClock,
+    /// Custom CA and client certificate for `rediss://` (the URL's `ca`,
+    /// `cert` and `key` parameters fill these from files).
+    pub tls: TlsFiles,
+    /// How long one call may take before it fails as unavailable (default 30 s).
+    pub response_timeout: Duration,
+    /// How long completed ids are remembered to refuse replays (default 7 days).
+    pub replay_horizon: Duration,
+    /// Tasks moved per queue per function call by forwarding, recovery and purging (default 1000).
+    pub maintenance_batch: usize,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            prefix: "sealq".into(),
+            clock: system_clock(),
+            tls: TlsFiles::default(),
+            response_timeout: Duration::from_secs(30),
+            replay_horizon: Duration::from_secs(7 * 24 * 3600),
+            maintenance_batch: 1000,
+        }
+    }
+}
+
+impl RedisOptions {
+    /// Defaults with the given clock.
+    pub fn with_clock(clock: SharedClock) -> Self {
+        Self {
+            clock,
+            ..Self::default()
+        }
+    }
+
+    /// Set the key prefix.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("prefix", &self.prefix)
+            .field("tls", &self.tls)
+            .field("response_timeout", &self.response_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Redis broker. Cheap to clone (an `Arc`).
+#[derive(Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Conn,
+    target: String,
+    prefix: String,
+    gbase: String,
+    clock: SharedClock,
+    opts: RedisOptions,
+    /// Queue of each lease this process holds (ack and extend route by it).
+    leases: Mutex<HashMap<TaskId, Arc<str>>>,
+    /// Idle connections for blocking pops.
+    blocking: Mutex<Vec<Blocking>>,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("target", &self.inner.target)
+            .field("prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One queue's share of a batch: queue name and indexes into the batch.
+type Groups = Vec<(Arc<str>, Vec<usize>)>;
+
+fn group_by<'a>(queues: impl Iterator<Item = Option<&'a str>>) -> (Groups, Vec<usize>) {
+    let mut groups: Groups = Vec::new();
+    let mut index: HashMap<&'a str, usize> = HashMap::new();
+    let mut orphans = Vec::new();
+    for (i, q) in queues.enumerate() {
+        match q {
+            Some(q) => {
+                let g = *index.entry(q).or_insert_with(|| {
+                    groups.push((Arc::from(q), Vec::new()));
+                    groups.len() - 1
+                });
+                groups[g].1.push(i);
+            }
+            None => orphans.push(i),
+        }
+    }
+    (groups, orphans)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn fcall(name: &str) -> Cmd {
+    let mut c = redis::cmd("FCALL");
+    c.arg(name);
+    c
+}
+
+fn validate_prefix(prefix: &str) -> Result<(), BrokerError> {
+    if prefix.is_empty() || prefix.contains(['{', '}', ':']) {
+        return Err(BrokerError::new(
+            BrokerErrorKind::Config,
+            format!(
+                "invalid Redis key prefix `{prefix}`: it must be non-empty and contain no `{{`, `}}` or `:`"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_queue(queue: &str) -> Result<(), BrokerError> {
+    if queue.is_empty() || queue.contains(['{', '}']) {
+        return Err(BrokerError::new(
+            BrokerErrorKind::Config,
+            format!(
+                "queue name `{queue}` cannot be used with Redis: it must be non-empty and contain \
+                 no `{{` or `}}` (they delimit the Cluster hash tag)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn read_pem(path: &str, what: &str) -> Result<Vec<u8>, BrokerError> {
+    std::fs::read(path).map_err(|e| {
+        BrokerError::new(
+            BrokerErrorKind::Config,
+            format!("cannot read the TLS {what} `{path}` named in the broker URL: {e}"),
+        )
+    })
+}
+
+impl RedisBroker {
+    /// Connect with default options and check the functions library version.
+    pub async fn connect(url: &str) -> Result<Self, BrokerError> {
+        Self::connect_with(url, RedisOptions::default()).await
+    }
+
+    /// Connect with `options` (URL parameters override them) and check that
+    /// the loaded functions library is [`LIBRARY_VERSION`]; a missing or
+    /// different library is a [`BrokerErrorKind::Config`] error telling to
+    /// run `sealq redis install`.
+    pub async fn connect_with(url: &str, options: RedisOptions) -> Result<Self, BrokerError> {
+        let b = Self::connect_unchecked(url, options).await?;
+        b.check_library().await?;
+        Ok(b)
+    }
+
+    /// Connect without checking the functions library (for [`Self::install`]).
+    pub async fn connect_unchecked(
+        url: &str,
+        mut options: RedisOptions,
+    ) -> Result<Self, BrokerError> {
+        let parsed = url::parse(url)?;
+        if let Some(p) = &parsed.prefix {
+            options.prefix = p.clone();
+        }
+        validate_prefix(&options.prefix)?;
+        if let Some(ca) = &parsed.ca {
+            options.tls.ca_pem = Some(read_pem(ca, "CA certificate")?);
+        }
+        if let (Some(c), Some(k)) = (&parsed.cert, &parsed.key) {
+            options.tls.client_cert_key_pem = Some((
+                read_pem(c, "client certificate")?,
+                read_pem(k, "client key")?,
+            ));
+        }
+        let conn = Conn::open(&parsed, &options.tls, options.response_timeout).await?;
+        let target = parsed.redacted.clone();
+        // Prove the connection works (and the credentials) before returning.
+        let pong: Result<String, _> = conn.query(&redis::cmd("PING")).await;
+        if let Err(e) = pong {
+            // A user without PING may still be fine; only connection and auth failures stop us.
+            let mapped = error::map(&target, "connecting", e);
+            if mapped.kind != BrokerErrorKind::PermissionDenied
+                || mapped.message.contains("credentials")
+            {
+                return Err(mapped);
+            }
+        }
+        tracing::debug!(target = %target, prefix = %options.prefix, "connected to Redis");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                conn,
+                gbase: format!("{}:{{~}}:g:", options.prefix),
+                prefix: options.prefix.clone(),
+                target,
+                clock: options.clock.clone(),
+                opts: options,
+                leases: Mutex::new(HashMap::new()),
+                blocking: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Load (or upgrade) the functions library: `FUNCTION LOAD REPLACE`, on
+    /// every master of a Cluster. Needs an admin user. Returns the version.
+    pub async fn install(&self) -> Result<String, BrokerError> {
+        let mut cmd = redis::cmd("FUNCTION");
+        cmd.arg("LOAD").arg("REPLACE").arg(library_source());
+        let _: Value = self
+            .inner
+            .conn
+            .query(&cmd)
+            .await
+            .map_err(|e| self.err("loading the functions library", e))?;
+        self.check_library().await?;
+        Ok(LIBRARY_VERSION.to_owned())
+    }
+
+    /// Check that the loaded functions library is the version this build needs.
+    pub async fn check_library(&self) -> Result<(), BrokerError> {
+        let mut cmd = fcall("sealq_version");
+        cmd.arg(1).arg(&self.inner.gbase);
+        let v: String = self
+            .inner
+            .conn
+            .query(&cmd)
+            .await
+            .map_err(|e| self.err("checking the sealq functions library version", e))?;
+        if v != LIBRARY_VERSION {
+            return Err(BrokerError::new(
+                BrokerErrorKind::Config,
+                format!(
+                    "Redis at {} has sealq functions library version {v}, this sealq needs version \
+                     {LIBRARY_VERSION}: run `sealq redis install --broker URL` (as an admin user) \
+                     with this sealq's version",
+                    self.inner.target
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The key prefix in use.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    fn err(&self, what: &str, e: redis::RedisError) -> BrokerError {
+        error::map(&self.inner.target, what, e)
+    }
+
+    fn bad(&self, what: &str, detail: impl std::fmt::Display) -> BrokerError {
+        error::corrupt(&self.inner.target, what, detail)
+    }
+
+    fn qbase(&self, queue: &str) -> String {
+        format!("{}:{{{queue}}}:", self.inner.prefix)
+    }
+
+    fn now(&self) -> i64 {
+        self.inner.clock.now_ms()
+    }
+
+    fn single(&self) -> bool {
+        self.inner.conn.single_node()
+    }
+
+    /// `FCALL name` on one queue, with the global base as a second key on single nodes.
+    fn qcall(&self, name: &str, queue: &str, global: bool) -> Cmd {
+        let mut c = fcall(name);
+        if global && self.single() {
+            c.arg(2).arg(self.qbase(queue)).arg(&self.inner.gbase);
+        } else {
+            c.arg(1).arg(self.qbase(queue));
+        }
+        c
+    }
+
+    /// Run one command per queue: a pipeline on a single node, concurrent calls on a Cluster.
+    async fn run_all(&self, what: &str, cmds: Vec<Cmd>) -> BrokerResult<Vec<Value>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.single() {
+            let mut p = redis::pipe();
+            for c in cmds {
+                p.add_command(c);
+            }
+            self.inner
+                .conn
+                .pipe::<Vec<Value>>(&p)
+                .await
+                .map_err(|e| self.err(what, e))
+        } else {
+            let futs = cmds.iter().map(|c| self.inner.conn.query::<Value>(c));
+            futures::future::try_join_all(futs)
+                .await
+                .map_err(|e| self.err(what, e))
+        }
+    }
+
+    async fn registry(&self, args: &[&[u8]]) -> BrokerResult<Value> {
+        let mut c = fcall("sealq_registry");
+        c.arg(1).arg(&self.inner.gbase);
+        for a in args {
+            c.arg(*a);
+        }
+        self.inner
+            .conn
+            .query(&c)
+            .await
+            .map_err(|e| self.err("updating the queue registry", e))
+    }
+
+    /// Every known queue and the paused ones.
+    async fn queues(&self) -> BrokerResult<(Vec<String>, Vec<String>)> {
+        let mut c = fcall("sealq_queues");
+        c.arg(1).arg(&self.inner.gbase);
+        let v: Value = self
+            .inner
+            .conn
+            .query(&c)
+            .await
+            .map_err(|e| self.err("listing queues", e))?;
+        let what = "listing queues";
+        let mut parts = array(v).map_err(|e| self.bad(what, e))?.into_iter();
+        let names = |v: Option<Value>| -> BrokerResult<Vec<String>> {
+            let mut out = Vec::new();
+            for x in array(v.unwrap_or(Value::Nil)).map_err(|e| self.bad(what, e))? {
+                out.push(
+                    String::from_utf8_lossy(&bytes(x).map_err(|e| self.bad(what, e))?).into_owned(),
+                );
+            }
+            out.sort();
+            Ok(out)
+        };
+        let all = names(parts.next())?;
+        let paused = names(parts.next())?;
+        Ok((all, paused))
+    }
+
+    /// The queue of each id (from the lease cache, else the global index).
+    async fn locate(&self, ids: &[TaskId], take: bool) -> BrokerResult<Vec<Option<Arc<str>>>> {
+        let mut out: Vec<Option<Arc<str>>> = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        {
+            let mut cache = self.inner.leases.lock().expect("lease cache");
+            for (i, id) in ids.iter().enumerate() {
+                let q = if take {
+                    cache.remove(id)
+                } else {
+                    cache.get(id).cloned()
+                };
+                if q.is_none() {
+                    missing.push(i);
+                }
+                out.push(q);
+            }
+        }
+        if !missing.is_empty() {
+            let mut c = fcall("sealq_locate");
+            c.arg(1).arg(&self.inner.gbase);
+            for &i in &missing {
+                c.arg(id_str(&ids[i]));
+            }
+            let v: Value = self
+                .inner
+                .conn
+                .query(&c)
+                .await
+                .map_err(|e| self.err("locating tasks", e))?;
+            let what = "locating tasks";
+            for (&i, q) in missing.iter().zip(array(v).map_err(|e| self.bad(what, e))?) {
+                out[i] = opt_bytes(q)
+                    .map_err(|e| self.bad(what, e))?
+                    .map(|b| Arc::from(String::from_utf8_lossy(&b).as_ref()));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn enqueue_cluster_claim(&self, queue: &str, ids: &[String]) -> BrokerResult<Vec<bool>> {
+        let mut args: Vec<&[u8]> = vec![b"index", queue.as_bytes()];
+        args.extend(ids.iter().map(|s| s.as_bytes()));
+        let v = self.registry(&args).await?;
+        let what = "claiming task ids";
+        array(v)
+            .map_err(|e| self.bad(what, e))?
+            .iter()
+            .map(|x| int(x).map(|n| n == 1).map_err(|e| self.bad(what, e)))
+            .collect()
+    }
+
+    async fn unindex(&self, ids: Vec<String>) -> BrokerResult<()> {
+        if ids.is_empty() || self.single() {
+            return Ok(());
+        }
+        let mut args: Vec<&[u8]> = vec![b"unindex"];
+        args.extend(ids.iter().map(|s| s.as_bytes()));
+        self.registry(&args).await.map(|_| ())
+    }
+
+    fn parse_leased(
+        &self,
+        item: Value,
+        queues: &[String],
+    ) -> Result<(LeasedTask, usize), (String, String, usize, String)> {
+        let parts = array(item).map_err(|e| (String::new(), String::new(), 0, e))?;
+        let mut it = parts.into_iter();
+        let id_b = it
+            .next()
+            .map(bytes)
+            .transpose()
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let tok_b = it
+            .next()
+            .map(bytes)
+            .transpose()
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let replayed = it.next().map(|v| int(&v).unwrap_or(0)).unwrap_or(0) == 1;
+        let fields = it
+            .next()
+            .map(array)
+            .transpose()
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let qi = it.next().map(|v| int(&v).unwrap_or(1)).unwrap_or(1);
+        let qi = usize::try_from(qi - 1)
+            .unwrap_or(0)
+            .min(queues.len().saturating_sub(1));
+        let id_s = String::from_utf8_lossy(&id_b).into_owned();
+        let tok_s = String::from_utf8_lossy(&tok_b).into_owned();
+        let fail = |e: String| (id_s.clone(), tok_s.clone(), qi, e);
+        let id = parse_id(&id_b).ok_or_else(|| fail("bad id".into()))?;
+        let token = parse_token(&tok_b).ok_or_else(|| fail("bad token".into()))?;
+        let record = codec::record(id, fields).map_err(fail)?;
+        let expires = record.lease_expires_at_ms.unwrap_or_default();
+        Ok((
+            LeasedTask {
+                lease: Lease {
+                    task_id: id,
+                    token,
+                    expires_at_ms: expires,
+                },
+                record,
+                replayed,
+            },
+            qi,
+        ))
+    }
+
+    async fn dequeue_from(
+        &self,
+        queues: &[String],
+        max: usize,
+        req: &DequeueRequest,
+        now: i64,
+    ) -> BrokerResult<Vec<LeasedTask>> {
+        let what = "dequeueing tasks";
+        let base: u64 = rand::random::<u64>() >> 16;
+        let mut c = fcall("sealq_dequeue");
+        c.arg(queues.len());
+        for q in queues {
+            c.arg(self.qbase(q));
+        }
+        c.arg(now)
+            .arg(max)
+            .arg(ms(req.lease))
+            .arg(&req.worker)
+            .arg(format!("{base:012x}"));
+        let v: Value = self
+            .inner
+            .conn
+            .query(&c)
+            .await
+            .map_err(|e| self.err(what, e))?;
+        let items = array(v).map_err(|e| self.bad(what, e))?;
+        let mut out = Vec::with_capacity(items.len());
+        let mut broken = Vec::new();
+        {
+            let mut cache = self.inner.leases.lock().expect("lease cache");
+            for item in items {
+                match self.parse_leased(item, queues) {
+                    Ok((t, qi)) => {
+                        cache.insert(t.record.id, Arc::from(queues[qi].as_str()));
+                        out.push(t);
+                    }
+                    Err(b) => broken.push(b),
+                }
+            }
+        }
+        // Edited or injected task hashes never reach a handler: archive them.
+        for (id, tok, qi, why) in broken {
+            tracing::warn!(task = %id, queue = %queues[qi], reason = %why, "sealq: archiving a task whose stored fields do not decode (integrity)");
+            metrics::counter!("sealq_redis_integrity_archived_total").increment(1);
+            let mut c = fcall("sealq_ack");
+            c.arg(1)
+                .arg(self.qbase(&queues[qi]))
+                .arg(now)
+                .arg(id)
+                .arg(tok)
+                .arg("A")
+                .arg(ArchiveReason::Integrity.as_str())
+                .arg(format!("stored task fields do not decode: {why}"));
+            let _: Value = self
+                .inner
+                .conn
+                .query(&c)
+                .await
+                .map_err(|e| self.err("archiving a corrupt task", e))?;
+        }
+        Ok(out)
+    }
+
+    async fn take_blocking(&self) -> BrokerResult<Blocking> {
+        if let Some(c) = self.inner.blocking.lock().expect("blocking pool").pop() {
+            return Ok(c);
+        }
+        self.inner
+            .conn
+            .blocking()
+            .await
+            .map_err(|e| self.err("opening a connection for wake-ups", e))
+    }
+}
+
+fn ack_args(c: &mut Cmd, a: &Ack) {
+    c.arg(id_str(&a.lease.task_id))
+        .arg(token_str(a.lease.token));
+    match &a.outcome {
+        Outcome::Complete { result: None } => c.arg("c").arg("").arg(""),
+        Outcome::Complete { result: Some(r) } => c.arg("C").arg(r.as_slice()).arg(""),
+        Outcome::Retry { at_ms, error: None } => c.arg("r").arg(*at_ms).arg(""),
+        Outcome::Retry {
+            at_ms,
+            error: Some(e),
+        } => c.arg("R").arg(*at_ms).arg(e.as_slice()),
+        Outcome::Archive {
+            reason,
+            error: None,
+        } => c.arg("a").arg(reason.as_str()).arg(""),
+        Outcome::Archive {
+            reason,
+            error: Some(e),
+        } => c.arg("A").arg(reason.as_str()).arg(e.as_slice()),
+        Outcome::Requeue => c.arg("q").arg("").arg(""),
+    };
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn enqueue(&self, tasks: Vec<NewTask>) -> BrokerResult<Vec<EnqueueResult>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        for t in &tasks {
+            validate_queue(&t.queue)?;
+        }
+        let what = "enqueueing tasks";
+        let now = self.now();
+        let (groups, _) = group_by(tasks.iter().map(|t| Some(t.queue.as_str())));
+        let mut results = vec![EnqueueResult::IdExists; tasks.len()];
+        let ids: Vec<String> = tasks.iter().map(|t| id_str(&t.id)).collect();
+        let mut plan: Vec<(Arc<str>, Vec<usize>)> = Vec::with_capacity(groups.len());
+        if self.single() {
+            plan = groups;
+        } else {
+            // Cluster: claim the ids in the global index first (cross-queue IdExists).
+            for (q, idx) in groups {
+                let gids: Vec<String> = idx.iter().map(|&i| ids[i].clone()).collect();
+                let claimed = self.enqueue_cluster_claim(&q, &gids).await?;
+                let keep: Vec<usize> = idx
+                    .iter()
+                    .zip(claimed)
+                    .filter_map(|(&i, ok)| ok.then_some(i))
+                    .collect();
+                if !keep.is_empty() {
+                    plan.push((q, keep));
+                }
+            }
+        }
+        let mut cmds = Vec::with_capacity(plan.len());
+        for (q, idx) in &plan {
+            let mut c = self.qcall("sealq_enqueue", q, true);
+            c.arg(now).arg(q.as_ref());
+            for &i in idx {
+                let t = &tasks[i];
+                let meta = rmp_serde::to_vec_named(&t.meta).map_err(|e| {
+                    BrokerError::new(
+                        BrokerErrorKind::Other,
+                        format!("cannot encode the metadata of task {}: {e}", t.id),
+                    )
+                })?;
+                let (uk, uttl) = match &t.unique {
+                    Some((k, ttl)) => (k.as_str(), i64::try_from(*ttl).unwrap_or(i64::MAX / 4)),
+                    None => ("", 0),
+                };
+                c.arg(&ids[i])
+                    .arg(&t.kind)
+                    .arg(t.envelope.as_slice())
+                    .arg(meta)
+                    .arg(t.run_at_ms)
+                    .arg(t.meta.max_retries)
+                    .arg(t.meta.retention_ms)
+                    .arg(
+                        t.meta
+                            .subject_tag
+                            .as_ref()
+                            .map(codec::subject_str)
+                            .unwrap_or_default(),
+                    )
+                    .arg(uk)
+                    .arg(uttl);
+            }
+            cmds.push(c);
+        }
+        let replies = self.run_all(what, cmds).await?;
+        let mut release = Vec::new();
+        for ((_, idx), reply) in plan.iter().zip(replies) {
+            let items = array(reply).map_err(|e| self.bad(what, e))?;
+            if items.len() != idx.len() {
+                return Err(self.bad(what, "one result per task expected"));
+            }
+            for (&i, item) in idx.iter().zip(items) {
+                let b = bytes(item).map_err(|e| self.bad(what, e))?;
+                results[i] = match b.as_slice() {
+                    b"ok" => EnqueueResult::Enqueued,
+                    b"exists" => {
+                        release.push(ids[i].clone());
+                        EnqueueResult::IdExists
+                    }
+                    holder => {
+                        release.push(ids[i].clone());
+                        EnqueueResult::Duplicate {
+                            existing: parse_id(holder)
+                                .ok_or_else(|| self.bad(what, "unique key holder is not an id"))?,
+                        }
+                    }
+                };
+            }
+        }
+        self.unindex(release).await?;
+        Ok(results)
+    }
+
+    async fn dequeue(&self, req: &DequeueRequest) -> BrokerResult<Vec<LeasedTask>> {
+        if req.max == 0 || req.queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        for q in &req.queues {
+            validate_queue(q)?;
+        }
+        let now = self.now();
+        let max = req.max.min(65_535);
+        if self.single() {
+            return self.dequeue_from(&req.queues, max, req, now).await;
+        }
+        let mut out = Vec::new();
+        for q in &req.queues {
+            if out.len() >= max {
+                break;
+            }
+            let got = self
+                .dequeue_from(std::slice::from_ref(q), max - out.len(), req, now)
+                .await?;
+            out.extend(got);
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, acks: Vec<Ack>) -> BrokerResult<Vec<AckResult>> {
+        if acks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let what = "acknowledging tasks";
+        let now = self.now();
+        let ids: Vec<TaskId> = acks.iter().map(|a| a.lease.task_id).collect();
+        let queues = self.locate(&ids, true).await?;
+        let (groups, _) = group_by(queues.iter().map(|q| q.as_deref()));
+        let mut results = vec![AckResult::LeaseLost; acks.len()];
+        let mut cmds = Vec::with_capacity(groups.len());
+        for (q, idx) in &groups {
+            let mut c = self.qcall("sealq_ack", q, false);
+            c.arg(now);
+            for &i in idx {
+                ack_args(&mut c, &acks[i]);
+            }
+            cmds.push(c);
+        }
+        let replies = self.run_all(what, cmds).await?;
+        for ((_, idx), reply) in groups.iter().zip(replies) {
+            let items = array(reply).map_err(|e| self.bad(what, e))?;
+            for (&i, item) in idx.iter().zip(items.iter()) {
+                if int(item).map_err(|e| self.bad(what, e))? == 1 {
+                    results[i] = AckResult::Applied;
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    async fn extend_leases(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Vec<bool>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let what = "extending leases";
+        let now = self.now();
+        let ids: Vec<TaskId> = leases.iter().map(|l| l.task_id).collect();
+        let queues = self.locate(&ids, false).await?;
+        let (groups, _) = group_by(queues.iter().map(|q| q.as_deref()));
+        let mut out = vec![false; leases.len()];
+        let mut cmds = Vec::with_capacity(groups.len());
+        for (q, idx) in &groups {
+            let mut c = self.qcall("sealq_extend", q, false);
+            c.arg(now).arg(ms(lease));
+            for &i in idx {
+                c.arg(id_str(&leases[i].task_id))
+                    .arg(token_str(leases[i].token));
+            }
+            cmds.push(c);
+        }
+        let replies = self.run_all(what, cmds).await?;
+        for ((_, idx), reply) in groups.iter().zip(replies) {
+            let items = array(reply).map_err(|e| self.bad(what, e))?;
+            for (&i, item) in idx.iter().zip(items.iter()) {
+                out[i] = int(item).map_err(|e| self.bad(what, e))? == 1;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn forward_due(&self) -> BrokerResult<Forwarded> {
+        let what = "forwarding due tasks";
+        let now = self.now();
+        let limit = self.inner.opts.maintenance_batch.max(1);
+        let (mut todo, _) = self.queues().await?;
+        let mut total = Forwarded::default();
+        let mut next: HashMap<String, Option<i64>> = HashMap::new();
+        while !todo.is_empty() {
+            let cmds = todo
+                .iter()
+                .map(|q| {
+                    let mut c = self.qcall("sealq_forward", q, false);
+                    c.arg(now).arg(limit);
+                    c
+                })
+                .collect();
+            let replies = self.run_all(what, cmds).await?;
+            let mut again = Vec::new();
+            for (q, reply) in todo.into_iter().zip(replies) {
+                let parts = array(reply).map_err(|e| self.bad(what, e))?;
+                let moved = parts
+                    .first()
+                    .map(int)
+                    .transpose()
+                    .map_err(|e| self.bad(what, e))?
+                    .unwrap_or(0);
+                let due = match parts.into_iter().nth(1) {
+                    Some(v) => {
+                        let b = bytes(v).map_err(|e| self.bad(what, e))?;
+                        if b.is_empty() {
+                            None
+                        } else {
+                            let s = String::from_utf8_lossy(&b);
+                            Some(s.parse::<f64>().map_err(|e| self.bad(what, e))? as i64)
+                        }
+                    }
+                    None => None,
+                };
+                total.moved += u64::try_from(moved).unwrap_or(0);
+                next.insert(q.clone(), due);
+                if usize::try_from(moved).unwrap_or(0) >= limit {
+                    again.push(q);
+                }
+            }
+            todo = again;
+        }
+        total.next_due_ms = next.values().flatten().copied().min();
+        Ok(total)
+    }
+
+    async fn recover_expired(&self) -> BrokerResult<Recovered> {
+        let what = "recovering expired leases";
+        let now = self.now();
+        let limit = self.inner.opts.maintenance_batch.max(1);
+        let (mut todo, _) = self.queues().await?;
+        let mut total = Recovered::default();
+        while !todo.is_empty() {
+            let cmds = todo
+                .iter()
+                .map(|q| {
+                    let mut c = self.qcall("sealq_recover", q, false);
+                    c.arg(now).arg(limit);
+                    c
+                })
+                .collect();
+            let replies = self.run_all(what, cmds).await?;
+            let mut again = Vec::new();
+            for (q, reply) in todo.into_iter().zip(replies) {
+                let parts = array(reply).map_err(|e| self.bad(what, e))?;
+                let n = |i: usize| parts.get(i).map(int).transpose().map(|v| v.unwrap_or(0));
+                total.retried += n(0).map_err(|e| self.bad(what, e))? as u64;
+                total.archived += n(1).map_err(|e| self.bad(what, e))? as u64;
+                if n(2).map_err(|e| self.bad(what, e))? as usize >= limit {
+                    again.push(q);
+                }
+            }
+            todo = again;
+        }
+        if total.archived > 0 {
+            metrics::counter!("sealq_redis_lease_exhausted_total").increment(total.archived);
+        }
+        Ok(total)
+    }
+
+    async fn purge_completed(&self) -> BrokerResult<u64> {
+        let what = "purging completed tasks";
+        let now = self.now();
+        let limit = self.inner.opts.maintenance_batch.max(1);
+        let horizon = ms(self.inner.opts.replay_horizon);
+        let (mut todo, _) = self.queues().await?;
+        let mut purged = 0u64;
+        while !todo.is_empty() {
+            let cmds = todo
+                .iter()
+                .map(|q| {
+                    let mut c = self.qcall("sealq_purge", q, true);
+                    c.arg(now).arg(limit).arg(horizon);
+                    c
+                })
+                .collect();
+            let replies = self.run_all(what, cmds).await?;
+            let mut again = Vec::new();
+            let mut forget = Vec::new();
+            for (q, reply) in todo.into_iter().zip(replies) {
+                let parts = array(reply).map_err(|e| self.bad(what, e))?;
+                let mut it = parts.into_iter();
+                let n = it
+                    .next()
+                    .map(|v| int(&v))
+                    .transpose()
+                    .map_err(|e| self.bad(what, e))?
+                    .unwrap_or(0);
+                let scanned = it
+                    .next()
+                    .map(|v| int(&v))
+                    .transpose()
+                    .map_err(|e| self.bad(what, e))?
+                    .unwrap_or(0);
+                purged += n as u64;
+                for v in it {
+                    forget.push(
+                        String::from_utf8_lossy(&bytes(v).map_err(|e| self.bad(what, e))?)
+                            .into_owned(),
+                    );
+                }
+                if scanned as usize >= limit {
+                    again.push(q);
+                }
+            }
+            self.unindex(forget).await?;
+            todo = again;
+        }
+        Ok(purged)
+    }
+
+    async fn stats(&self) -> BrokerResult<Vec<QueueStats>> {
+        let what = "reading queue statistics";
+        let (queues, _) = self.queues().await?;
+        let cmds = queues
+            .iter()
+            .map(|q| self.qcall("sealq_stats", q, false))
+            .collect();
+        let replies = self.run_all(what, cmds).await?;
+        let mut out = Vec::new();
+        for (q, reply) in queues.into_iter().zip(replies) {
+            let mut parts = array(reply).map_err(|e| self.bad(what, e))?.into_iter();
+            let paused = parts
+                .next()
+                .map(|v| int(&v))
+                .transpose()
+                .map_err(|e| self.bad(what, e))?
+                .unwrap_or(0)
+                == 1;
+            let mut s = QueueStats {
+                queue: q,
+                paused,
+                ..Default::default()
+            };
+            let counts =
+                array(parts.next().unwrap_or(Value::Nil)).map_err(|e| self.bad(what, e))?;
+            let mut it = counts.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                let k = bytes(k).map_err(|e| self.bad(what, e))?;
+                let n = u64::try_from(int(&v).map_err(|e| self.bad(what, e))?.max(0)).unwrap_or(0);
+                match k.as_slice() {
+                    b"scheduled" => s.scheduled = n,
+                    b"pending" => s.pending = n,
+                    b"active" => s.active = n,
+                    b"retry" => s.retry = n,
+                    b"completed" => s.completed = n,
+                    b"archived" => s.archived = n,
+                    _ => {}
+                }
+            }
+            let total = s.scheduled + s.pending + s.active + s.retry + s.completed + s.archived;
+            if total > 0 || s.paused {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn list(&self, query: &ListQuery) -> BrokerResult<Vec<TaskRecord>> {
+        let what = "listing tasks";
+        let limit = if query.limit == 0 { 100 } else { query.limit };
+        let queues = match &query.queue {
+            Some(q) => {
+                validate_queue(q)?;
+                vec![q.clone()]
+            }
+            None => self.queues().await?.0,
+        };
+        let after = query.after.as_ref().map(id_str).unwrap_or_default();
+        let state = query.state.map(|s| s.as_str()).unwrap_or("");
+        let sub = query
+            .subject
+            .as_ref()
+            .map(codec::subject_str)
+            .unwrap_or_default();
+        let cmds = queues
+            .iter()
+            .map(|q| {
+                let mut c = self.qcall("sealq_list", q, false);
+                c.arg(&after).arg(limit).arg(state).arg(&sub);
+                c
+            })
+            .collect();
+        let replies = self.run_all(what, cmds).await?;
+        let mut out = Vec::new();
+        for reply in replies {
+            for item in array(reply).map_err(|e| self.bad(what, e))? {
+                let mut it = array(item).map_err(|e| self.bad(what, e))?.into_iter();
+                let id = it
+                    .next()
+                    .map(bytes)
+                    .transpose()
+                    .map_err(|e| self.bad(what, e))?
+                    .unwrap_or_default();
+                let id = parse_id(&id).ok_or_else(|| self.bad(what, "bad id"))?;
+                let fields =
+                    array(it.next().unwrap_or(Value::Nil)).map_err(|e| self.bad(what, e))?;
+                out.push(codec::record(id, fields).map_err(|e| self.bad(what, e))?);
+            }
+        }
+        out.sort_by_key(|r| r.id);
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn get(&self, id: TaskId) -> BrokerResult<Option<TaskRecord>> {
+        let what = "reading a task";
+        let Some(q) = self.locate(&[id], false).await?.pop().flatten() else {
+            return Ok(None);
+        };
+        let mut c = self.qcall("sealq_get", &q, false);
+        c.arg(id_str(&id));
+        let v: Value = self
+            .inner
+            .conn
+            .query(&c)
+            .await
+            .map_err(|e| self.err(what, e))?;
+        let item = array(v).map_err(|e| self.bad(what, e))?.into_iter().next();
+        let Some(item) = item else { return Ok(None) };
+        let mut it = array(item).map_err(|e| self.bad(what, e))?.into_iter();
+        let _ = it.next();
+        let fields = array(it.next().unwrap_or(Value::Nil)).map_err(|e| self.bad(what, e))?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            codec::record(id, fields).map_err(|e| self.bad(what, e))?,
+        ))
+    }
+
+    async fn delete(&self, ids: &[TaskId]) -> BrokerResult<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let what = "deleting tasks";
+        let queues = self.locate(ids, false).await?;
+        {
+            let mut cache = self.inner.leases.lock().expect("lease cache");
+            for id in ids {
+                cache.remove(id);
+            }
+        }
+        let (groups, _) = group_by(queues.iter().map(|q| q.as_deref()));
+        let cmds = groups
+            .iter()
+            .map(|(q, idx)| {
+                let mut c = self.qcall("sealq_delete", q, true);
+                for &i in idx {
+                    c.arg(id_str(&ids[i]));
+                }
+                c
+            })
+            .collect();
+        let replies = self.run_all(what, cmds).await?;
+        let mut n = 0u64;
+        let mut forget = Vec::new();
+        for reply in replies {
+            let mut it = array(reply).map_err(|e| self.bad(what, e))?.into_iter();
+            n += it
+                .next()
+                .map(|v| int(&v))
+                .transpose()
+                .map_err(|e| self.bad(what, e))?
+                .unwrap_or(0) as u64;
+            for v in it {
+                forget.push(
+                    String::from_utf8_lossy(&bytes(v).map_err(|e| self.bad(what, e))?).into_owned(),
+                );
+            }
+        }
+        self.unindex(forget).await?;
+        Ok(n)
+    }
+
+    async fn rerun(&self, ids: &[TaskId]) -> BrokerResult<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let what = "re-running tasks";
+        let now = self.now();
+        let queues = self.locate(ids, false).await?;
+        let (groups, _) = group_by(queues.iter().map(|q| q.as_deref()));
+        let cmds = groups
+            .iter()
+            .map(|(q, idx)| {
+                let mut c = self.qcall("sealq_rerun", q, false);
+                c.arg(now);
+                for &i in idx {
+                    c.arg(id_str(&ids[i]));
+                }
+                c
+            })
+            .collect();
+        let replies = self.run_all(what, cmds).await?;
+        let mut n = 0u64;
+        for r in replies {
+            n += int(&r).map_err(|e| self.bad(what, e))? as u64;
+        }
+        Ok(n)
+    }
+
+    async fn pause(&self, queue: &str) -> BrokerResult<()> {
+        self.set_paused(queue, true).await
+    }
+
+    async fn resume(&self, queue: &str) -> BrokerResult<()> {
+        self.set_paused(queue, false).await
+    }
+
+    async fn wait_for_work(&self, queues: &[String], timeout: Duration) -> BrokerResult<()> {
+        if queues.is_empty() || timeout < Duration::from_millis(1) {
+            tokio::time::sleep(timeout).await;
+            return Ok(());
+        }
+        for q in queues {
+            validate_queue(q)?;
+        }
+        let mut conn = self.take_blocking().await?;
+        let mut c = redis::cmd("BLPOP");
+        if self.single() {
+            for q in queues {
+                c.arg(format!("{}wake", self.qbase(q)));
+            }
+        } else {
+            // One slot per call on a Cluster: wait on the first (highest-priority) queue.
+            c.arg(format!("{}wake", self.qbase(&queues[0])));
+        }
+        c.arg(format!("{:.3}", timeout.as_secs_f64()));
+        let guard = timeout + Duration::from_secs(5);
+        match tokio::time::timeout(guard, conn.query::<Value>(&c)).await {
+            Ok(Ok(_)) => {
+                self.inner
+                    .blocking
+                    .lock()
+                    .expect("blocking pool")
+                    .push(conn);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(self.err("waiting for work", e)),
+            Err(_) => Ok(()), // connection dropped silently: discard it
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (prefix {})", self.inner.target, self.inner.prefix)
+    }
+}
+
+impl RedisBroker {
+    async fn set_paused(&self, queue: &str, paused: bool) -> BrokerResult<()> {
+        validate_queue(queue)?;
+        let what = if paused {
+            "pausing a queue"
+        } else {
+            "resuming a queue"
+        };
+        let flag = if paused { "1" } else { "0" };
+        let mut c = self.qcall("sealq_pause", queue, true);
+        c.arg(queue).arg(flag);
+        let _: Value = self
+            .inner
+            .conn
+            .query(&c)
+            .await
+            .map_err(|e| self.err(what, e))?;
+        if !self.single() {
+            self.registry(&[b"queue", queue.as_bytes(), flag.as_bytes()])
+                .await?;
+        }
+        Ok(())
+    }
+}
