@@ -65,6 +65,9 @@ pub(crate) enum Command {
     Tasks(TasksCommand),
     /// Measure enqueue and processing throughput and latency.
     Bench(BenchArgs),
+    /// Payload sizes per queue and task type against the size budgets.
+    #[command(subcommand)]
+    Payloads(PayloadsCommand),
 }
 
 /// `sealq demo`.
@@ -181,6 +184,34 @@ pub(crate) struct ListArgs {
 /// `sealq tasks stats`.
 #[derive(Debug, Args)]
 pub(crate) struct StatsArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `sealq payloads ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum PayloadsCommand {
+    /// Per queue and task type: count, p50/p99/max sealed size, the queue's
+    /// budget; over-budget types flagged; largest first (refactor those first:
+    /// put a reference in the payload and fetch the data in the handler).
+    /// Reads sizes only, never opens a payload: no keyring needed.
+    Report(PayloadReportArgs),
+}
+
+/// `sealq payloads report`.
+#[derive(Debug, Args)]
+pub(crate) struct PayloadReportArgs {
+    /// Budget for serialized payloads in queues without their own, bytes
+    /// [default: 65536, the library's default policy].
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) budget: Option<usize>,
+    /// A queue's own budget, `QUEUE=BYTES`; repeat for several queues.
+    #[arg(long, value_name = "QUEUE=BYTES")]
+    pub(crate) queue_budget: Vec<String>,
+    /// Exit with status 1 when a type is over its budget (for CI).
+    #[arg(long)]
+    pub(crate) check: bool,
     /// Print JSON.
     #[arg(long)]
     pub(crate) json: bool,

@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod enqueue;
 mod keys;
+mod payloads;
 mod tasks;
 mod worker;
 
@@ -14,7 +15,7 @@ use clap::ArgMatches;
 use clap::parser::ValueSource;
 use sealq::Keyring;
 
-use crate::args::{Command, DEFAULT_BROKER, KeysCommand, TasksCommand};
+use crate::args::{Command, DEFAULT_BROKER, KeysCommand, PayloadsCommand, TasksCommand};
 use crate::broker_url::{self, Opened};
 use crate::error::CliResult;
 
@@ -61,6 +62,7 @@ pub(crate) async fn run(global: Global, command: Command) -> CliResult {
         Command::Tasks(TasksCommand::List(a)) => tasks::list(&global, a).await,
         Command::Tasks(TasksCommand::Stats(a)) => tasks::stats(&global, a).await,
         Command::Bench(a) => bench::run(&global, a).await,
+        Command::Payloads(PayloadsCommand::Report(a)) => payloads::report(&global, a).await,
     }
 }
 
