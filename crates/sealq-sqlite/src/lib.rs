@@ -76,6 +76,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod audit_sink;
 mod checkpoint;
 mod codec;
 mod error;
@@ -98,6 +99,7 @@ use sealq::broker::{
 };
 use sealq::{BrokerError, TaskId};
 
+pub use crate::audit_sink::SqliteAuditSink;
 pub use crate::options::{SqliteOptions, Synchronous};
 use crate::read::Reader;
 use crate::wake::{Wake, Watcher};
