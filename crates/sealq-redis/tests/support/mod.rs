@@ -255,3 +255,10 @@ pub async fn shared_broker(clock: SharedClock) -> RedisBroker {
     .await
     .expect("connect to the test redis-server")
 }
+
+/// Another broker (as another process would have) on the shared server with `prefix`.
+pub async fn shared_broker_with_prefix(prefix: &str) -> RedisBroker {
+    RedisBroker::connect_with(&shared().url(), RedisOptions::default().prefix(prefix))
+        .await
+        .expect("connect to the test redis-server")
+}

@@ -1,0 +1,552 @@
+//! The worker runtime end to end on the Redis broker: a real redis-server,
+//! real keyrings, real sealing. Scenarios follow the embedded broker's
+//! worker tests, plus Redis-only ones (edited task hashes, a server restart).
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use sealq::broker::Broker;
+use sealq::envelope::{Aad, Purpose};
+use sealq::{
+    ArchiveReason, Client, EnqueueOptions, Keyring, RawTask, Task, TaskContext, TaskError, TaskId,
+    TaskState, Worker,
+};
+use sealq_redis::{RedisBroker, RedisOptions};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Greet {
+    name: String,
+}
+impl Task for Greet {
+    const KIND: &'static str = "test.greet";
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Other {
+    n: u32,
+}
+impl Task for Other {
+    const KIND: &'static str = "test.other";
+}
+
+struct Env {
+    broker: Arc<dyn Broker>,
+    redis: RedisBroker,
+    keyring: Arc<Keyring>,
+    client: Client,
+}
+
+async fn env() -> Env {
+    let redis = support::shared_broker(sealq::clock::system_clock()).await;
+    env_on(redis)
+}
+
+fn env_on(redis: RedisBroker) -> Env {
+    let broker: Arc<dyn Broker> = Arc::new(redis.clone());
+    let keyring = Arc::new(Keyring::generate());
+    let client = Client::builder(broker.clone(), keyring.clone())
+        .producer("tests")
+        .build();
+    Env {
+        broker,
+        redis,
+        keyring,
+        client,
+    }
+}
+
+fn fast(builder: sealq::WorkerBuilder) -> sealq::WorkerBuilder {
+    builder
+        .maintenance_interval(Duration::from_millis(20))
+        .shutdown_timeout(Duration::from_secs(5))
+}
+
+/// Wait (bounded) until `id` reaches `state`; returns the record.
+async fn wait_state(
+    broker: &Arc<dyn Broker>,
+    id: TaskId,
+    state: TaskState,
+) -> sealq::broker::TaskRecord {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(rec)) = broker.get(id).await {
+            if rec.state == state {
+                return rec;
+            }
+            assert!(
+                tokio::time::Instant::now() < give_up,
+                "task {id} stuck in {} (wanted {state})",
+                rec.state
+            );
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "task {id} never reached {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_tasks_run_and_results_are_sealed() {
+    let e = env().await;
+    let seen = Arc::new(AtomicU32::new(0));
+    let s = seen.clone();
+    let worker = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
+        .handle(move |t: Greet, ctx: TaskContext| {
+            let s = s.clone();
+            async move {
+                ctx.set_result(&format!("hello {}", t.name))?;
+                s.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap()
+        .spawn();
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let greet = Greet {
+            name: format!("secret-name-{i}"),
+        };
+        ids.push(
+            e.client
+                .enqueue(&greet, EnqueueOptions::new())
+                .await
+                .unwrap(),
+        );
+    }
+    for id in &ids {
+        wait_state(&e.broker, *id, TaskState::Completed).await;
+    }
+    worker.shutdown().await.unwrap();
+    assert_eq!(seen.load(Ordering::SeqCst), 50);
+    let rec = e.broker.get(ids[7]).await.unwrap().unwrap();
+    let sealed = rec.result.clone().expect("result stored");
+    assert!(!String::from_utf8_lossy(&sealed).contains("secret-name-7"));
+    assert!(!String::from_utf8_lossy(&rec.envelope).contains("secret-name-7"));
+    let opened = e
+        .keyring
+        .open(&Aad::for_record(&rec, Purpose::Result), &sealed)
+        .unwrap();
+    let text: String = rmp_serde::from_slice(&opened).unwrap();
+    assert_eq!(text, "hello secret-name-7");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_retries_then_succeeds() {
+    let e = env().await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let worker = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
+        .handle(move |_: Greet, ctx: TaskContext| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                if ctx.attempt() == 1 {
+                    return Err(TaskError::retry_in(
+                        Duration::from_millis(20),
+                        "first try fails",
+                    ));
+                }
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap()
+        .spawn();
+    let id = e
+        .client
+        .enqueue(&Greet { name: "a".into() }, EnqueueOptions::new())
+        .await
+        .unwrap();
+    let rec = wait_state(&e.broker, id, TaskState::Completed).await;
+    worker.shutdown().await.unwrap();
+    assert_eq!(rec.attempts, 2);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_archive_with_sealed_error() {
+    let e = env().await;
+    let worker = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
+        .handle(|t: Greet, _ctx: TaskContext| async move {
+            Err(TaskError::retry_in(
+                Duration::from_millis(5),
+                format!("cannot greet {}", t.name),
+            ))
+        })
+        .build()
+        .unwrap()
+        .spawn();
+    let id = e
+        .client
+        .enqueue(
+            &Greet {
+                name: "private-bob".into(),
+            },
+            EnqueueOptions::new().max_retries(2),
+        )
+        .await
+        .unwrap();
+    let rec = wait_state(&e.broker, id, TaskState::Archived).await;
+    worker.shutdown().await.unwrap();
+    assert_eq!(rec.attempts, 3, "first attempt plus two retries");
+    assert_eq!(rec.archive_reason, Some(ArchiveReason::Exhausted));
+    let err = rec.last_error.clone().expect("error stored");
+    assert!(!String::from_utf8_lossy(&err).contains("private-bob"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_moved_foreign_and_unknown_tasks_never_reach_a_handler() {
+    let e = env().await;
+    let called = Arc::new(AtomicU32::new(0));
+    let c = called.clone();
+    let foreign = Client::builder(e.broker.clone(), Keyring::generate())
+        .producer("intruder")
+        .build();
+    let greet = || RawTask::typed(&Greet { name: "x".into() }, EnqueueOptions::new()).unwrap();
+    let mut flipped = e.client.seal(greet()).unwrap();
+    let last = flipped.envelope.len() - 1;
+    flipped.envelope[last] ^= 0x01;
+    let mut moved = e
+        .client
+        .seal(
+            RawTask::typed(
+                &Greet { name: "x".into() },
+                EnqueueOptions::new().queue("payroll"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    moved.queue = "default".into();
+    let mut relabelled = e
+        .client
+        .seal(RawTask::typed(&Other { n: 1 }, EnqueueOptions::new()).unwrap())
+        .unwrap();
+    relabelled.kind = Greet::KIND.into();
+    let mut truncated = e.client.seal(greet()).unwrap();
+    truncated.envelope.truncate(10);
+    let ids = [flipped.id, moved.id, relabelled.id, truncated.id];
+    e.broker
+        .enqueue(vec![flipped, moved, relabelled, truncated])
+        .await
+        .unwrap();
+    let wrong_key = foreign
+        .enqueue(&Greet { name: "x".into() }, EnqueueOptions::new())
+        .await
+        .unwrap();
+    let unknown = e
+        .client
+        .enqueue(&Other { n: 2 }, EnqueueOptions::new())
+        .await
+        .unwrap();
+
+    let worker = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
+        .handle(move |_: Greet, _ctx: TaskContext| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap()
+        .spawn();
+    for id in ids.into_iter().chain([wrong_key]) {
+        let rec = wait_state(&e.broker, id, TaskState::Archived).await;
+        assert_eq!(rec.archive_reason, Some(ArchiveReason::Integrity), "{id}");
+        assert_eq!(rec.attempts, 1, "integrity failures are never retried");
+    }
+    let rec = wait_state(&e.broker, unknown, TaskState::Archived).await;
+    assert_eq!(rec.archive_reason, Some(ArchiveReason::UnknownType));
+    let report = worker.shutdown().await.unwrap();
+    assert_eq!(
+        called.load(Ordering::SeqCst),
+        0,
+        "a refused task reached the handler"
+    );
+    assert_eq!(report.integrity_failures, 5);
+}
+
+/// Someone with write access to Redis edits task hashes directly: swaps an
+/// envelope between tasks, edits the queue field, corrupts the metadata.
+/// None reaches a handler; each is archived `integrity`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_hashes_edited_in_redis_never_reach_a_handler() {
+    let e = env().await;
+    let called = Arc::new(AtomicU32::new(0));
+    let c = called.clone();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            e.client
+                .enqueue(
+                    &Greet {
+                        name: format!("n{i}"),
+                    },
+                    EnqueueOptions::new(),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    let s = support::shared();
+    let key = |id: &TaskId| format!("{}:{{default}}:t:{}", e.redis.prefix(), id.0.simple());
+    // Swap envelope: copy task 1's envelope into task 0.
+    let env1 = s.cli(&["--no-raw", "HGET", &key(&ids[1]), "e"]);
+    assert!(!env1.is_empty());
+    let out = s.cli(&[
+        "EVAL",
+        "redis.call('HSET', KEYS[1], 'e', redis.call('HGET', KEYS[2], 'e')) return 1",
+        "2",
+        &key(&ids[0]),
+        &key(&ids[1]),
+    ]);
+    assert!(out.contains('1'), "{out}");
+    // Edit the queue field of task 1.
+    s.cli(&["HSET", &key(&ids[1]), "q", "elsewhere"]);
+    // Corrupt the metadata of task 2.
+    s.cli(&["HSET", &key(&ids[2]), "m", "garbage"]);
+
+    let worker = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
+        .handle(move |_: Greet, _ctx: TaskContext| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap()
+        .spawn();
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = e.broker.stats().await.unwrap();
+        if st.iter().map(|q| q.archived).sum::<u64>() == 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "not archived: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    worker.shutdown().await.unwrap();
+    assert_eq!(
+        called.load(Ordering::SeqCst),
+        0,
+        "an edited task reached the handler"
+    );
+    let reason = s.cli(&["HGET", &key(&ids[2]), "ar"]);
+    assert_eq!(reason.trim(), "integrity");
+    for id in &ids[..2] {
+        let rec = e.broker.get(*id).await.unwrap().unwrap();
+        assert_eq!(rec.archive_reason, Some(ArchiveReason::Integrity));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_running_and_prefetched_tasks_uncounted() {
+    let e = env().await;
+    let started = Arc::new(tokio::sync::Notify::new());
+    let st = started.clone();
+    let worker = Worker::builder(e.broker.clone(), e.keyring.clone())
+        .concurrency(1)
+        .prefetch(2)
+        .shutdown_timeout(Duration::from_millis(100))
+        .handle(move |_: Greet, ctx: TaskContext| {
+            let st = st.clone();
+            async move {
+                st.notify_one();
+                ctx.cancellation().cancelled().await;
+                Err(TaskError::retry("cancelled by shutdown"))
+            }
+        })
+        .build()
+        .unwrap()
+        .spawn();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            e.client
+                .enqueue(
+                    &Greet {
+                        name: format!("{i}"),
+                    },
+                    EnqueueOptions::new(),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::timeout(Duration::from_secs(10), started.notified())
+        .await
+        .expect("a handler started");
+    let report = worker.shutdown().await.unwrap();
+    assert_eq!(report.succeeded, 0);
+    assert!(report.requeued >= 1, "{report:?}");
+    for id in ids {
+        let rec = e.broker.get(id).await.unwrap().unwrap();
+        assert_eq!(rec.state, TaskState::Pending, "task {id} not returned");
+        assert_eq!(rec.attempts, 0, "an interrupted attempt must not count");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_workers_task_is_recovered_after_its_lease_expires() {
+    let e = env().await;
+    let id = e
+        .client
+        .enqueue(&Greet { name: "a".into() }, EnqueueOptions::new())
+        .await
+        .unwrap();
+    // A "worker" in another process leases the task and dies without acking.
+    let crashed = support::shared_broker_with_prefix(e.redis.prefix()).await;
+    let req = sealq::broker::DequeueRequest {
+        queues: vec!["default".into()],
+        max: 10,
+        lease: Duration::from_millis(200),
+        worker: "crashed".into(),
+    };
+    let leased = crashed.dequeue(&req).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].record.id, id);
+
+    let worker = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
+        .handle(|_: Greet, _ctx: TaskContext| async move { Ok(()) })
+        .build()
+        .unwrap()
+        .spawn();
+    let rec = wait_state(&e.broker, id, TaskState::Completed).await;
+    worker.shutdown().await.unwrap();
+    assert_eq!(rec.attempts, 2);
+    let late = crashed
+        .ack(vec![sealq::broker::Ack {
+            lease: leased[0].lease,
+            outcome: sealq::broker::Outcome::Archive {
+                reason: ArchiveReason::Cancelled,
+                error: None,
+            },
+        }])
+        .await
+        .unwrap();
+    assert_eq!(late, vec![sealq::broker::AckResult::LeaseLost]);
+    assert_eq!(
+        e.broker.get(id).await.unwrap().unwrap().state,
+        TaskState::Completed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_long_task_leased() {
+    let e = env().await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let worker = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
+        .lease(Duration::from_millis(300))
+        .handle(move |_: Greet, _ctx: TaskContext| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap()
+        .spawn();
+    let id = e
+        .client
+        .enqueue(
+            &Greet {
+                name: "slow".into(),
+            },
+            EnqueueOptions::new(),
+        )
+        .await
+        .unwrap();
+    let rec = wait_state(&e.broker, id, TaskState::Completed).await;
+    let report = worker.shutdown().await.unwrap();
+    assert_eq!(rec.attempts, 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(report.leases_lost, 0);
+}
+
+/// A worker survives a redis-server restart (AOF on, same port): tasks
+/// enqueued before and after the restart all complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_survives_a_redis_restart() {
+    let mut server =
+        support::RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    server.cli(&[
+        "FUNCTION",
+        "LOAD",
+        "REPLACE",
+        &sealq_redis::library_source(),
+    ]);
+    let redis = RedisBroker::connect_with(&server.url(), RedisOptions::default())
+        .await
+        .unwrap();
+    let e = env_on(redis);
+    let done = Arc::new(AtomicU32::new(0));
+    let d = done.clone();
+    let worker = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
+        .handle(move |_: Greet, _ctx: TaskContext| {
+            let d = d.clone();
+            async move {
+                d.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap()
+        .spawn();
+    // Enqueue retrying while the server may be away (a producer's own retry policy).
+    async fn enqueue_retrying(c: &Client, name: String) -> TaskId {
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match c
+                .enqueue(&Greet { name: name.clone() }, EnqueueOptions::new())
+                .await
+            {
+                Ok(id) => return id,
+                Err(err) => {
+                    assert!(
+                        tokio::time::Instant::now() < give_up,
+                        "enqueue keeps failing: {err}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    // Tasks enqueued before the restart wait in a paused queue, so they are
+    // still in Redis (and in its AOF) when it goes down.
+    e.broker.pause("default").await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(enqueue_retrying(&e.client, format!("before-{i}")).await);
+    }
+    server.restart();
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Err(err) = e.broker.resume("default").await {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "resume keeps failing: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..30 {
+        ids.push(enqueue_retrying(&e.client, format!("after-{i}")).await);
+    }
+    for id in &ids {
+        wait_state(&e.broker, *id, TaskState::Completed).await;
+    }
+    worker.shutdown().await.unwrap();
+    assert!(done.load(Ordering::SeqCst) >= 60);
+}
