@@ -23,9 +23,9 @@
 //! - **Group commit.** One writer thread owns the write connection. Every
 //!   mutating call (enqueue, dequeue, ack, extend, forward, recover, purge,
 //!   delete, rerun, pause, resume) is queued to it; it runs everything queued
-//!   in one `BEGIN IMMEDIATE … COMMIT` transaction (each call in its own
-//!   savepoint, so one failing call does not undo the others) and then
-//!   replies. Many concurrent callers share one fsync.
+//!   in one `BEGIN IMMEDIATE … COMMIT` transaction and then replies; if one
+//!   call fails, the group is rolled back and each call re-run alone, so one
+//!   failing call does not undo the others. Many concurrent callers share one fsync.
 //! - **Reads** (`get`, `list`, `stats`) use separate read connections and do
 //!   not queue behind writes.
 //! - **Several processes.** SQLite's file lock serialises writers across
@@ -222,7 +222,7 @@ impl Broker for SqliteBroker {
         }
         self.inner
             .writer
-            .call(move |ctx| ops::enqueue(ctx, tasks))
+            .call(move |ctx| ops::enqueue(ctx, &tasks))
             .await
     }
 
@@ -233,7 +233,7 @@ impl Broker for SqliteBroker {
         let req = req.clone();
         self.inner
             .writer
-            .call(move |ctx| ops::dequeue(ctx, req))
+            .call(move |ctx| ops::dequeue(ctx, &req))
             .await
     }
 
@@ -241,7 +241,7 @@ impl Broker for SqliteBroker {
         if acks.is_empty() {
             return Ok(Vec::new());
         }
-        self.inner.writer.call(move |ctx| ops::ack(ctx, acks)).await
+        self.inner.writer.call(move |ctx| ops::ack(ctx, &acks)).await
     }
 
     async fn extend_leases(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Vec<bool>> {
@@ -252,7 +252,7 @@ impl Broker for SqliteBroker {
         let ms = lease_ms(lease);
         self.inner
             .writer
-            .call(move |ctx| ops::extend(ctx, leases, ms))
+            .call(move |ctx| ops::extend(ctx, &leases, ms))
             .await
     }
 
@@ -287,7 +287,7 @@ impl Broker for SqliteBroker {
         let ids = ids.to_vec();
         self.inner
             .writer
-            .call(move |ctx| ops::delete(ctx, ids))
+            .call(move |ctx| ops::delete(ctx, &ids))
             .await
     }
 
@@ -298,7 +298,7 @@ impl Broker for SqliteBroker {
         let ids = ids.to_vec();
         self.inner
             .writer
-            .call(move |ctx| ops::rerun(ctx, ids))
+            .call(move |ctx| ops::rerun(ctx, &ids))
             .await
     }
 
@@ -306,7 +306,7 @@ impl Broker for SqliteBroker {
         let queue = queue.to_owned();
         self.inner
             .writer
-            .call(move |ctx| ops::set_paused(ctx, queue, true))
+            .call(move |ctx| ops::set_paused(ctx, &queue, true))
             .await
     }
 
@@ -314,7 +314,7 @@ impl Broker for SqliteBroker {
         let queue = queue.to_owned();
         self.inner
             .writer
-            .call(move |ctx| ops::set_paused(ctx, queue, false))
+            .call(move |ctx| ops::set_paused(ctx, &queue, false))
             .await
     }
 

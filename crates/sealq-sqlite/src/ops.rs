@@ -25,10 +25,7 @@ fn fail<'a>(
 }
 
 /// Store a batch; one result per task, in order.
-pub(crate) fn enqueue(
-    ctx: &mut OpCtx<'_>,
-    tasks: Vec<NewTask>,
-) -> BrokerResult<Vec<EnqueueResult>> {
+pub(crate) fn enqueue(ctx: &mut OpCtx<'_>, tasks: &[NewTask]) -> BrokerResult<Vec<EnqueueResult>> {
     let (conn, now, env) = (ctx.conn, ctx.now, ctx.env);
     let err = fail(env, "enqueueing tasks");
     let mut completed = conn
@@ -118,7 +115,7 @@ pub(crate) fn enqueue(
 }
 
 /// Lease up to `req.max` ready tasks, queue by queue.
-pub(crate) fn dequeue(ctx: &mut OpCtx<'_>, req: DequeueRequest) -> BrokerResult<Vec<LeasedTask>> {
+pub(crate) fn dequeue(ctx: &mut OpCtx<'_>, req: &DequeueRequest) -> BrokerResult<Vec<LeasedTask>> {
     let (conn, now, env) = (ctx.conn, ctx.now, ctx.env);
     let err = fail(env, "dequeueing tasks");
     let mut out = Vec::with_capacity(req.max.min(1024));
@@ -186,7 +183,7 @@ pub(crate) fn dequeue(ctx: &mut OpCtx<'_>, req: DequeueRequest) -> BrokerResult<
 }
 
 /// Apply a batch of acks; one result per ack.
-pub(crate) fn ack(ctx: &mut OpCtx<'_>, acks: Vec<Ack>) -> BrokerResult<Vec<AckResult>> {
+pub(crate) fn ack(ctx: &mut OpCtx<'_>, acks: &[Ack]) -> BrokerResult<Vec<AckResult>> {
     let (conn, now, env) = (ctx.conn, ctx.now, ctx.env);
     let err = fail(env, "acknowledging tasks");
     let held = "WHERE id = ?1 AND state = 'active' AND lease_token = ?2";
@@ -267,7 +264,7 @@ pub(crate) fn ack(ctx: &mut OpCtx<'_>, acks: Vec<Ack>) -> BrokerResult<Vec<AckRe
 /// Extend held leases to `now + lease_ms`.
 pub(crate) fn extend(
     ctx: &mut OpCtx<'_>,
-    leases: Vec<Lease>,
+    leases: &[Lease],
     lease_ms: i64,
 ) -> BrokerResult<Vec<bool>> {
     let (conn, now, env) = (ctx.conn, ctx.now, ctx.env);
@@ -363,21 +360,21 @@ pub(crate) fn purge_completed(ctx: &mut OpCtx<'_>) -> BrokerResult<u64> {
 }
 
 /// Delete tasks in any state; how many existed.
-pub(crate) fn delete(ctx: &mut OpCtx<'_>, ids: Vec<TaskId>) -> BrokerResult<u64> {
+pub(crate) fn delete(ctx: &mut OpCtx<'_>, ids: &[TaskId]) -> BrokerResult<u64> {
     let err = fail(ctx.env, "deleting tasks");
     let mut stmt = ctx
         .conn
         .prepare_cached("DELETE FROM tasks WHERE id = ?1")
         .map_err(&err)?;
     let mut n = 0u64;
-    for id in &ids {
+    for id in ids {
         n += stmt.execute([id_blob(id)]).map_err(&err)? as u64;
     }
     Ok(n)
 }
 
 /// Archived tasks back to pending with attempts reset.
-pub(crate) fn rerun(ctx: &mut OpCtx<'_>, ids: Vec<TaskId>) -> BrokerResult<u64> {
+pub(crate) fn rerun(ctx: &mut OpCtx<'_>, ids: &[TaskId]) -> BrokerResult<u64> {
     let (conn, now, env) = (ctx.conn, ctx.now, ctx.env);
     let err = fail(env, "re-running tasks");
     let mut stmt = conn
@@ -388,7 +385,7 @@ pub(crate) fn rerun(ctx: &mut OpCtx<'_>, ids: Vec<TaskId>) -> BrokerResult<u64> 
         )
         .map_err(&err)?;
     let mut n = 0u64;
-    for id in &ids {
+    for id in ids {
         n += stmt.execute(params![id_blob(id), now]).map_err(&err)? as u64;
     }
     ctx.wake |= n > 0;
@@ -396,7 +393,7 @@ pub(crate) fn rerun(ctx: &mut OpCtx<'_>, ids: Vec<TaskId>) -> BrokerResult<u64> 
 }
 
 /// Pause (`true`) or resume (`false`) a queue.
-pub(crate) fn set_paused(ctx: &mut OpCtx<'_>, queue: String, paused: bool) -> BrokerResult<()> {
+pub(crate) fn set_paused(ctx: &mut OpCtx<'_>, queue: &str, paused: bool) -> BrokerResult<()> {
     let (conn, now, env) = (ctx.conn, ctx.now, ctx.env);
     let err = fail(
         env,

@@ -7,9 +7,12 @@
 //! fsync is shared by every operation in the group, so throughput grows with
 //! concurrency instead of being capped at one commit per operation.
 //!
-//! Each operation runs inside its own `SAVEPOINT`: one that fails is rolled
-//! back alone and gets its error; the others in the group still commit. No
-//! reply is sent before the commit: an acknowledged operation is durable (as
+//! Operations run back to back without savepoints (a savepoint copies every
+//! page it touches, which cost more than the operations). If one fails, the
+//! whole group is rolled back and every operation re-run in a transaction of
+//! its own, so the failing one gets its error and the others still commit
+//! (operations are re-runnable closures for this reason). No reply is sent
+//! before the commit: an acknowledged operation is durable (as
 //! durable as [`crate::Synchronous`] makes it).
 //!
 //! The thread ends when the last [`Writer`] handle is dropped (its channel
@@ -50,7 +53,7 @@ pub(crate) struct WriterEnv {
 
 /// What an operation sees while it runs inside the group's transaction.
 pub(crate) struct OpCtx<'a> {
-    /// The write connection, inside `BEGIN IMMEDIATE` and a savepoint.
+    /// The write connection, inside `BEGIN IMMEDIATE`.
     pub(crate) conn: &'a Connection,
     /// The clock's time when the operation started, Unix ms.
     pub(crate) now: i64,
@@ -62,14 +65,15 @@ pub(crate) struct OpCtx<'a> {
 
 /// A queued operation, type-erased.
 trait Job: Send {
-    /// Run inside the transaction; `false` when it failed (its savepoint is rolled back).
+    /// Run inside the transaction; `false` when it failed. May run twice: a
+    /// group that fails is rolled back and each job re-run on its own.
     fn run(&mut self, ctx: &mut OpCtx<'_>) -> bool;
     /// Reply once the transaction committed (`Ok`) or failed (`Err`).
     fn finish(self: Box<Self>, commit: Result<(), &BrokerError>);
 }
 
 struct TypedJob<T, F> {
-    op: Option<F>,
+    op: F,
     result: Option<BrokerResult<T>>,
     reply: oneshot::Sender<BrokerResult<T>>,
 }
@@ -77,11 +81,10 @@ struct TypedJob<T, F> {
 impl<T, F> Job for TypedJob<T, F>
 where
     T: Send + 'static,
-    F: FnOnce(&mut OpCtx<'_>) -> BrokerResult<T> + Send + 'static,
+    F: FnMut(&mut OpCtx<'_>) -> BrokerResult<T> + Send + 'static,
 {
     fn run(&mut self, ctx: &mut OpCtx<'_>) -> bool {
-        let op = self.op.take().expect("a job runs once");
-        let result = op(ctx);
+        let result = (self.op)(ctx);
         let ok = result.is_ok();
         self.result = Some(result);
         ok
@@ -138,11 +141,11 @@ impl Writer {
     pub(crate) async fn call<T, F>(&self, op: F) -> BrokerResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut OpCtx<'_>) -> BrokerResult<T> + Send + 'static,
+        F: FnMut(&mut OpCtx<'_>) -> BrokerResult<T> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
         let job: Box<dyn Job> = Box::new(TypedJob {
-            op: Some(op),
+            op,
             result: None,
             reply,
         });
@@ -193,37 +196,14 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 fn run_group(conn: &Connection, env: &WriterEnv, group: &mut Vec<Box<dyn Job>>) {
-    let path = &env.path;
-    if let Err(e) = retry_busy(path, "starting a write transaction", env.busy, || {
-        exec(conn, "BEGIN IMMEDIATE")
-    }) {
-        for job in group.drain(..) {
-            job.finish(Err(&e));
-        }
-        return;
-    }
-    let mut wake = false;
-    for job in group.iter_mut() {
-        if exec(conn, "SAVEPOINT op").is_err() {
-            continue; // the transaction is gone; COMMIT below reports it
-        }
-        let mut ctx = OpCtx {
-            conn,
-            now: env.clock.now_ms(),
-            wake: false,
-            env,
-        };
-        let ok = job.run(&mut ctx);
-        if ok {
-            wake |= ctx.wake;
-        } else {
-            let _ = exec(conn, "ROLLBACK TO op");
-        }
-        let _ = exec(conn, "RELEASE op");
-    }
-    let commit = retry_busy(path, "committing", env.busy, || exec(conn, "COMMIT"));
-    match commit {
-        Ok(()) => {
+    // Fast path: the whole group in one transaction, no savepoints (a
+    // savepoint copies every page it touches into a sub-journal, which cost
+    // more than the operations themselves). Operations fail only on SQLite
+    // errors, rarely; then the group is rolled back and each job re-run in a
+    // transaction of its own, so one failure never takes the others down.
+    let single = group.len() == 1;
+    match run_jobs(conn, env, group.iter_mut()) {
+        Ok(wake) => {
             for job in group.drain(..) {
                 job.finish(Ok(()));
             }
@@ -231,14 +211,87 @@ fn run_group(conn: &Connection, env: &WriterEnv, group: &mut Vec<Box<dyn Job>>) 
                 env.wake.signal();
             }
         }
-        Err(e) => {
+        Err(abort) if single => {
+            for job in group.drain(..) {
+                finish_aborted(job, &abort);
+            }
+        }
+        Err(_) => {
+            for mut job in group.drain(..) {
+                match run_jobs(conn, env, std::iter::once(&mut job)) {
+                    Ok(wake) => {
+                        job.finish(Ok(()));
+                        if wake {
+                            env.wake.signal();
+                        }
+                    }
+                    Err(abort) => finish_aborted(job, &abort),
+                }
+            }
+        }
+    }
+}
+
+/// Why a transaction was rolled back.
+enum Abort {
+    /// An operation failed; the job holds its own error.
+    Op,
+    /// SQLite failed to begin or commit.
+    Db(BrokerError),
+}
+
+/// Reply to a job whose transaction was rolled back.
+fn finish_aborted(job: Box<dyn Job>, abort: &Abort) {
+    match abort {
+        // Its own result is the error it reports; `Ok` here means "no
+        // transaction-level error to substitute".
+        Abort::Op => job.finish(Ok(())),
+        Abort::Db(e) => job.finish(Err(e)),
+    }
+}
+
+/// Run `jobs` in one transaction: `Ok(wake)` after a commit; otherwise the
+/// transaction is rolled back and the reason returned.
+fn run_jobs<'a>(
+    conn: &Connection,
+    env: &WriterEnv,
+    jobs: impl Iterator<Item = &'a mut Box<dyn Job>>,
+) -> Result<bool, Abort> {
+    let path = &env.path;
+    retry_busy(path, "starting a write transaction", env.busy, || {
+        exec(conn, "BEGIN IMMEDIATE")
+    })
+    .map_err(Abort::Db)?;
+    let mut wake = false;
+    let mut outcome = Ok(());
+    for job in jobs {
+        let mut ctx = OpCtx {
+            conn,
+            now: env.clock.now_ms(),
+            wake: false,
+            env,
+        };
+        if job.run(&mut ctx) {
+            wake |= ctx.wake;
+        } else {
+            outcome = Err(Abort::Op);
+            break;
+        }
+    }
+    if outcome.is_ok() {
+        outcome =
+            retry_busy(path, "committing", env.busy, || exec(conn, "COMMIT")).map_err(Abort::Db);
+    }
+    match outcome {
+        Ok(()) => Ok(wake),
+        Err(abort) => {
             if !conn.is_autocommit() {
                 let _ = exec(conn, "ROLLBACK");
             }
-            tracing::warn!(path = %path.display(), error = %e, "SQLite group commit failed");
-            for job in group.drain(..) {
-                job.finish(Err(&e));
+            if let Abort::Db(e) = &abort {
+                tracing::warn!(path = %path.display(), error = %e, "SQLite transaction failed");
             }
+            Err(abort)
         }
     }
 }

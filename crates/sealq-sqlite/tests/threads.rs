@@ -35,10 +35,14 @@ async fn threads_stop_when_last_handle_drops() {
     let dir = tempfile::tempdir().unwrap();
     let a = SqliteBroker::open(dir.path().join("q.db")).unwrap();
     let b = a.clone();
-    assert_eq!(wait_for_count(2).await, 2, "one writer, one watcher");
+    assert_eq!(
+        wait_for_count(3).await,
+        3,
+        "one writer, one watcher, one checkpointer"
+    );
     a.stats().await.unwrap();
     drop(a);
-    assert_eq!(sealq_threads(), 2, "a clone still holds them");
+    assert_eq!(sealq_threads(), 3, "a clone still holds them");
     b.pause("q").await.unwrap();
     drop(b);
     // Drop joins the threads; allow the kernel a moment to reap them.
