@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use sealq::broker::{ListQuery, TaskRecord};
 use sealq::envelope::{Aad, Purpose};
+use sealq::reference::{ResolverStats, async_trait};
 use sealq::{
-    ArchiveReason, Client, EnqueueOptions, Keyring, RawTask, Task, TaskContext, TaskError,
-    TaskState, Worker, WorkerReport,
+    ArchiveReason, CacheOptions, Client, EnqueueOptions, Keyring, RawTask, Ref, ResolveError,
+    Resolver, ResolverOptions, Task, TaskContext, TaskError, TaskState, Worker, WorkerReport,
 };
 use serde::{Deserialize, Serialize};
 
@@ -54,13 +55,14 @@ impl Task for WelcomeEmail {
     }
 }
 
-/// Render an invoice. Carries references, not customer data: the handler
-/// resolves the customer itself (here from an in-memory table standing in
-/// for the customer database).
+/// Render an invoice. Carries a typed reference, not customer data: the
+/// handler resolves the customer through the worker's [`CustomerDb`]
+/// resolver (cached, single-flight, timeout). On the wire `customer` is just
+/// the id.
 #[derive(Debug, Serialize, Deserialize)]
 struct RenderInvoice {
     invoice_id: String,
-    customer_ref: String,
+    customer: Ref<Customer>,
 }
 
 impl Task for RenderInvoice {
@@ -101,11 +103,29 @@ impl Task for DeliverWebhook {
 }
 
 /// A customer row, as the invoice handler would load it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Customer {
     name: String,
     email: String,
 }
+
+/// The customer "database": an in-memory table behind a simulated 2 ms
+/// round trip. Invoices of a deleted customer resolve to `NotFound` and are
+/// archived as `reference_missing`.
+struct CustomerDb {
+    table: Arc<HashMap<String, Customer>>,
+}
+
+#[async_trait]
+impl Resolver<Customer> for CustomerDb {
+    async fn resolve(&self, id: &str) -> Result<Customer, ResolveError> {
+        work(2).await;
+        self.table.get(id).cloned().ok_or(ResolveError::NotFound)
+    }
+}
+
+/// Id of a customer that was deleted after its invoices were queued.
+const DELETED_CUSTOMER: &str = "cus_deleted";
 
 /// What the demo shows at the end.
 #[derive(Debug, Serialize)]
@@ -126,6 +146,7 @@ struct Summary {
     elapsed_seconds: f64,
     throughput_per_second: f64,
     latency: LatencySummary,
+    resolvers: Vec<ResolverStats>,
     store: StoreProof,
 }
 
@@ -281,6 +302,7 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> CliResult {
         elapsed_seconds: elapsed.as_secs_f64(),
         throughput_per_second: rate(enqueued, elapsed),
         latency: latencies.summary(),
+        resolvers: worker.resolvers().stats(),
         store,
     };
     drop(broker);
@@ -322,7 +344,12 @@ fn demo_task(i: usize, gone: usize) -> CliResult<(RawTask, bool)> {
         8..13 => RawTask::typed(
             &RenderInvoice {
                 invoice_id: format!("inv_{:06}", n),
-                customer_ref: format!("cus_{:04}", n % 500),
+                // One invoice in 80 belongs to a deleted customer.
+                customer: Ref::new(if i % 400 == 8 {
+                    DELETED_CUSTOMER.to_owned()
+                } else {
+                    format!("cus_{:04}", n % 500)
+                }),
             },
             opts,
         )?,
@@ -408,6 +435,12 @@ fn build_worker(
         .concurrency(CONCURRENCY)
         .maintenance_interval(Duration::from_millis(100))
         .shutdown_timeout(Duration::from_secs(5))
+        .resolver::<Customer, _>(
+            CustomerDb { table: customers },
+            ResolverOptions::default()
+                .timeout(Duration::from_secs(2))
+                .cache(CacheOptions::new(Duration::from_secs(60), 1_000)),
+        )
         .handle(move |task: WelcomeEmail, ctx: TaskContext| {
             let l = l1.clone();
             async move {
@@ -423,20 +456,15 @@ fn build_worker(
         })
         .handle(move |task: RenderInvoice, ctx: TaskContext| {
             let l = l2.clone();
-            let customers = customers.clone();
             async move {
                 l.record_since(ctx.run_at_ms());
                 if flaky_first_attempt(&ctx) {
                     return Err(flaky_error());
                 }
                 // Resolve the reference inside the handler: the customer's
-                // data never travelled through the queue.
-                let Some(customer) = customers.get(&task.customer_ref) else {
-                    return Err(TaskError::archive(
-                        ArchiveReason::ReferenceMissing,
-                        "customer not found",
-                    ));
-                };
+                // data never travelled through the queue. Not found archives
+                // the task as `reference_missing`; a slow database retries it.
+                let customer = ctx.resolve(&task.customer).await?;
                 std::hint::black_box((&customer.name, &customer.email, &task.invoice_id));
                 work(5).await;
                 Ok(())
@@ -707,6 +735,28 @@ fn print_summary(s: &Summary) {
          the tasks were enqueued in one burst, so this includes queueing behind it)",
         s.latency.p50_ms, s.latency.p99_ms, s.latency.max_ms, s.latency.samples
     );
+    for r in &s.resolvers {
+        println!(
+            "resolver:   Ref<{}>: {} resolves, {} fetches (cache hit ratio {:.0} %, {} joined a \
+             running fetch)\n            errors: {}; fetch latency p50 {:.1} ms, p99 {:.1} ms",
+            r.type_name,
+            r.resolves,
+            r.fetches,
+            r.hit_ratio().unwrap_or(0.0) * 100.0,
+            r.coalesced,
+            if r.errors.is_empty() {
+                "none".to_owned()
+            } else {
+                r.errors
+                    .iter()
+                    .map(|(c, n)| format!("{c} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            r.fetch_p50_ms,
+            r.fetch_p99_ms
+        );
+    }
     println!();
     let p = &s.store;
     println!("stored bytes are ciphertext:");
