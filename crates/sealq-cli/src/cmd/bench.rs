@@ -79,14 +79,25 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
             }
         ),
     };
-    let broker = broker_url::open(&url)?.broker;
+    let opened = broker_url::open(&url)?;
+    let broker = opened.broker;
     let keyring = Arc::new(Keyring::generate());
-    let client = Client::builder(broker.clone(), keyring.clone())
-        .producer("sealq-bench")
-        .build();
+    // With --audit, producer and worker each keep a chain, as two processes would.
+    let db = opened.sqlite_path.as_deref();
+    let producer_audit = super::audit::start(db, args.audit, &keyring)?;
+    let worker_audit = super::audit::start(db, args.audit, &keyring)?;
+    let mut client = Client::builder(broker.clone(), keyring.clone()).producer("sealq-bench");
+    if let Some(a) = &producer_audit {
+        client = client.audit(a.clone());
+    }
+    let client = client.build();
     let latencies = Arc::new(Latencies::with_capacity(args.tasks));
     let l = latencies.clone();
-    let worker = Worker::builder(broker.clone(), keyring)
+    let mut worker = Worker::builder(broker.clone(), keyring);
+    if let Some(a) = &worker_audit {
+        worker = worker.audit(a.clone());
+    }
+    let worker = worker
         .id("sealq-bench-worker")
         .queues([(QUEUE, 1)])
         .concurrency(args.concurrency)
@@ -119,9 +130,12 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
             process_time = started.elapsed();
         }
     }
-    let total = started.elapsed();
     pb.finish_and_clear();
     handle.shutdown().await?;
+    // The audit log is part of the work: the time includes writing its tail.
+    super::audit::finish(producer_audit).await?;
+    super::audit::finish(worker_audit).await?;
+    let total = started.elapsed();
 
     let envelope_bytes = broker
         .list(&sealq::broker::ListQuery {

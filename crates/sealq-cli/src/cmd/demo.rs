@@ -206,19 +206,25 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> CliResult {
     let keyring = Arc::new(Keyring::generate());
     let customers = Arc::new(customer_table());
     let latencies = Arc::new(Latencies::with_capacity(args.tasks + args.tasks / 10));
+    // The audit log: producer and worker each keep a chain, as two processes would.
+    let producer_audit = super::audit::start(sqlite_path.as_deref(), args.audit, &keyring)?;
+    let worker_audit = super::audit::start(sqlite_path.as_deref(), args.audit, &keyring)?;
 
     let worker = build_worker(
         broker.clone(),
         keyring.clone(),
         customers,
         latencies.clone(),
+        worker_audit.clone(),
     )?;
     let handle = worker.spawn();
 
     // The task the policy refuses: a card number in a payload.
-    let client = Client::builder(broker.clone(), keyring.clone())
-        .producer("sealq-demo")
-        .build();
+    let mut client = Client::builder(broker.clone(), keyring.clone()).producer("sealq-demo");
+    if let Some(a) = &producer_audit {
+        client = client.audit(a.clone());
+    }
+    let client = client.build();
     let card = serde_json::json!({
         "order_id": "ord_1001",
         "card": { "number": "4242 4242 4242 4242", "exp": "12/30" },
@@ -282,6 +288,12 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> CliResult {
     let elapsed = enqueue_started.elapsed();
     pb.finish_and_clear();
     let report: WorkerReport = handle.shutdown().await?;
+    super::audit::finish(producer_audit).await?;
+    super::audit::finish(worker_audit).await?;
+    let audit = match &sqlite_path {
+        Some(db) => super::audit::verify_broker_log(db, args.audit, &keyring).await?,
+        None => None,
+    };
 
     let archived_by_reason = archive_reasons(&*broker).await?;
     let store = prove_ciphertext(&*broker, &keyring, sqlite_path.as_deref()).await?;
@@ -310,6 +322,23 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> CliResult {
         print_json(&summary)?;
     } else {
         print_summary(&summary);
+    }
+    if let Some(report) = &audit {
+        if !args.json {
+            println!();
+            if report.is_ok() {
+                println!("{}", super::audit::summary_line(report));
+            } else {
+                for f in &report.faults {
+                    println!("audit: FAULT {f}");
+                }
+            }
+        }
+        if !report.is_ok() {
+            return Err(CliError::runtime(msg(
+                "the demo's audit log did not verify: this is a bug, please report it",
+            )));
+        }
     }
     if summary.store.plaintext_found_in_store {
         return Err(CliError::runtime(msg(
@@ -422,6 +451,7 @@ fn build_worker(
     keyring: Arc<Keyring>,
     customers: Arc<HashMap<String, Customer>>,
     latencies: Arc<Latencies>,
+    audit: Option<sealq::Auditor>,
 ) -> CliResult<Worker> {
     let (l1, l2, l3, l4) = (
         latencies.clone(),
@@ -429,7 +459,11 @@ fn build_worker(
         latencies.clone(),
         latencies,
     );
-    let worker = Worker::builder(broker, keyring)
+    let mut builder = Worker::builder(broker, keyring);
+    if let Some(a) = audit {
+        builder = builder.audit(a);
+    }
+    let worker = builder
         .id("sealq-demo-worker")
         .queues(QUEUES)
         .concurrency(CONCURRENCY)

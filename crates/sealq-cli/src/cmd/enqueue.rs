@@ -12,6 +12,7 @@ use crate::error::{CliError, CliResult, context, msg};
 pub(crate) async fn run(global: &Global, args: EnqueueArgs) -> CliResult {
     let keyring = global.keyring()?;
     let value = read_payload(&args)?;
+    let audit = args.audit;
 
     let mut options = EnqueueOptions::new().queue(args.queue);
     if let Some(s) = args.subject {
@@ -32,8 +33,15 @@ pub(crate) async fn run(global: &Global, args: EnqueueArgs) -> CliResult {
     let task = RawTask::from_json(args.kind, &value, options)?;
 
     let opened = global.open_broker()?;
-    let client = Client::builder(opened.broker, keyring).build();
-    let id = client.enqueue_raw(task).await?;
+    let auditor = super::audit::start(opened.sqlite_path.as_deref(), audit, &keyring)?;
+    let mut builder = Client::builder(opened.broker, keyring);
+    if let Some(a) = &auditor {
+        builder = builder.audit(a.clone());
+    }
+    let result = builder.build().enqueue_raw(task).await;
+    // A policy refusal is audited too: close the log before reporting it.
+    super::audit::finish(auditor).await?;
+    let id = result?;
     println!("{id}");
     Ok(())
 }

@@ -22,9 +22,15 @@ use crate::error::{CliError, CliResult, msg};
 pub(crate) async fn run(global: &Global, args: WorkerArgs) -> CliResult {
     let queues = parse_queues(&args.queues)?;
     let keyring = global.keyring()?;
-    let broker = global.open_broker()?.broker;
+    let opened = global.open_broker()?;
+    let auditor = super::audit::start(opened.sqlite_path.as_deref(), args.audit, &keyring)?;
+    let broker = opened.broker;
     let exec: Arc<str> = Arc::from(args.exec.as_str());
-    let worker = Worker::builder(broker, keyring)
+    let mut builder = Worker::builder(broker, keyring);
+    if let Some(a) = &auditor {
+        builder = builder.audit(a.clone());
+    }
+    let worker = builder
         .queues(queues)
         .priority(if args.strict {
             Priority::Strict
@@ -35,7 +41,9 @@ pub(crate) async fn run(global: &Global, args: WorkerArgs) -> CliResult {
         .shutdown_timeout(args.shutdown_timeout)
         .handle_any(move |payload, ctx| run_command(exec.clone(), payload, ctx))
         .build()?;
-    let report = worker.run().await?;
+    let report = worker.run().await;
+    super::audit::finish(auditor).await?;
+    let report = report?;
     let line = serde_json::to_string(&report).map_err(|e| CliError::runtime(Box::new(e)))?;
     println!("{line}");
     Ok(())

@@ -1,0 +1,251 @@
+//! `sealq audit verify | show | public-key`, and the audit sinks the other
+//! commands write to.
+//!
+//! For the SQLite broker at `DB`, the default audit log is two JSON-lines
+//! files next to it: `DB.audit.jsonl` and `DB.audit.checkpoints.jsonl`
+//! (`--audit file`); `--audit sqlite` writes the `audit_records` and
+//! `audit_checkpoints` tables of `DB` instead. `audit verify --broker URL`
+//! and `audit show` read the same place (`--sink file|sqlite`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sealq::audit::{
+    AuditKeys, AuditSink, Auditor, JsonLinesSink, VerifyOptions, VerifyReport, verify_sink,
+};
+use sealq::{Keyring, TaskId};
+use sealq_sqlite::SqliteAuditSink;
+
+use super::Global;
+use crate::args::{AuditShowArgs, AuditSinkKind, AuditSource, AuditVerifyArgs};
+use crate::broker_url::BrokerUrl;
+use crate::error::{CliError, CliResult, context, msg};
+
+/// `DB` → `DB.audit.jsonl`.
+pub(crate) fn jsonl_path_for(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push(".audit.jsonl");
+    PathBuf::from(s)
+}
+
+/// The SQLite file the global broker URL names.
+fn broker_db(global: &Global) -> CliResult<PathBuf> {
+    match BrokerUrl::parse(global.broker_url())? {
+        BrokerUrl::Sqlite { path } => Ok(path),
+        #[allow(unreachable_patterns)]
+        _ => Err(CliError::usage(msg(
+            "this build keeps the audit log of the SQLite broker only; for another broker \
+             verify a JSON-lines log with --file PATH",
+        ))),
+    }
+}
+
+fn sink_error(e: sealq::audit::AuditError) -> CliError {
+    CliError::runtime(e)
+}
+
+/// The sink to write to for the SQLite database `db`, or `None` for `off`.
+pub(crate) fn open_sink(db: &Path, kind: AuditSinkKind) -> CliResult<Option<Arc<dyn AuditSink>>> {
+    Ok(match kind {
+        AuditSinkKind::Off => None,
+        AuditSinkKind::File => Some(Arc::new(
+            JsonLinesSink::open(jsonl_path_for(db)).map_err(sink_error)?,
+        )),
+        AuditSinkKind::Sqlite => Some(Arc::new(SqliteAuditSink::open(db).map_err(sink_error)?)),
+    })
+}
+
+/// Start an auditor writing to the log of the SQLite database `db`. A
+/// keyring without `audit_signing_key` is a configuration error (exit 2)
+/// that says how to fix it.
+pub(crate) fn start(
+    db: Option<&Path>,
+    kind: AuditSinkKind,
+    keyring: &Keyring,
+) -> CliResult<Option<Auditor>> {
+    let Some(db) = db else {
+        return Ok(None);
+    };
+    let Some(sink) = open_sink(db, kind)? else {
+        return Ok(None);
+    };
+    if keyring.audit_verifying_key().is_none() {
+        return Err(CliError::usage(msg(
+            "the keyring has no `audit_signing_key`, which the audit log needs to sign its \
+             checkpoints: add one (`sealq keys generate` prints a keyring with one), or pass \
+             --audit off",
+        )));
+    }
+    Ok(Some(Auditor::start(sink, keyring)?))
+}
+
+/// Append what is queued and write the final checkpoint.
+pub(crate) async fn finish(auditor: Option<Auditor>) -> CliResult {
+    if let Some(a) = auditor {
+        a.close().await.map_err(sink_error)?;
+    }
+    Ok(())
+}
+
+/// The log `source` names, for reading; and whether positions are rows.
+fn read_sink(global: &Global, source: &AuditSource) -> CliResult<(Arc<dyn AuditSink>, bool)> {
+    if let Some(file) = &source.file {
+        return Ok((Arc::new(JsonLinesSink::at(file)), false));
+    }
+    let db = broker_db(global)?;
+    if !db.exists() {
+        return Err(CliError::usage(msg(format!(
+            "no broker database at {}: pass --broker URL or --file PATH",
+            db.display()
+        ))));
+    }
+    match source.sink {
+        AuditSinkKind::Sqlite => Ok((
+            Arc::new(SqliteAuditSink::open(&db).map_err(sink_error)?),
+            true,
+        )),
+        AuditSinkKind::File | AuditSinkKind::Off => {
+            Ok((Arc::new(JsonLinesSink::at(jsonl_path_for(&db))), false))
+        }
+    }
+}
+
+/// The one-line summary of a clean report.
+pub(crate) fn summary_line(r: &VerifyReport) -> String {
+    if r.macs_checked {
+        format!(
+            "audit: {} records from {} writers verified (chains + {} checkpoints)",
+            r.records, r.writers, r.checkpoints
+        )
+    } else {
+        let uncovered: u64 = r.uncovered.iter().map(|(_, n)| n).sum();
+        format!(
+            "audit: {} of {} records from {} writers verified with the public key ({} \
+             checkpoints); {uncovered} after the last checkpoints need the keyring",
+            r.verified_records, r.records, r.writers, r.checkpoints
+        )
+    }
+}
+
+/// Verify the log `start` wrote for `db` (`None` for `off`).
+pub(crate) async fn verify_broker_log(
+    db: &Path,
+    kind: AuditSinkKind,
+    keyring: &Keyring,
+) -> CliResult<Option<VerifyReport>> {
+    let sink: Arc<dyn AuditSink> = match kind {
+        AuditSinkKind::Off => return Ok(None),
+        AuditSinkKind::File => Arc::new(JsonLinesSink::at(jsonl_path_for(db))),
+        AuditSinkKind::Sqlite => Arc::new(SqliteAuditSink::open(db).map_err(sink_error)?),
+    };
+    verify_with(&*sink, keyring).await.map(Some)
+}
+
+/// Read and verify a sink with a keyring's audit keys.
+pub(crate) async fn verify_with(
+    sink: &dyn AuditSink,
+    keyring: &Keyring,
+) -> CliResult<VerifyReport> {
+    let keys = AuditKeys::from_keyring(keyring)?;
+    verify_sink(sink, &keys, &VerifyOptions::default())
+        .await
+        .map_err(sink_error)
+}
+
+/// `sealq audit verify`.
+pub(crate) async fn verify(global: &Global, args: AuditVerifyArgs) -> CliResult {
+    let keys = match &args.public_key {
+        Some(pk) => AuditKeys::public_only_base64(pk)?,
+        None => AuditKeys::from_keyring(&global.keyring()?)?,
+    };
+    let (sink, rows) = read_sink(global, &args.source)?;
+    let options = VerifyOptions {
+        checkpoint_every: args.checkpoint_every.max(1),
+    };
+    let report = verify_sink(&*sink, &keys, &options)
+        .await
+        .map_err(|e| CliError::runtime(context("cannot read the audit log", e)))?;
+    if args.json {
+        crate::output::print_json(&report)?;
+    } else if report.is_ok() {
+        println!("{}", summary_line(&report));
+    } else {
+        let position = if rows { "row" } else { "line" };
+        println!("audit log {}:", sink.describe());
+        for f in &report.faults {
+            println!("  FAULT {}", f.describe(position));
+        }
+    }
+    if report.is_ok() {
+        Ok(())
+    } else {
+        Err(CliError::runtime(msg(format!(
+            "audit verification failed: {} fault(s) in {} records from {} writers",
+            report.faults.len(),
+            report.records,
+            report.writers
+        ))))
+    }
+}
+
+/// `sealq audit show --task ID`.
+pub(crate) async fn show(global: &Global, args: AuditShowArgs) -> CliResult {
+    let id: TaskId = args.task.trim().parse()?;
+    let (sink, _) = read_sink(global, &args.source)?;
+    let records = sink
+        .read_records()
+        .await
+        .map_err(|e| CliError::runtime(context("cannot read the audit log", e)))?;
+    let mut mine: Vec<_> = records
+        .into_iter()
+        .filter_map(|l| l.item.ok())
+        .filter(|r| r.event.task() == Some(id))
+        .collect();
+    mine.sort_by(|a, b| (a.time_ms, &a.writer, a.seq).cmp(&(b.time_ms, &b.writer, b.seq)));
+    if args.json {
+        return crate::output::print_json(&mine);
+    }
+    if mine.is_empty() {
+        println!("no audit records for task {id}");
+        return Ok(());
+    }
+    for r in &mine {
+        let time = jiff::Timestamp::from_millisecond(r.time_ms)
+            .map_or_else(|_| r.time_ms.to_string(), |t| t.to_string());
+        let mut details = Vec::new();
+        if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&r.event) {
+            for (k, v) in map {
+                if k == "type" || k == "task" || v.is_null() {
+                    continue;
+                }
+                match v {
+                    serde_json::Value::String(s) => details.push(format!("{k}={s}")),
+                    other => details.push(format!("{k}={other}")),
+                }
+            }
+        }
+        println!(
+            "{time}  {:<16} {}#{}  {}",
+            r.event.name(),
+            r.writer,
+            r.seq,
+            details.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// `sealq audit public-key`.
+pub(crate) fn public_key(global: &Global) -> CliResult {
+    let keyring = global.keyring()?;
+    match keyring.audit_public_key_base64() {
+        Some(k) => {
+            println!("{k}");
+            Ok(())
+        }
+        None => Err(CliError::usage(msg(
+            "the keyring has no `audit_signing_key`; generate a new keyring with \
+             `sealq keys generate` or add one (32 random bytes, base64)",
+        ))),
+    }
+}
