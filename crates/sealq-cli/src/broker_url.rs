@@ -10,7 +10,9 @@ use crate::error::{CliError, CliResult, context, msg};
 /// The schemes this build understands, for error messages.
 const SUPPORTED: &str = "this build supports the embedded SQLite broker: \
      `sqlite://PATH` or `sqlite:PATH`, optionally with `?synchronous=normal|full` \
-     (e.g. sqlite://./sealq.db)";
+     (e.g. sqlite://./sealq.db), and Redis: `redis://[user:password@]host[:port][/db]`, \
+     `rediss://…[?ca=PEM&cert=PEM&key=PEM]`, `redis+cluster://host:port,host:port` and \
+     `redis+sentinel://host:port,host:port/MASTER` (all take `?prefix=P`)";
 
 /// What a broker URL names, before anything is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +22,8 @@ pub(crate) enum BrokerUrl {
         /// The file.
         path: PathBuf,
     },
+    /// A Redis server, cluster or Sentinel-managed master (see `sealq_redis`).
+    Redis,
 }
 
 impl BrokerUrl {
@@ -45,8 +49,10 @@ impl BrokerUrl {
                     path: PathBuf::from(path),
                 })
             }
-            "redis" | "rediss" | "postgres" | "postgresql" => Err(CliError::usage(msg(format!(
-                "the {scheme} broker is not available in this build yet (Redis and Postgres \
+            "redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "redis+sentinel"
+            | "rediss+sentinel" => Ok(BrokerUrl::Redis),
+            "postgres" | "postgresql" => Err(CliError::usage(msg(format!(
+                "the {scheme} broker is not available in this build yet (Postgres \
                      support is coming); {SUPPORTED}"
             )))),
             other => Err(CliError::usage(msg(format!(
@@ -83,11 +89,43 @@ pub(crate) fn open(url: &str) -> CliResult<Opened> {
                 sqlite_path: Some(path),
             })
         }
+        BrokerUrl::Redis => Ok(Opened {
+            broker: Arc::new(open_redis(url, true)?),
+            sqlite_path: None,
+        }),
     }
 }
 
+/// Connect to the Redis broker a URL names; with `check`, refuse to run
+/// unless the loaded functions library is this build's version.
+pub(crate) fn open_redis(url: &str, check: bool) -> CliResult<sealq_redis::RedisBroker> {
+    let opts = sealq_redis::RedisOptions::default();
+    // Commands open brokers synchronously from inside the (multi-threaded) runtime.
+    let result = tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(async {
+            if check {
+                sealq_redis::RedisBroker::connect_with(url, opts).await
+            } else {
+                sealq_redis::RedisBroker::connect_unchecked(url, opts).await
+            }
+        })
+    });
+    result.map_err(|e| {
+        let usage = matches!(
+            e.kind,
+            sealq::BrokerErrorKind::Config | sealq::BrokerErrorKind::PermissionDenied
+        );
+        let wrapped = context(format!("cannot open broker {}", redact(url)), e);
+        if usage {
+            CliError::usage(wrapped)
+        } else {
+            CliError::runtime(wrapped)
+        }
+    })
+}
+
 /// A URL with any `user:password@` part removed, for messages.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
         _ => url.to_owned(),
@@ -114,7 +152,7 @@ mod tests {
 
     #[test]
     fn other_schemes_explain() {
-        let e = BrokerUrl::parse("redis://user:secret@host:6379").unwrap_err();
+        let e = BrokerUrl::parse("postgres://user:secret@host:5432").unwrap_err();
         let text = e.render();
         assert!(text.contains("coming"), "{text}");
         assert!(text.contains("sqlite://"), "{text}");
@@ -124,6 +162,18 @@ mod tests {
         assert!(BrokerUrl::parse("sealq.db").is_err());
         assert!(BrokerUrl::parse("sqlite://").is_err());
         assert_eq!(e.exit_code(), std::process::ExitCode::from(2));
+    }
+
+    #[test]
+    fn redis_forms() {
+        for u in [
+            "redis://u:p@h:6379/1",
+            "rediss://h:6380?ca=/ca.pem",
+            "redis+cluster://a:1,b:2",
+            "redis+sentinel://s1:26379,s2:26379/mymaster",
+        ] {
+            assert_eq!(BrokerUrl::parse(u).unwrap(), BrokerUrl::Redis, "{u}");
+        }
     }
 
     #[test]

@@ -117,6 +117,10 @@ impl Conn {
     ) -> Result<Conn, BrokerError> {
         let target = parsed.redacted.as_str();
         let err = redis_err(target, "connecting");
+        if parsed.tls {
+            // rustls needs a process-wide crypto provider; keep one already installed.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         match &parsed.topology {
             Topology::Standalone(url) => {
                 let client = client_for(url, tls).map_err(&err)?;
