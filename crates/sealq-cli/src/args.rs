@@ -68,6 +68,9 @@ pub(crate) enum Command {
     /// Payload sizes per queue and task type against the size budgets.
     #[command(subcommand)]
     Payloads(PayloadsCommand),
+    /// Verify the tamper-evident audit log, or show one task's history.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Redis broker operations (install the functions library).
     #[command(subcommand)]
     Redis(crate::cmd::redis::RedisCommand),
@@ -82,6 +85,9 @@ pub(crate) struct DemoArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Where audit records go (see `sealq audit --help`).
+    #[arg(long, value_enum, env = "SEALQ_AUDIT", default_value_t = AuditSinkKind::File)]
+    pub(crate) audit: AuditSinkKind,
 }
 
 /// `sealq keys ...`.
@@ -128,6 +134,9 @@ pub(crate) struct EnqueueArgs {
     /// Per-attempt timeout [library default: 30m].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) timeout: Option<Duration>,
+    /// Where audit records go (see `sealq audit --help`).
+    #[arg(long, value_enum, env = "SEALQ_AUDIT", default_value_t = AuditSinkKind::File)]
+    pub(crate) audit: AuditSinkKind,
 }
 
 /// `sealq worker`.
@@ -152,6 +161,9 @@ pub(crate) struct WorkerArgs {
     /// killing them and returning their tasks to the queue.
     #[arg(long, value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
     pub(crate) shutdown_timeout: Duration,
+    /// Where audit records go (see `sealq audit --help`).
+    #[arg(long, value_enum, env = "SEALQ_AUDIT", default_value_t = AuditSinkKind::File)]
+    pub(crate) audit: AuditSinkKind,
 }
 
 /// `sealq tasks ...`.
@@ -266,6 +278,82 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Synchronous::Full)]
     pub(crate) synchronous: Synchronous,
     /// Print the results as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Write audit records while benchmarking, to measure their cost
+    /// (`file`: JSON lines next to the database; `sqlite`: audit tables).
+    #[arg(long, value_enum, default_value_t = AuditSinkKind::Off)]
+    pub(crate) audit: AuditSinkKind,
+}
+
+/// Where `worker`, `enqueue`, `demo` and `bench` write audit records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum AuditSinkKind {
+    /// No audit records.
+    Off,
+    /// JSON lines next to the SQLite file: `<db>.audit.jsonl` and
+    /// `<db>.audit.checkpoints.jsonl` (the default).
+    File,
+    /// Tables `audit_records` and `audit_checkpoints` in the SQLite file.
+    Sqlite,
+}
+
+/// `sealq audit ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Verify every writer's chain and every signed checkpoint. Exit 0 only
+    /// when everything verifies; otherwise print each fault and exit 1.
+    Verify(AuditVerifyArgs),
+    /// Print one task's audit history, oldest first.
+    Show(AuditShowArgs),
+    /// Print the keyring's audit public key (base64), for `verify --public-key`.
+    PublicKey,
+}
+
+/// Where an audit log is read from.
+#[derive(Debug, Args)]
+pub(crate) struct AuditSource {
+    /// A JSON-lines audit file (its checkpoints are read from
+    /// `NAME.checkpoints.jsonl` beside it). Without it, the log of the
+    /// --broker is read.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) file: Option<PathBuf>,
+    /// Which log of the --broker: the JSON-lines files next to the database
+    /// (default) or its audit tables.
+    #[arg(long, value_enum, default_value_t = AuditSinkKind::File)]
+    pub(crate) sink: AuditSinkKind,
+}
+
+/// `sealq audit verify`.
+#[derive(Debug, Args)]
+pub(crate) struct AuditVerifyArgs {
+    /// What to verify.
+    #[command(flatten)]
+    pub(crate) source: AuditSource,
+    /// Verify with only the audit public key (base64, from `sealq audit
+    /// public-key`) instead of a keyring: checkpoints and every record they
+    /// cover are verified; records after a writer's last checkpoint cannot be.
+    #[arg(long, value_name = "B64")]
+    pub(crate) public_key: Option<String>,
+    /// The writers' checkpoint window: more records than this after a
+    /// writer's last checkpoint is a fault.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub(crate) checkpoint_every: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `sealq audit show`.
+#[derive(Debug, Args)]
+pub(crate) struct AuditShowArgs {
+    /// The task id.
+    #[arg(long, value_name = "ID")]
+    pub(crate) task: String,
+    /// What to read.
+    #[command(flatten)]
+    pub(crate) source: AuditSource,
+    /// Print a JSON array of records.
     #[arg(long)]
     pub(crate) json: bool,
 }

@@ -1,6 +1,7 @@
 //! One module per command, and what they share: global options, keyring
 //! loading, broker opening.
 
+mod audit;
 mod bench;
 mod demo;
 mod enqueue;
@@ -16,7 +17,9 @@ use clap::ArgMatches;
 use clap::parser::ValueSource;
 use sealq::Keyring;
 
-use crate::args::{Command, DEFAULT_BROKER, KeysCommand, PayloadsCommand, TasksCommand};
+use crate::args::{
+    AuditCommand, Command, DEFAULT_BROKER, KeysCommand, PayloadsCommand, TasksCommand,
+};
 use crate::broker_url::{self, Opened};
 use crate::error::CliResult;
 
@@ -64,6 +67,9 @@ pub(crate) async fn run(global: Global, command: Command) -> CliResult {
         Command::Tasks(TasksCommand::Stats(a)) => tasks::stats(&global, a).await,
         Command::Bench(a) => bench::run(&global, a).await,
         Command::Payloads(PayloadsCommand::Report(a)) => payloads::report(&global, a).await,
+        Command::Audit(AuditCommand::Verify(a)) => audit::verify(&global, a).await,
+        Command::Audit(AuditCommand::Show(a)) => audit::show(&global, a).await,
+        Command::Audit(AuditCommand::PublicKey) => audit::public_key(&global),
         Command::Redis(c) => redis::run(&global, c).await,
     }
 }
