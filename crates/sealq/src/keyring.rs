@@ -374,13 +374,7 @@ impl Keyring {
     /// (see `docs/envelope.md`). Fails only if the operating system's random
     /// number generator fails or an AAD field is longer than 4 GiB.
     pub fn seal(&self, aad: &Aad<'_>, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
-        let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).map_err(|e| {
-            Error::Keyring(format!(
-                "the operating system's random number generator failed: {e}"
-            ))
-        })?;
-        self.seal_with_nonce(aad, plaintext, nonce)
+        self.seal_with_nonce(aad, plaintext, random_nonce()?)
     }
 
     /// **Test only**: [`Keyring::seal`] with a caller-chosen nonce, to produce
@@ -399,30 +393,7 @@ impl Keyring {
                 "primary key `{key_id}` is missing from the keyring"
             ))
         })?;
-        let alg = Algorithm::XChaCha20Poly1305;
-        let ad = envelope::associated_data_for(aad, alg, key_id).ok_or_else(|| {
-            Error::InvalidArgument {
-                what: "task identity",
-                reason: "queue, task type or producer is longer than 4 GiB".into(),
-            }
-        })?;
-        let header_len = envelope::header_len(key_id);
-        let mut out = Vec::with_capacity(header_len + plaintext.len() + TAG_LEN);
-        write_header(&mut out, alg, key_id, &nonce);
-        out.extend_from_slice(plaintext);
-        let tag = entry
-            .cipher
-            .encrypt_inout_detached(
-                <&XNonce>::from(&nonce),
-                &ad,
-                (&mut out[header_len..]).into(),
-            )
-            .map_err(|_| Error::InvalidArgument {
-                what: "plaintext",
-                reason: "too long for XChaCha20-Poly1305 (over 256 GiB)".into(),
-            })?;
-        out.extend_from_slice(&tag);
-        Ok(out)
+        seal_with_cipher(&entry.cipher, key_id, aad, plaintext, nonce)
     }
 
     /// Open an envelope sealed for `aad`, with the key its header names.
@@ -442,35 +413,7 @@ impl Keyring {
             .keys
             .get(header.key_id)
             .ok_or_else(|| IntegrityError::UnknownKey(header.key_id.to_owned()))?;
-        let ad = envelope::associated_data_for(aad, header.alg, header.key_id)
-            .ok_or(IntegrityError::Tampered)?;
-        let body = envelope
-            .get(header.encoded_len()..)
-            .ok_or(IntegrityError::Truncated {
-                len: envelope.len(),
-            })?;
-        let ct_len = body
-            .len()
-            .checked_sub(TAG_LEN)
-            .ok_or(IntegrityError::Truncated {
-                len: envelope.len(),
-            })?;
-        let (ciphertext, tag) = body.split_at(ct_len);
-        let tag = <&Tag>::try_from(tag).map_err(|_| IntegrityError::Tampered)?;
-        let mut plaintext = Zeroizing::new(Vec::with_capacity(ct_len));
-        plaintext.extend_from_slice(ciphertext);
-        match header.alg {
-            Algorithm::XChaCha20Poly1305 => entry
-                .cipher
-                .decrypt_inout_detached(
-                    <&XNonce>::from(&header.nonce),
-                    &ad,
-                    plaintext.as_mut_slice().into(),
-                    tag,
-                )
-                .map_err(|_| IntegrityError::Tampered)?,
-        }
-        Ok(plaintext)
+        open_with_cipher(&entry.cipher, aad, envelope)
     }
 
     fn from_raw(raw: KeyringToml) -> Result<Self, Error> {
@@ -598,6 +541,11 @@ fn prefix_keyring_error(e: Error, prefix: &str) -> Error {
 }
 
 fn check_key_id(id: &str) -> Result<(), Error> {
+    if id == crate::subject_keys::SUBJECT_KEY_ID {
+        return Err(Error::Keyring(format!(
+            "key id `{id}` is reserved for envelopes sealed with a subject's data key; pick another name"
+        )));
+    }
     if is_valid_key_id(id) {
         Ok(())
     } else {
@@ -667,4 +615,86 @@ fn new_key_id(now: jiff::Timestamp, taken: impl Fn(&str) -> bool) -> String {
 fn now_seconds() -> jiff::Timestamp {
     let now = jiff::Timestamp::now();
     jiff::Timestamp::from_second(now.as_second()).unwrap_or(now)
+}
+
+/// Seal with `cipher` under the header key id `key_id` (shared by the
+/// keyring and per-subject data keys).
+pub(crate) fn seal_with_cipher(
+    cipher: &XChaCha20Poly1305,
+    key_id: &str,
+    aad: &Aad<'_>,
+    plaintext: &[u8],
+    nonce: [u8; NONCE_LEN],
+) -> Result<Vec<u8>, Error> {
+    let alg = Algorithm::XChaCha20Poly1305;
+    let ad = envelope::associated_data_for(aad, alg, key_id).ok_or_else(|| {
+        Error::InvalidArgument {
+            what: "task identity",
+            reason: "queue, task type or producer is longer than 4 GiB".into(),
+        }
+    })?;
+    let header_len = envelope::header_len(key_id);
+    let mut out = Vec::with_capacity(header_len + plaintext.len() + TAG_LEN);
+    write_header(&mut out, alg, key_id, &nonce);
+    out.extend_from_slice(plaintext);
+    let tag = cipher
+        .encrypt_inout_detached(
+            <&XNonce>::from(&nonce),
+            &ad,
+            (&mut out[header_len..]).into(),
+        )
+        .map_err(|_| Error::InvalidArgument {
+            what: "plaintext",
+            reason: "too long for XChaCha20-Poly1305 (over 256 GiB)".into(),
+        })?;
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
+/// Open `envelope` with `cipher` (the caller picked it from the header's key id).
+pub(crate) fn open_with_cipher(
+    cipher: &XChaCha20Poly1305,
+    aad: &Aad<'_>,
+    envelope: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, IntegrityError> {
+    let header = parse_header(envelope)?;
+    let ad = envelope::associated_data_for(aad, header.alg, header.key_id)
+        .ok_or(IntegrityError::Tampered)?;
+    let body = envelope
+        .get(header.encoded_len()..)
+        .ok_or(IntegrityError::Truncated {
+            len: envelope.len(),
+        })?;
+    let ct_len = body
+        .len()
+        .checked_sub(TAG_LEN)
+        .ok_or(IntegrityError::Truncated {
+            len: envelope.len(),
+        })?;
+    let (ciphertext, tag) = body.split_at(ct_len);
+    let tag = <&Tag>::try_from(tag).map_err(|_| IntegrityError::Tampered)?;
+    let mut plaintext = Zeroizing::new(Vec::with_capacity(ct_len));
+    plaintext.extend_from_slice(ciphertext);
+    match header.alg {
+        Algorithm::XChaCha20Poly1305 => cipher
+            .decrypt_inout_detached(
+                <&XNonce>::from(&header.nonce),
+                &ad,
+                plaintext.as_mut_slice().into(),
+                tag,
+            )
+            .map_err(|_| IntegrityError::Tampered)?,
+    }
+    Ok(plaintext)
+}
+
+/// A fresh random 24-byte nonce.
+pub(crate) fn random_nonce() -> Result<[u8; NONCE_LEN], Error> {
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::fill(&mut nonce).map_err(|e| {
+        Error::Keyring(format!(
+            "the operating system's random number generator failed: {e}"
+        ))
+    })?;
+    Ok(nonce)
 }

@@ -35,6 +35,7 @@ pub mod keyring;
 pub mod options;
 pub mod policy;
 pub mod reference;
+pub mod subject_keys;
 pub mod task;
 #[cfg(feature = "testkit")]
 pub mod testkit;
