@@ -6,10 +6,15 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 # The embedded broker needs nothing: rusqlite builds its own SQLite (bundled).
-# Brokers added later list their servers here (redis-server, postgres).
+# Brokers added later list their servers here (postgres).
 for bin in cc; do
   command -v "$bin" >/dev/null 2>&1 || need_apt+=(build-essential)
 done
+# The Redis broker's tests start their own redis-server (TLS, ACL, restarts)
+# and use redis-cli; Sentinel tests use redis-sentinel.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+  need_apt+=(redis-server redis-tools redis-sentinel)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing test prerequisites: ${need_apt[*]}" >&2
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -20,7 +20,7 @@
 --   Q..'all'      zset  every stored id, score 0 (lexical order = id order)
 --   Q..'n'        hash  task count per state
 --   Q..'u:'..key  string unique key holder: id..'|'..expires_at_ms
---   Q..'paused'   string exists while the queue is paused
+--   Q..'flags'    hash  queue flags: `paused` while the queue is paused
 --   Q..'wake'     list  at most one wake-up token for idle workers
 -- Global (G = KEYS[2]):
 --   G..'ids'      hash  id -> queue, for every stored or remembered id
@@ -144,7 +144,7 @@ local function dequeue(keys, args)
   for qi, Q in ipairs(keys) do
     local want = max - #out
     if want <= 0 then break end
-    if redis.call('EXISTS', Q .. 'paused') == 0 then
+    if redis.call('HEXISTS', Q .. 'flags', 'paused') == 0 then
       local ids = redis.call('ZRANGEBYSCORE', Q .. 'ready', '-inf', s(now), 'LIMIT', 0, want)
       for _, id in ipairs(ids) do
         local T = Q .. 't:' .. id
@@ -399,13 +399,13 @@ end
 local function pause(keys, args)
   local Q, G = keys[1], keys[2]
   if args[2] == '1' then
-    redis.call('SET', Q .. 'paused', '1')
+    redis.call('HSETNX', Q .. 'flags', 'paused', '1')
     if G then
       redis.call('SADD', G .. 'paused', args[1])
       redis.call('SADD', G .. 'queues', args[1])
     end
   else
-    if redis.call('DEL', Q .. 'paused') > 0 then wake(Q) end
+    if redis.call('HDEL', Q .. 'flags', 'paused') > 0 then wake(Q) end
     if G then redis.call('SREM', G .. 'paused', args[1]) end
   end
   return 1
@@ -452,7 +452,7 @@ end
 -- KEYS[1] = Q. Returns {paused, counts hgetall}.
 local function stats(keys, args)
   local Q = keys[1]
-  return {redis.call('EXISTS', Q .. 'paused'), redis.call('HGETALL', Q .. 'n')}
+  return {redis.call('HEXISTS', Q .. 'flags', 'paused'), redis.call('HGETALL', Q .. 'n')}
 end
 
 -- KEYS[1] = Q. ARGV: ids. Returns one hgetall (maybe empty) per id.

@@ -29,13 +29,17 @@ pub(crate) fn map(target: &str, what: &str, e: RedisError) -> BrokerError {
                  or the user is disabled); fix user:password in the broker URL"
             ),
         )
-    } else if e.kind() == ErrorKind::Server(ServerErrorKind::NoPerm) || lower.contains("noperm") {
+    } else if e.kind() == ErrorKind::Server(ServerErrorKind::NoPerm)
+        || lower.contains("noperm")
+        || lower.contains("can't run this command")
+        || lower.contains("no permissions to")
+    {
         (
             BrokerErrorKind::PermissionDenied,
             format!(
                 "{what}: the Redis user lacks a permission on {target} ({}); grant the role's \
                  ACL from docs/redis-acl.md, and check the key prefix matches its ~PREFIX:* pattern",
-                e.detail().unwrap_or("NOPERM")
+                e.detail().unwrap_or(&text)
             ),
         )
     } else if lower.contains("certificate")

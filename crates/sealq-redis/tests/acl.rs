@@ -1,0 +1,180 @@
+//! The ACL roles of docs/redis-acl.md, created on a real redis-server: each
+//! role can do its job and nothing more.
+
+mod support;
+
+use std::time::Duration;
+
+use sealq::BrokerErrorKind;
+use sealq::broker::{Ack, Broker, DequeueRequest, ListQuery, Outcome};
+use sealq::clock::system_clock;
+use sealq_redis::{RedisBroker, RedisOptions};
+use support::RedisServer;
+
+/// The `ACL SETUSER` lines, read from the document itself.
+fn acl_lines() -> Vec<String> {
+    let doc = include_str!("../../../docs/redis-acl.md");
+    let lines: Vec<String> = doc
+        .lines()
+        .filter(|l| l.starts_with("ACL SETUSER "))
+        .map(|l| {
+            l.replace("ADMIN_PASSWORD", "apw")
+                .replace("PRODUCER_PASSWORD", "ppw")
+                .replace("WORKER_PASSWORD", "wpw")
+        })
+        .collect();
+    assert_eq!(lines.len(), 3, "three roles in docs/redis-acl.md");
+    lines
+}
+
+fn cli_as(s: &RedisServer, user: &str, pw: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &s.port.to_string()])
+        .args(["--user", user, "--pass", pw, "--no-auth-warning"])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn url(s: &RedisServer, user: &str, pw: &str) -> String {
+    format!("redis://{user}:{pw}@127.0.0.1:{}", s.port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_can_do_their_job_and_nothing_more() {
+    let s = RedisServer::start();
+    for line in acl_lines() {
+        let args: Vec<&str> = line.split(' ').collect();
+        let out = s.cli(&args);
+        assert!(out.contains("OK"), "{line}: {out}");
+    }
+
+    // Before install: producers and workers refuse to start, saying what to do.
+    let e = RedisBroker::connect(&url(&s, "sealq-worker", "wpw"))
+        .await
+        .expect_err("no library yet");
+    assert_eq!(e.kind, BrokerErrorKind::Config, "{e}");
+    assert!(e.to_string().contains("sealq redis install"), "{e}");
+
+    // Admin installs.
+    RedisBroker::connect_unchecked(&url(&s, "sealq-admin", "apw"), RedisOptions::default())
+        .await
+        .expect("admin connects")
+        .install()
+        .await
+        .expect("admin installs the library");
+
+    // Wrong password: a clear start-up error.
+    let e = RedisBroker::connect(&url(&s, "sealq-worker", "nope"))
+        .await
+        .expect_err("wrong password");
+    assert_eq!(e.kind, BrokerErrorKind::PermissionDenied, "{e}");
+    assert!(e.to_string().contains("credentials"), "{e}");
+    assert!(!e.to_string().contains("nope"), "password in message: {e}");
+
+    // Producer: enqueues.
+    let producer = RedisBroker::connect_with(
+        &url(&s, "sealq-producer", "ppw"),
+        RedisOptions::with_clock(system_clock()),
+    )
+    .await
+    .expect("producer connects");
+    let now = sealq::Clock::now_ms(&*system_clock());
+    let t = sealq::testkit::fixtures::task_at("acl", now, now);
+    let id = t.id;
+    let res = producer.enqueue(vec![t]).await.expect("producer enqueues");
+    assert_eq!(res, vec![sealq::broker::EnqueueResult::Enqueued]);
+
+    // Producer: cannot dequeue, read or list through the functions …
+    let req = DequeueRequest {
+        queues: vec!["acl".into()],
+        max: 10,
+        lease: Duration::from_secs(30),
+        worker: "p".into(),
+    };
+    let e = producer.dequeue(&req).await.expect_err("producer dequeues");
+    assert_eq!(e.kind, BrokerErrorKind::PermissionDenied, "{e}");
+    let e = producer.get(id).await.expect_err("producer reads");
+    assert_eq!(e.kind, BrokerErrorKind::PermissionDenied, "{e}");
+    let e = producer
+        .list(&ListQuery::default())
+        .await
+        .expect_err("producer lists");
+    assert_eq!(e.kind, BrokerErrorKind::PermissionDenied, "{e}");
+    let e = producer.stats().await.expect_err("producer reads stats");
+    assert_eq!(e.kind, BrokerErrorKind::PermissionDenied, "{e}");
+    let e = producer.pause("acl").await.expect_err("producer pauses");
+    assert_eq!(e.kind, BrokerErrorKind::PermissionDenied, "{e}");
+    // … nor with raw commands, nor with its own scripts.
+    let key = format!("sealq:{{acl}}:t:{}", id.0.simple());
+    for cmd in [
+        vec!["HGETALL", key.as_str()],
+        vec!["HGET", key.as_str(), "e"],
+        vec!["ZRANGE", "sealq:{acl}:ready", "0", "-1"],
+        vec!["SCAN", "0"],
+        vec!["KEYS", "*"],
+        vec!["EVAL", "return 1", "0"],
+        vec![
+            "FUNCTION",
+            "LOAD",
+            "REPLACE",
+            "#!lua name=x\nredis.register_function('x', function() return 1 end)",
+        ],
+    ] {
+        let out = cli_as(&s, "sealq-producer", "ppw", &cmd);
+        assert!(out.contains("NOPERM"), "producer ran {cmd:?}: {out}");
+    }
+
+    // Worker: dequeues, acks, waits for work.
+    let worker = RedisBroker::connect(&url(&s, "sealq-worker", "wpw"))
+        .await
+        .expect("worker connects");
+    let got = worker.dequeue(&req).await.expect("worker dequeues");
+    assert_eq!(got.len(), 1);
+    let res = worker
+        .ack(vec![Ack {
+            lease: got[0].lease,
+            outcome: Outcome::Complete { result: None },
+        }])
+        .await
+        .expect("worker acks");
+    assert_eq!(res, vec![sealq::broker::AckResult::Applied]);
+    worker
+        .wait_for_work(&["acl".into()], Duration::from_millis(50))
+        .await
+        .expect("worker waits");
+    worker.forward_due().await.expect("worker forwards");
+    worker.recover_expired().await.expect("worker recovers");
+    worker.purge_completed().await.expect("worker purges");
+    // Worker: no function loading, no scripts, no other prefixes.
+    for cmd in [
+        vec![
+            "FUNCTION",
+            "LOAD",
+            "REPLACE",
+            "#!lua name=x\nredis.register_function('x', function() return 1 end)",
+        ],
+        vec!["FUNCTION", "DELETE", "sealq"],
+        vec!["EVAL", "return 1", "0"],
+        vec!["SCRIPT", "LOAD", "return 1"],
+        vec!["GET", "other:key"],
+        vec!["KEYS", "*"],
+    ] {
+        let out = cli_as(&s, "sealq-worker", "wpw", &cmd);
+        assert!(out.contains("NOPERM"), "worker ran {cmd:?}: {out}");
+    }
+    // Admin: cannot reach keys outside the prefix nor dangerous commands.
+    for cmd in [
+        vec!["GET", "other:key"],
+        vec!["FLUSHALL"],
+        vec!["EVAL", "return 1", "0"],
+    ] {
+        let out = cli_as(&s, "sealq-admin", "apw", &cmd);
+        assert!(out.contains("NOPERM"), "admin ran {cmd:?}: {out}");
+    }
+}
