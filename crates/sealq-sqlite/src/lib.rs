@@ -84,6 +84,7 @@ mod ops;
 mod options;
 mod read;
 mod schema;
+mod subject_key_store;
 mod url;
 mod wake;
 mod writer;
@@ -101,6 +102,7 @@ use sealq::{BrokerError, TaskId};
 
 pub use crate::audit_sink::SqliteAuditSink;
 pub use crate::options::{SqliteOptions, Synchronous};
+pub use crate::subject_key_store::SqliteSubjectKeyStore;
 use crate::read::Reader;
 use crate::wake::{Wake, Watcher};
 use crate::writer::{Writer, WriterEnv};
@@ -120,6 +122,7 @@ struct Inner {
     reader: Arc<Reader>,
     wake: Arc<Wake>,
     path: PathBuf,
+    subject_keys: Arc<SqliteSubjectKeyStore>,
 }
 
 impl SqliteBroker {
@@ -148,6 +151,12 @@ impl SqliteBroker {
                 wake: Arc::clone(&wake),
             },
         )?;
+        let keys_path = options.subject_keys.clone().unwrap_or_else(|| {
+            let mut p = path.clone().into_os_string();
+            p.push(".subject-keys");
+            PathBuf::from(p)
+        });
+        let subject_keys = Arc::new(SqliteSubjectKeyStore::open(&keys_path)?);
         let reader = Arc::new(Reader::new(
             path.clone(),
             options.read_connections,
@@ -161,6 +170,7 @@ impl SqliteBroker {
                 reader,
                 wake,
                 path,
+                subject_keys,
             }),
         })
     }
@@ -322,6 +332,21 @@ impl Broker for SqliteBroker {
         // One signal for all queues: a hint, callers dequeue afterwards.
         self.inner.wake.wait(timeout).await;
         Ok(())
+    }
+
+    async fn erase_subject(
+        &self,
+        tag: &sealq::SubjectTag,
+    ) -> BrokerResult<sealq::subject_keys::ErasureCounts> {
+        let tag = *tag;
+        self.inner
+            .writer
+            .call(move |ctx| ops::erase_subject(ctx, &tag))
+            .await
+    }
+
+    fn subject_key_store(&self) -> Option<Arc<dyn sealq::subject_keys::SubjectKeyStore>> {
+        Some(self.inner.subject_keys.clone())
     }
 
     fn describe(&self) -> String {

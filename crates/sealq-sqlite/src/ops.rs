@@ -420,3 +420,66 @@ pub(crate) fn set_paused(ctx: &mut OpCtx<'_>, queue: &str, paused: bool) -> Brok
     }
     Ok(())
 }
+
+/// Erase every task of a subject: delete all but active ones (with their
+/// bodies, results and unique keys); archive active ones as `erased` with
+/// the envelope wiped and the lease revoked.
+pub(crate) fn erase_subject(
+    ctx: &mut OpCtx<'_>,
+    tag: &sealq::SubjectTag,
+) -> BrokerResult<sealq::subject_keys::ErasureCounts> {
+    let (conn, now, env) = (ctx.conn, ctx.now, ctx.env);
+    let err = fail(env, "erasing a subject");
+    let tag = &tag.0[..];
+    let mut counts = sealq::subject_keys::ErasureCounts::default();
+    {
+        let mut stmt = conn
+            .prepare_cached("SELECT state, count(*) FROM tasks WHERE subject_tag = ?1 GROUP BY state")
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map([tag], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(&err)?;
+        for row in rows {
+            let (state, n) = row.map_err(&err)?;
+            let n = n.max(0) as u64;
+            match state.as_str() {
+                "scheduled" => counts.scheduled = n,
+                "pending" => counts.pending = n,
+                "active" => counts.active = n,
+                "retry" => counts.retry = n,
+                "completed" => counts.completed = n,
+                _ => counts.archived += n,
+            }
+        }
+    }
+    if counts.total() == 0 {
+        return Ok(counts);
+    }
+    conn.prepare_cached(
+        "DELETE FROM unique_keys WHERE task_id IN (SELECT id FROM tasks WHERE subject_tag = ?1)",
+    )
+    .map_err(&err)?
+    .execute([tag])
+    .map_err(&err)?;
+    conn.prepare_cached("DELETE FROM tasks WHERE subject_tag = ?1 AND state != 'active'")
+        .map_err(&err)?
+        .execute([tag])
+        .map_err(&err)?;
+    conn.prepare_cached(
+        "UPDATE task_bodies SET envelope = X'' \
+         WHERE seq IN (SELECT seq FROM tasks WHERE subject_tag = ?1 AND state = 'active')",
+    )
+    .map_err(&err)?
+    .execute([tag])
+    .map_err(&err)?;
+    conn.prepare_cached(
+        "UPDATE tasks SET state = 'archived', archive_reason = 'erased', result = NULL, \
+                          last_error = NULL, lease_token = NULL, lease_expires_at = NULL, \
+                          worker = NULL, finished_at = ?2, updated_at = ?2 \
+         WHERE subject_tag = ?1 AND state = 'active'",
+    )
+    .map_err(&err)?
+    .execute(params![tag, now])
+    .map_err(&err)?;
+    Ok(counts)
+}

@@ -58,6 +58,11 @@ pub struct SqliteOptions {
     pub replay_horizon: Duration,
     /// Idle read connections kept for `get`, `list` and `stats` (default 4).
     pub read_connections: usize,
+    /// The file holding wrapped per-subject data keys (default: the database
+    /// path with `.subject-keys` appended). Kept apart from the database so
+    /// that copies of the database do not carry the keys; see
+    /// `docs/compliance.md`.
+    pub subject_keys: Option<std::path::PathBuf>,
 }
 
 impl Default for SqliteOptions {
@@ -70,6 +75,7 @@ impl Default for SqliteOptions {
             max_group: 512,
             replay_horizon: Duration::from_secs(7 * 24 * 3600),
             read_connections: 4,
+            subject_keys: None,
         }
     }
 }

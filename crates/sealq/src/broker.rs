@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::error::BrokerError;
+use crate::error::{BrokerError, BrokerErrorKind};
+use crate::subject_keys::{ErasureCounts, SubjectKeyStore};
 use crate::task::{ArchiveReason, SubjectTag, TaskId, TaskMeta, TaskState};
 
 /// Result of broker operations.
@@ -315,4 +316,29 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
 
     /// A short, secret-free description for logs (`sqlite:///path`, `redis://host:port`).
     fn describe(&self) -> String;
+
+    /// Erase a data subject's tasks (right to erasure), in one transaction
+    /// where the backend allows: tasks with this subject tag in every state
+    /// except `active` are deleted with their results and unique keys;
+    /// `active` ones are archived with reason `erased`, their envelope wiped
+    /// and their lease revoked, so the running worker's ack changes nothing
+    /// and the task is never retried. Erasing an unknown subject returns zero
+    /// counts; running it twice is harmless.
+    ///
+    /// The default refuses: a backend that cannot erase must say so rather
+    /// than pretend.
+    async fn erase_subject(&self, tag: &SubjectTag) -> BrokerResult<ErasureCounts> {
+        let _ = tag;
+        Err(BrokerError::new(
+            BrokerErrorKind::Config,
+            format!("{} does not support erasing subjects yet", self.describe()),
+        ))
+    }
+
+    /// Where this deployment keeps wrapped per-subject data keys, if the
+    /// backend provides a store. It must live apart from the task data so
+    /// that destroying a key shreds every copy of the subject's tasks.
+    fn subject_key_store(&self) -> Option<std::sync::Arc<dyn SubjectKeyStore>> {
+        None
+    }
 }

@@ -91,6 +91,11 @@ pub enum Error {
     #[error("broker error: {0}")]
     Broker(#[from] BrokerError),
 
+    // ---- audit -----------------------------------------------------------
+    /// The audit log could not be written; what it was about still happened.
+    #[error("audit log: {0}")]
+    Audit(String),
+
     // ---- runtime ---------------------------------------------------------
     /// The worker or client was shut down.
     #[error("shut down")]

@@ -170,6 +170,12 @@ impl SubjectKeys {
             .map(|(k, _)| k.clone())
     }
 
+    /// A key already fetched, whatever its age (to seal the result of a task
+    /// opened with it). Erasure empties the cache, so an erased key is gone.
+    pub(crate) fn cached_any_age(&self, tag: &SubjectTag) -> Option<Arc<DataKey>> {
+        self.cache().get(tag).map(|(k, _)| k.clone())
+    }
+
     /// Drop cached keys if the store's erasure epoch moved.
     pub async fn refresh(&self) -> Result<(), Error> {
         let epoch = self.store.epoch().await?;
