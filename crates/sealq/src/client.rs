@@ -92,6 +92,8 @@ struct Inner {
     broker: Arc<dyn Broker>,
     keyring: Arc<Keyring>,
     policy: PayloadPolicy,
+    /// Claim-check: the blob store and the offload threshold (payload bytes).
+    blobs: Option<(Arc<dyn crate::blob::BlobStore>, usize)>,
     producer: String,
     clock: SharedClock,
     audit: Option<crate::audit::Auditor>,
@@ -103,6 +105,7 @@ pub struct ClientBuilder {
     broker: Arc<dyn Broker>,
     keyring: Arc<Keyring>,
     policy: PayloadPolicy,
+    blobs: Option<(Arc<dyn crate::blob::BlobStore>, usize)>,
     producer: Option<String>,
     clock: SharedClock,
     audit: Option<crate::audit::Auditor>,
@@ -114,6 +117,20 @@ impl ClientBuilder {
     /// (`policy_rejected`, rule and field path only). Default: none.
     pub fn audit(mut self, auditor: crate::audit::Auditor) -> Self {
         self.audit = Some(auditor);
+        self
+    }
+
+    /// Claim-check (see [`crate::blob`]): payloads larger than `threshold`
+    /// serialized bytes are sealed into `store` and the task carries a small
+    /// sealed claim. The queue's size budget then applies to what the broker
+    /// stores, so these payloads pass it; the scanner still runs. Workers
+    /// need the same store ([`crate::WorkerBuilder::blob_store`]).
+    pub fn blob_store(
+        mut self,
+        store: Arc<dyn crate::blob::BlobStore>,
+        threshold: usize,
+    ) -> Self {
+        self.blobs = Some((store, threshold));
         self
     }
 
@@ -142,6 +159,7 @@ impl ClientBuilder {
                 broker: self.broker,
                 keyring: self.keyring,
                 policy: self.policy,
+                blobs: self.blobs,
                 producer: self.producer.unwrap_or_else(default_process_id),
                 clock: self.clock,
                 audit: self.audit,
@@ -171,6 +189,7 @@ impl Client {
             broker,
             keyring: keyring.into(),
             policy: PayloadPolicy::default(),
+            blobs: None,
             producer: None,
             clock: system_clock(),
             audit: None,
@@ -244,6 +263,10 @@ impl Client {
         if sealed.is_empty() {
             return Ok(out);
         }
+        if let Some((store, threshold)) = &self.inner.blobs {
+            crate::blob::offload_all(&**store, &self.inner.keyring, *threshold, &mut sealed)
+                .await?;
+        }
         let ids: Vec<TaskId> = sealed.iter().map(|t| t.id).collect();
         let mut events: Vec<Option<crate::audit::AuditEvent>> = match &self.inner.audit {
             Some(_) => sealed
@@ -305,7 +328,16 @@ impl Client {
             .unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
         validate_queue_name(&queue)?;
         validate_kind(&kind)?;
-        self.inner.policy.check(&queue, &payload)?;
+        match &self.inner.blobs {
+            Some((_, threshold)) => crate::blob::check_policy(
+                &self.inner.policy,
+                *threshold,
+                &queue,
+                &payload,
+                options.subject.is_some(),
+            )?,
+            None => self.inner.policy.check(&queue, &payload)?,
+        }
 
         let now = self.inner.clock.now_ms();
         let run_at_ms = options

@@ -26,6 +26,7 @@
 
 pub mod audit;
 pub mod backoff;
+pub mod blob;
 pub mod broker;
 mod client;
 pub mod clock;

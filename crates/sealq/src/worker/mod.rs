@@ -103,6 +103,8 @@ pub(crate) struct Config {
     pub(crate) ack_batch: usize,
     /// Resolvers handed to every [`TaskContext`].
     pub(crate) resolvers: Arc<crate::reference::Resolvers>,
+    /// Where offloaded payloads are fetched from (claim-check).
+    pub(crate) blobs: Option<Arc<dyn crate::blob::BlobStore>>,
     /// Where lifecycle events are recorded, if anywhere.
     pub(crate) audit: Option<crate::audit::Auditor>,
 }
@@ -204,6 +206,14 @@ impl WorkerBuilder {
         R: crate::reference::Resolver<T>,
     {
         Arc::make_mut(&mut self.config.resolvers).register::<T, R>(resolver, options);
+        self
+    }
+
+    /// The blob store offloaded payloads are fetched from (see
+    /// [`crate::blob`]): their handlers see the original payload, and a
+    /// task's blob is deleted once its completion is acknowledged.
+    pub fn blob_store(mut self, store: Arc<dyn crate::blob::BlobStore>) -> Self {
+        self.config.blobs = Some(store);
         self
     }
 
@@ -324,6 +334,7 @@ impl Worker {
                 maintenance_interval: Duration::from_secs(1),
                 ack_batch: 1024,
                 resolvers: Arc::default(),
+                blobs: None,
                 audit: None,
             },
         }

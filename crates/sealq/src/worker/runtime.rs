@@ -15,6 +15,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::handler::{ErasedHandler, Failure, RawPayload, TaskContext};
 use super::priority::fetch_order;
 use super::{Config, WorkerReport, WorkerStats};
+use crate::blob::ClaimAction;
 use crate::broker::{
     Ack, AckResult, Broker, DequeueRequest, Lease, LeasedTask, Outcome, TaskRecord,
 };
@@ -310,6 +311,25 @@ async fn execute(
         Ok(p) => RawPayload(p),
         Err(e) => return refuse(shared, record, e, ArchiveReason::Integrity),
     };
+    // Claim-check: an offloaded payload is fetched and opened here (crate::blob).
+    let payload = match crate::blob::open_claimed(
+        shared.config.blobs.as_deref(),
+        &shared.keyring,
+        record,
+        payload.bytes(),
+    )
+    .await
+    {
+        Ok(None) => payload,
+        Ok(Some(full)) => RawPayload(full),
+        Err(e) => {
+            return match e.action() {
+                ClaimAction::Refuse(e) => refuse(shared, record, e, ArchiveReason::Integrity),
+                ClaimAction::Archive(reason, msg) => archive(shared, record, reason, msg),
+                ClaimAction::Retry(msg) => fail(shared, record, Failure::Retry, &msg),
+            };
+        }
+    };
     if record.meta.deadline_ms.is_some_and(|d| now >= d) {
         return archive(
             shared,
@@ -502,6 +522,9 @@ async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ack>) {
         loop {
             match shared.broker.ack(batch.clone()).await {
                 Ok(results) => {
+                    if let Some(store) = &shared.config.blobs {
+                        crate::blob::delete_completed(store, &batch, &results);
+                    }
                     let lost = results
                         .iter()
                         .filter(|r| **r == AckResult::LeaseLost)

@@ -1,0 +1,296 @@
+//! Claim-check over a real SQLite broker: large payloads go to a blob store
+//! (memory and filesystem), the worker opens them transparently, blobs are
+//! deleted on completion and swept when their task is gone; a missing or
+//! tampered blob ends the task in a clear state and the worker keeps going.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sealq::blob::{BLOB_MISSING, BlobStore, FsBlobStore, MemoryBlobStore, sweep_orphans};
+use sealq::broker::{Broker, TaskRecord};
+use sealq::{
+    ArchiveReason, Client, EnqueueOptions, Error, Keyring, Task, TaskContext, TaskId, TaskState,
+    Worker,
+};
+use sealq_sqlite::SqliteBroker;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Render {
+    name: String,
+    #[serde(with = "serde_bytes_vec")]
+    pdf: Vec<u8>,
+}
+impl Task for Render {
+    const KIND: &'static str = "test.render";
+}
+
+/// Bytes as a MessagePack string of hex (keeps the test free of serde_bytes).
+mod serde_bytes_vec {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub(crate) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&String::from_utf8_lossy(v))
+    }
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(String::deserialize(d)?.into_bytes())
+    }
+}
+
+fn render(n: usize) -> Render {
+    Render {
+        name: format!("doc-{n}"),
+        pdf: "%PDF-1.7 lorem ipsum ".repeat(n / 21 + 1).into_bytes()[..n].to_vec(),
+    }
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    broker: Arc<dyn Broker>,
+    keyring: Arc<Keyring>,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker: Arc<dyn Broker> =
+        Arc::new(SqliteBroker::open(dir.path().join("q.db")).expect("open broker"));
+    Env {
+        _dir: dir,
+        broker,
+        keyring: Arc::new(Keyring::generate()),
+    }
+}
+
+fn client(e: &Env, store: Arc<dyn BlobStore>) -> Client {
+    Client::builder(e.broker.clone(), e.keyring.clone())
+        .blob_store(store, 4096)
+        .build()
+}
+
+fn worker(
+    e: &Env,
+    store: Option<Arc<dyn BlobStore>>,
+    seen: Arc<std::sync::Mutex<Vec<Render>>>,
+) -> sealq::WorkerHandle {
+    let mut b = Worker::builder(e.broker.clone(), e.keyring.clone())
+        .maintenance_interval(Duration::from_millis(20))
+        .shutdown_timeout(Duration::from_secs(5));
+    if let Some(s) = store {
+        b = b.blob_store(s);
+    }
+    b.handle(move |task: Render, _ctx: TaskContext| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push(task);
+            Ok(())
+        }
+    })
+    .build()
+    .expect("worker")
+    .spawn()
+}
+
+async fn wait_final(broker: &Arc<dyn Broker>, id: TaskId) -> TaskRecord {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let rec = broker.get(id).await.expect("get").expect("task exists");
+        if matches!(rec.state, TaskState::Completed | TaskState::Archived) {
+            return rec;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "task {id} stuck in {}",
+            rec.state
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn eventually(mut check: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..400 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+async fn round_trip(e: &Env, store: Arc<dyn BlobStore>) {
+    let c = client(e, store.clone());
+    // 100 KiB: over the default 64 KiB budget, accepted because it is offloaded.
+    let big = c
+        .enqueue(&render(100 * 1024), EnqueueOptions::new())
+        .await
+        .unwrap();
+    let small = c
+        .enqueue(&render(100), EnqueueOptions::new())
+        .await
+        .unwrap();
+
+    let stored = e.broker.get(big).await.unwrap().unwrap();
+    assert!(
+        stored.envelope.len() < 200,
+        "the broker holds a claim: {stored:?}"
+    );
+    assert!(e.broker.get(small).await.unwrap().unwrap().envelope.len() > 100);
+    assert_eq!(store.list_tasks(None, 10).await.unwrap(), vec![big]);
+
+    let seen = Arc::default();
+    let w = worker(e, Some(store.clone()), Arc::clone(&seen));
+    assert_eq!(wait_final(&e.broker, big).await.state, TaskState::Completed);
+    assert_eq!(
+        wait_final(&e.broker, small).await.state,
+        TaskState::Completed
+    );
+    // Deleted once the completion is acknowledged.
+    assert!(eventually(async || store.list_tasks(None, 10).await.unwrap().is_empty()).await);
+    w.shutdown().await.unwrap();
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.contains(&render(100 * 1024)),
+        "the handler got the full payload"
+    );
+    assert!(seen.contains(&render(100)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offload_round_trip_in_memory() {
+    let e = env();
+    round_trip(&e, Arc::new(MemoryBlobStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offload_round_trip_on_disk() {
+    let e = env();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FsBlobStore::open(dir.path().join("blobs")).unwrap());
+    round_trip(&e, store.clone()).await;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(store.dir()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_and_tampered_blobs_end_in_clear_states() {
+    let e = env();
+    let store = Arc::new(MemoryBlobStore::new());
+    let c = client(&e, store.clone());
+    let missing = c
+        .enqueue(&render(10_000), EnqueueOptions::new())
+        .await
+        .unwrap();
+    let tampered = c
+        .enqueue(&render(10_000), EnqueueOptions::new())
+        .await
+        .unwrap();
+    let fine = c
+        .enqueue(&render(10_000), EnqueueOptions::new())
+        .await
+        .unwrap();
+    store.delete_tasks(&[missing]).await.unwrap();
+    assert_eq!(store.overwrite(tampered, b"not the sealed blob"), 1);
+
+    let w = worker(&e, Some(store.clone()), Arc::default());
+    let rec = wait_final(&e.broker, missing).await;
+    assert_eq!(
+        rec.archive_reason,
+        Some(ArchiveReason::Other(BLOB_MISSING.into()))
+    );
+    let rec = wait_final(&e.broker, tampered).await;
+    assert_eq!(rec.archive_reason, Some(ArchiveReason::Integrity));
+    assert_eq!(
+        wait_final(&e.broker, fine).await.state,
+        TaskState::Completed
+    );
+    let report = w.shutdown().await.unwrap();
+    assert_eq!(
+        (report.succeeded, report.archived, report.integrity_failures),
+        (1, 2, 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_cannot_be_moved_to_another_task() {
+    let e = env();
+    let store = Arc::new(MemoryBlobStore::new());
+    let c = client(&e, store.clone());
+    let a = c
+        .enqueue(&render(10_000), EnqueueOptions::new())
+        .await
+        .unwrap();
+    let b = c
+        .enqueue(&render(10_000), EnqueueOptions::new())
+        .await
+        .unwrap();
+    // Give b the sealed bytes of a's blob (same size, other task).
+    let a_blob = store.blobs_of(a).pop().unwrap();
+    assert_eq!(store.overwrite(b, &a_blob), 1);
+    let w = worker(&e, Some(store.clone()), Arc::default());
+    assert_eq!(wait_final(&e.broker, a).await.state, TaskState::Completed);
+    let rec = wait_final(&e.broker, b).await;
+    assert_eq!(rec.archive_reason, Some(ArchiveReason::Integrity));
+    w.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_the_blob_store_retries() {
+    let e = env();
+    let store = Arc::new(MemoryBlobStore::new());
+    let c = client(&e, store.clone());
+    let id = c
+        .enqueue(&render(10_000), EnqueueOptions::new().max_retries(0))
+        .await
+        .unwrap();
+    let w = worker(&e, None, Arc::default());
+    let rec = wait_final(&e.broker, id).await;
+    assert_eq!(rec.archive_reason, Some(ArchiveReason::Exhausted));
+    w.shutdown().await.unwrap();
+    assert_eq!(
+        store.len(),
+        1,
+        "kept: the task can be re-run by a worker that has the store"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_deletes_blobs_of_deleted_tasks() {
+    let e = env();
+    let store = Arc::new(MemoryBlobStore::new());
+    let c = client(&e, store.clone());
+    let gone = c
+        .enqueue(&render(10_000), EnqueueOptions::new())
+        .await
+        .unwrap();
+    let kept = c
+        .enqueue(&render(10_000), EnqueueOptions::new())
+        .await
+        .unwrap();
+    e.broker.delete(&[gone]).await.unwrap(); // as erasure or an operator would
+    // Young blobs are left alone (their task may be being enqueued).
+    assert_eq!(
+        sweep_orphans(&*e.broker, &*store, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        sweep_orphans(&*e.broker, &*store, Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.list_tasks(None, 10).await.unwrap(), vec![kept]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offloaded_payloads_are_still_scanned() {
+    let e = env();
+    let c = client(&e, Arc::new(MemoryBlobStore::new()));
+    let mut task = render(10_000);
+    task.name = "card 4242 4242 4242 4242".into();
+    let err = c.enqueue(&task, EnqueueOptions::new()).await.unwrap_err();
+    assert!(matches!(err, Error::PolicyViolation { .. }), "{err}");
+}
