@@ -94,9 +94,19 @@ pub struct AuditorBuilder {
     writer: Option<String>,
     every: u64,
     interval: Duration,
+    batch_interval: Duration,
 }
 
 impl AuditorBuilder {
+    /// After each append, wait this long before the next one so more
+    /// records share one append (default 0: append as soon as the previous
+    /// append is done, which already batches everything queued meanwhile).
+    /// `flush` and `close` wait for it too.
+    pub fn batch_interval(mut self, t: Duration) -> Self {
+        self.batch_interval = t;
+        self
+    }
+
     /// The writer id (default `host:pid:xxxxxxxx`, random suffix). Must be
     /// unique per process run: two processes writing one chain id would
     /// break each other's chain.
@@ -137,6 +147,7 @@ impl AuditorBuilder {
             writer: writer.clone(),
             every: self.every,
             interval: self.interval,
+            batch_interval: self.batch_interval,
             counters: counters.clone(),
             next_seq: 0,
             prev_mac: GENESIS,
@@ -187,6 +198,7 @@ impl Auditor {
             writer: None,
             every: DEFAULT_CHECKPOINT_EVERY,
             interval: DEFAULT_CHECKPOINT_INTERVAL,
+            batch_interval: Duration::ZERO,
         }
     }
 
@@ -270,6 +282,7 @@ struct Chain {
     writer: String,
     every: u64,
     interval: Duration,
+    batch_interval: Duration,
     counters: Arc<Counters>,
     next_seq: u64,
     prev_mac: [u8; 32],
@@ -331,6 +344,9 @@ impl Chain {
                 .await;
             } else {
                 self.failures = 0;
+                if !self.batch_interval.is_zero() {
+                    tokio::time::sleep(self.batch_interval).await;
+                }
             }
         }
     }
