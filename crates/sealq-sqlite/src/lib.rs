@@ -77,6 +77,7 @@
 #![warn(missing_docs)]
 
 mod audit_sink;
+mod blob_store;
 mod checkpoint;
 mod codec;
 mod error;
@@ -101,6 +102,7 @@ use sealq::broker::{
 use sealq::{BrokerError, TaskId};
 
 pub use crate::audit_sink::SqliteAuditSink;
+pub use crate::blob_store::SqliteBlobStore;
 pub use crate::options::{SqliteOptions, Synchronous};
 pub use crate::subject_key_store::SqliteSubjectKeyStore;
 use crate::read::Reader;

@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sealq::blob::{BLOB_MISSING, BlobStore, FsBlobStore, MemoryBlobStore, sweep_orphans};
+use sealq::blob::{BLOB_MISSING, BlobKey, BlobStore, FsBlobStore, MemoryBlobStore, sweep_orphans};
 use sealq::broker::{Broker, TaskRecord};
 use sealq::{
     ArchiveReason, Client, EnqueueOptions, Error, Keyring, Task, TaskContext, TaskId, TaskState,
     Worker,
 };
-use sealq_sqlite::SqliteBroker;
+use sealq_sqlite::{SqliteBlobStore, SqliteBroker};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -171,6 +171,45 @@ async fn offload_round_trip_on_disk() {
         let mode = std::fs::metadata(store.dir()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offload_round_trip_in_the_broker_file() {
+    let e = env();
+    let store = Arc::new(SqliteBlobStore::open(e._dir.path().join("q.db")).unwrap());
+    round_trip(&e, store.clone()).await;
+    // Rows are sealed bytes: the document text is nowhere in the table.
+    let conn = rusqlite::Connection::open(e._dir.path().join("q.db")).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0, "deleted after completion");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_blob_store_basics() {
+    let e = env();
+    let store = SqliteBlobStore::open(e._dir.path().join("q.db")).unwrap();
+    let (a, b) = (TaskId::new(), TaskId::new());
+    let key = |task, d: u8| BlobKey {
+        task,
+        digest: [d; 32],
+    };
+    store.put(&key(a, 1), b"one".to_vec()).await.unwrap();
+    store.put(&key(a, 2), b"two".to_vec()).await.unwrap();
+    store.put(&key(b, 1), b"three".to_vec()).await.unwrap();
+    assert_eq!(
+        store.get(&key(a, 2)).await.unwrap().as_deref(),
+        Some(&b"two"[..])
+    );
+    assert_eq!(store.get(&key(b, 2)).await.unwrap(), None);
+    assert_eq!(store.list_tasks(None, 10).await.unwrap(), vec![a, b]);
+    assert_eq!(store.list_tasks(Some(a), 10).await.unwrap(), vec![b]);
+    assert_eq!(store.list_tasks(None, 1).await.unwrap(), vec![a]);
+    assert_eq!(store.delete_tasks(&[a, TaskId::new()]).await.unwrap(), 2);
+    assert_eq!(store.list_tasks(None, 10).await.unwrap(), vec![b]);
+    // The broker still works on the same file.
+    assert!(e.broker.stats().await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

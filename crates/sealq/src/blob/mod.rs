@@ -24,9 +24,10 @@
 //!   re-run); [`sweep_orphans`] deletes the blobs whose task no longer exists
 //!   in the broker (purged, deleted, erased). Run it periodically.
 //!
-//! Stores: [`FsBlobStore`] (a directory, one file per task, written
-//! atomically, mode 0600), [`MemoryBlobStore`] (tests, one process). Others
-//! (a database table, Redis with a TTL, S3) implement [`BlobStore`].
+//! Stores: [`FsBlobStore`] (a directory per task, files written atomically,
+//! mode 0600), [`MemoryBlobStore`] (tests, one process), and
+//! `sealq_sqlite::SqliteBlobStore` (a table in the broker's file). Others
+//! (Redis with a TTL, S3) implement [`BlobStore`].
 //!
 //! A blob store holds only sealed bytes: like the broker, it can neither read
 //! nor forge them, and a blob cannot be moved to another task.
