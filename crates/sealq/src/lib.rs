@@ -18,7 +18,7 @@
 //!   heartbeats, graceful shutdown.
 //! - [`audit`]: the HMAC-chained, checkpoint-signed audit log ([`Auditor`]).
 //! - [`Ref`] and [`Resolver`]: identifiers in payloads, resolved in the
-//!   handler with timeout, cache, single-flight and metrics ([`reference`]).
+//!   handler with timeout, cache, single-flight and metrics ([`mod@reference`]).
 //!
 //! `docs/internals.md` in the repository follows one task through the code.
 #![forbid(unsafe_code)]
