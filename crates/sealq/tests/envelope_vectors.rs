@@ -577,7 +577,11 @@ fn debug_prints_no_secrets() {
         .filter_map(|l| l.split('"').nth(1))
         .filter(|s| s.len() == 44)
         .collect();
-    assert_eq!(secrets.len(), 3, "two keys and the subject tag key");
+    assert_eq!(
+        secrets.len(),
+        4,
+        "two keys, the subject tag key and the audit signing key"
+    );
     for s in secrets {
         assert!(!dbg.contains(s), "Debug leaks a secret");
         assert!(!dbg.contains(&s[..8]), "Debug leaks part of a secret");
