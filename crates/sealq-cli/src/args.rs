@@ -74,6 +74,26 @@ pub(crate) enum Command {
     /// Redis broker operations (install the functions library).
     #[command(subcommand)]
     Redis(crate::cmd::redis::RedisCommand),
+    /// Erase a data subject: delete its tasks in every state and destroy its
+    /// data key, so earlier copies of its tasks cannot be opened; prints a receipt.
+    Erase(EraseArgs),
+}
+
+/// `sealq erase`.
+#[derive(Debug, Args)]
+pub(crate) struct EraseArgs {
+    /// The subject id given at enqueue (`--subject`), e.g. `user-42`.
+    #[arg(long)]
+    pub(crate) subject: String,
+    /// Who asks for the erasure (recorded in the receipt; default `$USER@host`).
+    #[arg(long)]
+    pub(crate) operator: Option<String>,
+    /// Print the receipt as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Where the receipt's audit record goes.
+    #[arg(long, value_enum, env = "SEALQ_AUDIT", default_value_t = AuditSinkKind::File)]
+    pub(crate) audit: AuditSinkKind,
 }
 
 /// `sealq demo`.

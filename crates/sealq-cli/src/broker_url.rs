@@ -140,6 +140,7 @@ mod tests {
     fn sqlite_forms() {
         let p = |u: &str| match BrokerUrl::parse(u) {
             Ok(BrokerUrl::Sqlite { path }) => path,
+            Ok(other) => panic!("{u}: parsed as {other:?}"),
             Err(e) => panic!("{u}: {}", e.render()),
         };
         assert_eq!(p("sqlite://./sealq.db"), PathBuf::from("./sealq.db"));

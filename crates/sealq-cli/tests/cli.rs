@@ -247,10 +247,16 @@ fn duplicate_unique_key_names_the_existing_task() {
 #[test]
 fn unsupported_broker_is_a_usage_error() {
     let sb = Sandbox::new();
-    let out = sb.run(&["--broker", "redis://localhost:6379", "tasks", "stats"]);
+    let out = sb.run(&[
+        "--broker",
+        "postgres://user:secret@localhost:5432/db",
+        "tasks",
+        "stats",
+    ]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("sqlite://"), "{}", out.stderr);
     assert!(out.stderr.contains("coming"), "{}", out.stderr);
+    assert!(!out.stderr.contains("secret"), "{}", out.stderr);
 }
 
 #[test]
@@ -423,4 +429,87 @@ fn bench_reports_positive_rates_as_json() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let v: Value = serde_json::from_str(&out.stdout).expect("bench --json is JSON");
     assert_eq!(v["mode"], "pipelined");
+}
+
+#[test]
+fn erase_removes_the_subjects_tasks_and_prints_a_receipt_without_the_subject() {
+    let sb = Sandbox::new();
+    let payload = r#"{"to":"ann@example.com"}"#;
+    sb.enqueue(&[
+        "--queue",
+        "mail",
+        "--type",
+        "mail.send",
+        "--payload",
+        payload,
+        "--subject",
+        "user-42",
+    ]);
+    sb.enqueue(&[
+        "--queue",
+        "mail",
+        "--type",
+        "mail.send",
+        "--payload",
+        payload,
+        "--subject",
+        "user-42",
+        "--delay",
+        "1h",
+    ]);
+    let kept = sb.enqueue(&[
+        "--queue",
+        "mail",
+        "--type",
+        "mail.send",
+        "--payload",
+        payload,
+        "--subject",
+        "user-7",
+    ]);
+
+    let out = sb.run(&[
+        "erase",
+        "--subject",
+        "user-42",
+        "--operator",
+        "dpo",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "erase: {}", out.stderr);
+    let receipt: Value = serde_json::from_str(&out.stdout).expect("receipt is JSON");
+    assert_eq!(receipt["counts"]["pending"], 1);
+    assert_eq!(receipt["counts"]["scheduled"], 1);
+    assert_eq!(receipt["key_destroyed"], true);
+    assert_eq!(receipt["operator"], "dpo");
+    assert!(
+        !out.stdout.contains("user-42"),
+        "the receipt names the subject"
+    );
+
+    let (tasks, _) = sb.list(&[]);
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0]["id"], kept.as_str());
+
+    // The receipt is in the audit log, which still verifies; no subject id in it.
+    let verify = sb.run(&[
+        "audit",
+        "verify",
+        "--broker",
+        &format!("sqlite://{}", sb.path().join("q.db").display()),
+    ]);
+    assert_eq!(
+        verify.code, 0,
+        "audit verify: {}{}",
+        verify.stdout, verify.stderr
+    );
+    let log = std::fs::read_to_string(sb.path().join("q.db.audit.jsonl")).expect("audit file");
+    assert!(log.contains("subject_erased"));
+    assert!(!log.contains("user-42"));
+
+    // Again: nothing left, and no error.
+    let again = sb.run(&["erase", "--subject", "user-42", "--json"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    let receipt: Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(receipt["key_destroyed"], false);
 }

@@ -104,8 +104,8 @@ use sealq::{BrokerError, TaskId};
 pub use crate::audit_sink::SqliteAuditSink;
 pub use crate::blob_store::SqliteBlobStore;
 pub use crate::options::{SqliteOptions, Synchronous};
-pub use crate::subject_key_store::SqliteSubjectKeyStore;
 use crate::read::Reader;
+pub use crate::subject_key_store::SqliteSubjectKeyStore;
 use crate::wake::{Wake, Watcher};
 use crate::writer::{Writer, WriterEnv};
 
@@ -253,7 +253,10 @@ impl Broker for SqliteBroker {
         if acks.is_empty() {
             return Ok(Vec::new());
         }
-        self.inner.writer.call(move |ctx| ops::ack(ctx, &acks)).await
+        self.inner
+            .writer
+            .call(move |ctx| ops::ack(ctx, &acks))
+            .await
     }
 
     async fn extend_leases(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Vec<bool>> {

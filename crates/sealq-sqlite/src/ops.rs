@@ -434,7 +434,9 @@ pub(crate) fn erase_subject(
     let mut counts = sealq::subject_keys::ErasureCounts::default();
     {
         let mut stmt = conn
-            .prepare_cached("SELECT state, count(*) FROM tasks WHERE subject_tag = ?1 GROUP BY state")
+            .prepare_cached(
+                "SELECT state, count(*) FROM tasks WHERE subject_tag = ?1 GROUP BY state",
+            )
             .map_err(&err)?;
         let rows = stmt
             .query_map([tag], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))

@@ -1,5 +1,6 @@
 //! The producer side: check the payload policy, seal, enqueue.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -15,7 +16,8 @@ use crate::options::{
     validate_kind, validate_queue_name,
 };
 use crate::policy::PayloadPolicy;
-use crate::task::{Task, TaskId, TaskMeta, duration_ms, encode_payload};
+use crate::subject_keys::{DataKey, SubjectKeys};
+use crate::task::{SubjectTag, Task, TaskId, TaskMeta, duration_ms, encode_payload};
 
 /// One task to enqueue, before sealing: a type name, the MessagePack payload
 /// and options. The dynamic counterpart of a typed [`Task`], for tools.
@@ -97,6 +99,8 @@ struct Inner {
     producer: String,
     clock: SharedClock,
     audit: Option<crate::audit::Auditor>,
+    /// Per-subject data keys, when the broker provides a key store.
+    subject_keys: Option<Arc<SubjectKeys>>,
 }
 
 /// Builds a [`Client`].
@@ -125,11 +129,7 @@ impl ClientBuilder {
     /// sealed claim. The queue's size budget then applies to what the broker
     /// stores, so these payloads pass it; the scanner still runs. Workers
     /// need the same store ([`crate::WorkerBuilder::blob_store`]).
-    pub fn blob_store(
-        mut self,
-        store: Arc<dyn crate::blob::BlobStore>,
-        threshold: usize,
-    ) -> Self {
+    pub fn blob_store(mut self, store: Arc<dyn crate::blob::BlobStore>, threshold: usize) -> Self {
         self.blobs = Some((store, threshold));
         self
     }
@@ -154,8 +154,13 @@ impl ClientBuilder {
 
     /// Build the client.
     pub fn build(self) -> Client {
+        let subject_keys = self
+            .broker
+            .subject_key_store()
+            .map(|store| Arc::new(SubjectKeys::new(store, &self.keyring)));
         Client {
             inner: Arc::new(Inner {
+                subject_keys,
                 broker: self.broker,
                 keyring: self.keyring,
                 policy: self.policy,
@@ -233,6 +238,7 @@ impl Client {
     /// apply a batch atomically). The inner results are per task, in order:
     /// a task refused by the policy or a unique key does not stop the others.
     pub async fn enqueue_batch(&self, tasks: Vec<RawTask>) -> Result<Vec<Result<TaskId>>> {
+        let data_keys = self.data_keys_for(&tasks).await?;
         let mut out: Vec<Result<TaskId>> = Vec::with_capacity(tasks.len());
         let mut sealed = Vec::with_capacity(tasks.len());
         let mut slots = Vec::with_capacity(tasks.len());
@@ -243,7 +249,7 @@ impl Client {
                 let q = task.options.queue.as_deref().unwrap_or(DEFAULT_QUEUE);
                 (q.to_owned(), task.kind.clone())
             });
-            match self.seal(task) {
+            match self.seal_with(task, &data_keys) {
                 Ok(new) => {
                     slots.push(out.len());
                     keys.push(new.unique.as_ref().map(|(k, _)| k.clone()));
@@ -268,10 +274,10 @@ impl Client {
                 .await?;
         }
         let ids: Vec<TaskId> = sealed.iter().map(|t| t.id).collect();
-        let mut events: Vec<Option<crate::audit::AuditEvent>> = match &self.inner.audit {
+        let mut events: Vec<Option<(i64, crate::audit::AuditEvent)>> = match &self.inner.audit {
             Some(_) => sealed
                 .iter()
-                .map(|t| Some(audit_hooks::enqueued_event(t)))
+                .map(|t| Some((t.meta.created_at_ms, audit_hooks::enqueued_event(t))))
                 .collect(),
             None => Vec::new(),
         };
@@ -285,10 +291,12 @@ impl Client {
         {
             match result {
                 EnqueueResult::Enqueued => {
-                    if let (Some(a), Some(ev)) =
+                    // Dated when sealed: a worker may lease the task before
+                    // this line runs, and histories sort by time.
+                    if let (Some(a), Some((at, ev))) =
                         (&self.inner.audit, events.get_mut(i).and_then(Option::take))
                     {
-                        a.record(ev);
+                        a.record_at(at, ev);
                     }
                 }
                 EnqueueResult::Duplicate { existing } => {
@@ -315,8 +323,96 @@ impl Client {
         self.enqueue_batch(raw).await
     }
 
-    /// Apply the policy and seal one task, without sending it.
+    /// The data keys of every subject named in `tasks` (created on first use).
+    async fn data_keys_for(&self, tasks: &[RawTask]) -> Result<HashMap<SubjectTag, Arc<DataKey>>> {
+        let mut keys = HashMap::new();
+        for subject in tasks.iter().filter_map(|t| t.options.subject.as_deref()) {
+            let Some(store) = &self.inner.subject_keys else {
+                return Err(Error::Config(format!(
+                    "{} keeps no subject keys, so a task with a subject cannot be sealed for erasure; \
+                     use a broker with a subject key store or enqueue without a subject",
+                    self.inner.broker.describe()
+                )));
+            };
+            let tag = self.inner.keyring.subject_tag(subject);
+            if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(tag) {
+                slot.insert(store.for_seal(&tag).await?);
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Apply the policy and seal one task, without sending it. A task with a
+    /// subject is sealed with the subject's data key: seal those with
+    /// [`Client::seal_async`] (this method refuses them).
     pub fn seal(&self, task: RawTask) -> Result<NewTask> {
+        self.seal_with(task, &HashMap::new())
+    }
+
+    /// [`Client::seal`] for any task, fetching or creating the subject's data key.
+    pub async fn seal_async(&self, task: RawTask) -> Result<NewTask> {
+        let keys = self.data_keys_for(std::slice::from_ref(&task)).await?;
+        self.seal_with(task, &keys)
+    }
+
+    /// Erase a data subject (right to erasure, crypto-shredding): delete the
+    /// subject's tasks in every state (active ones end archived as `erased`),
+    /// destroy its data key so every earlier copy of its envelopes, results
+    /// and errors becomes unreadable, and write a receipt to the audit log.
+    /// The receipt names the subject only by its keyed tag. Erasing an
+    /// unknown subject succeeds with zero counts; erasing twice is harmless.
+    pub async fn erase_subject(
+        &self,
+        subject: &str,
+        operator: &str,
+    ) -> Result<crate::subject_keys::ErasureReceipt> {
+        let tag = self.inner.keyring.subject_tag(subject);
+        let counts = self.inner.broker.erase_subject(&tag).await?;
+        let key_destroyed = match &self.inner.subject_keys {
+            Some(keys) => keys.destroy(&tag).await?,
+            None => false,
+        };
+        let receipt = crate::subject_keys::ErasureReceipt {
+            subject_tag: tag.to_hex(),
+            counts,
+            key_destroyed,
+            time_ms: self.inner.clock.now_ms(),
+            operator: operator.to_owned(),
+        };
+        if let Some(a) = &self.inner.audit {
+            let c = &receipt.counts;
+            let counts = [
+                ("scheduled", c.scheduled),
+                ("pending", c.pending),
+                ("active", c.active),
+                ("retry", c.retry),
+                ("completed", c.completed),
+                ("archived", c.archived),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+            a.record(crate::audit::AuditEvent::SubjectErased {
+                receipt_id: crate::TaskId::new().to_string(),
+                subject_tag: receipt.subject_tag.clone(),
+                counts,
+                key_destroyed,
+                operator: operator.to_owned(),
+            });
+            a.flush().await.map_err(|e| {
+                Error::Audit(format!(
+                    "the subject was erased but its receipt was not written: {e}"
+                ))
+            })?;
+        }
+        Ok(receipt)
+    }
+
+    fn seal_with(
+        &self,
+        task: RawTask,
+        data_keys: &HashMap<SubjectTag, Arc<DataKey>>,
+    ) -> Result<NewTask> {
         let RawTask {
             kind,
             payload,
@@ -374,7 +470,26 @@ impl Client {
             not_after_ms: meta.not_after_ms,
             subject_tag: meta.subject_tag,
         };
-        let envelope = self.inner.keyring.seal(&aad, &payload)?;
+        let envelope = match &meta.subject_tag {
+            Some(tag) => match data_keys.get(tag) {
+                Some(key) => key.seal(&aad, &payload)?,
+                None if self.inner.subject_keys.is_some() => {
+                    return Err(Error::InvalidArgument {
+                        what: "task",
+                        reason: "a task with a subject is sealed with the subject's data key: \
+                                 use Client::seal_async or Client::enqueue"
+                            .into(),
+                    });
+                }
+                None => {
+                    return Err(Error::Config(format!(
+                        "{} keeps no subject keys, so a task with a subject cannot be sealed for erasure",
+                        self.inner.broker.describe()
+                    )));
+                }
+            },
+            None => self.inner.keyring.seal(&aad, &payload)?,
+        };
         // The plaintext copy is no longer needed; wipe it.
         zeroize::Zeroize::zeroize(&mut { payload });
         Ok(NewTask {

@@ -627,12 +627,11 @@ pub(crate) fn seal_with_cipher(
     nonce: [u8; NONCE_LEN],
 ) -> Result<Vec<u8>, Error> {
     let alg = Algorithm::XChaCha20Poly1305;
-    let ad = envelope::associated_data_for(aad, alg, key_id).ok_or_else(|| {
-        Error::InvalidArgument {
+    let ad =
+        envelope::associated_data_for(aad, alg, key_id).ok_or_else(|| Error::InvalidArgument {
             what: "task identity",
             reason: "queue, task type or producer is longer than 4 GiB".into(),
-        }
-    })?;
+        })?;
     let header_len = envelope::header_len(key_id);
     let mut out = Vec::with_capacity(header_len + plaintext.len() + TAG_LEN);
     write_header(&mut out, alg, key_id, &nonce);

@@ -623,7 +623,19 @@ async fn prove_ciphertext(
             .ok()
             .map(|h| h.key_id.to_owned());
         proof.first_bytes_hex = hex_bytes(&r.envelope[..r.envelope.len().min(24)]);
-        if let Ok(plain) = keyring.open(&Aad::for_record(r, Purpose::Payload), &r.envelope) {
+        let aad = Aad::for_record(r, Purpose::Payload);
+        // A task with a data subject is sealed with the subject's data key.
+        let opened = match (&r.meta.subject_tag, broker.subject_key_store()) {
+            (Some(tag), Some(store)) if sealq::subject_keys::is_subject_sealed(&r.envelope) => {
+                let keys = sealq::subject_keys::SubjectKeys::new(store, keyring);
+                match keys.for_open(tag).await {
+                    Ok(Some(key)) => key.open(&aad, &r.envelope).ok(),
+                    _ => None,
+                }
+            }
+            _ => keyring.open(&aad, &r.envelope).ok(),
+        };
+        if let Some(plain) = opened {
             proof.opens_with_keyring = true;
             proof.plaintext_contains_marker = contains(&plain, MARKER.as_bytes());
         }
@@ -802,7 +814,7 @@ fn print_summary(s: &Summary) {
         );
         println!("  first bytes: {} …", p.first_bytes_hex);
         println!(
-            "  opens with the demo keyring: {}; its plaintext contains \"{}\": {}",
+            "  opens with the demo keyring (or the subject's data key): {}; its plaintext contains \"{}\": {}",
             yes_no(p.opens_with_keyring),
             p.marker,
             yes_no(p.plaintext_contains_marker)

@@ -5,6 +5,7 @@ mod audit;
 mod bench;
 mod demo;
 mod enqueue;
+mod erase;
 mod keys;
 mod payloads;
 pub(crate) mod redis;
@@ -71,6 +72,7 @@ pub(crate) async fn run(global: Global, command: Command) -> CliResult {
         Command::Audit(AuditCommand::Show(a)) => audit::show(&global, a).await,
         Command::Audit(AuditCommand::PublicKey) => audit::public_key(&global),
         Command::Redis(c) => redis::run(&global, c).await,
+        Command::Erase(a) => erase::run(&global, a).await,
     }
 }
 

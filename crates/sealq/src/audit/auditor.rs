@@ -215,15 +215,15 @@ impl Auditor {
     /// Queue an event. Never blocks and never fails: after [`Auditor::close`]
     /// the event is counted as dropped.
     pub fn record(&self, event: AuditEvent) {
+        self.record_at(now_ms(), event);
+    }
+
+    /// Queue an event that happened at `time_ms` (Unix ms), e.g. a task's
+    /// enqueue, recorded once the broker confirmed it but dated when it was
+    /// sealed, so per-task histories sort in lifecycle order across writers.
+    pub fn record_at(&self, time_ms: i64, event: AuditEvent) {
         if self.inner.closed.load(Ordering::Relaxed)
-            || self
-                .inner
-                .tx
-                .send(Msg::Record {
-                    time_ms: now_ms(),
-                    event,
-                })
-                .is_err()
+            || self.inner.tx.send(Msg::Record { time_ms, event }).is_err()
         {
             self.inner.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }

@@ -23,6 +23,7 @@ use crate::clock::SharedClock;
 use crate::envelope::{Aad, Purpose};
 use crate::error::{IntegrityError, Result};
 use crate::keyring::Keyring;
+use crate::subject_keys::{SubjectKeys, is_subject_sealed};
 use crate::task::ArchiveReason;
 
 /// State shared by all loops of one worker.
@@ -38,6 +39,8 @@ pub(crate) struct Shared {
     /// that cancels the handler if the lease is lost.
     inflight: Mutex<HashMap<crate::TaskId, (Lease, CancellationToken)>>,
     queue_names: Vec<String>,
+    /// Per-subject data keys, when the broker provides a key store.
+    pub(crate) subject_keys: Option<Arc<SubjectKeys>>,
 }
 
 impl Shared {
@@ -53,7 +56,11 @@ impl Shared {
             config.prefetch = config.concurrency;
         }
         let queue_names = config.queues.iter().map(|(q, _)| q.clone()).collect();
+        let subject_keys = broker
+            .subject_key_store()
+            .map(|store| Arc::new(SubjectKeys::new(store, &keyring)));
         Shared {
+            subject_keys,
             broker,
             keyring,
             clock,
@@ -304,10 +311,31 @@ async fn execute(
             ArchiveReason::Expired,
         );
     }
-    let payload = match shared
-        .keyring
-        .open(&Aad::for_record(record, Purpose::Payload), &record.envelope)
-    {
+    let aad = Aad::for_record(record, Purpose::Payload);
+    let opened = if is_subject_sealed(&record.envelope) {
+        // Sealed with the subject's data key: fetch it (cached briefly).
+        let (Some(tag), Some(keys)) = (&record.meta.subject_tag, &shared.subject_keys) else {
+            let e = IntegrityError::UnknownKey(crate::subject_keys::SUBJECT_KEY_ID.to_owned());
+            return refuse(shared, record, e, ArchiveReason::Integrity);
+        };
+        match keys.for_open(tag).await {
+            Ok(Some(key)) => key.open(&aad, &record.envelope),
+            // The key was destroyed: the subject was erased. Never retried.
+            Ok(None) => {
+                return archive(shared, record, ArchiveReason::Erased, "subject erased");
+            }
+            Err(e) => {
+                warn!(error = %e, "subject key store unavailable; retrying the task later");
+                return Outcome::Retry {
+                    at_ms: now.saturating_add(1_000),
+                    error: None,
+                };
+            }
+        }
+    } else {
+        shared.keyring.open(&aad, &record.envelope)
+    };
+    let payload = match opened {
         Ok(p) => RawPayload(p),
         Err(e) => return refuse(shared, record, e, ArchiveReason::Integrity),
     };
@@ -381,12 +409,16 @@ async fn execute(
     let call = AssertUnwindSafe(handler.call(payload, ctx.clone())).catch_unwind();
     let started = std::time::Instant::now();
     let result = tokio::select! {
-        r = tokio::time::timeout(limit, call) => r,
+        // Hard shutdown first: the handler's own token is a child of `hard`,
+        // so a handler that watches it returns at the same moment; the task
+        // must still go back unfinished, not be counted as a failed attempt.
+        biased;
         _ = run.hard.cancelled() => {
             cancel.cancel();
             info!("shutdown timeout reached while running; returning the task");
             return Outcome::Requeue;
         }
+        r = tokio::time::timeout(limit, call) => r,
     };
     metrics::histogram!("sealq_task_duration_seconds").record(started.elapsed().as_secs_f64());
 
@@ -502,10 +534,23 @@ fn seal_or_log(
     purpose: Purpose,
     bytes: &[u8],
 ) -> Option<Vec<u8>> {
-    match shared
-        .keyring
-        .seal(&Aad::for_record(record, purpose), bytes)
-    {
+    let aad = Aad::for_record(record, purpose);
+    let sealed = if is_subject_sealed(&record.envelope) {
+        // Results and errors of a subject's task are sealed with its data key,
+        // so erasure shreds them too. No key (erased meanwhile): drop them.
+        match (&record.meta.subject_tag, &shared.subject_keys) {
+            (Some(tag), Some(keys)) => match keys.cached_any_age(tag) {
+                Some(key) => key.seal(&aad, bytes),
+                None => Err(crate::Error::Keyring(
+                    "the subject's data key is gone".into(),
+                )),
+            },
+            _ => Err(crate::Error::Keyring("no subject key store".into())),
+        }
+    } else {
+        shared.keyring.seal(&aad, bytes)
+    };
+    match sealed {
         Ok(sealed) => Some(sealed),
         Err(e) => {
             warn!(error = %e, ?purpose, "could not seal; dropping it rather than storing plaintext");
@@ -591,6 +636,12 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
 async fn maintenance_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let mut tick = 0u64;
     loop {
+        // An erasure elsewhere bumps the epoch: drop cached subject keys.
+        if let Some(keys) = &shared.subject_keys
+            && let Err(e) = keys.refresh().await
+        {
+            warn!(error = %e, "checking the erasure epoch failed");
+        }
         match shared.broker.forward_due().await {
             Ok(f) if f.moved > 0 => debug!(moved = f.moved, "forwarded due tasks"),
             Ok(_) => {}
