@@ -510,3 +510,54 @@ redis.register_function{function_name = 'sealq_queues', callback = queues, flags
 redis.register_function{function_name = 'sealq_stats', callback = stats, flags = ro}
 redis.register_function{function_name = 'sealq_get', callback = get, flags = ro}
 redis.register_function{function_name = 'sealq_list', callback = list, flags = ro}
+
+-- Erasure (right to erasure) ---------------------------------------------
+
+-- KEYS[1] = Q (KEYS[2] = G on standalone servers). ARGV: now, subject tag
+-- (hex), after ('' to start), limit. Looks at up to `limit` ids of the queue
+-- after `after`, in id order. The subject's tasks are deleted with their
+-- results and unique keys, except active ones: those are archived with
+-- reason `erased`, their envelope, result and error wiped and their lease
+-- revoked (the holder's ack and extension find no lease; recovery never
+-- sees them). Returns {scheduled, pending, active, retry, completed,
+-- archived, scanned, last id scanned or '', unindexed ids...} (ids only
+-- without G: those the global index should forget).
+local function erase(keys, args)
+  local Q, G = keys[1], keys[2]
+  local nows, sub, after, limit = args[1], args[2], args[3], tonumber(args[4])
+  local lo = '-'
+  if after ~= '' then lo = '(' .. after end
+  local ids = redis.call('ZRANGEBYLEX', Q .. 'all', lo, '+', 'LIMIT', 0, limit)
+  local n = {scheduled = 0, pending = 0, active = 0, retry = 0, completed = 0, archived = 0}
+  local forget = {}
+  for _, id in ipairs(ids) do
+    local T = Q .. 't:' .. id
+    local cur = redis.call('HMGET', T, 's', 'sub', 'uk')
+    if cur[1] and cur[2] == sub then
+      local st = cur[1]
+      if n[st] then n[st] = n[st] + 1 else n.archived = n.archived + 1 end
+      if st == 'active' then
+        clear_lease(T)
+        redis.call('HDEL', T, 'res', 'le')
+        redis.call('HSET', T, 'e', '', 's', 'archived', 'ar', 'erased', 'fin', nows, 'upd', nows)
+        redis.call('ZREM', Q .. 'active', id)
+        redis.call('ZADD', Q .. 'archived', nows, id)
+        release_unique(Q, id, cur[3])
+        incr(Q, 'active', -1)
+        incr(Q, 'archived', 1)
+      else
+        remove_task(Q, id, st, cur[3])
+        if not redis.call('ZSCORE', Q .. 'seen', id) then
+          if G then redis.call('HDEL', G .. 'ids', id) else forget[#forget + 1] = id end
+        end
+      end
+    end
+  end
+  local last = ''
+  if #ids > 0 then last = ids[#ids] end
+  local out = {n.scheduled, n.pending, n.active, n.retry, n.completed, n.archived, #ids, last}
+  for _, id in ipairs(forget) do out[#out + 1] = id end
+  return out
+end
+
+redis.register_function{function_name = 'sealq_erase', callback = erase, flags = {}}

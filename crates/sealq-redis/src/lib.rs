@@ -57,10 +57,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod audit_sink;
 mod codec;
 mod conn;
+mod erasure;
 mod error;
 mod functions;
+mod subject_keys;
 mod url;
 
 use std::collections::HashMap;
@@ -76,8 +79,10 @@ use sealq::broker::{
 use sealq::clock::{SharedClock, system_clock};
 use sealq::{ArchiveReason, BrokerError, BrokerErrorKind, TaskId};
 
+pub use crate::audit_sink::{DEFAULT_AUDIT_MAXLEN, RedisAuditSink};
 pub use crate::conn::TlsFiles;
 pub use crate::functions::{LIBRARY_NAME, LIBRARY_VERSION, library_source};
+pub use crate::subject_keys::RedisSubjectKeyStore;
 pub use crate::url::redact;
 
 use crate::codec::{array, bytes, id_str, int, opt_bytes, parse_id, parse_token, token_str};
@@ -100,6 +105,14 @@ pub struct RedisOptions {
     pub replay_horizon: Duration,
     /// Tasks moved per queue per function call by forwarding, recovery and purging (default 1000).
     pub maintenance_batch: usize,
+    /// Key prefix of the wrapped per-subject data keys (default
+    /// `PREFIX-keys`). Same rules as `prefix`.
+    pub subject_keys_prefix: Option<String>,
+    /// A separate Redis for the subject keys (default: the broker's Redis).
+    /// For erasure to shred backups, the keys must not be in the task
+    /// store's backups: a Redis without persistence, outside the backup
+    /// plan (see `docs/compliance.md`). TLS files of these options apply.
+    pub subject_keys_url: Option<String>,
 }
 
 impl Default for RedisOptions {
@@ -111,6 +124,8 @@ impl Default for RedisOptions {
             response_timeout: Duration::from_secs(30),
             replay_horizon: Duration::from_secs(7 * 24 * 3600),
             maintenance_batch: 1000,
+            subject_keys_prefix: None,
+            subject_keys_url: None,
         }
     }
 }
@@ -158,6 +173,8 @@ struct Inner {
     leases: Mutex<HashMap<TaskId, Arc<str>>>,
     /// Idle connections for blocking pops.
     blocking: Mutex<Vec<Blocking>>,
+    /// Wrapped subject keys (connects on first use).
+    subject_keys: Arc<RedisSubjectKeyStore>,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -284,6 +301,7 @@ impl RedisBroker {
             }
         }
         tracing::debug!(target = %target, prefix = %options.prefix, "connected to Redis");
+        let subject_keys = Arc::new(subject_keys::for_broker(&parsed, &options)?);
         Ok(Self {
             inner: Arc::new(Inner {
                 conn,
@@ -294,6 +312,7 @@ impl RedisBroker {
                 opts: options,
                 leases: Mutex::new(HashMap::new()),
                 blocking: Mutex::new(Vec::new()),
+                subject_keys,
             }),
         })
     }
@@ -1201,6 +1220,17 @@ impl Broker for RedisBroker {
 
     fn describe(&self) -> String {
         format!("{} (prefix {})", self.inner.target, self.inner.prefix)
+    }
+
+    async fn erase_subject(
+        &self,
+        tag: &sealq::SubjectTag,
+    ) -> BrokerResult<sealq::subject_keys::ErasureCounts> {
+        self.erase_subject_impl(tag).await
+    }
+
+    fn subject_key_store(&self) -> Option<Arc<dyn sealq::subject_keys::SubjectKeyStore>> {
+        Some(self.inner.subject_keys.clone())
     }
 }
 

@@ -1,0 +1,195 @@
+//! [`RedisSubjectKeyStore`]: wrapped per-subject data keys in Redis, under a
+//! key prefix of their own, optionally on a Redis of their own.
+//!
+//! Keys (`K` is the subject key prefix, by default `PREFIX-keys`):
+//!
+//! - `K:<tag hex>`: string, one wrapped data key (73 bytes; see
+//!   `sealq::subject_keys`), written once with `SET … NX GET`;
+//! - `K:epoch`: string counter, the erasure epoch, `INCR`ed by every destroy.
+//!
+//! Destroying a key is `DEL` then `INCR`. Crypto-shredding only shreds the
+//! copies of the task store (RDB, AOF, replicas, `DUMP`s) if the wrapped keys
+//! are **not** in those copies too: put the key prefix on a Redis without
+//! persistence and outside the backup plan
+//! ([`crate::RedisOptions::subject_keys_url`]), see `docs/compliance.md`.
+
+use async_trait::async_trait;
+use redis::Value;
+use sealq::broker::BrokerResult;
+use sealq::subject_keys::SubjectKeyStore;
+use sealq::{BrokerError, SubjectTag};
+use tokio::sync::OnceCell;
+
+use crate::conn::{Conn, TlsFiles};
+use crate::url::Parsed;
+
+/// Wrapped subject keys in Redis. Returned by
+/// [`sealq::Broker::subject_key_store`] of a [`crate::RedisBroker`]; its
+/// connection is opened on first use.
+pub struct RedisSubjectKeyStore {
+    parsed: Parsed,
+    tls: TlsFiles,
+    timeout: std::time::Duration,
+    prefix: String,
+    conn: OnceCell<Conn>,
+}
+
+impl std::fmt::Debug for RedisSubjectKeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSubjectKeyStore")
+            .field("target", &self.parsed.redacted)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl RedisSubjectKeyStore {
+    /// A store at the Redis `url` under `prefix` (connects on first use).
+    /// The URL's TLS parameters apply; its `prefix` parameter does not.
+    pub fn new(url: &str, prefix: &str, tls: TlsFiles) -> Result<Self, BrokerError> {
+        crate::validate_prefix(prefix)?;
+        let parsed = crate::url::parse(url)?;
+        Ok(Self::with_parsed(
+            parsed,
+            prefix.to_owned(),
+            tls,
+            std::time::Duration::from_secs(30),
+        ))
+    }
+
+    pub(crate) fn with_parsed(
+        parsed: Parsed,
+        prefix: String,
+        tls: TlsFiles,
+        timeout: std::time::Duration,
+    ) -> Self {
+        RedisSubjectKeyStore {
+            parsed,
+            tls,
+            timeout,
+            prefix,
+            conn: OnceCell::new(),
+        }
+    }
+
+    /// The subject key prefix (`K` above).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The Redis the keys live in, without credentials.
+    pub fn target(&self) -> &str {
+        &self.parsed.redacted
+    }
+
+    /// The Redis key holding `tag`'s wrapped key.
+    pub fn key_of(&self, tag: &SubjectTag) -> String {
+        format!("{}:{}", self.prefix, tag.to_hex())
+    }
+
+    fn epoch_key(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+
+    async fn conn(&self) -> BrokerResult<&Conn> {
+        self.conn
+            .get_or_try_init(|| Conn::open(&self.parsed, &self.tls, self.timeout))
+            .await
+    }
+
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        cmd: &redis::Cmd,
+    ) -> BrokerResult<T> {
+        self.conn()
+            .await?
+            .query(cmd)
+            .await
+            .map_err(|e| crate::error::map(&self.parsed.redacted, what, e))
+    }
+
+    fn bad(&self, what: &str, detail: impl std::fmt::Display) -> BrokerError {
+        crate::error::corrupt(&self.parsed.redacted, what, detail)
+    }
+}
+
+#[async_trait]
+impl SubjectKeyStore for RedisSubjectKeyStore {
+    async fn get(&self, tag: &SubjectTag) -> BrokerResult<Option<Vec<u8>>> {
+        let mut c = redis::cmd("GET");
+        c.arg(self.key_of(tag));
+        self.query("reading a subject key", &c).await
+    }
+
+    async fn put_if_absent(&self, tag: &SubjectTag, wrapped: Vec<u8>) -> BrokerResult<Vec<u8>> {
+        let what = "storing a subject key";
+        // One atomic command: sets when absent and returns nil, else returns
+        // the stored key and changes nothing (Redis ≥ 7).
+        let mut c = redis::cmd("SET");
+        c.arg(self.key_of(tag))
+            .arg(wrapped.as_slice())
+            .arg("NX")
+            .arg("GET");
+        let v: Value = self.query(what, &c).await?;
+        match crate::codec::opt_bytes(v).map_err(|e| self.bad(what, e))? {
+            Some(stored) => Ok(stored),
+            None => Ok(wrapped),
+        }
+    }
+
+    async fn destroy(&self, tag: &SubjectTag) -> BrokerResult<bool> {
+        let mut del = redis::cmd("DEL");
+        del.arg(self.key_of(tag));
+        let n: i64 = self.query("destroying a subject key", &del).await?;
+        let mut incr = redis::cmd("INCR");
+        incr.arg(self.epoch_key());
+        let _: i64 = self.query("bumping the erasure epoch", &incr).await?;
+        Ok(n > 0)
+    }
+
+    async fn epoch(&self) -> BrokerResult<u64> {
+        let what = "reading the erasure epoch";
+        let mut c = redis::cmd("GET");
+        c.arg(self.epoch_key());
+        let v: Option<Vec<u8>> = self.query(what, &c).await?;
+        match v {
+            None => Ok(0),
+            Some(b) => std::str::from_utf8(&b)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| self.bad(what, "the epoch is not a number")),
+        }
+    }
+}
+
+/// The store a broker connected with `parsed` and `options` uses.
+pub(crate) fn for_broker(
+    parsed: &Parsed,
+    options: &crate::RedisOptions,
+) -> Result<RedisSubjectKeyStore, BrokerError> {
+    let prefix = options
+        .subject_keys_prefix
+        .clone()
+        .unwrap_or_else(|| format!("{}-keys", options.prefix));
+    crate::validate_prefix(&prefix)?;
+    if prefix == options.prefix {
+        return Err(BrokerError::new(
+            sealq::BrokerErrorKind::Config,
+            format!(
+                "the subject key prefix `{prefix}` must differ from the task key prefix: \
+                 the keys must be kept apart from the tasks they open"
+            ),
+        ));
+    }
+    let parsed = match &options.subject_keys_url {
+        Some(url) => crate::url::parse(url)?,
+        None => parsed.clone(),
+    };
+    Ok(RedisSubjectKeyStore::with_parsed(
+        parsed,
+        prefix,
+        options.tls.clone(),
+        options.response_timeout,
+    ))
+}

@@ -1,0 +1,504 @@
+//! Erasure by crypto-shredding on the Redis broker: a real redis-server this
+//! test starts, real keyrings, real sealing, and `DUMP`/`RESTORE` copies of
+//! task hashes taken before the erasure as the "backup".
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sealq::broker::{Ack, AckResult, Broker, DequeueRequest, ListQuery, Outcome};
+use sealq::envelope::{Aad, Purpose};
+use sealq::subject_keys::{SubjectKeys, is_subject_sealed};
+use sealq::{
+    ArchiveReason, Client, EnqueueOptions, Keyring, Task, TaskContext, TaskError, TaskId,
+    TaskState, Worker,
+};
+use sealq_redis::{RedisBroker, RedisOptions};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Mail {
+    to: String,
+}
+impl Task for Mail {
+    const KIND: &'static str = "mail.send";
+}
+
+fn mail(to: &str) -> Mail {
+    Mail { to: to.into() }
+}
+
+fn client(broker: &Arc<dyn Broker>, keyring: &Arc<Keyring>) -> Client {
+    Client::builder(broker.clone(), keyring.clone())
+        .producer("erasure-test")
+        .build()
+}
+
+async fn wait_state(broker: &Arc<dyn Broker>, id: TaskId, state: TaskState) {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let rec = broker.get(id).await.unwrap().expect("task exists");
+        if rec.state == state {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "task stuck in {}",
+            rec.state
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn task_key(prefix: &str, queue: &str, id: &TaskId) -> String {
+    format!("{prefix}:{{{queue}}}:t:{}", id.0.simple())
+}
+
+/// A raw Redis connection to the shared test server.
+async fn raw() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(support::shared().url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_removes_every_state_and_shreds_earlier_copies_of_the_subject_only() {
+    let redis = support::shared_broker(sealq::clock::system_clock()).await;
+    let prefix = redis.prefix().to_owned();
+    let broker: Arc<dyn Broker> = Arc::new(redis.clone());
+    let keyring = Arc::new(Keyring::generate());
+    let c = client(&broker, &keyring);
+    let s42 = || EnqueueOptions::new().subject("user-42");
+
+    // user-42 in every state but active, over two queues; user-7 beside them.
+    let pending = c.enqueue(&mail("ann@example.com"), s42()).await.unwrap();
+    let scheduled = c
+        .enqueue(
+            &mail("ann@example.com"),
+            s42().delay(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    let unique = c
+        .enqueue(
+            &mail("ann@example.com"),
+            s42()
+                .queue("other")
+                .unique("ann", Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    let to_complete = c
+        .enqueue(&mail("ann@example.com"), s42().queue("work"))
+        .await
+        .unwrap();
+    let to_retry = c
+        .enqueue(&mail("ann@example.com"), s42().queue("work"))
+        .await
+        .unwrap();
+    let to_archive = c
+        .enqueue(&mail("ann@example.com"), s42().queue("work"))
+        .await
+        .unwrap();
+    let other7 = c
+        .enqueue(
+            &mail("bob@example.com"),
+            EnqueueOptions::new().subject("user-7"),
+        )
+        .await
+        .unwrap();
+    // Drive the three `work` tasks to completed, retry and archived directly.
+    let leased = broker
+        .dequeue(&DequeueRequest {
+            queues: vec!["work".into()],
+            max: 10,
+            lease: Duration::from_secs(60),
+            worker: "test".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 3);
+    let lease_of = |id: TaskId| leased.iter().find(|t| t.record.id == id).unwrap().lease;
+    let acks = vec![
+        Ack {
+            lease: lease_of(to_complete),
+            outcome: Outcome::Complete {
+                result: Some(b"sealed result".to_vec()),
+            },
+        },
+        Ack {
+            lease: lease_of(to_retry),
+            outcome: Outcome::Retry {
+                at_ms: i64::MAX / 4,
+                error: Some(b"sealed error".to_vec()),
+            },
+        },
+        Ack {
+            lease: lease_of(to_archive),
+            outcome: Outcome::Archive {
+                reason: ArchiveReason::Exhausted,
+                error: None,
+            },
+        },
+    ];
+    assert!(
+        broker
+            .ack(acks)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| *r == AckResult::Applied)
+    );
+
+    let rec = broker.get(pending).await.unwrap().unwrap();
+    assert!(is_subject_sealed(&rec.envelope), "sealed with the data key");
+    assert!(
+        keyring
+            .open(&Aad::for_record(&rec, Purpose::Payload), &rec.envelope)
+            .is_err()
+    );
+
+    // The "backup": DUMP of both subjects' task hashes before the erasure.
+    let mut conn = raw().await;
+    let dump = |key: String| {
+        let mut conn = conn.clone();
+        async move {
+            let v: Vec<u8> = redis::cmd("DUMP")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(!v.is_empty(), "{key} exists");
+            v
+        }
+    };
+    let dump42 = dump(task_key(&prefix, "default", &pending)).await;
+    let dump7 = dump(task_key(&prefix, "default", &other7)).await;
+
+    let receipt = c.erase_subject("user-42", "dpo@example.com").await.unwrap();
+    let n = receipt.counts;
+    assert_eq!(
+        (
+            n.scheduled,
+            n.pending,
+            n.active,
+            n.retry,
+            n.completed,
+            n.archived
+        ),
+        (1, 2, 0, 1, 1, 1),
+        "{n:?}"
+    );
+    assert!(receipt.key_destroyed);
+    assert_eq!(receipt.subject_tag, keyring.subject_tag("user-42").to_hex());
+    assert!(!serde_json::to_string(&receipt).unwrap().contains("user-42"));
+    for id in [
+        pending,
+        scheduled,
+        unique,
+        to_complete,
+        to_retry,
+        to_archive,
+    ] {
+        assert!(broker.get(id).await.unwrap().is_none(), "{id} survived");
+    }
+    assert!(broker.get(other7).await.unwrap().is_some());
+    let tag42 = keyring.subject_tag("user-42");
+    let left = broker
+        .list(&ListQuery {
+            subject: Some(tag42),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    let stats: u64 = broker
+        .stats()
+        .await
+        .unwrap()
+        .iter()
+        .map(|q| TaskState::ALL.iter().map(|s| q.get(*s)).sum::<u64>())
+        .sum();
+    assert_eq!(stats, 1, "only user-7's task is counted");
+    // The unique key was released: the same key is free again.
+    c.enqueue(
+        &mail("carol@example.com"),
+        EnqueueOptions::new()
+            .queue("other")
+            .unique("ann", Duration::from_secs(3600)),
+    )
+    .await
+    .expect("unique key released");
+
+    // Restore the backup under a fresh prefix and open it as another
+    // broker would: the ciphertext is there, the key that opened it is not.
+    let fresh = support::unique_prefix();
+    for (id, dumped) in [(pending, &dump42), (other7, &dump7)] {
+        let _: () = redis::cmd("RESTORE")
+            .arg(task_key(&fresh, "default", &id))
+            .arg(0)
+            .arg(dumped.as_slice())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(format!("{fresh}:{{~}}:g:ids"))
+            .arg(id.0.simple().to_string())
+            .arg("default")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let copy = support::shared_broker_with_prefix(&fresh).await;
+    // The attacker holds the keyring and the live key store, and still fails.
+    let keys = SubjectKeys::new(broker.subject_key_store().unwrap(), &keyring);
+    let old = copy.get(pending).await.unwrap().expect("the copy has it");
+    assert!(!old.envelope.is_empty());
+    assert!(
+        keys.for_open(&tag42).await.unwrap().is_none(),
+        "the key survived erasure"
+    );
+    assert!(
+        keyring
+            .open(&Aad::for_record(&old, Purpose::Payload), &old.envelope)
+            .is_err()
+    );
+    // user-7's task in the same copy still opens.
+    let seven = copy.get(other7).await.unwrap().unwrap();
+    let k7 = keys
+        .for_open(&keyring.subject_tag("user-7"))
+        .await
+        .unwrap()
+        .expect("user-7's key");
+    let opened = k7
+        .open(&Aad::for_record(&seven, Purpose::Payload), &seven.envelope)
+        .unwrap();
+    assert!(String::from_utf8_lossy(&opened).contains("bob@example.com"));
+
+    // Idempotent; unknown subjects are fine.
+    let again = c.erase_subject("user-42", "dpo@example.com").await.unwrap();
+    assert_eq!(again.counts.total(), 0);
+    assert!(!again.key_destroyed);
+    let unknown = c.erase_subject("nobody", "dpo@example.com").await.unwrap();
+    assert_eq!(unknown.counts.total(), 0);
+
+    // A later enqueue for the same subject gets a new key, which cannot open
+    // the old copy, and runs.
+    let later = c.enqueue(&mail("ann@example.com"), s42()).await.unwrap();
+    let new_key = keys.for_open(&tag42).await.unwrap().expect("a new key");
+    assert!(
+        new_key
+            .open(&Aad::for_record(&old, Purpose::Payload), &old.envelope)
+            .is_err()
+    );
+    let worker = Worker::builder(broker.clone(), keyring.clone())
+        .maintenance_interval(Duration::from_millis(20))
+        .handle(move |_: Mail, ctx: TaskContext| async move {
+            ctx.set_result(&"sent")?;
+            Ok(())
+        })
+        .build()
+        .unwrap()
+        .spawn();
+    wait_state(&broker, later, TaskState::Completed).await;
+    wait_state(&broker, other7, TaskState::Completed).await;
+    worker.shutdown().await.unwrap();
+    let done = broker.get(later).await.unwrap().unwrap();
+    assert!(is_subject_sealed(&done.result.expect("result stored")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_task_of_an_erased_subject_ends_archived_erased_and_never_retries() {
+    let redis = support::shared_broker(sealq::clock::system_clock()).await;
+    let broker: Arc<dyn Broker> = Arc::new(redis);
+    let keyring = Arc::new(Keyring::generate());
+    let c = client(&broker, &keyring);
+    let started = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (st, rl) = (started.clone(), release.clone());
+    let worker = Worker::builder(broker.clone(), keyring.clone())
+        .maintenance_interval(Duration::from_millis(20))
+        .handle(move |_: Mail, _ctx: TaskContext| {
+            let (st, rl) = (st.clone(), rl.clone());
+            async move {
+                st.notify_one();
+                rl.notified().await;
+                Err(TaskError::retry("fails after erasure: must not be retried"))
+            }
+        })
+        .build()
+        .unwrap()
+        .spawn();
+    let id = c
+        .enqueue(
+            &mail("ann@example.com"),
+            EnqueueOptions::new()
+                .subject("user-42")
+                .unique("ann", Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), started.notified())
+        .await
+        .expect("handler started");
+    let receipt = c.erase_subject("user-42", "dpo").await.unwrap();
+    assert_eq!(receipt.counts.active, 1);
+    assert_eq!(receipt.counts.total(), 1);
+    release.notify_one();
+    let report = worker.shutdown().await.unwrap();
+    assert_eq!(
+        report.leases_lost, 1,
+        "the running worker's ack must be refused"
+    );
+    let rec = broker.get(id).await.unwrap().unwrap();
+    assert_eq!(rec.state, TaskState::Archived);
+    assert_eq!(rec.archive_reason, Some(ArchiveReason::Erased));
+    assert!(rec.envelope.is_empty(), "the envelope was wiped");
+    assert!(rec.last_error.is_none());
+    assert!(rec.lease_expires_at_ms.is_none(), "the lease was revoked");
+    // Recovery never brings it back.
+    broker.recover_expired().await.unwrap();
+    broker.forward_due().await.unwrap();
+    let rec = broker.get(id).await.unwrap().unwrap();
+    assert_eq!(rec.state, TaskState::Archived);
+    let listed = broker.list(&ListQuery::default()).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    // Its unique key was released.
+    c.enqueue(
+        &mail("carol@example.com"),
+        EnqueueOptions::new().unique("ann", Duration::from_secs(3600)),
+    )
+    .await
+    .expect("unique key released");
+}
+
+#[tokio::test]
+async fn a_direct_ack_after_erasure_is_lease_lost() {
+    let redis = support::shared_broker(sealq::clock::system_clock()).await;
+    let broker: Arc<dyn Broker> = Arc::new(redis);
+    let keyring = Arc::new(Keyring::generate());
+    let c = client(&broker, &keyring);
+    c.enqueue(
+        &mail("ann@example.com"),
+        EnqueueOptions::new().subject("user-42"),
+    )
+    .await
+    .unwrap();
+    let leased = broker
+        .dequeue(&DequeueRequest {
+            queues: vec!["default".into()],
+            max: 1,
+            lease: Duration::from_millis(1),
+            worker: "w".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 1);
+    let counts = broker
+        .erase_subject(&keyring.subject_tag("user-42"))
+        .await
+        .unwrap();
+    assert_eq!(counts.active, 1);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(broker.recover_expired().await.unwrap().retried, 0);
+    let acks = broker
+        .ack(vec![Ack {
+            lease: leased[0].lease,
+            outcome: Outcome::Retry {
+                at_ms: 0,
+                error: None,
+            },
+        }])
+        .await
+        .unwrap();
+    assert_eq!(acks, vec![AckResult::LeaseLost]);
+    assert_eq!(
+        broker
+            .extend_leases(&[leased[0].lease], Duration::from_secs(1))
+            .await
+            .unwrap(),
+        vec![false]
+    );
+}
+
+#[tokio::test]
+async fn erasure_walks_queues_in_batches() {
+    // A batch of 3 ids per call: the scan must continue to the end.
+    let opts = RedisOptions {
+        maintenance_batch: 3,
+        ..RedisOptions::default()
+    }
+    .prefix(support::unique_prefix());
+    let redis = RedisBroker::connect_with(&support::shared().url(), opts)
+        .await
+        .unwrap();
+    let broker: Arc<dyn Broker> = Arc::new(redis);
+    let keyring = Arc::new(Keyring::generate());
+    let c = client(&broker, &keyring);
+    for i in 0..10 {
+        let subject = if i % 2 == 0 { "user-42" } else { "user-7" };
+        c.enqueue(
+            &mail("x@example.com"),
+            EnqueueOptions::new().subject(subject),
+        )
+        .await
+        .unwrap();
+    }
+    let counts = broker
+        .erase_subject(&keyring.subject_tag("user-42"))
+        .await
+        .unwrap();
+    assert_eq!(counts.pending, 5);
+    assert_eq!(counts.total(), 5);
+    assert_eq!(broker.list(&ListQuery::default()).await.unwrap().len(), 5);
+}
+
+#[tokio::test]
+async fn subject_keys_live_under_their_own_prefix_and_may_live_elsewhere() {
+    // A second server for the keys, as docs/compliance.md recommends.
+    let keys_server = support::RedisServer::start();
+    let prefix = support::unique_prefix();
+    let opts = RedisOptions {
+        subject_keys_url: Some(keys_server.url()),
+        subject_keys_prefix: Some("vault".into()),
+        ..RedisOptions::default()
+    }
+    .prefix(&prefix);
+    let redis = RedisBroker::connect_with(&support::shared().url(), opts)
+        .await
+        .unwrap();
+    let broker: Arc<dyn Broker> = Arc::new(redis);
+    let keyring = Arc::new(Keyring::generate());
+    let c = client(&broker, &keyring);
+    c.enqueue(
+        &mail("ann@example.com"),
+        EnqueueOptions::new().subject("user-42"),
+    )
+    .await
+    .unwrap();
+    let tag = keyring.subject_tag("user-42").to_hex();
+    let on_keys = keys_server.cli(&["--no-raw", "EXISTS", &format!("vault:{tag}")]);
+    assert!(on_keys.contains('1'), "{on_keys}");
+    let on_tasks = support::shared().cli(&["--no-raw", "EXISTS", &format!("vault:{tag}")]);
+    assert!(on_tasks.contains('0'), "{on_tasks}");
+    let receipt = c.erase_subject("user-42", "dpo").await.unwrap();
+    assert!(receipt.key_destroyed);
+    assert!(keys_server.cli(&["GET", "vault:epoch"]).contains('1'));
+    // The default: PREFIX-keys on the broker's own server.
+    let plain = support::shared_broker(sealq::clock::system_clock()).await;
+    let store = plain.subject_key_store().unwrap();
+    assert!(format!("{store:?}").contains(&format!("{}-keys", plain.prefix())));
+    // The key prefix must differ from the task prefix.
+    let same = RedisOptions {
+        subject_keys_prefix: Some(prefix.clone()),
+        ..RedisOptions::default()
+    }
+    .prefix(&prefix);
+    let err = RedisBroker::connect_with(&support::shared().url(), same)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, sealq::BrokerErrorKind::Config);
+}
