@@ -312,10 +312,14 @@ pub(crate) enum AuditSinkKind {
     /// No audit records.
     Off,
     /// JSON lines next to the SQLite file: `<db>.audit.jsonl` and
-    /// `<db>.audit.checkpoints.jsonl` (the default).
+    /// `<db>.audit.checkpoints.jsonl` (the default). For a Redis broker,
+    /// which has no file beside it: its audit streams, as `redis`.
     File,
     /// Tables `audit_records` and `audit_checkpoints` in the SQLite file.
     Sqlite,
+    /// The Redis broker's streams `PREFIX:audit:records` and
+    /// `PREFIX:audit:checkpoints` (what `file` means for a Redis broker).
+    Redis,
 }
 
 /// `sealq audit ...`.
@@ -339,7 +343,8 @@ pub(crate) struct AuditSource {
     #[arg(long, value_name = "PATH")]
     pub(crate) file: Option<PathBuf>,
     /// Which log of the --broker: the JSON-lines files next to the database
-    /// (default) or its audit tables.
+    /// (default) or its audit tables; for a Redis broker, always its audit
+    /// streams.
     #[arg(long, value_enum, default_value_t = AuditSinkKind::File)]
     pub(crate) sink: AuditSinkKind,
 }

@@ -69,6 +69,40 @@ pub(crate) struct Opened {
     pub(crate) broker: Arc<dyn Broker>,
     /// The SQLite database file, for the SQLite broker.
     pub(crate) sqlite_path: Option<PathBuf>,
+    /// The Redis broker, for its audit streams.
+    pub(crate) redis: Option<sealq_redis::RedisBroker>,
+}
+
+impl Opened {
+    /// Where this broker's audit log lives.
+    pub(crate) fn audit_home(&self) -> AuditHome<'_> {
+        AuditHome::of(self.sqlite_path.as_deref(), self.redis.as_ref())
+    }
+}
+
+/// Where a broker keeps its audit log (see `cmd/audit.rs`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum AuditHome<'a> {
+    /// Nowhere known.
+    Nowhere,
+    /// Beside (or in) the SQLite database file.
+    Sqlite(&'a std::path::Path),
+    /// In the Redis broker's audit streams.
+    Redis(&'a sealq_redis::RedisBroker),
+}
+
+impl<'a> AuditHome<'a> {
+    /// From what an [`Opened`] holds.
+    pub(crate) fn of(
+        sqlite_path: Option<&'a std::path::Path>,
+        redis: Option<&'a sealq_redis::RedisBroker>,
+    ) -> Self {
+        match (sqlite_path, redis) {
+            (Some(p), _) => AuditHome::Sqlite(p),
+            (None, Some(r)) => AuditHome::Redis(r),
+            (None, None) => AuditHome::Nowhere,
+        }
+    }
 }
 
 /// Open the broker a URL names.
@@ -87,12 +121,17 @@ pub(crate) fn open(url: &str) -> CliResult<Opened> {
             Ok(Opened {
                 broker: Arc::new(broker),
                 sqlite_path: Some(path),
+                redis: None,
             })
         }
-        BrokerUrl::Redis => Ok(Opened {
-            broker: Arc::new(open_redis(url, true)?),
-            sqlite_path: None,
-        }),
+        BrokerUrl::Redis => {
+            let redis = open_redis(url, true)?;
+            Ok(Opened {
+                broker: Arc::new(redis.clone()),
+                sqlite_path: None,
+                redis: Some(redis),
+            })
+        }
     }
 }
 

@@ -4,8 +4,11 @@
 //! For the SQLite broker at `DB`, the default audit log is two JSON-lines
 //! files next to it: `DB.audit.jsonl` and `DB.audit.checkpoints.jsonl`
 //! (`--audit file`); `--audit sqlite` writes the `audit_records` and
-//! `audit_checkpoints` tables of `DB` instead. `audit verify --broker URL`
-//! and `audit show` read the same place (`--sink file|sqlite`).
+//! `audit_checkpoints` tables of `DB` instead. For a Redis broker the log is
+//! always the broker's streams `PREFIX:audit:records` and
+//! `PREFIX:audit:checkpoints` (`--audit file`, the default, and `--audit
+//! redis` both mean them; `sqlite` is refused). `audit verify --broker URL`
+//! and `audit show` read the same place (`--sink file|sqlite|redis`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,11 +17,12 @@ use sealq::audit::{
     AuditKeys, AuditSink, Auditor, JsonLinesSink, VerifyOptions, VerifyReport, verify_sink,
 };
 use sealq::{Keyring, TaskId};
+use sealq_redis::RedisAuditSink;
 use sealq_sqlite::SqliteAuditSink;
 
 use super::Global;
 use crate::args::{AuditShowArgs, AuditSinkKind, AuditSource, AuditVerifyArgs};
-use crate::broker_url::BrokerUrl;
+use crate::broker_url::{AuditHome, BrokerUrl};
 use crate::error::{CliError, CliResult, context, msg};
 
 /// `DB` → `DB.audit.jsonl`.
@@ -34,8 +38,31 @@ fn broker_db(global: &Global) -> CliResult<PathBuf> {
         BrokerUrl::Sqlite { path } => Ok(path),
         #[allow(unreachable_patterns)]
         _ => Err(CliError::usage(msg(
-            "this build keeps the audit log of the SQLite broker only; for another broker \
-             verify a JSON-lines log with --file PATH",
+            "this build keeps the audit log of the SQLite and Redis brokers only; for another \
+             broker verify a JSON-lines log with --file PATH",
+        ))),
+    }
+}
+
+/// Run a future to completion from synchronous command code (as
+/// `broker_url::open_redis` does).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+/// The Redis audit streams for `kind`, or `None` for `off`.
+fn redis_sink(
+    redis: &sealq_redis::RedisBroker,
+    kind: AuditSinkKind,
+) -> CliResult<Option<Arc<dyn AuditSink>>> {
+    match kind {
+        AuditSinkKind::Off => Ok(None),
+        AuditSinkKind::File | AuditSinkKind::Redis => Ok(Some(Arc::new(
+            block_on(RedisAuditSink::open(redis)).map_err(sink_error)?,
+        ))),
+        AuditSinkKind::Sqlite => Err(CliError::usage(msg(
+            "--audit sqlite needs the SQLite broker; a Redis broker keeps its audit log in \
+             Redis streams (--audit redis, the default)",
         ))),
     }
 }
@@ -48,6 +75,11 @@ fn sink_error(e: sealq::audit::AuditError) -> CliError {
 pub(crate) fn open_sink(db: &Path, kind: AuditSinkKind) -> CliResult<Option<Arc<dyn AuditSink>>> {
     Ok(match kind {
         AuditSinkKind::Off => None,
+        AuditSinkKind::Redis => {
+            return Err(CliError::usage(msg(
+                "--audit redis needs a Redis broker (--broker redis://…)",
+            )));
+        }
         AuditSinkKind::File => Some(Arc::new(
             JsonLinesSink::open(jsonl_path_for(db)).map_err(sink_error)?,
         )),
@@ -55,18 +87,20 @@ pub(crate) fn open_sink(db: &Path, kind: AuditSinkKind) -> CliResult<Option<Arc<
     })
 }
 
-/// Start an auditor writing to the log of the SQLite database `db`. A
+/// Start an auditor writing to the log of the broker at `home`. A
 /// keyring without `audit_signing_key` is a configuration error (exit 2)
 /// that says how to fix it.
 pub(crate) fn start(
-    db: Option<&Path>,
+    home: AuditHome<'_>,
     kind: AuditSinkKind,
     keyring: &Keyring,
 ) -> CliResult<Option<Auditor>> {
-    let Some(db) = db else {
-        return Ok(None);
+    let sink = match home {
+        AuditHome::Nowhere => return Ok(None),
+        AuditHome::Sqlite(db) => open_sink(db, kind)?,
+        AuditHome::Redis(r) => redis_sink(r, kind)?,
     };
-    let Some(sink) = open_sink(db, kind)? else {
+    let Some(sink) = sink else {
         return Ok(None);
     };
     if keyring.audit_verifying_key().is_none() {
@@ -87,10 +121,23 @@ pub(crate) async fn finish(auditor: Option<Auditor>) -> CliResult {
     Ok(())
 }
 
-/// The log `source` names, for reading; and whether positions are rows.
-fn read_sink(global: &Global, source: &AuditSource) -> CliResult<(Arc<dyn AuditSink>, bool)> {
+/// The log `source` names, for reading; and what its positions are called.
+fn read_sink(
+    global: &Global,
+    source: &AuditSource,
+) -> CliResult<(Arc<dyn AuditSink>, &'static str)> {
     if let Some(file) = &source.file {
-        return Ok((Arc::new(JsonLinesSink::at(file)), false));
+        return Ok((Arc::new(JsonLinesSink::at(file)), "line"));
+    }
+    if BrokerUrl::parse(global.broker_url())? == BrokerUrl::Redis {
+        if source.sink == AuditSinkKind::Sqlite {
+            return Err(CliError::usage(msg(
+                "--sink sqlite needs the SQLite broker; a Redis broker keeps its audit log in \
+                 Redis streams",
+            )));
+        }
+        let redis = crate::broker_url::open_redis(global.broker_url(), true)?;
+        return Ok((Arc::new(RedisAuditSink::reader(&redis)), "entry"));
     }
     let db = broker_db(global)?;
     if !db.exists() {
@@ -102,10 +149,13 @@ fn read_sink(global: &Global, source: &AuditSource) -> CliResult<(Arc<dyn AuditS
     match source.sink {
         AuditSinkKind::Sqlite => Ok((
             Arc::new(SqliteAuditSink::open(&db).map_err(sink_error)?),
-            true,
+            "row",
         )),
+        AuditSinkKind::Redis => Err(CliError::usage(msg(
+            "--sink redis needs a Redis broker (--broker redis://…)",
+        ))),
         AuditSinkKind::File | AuditSinkKind::Off => {
-            Ok((Arc::new(JsonLinesSink::at(jsonl_path_for(&db))), false))
+            Ok((Arc::new(JsonLinesSink::at(jsonl_path_for(&db))), "line"))
         }
     }
 }
@@ -127,16 +177,21 @@ pub(crate) fn summary_line(r: &VerifyReport) -> String {
     }
 }
 
-/// Verify the log `start` wrote for `db` (`None` for `off`).
+/// Verify the log `start` wrote for `home` (`None` for `off`).
 pub(crate) async fn verify_broker_log(
-    db: &Path,
+    home: AuditHome<'_>,
     kind: AuditSinkKind,
     keyring: &Keyring,
 ) -> CliResult<Option<VerifyReport>> {
-    let sink: Arc<dyn AuditSink> = match kind {
-        AuditSinkKind::Off => return Ok(None),
-        AuditSinkKind::File => Arc::new(JsonLinesSink::at(jsonl_path_for(db))),
-        AuditSinkKind::Sqlite => Arc::new(SqliteAuditSink::open(db).map_err(sink_error)?),
+    let sink: Arc<dyn AuditSink> = match (home, kind) {
+        (AuditHome::Nowhere, _) | (_, AuditSinkKind::Off) => return Ok(None),
+        (AuditHome::Redis(r), _) => Arc::new(RedisAuditSink::reader(r)),
+        (AuditHome::Sqlite(db), AuditSinkKind::File | AuditSinkKind::Redis) => {
+            Arc::new(JsonLinesSink::at(jsonl_path_for(db)))
+        }
+        (AuditHome::Sqlite(db), AuditSinkKind::Sqlite) => {
+            Arc::new(SqliteAuditSink::open(db).map_err(sink_error)?)
+        }
     };
     verify_with(&*sink, keyring).await.map(Some)
 }
@@ -158,7 +213,7 @@ pub(crate) async fn verify(global: &Global, args: AuditVerifyArgs) -> CliResult 
         Some(pk) => AuditKeys::public_only_base64(pk)?,
         None => AuditKeys::from_keyring(&global.keyring()?)?,
     };
-    let (sink, rows) = read_sink(global, &args.source)?;
+    let (sink, position) = read_sink(global, &args.source)?;
     let options = VerifyOptions {
         checkpoint_every: args.checkpoint_every.max(1),
     };
@@ -170,7 +225,6 @@ pub(crate) async fn verify(global: &Global, args: AuditVerifyArgs) -> CliResult 
     } else if report.is_ok() {
         println!("{}", summary_line(&report));
     } else {
-        let position = if rows { "row" } else { "line" };
         println!("audit log {}:", sink.describe());
         for f in &report.faults {
             println!("  FAULT {}", f.describe(position));

@@ -80,10 +80,10 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
         ),
     };
     let opened = broker_url::open(&url)?;
-    let broker = opened.broker;
+    let broker = opened.broker.clone();
     let keyring = Arc::new(Keyring::generate());
     // With --audit, producer and worker each keep a chain, as two processes would.
-    let db = opened.sqlite_path.as_deref();
+    let db = opened.audit_home();
     let producer_audit = super::audit::start(db, args.audit, &keyring)?;
     let worker_audit = super::audit::start(db, args.audit, &keyring)?;
     let mut client = Client::builder(broker.clone(), keyring.clone()).producer("sealq-bench");

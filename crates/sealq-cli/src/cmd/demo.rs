@@ -189,6 +189,7 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> CliResult {
     let Opened {
         broker,
         sqlite_path,
+        redis,
     } = broker_url::open(&url)?;
     let existing: u64 = broker
         .stats()
@@ -207,8 +208,9 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> CliResult {
     let customers = Arc::new(customer_table());
     let latencies = Arc::new(Latencies::with_capacity(args.tasks + args.tasks / 10));
     // The audit log: producer and worker each keep a chain, as two processes would.
-    let producer_audit = super::audit::start(sqlite_path.as_deref(), args.audit, &keyring)?;
-    let worker_audit = super::audit::start(sqlite_path.as_deref(), args.audit, &keyring)?;
+    let home = broker_url::AuditHome::of(sqlite_path.as_deref(), redis.as_ref());
+    let producer_audit = super::audit::start(home, args.audit, &keyring)?;
+    let worker_audit = super::audit::start(home, args.audit, &keyring)?;
 
     let worker = build_worker(
         broker.clone(),
@@ -290,10 +292,7 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> CliResult {
     let report: WorkerReport = handle.shutdown().await?;
     super::audit::finish(producer_audit).await?;
     super::audit::finish(worker_audit).await?;
-    let audit = match &sqlite_path {
-        Some(db) => super::audit::verify_broker_log(db, args.audit, &keyring).await?,
-        None => None,
-    };
+    let audit = super::audit::verify_broker_log(home, args.audit, &keyring).await?;
 
     let archived_by_reason = archive_reasons(&*broker).await?;
     let store = prove_ciphertext(&*broker, &keyring, sqlite_path.as_deref()).await?;

@@ -33,7 +33,7 @@ pub(crate) async fn run(global: &Global, args: EnqueueArgs) -> CliResult {
     let task = RawTask::from_json(args.kind, &value, options)?;
 
     let opened = global.open_broker()?;
-    let auditor = super::audit::start(opened.sqlite_path.as_deref(), audit, &keyring)?;
+    let auditor = super::audit::start(opened.audit_home(), audit, &keyring)?;
     let mut builder = Client::builder(opened.broker, keyring);
     if let Some(a) = &auditor {
         builder = builder.audit(a.clone());

@@ -10,7 +10,7 @@ use crate::error::CliResult;
 pub(crate) async fn run(global: &Global, args: EraseArgs) -> CliResult {
     let keyring = global.keyring()?;
     let opened = global.open_broker()?;
-    let auditor = super::audit::start(opened.sqlite_path.as_deref(), args.audit, &keyring)?;
+    let auditor = super::audit::start(opened.audit_home(), args.audit, &keyring)?;
     let mut builder = Client::builder(opened.broker, keyring);
     if let Some(a) = &auditor {
         builder = builder.audit(a.clone());

@@ -23,7 +23,7 @@ pub(crate) async fn run(global: &Global, args: WorkerArgs) -> CliResult {
     let queues = parse_queues(&args.queues)?;
     let keyring = global.keyring()?;
     let opened = global.open_broker()?;
-    let auditor = super::audit::start(opened.sqlite_path.as_deref(), args.audit, &keyring)?;
+    let auditor = super::audit::start(opened.audit_home(), args.audit, &keyring)?;
     let broker = opened.broker;
     let exec: Arc<str> = Arc::from(args.exec.as_str());
     let mut builder = Worker::builder(broker, keyring);
