@@ -279,9 +279,11 @@ impl AuditSink for RedisAuditSink {
         if records.is_empty() {
             return Ok(());
         }
-        // One round trip; MULTI/EXEC so a batch is stored whole or not at all.
+        // One round trip. Not MULTI/EXEC: runtime ACL roles need not grant
+        // it, and Redis runs the pipeline's XADDs in order anyway; a batch
+        // cut by a lost connection leaves a prefix of it, which the
+        // auditor's chain tolerates no worse than a crash mid-batch.
         let mut p = redis::pipe();
-        p.atomic();
         for r in records {
             let cmd = p
                 .cmd("XADD")

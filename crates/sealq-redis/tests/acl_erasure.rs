@@ -1,0 +1,114 @@
+//! The ACL roles of docs/redis-acl.md and erasure: producers create subject
+//! keys and append audit records, workers only read the keys, and only the
+//! admin can erase (destroy keys).
+
+mod support;
+
+use std::sync::Arc;
+
+use sealq::audit::{AuditEvent, AuditSink, Auditor};
+use sealq::broker::Broker;
+use sealq::subject_keys::SubjectKeys;
+use sealq::{BrokerErrorKind, Client, EnqueueOptions, Keyring, RawTask};
+use sealq_redis::{RedisAuditSink, RedisBroker, RedisOptions};
+use support::RedisServer;
+
+fn acl_lines() -> Vec<String> {
+    include_str!("../../../docs/redis-acl.md")
+        .lines()
+        .filter(|l| l.starts_with("ACL SETUSER "))
+        .map(|l| {
+            l.replace("ADMIN_PASSWORD", "apw")
+                .replace("PRODUCER_PASSWORD", "ppw")
+                .replace("WORKER_PASSWORD", "wpw")
+        })
+        .collect()
+}
+
+fn url(s: &RedisServer, user: &str, pw: &str) -> String {
+    format!("redis://{user}:{pw}@127.0.0.1:{}", s.port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_create_keys_workers_read_them_admins_erase() {
+    let s = RedisServer::start();
+    for line in acl_lines() {
+        let args: Vec<&str> = line.split(' ').collect();
+        assert!(s.cli(&args).contains("OK"), "{line}");
+    }
+    let admin =
+        RedisBroker::connect_unchecked(&url(&s, "sealq-admin", "apw"), RedisOptions::default())
+            .await
+            .unwrap();
+    admin.install().await.unwrap();
+    let producer = RedisBroker::connect(&url(&s, "sealq-producer", "ppw"))
+        .await
+        .unwrap();
+    let worker = RedisBroker::connect(&url(&s, "sealq-worker", "wpw"))
+        .await
+        .unwrap();
+    let keyring = Arc::new(Keyring::generate());
+
+    // Producer: seals a subject task (creating its key) and audits it.
+    let sink = Arc::new(RedisAuditSink::open(&producer).await.unwrap());
+    let audit = Auditor::start(sink.clone(), &keyring).unwrap();
+    let p: Arc<dyn Broker> = Arc::new(producer.clone());
+    let client = Client::builder(p, keyring.clone())
+        .audit(audit.clone())
+        .build();
+    client
+        .enqueue_raw(
+            RawTask::from_json(
+                "t",
+                &serde_json::json!({"a": 1}),
+                EnqueueOptions::new().subject("user-42"),
+            )
+            .unwrap(),
+        )
+        .await
+        .expect("producer enqueues a subject task");
+    audit.close().await.expect("producer appends audit records");
+    assert!(
+        sink.read_records().await.is_err(),
+        "producer read the audit log"
+    );
+    let tag = keyring.subject_tag("user-42");
+    // Producer: cannot destroy the key.
+    let e = producer
+        .subject_key_store()
+        .unwrap()
+        .destroy(&tag)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, BrokerErrorKind::PermissionDenied, "{e}");
+
+    // Worker: reads the key, cannot destroy it.
+    let wkeys = SubjectKeys::new(worker.subject_key_store().unwrap(), &keyring);
+    assert!(wkeys.for_open(&tag).await.unwrap().is_some());
+    let e = worker
+        .subject_key_store()
+        .unwrap()
+        .destroy(&tag)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, BrokerErrorKind::PermissionDenied, "{e}");
+    let w: Arc<dyn Broker> = Arc::new(worker.clone());
+    let wclient = Client::builder(w, keyring.clone()).build();
+    assert!(wclient.erase_subject("user-42", "w").await.is_err());
+
+    // Admin: erases; reads the audit log.
+    let a: Arc<dyn Broker> = Arc::new(admin.clone());
+    let asink = Arc::new(RedisAuditSink::open(&admin).await.unwrap());
+    let aaudit = Auditor::start(asink.clone(), &keyring).unwrap();
+    let aclient = Client::builder(a, keyring.clone())
+        .audit(aaudit.clone())
+        .build();
+    let receipt = aclient.erase_subject("user-42", "dpo").await.unwrap();
+    assert!(receipt.key_destroyed);
+    aaudit.close().await.unwrap();
+    let records = asink.read_records().await.unwrap();
+    assert!(records.iter().any(|l| matches!(
+        l.item.as_ref().map(|r| &r.event),
+        Ok(AuditEvent::SubjectErased { .. })
+    )));
+}
