@@ -687,13 +687,13 @@ pub(crate) fn open_with_cipher(
     Ok(plaintext)
 }
 
-/// A fresh random 24-byte nonce.
+/// A fresh random 24-byte nonce, from the thread-local CSPRNG (ChaCha12,
+/// seeded and periodically reseeded from the operating system): 192-bit
+/// random nonces make collisions negligible for any number of messages per
+/// key, and skipping a system call per seal saves a few hundred nanoseconds.
 pub(crate) fn random_nonce() -> Result<[u8; NONCE_LEN], Error> {
+    use rand::RngCore as _;
     let mut nonce = [0u8; NONCE_LEN];
-    getrandom::fill(&mut nonce).map_err(|e| {
-        Error::Keyring(format!(
-            "the operating system's random number generator failed: {e}"
-        ))
-    })?;
+    rand::rng().fill_bytes(&mut nonce);
     Ok(nonce)
 }
