@@ -46,9 +46,46 @@ local function incr(Q, state, by)
   redis.call('HINCRBY', Q .. 'n', state, by)
 end
 
+-- At most one token: a second push while one waits would wake nobody more.
+-- (LPUSH and LTRIM rather than LLEN: producers hold no read permission.)
 local function wake(Q)
   redis.call('LPUSH', Q .. 'wake', '1')
   redis.call('LTRIM', Q .. 'wake', 0, 0)
+end
+
+-- Lua's unpack has a stack limit: run `cmd key items...` in chunks (even
+-- sizes, so score/member and field/value pairs stay together).
+local CHUNK = 4000
+
+local function bulk(cmd, key, items)
+  local n = #items
+  local i = 1
+  while i <= n do
+    local j = math.min(i + CHUNK - 1, n)
+    redis.call(cmd, key, unpack(items, i, j))
+    i = j + 1
+  end
+end
+
+-- Like bulk, for commands with one reply per item (HMGET, ZMSCORE).
+local function mget(cmd, key, items)
+  local out = {}
+  local n = #items
+  local i = 1
+  while i <= n do
+    local j = math.min(i + CHUNK - 1, n)
+    local r = redis.call(cmd, key, unpack(items, i, j))
+    for k = 1, j - i + 1 do out[#out + 1] = r[k] end
+    i = j + 1
+  end
+  return out
+end
+
+-- Apply per-state count changes gathered by a batch.
+local function counts(Q, delta)
+  for st, by in pairs(delta) do
+    if by ~= 0 then redis.call('HINCRBY', Q .. 'n', st, by) end
+  end
 end
 
 -- Drop the unique key `uk` if task `id` holds it.
@@ -73,26 +110,34 @@ end
 -- ARGV: now, queue, then per task 10 fields:
 -- id, kind, envelope, meta, run_at, max_retries, retention_ms, subject, ukey, uttl
 -- Returns per task: 'ok' | 'exists' | the id holding the unique key.
+-- Per task HEXISTS and HSET; the index, set and count updates are one
+-- command per batch.
 local function enqueue(keys, args)
   local Q, G = keys[1], keys[2]
   local now, queue = tonumber(args[1]), args[2]
-  local out = {}
-  local ready = false
-  local i = 3
-  while i <= #args do
-    local id, kind, env, meta = args[i], args[i + 1], args[i + 2], args[i + 3]
-    local run_at = tonumber(args[i + 4])
-    local mr, ret, sub, uk, uttl = args[i + 5], args[i + 6], args[i + 7], args[i + 8], args[i + 9]
-    i = i + 10
+  local nows = s(now)
+  local n = (#args - 2) / 10
+  local out, fresh = {}, {}
+  local ready, delayed, all, index = {}, {}, {}, {}
+  local delta = {pending = 0, scheduled = 0}
+  for j = 1, n do
+    local b = 3 + (j - 1) * 10
+    local id, kind, env, meta, run_at = args[b], args[b + 1], args[b + 2], args[b + 3], args[b + 4]
+    local mr, ret, sub, uk, uttl = args[b + 5], args[b + 6], args[b + 7], args[b + 8], args[b + 9]
     local T = Q .. 't:' .. id
-    local exists
-    if G then
-      exists = redis.call('HEXISTS', G .. 'ids', id) == 1
-    else
-      exists = redis.call('EXISTS', T) == 1 or redis.call('ZSCORE', Q .. 'seen', id)
+    -- Known ids: the global index where there is one, else this queue's
+    -- hash and replay memory. (One command per task, not HMGET/ZMSCORE for
+    -- the batch: producers may write but not read.)
+    local exists = fresh[id]
+    if not exists then
+      if G then
+        exists = redis.call('HEXISTS', G .. 'ids', id) == 1
+      else
+        exists = redis.call('EXISTS', T) == 1 or redis.call('ZSCORE', Q .. 'seen', id)
+      end
     end
     if exists then
-      out[#out + 1] = 'exists'
+      out[j] = 'exists'
     else
       local dup = nil
       if uk ~= '' then
@@ -105,39 +150,49 @@ local function enqueue(keys, args)
         end
       end
       if dup then
-        out[#out + 1] = dup
+        out[j] = dup
       else
         local state = 'pending'
-        if run_at > now then state = 'scheduled' end
-        redis.call('HSET', T, 'q', queue, 'k', kind, 'e', env, 'm', meta, 's', state,
-          'a', '0', 'r', s(run_at), 'mr', mr, 'ret', ret, 'upd', s(now))
-        if sub ~= '' then redis.call('HSET', T, 'sub', sub) end
+        if tonumber(run_at) > now then state = 'scheduled' end
+        local h = {'q', queue, 'k', kind, 'e', env, 'm', meta, 's', state,
+          'a', '0', 'r', run_at, 'mr', mr, 'ret', ret, 'upd', nows}
+        if sub ~= '' then h[#h + 1] = 'sub'; h[#h + 1] = sub end
         if uk ~= '' then
-          redis.call('HSET', T, 'uk', uk)
+          h[#h + 1] = 'uk'; h[#h + 1] = uk
           redis.call('SET', Q .. 'u:' .. uk, id .. '|' .. s(now + tonumber(uttl)))
         end
-        redis.call('ZADD', Q .. 'ready', s(run_at), id)
+        redis.call('HSET', T, unpack(h))
+        ready[#ready + 1] = run_at; ready[#ready + 1] = id
         if state == 'scheduled' then
-          redis.call('ZADD', Q .. 'delayed', s(run_at), id)
-        else
-          ready = true
+          delayed[#delayed + 1] = run_at; delayed[#delayed + 1] = id
         end
-        redis.call('ZADD', Q .. 'all', '0', id)
-        incr(Q, state, 1)
-        if G then redis.call('HSET', G .. 'ids', id, queue) end
-        out[#out + 1] = 'ok'
+        all[#all + 1] = '0'; all[#all + 1] = id
+        if G then index[#index + 1] = id; index[#index + 1] = queue end
+        delta[state] = delta[state] + 1
+        fresh[id] = true
+        out[j] = 'ok'
       end
     end
   end
-  if G then redis.call('SADD', G .. 'queues', queue) end
-  if ready then wake(Q) end
+  bulk('ZADD', Q .. 'ready', ready)
+  bulk('ZADD', Q .. 'delayed', delayed)
+  bulk('ZADD', Q .. 'all', all)
+  counts(Q, delta)
+  if G then
+    bulk('HSET', G .. 'ids', index)
+    redis.call('SADD', G .. 'queues', queue)
+  end
+  if delta.pending > 0 then wake(Q) end
   return out
 end
 
 -- KEYS: one base per queue, in order. ARGV: now, max, lease_ms, worker, token
--- prefix (12 hex digits). Returns per task {id, token, replayed, hgetall, key index}.
+-- prefix (12 hex digits). Returns per task {id, token, replayed, fields, key
+-- index}: fields are the field/value pairs of the task a worker needs, as
+-- leased. Per task HMGET and HSET; the rest is per queue.
 local function dequeue(keys, args)
   local now, max = tonumber(args[1]), tonumber(args[2])
+  local nows = s(now)
   local expires = s(now + tonumber(args[3]))
   local worker, tokp = args[4], args[5]
   local out = {}
@@ -145,27 +200,44 @@ local function dequeue(keys, args)
     local want = max - #out
     if want <= 0 then break end
     if redis.call('HEXISTS', Q .. 'flags', 'paused') == 0 then
-      local ids = redis.call('ZRANGEBYSCORE', Q .. 'ready', '-inf', s(now), 'LIMIT', 0, want)
-      for _, id in ipairs(ids) do
-        local T = Q .. 't:' .. id
-        local st = redis.call('HGET', T, 's')
-        redis.call('ZREM', Q .. 'ready', id)
-        if st == 'pending' or st == 'scheduled' or st == 'retry' then
-          if st ~= 'pending' then redis.call('ZREM', Q .. 'delayed', id) end
-          local tok = tokp .. string.format('%04x', #out)
-          redis.call('HINCRBY', T, 'a', 1)
-          redis.call('HSET', T, 's', 'active', 'tok', tok, 'lx', expires, 'w', worker, 'upd', s(now))
-          redis.call('ZADD', Q .. 'active', expires, id)
-          incr(Q, st, -1)
-          incr(Q, 'active', 1)
-          local replayed = 0
-          if redis.call('ZSCORE', Q .. 'seen', id) then replayed = 1 end
-          out[#out + 1] = {id, tok, replayed, redis.call('HGETALL', T), qi}
+      local ids = redis.call('ZRANGEBYSCORE', Q .. 'ready', '-inf', nows, 'LIMIT', 0, want)
+      if #ids > 0 then
+        bulk('ZREM', Q .. 'ready', ids)
+        local seen = mget('ZMSCORE', Q .. 'seen', ids)
+        local active, undelay = {}, {}
+        local delta = {pending = 0, scheduled = 0, retry = 0, active = 0}
+        for j, id in ipairs(ids) do
+          local T = Q .. 't:' .. id
+          local cur = redis.call('HMGET', T, 's', 'a', 'q', 'k', 'e', 'm', 'r', 'le')
+          local st = cur[1]
+          if st == 'pending' or st == 'scheduled' or st == 'retry' then
+            if st ~= 'pending' then undelay[#undelay + 1] = id end
+            local tok = tokp .. string.format('%04x', #out)
+            local an = tonumber(cur[2])
+            -- A non-numeric count (an edited hash) stays as it is: the
+            -- worker refuses the task (integrity) instead of the call failing.
+            local a = cur[2] or ''
+            if an then a = s(an + 1) end
+            redis.call('HSET', T, 's', 'active', 'a', a, 'tok', tok, 'lx', expires, 'w', worker, 'upd', nows)
+            -- What the record needs (a missing field is nil: refused as integrity).
+            local h = {'q', cur[3], 'k', cur[4], 'e', cur[5], 'm', cur[6], 'r', cur[7],
+              's', 'active', 'a', a, 'lx', expires, 'upd', nows}
+            if cur[8] then h[#h + 1] = 'le'; h[#h + 1] = cur[8] end
+            active[#active + 1] = expires; active[#active + 1] = id
+            delta[st] = delta[st] - 1
+            delta.active = delta.active + 1
+            local replayed = 0
+            if seen[j] then replayed = 1 end
+            out[#out + 1] = {id, tok, replayed, h, qi}
+          end
         end
+        bulk('ZADD', Q .. 'active', active)
+        bulk('ZREM', Q .. 'delayed', undelay)
+        counts(Q, delta)
       end
       if #out >= max then
         -- Work left behind: pass the wake-up on to another idle worker.
-        if #redis.call('ZRANGEBYSCORE', Q .. 'ready', '-inf', s(now), 'LIMIT', 0, 1) > 0 then
+        if #redis.call('ZRANGEBYSCORE', Q .. 'ready', '-inf', nows, 'LIMIT', 0, 1) > 0 then
           wake(Q)
         end
       end
@@ -178,12 +250,16 @@ end
 -- op: c (complete), C (complete with result a1), r (retry at a1),
 -- R (retry at a1 with error a2), a (archive reason a1), A (archive reason a1,
 -- error a2), q (requeue). Returns per ack 1 (applied) or 0 (lease lost).
+-- Per ack HMGET and HSET; the lease fields stay in the hash (they mean
+-- nothing outside state `active`); set updates are one command per batch.
 local function ack(keys, args)
   local Q = keys[1]
   local now = tonumber(args[1])
   local nows = s(now)
   local out = {}
   local ready = false
+  local left, done, seen, archived, queued, delayed = {}, {}, {}, {}, {}, {}
+  local delta = {active = 0, completed = 0, retry = 0, archived = 0, pending = 0}
   local i = 2
   while i <= #args do
     local id, tok, op, a1, a2 = args[i], args[i + 1], args[i + 2], args[i + 3], args[i + 4]
@@ -193,40 +269,55 @@ local function ack(keys, args)
     if cur[1] ~= 'active' or cur[2] ~= tok then
       out[#out + 1] = 0
     else
-      clear_lease(T)
-      redis.call('ZREM', Q .. 'active', id)
-      incr(Q, 'active', -1)
+      left[#left + 1] = id
+      delta.active = delta.active - 1
       if op == 'c' or op == 'C' then
-        redis.call('HSET', T, 's', 'completed', 'fin', nows, 'upd', nows)
-        if op == 'C' then redis.call('HSET', T, 'res', a1) end
-        redis.call('ZADD', Q .. 'done', s(now + tonumber(cur[3])), id)
-        redis.call('ZADD', Q .. 'seen', nows, id)
+        if op == 'C' then
+          redis.call('HSET', T, 's', 'completed', 'fin', nows, 'upd', nows, 'res', a1)
+        else
+          redis.call('HSET', T, 's', 'completed', 'fin', nows, 'upd', nows)
+        end
+        done[#done + 1] = s(now + (tonumber(cur[3]) or 0)); done[#done + 1] = id
+        seen[#seen + 1] = nows; seen[#seen + 1] = id
         release_unique(Q, id, cur[4])
-        incr(Q, 'completed', 1)
+        delta.completed = delta.completed + 1
       elseif op == 'r' or op == 'R' then
-        redis.call('HSET', T, 's', 'retry', 'r', a1, 'upd', nows)
-        if op == 'R' then redis.call('HSET', T, 'le', a2) end
-        redis.call('ZADD', Q .. 'ready', a1, id)
-        redis.call('ZADD', Q .. 'delayed', a1, id)
-        incr(Q, 'retry', 1)
+        if op == 'R' then
+          redis.call('HSET', T, 's', 'retry', 'r', a1, 'upd', nows, 'le', a2)
+        else
+          redis.call('HSET', T, 's', 'retry', 'r', a1, 'upd', nows)
+        end
+        queued[#queued + 1] = a1; queued[#queued + 1] = id
+        delayed[#delayed + 1] = a1; delayed[#delayed + 1] = id
+        delta.retry = delta.retry + 1
         if tonumber(a1) <= now then ready = true end
       elseif op == 'a' or op == 'A' then
-        redis.call('HSET', T, 's', 'archived', 'ar', a1, 'fin', nows, 'upd', nows)
-        if op == 'A' then redis.call('HSET', T, 'le', a2) end
-        redis.call('ZADD', Q .. 'archived', nows, id)
+        if op == 'A' then
+          redis.call('HSET', T, 's', 'archived', 'ar', a1, 'fin', nows, 'upd', nows, 'le', a2)
+        else
+          redis.call('HSET', T, 's', 'archived', 'ar', a1, 'fin', nows, 'upd', nows)
+        end
+        archived[#archived + 1] = nows; archived[#archived + 1] = id
         release_unique(Q, id, cur[4])
-        incr(Q, 'archived', 1)
+        delta.archived = delta.archived + 1
       else
-        local a = tonumber(cur[6]) - 1
+        local a = (tonumber(cur[6]) or 1) - 1
         if a < 0 then a = 0 end
         redis.call('HSET', T, 's', 'pending', 'a', s(a), 'upd', nows)
-        redis.call('ZADD', Q .. 'ready', cur[5], id)
-        incr(Q, 'pending', 1)
+        queued[#queued + 1] = cur[5]; queued[#queued + 1] = id
+        delta.pending = delta.pending + 1
         ready = true
       end
       out[#out + 1] = 1
     end
   end
+  bulk('ZREM', Q .. 'active', left)
+  bulk('ZADD', Q .. 'done', done)
+  bulk('ZADD', Q .. 'seen', seen)
+  bulk('ZADD', Q .. 'archived', archived)
+  bulk('ZADD', Q .. 'ready', queued)
+  bulk('ZADD', Q .. 'delayed', delayed)
+  counts(Q, delta)
   if ready then wake(Q) end
   return out
 end
@@ -236,6 +327,7 @@ local function extend(keys, args)
   local Q = keys[1]
   local expires = s(tonumber(args[1]) + tonumber(args[2]))
   local out = {}
+  local active = {}
   local i = 3
   while i <= #args do
     local id, tok = args[i], args[i + 1]
@@ -244,12 +336,13 @@ local function extend(keys, args)
     local cur = redis.call('HMGET', T, 's', 'tok')
     if cur[1] == 'active' and cur[2] == tok then
       redis.call('HSET', T, 'lx', expires)
-      redis.call('ZADD', Q .. 'active', expires, id)
+      active[#active + 1] = expires; active[#active + 1] = id
       out[#out + 1] = 1
     else
       out[#out + 1] = 0
     end
   end
+  bulk('ZADD', Q .. 'active', active)
   return out
 end
 
@@ -261,17 +354,19 @@ local function forward(keys, args)
   local nows = s(now)
   local ids = redis.call('ZRANGEBYSCORE', Q .. 'delayed', '-inf', nows, 'LIMIT', 0, tonumber(args[2]))
   local moved = 0
+  local delta = {scheduled = 0, retry = 0, pending = 0}
+  if #ids > 0 then bulk('ZREM', Q .. 'delayed', ids) end
   for _, id in ipairs(ids) do
     local T = Q .. 't:' .. id
     local st = redis.call('HGET', T, 's')
-    redis.call('ZREM', Q .. 'delayed', id)
     if st == 'scheduled' or st == 'retry' then
       redis.call('HSET', T, 's', 'pending', 'upd', nows)
-      incr(Q, st, -1)
-      incr(Q, 'pending', 1)
+      delta[st] = delta[st] - 1
+      delta.pending = delta.pending + 1
       moved = moved + 1
     end
   end
+  counts(Q, delta)
   if moved > 0 then wake(Q) end
   local nxt = redis.call('ZRANGE', Q .. 'delayed', 0, 0, 'WITHSCORES')
   local due = ''
@@ -313,14 +408,20 @@ local function recover(keys, args)
   return {retried, archived, #ids}
 end
 
--- ARGV: now, limit, replay_horizon_ms. Deletes completed tasks past their
--- retention; forgets replay memory older than the horizon.
--- Returns {purged, scanned, forgotten ids...} (forgotten ids only without G).
+-- ARGV: now, limit, replay_horizon_ms, archive_max_count, archive_max_age_ms
+-- (the caps: -1 for none). Deletes completed tasks past their retention;
+-- trims archived tasks beyond the caps (oldest first; counted in the queue's
+-- `n` hash as `trimmed`, never silently); forgets replay memory older than
+-- the horizon.
+-- Returns {purged, scanned, trimmed, more to trim (0/1), forgotten ids...}
+-- (forgotten ids only without G).
 local function purge(keys, args)
   local Q, G = keys[1], keys[2]
   local now, limit = tonumber(args[1]), tonumber(args[2])
+  local max_count, max_age = tonumber(args[4] or '-1'), tonumber(args[5] or '-1')
   local ids = redis.call('ZRANGEBYSCORE', Q .. 'done', '-inf', s(now), 'LIMIT', 0, limit)
   local purged = 0
+  local forget = {}
   for _, id in ipairs(ids) do
     local T = Q .. 't:' .. id
     redis.call('ZREM', Q .. 'done', id)
@@ -331,7 +432,42 @@ local function purge(keys, args)
       purged = purged + 1
     end
   end
-  local out = {purged, #ids}
+  -- Archive caps: past the age first, then the oldest beyond the count.
+  local trim = {}
+  local more = 0
+  if max_age >= 0 then
+    trim = redis.call('ZRANGEBYSCORE', Q .. 'archived', '-inf', '(' .. s(now - max_age), 'LIMIT', 0, limit)
+    if #trim >= limit then more = 1 end
+  end
+  if max_count >= 0 and #trim < limit then
+    local over = redis.call('ZCARD', Q .. 'archived') - #trim - max_count
+    if over > 0 then
+      local take = math.min(over, limit - #trim)
+      if take < over then more = 1 end
+      local extra = redis.call('ZRANGE', Q .. 'archived', #trim, #trim + take - 1)
+      for _, id in ipairs(extra) do trim[#trim + 1] = id end
+    end
+  end
+  local trimmed = 0
+  for _, id in ipairs(trim) do
+    local T = Q .. 't:' .. id
+    redis.call('ZREM', Q .. 'archived', id)
+    local cur = redis.call('HMGET', T, 's', 'uk')
+    if cur[1] == 'archived' then
+      redis.call('DEL', T)
+      redis.call('ZREM', Q .. 'all', id)
+      release_unique(Q, id, cur[2])
+      trimmed = trimmed + 1
+      if not redis.call('ZSCORE', Q .. 'seen', id) then
+        if G then redis.call('HDEL', G .. 'ids', id) else forget[#forget + 1] = id end
+      end
+    end
+  end
+  if trimmed > 0 then
+    incr(Q, 'archived', -trimmed)
+    incr(Q, 'trimmed', trimmed)
+  end
+  local out = {purged, #ids, trimmed, more}
   local old = redis.call('ZRANGEBYSCORE', Q .. 'seen', '-inf', '(' .. s(now - tonumber(args[3])), 'LIMIT', 0, limit)
   for _, id in ipairs(old) do
     redis.call('ZREM', Q .. 'seen', id)
@@ -339,10 +475,11 @@ local function purge(keys, args)
       if G then
         redis.call('HDEL', G .. 'ids', id)
       else
-        out[#out + 1] = id
+        forget[#forget + 1] = id
       end
     end
   end
+  for _, id in ipairs(forget) do out[#out + 1] = id end
   return out
 end
 

@@ -130,13 +130,21 @@ pub(crate) fn record(id: TaskId, fields: Vec<Value>) -> Result<TaskRecord, Strin
         }
     }
     let missing = |f: &str| format!("task {id} has no `{f}` field");
+    let state = state.ok_or_else(|| missing("s"))?;
+    // Acks leave the lease fields behind (one command less per task): they
+    // mean something only while the task is active.
+    let lease = if state == TaskState::Active {
+        lease
+    } else {
+        None
+    };
     Ok(TaskRecord {
         id,
         queue: queue.ok_or_else(|| missing("q"))?,
         kind: kind_.ok_or_else(|| missing("k"))?,
         envelope: envelope.ok_or_else(|| missing("e"))?,
         meta: meta.ok_or_else(|| missing("m"))?,
-        state: state.ok_or_else(|| missing("s"))?,
+        state,
         attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
         run_at_ms: run_at.ok_or_else(|| missing("r"))?,
         last_error,

@@ -113,6 +113,14 @@ pub struct RedisOptions {
     /// store's backups: a Redis without persistence, outside the backup
     /// plan (see `docs/compliance.md`). TLS files of these options apply.
     pub subject_keys_url: Option<String>,
+    /// Keep at most this many archived tasks per queue (default: no cap).
+    /// Purging deletes the oldest beyond it, counting them (metric
+    /// `sealq_archive_trimmed_total{queue}`, the queue's `trimmed` count in
+    /// Redis, a log line): never silently.
+    pub archive_max_count: Option<u64>,
+    /// Delete archived tasks older than this (by archive time) when purging
+    /// (default: no cap). Counted like `archive_max_count`.
+    pub archive_max_age: Option<Duration>,
 }
 
 impl Default for RedisOptions {
@@ -126,6 +134,8 @@ impl Default for RedisOptions {
             maintenance_batch: 1000,
             subject_keys_prefix: None,
             subject_keys_url: None,
+            archive_max_count: None,
+            archive_max_age: None,
         }
     }
 }
@@ -154,6 +164,15 @@ impl std::fmt::Debug for RedisOptions {
             .field("response_timeout", &self.response_timeout)
             .finish_non_exhaustive()
     }
+}
+
+/// What one purge did (see [`RedisBroker::purge`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Completed tasks deleted after their retention.
+    pub completed: u64,
+    /// Archived tasks deleted by the archive caps.
+    pub archive_trimmed: u64,
 }
 
 /// The Redis broker. Cheap to clone (an `Arc`).
@@ -354,6 +373,77 @@ impl RedisBroker {
             ));
         }
         Ok(())
+    }
+
+    /// Delete completed tasks past their retention and trim archived tasks
+    /// beyond [`RedisOptions::archive_max_count`] and
+    /// [`RedisOptions::archive_max_age`] (oldest first), in batches of
+    /// [`RedisOptions::maintenance_batch`] per queue, each atomic. Trimmed
+    /// tasks are counted: the returned figure, the metric
+    /// `sealq_archive_trimmed_total{queue}`, the queue's `trimmed` count in
+    /// its Redis `n` hash, and a log line. The worker's maintenance calls this
+    /// through [`Broker::purge_completed`].
+    pub async fn purge(&self) -> BrokerResult<Purged> {
+        let what = "purging completed tasks";
+        let now = self.now();
+        let limit = self.inner.opts.maintenance_batch.max(1);
+        let horizon = ms(self.inner.opts.replay_horizon);
+        let max_count = self
+            .inner
+            .opts
+            .archive_max_count
+            .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        let max_age = self.inner.opts.archive_max_age.map_or(-1, ms);
+        let (mut todo, _) = self.queues().await?;
+        let mut total = Purged::default();
+        while !todo.is_empty() {
+            let cmds = todo
+                .iter()
+                .map(|q| {
+                    let mut c = self.qcall("sealq_purge", q, true);
+                    c.arg(now)
+                        .arg(limit)
+                        .arg(horizon)
+                        .arg(max_count)
+                        .arg(max_age);
+                    c
+                })
+                .collect();
+            let replies = self.run_all(what, cmds).await?;
+            let mut again = Vec::new();
+            let mut forget = Vec::new();
+            for (q, reply) in todo.into_iter().zip(replies) {
+                let parts = array(reply).map_err(|e| self.bad(what, e))?;
+                let n = |i: usize| -> BrokerResult<u64> {
+                    let v = parts
+                        .get(i)
+                        .map(int)
+                        .transpose()
+                        .map_err(|e| self.bad(what, e))?;
+                    Ok(u64::try_from(v.unwrap_or(0)).unwrap_or(0))
+                };
+                let (purged, scanned, trimmed, more) = (n(0)?, n(1)?, n(2)?, n(3)?);
+                total.completed += purged;
+                total.archive_trimmed += trimmed;
+                if trimmed > 0 {
+                    metrics::counter!("sealq_archive_trimmed_total", "queue" => q.clone())
+                        .increment(trimmed);
+                    tracing::info!(queue = %q, trimmed, "sealq: archived tasks deleted by the archive caps");
+                }
+                for v in parts.into_iter().skip(4) {
+                    forget.push(
+                        String::from_utf8_lossy(&bytes(v).map_err(|e| self.bad(what, e))?)
+                            .into_owned(),
+                    );
+                }
+                if scanned as usize >= limit || more == 1 {
+                    again.push(q);
+                }
+            }
+            self.unindex(forget).await?;
+            todo = again;
+        }
+        Ok(total)
     }
 
     /// The key prefix in use.
@@ -599,11 +689,12 @@ impl RedisBroker {
         let mut out = Vec::with_capacity(items.len());
         let mut broken = Vec::new();
         {
+            let names: Vec<Arc<str>> = queues.iter().map(|q| Arc::from(q.as_str())).collect();
             let mut cache = self.inner.leases.lock().expect("lease cache");
             for item in items {
                 match self.parse_leased(item, queues) {
                     Ok((t, qi)) => {
-                        cache.insert(t.record.id, Arc::from(queues[qi].as_str()));
+                        cache.insert(t.record.id, names[qi].clone());
                         out.push(t);
                     }
                     Err(b) => broken.push(b),
@@ -935,54 +1026,7 @@ impl Broker for RedisBroker {
     }
 
     async fn purge_completed(&self) -> BrokerResult<u64> {
-        let what = "purging completed tasks";
-        let now = self.now();
-        let limit = self.inner.opts.maintenance_batch.max(1);
-        let horizon = ms(self.inner.opts.replay_horizon);
-        let (mut todo, _) = self.queues().await?;
-        let mut purged = 0u64;
-        while !todo.is_empty() {
-            let cmds = todo
-                .iter()
-                .map(|q| {
-                    let mut c = self.qcall("sealq_purge", q, true);
-                    c.arg(now).arg(limit).arg(horizon);
-                    c
-                })
-                .collect();
-            let replies = self.run_all(what, cmds).await?;
-            let mut again = Vec::new();
-            let mut forget = Vec::new();
-            for (q, reply) in todo.into_iter().zip(replies) {
-                let parts = array(reply).map_err(|e| self.bad(what, e))?;
-                let mut it = parts.into_iter();
-                let n = it
-                    .next()
-                    .map(|v| int(&v))
-                    .transpose()
-                    .map_err(|e| self.bad(what, e))?
-                    .unwrap_or(0);
-                let scanned = it
-                    .next()
-                    .map(|v| int(&v))
-                    .transpose()
-                    .map_err(|e| self.bad(what, e))?
-                    .unwrap_or(0);
-                purged += n as u64;
-                for v in it {
-                    forget.push(
-                        String::from_utf8_lossy(&bytes(v).map_err(|e| self.bad(what, e))?)
-                            .into_owned(),
-                    );
-                }
-                if scanned as usize >= limit {
-                    again.push(q);
-                }
-            }
-            self.unindex(forget).await?;
-            todo = again;
-        }
-        Ok(purged)
+        Ok(self.purge().await?.completed)
     }
 
     async fn stats(&self) -> BrokerResult<Vec<QueueStats>> {
