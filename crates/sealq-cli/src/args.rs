@@ -77,6 +77,9 @@ pub(crate) enum Command {
     /// Erase a data subject: delete its tasks in every state and destroy its
     /// data key, so earlier copies of its tasks cannot be opened; prints a receipt.
     Erase(EraseArgs),
+    /// Pause or resume queues (audited).
+    #[command(subcommand)]
+    Queues(QueuesCommand),
 }
 
 /// `sealq erase`.
@@ -193,6 +196,63 @@ pub(crate) enum TasksCommand {
     List(ListArgs),
     /// Per-queue counts by state.
     Stats(StatsArgs),
+    /// Print one task's opened payload, result and error (audited; the only
+    /// command that shows plaintext).
+    Reveal(RevealArgs),
+    /// Delete tasks in any state (audited).
+    Delete(TaskIdsArgs),
+    /// Move archived tasks back to pending (audited).
+    Rerun(TaskIdsArgs),
+}
+
+/// Who acts, and where the audit record goes.
+#[derive(Debug, Args)]
+pub(crate) struct OperatorArgs {
+    /// Who is acting (recorded in the audit log; default `$USER@host`).
+    #[arg(long)]
+    pub(crate) operator: Option<String>,
+    /// Where the audit record goes.
+    #[arg(long, value_enum, env = "SEALQ_AUDIT", default_value_t = AuditSinkKind::File)]
+    pub(crate) audit: AuditSinkKind,
+}
+
+/// `sealq tasks reveal`.
+#[derive(Debug, Args)]
+pub(crate) struct RevealArgs {
+    /// The task id.
+    #[arg(long)]
+    pub(crate) id: String,
+    #[command(flatten)]
+    pub(crate) op: OperatorArgs,
+}
+
+/// `sealq tasks delete` / `rerun`.
+#[derive(Debug, Args)]
+pub(crate) struct TaskIdsArgs {
+    /// Task ids (repeat or separate with commas).
+    #[arg(long = "id", required = true, value_delimiter = ',')]
+    pub(crate) ids: Vec<String>,
+    #[command(flatten)]
+    pub(crate) op: OperatorArgs,
+}
+
+/// `sealq queues ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum QueuesCommand {
+    /// Stop workers from taking tasks of a queue (audited).
+    Pause(QueueArgs),
+    /// Let workers take tasks of a paused queue again (audited).
+    Resume(QueueArgs),
+}
+
+/// `sealq queues pause|resume`.
+#[derive(Debug, Args)]
+pub(crate) struct QueueArgs {
+    /// The queue.
+    #[arg(long, short = 'q')]
+    pub(crate) queue: String,
+    #[command(flatten)]
+    pub(crate) op: OperatorArgs,
 }
 
 /// `sealq tasks list`.

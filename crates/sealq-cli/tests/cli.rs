@@ -513,3 +513,58 @@ fn erase_removes_the_subjects_tasks_and_prints_a_receipt_without_the_subject() {
     let receipt: Value = serde_json::from_str(&again.stdout).unwrap();
     assert_eq!(receipt["key_destroyed"], false);
 }
+
+#[test]
+fn operator_actions_are_audited_and_reveal_is_the_only_plaintext() {
+    let sb = Sandbox::new();
+    let id = sb.enqueue(&[
+        "--queue",
+        "mail",
+        "--type",
+        "mail.send",
+        "--payload",
+        r#"{"to":"zed@example.com"}"#,
+    ]);
+
+    let out = sb.run(&["tasks", "reveal", "--id", &id, "--operator", "alice"]);
+    assert_eq!(out.code, 0, "reveal: {}", out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).expect("reveal prints JSON");
+    assert_eq!(v["payload"]["to"], "zed@example.com");
+
+    let out = sb.run(&["queues", "pause", "--queue", "mail", "--operator", "alice"]);
+    assert_eq!(out.code, 0, "pause: {}", out.stderr);
+    let out = sb.run(&["queues", "resume", "--queue", "mail", "--operator", "alice"]);
+    assert_eq!(out.code, 0, "resume: {}", out.stderr);
+    let out = sb.run(&["tasks", "delete", "--id", &id, "--operator", "alice"]);
+    assert_eq!(out.code, 0, "delete: {}", out.stderr);
+    assert!(out.stdout.contains("deleted 1 of 1"), "{}", out.stdout);
+    let out = sb.run(&["tasks", "delete", "--id", "not-a-uuid"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+
+    let log = std::fs::read_to_string(sb.path().join("q.db.audit.jsonl")).expect("audit file");
+    for event in [
+        "payload_revealed",
+        "queue_paused",
+        "queue_resumed",
+        "deleted",
+    ] {
+        assert!(log.contains(event), "no {event} record");
+    }
+    assert!(
+        !log.contains("zed@example.com"),
+        "plaintext in the audit log"
+    );
+    let verify = sb.run(&[
+        "audit",
+        "verify",
+        "--broker",
+        &format!("sqlite://{}", sb.path().join("q.db").display()),
+    ]);
+    assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
+
+    // Without an audit log, revealing is refused.
+    let id2 = sb.enqueue(&["--queue", "mail", "--type", "mail.send", "--payload", "{}"]);
+    let out = sb.run(&["tasks", "reveal", "--id", &id2, "--audit", "off"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("audit"), "{}", out.stderr);
+}

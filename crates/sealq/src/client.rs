@@ -211,6 +211,21 @@ impl Client {
         &self.inner.keyring
     }
 
+    /// The auditor, if any (operator actions in `operator.rs`).
+    pub(crate) fn auditor(&self) -> Option<&crate::audit::Auditor> {
+        self.inner.audit.as_ref()
+    }
+
+    /// Per-subject data keys, if the broker keeps a key store.
+    pub(crate) fn subject_keys(&self) -> Option<&Arc<SubjectKeys>> {
+        self.inner.subject_keys.as_ref()
+    }
+
+    /// The claim-check store, if any.
+    pub(crate) fn blob_store(&self) -> Option<&dyn crate::blob::BlobStore> {
+        self.inner.blobs.as_ref().map(|(s, _)| &**s)
+    }
+
     /// This client's producer id.
     pub fn producer(&self) -> &str {
         &self.inner.producer

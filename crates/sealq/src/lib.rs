@@ -33,6 +33,7 @@ pub mod clock;
 pub mod envelope;
 mod error;
 pub mod keyring;
+mod operator;
 pub mod options;
 pub mod policy;
 pub mod reference;
@@ -49,6 +50,7 @@ pub use client::{Client, ClientBuilder, RawTask};
 pub use clock::{Clock, SystemClock};
 pub use error::{BrokerError, BrokerErrorKind, Error, IntegrityError, Result};
 pub use keyring::Keyring;
+pub use operator::Revealed;
 pub use options::EnqueueOptions;
 pub use policy::{Finding, PayloadPolicy, PolicyMode, Rule};
 pub use reference::{

@@ -54,7 +54,7 @@ pub(crate) async fn run(global: &Global, args: EraseArgs) -> CliResult {
 }
 
 /// `$USER@host`, or `cli`.
-fn default_operator() -> String {
+pub(crate) fn default_operator() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "cli".to_owned());
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_owned())

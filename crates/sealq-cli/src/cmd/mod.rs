@@ -7,6 +7,7 @@ mod demo;
 mod enqueue;
 mod erase;
 mod keys;
+mod operator;
 mod payloads;
 pub(crate) mod redis;
 mod tasks;
@@ -66,6 +67,10 @@ pub(crate) async fn run(global: Global, command: Command) -> CliResult {
         Command::Worker(a) => worker::run(&global, a).await,
         Command::Tasks(TasksCommand::List(a)) => tasks::list(&global, a).await,
         Command::Tasks(TasksCommand::Stats(a)) => tasks::stats(&global, a).await,
+        Command::Tasks(TasksCommand::Reveal(a)) => operator::reveal(&global, a).await,
+        Command::Tasks(TasksCommand::Delete(a)) => operator::delete(&global, a).await,
+        Command::Tasks(TasksCommand::Rerun(a)) => operator::rerun(&global, a).await,
+        Command::Queues(c) => operator::queues(&global, c).await,
         Command::Bench(a) => bench::run(&global, a).await,
         Command::Payloads(PayloadsCommand::Report(a)) => payloads::report(&global, a).await,
         Command::Audit(AuditCommand::Verify(a)) => audit::verify(&global, a).await,

@@ -43,7 +43,9 @@ use async_trait::async_trait;
 use crate::broker::{Broker, BrokerResult};
 use crate::task::TaskId;
 
-pub(crate) use claim::{ClaimAction, check_policy, delete_completed, offload_all, open_claimed};
+pub(crate) use claim::{
+    ClaimAction, ClaimError, check_policy, delete_completed, offload_all, open_claimed,
+};
 pub use fs::FsBlobStore;
 
 /// Archive reason of a task whose blob is not in the blob store, as stored in

@@ -1,0 +1,114 @@
+//! Audited operator actions: `tasks reveal`, `tasks delete`, `tasks rerun`,
+//! `queues pause`, `queues resume`.
+
+use sealq::{Client, TaskId};
+
+use super::Global;
+use super::erase::default_operator;
+use crate::args::{OperatorArgs, QueuesCommand, RevealArgs, TaskIdsArgs};
+use crate::error::{CliError, CliResult, msg};
+
+/// A client with the configured auditor; the caller closes the auditor.
+fn client(
+    global: &Global,
+    op: &OperatorArgs,
+) -> CliResult<(Client, Option<sealq::audit::Auditor>)> {
+    let keyring = global.keyring()?;
+    let opened = global.open_broker()?;
+    let auditor = super::audit::start(opened.audit_home(), op.audit, &keyring)?;
+    let mut builder = Client::builder(opened.broker, keyring);
+    if let Some(a) = &auditor {
+        builder = builder.audit(a.clone());
+    }
+    Ok((builder.build(), auditor))
+}
+
+fn operator(op: &OperatorArgs) -> String {
+    op.operator.clone().unwrap_or_else(default_operator)
+}
+
+fn ids(args: &TaskIdsArgs) -> CliResult<Vec<TaskId>> {
+    args.ids
+        .iter()
+        .map(|s| {
+            s.parse::<TaskId>()
+                .map_err(|e| CliError::usage(msg(e.to_string())))
+        })
+        .collect()
+}
+
+/// `sealq tasks reveal --id ID`: the one command that prints plaintext.
+pub(crate) async fn reveal(global: &Global, args: RevealArgs) -> CliResult {
+    let id: TaskId = args
+        .id
+        .parse()
+        .map_err(|e: sealq::Error| CliError::usage(msg(e.to_string())))?;
+    let (client, auditor) = client(global, &args.op)?;
+    let result = client.reveal(id, &operator(&args.op)).await;
+    super::audit::finish(auditor).await?;
+    let revealed = result?;
+    let json = |bytes: &[u8]| -> serde_json::Value {
+        sealq::task::decode_payload::<serde_json::Value>(bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned())
+        })
+    };
+    let out = serde_json::json!({
+        "id": id.to_string(),
+        "type": revealed.record.kind,
+        "queue": revealed.record.queue,
+        "state": revealed.record.state.as_str(),
+        "payload": json(&revealed.payload),
+        "result": revealed.result.as_ref().map(|r| json(r)),
+        "error": revealed.error.as_ref().map(|e| String::from_utf8_lossy(e).into_owned()),
+    });
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    Ok(())
+}
+
+/// `sealq tasks delete --id ID...`.
+pub(crate) async fn delete(global: &Global, args: TaskIdsArgs) -> CliResult {
+    let ids = ids(&args)?;
+    let (client, auditor) = client(global, &args.op)?;
+    let result = client.delete_tasks(&ids, &operator(&args.op)).await;
+    super::audit::finish(auditor).await?;
+    println!("deleted {} of {} task(s)", result?, ids.len());
+    Ok(())
+}
+
+/// `sealq tasks rerun --id ID...`: archived tasks back to pending.
+pub(crate) async fn rerun(global: &Global, args: TaskIdsArgs) -> CliResult {
+    let ids = ids(&args)?;
+    let (client, auditor) = client(global, &args.op)?;
+    let result = client.rerun_tasks(&ids, &operator(&args.op)).await;
+    super::audit::finish(auditor).await?;
+    println!(
+        "re-queued {} of {} task(s) (only archived tasks move)",
+        result?,
+        ids.len()
+    );
+    Ok(())
+}
+
+/// `sealq queues pause|resume --queue Q`.
+pub(crate) async fn queues(global: &Global, cmd: QueuesCommand) -> CliResult {
+    let (pause, args) = match cmd {
+        QueuesCommand::Pause(a) => (true, a),
+        QueuesCommand::Resume(a) => (false, a),
+    };
+    sealq::options::validate_queue_name(&args.queue)?;
+    let (client, auditor) = client(global, &args.op)?;
+    let who = operator(&args.op);
+    let result = if pause {
+        client.pause_queue(&args.queue, &who).await
+    } else {
+        client.resume_queue(&args.queue, &who).await
+    };
+    super::audit::finish(auditor).await?;
+    result?;
+    println!(
+        "{} `{}`",
+        if pause { "paused" } else { "resumed" },
+        args.queue
+    );
+    Ok(())
+}
