@@ -121,6 +121,16 @@ pub(crate) enum KeysCommand {
     /// Redirect it to a file readable only by you:
     /// `(umask 077; sealq keys generate > keyring.toml)`.
     Generate,
+    /// Add a new primary key to the keyring file given with `--keyring`; old
+    /// keys stay to open what they sealed. Audited (`key_rotated`).
+    Rotate(KeysRotateArgs),
+}
+
+/// `sealq keys rotate`.
+#[derive(Debug, Args)]
+pub(crate) struct KeysRotateArgs {
+    #[command(flatten)]
+    pub(crate) op: OperatorArgs,
 }
 
 /// `sealq enqueue`.

@@ -568,3 +568,29 @@ fn operator_actions_are_audited_and_reveal_is_the_only_plaintext() {
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("audit"), "{}", out.stderr);
 }
+
+#[test]
+fn keys_rotate_keeps_old_tasks_readable_and_is_audited() {
+    let sb = Sandbox::new();
+    let before = std::fs::read_to_string(&sb.keyring).unwrap();
+    let old = sb.enqueue(&["--queue", "q", "--type", "t", "--payload", r#"{"n":1}"#]);
+    let out = sb.run(&["keys", "rotate", "--operator", "ops"]);
+    assert_eq!(out.code, 0, "rotate: {}", out.stderr);
+    let after = std::fs::read_to_string(&sb.keyring).unwrap();
+    assert_ne!(before, after);
+    let new_kr = sealq::Keyring::from_toml(&after).expect("rotated keyring parses");
+    let old_kr = sealq::Keyring::from_toml(&before).unwrap();
+    assert_ne!(new_kr.primary_key_id(), old_kr.primary_key_id());
+    assert!(
+        new_kr.contains_key(old_kr.primary_key_id()),
+        "old key dropped"
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&sb.keyring).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // The task sealed before the rotation still opens.
+    let out = sb.run(&["tasks", "reveal", "--id", &old]);
+    assert_eq!(out.code, 0, "reveal after rotate: {}", out.stderr);
+    let log = std::fs::read_to_string(sb.path().join("q.db.audit.jsonl")).unwrap();
+    assert!(log.contains("key_rotated"));
+}
