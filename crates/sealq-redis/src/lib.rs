@@ -58,6 +58,7 @@
 #![warn(missing_docs)]
 
 mod audit_sink;
+mod blob_store;
 mod codec;
 mod conn;
 mod erasure;
@@ -80,6 +81,7 @@ use sealq::clock::{SharedClock, system_clock};
 use sealq::{ArchiveReason, BrokerError, BrokerErrorKind, TaskId};
 
 pub use crate::audit_sink::{DEFAULT_AUDIT_MAXLEN, RedisAuditSink};
+pub use crate::blob_store::RedisBlobStore;
 pub use crate::conn::TlsFiles;
 pub use crate::functions::{LIBRARY_NAME, LIBRARY_VERSION, library_source};
 pub use crate::subject_keys::RedisSubjectKeyStore;
