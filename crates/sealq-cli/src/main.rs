@@ -44,7 +44,11 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async move {
         tokio::spawn(cmd::run(global, cli.command))
             .await
-            .unwrap_or_else(|e| Err(error::CliError::runtime(format!("the command panicked: {e}"))))
+            .unwrap_or_else(|e| {
+                Err(error::CliError::runtime(format!(
+                    "the command panicked: {e}"
+                )))
+            })
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
