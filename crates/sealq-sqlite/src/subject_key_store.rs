@@ -118,6 +118,42 @@ impl SubjectKeyStore for SqliteSubjectKeyStore {
         .await
     }
 
+    async fn get_many(&self, tags: &[SubjectTag]) -> BrokerResult<Vec<Option<Vec<u8>>>> {
+        let tags: Vec<[u8; 32]> = tags.iter().map(|t| t.0).collect();
+        self.with("reading subject keys", move |c| {
+            let mut stmt = c.prepare_cached("SELECT wrapped FROM subject_keys WHERE tag = ?1")?;
+            tags.iter()
+                .map(|tag| stmt.query_row([&tag[..]], |r| r.get(0)).optional())
+                .collect()
+        })
+        .await
+    }
+
+    async fn put_many_if_absent(
+        &self,
+        items: Vec<(SubjectTag, Vec<u8>)>,
+    ) -> BrokerResult<Vec<Vec<u8>>> {
+        self.with("storing subject keys", move |c| {
+            // One transaction, so one durable write for the whole batch.
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut out = Vec::with_capacity(items.len());
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO subject_keys (tag, wrapped, created_at) VALUES (?1, ?2, ?3)",
+                )?;
+                let mut read = tx.prepare_cached("SELECT wrapped FROM subject_keys WHERE tag = ?1")?;
+                let now = now_ms();
+                for (tag, wrapped) in &items {
+                    insert.execute(params![&tag.0[..], wrapped, now])?;
+                    out.push(read.query_row([&tag.0[..]], |r| r.get(0))?);
+                }
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
     async fn destroy(&self, tag: &SubjectTag) -> BrokerResult<bool> {
         let tag = tag.0;
         self.with("destroying a subject key", move |c| {

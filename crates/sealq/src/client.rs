@@ -340,21 +340,22 @@ impl Client {
 
     /// The data keys of every subject named in `tasks` (created on first use).
     async fn data_keys_for(&self, tasks: &[RawTask]) -> Result<HashMap<SubjectTag, Arc<DataKey>>> {
-        let mut keys = HashMap::new();
-        for subject in tasks.iter().filter_map(|t| t.options.subject.as_deref()) {
-            let Some(store) = &self.inner.subject_keys else {
-                return Err(Error::Config(format!(
-                    "{} keeps no subject keys, so a task with a subject cannot be sealed for erasure; \
-                     use a broker with a subject key store or enqueue without a subject",
-                    self.inner.broker.describe()
-                )));
-            };
-            let tag = self.inner.keyring.subject_tag(subject);
-            if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(tag) {
-                slot.insert(store.for_seal(&tag).await?);
-            }
+        let tags: Vec<SubjectTag> = tasks
+            .iter()
+            .filter_map(|t| t.options.subject.as_deref())
+            .map(|s| self.inner.keyring.subject_tag(s))
+            .collect();
+        if tags.is_empty() {
+            return Ok(HashMap::new());
         }
-        Ok(keys)
+        let Some(store) = &self.inner.subject_keys else {
+            return Err(Error::Config(format!(
+                "{} keeps no subject keys, so a task with a subject cannot be sealed for erasure; \
+                 use a broker with a subject key store or enqueue without a subject",
+                self.inner.broker.describe()
+            )));
+        };
+        store.for_seal_many(&tags).await
     }
 
     /// Apply the policy and seal one task, without sending it. A task with a

@@ -107,6 +107,27 @@ pub trait SubjectKeyStore: Send + Sync + std::fmt::Debug + 'static {
     /// Store `wrapped` unless a key exists already; return the stored key
     /// (so concurrent producers agree on one key per subject).
     async fn put_if_absent(&self, tag: &SubjectTag, wrapped: Vec<u8>) -> BrokerResult<Vec<u8>>;
+    /// [`SubjectKeyStore::get`] for many subjects (one round trip where the
+    /// backend allows; the default asks one by one).
+    async fn get_many(&self, tags: &[SubjectTag]) -> BrokerResult<Vec<Option<Vec<u8>>>> {
+        let mut out = Vec::with_capacity(tags.len());
+        for tag in tags {
+            out.push(self.get(tag).await?);
+        }
+        Ok(out)
+    }
+    /// [`SubjectKeyStore::put_if_absent`] for many subjects (one round trip /
+    /// one durable write where the backend allows; the default goes one by one).
+    async fn put_many_if_absent(
+        &self,
+        items: Vec<(SubjectTag, Vec<u8>)>,
+    ) -> BrokerResult<Vec<Vec<u8>>> {
+        let mut out = Vec::with_capacity(items.len());
+        for (tag, wrapped) in items {
+            out.push(self.put_if_absent(&tag, wrapped).await?);
+        }
+        Ok(out)
+    }
     /// Destroy the key of `tag` and bump the erasure epoch; `true` if a key existed.
     async fn destroy(&self, tag: &SubjectTag) -> BrokerResult<bool>;
     /// The erasure epoch: bumped by every [`SubjectKeyStore::destroy`], so
@@ -213,6 +234,57 @@ impl SubjectKeys {
         let key = Arc::new(self.unwrap(tag, &stored)?);
         self.cache().insert(*tag, (key.clone(), Instant::now()));
         Ok(key)
+    }
+
+    /// The keys to seal new tasks of every subject in `tags`, created where
+    /// missing: one store read and at most one store write for the lot.
+    pub async fn for_seal_many(
+        &self,
+        tags: &[SubjectTag],
+    ) -> Result<HashMap<SubjectTag, Arc<DataKey>>, Error> {
+        self.refresh_if_due().await?;
+        let mut out = HashMap::with_capacity(tags.len());
+        let mut wanted: Vec<SubjectTag> = Vec::new();
+        for tag in tags {
+            if out.contains_key(tag) || wanted.contains(tag) {
+                continue;
+            }
+            match self.cached(tag) {
+                Some(k) => {
+                    out.insert(*tag, k);
+                }
+                None => wanted.push(*tag),
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(out);
+        }
+        let stored = self.store.get_many(&wanted).await?;
+        let mut fresh = Vec::new();
+        let mut found = Vec::new();
+        for (tag, wrapped) in wanted.into_iter().zip(stored) {
+            match wrapped {
+                Some(w) => found.push((tag, w)),
+                None => {
+                    let key = DataKey::generate()?;
+                    fresh.push((tag, self.wrap(&tag, &key)?));
+                }
+            }
+        }
+        if !fresh.is_empty() {
+            let tags: Vec<SubjectTag> = fresh.iter().map(|(t, _)| *t).collect();
+            // The store keeps the first key written per subject: use what it returns.
+            let kept = self.store.put_many_if_absent(fresh).await?;
+            found.extend(tags.into_iter().zip(kept));
+        }
+        let now = Instant::now();
+        let mut cache = self.cache();
+        for (tag, wrapped) in found {
+            let key = Arc::new(self.unwrap(&tag, &wrapped)?);
+            cache.insert(tag, (key.clone(), now));
+            out.insert(tag, key);
+        }
+        Ok(out)
     }
 
     /// The key to open tasks of `tag`; `None` once the subject was erased.
@@ -399,6 +471,27 @@ mod tests {
         assert!(fresh.open(&ad, &sealed).is_err());
         // Subject 7 is untouched.
         assert!(b.for_open(&t7).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn batch_fetch_creates_one_key_per_subject_and_agrees_with_single_fetch() {
+        let keyring = Keyring::generate();
+        let store: Arc<dyn SubjectKeyStore> = Arc::new(Mem::default());
+        let a = SubjectKeys::new(store.clone(), &keyring);
+        let (t1, t2) = (keyring.subject_tag("a"), keyring.subject_tag("b"));
+        // An existing key for t2 must be reused, not replaced.
+        let k2 = a.for_seal(&t2).await.unwrap();
+        let b = SubjectKeys::new(store.clone(), &keyring);
+        let keys = b.for_seal_many(&[t1, t2, t1]).await.unwrap();
+        assert_eq!(keys.len(), 2);
+        let ad = aad(t2);
+        let sealed = k2.seal(&ad, b"x").unwrap();
+        assert_eq!(&keys[&t2].open(&ad, &sealed).unwrap()[..], b"x");
+        let ad1 = aad(t1);
+        let sealed1 = keys[&t1].seal(&ad1, b"y").unwrap();
+        let fresh = SubjectKeys::new(store, &keyring);
+        let k1 = fresh.for_open(&t1).await.unwrap().expect("stored");
+        assert_eq!(&k1.open(&ad1, &sealed1).unwrap()[..], b"y");
     }
 
     #[tokio::test]
