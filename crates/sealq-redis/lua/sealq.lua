@@ -10,13 +10,23 @@
 -- the ids these functions return.
 --
 -- Per queue (Q = KEYS[1]):
---   Q..'t:'..id   hash  one task (fields below)
+--   Q..'t:'..id   hash  one task's state (small fields, below)
+--   Q..'b:'..id   string the task's stored bytes: kind, metadata and sealed
+--                 envelope (layout in codec.rs). Written by the producer
+--                 with a plain `SET NX PX` in the same pipeline as
+--                 sealq_enqueue, which makes it permanent (PERSIST) when it
+--                 accepts the task; read by workers with `MGET`. The bytes
+--                 never pass through Lua on the hot path: converting a
+--                 1 KiB argument or reply costs more than the rest of a
+--                 task's state change (see docs/benchmarks.md).
 --   Q..'ready'    zset  scheduled, pending and retry ids by run_at (dequeue order)
 --   Q..'delayed'  zset  scheduled and retry ids by run_at (forwarding)
 --   Q..'active'   zset  leased ids by lease expiry (recovery)
 --   Q..'done'     zset  completed ids by purge time (retention)
 --   Q..'archived' zset  archived ids by finish time
---   Q..'seen'     zset  replay memory: completed ids by completion time
+--   Q..'seen'     zset  replay memory: ids of completed tasks purged after
+--                 their retention, by purge time (while retained, the
+--                 task's own state says it completed)
 --   Q..'all'      zset  every stored id, score 0 (lexical order = id order)
 --   Q..'n'        hash  task count per state
 --   Q..'u:'..key  string unique key holder: id..'|'..expires_at_ms
@@ -27,11 +37,12 @@
 --   G..'queues'   set   queue names
 --   G..'paused'   set   paused queue names
 --
--- Task hash fields: q queue, k kind, e envelope, m meta (MessagePack),
--- s state, a attempts, r run_at, le last error, res result, ar archive
--- reason, lx lease expiry, tok lease token, w worker, fin finished at,
--- upd updated at, mr max retries, ret retention ms, sub subject tag (hex),
--- uk unique key.
+-- Task hash fields: s state, a attempts, r run_at, le last error, res
+-- result, ar archive reason, lx lease expiry, tok lease token, fin finished
+-- at, upd updated at, mr max retries, ret retention ms, sub subject tag
+-- (hex), uk unique key. The queue is the key's own (a task copied under
+-- another queue's key is opened with that queue in its associated data and
+-- fails); kind and metadata live with the envelope in Q..'b:'..id.
 --
 -- Times are Unix ms from the caller's clock (ARGV), never Redis' TIME, so
 -- tests can drive time and every worker agrees with its producers.
@@ -81,6 +92,17 @@ local function mget(cmd, key, items)
   return out
 end
 
+-- DEL many keys, in chunks.
+local function del_all(keys)
+  local n = #keys
+  local i = 1
+  while i <= n do
+    local j = math.min(i + CHUNK - 1, n)
+    redis.call('DEL', unpack(keys, i, j))
+    i = j + 1
+  end
+end
+
 -- Apply per-state count changes gathered by a batch.
 local function counts(Q, delta)
   for st, by in pairs(delta) do
@@ -100,30 +122,33 @@ local function release_unique(Q, id, uk)
 end
 
 local function clear_lease(T)
-  redis.call('HDEL', T, 'tok', 'lx', 'w')
+  redis.call('HDEL', T, 'tok', 'lx')
 end
 
 local function version()
   return VERSION
 end
 
--- ARGV: now, queue, then per task 10 fields:
--- id, kind, envelope, meta, run_at, max_retries, retention_ms, subject, ukey, uttl
--- Returns per task: 'ok' | 'exists' | the id holding the unique key.
--- Per task HEXISTS and HSET; the index, set and count updates are one
--- command per batch.
+-- ARGV: now, queue, then per task 7 fields:
+-- id, run_at, max_retries, retention_ms, subject, ukey, uttl
+-- The caller has written each task's bytes to Q..'b:'..id with `SET NX PX`
+-- just before (same pipeline). Returns per task: 'ok' | 'exists' | 'nobytes'
+-- (its bytes are not there as just written) | the id holding the unique key. Refused
+-- tasks' bytes are left to expire; accepted ones are made permanent.
+-- Per task HEXISTS, PERSIST and HSET; the index, set and count updates are
+-- one command per batch.
 local function enqueue(keys, args)
   local Q, G = keys[1], keys[2]
   local now, queue = tonumber(args[1]), args[2]
   local nows = s(now)
-  local n = (#args - 2) / 10
+  local n = (#args - 2) / 7
   local out, fresh = {}, {}
   local ready, delayed, all, index = {}, {}, {}, {}
   local delta = {pending = 0, scheduled = 0}
   for j = 1, n do
-    local b = 3 + (j - 1) * 10
-    local id, kind, env, meta, run_at = args[b], args[b + 1], args[b + 2], args[b + 3], args[b + 4]
-    local mr, ret, sub, uk, uttl = args[b + 5], args[b + 6], args[b + 7], args[b + 8], args[b + 9]
+    local b = 3 + (j - 1) * 7
+    local id, run_at = args[b], args[b + 1]
+    local mr, ret, sub, uk, uttl = args[b + 2], args[b + 3], args[b + 4], args[b + 5], args[b + 6]
     local T = Q .. 't:' .. id
     -- Known ids: the global index where there is one, else this queue's
     -- hash and replay memory. (One command per task, not HMGET/ZMSCORE for
@@ -151,11 +176,14 @@ local function enqueue(keys, args)
       end
       if dup then
         out[j] = dup
+      elseif redis.call('PERSIST', Q .. 'b:' .. id) == 0 then
+        -- Not written just now (missing, or left permanent by something
+        -- else: producers may not read them to tell which).
+        out[j] = 'nobytes'
       else
         local state = 'pending'
         if tonumber(run_at) > now then state = 'scheduled' end
-        local h = {'q', queue, 'k', kind, 'e', env, 'm', meta, 's', state,
-          'a', '0', 'r', run_at, 'mr', mr, 'ret', ret, 'upd', nows}
+        local h = {'s', state, 'a', '0', 'r', run_at, 'mr', mr, 'ret', ret, 'upd', nows}
         if sub ~= '' then h[#h + 1] = 'sub'; h[#h + 1] = sub end
         if uk ~= '' then
           h[#h + 1] = 'uk'; h[#h + 1] = uk
@@ -187,17 +215,19 @@ local function enqueue(keys, args)
 end
 
 -- KEYS: one base per queue, in order. ARGV: now, max, lease_ms, worker, token
--- prefix (12 hex digits). Returns per task {id, token, replayed, fields, key
--- index}: fields are the field/value pairs of the task a worker needs, as
--- leased. Per task HMGET and HSET; the rest is per queue.
+-- prefix (12 hex digits). Returns a flat array, 7 values per task: id,
+-- token, attempts, run_at, replayed (0/1), key index, last error or nil.
+-- The caller reads the tasks' bytes with MGET. Per task HMGET and HSET;
+-- the rest is per queue.
 local function dequeue(keys, args)
   local now, max = tonumber(args[1]), tonumber(args[2])
   local nows = s(now)
   local expires = s(now + tonumber(args[3]))
-  local worker, tokp = args[4], args[5]
+  local tokp = args[5]
   local out = {}
+  local taken = 0
   for qi, Q in ipairs(keys) do
-    local want = max - #out
+    local want = max - taken
     if want <= 0 then break end
     if redis.call('HEXISTS', Q .. 'flags', 'paused') == 0 then
       local ids = redis.call('ZRANGEBYSCORE', Q .. 'ready', '-inf', nows, 'LIMIT', 0, want)
@@ -208,34 +238,35 @@ local function dequeue(keys, args)
         local delta = {pending = 0, scheduled = 0, retry = 0, active = 0}
         for j, id in ipairs(ids) do
           local T = Q .. 't:' .. id
-          local cur = redis.call('HMGET', T, 's', 'a', 'q', 'k', 'e', 'm', 'r', 'le')
+          local cur = redis.call('HMGET', T, 's', 'a', 'r', 'le')
           local st = cur[1]
           if st == 'pending' or st == 'scheduled' or st == 'retry' then
             if st ~= 'pending' then undelay[#undelay + 1] = id end
-            local tok = tokp .. string.format('%04x', #out)
+            local tok = tokp .. string.format('%04x', taken)
             local an = tonumber(cur[2])
             -- A non-numeric count (an edited hash) stays as it is: the
             -- worker refuses the task (integrity) instead of the call failing.
             local a = cur[2] or ''
             if an then a = s(an + 1) end
-            redis.call('HSET', T, 's', 'active', 'a', a, 'tok', tok, 'lx', expires, 'w', worker, 'upd', nows)
-            -- What the record needs (a missing field is nil: refused as integrity).
-            local h = {'q', cur[3], 'k', cur[4], 'e', cur[5], 'm', cur[6], 'r', cur[7],
-              's', 'active', 'a', a, 'lx', expires, 'upd', nows}
-            if cur[8] then h[#h + 1] = 'le'; h[#h + 1] = cur[8] end
+            redis.call('HSET', T, 's', 'active', 'a', a, 'tok', tok, 'lx', expires, 'upd', nows)
             active[#active + 1] = expires; active[#active + 1] = id
             delta[st] = delta[st] - 1
             delta.active = delta.active + 1
             local replayed = 0
             if seen[j] then replayed = 1 end
-            out[#out + 1] = {id, tok, replayed, h, qi}
+            -- A missing run_at (an edited hash) comes back as nil: the
+            -- worker refuses the task (integrity).
+            local o = #out
+            out[o + 1] = id; out[o + 2] = tok; out[o + 3] = a; out[o + 4] = cur[3] or false
+            out[o + 5] = replayed; out[o + 6] = qi; out[o + 7] = cur[4] or false
+            taken = taken + 1
           end
         end
         bulk('ZADD', Q .. 'active', active)
         bulk('ZREM', Q .. 'delayed', undelay)
         counts(Q, delta)
       end
-      if #out >= max then
+      if taken >= max then
         -- Work left behind: pass the wake-up on to another idle worker.
         if #redis.call('ZRANGEBYSCORE', Q .. 'ready', '-inf', nows, 'LIMIT', 0, 1) > 0 then
           wake(Q)
@@ -258,7 +289,7 @@ local function ack(keys, args)
   local nows = s(now)
   local out = {}
   local ready = false
-  local left, done, seen, archived, queued, delayed = {}, {}, {}, {}, {}, {}
+  local left, done, archived, queued, delayed = {}, {}, {}, {}, {}
   local delta = {active = 0, completed = 0, retry = 0, archived = 0, pending = 0}
   local i = 2
   while i <= #args do
@@ -278,7 +309,6 @@ local function ack(keys, args)
           redis.call('HSET', T, 's', 'completed', 'fin', nows, 'upd', nows)
         end
         done[#done + 1] = s(now + (tonumber(cur[3]) or 0)); done[#done + 1] = id
-        seen[#seen + 1] = nows; seen[#seen + 1] = id
         release_unique(Q, id, cur[4])
         delta.completed = delta.completed + 1
       elseif op == 'r' or op == 'R' then
@@ -313,7 +343,6 @@ local function ack(keys, args)
   end
   bulk('ZREM', Q .. 'active', left)
   bulk('ZADD', Q .. 'done', done)
-  bulk('ZADD', Q .. 'seen', seen)
   bulk('ZADD', Q .. 'archived', archived)
   bulk('ZADD', Q .. 'ready', queued)
   bulk('ZADD', Q .. 'delayed', delayed)
@@ -421,16 +450,24 @@ local function purge(keys, args)
   local max_count, max_age = tonumber(args[4] or '-1'), tonumber(args[5] or '-1')
   local ids = redis.call('ZRANGEBYSCORE', Q .. 'done', '-inf', s(now), 'LIMIT', 0, limit)
   local purged = 0
-  local forget = {}
+  local forget, seen, gone, left = {}, {}, {}, {}
+  local nows = s(now)
+  if #ids > 0 then bulk('ZREM', Q .. 'done', ids) end
   for _, id in ipairs(ids) do
     local T = Q .. 't:' .. id
-    redis.call('ZREM', Q .. 'done', id)
     if redis.call('HGET', T, 's') == 'completed' then
-      redis.call('DEL', T)
-      redis.call('ZREM', Q .. 'all', id)
-      incr(Q, 'completed', -1)
+      gone[#gone + 1] = T; gone[#gone + 1] = Q .. 'b:' .. id
+      left[#left + 1] = id
+      -- Remembered from now on for the replay horizon.
+      seen[#seen + 1] = nows; seen[#seen + 1] = id
       purged = purged + 1
     end
+  end
+  if purged > 0 then
+    del_all(gone)
+    bulk('ZREM', Q .. 'all', left)
+    bulk('ZADD', Q .. 'seen', seen)
+    incr(Q, 'completed', -purged)
   end
   -- Archive caps: past the age first, then the oldest beyond the count.
   local trim = {}
@@ -454,7 +491,7 @@ local function purge(keys, args)
     redis.call('ZREM', Q .. 'archived', id)
     local cur = redis.call('HMGET', T, 's', 'uk')
     if cur[1] == 'archived' then
-      redis.call('DEL', T)
+      redis.call('DEL', T, Q .. 'b:' .. id)
       redis.call('ZREM', Q .. 'all', id)
       release_unique(Q, id, cur[2])
       trimmed = trimmed + 1
@@ -483,24 +520,29 @@ local function purge(keys, args)
   return out
 end
 
-local function remove_task(Q, id, st, uk)
+-- Delete one task in state `st`. A completed task's id joins the replay
+-- memory (it ran: it must not come back). `now` as a string.
+local function remove_task(Q, id, st, uk, nows)
   for _, z in ipairs({'ready', 'delayed', 'active', 'done', 'archived', 'all'}) do
     redis.call('ZREM', Q .. z, id)
   end
   release_unique(Q, id, uk)
   incr(Q, st, -1)
-  redis.call('DEL', Q .. 't:' .. id)
+  redis.call('DEL', Q .. 't:' .. id, Q .. 'b:' .. id)
+  if st == 'completed' then redis.call('ZADD', Q .. 'seen', nows, id) end
 end
 
--- ARGV: ids. Deletes tasks in any state. Returns {count, unindexed ids...}
--- (ids only without G: those the global index should forget).
+-- ARGV: now, ids. Deletes tasks in any state. Returns {count, unindexed
+-- ids...} (ids only without G: those the global index should forget).
 local function delete(keys, args)
   local Q, G = keys[1], keys[2]
+  local nows = args[1]
   local out = {0}
-  for _, id in ipairs(args) do
+  for i = 2, #args do
+    local id = args[i]
     local cur = redis.call('HMGET', Q .. 't:' .. id, 's', 'uk')
     if cur[1] then
-      remove_task(Q, id, cur[1], cur[2])
+      remove_task(Q, id, cur[1], cur[2], nows)
       out[1] = out[1] + 1
       if not redis.call('ZSCORE', Q .. 'seen', id) then
         if G then redis.call('HDEL', G .. 'ids', id) else out[#out + 1] = id end
@@ -592,18 +634,19 @@ local function stats(keys, args)
   return {redis.call('HEXISTS', Q .. 'flags', 'paused'), redis.call('HGETALL', Q .. 'n')}
 end
 
--- KEYS[1] = Q. ARGV: ids. Returns one hgetall (maybe empty) per id.
+-- KEYS[1] = Q. ARGV: ids. Returns per id {id, hgetall (maybe empty),
+-- stored bytes or nil}.
 local function get(keys, args)
   local Q = keys[1]
   local out = {}
   for i, id in ipairs(args) do
-    out[i] = {id, redis.call('HGETALL', Q .. 't:' .. id)}
+    out[i] = {id, redis.call('HGETALL', Q .. 't:' .. id), redis.call('GET', Q .. 'b:' .. id)}
   end
   return out
 end
 
 -- KEYS[1] = Q. ARGV: after ('' for none), limit, state ('' any), subject ('' any).
--- Returns up to limit {id, hgetall} in id order.
+-- Returns up to limit {id, hgetall, stored bytes or nil} in id order.
 local function list(keys, args)
   local Q = keys[1]
   local after, limit, state, sub = args[1], tonumber(args[2]), args[3], args[4]
@@ -620,7 +663,7 @@ local function list(keys, args)
       if ok and sub ~= '' and redis.call('HGET', T, 'sub') ~= sub then ok = false end
       if ok then
         local h = redis.call('HGETALL', T)
-        if #h > 0 then out[#out + 1] = {id, h} end
+        if #h > 0 then out[#out + 1] = {id, h, redis.call('GET', Q .. 'b:' .. id)} end
         if #out >= limit then break end
       end
     end
@@ -659,6 +702,28 @@ redis.register_function{function_name = 'sealq_list', callback = list, flags = r
 -- sees them). Returns {scheduled, pending, active, retry, completed,
 -- archived, scanned, last id scanned or '', unindexed ids...} (ids only
 -- without G: those the global index should forget).
+-- Keep a task's kind and metadata, drop its envelope (layout in codec.rs:
+-- version byte, u16 kind length, kind, u32 metadata length, metadata,
+-- envelope). Bytes that do not parse are deleted whole.
+local function wipe_envelope(B)
+  local b = redis.call('GET', B)
+  if not b then return end
+  if #b >= 7 and string.byte(b, 1) == 1 then
+    local kl = string.byte(b, 2) * 256 + string.byte(b, 3)
+    local m = 4 + kl
+    if #b >= m + 3 then
+      local ml = ((string.byte(b, m) * 256 + string.byte(b, m + 1)) * 256
+        + string.byte(b, m + 2)) * 256 + string.byte(b, m + 3)
+      local keep = m + 3 + ml
+      if #b >= keep then
+        redis.call('SET', B, string.sub(b, 1, keep))
+        return
+      end
+    end
+  end
+  redis.call('DEL', B)
+end
+
 local function erase(keys, args)
   local Q, G = keys[1], keys[2]
   local nows, sub, after, limit = args[1], args[2], args[3], tonumber(args[4])
@@ -676,14 +741,15 @@ local function erase(keys, args)
       if st == 'active' then
         clear_lease(T)
         redis.call('HDEL', T, 'res', 'le')
-        redis.call('HSET', T, 'e', '', 's', 'archived', 'ar', 'erased', 'fin', nows, 'upd', nows)
+        wipe_envelope(Q .. 'b:' .. id)
+        redis.call('HSET', T, 's', 'archived', 'ar', 'erased', 'fin', nows, 'upd', nows)
         redis.call('ZREM', Q .. 'active', id)
         redis.call('ZADD', Q .. 'archived', nows, id)
         release_unique(Q, id, cur[3])
         incr(Q, 'active', -1)
         incr(Q, 'archived', 1)
       else
-        remove_task(Q, id, st, cur[3])
+        remove_task(Q, id, st, cur[3], nows)
         if not redis.call('ZSCORE', Q .. 'seen', id) then
           if G then redis.call('HDEL', G .. 'ids', id) else forget[#forget + 1] = id end
         end

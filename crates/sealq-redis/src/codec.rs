@@ -78,12 +78,94 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// Build a record from a task hash (`HGETALL` field/value pairs).
-pub(crate) fn record(id: TaskId, fields: Vec<Value>) -> Result<TaskRecord, String> {
-    let mut queue = None;
-    let mut kind_ = None;
-    let mut envelope = None;
-    let mut meta = None;
+/// Layout version of a task's stored bytes (`PREFIX:{queue}:b:ID`).
+const STORED_V1: u8 = 1;
+
+/// A task's stored bytes: what the broker keeps of it apart from its state.
+///
+/// ```text
+/// u8      layout version (1)
+/// u16 BE  kind length, then the kind (UTF-8)
+/// u32 BE  metadata length, then the metadata (named MessagePack)
+/// ...     the sealed envelope, exactly as sealed
+/// ```
+///
+/// The envelope is never re-encoded: the bytes the worker opens are the
+/// bytes the producer sealed.
+pub(crate) struct Stored {
+    /// Task type name.
+    pub(crate) kind: String,
+    /// Clear metadata.
+    pub(crate) meta: TaskMeta,
+    /// The sealed envelope.
+    pub(crate) envelope: Vec<u8>,
+}
+
+/// Encode a task's stored bytes (see [`Stored`]).
+pub(crate) fn encode_stored(
+    kind: &str,
+    meta: &TaskMeta,
+    envelope: &[u8],
+) -> Result<Vec<u8>, String> {
+    let meta =
+        rmp_serde::to_vec_named(meta).map_err(|e| format!("cannot encode task metadata: {e}"))?;
+    let klen = u16::try_from(kind.len()).map_err(|_| "task type name longer than 65535 bytes")?;
+    let mlen = u32::try_from(meta.len()).map_err(|_| "task metadata too large")?;
+    let mut out = Vec::with_capacity(7 + kind.len() + meta.len() + envelope.len());
+    out.push(STORED_V1);
+    out.extend_from_slice(&klen.to_be_bytes());
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(&mlen.to_be_bytes());
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(envelope);
+    Ok(out)
+}
+
+/// Decode a task's stored bytes, naming what is wrong (never the bytes).
+pub(crate) fn decode_stored(mut b: Vec<u8>) -> Result<Stored, String> {
+    let short = || format!("stored task bytes are truncated ({} bytes)", b.len());
+    if b.first() != Some(&STORED_V1) {
+        return Err(match b.first() {
+            None => "stored task bytes are empty".to_owned(),
+            Some(v) => format!("stored task bytes have unknown layout version {v}"),
+        });
+    }
+    let klen = usize::from(u16::from_be_bytes(
+        b.get(1..3)
+            .ok_or_else(short)?
+            .try_into()
+            .map_err(|_| short())?,
+    ));
+    let kind = b.get(3..3 + klen).ok_or_else(short)?;
+    let kind = std::str::from_utf8(kind)
+        .map_err(|_| "stored task type is not UTF-8".to_owned())?
+        .to_owned();
+    let at = 3 + klen;
+    let mlen = u32::from_be_bytes(
+        b.get(at..at + 4)
+            .ok_or_else(short)?
+            .try_into()
+            .map_err(|_| short())?,
+    ) as usize;
+    let meta = b.get(at + 4..at + 4 + mlen).ok_or_else(short)?;
+    let meta = rmp_serde::from_slice::<TaskMeta>(meta)
+        .map_err(|e| format!("task meta does not decode: {e}"))?;
+    let envelope = b.split_off(at + 4 + mlen);
+    Ok(Stored {
+        kind,
+        meta,
+        envelope,
+    })
+}
+
+/// Build a record from a task hash (`HGETALL` field/value pairs), the
+/// task's stored bytes and the queue whose key holds it.
+pub(crate) fn record(
+    id: TaskId,
+    queue: &str,
+    fields: Vec<Value>,
+    stored: Option<Vec<u8>>,
+) -> Result<TaskRecord, String> {
     let mut state = None;
     let mut attempts = 0i64;
     let mut run_at = None;
@@ -102,15 +184,6 @@ pub(crate) fn record(id: TaskId, fields: Vec<Value>) -> Result<TaskRecord, Strin
                 .ok_or_else(|| format!("field `{}` is not a number", String::from_utf8_lossy(&k)))
         };
         match k.as_slice() {
-            b"q" => queue = Some(String::from_utf8(v).map_err(|_| "queue is not UTF-8")?),
-            b"k" => kind_ = Some(String::from_utf8(v).map_err(|_| "kind is not UTF-8")?),
-            b"e" => envelope = Some(v),
-            b"m" => {
-                meta = Some(
-                    rmp_serde::from_slice::<TaskMeta>(&v)
-                        .map_err(|e| format!("task meta does not decode: {e}"))?,
-                )
-            }
             b"s" => {
                 let s = std::str::from_utf8(&v).map_err(|_| "state is not UTF-8")?;
                 state = Some(
@@ -131,6 +204,8 @@ pub(crate) fn record(id: TaskId, fields: Vec<Value>) -> Result<TaskRecord, Strin
     }
     let missing = |f: &str| format!("task {id} has no `{f}` field");
     let state = state.ok_or_else(|| missing("s"))?;
+    // (An erased task keeps its kind and metadata, not its envelope.)
+    let stored = decode_stored(stored.ok_or_else(|| format!("task {id} has no stored bytes"))?)?;
     // Acks leave the lease fields behind (one command less per task): they
     // mean something only while the task is active.
     let lease = if state == TaskState::Active {
@@ -140,10 +215,10 @@ pub(crate) fn record(id: TaskId, fields: Vec<Value>) -> Result<TaskRecord, Strin
     };
     Ok(TaskRecord {
         id,
-        queue: queue.ok_or_else(|| missing("q"))?,
-        kind: kind_.ok_or_else(|| missing("k"))?,
-        envelope: envelope.ok_or_else(|| missing("e"))?,
-        meta: meta.ok_or_else(|| missing("m"))?,
+        queue: queue.to_owned(),
+        kind: stored.kind,
+        envelope: stored.envelope,
+        meta: stored.meta,
         state,
         attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
         run_at_ms: run_at.ok_or_else(|| missing("r"))?,

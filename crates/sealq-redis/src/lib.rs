@@ -229,6 +229,12 @@ fn group_by<'a>(queues: impl Iterator<Item = Option<&'a str>>) -> (Groups, Vec<u
     (groups, orphans)
 }
 
+/// How long a task's stored bytes live before the enqueue function makes
+/// them permanent. They are written in the same pipeline just before it, so
+/// this only bounds how long the bytes of a refused task, or of a producer
+/// cut off between the two, stay behind.
+const STORED_BYTES_TTL_MS: u64 = 10 * 60 * 1000;
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -507,6 +513,60 @@ impl RedisBroker {
         }
     }
 
+    /// Run one pipeline per queue, each ending with the one command whose
+    /// reply is kept (the others are `ignore`d): merged into one pipeline on
+    /// a single node, concurrently on a Cluster (one slot per pipeline).
+    async fn run_pipes(&self, what: &str, pipes: Vec<redis::Pipeline>) -> BrokerResult<Vec<Value>> {
+        if pipes.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.single() {
+            let mut all = redis::pipe();
+            for p in &pipes {
+                for c in p.cmd_iter() {
+                    all.add_command(c.clone());
+                }
+            }
+            // Keep the replies of each pipeline's last command.
+            let mut keep = Vec::new();
+            let mut n = 0usize;
+            for p in &pipes {
+                n += p.cmd_iter().count();
+                keep.push(n - 1);
+            }
+            let replies: Vec<Value> = self
+                .inner
+                .conn
+                .pipe(&all)
+                .await
+                .map_err(|e| self.err(what, e))?;
+            let mut out = Vec::with_capacity(keep.len());
+            let mut it = replies.into_iter().enumerate();
+            for k in keep {
+                let v = it
+                    .by_ref()
+                    .find(|(i, _)| *i == k)
+                    .map(|(_, v)| v)
+                    .ok_or_else(|| self.bad(what, "short pipeline reply"))?;
+                out.push(v);
+            }
+            Ok(out)
+        } else {
+            let futs = pipes.iter().map(|p| self.inner.conn.pipe::<Vec<Value>>(p));
+            let replies = futures::future::try_join_all(futs)
+                .await
+                .map_err(|e| self.err(what, e))?;
+            replies
+                .into_iter()
+                .map(|r| {
+                    r.into_iter()
+                        .last()
+                        .ok_or_else(|| self.bad(what, "short pipeline reply"))
+                })
+                .collect()
+        }
+    }
+
     async fn registry(&self, args: &[&[u8]]) -> BrokerResult<Value> {
         let mut c = fcall("sealq_registry");
         c.arg(1).arg(&self.inner.gbase);
@@ -608,58 +668,128 @@ impl RedisBroker {
         self.registry(&args).await.map(|_| ())
     }
 
-    fn parse_leased(
+    /// Read the stored bytes of freshly leased tasks (`MGET`, one per queue
+    /// on a Cluster) and build their records. Tasks whose bytes are missing
+    /// or do not decode, or whose state fields were edited, are returned as
+    /// broken: `(id, token, queue index, why)`.
+    async fn leased_records(
         &self,
-        item: Value,
         queues: &[String],
-    ) -> Result<(LeasedTask, usize), (String, String, usize, String)> {
-        let parts = array(item).map_err(|e| (String::new(), String::new(), 0, e))?;
-        let mut it = parts.into_iter();
-        let id_b = it
-            .next()
-            .map(bytes)
-            .transpose()
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let tok_b = it
-            .next()
-            .map(bytes)
-            .transpose()
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let replayed = it.next().map(|v| int(&v).unwrap_or(0)).unwrap_or(0) == 1;
-        let fields = it
-            .next()
-            .map(array)
-            .transpose()
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let qi = it.next().map(|v| int(&v).unwrap_or(1)).unwrap_or(1);
-        let qi = usize::try_from(qi - 1)
-            .unwrap_or(0)
-            .min(queues.len().saturating_sub(1));
-        let id_s = String::from_utf8_lossy(&id_b).into_owned();
-        let tok_s = String::from_utf8_lossy(&tok_b).into_owned();
-        let fail = |e: String| (id_s.clone(), tok_s.clone(), qi, e);
-        let id = parse_id(&id_b).ok_or_else(|| fail("bad id".into()))?;
-        let token = parse_token(&tok_b).ok_or_else(|| fail("bad token".into()))?;
-        let record = codec::record(id, fields).map_err(fail)?;
-        let expires = record.lease_expires_at_ms.unwrap_or_default();
-        Ok((
-            LeasedTask {
-                lease: Lease {
-                    task_id: id,
-                    token,
-                    expires_at_ms: expires,
-                },
-                record,
-                replayed,
-            },
-            qi,
-        ))
+        items: Vec<Value>,
+        lease_expires: i64,
+        now: i64,
+    ) -> BrokerResult<(
+        Vec<(LeasedTask, usize)>,
+        Vec<(String, String, usize, String)>,
+    )> {
+        let what = "reading leased tasks";
+        const STRIDE: usize = 7;
+        if items.len() % STRIDE != 0 {
+            return Err(self.bad("dequeueing tasks", "short reply from sealq_dequeue"));
+        }
+        struct Raw {
+            id: Vec<u8>,
+            token: Vec<u8>,
+            attempts: Value,
+            run_at: Value,
+            replayed: bool,
+            qi: usize,
+            last_error: Option<Vec<u8>>,
+        }
+        let mut raws = Vec::with_capacity(items.len() / STRIDE);
+        let mut it = items.into_iter();
+        while let Some(id) = it.next() {
+            let mut next = || it.next().unwrap_or(Value::Nil);
+            let (token, attempts, run_at, replayed, qi, le) =
+                (next(), next(), next(), next(), next(), next());
+            let qi = usize::try_from(int(&qi).unwrap_or(1) - 1)
+                .unwrap_or(0)
+                .min(queues.len().saturating_sub(1));
+            raws.push(Raw {
+                id: opt_bytes(id).ok().flatten().unwrap_or_default(),
+                token: opt_bytes(token).ok().flatten().unwrap_or_default(),
+                attempts,
+                run_at,
+                replayed: int(&replayed).unwrap_or(0) == 1,
+                qi,
+                last_error: opt_bytes(le).ok().flatten(),
+            });
+        }
+        // The stored bytes: one MGET per queue (one slot each on a Cluster).
+        let mut stored: Vec<Option<Vec<u8>>> = vec![None; raws.len()];
+        let mut by_queue: Vec<Vec<usize>> = vec![Vec::new(); queues.len()];
+        for (i, r) in raws.iter().enumerate() {
+            by_queue[r.qi].push(i);
+        }
+        let mut p = redis::pipe();
+        let mut asked = Vec::new();
+        for (qi, idx) in by_queue.iter().enumerate() {
+            if idx.is_empty() {
+                continue;
+            }
+            let base = self.qbase(&queues[qi]);
+            let mut c = redis::cmd("MGET");
+            for &i in idx {
+                c.arg(format!("{base}b:{}", String::from_utf8_lossy(&raws[i].id)));
+            }
+            p.add_command(c);
+            asked.push(idx);
+        }
+        if !asked.is_empty() {
+            let replies: Vec<Value> = self
+                .inner
+                .conn
+                .pipe(&p)
+                .await
+                .map_err(|e| self.err(what, e))?;
+            for (idx, reply) in asked.into_iter().zip(replies) {
+                for (&i, v) in idx.iter().zip(array(reply).map_err(|e| self.bad(what, e))?) {
+                    stored[i] = opt_bytes(v).map_err(|e| self.bad(what, e))?;
+                }
+            }
+        }
+        let mut ok = Vec::with_capacity(raws.len());
+        let mut broken = Vec::new();
+        for (r, stored) in raws.into_iter().zip(stored) {
+            let id_s = String::from_utf8_lossy(&r.id).into_owned();
+            let tok_s = String::from_utf8_lossy(&r.token).into_owned();
+            let built = (|| -> Result<LeasedTask, String> {
+                let id = parse_id(&r.id).ok_or("bad id")?;
+                let token = parse_token(&r.token).ok_or("bad token")?;
+                let attempts = int(&r.attempts).map_err(|_| "attempts is not a number")?;
+                let run_at = int(&r.run_at).map_err(|_| "run_at is missing or not a number")?;
+                let s = codec::decode_stored(stored.ok_or("its stored bytes are missing")?)?;
+                Ok(LeasedTask {
+                    lease: Lease {
+                        task_id: id,
+                        token,
+                        expires_at_ms: lease_expires,
+                    },
+                    record: TaskRecord {
+                        id,
+                        queue: queues[r.qi].clone(),
+                        kind: s.kind,
+                        envelope: s.envelope,
+                        meta: s.meta,
+                        state: sealq::TaskState::Active,
+                        attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
+                        run_at_ms: run_at,
+                        last_error: r.last_error,
+                        result: None,
+                        archive_reason: None,
+                        lease_expires_at_ms: Some(lease_expires),
+                        finished_at_ms: None,
+                        updated_at_ms: now,
+                    },
+                    replayed: r.replayed,
+                })
+            })();
+            match built {
+                Ok(t) => ok.push((t, r.qi)),
+                Err(why) => broken.push((id_s, tok_s, r.qi, why)),
+            }
+        }
+        Ok((ok, broken))
     }
 
     async fn dequeue_from(
@@ -688,22 +818,18 @@ impl RedisBroker {
             .await
             .map_err(|e| self.err(what, e))?;
         let items = array(v).map_err(|e| self.bad(what, e))?;
-        let mut out = Vec::with_capacity(items.len());
-        let mut broken = Vec::new();
+        let expires = now.saturating_add(ms(req.lease));
+        let (leased, broken) = self.leased_records(queues, items, expires, now).await?;
+        let mut out = Vec::with_capacity(leased.len());
         {
             let names: Vec<Arc<str>> = queues.iter().map(|q| Arc::from(q.as_str())).collect();
             let mut cache = self.inner.leases.lock().expect("lease cache");
-            for item in items {
-                match self.parse_leased(item, queues) {
-                    Ok((t, qi)) => {
-                        cache.insert(t.record.id, names[qi].clone());
-                        out.push(t);
-                    }
-                    Err(b) => broken.push(b),
-                }
+            for (t, qi) in leased {
+                cache.insert(t.record.id, names[qi].clone());
+                out.push(t);
             }
         }
-        // Edited or injected task hashes never reach a handler: archive them.
+        // Edited, injected or bytes-less tasks never reach a handler: archive them.
         for (id, tok, qi, why) in broken {
             tracing::warn!(task = %id, queue = %queues[qi], reason = %why, "sealq: archiving a task whose stored fields do not decode (integrity)");
             metrics::counter!("sealq_redis_integrity_archived_total").increment(1);
@@ -793,26 +919,36 @@ impl Broker for RedisBroker {
                 }
             }
         }
-        let mut cmds = Vec::with_capacity(plan.len());
+        // One pipeline: each task's stored bytes (`SET NX PX`: an existing
+        // task's bytes are never overwritten, and bytes of a refused task
+        // expire by themselves), then one function call per queue that
+        // accepts or refuses each task and makes accepted bytes permanent.
+        // Only the function replies are kept (`run_pipes`).
+        let mut pipes = Vec::with_capacity(plan.len());
         for (q, idx) in &plan {
+            let mut p = redis::pipe();
+            let base = self.qbase(q);
+            for &i in idx {
+                let t = &tasks[i];
+                let stored = codec::encode_stored(&t.kind, &t.meta, &t.envelope).map_err(|e| {
+                    BrokerError::new(BrokerErrorKind::Other, format!("task {}: {e}", t.id))
+                })?;
+                p.cmd("SET")
+                    .arg(format!("{base}b:{}", ids[i]))
+                    .arg(stored)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(STORED_BYTES_TTL_MS);
+            }
             let mut c = self.qcall("sealq_enqueue", q, true);
             c.arg(now).arg(q.as_ref());
             for &i in idx {
                 let t = &tasks[i];
-                let meta = rmp_serde::to_vec_named(&t.meta).map_err(|e| {
-                    BrokerError::new(
-                        BrokerErrorKind::Other,
-                        format!("cannot encode the metadata of task {}: {e}", t.id),
-                    )
-                })?;
                 let (uk, uttl) = match &t.unique {
                     Some((k, ttl)) => (k.as_str(), i64::try_from(*ttl).unwrap_or(i64::MAX / 4)),
                     None => ("", 0),
                 };
                 c.arg(&ids[i])
-                    .arg(&t.kind)
-                    .arg(t.envelope.as_slice())
-                    .arg(meta)
                     .arg(t.run_at_ms)
                     .arg(t.meta.max_retries)
                     .arg(t.meta.retention_ms)
@@ -826,9 +962,13 @@ impl Broker for RedisBroker {
                     .arg(uk)
                     .arg(uttl);
             }
-            cmds.push(c);
+            p.add_command(c);
+            pipes.push(p);
         }
-        let replies = self.run_all(what, cmds).await?;
+        let replies = self.run_pipes(what, pipes).await?;
+        if replies.len() != plan.len() {
+            return Err(self.bad(what, "one reply per queue expected"));
+        }
         let mut release = Vec::new();
         for ((_, idx), reply) in plan.iter().zip(replies) {
             let items = array(reply).map_err(|e| self.bad(what, e))?;
@@ -842,6 +982,17 @@ impl Broker for RedisBroker {
                     b"exists" => {
                         release.push(ids[i].clone());
                         EnqueueResult::IdExists
+                    }
+                    b"nobytes" => {
+                        return Err(BrokerError::new(
+                            BrokerErrorKind::Unavailable,
+                            format!(
+                                "Redis at {} did not hold the bytes of task {} as written just before its \
+                                 enqueue call (evicted under maxmemory, or a stray key of that id); the \
+                                 task was not stored: enqueue it again, and see docs/redis.md on maxmemory",
+                                self.inner.target, tasks[i].id
+                            ),
+                        ));
                     }
                     holder => {
                         release.push(ids[i].clone());
@@ -1105,7 +1256,7 @@ impl Broker for RedisBroker {
             .collect();
         let replies = self.run_all(what, cmds).await?;
         let mut out = Vec::new();
-        for reply in replies {
+        for (q, reply) in queues.iter().zip(replies) {
             for item in array(reply).map_err(|e| self.bad(what, e))? {
                 let mut it = array(item).map_err(|e| self.bad(what, e))?.into_iter();
                 let id = it
@@ -1117,7 +1268,9 @@ impl Broker for RedisBroker {
                 let id = parse_id(&id).ok_or_else(|| self.bad(what, "bad id"))?;
                 let fields =
                     array(it.next().unwrap_or(Value::Nil)).map_err(|e| self.bad(what, e))?;
-                out.push(codec::record(id, fields).map_err(|e| self.bad(what, e))?);
+                let stored =
+                    opt_bytes(it.next().unwrap_or(Value::Nil)).map_err(|e| self.bad(what, e))?;
+                out.push(codec::record(id, q, fields, stored).map_err(|e| self.bad(what, e))?);
             }
         }
         out.sort_by_key(|r| r.id);
@@ -1146,8 +1299,9 @@ impl Broker for RedisBroker {
         if fields.is_empty() {
             return Ok(None);
         }
+        let stored = opt_bytes(it.next().unwrap_or(Value::Nil)).map_err(|e| self.bad(what, e))?;
         Ok(Some(
-            codec::record(id, fields).map_err(|e| self.bad(what, e))?,
+            codec::record(id, &q, fields, stored).map_err(|e| self.bad(what, e))?,
         ))
     }
 
@@ -1168,6 +1322,7 @@ impl Broker for RedisBroker {
             .iter()
             .map(|(q, idx)| {
                 let mut c = self.qcall("sealq_delete", q, true);
+                c.arg(self.now());
                 for &i in idx {
                     c.arg(id_str(&ids[i]));
                 }

@@ -112,9 +112,11 @@ async fn roles_can_do_their_job_and_nothing_more() {
     assert_eq!(e.kind, BrokerErrorKind::PermissionDenied, "{e}");
     // … nor with raw commands, nor with its own scripts.
     let key = format!("sealq:{{acl}}:t:{}", id.0.simple());
+    let bytes_key = format!("sealq:{{acl}}:b:{}", id.0.simple());
     for cmd in [
         vec!["HGETALL", key.as_str()],
-        vec!["HGET", key.as_str(), "e"],
+        vec!["GET", bytes_key.as_str()],
+        vec!["MGET", bytes_key.as_str()],
         vec!["ZRANGE", "sealq:{acl}:ready", "0", "-1"],
         vec!["SCAN", "0"],
         vec!["KEYS", "*"],

@@ -51,8 +51,13 @@ async fn wait_state(broker: &Arc<dyn Broker>, id: TaskId, state: TaskState) {
     }
 }
 
-fn task_key(prefix: &str, queue: &str, id: &TaskId) -> String {
-    format!("{prefix}:{{{queue}}}:t:{}", id.0.simple())
+/// The two keys of one stored task: its state hash and its stored bytes
+/// (kind, metadata, envelope).
+fn task_keys(prefix: &str, queue: &str, id: &TaskId) -> [String; 2] {
+    [
+        format!("{prefix}:{{{queue}}}:t:{}", id.0.simple()),
+        format!("{prefix}:{{{queue}}}:b:{}", id.0.simple()),
+    ]
 }
 
 /// A raw Redis connection to the shared test server.
@@ -161,7 +166,7 @@ async fn erasure_removes_every_state_and_shreds_earlier_copies_of_the_subject_on
             .is_err()
     );
 
-    // The "backup": DUMP of both subjects' task hashes before the erasure.
+    // The "backup": DUMP of both subjects' task keys before the erasure.
     let mut conn = raw().await;
     let dump = |key: String| {
         let mut conn = conn.clone();
@@ -175,8 +180,10 @@ async fn erasure_removes_every_state_and_shreds_earlier_copies_of_the_subject_on
             v
         }
     };
-    let dump42 = dump(task_key(&prefix, "default", &pending)).await;
-    let dump7 = dump(task_key(&prefix, "default", &other7)).await;
+    let [t42, b42] = task_keys(&prefix, "default", &pending);
+    let dump42 = [dump(t42).await, dump(b42).await];
+    let [t7, b7] = task_keys(&prefix, "default", &other7);
+    let dump7 = [dump(t7).await, dump(b7).await];
 
     let receipt = c.erase_subject("user-42", "dpo@example.com").await.unwrap();
     let n = receipt.counts;
@@ -237,13 +244,15 @@ async fn erasure_removes_every_state_and_shreds_earlier_copies_of_the_subject_on
     // broker would: the ciphertext is there, the key that opened it is not.
     let fresh = support::unique_prefix();
     for (id, dumped) in [(pending, &dump42), (other7, &dump7)] {
-        let _: () = redis::cmd("RESTORE")
-            .arg(task_key(&fresh, "default", &id))
-            .arg(0)
-            .arg(dumped.as_slice())
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        for (key, dumped) in task_keys(&fresh, "default", &id).iter().zip(dumped) {
+            let _: () = redis::cmd("RESTORE")
+                .arg(key)
+                .arg(0)
+                .arg(dumped.as_slice())
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
         let _: () = redis::cmd("HSET")
             .arg(format!("{fresh}:{{~}}:g:ids"))
             .arg(id.0.simple().to_string())

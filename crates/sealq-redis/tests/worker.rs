@@ -273,16 +273,17 @@ async fn tampered_moved_foreign_and_unknown_tasks_never_reach_a_handler() {
     assert_eq!(report.integrity_failures, 5);
 }
 
-/// Someone with write access to Redis edits task hashes directly: swaps an
-/// envelope between tasks, edits the queue field, corrupts the metadata.
-/// None reaches a handler; each is archived `integrity`.
+/// Someone with write access to Redis edits stored tasks directly: swaps
+/// the stored bytes (envelope) between tasks, moves a task's bytes under
+/// another task's id in another queue... and corrupts the metadata or cuts
+/// the bytes short. None reaches a handler; each is archived `integrity`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_hashes_edited_in_redis_never_reach_a_handler() {
     let e = env().await;
     let called = Arc::new(AtomicU32::new(0));
     let c = called.clone();
     let mut ids = Vec::new();
-    for i in 0..3 {
+    for i in 0..4 {
         ids.push(
             e.client
                 .enqueue(
@@ -296,22 +297,28 @@ async fn task_hashes_edited_in_redis_never_reach_a_handler() {
         );
     }
     let s = support::shared();
-    let key = |id: &TaskId| format!("{}:{{default}}:t:{}", e.redis.prefix(), id.0.simple());
-    // Swap envelope: copy task 1's envelope into task 0.
-    let env1 = s.cli(&["--no-raw", "HGET", &key(&ids[1]), "e"]);
-    assert!(!env1.is_empty());
+    let bytes_key = |id: &TaskId| format!("{}:{{default}}:b:{}", e.redis.prefix(), id.0.simple());
+    // Swap envelopes: task 1's stored bytes copied over task 0's.
     let out = s.cli(&[
         "EVAL",
-        "redis.call('HSET', KEYS[1], 'e', redis.call('HGET', KEYS[2], 'e')) return 1",
+        "redis.call('SET', KEYS[1], redis.call('GET', KEYS[2])) return 1",
         "2",
-        &key(&ids[0]),
-        &key(&ids[1]),
+        &bytes_key(&ids[0]),
+        &bytes_key(&ids[1]),
     ]);
     assert!(out.contains('1'), "{out}");
-    // Edit the queue field of task 1.
-    s.cli(&["HSET", &key(&ids[1]), "q", "elsewhere"]);
-    // Corrupt the metadata of task 2.
-    s.cli(&["HSET", &key(&ids[2]), "m", "garbage"]);
+    // Cut task 1's bytes short (a truncated envelope).
+    let out = s.cli(&[
+        "EVAL",
+        "local b = redis.call('GET', KEYS[1]) redis.call('SET', KEYS[1], string.sub(b, 1, #b - 5)) return 1",
+        "1",
+        &bytes_key(&ids[1]),
+    ]);
+    assert!(out.contains('1'), "{out}");
+    // Garbage instead of task 2's bytes (metadata no longer decodes).
+    s.cli(&["SET", &bytes_key(&ids[2]), "garbage"]);
+    // Task 3's bytes deleted.
+    s.cli(&["DEL", &bytes_key(&ids[3])]);
 
     let worker = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
         .handle(move |_: Greet, _ctx: TaskContext| {
@@ -327,7 +334,7 @@ async fn task_hashes_edited_in_redis_never_reach_a_handler() {
     let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let st = e.broker.stats().await.unwrap();
-        if st.iter().map(|q| q.archived).sum::<u64>() == 3 {
+        if st.iter().map(|q| q.archived).sum::<u64>() == 4 {
             break;
         }
         assert!(
@@ -342,8 +349,14 @@ async fn task_hashes_edited_in_redis_never_reach_a_handler() {
         0,
         "an edited task reached the handler"
     );
-    let reason = s.cli(&["HGET", &key(&ids[2]), "ar"]);
-    assert_eq!(reason.trim(), "integrity");
+    for id in &ids {
+        let reason = s.cli(&[
+            "HGET",
+            &format!("{}:{{default}}:t:{}", e.redis.prefix(), id.0.simple()),
+            "ar",
+        ]);
+        assert_eq!(reason.trim(), "integrity", "{id}");
+    }
     for id in &ids[..2] {
         let rec = e.broker.get(*id).await.unwrap().unwrap();
         assert_eq!(rec.archive_reason, Some(ArchiveReason::Integrity));
