@@ -374,6 +374,28 @@ pub(crate) struct BenchArgs {
     /// (`file`: JSON lines next to the database; `sqlite`: audit tables).
     #[arg(long, value_enum, default_value_t = AuditSinkKind::Off)]
     pub(crate) audit: AuditSinkKind,
+    /// Concurrent enqueue loops, each sending its own batches (a service
+    /// enqueueing from many requests at once). `--rate` is shared among them.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) producers: usize,
+    /// What this process does: both sides, or one side only, so that a
+    /// producer process and a worker process can be measured apart (both
+    /// need the same `--broker` and `--keyring`; start the producer first
+    /// with `--mode phased`, or both at once with `--mode pipelined`).
+    #[arg(long, value_enum, default_value_t = BenchRole::Both)]
+    pub(crate) role: BenchRole,
+}
+
+/// Which side of the work a `sealq bench` process does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BenchRole {
+    /// Enqueue and process in this process (a throw-away keyring).
+    Both,
+    /// Only enqueue `--tasks` tasks, then report the enqueue rate.
+    Producer,
+    /// Only process `--tasks` tasks (waiting for them to arrive), then
+    /// report the processing rate, latency and this process's memory.
+    Worker,
 }
 
 /// Where `worker`, `enqueue`, `demo` and `bench` write audit records.

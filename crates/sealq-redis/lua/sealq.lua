@@ -135,14 +135,23 @@ end
 -- just before (same pipeline). Returns per task: 'ok' | 'exists' | 'nobytes'
 -- (its bytes are not there as just written) | the id holding the unique key. Refused
 -- tasks' bytes are left to expire; accepted ones are made permanent.
--- Per task HEXISTS, PERSIST and HSET; the index, set and count updates are
--- one command per batch.
+-- Known ids are refused: on a single node through the global index (one
+-- HMGET for the batch); on a Cluster the caller has claimed every id in the
+-- global index before (sealq_registry 'index') and passes only the ids it
+-- won. Per task PERSIST and HSET; the index, set and count updates are one
+-- command per batch.
 local function enqueue(keys, args)
   local Q, G = keys[1], keys[2]
   local now, queue = tonumber(args[1]), args[2]
   local nows = s(now)
   local n = (#args - 2) / 7
   local out, fresh = {}, {}
+  local known = {}
+  if G then
+    local ids = {}
+    for j = 1, n do ids[j] = args[3 + (j - 1) * 7] end
+    known = mget('HMGET', G .. 'ids', ids)
+  end
   local ready, delayed, all, index = {}, {}, {}, {}
   local delta = {pending = 0, scheduled = 0}
   for j = 1, n do
@@ -150,18 +159,7 @@ local function enqueue(keys, args)
     local id, run_at = args[b], args[b + 1]
     local mr, ret, sub, uk, uttl = args[b + 2], args[b + 3], args[b + 4], args[b + 5], args[b + 6]
     local T = Q .. 't:' .. id
-    -- Known ids: the global index where there is one, else this queue's
-    -- hash and replay memory. (One command per task, not HMGET/ZMSCORE for
-    -- the batch: producers may write but not read.)
-    local exists = fresh[id]
-    if not exists then
-      if G then
-        exists = redis.call('HEXISTS', G .. 'ids', id) == 1
-      else
-        exists = redis.call('EXISTS', T) == 1 or redis.call('ZSCORE', Q .. 'seen', id)
-      end
-    end
-    if exists then
+    if fresh[id] or known[j] then
       out[j] = 'exists'
     else
       local dup = nil
@@ -281,8 +279,9 @@ end
 -- op: c (complete), C (complete with result a1), r (retry at a1),
 -- R (retry at a1 with error a2), a (archive reason a1), A (archive reason a1,
 -- error a2), q (requeue). Returns per ack 1 (applied) or 0 (lease lost).
--- Per ack HMGET and HSET; the lease fields stay in the hash (they mean
--- nothing outside state `active`); set updates are one command per batch.
+-- Per ack HMGET (state, token, retention, unique key) and HSET; the lease
+-- fields stay in the hash (they mean nothing outside state `active`); set
+-- updates are one command per batch.
 local function ack(keys, args)
   local Q = keys[1]
   local now = tonumber(args[1])
@@ -296,7 +295,7 @@ local function ack(keys, args)
     local id, tok, op, a1, a2 = args[i], args[i + 1], args[i + 2], args[i + 3], args[i + 4]
     i = i + 5
     local T = Q .. 't:' .. id
-    local cur = redis.call('HMGET', T, 's', 'tok', 'ret', 'uk', 'r', 'a')
+    local cur = redis.call('HMGET', T, 's', 'tok', 'ret', 'uk')
     if cur[1] ~= 'active' or cur[2] ~= tok then
       out[#out + 1] = 0
     else
@@ -331,10 +330,12 @@ local function ack(keys, args)
         release_unique(Q, id, cur[4])
         delta.archived = delta.archived + 1
       else
-        local a = (tonumber(cur[6]) or 1) - 1
+        -- Requeue (shutdown): rare, so its two fields are read only here.
+        local ra = redis.call('HMGET', T, 'r', 'a')
+        local a = (tonumber(ra[2]) or 1) - 1
         if a < 0 then a = 0 end
         redis.call('HSET', T, 's', 'pending', 'a', s(a), 'upd', nows)
-        queued[#queued + 1] = cur[5]; queued[#queued + 1] = id
+        queued[#queued + 1] = ra[1]; queued[#queued + 1] = id
         delta.pending = delta.pending + 1
         ready = true
       end

@@ -563,3 +563,59 @@ async fn worker_survives_a_redis_restart() {
     worker.shutdown().await.unwrap();
     assert!(done.load(Ordering::SeqCst) >= 60);
 }
+
+/// Someone with write access moves a stored task (state hash, bytes and
+/// index entries) from one queue to another. The worker on the other queue
+/// opens it with that queue in the associated data: it fails, so the task
+/// never reaches the handler and is archived `integrity`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_moved_to_another_queue_never_reaches_a_handler() {
+    let e = env().await;
+    let called = Arc::new(AtomicU32::new(0));
+    let c = called.clone();
+    let id = e
+        .client
+        .enqueue(&Greet { name: "m".into() }, EnqueueOptions::new())
+        .await
+        .unwrap();
+    let s = support::shared();
+    let p = e.redis.prefix().to_owned();
+    let idh = id.0.simple().to_string();
+    let out = s.cli(&[
+        "EVAL",
+        "local id = ARGV[1] \
+         redis.call('RENAME', KEYS[1] .. 't:' .. id, KEYS[2] .. 't:' .. id) \
+         redis.call('RENAME', KEYS[1] .. 'b:' .. id, KEYS[2] .. 'b:' .. id) \
+         local at = redis.call('ZSCORE', KEYS[1] .. 'ready', id) \
+         redis.call('ZREM', KEYS[1] .. 'ready', id) redis.call('ZREM', KEYS[1] .. 'all', id) \
+         redis.call('ZADD', KEYS[2] .. 'ready', at, id) redis.call('ZADD', KEYS[2] .. 'all', 0, id) \
+         redis.call('HINCRBY', KEYS[1] .. 'n', 'pending', -1) \
+         redis.call('HINCRBY', KEYS[2] .. 'n', 'pending', 1) \
+         redis.call('HSET', KEYS[3] .. 'ids', id, 'elsewhere') \
+         redis.call('SADD', KEYS[3] .. 'queues', 'elsewhere') return 1",
+        "3",
+        &format!("{p}:{{default}}:"),
+        &format!("{p}:{{elsewhere}}:"),
+        &format!("{p}:{{~}}:g:"),
+        &idh,
+    ]);
+    assert!(out.contains('1'), "{out}");
+    let worker = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
+        .queues([("default", 1), ("elsewhere", 1)])
+        .handle(move |_: Greet, _ctx: TaskContext| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap()
+        .spawn();
+    let rec = wait_state(&e.broker, id, TaskState::Archived).await;
+    assert_eq!(rec.queue, "elsewhere");
+    assert_eq!(rec.archive_reason, Some(ArchiveReason::Integrity));
+    let report = worker.shutdown().await.unwrap();
+    assert_eq!(called.load(Ordering::SeqCst), 0, "a moved task ran");
+    assert_eq!(report.integrity_failures, 1);
+}

@@ -11,7 +11,7 @@ use sealq::{Client, EnqueueOptions, Keyring, RawTask, TaskState, Worker};
 use serde::Serialize;
 
 use super::Global;
-use crate::args::{BenchArgs, BenchMode, Synchronous};
+use crate::args::{BenchArgs, BenchMode, BenchRole, Synchronous};
 use crate::broker_url;
 use crate::error::{CliError, CliResult, context, msg};
 use crate::output::{Latencies, LatencySummary, peak_rss_kib, print_json, progress_bar, rate};
@@ -38,10 +38,14 @@ struct Payload<'a> {
 struct Results {
     broker: String,
     mode: &'static str,
+    /// `both`, `producer` or `worker`.
+    role: &'static str,
     tasks: usize,
     payload_bytes: usize,
     envelope_bytes: usize,
     batch: usize,
+    /// Concurrent enqueue loops.
+    producers: usize,
     concurrency: usize,
     /// Producer rate cap, tasks/s (0: none).
     rate: u64,
@@ -59,9 +63,16 @@ struct Results {
 
 /// Run the benchmark.
 pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
-    if args.tasks == 0 || args.batch == 0 || args.concurrency == 0 {
+    if args.tasks == 0 || args.batch == 0 || args.concurrency == 0 || args.producers == 0 {
         return Err(CliError::usage(msg(
-            "--tasks, --batch and --concurrency must be at least 1",
+            "--tasks, --batch, --concurrency and --producers must be at least 1",
+        )));
+    }
+    let split = args.role != BenchRole::Both;
+    if split && !global.broker_on_command_line {
+        return Err(CliError::usage(msg(
+            "--role producer|worker needs --broker URL on the command line: the producer and \
+             the worker processes must share a broker (a fresh key prefix or file per run)",
         )));
     }
     let tempdir = tempfile::Builder::new()
@@ -81,7 +92,12 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
     };
     let opened = broker_url::open(&url)?;
     let broker = opened.broker.clone();
-    let keyring = Arc::new(Keyring::generate());
+    // Two processes must share a keyring; one process uses a throw-away one.
+    let keyring = Arc::new(if split {
+        global.keyring()?
+    } else {
+        Keyring::generate()
+    });
     // With --audit, producer and worker each keep a chain, as two processes would.
     let db = opened.audit_home();
     let producer_audit = super::audit::start(db, args.audit, &keyring)?;
@@ -114,49 +130,75 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
     let pb = progress_bar(args.tasks as u64, args.json);
 
     let started = Instant::now();
-    let (enqueue_time, process_time, handle);
-    match args.mode {
-        BenchMode::Phased => {
+    let (mut enqueue_time, mut process_time) = (Duration::ZERO, Duration::ZERO);
+    let mut handle = None;
+    match (args.role, args.mode) {
+        (BenchRole::Producer, _) => {
+            drop(worker);
+            enqueue_time = enqueue_all(&client, &args, &filler, &pb).await?;
+        }
+        (BenchRole::Worker, _) => {
+            let h = worker.spawn();
+            wait_done(&h, args.tasks, &pb).await?;
+            process_time = started.elapsed();
+            handle = Some(h);
+        }
+        (BenchRole::Both, BenchMode::Phased) => {
             enqueue_time = enqueue_all(&client, &args, &filler, &pb).await?;
             let t = Instant::now();
-            handle = worker.spawn();
-            wait_done(&handle, args.tasks, &pb).await?;
+            let h = worker.spawn();
+            wait_done(&h, args.tasks, &pb).await?;
             process_time = t.elapsed();
+            handle = Some(h);
         }
-        BenchMode::Pipelined => {
-            handle = worker.spawn();
+        (BenchRole::Both, BenchMode::Pipelined) => {
+            let h = worker.spawn();
             enqueue_time = enqueue_all(&client, &args, &filler, &pb).await?;
-            wait_done(&handle, args.tasks, &pb).await?;
+            wait_done(&h, args.tasks, &pb).await?;
             process_time = started.elapsed();
+            handle = Some(h);
         }
     }
     pb.finish_and_clear();
-    handle.shutdown().await?;
+    if let Some(h) = handle {
+        h.shutdown().await?;
+    }
     // The audit log is part of the work: the time includes writing its tail.
     super::audit::finish(producer_audit).await?;
     super::audit::finish(worker_audit).await?;
     let total = started.elapsed();
 
-    let envelope_bytes = broker
-        .list(&sealq::broker::ListQuery {
-            queue: Some(QUEUE.into()),
-            state: Some(TaskState::Completed),
-            limit: 1,
-            ..Default::default()
-        })
-        .await?
-        .first()
-        .map_or(0, |r| r.envelope.len());
+    // (A producer-only process may not read tasks: a producer role on Redis.)
+    let envelope_bytes = if args.role == BenchRole::Producer {
+        0
+    } else {
+        broker
+            .list(&sealq::broker::ListQuery {
+                queue: Some(QUEUE.into()),
+                state: Some(TaskState::Completed),
+                limit: 1,
+                ..Default::default()
+            })
+            .await?
+            .first()
+            .map_or(0, |r| r.envelope.len())
+    };
     let results = Results {
         broker: broker.describe(),
         mode: match args.mode {
             BenchMode::Phased => "phased",
             BenchMode::Pipelined => "pipelined",
         },
+        role: match args.role {
+            BenchRole::Both => "both",
+            BenchRole::Producer => "producer",
+            BenchRole::Worker => "worker",
+        },
         tasks: args.tasks,
         payload_bytes: args.payload_bytes,
         envelope_bytes,
         batch: args.batch,
+        producers: args.producers,
         concurrency: args.concurrency,
         rate: args.rate,
         enqueue_seconds: enqueue_time.as_secs_f64(),
@@ -178,7 +220,8 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
     }
 }
 
-/// Enqueue `args.tasks` tasks in batches; returns the time it took.
+/// Enqueue `args.tasks` tasks in batches from `args.producers` concurrent
+/// loops; returns the time it took.
 async fn enqueue_all(
     client: &Client,
     args: &BenchArgs,
@@ -186,28 +229,48 @@ async fn enqueue_all(
     pb: &indicatif::ProgressBar,
 ) -> CliResult<Duration> {
     let t = Instant::now();
-    let mut seq = 0u64;
-    while (seq as usize) < args.tasks {
-        let n = args.batch.min(args.tasks - seq as usize);
-        let mut batch = Vec::with_capacity(n);
-        for _ in 0..n {
-            let payload = sealq::task::encode_payload(&Payload { seq, data: filler })?;
-            batch.push(RawTask::new(
-                KIND,
-                payload,
-                EnqueueOptions::new().queue(QUEUE),
-            ));
-            seq += 1;
-        }
-        for r in client.enqueue_batch(batch).await? {
-            r?;
-        }
-        if args.rate > 0 {
-            // Sleep until this many tasks are due at the requested rate.
-            let due = Duration::from_secs_f64(seq as f64 / args.rate as f64);
-            tokio::time::sleep_until((t + due).into()).await;
-        }
-        pb.set_message(format!("enqueued {seq}"));
+    let n = args.producers.min(args.tasks);
+    let per = args.tasks / n;
+    let mut loops = tokio::task::JoinSet::new();
+    for p in 0..n {
+        // Sequence numbers: producer p takes [from, to).
+        let from = (p * per) as u64;
+        let to = if p + 1 == n {
+            args.tasks
+        } else {
+            (p + 1) * per
+        } as u64;
+        let (client, filler, pb) = (client.clone(), filler.to_owned(), pb.clone());
+        let (batch, rate) = (args.batch, args.rate as f64 / n as f64);
+        loops.spawn(async move {
+            let mut seq = from;
+            while seq < to {
+                let k = batch.min((to - seq) as usize);
+                let mut tasks = Vec::with_capacity(k);
+                for _ in 0..k {
+                    let payload = sealq::task::encode_payload(&Payload { seq, data: &filler })?;
+                    tasks.push(RawTask::new(
+                        KIND,
+                        payload,
+                        EnqueueOptions::new().queue(QUEUE),
+                    ));
+                    seq += 1;
+                }
+                for r in client.enqueue_batch(tasks).await? {
+                    r?;
+                }
+                if rate > 0.0 {
+                    // Sleep until this loop's share is due at the requested rate.
+                    let due = Duration::from_secs_f64((seq - from) as f64 / rate);
+                    tokio::time::sleep_until((t + due).into()).await;
+                }
+                pb.inc(k as u64);
+            }
+            Ok::<(), CliError>(())
+        });
+    }
+    while let Some(r) = loops.join_next().await {
+        r.map_err(|e| CliError::runtime(msg(format!("an enqueue loop panicked: {e}"))))??;
     }
     Ok(t.elapsed())
 }
@@ -260,8 +323,18 @@ fn filler(len: usize) -> String {
 fn print_results(r: &Results) {
     println!("sealq bench ({} mode) on {}", r.mode, r.broker);
     println!(
-        "  {} tasks, ~{} B payload ({} B sealed envelope), batch {}, concurrency {}",
-        r.tasks, r.payload_bytes, r.envelope_bytes, r.batch, r.concurrency
+        "  {} tasks, ~{} B payload ({} B sealed envelope), batch {}, {} producer loop(s), concurrency {}{}",
+        r.tasks,
+        r.payload_bytes,
+        r.envelope_bytes,
+        r.batch,
+        r.producers,
+        r.concurrency,
+        if r.role == "both" {
+            String::new()
+        } else {
+            format!(" ({} only)", r.role)
+        }
     );
     if r.rate > 0 {
         println!("  producer capped at {} tasks/s", r.rate);
