@@ -432,6 +432,54 @@ fn bench_reports_positive_rates_as_json() {
 }
 
 #[test]
+fn bench_producer_and_worker_processes_share_a_broker() {
+    let sb = Sandbox::new();
+    let url = format!("sqlite://{}", sb.path().join("b.db").display());
+    // Without --broker on the command line the two sides could not meet.
+    let out = sb.run(&["bench", "--role", "worker", "--tasks", "10"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--broker"), "{}", out.stderr);
+
+    let out = sb.run(&[
+        "bench",
+        "--broker",
+        &url,
+        "--role",
+        "producer",
+        "--producers",
+        "3",
+        "--tasks",
+        "301",
+        "--batch",
+        "50",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).expect("bench --json is JSON");
+    assert_eq!(
+        (v["role"].as_str(), v["producers"].as_u64()),
+        (Some("producer"), Some(3))
+    );
+    assert!(v["enqueue_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["latency"]["samples"], 0, "the producer runs no handler");
+    let stats = sb.run(&["--broker", &url, "tasks", "stats", "--json"]);
+    assert!(
+        stats.stdout.contains("301"),
+        "all 301 pending: {}",
+        stats.stdout
+    );
+
+    let out = sb.run(&[
+        "bench", "--broker", &url, "--role", "worker", "--tasks", "301", "--json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).expect("bench --json is JSON");
+    assert_eq!(v["role"], "worker");
+    assert_eq!(v["latency"]["samples"], 301, "the worker ran every task");
+    assert!(v["process_per_second"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
 fn erase_removes_the_subjects_tasks_and_prints_a_receipt_without_the_subject() {
     let sb = Sandbox::new();
     let payload = r#"{"to":"ann@example.com"}"#;
