@@ -60,8 +60,9 @@ end
 -- At most one token: a second push while one waits would wake nobody more.
 -- (LPUSH and LTRIM rather than LLEN: producers hold no read permission.)
 local function wake(Q)
-  redis.call('LPUSH', Q .. 'wake', '1')
-  redis.call('LTRIM', Q .. 'wake', 0, 0)
+  if redis.call('LPUSH', Q .. 'wake', '1') > 1 then
+    redis.call('LTRIM', Q .. 'wake', 0, 0)
+  end
 end
 
 -- Lua's unpack has a stack limit: run `cmd key items...` in chunks (even
@@ -103,11 +104,16 @@ local function del_all(keys)
   end
 end
 
--- Apply per-state count changes gathered by a batch.
+-- Apply per-state count changes gathered by a batch. Returns true when a
+-- count rose from zero (the queue may be new to the registry).
 local function counts(Q, delta)
+  local fresh = false
   for st, by in pairs(delta) do
-    if by ~= 0 then redis.call('HINCRBY', Q .. 'n', st, by) end
+    if by ~= 0 and redis.call('HINCRBY', Q .. 'n', st, by) == by and by > 0 then
+      fresh = true
+    end
   end
+  return fresh
 end
 
 -- Drop the unique key `uk` if task `id` holds it.
@@ -203,10 +209,11 @@ local function enqueue(keys, args)
   bulk('ZADD', Q .. 'ready', ready)
   bulk('ZADD', Q .. 'delayed', delayed)
   bulk('ZADD', Q .. 'all', all)
-  counts(Q, delta)
+  local first = counts(Q, delta)
   if G then
     bulk('HSET', G .. 'ids', index)
-    redis.call('SADD', G .. 'queues', queue)
+    -- The registry already holds a queue that had tasks in these states.
+    if first then redis.call('SADD', G .. 'queues', queue) end
   end
   if delta.pending > 0 then wake(Q) end
   return out
