@@ -220,10 +220,14 @@ local function enqueue(keys, args)
 end
 
 -- KEYS: one base per queue, in order. ARGV: now, max, lease_ms, worker, token
--- prefix (12 hex digits). Returns a flat array, 7 values per task: id,
--- token, attempts, run_at, replayed (0/1), key index, last error or nil.
--- The caller reads the tasks' bytes with MGET. Per task HMGET and HSET;
--- the rest is per queue.
+-- prefix (12 hex digits). Returns a flat array, 8 values per task: id,
+-- token, attempts, run_at, replayed (0/1), key index, last error or nil,
+-- stored bytes or nil. The bytes come inline only for small batches (at
+-- most INLINE tasks: an idle system's latency, one round trip); for larger
+-- ones the caller reads them with MGET, which costs Redis far less than
+-- passing them through Lua. Per task HMGET and HSET; the rest is per queue.
+local INLINE = 8
+
 local function dequeue(keys, args)
   local now, max = tonumber(args[1]), tonumber(args[2])
   local nows = s(now)
@@ -264,6 +268,7 @@ local function dequeue(keys, args)
             local o = #out
             out[o + 1] = id; out[o + 2] = tok; out[o + 3] = a; out[o + 4] = cur[3] or false
             out[o + 5] = replayed; out[o + 6] = qi; out[o + 7] = cur[4] or false
+            out[o + 8] = false
             taken = taken + 1
           end
         end
@@ -277,6 +282,12 @@ local function dequeue(keys, args)
           wake(Q)
         end
       end
+    end
+  end
+  if taken <= INLINE then
+    for t = 0, taken - 1 do
+      local o = t * 8
+      out[o + 8] = redis.call('GET', keys[out[o + 6]] .. 'b:' .. out[o + 1]) or false
     end
   end
   return out

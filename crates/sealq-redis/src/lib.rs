@@ -683,7 +683,7 @@ impl RedisBroker {
         Vec<(String, String, usize, String)>,
     )> {
         let what = "reading leased tasks";
-        const STRIDE: usize = 7;
+        const STRIDE: usize = 8;
         if items.len() % STRIDE != 0 {
             return Err(self.bad("dequeueing tasks", "short reply from sealq_dequeue"));
         }
@@ -695,13 +695,15 @@ impl RedisBroker {
             replayed: bool,
             qi: usize,
             last_error: Option<Vec<u8>>,
+            /// The stored bytes when the reply carried them (small batches).
+            stored: Option<Vec<u8>>,
         }
-        let mut raws = Vec::with_capacity(items.len() / STRIDE);
+        let mut raws: Vec<Raw> = Vec::with_capacity(items.len() / STRIDE);
         let mut it = items.into_iter();
         while let Some(id) = it.next() {
             let mut next = || it.next().unwrap_or(Value::Nil);
-            let (token, attempts, run_at, replayed, qi, le) =
-                (next(), next(), next(), next(), next(), next());
+            let (token, attempts, run_at, replayed, qi, le, inline) =
+                (next(), next(), next(), next(), next(), next(), next());
             let qi = usize::try_from(int(&qi).unwrap_or(1) - 1)
                 .unwrap_or(0)
                 .min(queues.len().saturating_sub(1));
@@ -713,13 +715,17 @@ impl RedisBroker {
                 replayed: int(&replayed).unwrap_or(0) == 1,
                 qi,
                 last_error: opt_bytes(le).ok().flatten(),
+                stored: opt_bytes(inline).ok().flatten(),
             });
         }
-        // The stored bytes: one MGET per queue (one slot each on a Cluster).
-        let mut stored: Vec<Option<Vec<u8>>> = vec![None; raws.len()];
+        // The stored bytes not in the reply: one MGET per queue (one slot
+        // each on a Cluster).
+        let mut stored: Vec<Option<Vec<u8>>> = raws.iter_mut().map(|r| r.stored.take()).collect();
         let mut by_queue: Vec<Vec<usize>> = vec![Vec::new(); queues.len()];
         for (i, r) in raws.iter().enumerate() {
-            by_queue[r.qi].push(i);
+            if stored[i].is_none() {
+                by_queue[r.qi].push(i);
+            }
         }
         let mut p = redis::pipe();
         let mut asked = Vec::new();
