@@ -12,7 +12,8 @@ for bin in cc; do
 done
 # The Redis broker's tests start their own redis-server (TLS, ACL, restarts)
 # and use redis-cli; Sentinel tests use redis-sentinel.
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1 \
+  || ! command -v redis-sentinel >/dev/null 2>&1; then
   need_apt+=(redis-server redis-tools redis-sentinel)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -684,7 +684,7 @@ impl RedisBroker {
     )> {
         let what = "reading leased tasks";
         const STRIDE: usize = 8;
-        if items.len() % STRIDE != 0 {
+        if !items.len().is_multiple_of(STRIDE) {
             return Err(self.bad("dequeueing tasks", "short reply from sealq_dequeue"));
         }
         struct Raw {
