@@ -65,6 +65,18 @@ fn fast(builder: sealq::WorkerBuilder) -> sealq::WorkerBuilder {
         .shutdown_timeout(Duration::from_secs(5))
 }
 
+/// A handler that counts its calls in `calls` and succeeds.
+fn counting(
+    calls: &Arc<AtomicU32>,
+) -> impl Fn(Greet, TaskContext) -> std::future::Ready<sealq::HandlerResult> + Send + Sync + 'static
+{
+    let calls = calls.clone();
+    move |_, _| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(()))
+    }
+}
+
 /// Wait (bounded) until `id` reaches `state`; returns the record.
 async fn wait_state(
     broker: &Arc<dyn Broker>,
@@ -205,7 +217,6 @@ async fn exhausted_retries_archive_with_sealed_error() {
 async fn tampered_moved_foreign_and_unknown_tasks_never_reach_a_handler() {
     let e = env().await;
     let called = Arc::new(AtomicU32::new(0));
-    let c = called.clone();
     let foreign = Client::builder(e.broker.clone(), Keyring::generate())
         .producer("intruder")
         .build();
@@ -247,13 +258,7 @@ async fn tampered_moved_foreign_and_unknown_tasks_never_reach_a_handler() {
         .unwrap();
 
     let worker = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
-        .handle(move |_: Greet, _ctx: TaskContext| {
-            let c = c.clone();
-            async move {
-                c.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            }
-        })
+        .handle(counting(&called))
         .build()
         .unwrap()
         .spawn();
@@ -281,7 +286,6 @@ async fn tampered_moved_foreign_and_unknown_tasks_never_reach_a_handler() {
 async fn task_hashes_edited_in_redis_never_reach_a_handler() {
     let e = env().await;
     let called = Arc::new(AtomicU32::new(0));
-    let c = called.clone();
     let mut ids = Vec::new();
     for i in 0..4 {
         ids.push(
@@ -321,13 +325,7 @@ async fn task_hashes_edited_in_redis_never_reach_a_handler() {
     s.cli(&["DEL", &bytes_key(&ids[3])]);
 
     let worker = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
-        .handle(move |_: Greet, _ctx: TaskContext| {
-            let c = c.clone();
-            async move {
-                c.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            }
-        })
+        .handle(counting(&called))
         .build()
         .unwrap()
         .spawn();
@@ -572,7 +570,6 @@ async fn worker_survives_a_redis_restart() {
 async fn task_moved_to_another_queue_never_reaches_a_handler() {
     let e = env().await;
     let called = Arc::new(AtomicU32::new(0));
-    let c = called.clone();
     let id = e
         .client
         .enqueue(&Greet { name: "m".into() }, EnqueueOptions::new())
@@ -602,13 +599,7 @@ async fn task_moved_to_another_queue_never_reaches_a_handler() {
     assert!(out.contains('1'), "{out}");
     let worker = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
         .queues([("default", 1), ("elsewhere", 1)])
-        .handle(move |_: Greet, _ctx: TaskContext| {
-            let c = c.clone();
-            async move {
-                c.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            }
-        })
+        .handle(counting(&called))
         .build()
         .unwrap()
         .spawn();
