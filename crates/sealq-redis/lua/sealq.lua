@@ -783,3 +783,46 @@ local function erase(keys, args)
 end
 
 redis.register_function{function_name = 'sealq_erase', callback = erase, flags = {}}
+
+-- Upgrade (admin) ---------------------------------------------------------
+
+-- KEYS[1] = Q. ARGV: after ('' to start), limit. Moves tasks stored by
+-- library version 4 (type `k`, metadata `m` and envelope `e` in the task
+-- hash, queue in `q`) to this version's layout: the bytes into Q..'b:'..id
+-- (codec.rs layout: version 1, u16 type length, type, u32 metadata length,
+-- metadata, envelope; the envelope byte for byte), the old fields dropped.
+-- Looks at up to `limit` ids after `after` in id order; tasks already in
+-- this layout are left alone, so running it again is harmless.
+-- Returns {scanned, migrated, last id scanned or ''}.
+local function u16(n)
+  return string.char(math.floor(n / 256) % 256, n % 256)
+end
+
+local function u32(n)
+  return string.char(math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+    math.floor(n / 256) % 256, n % 256)
+end
+
+local function migrate(keys, args)
+  local Q = keys[1]
+  local after, limit = args[1], tonumber(args[2])
+  local lo = '-'
+  if after ~= '' then lo = '(' .. after end
+  local ids = redis.call('ZRANGEBYLEX', Q .. 'all', lo, '+', 'LIMIT', 0, limit)
+  local migrated = 0
+  for _, id in ipairs(ids) do
+    local T = Q .. 't:' .. id
+    local cur = redis.call('HMGET', T, 'k', 'm', 'e')
+    if cur[1] and cur[2] and cur[3] then
+      redis.call('SET', Q .. 'b:' .. id,
+        '\1' .. u16(#cur[1]) .. cur[1] .. u32(#cur[2]) .. cur[2] .. cur[3])
+      redis.call('HDEL', T, 'q', 'k', 'm', 'e', 'w')
+      migrated = migrated + 1
+    end
+  end
+  local last = ''
+  if #ids > 0 then last = ids[#ids] end
+  return {#ids, migrated, last}
+end
+
+redis.register_function{function_name = 'sealq_migrate', callback = migrate, flags = {}}

@@ -345,7 +345,9 @@ impl RedisBroker {
     }
 
     /// Load (or upgrade) the functions library: `FUNCTION LOAD REPLACE`, on
-    /// every master of a Cluster. Needs an admin user. Returns the version.
+    /// every master of a Cluster, then move tasks stored by an older layout
+    /// to the current one ([`Self::migrate`]). Needs an admin user. Returns
+    /// the version.
     pub async fn install(&self) -> Result<String, BrokerError> {
         let mut cmd = redis::cmd("FUNCTION");
         cmd.arg("LOAD").arg("REPLACE").arg(library_source());
@@ -356,7 +358,56 @@ impl RedisBroker {
             .await
             .map_err(|e| self.err("loading the functions library", e))?;
         self.check_library().await?;
+        self.migrate().await?;
         Ok(LIBRARY_VERSION.to_owned())
+    }
+
+    /// Move tasks stored by library version 4 (bytes inside the task hash)
+    /// to this version's layout, every queue, in batches of
+    /// [`RedisOptions::maintenance_batch`] (each atomic). Harmless to run
+    /// again; [`Self::install`] runs it. Returns how many tasks it moved.
+    pub async fn migrate(&self) -> BrokerResult<u64> {
+        let what = "migrating stored tasks to the current layout";
+        let limit = self.inner.opts.maintenance_batch.max(1);
+        let (queues, _) = self.queues().await?;
+        let mut todo: Vec<(String, String)> =
+            queues.into_iter().map(|q| (q, String::new())).collect();
+        let mut moved = 0u64;
+        while !todo.is_empty() {
+            let cmds = todo
+                .iter()
+                .map(|(q, after)| {
+                    let mut c = self.qcall("sealq_migrate", q, false);
+                    c.arg(after).arg(limit);
+                    c
+                })
+                .collect();
+            let replies = self.run_all(what, cmds).await?;
+            let mut again = Vec::new();
+            for ((q, _), reply) in todo.into_iter().zip(replies) {
+                let mut parts = array(reply).map_err(|e| self.bad(what, e))?.into_iter();
+                let mut n = || -> BrokerResult<u64> {
+                    let v = parts.next().unwrap_or(Value::Int(0));
+                    Ok(u64::try_from(int(&v).map_err(|e| self.bad(what, e))?.max(0)).unwrap_or(0))
+                };
+                let (scanned, migrated) = (n()?, n()?);
+                moved += migrated;
+                let last = opt_bytes(parts.next().unwrap_or(Value::Nil))
+                    .map_err(|e| self.bad(what, e))?
+                    .unwrap_or_default();
+                if scanned as usize >= limit && !last.is_empty() {
+                    again.push((q, String::from_utf8_lossy(&last).into_owned()));
+                }
+            }
+            todo = again;
+        }
+        if moved > 0 {
+            tracing::info!(
+                moved,
+                "sealq: moved tasks stored by library version 4 to the current layout"
+            );
+        }
+        Ok(moved)
     }
 
     /// Check that the loaded functions library is the version this build needs.

@@ -610,3 +610,87 @@ async fn task_moved_to_another_queue_never_reaches_a_handler() {
     assert_eq!(called.load(Ordering::SeqCst), 0, "a moved task ran");
     assert_eq!(report.integrity_failures, 1);
 }
+
+/// Tasks stored by library version 4 (type, metadata and envelope inside the
+/// task hash) are moved to the current layout by `install` / `migrate`, and
+/// then run: upgrading does not lose queued work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_stored_by_library_version_4_are_migrated_and_run() {
+    let e = env().await;
+    let called = Arc::new(AtomicU32::new(0));
+    let id = e
+        .client
+        .enqueue(&Greet { name: "old".into() }, EnqueueOptions::new())
+        .await
+        .unwrap();
+    // Turn it into what version 4 stored: fields k, m, e, q in the hash.
+    let base = format!("{}:{{default}}:", e.redis.prefix());
+    let idh = id.0.simple().to_string();
+    let mut conn = redis::Client::open(support::shared().url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let bytes: Vec<u8> = redis::cmd("GET")
+        .arg(format!("{base}b:{idh}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(bytes[0], 1, "layout version");
+    let kl = usize::from(u16::from_be_bytes([bytes[1], bytes[2]]));
+    let kind = &bytes[3..3 + kl];
+    let at = 3 + kl;
+    let ml = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let meta = &bytes[at + 4..at + 4 + ml];
+    let envelope = &bytes[at + 4 + ml..];
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg(format!("{base}t:{idh}"))
+        .arg("q")
+        .arg("default")
+        .arg("k")
+        .arg(kind)
+        .arg("m")
+        .arg(meta)
+        .arg("e")
+        .arg(envelope)
+        .ignore()
+        .cmd("DEL")
+        .arg(format!("{base}b:{idh}"))
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    assert_eq!(e.redis.migrate().await.unwrap(), 1);
+    assert_eq!(
+        e.redis.migrate().await.unwrap(),
+        0,
+        "a second run changes nothing"
+    );
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(format!("{base}t:{idh}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        !fields
+            .iter()
+            .any(|f| ["q", "k", "m", "e"].contains(&f.as_str())),
+        "{fields:?}"
+    );
+
+    let worker = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
+        .handle(counting(&called))
+        .build()
+        .unwrap()
+        .spawn();
+    let rec = wait_state(&e.broker, id, TaskState::Completed).await;
+    assert_eq!(rec.kind, Greet::KIND);
+    worker.shutdown().await.unwrap();
+    assert_eq!(
+        called.load(Ordering::SeqCst),
+        1,
+        "the migrated task ran once"
+    );
+}
