@@ -53,6 +53,18 @@ local function s(n)
   return string.format('%d', n)
 end
 
+-- Attempt counts as strings, made on first use (formatting a number costs
+-- Lua a new string per task; `string` is not reachable while loading).
+local SMALL = nil
+
+local function small(n)
+  if not SMALL then
+    SMALL = {}
+    for i = 0, 255 do SMALL[i] = s(i) end
+  end
+  return SMALL[n] or s(n)
+end
+
 local function incr(Q, state, by)
   redis.call('HINCRBY', Q .. 'n', state, by)
 end
@@ -256,7 +268,7 @@ local function dequeue(keys, args)
             -- A non-numeric count (an edited hash) stays as it is: the
             -- worker refuses the task (integrity) instead of the call failing.
             local a = cur[2] or ''
-            if an then a = s(an + 1) end
+            if an then a = small(an + 1) end
             redis.call('HSET', T, 's', 'active', 'a', a, 'tok', tok, 'lx', expires, 'upd', nows)
             active[#active + 1] = expires; active[#active + 1] = id
             delta[st] = delta[st] - 1
@@ -307,6 +319,7 @@ local function ack(keys, args)
   local out = {}
   local ready = false
   local left, done, archived, queued, delayed = {}, {}, {}, {}, {}
+  local purge_at = {}
   local delta = {active = 0, completed = 0, retry = 0, archived = 0, pending = 0}
   local i = 2
   while i <= #args do
@@ -325,7 +338,14 @@ local function ack(keys, args)
         else
           redis.call('HSET', T, 's', 'completed', 'fin', nows, 'upd', nows)
         end
-        done[#done + 1] = s(now + (tonumber(cur[3]) or 0)); done[#done + 1] = id
+        -- Purge time: one string per distinct retention in the call.
+        local ret = cur[3] or '0'
+        local at = purge_at[ret]
+        if not at then
+          at = s(now + (tonumber(ret) or 0))
+          purge_at[ret] = at
+        end
+        done[#done + 1] = at; done[#done + 1] = id
         release_unique(Q, id, cur[4])
         delta.completed = delta.completed + 1
       elseif op == 'r' or op == 'R' then
