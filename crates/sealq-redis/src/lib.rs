@@ -564,60 +564,6 @@ impl RedisBroker {
         }
     }
 
-    /// Run one pipeline per queue, each ending with the one command whose
-    /// reply is kept (the others are `ignore`d): merged into one pipeline on
-    /// a single node, concurrently on a Cluster (one slot per pipeline).
-    async fn run_pipes(&self, what: &str, pipes: Vec<redis::Pipeline>) -> BrokerResult<Vec<Value>> {
-        if pipes.is_empty() {
-            return Ok(Vec::new());
-        }
-        if self.single() {
-            let mut all = redis::pipe();
-            for p in &pipes {
-                for c in p.cmd_iter() {
-                    all.add_command(c.clone());
-                }
-            }
-            // Keep the replies of each pipeline's last command.
-            let mut keep = Vec::new();
-            let mut n = 0usize;
-            for p in &pipes {
-                n += p.cmd_iter().count();
-                keep.push(n - 1);
-            }
-            let replies: Vec<Value> = self
-                .inner
-                .conn
-                .pipe(&all)
-                .await
-                .map_err(|e| self.err(what, e))?;
-            let mut out = Vec::with_capacity(keep.len());
-            let mut it = replies.into_iter().enumerate();
-            for k in keep {
-                let v = it
-                    .by_ref()
-                    .find(|(i, _)| *i == k)
-                    .map(|(_, v)| v)
-                    .ok_or_else(|| self.bad(what, "short pipeline reply"))?;
-                out.push(v);
-            }
-            Ok(out)
-        } else {
-            let futs = pipes.iter().map(|p| self.inner.conn.pipe::<Vec<Value>>(p));
-            let replies = futures::future::try_join_all(futs)
-                .await
-                .map_err(|e| self.err(what, e))?;
-            replies
-                .into_iter()
-                .map(|r| {
-                    r.into_iter()
-                        .last()
-                        .ok_or_else(|| self.bad(what, "short pipeline reply"))
-                })
-                .collect()
-        }
-    }
-
     async fn registry(&self, args: &[&[u8]]) -> BrokerResult<Value> {
         let mut c = fcall("sealq_registry");
         c.arg(1).arg(&self.inner.gbase);
@@ -976,14 +922,19 @@ impl Broker for RedisBroker {
                 }
             }
         }
-        // One pipeline: each task's stored bytes (`SET NX PX`: an existing
+        // Per queue, each task's stored bytes (`SET NX PX`: an existing
         // task's bytes are never overwritten, and bytes of a refused task
-        // expire by themselves), then one function call per queue that
-        // accepts or refuses each task and makes accepted bytes permanent.
-        // Only the function replies are kept (`run_pipes`).
-        let mut pipes = Vec::with_capacity(plan.len());
+        // expire by themselves), then one function call that accepts or
+        // refuses each task and makes accepted bytes permanent. Only the
+        // function replies are kept. One pipeline on a single node; one per
+        // queue (one slot each), concurrently, on a Cluster.
+        let single = self.single();
+        let mut pipes = vec![redis::pipe()];
         for (q, idx) in &plan {
-            let mut p = redis::pipe();
+            if !single && pipes[pipes.len() - 1].cmd_iter().next().is_some() {
+                pipes.push(redis::pipe());
+            }
+            let p = pipes.last_mut().expect("at least one pipeline");
             let base = self.qbase(q);
             for &i in idx {
                 let t = &tasks[i];
@@ -995,7 +946,8 @@ impl Broker for RedisBroker {
                     .arg(stored)
                     .arg("NX")
                     .arg("PX")
-                    .arg(STORED_BYTES_TTL_MS);
+                    .arg(STORED_BYTES_TTL_MS)
+                    .ignore();
             }
             let mut c = self.qcall("sealq_enqueue", q, true);
             c.arg(now).arg(q.as_ref());
@@ -1020,9 +972,18 @@ impl Broker for RedisBroker {
                     .arg(uttl);
             }
             p.add_command(c);
-            pipes.push(p);
         }
-        let replies = self.run_pipes(what, pipes).await?;
+        let replies: Vec<Value> = if plan.is_empty() {
+            Vec::new()
+        } else {
+            let futs = pipes.iter().map(|p| self.inner.conn.pipe::<Vec<Value>>(p));
+            futures::future::try_join_all(futs)
+                .await
+                .map_err(|e| self.err(what, e))?
+                .into_iter()
+                .flatten()
+                .collect()
+        };
         if replies.len() != plan.len() {
             return Err(self.bad(what, "one reply per queue expected"));
         }
