@@ -79,6 +79,15 @@ pub(crate) fn map(target: &str, what: &str, e: RedisError) -> BrokerError {
                 "{what}: Redis at {target} is unavailable ({text}); sealq retries, check that the server is up"
             ),
         )
+    } else if is_oom(&e) {
+        (
+            BrokerErrorKind::Unavailable,
+            format!(
+                "{what}: Redis at {target} is out of memory ({text}); nothing it stored was lost and \
+                 sealq retries; raise `maxmemory`, shorten retention or cap the archive \
+                 (docs/redis.md, \"Memory\")"
+            ),
+        )
     } else if e.kind() == ErrorKind::InvalidClientConfig {
         (
             BrokerErrorKind::Config,
@@ -98,6 +107,15 @@ pub(crate) fn map(target: &str, what: &str, e: RedisError) -> BrokerError {
         )
     };
     BrokerError::new(kind, message).with_source(e)
+}
+
+/// Redis refused a write at its `maxmemory` (`OOM`), alone or inside a
+/// pipeline (where the error's own code is not set).
+fn is_oom(e: &redis::RedisError) -> bool {
+    e.code() == Some("OOM")
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|errs| errs.iter().any(|(_, s)| s.code() == "OOM"))
 }
 
 /// A reply that does not have the shape the library returns.

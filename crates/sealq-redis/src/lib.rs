@@ -229,6 +229,16 @@ fn group_by<'a>(queues: impl Iterator<Item = Option<&'a str>>) -> (Groups, Vec<u
     (groups, orphans)
 }
 
+/// What `sealq_enqueue` said of one task.
+enum Stored {
+    Ok,
+    Exists,
+    /// Its bytes were not there as just written.
+    NoBytes,
+    /// Another task holds its unique key.
+    Held(TaskId),
+}
+
 /// How long a task's stored bytes live before the enqueue function makes
 /// them permanent. They are written in the same pipeline just before it, so
 /// this only bounds how long the bytes of a refused task, or of a producer
@@ -644,6 +654,107 @@ impl RedisBroker {
         Ok(out)
     }
 
+    /// One enqueue round for `plan` (queue, task indices): per queue each
+    /// task's stored bytes (`SET NX PX`: an existing task's bytes are never
+    /// overwritten, and bytes of a refused task expire by themselves), then
+    /// one function call that accepts or refuses each task and makes
+    /// accepted bytes permanent. Only the function replies are kept. One
+    /// pipeline on a single node; one per queue (one slot each),
+    /// concurrently, on a Cluster. Returns each queue's outcomes in `plan`
+    /// order.
+    async fn enqueue_round(
+        &self,
+        tasks: &[NewTask],
+        ids: &[String],
+        plan: &[(Arc<str>, Vec<usize>)],
+        now: i64,
+    ) -> BrokerResult<Vec<(Arc<str>, Vec<(usize, Stored)>)>> {
+        let what = "enqueueing tasks";
+        if plan.is_empty() {
+            return Ok(Vec::new());
+        }
+        let single = self.single();
+        let mut pipes = vec![redis::pipe()];
+        for (q, idx) in plan {
+            if !single && pipes[pipes.len() - 1].cmd_iter().next().is_some() {
+                pipes.push(redis::pipe());
+            }
+            let p = pipes.last_mut().expect("at least one pipeline");
+            let base = self.qbase(q);
+            for &i in idx {
+                let t = &tasks[i];
+                let stored = codec::encode_stored(&t.kind, &t.meta, &t.envelope).map_err(|e| {
+                    BrokerError::new(BrokerErrorKind::Other, format!("task {}: {e}", t.id))
+                })?;
+                p.cmd("SET")
+                    .arg(format!("{base}b:{}", ids[i]))
+                    .arg(stored)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(STORED_BYTES_TTL_MS)
+                    .ignore();
+            }
+            let mut c = self.qcall("sealq_enqueue", q, true);
+            c.arg(now).arg(q.as_ref());
+            for &i in idx {
+                let t = &tasks[i];
+                let (uk, uttl) = match &t.unique {
+                    Some((k, ttl)) => (k.as_str(), i64::try_from(*ttl).unwrap_or(i64::MAX / 4)),
+                    None => ("", 0),
+                };
+                c.arg(&ids[i])
+                    .arg(t.run_at_ms)
+                    .arg(t.meta.max_retries)
+                    .arg(t.meta.retention_ms)
+                    .arg(
+                        t.meta
+                            .subject_tag
+                            .as_ref()
+                            .map(codec::subject_str)
+                            .unwrap_or_default(),
+                    )
+                    .arg(uk)
+                    .arg(uttl);
+            }
+            p.add_command(c);
+        }
+        let futs = pipes.iter().map(|p| self.inner.conn.pipe::<Vec<Value>>(p));
+        let replies: Vec<Value> = futures::future::try_join_all(futs)
+            .await
+            .map_err(|e| self.err(what, e))?
+            .into_iter()
+            .flatten()
+            .collect();
+        if replies.len() != plan.len() {
+            return Err(self.bad(what, "one reply per queue expected"));
+        }
+        let mut out = Vec::with_capacity(plan.len());
+        for ((q, idx), reply) in plan.iter().zip(replies) {
+            let items = array(reply).map_err(|e| self.bad(what, e))?;
+            if items.len() != idx.len() {
+                return Err(self.bad(what, "one result per task expected"));
+            }
+            let mut outcomes = Vec::with_capacity(idx.len());
+            for (&i, item) in idx.iter().zip(items) {
+                let b = bytes(item).map_err(|e| self.bad(what, e))?;
+                outcomes.push((
+                    i,
+                    match b.as_slice() {
+                        b"ok" => Stored::Ok,
+                        b"exists" => Stored::Exists,
+                        b"nobytes" => Stored::NoBytes,
+                        holder => Stored::Held(
+                            parse_id(holder)
+                                .ok_or_else(|| self.bad(what, "unique key holder is not an id"))?,
+                        ),
+                    },
+                ));
+            }
+            out.push((q.clone(), outcomes));
+        }
+        Ok(out)
+    }
+
     async fn enqueue_cluster_claim(&self, queue: &str, ids: &[String]) -> BrokerResult<Vec<bool>> {
         let mut args: Vec<&[u8]> = vec![b"index", queue.as_bytes()];
         args.extend(ids.iter().map(|s| s.as_bytes()));
@@ -899,7 +1010,6 @@ impl Broker for RedisBroker {
         for t in &tasks {
             validate_queue(&t.queue)?;
         }
-        let what = "enqueueing tasks";
         let now = self.now();
         let (groups, _) = group_by(tasks.iter().map(|t| Some(t.queue.as_str())));
         let mut results = vec![EnqueueResult::IdExists; tasks.len()];
@@ -922,105 +1032,73 @@ impl Broker for RedisBroker {
                 }
             }
         }
-        // Per queue, each task's stored bytes (`SET NX PX`: an existing
-        // task's bytes are never overwritten, and bytes of a refused task
-        // expire by themselves), then one function call that accepts or
-        // refuses each task and makes accepted bytes permanent. Only the
-        // function replies are kept. One pipeline on a single node; one per
-        // queue (one slot each), concurrently, on a Cluster.
-        let single = self.single();
-        let mut pipes = vec![redis::pipe()];
-        for (q, idx) in &plan {
-            if !single && pipes[pipes.len() - 1].cmd_iter().next().is_some() {
-                pipes.push(redis::pipe());
-            }
-            let p = pipes.last_mut().expect("at least one pipeline");
-            let base = self.qbase(q);
-            for &i in idx {
-                let t = &tasks[i];
-                let stored = codec::encode_stored(&t.kind, &t.meta, &t.envelope).map_err(|e| {
-                    BrokerError::new(BrokerErrorKind::Other, format!("task {}: {e}", t.id))
-                })?;
-                p.cmd("SET")
-                    .arg(format!("{base}b:{}", ids[i]))
-                    .arg(stored)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(STORED_BYTES_TTL_MS)
-                    .ignore();
-            }
-            let mut c = self.qcall("sealq_enqueue", q, true);
-            c.arg(now).arg(q.as_ref());
-            for &i in idx {
-                let t = &tasks[i];
-                let (uk, uttl) = match &t.unique {
-                    Some((k, ttl)) => (k.as_str(), i64::try_from(*ttl).unwrap_or(i64::MAX / 4)),
-                    None => ("", 0),
-                };
-                c.arg(&ids[i])
-                    .arg(t.run_at_ms)
-                    .arg(t.meta.max_retries)
-                    .arg(t.meta.retention_ms)
-                    .arg(
-                        t.meta
-                            .subject_tag
-                            .as_ref()
-                            .map(codec::subject_str)
-                            .unwrap_or_default(),
-                    )
-                    .arg(uk)
-                    .arg(uttl);
-            }
-            p.add_command(c);
-        }
-        let replies: Vec<Value> = if plan.is_empty() {
-            Vec::new()
-        } else {
-            let futs = pipes.iter().map(|p| self.inner.conn.pipe::<Vec<Value>>(p));
-            futures::future::try_join_all(futs)
-                .await
-                .map_err(|e| self.err(what, e))?
-                .into_iter()
-                .flatten()
-                .collect()
-        };
-        if replies.len() != plan.len() {
-            return Err(self.bad(what, "one reply per queue expected"));
-        }
+        // A task whose bytes were gone when its function call ran (evicted
+        // between the two, under maxmemory) gets one more round of its own;
+        // the rest of the call stands either way.
+        let mut round = self.enqueue_round(&tasks, &ids, &plan, now).await?;
         let mut release = Vec::new();
-        for ((_, idx), reply) in plan.iter().zip(replies) {
-            let items = array(reply).map_err(|e| self.bad(what, e))?;
-            if items.len() != idx.len() {
-                return Err(self.bad(what, "one result per task expected"));
-            }
-            for (&i, item) in idx.iter().zip(items) {
-                let b = bytes(item).map_err(|e| self.bad(what, e))?;
-                results[i] = match b.as_slice() {
-                    b"ok" => EnqueueResult::Enqueued,
-                    b"exists" => {
-                        release.push(ids[i].clone());
-                        EnqueueResult::IdExists
-                    }
-                    b"nobytes" => {
-                        return Err(BrokerError::new(
-                            BrokerErrorKind::Unavailable,
-                            format!(
-                                "Redis at {} did not hold the bytes of task {} as written just before its \
-                                 enqueue call (evicted under maxmemory, or a stray key of that id); the \
-                                 task was not stored: enqueue it again, and see docs/redis.md on maxmemory",
-                                self.inner.target, tasks[i].id
-                            ),
-                        ));
-                    }
-                    holder => {
-                        release.push(ids[i].clone());
-                        EnqueueResult::Duplicate {
-                            existing: parse_id(holder)
-                                .ok_or_else(|| self.bad(what, "unique key holder is not an id"))?,
+        let mut retry: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
+        for _ in 0..2 {
+            retry.clear();
+            for (q, outcomes) in round {
+                let mut again = Vec::new();
+                for (i, outcome) in outcomes {
+                    results[i] = match outcome {
+                        Stored::Ok => EnqueueResult::Enqueued,
+                        Stored::Exists => {
+                            release.push(ids[i].clone());
+                            EnqueueResult::IdExists
                         }
-                    }
-                };
+                        Stored::Held(existing) => {
+                            release.push(ids[i].clone());
+                            EnqueueResult::Duplicate { existing }
+                        }
+                        Stored::NoBytes => {
+                            again.push(i);
+                            continue;
+                        }
+                    };
+                }
+                if !again.is_empty() {
+                    retry.push((q, again));
+                }
             }
+            if retry.is_empty() {
+                break;
+            }
+            round = self.enqueue_round(&tasks, &ids, &retry, now).await?;
+        }
+        if !retry.is_empty() {
+            let lost: Vec<usize> = retry
+                .iter()
+                .flat_map(|(_, idx)| idx.iter().copied())
+                .collect();
+            release.extend(lost.iter().map(|&i| ids[i].clone()));
+            self.unindex(release).await?;
+            let named: Vec<String> = lost
+                .iter()
+                .take(5)
+                .map(|&i| tasks[i].id.to_string())
+                .collect();
+            return Err(BrokerError::new(
+                BrokerErrorKind::Unavailable,
+                format!(
+                    "Redis at {} did not keep the bytes of {} of the {} tasks of this call as written \
+                     just before their enqueue call, twice (evicted under maxmemory, or a stray key \
+                     of that id): {}{}. Those were not stored; the other {} were. Set \
+                     `maxmemory-policy noeviction` (docs/redis.md, \"Memory\")",
+                    self.inner.target,
+                    lost.len(),
+                    tasks.len(),
+                    named.join(", "),
+                    if lost.len() > named.len() {
+                        ", …"
+                    } else {
+                        ""
+                    },
+                    tasks.len() - lost.len(),
+                ),
+            ));
         }
         self.unindex(release).await?;
         Ok(results)

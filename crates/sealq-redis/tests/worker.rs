@@ -694,3 +694,114 @@ async fn tasks_stored_by_library_version_4_are_migrated_and_run() {
         "the migrated task ran once"
     );
 }
+
+/// A task whose stored bytes Redis did not keep between the producer's
+/// `SET` and the enqueue function (evicted under maxmemory in production; a
+/// stray permanent key of that id here, which no retry can overcome) fails
+/// the call with an error naming it and what to do, while the other tasks
+/// of the same call are stored and stay so: nothing accepted is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_bytes_redis_did_not_keep_fails_alone() {
+    use sealq::broker::EnqueueResult;
+    let e = env().await;
+    let now = sealq::clock::system_clock().now_ms();
+    let tasks: Vec<sealq::broker::NewTask> = (0..3)
+        .map(|_| sealq::testkit::fixtures::task_at("nobytes", now, now))
+        .collect();
+    let stray = tasks[1].id;
+    let s = support::shared();
+    let key = format!("{}:{{nobytes}}:b:{}", e.redis.prefix(), stray.0.simple());
+    assert!(s.cli(&["SET", &key, "not a task"]).contains("OK"));
+
+    let err = e.broker.enqueue(tasks.clone()).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains(&stray.to_string()), "names the task: {msg}");
+    assert!(msg.contains("1 of the 3"), "{msg}");
+    assert!(msg.contains("the other 2 were"), "{msg}");
+    assert!(msg.contains("noeviction"), "says what to do: {msg}");
+    assert!(
+        !msg.contains("not a task"),
+        "never shows stored bytes: {msg}"
+    );
+    for t in [&tasks[0], &tasks[2]] {
+        let rec = e.broker.get(t.id).await.unwrap().expect("kept");
+        assert_eq!(rec.state, TaskState::Pending);
+        assert_eq!(rec.envelope, t.envelope);
+    }
+    assert!(e.broker.get(stray).await.unwrap().is_none(), "not stored");
+    // The stray key is left as it was (never overwritten), and once it is
+    // gone the task can be enqueued; the stored two are known ids.
+    assert!(s.cli(&["GET", &key]).contains("not a task"));
+    s.cli(&["DEL", &key]);
+    let again = e.broker.enqueue(tasks.clone()).await.unwrap();
+    assert_eq!(
+        again,
+        vec![
+            EnqueueResult::IdExists,
+            EnqueueResult::Enqueued,
+            EnqueueResult::IdExists
+        ]
+    );
+}
+
+/// A Redis at its `maxmemory` (policy `noeviction`) refuses writes: the
+/// enqueue fails as "unavailable" with a message saying Redis is out of
+/// memory and what to do, every task stored before is still there and runs,
+/// and enqueueing works again once memory is raised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_refuses_enqueues_and_keeps_what_it_stored() {
+    use sealq::BrokerErrorKind;
+    use sealq::broker::EnqueueResult;
+    let server = support::RedisServer::start_with(&[
+        "--maxmemory",
+        "3mb",
+        "--maxmemory-policy",
+        "noeviction",
+    ]);
+    let out = server.cli(&[
+        "FUNCTION",
+        "LOAD",
+        "REPLACE",
+        &sealq_redis::library_source(),
+    ]);
+    assert!(out.contains("sealq"), "{out}");
+    let redis = RedisBroker::connect_with(&server.url(), RedisOptions::default())
+        .await
+        .unwrap();
+    let broker: Arc<dyn Broker> = Arc::new(redis);
+    let now = sealq::clock::system_clock().now_ms();
+    let mut stored = Vec::new();
+    let mut refusal = None;
+    for _ in 0..400 {
+        let mut t = sealq::testkit::fixtures::task_at("full", now, now);
+        t.envelope = vec![7u8; 32 * 1024];
+        let id = t.id;
+        match broker.enqueue(vec![t]).await {
+            Ok(r) => {
+                assert_eq!(r, vec![EnqueueResult::Enqueued]);
+                stored.push(id);
+            }
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refusal.expect("a 3 MiB Redis refuses 400 tasks of 32 KiB");
+    assert_eq!(e.kind, BrokerErrorKind::Unavailable, "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("out of memory"), "{msg}");
+    assert!(msg.contains("maxmemory"), "says what to do: {msg}");
+    assert!(!stored.is_empty(), "some tasks fit");
+    for id in &stored {
+        let rec = broker.get(*id).await.unwrap().expect("kept");
+        assert_eq!(rec.state, TaskState::Pending);
+        assert_eq!(rec.envelope.len(), 32 * 1024);
+    }
+    server.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    let t = sealq::testkit::fixtures::task_at("full", now, now);
+    assert_eq!(
+        broker.enqueue(vec![t]).await.unwrap(),
+        vec![EnqueueResult::Enqueued]
+    );
+}
