@@ -160,3 +160,146 @@ async fn queues_spread_over_masters_one_slot_each() {
     let stats = broker.stats().await.unwrap();
     assert_eq!(stats.iter().map(|s| s.pending).sum::<u64>(), 12);
 }
+
+/// Erasure on a Cluster: a subject's tasks in queues spread over the
+/// masters, in every state (an active one included), are found and removed
+/// in batches, the subject's data key is destroyed, the other subject's
+/// tasks are untouched, and the active task's holder loses its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_finds_a_subject_on_every_master() {
+    use std::sync::Arc;
+
+    use sealq::broker::{Ack, AckResult, Broker, DequeueRequest, ListQuery, Outcome};
+    use sealq::{ArchiveReason, Client, EnqueueOptions, Keyring, RawTask, TaskState};
+
+    let url = cluster().url();
+    let opts = RedisOptions {
+        maintenance_batch: 3,
+        ..RedisOptions::default()
+    }
+    .prefix(unique_prefix());
+    let redis = RedisBroker::connect_with(&url, opts).await.unwrap();
+    let broker: Arc<dyn Broker> = Arc::new(redis);
+    let keyring = Arc::new(Keyring::generate());
+    let c = Client::builder(broker.clone(), keyring.clone())
+        .producer("cluster-erasure")
+        .build();
+    let queues: Vec<String> = (0..6).map(|i| format!("e{i}")).collect();
+    let task = |q: &str, subject: &str, delay: u64| {
+        RawTask::new(
+            "mail.send",
+            sealq::task::encode_payload(&("x@example.com",)).unwrap(),
+            EnqueueOptions::new()
+                .queue(q)
+                .subject(subject)
+                .delay(Duration::from_secs(delay)),
+        )
+    };
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for q in &queues {
+        for _ in 0..4 {
+            ours.push(c.enqueue_raw(task(q, "user-42", 0)).await.unwrap());
+        }
+        ours.push(c.enqueue_raw(task(q, "user-42", 3600)).await.unwrap());
+        theirs.push(c.enqueue_raw(task(q, "user-7", 0)).await.unwrap());
+    }
+    // In e0: one of ours completed, one archived, one left active (held).
+    let leased = broker
+        .dequeue(&DequeueRequest {
+            queues: vec!["e0".into()],
+            max: 3,
+            lease: Duration::from_secs(60),
+            worker: "test".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 3);
+    let ours_leased: Vec<_> = leased
+        .iter()
+        .filter(|t| ours.contains(&t.record.id))
+        .collect();
+    assert!(ours_leased.len() >= 2, "e0's first tasks are ours");
+    let acks = vec![
+        Ack {
+            lease: ours_leased[0].lease,
+            outcome: Outcome::Complete { result: None },
+        },
+        Ack {
+            lease: ours_leased[1].lease,
+            outcome: Outcome::Archive {
+                reason: ArchiveReason::Exhausted,
+                error: None,
+            },
+        },
+    ];
+    assert!(
+        broker
+            .ack(acks)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| *r == AckResult::Applied)
+    );
+    let held = leased
+        .iter()
+        .find(|t| {
+            t.record.id != ours_leased[0].record.id && t.record.id != ours_leased[1].record.id
+        })
+        .unwrap();
+    let held_is_ours = ours.contains(&held.record.id);
+
+    let receipt = c.erase_subject("user-42", "dpo@example.com").await.unwrap();
+    assert!(receipt.key_destroyed);
+    let n = receipt.counts;
+    assert_eq!(n.total(), ours.len() as u64, "{n:?}");
+    assert_eq!(n.scheduled, queues.len() as u64, "{n:?}");
+    assert_eq!((n.completed, n.archived), (1, 1), "{n:?}");
+    assert_eq!(n.active, u64::from(held_is_ours), "{n:?}");
+
+    for id in &ours {
+        match broker.get(*id).await.unwrap() {
+            None => {}
+            Some(rec) => {
+                // Only the held task stays, archived `erased`.
+                assert_eq!(rec.id, held.record.id);
+                assert_eq!(rec.state, TaskState::Archived);
+                assert_eq!(rec.archive_reason, Some(ArchiveReason::Erased));
+            }
+        }
+    }
+    for id in &theirs {
+        let rec = broker.get(*id).await.unwrap().expect("user-7 untouched");
+        assert!(matches!(rec.state, TaskState::Pending | TaskState::Active));
+    }
+    let listed = broker.list(&ListQuery::default()).await.unwrap();
+    let left: Vec<_> = listed
+        .iter()
+        .filter(|r| r.state != TaskState::Archived)
+        .collect();
+    assert_eq!(
+        left.len(),
+        theirs.len(),
+        "only user-7's tasks are left live"
+    );
+    if held_is_ours {
+        let r = broker
+            .ack(vec![Ack {
+                lease: held.lease,
+                outcome: Outcome::Complete { result: None },
+            }])
+            .await
+            .unwrap();
+        assert_eq!(r, vec![AckResult::LeaseLost]);
+    }
+    // A second erasure finds only the archived `erased` task (if any) and
+    // removes it; nothing of user-7 is touched.
+    let again = broker
+        .erase_subject(&keyring.subject_tag("user-42"))
+        .await
+        .unwrap();
+    assert_eq!(again.total(), u64::from(held_is_ours), "{again:?}");
+    assert_eq!(again.archived, u64::from(held_is_ours), "{again:?}");
+    for id in &theirs {
+        assert!(broker.get(*id).await.unwrap().is_some());
+    }
+}
