@@ -10,7 +10,7 @@ use tracing::warn;
 
 use super::event::AuditEvent;
 use super::record::{
-    AuditKeys, AuditRecord, Checkpoint, GENESIS, canonical, chain_hash, record_mac,
+    AuditKeys, AuditRecord, Checkpoint, GENESIS, RecordMac, canonical, chain_hash,
 };
 use super::sink::{AuditError, AuditSink};
 use crate::error::Error;
@@ -143,6 +143,7 @@ impl AuditorBuilder {
         let counters = Arc::new(Counters::default());
         let state = Chain {
             sink: self.sink,
+            mac: keys.mac.as_deref().map(RecordMac::new),
             keys,
             writer: writer.clone(),
             every: self.every,
@@ -153,6 +154,7 @@ impl AuditorBuilder {
             prev_mac: GENESIS,
             prev_hash: GENESIS,
             pending: Vec::new(),
+            pending_hashes: Vec::new(),
             appended: None,
             checkpointed_seq: None,
             since_checkpoint: 0,
@@ -278,6 +280,8 @@ impl Auditor {
 /// The background task's state: one writer's chain.
 struct Chain {
     sink: Arc<dyn AuditSink>,
+    /// The record MAC, keyed once (`None` without a MAC key).
+    mac: Option<RecordMac>,
     keys: AuditKeys,
     writer: String,
     every: u64,
@@ -288,7 +292,9 @@ struct Chain {
     prev_mac: [u8; 32],
     prev_hash: [u8; 32],
     /// Chained, not yet appended.
-    pending: Vec<(AuditRecord, [u8; 32])>,
+    pending: Vec<AuditRecord>,
+    /// The public chain hash through each of `pending`.
+    pending_hashes: Vec<[u8; 32]>,
     /// Head of what is appended: seq, mac, hash.
     appended: Option<(u64, [u8; 32], [u8; 32])>,
     checkpointed_seq: Option<u64>,
@@ -368,25 +374,23 @@ impl Chain {
                 return;
             }
         };
-        let Some(key) = self.keys.mac.as_deref() else {
+        let Some(keyed) = &self.mac else {
             return;
         };
-        let mac = record_mac(key, &self.prev_mac, &bytes);
+        let mac = keyed.mac(&self.prev_mac, &bytes);
         let hash = chain_hash(&self.prev_hash, &mac, &bytes);
         self.prev_mac = mac;
         self.prev_hash = hash;
         self.next_seq += 1;
         self.since_checkpoint += 1;
-        self.pending.push((
-            AuditRecord {
-                writer: self.writer.clone(),
-                seq,
-                time_ms,
-                event,
-                mac: hex::encode(mac),
-            },
-            hash,
-        ));
+        self.pending.push(AuditRecord {
+            writer: self.writer.clone(),
+            seq,
+            time_ms,
+            event,
+            mac: hex::encode(mac),
+        });
+        self.pending_hashes.push(hash);
     }
 
     /// Append everything pending.
@@ -394,19 +398,19 @@ impl Chain {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let records: Vec<AuditRecord> = self.pending.iter().map(|(r, _)| r.clone()).collect();
-        if let Err(e) = self.sink.append_records(&records).await {
+        if let Err(e) = self.sink.append_records(&self.pending).await {
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
             return Err(format!("{}: {e}", self.sink.describe()));
         }
         self.counters
             .records
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
-        if let Some((last, hash)) = self.pending.last() {
+            .fetch_add(self.pending.len() as u64, Ordering::Relaxed);
+        if let (Some(last), Some(hash)) = (self.pending.last(), self.pending_hashes.last()) {
             let mac = last.mac_bytes().unwrap_or(GENESIS);
             self.appended = Some((last.seq, mac, *hash));
         }
         self.pending.clear();
+        self.pending_hashes.clear();
         Ok(())
     }
 

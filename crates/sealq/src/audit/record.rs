@@ -89,12 +89,30 @@ pub(crate) fn canonical(
 
 /// `HMAC-SHA-256(key, prev_mac ‖ canonical)`.
 pub fn record_mac(key: &[u8; 32], prev_mac: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
-    let mut mac = <Hmac<Sha256>>::new_from_slice(key)
+    RecordMac::new(key).mac(prev_mac, canonical)
+}
+
+/// [`record_mac`] with the key set up once: HMAC's inner and outer key
+/// blocks are hashed at [`RecordMac::new`], so each record costs only its
+/// own bytes (a writer MACs every record with the same key). The keyed
+/// state is as secret as the key; it lives as long as the writer, beside
+/// the (zeroized) key it came from.
+#[derive(Clone)]
+pub(crate) struct RecordMac(Hmac<Sha256>);
+
+impl RecordMac {
+    pub(crate) fn new(key: &[u8; 32]) -> Self {
         // Invariant: HMAC accepts keys of any length.
-        .expect("HMAC accepts any key length");
-    mac.update(prev_mac);
-    mac.update(canonical);
-    mac.finalize().into_bytes().into()
+        Self(<Hmac<Sha256>>::new_from_slice(key).expect("HMAC accepts any key length"))
+    }
+
+    /// `HMAC-SHA-256(key, prev_mac ‖ canonical)`.
+    pub(crate) fn mac(&self, prev_mac: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
+        let mut mac = self.0.clone();
+        mac.update(prev_mac);
+        mac.update(canonical);
+        mac.finalize().into_bytes().into()
+    }
 }
 
 /// The public chain hash, which checkpoints sign so that holders of the
