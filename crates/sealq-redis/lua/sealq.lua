@@ -804,6 +804,61 @@ end
 
 redis.register_function{function_name = 'sealq_erase', callback = erase, flags = {}}
 
+-- Re-sealing (key rotation) ---------------------------------------------
+
+-- Where the envelope starts in a task's stored bytes (layout in codec.rs),
+-- or nil if they do not parse.
+local function envelope_at(b)
+  if #b < 7 or string.byte(b, 1) ~= 1 then return nil end
+  local kl = string.byte(b, 2) * 256 + string.byte(b, 3)
+  local m = 4 + kl
+  if #b < m + 3 then return nil end
+  local ml = ((string.byte(b, m) * 256 + string.byte(b, m + 1)) * 256
+    + string.byte(b, m + 2)) * 256 + string.byte(b, m + 3)
+  local at = m + 4 + ml
+  if #b < at - 1 then return nil end
+  return at
+end
+
+-- KEYS[1] = Q. ARGV: per swap 4 values: id, part ('p' payload envelope, 'r'
+-- result, 'e' last error), expected bytes, replacement bytes. A part is
+-- replaced only if the task exists in this queue and the part holds exactly
+-- the expected bytes; nothing else of the task changes (state, lease,
+-- times). Returns 1 (applied) or 0 per swap.
+local function swap(keys, args)
+  local Q = keys[1]
+  local out = {}
+  local i = 1
+  while i + 3 <= #args do
+    local id, part, want, new = args[i], args[i + 1], args[i + 2], args[i + 3]
+    i = i + 4
+    local T = Q .. 't:' .. id
+    local ok = 0
+    if redis.call('EXISTS', T) == 1 then
+      if part == 'p' then
+        local B = Q .. 'b:' .. id
+        local b = redis.call('GET', B)
+        local at = b and envelope_at(b)
+        if at and string.sub(b, at) == want then
+          redis.call('SET', B, string.sub(b, 1, at - 1) .. new, 'KEEPTTL')
+          ok = 1
+        end
+      elseif part == 'r' or part == 'e' then
+        local f = 'res'
+        if part == 'e' then f = 'le' end
+        if redis.call('HGET', T, f) == want then
+          redis.call('HSET', T, f, new)
+          ok = 1
+        end
+      end
+    end
+    out[#out + 1] = ok
+  end
+  return out
+end
+
+redis.register_function{function_name = 'sealq_swap', callback = swap, flags = {}}
+
 -- Upgrade (admin) ---------------------------------------------------------
 
 -- KEYS[1] = Q. ARGV: after ('' to start), limit. Moves tasks stored by

@@ -75,7 +75,8 @@ use async_trait::async_trait;
 use redis::{Cmd, Value};
 use sealq::broker::{
     Ack, AckResult, Broker, BrokerResult, DequeueRequest, EnqueueResult, Forwarded, Lease,
-    LeasedTask, ListQuery, NewTask, Outcome, QueueStats, Recovered, TaskRecord,
+    LeasedTask, ListQuery, NewTask, Outcome, QueueStats, Recovered, SealedPart, SealedSwap,
+    TaskRecord,
 };
 use sealq::clock::{SharedClock, system_clock};
 use sealq::{ArchiveReason, BrokerError, BrokerErrorKind, TaskId};
@@ -1444,6 +1445,44 @@ impl Broker for RedisBroker {
         }
         self.unindex(forget).await?;
         Ok(n)
+    }
+
+    async fn swap_sealed(&self, swaps: &[SealedSwap]) -> BrokerResult<Vec<bool>> {
+        let what = "re-sealing tasks";
+        for s in swaps {
+            validate_queue(&s.queue)?;
+        }
+        let (groups, _) = group_by(swaps.iter().map(|s| Some(s.queue.as_str())));
+        let cmds = groups
+            .iter()
+            .map(|(q, idx)| {
+                let mut c = self.qcall("sealq_swap", q, false);
+                for &i in idx {
+                    let s = &swaps[i];
+                    c.arg(id_str(&s.task_id))
+                        .arg(match s.part {
+                            SealedPart::Payload => "p",
+                            SealedPart::Result => "r",
+                            SealedPart::Error => "e",
+                        })
+                        .arg(s.expected.as_slice())
+                        .arg(s.replacement.as_slice());
+                }
+                c
+            })
+            .collect();
+        let replies = self.run_all(what, cmds).await?;
+        let mut out = vec![false; swaps.len()];
+        for ((_, idx), reply) in groups.iter().zip(replies) {
+            let items = array(reply).map_err(|e| self.bad(what, e))?;
+            if items.len() != idx.len() {
+                return Err(self.bad(what, "one result per swap expected"));
+            }
+            for (&i, v) in idx.iter().zip(items) {
+                out[i] = int(&v).map_err(|e| self.bad(what, e))? == 1;
+            }
+        }
+        Ok(out)
     }
 
     async fn rerun(&self, ids: &[TaskId]) -> BrokerResult<u64> {

@@ -97,7 +97,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sealq::broker::{
     Ack, AckResult, Broker, BrokerResult, DequeueRequest, EnqueueResult, Forwarded, Lease,
-    LeasedTask, ListQuery, NewTask, QueueStats, Recovered, TaskRecord,
+    LeasedTask, ListQuery, NewTask, QueueStats, Recovered, SealedSwap, TaskRecord,
 };
 use sealq::{BrokerError, TaskId};
 
@@ -303,6 +303,17 @@ impl Broker for SqliteBroker {
         self.inner
             .writer
             .call(move |ctx| ops::delete(ctx, &ids))
+            .await
+    }
+
+    async fn swap_sealed(&self, swaps: &[SealedSwap]) -> BrokerResult<Vec<bool>> {
+        if swaps.is_empty() {
+            return Ok(Vec::new());
+        }
+        let swaps = swaps.to_vec();
+        self.inner
+            .writer
+            .call(move |ctx| ops::swap_sealed(ctx, &swaps))
             .await
     }
 

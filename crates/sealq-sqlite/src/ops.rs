@@ -6,7 +6,7 @@
 use rusqlite::{OptionalExtension, params};
 use sealq::broker::{
     Ack, AckResult, BrokerResult, DequeueRequest, EnqueueResult, Forwarded, Lease, LeasedTask,
-    NewTask, Outcome, Recovered,
+    NewTask, Outcome, Recovered, SealedPart, SealedSwap,
 };
 use sealq::{BrokerError, BrokerErrorKind, TaskId};
 
@@ -371,6 +371,41 @@ pub(crate) fn delete(ctx: &mut OpCtx<'_>, ids: &[TaskId]) -> BrokerResult<u64> {
         n += stmt.execute([id_blob(id)]).map_err(&err)? as u64;
     }
     Ok(n)
+}
+
+/// Compare-and-swap of sealed bytes (re-sealing): each swap is one
+/// `UPDATE … WHERE` the part still holds the expected bytes, in the writer's
+/// transaction for the whole batch. Only that column changes.
+pub(crate) fn swap_sealed(ctx: &mut OpCtx<'_>, swaps: &[SealedSwap]) -> BrokerResult<Vec<bool>> {
+    let err = fail(ctx.env, "re-sealing tasks");
+    let mut out = Vec::with_capacity(swaps.len());
+    for s in swaps {
+        let sql = match s.part {
+            SealedPart::Payload => {
+                "UPDATE task_bodies SET envelope = ?3 \
+                 WHERE seq = (SELECT seq FROM tasks WHERE id = ?1 AND queue = ?2) AND envelope = ?4"
+            }
+            SealedPart::Result => {
+                "UPDATE tasks SET result = ?3 WHERE id = ?1 AND queue = ?2 AND result = ?4"
+            }
+            SealedPart::Error => {
+                "UPDATE tasks SET last_error = ?3 WHERE id = ?1 AND queue = ?2 AND last_error = ?4"
+            }
+        };
+        let n = ctx
+            .conn
+            .prepare_cached(sql)
+            .map_err(&err)?
+            .execute(params![
+                id_blob(&s.task_id),
+                s.queue,
+                s.replacement,
+                s.expected
+            ])
+            .map_err(&err)?;
+        out.push(n == 1);
+    }
+    Ok(out)
 }
 
 /// Archived tasks back to pending with attempts reset.

@@ -229,6 +229,58 @@ impl QueueStats {
     }
 }
 
+/// Which sealed bytes of a stored task a [`SealedSwap`] replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SealedPart {
+    /// The payload envelope ([`TaskRecord::envelope`]).
+    Payload,
+    /// The sealed result ([`TaskRecord::result`]).
+    Result,
+    /// The sealed error of the last failed attempt ([`TaskRecord::last_error`]).
+    Error,
+}
+
+impl SealedPart {
+    /// `payload`, `result` or `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SealedPart::Payload => "payload",
+            SealedPart::Result => "result",
+            SealedPart::Error => "error",
+        }
+    }
+}
+
+/// Replace one part of a stored task's sealed bytes, but only if it still
+/// holds exactly `expected` (compare-and-swap): re-sealing under a new key
+/// never overwrites a task that changed since it was read. `Debug` shows
+/// sizes only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedSwap {
+    /// The task.
+    pub task_id: TaskId,
+    /// Its queue (as read).
+    pub queue: String,
+    /// Which sealed bytes.
+    pub part: SealedPart,
+    /// The bytes the part must hold now.
+    pub expected: Vec<u8>,
+    /// The bytes it holds after the swap.
+    pub replacement: Vec<u8>,
+}
+
+impl std::fmt::Debug for SealedSwap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedSwap")
+            .field("task_id", &self.task_id)
+            .field("queue", &self.queue)
+            .field("part", &self.part)
+            .field("expected_len", &self.expected.len())
+            .field("replacement_len", &self.replacement.len())
+            .finish()
+    }
+}
+
 /// A listing query.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
@@ -332,6 +384,23 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
         Err(BrokerError::new(
             BrokerErrorKind::Config,
             format!("{} does not support erasing subjects yet", self.describe()),
+        ))
+    }
+
+    /// Apply compare-and-swaps of sealed bytes (key rotation: `sealq keys
+    /// reseal`), in one transaction or atomic call per queue where the
+    /// backend allows. Per swap, in order: `true` if applied, `false` if the
+    /// task is gone, moved to another queue, or that part no longer holds
+    /// `expected` (nothing is written then). Nothing else of the task
+    /// changes: state, lease, attempts and times stay as they are.
+    ///
+    /// The default refuses: a backend that cannot swap must say so rather
+    /// than pretend.
+    async fn swap_sealed(&self, swaps: &[SealedSwap]) -> BrokerResult<Vec<bool>> {
+        let _ = swaps;
+        Err(BrokerError::new(
+            BrokerErrorKind::Config,
+            format!("{} does not support re-sealing yet", self.describe()),
         ))
     }
 

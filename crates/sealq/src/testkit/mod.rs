@@ -164,6 +164,7 @@ macro_rules! conformance_tests {
             wait_for_work_times_out,
             concurrent_workers_never_share_a_task,
             batch_ack_many,
+            swap_sealed_compare_and_swap,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
