@@ -37,6 +37,7 @@ mod operator;
 pub mod options;
 pub mod policy;
 pub mod reference;
+pub mod reseal;
 pub mod subject_keys;
 pub mod task;
 #[cfg(feature = "testkit")]

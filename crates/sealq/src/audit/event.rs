@@ -147,10 +147,15 @@ pub enum AuditEvent {
         from_key_id: String,
         /// The key that seals it now.
         to_key_id: String,
-        /// SHA-256 of the new sealed envelope, lowercase hex.
+        /// SHA-256 of the new sealed bytes, lowercase hex.
         ciphertext_sha256: String,
         /// Who.
         operator: String,
+        /// Which sealed bytes: `payload`, `result`, `error`, or `blob` (an
+        /// offloaded payload in the claim-check store). Absent in records
+        /// written before it existed (then: the payload).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        part: Option<String>,
     },
     /// The erasure receipt: a data subject's tasks and key were destroyed.
     /// Names the subject by its keyed tag only, never its id.

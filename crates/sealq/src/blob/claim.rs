@@ -234,6 +234,54 @@ pub(crate) async fn open_claimed(
         .map_err(ClaimError::Integrity)
 }
 
+/// The claim-check blob of an offloaded payload, for re-sealing: `plain`
+/// is the opened envelope of `record`. `None` when it is not a claim;
+/// otherwise the stored blob (checked against the claim) and the key id its
+/// header names.
+pub(crate) async fn claimed_blob(
+    store: Option<&dyn BlobStore>,
+    record: &TaskRecord,
+    plain: &[u8],
+) -> Result<Option<(Vec<u8>, String)>, Error> {
+    let Some(claim) = Claim::parse(plain) else {
+        return Ok(None);
+    };
+    let Some(store) = store else {
+        return Err(Error::Config(
+            "the payload is in the claim-check store: configure ClientBuilder::blob_store".into(),
+        ));
+    };
+    let blob = store.get(&claim.key(record.id)).await?.ok_or_else(|| {
+        Error::Config("the payload's blob is not in the claim-check store".into())
+    })?;
+    if !claim.matches(&blob) {
+        return Err(Error::Integrity(IntegrityError::Tampered));
+    }
+    let from = parse_header(&blob)?.key_id.to_owned();
+    Ok(Some((blob, from)))
+}
+
+/// Seal a claim-check `blob` of `record` again under the primary key and,
+/// with `store_it`, store the new blob (beside the old one, which the
+/// task's deletion removes). Returns the claim for the new blob (to seal
+/// into the new envelope) and the new blob's SHA-256 (hex).
+pub(crate) async fn reseal_blob(
+    store: Option<&dyn BlobStore>,
+    keyring: &Keyring,
+    record: &TaskRecord,
+    blob: &[u8],
+    store_it: bool,
+) -> Result<(Vec<u8>, String), Error> {
+    let aad = Aad::for_record(record, Purpose::Payload);
+    let opened = keyring.open(&aad, blob)?;
+    let sealed = keyring.seal(&aad, &opened)?;
+    let fresh = Claim::for_blob(&sealed);
+    if store_it && let Some(store) = store {
+        store.put(&fresh.key(record.id), sealed).await?;
+    }
+    Ok((fresh.encode(), hex::encode(fresh.sha256)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
