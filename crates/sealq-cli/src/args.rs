@@ -124,6 +124,35 @@ pub(crate) enum KeysCommand {
     /// Add a new primary key to the keyring file given with `--keyring`; old
     /// keys stay to open what they sealed. Audited (`key_rotated`).
     Rotate(KeysRotateArgs),
+    /// Re-seal stored tasks under the keyring's primary key (after `keys
+    /// rotate`), so older keys can be removed. Payloads, results and errors
+    /// sealed with another keyring key are opened and sealed again with the
+    /// same identity; each replacement is a compare-and-swap (a task that
+    /// changes meanwhile is left for the next run) and is audited
+    /// (`resealed`). Workers may keep running.
+    Reseal(KeysResealArgs),
+}
+
+/// `sealq keys reseal`.
+#[derive(Debug, Args)]
+pub(crate) struct KeysResealArgs {
+    /// Only this queue (default: every queue).
+    #[arg(long)]
+    pub(crate) queue: Option<String>,
+    /// Only what this key sealed (default: every key but the primary).
+    #[arg(long = "from-key", value_name = "KEY_ID")]
+    pub(crate) from_key: Option<String>,
+    /// Tasks read and swapped per broker call.
+    #[arg(long, default_value_t = sealq::reseal::DEFAULT_RESEAL_BATCH)]
+    pub(crate) batch: usize,
+    /// Count what would be re-sealed; change and audit nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) op: OperatorArgs,
 }
 
 /// `sealq keys rotate`.

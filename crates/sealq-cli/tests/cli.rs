@@ -642,3 +642,64 @@ fn keys_rotate_keeps_old_tasks_readable_and_is_audited() {
     let log = std::fs::read_to_string(sb.path().join("q.db.audit.jsonl")).unwrap();
     assert!(log.contains("key_rotated"));
 }
+
+#[test]
+fn keys_reseal_moves_old_tasks_to_the_new_key_so_the_old_one_can_go() {
+    let sb = Sandbox::new();
+    let before = sealq::Keyring::from_file(&sb.keyring).unwrap();
+    let old_key = before.primary_key_id().to_owned();
+    let a = sb.enqueue(&["--queue", "q", "--type", "t", "--payload", r#"{"n":1}"#]);
+    let b = sb.enqueue(&["--queue", "r", "--type", "t", "--payload", r#"{"n":2}"#]);
+    assert_eq!(sb.run(&["keys", "rotate", "--operator", "ops"]).code, 0);
+    let new_key = sealq::Keyring::from_file(&sb.keyring)
+        .unwrap()
+        .primary_key_id()
+        .to_owned();
+
+    // A dry run reports both tasks and changes nothing.
+    let dry = sb.run(&["keys", "reseal", "--dry-run", "--json"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    let d: Value = serde_json::from_str(&dry.stdout).expect("json report");
+    assert_eq!(d["resealed"], 2, "{}", dry.stdout);
+    assert_eq!(d["dry_run"], true);
+
+    let out = sb.run(&["keys", "reseal", "--operator", "ops@example.com"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains(&format!(
+            "re-sealed 2 part(s) of 2 task(s) under `{new_key}`"
+        )),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains(&format!("no stored task names `{old_key}` any more")),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains(r#""n""#), "no payload in the output");
+    let again = sb.run(&["keys", "reseal", "--json"]);
+    let g: Value = serde_json::from_str(&again.stdout).expect("json report");
+    assert_eq!(
+        (g["resealed"].clone(), g["current"].clone()),
+        (0.into(), 2.into())
+    );
+
+    // Drop the old key from the file: both tasks still open.
+    let mut kr = sealq::Keyring::from_file(&sb.keyring).unwrap();
+    kr.remove_key(&old_key).unwrap();
+    std::fs::write(&sb.keyring, kr.to_toml_secret().as_bytes()).unwrap();
+    for id in [&a, &b] {
+        let out = sb.run(&["tasks", "reveal", "--id", id]);
+        assert_eq!(out.code, 0, "reveal without the old key: {}", out.stderr);
+    }
+    let log = std::fs::read_to_string(sb.path().join("q.db.audit.jsonl")).unwrap();
+    assert_eq!(log.matches(r#""type":"resealed""#).count(), 2, "{log}");
+    assert!(log.contains(r#""operator":"ops@example.com""#));
+
+    // Bad options are usage errors naming the flag's value.
+    let out = sb.run(&["keys", "reseal", "--from-key", &new_key]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("primary"), "{}", out.stderr);
+}

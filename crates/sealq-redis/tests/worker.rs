@@ -805,3 +805,73 @@ async fn a_full_redis_refuses_enqueues_and_keeps_what_it_stored() {
         vec![EnqueueResult::Enqueued]
     );
 }
+
+/// Key rotation on Redis: tasks sealed with the old key are re-sealed in
+/// place (their stored bytes keep their kind and metadata), and a worker
+/// whose keyring no longer has the old key runs them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resealed_tasks_run_without_the_old_key() {
+    let e = env().await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(
+            e.client
+                .enqueue(
+                    &Greet {
+                        name: format!("g{n}"),
+                    },
+                    EnqueueOptions::new(),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    let old = e.keyring.primary_key_id().to_owned();
+    let mut rotated = Keyring::from_toml(&e.keyring.to_toml_secret()).unwrap();
+    let new = rotated.rotate();
+    let rotated = Arc::new(rotated);
+    let ops = Client::builder(e.broker.clone(), rotated.clone()).build();
+    let report = ops
+        .reseal(
+            &sealq::reseal::ResealOptions {
+                batch: 2,
+                ..Default::default()
+            },
+            "ops",
+        )
+        .await
+        .unwrap();
+    assert_eq!((report.resealed, report.tasks), (5, 5), "{report:?}");
+    assert!(
+        report.remaining.is_empty() && report.failed.is_empty(),
+        "{report:?}"
+    );
+    for id in &ids {
+        let rec = e.broker.get(*id).await.unwrap().unwrap();
+        assert_eq!(
+            sealq::envelope::parse_header(&rec.envelope).unwrap().key_id,
+            new
+        );
+        assert_eq!(rec.kind, "test.greet");
+    }
+    let mut newest = Keyring::from_toml(&rotated.to_toml_secret()).unwrap();
+    newest.remove_key(&old).unwrap();
+    let names = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = names.clone();
+    let worker = fast(Worker::builder(e.broker.clone(), Arc::new(newest)))
+        .handle(move |g: Greet, _ctx: TaskContext| {
+            seen.lock().unwrap().push(g.name);
+            std::future::ready(Ok(()))
+        })
+        .build()
+        .unwrap()
+        .spawn();
+    for id in &ids {
+        wait_state(&e.broker, *id, TaskState::Completed).await;
+    }
+    let report = worker.shutdown().await.unwrap();
+    assert_eq!(report.integrity_failures, 0);
+    let mut names = names.lock().unwrap().clone();
+    names.sort();
+    assert_eq!(names, vec!["g0", "g1", "g2", "g3", "g4"]);
+}

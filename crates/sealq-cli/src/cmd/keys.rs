@@ -1,5 +1,6 @@
 //! `sealq keys generate`: a new keyring on stdout; `sealq keys rotate`: a
-//! new primary key in the keyring file.
+//! new primary key in the keyring file; `sealq keys reseal`: stored tasks
+//! re-sealed under the primary key.
 
 use std::io::Write;
 
@@ -84,5 +85,109 @@ pub(crate) async fn rotate(global: &super::Global, args: crate::args::KeysRotate
         "rotated {}: new primary `{new_id}` (was `{previous}`, kept for opening)",
         path.display()
     );
+    Ok(())
+}
+
+/// `sealq keys reseal`: re-seal stored tasks under the primary key of
+/// `--keyring`, audited per replaced part; prints what it did and which
+/// keys stored tasks still name.
+pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysResealArgs) -> CliResult {
+    if args.batch == 0 {
+        return Err(CliError::usage(crate::error::msg(
+            "--batch must be at least 1",
+        )));
+    }
+    let keyring = std::sync::Arc::new(global.keyring()?);
+    let opened = global.open_broker()?;
+    let auditor = if args.dry_run {
+        None
+    } else {
+        super::audit::start(opened.audit_home(), args.op.audit, &keyring)?
+    };
+    let mut builder = sealq::Client::builder(opened.broker, keyring.clone());
+    if let Some(a) = &auditor {
+        builder = builder.audit(a.clone());
+    }
+    let client = builder.build();
+    let options = sealq::reseal::ResealOptions {
+        queue: args.queue.clone(),
+        from_key: args.from_key.clone(),
+        batch: args.batch,
+        dry_run: args.dry_run,
+    };
+    let operator = args
+        .op
+        .operator
+        .clone()
+        .unwrap_or_else(super::erase::default_operator);
+    let result = client.reseal(&options, &operator).await;
+    super::audit::finish(auditor).await?;
+    let r = result?;
+    if args.json {
+        let out = serde_json::json!({
+            "dry_run": args.dry_run,
+            "to_key": r.to_key,
+            "scanned": r.scanned,
+            "resealed": r.resealed,
+            "blobs": r.blobs,
+            "tasks": r.tasks,
+            "current": r.current,
+            "subject_sealed": r.subject_sealed,
+            "changed": r.changed,
+            "failed": r.failed.iter().map(|f| serde_json::json!({
+                "task": f.task.to_string(), "part": f.part, "reason": f.reason,
+            })).collect::<Vec<_>>(),
+            "remaining": r.remaining,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return Ok(());
+    }
+    let verb = if args.dry_run {
+        "would re-seal"
+    } else {
+        "re-sealed"
+    };
+    println!(
+        "{verb} {} part(s) of {} task(s) under `{}` ({} claim-check blob(s)); scanned {} task(s)",
+        r.resealed, r.tasks, r.to_key, r.blobs, r.scanned
+    );
+    println!(
+        "  already under `{}`: {}; sealed with a subject's data key (untouched): {}; changed meanwhile (run again): {}",
+        r.to_key, r.current, r.subject_sealed, r.changed
+    );
+    if !r.failed.is_empty() {
+        println!("  did not open (left as they are): {}", r.failed.len());
+        for f in &r.failed {
+            println!("    {} {}: {}", f.task, f.part, f.reason);
+        }
+    }
+    if r.remaining.is_empty() && r.failed.is_empty() {
+        if !args.dry_run {
+            let others: Vec<&str> = keyring.key_ids().filter(|k| *k != r.to_key).collect();
+            if !others.is_empty() {
+                println!(
+                    "no stored task names {} any more{}: remove it once every producer seals with `{}`",
+                    others
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    options
+                        .queue
+                        .as_ref()
+                        .map(|q| format!(" in queue `{q}`"))
+                        .unwrap_or_default(),
+                    r.to_key
+                );
+            }
+        }
+    } else if !r.remaining.is_empty() {
+        let left: Vec<String> = r
+            .remaining
+            .iter()
+            .map(|(k, n)| format!("`{k}`: {n}"))
+            .collect();
+        println!("  still sealed with other keys: {}", left.join(", "));
+    }
     Ok(())
 }
