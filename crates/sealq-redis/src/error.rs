@@ -32,6 +32,7 @@ pub(crate) fn map(target: &str, what: &str, e: RedisError) -> BrokerError {
     } else if e.kind() == ErrorKind::Server(ServerErrorKind::NoPerm)
         || lower.contains("noperm")
         || lower.contains("can't run this command")
+        || lower.contains("can't access at least one of the keys")
         || lower.contains("no permissions to")
     {
         (

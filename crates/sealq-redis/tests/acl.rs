@@ -11,22 +11,6 @@ use sealq::clock::system_clock;
 use sealq_redis::{RedisBroker, RedisOptions};
 use support::RedisServer;
 
-/// The `ACL SETUSER` lines, read from the document itself.
-fn acl_lines() -> Vec<String> {
-    let doc = include_str!("../../../docs/redis-acl.md");
-    let lines: Vec<String> = doc
-        .lines()
-        .filter(|l| l.starts_with("ACL SETUSER "))
-        .map(|l| {
-            l.replace("ADMIN_PASSWORD", "apw")
-                .replace("PRODUCER_PASSWORD", "ppw")
-                .replace("WORKER_PASSWORD", "wpw")
-        })
-        .collect();
-    assert_eq!(lines.len(), 3, "three roles in docs/redis-acl.md");
-    lines
-}
-
 fn cli_as(s: &RedisServer, user: &str, pw: &str, args: &[&str]) -> String {
     let out = std::process::Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &s.port.to_string()])
@@ -48,7 +32,7 @@ fn url(s: &RedisServer, user: &str, pw: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_can_do_their_job_and_nothing_more() {
     let s = RedisServer::start();
-    for line in acl_lines() {
+    for line in support::acl_lines() {
         let args: Vec<&str> = line.split(' ').collect();
         let out = s.cli(&args);
         assert!(out.contains("OK"), "{line}: {out}");
@@ -86,7 +70,7 @@ async fn roles_can_do_their_job_and_nothing_more() {
     .expect("producer connects");
     let now = sealq::Clock::now_ms(&*system_clock());
     let t = sealq::testkit::fixtures::task_at("acl", now, now);
-    let id = t.id;
+    let (id, envelope) = (t.id, t.envelope.clone());
     let res = producer.enqueue(vec![t]).await.expect("producer enqueues");
     assert_eq!(res, vec![sealq::broker::EnqueueResult::Enqueued]);
 
@@ -109,6 +93,18 @@ async fn roles_can_do_their_job_and_nothing_more() {
     let e = producer.stats().await.expect_err("producer reads stats");
     assert_eq!(e.kind, BrokerErrorKind::PermissionDenied, "{e}");
     let e = producer.pause("acl").await.expect_err("producer pauses");
+    assert_eq!(e.kind, BrokerErrorKind::PermissionDenied, "{e}");
+    let swap = sealq::broker::SealedSwap {
+        task_id: id,
+        queue: "acl".into(),
+        part: sealq::broker::SealedPart::Payload,
+        expected: envelope.clone(),
+        replacement: b"forged".to_vec(),
+    };
+    let e = producer
+        .swap_sealed(std::slice::from_ref(&swap))
+        .await
+        .expect_err("producer re-seals");
     assert_eq!(e.kind, BrokerErrorKind::PermissionDenied, "{e}");
     // … nor with raw commands, nor with its own scripts.
     let key = format!("sealq:{{acl}}:t:{}", id.0.simple());
@@ -138,6 +134,10 @@ async fn roles_can_do_their_job_and_nothing_more() {
         .expect("worker connects");
     let got = worker.dequeue(&req).await.expect("worker dequeues");
     assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].record.envelope, envelope,
+        "the producer's swap changed nothing"
+    );
     let res = worker
         .ack(vec![Ack {
             lease: got[0].lease,

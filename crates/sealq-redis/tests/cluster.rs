@@ -303,3 +303,120 @@ async fn erasure_finds_a_subject_on_every_master() {
         assert!(broker.get(*id).await.unwrap().is_some());
     }
 }
+
+/// The ACL roles of docs/redis-acl.md on a Cluster (created on every
+/// master, with the producer's documented Cluster addition): the admin
+/// installs, the producer enqueues and cannot read, dequeue or re-seal,
+/// the worker runs the task's lifecycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_roles_work_on_a_cluster() {
+    use sealq::BrokerErrorKind;
+    use sealq::broker::{
+        Ack, AckResult, Broker, DequeueRequest, EnqueueResult, Outcome, SealedPart, SealedSwap,
+    };
+    let c = cluster();
+    let extra = cluster_acl_extra();
+    for node in &c.nodes {
+        for line in support::acl_lines() {
+            let mut line = line;
+            if line.starts_with("ACL SETUSER sealq-producer ") {
+                line.push_str(extra.producer);
+            } else {
+                line.push_str(extra.others);
+            }
+            let args: Vec<&str> = line.split(' ').collect();
+            let out = node.cli(&args);
+            assert!(out.contains("OK"), "{line}: {out}");
+        }
+    }
+    let hosts: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let url = |user: &str, pw: &str| format!("redis+cluster://{user}:{pw}@{}", hosts.join(","));
+    RedisBroker::connect_unchecked(&url("sealq-admin", "apw"), RedisOptions::default())
+        .await
+        .expect("admin connects to the cluster")
+        .install()
+        .await
+        .expect("admin installs on every master");
+
+    let producer = RedisBroker::connect(&url("sealq-producer", "ppw"))
+        .await
+        .expect("producer connects to the cluster");
+    let now = sealq::Clock::now_ms(&*sealq::clock::system_clock());
+    let queues = ["acl-a", "acl-b", "acl-c", "acl-d"];
+    let tasks: Vec<_> = queues
+        .iter()
+        .map(|q| sealq::testkit::fixtures::task_at(q, now, now))
+        .collect();
+    let first = tasks[0].clone();
+    let res = producer.enqueue(tasks).await.expect("producer enqueues");
+    assert!(res.iter().all(|r| *r == EnqueueResult::Enqueued), "{res:?}");
+    let again = producer.enqueue(vec![first.clone()]).await.unwrap();
+    assert_eq!(again, vec![EnqueueResult::IdExists]);
+
+    let req = DequeueRequest {
+        queues: queues.iter().map(|q| q.to_string()).collect(),
+        max: 10,
+        lease: Duration::from_secs(30),
+        worker: "w".into(),
+    };
+    let e = producer.dequeue(&req).await.expect_err("producer dequeues");
+    assert_eq!(e.kind, BrokerErrorKind::PermissionDenied, "{e}");
+    let e = producer.get(first.id).await.expect_err("producer reads");
+    assert_eq!(e.kind, BrokerErrorKind::PermissionDenied, "{e}");
+    let swap = SealedSwap {
+        task_id: first.id,
+        queue: first.queue.clone(),
+        part: SealedPart::Payload,
+        expected: first.envelope.clone(),
+        replacement: b"x".to_vec(),
+    };
+    let e = producer
+        .swap_sealed(std::slice::from_ref(&swap))
+        .await
+        .expect_err("producer re-seals");
+    assert_eq!(e.kind, BrokerErrorKind::PermissionDenied, "{e}");
+
+    let worker = RedisBroker::connect(&url("sealq-worker", "wpw"))
+        .await
+        .expect("worker connects to the cluster");
+    let got = worker.dequeue(&req).await.expect("worker dequeues");
+    assert_eq!(got.len(), queues.len());
+    let acks = got
+        .iter()
+        .map(|l| Ack {
+            lease: l.lease,
+            outcome: Outcome::Complete { result: None },
+        })
+        .collect();
+    let res = worker.ack(acks).await.expect("worker acks");
+    assert!(res.iter().all(|r| *r == AckResult::Applied));
+    worker.forward_due().await.expect("worker forwards");
+    worker.recover_expired().await.expect("worker recovers");
+    worker.purge_completed().await.expect("worker purges");
+    let swapped = worker.swap_sealed(&[swap]).await.expect("worker re-seals");
+    assert_eq!(swapped, vec![true]);
+}
+
+/// What docs/redis-acl.md says to add on a Cluster, read from it.
+struct ClusterAcl {
+    producer: &'static str,
+    others: &'static str,
+}
+
+fn cluster_acl_extra() -> ClusterAcl {
+    let doc = include_str!("../../../docs/redis-acl.md");
+    let pick = |tag: &str| -> &'static str {
+        doc.lines()
+            .find_map(|l| l.strip_prefix(tag))
+            .map(|rest| rest.trim_matches('`'))
+            .unwrap_or_else(|| panic!("docs/redis-acl.md has no line starting with {tag}"))
+    };
+    ClusterAcl {
+        producer: pick("Cluster producer: "),
+        others: pick("Cluster admin and worker: "),
+    }
+}

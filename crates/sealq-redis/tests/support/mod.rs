@@ -262,3 +262,20 @@ pub async fn shared_broker_with_prefix(prefix: &str) -> RedisBroker {
         .await
         .expect("connect to the test redis-server")
 }
+
+/// The `ACL SETUSER` lines of docs/redis-acl.md (admin, producer, worker),
+/// read from the document itself, with the passwords `apw`, `ppw`, `wpw`.
+pub fn acl_lines() -> Vec<String> {
+    let doc = include_str!("../../../../docs/redis-acl.md");
+    let lines: Vec<String> = doc
+        .lines()
+        .filter(|l| l.starts_with("ACL SETUSER "))
+        .map(|l| {
+            l.replace("ADMIN_PASSWORD", "apw")
+                .replace("PRODUCER_PASSWORD", "ppw")
+                .replace("WORKER_PASSWORD", "wpw")
+        })
+        .collect();
+    assert_eq!(lines.len(), 3, "three roles in docs/redis-acl.md");
+    lines
+}
