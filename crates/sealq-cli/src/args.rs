@@ -131,6 +131,24 @@ pub(crate) enum KeysCommand {
     /// changes meanwhile is left for the next run) and is audited
     /// (`resealed`). Workers may keep running.
     Reseal(KeysResealArgs),
+    /// Remove an old (open-only) key from the keyring file given with
+    /// `--keyring`. Refused while any stored task still names it (run `keys
+    /// reseal` first) unless `--force`. Audited (`key_removed`).
+    Remove(KeysRemoveArgs),
+}
+
+/// `sealq keys remove`.
+#[derive(Debug, Args)]
+pub(crate) struct KeysRemoveArgs {
+    /// The key id to remove.
+    #[arg(long = "key", value_name = "KEY_ID")]
+    pub(crate) key: String,
+    /// Remove it even though stored tasks still name it: they can then never
+    /// be opened.
+    #[arg(long)]
+    pub(crate) force: bool,
+    #[command(flatten)]
+    pub(crate) op: OperatorArgs,
 }
 
 /// `sealq keys reseal`.

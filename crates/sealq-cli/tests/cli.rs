@@ -656,6 +656,20 @@ fn keys_reseal_moves_old_tasks_to_the_new_key_so_the_old_one_can_go() {
         .primary_key_id()
         .to_owned();
 
+    // The old key cannot be removed while tasks name it.
+    let refused = sb.run(&["keys", "remove", "--key", &old_key]);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("2 part(s)") && refused.stderr.contains("keys reseal"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        sealq::Keyring::from_file(&sb.keyring)
+            .unwrap()
+            .contains_key(&old_key)
+    );
+
     // A dry run reports both tasks and changes nothing.
     let dry = sb.run(&["keys", "reseal", "--dry-run", "--json"]);
     assert_eq!(dry.code, 0, "{}", dry.stderr);
@@ -686,10 +700,20 @@ fn keys_reseal_moves_old_tasks_to_the_new_key_so_the_old_one_can_go() {
         (0.into(), 2.into())
     );
 
-    // Drop the old key from the file: both tasks still open.
-    let mut kr = sealq::Keyring::from_file(&sb.keyring).unwrap();
-    kr.remove_key(&old_key).unwrap();
-    std::fs::write(&sb.keyring, kr.to_toml_secret().as_bytes()).unwrap();
+    // Now the old key goes; both tasks still open.
+    let out = sb.run(&["keys", "remove", "--key", &old_key, "--operator", "ops"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("no stored task named it"),
+        "{}",
+        out.stdout
+    );
+    let kr = sealq::Keyring::from_file(&sb.keyring).unwrap();
+    assert!(!kr.contains_key(&old_key));
+    assert_eq!(kr.primary_key_id(), new_key);
+    let primary = sb.run(&["keys", "remove", "--key", &new_key]);
+    assert_eq!(primary.code, 2, "{}", primary.stderr);
+    assert!(primary.stderr.contains("primary"), "{}", primary.stderr);
     for id in [&a, &b] {
         let out = sb.run(&["tasks", "reveal", "--id", id]);
         assert_eq!(out.code, 0, "reveal without the old key: {}", out.stderr);
@@ -697,6 +721,7 @@ fn keys_reseal_moves_old_tasks_to_the_new_key_so_the_old_one_can_go() {
     let log = std::fs::read_to_string(sb.path().join("q.db.audit.jsonl")).unwrap();
     assert_eq!(log.matches(r#""type":"resealed""#).count(), 2, "{log}");
     assert!(log.contains(r#""operator":"ops@example.com""#));
+    assert!(log.contains(r#""type":"key_removed""#), "{log}");
 
     // Bad options are usage errors naming the flag's value.
     let out = sb.run(&["keys", "reseal", "--from-key", &new_key]);

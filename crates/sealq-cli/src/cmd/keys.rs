@@ -33,18 +33,9 @@ pub(crate) fn generate() -> CliResult {
         .map_err(|e| CliError::runtime(context("cannot write the keyring to stdout", e)))
 }
 
-/// Rotate the keyring file named by `--keyring` / `SEALQ_KEYRING`: a new
-/// random primary key; every older key stays, open-only. The file is
-/// replaced atomically with mode 0600. Audited as `key_rotated`.
-pub(crate) async fn rotate(global: &super::Global, args: crate::args::KeysRotateArgs) -> CliResult {
-    let Some(path) = global.keyring.clone().filter(|p| !p.as_os_str().is_empty()) else {
-        return Err(CliError::usage(crate::error::msg(
-            "keys rotate rewrites a keyring file: pass --keyring PATH or set SEALQ_KEYRING",
-        )));
-    };
-    let mut keyring = Keyring::from_file(&path)?;
-    let previous = keyring.primary_key_id().to_owned();
-    let new_id = keyring.rotate();
+/// Replace the keyring file at `path` with `keyring` (mode 0600, written to
+/// a temporary file, synced, then renamed over it).
+fn write_keyring(path: &std::path::Path, keyring: &Keyring) -> CliResult {
     let secret = keyring.to_toml_secret();
     let tmp = path.with_extension("toml.tmp");
     {
@@ -64,8 +55,32 @@ pub(crate) async fn rotate(global: &super::Global, args: crate::args::KeysRotate
                 CliError::runtime(context(format!("cannot write {}", tmp.display()), e))
             })?;
     }
-    std::fs::rename(&tmp, &path)
-        .map_err(|e| CliError::runtime(context(format!("cannot replace {}", path.display()), e)))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| CliError::runtime(context(format!("cannot replace {}", path.display()), e)))
+}
+
+/// The keyring file `--keyring` names (commands that rewrite it need one).
+fn keyring_path(global: &super::Global, what: &str) -> CliResult<std::path::PathBuf> {
+    global
+        .keyring
+        .clone()
+        .filter(|p| !p.as_os_str().is_empty())
+        .ok_or_else(|| {
+            CliError::usage(crate::error::msg(format!(
+                "{what} rewrites a keyring file: pass --keyring PATH or set SEALQ_KEYRING"
+            )))
+        })
+}
+
+/// Rotate the keyring file named by `--keyring` / `SEALQ_KEYRING`: a new
+/// random primary key; every older key stays, open-only. The file is
+/// replaced atomically with mode 0600. Audited as `key_rotated`.
+pub(crate) async fn rotate(global: &super::Global, args: crate::args::KeysRotateArgs) -> CliResult {
+    let path = keyring_path(global, "keys rotate")?;
+    let mut keyring = Keyring::from_file(&path)?;
+    let previous = keyring.primary_key_id().to_owned();
+    let new_id = keyring.rotate();
+    write_keyring(&path, &keyring)?;
 
     let opened = global.open_broker()?;
     let auditor = super::audit::start(opened.audit_home(), args.op.audit, &keyring)?;
@@ -188,6 +203,80 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
             .map(|(k, n)| format!("`{k}`: {n}"))
             .collect();
         println!("  still sealed with other keys: {}", left.join(", "));
+    }
+    Ok(())
+}
+
+/// `sealq keys remove --key ID`: drop an open-only key from the keyring
+/// file, after checking (a dry-run re-seal restricted to that key) that no
+/// stored task still names it, unless `--force`. Audited (`key_removed`).
+pub(crate) async fn remove(global: &super::Global, args: crate::args::KeysRemoveArgs) -> CliResult {
+    let path = keyring_path(global, "keys remove")?;
+    let mut keyring = Keyring::from_file(&path)?;
+    if args.key == keyring.primary_key_id() {
+        return Err(CliError::usage(crate::error::msg(format!(
+            "`{}` is the primary key: rotate first (`sealq keys rotate`), then re-seal",
+            args.key
+        ))));
+    }
+    if !keyring.contains_key(&args.key) {
+        return Err(CliError::usage(crate::error::msg(format!(
+            "the keyring {} has no key `{}`",
+            path.display(),
+            args.key
+        ))));
+    }
+    let keyring_arc = std::sync::Arc::new(Keyring::from_toml(&keyring.to_toml_secret())?);
+    let opened = global.open_broker()?;
+    let check = sealq::Client::builder(opened.broker.clone(), keyring_arc)
+        .build()
+        .reseal(
+            &sealq::reseal::ResealOptions {
+                from_key: Some(args.key.clone()),
+                dry_run: true,
+                ..Default::default()
+            },
+            "",
+        )
+        .await?;
+    let still = check.resealed
+        + check.remaining.get(&args.key).copied().unwrap_or(0)
+        + check.failed.len() as u64;
+    if still > 0 && !args.force {
+        return Err(CliError::runtime(crate::error::msg(format!(
+            "{still} part(s) of stored tasks are still sealed with `{}` (or could not be \
+             checked): run `sealq keys reseal --from-key {}` first; --force removes it anyway, \
+             and they can then never be opened",
+            args.key, args.key
+        ))));
+    }
+    keyring.remove_key(&args.key)?;
+    write_keyring(&path, &keyring)?;
+    let auditor = super::audit::start(opened.audit_home(), args.op.audit, &keyring)?;
+    if let Some(a) = &auditor {
+        a.record(sealq::audit::AuditEvent::KeyRemoved {
+            key_id: args.key.clone(),
+            still_sealed: still,
+            operator: args
+                .op
+                .operator
+                .clone()
+                .unwrap_or_else(super::erase::default_operator),
+        });
+    }
+    super::audit::finish(auditor).await?;
+    if still > 0 {
+        println!(
+            "removed `{}` from {} although {still} stored part(s) still named it: they can no longer be opened",
+            args.key,
+            path.display()
+        );
+    } else {
+        println!(
+            "removed `{}` from {}: no stored task named it; deploy the keyring everywhere",
+            args.key,
+            path.display()
+        );
     }
     Ok(())
 }

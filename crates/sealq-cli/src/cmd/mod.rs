@@ -65,6 +65,7 @@ pub(crate) async fn run(global: Global, command: Command) -> CliResult {
         Command::Keys(KeysCommand::Generate) => keys::generate(),
         Command::Keys(KeysCommand::Rotate(a)) => keys::rotate(&global, a).await,
         Command::Keys(KeysCommand::Reseal(a)) => keys::reseal(&global, a).await,
+        Command::Keys(KeysCommand::Remove(a)) => keys::remove(&global, a).await,
         Command::Enqueue(a) => enqueue::run(&global, a).await,
         Command::Worker(a) => worker::run(&global, a).await,
         Command::Tasks(TasksCommand::List(a)) => tasks::list(&global, a).await,

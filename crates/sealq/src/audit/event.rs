@@ -139,6 +139,16 @@ pub enum AuditEvent {
         /// Who.
         operator: String,
     },
+    /// An open-only key was removed from the keyring (after re-sealing).
+    KeyRemoved {
+        /// The removed key id.
+        key_id: String,
+        /// Parts of stored tasks still sealed with it when it was removed
+        /// (0 unless forced).
+        still_sealed: u64,
+        /// Who.
+        operator: String,
+    },
     /// A task's envelope was re-sealed under another key.
     Resealed {
         /// The task.
@@ -216,6 +226,7 @@ impl AuditEvent {
             AuditEvent::Rerun { .. } => "rerun",
             AuditEvent::PayloadRevealed { .. } => "payload_revealed",
             AuditEvent::KeyRotated { .. } => "key_rotated",
+            AuditEvent::KeyRemoved { .. } => "key_removed",
             AuditEvent::Resealed { .. } => "resealed",
             AuditEvent::SubjectErased { .. } => "subject_erased",
             AuditEvent::PolicyRejected { .. } => "policy_rejected",
@@ -240,6 +251,7 @@ impl AuditEvent {
             | AuditEvent::PayloadRevealed { task, .. }
             | AuditEvent::Resealed { task, .. } => Some(*task),
             AuditEvent::KeyRotated { .. }
+            | AuditEvent::KeyRemoved { .. }
             | AuditEvent::SubjectErased { .. }
             | AuditEvent::PolicyRejected { .. }
             | AuditEvent::QueuePaused { .. }
