@@ -64,6 +64,7 @@ mod conn;
 mod erasure;
 mod error;
 mod functions;
+mod stats;
 mod subject_keys;
 mod url;
 
@@ -85,6 +86,7 @@ pub use crate::audit_sink::{DEFAULT_AUDIT_MAXLEN, RedisAuditSink};
 pub use crate::blob_store::RedisBlobStore;
 pub use crate::conn::TlsFiles;
 pub use crate::functions::{LIBRARY_NAME, LIBRARY_VERSION, library_source};
+pub use crate::stats::CommandStats;
 pub use crate::subject_keys::RedisSubjectKeyStore;
 pub use crate::url::redact;
 

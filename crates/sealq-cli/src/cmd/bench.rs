@@ -59,6 +59,43 @@ struct Results {
     /// mode it includes the time a task waited while the enqueue phase ran.
     latency: LatencySummary,
     peak_rss_kib: Option<u64>,
+    /// What the run cost Redis (Redis brokers on one server, when the user
+    /// may run `INFO`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<RedisCost>,
+}
+
+/// Redis' own counters over the run (`INFO commandstats`, before and after),
+/// per task.
+#[derive(Debug, Serialize)]
+struct RedisCost {
+    /// Commands the client sent, per task.
+    client_commands_per_task: f64,
+    /// Of those, function calls (`FCALL`), per task.
+    function_calls_per_task: f64,
+    /// Commands run inside the functions, per task.
+    commands_in_functions_per_task: f64,
+    /// Redis' own time per task, µs (function time includes the commands it ran).
+    usec_per_task: f64,
+    /// Per command: `[calls, µs]` over the run.
+    by_command: std::collections::BTreeMap<String, [u64; 2]>,
+}
+
+impl RedisCost {
+    fn of(d: &sealq_redis::CommandStats, tasks: usize) -> Self {
+        let per = |n: u64| n as f64 / tasks.max(1) as f64;
+        RedisCost {
+            client_commands_per_task: per(d.client_calls()),
+            function_calls_per_task: per(d.function_calls()),
+            commands_in_functions_per_task: per(d.calls_in_functions()),
+            usec_per_task: per(d.client_usec()),
+            by_command: d
+                .commands
+                .iter()
+                .map(|(k, &(calls, usec))| (k.clone(), [calls, usec]))
+                .collect(),
+        }
+    }
 }
 
 /// Run the benchmark.
@@ -128,6 +165,11 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
         .build()?;
     let filler = filler(args.payload_bytes.saturating_sub(OVERHEAD));
     let pb = progress_bar(args.tasks as u64, args.json);
+    // Redis' counters before the run (skipped where INFO is not allowed).
+    let redis_before = match &opened.redis {
+        Some(r) => r.command_stats().await.ok().flatten(),
+        None => None,
+    };
 
     let started = Instant::now();
     let (mut enqueue_time, mut process_time) = (Duration::ZERO, Duration::ZERO);
@@ -167,6 +209,15 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
     super::audit::finish(producer_audit).await?;
     super::audit::finish(worker_audit).await?;
     let total = started.elapsed();
+    let redis_cost = match (&opened.redis, &redis_before) {
+        (Some(r), Some(before)) => r
+            .command_stats()
+            .await
+            .ok()
+            .flatten()
+            .map(|after| RedisCost::of(&after.since(before), args.tasks)),
+        _ => None,
+    };
 
     // (A producer-only process may not read tasks: a producer role on Redis.)
     let envelope_bytes = if args.role == BenchRole::Producer {
@@ -209,6 +260,7 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
         end_to_end_per_second: rate(args.tasks, total),
         latency: latencies.summary(),
         peak_rss_kib: peak_rss_kib(),
+        redis: redis_cost,
     };
     drop(broker);
     drop(tempdir);
@@ -372,5 +424,15 @@ fn print_results(r: &Results) {
     match r.peak_rss_kib {
         Some(k) => println!("  peak RSS     {:.1} MiB", k as f64 / 1024.0),
         None => println!("  peak RSS     unknown"),
+    }
+    if let Some(c) = &r.redis {
+        println!(
+            "  Redis: {:.3} commands/task from the client ({:.3} function calls), {:.2} inside \
+             functions; {:.1} µs of Redis time per task",
+            c.client_commands_per_task,
+            c.function_calls_per_task,
+            c.commands_in_functions_per_task,
+            c.usec_per_task
+        );
     }
 }

@@ -1,0 +1,165 @@
+//! The `sealq` command against a real redis-server this test starts (the
+//! Redis broker crate's test support, shared): start-up without the
+//! functions library, `redis install`, `bench` with Redis' own counters, and
+//! a key rotation (`keys rotate`, `keys reseal`, `keys remove`) on Redis.
+
+#[path = "../../sealq-redis/tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn sealq(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sealq"))
+        .current_dir(dir)
+        .env_remove("SEALQ_BROKER")
+        .env_remove("SEALQ_KEYRING")
+        .env_remove("SEALQ_KEYRING_TOML")
+        .env_remove("SEALQ_AUDIT")
+        .args(args)
+        .output()
+        .expect("run sealq")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn install_bench_and_key_rotation_on_redis() {
+    let server = support::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url();
+
+    // Without the library nothing starts, and the message says what to do.
+    let out = sealq(dir.path(), &["bench", "--broker", &url, "--tasks", "10"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sealq redis install"),
+        "{}",
+        text(&out)
+    );
+    let out = sealq(dir.path(), &["redis", "install", "--broker", &url]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // bench reports what the run cost Redis, from INFO commandstats.
+    let out = sealq(
+        dir.path(),
+        &[
+            "bench",
+            "--broker",
+            &url,
+            "--tasks",
+            "2000",
+            "--payload-bytes",
+            "1024",
+            "--audit",
+            "off",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bench --json is JSON");
+    assert!(v["process_per_second"].as_f64().unwrap() > 0.0);
+    let r = &v["redis"];
+    assert_eq!(
+        r["by_command"]["set"][0], 2000,
+        "one SET of each task's bytes: {r}"
+    );
+    let fcalls = r["function_calls_per_task"].as_f64().unwrap();
+    assert!(fcalls > 0.0 && fcalls < 0.5, "batched calls: {r}");
+    let client = r["client_commands_per_task"].as_f64().unwrap();
+    assert!((1.0..1.5).contains(&client), "{r}");
+    let inside = r["commands_in_functions_per_task"].as_f64().unwrap();
+    assert!(inside >= 4.0, "state changes run inside functions: {r}");
+    assert!(r["usec_per_task"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["by_command"].get("info").is_none(), "{r}");
+
+    // A key rotation on Redis, in its own prefix, audited to its streams.
+    let url = format!("{url}?prefix=rot");
+    let keyring = dir.path().join("k.toml");
+    let out = sealq(dir.path(), &["keys", "generate"]);
+    std::fs::write(&keyring, &out.stdout).unwrap();
+    let k = keyring.to_str().unwrap();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let payload = format!(r#"{{"n":{n}}}"#);
+        let out = sealq(
+            dir.path(),
+            &[
+                "--broker",
+                &url,
+                "--keyring",
+                k,
+                "enqueue",
+                "--queue",
+                "q",
+                "--type",
+                "t",
+                "--payload",
+                &payload,
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        ids.push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    }
+    let old = sealq::Keyring::from_file(&keyring)
+        .unwrap()
+        .primary_key_id()
+        .to_owned();
+    let out = sealq(
+        dir.path(),
+        &["--broker", &url, "--keyring", k, "keys", "rotate"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = sealq(
+        dir.path(),
+        &["--broker", &url, "--keyring", k, "keys", "reseal", "--json"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["resealed"], 3, "{rep}");
+    assert_eq!(rep["remaining"], serde_json::json!({}), "{rep}");
+    let out = sealq(
+        dir.path(),
+        &[
+            "--broker",
+            &url,
+            "--keyring",
+            k,
+            "keys",
+            "remove",
+            "--key",
+            &old,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    for id in &ids {
+        let out = sealq(
+            dir.path(),
+            &[
+                "--broker",
+                &url,
+                "--keyring",
+                k,
+                "tasks",
+                "reveal",
+                "--id",
+                id,
+            ],
+        );
+        assert!(out.status.success(), "reveal {id}: {}", text(&out));
+    }
+    let out = sealq(
+        dir.path(),
+        &["--broker", &url, "--keyring", k, "audit", "verify"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
