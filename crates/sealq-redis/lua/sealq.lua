@@ -117,15 +117,18 @@ local function del_all(keys)
 end
 
 -- Apply per-state count changes gathered by a batch. Returns true when a
--- count rose from zero (the queue may be new to the registry).
+-- count rose from zero (the queue may be new to the registry), and the set
+-- of states whose count rose from zero.
 local function counts(Q, delta)
   local fresh = false
+  local rose = {}
   for st, by in pairs(delta) do
     if by ~= 0 and redis.call('HINCRBY', Q .. 'n', st, by) == by and by > 0 then
       fresh = true
+      rose[st] = true
     end
   end
-  return fresh
+  return fresh, rose
 end
 
 -- Drop the unique key `uk` if task `id` holds it.
@@ -221,13 +224,17 @@ local function enqueue(keys, args)
   bulk('ZADD', Q .. 'ready', ready)
   bulk('ZADD', Q .. 'delayed', delayed)
   bulk('ZADD', Q .. 'all', all)
-  local first = counts(Q, delta)
+  local first, rose = counts(Q, delta)
   if G then
     bulk('HSET', G .. 'ids', index)
     -- The registry already holds a queue that had tasks in these states.
     if first then redis.call('SADD', G .. 'queues', queue) end
   end
-  if delta.pending > 0 then wake(Q) end
+  -- Wake idle workers only when the queue had no pending task: a worker
+  -- blocks only after a dequeue found none, and one that takes a task
+  -- while more wait passes the wake-up on (dequeue). With a backlog, an
+  -- enqueue costs no wake-up commands.
+  if rose.pending then wake(Q) end
   return out
 end
 
