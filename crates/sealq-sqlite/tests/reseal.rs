@@ -351,6 +351,25 @@ async fn tampered_parts_are_reported_and_left_alone_and_bad_options_refused() {
         .unwrap();
     assert_eq!(swapped, vec![true]);
 
+    // The subject's task, leased, then erased: an archived tombstone whose
+    // envelope is wiped. Nothing sealed is left in it to re-seal or report.
+    let leased = s
+        .broker
+        .dequeue(&DequeueRequest {
+            queues: vec!["mail".into()],
+            max: 3,
+            lease: Duration::from_secs(60),
+            worker: "w".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 3);
+    let receipt = client.erase_subject("user-7", "dpo").await.unwrap();
+    assert_eq!(receipt.counts.active, 1);
+    let tomb = record(&s.broker, s.subject).await;
+    assert_eq!(tomb.state, TaskState::Archived);
+    assert!(tomb.envelope.is_empty());
+
     // Only the queue `mail`, only the old key.
     let report = client
         .reseal(

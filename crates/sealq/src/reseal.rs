@@ -188,7 +188,10 @@ impl Client {
             (SealedPart::Error, record.last_error.as_ref()),
         ];
         for (part, bytes) in parts {
-            let Some(bytes) = bytes else { continue };
+            // Absent, or wiped (an erased subject's tombstone): nothing sealed.
+            let Some(bytes) = bytes.filter(|b| !b.is_empty()) else {
+                continue;
+            };
             let fail = |report: &mut ResealReport, part: &'static str, reason: String| {
                 report.failed.push(ResealFailure {
                     task: record.id,
