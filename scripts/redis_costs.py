@@ -12,6 +12,8 @@ Needs `pip install redis` and a throw-away redis-server (it runs FLUSHALL):
    broker does), then dequeue 64 and ack 64 at a time.
 2. Native streams, for comparison (not what sealq uses today): XADD
    pipelined 1,000 at a time, then XREADGROUP COUNT 64, XACK and XDEL.
+3. One-task enqueue calls (the sequential case): `SET` + `FCALL
+   sealq_enqueue` with one task, 3,000 times; Redis time per call.
 """
 import argparse
 import os
@@ -99,6 +101,25 @@ def streams(r, n):
     report("streams dequeue + ack (XREADGROUP, XACK, XDEL)", r, n)
 
 
+def one_task_calls(r, calls=3000):
+    version = FUNCTIONS_RS.read_text().split('LIBRARY_VERSION: &str = "')[1].split('"')[0]
+    r.flushall()
+    r.function_load(LUA.read_text().replace("__SEALQ_VERSION__", version), replace=True)
+    q, g = "sealq:{bench}:", "sealq:{~}:g:"
+    blob, now = os.urandom(1200), int(time.time() * 1000)
+    r.config_resetstat()
+    for _ in range(calls):
+        i = uuid.uuid4().hex
+        p = r.pipeline(transaction=False)
+        p.set(q + "b:" + i, blob, nx=True, px=600000)
+        p.fcall("sealq_enqueue", 2, q, g, now, "bench", i, now, 3, 86400000, "", "", "0")
+        p.execute()
+    s = stats(r)
+    print(f"sealq one-task enqueue: {s['fcall']['usec'] / calls:.1f} us of Redis time per FCALL "
+          f"(+ {s['set']['usec'] / calls:.1f} us SET); commands inside: "
+          f"{sum(v['calls'] for k, v in s.items() if k not in ('fcall', 'set')) / calls:.2f} per call")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, default=6390)
@@ -107,6 +128,7 @@ def main():
     r = redis.Redis(port=a.port)
     sealq_library(r, a.tasks)
     streams(r, a.tasks)
+    one_task_calls(r)
 
 
 if __name__ == "__main__":
