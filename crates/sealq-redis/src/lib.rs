@@ -1041,7 +1041,7 @@ impl Broker for RedisBroker {
         let mut round = self.enqueue_round(&tasks, &ids, &plan, now).await?;
         let mut release = Vec::new();
         let mut retry: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
-        for _ in 0..2 {
+        for attempt in 1..=2 {
             retry.clear();
             for (q, outcomes) in round {
                 let mut again = Vec::new();
@@ -1066,7 +1066,7 @@ impl Broker for RedisBroker {
                     retry.push((q, again));
                 }
             }
-            if retry.is_empty() {
+            if retry.is_empty() || attempt == 2 {
                 break;
             }
             round = self.enqueue_round(&tasks, &ids, &retry, now).await?;

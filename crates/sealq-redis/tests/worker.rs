@@ -703,17 +703,45 @@ async fn tasks_stored_by_library_version_4_are_migrated_and_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_whose_bytes_redis_did_not_keep_fails_alone() {
     use sealq::broker::EnqueueResult;
-    let e = env().await;
+    // A server of its own, to count the calls the enqueue makes.
+    let s = support::RedisServer::start();
+    let out = s.cli(&[
+        "FUNCTION",
+        "LOAD",
+        "REPLACE",
+        &sealq_redis::library_source(),
+    ]);
+    assert!(out.contains("sealq"), "{out}");
+    let redis = RedisBroker::connect_with(&s.url(), RedisOptions::default())
+        .await
+        .unwrap();
+    let e = env_on(redis);
     let now = sealq::clock::system_clock().now_ms();
     let tasks: Vec<sealq::broker::NewTask> = (0..3)
         .map(|_| sealq::testkit::fixtures::task_at("nobytes", now, now))
         .collect();
     let stray = tasks[1].id;
-    let s = support::shared();
     let key = format!("{}:{{nobytes}}:b:{}", e.redis.prefix(), stray.0.simple());
     assert!(s.cli(&["SET", &key, "not a task"]).contains("OK"));
+    s.cli(&["CONFIG", "RESETSTAT"]);
 
     let err = e.broker.enqueue(tasks.clone()).await.unwrap_err();
+    // One round for the call, one more for the refused task alone.
+    let stats = s.cli(&["INFO", "commandstats"]);
+    let calls = |cmd: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(calls("fcall"), 2, "{stats}");
+    assert_eq!(
+        calls("set"),
+        4,
+        "three tasks' bytes, then the refused one's again: {stats}"
+    );
     let msg = err.to_string();
     assert!(msg.contains(&stray.to_string()), "names the task: {msg}");
     assert!(msg.contains("1 of the 3"), "{msg}");
