@@ -427,3 +427,94 @@ async fn tampered_parts_are_reported_and_left_alone_and_bad_options_refused() {
     assert!(unknown.to_string().contains("k-nope"), "{unknown}");
     auditor.close().await.unwrap();
 }
+
+/// Re-sealing while a worker runs: every task runs exactly once with its
+/// payload, none fails to open, and a second pass leaves nothing under the
+/// old key (tasks that changed under the first pass are picked up by it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reseal_while_a_worker_runs_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker: Arc<dyn Broker> = Arc::new(SqliteBroker::open(dir.path().join("q.db")).unwrap());
+    let first = Keyring::generate();
+    let old = first.primary_key_id().to_owned();
+    let producer = Client::builder(
+        broker.clone(),
+        Arc::new(Keyring::from_toml(&first.to_toml_secret()).unwrap()),
+    )
+    .build();
+    let n = 300;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        tasks.push(raw("job", &format!("payload {i}"), EnqueueOptions::new()));
+    }
+    let ids: Vec<TaskId> = producer
+        .enqueue_batch(tasks)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let mut rotated = first;
+    rotated.rotate();
+    let rotated = Arc::new(rotated);
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let worker = Worker::builder(broker.clone(), rotated.clone())
+        .concurrency(8)
+        .maintenance_interval(Duration::from_millis(20))
+        .handle_raw("job", move |payload, ctx| {
+            let seen = seen2.clone();
+            async move {
+                let v = payload.to_json().unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                ctx.set_result(&"done").unwrap();
+                seen.lock()
+                    .unwrap()
+                    .push((ctx.id(), v["text"].as_str().unwrap().to_owned()));
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap()
+        .spawn();
+    let ops = Client::builder(broker.clone(), rotated.clone()).build();
+    let during = ops
+        .reseal(
+            &ResealOptions {
+                batch: 25,
+                ..ResealOptions::default()
+            },
+            "ops",
+        )
+        .await
+        .unwrap();
+    assert!(during.failed.is_empty(), "{during:?}");
+    assert!(during.resealed > 0, "{during:?}");
+
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.lock().unwrap().len() < n {
+        assert!(tokio::time::Instant::now() < give_up, "not all tasks ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let report = worker.shutdown().await.unwrap();
+    assert_eq!(report.integrity_failures, 0);
+    let mut got = seen.lock().unwrap().clone();
+    got.sort();
+    got.dedup_by_key(|(id, _)| *id);
+    assert_eq!(got.len(), n, "each task ran exactly once");
+    for (i, id) in ids.iter().enumerate() {
+        let (_, text) = got.iter().find(|(t, _)| t == id).expect("ran");
+        assert_eq!(text, &format!("payload {i}"));
+    }
+
+    let after = ops.reseal(&ResealOptions::default(), "ops").await.unwrap();
+    assert!(after.failed.is_empty(), "{after:?}");
+    assert!(after.remaining.is_empty(), "{after:?}");
+    for id in &ids {
+        let rec = record(&broker, *id).await;
+        assert_eq!(rec.state, TaskState::Completed);
+        assert_ne!(key_of(&rec.envelope), old);
+        assert_ne!(key_of(rec.result.as_ref().unwrap()), old);
+    }
+}
