@@ -166,6 +166,11 @@ pub(crate) struct KeysResealArgs {
     /// Count what would be re-sealed; change and audit nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
+    /// The claim-check store's directory (a filesystem blob store), so that
+    /// offloaded payloads' blobs are re-sealed too. Without it they are
+    /// listed as not re-sealed.
+    #[arg(long = "blob-dir", value_name = "DIR")]
+    pub(crate) blob_dir: Option<std::path::PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub(crate) json: bool,

@@ -728,3 +728,86 @@ fn keys_reseal_moves_old_tasks_to_the_new_key_so_the_old_one_can_go() {
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("primary"), "{}", out.stderr);
 }
+
+#[test]
+fn keys_reseal_with_blob_dir_reseals_offloaded_payloads_too() {
+    let sb = Sandbox::new();
+    let blobs = sb.path().join("blobs");
+    std::fs::create_dir(&blobs).unwrap();
+    // An application offloads a large payload to a filesystem blob store.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let broker: std::sync::Arc<dyn sealq::Broker> =
+            std::sync::Arc::new(sealq_sqlite::SqliteBroker::open(sb.path().join("q.db")).unwrap());
+        let keyring = std::sync::Arc::new(sealq::Keyring::from_file(&sb.keyring).unwrap());
+        let store = std::sync::Arc::new(sealq::blob::FsBlobStore::open(&blobs).unwrap());
+        let client = sealq::Client::builder(broker, keyring)
+            .blob_store(store, 256)
+            .build();
+        let task = sealq::RawTask::from_json(
+            "big",
+            &serde_json::json!({ "text": "x".repeat(4000) }),
+            sealq::EnqueueOptions::new(),
+        )
+        .unwrap();
+        client.enqueue_raw(task).await.unwrap();
+    });
+    let old = sealq::Keyring::from_file(&sb.keyring)
+        .unwrap()
+        .primary_key_id()
+        .to_owned();
+    assert_eq!(sb.run(&["keys", "rotate"]).code, 0);
+
+    // Without the store the blob cannot be re-sealed, and the old key stays.
+    let out = sb.run(&["keys", "reseal", "--dry-run", "--json"]);
+    let v: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(v["failed"][0]["part"], "blob", "{}", out.stdout);
+    let missing = sb.run(&["keys", "reseal", "--blob-dir", "no-such-dir"]);
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
+
+    let out = sb.run(&[
+        "keys",
+        "reseal",
+        "--blob-dir",
+        blobs.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(
+        (v["resealed"].clone(), v["blobs"].clone()),
+        (1.into(), 1.into()),
+        "{v}"
+    );
+    assert_eq!(v["failed"], serde_json::json!([]), "{v}");
+    let out = sb.run(&["keys", "remove", "--key", &old]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // A worker without the old key runs the task from its re-sealed blob.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let broker: std::sync::Arc<dyn sealq::Broker> =
+            std::sync::Arc::new(sealq_sqlite::SqliteBroker::open(sb.path().join("q.db")).unwrap());
+        let keyring = std::sync::Arc::new(sealq::Keyring::from_file(&sb.keyring).unwrap());
+        assert!(!keyring.contains_key(&old));
+        let store = std::sync::Arc::new(sealq::blob::FsBlobStore::open(&blobs).unwrap());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let worker = sealq::Worker::builder(broker, keyring)
+            .blob_store(store)
+            .handle_raw("big", move |payload, _ctx| {
+                let tx = tx.clone();
+                async move {
+                    let v = payload.to_json().unwrap();
+                    let _ = tx.send(v["text"].as_str().unwrap().len());
+                    Ok(())
+                }
+            })
+            .build()
+            .unwrap()
+            .spawn();
+        let len = tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
+            .await
+            .expect("the task ran")
+            .unwrap();
+        assert_eq!(len, 4000);
+        let report = worker.shutdown().await.unwrap();
+        assert_eq!(report.integrity_failures, 0);
+    });
+}

@@ -113,6 +113,16 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
         )));
     }
     let keyring = std::sync::Arc::new(global.keyring()?);
+    let blobs: Option<std::sync::Arc<dyn sealq::blob::BlobStore>> = match &args.blob_dir {
+        Some(dir) if !dir.is_dir() => {
+            return Err(CliError::usage(crate::error::msg(format!(
+                "--blob-dir {}: no such directory",
+                dir.display()
+            ))));
+        }
+        Some(dir) => Some(std::sync::Arc::new(sealq::blob::FsBlobStore::open(dir)?)),
+        None => None,
+    };
     let opened = global.open_broker()?;
     let auditor = if args.dry_run {
         None
@@ -122,6 +132,10 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
     let mut builder = sealq::Client::builder(opened.broker, keyring.clone());
     if let Some(a) = &auditor {
         builder = builder.audit(a.clone());
+    }
+    if let Some(store) = blobs {
+        // The threshold only matters for enqueues, which this client makes none of.
+        builder = builder.blob_store(store, usize::MAX);
     }
     let client = builder.build();
     let options = sealq::reseal::ResealOptions {
