@@ -147,6 +147,10 @@ pub(crate) struct KeysRemoveArgs {
     /// be opened.
     #[arg(long)]
     pub(crate) force: bool,
+    /// The claim-check store's directory (a filesystem blob store), so that
+    /// the check looks inside offloaded payloads' blobs too.
+    #[arg(long = "blob-dir", value_name = "DIR")]
+    pub(crate) blob_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub(crate) op: OperatorArgs,
 }

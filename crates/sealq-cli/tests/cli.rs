@@ -779,7 +779,17 @@ fn keys_reseal_with_blob_dir_reseals_offloaded_payloads_too() {
         "{v}"
     );
     assert_eq!(v["failed"], serde_json::json!([]), "{v}");
+    // Removal checks inside the blobs too when it can see them.
     let out = sb.run(&["keys", "remove", "--key", &old]);
+    assert_ne!(out.code, 0, "the blob could not be checked: {}", out.stdout);
+    let out = sb.run(&[
+        "keys",
+        "remove",
+        "--key",
+        &old,
+        "--blob-dir",
+        blobs.to_str().unwrap(),
+    ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     // A worker without the old key runs the task from its re-sealed blob.
     tokio::runtime::Runtime::new().unwrap().block_on(async {

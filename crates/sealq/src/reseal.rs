@@ -212,8 +212,9 @@ impl Client {
             }
             let selected = options.from_key.as_ref().is_none_or(|k| k == &from);
             // A payload under the primary key may still be a claim whose
-            // blob names an old key: look inside when a store is configured.
-            let maybe_claim = part == SealedPart::Payload && self.blob_store().is_some();
+            // blob names an old key: always look inside (without a store the
+            // blob cannot be checked, and is reported).
+            let maybe_claim = part == SealedPart::Payload;
             if (from == primary || !selected) && !maybe_claim {
                 if from == primary {
                     report.current += 1;

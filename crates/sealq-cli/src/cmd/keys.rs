@@ -103,6 +103,22 @@ pub(crate) async fn rotate(global: &super::Global, args: crate::args::KeysRotate
     Ok(())
 }
 
+/// The filesystem claim-check store `--blob-dir` names, if any.
+fn blob_store(
+    dir: Option<&std::path::Path>,
+) -> CliResult<Option<std::sync::Arc<dyn sealq::blob::BlobStore>>> {
+    match dir {
+        Some(dir) if !dir.is_dir() => Err(CliError::usage(crate::error::msg(format!(
+            "--blob-dir {}: no such directory",
+            dir.display()
+        )))),
+        Some(dir) => Ok(Some(std::sync::Arc::new(sealq::blob::FsBlobStore::open(
+            dir,
+        )?))),
+        None => Ok(None),
+    }
+}
+
 /// `sealq keys reseal`: re-seal stored tasks under the primary key of
 /// `--keyring`, audited per replaced part; prints what it did and which
 /// keys stored tasks still name.
@@ -113,16 +129,7 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
         )));
     }
     let keyring = std::sync::Arc::new(global.keyring()?);
-    let blobs: Option<std::sync::Arc<dyn sealq::blob::BlobStore>> = match &args.blob_dir {
-        Some(dir) if !dir.is_dir() => {
-            return Err(CliError::usage(crate::error::msg(format!(
-                "--blob-dir {}: no such directory",
-                dir.display()
-            ))));
-        }
-        Some(dir) => Some(std::sync::Arc::new(sealq::blob::FsBlobStore::open(dir)?)),
-        None => None,
-    };
+    let blobs = blob_store(args.blob_dir.as_deref())?;
     let opened = global.open_broker()?;
     let auditor = if args.dry_run {
         None
@@ -241,8 +248,13 @@ pub(crate) async fn remove(global: &super::Global, args: crate::args::KeysRemove
         ))));
     }
     let keyring_arc = std::sync::Arc::new(Keyring::from_toml(&keyring.to_toml_secret())?);
+    let blobs = blob_store(args.blob_dir.as_deref())?;
     let opened = global.open_broker()?;
-    let check = sealq::Client::builder(opened.broker.clone(), keyring_arc)
+    let mut checker = sealq::Client::builder(opened.broker.clone(), keyring_arc);
+    if let Some(store) = blobs {
+        checker = checker.blob_store(store, usize::MAX);
+    }
+    let check = checker
         .build()
         .reseal(
             &sealq::reseal::ResealOptions {
