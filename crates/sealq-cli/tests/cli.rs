@@ -656,6 +656,14 @@ fn keys_reseal_moves_old_tasks_to_the_new_key_so_the_old_one_can_go() {
         .primary_key_id()
         .to_owned();
 
+    // `tasks list` shows which key each envelope names.
+    let (rows, _) = sb.list(&[]);
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter().all(|r| r["key_id"] == old_key.as_str()),
+        "{rows:?}"
+    );
+
     // The old key cannot be removed while tasks name it.
     let refused = sb.run(&["keys", "remove", "--key", &old_key]);
     assert_ne!(refused.code, 0);
@@ -693,6 +701,17 @@ fn keys_reseal_moves_old_tasks_to_the_new_key_so_the_old_one_can_go() {
         out.stdout
     );
     assert!(!out.stdout.contains(r#""n""#), "no payload in the output");
+    let (rows, _) = sb.list(&[]);
+    assert!(
+        rows.iter().all(|r| r["key_id"] == new_key.as_str()),
+        "{rows:?}"
+    );
+    let table = sb.run(&["tasks", "list"]);
+    assert!(
+        table.stdout.contains("KEY") && table.stdout.contains(&new_key),
+        "{}",
+        table.stdout
+    );
     let again = sb.run(&["keys", "reseal", "--json"]);
     let g: Value = serde_json::from_str(&again.stdout).expect("json report");
     assert_eq!(

@@ -22,6 +22,10 @@ struct TaskRow {
     state: &'static str,
     attempts: u32,
     envelope_bytes: usize,
+    /// The key id the envelope's clear header names (`subject` for a
+    /// subject's data key; none when the envelope was wiped by erasure or
+    /// does not parse): what `keys reseal` and `keys remove` go by.
+    key_id: Option<String>,
     archive_reason: Option<String>,
     /// Size of the sealed error of the last failed attempt; the text stays sealed.
     error_sealed_bytes: Option<usize>,
@@ -38,6 +42,9 @@ impl From<&TaskRecord> for TaskRow {
             state: r.state.as_str(),
             attempts: r.attempts,
             envelope_bytes: r.envelope.len(),
+            key_id: sealq::envelope::parse_header(&r.envelope)
+                .ok()
+                .map(|h| h.key_id.to_owned()),
             archive_reason: r.archive_reason.as_ref().map(|a| a.as_str().to_owned()),
             error_sealed_bytes: r.last_error.as_ref().map(Vec::len),
             created_at: rfc3339_ms(r.meta.created_at_ms),
@@ -90,6 +97,7 @@ pub(crate) async fn list(global: &Global, args: ListArgs) -> CliResult {
                 r.state.to_owned(),
                 r.attempts.to_string(),
                 r.envelope_bytes.to_string(),
+                r.key_id.clone().unwrap_or_else(|| "-".into()),
                 r.archive_reason.clone().unwrap_or_else(|| "-".into()),
                 r.error_sealed_bytes
                     .map_or_else(|| "-".into(), |n| format!("<sealed, {n} bytes>")),
@@ -101,7 +109,7 @@ pub(crate) async fn list(global: &Global, args: ListArgs) -> CliResult {
         "{}",
         table(
             &[
-                "ID", "TYPE", "QUEUE", "STATE", "ATTEMPTS", "ENVELOPE", "ARCHIVED", "ERROR",
+                "ID", "TYPE", "QUEUE", "STATE", "ATTEMPTS", "ENVELOPE", "KEY", "ARCHIVED", "ERROR",
                 "CREATED",
             ],
             &cells,
