@@ -100,6 +100,11 @@ pub(crate) async fn rotate(global: &super::Global, args: crate::args::KeysRotate
         "rotated {}: new primary `{new_id}` (was `{previous}`, kept for opening)",
         path.display()
     );
+    println!(
+        "next: deploy the keyring to every worker, then to every producer; then \
+         `sealq keys reseal` and, once it reports nothing left under `{previous}`, \
+         `sealq keys remove --key {previous}`"
+    );
     Ok(())
 }
 
