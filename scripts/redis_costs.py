@@ -44,10 +44,15 @@ def report(name, r, n):
     print(f"{name}: {total / n:.2f} us of Redis time per task  {inner}")
 
 
-def sealq_library(r, n):
+def fresh_library(r):
+    """FLUSHALL, then load the library of this checkout (as `sealq redis install`)."""
     version = FUNCTIONS_RS.read_text().split('LIBRARY_VERSION: &str = "')[1].split('"')[0]
     r.flushall()
     r.function_load(LUA.read_text().replace("__SEALQ_VERSION__", version), replace=True)
+
+
+def sealq_library(r, n):
+    fresh_library(r)
     q, g = "sealq:{bench}:", "sealq:{~}:g:"
     blob, now = os.urandom(1200), int(time.time() * 1000)
     r.config_resetstat()
@@ -102,9 +107,7 @@ def streams(r, n):
 
 
 def one_task_calls(r, calls=3000):
-    version = FUNCTIONS_RS.read_text().split('LIBRARY_VERSION: &str = "')[1].split('"')[0]
-    r.flushall()
-    r.function_load(LUA.read_text().replace("__SEALQ_VERSION__", version), replace=True)
+    fresh_library(r)
     q, g = "sealq:{bench}:", "sealq:{~}:g:"
     blob, now = os.urandom(1200), int(time.time() * 1000)
     r.config_resetstat()

@@ -98,18 +98,19 @@ impl CommandStats {
     /// Redis' own time for the client's commands, µs (a function's time
     /// includes the commands it ran).
     pub fn client_usec(&self) -> u64 {
-        self.commands
-            .iter()
-            .filter(|(name, _)| CLIENT_COMMANDS.contains(&name.as_str()))
-            .map(|(_, &(_, usec))| usec)
-            .sum()
+        self.total(|name| CLIENT_COMMANDS.contains(&name), |(_, usec)| usec)
     }
 
+    /// Calls of the commands `pick` selects.
     fn sum(&self, pick: impl Fn(&str) -> bool) -> u64 {
+        self.total(pick, |(calls, _)| calls)
+    }
+
+    fn total(&self, pick: impl Fn(&str) -> bool, field: impl Fn((u64, u64)) -> u64) -> u64 {
         self.commands
             .iter()
             .filter(|(name, _)| pick(name))
-            .map(|(_, &(calls, _))| calls)
+            .map(|(_, &counts)| field(counts))
             .sum()
     }
 }

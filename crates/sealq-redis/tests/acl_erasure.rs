@@ -13,18 +13,6 @@ use sealq::{BrokerErrorKind, Client, EnqueueOptions, Keyring, RawTask};
 use sealq_redis::{RedisAuditSink, RedisBroker, RedisOptions};
 use support::RedisServer;
 
-fn acl_lines() -> Vec<String> {
-    include_str!("../../../docs/redis-acl.md")
-        .lines()
-        .filter(|l| l.starts_with("ACL SETUSER "))
-        .map(|l| {
-            l.replace("ADMIN_PASSWORD", "apw")
-                .replace("PRODUCER_PASSWORD", "ppw")
-                .replace("WORKER_PASSWORD", "wpw")
-        })
-        .collect()
-}
-
 fn url(s: &RedisServer, user: &str, pw: &str) -> String {
     format!("redis://{user}:{pw}@127.0.0.1:{}", s.port)
 }
@@ -32,7 +20,7 @@ fn url(s: &RedisServer, user: &str, pw: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producers_create_keys_workers_read_them_admins_erase() {
     let s = RedisServer::start();
-    for line in acl_lines() {
+    for line in support::acl_lines() {
         let args: Vec<&str> = line.split(' ').collect();
         assert!(s.cli(&args).contains("OK"), "{line}");
     }

@@ -106,13 +106,7 @@ async fn worker_survives_a_sentinel_failover() {
     let master = RedisServer::start();
     let mport = master.port.to_string();
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &mport]);
-    let out = master.cli(&[
-        "FUNCTION",
-        "LOAD",
-        "REPLACE",
-        &sealq_redis::library_source(),
-    ]);
-    assert!(out.contains("sealq"), "FUNCTION LOAD failed: {out}");
+    master.load_library();
     // The replica is in sync and holds the functions (replicated from the master).
     wait_for(
         "replica in sync with the functions",

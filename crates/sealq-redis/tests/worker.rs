@@ -494,12 +494,7 @@ async fn heartbeats_keep_a_long_task_leased() {
 async fn worker_survives_a_redis_restart() {
     let mut server =
         support::RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
-    server.cli(&[
-        "FUNCTION",
-        "LOAD",
-        "REPLACE",
-        &sealq_redis::library_source(),
-    ]);
+    server.load_library();
     let redis = RedisBroker::connect_with(&server.url(), RedisOptions::default())
         .await
         .unwrap();
@@ -705,13 +700,7 @@ async fn a_task_whose_bytes_redis_did_not_keep_fails_alone() {
     use sealq::broker::EnqueueResult;
     // A server of its own, to count the calls the enqueue makes.
     let s = support::RedisServer::start();
-    let out = s.cli(&[
-        "FUNCTION",
-        "LOAD",
-        "REPLACE",
-        &sealq_redis::library_source(),
-    ]);
-    assert!(out.contains("sealq"), "{out}");
+    s.load_library();
     let redis = RedisBroker::connect_with(&s.url(), RedisOptions::default())
         .await
         .unwrap();
@@ -786,13 +775,7 @@ async fn a_full_redis_refuses_enqueues_and_keeps_what_it_stored() {
         "--maxmemory-policy",
         "noeviction",
     ]);
-    let out = server.cli(&[
-        "FUNCTION",
-        "LOAD",
-        "REPLACE",
-        &sealq_redis::library_source(),
-    ]);
-    assert!(out.contains("sealq"), "{out}");
+    server.load_library();
     let redis = RedisBroker::connect_with(&server.url(), RedisOptions::default())
         .await
         .unwrap();

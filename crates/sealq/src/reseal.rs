@@ -85,6 +85,18 @@ pub struct ResealReport {
     pub remaining: BTreeMap<String, u64>,
 }
 
+impl ResealReport {
+    /// Count a part this run leaves as it is: current if `from` is the
+    /// primary key, else still sealed with `from`.
+    fn left_as_is(&mut self, from: String, primary: &str) {
+        if from == primary {
+            self.current += 1;
+        } else {
+            *self.remaining.entry(from).or_default() += 1;
+        }
+    }
+}
+
 /// One part read from a task, opened, and sealed again.
 struct Planned {
     swap: SealedSwap,
@@ -216,11 +228,7 @@ impl Client {
             // blob cannot be checked, and is reported).
             let maybe_claim = part == SealedPart::Payload;
             if (from == primary || !selected) && !maybe_claim {
-                if from == primary {
-                    report.current += 1;
-                } else {
-                    *report.remaining.entry(from).or_default() += 1;
-                }
+                report.left_as_is(from, primary);
                 continue;
             }
             let purpose = match part {
@@ -275,11 +283,7 @@ impl Client {
                 }
             }
             if blob.is_none() && (from == primary || !selected) {
-                if from == primary {
-                    report.current += 1;
-                } else {
-                    *report.remaining.entry(from).or_default() += 1;
-                }
+                report.left_as_is(from, primary);
                 continue;
             }
             let replacement = keyring.seal(&aad, &plain)?;
@@ -331,7 +335,7 @@ impl Client {
                 continue;
             }
             let Some(a) = self.auditor() else { continue };
-            let to = self.keyring().primary_key_id().to_owned();
+            let to = report.to_key.clone();
             if let Some((blob_from, sha)) = &p.blob {
                 a.record(AuditEvent::Resealed {
                     task: p.swap.task_id,

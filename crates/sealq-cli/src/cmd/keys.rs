@@ -88,11 +88,7 @@ pub(crate) async fn rotate(global: &super::Global, args: crate::args::KeysRotate
         a.record(sealq::audit::AuditEvent::KeyRotated {
             previous_key_id: Some(previous.clone()),
             new_key_id: new_id.clone(),
-            operator: args
-                .op
-                .operator
-                .clone()
-                .unwrap_or_else(super::erase::default_operator),
+            operator: super::operator::operator(&args.op),
         });
     }
     super::audit::finish(auditor).await?;
@@ -156,11 +152,7 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
         batch: args.batch,
         dry_run: args.dry_run,
     };
-    let operator = args
-        .op
-        .operator
-        .clone()
-        .unwrap_or_else(super::erase::default_operator);
+    let operator = super::operator::operator(&args.op);
     let result = client.reseal(&options, &operator).await;
     super::audit::finish(auditor).await?;
     let r = result?;
@@ -288,11 +280,7 @@ pub(crate) async fn remove(global: &super::Global, args: crate::args::KeysRemove
         a.record(sealq::audit::AuditEvent::KeyRemoved {
             key_id: args.key.clone(),
             still_sealed: still,
-            operator: args
-                .op
-                .operator
-                .clone()
-                .unwrap_or_else(super::erase::default_operator),
+            operator: super::operator::operator(&args.op),
         });
     }
     super::audit::finish(auditor).await?;

@@ -23,7 +23,8 @@ fn client(
     Ok((builder.build(), auditor))
 }
 
-fn operator(op: &OperatorArgs) -> String {
+/// Who is acting: `--operator`, else `$USER@host`.
+pub(crate) fn operator(op: &OperatorArgs) -> String {
     op.operator.clone().unwrap_or_else(default_operator)
 }
 

@@ -204,6 +204,18 @@ impl RedisServer {
     }
 
     /// Run `redis-cli` against this server (plain servers only).
+    /// Load the sealq functions library (`FUNCTION LOAD REPLACE`), as
+    /// `sealq redis install` would; panics if Redis refuses.
+    pub fn load_library(&self) {
+        let out = self.cli(&[
+            "FUNCTION",
+            "LOAD",
+            "REPLACE",
+            &sealq_redis::library_source(),
+        ]);
+        assert!(out.contains("sealq"), "FUNCTION LOAD failed: {out}");
+    }
+
     pub fn cli(&self, args: &[&str]) -> String {
         require("redis-cli");
         let out = Command::new("redis-cli")
@@ -234,13 +246,7 @@ pub fn shared() -> &'static RedisServer {
     static SHARED: std::sync::OnceLock<RedisServer> = std::sync::OnceLock::new();
     SHARED.get_or_init(|| {
         let s = RedisServer::start();
-        let out = s.cli(&[
-            "FUNCTION",
-            "LOAD",
-            "REPLACE",
-            &sealq_redis::library_source(),
-        ]);
-        assert!(out.contains("sealq"), "FUNCTION LOAD failed: {out}");
+        s.load_library();
         s
     })
 }
