@@ -36,6 +36,26 @@ fn policy(c: &mut Criterion) {
         b.iter(|| decode_only.check("q", black_box(&payload)))
     });
     g.finish();
+
+    // One 1 KiB string of random letters and digits, as `sealq bench` sends:
+    // the scanners' anchors (`A`, `e`, digits) turn up every few bytes.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let filler: String = (0..1000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let a = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+            a[(state % a.len() as u64) as usize] as char
+        })
+        .collect();
+    let bench_payload =
+        rmp_serde::to_vec_named(&json!({"seq": 1, "data": filler})).expect("encode");
+    let mut g = c.benchmark_group(format!("policy_random_{}B", bench_payload.len()));
+    g.bench_function("check", |b| {
+        b.iter(|| full.check("q", black_box(&bench_payload)))
+    });
+    g.finish();
 }
 
 criterion_group!(benches, policy);

@@ -144,32 +144,51 @@ pub(super) fn find_in_str(s: &[u8]) -> Option<CardHit> {
         return None;
     }
     let mut i = 0;
-    while i < s.len() {
-        let start = s[i..].iter().position(u8::is_ascii_digit)? + i;
-        // Extend the run over digits and single separators between digits.
-        let mut end = start;
-        let mut digits = 0usize;
-        loop {
-            while end < s.len() && s[end].is_ascii_digit() {
-                end += 1;
-                digits += 1;
-            }
-            let joined = matches!(s.get(end), Some(b' ' | b'-'))
-                && s.get(end + 1).is_some_and(u8::is_ascii_digit);
-            if !joined {
-                break;
-            }
-            end += 1;
+    while i + MIN_PAN_DIGITS <= s.len() {
+        // A run with enough digits spans at least MIN_PAN_DIGITS bytes of
+        // digits and separators from its first digit, so if the byte that
+        // far ahead is neither, no candidate starts in between: skip them.
+        // (Most strings are checked a byte in thirteen.)
+        let probe = i + MIN_PAN_DIGITS - 1;
+        if !matches!(s[probe], b'0'..=b'9' | b' ' | b'-') {
+            i = probe + 1;
+            continue;
+        }
+        let (end, hit) = next_run(s, i)?;
+        if hit.is_some() {
+            return hit;
         }
         i = end;
-        if digits >= MIN_PAN_DIGITS
-            && standalone(s, start, end)
-            && let Some(hit) = find_in_run(&s[start..end])
-        {
-            return Some(hit);
-        }
     }
     None
+}
+
+/// The first run of digits (and single separators between digits) at or
+/// after `i`: where it ends, and the card number in it if it is a candidate.
+/// `None` when no digit follows `i`.
+fn next_run(s: &[u8], i: usize) -> Option<(usize, Option<CardHit>)> {
+    let start = s[i..].iter().position(u8::is_ascii_digit)? + i;
+    // Extend the run over digits and single separators between digits.
+    let mut end = start;
+    let mut digits = 0usize;
+    loop {
+        while end < s.len() && s[end].is_ascii_digit() {
+            end += 1;
+            digits += 1;
+        }
+        let joined = matches!(s.get(end), Some(b' ' | b'-'))
+            && s.get(end + 1).is_some_and(u8::is_ascii_digit);
+        if !joined {
+            break;
+        }
+        end += 1;
+    }
+    let hit = if digits >= MIN_PAN_DIGITS && standalone(s, start, end) {
+        find_in_run(&s[start..end])
+    } else {
+        None
+    };
+    Some((end, hit))
 }
 
 /// Whether the run `s[start..end]` stands on its own.
@@ -378,6 +397,39 @@ pub(super) fn field_value_is_sensitive(kind: CardFieldKind, value: &ValueRef<'_>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The scan without the skip-ahead: every run, in order.
+    fn find_in_str_reference(s: &[u8]) -> Option<CardHit> {
+        let mut i = 0;
+        while i < s.len() {
+            let (end, hit) = next_run(s, i)?;
+            if hit.is_some() {
+                return hit;
+            }
+            i = end;
+        }
+        None
+    }
+
+    proptest! {
+        /// Skipping ahead finds exactly what looking at every run finds:
+        /// strings of digits, separators and glue, with real card numbers
+        /// (plain and grouped) dropped in at random places.
+        #[test]
+        fn skip_ahead_finds_what_every_run_finds(
+            parts in prop::collection::vec(prop_oneof![
+                "[0-9 +.a-]{0,24}",
+                Just("4242424242424242".to_owned()),
+                Just("4242 4242 4242 4242".to_owned()),
+                Just("3782-822463-10005".to_owned()),
+                Just("5555555555554444".to_owned()),
+            ], 0..12)
+        ) {
+            let s = parts.concat();
+            prop_assert_eq!(find_in_str(s.as_bytes()), find_in_str_reference(s.as_bytes()), "{:?}", s);
+        }
+    }
 
     /// `body` plus the Luhn check digit that makes it valid.
     fn with_check_digit(body: &str) -> String {

@@ -10,17 +10,13 @@ const MIN_JWT_SEGMENT: usize = 10;
 /// Shortest JWT signature segment (an HS256 signature is 43).
 const MIN_JWT_SIGNATURE: usize = 16;
 
-/// Position of `needle` in `hay` at or after `from`.
+/// Position of `needle` in `hay` at or after `from` (SIMD search: the
+/// scanners run over every string of every payload).
 fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    let (&first, _) = needle.split_first()?;
-    let mut i = from;
-    loop {
-        i += hay.get(i..)?.iter().position(|&b| b == first)?;
-        if hay.get(i..i + needle.len())? == needle {
-            return Some(i);
-        }
-        i += 1;
+    if needle.is_empty() {
+        return None;
     }
+    memchr::memmem::find(hay.get(from..)?, needle).map(|at| at + from)
 }
 
 /// The label of the first private key block in `s`: `RSA PRIVATE KEY`,
@@ -73,12 +69,8 @@ pub(super) fn find_aws_access_key(s: &[u8]) -> Option<&'static str> {
     if s.len() < LEN {
         return None;
     }
-    let mut i = 0;
-    loop {
-        i += s.get(i..)?.iter().position(|&b| b == b'A')?;
-        let at = i;
-        i += 1;
-        let candidate = s.get(at..at + LEN)?;
+    for at in memchr::memchr_iter(b'A', &s[..=s.len() - LEN]) {
+        let candidate = &s[at..at + LEN];
         let Some(prefix) = PREFIXES
             .into_iter()
             .find(|p| candidate.starts_with(p.as_bytes()))
@@ -94,6 +86,7 @@ pub(super) fn find_aws_access_key(s: &[u8]) -> Option<&'static str> {
             return Some(prefix);
         }
     }
+    None
 }
 
 /// Whether `b` is a base64url character.
