@@ -434,6 +434,11 @@ pub(crate) struct BenchArgs {
     /// enqueueing from many requests at once). `--rate` is shared among them.
     #[arg(long, default_value_t = 1)]
     pub(crate) producers: usize,
+    /// Enqueue with `Client::enqueue_bulk`: each loop makes one call for all
+    /// its tasks, sent in batches of `--batch` while the next batch is sealed
+    /// (not atomic across batches). Cannot be combined with `--rate`.
+    #[arg(long)]
+    pub(crate) bulk: bool,
     /// What this process does: both sides, or one side only, so that a
     /// producer process and a worker process can be measured apart (both
     /// need the same `--broker` and `--keyring`; start the producer first

@@ -886,3 +886,98 @@ async fn resealed_tasks_run_without_the_old_key() {
     names.sort();
     assert_eq!(names, vec!["g0", "g1", "g2", "g3", "g4"]);
 }
+
+/// A bulk enqueue into a Redis that runs out of memory part way: the
+/// batches stored before are reported `Ok` and are all there, a task the
+/// policy refused keeps its own error, every later task is reported "not
+/// stored" with the reason, and resending exactly those tasks once memory
+/// is raised stores every one of them: nothing is lost or unaccounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_enqueue_that_runs_out_of_memory_accounts_for_every_task() {
+    use sealq::BrokerErrorKind;
+    let server = support::RedisServer::start_with(&[
+        "--maxmemory",
+        "3mb",
+        "--maxmemory-policy",
+        "noeviction",
+    ]);
+    server.load_library();
+    let e = env_on(
+        RedisBroker::connect_with(&server.url(), RedisOptions::default())
+            .await
+            .unwrap(),
+    );
+    let filler = "x".repeat(4096);
+    let task = |n: usize| {
+        let name = if n == 7 {
+            // Refused by the payload policy before anything is sent.
+            "card 4242 4242 4242 4242".to_owned()
+        } else {
+            format!("{n}{filler}")
+        };
+        RawTask::typed(&Greet { name }, EnqueueOptions::new()).unwrap()
+    };
+    const N: usize = 1500;
+    let results = e.client.enqueue_bulk((0..N).map(task), 50).await;
+    assert_eq!(results.len(), N, "one result per task");
+    assert!(
+        matches!(results[7], Err(sealq::Error::PolicyViolation { .. })),
+        "{:?}",
+        results[7]
+    );
+    let stored: Vec<TaskId> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    let first_unsent = results
+        .iter()
+        .position(|r| matches!(r, Err(sealq::Error::Broker(_))))
+        .expect("a 3 MiB Redis cannot hold 1,500 tasks of 4 KiB");
+    assert!(first_unsent > 50, "the first batches fit: {first_unsent}");
+    assert_eq!(first_unsent % 50, 0, "whole batches are stored or not");
+    for r in &results[first_unsent..] {
+        match r {
+            Err(sealq::Error::Broker(b)) => {
+                assert_eq!(b.kind, BrokerErrorKind::Unavailable, "{b}");
+                assert!(b.message.contains("not stored"), "{b}");
+                assert!(b.message.contains("out of memory"), "{b}");
+            }
+            other => panic!("a task after the failure: {other:?}"),
+        }
+    }
+    let pending: u64 = e
+        .broker
+        .stats()
+        .await
+        .unwrap()
+        .iter()
+        .map(|q| q.pending)
+        .sum();
+    assert_eq!(
+        pending,
+        stored.len() as u64,
+        "exactly the Ok tasks are stored"
+    );
+    for id in stored.iter().step_by(37) {
+        let rec = e
+            .broker
+            .get(*id)
+            .await
+            .unwrap()
+            .expect("an Ok task is kept");
+        assert_eq!(rec.state, TaskState::Pending);
+    }
+    // Raise memory and resend exactly the tasks reported not stored.
+    server.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    let again = e.client.enqueue_bulk((first_unsent..N).map(task), 50).await;
+    assert!(again.iter().all(Result::is_ok), "resent tail stored");
+    let pending: u64 = e
+        .broker
+        .stats()
+        .await
+        .unwrap()
+        .iter()
+        .map(|q| q.pending)
+        .sum();
+    assert_eq!(pending, (N - 1) as u64, "every task but the refused one");
+}

@@ -9,7 +9,7 @@ use crate::audit::hooks as audit_hooks;
 use crate::broker::{Broker, EnqueueResult, NewTask};
 use crate::clock::{SharedClock, system_clock};
 use crate::envelope::{Aad, Purpose};
-use crate::error::{Error, Result};
+use crate::error::{BrokerError, BrokerErrorKind, Error, Result};
 use crate::keyring::Keyring;
 use crate::options::{
     DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, DEFAULT_RETENTION, DEFAULT_TIMEOUT, EnqueueOptions,
@@ -253,7 +253,99 @@ impl Client {
     /// apply a batch atomically). The inner results are per task, in order:
     /// a task refused by the policy or a unique key does not stop the others.
     pub async fn enqueue_batch(&self, tasks: Vec<RawTask>) -> Result<Vec<Result<TaskId>>> {
+        let batch = self.prepare(tasks).await?;
+        self.submit(batch).await
+    }
+
+    /// Check, seal and enqueue a large number of tasks, sending them in
+    /// batches of `batch` tasks while the next batch is being sealed, so that
+    /// sealing (this process' CPU) and storing (the broker's) overlap.
+    ///
+    /// Unlike [`Client::enqueue_batch`] this is not atomic: each batch is
+    /// applied on its own. The results are per task, in order. If a batch
+    /// fails (the broker is unavailable, say), its tasks and every later one
+    /// get the error and are not sent; tasks of the batches before it are
+    /// stored and reported `Ok`, so nothing accepted is lost or unaccounted
+    /// for and the caller can resend exactly the failed tail.
+    pub async fn enqueue_bulk<I>(&self, tasks: I, batch: usize) -> Vec<Result<TaskId>>
+    where
+        I: IntoIterator<Item = RawTask>,
+        I::IntoIter: Send,
+    {
+        let batch = batch.max(1);
+        let mut rest = tasks.into_iter();
+        let mut out: Vec<Result<TaskId>> = Vec::with_capacity(rest.size_hint().0);
+        let mut inflight = None;
+        let failure = loop {
+            // Take and seal the next batch while the previous one is stored.
+            let next = async {
+                let chunk: Vec<RawTask> = rest.by_ref().take(batch).collect();
+                match chunk.len() {
+                    0 => None,
+                    n => Some((n, self.prepare_apart(chunk).await)),
+                }
+            };
+            let (stored, prepared) = match inflight.take() {
+                Some((m, f)) => {
+                    let (r, p) = futures::join!(f, next);
+                    (Some((m, r)), p)
+                }
+                None => (None, next.await),
+            };
+            if let Some((m, r)) = stored {
+                match r {
+                    Ok(results) => out.extend(results),
+                    Err(e) => {
+                        out.extend((0..m).map(|_| Err(unsent(&e))));
+                        if let Some((n, _)) = prepared {
+                            out.extend((0..n).map(|_| Err(unsent(&e))));
+                        }
+                        break Some(e);
+                    }
+                }
+            }
+            match prepared {
+                None => break None,
+                Some((n, Err(e))) => {
+                    out.extend((0..n).map(|_| Err(unsent(&e))));
+                    break Some(e);
+                }
+                Some((n, Ok(p))) => inflight = Some((n, Box::pin(self.submit(p)))),
+            }
+        };
+        if let Some(e) = failure {
+            out.extend(rest.map(|_| Err(unsent(&e))));
+        }
+        out
+    }
+
+    /// Check and seal `tasks` (offloading large payloads): the first half of
+    /// an enqueue, with nothing sent to the broker yet.
+    async fn prepare(&self, tasks: Vec<RawTask>) -> Result<Prepared> {
         let data_keys = self.data_keys_for(&tasks).await?;
+        let batch = self.seal_all(tasks, &data_keys);
+        self.offload(batch).await
+    }
+
+    /// As [`Client::prepare`], sealing on a blocking thread: a bulk enqueue
+    /// seals one batch while the runtime's threads store the previous one.
+    /// (Sealing on the runtime thread would hold up the broker connection's
+    /// own task, which the scheduler keeps on the same thread.)
+    async fn prepare_apart(&self, tasks: Vec<RawTask>) -> Result<Prepared> {
+        let data_keys = self.data_keys_for(&tasks).await?;
+        let client = self.clone();
+        let batch = tokio::task::spawn_blocking(move || client.seal_all(tasks, &data_keys))
+            .await
+            .map_err(|e| Error::Config(format!("sealing thread failed: {e}")))?;
+        self.offload(batch).await
+    }
+
+    /// Check and seal each task; refusals are recorded in place.
+    fn seal_all(
+        &self,
+        tasks: Vec<RawTask>,
+        data_keys: &HashMap<SubjectTag, Arc<DataKey>>,
+    ) -> Prepared {
         let mut out: Vec<Result<TaskId>> = Vec::with_capacity(tasks.len());
         let mut sealed = Vec::with_capacity(tasks.len());
         let mut slots = Vec::with_capacity(tasks.len());
@@ -264,7 +356,7 @@ impl Client {
                 let q = task.options.queue.as_deref().unwrap_or(DEFAULT_QUEUE);
                 (q.to_owned(), task.kind.clone())
             });
-            match self.seal_with(task, &data_keys) {
+            match self.seal_with(task, data_keys) {
                 Ok(new) => {
                     slots.push(out.len());
                     keys.push(new.unique.as_ref().map(|(k, _)| k.clone()));
@@ -281,12 +373,35 @@ impl Client {
                 }
             }
         }
+        Prepared {
+            out,
+            sealed,
+            slots,
+            keys,
+        }
+    }
+
+    /// Move large sealed payloads to the claim-check store, if configured.
+    async fn offload(&self, mut batch: Prepared) -> Result<Prepared> {
+        if !batch.sealed.is_empty()
+            && let Some((store, threshold)) = &self.inner.blobs
+        {
+            crate::blob::offload_all(&**store, &self.inner.keyring, *threshold, &mut batch.sealed)
+                .await?;
+        }
+        Ok(batch)
+    }
+
+    /// Store prepared tasks in one broker call; the second half of an enqueue.
+    async fn submit(&self, batch: Prepared) -> Result<Vec<Result<TaskId>>> {
+        let Prepared {
+            mut out,
+            sealed,
+            slots,
+            keys,
+        } = batch;
         if sealed.is_empty() {
             return Ok(out);
-        }
-        if let Some((store, threshold)) = &self.inner.blobs {
-            crate::blob::offload_all(&**store, &self.inner.keyring, *threshold, &mut sealed)
-                .await?;
         }
         let ids: Vec<TaskId> = sealed.iter().map(|t| t.id).collect();
         let mut events: Vec<Option<(i64, crate::audit::AuditEvent)>> = match &self.inner.audit {
@@ -526,4 +641,29 @@ pub(crate) fn encode_result<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>>
         what: "result",
         reason: e.to_string(),
     })
+}
+
+/// Tasks checked and sealed, not yet sent ([`Client::prepare`]).
+struct Prepared {
+    /// Per task, in order: its id, or why it was refused before sealing.
+    out: Vec<Result<TaskId>>,
+    /// The sealed tasks, in order.
+    sealed: Vec<NewTask>,
+    /// Where each sealed task's result goes in `out`.
+    slots: Vec<usize>,
+    /// Each sealed task's unique key, for the duplicate error.
+    keys: Vec<Option<String>>,
+}
+
+/// The error a bulk enqueue reports for a task it did not store, because its
+/// batch (or an earlier one) failed with `e`. Says so, and that it may be sent again.
+fn unsent(e: &Error) -> Error {
+    let kind = match e {
+        Error::Broker(b) => b.kind,
+        _ => BrokerErrorKind::Other,
+    };
+    Error::Broker(BrokerError::new(
+        kind,
+        format!("not stored (bulk enqueue stopped: {e}); it can be sent again"),
+    ))
 }

@@ -46,6 +46,8 @@ struct Results {
     batch: usize,
     /// Concurrent enqueue loops.
     producers: usize,
+    /// Whether the loops used `Client::enqueue_bulk`.
+    bulk: bool,
     concurrency: usize,
     /// Producer rate cap, tasks/s (0: none).
     rate: u64,
@@ -103,6 +105,11 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
     if args.tasks == 0 || args.batch == 0 || args.concurrency == 0 || args.producers == 0 {
         return Err(CliError::usage(msg(
             "--tasks, --batch, --concurrency and --producers must be at least 1",
+        )));
+    }
+    if args.bulk && args.rate > 0 {
+        return Err(CliError::usage(msg(
+            "--bulk sends each loop's tasks in one call: it cannot be combined with --rate",
         )));
     }
     let split = args.role != BenchRole::Both;
@@ -250,6 +257,7 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
         envelope_bytes,
         batch: args.batch,
         producers: args.producers,
+        bulk: args.bulk,
         concurrency: args.concurrency,
         rate: args.rate,
         enqueue_seconds: enqueue_time.as_secs_f64(),
@@ -293,19 +301,31 @@ async fn enqueue_all(
             (p + 1) * per
         } as u64;
         let (client, filler, pb) = (client.clone(), filler.to_owned(), pb.clone());
-        let (batch, rate) = (args.batch, args.rate as f64 / n as f64);
+        let (batch, rate, bulk) = (args.batch, args.rate as f64 / n as f64, args.bulk);
         loops.spawn(async move {
+            let task = |seq: u64| {
+                sealq::task::encode_payload(&Payload { seq, data: &filler })
+                    .map(|payload| RawTask::new(KIND, payload, EnqueueOptions::new().queue(QUEUE)))
+            };
+            if bulk {
+                // Payloads are made as the call takes them, batch by batch.
+                let tasks = (from..to).map_while(|seq| task(seq).ok());
+                let results = client.enqueue_bulk(tasks, batch).await;
+                if results.len() as u64 != to - from {
+                    return Err(CliError::runtime(msg("a benchmark payload did not encode")));
+                }
+                for r in results {
+                    r?;
+                }
+                pb.inc(to - from);
+                return Ok(());
+            }
             let mut seq = from;
             while seq < to {
                 let k = batch.min((to - seq) as usize);
                 let mut tasks = Vec::with_capacity(k);
                 for _ in 0..k {
-                    let payload = sealq::task::encode_payload(&Payload { seq, data: &filler })?;
-                    tasks.push(RawTask::new(
-                        KIND,
-                        payload,
-                        EnqueueOptions::new().queue(QUEUE),
-                    ));
+                    tasks.push(task(seq)?);
                     seq += 1;
                 }
                 for r in client.enqueue_batch(tasks).await? {
@@ -375,11 +395,12 @@ fn filler(len: usize) -> String {
 fn print_results(r: &Results) {
     println!("sealq bench ({} mode) on {}", r.mode, r.broker);
     println!(
-        "  {} tasks, ~{} B payload ({} B sealed envelope), batch {}, {} producer loop(s), concurrency {}{}",
+        "  {} tasks, ~{} B payload ({} B sealed envelope), batch {}{}, {} producer loop(s), concurrency {}{}",
         r.tasks,
         r.payload_bytes,
         r.envelope_bytes,
         r.batch,
+        if r.bulk { " (bulk)" } else { "" },
         r.producers,
         r.concurrency,
         if r.role == "both" {
