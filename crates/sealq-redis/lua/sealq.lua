@@ -142,6 +142,11 @@ local function release_unique(Q, id, uk)
   end
 end
 
+-- Make key `k` expire at once (for callers without DEL).
+local function drop(k)
+  redis.call('SET', k, '', 'PX', 1)
+end
+
 local function clear_lease(T)
   redis.call('HDEL', T, 'tok', 'lx')
 end
@@ -152,17 +157,33 @@ end
 
 -- ARGV: now, queue, then per task 7 fields:
 -- id, run_at, max_retries, retention_ms, subject, ukey, uttl
--- The caller has written each task's bytes to Q..'b:'..id with `SET NX PX`
--- just before (same pipeline). Returns per task: 'ok' | 'exists' | 'nobytes'
--- (its bytes are not there as just written) | the id holding the unique key. Refused
--- tasks' bytes are left to expire; accepted ones are made permanent.
+-- The caller has written each task's bytes to Q..'b:'..id just before, in
+-- one of two ways:
+-- * fast path (single node; KEYS[3] = a marker key M): one `MSETNX M 1
+--   Q..'b:'..id bytes ...` in the same MULTI/EXEC. If M exists now, every
+--   key was absent and is written: accepted tasks keep their bytes, refused
+--   ones' are dropped. If not, nothing was written (some key existed): every
+--   task not refused otherwise is 'nobytes', and the caller retries those
+--   the other way.
+-- * `SET NX PX` per task (same pipeline): refused tasks' bytes are left to
+--   expire; accepted ones are made permanent (PERSIST).
+-- Returns per task: 'ok' | 'exists' | 'nobytes' (its bytes are not there
+-- as just written) | the id holding the unique key.
 -- Known ids are refused: on a single node through the global index (one
 -- HMGET for the batch); on a Cluster the caller has claimed every id in the
 -- global index before (sealq_registry 'index') and passes only the ids it
 -- won. Per task PERSIST and HSET; the index, set and count updates are one
 -- command per batch.
 local function enqueue(keys, args)
-  local Q, G = keys[1], keys[2]
+  local Q, G, M = keys[1], keys[2], keys[3]
+  -- Fast path: did the MSETNX write (the marker is there)? The marker, and
+  -- the bytes of refused tasks, are dropped with `SET '' PX 1` rather than
+  -- DEL: producers hold no DEL permission.
+  local wrote = false
+  if M and redis.call('EXISTS', M) == 1 then
+    wrote = true
+    drop(M)
+  end
   local now, queue = tonumber(args[1]), args[2]
   local nows = s(now)
   local n = (#args - 2) / 7
@@ -180,7 +201,12 @@ local function enqueue(keys, args)
     local id, run_at = args[b], args[b + 1]
     local mr, ret, sub, uk, uttl = args[b + 2], args[b + 3], args[b + 4], args[b + 5], args[b + 6]
     local T = Q .. 't:' .. id
-    if fresh[id] or known[j] then
+    if fresh[id] then
+      out[j] = 'exists'
+    elseif known[j] then
+      -- Known in another queue (or remembered): bytes the MSETNX wrote
+      -- under this queue belong to no task.
+      if wrote then drop(Q .. 'b:' .. id) end
       out[j] = 'exists'
     else
       local dup = nil
@@ -188,14 +214,18 @@ local function enqueue(keys, args)
         local v = redis.call('GET', Q .. 'u:' .. uk)
         if v then
           local bar = string.find(v, '|', 1, true)
-          if bar and tonumber(string.sub(v, bar + 1)) > now then
+          local until_ms = bar and tonumber(string.sub(v, bar + 1))
+          if until_ms and until_ms > now then
             dup = string.sub(v, 1, bar - 1)
           end
         end
       end
       if dup then
+        if wrote then drop(Q .. 'b:' .. id) end
         out[j] = dup
-      elseif redis.call('PERSIST', Q .. 'b:' .. id) == 0 then
+      elseif M and not wrote then
+        out[j] = 'nobytes'
+      elseif not wrote and redis.call('PERSIST', Q .. 'b:' .. id) == 0 then
         -- Not written just now (missing, or left permanent by something
         -- else: producers may not read them to tell which).
         out[j] = 'nobytes'

@@ -671,33 +671,68 @@ impl RedisBroker {
         ids: &[String],
         plan: &[(Arc<str>, Vec<usize>)],
         now: i64,
+        fast: bool,
     ) -> BrokerResult<Vec<(Arc<str>, Vec<(usize, Stored)>)>> {
         let what = "enqueueing tasks";
         if plan.is_empty() {
             return Ok(Vec::new());
         }
         let single = self.single();
+        // The fast path (single node, first round): one `MSETNX` per queue
+        // writes every task's bytes and a marker, or nothing if any of the
+        // keys exists; the function learns which from the marker. MULTI/EXEC
+        // makes the two one step, so bytes are never left without a task.
+        // (Not when one call names an id twice: MSETNX would keep the last
+        // bytes, `SET NX` keeps those of the task that is accepted.)
+        let fast = fast
+            && single
+            && plan.iter().all(|(_, idx)| {
+                let mut seen = std::collections::HashSet::with_capacity(idx.len());
+                idx.iter().all(|&i| seen.insert(&ids[i]))
+            });
         let mut pipes = vec![redis::pipe()];
+        if fast {
+            pipes[0].atomic();
+        }
         for (q, idx) in plan {
             if !single && pipes[pipes.len() - 1].cmd_iter().next().is_some() {
                 pipes.push(redis::pipe());
             }
             let p = pipes.last_mut().expect("at least one pipeline");
             let base = self.qbase(q);
+            let marker = fast.then(|| format!("{base}m:{:016x}", rand::random::<u64>()));
+            if let Some(m) = &marker {
+                p.cmd("MSETNX").arg(m).arg("1");
+            }
             for &i in idx {
                 let t = &tasks[i];
                 let stored = codec::encode_stored(&t.kind, &t.meta, &t.envelope).map_err(|e| {
                     BrokerError::new(BrokerErrorKind::Other, format!("task {}: {e}", t.id))
                 })?;
-                p.cmd("SET")
-                    .arg(format!("{base}b:{}", ids[i]))
-                    .arg(stored)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(STORED_BYTES_TTL_MS)
-                    .ignore();
+                let key = format!("{base}b:{}", ids[i]);
+                if fast {
+                    p.arg(key).arg(stored);
+                } else {
+                    p.cmd("SET")
+                        .arg(key)
+                        .arg(stored)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(STORED_BYTES_TTL_MS)
+                        .ignore();
+                }
             }
-            let mut c = self.qcall("sealq_enqueue", q, true);
+            if fast {
+                p.ignore();
+            }
+            let mut c = match &marker {
+                Some(m) => {
+                    let mut c = fcall("sealq_enqueue");
+                    c.arg(3).arg(&base).arg(&self.inner.gbase).arg(m);
+                    c
+                }
+                None => self.qcall("sealq_enqueue", q, true),
+            };
             c.arg(now).arg(q.as_ref());
             for &i in idx {
                 let t = &tasks[i];
@@ -1038,7 +1073,7 @@ impl Broker for RedisBroker {
         // A task whose bytes were gone when its function call ran (evicted
         // between the two, under maxmemory) gets one more round of its own;
         // the rest of the call stands either way.
-        let mut round = self.enqueue_round(&tasks, &ids, &plan, now).await?;
+        let mut round = self.enqueue_round(&tasks, &ids, &plan, now, true).await?;
         let mut release = Vec::new();
         let mut retry: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
         for attempt in 1..=2 {
@@ -1069,7 +1104,7 @@ impl Broker for RedisBroker {
             if retry.is_empty() || attempt == 2 {
                 break;
             }
-            round = self.enqueue_round(&tasks, &ids, &retry, now).await?;
+            round = self.enqueue_round(&tasks, &ids, &retry, now, false).await?;
         }
         if !retry.is_empty() {
             let lost: Vec<usize> = retry
