@@ -983,3 +983,79 @@ async fn a_bulk_enqueue_that_runs_out_of_memory_accounts_for_every_task() {
         .sum();
     assert_eq!(pending, (N - 1) as u64, "every task but the refused one");
 }
+
+/// The enqueue fast path (one `MSETNX` of a call's bytes and a marker)
+/// leaves nothing behind for tasks it refuses: an id already stored in
+/// another queue and a task whose unique key is held get their freshly
+/// written bytes dropped, the marker goes too, and the stored tasks keep
+/// theirs. Also checked: the call is one MSETNX, no SET per task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tasks_leave_no_bytes_behind() {
+    use sealq::broker::EnqueueResult;
+    let s = support::RedisServer::start();
+    s.load_library();
+    let redis = RedisBroker::connect_with(&s.url(), RedisOptions::default())
+        .await
+        .unwrap();
+    let e = env_on(redis);
+    let now = sealq::clock::system_clock().now_ms();
+    let mut holder = sealq::testkit::fixtures::task_at("fast", now, now);
+    holder.unique = Some(("order-1".into(), 60_000));
+    let elsewhere = sealq::testkit::fixtures::task_at("other", now, now);
+    let first = e
+        .broker
+        .enqueue(vec![holder.clone(), elsewhere.clone()])
+        .await
+        .unwrap();
+    assert_eq!(first, vec![EnqueueResult::Enqueued; 2]);
+
+    let mut dup = sealq::testkit::fixtures::task_at("fast", now, now);
+    dup.unique = Some(("order-1".into(), 60_000));
+    let mut moved = elsewhere.clone();
+    moved.queue = "fast".into();
+    let fresh = sealq::testkit::fixtures::task_at("fast", now, now);
+    s.cli(&["CONFIG", "RESETSTAT"]);
+    let got = e
+        .broker
+        .enqueue(vec![dup.clone(), moved.clone(), fresh.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![
+            EnqueueResult::Duplicate {
+                existing: holder.id
+            },
+            EnqueueResult::IdExists,
+            EnqueueResult::Enqueued
+        ]
+    );
+    let stats = s.cli(&["INFO", "commandstats"]);
+    assert!(stats.contains("cmdstat_msetnx:calls=1,"), "{stats}");
+    assert!(stats.contains("cmdstat_fcall:calls=1,"), "{stats}");
+    // Dropped with a 1 ms expiry: gone once it has passed.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let key = |q: &str, id: &TaskId| format!("{}:{{{q}}}:b:{}", e.redis.prefix(), id.0.simple());
+    for (q, id) in [("fast", dup.id), ("fast", moved.id)] {
+        assert_eq!(
+            s.cli(&["EXISTS", &key(q, &id)]).trim(),
+            "0",
+            "refused task's bytes left behind"
+        );
+    }
+    for (q, id) in [
+        ("fast", holder.id),
+        ("other", elsewhere.id),
+        ("fast", fresh.id),
+    ] {
+        assert_eq!(s.cli(&["EXISTS", &key(q, &id)]).trim(), "1", "{q} {id}");
+        let rec = e.broker.get(id).await.unwrap().expect("stored");
+        assert_eq!(rec.queue, q);
+    }
+    let markers = s.cli(&[
+        "--scan",
+        "--pattern",
+        &format!("{}:*:m:*", e.redis.prefix()),
+    ]);
+    assert!(markers.trim().is_empty(), "markers left: {markers}");
+}
