@@ -32,6 +32,7 @@ mod client;
 pub mod clock;
 pub mod envelope;
 mod error;
+mod hexfmt;
 pub mod keyring;
 mod operator;
 pub mod options;

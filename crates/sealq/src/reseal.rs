@@ -350,7 +350,7 @@ impl Client {
                 task: p.swap.task_id,
                 from_key_id: p.from.clone(),
                 to_key_id: to,
-                ciphertext_sha256: hex::encode(Sha256::digest(&p.swap.replacement)),
+                ciphertext_sha256: crate::hexfmt::encode(Sha256::digest(&p.swap.replacement)),
                 operator: operator.to_owned(),
                 part: Some(p.swap.part.as_str().into()),
             });

@@ -216,7 +216,7 @@ pub struct SubjectTag(pub [u8; 32]);
 impl SubjectTag {
     /// Lowercase hex, for storage and display.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        crate::hexfmt::encode(self.0)
     }
 
     /// Parse from 64 hex characters.

@@ -388,7 +388,7 @@ impl Chain {
             seq,
             time_ms,
             event,
-            mac: hex::encode(mac),
+            mac: crate::hexfmt::encode(mac),
         });
         self.pending_hashes.push(hash);
     }
@@ -432,8 +432,8 @@ impl Chain {
         let mut cp = Checkpoint {
             writer: self.writer.clone(),
             seq,
-            head_mac: hex::encode(mac),
-            head_hash: hex::encode(hash),
+            head_mac: crate::hexfmt::encode(mac),
+            head_hash: crate::hexfmt::encode(hash),
             time_ms: now_ms(),
             signature: String::new(),
         };

@@ -20,7 +20,7 @@ pub(crate) fn enqueued_event(task: &NewTask) -> AuditEvent {
         kind: task.kind.clone(),
         producer: task.meta.producer.clone(),
         key_id,
-        ciphertext_sha256: hex::encode(Sha256::digest(&task.envelope)),
+        ciphertext_sha256: crate::hexfmt::encode(Sha256::digest(&task.envelope)),
         ciphertext_len: task.envelope.len() as u64,
     }
 }

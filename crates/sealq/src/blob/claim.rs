@@ -279,7 +279,7 @@ pub(crate) async fn reseal_blob(
     if store_it && let Some(store) = store {
         store.put(&fresh.key(record.id), sealed).await?;
     }
-    Ok((fresh.encode(), hex::encode(fresh.sha256)))
+    Ok((fresh.encode(), crate::hexfmt::encode(fresh.sha256)))
 }
 
 #[cfg(test)]
