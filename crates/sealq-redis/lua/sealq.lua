@@ -268,25 +268,33 @@ local function enqueue(keys, args)
   return out
 end
 
--- KEYS: one base per queue, in order. ARGV: now, max, lease_ms, worker, token
--- prefix (12 hex digits). Returns a flat array, 8 values per task: id,
--- token, attempts, run_at, replayed (0/1), key index, last error or nil,
--- stored bytes or nil. The bytes come inline only for small batches (at
--- most INLINE tasks: an idle system's latency, one round trip); for larger
--- ones the caller reads them with MGET, which costs Redis far less than
--- passing them through Lua. Per task HMGET and HSET; the rest is per queue.
+-- KEYS: one base per queue, in order. ARGV: now, max, lease_ms, worker,
+-- lease token (16 hex digits, fresh for every call: a task's lease is its
+-- id and the token of the call that leased it, so a later lease of the
+-- same task has another token). Returns {taken per key (one integer per
+-- key visited), task triples, extras}: the triples are flat, 3 values per
+-- task in order (id, attempts, run_at or false); extras are flat (task
+-- number from 1, code, value) triples only for the tasks that need them:
+-- code 'p' replayed (value 1), 'e' last error, 'b' the stored bytes. The
+-- bytes come inline only for small batches (at most INLINE tasks: an idle
+-- system's latency, one round trip); for larger ones the caller reads them
+-- with MGET, which costs Redis far less than passing them through Lua. A
+-- short reply matters: every value a function returns costs Redis a
+-- conversion (see docs/benchmarks.md). Per task HMGET and HSET; the rest
+-- is per queue.
 local INLINE = 8
 
 local function dequeue(keys, args)
   local now, max = tonumber(args[1]), tonumber(args[2])
   local nows = s(now)
   local expires = s(now + tonumber(args[3]))
-  local tokp = args[5]
-  local out = {}
+  local tok = args[5]
+  local per, out, extra = {}, {}, {}
   local taken = 0
   for qi, Q in ipairs(keys) do
     local want = max - taken
     if want <= 0 then break end
+    local got = 0
     if redis.call('HEXISTS', Q .. 'flags', 'paused') == 0 then
       local ids = redis.call('ZRANGEBYSCORE', Q .. 'ready', '-inf', nows, 'LIMIT', 0, want)
       if #ids > 0 then
@@ -300,7 +308,6 @@ local function dequeue(keys, args)
           local st = cur[1]
           if st == 'pending' or st == 'scheduled' or st == 'retry' then
             if st ~= 'pending' then undelay[#undelay + 1] = id end
-            local tok = tokp .. string.format('%04x', taken)
             local an = tonumber(cur[2])
             -- A non-numeric count (an edited hash) stays as it is: the
             -- worker refuses the task (integrity) instead of the call failing.
@@ -310,15 +317,20 @@ local function dequeue(keys, args)
             active[#active + 1] = expires; active[#active + 1] = id
             delta[st] = delta[st] - 1
             delta.active = delta.active + 1
-            local replayed = 0
-            if seen[j] then replayed = 1 end
-            -- A missing run_at (an edited hash) comes back as nil: the
+            taken = taken + 1
+            got = got + 1
+            -- A missing run_at (an edited hash) comes back as false: the
             -- worker refuses the task (integrity).
             local o = #out
-            out[o + 1] = id; out[o + 2] = tok; out[o + 3] = a; out[o + 4] = cur[3] or false
-            out[o + 5] = replayed; out[o + 6] = qi; out[o + 7] = cur[4] or false
-            out[o + 8] = false
-            taken = taken + 1
+            out[o + 1] = id; out[o + 2] = a; out[o + 3] = cur[3] or false
+            if seen[j] then
+              local e = #extra
+              extra[e + 1] = taken; extra[e + 2] = 'p'; extra[e + 3] = 1
+            end
+            if cur[4] then
+              local e = #extra
+              extra[e + 1] = taken; extra[e + 2] = 'e'; extra[e + 3] = cur[4]
+            end
           end
         end
         bulk('ZADD', Q .. 'active', active)
@@ -332,23 +344,35 @@ local function dequeue(keys, args)
         end
       end
     end
+    per[qi] = got
   end
   if taken <= INLINE then
-    for t = 0, taken - 1 do
-      local o = t * 8
-      out[o + 8] = redis.call('GET', keys[out[o + 6]] .. 'b:' .. out[o + 1]) or false
+    local t = 0
+    for qi, got in ipairs(per) do
+      for _ = 1, got do
+        t = t + 1
+        local b = redis.call('GET', keys[qi] .. 'b:' .. out[(t - 1) * 3 + 1])
+        if b then
+          local e = #extra
+          extra[e + 1] = t; extra[e + 2] = 'b'; extra[e + 3] = b
+        end
+      end
     end
   end
-  return out
+  return {per, out, extra}
 end
 
--- ARGV: now, then per ack 5 fields: id, token, op, a1, a2.
--- op: c (complete), C (complete with result a1), r (retry at a1),
--- R (retry at a1 with error a2), a (archive reason a1), A (archive reason a1,
--- error a2), q (requeue). Returns per ack 1 (applied) or 0 (lease lost).
+-- ARGV: now, then per ack: id, token, op, and op's own arguments (none,
+-- one or two: an ack sends no empty placeholders):
+-- c (complete), C a1 (complete with result a1), r a1 (retry at a1),
+-- R a1 a2 (retry at a1 with error a2), a a1 (archive reason a1),
+-- A a1 a2 (archive reason a1, error a2), q (requeue). Returns per ack 1
+-- (applied) or 0 (lease lost).
 -- Per ack HMGET (state, token, retention, unique key) and HSET; the lease
 -- fields stay in the hash (they mean nothing outside state `active`); set
 -- updates are one command per batch.
+local NARGS = {c = 0, C = 1, r = 1, R = 2, a = 1, A = 2, q = 0}
+
 local function ack(keys, args)
   local Q = keys[1]
   local now = tonumber(args[1])
@@ -358,10 +382,21 @@ local function ack(keys, args)
   local left, done, archived, queued, delayed = {}, {}, {}, {}, {}
   local purge_at = {}
   local delta = {active = 0, completed = 0, retry = 0, archived = 0, pending = 0}
+  -- Check the whole call's layout before writing anything (a function's
+  -- writes are not rolled back by an error).
   local i = 2
   while i <= #args do
-    local id, tok, op, a1, a2 = args[i], args[i + 1], args[i + 2], args[i + 3], args[i + 4]
-    i = i + 5
+    local na = NARGS[args[i + 2]]
+    if not na or i + 2 + na > #args then
+      return redis.error_reply('ERR sealq_ack: malformed arguments')
+    end
+    i = i + 3 + na
+  end
+  i = 2
+  while i <= #args do
+    local id, tok, op = args[i], args[i + 1], args[i + 2]
+    local a1, a2 = args[i + 3], args[i + 4]
+    i = i + 3 + NARGS[op]
     local T = Q .. 't:' .. id
     local cur = redis.call('HMGET', T, 's', 'tok', 'ret', 'uk')
     if cur[1] ~= 'active' or cur[2] ~= tok then

@@ -23,11 +23,6 @@ pub(crate) fn token_str(token: u64) -> String {
     format!("{token:016x}")
 }
 
-/// Parse a stored lease token.
-pub(crate) fn parse_token(s: &[u8]) -> Option<u64> {
-    u64::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok()
-}
-
 /// The elements of an array reply.
 pub(crate) fn array(v: Value) -> Result<Vec<Value>, String> {
     match v {

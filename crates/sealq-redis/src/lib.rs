@@ -90,7 +90,7 @@ pub use crate::stats::CommandStats;
 pub use crate::subject_keys::RedisSubjectKeyStore;
 pub use crate::url::redact;
 
-use crate::codec::{array, bytes, id_str, int, opt_bytes, parse_id, parse_token, token_str};
+use crate::codec::{array, bytes, id_str, int, opt_bytes, parse_id, token_str};
 use crate::conn::{Blocking, Conn};
 
 /// Options of a [`RedisBroker`].
@@ -817,25 +817,31 @@ impl RedisBroker {
     /// Read the stored bytes of freshly leased tasks (`MGET`, one per queue
     /// on a Cluster) and build their records. Tasks whose bytes are missing
     /// or do not decode, or whose state fields were edited, are returned as
-    /// broken: `(id, token, queue index, why)`.
+    /// broken: `(id, queue index, why)`.
     async fn leased_records(
         &self,
         queues: &[String],
-        items: Vec<Value>,
+        reply: Value,
+        token: u64,
         lease_expires: i64,
         now: i64,
-    ) -> BrokerResult<(
-        Vec<(LeasedTask, usize)>,
-        Vec<(String, String, usize, String)>,
-    )> {
+    ) -> BrokerResult<(Vec<(LeasedTask, usize)>, Vec<(String, usize, String)>)> {
         let what = "reading leased tasks";
-        const STRIDE: usize = 8;
-        if !items.len().is_multiple_of(STRIDE) {
-            return Err(self.bad("dequeueing tasks", "short reply from sealq_dequeue"));
+        let short = || self.bad("dequeueing tasks", "malformed reply from sealq_dequeue");
+        let mut parts = array(reply).map_err(|e| self.bad(what, e))?.into_iter();
+        let (per, triples, extras) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(p), Some(t), Some(e)) => (
+                array(p).map_err(|e| self.bad(what, e))?,
+                array(t).map_err(|e| self.bad(what, e))?,
+                array(e).map_err(|e| self.bad(what, e))?,
+            ),
+            _ => return Err(short()),
+        };
+        if !triples.len().is_multiple_of(3) || !extras.len().is_multiple_of(3) {
+            return Err(short());
         }
         struct Raw {
             id: Vec<u8>,
-            token: Vec<u8>,
             attempts: Value,
             run_at: Value,
             replayed: bool,
@@ -844,25 +850,45 @@ impl RedisBroker {
             /// The stored bytes when the reply carried them (small batches).
             stored: Option<Vec<u8>>,
         }
-        let mut raws: Vec<Raw> = Vec::with_capacity(items.len() / STRIDE);
-        let mut it = items.into_iter();
-        while let Some(id) = it.next() {
-            let mut next = || it.next().unwrap_or(Value::Nil);
-            let (token, attempts, run_at, replayed, qi, le, inline) =
-                (next(), next(), next(), next(), next(), next(), next());
-            let qi = usize::try_from(int(&qi).unwrap_or(1) - 1)
-                .unwrap_or(0)
-                .min(queues.len().saturating_sub(1));
+        // Which queue each task came from: the reply counts tasks per key.
+        let mut qis = Vec::with_capacity(triples.len() / 3);
+        for (qi, n) in per.iter().enumerate().take(queues.len()) {
+            let n = usize::try_from(int(n).map_err(|e| self.bad(what, e))?).unwrap_or(0);
+            qis.extend(std::iter::repeat_n(qi, n));
+        }
+        if qis.len() != triples.len() / 3 {
+            return Err(short());
+        }
+        let mut raws: Vec<Raw> = Vec::with_capacity(qis.len());
+        let mut it = triples.into_iter();
+        for &qi in &qis {
+            let (Some(id), Some(attempts), Some(run_at)) = (it.next(), it.next(), it.next()) else {
+                return Err(short());
+            };
             raws.push(Raw {
                 id: opt_bytes(id).ok().flatten().unwrap_or_default(),
-                token: opt_bytes(token).ok().flatten().unwrap_or_default(),
                 attempts,
                 run_at,
-                replayed: int(&replayed).unwrap_or(0) == 1,
+                replayed: false,
                 qi,
-                last_error: opt_bytes(le).ok().flatten(),
-                stored: opt_bytes(inline).ok().flatten(),
+                last_error: None,
+                stored: None,
             });
+        }
+        let mut it = extras.into_iter();
+        while let (Some(t), Some(code), Some(v)) = (it.next(), it.next(), it.next()) {
+            let t = usize::try_from(int(&t).map_err(|e| self.bad(what, e))?)
+                .ok()
+                .and_then(|t| t.checked_sub(1))
+                .filter(|&t| t < raws.len())
+                .ok_or_else(short)?;
+            let r = &mut raws[t];
+            match bytes(code).map_err(|e| self.bad(what, e))?.as_slice() {
+                b"p" => r.replayed = true,
+                b"e" => r.last_error = opt_bytes(v).ok().flatten(),
+                b"b" => r.stored = opt_bytes(v).ok().flatten(),
+                _ => return Err(short()),
+            }
         }
         // The stored bytes not in the reply: one MGET per queue (one slot
         // each on a Cluster).
@@ -904,10 +930,8 @@ impl RedisBroker {
         let mut broken = Vec::new();
         for (r, stored) in raws.into_iter().zip(stored) {
             let id_s = String::from_utf8_lossy(&r.id).into_owned();
-            let tok_s = String::from_utf8_lossy(&r.token).into_owned();
             let built = (|| -> Result<LeasedTask, String> {
                 let id = parse_id(&r.id).ok_or("bad id")?;
-                let token = parse_token(&r.token).ok_or("bad token")?;
                 let attempts = int(&r.attempts).map_err(|_| "attempts is not a number")?;
                 let run_at = int(&r.run_at).map_err(|_| "run_at is missing or not a number")?;
                 let s = codec::decode_stored(stored.ok_or("its stored bytes are missing")?)?;
@@ -938,7 +962,7 @@ impl RedisBroker {
             })();
             match built {
                 Ok(t) => ok.push((t, r.qi)),
-                Err(why) => broken.push((id_s, tok_s, r.qi, why)),
+                Err(why) => broken.push((id_s, r.qi, why)),
             }
         }
         Ok((ok, broken))
@@ -952,7 +976,9 @@ impl RedisBroker {
         now: i64,
     ) -> BrokerResult<Vec<LeasedTask>> {
         let what = "dequeueing tasks";
-        let base: u64 = rand::random::<u64>() >> 16;
+        // One token for the whole call: a lease is the task id plus the
+        // token of the call that leased it (see sealq_dequeue).
+        let token: u64 = rand::random();
         let mut c = fcall("sealq_dequeue");
         c.arg(queues.len());
         for q in queues {
@@ -962,16 +988,15 @@ impl RedisBroker {
             .arg(max)
             .arg(ms(req.lease))
             .arg(&req.worker)
-            .arg(format!("{base:012x}"));
+            .arg(token_str(token));
         let v: Value = self
             .inner
             .conn
             .query(&c)
             .await
             .map_err(|e| self.err(what, e))?;
-        let items = array(v).map_err(|e| self.bad(what, e))?;
         let expires = now.saturating_add(ms(req.lease));
-        let (leased, broken) = self.leased_records(queues, items, expires, now).await?;
+        let (leased, broken) = self.leased_records(queues, v, token, expires, now).await?;
         let mut out = Vec::with_capacity(leased.len());
         {
             let names: Vec<Arc<str>> = queues.iter().map(|q| Arc::from(q.as_str())).collect();
@@ -982,7 +1007,8 @@ impl RedisBroker {
             }
         }
         // Edited, injected or bytes-less tasks never reach a handler: archive them.
-        for (id, tok, qi, why) in broken {
+        let tok = token_str(token);
+        for (id, qi, why) in broken {
             tracing::warn!(task = %id, queue = %queues[qi], reason = %why, "sealq: archiving a task whose stored fields do not decode (integrity)");
             metrics::counter!("sealq_redis_integrity_archived_total").increment(1);
             let mut c = fcall("sealq_ack");
@@ -990,7 +1016,7 @@ impl RedisBroker {
                 .arg(self.qbase(&queues[qi]))
                 .arg(now)
                 .arg(id)
-                .arg(tok)
+                .arg(&tok)
                 .arg("A")
                 .arg(ArchiveReason::Integrity.as_str())
                 .arg(format!("stored task fields do not decode: {why}"));
@@ -1020,9 +1046,9 @@ fn ack_args(c: &mut Cmd, a: &Ack) {
     c.arg(id_str(&a.lease.task_id))
         .arg(token_str(a.lease.token));
     match &a.outcome {
-        Outcome::Complete { result: None } => c.arg("c").arg("").arg(""),
-        Outcome::Complete { result: Some(r) } => c.arg("C").arg(r.as_slice()).arg(""),
-        Outcome::Retry { at_ms, error: None } => c.arg("r").arg(*at_ms).arg(""),
+        Outcome::Complete { result: None } => c.arg("c"),
+        Outcome::Complete { result: Some(r) } => c.arg("C").arg(r.as_slice()),
+        Outcome::Retry { at_ms, error: None } => c.arg("r").arg(*at_ms),
         Outcome::Retry {
             at_ms,
             error: Some(e),
@@ -1030,12 +1056,12 @@ fn ack_args(c: &mut Cmd, a: &Ack) {
         Outcome::Archive {
             reason,
             error: None,
-        } => c.arg("a").arg(reason.as_str()).arg(""),
+        } => c.arg("a").arg(reason.as_str()),
         Outcome::Archive {
             reason,
             error: Some(e),
         } => c.arg("A").arg(reason.as_str()).arg(e.as_slice()),
-        Outcome::Requeue => c.arg("q").arg("").arg(""),
+        Outcome::Requeue => c.arg("q"),
     };
 }
 

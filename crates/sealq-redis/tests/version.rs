@@ -45,3 +45,78 @@ async fn a_missing_or_mismatched_library_stops_start_up_with_what_to_do() {
         .await
         .expect("connects after install");
 }
+
+/// A worker of library version 7 still running after an upgrade sends acks
+/// with two placeholder arguments each. Version 8 reads a call's whole layout
+/// before writing, so such a call fails and changes nothing; the tasks keep
+/// their leases (and are retried when those expire), and acks in the current
+/// layout go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_in_the_old_layout_is_refused_whole_and_changes_nothing() {
+    use sealq::broker::{Ack, AckResult, Broker, DequeueRequest, Outcome};
+    use std::time::Duration;
+
+    let s = support::RedisServer::start();
+    s.load_library();
+    let b = RedisBroker::connect(&s.url()).await.expect("connects");
+    let now = sealq::clock::Clock::now_ms(&sealq::clock::SystemClock);
+    let tasks: Vec<_> = (0..2)
+        .map(|_| sealq::testkit::fixtures::task_at("up", now, now))
+        .collect();
+    b.enqueue(tasks).await.unwrap();
+    let leased = b
+        .dequeue(&DequeueRequest {
+            queues: vec!["up".into()],
+            max: 2,
+            lease: Duration::from_secs(60),
+            worker: "w".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 2);
+    assert_eq!(
+        leased[0].lease.token, leased[1].lease.token,
+        "one token per dequeue call"
+    );
+    let id = |i: usize| leased[i].record.id.0.simple().to_string();
+    let tok = format!("{:016x}", leased[0].lease.token);
+    let now_s = now.to_string();
+    let out = s.cli(&[
+        "FCALL",
+        "sealq_ack",
+        "1",
+        "sealq:{up}:",
+        &now_s,
+        &id(0),
+        &tok,
+        "c",
+        "",
+        "",
+        &id(1),
+        &tok,
+        "c",
+        "",
+        "",
+    ]);
+    assert!(out.contains("malformed arguments"), "{out}");
+    for t in &leased {
+        let r = b.get(t.record.id).await.unwrap().expect("still stored");
+        assert_eq!(r.state, sealq::TaskState::Active, "nothing was written");
+    }
+    let acks = leased
+        .iter()
+        .map(|t| Ack {
+            lease: t.lease,
+            outcome: Outcome::Complete { result: None },
+        })
+        .collect();
+    let res = b.ack(acks).await.unwrap();
+    assert!(
+        res.iter().all(|r| matches!(r, AckResult::Applied)),
+        "{res:?}"
+    );
+    for t in &leased {
+        let r = b.get(t.record.id).await.unwrap().unwrap();
+        assert_eq!(r.state, sealq::TaskState::Completed);
+    }
+}

@@ -117,7 +117,9 @@ impl std::fmt::Debug for TaskRecord {
 pub struct Lease {
     /// The leased task.
     pub task_id: TaskId,
-    /// Token unique to this lease; a later lease of the same task gets another.
+    /// Token of this lease: with the task id it names one lease, and a later
+    /// lease of the same task gets another token. (A backend may give the
+    /// tasks of one `dequeue` call the same token.)
     pub token: u64,
     /// When the lease expires unless extended, Unix ms.
     pub expires_at_ms: i64,
