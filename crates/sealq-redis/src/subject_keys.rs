@@ -4,7 +4,7 @@
 //! Keys (`K` is the subject key prefix, by default `PREFIX-keys`):
 //!
 //! - `K:<tag hex>`: string, one wrapped data key (73 bytes; see
-//!   `sealq::subject_keys`), written once with `SET … NX GET`;
+//!   `sealq::subject_keys`), written once with `SETNX` (then read back with `GET`);
 //! - `K:epoch`: string counter, the erasure epoch, `INCR`ed by every destroy.
 //!
 //! Destroying a key is `DEL` then `INCR`. Crypto-shredding only shreds the
@@ -124,18 +124,34 @@ impl SubjectKeyStore for RedisSubjectKeyStore {
 
     async fn put_if_absent(&self, tag: &SubjectTag, wrapped: Vec<u8>) -> BrokerResult<Vec<u8>> {
         let what = "storing a subject key";
-        // One atomic command: sets when absent and returns nil, else returns
-        // the stored key and changes nothing (Redis ≥ 7).
-        let mut c = redis::cmd("SET");
-        c.arg(self.key_of(tag))
-            .arg(wrapped.as_slice())
-            .arg("NX")
-            .arg("GET");
-        let v: Value = self.query(what, &c).await?;
-        match crate::codec::opt_bytes(v).map_err(|e| self.bad(what, e))? {
-            Some(stored) => Ok(stored),
-            None => Ok(wrapped),
+        let key = self.key_of(tag);
+        // `SETNX` then `GET`, pipelined (one round trip), rather than
+        // `SET … NX GET`: a producer's ACL grants `SETNX` and `GET` on the
+        // key prefix but not `SET`, which could overwrite (and so destroy)
+        // an existing key (docs/redis-acl.md). A key destroyed between the
+        // two commands (an erasure running at the same time) leaves `GET`
+        // nothing: try again, which creates a fresh key.
+        for _ in 0..3 {
+            let mut p = redis::pipe();
+            p.cmd("SETNX").arg(&key).arg(wrapped.as_slice());
+            p.cmd("GET").arg(&key);
+            let (set, stored): (i64, Value) = self
+                .conn()
+                .await?
+                .pipe(&p)
+                .await
+                .map_err(|e| crate::error::map(&self.parsed.redacted, what, e))?;
+            if set == 1 {
+                return Ok(wrapped);
+            }
+            if let Some(stored) = crate::codec::opt_bytes(stored).map_err(|e| self.bad(what, e))? {
+                return Ok(stored);
+            }
         }
+        Err(self.bad(
+            what,
+            "the key was destroyed three times while being created (erasures running at the same time)",
+        ))
     }
 
     async fn destroy(&self, tag: &SubjectTag) -> BrokerResult<bool> {

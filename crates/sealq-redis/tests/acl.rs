@@ -9,21 +9,7 @@ use sealq::BrokerErrorKind;
 use sealq::broker::{Ack, Broker, DequeueRequest, ListQuery, Outcome};
 use sealq::clock::system_clock;
 use sealq_redis::{RedisBroker, RedisOptions};
-use support::RedisServer;
-
-fn cli_as(s: &RedisServer, user: &str, pw: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &s.port.to_string()])
-        .args(["--user", user, "--pass", pw, "--no-auth-warning"])
-        .args(args)
-        .output()
-        .expect("redis-cli");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use support::{RedisServer, cli_as};
 
 fn url(s: &RedisServer, user: &str, pw: &str) -> String {
     format!("redis://{user}:{pw}@127.0.0.1:{}", s.port)
@@ -33,7 +19,8 @@ fn url(s: &RedisServer, user: &str, pw: &str) -> String {
 async fn roles_can_do_their_job_and_nothing_more() {
     let s = RedisServer::start();
     for line in support::acl_lines() {
-        let args: Vec<&str> = line.split(' ').collect();
+        let owned = support::acl_args(&line);
+        let args: Vec<&str> = owned.iter().map(String::as_str).collect();
         let out = s.cli(&args);
         assert!(out.contains("OK"), "{line}: {out}");
     }

@@ -11,7 +11,7 @@ use sealq::broker::Broker;
 use sealq::subject_keys::SubjectKeys;
 use sealq::{BrokerErrorKind, Client, EnqueueOptions, Keyring, RawTask};
 use sealq_redis::{RedisAuditSink, RedisBroker, RedisOptions};
-use support::RedisServer;
+use support::{RedisServer, cli_as};
 
 fn url(s: &RedisServer, user: &str, pw: &str) -> String {
     format!("redis://{user}:{pw}@127.0.0.1:{}", s.port)
@@ -21,7 +21,8 @@ fn url(s: &RedisServer, user: &str, pw: &str) -> String {
 async fn producers_create_keys_workers_read_them_admins_erase() {
     let s = RedisServer::start();
     for line in support::acl_lines() {
-        let args: Vec<&str> = line.split(' ').collect();
+        let owned = support::acl_args(&line);
+        let args: Vec<&str> = owned.iter().map(String::as_str).collect();
         assert!(s.cli(&args).contains("OK"), "{line}");
     }
     let admin =
@@ -69,6 +70,37 @@ async fn producers_create_keys_workers_read_them_admins_erase() {
         .await
         .unwrap_err();
     assert_eq!(e.kind, BrokerErrorKind::PermissionDenied, "{e}");
+
+    // Producer: cannot overwrite the key either (which would destroy it as
+    // surely as DEL), by any command it holds; creating it again is a no-op.
+    let key = format!("sealq-keys:{}", tag.to_hex());
+    let before = s.cli(&["GET", &key]);
+    assert!(!before.trim().is_empty(), "the key was created: {before:?}");
+    for args in [
+        vec!["SET", key.as_str(), "forged"],
+        vec!["MSETNX", key.as_str(), "forged"],
+        vec!["HSET", key.as_str(), "f", "v"],
+        vec!["DEL", key.as_str()],
+        vec!["INCR", "sealq-keys:epoch"],
+        vec!["PERSIST", key.as_str()],
+    ] {
+        let out = cli_as(&s, "sealq-producer", "ppw", &args);
+        assert!(out.contains("NOPERM"), "{args:?} as producer: {out}");
+    }
+    let out = cli_as(&s, "sealq-producer", "ppw", &["SETNX", &key, "forged"]);
+    assert_eq!(out.trim(), "0", "SETNX on an existing key: {out}");
+    assert_eq!(
+        s.cli(&["GET", &key]),
+        before,
+        "the producer changed the key"
+    );
+    let again = producer
+        .subject_key_store()
+        .unwrap()
+        .put_if_absent(&tag, vec![7; 73])
+        .await
+        .expect("the producer's put_if_absent runs with its ACL");
+    assert_ne!(again, vec![7; 73], "put_if_absent replaced a stored key");
 
     // Worker: reads the key, cannot destroy it.
     let wkeys = SubjectKeys::new(worker.subject_key_store().unwrap(), &keyring);

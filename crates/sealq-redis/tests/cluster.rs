@@ -324,7 +324,8 @@ async fn acl_roles_work_on_a_cluster() {
             } else {
                 line.push_str(extra.others);
             }
-            let args: Vec<&str> = line.split(' ').collect();
+            let owned = support::acl_args(&line);
+            let args: Vec<&str> = owned.iter().map(String::as_str).collect();
             let out = node.cli(&args);
             assert!(out.contains("OK"), "{line}: {out}");
         }

@@ -269,6 +269,52 @@ pub async fn shared_broker_with_prefix(prefix: &str) -> RedisBroker {
         .expect("connect to the test redis-server")
 }
 
+/// `redis-cli` against `s` as `user`, stdout and stderr together.
+pub fn cli_as(s: &RedisServer, user: &str, pw: &str, args: &[&str]) -> String {
+    require("redis-cli");
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &s.port.to_string()])
+        .args(["--user", user, "--pass", pw, "--no-auth-warning"])
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The arguments of one `ACL SETUSER` line: split at spaces, except inside
+/// a selector `( … )`, which is one argument (as a shell's quotes would make it).
+pub fn acl_args(line: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut cur = String::new();
+    let mut depth = 0usize;
+    for ch in line.chars() {
+        match ch {
+            '(' => {
+                depth += 1;
+                cur.push(ch);
+            }
+            ')' => {
+                depth = depth.saturating_sub(1);
+                cur.push(ch);
+            }
+            ' ' if depth == 0 => {
+                if !cur.is_empty() {
+                    args.push(std::mem::take(&mut cur));
+                }
+            }
+            _ => cur.push(ch),
+        }
+    }
+    if !cur.is_empty() {
+        args.push(cur);
+    }
+    args
+}
+
 /// The `ACL SETUSER` lines of docs/redis-acl.md (admin, producer, worker),
 /// read from the document itself, with the passwords `apw`, `ppw`, `wpw`.
 pub fn acl_lines() -> Vec<String> {
