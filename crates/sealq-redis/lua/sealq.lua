@@ -13,12 +13,12 @@
 --   Q..'t:'..id   hash  one task's state (small fields, below)
 --   Q..'b:'..id   string the task's stored bytes: kind, metadata and sealed
 --                 envelope (layout in codec.rs). Written by the producer
---                 with a plain `SET NX PX` in the same pipeline as
---                 sealq_enqueue, which makes it permanent (PERSIST) when it
---                 accepts the task; read by workers with `MGET`. The bytes
---                 never pass through Lua on the hot path: converting a
---                 1 KiB argument or reply costs more than the rest of a
---                 task's state change (see docs/benchmarks.md).
+--                 beside sealq_enqueue (see there); read by workers with
+--                 `MGET`. The bytes of large calls never pass through Lua:
+--                 per task, converting a 1 KiB argument or reply costs more
+--                 than a command of its own; in calls of a few tasks
+--                 (sealq_enqueue_inline, the bytes of small dequeues) it
+--                 saves whole commands (see docs/benchmarks.md).
 --   Q..'ready'    zset  scheduled, pending and retry ids by run_at (dequeue order)
 --   Q..'delayed'  zset  scheduled and retry ids by run_at (forwarding)
 --   Q..'active'   zset  leased ids by lease expiry (recovery)
@@ -167,6 +167,12 @@ end
 --   the other way.
 -- * `SET NX PX` per task (same pipeline): refused tasks' bytes are left to
 --   expire; accepted ones are made permanent (PERSIST).
+-- * inline (sealq_enqueue_inline, for calls of a few tasks): each task's
+--   bytes are an eighth field, written here with `SET NX`; one command per
+--   call instead of MULTI, MSETNX, FCALL and EXEC (passing 1 KiB through
+--   Lua costs less than the three extra commands). A task whose bytes key
+--   exists already is 'nobytes', and the caller retries it the
+--   `SET NX PX` way.
 -- Returns per task: 'ok' | 'exists' | 'nobytes' (its bytes are not there
 -- as just written) | the id holding the unique key.
 -- Known ids are refused: on a single node through the global index (one
@@ -174,8 +180,9 @@ end
 -- global index before (sealq_registry 'index') and passes only the ids it
 -- won. Per task PERSIST and HSET; the index, set and count updates are one
 -- command per batch.
-local function enqueue(keys, args)
+local function enqueue_with(keys, args, stride, inline)
   local Q, G, M = keys[1], keys[2], keys[3]
+  if inline then M = nil end
   -- Fast path: did the MSETNX write (the marker is there)? The marker, and
   -- the bytes of refused tasks, are dropped with `SET '' PX 1` rather than
   -- DEL: producers hold no DEL permission.
@@ -186,18 +193,18 @@ local function enqueue(keys, args)
   end
   local now, queue = tonumber(args[1]), args[2]
   local nows = s(now)
-  local n = (#args - 2) / 7
+  local n = (#args - 2) / stride
   local out, fresh = {}, {}
   local known = {}
   if G then
     local ids = {}
-    for j = 1, n do ids[j] = args[3 + (j - 1) * 7] end
+    for j = 1, n do ids[j] = args[3 + (j - 1) * stride] end
     known = mget('HMGET', G .. 'ids', ids)
   end
   local ready, delayed, all, index = {}, {}, {}, {}
   local delta = {pending = 0, scheduled = 0}
   for j = 1, n do
-    local b = 3 + (j - 1) * 7
+    local b = 3 + (j - 1) * stride
     local id, run_at = args[b], args[b + 1]
     local mr, ret, sub, uk, uttl = args[b + 2], args[b + 3], args[b + 4], args[b + 5], args[b + 6]
     local T = Q .. 't:' .. id
@@ -225,7 +232,11 @@ local function enqueue(keys, args)
         out[j] = dup
       elseif M and not wrote then
         out[j] = 'nobytes'
-      elseif not wrote and redis.call('PERSIST', Q .. 'b:' .. id) == 0 then
+      elseif inline and not redis.call('SET', Q .. 'b:' .. id, args[b + 7], 'NX') then
+        -- A bytes key of that id exists (a stray, or another producer's
+        -- write in flight): never overwritten.
+        out[j] = 'nobytes'
+      elseif not wrote and not inline and redis.call('PERSIST', Q .. 'b:' .. id) == 0 then
         -- Not written just now (missing, or left permanent by something
         -- else: producers may not read them to tell which).
         out[j] = 'nobytes'
@@ -266,6 +277,21 @@ local function enqueue(keys, args)
   -- enqueue costs no wake-up commands.
   if rose.pending then wake(Q) end
   return out
+end
+
+local function enqueue(keys, args)
+  if (#args - 2) % 7 ~= 0 then
+    return redis.error_reply('ERR sealq_enqueue: malformed arguments')
+  end
+  return enqueue_with(keys, args, 7, false)
+end
+
+-- As sealq_enqueue, with each task's stored bytes as an eighth field.
+local function enqueue_inline(keys, args)
+  if (#args - 2) % 8 ~= 0 then
+    return redis.error_reply('ERR sealq_enqueue_inline: malformed arguments')
+  end
+  return enqueue_with(keys, args, 8, true)
 end
 
 -- KEYS: one base per queue, in order. ARGV: now, max, lease_ms, worker,
@@ -786,6 +812,7 @@ end
 local ro = {'no-writes'}
 redis.register_function{function_name = 'sealq_version', callback = version, flags = ro}
 redis.register_function{function_name = 'sealq_enqueue', callback = enqueue, flags = {}}
+redis.register_function{function_name = 'sealq_enqueue_inline', callback = enqueue_inline, flags = {}}
 redis.register_function{function_name = 'sealq_dequeue', callback = dequeue, flags = {}}
 redis.register_function{function_name = 'sealq_ack', callback = ack, flags = {}}
 redis.register_function{function_name = 'sealq_extend', callback = extend, flags = {}}

@@ -694,9 +694,11 @@ async fn tasks_stored_by_library_version_4_are_migrated_and_run() {
 /// `SET` and the enqueue function (evicted under maxmemory in production; a
 /// stray permanent key of that id here, which no retry can overcome) fails
 /// the call with an error naming it and what to do, while the other tasks
-/// of the same call are stored and stay so: nothing accepted is lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_whose_bytes_redis_did_not_keep_fails_alone() {
+/// of the same call are stored and stay so: nothing accepted is lost. The
+/// stray is never overwritten. Both first rounds: a small call's bytes
+/// inside its function call (`SET NX` per accepted task), a large call's
+/// `MSETNX`.
+async fn a_task_whose_bytes_redis_did_not_keep_fails_alone_in(n: usize) {
     use sealq::broker::EnqueueResult;
     // A server of its own, to count the calls the enqueue makes.
     let s = support::RedisServer::start();
@@ -706,7 +708,7 @@ async fn a_task_whose_bytes_redis_did_not_keep_fails_alone() {
         .unwrap();
     let e = env_on(redis);
     let now = sealq::clock::system_clock().now_ms();
-    let tasks: Vec<sealq::broker::NewTask> = (0..3)
+    let tasks: Vec<sealq::broker::NewTask> = (0..n)
         .map(|_| sealq::testkit::fixtures::task_at("nobytes", now, now))
         .collect();
     let stray = tasks[1].id;
@@ -715,8 +717,6 @@ async fn a_task_whose_bytes_redis_did_not_keep_fails_alone() {
     s.cli(&["CONFIG", "RESETSTAT"]);
 
     let err = e.broker.enqueue(tasks.clone()).await.unwrap_err();
-    // One round for the call (one MSETNX for all three, which writes
-    // nothing since one key exists), one more with a SET per task.
     let stats = s.cli(&["INFO", "commandstats"]);
     let calls = |cmd: &str| -> u64 {
         stats
@@ -726,41 +726,62 @@ async fn a_task_whose_bytes_redis_did_not_keep_fails_alone() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
+    // One round for the call, one more for what it could not write.
     assert_eq!(calls("fcall"), 2, "{stats}");
-    assert_eq!(calls("msetnx"), 1, "{stats}");
-    assert_eq!(
-        calls("set"),
-        3,
-        "the second round writes each task's bytes on its own: {stats}"
-    );
+    if n > 8 {
+        // One MSETNX for all, which writes nothing since one key exists;
+        // then a SET per task.
+        assert_eq!(calls("msetnx"), 1, "{stats}");
+        assert_eq!(calls("set"), n as u64, "{stats}");
+    } else {
+        // A SET NX per task inside the function (the stray's fails), then
+        // one SET NX PX for the stray.
+        assert_eq!(calls("msetnx"), 0, "{stats}");
+        assert_eq!(calls("set"), n as u64 + 1, "{stats}");
+    }
     let msg = err.to_string();
     assert!(msg.contains(&stray.to_string()), "names the task: {msg}");
-    assert!(msg.contains("1 of the 3"), "{msg}");
-    assert!(msg.contains("the other 2 were"), "{msg}");
+    assert!(msg.contains(&format!("1 of the {n}")), "{msg}");
+    assert!(msg.contains(&format!("the other {} were", n - 1)), "{msg}");
     assert!(msg.contains("noeviction"), "says what to do: {msg}");
     assert!(
         !msg.contains("not a task"),
         "never shows stored bytes: {msg}"
     );
-    for t in [&tasks[0], &tasks[2]] {
+    for (i, t) in tasks.iter().enumerate() {
+        if i == 1 {
+            continue;
+        }
         let rec = e.broker.get(t.id).await.unwrap().expect("kept");
         assert_eq!(rec.state, TaskState::Pending);
         assert_eq!(rec.envelope, t.envelope);
     }
     assert!(e.broker.get(stray).await.unwrap().is_none(), "not stored");
     // The stray key is left as it was (never overwritten), and once it is
-    // gone the task can be enqueued; the stored two are known ids.
+    // gone the task can be enqueued; the stored ones are known ids.
     assert!(s.cli(&["GET", &key]).contains("not a task"));
     s.cli(&["DEL", &key]);
     let again = e.broker.enqueue(tasks.clone()).await.unwrap();
-    assert_eq!(
-        again,
-        vec![
-            EnqueueResult::IdExists,
-            EnqueueResult::Enqueued,
-            EnqueueResult::IdExists
-        ]
-    );
+    let want: Vec<EnqueueResult> = (0..n)
+        .map(|i| {
+            if i == 1 {
+                EnqueueResult::Enqueued
+            } else {
+                EnqueueResult::IdExists
+            }
+        })
+        .collect();
+    assert_eq!(again, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_bytes_redis_did_not_keep_fails_alone() {
+    a_task_whose_bytes_redis_did_not_keep_fails_alone_in(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_bytes_redis_did_not_keep_fails_alone_in_a_large_call() {
+    a_task_whose_bytes_redis_did_not_keep_fails_alone_in(10).await;
 }
 
 /// A Redis at its `maxmemory` (policy `noeviction`) refuses writes: the
@@ -984,13 +1005,13 @@ async fn a_bulk_enqueue_that_runs_out_of_memory_accounts_for_every_task() {
     assert_eq!(pending, (N - 1) as u64, "every task but the refused one");
 }
 
-/// The enqueue fast path (one `MSETNX` of a call's bytes and a marker)
-/// leaves nothing behind for tasks it refuses: an id already stored in
-/// another queue and a task whose unique key is held get their freshly
-/// written bytes dropped, the marker goes too, and the stored tasks keep
-/// theirs. Also checked: the call is one MSETNX, no SET per task.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_tasks_leave_no_bytes_behind() {
+/// Neither enqueue path leaves anything behind for tasks it refuses: an id
+/// already stored in another queue and a task whose unique key is held get
+/// no bytes (the fast path drops those its `MSETNX` wrote; the inline path
+/// of small calls never writes them), no marker is left, and the stored
+/// tasks keep theirs. Also checked: the call is one `MSETNX` and one
+/// `FCALL` (a large call) or one `FCALL` alone (a small one).
+async fn refused_tasks_leave_no_bytes_behind_with(fresh_count: usize) {
     use sealq::broker::EnqueueResult;
     let s = support::RedisServer::start();
     s.load_library();
@@ -1013,26 +1034,37 @@ async fn refused_tasks_leave_no_bytes_behind() {
     dup.unique = Some(("order-1".into(), 60_000));
     let mut moved = elsewhere.clone();
     moved.queue = "fast".into();
-    let fresh = sealq::testkit::fixtures::task_at("fast", now, now);
+    let fresh: Vec<_> = (0..fresh_count)
+        .map(|_| sealq::testkit::fixtures::task_at("fast", now, now))
+        .collect();
     s.cli(&["CONFIG", "RESETSTAT"]);
-    let got = e
-        .broker
-        .enqueue(vec![dup.clone(), moved.clone(), fresh.clone()])
-        .await
-        .unwrap();
-    assert_eq!(
-        got,
-        vec![
-            EnqueueResult::Duplicate {
-                existing: holder.id
-            },
-            EnqueueResult::IdExists,
-            EnqueueResult::Enqueued
-        ]
-    );
+    let mut call = vec![dup.clone(), moved.clone()];
+    call.extend(fresh.iter().cloned());
+    let got = e.broker.enqueue(call).await.unwrap();
+    let mut want = vec![
+        EnqueueResult::Duplicate {
+            existing: holder.id,
+        },
+        EnqueueResult::IdExists,
+    ];
+    want.extend(std::iter::repeat_n(EnqueueResult::Enqueued, fresh_count));
+    assert_eq!(got, want);
     let stats = s.cli(&["INFO", "commandstats"]);
-    assert!(stats.contains("cmdstat_msetnx:calls=1,"), "{stats}");
     assert!(stats.contains("cmdstat_fcall:calls=1,"), "{stats}");
+    if fresh_count + 2 > 8 {
+        assert!(stats.contains("cmdstat_msetnx:calls=1,"), "{stats}");
+    } else {
+        for cmd in ["msetnx", "multi", "exec", "persist"] {
+            assert!(
+                !stats.contains(&format!("cmdstat_{cmd}:")),
+                "a small call sent {cmd}: {stats}"
+            );
+        }
+        assert!(
+            stats.contains(&format!("cmdstat_set:calls={fresh_count},")),
+            "one SET per accepted task, none for refused ones: {stats}"
+        );
+    }
     // Dropped with a 1 ms expiry: gone once it has passed.
     tokio::time::sleep(Duration::from_millis(20)).await;
     let key = |q: &str, id: &TaskId| format!("{}:{{{q}}}:b:{}", e.redis.prefix(), id.0.simple());
@@ -1043,11 +1075,10 @@ async fn refused_tasks_leave_no_bytes_behind() {
             "refused task's bytes left behind"
         );
     }
-    for (q, id) in [
-        ("fast", holder.id),
-        ("other", elsewhere.id),
-        ("fast", fresh.id),
-    ] {
+    let stored = [("fast", holder.id), ("other", elsewhere.id)]
+        .into_iter()
+        .chain(fresh.iter().map(|t| ("fast", t.id)));
+    for (q, id) in stored {
         assert_eq!(s.cli(&["EXISTS", &key(q, &id)]).trim(), "1", "{q} {id}");
         let rec = e.broker.get(id).await.unwrap().expect("stored");
         assert_eq!(rec.queue, q);
@@ -1058,4 +1089,14 @@ async fn refused_tasks_leave_no_bytes_behind() {
         &format!("{}:*:m:*", e.redis.prefix()),
     ]);
     assert!(markers.trim().is_empty(), "markers left: {markers}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tasks_leave_no_bytes_behind() {
+    refused_tasks_leave_no_bytes_behind_with(9).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tasks_of_a_small_call_leave_no_bytes_behind() {
+    refused_tasks_leave_no_bytes_behind_with(1).await;
 }
