@@ -120,3 +120,52 @@ async fn an_ack_in_the_old_layout_is_refused_whole_and_changes_nothing() {
         assert_eq!(r.state, sealq::TaskState::Completed);
     }
 }
+
+/// An enqueue call whose arguments do not divide into whole tasks (here
+/// `sealq_enqueue_inline` called in `sealq_enqueue`'s layout, seven fields
+/// per task without the bytes) is refused before anything is written: no
+/// task state, no bytes, no index entry.
+#[test]
+fn an_enqueue_call_of_the_wrong_layout_writes_nothing() {
+    let s = support::RedisServer::start();
+    s.load_library();
+    let id = "0000000000007000800000000000000a";
+    let now = "1700000000000";
+    let task = [id, now, "3", "0", "", "", "0"];
+    for (function, fields) in [
+        ("sealq_enqueue_inline", &task[..]),
+        ("sealq_enqueue", &task[..6]),
+    ] {
+        let mut args = vec![
+            "FCALL",
+            function,
+            "2",
+            "sealq:{q}:",
+            "sealq:{~}:g:",
+            now,
+            "q",
+        ];
+        args.extend_from_slice(fields);
+        let out = s.cli(&args);
+        assert!(out.contains("malformed arguments"), "{function}: {out}");
+        assert_eq!(s.cli(&["DBSIZE"]).trim(), "0", "{function} wrote keys");
+    }
+    // The right layout goes through (the check is not refusing everything).
+    let mut args = vec![
+        "FCALL",
+        "sealq_enqueue_inline",
+        "2",
+        "sealq:{q}:",
+        "sealq:{~}:g:",
+        now,
+        "q",
+    ];
+    args.extend_from_slice(&task);
+    args.push("bytes");
+    let out = s.cli(&args);
+    assert!(out.contains("ok"), "{out}");
+    assert_eq!(
+        s.cli(&["GET", &format!("sealq:{{q}}:b:{id}")]).trim(),
+        "bytes"
+    );
+}
