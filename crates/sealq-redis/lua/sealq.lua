@@ -202,6 +202,8 @@ local function enqueue_with(keys, args, stride, inline)
     known = mget('HMGET', G .. 'ids', ids)
   end
   local ready, delayed, all, index = {}, {}, {}, {}
+  -- Fill counts kept by hand: `#t` is a search in Lua 5.1, per append.
+  local nready, ndelayed, nall = 0, 0, 0
   local delta = {pending = 0, scheduled = 0}
   for j = 1, n do
     local b = 3 + (j - 1) * stride
@@ -243,19 +245,27 @@ local function enqueue_with(keys, args, stride, inline)
       else
         local state = 'pending'
         if tonumber(run_at) > now then state = 'scheduled' end
-        local h = {'s', state, 'a', '0', 'r', run_at, 'mr', mr, 'ret', ret, 'upd', nows}
-        if sub ~= '' then h[#h + 1] = 'sub'; h[#h + 1] = sub end
-        if uk ~= '' then
-          h[#h + 1] = 'uk'; h[#h + 1] = uk
-          redis.call('SET', Q .. 'u:' .. uk, id .. '|' .. s(now + tonumber(uttl)))
+        if sub == '' and uk == '' then
+          -- The common case, without building a table to unpack.
+          redis.call('HSET', T, 's', state, 'a', '0', 'r', run_at, 'mr', mr, 'ret', ret, 'upd', nows)
+        else
+          local h = {'s', state, 'a', '0', 'r', run_at, 'mr', mr, 'ret', ret, 'upd', nows}
+          if sub ~= '' then h[#h + 1] = 'sub'; h[#h + 1] = sub end
+          if uk ~= '' then
+            h[#h + 1] = 'uk'; h[#h + 1] = uk
+            redis.call('SET', Q .. 'u:' .. uk, id .. '|' .. s(now + tonumber(uttl)))
+          end
+          redis.call('HSET', T, unpack(h))
         end
-        redis.call('HSET', T, unpack(h))
-        ready[#ready + 1] = run_at; ready[#ready + 1] = id
+        ready[nready + 1] = run_at; ready[nready + 2] = id
+        nready = nready + 2
         if state == 'scheduled' then
-          delayed[#delayed + 1] = run_at; delayed[#delayed + 1] = id
+          delayed[ndelayed + 1] = run_at; delayed[ndelayed + 2] = id
+          ndelayed = ndelayed + 2
         end
-        all[#all + 1] = '0'; all[#all + 1] = id
-        if G then index[#index + 1] = id; index[#index + 1] = queue end
+        all[nall + 1] = '0'; all[nall + 2] = id
+        nall = nall + 2
+        if G then index[nall - 1] = id; index[nall] = queue end
         delta[state] = delta[state] + 1
         fresh[id] = true
         out[j] = 'ok'
