@@ -1100,3 +1100,79 @@ async fn refused_tasks_leave_no_bytes_behind() {
 async fn refused_tasks_of_a_small_call_leave_no_bytes_behind() {
     refused_tasks_leave_no_bytes_behind_with(1).await;
 }
+
+/// A token that no longer holds its task is refused, however its lease
+/// ended: the same task acked twice in one call counts once, a deleted
+/// task's ack is a lost lease, and after an expired lease is recovered and
+/// the task leased again, the old token's ack and extension are refused
+/// while the new token's go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_whose_lease_ended_is_refused() {
+    use sealq::broker::{Ack, AckResult, DequeueRequest, Outcome};
+    let s = support::RedisServer::start();
+    s.load_library();
+    let b = RedisBroker::connect_with(&s.url(), RedisOptions::default())
+        .await
+        .unwrap();
+    let now = sealq::clock::system_clock().now_ms();
+    let tasks: Vec<_> = (0..3)
+        .map(|_| sealq::testkit::fixtures::task_at("leases", now, now))
+        .collect();
+    b.enqueue(tasks.clone()).await.unwrap();
+    let take = |n: usize, lease: Duration| {
+        let b = &b;
+        async move {
+            b.dequeue(&DequeueRequest {
+                queues: vec!["leases".into()],
+                max: n,
+                lease,
+                worker: "w".into(),
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let complete = |l| Ack {
+        lease: l,
+        outcome: Outcome::Complete { result: None },
+    };
+    let mut long = take(2, Duration::from_secs(60)).await;
+    assert_eq!(long.len(), 2);
+
+    let first = long.remove(0);
+    let res = b
+        .ack(vec![complete(first.lease), complete(first.lease)])
+        .await
+        .unwrap();
+    assert_eq!(res, vec![AckResult::Applied, AckResult::LeaseLost]);
+
+    let second = long.remove(0);
+    assert_eq!(b.delete(&[second.record.id]).await.unwrap(), 1);
+    let res = b.ack(vec![complete(second.lease)]).await.unwrap();
+    assert_eq!(res, vec![AckResult::LeaseLost]);
+
+    let short = take(1, Duration::from_millis(1)).await.remove(0);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(b.recover_expired().await.unwrap().retried, 1);
+    assert_eq!(
+        b.extend_leases(&[short.lease], Duration::from_secs(60))
+            .await
+            .unwrap(),
+        vec![false]
+    );
+    let again = take(1, Duration::from_secs(60)).await.remove(0);
+    assert_eq!(again.record.id, short.record.id);
+    assert_ne!(again.lease.token, short.lease.token);
+    let res = b.ack(vec![complete(short.lease)]).await.unwrap();
+    assert_eq!(res, vec![AckResult::LeaseLost]);
+    assert_eq!(
+        b.extend_leases(&[again.lease], Duration::from_secs(60))
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    let res = b.ack(vec![complete(again.lease)]).await.unwrap();
+    assert_eq!(res, vec![AckResult::Applied]);
+    let rec = b.get(again.record.id).await.unwrap().unwrap();
+    assert_eq!(rec.state, TaskState::Completed);
+}
