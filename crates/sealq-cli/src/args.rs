@@ -246,6 +246,11 @@ pub(crate) struct WorkerArgs {
     /// Commands running at once.
     #[arg(long, short = 'c', default_value_t = 16)]
     pub(crate) concurrency: usize,
+    /// Tasks leased ahead of free slots (default: as many as --concurrency).
+    /// Prefetched tasks hold a lease while they wait: keep it small for long
+    /// tasks, raise it for many short ones on a busy broker.
+    #[arg(long, value_name = "N")]
+    pub(crate) prefetch: Option<usize>,
     /// On SIGINT/SIGTERM, how long to wait for running commands before
     /// killing them and returning their tasks to the queue.
     #[arg(long, value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
@@ -408,6 +413,10 @@ pub(crate) struct BenchArgs {
     /// Worker concurrency.
     #[arg(long, short = 'c', default_value_t = 64)]
     pub(crate) concurrency: usize,
+    /// Tasks the worker leases ahead of free slots (default: as many as
+    /// --concurrency).
+    #[arg(long, value_name = "N")]
+    pub(crate) prefetch: Option<usize>,
     /// Tasks per enqueue batch (one broker round trip each).
     #[arg(long, default_value_t = 1000)]
     pub(crate) batch: usize,

@@ -157,6 +157,9 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
     if let Some(a) = &worker_audit {
         worker = worker.audit(a.clone());
     }
+    if let Some(n) = args.prefetch {
+        worker = worker.prefetch(n);
+    }
     let worker = worker
         .id("sealq-bench-worker")
         .queues([(QUEUE, 1)])

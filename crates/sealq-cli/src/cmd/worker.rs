@@ -30,6 +30,9 @@ pub(crate) async fn run(global: &Global, args: WorkerArgs) -> CliResult {
     if let Some(a) = &auditor {
         builder = builder.audit(a.clone());
     }
+    if let Some(n) = args.prefetch {
+        builder = builder.prefetch(n);
+    }
     let worker = builder
         .queues(queues)
         .priority(if args.strict {

@@ -3,7 +3,8 @@
 //! A [`Worker`] runs four cooperating loops over one [`crate::Broker`]:
 //! - **fetch**: asks for up to `concurrency + prefetch - outstanding` tasks per
 //!   round trip, in the queue order given by [`Priority`]; when nothing is
-//!   ready it waits on the broker's wake-up, never polls;
+//!   ready it waits on the broker's wake-up, never polls. The prefetch adapts
+//!   to the task rate unless fixed ([`WorkerBuilder::prefetch`]);
 //! - **process**: one tokio task per leased task; opens the envelope (tasks that
 //!   fail to open never reach a handler), enforces timeout and deadline, catches
 //!   panics, seals the result or error;
@@ -96,7 +97,13 @@ pub(crate) struct Config {
     pub(crate) queues: Vec<(String, u32)>,
     pub(crate) priority: Priority,
     pub(crate) concurrency: usize,
+    /// Fixed prefetch, or `usize::MAX` for the adaptive default (resolved
+    /// into `prefetch_min`/`prefetch_max` in `Shared::new`).
     pub(crate) prefetch: usize,
+    /// Prefetch bounds: the fetcher keeps about [`PREFETCH_WINDOW`] of work
+    /// leased ahead, between these (equal for a fixed prefetch).
+    pub(crate) prefetch_min: usize,
+    pub(crate) prefetch_max: usize,
     pub(crate) lease: Duration,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) maintenance_interval: Duration,
@@ -151,8 +158,16 @@ impl WorkerBuilder {
         self
     }
 
-    /// Tasks leased ahead of free handler slots (default: same as concurrency).
-    /// Prefetched tasks hold a lease, so keep this small for long tasks.
+    /// Tasks leased ahead of free handler slots, fixed.
+    ///
+    /// By default the prefetch adapts: at least `concurrency` tasks, and more
+    /// when tasks are short, as many as the worker starts in about 100 ms at
+    /// its recent rate, up to 16 × `concurrency` (at most 4,096). A deep
+    /// prefetch lets one broker call lease many tasks when each round trip
+    /// waits behind other clients' calls; bounding it by time keeps a
+    /// worker with long tasks from holding leases on work others could do.
+    /// Prefetched tasks hold a lease (extended by heartbeats) while they
+    /// wait, so keep a fixed prefetch small for long tasks.
     pub fn prefetch(mut self, n: usize) -> Self {
         self.config.prefetch = n;
         self
@@ -328,7 +343,9 @@ impl Worker {
                 queues: vec![(crate::options::DEFAULT_QUEUE.to_owned(), 1)],
                 priority: Priority::Weighted,
                 concurrency,
-                prefetch: usize::MAX, // resolved to `concurrency` in Shared::new
+                prefetch: usize::MAX, // adaptive; resolved in Shared::new
+                prefetch_min: 0,
+                prefetch_max: 0,
                 lease: Duration::from_secs(30),
                 shutdown_timeout: Duration::from_secs(30),
                 maintenance_interval: Duration::from_secs(1),

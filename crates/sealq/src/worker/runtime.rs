@@ -53,7 +53,15 @@ impl Shared {
         mut config: Config,
     ) -> Self {
         if config.prefetch == usize::MAX {
-            config.prefetch = config.concurrency;
+            config.prefetch_min = config.concurrency;
+            config.prefetch_max = config
+                .concurrency
+                .saturating_mul(16)
+                .min(PREFETCH_CAP)
+                .max(config.concurrency);
+        } else {
+            config.prefetch_min = config.prefetch;
+            config.prefetch_max = config.prefetch;
         }
         let queue_names = config.queues.iter().map(|(q, _)| q.clone()).collect();
         let subject_keys = broker
@@ -98,7 +106,7 @@ pub(crate) async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<WorkerReport> {
     let cfg = &shared.config;
-    let total_slots = cfg.concurrency + cfg.prefetch;
+    let total_slots = cfg.concurrency + cfg.prefetch_max;
     let slots = Arc::new(Semaphore::new(total_slots));
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let background = CancellationToken::new();
@@ -151,6 +159,87 @@ pub(crate) async fn run(
     Ok(report)
 }
 
+/// The adaptive prefetch keeps about this much work leased ahead.
+const PREFETCH_WINDOW: Duration = Duration::from_millis(100);
+/// Upper bound of the adaptive prefetch.
+const PREFETCH_CAP: usize = 4096;
+/// How often the fetch rate behind the adaptive prefetch is measured.
+const RATE_EVERY: Duration = Duration::from_millis(250);
+
+/// Slots held back from fetching so that the prefetch in use is what the
+/// recent fetch rate calls for: `(concurrency + prefetch_max)` slots exist,
+/// and the fetcher holds `prefetch_max - target` of them itself.
+struct PrefetchReserve {
+    slots: Arc<Semaphore>,
+    held: Option<OwnedSemaphorePermit>,
+    min: usize,
+    max: usize,
+    since: std::time::Instant,
+    fetched_then: u64,
+}
+
+impl PrefetchReserve {
+    fn new(slots: &Arc<Semaphore>, min: usize, max: usize, fetched: u64) -> Self {
+        let held = u32::try_from(max - min)
+            .ok()
+            .filter(|&n| n > 0)
+            .and_then(|n| slots.clone().try_acquire_many_owned(n).ok());
+        PrefetchReserve {
+            slots: slots.clone(),
+            held,
+            min,
+            max,
+            since: std::time::Instant::now(),
+            fetched_then: fetched,
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.held.as_ref().map_or(0, |p| p.num_permits())
+    }
+
+    /// Re-measure the fetch rate (at most every [`RATE_EVERY`]) and move
+    /// slots in or out of the reserve towards `prefetch_max - target`.
+    /// Never waits: slots in use join the reserve as they come back.
+    fn adjust(&mut self, fetched: u64) {
+        self.adjust_at(fetched, std::time::Instant::now());
+    }
+
+    fn adjust_at(&mut self, fetched: u64, now: std::time::Instant) {
+        if self.min == self.max {
+            return;
+        }
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed < RATE_EVERY {
+            return;
+        }
+        let rate = fetched.saturating_sub(self.fetched_then) as f64 / elapsed.as_secs_f64();
+        self.since = now;
+        self.fetched_then = fetched;
+        let target = ((rate * PREFETCH_WINDOW.as_secs_f64()) as usize).clamp(self.min, self.max);
+        let want = self.max - target;
+        let held = self.held();
+        if held > want {
+            if let Some(p) = self.held.as_mut() {
+                // Splitting fewer permits than held always succeeds.
+                drop(p.split(held - want));
+            }
+        } else if held < want {
+            let free = self.slots.available_permits().min(want - held);
+            if let Some(extra) = u32::try_from(free)
+                .ok()
+                .filter(|&n| n > 0)
+                .and_then(|n| self.slots.clone().try_acquire_many_owned(n).ok())
+            {
+                match self.held.as_mut() {
+                    Some(p) => p.merge(extra),
+                    None => self.held = Some(extra),
+                }
+            }
+        }
+    }
+}
+
 /// Backoff for broker errors in loops: 50 ms doubling to 5 s.
 fn error_backoff(failures: u32) -> Duration {
     Duration::from_millis((50u64 << failures.min(7)).min(5_000))
@@ -159,7 +248,10 @@ fn error_backoff(failures: u32) -> Duration {
 async fn fetch_loop(shared: Arc<Shared>, run: Arc<Run>, slots: Arc<Semaphore>) {
     let cfg = &shared.config;
     let mut failures = 0u32;
+    let fetched = || shared.stats.fetched.load(Ordering::Relaxed);
+    let mut reserve = PrefetchReserve::new(&slots, cfg.prefetch_min, cfg.prefetch_max, fetched());
     loop {
+        reserve.adjust(fetched());
         let mut permit: OwnedSemaphorePermit = tokio::select! {
             biased;
             _ = run.stop.cancelled() => return,
@@ -668,5 +760,65 @@ async fn maintenance_loop(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(shared.config.maintenance_interval) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn the_adaptive_prefetch_follows_the_fetch_rate_within_its_bounds() {
+        // concurrency 4, prefetch 4..=64: 68 slots.
+        let slots = Arc::new(Semaphore::new(4 + 64));
+        let mut r = PrefetchReserve::new(&slots, 4, 64, 0);
+        let t0 = r.since;
+        assert_eq!(r.held(), 60, "starts at the minimum prefetch");
+        assert_eq!(slots.available_permits(), 8);
+
+        // Too soon to measure: nothing moves.
+        r.adjust_at(1_000_000, t0 + Duration::from_millis(100));
+        assert_eq!(r.held(), 60);
+
+        // 2,000 tasks in 500 ms = 4,000/s: 100 ms of work is 400, above the
+        // maximum: every slot is released.
+        r.adjust_at(2_000, t0 + Duration::from_millis(500));
+        assert_eq!(r.held(), 0);
+        assert_eq!(slots.available_permits(), 68);
+
+        // 200/s: 20 tasks ahead, so 44 of the 64 go back into the reserve.
+        r.adjust_at(2_100, t0 + Duration::from_millis(1_000));
+        assert_eq!(r.held(), 44);
+
+        // Nothing fetched: back to the minimum prefetch.
+        r.adjust_at(2_100, t0 + Duration::from_millis(1_500));
+        assert_eq!(r.held(), 60);
+        drop(r);
+        assert_eq!(slots.available_permits(), 68, "dropping returns every slot");
+
+        // With 50 slots in use, the reserve takes only what is free now, and
+        // the rest as it comes back, never waiting.
+        let in_use = slots.clone().try_acquire_many_owned(50).unwrap();
+        let mut r = PrefetchReserve::new(&slots, 4, 64, 0);
+        assert_eq!(r.held(), 0, "not enough free slots to hold back at start");
+        let t0 = r.since;
+        r.adjust_at(0, t0 + Duration::from_millis(300));
+        assert_eq!(r.held(), 18, "the free ones");
+        drop(in_use);
+        r.adjust_at(0, t0 + Duration::from_millis(600));
+        assert_eq!(r.held(), 60);
+        assert_eq!(slots.available_permits(), 8);
+    }
+
+    #[test]
+    fn a_fixed_prefetch_holds_nothing_back() {
+        let slots = Arc::new(Semaphore::new(8 + 8));
+        let mut r = PrefetchReserve::new(&slots, 8, 8, 0);
+        let t0 = Instant::now();
+        r.adjust_at(0, t0 + Duration::from_secs(5));
+        r.adjust_at(1_000_000, t0 + Duration::from_secs(10));
+        assert_eq!(r.held(), 0);
+        assert_eq!(slots.available_permits(), 16);
     }
 }
