@@ -404,6 +404,11 @@ impl Client {
             return Ok(out);
         }
         let ids: Vec<TaskId> = sealed.iter().map(|t| t.id).collect();
+        // An audit log that cannot keep up slows enqueueing down rather
+        // than holding ever more records in memory.
+        if let Some(a) = &self.inner.audit {
+            a.wait_for_room().await;
+        }
         let mut events: Vec<Option<(i64, crate::audit::AuditEvent)>> = match &self.inner.audit {
             Some(_) => sealed
                 .iter()

@@ -50,7 +50,18 @@ struct Counters {
     checkpoints: AtomicU64,
     dropped: AtomicU64,
     failed: AtomicU64,
+    /// Records accepted and not yet appended (or skipped): what the
+    /// auditor holds in memory.
+    queued: AtomicU64,
+    /// Signalled whenever `queued` falls.
+    room: tokio::sync::Notify,
 }
+
+/// How many records an auditor holds before [`Auditor::wait_for_room`]
+/// makes callers wait: about 8 MiB of records, a tenth of a second of a
+/// busy worker's events. Beyond it the work that produces events waits for
+/// the log instead of the log falling behind in memory without bound.
+pub(crate) const MAX_QUEUED: u64 = 16_384;
 
 struct Shared {
     tx: mpsc::UnboundedSender<Msg>,
@@ -224,11 +235,44 @@ impl Auditor {
     /// enqueue, recorded once the broker confirmed it but dated when it was
     /// sealed, so per-task histories sort in lifecycle order across writers.
     pub fn record_at(&self, time_ms: i64, event: AuditEvent) {
-        if self.inner.closed.load(Ordering::Relaxed)
-            || self.inner.tx.send(Msg::Record { time_ms, event }).is_err()
-        {
-            self.inner.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        let c = &self.inner.counters;
+        if self.inner.closed.load(Ordering::Relaxed) {
+            c.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         }
+        c.queued.fetch_add(1, Ordering::Relaxed);
+        if self.inner.tx.send(Msg::Record { time_ms, event }).is_err() {
+            c.queued.fetch_sub(1, Ordering::Relaxed);
+            c.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records accepted and not yet appended.
+    pub fn queued(&self) -> u64 {
+        self.inner.counters.queued.load(Ordering::Relaxed)
+    }
+
+    /// Wait until the auditor holds fewer than `limit` records not yet
+    /// appended. Workers and clients call it before taking on more work, so
+    /// a log that cannot keep up (a slow or failing sink) slows them down
+    /// instead of filling memory. Returns at once on a closed auditor.
+    pub(crate) async fn wait_for_room_below(&self, limit: u64) {
+        let c = &self.inner.counters;
+        loop {
+            let room = c.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if c.queued.load(Ordering::Relaxed) < limit || self.inner.closed.load(Ordering::Relaxed)
+            {
+                return;
+            }
+            room.await;
+        }
+    }
+
+    /// [`Auditor::wait_for_room_below`] at [`MAX_QUEUED`].
+    pub(crate) async fn wait_for_room(&self) {
+        self.wait_for_room_below(MAX_QUEUED).await;
     }
 
     /// Wait until everything recorded so far is appended and covered by a
@@ -357,6 +401,12 @@ impl Chain {
         }
     }
 
+    /// `n` records left memory (appended or skipped): wake waiters.
+    fn release(&self, n: usize) {
+        self.counters.queued.fetch_sub(n as u64, Ordering::Relaxed);
+        self.counters.room.notify_waiters();
+    }
+
     fn has_uncovered(&self) -> bool {
         !self.pending.is_empty()
             || self
@@ -371,10 +421,12 @@ impl Chain {
             Ok(b) => b,
             Err(e) => {
                 warn!(error = %e, event = event.name(), "cannot encode audit record; skipped");
+                self.release(1);
                 return;
             }
         };
         let Some(keyed) = &self.mac else {
+            self.release(1);
             return;
         };
         let mac = keyed.mac(&self.prev_mac, &bytes);
@@ -405,6 +457,7 @@ impl Chain {
         self.counters
             .records
             .fetch_add(self.pending.len() as u64, Ordering::Relaxed);
+        self.release(self.pending.len());
         if let (Some(last), Some(hash)) = (self.pending.last(), self.pending_hashes.last()) {
             let mac = last.mac_bytes().unwrap_or(GENESIS);
             self.appended = Some((last.seq, mac, *hash));
@@ -454,5 +507,97 @@ async fn sleep_until(due: Option<Instant>) {
     match due {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::sink::{Loaded, MemorySink};
+    use async_trait::async_trait;
+
+    /// A sink whose appends wait until the test opens the gate.
+    #[derive(Debug)]
+    struct Gated {
+        inner: MemorySink,
+        gate: tokio::sync::Semaphore,
+    }
+
+    #[async_trait]
+    impl AuditSink for Gated {
+        async fn append_records(&self, records: &[AuditRecord]) -> Result<(), AuditError> {
+            let _pass = self.gate.acquire().await.expect("gate open");
+            self.inner.append_records(records).await
+        }
+        async fn append_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), AuditError> {
+            self.inner.append_checkpoint(checkpoint).await
+        }
+        async fn read_records(&self) -> Result<Vec<Loaded<AuditRecord>>, AuditError> {
+            self.inner.read_records().await
+        }
+        async fn read_checkpoints(&self) -> Result<Option<Vec<Loaded<Checkpoint>>>, AuditError> {
+            self.inner.read_checkpoints().await
+        }
+        fn describe(&self) -> String {
+            "gated".into()
+        }
+    }
+
+    fn event() -> AuditEvent {
+        AuditEvent::Started {
+            task: crate::TaskId::new(),
+            worker: "w".into(),
+            attempt: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_log_that_cannot_keep_up_makes_callers_wait_instead_of_filling_memory() {
+        let sink = Arc::new(Gated {
+            inner: MemorySink::new(),
+            gate: tokio::sync::Semaphore::new(0),
+        });
+        let keyring = Keyring::generate();
+        let a = Auditor::builder(sink.clone(), &keyring).start().unwrap();
+        for _ in 0..100 {
+            a.record(event());
+        }
+        assert_eq!(a.queued(), 100);
+        // Room below 200: at once. Below 50: not while the sink is stuck.
+        a.wait_for_room_below(200).await;
+        let stuck =
+            tokio::time::timeout(Duration::from_millis(100), a.wait_for_room_below(50)).await;
+        assert!(stuck.is_err(), "returned with {} queued", a.queued());
+        assert!(a.queued() >= 50);
+
+        // Once the sink takes them, the waiter goes on and nothing is held.
+        sink.gate.add_permits(1_000);
+        tokio::time::timeout(Duration::from_secs(10), a.wait_for_room_below(50))
+            .await
+            .expect("room once the sink appends");
+        a.flush().await.unwrap();
+        assert_eq!(a.queued(), 0);
+        assert_eq!(sink.inner.len(), 100);
+
+        // A closing auditor never makes anyone wait, even while its sink is
+        // stuck with records queued.
+        let b = Auditor::builder(sink.clone(), &keyring).start().unwrap();
+        let stuck_gate = sink.gate.available_permits();
+        sink.gate.forget_permits(stuck_gate);
+        for _ in 0..100 {
+            b.record(event());
+        }
+        let closing = tokio::spawn({
+            let b = b.clone();
+            async move { b.close().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(b.queued() >= 1);
+        tokio::time::timeout(Duration::from_secs(1), b.wait_for_room_below(1))
+            .await
+            .expect("a closing auditor does not block");
+        sink.gate.add_permits(1_000);
+        closing.await.unwrap().unwrap();
+        assert_eq!(b.queued(), 0);
     }
 }

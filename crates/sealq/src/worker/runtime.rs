@@ -252,6 +252,15 @@ async fn fetch_loop(shared: Arc<Shared>, run: Arc<Run>, slots: Arc<Semaphore>) {
     let mut reserve = PrefetchReserve::new(&slots, cfg.prefetch_min, cfg.prefetch_max, fetched());
     loop {
         reserve.adjust(fetched());
+        // An audit log that cannot keep up slows fetching down rather than
+        // holding ever more records in memory.
+        if let Some(a) = &cfg.audit {
+            tokio::select! {
+                biased;
+                _ = run.stop.cancelled() => return,
+                _ = a.wait_for_room() => {}
+            }
+        }
         let mut permit: OwnedSemaphorePermit = tokio::select! {
             biased;
             _ = run.stop.cancelled() => return,
