@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use redis::Value;
 use sealq::audit::{
     AuditError, AuditRecord, AuditSink, Checkpoint, DEFAULT_CHECKPOINT_EVERY, Loaded,
-    checkpoint_line, record_line,
+    checkpoint_line, write_record_line,
 };
 
 use crate::RedisBroker;
@@ -303,12 +303,12 @@ impl AuditSink for RedisAuditSink {
         // auditor's chain tolerates no worse than a crash mid-batch.
         let mut p = redis::pipe();
         for chunk in records.chunks(BATCH) {
-            let mut lines = String::new();
+            let mut lines = Vec::with_capacity(chunk.len() * 320);
             for (i, r) in chunk.iter().enumerate() {
                 if i > 0 {
-                    lines.push('\n');
+                    lines.push(b'\n');
                 }
-                lines.push_str(&record_line(r));
+                write_record_line(&mut lines, r);
             }
             p.cmd("XADD")
                 .arg(&self.inner.records)

@@ -40,6 +40,7 @@ pub use record::{
 };
 pub use sink::{
     AuditError, AuditSink, JsonLinesSink, Loaded, MemorySink, checkpoint_line, record_line,
+    write_record_line,
 };
 pub use verify::{
     Fault, Store, VerifyOptions, VerifyReport, any_checkpoint_verifies, verify, verify_sink,

@@ -92,6 +92,16 @@ pub fn record_line(r: &AuditRecord) -> String {
     serde_json::to_string(r).unwrap_or_default()
 }
 
+/// Append [`record_line`]'s text of `r` to `out`, without a line of its own
+/// in between (for sinks that batch many records into one buffer).
+pub fn write_record_line(out: &mut Vec<u8>, r: &AuditRecord) {
+    let start = out.len();
+    // Invariant as in `record_line`; on a failure nothing partial is kept.
+    if serde_json::to_writer(&mut *out, r).is_err() {
+        out.truncate(start);
+    }
+}
+
 /// JSON text of a checkpoint (one line, no newline).
 pub fn checkpoint_line(c: &Checkpoint) -> String {
     serde_json::to_string(c).unwrap_or_default()
@@ -237,13 +247,13 @@ impl JsonLinesSink {
 #[async_trait]
 impl AuditSink for JsonLinesSink {
     async fn append_records(&self, records: &[AuditRecord]) -> Result<(), AuditError> {
-        let mut text = String::with_capacity(records.len() * 320);
+        let mut text = Vec::with_capacity(records.len() * 320);
         for r in records {
-            text.push_str(&record_line(r));
-            text.push('\n');
+            write_record_line(&mut text, r);
+            text.push(b'\n');
         }
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.append(false, text.as_bytes()))
+        tokio::task::spawn_blocking(move || this.append(false, &text))
             .await
             .map_err(|e| AuditError::new(format!("audit writer task failed: {e}")))?
     }
