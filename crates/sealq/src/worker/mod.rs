@@ -167,7 +167,9 @@ impl WorkerBuilder {
     /// waits behind other clients' calls; bounding it by time keeps a
     /// worker with long tasks from holding leases on work others could do.
     /// Prefetched tasks hold a lease (extended by heartbeats) while they
-    /// wait, so keep a fixed prefetch small for long tasks.
+    /// wait, so keep a fixed prefetch small for long tasks, and for strict
+    /// priorities: tasks already leased run before higher-priority ones
+    /// that arrive meanwhile (up to ~100 ms of work with the default).
     pub fn prefetch(mut self, n: usize) -> Self {
         self.config.prefetch = n;
         self
