@@ -163,6 +163,8 @@ pub(crate) async fn run(
 const PREFETCH_WINDOW: Duration = Duration::from_millis(100);
 /// Upper bound of the adaptive prefetch.
 const PREFETCH_CAP: usize = 4096;
+/// How long fetching waits for a lagging audit log before it says so.
+const AUDIT_STALL_WARNING: Duration = Duration::from_secs(5);
 /// How often the fetch rate behind the adaptive prefetch is measured.
 const RATE_EVERY: Duration = Duration::from_millis(250);
 
@@ -255,10 +257,22 @@ async fn fetch_loop(shared: Arc<Shared>, run: Arc<Run>, slots: Arc<Semaphore>) {
         // An audit log that cannot keep up slows fetching down rather than
         // holding ever more records in memory.
         if let Some(a) = &cfg.audit {
-            tokio::select! {
+            let waited = tokio::select! {
                 biased;
                 _ = run.stop.cancelled() => return,
-                _ = a.wait_for_room() => {}
+                r = tokio::time::timeout(AUDIT_STALL_WARNING, a.wait_for_room()) => r,
+            };
+            if waited.is_err() {
+                warn!(
+                    queued = a.queued(),
+                    "the audit log has not caught up for 5 s (its sink is slow or failing); \
+                     fetching waits for it"
+                );
+                tokio::select! {
+                    biased;
+                    _ = run.stop.cancelled() => return,
+                    _ = a.wait_for_room() => {}
+                }
             }
         }
         let mut permit: OwnedSemaphorePermit = tokio::select! {
