@@ -180,7 +180,11 @@ end
 -- global index before (sealq_registry 'index') and passes only the ids it
 -- won. Per task PERSIST and HSET; the index, set and count updates are one
 -- command per batch.
-local function enqueue_with(keys, args, stride, inline)
+-- `stride` fields per task (7, or 8 with the bytes inline); `name` for errors.
+local function enqueue_with(keys, args, stride, inline, name)
+  if (#args - 2) % stride ~= 0 then
+    return redis.error_reply('ERR ' .. name .. ': malformed arguments')
+  end
   local Q, G, M = keys[1], keys[2], keys[3]
   if inline then M = nil end
   -- Fast path: did the MSETNX write (the marker is there)? The marker, and
@@ -290,18 +294,12 @@ local function enqueue_with(keys, args, stride, inline)
 end
 
 local function enqueue(keys, args)
-  if (#args - 2) % 7 ~= 0 then
-    return redis.error_reply('ERR sealq_enqueue: malformed arguments')
-  end
-  return enqueue_with(keys, args, 7, false)
+  return enqueue_with(keys, args, 7, false, 'sealq_enqueue')
 end
 
 -- As sealq_enqueue, with each task's stored bytes as an eighth field.
 local function enqueue_inline(keys, args)
-  if (#args - 2) % 8 ~= 0 then
-    return redis.error_reply('ERR sealq_enqueue_inline: malformed arguments')
-  end
-  return enqueue_with(keys, args, 8, true)
+  return enqueue_with(keys, args, 8, true, 'sealq_enqueue_inline')
 end
 
 -- KEYS: one base per queue, in order. ARGV: now, max, lease_ms, worker,

@@ -702,6 +702,11 @@ impl RedisBroker {
                 let mut seen = std::collections::HashSet::with_capacity(idx.len());
                 idx.iter().all(|&i| seen.insert(&ids[i]))
             });
+        let stored = |t: &NewTask| {
+            codec::encode_stored(&t.kind, &t.meta, &t.envelope).map_err(|e| {
+                BrokerError::new(BrokerErrorKind::Other, format!("task {}: {e}", t.id))
+            })
+        };
         let mut pipes = vec![redis::pipe()];
         if fast {
             pipes[0].atomic();
@@ -712,20 +717,13 @@ impl RedisBroker {
             }
             let p = pipes.last_mut().expect("at least one pipeline");
             let base = self.qbase(q);
-            let mut inline_bytes = Vec::new();
             let marker = fast.then(|| format!("{base}m:{:016x}", rand::random::<u64>()));
             if let Some(m) = &marker {
                 p.cmd("MSETNX").arg(m).arg("1");
             }
-            for &i in idx {
-                let t = &tasks[i];
-                let stored = codec::encode_stored(&t.kind, &t.meta, &t.envelope).map_err(|e| {
-                    BrokerError::new(BrokerErrorKind::Other, format!("task {}: {e}", t.id))
-                })?;
-                if inline {
-                    inline_bytes.push(stored);
-                    continue;
-                }
+            // Inline calls carry the bytes as function arguments (below).
+            for &i in idx.iter().filter(|_| !inline) {
+                let stored = stored(&tasks[i])?;
                 let key = format!("{base}b:{}", ids[i]);
                 if fast {
                     p.arg(key).arg(stored);
@@ -752,7 +750,6 @@ impl RedisBroker {
                 None => self.qcall("sealq_enqueue", q, true),
             };
             c.arg(now).arg(q.as_ref());
-            let mut inline_bytes = inline_bytes.drain(..);
             for &i in idx {
                 let t = &tasks[i];
                 let (uk, uttl) = match &t.unique {
@@ -772,8 +769,8 @@ impl RedisBroker {
                     )
                     .arg(uk)
                     .arg(uttl);
-                if let Some(b) = inline_bytes.next() {
-                    c.arg(b);
+                if inline {
+                    c.arg(stored(t)?);
                 }
             }
             p.add_command(c);
