@@ -8,12 +8,12 @@ const DIGITS: &[u8; 16] = b"0123456789abcdef";
 /// `bytes` as lower-case hex, the same text as `hex::encode`.
 pub(crate) fn encode(bytes: impl AsRef<[u8]>) -> String {
     let bytes = bytes.as_ref();
-    let mut s = String::with_capacity(bytes.len() * 2);
+    let mut s = Vec::with_capacity(bytes.len() * 2);
     for &b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+        s.extend_from_slice(&[DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0x0f)]]);
     }
-    s
+    // Invariant: every byte is an ASCII hex digit.
+    String::from_utf8(s).expect("hex digits are ASCII")
 }
 
 #[cfg(test)]

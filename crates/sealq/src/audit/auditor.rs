@@ -10,7 +10,7 @@ use tracing::warn;
 
 use super::event::AuditEvent;
 use super::record::{
-    AuditKeys, AuditRecord, Checkpoint, GENESIS, RecordMac, canonical, chain_hash,
+    AuditKeys, AuditRecord, Checkpoint, GENESIS, RecordMac, canonical_into, chain_hash,
 };
 use super::sink::{AuditError, AuditSink};
 use crate::error::Error;
@@ -166,6 +166,7 @@ impl AuditorBuilder {
             prev_hash: GENESIS,
             pending: Vec::new(),
             pending_hashes: Vec::new(),
+            scratch: Vec::with_capacity(256),
             appended: None,
             checkpointed_seq: None,
             since_checkpoint: 0,
@@ -339,6 +340,8 @@ struct Chain {
     pending: Vec<AuditRecord>,
     /// The public chain hash through each of `pending`.
     pending_hashes: Vec<[u8; 32]>,
+    /// The canonical bytes of the record being chained (reused).
+    scratch: Vec<u8>,
     /// Head of what is appended: seq, mac, hash.
     appended: Option<(u64, [u8; 32], [u8; 32])>,
     checkpointed_seq: Option<u64>,
@@ -417,20 +420,18 @@ impl Chain {
     /// Number, MAC and hash one record.
     fn push(&mut self, time_ms: i64, event: AuditEvent) {
         let seq = self.next_seq;
-        let bytes = match canonical(&self.writer, seq, time_ms, &event) {
-            Ok(b) => b,
-            Err(e) => {
-                warn!(error = %e, event = event.name(), "cannot encode audit record; skipped");
-                self.release(1);
-                return;
-            }
-        };
+        self.scratch.clear();
+        if let Err(e) = canonical_into(&mut self.scratch, &self.writer, seq, time_ms, &event) {
+            warn!(error = %e, event = event.name(), "cannot encode audit record; skipped");
+            self.release(1);
+            return;
+        }
         let Some(keyed) = &self.mac else {
             self.release(1);
             return;
         };
-        let mac = keyed.mac(&self.prev_mac, &bytes);
-        let hash = chain_hash(&self.prev_hash, &mac, &bytes);
+        let mac = keyed.mac(&self.prev_mac, &self.scratch);
+        let hash = chain_hash(&self.prev_hash, &mac, &self.scratch);
         self.prev_mac = mac;
         self.prev_hash = hash;
         self.next_seq += 1;

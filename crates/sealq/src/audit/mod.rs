@@ -26,6 +26,7 @@
 
 mod auditor;
 mod event;
+mod fastenc;
 pub(crate) mod hooks;
 mod record;
 mod sink;

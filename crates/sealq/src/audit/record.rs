@@ -75,15 +75,40 @@ pub(crate) fn canonical(
     time_ms: i64,
     event: &AuditEvent,
 ) -> Result<Vec<u8>, Error> {
-    rmp_serde::to_vec_named(&Canonical {
-        writer,
-        seq,
-        time_ms,
-        event,
-    })
-    .map_err(|e| Error::Codec {
-        what: "audit record",
-        reason: e.to_string(),
+    let mut out = Vec::with_capacity(160);
+    canonical_into(&mut out, writer, seq, time_ms, event)?;
+    Ok(out)
+}
+
+/// [`canonical`], appended to `out` (a buffer reused across records). On
+/// an error `out` is as it was.
+pub(crate) fn canonical_into(
+    out: &mut Vec<u8>,
+    writer: &str,
+    seq: u64,
+    time_ms: i64,
+    event: &AuditEvent,
+) -> Result<(), Error> {
+    // The per-task events have a hand-written encoder (same bytes).
+    if super::fastenc::canonical_into(out, writer, seq, time_ms, event) {
+        return Ok(());
+    }
+    let start = out.len();
+    rmp_serde::encode::write_named(
+        out,
+        &Canonical {
+            writer,
+            seq,
+            time_ms,
+            event,
+        },
+    )
+    .map_err(|e| {
+        out.truncate(start);
+        Error::Codec {
+            what: "audit record",
+            reason: e.to_string(),
+        }
     })
 }
 

@@ -87,15 +87,22 @@ pub trait AuditSink: Send + Sync + std::fmt::Debug + 'static {
 
 /// JSON text of a record as every sink stores it (one line, no newline).
 pub fn record_line(r: &AuditRecord) -> String {
-    // Invariant: records are plain strings, integers and maps; serde_json
-    // cannot fail on them.
-    serde_json::to_string(r).unwrap_or_default()
+    let mut out = Vec::with_capacity(256);
+    write_record_line(&mut out, r);
+    // Invariant: both writers produce UTF-8 (JSON text of UTF-8 strings).
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Append [`record_line`]'s text of `r` to `out`, without a line of its own
 /// in between (for sinks that batch many records into one buffer).
 pub fn write_record_line(out: &mut Vec<u8>, r: &AuditRecord) {
+    // The per-task events have a hand-written writer (same text).
+    if super::fastenc::record_json_into(out, &r.writer, r.seq, r.time_ms, &r.event, &r.mac) {
+        return;
+    }
     let start = out.len();
+    // Invariant: records are plain strings, integers and maps; serde_json
+    // cannot fail on them.
     // Invariant as in `record_line`; on a failure nothing partial is kept.
     if serde_json::to_writer(&mut *out, r).is_err() {
         out.truncate(start);
