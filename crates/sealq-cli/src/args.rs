@@ -147,12 +147,38 @@ pub(crate) struct KeysRemoveArgs {
     /// be opened.
     #[arg(long)]
     pub(crate) force: bool,
-    /// The claim-check store's directory (a filesystem blob store), so that
-    /// the check looks inside offloaded payloads' blobs too.
-    #[arg(long = "blob-dir", value_name = "DIR")]
-    pub(crate) blob_dir: Option<std::path::PathBuf>,
+    /// The claim-check store, so that the check looks inside offloaded
+    /// payloads' blobs too.
+    #[command(flatten)]
+    pub(crate) blobs: BlobStoreArgs,
     #[command(flatten)]
     pub(crate) op: OperatorArgs,
+}
+
+/// Where offloaded payloads' claim-check blobs are (`keys reseal`, `keys
+/// remove`): at most one of `--blob-dir` and `--blob-url`.
+#[derive(Debug, Args)]
+pub(crate) struct BlobStoreArgs {
+    /// A filesystem blob store's directory.
+    #[arg(long = "blob-dir", value_name = "DIR", conflicts_with = "blob_url")]
+    pub(crate) blob_dir: Option<std::path::PathBuf>,
+    /// A blob store in Redis (`redis://…`, `rediss://…?ca=PEM`, the cluster
+    /// and Sentinel forms of `--broker`) or in a SQLite database's `blobs`
+    /// table (`sqlite://PATH`).
+    #[arg(long = "blob-url", value_name = "URL")]
+    pub(crate) blob_url: Option<String>,
+    /// The Redis blob store's key prefix, as the application configured it.
+    #[arg(
+        long = "blob-prefix",
+        value_name = "PREFIX",
+        default_value = "sealq:blob"
+    )]
+    pub(crate) blob_prefix: String,
+    /// How long a blob written to Redis lives (re-sealed blobs are written
+    /// anew): as long as the application's own setting, longer than any
+    /// task's life. Required with a Redis `--blob-url` that re-seals.
+    #[arg(long = "blob-ttl", value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) blob_ttl: Option<std::time::Duration>,
 }
 
 /// `sealq keys reseal`.
@@ -170,11 +196,10 @@ pub(crate) struct KeysResealArgs {
     /// Count what would be re-sealed; change and audit nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
-    /// The claim-check store's directory (a filesystem blob store), so that
-    /// offloaded payloads' blobs are re-sealed too. Without it they are
-    /// listed as not re-sealed.
-    #[arg(long = "blob-dir", value_name = "DIR")]
-    pub(crate) blob_dir: Option<std::path::PathBuf>,
+    /// The claim-check store, so that offloaded payloads' blobs are
+    /// re-sealed too. Without one they are listed as not re-sealed.
+    #[command(flatten)]
+    pub(crate) blobs: BlobStoreArgs,
     /// Print the report as JSON.
     #[arg(long)]
     pub(crate) json: bool,

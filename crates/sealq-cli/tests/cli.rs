@@ -749,6 +749,47 @@ fn keys_reseal_moves_old_tasks_to_the_new_key_so_the_old_one_can_go() {
 }
 
 #[test]
+fn keys_reseal_with_a_sqlite_blob_url_reseals_blobs_in_the_database() {
+    let sb = Sandbox::new();
+    let db = sb.path().join("q.db");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let broker: std::sync::Arc<dyn sealq::Broker> =
+            std::sync::Arc::new(sealq_sqlite::SqliteBroker::open(&db).unwrap());
+        let keyring = std::sync::Arc::new(sealq::Keyring::from_file(&sb.keyring).unwrap());
+        let store = std::sync::Arc::new(sealq_sqlite::SqliteBlobStore::open(&db).unwrap());
+        let client = sealq::Client::builder(broker, keyring)
+            .blob_store(store, 256)
+            .build();
+        let task = sealq::RawTask::from_json(
+            "big",
+            &serde_json::json!({ "text": "y".repeat(3000) }),
+            sealq::EnqueueOptions::new(),
+        )
+        .unwrap();
+        client.enqueue_raw(task).await.unwrap();
+    });
+    let old = sealq::Keyring::from_file(&sb.keyring)
+        .unwrap()
+        .primary_key_id()
+        .to_owned();
+    assert_eq!(sb.run(&["keys", "rotate"]).code, 0);
+    let missing = sb.run(&["keys", "reseal", "--blob-url", "sqlite://nope.db"]);
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
+    assert!(missing.stderr.contains("nope.db"), "{}", missing.stderr);
+    let url = format!("sqlite://{}", db.display());
+    let out = sb.run(&["keys", "reseal", "--blob-url", &url, "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(
+        (v["resealed"].clone(), v["blobs"].clone()),
+        (1.into(), 1.into()),
+        "{v}"
+    );
+    let out = sb.run(&["keys", "remove", "--key", &old, "--blob-url", &url]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+#[test]
 fn keys_reseal_with_blob_dir_reseals_offloaded_payloads_too() {
     let sb = Sandbox::new();
     let blobs = sb.path().join("blobs");

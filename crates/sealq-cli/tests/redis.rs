@@ -167,3 +167,157 @@ fn install_bench_and_key_rotation_on_redis() {
     );
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// The big payload's text length, as a worker sees it.
+async fn run_big_task(url: &str, keyring: &Path, blobs: &str) -> usize {
+    let broker: std::sync::Arc<dyn sealq::Broker> =
+        std::sync::Arc::new(sealq_redis::RedisBroker::connect(url).await.unwrap());
+    let keyring = std::sync::Arc::new(sealq::Keyring::from_file(keyring).unwrap());
+    let store = std::sync::Arc::new(
+        sealq_redis::RedisBlobStore::new(
+            url,
+            blobs,
+            std::time::Duration::from_secs(3600),
+            Default::default(),
+        )
+        .unwrap(),
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let worker = sealq::Worker::builder(broker, keyring)
+        .blob_store(store)
+        .handle_raw("big", move |payload, _ctx| {
+            let tx = tx.clone();
+            async move {
+                let v = payload.to_json().unwrap();
+                let _ = tx.send(v["text"].as_str().unwrap().len());
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap()
+        .spawn();
+    let len = tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
+        .await
+        .expect("the task ran")
+        .unwrap();
+    let report = worker.shutdown().await.unwrap();
+    assert_eq!(report.integrity_failures, 0);
+    len
+}
+
+#[test]
+fn keys_reseal_and_remove_reach_a_redis_blob_store() {
+    let server = support::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = sealq(dir.path(), &["redis", "install", "--broker", &server.url()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let url = format!("{}?prefix=app", server.url());
+    let keyring = dir.path().join("k.toml");
+    let out = sealq(dir.path(), &["keys", "generate"]);
+    std::fs::write(&keyring, &out.stdout).unwrap();
+    let k = keyring.to_str().unwrap();
+    let blobs = "app-blobs";
+
+    // The application offloads a large payload to a Redis blob store.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let broker: std::sync::Arc<dyn sealq::Broker> =
+            std::sync::Arc::new(sealq_redis::RedisBroker::connect(&url).await.unwrap());
+        let kr = std::sync::Arc::new(sealq::Keyring::from_file(&keyring).unwrap());
+        let store = std::sync::Arc::new(
+            sealq_redis::RedisBlobStore::new(
+                &url,
+                blobs,
+                std::time::Duration::from_secs(3600),
+                Default::default(),
+            )
+            .unwrap(),
+        );
+        let client = sealq::Client::builder(broker, kr)
+            .blob_store(store, 256)
+            .build();
+        let task = sealq::RawTask::from_json(
+            "big",
+            &serde_json::json!({ "text": "x".repeat(4000) }),
+            sealq::EnqueueOptions::new(),
+        )
+        .unwrap();
+        client.enqueue_raw(task).await.unwrap();
+    });
+    let old = sealq::Keyring::from_file(&keyring)
+        .unwrap()
+        .primary_key_id()
+        .to_owned();
+    let base = ["--broker", url.as_str(), "--keyring", k, "keys"];
+    let run = |args: &[&str]| sealq(dir.path(), &[&base[..], args].concat());
+    assert!(run(&["rotate"]).status.success());
+
+    // Without the store the blob cannot be re-sealed.
+    let out = run(&["reseal", "--dry-run", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["failed"][0]["part"], "blob", "{}", text(&out));
+    // Writing to Redis needs the TTL to write with; the message says so.
+    let out = run(&["reseal", "--blob-url", &url, "--blob-prefix", blobs]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--blob-ttl"),
+        "{}",
+        text(&out)
+    );
+    // A URL of no store is a usage error naming the flag.
+    let out = run(&["reseal", "--blob-url", "s3://bucket", "--blob-ttl", "1h"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--blob-url s3://bucket"),
+        "{}",
+        text(&out)
+    );
+    // At most one store.
+    let out = run(&["reseal", "--blob-url", &url, "--blob-dir", "."]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    let out = run(&[
+        "reseal",
+        "--blob-url",
+        &url,
+        "--blob-prefix",
+        blobs,
+        "--blob-ttl",
+        "1h",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (v["resealed"].clone(), v["blobs"].clone()),
+        (1.into(), 1.into()),
+        "{v}"
+    );
+    assert_eq!(v["failed"], serde_json::json!([]), "{v}");
+
+    // Removal looks inside the blobs when it can see them (no TTL needed).
+    let out = run(&["remove", "--key", &old]);
+    assert!(
+        !out.status.success(),
+        "the blob was not checked: {}",
+        text(&out)
+    );
+    let out = run(&[
+        "remove",
+        "--key",
+        &old,
+        "--blob-url",
+        &url,
+        "--blob-prefix",
+        blobs,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !sealq::Keyring::from_file(&keyring)
+            .unwrap()
+            .contains_key(&old)
+    );
+
+    // A worker without the old key runs the task from its re-sealed blob.
+    assert_eq!(rt.block_on(run_big_task(&url, &keyring, blobs)), 4000);
+}

@@ -104,19 +104,60 @@ pub(crate) async fn rotate(global: &super::Global, args: crate::args::KeysRotate
     Ok(())
 }
 
-/// The filesystem claim-check store `--blob-dir` names, if any.
+/// The claim-check store `--blob-dir` or `--blob-url` names, if any.
+/// `writes`: the command may write blobs (a Redis store then needs the TTL
+/// to write them with).
 fn blob_store(
-    dir: Option<&std::path::Path>,
+    args: &crate::args::BlobStoreArgs,
+    writes: bool,
 ) -> CliResult<Option<std::sync::Arc<dyn sealq::blob::BlobStore>>> {
-    match dir {
-        Some(dir) if !dir.is_dir() => Err(CliError::usage(crate::error::msg(format!(
-            "--blob-dir {}: no such directory",
-            dir.display()
-        )))),
-        Some(dir) => Ok(Some(std::sync::Arc::new(sealq::blob::FsBlobStore::open(
+    if let Some(dir) = &args.blob_dir {
+        if !dir.is_dir() {
+            return Err(CliError::usage(crate::error::msg(format!(
+                "--blob-dir {}: no such directory",
+                dir.display()
+            ))));
+        }
+        return Ok(Some(std::sync::Arc::new(sealq::blob::FsBlobStore::open(
             dir,
-        )?))),
-        None => Ok(None),
+        )?)));
+    }
+    let Some(url) = &args.blob_url else {
+        return Ok(None);
+    };
+    let shown = crate::broker_url::redact(url);
+    let usage =
+        |what: String| CliError::usage(crate::error::msg(format!("--blob-url {shown}: {what}")));
+    match crate::broker_url::BrokerUrl::parse(url).map_err(|e| usage(e.to_string()))? {
+        crate::broker_url::BrokerUrl::Sqlite { path } => {
+            if !path.is_file() {
+                return Err(usage(format!("no such database file {}", path.display())));
+            }
+            Ok(Some(std::sync::Arc::new(
+                sealq_sqlite::SqliteBlobStore::open(&path).map_err(|e| {
+                    CliError::runtime(crate::error::context(format!("--blob-url {shown}"), e))
+                })?,
+            )))
+        }
+        crate::broker_url::BrokerUrl::Redis => {
+            // Only re-sealing writes; a check reads, and any TTL will do.
+            let ttl = match (args.blob_ttl, writes) {
+                (Some(ttl), _) => ttl,
+                (None, false) => std::time::Duration::from_secs(1),
+                (None, true) => {
+                    return Err(usage(
+                        "a Redis blob store needs --blob-ttl: re-sealed blobs are written anew and \
+                         expire that long after; give the TTL the application uses (longer than \
+                         any task's life)"
+                            .to_owned(),
+                    ));
+                }
+            };
+            let store =
+                sealq_redis::RedisBlobStore::new(url, &args.blob_prefix, ttl, Default::default())
+                    .map_err(|e| usage(e.to_string()))?;
+            Ok(Some(std::sync::Arc::new(store)))
+        }
     }
 }
 
@@ -130,7 +171,7 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
         )));
     }
     let keyring = std::sync::Arc::new(global.keyring()?);
-    let blobs = blob_store(args.blob_dir.as_deref())?;
+    let blobs = blob_store(&args.blobs, !args.dry_run)?;
     let opened = global.open_broker()?;
     let auditor = if args.dry_run {
         None
@@ -245,7 +286,7 @@ pub(crate) async fn remove(global: &super::Global, args: crate::args::KeysRemove
         ))));
     }
     let keyring_arc = std::sync::Arc::new(Keyring::from_toml(&keyring.to_toml_secret())?);
-    let blobs = blob_store(args.blob_dir.as_deref())?;
+    let blobs = blob_store(&args.blobs, false)?;
     let opened = global.open_broker()?;
     let mut checker = sealq::Client::builder(opened.broker.clone(), keyring_arc);
     if let Some(store) = blobs {
