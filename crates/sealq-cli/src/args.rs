@@ -171,7 +171,7 @@ pub(crate) struct BlobStoreArgs {
     #[arg(
         long = "blob-prefix",
         value_name = "PREFIX",
-        default_value = "sealq:blob"
+        default_value = "sealq-blob"
     )]
     pub(crate) blob_prefix: String,
     /// How long a blob written to Redis lives (re-sealed blobs are written

@@ -216,7 +216,8 @@ fn keys_reseal_and_remove_reach_a_redis_blob_store() {
     let out = sealq(dir.path(), &["keys", "generate"]);
     std::fs::write(&keyring, &out.stdout).unwrap();
     let k = keyring.to_str().unwrap();
-    let blobs = "app-blobs";
+    // The application uses the CLI's default prefix; `remove` names it.
+    let blobs = "sealq-blob";
 
     // The application offloads a large payload to a Redis blob store.
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -272,20 +273,23 @@ fn keys_reseal_and_remove_reach_a_redis_blob_store() {
         "{}",
         text(&out)
     );
+    // An unreachable store stops the command before it reads a task, and
+    // the message keeps the password out.
+    let down = format!("redis://app:hunter2@127.0.0.1:{}", support::free_port());
+    let out = run(&["reseal", "--blob-url", &down, "--blob-ttl", "1h"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach the blob store"),
+        "{}",
+        text(&out)
+    );
+    assert!(!err.contains("hunter2"), "{}", text(&out));
     // At most one store.
     let out = run(&["reseal", "--blob-url", &url, "--blob-dir", "."]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 
-    let out = run(&[
-        "reseal",
-        "--blob-url",
-        &url,
-        "--blob-prefix",
-        blobs,
-        "--blob-ttl",
-        "1h",
-        "--json",
-    ]);
+    let out = run(&["reseal", "--blob-url", &url, "--blob-ttl", "1h", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(

@@ -106,8 +106,9 @@ pub(crate) async fn rotate(global: &super::Global, args: crate::args::KeysRotate
 
 /// The claim-check store `--blob-dir` or `--blob-url` names, if any.
 /// `writes`: the command may write blobs (a Redis store then needs the TTL
-/// to write them with).
-fn blob_store(
+/// to write them with). A `--blob-url` store is reached once here, so an
+/// unreachable one stops the command before it reads any task.
+async fn blob_store(
     args: &crate::args::BlobStoreArgs,
     writes: bool,
 ) -> CliResult<Option<std::sync::Arc<dyn sealq::blob::BlobStore>>> {
@@ -128,37 +129,49 @@ fn blob_store(
     let shown = crate::broker_url::redact(url);
     let usage =
         |what: String| CliError::usage(crate::error::msg(format!("--blob-url {shown}: {what}")));
-    match crate::broker_url::BrokerUrl::parse(url).map_err(|e| usage(e.to_string()))? {
-        crate::broker_url::BrokerUrl::Sqlite { path } => {
-            if !path.is_file() {
-                return Err(usage(format!("no such database file {}", path.display())));
-            }
-            Ok(Some(std::sync::Arc::new(
-                sealq_sqlite::SqliteBlobStore::open(&path).map_err(|e| {
-                    CliError::runtime(crate::error::context(format!("--blob-url {shown}"), e))
-                })?,
-            )))
-        }
-        crate::broker_url::BrokerUrl::Redis => {
-            // Only re-sealing writes; a check reads, and any TTL will do.
-            let ttl = match (args.blob_ttl, writes) {
-                (Some(ttl), _) => ttl,
-                (None, false) => std::time::Duration::from_secs(1),
-                (None, true) => {
-                    return Err(usage(
-                        "a Redis blob store needs --blob-ttl: re-sealed blobs are written anew and \
-                         expire that long after; give the TTL the application uses (longer than \
-                         any task's life)"
-                            .to_owned(),
-                    ));
+    let unreachable = |e: sealq::BrokerError| {
+        CliError::runtime(crate::error::context(
+            format!("cannot reach the blob store --blob-url {shown}"),
+            e,
+        ))
+    };
+    let store: std::sync::Arc<dyn sealq::blob::BlobStore> =
+        match crate::broker_url::BrokerUrl::parse(url).map_err(|e| usage(e.to_string()))? {
+            crate::broker_url::BrokerUrl::Sqlite { path } => {
+                if !path.is_file() {
+                    return Err(usage(format!("no such database file {}", path.display())));
                 }
-            };
-            let store =
-                sealq_redis::RedisBlobStore::new(url, &args.blob_prefix, ttl, Default::default())
-                    .map_err(|e| usage(e.to_string()))?;
-            Ok(Some(std::sync::Arc::new(store)))
-        }
-    }
+                std::sync::Arc::new(
+                    sealq_sqlite::SqliteBlobStore::open(&path).map_err(unreachable)?,
+                )
+            }
+            crate::broker_url::BrokerUrl::Redis => {
+                // Only re-sealing writes; a check reads, and any TTL will do.
+                let ttl = match (args.blob_ttl, writes) {
+                    (Some(ttl), _) => ttl,
+                    (None, false) => std::time::Duration::from_secs(1),
+                    (None, true) => {
+                        return Err(usage(
+                            "a Redis blob store needs --blob-ttl: re-sealed blobs are written \
+                             anew and expire that long after; give the TTL the application uses \
+                             (longer than any task's life)"
+                                .to_owned(),
+                        ));
+                    }
+                };
+                std::sync::Arc::new(
+                    sealq_redis::RedisBlobStore::new(
+                        url,
+                        &args.blob_prefix,
+                        ttl,
+                        Default::default(),
+                    )
+                    .map_err(|e| usage(e.to_string()))?,
+                )
+            }
+        };
+    store.list_tasks(None, 1).await.map_err(unreachable)?;
+    Ok(Some(store))
 }
 
 /// `sealq keys reseal`: re-seal stored tasks under the primary key of
@@ -171,7 +184,7 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
         )));
     }
     let keyring = std::sync::Arc::new(global.keyring()?);
-    let blobs = blob_store(&args.blobs, !args.dry_run)?;
+    let blobs = blob_store(&args.blobs, !args.dry_run).await?;
     let opened = global.open_broker()?;
     let auditor = if args.dry_run {
         None
@@ -286,7 +299,7 @@ pub(crate) async fn remove(global: &super::Global, args: crate::args::KeysRemove
         ))));
     }
     let keyring_arc = std::sync::Arc::new(Keyring::from_toml(&keyring.to_toml_secret())?);
-    let blobs = blob_store(&args.blobs, false)?;
+    let blobs = blob_store(&args.blobs, false).await?;
     let opened = global.open_broker()?;
     let mut checker = sealq::Client::builder(opened.broker.clone(), keyring_arc);
     if let Some(store) = blobs {
