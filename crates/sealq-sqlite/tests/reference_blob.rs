@@ -325,6 +325,42 @@ async fn sweep_deletes_blobs_of_deleted_tasks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_sweeps_deletes_orphaned_blobs_by_itself() {
+    let e = env();
+    let store = Arc::new(MemoryBlobStore::new());
+    let c = client(&e, store.clone());
+    let gone = c
+        .enqueue(&render(10_000), EnqueueOptions::new())
+        .await
+        .unwrap();
+    // Scheduled for later: its blob must outlive every sweep.
+    let kept = c
+        .enqueue(
+            &render(10_000),
+            EnqueueOptions::new().delay(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    e.broker.delete(&[gone]).await.unwrap();
+    assert_eq!(store.len(), 2);
+    let w = Worker::builder(e.broker.clone(), e.keyring.clone())
+        .maintenance_interval(Duration::from_millis(20))
+        .blob_store(store.clone())
+        .sweep_blobs(Duration::from_millis(20), Duration::ZERO)
+        .handle(|_task: Render, _ctx: TaskContext| async { Ok(()) })
+        .build()
+        .unwrap()
+        .spawn();
+    assert!(
+        eventually(async || store.list_tasks(None, 10).await.unwrap() == vec![kept]).await,
+        "the deleted task's blob is swept, the scheduled task's kept"
+    );
+    let report = w.shutdown().await.unwrap();
+    assert_eq!(report.blobs_swept, 1, "{report:?}");
+    assert_eq!(store.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offloaded_payloads_are_still_scanned() {
     let e = env();
     let c = client(&e, Arc::new(MemoryBlobStore::new()));

@@ -54,6 +54,9 @@ pub struct WorkerStats {
     pub requeued: AtomicU64,
     /// Acks the broker refused because the lease was lost.
     pub leases_lost: AtomicU64,
+    /// Tasks whose orphaned claim-check blobs the sweep deleted
+    /// ([`WorkerBuilder::sweep_blobs`]).
+    pub blobs_swept: AtomicU64,
 }
 
 /// A plain copy of [`WorkerStats`].
@@ -73,6 +76,8 @@ pub struct WorkerReport {
     pub requeued: u64,
     /// Lost leases.
     pub leases_lost: u64,
+    /// Tasks whose orphaned blobs were swept.
+    pub blobs_swept: u64,
 }
 
 impl WorkerStats {
@@ -87,6 +92,7 @@ impl WorkerStats {
             integrity_failures: g(&self.integrity_failures),
             requeued: g(&self.requeued),
             leases_lost: g(&self.leases_lost),
+            blobs_swept: g(&self.blobs_swept),
         }
     }
 }
@@ -112,6 +118,8 @@ pub(crate) struct Config {
     pub(crate) resolvers: Arc<crate::reference::Resolvers>,
     /// Where offloaded payloads are fetched from (claim-check).
     pub(crate) blobs: Option<Arc<dyn crate::blob::BlobStore>>,
+    /// Sweep orphaned blobs: how often, and the youngest task age swept.
+    pub(crate) sweep: Option<(Duration, Duration)>,
     /// Where lifecycle events are recorded, if anywhere.
     pub(crate) audit: Option<crate::audit::Auditor>,
 }
@@ -231,6 +239,20 @@ impl WorkerBuilder {
     /// task's blob is deleted once its completion is acknowledged.
     pub fn blob_store(mut self, store: Arc<dyn crate::blob::BlobStore>) -> Self {
         self.config.blobs = Some(store);
+        self
+    }
+
+    /// Also delete, every `every`, the blobs of tasks that no longer exist
+    /// (purged after their retention, deleted, erased), with
+    /// [`crate::blob::sweep_orphans`]: blobs of tasks younger than `min_age`
+    /// (by their UUID v7 id) are left alone, since a producer stores a blob
+    /// just before it enqueues its task; use a minute or more. Needs
+    /// [`blob_store`](Self::blob_store). Off by default: one sweeper
+    /// (one worker per blob store) is enough, and a sweep reads the whole
+    /// store. It runs beside the worker's other loops, one at a time, and
+    /// stops at shutdown; [`WorkerStats::blobs_swept`] counts its deletions.
+    pub fn sweep_blobs(mut self, every: Duration, min_age: Duration) -> Self {
+        self.config.sweep = Some((every.max(Duration::from_millis(10)), min_age));
         self
     }
 
@@ -354,6 +376,7 @@ impl Worker {
                 ack_batch: 1024,
                 resolvers: Arc::default(),
                 blobs: None,
+                sweep: None,
                 audit: None,
             },
         }

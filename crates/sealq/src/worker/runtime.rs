@@ -748,9 +748,47 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
+/// Start a sweep of orphaned blobs unless one still runs; it stops at shutdown.
+fn start_sweep(
+    shared: &Arc<Shared>,
+    stop: &CancellationToken,
+    running: &Arc<std::sync::atomic::AtomicBool>,
+    min_age: Duration,
+) {
+    let Some(store) = shared.config.blobs.clone() else {
+        return;
+    };
+    if running.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let (shared, stop, running) = (shared.clone(), stop.clone(), running.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            r = crate::blob::sweep_orphans(&*shared.broker, &*store, min_age) => match r {
+                Ok(0) => {}
+                Ok(n) => {
+                    shared.stats.blobs_swept.fetch_add(n, Ordering::Relaxed);
+                    info!(tasks = n, "swept orphaned claim-check blobs");
+                }
+                Err(e) => warn!(error = %e, "sweeping orphaned blobs failed; will retry"),
+            },
+        }
+        running.store(false, Ordering::Release);
+    });
+}
+
 async fn maintenance_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let mut tick = 0u64;
+    let sweeping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut last_sweep: Option<std::time::Instant> = None;
     loop {
+        if let Some((every, min_age)) = shared.config.sweep
+            && last_sweep.is_none_or(|t| t.elapsed() >= every)
+        {
+            last_sweep = Some(std::time::Instant::now());
+            start_sweep(&shared, &stop, &sweeping, min_age);
+        }
         // An erasure elsewhere bumps the epoch: drop cached subject keys.
         if let Some(keys) = &shared.subject_keys
             && let Err(e) = keys.refresh().await
