@@ -748,30 +748,38 @@ fn keys_reseal_moves_old_tasks_to_the_new_key_so_the_old_one_can_go() {
     assert!(out.stderr.contains("primary"), "{}", out.stderr);
 }
 
-#[test]
-fn keys_reseal_with_a_sqlite_blob_url_reseals_blobs_in_the_database() {
-    let sb = Sandbox::new();
-    let db = sb.path().join("q.db");
+/// As an application would: enqueue one `big` task (`{"text": text}`) into
+/// the sandbox's `q.db`, its payload offloaded to `store`. Returns the key
+/// id that sealed it (the keyring's primary).
+fn enqueue_offloaded(
+    sb: &Sandbox,
+    store: std::sync::Arc<dyn sealq::blob::BlobStore>,
+    text: String,
+) -> String {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let broker: std::sync::Arc<dyn sealq::Broker> =
-            std::sync::Arc::new(sealq_sqlite::SqliteBroker::open(&db).unwrap());
+            std::sync::Arc::new(sealq_sqlite::SqliteBroker::open(sb.path().join("q.db")).unwrap());
         let keyring = std::sync::Arc::new(sealq::Keyring::from_file(&sb.keyring).unwrap());
-        let store = std::sync::Arc::new(sealq_sqlite::SqliteBlobStore::open(&db).unwrap());
-        let client = sealq::Client::builder(broker, keyring)
+        let client = sealq::Client::builder(broker, keyring.clone())
             .blob_store(store, 256)
             .build();
         let task = sealq::RawTask::from_json(
             "big",
-            &serde_json::json!({ "text": "y".repeat(3000) }),
+            &serde_json::json!({ "text": text }),
             sealq::EnqueueOptions::new(),
         )
         .unwrap();
         client.enqueue_raw(task).await.unwrap();
-    });
-    let old = sealq::Keyring::from_file(&sb.keyring)
-        .unwrap()
-        .primary_key_id()
-        .to_owned();
+        keyring.primary_key_id().to_owned()
+    })
+}
+
+#[test]
+fn keys_reseal_with_a_sqlite_blob_url_reseals_blobs_in_the_database() {
+    let sb = Sandbox::new();
+    let db = sb.path().join("q.db");
+    let store = std::sync::Arc::new(sealq_sqlite::SqliteBlobStore::open(&db).unwrap());
+    let old = enqueue_offloaded(&sb, store, "y".repeat(3000));
     assert_eq!(sb.run(&["keys", "rotate"]).code, 0);
     let missing = sb.run(&["keys", "reseal", "--blob-url", "sqlite://nope.db"]);
     assert_eq!(missing.code, 2, "{}", missing.stderr);
@@ -795,26 +803,8 @@ fn keys_reseal_with_blob_dir_reseals_offloaded_payloads_too() {
     let blobs = sb.path().join("blobs");
     std::fs::create_dir(&blobs).unwrap();
     // An application offloads a large payload to a filesystem blob store.
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let broker: std::sync::Arc<dyn sealq::Broker> =
-            std::sync::Arc::new(sealq_sqlite::SqliteBroker::open(sb.path().join("q.db")).unwrap());
-        let keyring = std::sync::Arc::new(sealq::Keyring::from_file(&sb.keyring).unwrap());
-        let store = std::sync::Arc::new(sealq::blob::FsBlobStore::open(&blobs).unwrap());
-        let client = sealq::Client::builder(broker, keyring)
-            .blob_store(store, 256)
-            .build();
-        let task = sealq::RawTask::from_json(
-            "big",
-            &serde_json::json!({ "text": "x".repeat(4000) }),
-            sealq::EnqueueOptions::new(),
-        )
-        .unwrap();
-        client.enqueue_raw(task).await.unwrap();
-    });
-    let old = sealq::Keyring::from_file(&sb.keyring)
-        .unwrap()
-        .primary_key_id()
-        .to_owned();
+    let store = std::sync::Arc::new(sealq::blob::FsBlobStore::open(&blobs).unwrap());
+    let old = enqueue_offloaded(&sb, store, "x".repeat(4000));
     assert_eq!(sb.run(&["keys", "rotate"]).code, 0);
 
     // Without the store the blob cannot be re-sealed, and the old key stays.

@@ -34,16 +34,24 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
+    fn put(&mut self, k: &'static str, v: V<'a>) {
+        self.list[self.len] = (k, v);
+        self.len += 1;
+    }
+
+    /// The fields every per-attempt worker event starts with.
+    fn attempt(&mut self, task: &'a TaskId, worker: &'a str, attempt: u32) {
+        self.put("task", V::Id(task));
+        self.put("worker", V::Str(worker));
+        self.put("attempt", V::U(u64::from(attempt)));
+    }
+
     fn of(event: &'a AuditEvent) -> Option<Fields<'a>> {
         use AuditEvent as E;
         let mut f = Fields {
             name: event.name(),
             list: [("", V::U(0)); MAX_FIELDS],
             len: 0,
-        };
-        let mut put = |k: &'static str, v: V<'a>| {
-            f.list[f.len] = (k, v);
-            f.len += 1;
         };
         match event {
             E::Enqueued {
@@ -55,13 +63,13 @@ impl<'a> Fields<'a> {
                 ciphertext_sha256,
                 ciphertext_len,
             } => {
-                put("task", V::Id(task));
-                put("queue", V::Str(queue));
-                put("kind", V::Str(kind));
-                put("producer", V::Str(producer));
-                put("key_id", V::Str(key_id));
-                put("ciphertext_sha256", V::Str(ciphertext_sha256));
-                put("ciphertext_len", V::U(*ciphertext_len));
+                f.put("task", V::Id(task));
+                f.put("queue", V::Str(queue));
+                f.put("kind", V::Str(kind));
+                f.put("producer", V::Str(producer));
+                f.put("key_id", V::Str(key_id));
+                f.put("ciphertext_sha256", V::Str(ciphertext_sha256));
+                f.put("ciphertext_len", V::U(*ciphertext_len));
             }
             E::Leased {
                 task,
@@ -70,11 +78,11 @@ impl<'a> Fields<'a> {
                 attempt,
                 lease_expires_at_ms,
             } => {
-                put("task", V::Id(task));
-                put("queue", V::Str(queue));
-                put("worker", V::Str(worker));
-                put("attempt", V::U(u64::from(*attempt)));
-                put("lease_expires_at_ms", V::I(*lease_expires_at_ms));
+                f.put("task", V::Id(task));
+                f.put("queue", V::Str(queue));
+                f.put("worker", V::Str(worker));
+                f.put("attempt", V::U(u64::from(*attempt)));
+                f.put("lease_expires_at_ms", V::I(*lease_expires_at_ms));
             }
             E::Started {
                 task,
@@ -85,21 +93,15 @@ impl<'a> Fields<'a> {
                 task,
                 worker,
                 attempt,
-            } => {
-                put("task", V::Id(task));
-                put("worker", V::Str(worker));
-                put("attempt", V::U(u64::from(*attempt)));
-            }
+            } => f.attempt(task, worker, *attempt),
             E::Succeeded {
                 task,
                 worker,
                 attempt,
                 result_len,
             } => {
-                put("task", V::Id(task));
-                put("worker", V::Str(worker));
-                put("attempt", V::U(u64::from(*attempt)));
-                put("result_len", V::OptU(*result_len));
+                f.attempt(task, worker, *attempt);
+                f.put("result_len", V::OptU(*result_len));
             }
             E::Failed {
                 task,
@@ -107,10 +109,8 @@ impl<'a> Fields<'a> {
                 attempt,
                 error_len,
             } => {
-                put("task", V::Id(task));
-                put("worker", V::Str(worker));
-                put("attempt", V::U(u64::from(*attempt)));
-                put("error_len", V::U(*error_len));
+                f.attempt(task, worker, *attempt);
+                f.put("error_len", V::U(*error_len));
             }
             E::Retried {
                 task,
@@ -118,10 +118,8 @@ impl<'a> Fields<'a> {
                 attempt,
                 next_run_at_ms,
             } => {
-                put("task", V::Id(task));
-                put("worker", V::Str(worker));
-                put("attempt", V::U(u64::from(*attempt)));
-                put("next_run_at_ms", V::I(*next_run_at_ms));
+                f.attempt(task, worker, *attempt);
+                f.put("next_run_at_ms", V::I(*next_run_at_ms));
             }
             _ => return None,
         }
@@ -355,7 +353,7 @@ pub(crate) fn record_json_into(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::record::AuditRecord;
+    use crate::audit::record::{AuditRecord, Canonical};
     use proptest::prelude::*;
 
     fn id() -> impl Strategy<Value = TaskId> {
@@ -475,14 +473,6 @@ mod tests {
                 event,
                 mac,
             })
-    }
-
-    #[derive(serde::Serialize)]
-    struct Canonical<'a> {
-        writer: &'a str,
-        seq: u64,
-        time_ms: i64,
-        event: &'a AuditEvent,
     }
 
     proptest! {

@@ -46,11 +46,11 @@ pub struct AuditRecord {
 /// The part of a record its MAC covers: everything but the MAC, in this
 /// field order.
 #[derive(Serialize)]
-struct Canonical<'a> {
-    writer: &'a str,
-    seq: u64,
-    time_ms: i64,
-    event: &'a AuditEvent,
+pub(crate) struct Canonical<'a> {
+    pub(crate) writer: &'a str,
+    pub(crate) seq: u64,
+    pub(crate) time_ms: i64,
+    pub(crate) event: &'a AuditEvent,
 }
 
 impl AuditRecord {
