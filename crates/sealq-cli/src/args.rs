@@ -565,7 +565,9 @@ pub(crate) struct AuditShowArgs {
     /// What to read.
     #[command(flatten)]
     pub(crate) source: AuditSource,
-    /// Print a JSON array of records.
+    /// Print a JSON array of the records as stored (a batch record such as
+    /// `leased_batch` whole, with the other tasks of its batch), instead of
+    /// this task's history as text
     #[arg(long)]
     pub(crate) json: bool,
 }

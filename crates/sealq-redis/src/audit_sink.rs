@@ -226,7 +226,8 @@ impl RedisAuditSink {
         Ok(n > 0)
     }
 
-    /// Stored records of one task, in storage order (for `sealq audit show`).
+    /// Stored records about one task (batch records included, as stored),
+    /// in storage order (for `sealq audit show`).
     pub async fn records_for_task(
         &self,
         task: sealq::TaskId,
@@ -235,7 +236,7 @@ impl RedisAuditSink {
             .read_records()
             .await?
             .into_iter()
-            .filter(|l| l.item.as_ref().is_ok_and(|r| r.event.task() == Some(task)))
+            .filter(|l| l.item.as_ref().is_ok_and(|r| r.event.is_about(task)))
             .collect())
     }
 }

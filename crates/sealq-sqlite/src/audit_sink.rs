@@ -20,6 +20,11 @@ CREATE TABLE IF NOT EXISTS audit_records (
 );
 CREATE INDEX IF NOT EXISTS audit_records_task ON audit_records (task_id)
     WHERE task_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS audit_record_tasks (
+    task_id TEXT NOT NULL,
+    pos     INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_record_tasks_task ON audit_record_tasks (task_id);
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
     pos    INTEGER PRIMARY KEY,
     writer TEXT NOT NULL,
@@ -32,7 +37,9 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
 /// `audit_records` and `audit_checkpoints`, one row per record or
 /// checkpoint holding its JSON text (`line`, exactly what
 /// [`sealq::audit::JsonLinesSink`] writes) plus `writer`, `seq` and
-/// `task_id` columns for lookups. Rows are only ever inserted.
+/// `task_id` columns for lookups; a record about several tasks (a batch
+/// event such as `leased_batch`) has no `task_id` and one row per task in
+/// `audit_record_tasks (task_id, pos)` instead. Rows are only ever inserted.
 ///
 /// It opens its own connection to the file (WAL, `busy_timeout`), so it
 /// never queues behind the broker's writer thread; each batch is one
@@ -99,7 +106,10 @@ impl SqliteAuditSink {
         self.blocking(move |path, conn| {
             let mut st = conn
                 .prepare_cached(
-                    "SELECT pos, line FROM audit_records WHERE task_id = ?1 ORDER BY pos",
+                    "SELECT pos, line FROM audit_records WHERE task_id = ?1 \
+                     UNION ALL SELECT r.pos, r.line FROM audit_record_tasks t \
+                     JOIN audit_records r ON r.pos = t.pos WHERE t.task_id = ?1 \
+                     ORDER BY pos",
                 )
                 .map_err(|e| err(path, "cannot read records", e))?;
             let rows = st
@@ -152,14 +162,21 @@ impl SqliteAuditSink {
 #[async_trait]
 impl AuditSink for SqliteAuditSink {
     async fn append_records(&self, records: &[AuditRecord]) -> Result<(), AuditError> {
-        let rows: Vec<(String, i64, Option<String>, String)> = records
+        // (writer, seq, task_id, line, the tasks of a batch event).
+        type Row = (String, i64, Option<String>, String, Vec<String>);
+        let rows: Vec<Row> = records
             .iter()
             .map(|r| {
+                let batch = match r.event.task() {
+                    Some(_) => Vec::new(),
+                    None => r.event.tasks().iter().map(|t| t.to_string()).collect(),
+                };
                 (
                     r.writer.clone(),
                     i64::try_from(r.seq).unwrap_or(i64::MAX),
                     r.event.task().map(|t| t.to_string()),
                     record_line(r),
+                    batch,
                 )
             })
             .collect();
@@ -173,9 +190,20 @@ impl AuditSink for SqliteAuditSink {
                         "INSERT INTO audit_records (writer, seq, task_id, line) VALUES (?1, ?2, ?3, ?4)",
                     )
                     .map_err(|e| err(path, "cannot append records", e))?;
-                for (w, s, t, l) in &rows {
+                let mut by_task = tx
+                    .prepare_cached("INSERT INTO audit_record_tasks (task_id, pos) VALUES (?1, ?2)")
+                    .map_err(|e| err(path, "cannot append records", e))?;
+                for (w, s, t, l, batch) in &rows {
                     st.execute(params![w, s, t, l])
                         .map_err(|e| err(path, "cannot append records", e))?;
+                    if !batch.is_empty() {
+                        let pos = tx.last_insert_rowid();
+                        for task in batch {
+                            by_task
+                                .execute(params![task, pos])
+                                .map_err(|e| err(path, "cannot append records", e))?;
+                        }
+                    }
                 }
             }
             tx.commit()

@@ -253,7 +253,7 @@ pub(crate) async fn show(global: &Global, args: AuditShowArgs) -> CliResult {
     let mut mine: Vec<_> = records
         .into_iter()
         .filter_map(|l| l.item.ok())
-        .filter(|r| r.event.task() == Some(id))
+        .filter(|r| r.event.is_about(id))
         .collect();
     mine.sort_by(|a, b| (a.time_ms, &a.writer, a.seq).cmp(&(b.time_ms, &b.writer, b.seq)));
     if args.json {
@@ -266,8 +266,16 @@ pub(crate) async fn show(global: &Global, args: AuditShowArgs) -> CliResult {
     for r in &mine {
         let time = jiff::Timestamp::from_millisecond(r.time_ms)
             .map_or_else(|_| r.time_ms.to_string(), |t| t.to_string());
+        // A batch record (`leased_batch`, …) shows as this task's entry.
+        let Some(event) = r.event.for_task(id) else {
+            continue;
+        };
         let mut details = Vec::new();
-        if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&r.event) {
+        let batch = r.event.tasks().len();
+        if r.event.task().is_none() && batch > 1 {
+            details.push(format!("batch={batch}"));
+        }
+        if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&event) {
             for (k, v) in map {
                 if k == "type" || k == "task" || v.is_null() {
                     continue;
@@ -280,7 +288,7 @@ pub(crate) async fn show(global: &Global, args: AuditShowArgs) -> CliResult {
         }
         println!(
             "{time}  {:<16} {}#{}  {}",
-            r.event.name(),
+            event.name(),
             r.writer,
             r.seq,
             details.join(" ")

@@ -47,6 +47,17 @@ pub enum AuditEvent {
         /// When the lease expires unless extended, Unix ms.
         lease_expires_at_ms: i64,
     },
+    /// A worker leased several tasks with one broker call: one record per
+    /// call (and lease expiry) instead of one `leased` record per task.
+    /// [`AuditEvent::for_task`] gives one task's `leased` view of it.
+    LeasedBatch {
+        /// The worker holding the leases.
+        worker: String,
+        /// When the leases expire unless extended, Unix ms.
+        lease_expires_at_ms: i64,
+        /// The tasks, in the order the broker returned them.
+        tasks: Vec<LeasedEntry>,
+    },
     /// The envelope opened and the handler was called.
     Started {
         /// The task.
@@ -66,6 +77,15 @@ pub enum AuditEvent {
         attempt: u32,
         /// Size of the sealed result, if the handler set one.
         result_len: Option<u64>,
+    },
+    /// The handlers of several tasks succeeded: one record per batch of
+    /// acknowledgements instead of one `succeeded` record per task.
+    /// [`AuditEvent::for_task`] gives one task's `succeeded` view of it.
+    SucceededBatch {
+        /// The worker.
+        worker: String,
+        /// The tasks, in the order their handlers finished.
+        tasks: Vec<SucceededEntry>,
     },
     /// The handler failed (returned an error, panicked or timed out).
     Failed {
@@ -210,14 +230,40 @@ pub enum AuditEvent {
     },
 }
 
+/// One task of an [`AuditEvent::LeasedBatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeasedEntry {
+    /// The task.
+    pub task: TaskId,
+    /// Its queue.
+    pub queue: String,
+    /// The attempt (1 for the first run).
+    pub attempt: u32,
+}
+
+/// One task of an [`AuditEvent::SucceededBatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SucceededEntry {
+    /// The task.
+    pub task: TaskId,
+    /// The attempt.
+    pub attempt: u32,
+    /// Size of the sealed result, if the handler set one.
+    pub result_len: Option<u64>,
+}
+
 impl AuditEvent {
     /// The snake_case name of the event (its `type` tag).
     pub fn name(&self) -> &'static str {
         match self {
             AuditEvent::Enqueued { .. } => "enqueued",
             AuditEvent::Leased { .. } => "leased",
+            AuditEvent::LeasedBatch { .. } => "leased_batch",
             AuditEvent::Started { .. } => "started",
             AuditEvent::Succeeded { .. } => "succeeded",
+            AuditEvent::SucceededBatch { .. } => "succeeded_batch",
             AuditEvent::Failed { .. } => "failed",
             AuditEvent::Retried { .. } => "retried",
             AuditEvent::Archived { .. } => "archived",
@@ -235,7 +281,61 @@ impl AuditEvent {
         }
     }
 
-    /// The task the event is about, if it is about one task.
+    /// Whether the event is about task `id`: its one task, or one of a
+    /// batch event's tasks.
+    pub fn is_about(&self, id: TaskId) -> bool {
+        match self {
+            AuditEvent::LeasedBatch { tasks, .. } => tasks.iter().any(|e| e.task == id),
+            AuditEvent::SucceededBatch { tasks, .. } => tasks.iter().any(|e| e.task == id),
+            other => other.task() == Some(id),
+        }
+    }
+
+    /// Every task the event is about (none, one, or a batch event's tasks).
+    pub fn tasks(&self) -> Vec<TaskId> {
+        match self {
+            AuditEvent::LeasedBatch { tasks, .. } => tasks.iter().map(|e| e.task).collect(),
+            AuditEvent::SucceededBatch { tasks, .. } => tasks.iter().map(|e| e.task).collect(),
+            other => other.task().into_iter().collect(),
+        }
+    }
+
+    /// What the event says about task `id`: itself for a one-task event
+    /// about `id`, the single-task form (`leased`, `succeeded`) of a batch
+    /// event's entry for `id`, `None` when the event is not about `id`.
+    /// For per-task histories (`sealq audit show`); verification always
+    /// covers the record as stored.
+    pub fn for_task(&self, id: TaskId) -> Option<AuditEvent> {
+        match self {
+            AuditEvent::LeasedBatch {
+                worker,
+                lease_expires_at_ms,
+                tasks,
+            } => tasks
+                .iter()
+                .find(|e| e.task == id)
+                .map(|e| AuditEvent::Leased {
+                    task: e.task,
+                    queue: e.queue.clone(),
+                    worker: worker.clone(),
+                    attempt: e.attempt,
+                    lease_expires_at_ms: *lease_expires_at_ms,
+                }),
+            AuditEvent::SucceededBatch { worker, tasks } => tasks
+                .iter()
+                .find(|e| e.task == id)
+                .map(|e| AuditEvent::Succeeded {
+                    task: e.task,
+                    worker: worker.clone(),
+                    attempt: e.attempt,
+                    result_len: e.result_len,
+                }),
+            other => (other.task() == Some(id)).then(|| other.clone()),
+        }
+    }
+
+    /// The task the event is about, if it is about one task (`None` for
+    /// batch events: see [`AuditEvent::tasks`]).
     pub fn task(&self) -> Option<TaskId> {
         match self {
             AuditEvent::Enqueued { task, .. }
@@ -250,7 +350,9 @@ impl AuditEvent {
             | AuditEvent::Rerun { task, .. }
             | AuditEvent::PayloadRevealed { task, .. }
             | AuditEvent::Resealed { task, .. } => Some(*task),
-            AuditEvent::KeyRotated { .. }
+            AuditEvent::LeasedBatch { .. }
+            | AuditEvent::SucceededBatch { .. }
+            | AuditEvent::KeyRotated { .. }
             | AuditEvent::KeyRemoved { .. }
             | AuditEvent::SubjectErased { .. }
             | AuditEvent::PolicyRejected { .. }

@@ -5,7 +5,7 @@
 use sha2::{Digest as _, Sha256};
 
 use super::Auditor;
-use super::event::AuditEvent;
+use super::event::{AuditEvent, LeasedEntry, SucceededEntry};
 use crate::broker::{LeasedTask, NewTask, Outcome, TaskRecord};
 use crate::error::Error;
 
@@ -48,15 +48,42 @@ pub(crate) fn policy_rejected(
 }
 
 impl Auditor {
-    /// A worker leased the task.
-    pub(crate) fn on_leased(&self, worker: &str, task: &LeasedTask) {
-        self.record(AuditEvent::Leased {
-            task: task.record.id,
-            queue: task.record.queue.clone(),
-            worker: worker.to_owned(),
-            attempt: task.record.attempts,
-            lease_expires_at_ms: task.lease.expires_at_ms,
-        });
+    /// A worker leased `tasks` with one broker call: one `leased_batch`
+    /// record per lease expiry among them (one, from the brokers here).
+    pub(crate) fn on_leased_batch(&self, worker: &str, tasks: &[LeasedTask]) {
+        let mut rest = tasks;
+        while let Some(first) = rest.first() {
+            let expires = first.lease.expires_at_ms;
+            let n = rest
+                .iter()
+                .position(|t| t.lease.expires_at_ms != expires)
+                .unwrap_or(rest.len());
+            let (now, later) = rest.split_at(n);
+            self.record(AuditEvent::LeasedBatch {
+                worker: worker.to_owned(),
+                lease_expires_at_ms: expires,
+                tasks: now
+                    .iter()
+                    .map(|t| LeasedEntry {
+                        task: t.record.id,
+                        queue: t.record.queue.clone(),
+                        attempt: t.record.attempts,
+                    })
+                    .collect(),
+            });
+            rest = later;
+        }
+    }
+
+    /// Handlers succeeded: one `succeeded_batch` record for all of them
+    /// (nothing for none).
+    pub(crate) fn on_succeeded_batch(&self, worker: &str, tasks: Vec<SucceededEntry>) {
+        if !tasks.is_empty() {
+            self.record(AuditEvent::SucceededBatch {
+                worker: worker.to_owned(),
+                tasks,
+            });
+        }
     }
 
     /// The handler is about to be called.
@@ -78,7 +105,9 @@ impl Auditor {
         });
     }
 
-    /// The worker's final word on one attempt.
+    /// The worker's final word on one attempt that did not succeed (a
+    /// success is recorded with its acknowledgement batch:
+    /// [`Auditor::on_succeeded_batch`]).
     pub(crate) fn on_outcome(&self, worker: &str, record: &TaskRecord, outcome: &Outcome) {
         let (task, attempt, worker) = (record.id, record.attempts, worker.to_owned());
         self.record(match outcome {

@@ -15,6 +15,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::handler::{ErasedHandler, Failure, RawPayload, TaskContext};
 use super::priority::fetch_order;
 use super::{Config, WorkerReport, WorkerStats};
+use crate::audit::SucceededEntry;
 use crate::blob::ClaimAction;
 use crate::broker::{
     Ack, AckResult, Broker, DequeueRequest, Lease, LeasedTask, Outcome, TaskRecord,
@@ -98,7 +99,9 @@ struct Run {
     hard: CancellationToken,
     /// Handlers running at once.
     running: Arc<Semaphore>,
-    acks: mpsc::UnboundedSender<Ack>,
+    /// Finished attempts for the acker, with their attempt numbers (for
+    /// the audit log's `succeeded_batch` records).
+    acks: mpsc::UnboundedSender<(Ack, u32)>,
 }
 
 pub(crate) async fn run(
@@ -315,6 +318,9 @@ async fn fetch_loop(shared: Arc<Shared>, run: Arc<Run>, slots: Arc<Semaphore>) {
                     .stats
                     .fetched
                     .fetch_add(tasks.len() as u64, Ordering::Relaxed);
+                if let Some(a) = &cfg.audit {
+                    a.on_leased_batch(&cfg.id, &tasks);
+                }
                 for task in tasks {
                     // Invariant: the broker returns at most `max` tasks, and
                     // the permit holds `max`, so a split of 1 always succeeds.
@@ -324,10 +330,13 @@ async fn fetch_loop(shared: Arc<Shared>, run: Arc<Run>, slots: Arc<Semaphore>) {
                             warn!(
                                 "broker returned more tasks than requested; returning the excess"
                             );
-                            let _ = run.acks.send(Ack {
-                                lease: task.lease,
-                                outcome: Outcome::Requeue,
-                            });
+                            let _ = run.acks.send((
+                                Ack {
+                                    lease: task.lease,
+                                    outcome: Outcome::Requeue,
+                                },
+                                task.record.attempts,
+                            ));
                             continue;
                         }
                     };
@@ -359,9 +368,6 @@ async fn process(
     cancel: CancellationToken,
 ) {
     let record = &task.record;
-    if let Some(a) = &shared.config.audit {
-        a.on_leased(&shared.config.id, &task);
-    }
     let span = info_span!(
         "sealq.task",
         id = %record.id,
@@ -382,7 +388,10 @@ async fn process(
     }
     .instrument(span)
     .await;
-    if let Some(a) = &shared.config.audit {
+    // A success is audited with its acknowledgement batch (ack_loop).
+    if let Some(a) = &shared.config.audit
+        && !matches!(outcome, Outcome::Complete { .. })
+    {
         a.on_outcome(&shared.config.id, record, &outcome);
     }
     if matches!(outcome, Outcome::Requeue) {
@@ -392,10 +401,13 @@ async fn process(
     // The acker owns the receiving end until every sender is gone, so this
     // only fails if the acker died; the lease then expires and the task is
     // recovered for another attempt (at-least-once).
-    let _ = run.acks.send(Ack {
-        lease: task.lease,
-        outcome,
-    });
+    let _ = run.acks.send((
+        Ack {
+            lease: task.lease,
+            outcome,
+        },
+        record.attempts,
+    ));
     drop(slot);
 }
 
@@ -674,10 +686,29 @@ fn seal_or_log(
     }
 }
 
-async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ack>) {
+async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(Ack, u32)>) {
     let max = shared.config.ack_batch;
+    let mut finished = Vec::with_capacity(max);
     let mut batch = Vec::with_capacity(max);
-    while rx.recv_many(&mut batch, max).await > 0 {
+    while rx.recv_many(&mut finished, max).await > 0 {
+        // One `succeeded_batch` record for the successes of this batch,
+        // written whatever the broker then says (the handlers did succeed;
+        // a lost lease is counted and warned about below).
+        if let Some(a) = &shared.config.audit {
+            let done = finished
+                .iter()
+                .filter_map(|(ack, attempt): &(Ack, u32)| match &ack.outcome {
+                    Outcome::Complete { result } => Some(SucceededEntry {
+                        task: ack.lease.task_id,
+                        attempt: *attempt,
+                        result_len: result.as_ref().map(|r| r.len() as u64),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            a.on_succeeded_batch(&shared.config.id, done);
+        }
+        batch.extend(finished.drain(..).map(|(ack, _)| ack));
         let mut failures = 0u32;
         loop {
             match shared.broker.ack(batch.clone()).await {
