@@ -409,13 +409,14 @@ impl Client {
         if let Some(a) = &self.inner.audit {
             a.wait_for_room().await;
         }
-        let mut events: Vec<Option<(i64, crate::audit::AuditEvent)>> = match &self.inner.audit {
+        let mut events: Vec<Option<crate::audit::EnqueuedEntry>> = match &self.inner.audit {
             Some(_) => sealed
                 .iter()
-                .map(|t| Some((t.meta.created_at_ms, audit_hooks::enqueued_event(t))))
+                .map(|t| Some(audit_hooks::enqueued_entry(t)))
                 .collect(),
             None => Vec::new(),
         };
+        let mut accepted = Vec::new();
         let results = self.inner.broker.enqueue(sealed).await?;
         for (i, (((slot, result), id), key)) in slots
             .into_iter()
@@ -426,12 +427,8 @@ impl Client {
         {
             match result {
                 EnqueueResult::Enqueued => {
-                    // Dated when sealed: a worker may lease the task before
-                    // this line runs, and histories sort by time.
-                    if let (Some(a), Some((at, ev))) =
-                        (&self.inner.audit, events.get_mut(i).and_then(Option::take))
-                    {
-                        a.record_at(at, ev);
+                    if let Some(e) = events.get_mut(i).and_then(Option::take) {
+                        accepted.push(e);
                     }
                 }
                 EnqueueResult::Duplicate { existing } => {
@@ -442,6 +439,9 @@ impl Client {
                 }
                 EnqueueResult::IdExists => out[slot] = Err(Error::IdExists(id)),
             }
+        }
+        if let Some(a) = &self.inner.audit {
+            a.on_enqueued(self.producer(), accepted);
         }
         Ok(out)
     }

@@ -8,8 +8,9 @@ use sealq::audit::{
 };
 use sealq::{Keyring, TaskId};
 
+/// A filler event (not `started`: consecutive ones share a record).
 fn event(i: u64) -> AuditEvent {
-    AuditEvent::Started {
+    AuditEvent::Requeued {
         task: TaskId::new(),
         worker: "w".into(),
         attempt: i as u32,

@@ -255,7 +255,10 @@ pub(crate) async fn show(global: &Global, args: AuditShowArgs) -> CliResult {
         .filter_map(|l| l.item.ok())
         .filter(|r| r.event.is_about(id))
         .collect();
-    mine.sort_by(|a, b| (a.time_ms, &a.writer, a.seq).cmp(&(b.time_ms, &b.writer, b.seq)));
+    // In the order things happened to this task: a batch entry's own time
+    // (`started_batch`) before the record's.
+    let at = |r: &sealq::audit::AuditRecord| r.event.time_for_task(id).unwrap_or(r.time_ms);
+    mine.sort_by(|a, b| (at(a), &a.writer, a.seq).cmp(&(at(b), &b.writer, b.seq)));
     if args.json {
         return crate::output::print_json(&mine);
     }
@@ -264,8 +267,8 @@ pub(crate) async fn show(global: &Global, args: AuditShowArgs) -> CliResult {
         return Ok(());
     }
     for r in &mine {
-        let time = jiff::Timestamp::from_millisecond(r.time_ms)
-            .map_or_else(|_| r.time_ms.to_string(), |t| t.to_string());
+        let time = jiff::Timestamp::from_millisecond(at(r))
+            .map_or_else(|_| at(r).to_string(), |t| t.to_string());
         // A batch record (`leased_batch`, …) shows as this task's entry.
         let Some(event) = r.event.for_task(id) else {
             continue;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use super::event::AuditEvent;
+use super::event::{AuditEvent, StartedEntry};
 use super::record::{
     AuditKeys, AuditRecord, Checkpoint, GENESIS, RecordMac, canonical_into, chain_hash,
 };
@@ -166,6 +166,7 @@ impl AuditorBuilder {
             prev_hash: GENESIS,
             pending: Vec::new(),
             pending_hashes: Vec::new(),
+            pending_events: 0,
             scratch: Vec::with_capacity(256),
             appended: None,
             checkpointed_seq: None,
@@ -340,6 +341,9 @@ struct Chain {
     pending: Vec<AuditRecord>,
     /// The public chain hash through each of `pending`.
     pending_hashes: Vec<[u8; 32]>,
+    /// Recorded events that `pending` stands for (a batch record stands for
+    /// several): what appending it releases from `queued`.
+    pending_events: usize,
     /// The canonical bytes of the record being chained (reused).
     scratch: Vec<u8>,
     /// Head of what is appended: seq, mac, hash.
@@ -370,10 +374,44 @@ impl Chain {
                 return;
             }
             let mut closing = None;
+            // Consecutive `started` events of one worker taken in one go
+            // become one `started_batch` record (each task with its own
+            // time), as leases and successes are recorded per batch.
+            let mut started = StartedRun::default();
             for msg in buf.drain(..) {
+                let msg = match msg {
+                    Msg::Record {
+                        time_ms,
+                        event:
+                            AuditEvent::Started {
+                                task,
+                                worker,
+                                attempt,
+                            },
+                    } if started.takes(&worker) => {
+                        started.add(time_ms, worker, task, attempt);
+                        continue;
+                    }
+                    other => other,
+                };
+                if let Some((time_ms, event, n)) = started.take() {
+                    self.push(time_ms, event, n);
+                    if self.since_checkpoint >= self.every {
+                        let _ = self.settle().await;
+                    }
+                }
                 match msg {
+                    Msg::Record {
+                        time_ms,
+                        event:
+                            AuditEvent::Started {
+                                task,
+                                worker,
+                                attempt,
+                            },
+                    } => started.add(time_ms, worker, task, attempt),
                     Msg::Record { time_ms, event } => {
-                        self.push(time_ms, event);
+                        self.push(time_ms, event, 1);
                         if self.since_checkpoint >= self.every {
                             let _ = self.settle().await;
                         }
@@ -382,6 +420,12 @@ impl Chain {
                         let _ = reply.send(self.settle().await);
                     }
                     Msg::Close(reply) => closing = Some(reply),
+                }
+            }
+            if let Some((time_ms, event, n)) = started.take() {
+                self.push(time_ms, event, n);
+                if self.since_checkpoint >= self.every {
+                    let _ = self.settle().await;
                 }
             }
             if let Some(reply) = closing {
@@ -417,17 +461,17 @@ impl Chain {
                 .is_some_and(|(s, ..)| self.checkpointed_seq.is_none_or(|c| c < s))
     }
 
-    /// Number, MAC and hash one record.
-    fn push(&mut self, time_ms: i64, event: AuditEvent) {
+    /// Number, MAC and hash one record standing for `events` recorded events.
+    fn push(&mut self, time_ms: i64, event: AuditEvent, events: usize) {
         let seq = self.next_seq;
         self.scratch.clear();
         if let Err(e) = canonical_into(&mut self.scratch, &self.writer, seq, time_ms, &event) {
             warn!(error = %e, event = event.name(), "cannot encode audit record; skipped");
-            self.release(1);
+            self.release(events);
             return;
         }
         let Some(keyed) = &self.mac else {
-            self.release(1);
+            self.release(events);
             return;
         };
         let mac = keyed.mac(&self.prev_mac, &self.scratch);
@@ -436,6 +480,7 @@ impl Chain {
         self.prev_hash = hash;
         self.next_seq += 1;
         self.since_checkpoint += 1;
+        self.pending_events += events;
         self.pending.push(AuditRecord {
             writer: self.writer.clone(),
             seq,
@@ -458,7 +503,8 @@ impl Chain {
         self.counters
             .records
             .fetch_add(self.pending.len() as u64, Ordering::Relaxed);
-        self.release(self.pending.len());
+        self.release(self.pending_events);
+        self.pending_events = 0;
         if let (Some(last), Some(hash)) = (self.pending.last(), self.pending_hashes.last()) {
             let mac = last.mac_bytes().unwrap_or(GENESIS);
             self.appended = Some((last.seq, mac, *hash));
@@ -504,6 +550,64 @@ impl Chain {
     }
 }
 
+/// Consecutive `started` events of one worker, being gathered into one record.
+#[derive(Default)]
+struct StartedRun {
+    worker: String,
+    first_ms: i64,
+    tasks: Vec<StartedEntry>,
+}
+
+impl StartedRun {
+    /// Whether a `started` event of `worker` joins this run.
+    fn takes(&self, worker: &str) -> bool {
+        self.tasks.is_empty() || self.worker == worker
+    }
+
+    fn add(&mut self, time_ms: i64, worker: String, task: crate::TaskId, attempt: u32) {
+        if self.tasks.is_empty() {
+            self.worker = worker;
+            self.first_ms = time_ms;
+        }
+        self.tasks.push(StartedEntry {
+            task,
+            attempt,
+            time_ms,
+        });
+    }
+
+    /// The run as one record (time, event, events it stands for): a plain
+    /// `started` for a run of one, a `started_batch` for more; `None` when
+    /// empty.
+    fn take(&mut self) -> Option<(i64, AuditEvent, usize)> {
+        let n = self.tasks.len();
+        let worker = std::mem::take(&mut self.worker);
+        match n {
+            0 => None,
+            1 => {
+                let e = self.tasks.pop()?;
+                Some((
+                    e.time_ms,
+                    AuditEvent::Started {
+                        task: e.task,
+                        worker,
+                        attempt: e.attempt,
+                    },
+                    1,
+                ))
+            }
+            _ => Some((
+                self.first_ms,
+                AuditEvent::StartedBatch {
+                    worker,
+                    tasks: std::mem::take(&mut self.tasks),
+                },
+                n,
+            )),
+        }
+    }
+}
+
 async fn sleep_until(due: Option<Instant>) {
     match due {
         Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -544,12 +648,78 @@ mod tests {
         }
     }
 
+    /// A filler event (not `started`: consecutive ones share a record).
     fn event() -> AuditEvent {
-        AuditEvent::Started {
+        AuditEvent::Requeued {
             task: crate::TaskId::new(),
             worker: "w".into(),
             attempt: 1,
         }
+    }
+
+    fn started(worker: &str, task: crate::TaskId) -> AuditEvent {
+        AuditEvent::Started {
+            task,
+            worker: worker.into(),
+            attempt: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn consecutive_started_events_of_one_worker_share_a_record() {
+        let sink = Arc::new(Gated {
+            inner: MemorySink::new(),
+            gate: tokio::sync::Semaphore::new(0),
+        });
+        let keyring = Keyring::generate();
+        let a = Auditor::builder(sink.clone(), &keyring).start().unwrap();
+        // Queued while the sink is stuck, so the auditor takes them in one go.
+        a.record(event());
+        sink.gate.add_permits(1);
+        a.flush().await.unwrap();
+        let ids: Vec<crate::TaskId> = (0..5).map(|_| crate::TaskId::new()).collect();
+        for id in &ids[..3] {
+            a.record(started("w1", *id));
+        }
+        a.record(started("w2", ids[3]));
+        a.record(event());
+        a.record(started("w1", ids[4]));
+        assert_eq!(a.queued(), 6);
+        sink.gate.add_permits(1_000);
+        a.flush().await.unwrap();
+        assert_eq!(a.queued(), 0, "every event released, batched or not");
+        let events: Vec<AuditEvent> = sink
+            .inner
+            .read_records()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.item.unwrap().event)
+            .collect();
+        let names: Vec<_> = events.iter().map(|e| e.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "requeued",
+                "started_batch",
+                "started",
+                "requeued",
+                "started"
+            ]
+        );
+        assert_eq!(events[1].tasks(), ids[..3].to_vec());
+        for id in &ids[..3] {
+            assert_eq!(events[1].for_task(*id), Some(started("w1", *id)));
+            assert!(events[1].time_for_task(*id).is_some());
+        }
+        assert_eq!(events[2], started("w2", ids[3]));
+        assert_eq!(a.stats().records, 5);
+        a.close().await.unwrap();
+        let keys = AuditKeys::from_keyring(&keyring).unwrap();
+        let report = crate::audit::verify_sink(&*sink, &keys, &Default::default())
+            .await
+            .unwrap();
+        assert!(report.is_ok(), "{:?}", report.faults);
     }
 
     #[tokio::test]

@@ -34,6 +34,16 @@ pub enum AuditEvent {
         /// Size of the sealed envelope, bytes.
         ciphertext_len: u64,
     },
+    /// A producer stored several sealed tasks with one broker call: one
+    /// record per call instead of one `enqueued` record per task (a call
+    /// of one task still writes `enqueued`). [`AuditEvent::for_task`]
+    /// gives one task's `enqueued` view of it.
+    EnqueuedBatch {
+        /// The producer id bound into the envelopes.
+        producer: String,
+        /// The tasks the broker accepted, in call order.
+        tasks: Vec<EnqueuedEntry>,
+    },
     /// A worker took a lease on the task.
     Leased {
         /// The task.
@@ -66,6 +76,17 @@ pub enum AuditEvent {
         worker: String,
         /// The attempt.
         attempt: u32,
+    },
+    /// The handlers of several tasks were called: consecutive `started`
+    /// events of one worker that its auditor took in one go, one record
+    /// for all of them, each task with the time it started (the record's
+    /// own time is the first's). [`AuditEvent::for_task`] gives one task's
+    /// `started` view of it.
+    StartedBatch {
+        /// The worker.
+        worker: String,
+        /// The tasks, in the order they started.
+        tasks: Vec<StartedEntry>,
     },
     /// The handler succeeded.
     Succeeded {
@@ -230,6 +251,26 @@ pub enum AuditEvent {
     },
 }
 
+/// One task of an [`AuditEvent::EnqueuedBatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueuedEntry {
+    /// The task.
+    pub task: TaskId,
+    /// Its queue.
+    pub queue: String,
+    /// Its type name.
+    pub kind: String,
+    /// The key id that sealed the envelope.
+    pub key_id: String,
+    /// SHA-256 of the sealed envelope, lowercase hex.
+    pub ciphertext_sha256: String,
+    /// Size of the sealed envelope, bytes.
+    pub ciphertext_len: u64,
+    /// When it was sealed, Unix ms.
+    pub time_ms: i64,
+}
+
 /// One task of an [`AuditEvent::LeasedBatch`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -240,6 +281,18 @@ pub struct LeasedEntry {
     pub queue: String,
     /// The attempt (1 for the first run).
     pub attempt: u32,
+}
+
+/// One task of an [`AuditEvent::StartedBatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartedEntry {
+    /// The task.
+    pub task: TaskId,
+    /// The attempt.
+    pub attempt: u32,
+    /// When its handler was called, Unix ms.
+    pub time_ms: i64,
 }
 
 /// One task of an [`AuditEvent::SucceededBatch`].
@@ -259,9 +312,11 @@ impl AuditEvent {
     pub fn name(&self) -> &'static str {
         match self {
             AuditEvent::Enqueued { .. } => "enqueued",
+            AuditEvent::EnqueuedBatch { .. } => "enqueued_batch",
             AuditEvent::Leased { .. } => "leased",
             AuditEvent::LeasedBatch { .. } => "leased_batch",
             AuditEvent::Started { .. } => "started",
+            AuditEvent::StartedBatch { .. } => "started_batch",
             AuditEvent::Succeeded { .. } => "succeeded",
             AuditEvent::SucceededBatch { .. } => "succeeded_batch",
             AuditEvent::Failed { .. } => "failed",
@@ -286,6 +341,8 @@ impl AuditEvent {
     pub fn is_about(&self, id: TaskId) -> bool {
         match self {
             AuditEvent::LeasedBatch { tasks, .. } => tasks.iter().any(|e| e.task == id),
+            AuditEvent::EnqueuedBatch { tasks, .. } => tasks.iter().any(|e| e.task == id),
+            AuditEvent::StartedBatch { tasks, .. } => tasks.iter().any(|e| e.task == id),
             AuditEvent::SucceededBatch { tasks, .. } => tasks.iter().any(|e| e.task == id),
             other => other.task() == Some(id),
         }
@@ -295,6 +352,8 @@ impl AuditEvent {
     pub fn tasks(&self) -> Vec<TaskId> {
         match self {
             AuditEvent::LeasedBatch { tasks, .. } => tasks.iter().map(|e| e.task).collect(),
+            AuditEvent::EnqueuedBatch { tasks, .. } => tasks.iter().map(|e| e.task).collect(),
+            AuditEvent::StartedBatch { tasks, .. } => tasks.iter().map(|e| e.task).collect(),
             AuditEvent::SucceededBatch { tasks, .. } => tasks.iter().map(|e| e.task).collect(),
             other => other.task().into_iter().collect(),
         }
@@ -321,6 +380,28 @@ impl AuditEvent {
                     attempt: e.attempt,
                     lease_expires_at_ms: *lease_expires_at_ms,
                 }),
+            AuditEvent::EnqueuedBatch { producer, tasks } => tasks
+                .iter()
+                .find(|e| e.task == id)
+                .map(|e| AuditEvent::Enqueued {
+                    task: e.task,
+                    queue: e.queue.clone(),
+                    kind: e.kind.clone(),
+                    producer: producer.clone(),
+                    key_id: e.key_id.clone(),
+                    ciphertext_sha256: e.ciphertext_sha256.clone(),
+                    ciphertext_len: e.ciphertext_len,
+                }),
+            AuditEvent::StartedBatch { worker, tasks } => {
+                tasks
+                    .iter()
+                    .find(|e| e.task == id)
+                    .map(|e| AuditEvent::Started {
+                        task: e.task,
+                        worker: worker.clone(),
+                        attempt: e.attempt,
+                    })
+            }
             AuditEvent::SucceededBatch { worker, tasks } => tasks
                 .iter()
                 .find(|e| e.task == id)
@@ -331,6 +412,21 @@ impl AuditEvent {
                     result_len: e.result_len,
                 }),
             other => (other.task() == Some(id)).then(|| other.clone()),
+        }
+    }
+
+    /// When task `id`'s part of the event happened, when the event records
+    /// it apart from the record's own time (an `enqueued_batch` or
+    /// `started_batch` entry).
+    pub fn time_for_task(&self, id: TaskId) -> Option<i64> {
+        match self {
+            AuditEvent::EnqueuedBatch { tasks, .. } => {
+                tasks.iter().find(|e| e.task == id).map(|e| e.time_ms)
+            }
+            AuditEvent::StartedBatch { tasks, .. } => {
+                tasks.iter().find(|e| e.task == id).map(|e| e.time_ms)
+            }
+            _ => None,
         }
     }
 
@@ -350,7 +446,9 @@ impl AuditEvent {
             | AuditEvent::Rerun { task, .. }
             | AuditEvent::PayloadRevealed { task, .. }
             | AuditEvent::Resealed { task, .. } => Some(*task),
-            AuditEvent::LeasedBatch { .. }
+            AuditEvent::EnqueuedBatch { .. }
+            | AuditEvent::LeasedBatch { .. }
+            | AuditEvent::StartedBatch { .. }
             | AuditEvent::SucceededBatch { .. }
             | AuditEvent::KeyRotated { .. }
             | AuditEvent::KeyRemoved { .. }

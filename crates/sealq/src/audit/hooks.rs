@@ -5,23 +5,24 @@
 use sha2::{Digest as _, Sha256};
 
 use super::Auditor;
-use super::event::{AuditEvent, LeasedEntry, SucceededEntry};
+use super::event::{AuditEvent, EnqueuedEntry, LeasedEntry, SucceededEntry};
 use crate::broker::{LeasedTask, NewTask, Outcome, TaskRecord};
 use crate::error::Error;
 
-/// An `enqueued` event for a sealed task (call only once the broker stored it).
-pub(crate) fn enqueued_event(task: &NewTask) -> AuditEvent {
+/// What the audit log says of a sealed task once the broker stored it
+/// (dated when it was sealed).
+pub(crate) fn enqueued_entry(task: &NewTask) -> EnqueuedEntry {
     let key_id = crate::envelope::parse_header(&task.envelope)
         .map(|h| h.key_id.to_owned())
         .unwrap_or_default();
-    AuditEvent::Enqueued {
+    EnqueuedEntry {
         task: task.id,
         queue: task.queue.clone(),
         kind: task.kind.clone(),
-        producer: task.meta.producer.clone(),
         key_id,
         ciphertext_sha256: crate::hexfmt::encode(Sha256::digest(&task.envelope)),
         ciphertext_len: task.envelope.len() as u64,
+        time_ms: task.meta.created_at_ms,
     }
 }
 
@@ -48,6 +49,41 @@ pub(crate) fn policy_rejected(
 }
 
 impl Auditor {
+    /// A producer's call stored `tasks`: one `enqueued` record for one task,
+    /// one `enqueued_batch` record for more, nothing for none. Dated when
+    /// sealed: a worker may lease a task before this runs, and histories
+    /// sort by time.
+    pub(crate) fn on_enqueued(&self, producer: &str, mut tasks: Vec<EnqueuedEntry>) {
+        match tasks.len() {
+            0 => {}
+            1 => {
+                let e = tasks.remove(0);
+                self.record_at(
+                    e.time_ms,
+                    AuditEvent::Enqueued {
+                        task: e.task,
+                        queue: e.queue,
+                        kind: e.kind,
+                        producer: producer.to_owned(),
+                        key_id: e.key_id,
+                        ciphertext_sha256: e.ciphertext_sha256,
+                        ciphertext_len: e.ciphertext_len,
+                    },
+                );
+            }
+            _ => {
+                let first = tasks.iter().map(|e| e.time_ms).min().unwrap_or_default();
+                self.record_at(
+                    first,
+                    AuditEvent::EnqueuedBatch {
+                        producer: producer.to_owned(),
+                        tasks,
+                    },
+                );
+            }
+        }
+    }
+
     /// A worker leased `tasks` with one broker call: one `leased_batch`
     /// record per lease expiry among them (one, from the brokers here).
     pub(crate) fn on_leased_batch(&self, worker: &str, tasks: &[LeasedTask]) {

@@ -35,7 +35,7 @@ mod verify;
 pub use auditor::{
     AuditStats, Auditor, AuditorBuilder, DEFAULT_CHECKPOINT_EVERY, DEFAULT_CHECKPOINT_INTERVAL,
 };
-pub use event::{AuditEvent, LeasedEntry, SucceededEntry};
+pub use event::{AuditEvent, EnqueuedEntry, LeasedEntry, StartedEntry, SucceededEntry};
 pub use record::{
     AUDIT_MAC_LABEL, AuditKeys, AuditRecord, Checkpoint, GENESIS, chain_hash, record_mac,
 };
