@@ -369,3 +369,82 @@ async fn offloaded_payloads_are_still_scanned() {
     let err = c.enqueue(&task, EnqueueOptions::new()).await.unwrap_err();
     assert!(matches!(err, Error::PolicyViolation { .. }), "{err}");
 }
+
+/// The one blob file of task `id` in an [`FsBlobStore`] (`DIR/<id>/<digest>.blob`).
+fn blob_file(store: &FsBlobStore, id: TaskId) -> Vec<u8> {
+    let files: Vec<_> = std::fs::read_dir(store.dir().join(id.to_string()))
+        .expect("the task's blob directory")
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "blob"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    std::fs::read(&files[0]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_task_is_offloaded_under_its_data_key_and_erasure_shreds_the_blob() {
+    use sealq::envelope::{Aad, Purpose};
+    use sealq::subject_keys::{SubjectKeys, is_subject_sealed};
+
+    let e = env();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FsBlobStore::open(dir.path().join("blobs")).unwrap());
+    let c = client(&e, store.clone());
+    let big42 = c
+        .enqueue(
+            &render(100 * 1024),
+            EnqueueOptions::new().subject("user-42"),
+        )
+        .await
+        .unwrap();
+    let big7 = c
+        .enqueue(&render(90 * 1024), EnqueueOptions::new().subject("user-7"))
+        .await
+        .unwrap();
+
+    // The broker holds a claim sealed with the subject's key, the store the
+    // subject-sealed envelope: neither opens with the keyring.
+    let rec42 = e.broker.get(big42).await.unwrap().unwrap();
+    assert!(rec42.envelope.len() < 200, "a claim: {rec42:?}");
+    assert!(is_subject_sealed(&rec42.envelope));
+    let aad42 = Aad::for_record(&rec42, Purpose::Payload);
+    assert!(e.keyring.open(&aad42, &rec42.envelope).is_err());
+    let blob42 = blob_file(&store, big42);
+    assert!(is_subject_sealed(&blob42));
+    assert!(e.keyring.open(&aad42, &blob42).is_err());
+    let rec7 = e.broker.get(big7).await.unwrap().unwrap();
+    let blob7 = blob_file(&store, big7);
+
+    // user-42 is erased before any worker runs; user-7's task runs, whole.
+    c.erase_subject("user-42", "dpo").await.unwrap();
+    assert!(e.broker.get(big42).await.unwrap().is_none());
+    let seen = Arc::default();
+    let w = worker(&e, Some(store.clone()), Arc::clone(&seen));
+    assert_eq!(
+        wait_final(&e.broker, big7).await.state,
+        TaskState::Completed
+    );
+    w.shutdown().await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![render(90 * 1024)]);
+
+    // Copies of both blobs taken earlier (a backup of the blob store): the
+    // erased subject's no longer opens, the other subject's still does.
+    let keys = SubjectKeys::new(e.broker.subject_key_store().unwrap(), &e.keyring);
+    assert!(
+        keys.for_open(&e.keyring.subject_tag("user-42"))
+            .await
+            .unwrap()
+            .is_none(),
+        "the key survived erasure"
+    );
+    let k7 = keys
+        .for_open(&e.keyring.subject_tag("user-7"))
+        .await
+        .unwrap()
+        .unwrap();
+    let opened = k7
+        .open(&Aad::for_record(&rec7, Purpose::Payload), &blob7)
+        .unwrap();
+    let back: Render = rmp_serde::from_slice(&opened).unwrap();
+    assert_eq!(back, render(90 * 1024));
+}

@@ -324,7 +324,7 @@ impl Client {
     async fn prepare(&self, tasks: Vec<RawTask>) -> Result<Prepared> {
         let data_keys = self.data_keys_for(&tasks).await?;
         let batch = self.seal_all(tasks, &data_keys);
-        self.offload(batch).await
+        self.offload(batch, &data_keys).await
     }
 
     /// As [`Client::prepare`], sealing on a blocking thread: a bulk enqueue
@@ -334,10 +334,13 @@ impl Client {
     async fn prepare_apart(&self, tasks: Vec<RawTask>) -> Result<Prepared> {
         let data_keys = self.data_keys_for(&tasks).await?;
         let client = self.clone();
-        let batch = tokio::task::spawn_blocking(move || client.seal_all(tasks, &data_keys))
-            .await
-            .map_err(|e| Error::Config(format!("sealing thread failed: {e}")))?;
-        self.offload(batch).await
+        let (batch, data_keys) = tokio::task::spawn_blocking(move || {
+            let batch = client.seal_all(tasks, &data_keys);
+            (batch, data_keys)
+        })
+        .await
+        .map_err(|e| Error::Config(format!("sealing thread failed: {e}")))?;
+        self.offload(batch, &data_keys).await
     }
 
     /// Check and seal each task; refusals are recorded in place.
@@ -381,13 +384,24 @@ impl Client {
         }
     }
 
-    /// Move large sealed payloads to the claim-check store, if configured.
-    async fn offload(&self, mut batch: Prepared) -> Result<Prepared> {
+    /// Move large sealed payloads to the claim-check store, if configured
+    /// (those of tasks with a subject sealed with its data key, `data_keys`).
+    async fn offload(
+        &self,
+        mut batch: Prepared,
+        data_keys: &HashMap<SubjectTag, Arc<DataKey>>,
+    ) -> Result<Prepared> {
         if !batch.sealed.is_empty()
             && let Some((store, threshold)) = &self.inner.blobs
         {
-            crate::blob::offload_all(&**store, &self.inner.keyring, *threshold, &mut batch.sealed)
-                .await?;
+            crate::blob::offload_all(
+                &**store,
+                &self.inner.keyring,
+                data_keys,
+                *threshold,
+                &mut batch.sealed,
+            )
+            .await?;
         }
         Ok(batch)
     }
@@ -561,13 +575,9 @@ impl Client {
         validate_queue_name(&queue)?;
         validate_kind(&kind)?;
         match &self.inner.blobs {
-            Some((_, threshold)) => crate::blob::check_policy(
-                &self.inner.policy,
-                *threshold,
-                &queue,
-                &payload,
-                options.subject.is_some(),
-            )?,
+            Some((_, threshold)) => {
+                crate::blob::check_policy(&self.inner.policy, *threshold, &queue, &payload)?
+            }
             None => self.inner.policy.check(&queue, &payload)?,
         }
 

@@ -89,11 +89,17 @@ impl Client {
             })
         };
         let mut payload = open(Purpose::Payload, &record.envelope)?;
-        if let Some(full) =
-            crate::blob::open_claimed(self.blob_store(), self.keyring(), &record, &payload)
-                .await
-                .map_err(|e| {
-                    match e {
+        if let Some(full) = crate::blob::open_claimed(
+            self.blob_store(),
+            match &key {
+                Some(k) => crate::blob::Sealer::Subject(k),
+                None => crate::blob::Sealer::Keyring(self.keyring()),
+            },
+            &record,
+            &payload,
+        )
+        .await
+        .map_err(|e| match e {
             crate::blob::ClaimError::Integrity(i) => Error::Integrity(i),
             crate::blob::ClaimError::Store(b) => Error::Broker(b),
             crate::blob::ClaimError::NoStore => Error::Config(
@@ -103,9 +109,7 @@ impl Client {
             crate::blob::ClaimError::Missing => {
                 Error::Config("the payload's blob is not in the claim-check store".into())
             }
-        }
-                })?
-        {
+        })? {
             payload = full;
         }
         let result = record

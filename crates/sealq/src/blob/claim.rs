@@ -1,6 +1,9 @@
 //! The sealed claim that replaces an offloaded payload, and the two halves of
 //! the round trip: [`offload`] (producer) and [`open_claimed`] (worker).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -10,7 +13,8 @@ use crate::envelope::{Aad, Purpose, TAG_LEN, parse_header};
 use crate::error::{BrokerError, Error, IntegrityError};
 use crate::keyring::Keyring;
 use crate::policy::PayloadPolicy;
-use crate::task::{ArchiveReason, TaskId};
+use crate::subject_keys::DataKey;
+use crate::task::{ArchiveReason, SubjectTag, TaskId};
 
 /// A MessagePack ext8 header (`0xc7`, length 41, type `0x53`): a value serde
 /// payloads never produce, so a claim cannot be mistaken for a payload.
@@ -90,16 +94,14 @@ fn payload_len(envelope: &[u8]) -> usize {
 
 /// The policy check of a producer with a blob store: payloads over
 /// `threshold` will leave the broker, so the queue's size budget does not
-/// apply to them; the scanner does. Tasks with a subject are not offloaded
-/// (see [`offload_all`]), so they get the full check.
+/// apply to them; the scanner does.
 pub(crate) fn check_policy(
     policy: &PayloadPolicy,
     threshold: usize,
     queue: &str,
     payload: &[u8],
-    has_subject: bool,
 ) -> Result<(), Error> {
-    if has_subject || payload.len() <= threshold {
+    if payload.len() <= threshold {
         return policy.check(queue, payload);
     }
     match policy.try_scan(queue, payload)?.into_iter().next() {
@@ -108,29 +110,70 @@ pub(crate) fn check_policy(
     }
 }
 
+/// What seals and opens a claim and its blob: the keyring, or the data key
+/// of the task's subject (a task with a subject is sealed with it, claim and
+/// blob alike, so erasing the subject shreds the blob too).
+pub(crate) enum Sealer<'a> {
+    /// The keyring (its primary key seals; any of its keys opens).
+    Keyring(&'a Keyring),
+    /// A subject's data key.
+    Subject(&'a DataKey),
+}
+
+impl Sealer<'_> {
+    fn seal(&self, aad: &Aad<'_>, plain: &[u8]) -> Result<Vec<u8>, Error> {
+        match self {
+            Sealer::Keyring(k) => k.seal(aad, plain),
+            Sealer::Subject(k) => k.seal(aad, plain),
+        }
+    }
+
+    fn open(&self, aad: &Aad<'_>, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, IntegrityError> {
+        match self {
+            Sealer::Keyring(k) => k.open(aad, sealed),
+            Sealer::Subject(k) => k.open(aad, sealed),
+        }
+    }
+}
+
 /// Offload every sealed task whose payload is over `threshold`: its envelope
 /// goes to `store` and a sealed claim takes its place. The blob keeps the
 /// envelope's associated data, so it opens only as this task's payload.
 ///
-/// Envelopes sealed with a subject's data key are not offloaded yet: the
-/// worker opens blobs with the keyring only.
+/// An envelope sealed with a subject's data key (`data_keys`, by subject
+/// tag) gets its claim sealed with the same key: the blob, the subject-sealed
+/// envelope itself, then opens only while the subject's key exists.
 ///
 /// A store failure fails the whole batch (nothing is enqueued); blobs already
 /// stored for it are orphans that [`super::sweep_orphans`] removes.
 pub(crate) async fn offload_all(
     store: &dyn BlobStore,
     keyring: &Keyring,
+    data_keys: &HashMap<SubjectTag, Arc<DataKey>>,
     threshold: usize,
     tasks: &mut [NewTask],
 ) -> Result<(), Error> {
     for task in tasks.iter_mut() {
-        if payload_len(&task.envelope) <= threshold
-            || crate::subject_keys::is_subject_sealed(&task.envelope)
-        {
+        if payload_len(&task.envelope) <= threshold {
             continue;
         }
+        let sealer = if crate::subject_keys::is_subject_sealed(&task.envelope) {
+            // Invariant of Client::seal_with: a subject-sealed envelope's
+            // key is in `data_keys`; without it, keep the payload inline.
+            match task
+                .meta
+                .subject_tag
+                .as_ref()
+                .and_then(|t| data_keys.get(t))
+            {
+                Some(key) => Sealer::Subject(key),
+                None => continue,
+            }
+        } else {
+            Sealer::Keyring(keyring)
+        };
         let claim = Claim::for_blob(&task.envelope);
-        let sealed_claim = keyring.seal(&aad_of(task), &claim.encode())?;
+        let sealed_claim = sealer.seal(&aad_of(task), &claim.encode())?;
         store
             .put(&claim.key(task.id), task.envelope.clone())
             .await?;
@@ -208,11 +251,12 @@ impl ClaimError {
 }
 
 /// If `plain` (an opened payload) is a claim, fetch the blob, check it against
-/// the claim and open it with the task's associated data. `Ok(None)`: not a
-/// claim, use `plain` as the payload.
+/// the claim and open it with the task's associated data, with `opener`:
+/// what opened the envelope (the keyring, or the subject's data key).
+/// `Ok(None)`: not a claim, use `plain` as the payload.
 pub(crate) async fn open_claimed(
     store: Option<&dyn BlobStore>,
-    keyring: &Keyring,
+    opener: Sealer<'_>,
     record: &TaskRecord,
     plain: &[u8],
 ) -> Result<Option<Zeroizing<Vec<u8>>>, ClaimError> {
@@ -228,7 +272,7 @@ pub(crate) async fn open_claimed(
     if !claim.matches(&blob) {
         return Err(ClaimError::Integrity(IntegrityError::Tampered));
     }
-    keyring
+    opener
         .open(&Aad::for_record(record, Purpose::Payload), &blob)
         .map(Some)
         .map_err(ClaimError::Integrity)

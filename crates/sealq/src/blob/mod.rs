@@ -44,7 +44,7 @@ use crate::broker::{Broker, BrokerResult};
 use crate::task::TaskId;
 
 pub(crate) use claim::{
-    ClaimAction, ClaimError, check_policy, claimed_blob, delete_completed, offload_all,
+    ClaimAction, ClaimError, Sealer, check_policy, claimed_blob, delete_completed, offload_all,
     open_claimed, reseal_blob,
 };
 pub use fs::FsBlobStore;

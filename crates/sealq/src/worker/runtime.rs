@@ -439,6 +439,9 @@ async fn execute(
         );
     }
     let aad = Aad::for_record(record, Purpose::Payload);
+    // The subject's data key, when it sealed the envelope (it opens an
+    // offloaded payload's blob too).
+    let mut data_key = None;
     let opened = if is_subject_sealed(&record.envelope) {
         // Sealed with the subject's data key: fetch it (cached briefly).
         let (Some(tag), Some(keys)) = (&record.meta.subject_tag, &shared.subject_keys) else {
@@ -446,7 +449,11 @@ async fn execute(
             return refuse(shared, record, e, ArchiveReason::Integrity);
         };
         match keys.for_open(tag).await {
-            Ok(Some(key)) => key.open(&aad, &record.envelope),
+            Ok(Some(key)) => {
+                let opened = key.open(&aad, &record.envelope);
+                data_key = Some(key);
+                opened
+            }
             // The key was destroyed: the subject was erased. Never retried.
             Ok(None) => {
                 return archive(shared, record, ArchiveReason::Erased, "subject erased");
@@ -467,9 +474,13 @@ async fn execute(
         Err(e) => return refuse(shared, record, e, ArchiveReason::Integrity),
     };
     // Claim-check: an offloaded payload is fetched and opened here (crate::blob).
+    let opener = match &data_key {
+        Some(key) => crate::blob::Sealer::Subject(key),
+        None => crate::blob::Sealer::Keyring(&shared.keyring),
+    };
     let payload = match crate::blob::open_claimed(
         shared.config.blobs.as_deref(),
-        &shared.keyring,
+        opener,
         record,
         payload.bytes(),
     )
