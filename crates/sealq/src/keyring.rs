@@ -333,6 +333,20 @@ impl Keyring {
         okm
     }
 
+    /// A 32-byte key for `label` derived from sealing key `id` (HKDF-SHA-256,
+    /// salt `"sealq-subkey-v1"`, ikm = that key's secret, info = `label`):
+    /// unlike [`Keyring::derive_subkey`], it changes with rotation, and it
+    /// is gone once key `id` is removed. `None` when the keyring has no key `id`.
+    pub(crate) fn derive_from_key(&self, id: &str, label: &str) -> Option<Zeroizing<[u8; 32]>> {
+        let entry = self.keys.get(id)?;
+        let hk = hkdf::Hkdf::<Sha256>::new(Some(SUBKEY_SALT), &entry.secret[..]);
+        let mut okm = Zeroizing::new([0u8; 32]);
+        hk.expand(label.as_bytes(), &mut okm[..])
+            // Invariant: 32 bytes is far below HKDF-SHA-256's 8160-byte limit.
+            .expect("32 bytes is a valid HKDF-SHA-256 output length");
+        Some(okm)
+    }
+
     /// The Ed25519 seed that signs audit checkpoints, if the keyring has one.
     pub(crate) fn audit_signing_seed(&self) -> Option<&[u8; KEY_LEN]> {
         self.audit_signing_key.as_deref()

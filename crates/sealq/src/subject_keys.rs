@@ -4,9 +4,15 @@
 //! sealed with that subject's own random **data key**, not the keyring's
 //! primary key. Its result and error messages are sealed with the same key.
 //! Data keys are stored wrapped (XChaCha20-Poly1305) under a key-encryption
-//! key derived from the keyring (`derive_subkey("sealq-subject-kek-v1")`), in
-//! a [`SubjectKeyStore`] that is **separate from the task store**: the
-//! embedded broker keeps it in its own file beside the database.
+//! key (KEK), in a [`SubjectKeyStore`] that is **separate from the task
+//! store**: the embedded broker keeps it in its own file beside the database.
+//! The KEK is derived from the keyring's primary sealing key
+//! (HKDF, label `sealq-subject-kek-v2`), so it rotates with the keyring:
+//! after `keys rotate`, new data keys are wrapped under the new primary's
+//! KEK, [`SubjectKeys::rewrap_all`] (run by `sealq keys reseal`) re-wraps the
+//! stored ones, and `keys remove` refuses to drop a key that still wraps
+//! any. Keys wrapped by earlier versions under the KEK derived from the
+//! `subject_tag_key` (format 1) still open and are re-wrapped the same way.
 //!
 //! Erasing a subject deletes its tasks and destroys its wrapped key. Copies of
 //! the task store made earlier (file copies, backups, replicas, AOF/RDB) then
@@ -37,12 +43,89 @@ use crate::task::SubjectTag;
 /// The key id in the header of envelopes sealed with a subject's data key.
 pub const SUBJECT_KEY_ID: &str = "subject";
 
-/// Label of the key-encryption key derived from the keyring.
+/// Label of the format-1 KEK, derived from the keyring's `subject_tag_key`
+/// (which never rotates): read only.
 const KEK_LABEL: &str = "sealq-subject-kek-v1";
-/// Domain of the wrapping's associated data.
+/// Label of the format-2 KEKs, one derived from each sealing key.
+const KEK_V2_LABEL: &str = "sealq-subject-kek-v2";
+/// Domain of the format-1 wrapping's associated data.
 const WRAP_DOMAIN: &[u8] = b"sealq-subject-key-v1";
-/// Wrapped key: version byte, 24-byte nonce, 32-byte key, 16-byte tag.
+/// Domain of the format-2 wrapping's associated data.
+const WRAP_DOMAIN_V2: &[u8] = b"sealq-subject-key-v2";
+/// Format 1: version byte 1, 24-byte nonce, 32-byte key, 16-byte tag.
 const WRAPPED_LEN: usize = 1 + 24 + 32 + 16;
+/// Format 2: version byte 2, key id length (1 byte), key id, then as format 1.
+const WRAPPED_V2_FIXED: usize = 2 + 24 + 32 + 16;
+
+/// What a stored wrapped subject key is wrapped under.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WrappedUnder {
+    /// Format 1: the KEK derived from the keyring's `subject_tag_key`
+    /// (written before KEKs rotated with the sealing keys).
+    TagKey,
+    /// Format 2: the KEK derived from this sealing key id.
+    Key(String),
+}
+
+impl std::fmt::Display for WrappedUnder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WrappedUnder::TagKey => f.write_str("subject_tag_key (format 1)"),
+            WrappedUnder::Key(id) => write!(f, "{id}"),
+        }
+    }
+}
+
+impl WrappedUnder {
+    /// The key a stored wrapped key names, from its bytes alone; `None` for
+    /// bytes in no known format.
+    pub fn of(wrapped: &[u8]) -> Option<WrappedUnder> {
+        match wrapped.first()? {
+            1 if wrapped.len() == WRAPPED_LEN => Some(WrappedUnder::TagKey),
+            2 => {
+                let n = usize::from(*wrapped.get(1)?);
+                let id = wrapped.get(2..2 + n)?;
+                (wrapped.len() == WRAPPED_V2_FIXED + n)
+                    .then(|| std::str::from_utf8(id).ok().map(|s| WrappedUnder::Key(s.to_owned())))
+                    .flatten()
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What [`SubjectKeys::rewrap_all`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RewrapReport {
+    /// The key whose KEK wraps them now (the keyring's primary).
+    pub to_key: String,
+    /// Wrapped keys re-wrapped under it (or, with `dry_run`, that would be).
+    pub rewrapped: u64,
+    /// Already wrapped under it.
+    pub current: u64,
+    /// Changed or destroyed (an erasure) between reading and replacing:
+    /// left as they are; run again.
+    pub changed: u64,
+    /// Wrapped keys that could not be unwrapped, by subject tag (hex) with
+    /// the reason (a key this keyring lacks, or bytes that do not open).
+    pub failed: Vec<(String, String)>,
+}
+
+/// The wrapping's associated data: domain, subject tag and, for format 2,
+/// the wrapping key id (length-prefixed).
+fn wrap_ad(tag: &SubjectTag, key_id: Option<&str>) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(WRAP_DOMAIN_V2.len() + 33 + key_id.map_or(0, str::len));
+    match key_id {
+        None => ad.extend_from_slice(WRAP_DOMAIN),
+        Some(_) => ad.extend_from_slice(WRAP_DOMAIN_V2),
+    }
+    ad.extend_from_slice(&tag.0);
+    if let Some(id) = key_id {
+        ad.push(id.len() as u8);
+        ad.extend_from_slice(id.as_bytes());
+    }
+    ad
+}
 
 /// One subject's data key. Wiped from memory on drop; never printed.
 pub struct DataKey {
@@ -130,6 +213,25 @@ pub trait SubjectKeyStore: Send + Sync + std::fmt::Debug + 'static {
     }
     /// Destroy the key of `tag` and bump the erasure epoch; `true` if a key existed.
     async fn destroy(&self, tag: &SubjectTag) -> BrokerResult<bool>;
+    /// Every stored wrapped key, with its subject tag (for re-wrapping after
+    /// a key rotation). The default says the store cannot list.
+    async fn list(&self) -> BrokerResult<Vec<(SubjectTag, Vec<u8>)>> {
+        Err(crate::BrokerError::new(
+            crate::BrokerErrorKind::Config,
+            format!("{self:?} cannot list its subject keys (SubjectKeyStore::list)"),
+        ))
+    }
+    /// Replace `tag`'s wrapped key with `new` only if it is still `old`
+    /// (atomically: never resurrects a key destroyed meanwhile, never
+    /// overwrites a newer one); `true` when replaced. The default says the
+    /// store cannot.
+    async fn replace(&self, tag: &SubjectTag, old: &[u8], new: Vec<u8>) -> BrokerResult<bool> {
+        let _ = (tag, old, new);
+        Err(crate::BrokerError::new(
+            crate::BrokerErrorKind::Config,
+            format!("{self:?} cannot replace its subject keys (SubjectKeyStore::replace)"),
+        ))
+    }
     /// The erasure epoch: bumped by every [`SubjectKeyStore::destroy`], so
     /// processes caching keys know to drop them.
     async fn epoch(&self) -> BrokerResult<u64>;
@@ -142,7 +244,12 @@ pub trait SubjectKeyStore: Send + Sync + std::fmt::Debug + 'static {
 /// or after the cache TTL.
 pub struct SubjectKeys {
     store: Arc<dyn SubjectKeyStore>,
-    kek: XChaCha20Poly1305,
+    /// The format-1 KEK (from the `subject_tag_key`): opens only.
+    legacy: XChaCha20Poly1305,
+    /// The format-2 KEK of every keyring key, by key id.
+    keks: HashMap<String, XChaCha20Poly1305>,
+    /// The keyring's primary key id: its KEK wraps new keys.
+    primary: String,
     cache: Mutex<HashMap<SubjectTag, (Arc<DataKey>, Instant)>>,
     ttl: Duration,
     epoch: AtomicU64,
@@ -159,12 +266,22 @@ impl std::fmt::Debug for SubjectKeys {
 }
 
 impl SubjectKeys {
-    /// Data keys from `store`, wrapped under a key derived from `keyring`.
+    /// Data keys from `store`, wrapped under KEKs derived from `keyring`'s
+    /// keys (new ones under its primary key's).
     pub fn new(store: Arc<dyn SubjectKeyStore>, keyring: &Keyring) -> Self {
-        let kek = keyring.derive_subkey(KEK_LABEL);
+        let legacy = keyring.derive_subkey(KEK_LABEL);
+        let keks = keyring
+            .key_ids()
+            .filter_map(|id| {
+                let kek = keyring.derive_from_key(id, KEK_V2_LABEL)?;
+                Some((id.to_owned(), XChaCha20Poly1305::new(<&Key>::from(&*kek))))
+            })
+            .collect();
         SubjectKeys {
             store,
-            kek: XChaCha20Poly1305::new(<&Key>::from(&*kek)),
+            legacy: XChaCha20Poly1305::new(<&Key>::from(&*legacy)),
+            keks,
+            primary: keyring.primary_key_id().to_owned(),
             cache: Mutex::new(HashMap::new()),
             ttl: Duration::from_secs(30),
             epoch: AtomicU64::new(0),
@@ -307,43 +424,103 @@ impl SubjectKeys {
         Ok(self.store.destroy(tag).await?)
     }
 
+    /// Re-wrap every stored key that is not wrapped under the primary key's
+    /// KEK (after `keys rotate`; format-1 keys too), each with a
+    /// compare-and-swap, so a key destroyed or replaced meanwhile is left
+    /// alone. With `dry_run`, count only. The data keys themselves do not
+    /// change: nothing sealed with them needs re-sealing.
+    pub async fn rewrap_all(&self, dry_run: bool) -> Result<RewrapReport, Error> {
+        let mut report = RewrapReport {
+            to_key: self.primary.clone(),
+            ..RewrapReport::default()
+        };
+        let primary = WrappedUnder::Key(self.primary.clone());
+        for (tag, wrapped) in self.store.list().await? {
+            if WrappedUnder::of(&wrapped).as_ref() == Some(&primary) {
+                report.current += 1;
+                continue;
+            }
+            let key = match self.unwrap(&tag, &wrapped) {
+                Ok(k) => k,
+                Err(e) => {
+                    report.failed.push((tag.to_hex(), e.to_string()));
+                    continue;
+                }
+            };
+            if dry_run {
+                report.rewrapped += 1;
+                continue;
+            }
+            let fresh = self.wrap(&tag, &key)?;
+            if self.store.replace(&tag, &wrapped, fresh).await? {
+                report.rewrapped += 1;
+            } else {
+                report.changed += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// How many stored keys each KEK wraps (malformed ones under `None`).
+    pub async fn count_by_wrapping_key(
+        &self,
+    ) -> Result<std::collections::BTreeMap<Option<WrappedUnder>, u64>, Error> {
+        let mut out = std::collections::BTreeMap::new();
+        for (_, wrapped) in self.store.list().await? {
+            *out.entry(WrappedUnder::of(&wrapped)).or_insert(0) += 1;
+        }
+        Ok(out)
+    }
+
+    /// Wrap `key` (format 2) under the primary key's KEK.
     fn wrap(&self, tag: &SubjectTag, key: &DataKey) -> Result<Vec<u8>, Error> {
+        let id = self.primary.as_str();
+        let kek = self.keks.get(id).ok_or_else(|| {
+            Error::Keyring(format!("the keyring's primary key `{id}` is missing"))
+        })?;
         let nonce = random_nonce()?;
-        let mut ad = Vec::with_capacity(WRAP_DOMAIN.len() + 32);
-        ad.extend_from_slice(WRAP_DOMAIN);
-        ad.extend_from_slice(&tag.0);
-        let mut out = Vec::with_capacity(WRAPPED_LEN);
-        out.push(1);
+        let ad = wrap_ad(tag, Some(id));
+        let mut out = Vec::with_capacity(WRAPPED_V2_FIXED + id.len());
+        out.push(2);
+        // Invariant: key ids are at most 64 bytes (Keyring validates them).
+        out.push(id.len() as u8);
+        out.extend_from_slice(id.as_bytes());
         out.extend_from_slice(&nonce);
+        let at = out.len();
         out.extend_from_slice(key.secret.as_ref());
-        let t = self
-            .kek
-            .encrypt_inout_detached(<&XNonce>::from(&nonce), &ad, (&mut out[25..]).into())
+        let t = kek
+            .encrypt_inout_detached(<&XNonce>::from(&nonce), &ad, (&mut out[at..]).into())
             .map_err(|_| Error::Keyring("wrapping a subject key failed".into()))?;
         out.extend_from_slice(&t);
         Ok(out)
     }
 
+    /// Unwrap a stored key of either format.
     fn unwrap(&self, tag: &SubjectTag, wrapped: &[u8]) -> Result<DataKey, Error> {
         let bad = || Error::Integrity(IntegrityError::Tampered);
-        if wrapped.len() != WRAPPED_LEN || wrapped[0] != 1 {
-            return Err(bad());
-        }
-        let nonce: [u8; 24] = wrapped[1..25].try_into().map_err(|_| bad())?;
-        let mut ad = Vec::with_capacity(WRAP_DOMAIN.len() + 32);
-        ad.extend_from_slice(WRAP_DOMAIN);
-        ad.extend_from_slice(&tag.0);
+        let (kek, ad, body) = match WrappedUnder::of(wrapped).ok_or_else(bad)? {
+            WrappedUnder::TagKey => (&self.legacy, wrap_ad(tag, None), &wrapped[1..]),
+            WrappedUnder::Key(id) => {
+                let kek = self.keks.get(&id).ok_or_else(|| {
+                    Error::Keyring(format!(
+                        "a subject key is wrapped under key `{id}`, which this keyring does not hold"
+                    ))
+                })?;
+                (kek, wrap_ad(tag, Some(&id)), &wrapped[2 + id.len()..])
+            }
+        };
+        // body: nonce (24), key (32), tag (16).
+        let nonce: [u8; 24] = body[..24].try_into().map_err(|_| bad())?;
         let mut secret = Zeroizing::new([0u8; 32]);
-        secret.copy_from_slice(&wrapped[25..57]);
-        let t = <&Tag>::try_from(&wrapped[57..]).map_err(|_| bad())?;
-        self.kek
-            .decrypt_inout_detached(
-                <&XNonce>::from(&nonce),
-                &ad,
-                secret.as_mut_slice().into(),
-                t,
-            )
-            .map_err(|_| bad())?;
+        secret.copy_from_slice(&body[24..56]);
+        let t = <&Tag>::try_from(&body[56..]).map_err(|_| bad())?;
+        kek.decrypt_inout_detached(
+            <&XNonce>::from(&nonce),
+            &ad,
+            secret.as_mut_slice().into(),
+            t,
+        )
+        .map_err(|_| bad())?;
         Ok(DataKey::from_secret(secret))
     }
 }
@@ -419,6 +596,136 @@ mod tests {
         async fn epoch(&self) -> BrokerResult<u64> {
             Ok(self.epoch.load(Ordering::SeqCst))
         }
+        async fn list(&self) -> BrokerResult<Vec<(SubjectTag, Vec<u8>)>> {
+            let keys = self.keys.lock().unwrap();
+            Ok(keys.iter().map(|(t, w)| (*t, w.clone())).collect())
+        }
+        async fn replace(
+            &self,
+            tag: &SubjectTag,
+            old: &[u8],
+            new: Vec<u8>,
+        ) -> BrokerResult<bool> {
+            let mut keys = self.keys.lock().unwrap();
+            match keys.get_mut(tag) {
+                Some(w) if w.as_slice() == old => {
+                    *w = new;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        }
+    }
+
+    /// A format-1 wrapped key (what earlier versions stored), for `key`.
+    fn wrap_v1(keyring: &Keyring, tag: &SubjectTag, key: &DataKey) -> Vec<u8> {
+        let kek = keyring.derive_subkey(KEK_LABEL);
+        let kek = XChaCha20Poly1305::new(<&Key>::from(&*kek));
+        let nonce = random_nonce().unwrap();
+        let mut out = vec![1];
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(key.secret.as_ref());
+        let t = kek
+            .encrypt_inout_detached(
+                <&XNonce>::from(&nonce),
+                &wrap_ad(tag, None),
+                (&mut out[25..]).into(),
+            )
+            .unwrap();
+        out.extend_from_slice(&t);
+        out
+    }
+
+    #[tokio::test]
+    async fn the_kek_rotates_with_the_keyring_and_rewrap_moves_every_key() {
+        let mut keyring = Keyring::generate();
+        let first = keyring.primary_key_id().to_owned();
+        let store = Arc::new(Mem::default());
+        let before = SubjectKeys::new(store.clone(), &keyring);
+        let (t1, t2, t3) = (
+            keyring.subject_tag("a"),
+            keyring.subject_tag("b"),
+            keyring.subject_tag("c"),
+        );
+        let (ad1, ad3) = (aad(t1), aad(t3));
+        let sealed1 = before
+            .for_seal(&t1)
+            .await
+            .unwrap()
+            .seal(&ad1, b"one")
+            .unwrap();
+        let w1 = store.get(&t1).await.unwrap().unwrap();
+        assert_eq!(WrappedUnder::of(&w1), Some(WrappedUnder::Key(first.clone())));
+        // A key stored by an earlier version (format 1) still opens.
+        let legacy = DataKey::generate().unwrap();
+        let sealed3 = legacy.seal(&ad3, b"three").unwrap();
+        store
+            .put_if_absent(&t3, wrap_v1(&keyring, &t3, &legacy))
+            .await
+            .unwrap();
+
+        let second = keyring.rotate();
+        let after = SubjectKeys::new(store.clone(), &keyring);
+        after.for_seal(&t2).await.unwrap();
+        let w2 = store.get(&t2).await.unwrap().unwrap();
+        assert_eq!(WrappedUnder::of(&w2), Some(WrappedUnder::Key(second.clone())));
+        let counts = after.count_by_wrapping_key().await.unwrap();
+        assert_eq!(counts[&Some(WrappedUnder::Key(first.clone()))], 1);
+        assert_eq!(counts[&Some(WrappedUnder::Key(second.clone()))], 1);
+        assert_eq!(counts[&Some(WrappedUnder::TagKey)], 1);
+
+        let dry = after.rewrap_all(true).await.unwrap();
+        assert_eq!((dry.rewrapped, dry.current, dry.changed), (2, 1, 0));
+        assert_eq!(store.get(&t1).await.unwrap().unwrap(), w1, "a dry run changes nothing");
+        let report = after.rewrap_all(false).await.unwrap();
+        assert_eq!(report.to_key, second);
+        assert_eq!((report.rewrapped, report.current, report.changed), (2, 1, 0));
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        let counts = after.count_by_wrapping_key().await.unwrap();
+        assert_eq!(counts.len(), 1);
+        assert_eq!(counts[&Some(WrappedUnder::Key(second.clone()))], 3);
+
+        // The first key can go now: every data key still opens what it sealed.
+        keyring.remove_key(&first).unwrap();
+        let fresh = SubjectKeys::new(store.clone(), &keyring);
+        let k1 = fresh.for_open(&t1).await.unwrap().unwrap();
+        assert_eq!(&k1.open(&ad1, &sealed1).unwrap()[..], b"one");
+        let k3 = fresh.for_open(&t3).await.unwrap().unwrap();
+        assert_eq!(&k3.open(&ad3, &sealed3).unwrap()[..], b"three");
+        // Without rewrapping, a removed key's wrapped keys would not open: say so.
+        let mut other = Keyring::generate();
+        let old = other.primary_key_id().to_owned();
+        let s2 = Arc::new(Mem::default());
+        SubjectKeys::new(s2.clone(), &other).for_seal(&t1).await.unwrap();
+        other.rotate();
+        other.remove_key(&old).unwrap();
+        let err = SubjectKeys::new(s2, &other).for_open(&t1).await.unwrap_err();
+        assert!(err.to_string().contains(&old), "{err}");
+    }
+
+    #[tokio::test]
+    async fn rewrap_never_resurrects_or_overwrites_a_key_that_changed() {
+        let mut keyring = Keyring::generate();
+        let store = Arc::new(Mem::default());
+        let t = keyring.subject_tag("a");
+        SubjectKeys::new(store.clone(), &keyring)
+            .for_seal(&t)
+            .await
+            .unwrap();
+        let old = store.get(&t).await.unwrap().unwrap();
+        keyring.rotate();
+        let keys = SubjectKeys::new(store.clone(), &keyring);
+        // Erased, then a new key for the subject: the old bytes are not it.
+        store.destroy(&t).await.unwrap();
+        let newer = keys.for_seal(&t).await.unwrap();
+        let stored = store.get(&t).await.unwrap().unwrap();
+        assert!(!store.replace(&t, &old, b"x".to_vec()).await.unwrap());
+        assert_eq!(store.get(&t).await.unwrap().unwrap(), stored);
+        // And a destroyed key stays destroyed.
+        store.destroy(&t).await.unwrap();
+        assert!(!store.replace(&t, &stored, b"x".to_vec()).await.unwrap());
+        assert!(store.get(&t).await.unwrap().is_none());
+        drop(newer);
     }
 
     fn aad(tag: SubjectTag) -> Aad<'static> {
