@@ -129,11 +129,14 @@ pub(crate) enum KeysCommand {
     /// sealed with another keyring key are opened and sealed again with the
     /// same identity; each replacement is a compare-and-swap (a task that
     /// changes meanwhile is left for the next run) and is audited
-    /// (`resealed`). Workers may keep running.
+    /// (`resealed`). Without `--queue`, subject data keys are re-wrapped
+    /// under the primary key's key-encryption key too (audited,
+    /// `subject_keys_rewrapped`). Workers may keep running.
     Reseal(KeysResealArgs),
     /// Remove an old (open-only) key from the keyring file given with
-    /// `--keyring`. Refused while any stored task still names it (run `keys
-    /// reseal` first) unless `--force`. Audited (`key_removed`).
+    /// `--keyring`. Refused while any stored task or subject data key still
+    /// names it (run `keys reseal` first) unless `--force`. Audited
+    /// (`key_removed`).
     Remove(KeysRemoveArgs),
 }
 

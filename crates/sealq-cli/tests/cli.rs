@@ -644,6 +644,52 @@ fn keys_rotate_keeps_old_tasks_readable_and_is_audited() {
 }
 
 #[test]
+fn keys_remove_waits_for_subject_keys_to_be_rewrapped() {
+    let sb = Sandbox::new();
+    let old_key = sealq::Keyring::from_file(&sb.keyring)
+        .unwrap()
+        .primary_key_id()
+        .to_owned();
+    let id = sb.enqueue(&[
+        "--type",
+        "t",
+        "--payload",
+        r#"{"n":1}"#,
+        "--subject",
+        "user-42",
+    ]);
+    assert_eq!(sb.run(&["keys", "rotate", "--operator", "ops"]).code, 0);
+    // The task is sealed with the subject's data key, which is wrapped under
+    // the old key's key-encryption key: removing the old key would lose it.
+    let refused = sb.run(&["keys", "remove", "--key", &old_key]);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("1 subject key(s)") && refused.stderr.contains("keys reseal"),
+        "{}",
+        refused.stderr
+    );
+    let dry = sb.run(&["keys", "reseal", "--dry-run", "--json"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    let d: Value = serde_json::from_str(&dry.stdout).expect("json report");
+    assert_eq!(d["subject_keys"]["rewrapped"], 1, "{}", dry.stdout);
+    let out = sb.run(&["keys", "reseal", "--operator", "ops"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("re-wrapped 1 subject data key(s)"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("user-42"), "{}", out.stdout);
+    let out = sb.run(&["keys", "remove", "--key", &old_key, "--operator", "ops"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = sb.run(&["tasks", "reveal", "--id", &id]);
+    assert_eq!(out.code, 0, "reveal without the old key: {}", out.stderr);
+    assert!(out.stdout.contains(r#""n""#), "{}", out.stdout);
+    let log = std::fs::read_to_string(sb.path().join("q.db.audit.jsonl")).unwrap();
+    assert!(log.contains("subject_keys_rewrapped"));
+}
+
+#[test]
 fn keys_reseal_moves_old_tasks_to_the_new_key_so_the_old_one_can_go() {
     let sb = Sandbox::new();
     let before = sealq::Keyring::from_file(&sb.keyring).unwrap();
@@ -695,8 +741,9 @@ fn keys_reseal_moves_old_tasks_to_the_new_key_so_the_old_one_can_go() {
         out.stdout
     );
     assert!(
-        out.stdout
-            .contains(&format!("no stored task names `{old_key}` any more")),
+        out.stdout.contains(&format!(
+            "no stored task or subject key names `{old_key}` any more"
+        )),
         "{}",
         out.stdout
     );

@@ -1008,3 +1008,22 @@ local function migrate(keys, args)
 end
 
 redis.register_function{function_name = 'sealq_migrate', callback = migrate, flags = {}}
+
+-- Re-wrapping a subject key after a key rotation (`sealq keys reseal`): a
+-- compare-and-swap, so a key destroyed by an erasure meanwhile stays
+-- destroyed, and one created anew for the subject is not overwritten.
+-- KEYS[1]: one wrapped subject key (under the subject key prefix, which
+-- may be on a Redis of its own). ARGV: the bytes expected there, the bytes
+-- to put instead. Returns 1 when replaced, 0 otherwise.
+local function key_swap(keys, args)
+  if #args ~= 2 then
+    return redis.error_reply('ERR sealq_key_swap: malformed arguments')
+  end
+  if redis.call('GET', keys[1]) == args[1] then
+    redis.call('SET', keys[1], args[2])
+    return 1
+  end
+  return 0
+end
+
+redis.register_function{function_name = 'sealq_key_swap', callback = key_swap, flags = {}}

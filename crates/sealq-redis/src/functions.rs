@@ -2,7 +2,7 @@
 
 /// Version of the functions library this build needs. Bumped whenever a
 /// function's keys, arguments or replies change.
-pub const LIBRARY_VERSION: &str = "9";
+pub const LIBRARY_VERSION: &str = "10";
 
 /// Name of the library (`#!lua name=sealq`).
 pub const LIBRARY_NAME: &str = "sealq";

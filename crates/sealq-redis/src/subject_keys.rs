@@ -3,8 +3,10 @@
 //!
 //! Keys (`K` is the subject key prefix, by default `PREFIX-keys`):
 //!
-//! - `K:<tag hex>`: string, one wrapped data key (73 bytes; see
-//!   `sealq::subject_keys`), written once with `SETNX` (then read back with `GET`);
+//! - `K:<tag hex>`: string, one wrapped data key (75 bytes plus the wrapping
+//!   key id; see `sealq::subject_keys`), written once with `SETNX` (then read
+//!   back with `GET`), replaced only by `sealq keys reseal` re-wrapping it
+//!   after a key rotation (`FCALL sealq_key_swap`, a compare-and-swap);
 //! - `K:epoch`: string counter, the erasure epoch, `INCR`ed by every destroy.
 //!
 //! Destroying a key is `DEL` then `INCR`. Crypto-shredding only shreds the
@@ -162,6 +164,88 @@ impl SubjectKeyStore for RedisSubjectKeyStore {
         incr.arg(self.epoch_key());
         let _: i64 = self.query("bumping the erasure epoch", &incr).await?;
         Ok(n > 0)
+    }
+
+    /// `SCAN` of the key prefix, then `MGET` per page. Not on a Redis
+    /// Cluster (the keys are spread over every master): an error says so.
+    async fn list(&self) -> BrokerResult<Vec<(SubjectTag, Vec<u8>)>> {
+        let what = "listing subject keys";
+        let conn = self.conn().await?;
+        if !conn.single_node() {
+            return Err(BrokerError::new(
+                sealq::BrokerErrorKind::Config,
+                format!(
+                    "listing subject keys on the Redis Cluster {} is not supported yet \
+                     (re-wrapping them after a key rotation needs a standalone or Sentinel-managed Redis)",
+                    self.parsed.redacted
+                ),
+            ));
+        }
+        // The prefix holds no `{`, `}` or `:`, but may hold glob characters.
+        let mut pattern = String::new();
+        for ch in self.prefix.chars() {
+            if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(ch);
+        }
+        pattern.push_str(":*");
+        let head = self.prefix.len() + 1;
+        let mut out = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let (next, keys): (u64, Vec<String>) = conn
+                .query(&scan)
+                .await
+                .map_err(|e| crate::error::map(&self.parsed.redacted, what, e))?;
+            let found: Vec<(SubjectTag, String)> = keys
+                .into_iter()
+                .filter_map(|k| {
+                    let tag = SubjectTag::from_hex(k.get(head..)?)?;
+                    Some((tag, k))
+                })
+                .collect();
+            if !found.is_empty() {
+                let mut mget = redis::cmd("MGET");
+                for (_, k) in &found {
+                    mget.arg(k);
+                }
+                let values: Vec<Option<Vec<u8>>> = conn
+                    .query(&mget)
+                    .await
+                    .map_err(|e| crate::error::map(&self.parsed.redacted, what, e))?;
+                // A key destroyed between SCAN and MGET is simply gone.
+                out.extend(
+                    found
+                        .into_iter()
+                        .zip(values)
+                        .filter_map(|((tag, _), v)| Some((tag, v?))),
+                );
+            }
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
+    /// `FCALL sealq_key_swap` (a compare-and-swap in the functions library,
+    /// which must be installed on the Redis holding the keys).
+    async fn replace(&self, tag: &SubjectTag, old: &[u8], new: Vec<u8>) -> BrokerResult<bool> {
+        let mut c = redis::cmd("FCALL");
+        c.arg("sealq_key_swap")
+            .arg(1)
+            .arg(self.key_of(tag))
+            .arg(old)
+            .arg(new);
+        let n: i64 = self.query("replacing a subject key", &c).await?;
+        Ok(n == 1)
     }
 
     async fn epoch(&self) -> BrokerResult<u64> {

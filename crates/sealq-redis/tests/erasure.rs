@@ -511,3 +511,89 @@ async fn subject_keys_live_under_their_own_prefix_and_may_live_elsewhere() {
         .unwrap_err();
     assert_eq!(err.kind, sealq::BrokerErrorKind::Config);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reseal_rewraps_subject_keys_after_a_rotation_so_the_old_key_can_go() {
+    use sealq::reseal::ResealOptions;
+    use sealq::subject_keys::WrappedUnder;
+
+    let redis = support::shared_broker(sealq::clock::system_clock()).await;
+    let broker: Arc<dyn Broker> = Arc::new(redis.clone());
+    let mut keyring = Keyring::generate();
+    let old = keyring.primary_key_id().to_owned();
+    let before = Arc::new(Keyring::from_toml(&keyring.to_toml_secret()).unwrap());
+    let c = client(&broker, &before);
+    let a = c
+        .enqueue(
+            &mail("ann@example.com"),
+            EnqueueOptions::new().subject("user-42"),
+        )
+        .await
+        .unwrap();
+    let b = c
+        .enqueue(
+            &mail("bob@example.com"),
+            EnqueueOptions::new().subject("user-7"),
+        )
+        .await
+        .unwrap();
+    let new = keyring.rotate();
+    let rotated = Arc::new(keyring);
+
+    // The store lists both keys, wrapped under the old key's KEK; its
+    // compare-and-swap (FCALL sealq_key_swap) refuses a stale expectation.
+    let store = broker.subject_key_store().unwrap();
+    let listed = store.list().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(
+        listed
+            .iter()
+            .all(|(_, w)| WrappedUnder::of(w) == Some(WrappedUnder::Key(old.clone())))
+    );
+    let t42 = rotated.subject_tag("user-42");
+    let w42 = store.get(&t42).await.unwrap().unwrap();
+    assert!(
+        !store
+            .replace(&t42, b"not what is stored", b"x".to_vec())
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get(&t42).await.unwrap().unwrap(), w42);
+
+    let report = client(&broker, &rotated)
+        .reseal(&ResealOptions::default(), "ops@example.com")
+        .await
+        .unwrap();
+    let keys = report.subject_keys.expect("the broker keeps subject keys");
+    assert_eq!(
+        (keys.rewrapped, keys.current, keys.changed),
+        (2, 0, 0),
+        "{keys:?}"
+    );
+    assert!(
+        keys.failed.is_empty() && keys.remaining.is_empty(),
+        "{keys:?}"
+    );
+    assert!(
+        store
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .all(|(_, w)| WrappedUnder::of(w) == Some(WrappedUnder::Key(new.clone())))
+    );
+
+    // A worker whose keyring no longer has the old key runs both tasks.
+    let mut newest = Keyring::from_toml(&rotated.to_toml_secret()).unwrap();
+    newest.remove_key(&old).unwrap();
+    let worker = Worker::builder(broker.clone(), Arc::new(newest))
+        .maintenance_interval(Duration::from_millis(20))
+        .handle(|_m: Mail, _ctx: TaskContext| async { Ok(()) })
+        .build()
+        .unwrap()
+        .spawn();
+    wait_state(&broker, a, TaskState::Completed).await;
+    wait_state(&broker, b, TaskState::Completed).await;
+    let report = worker.shutdown().await.unwrap();
+    assert_eq!(report.integrity_failures, 0);
+}

@@ -172,6 +172,41 @@ impl SubjectKeyStore for SqliteSubjectKeyStore {
         .await
     }
 
+    async fn list(&self) -> BrokerResult<Vec<(SubjectTag, Vec<u8>)>> {
+        self.with("listing subject keys", |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT tag, wrapped FROM subject_keys ORDER BY tag")?;
+            let rows = stmt.query_map([], |r| {
+                let tag: Vec<u8> = r.get(0)?;
+                Ok((tag, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (tag, wrapped) = row?;
+                // The table's CHECK keeps tags at 32 bytes.
+                if let Ok(t) = <[u8; 32]>::try_from(tag.as_slice()) {
+                    out.push((SubjectTag(t), wrapped));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn replace(&self, tag: &SubjectTag, old: &[u8], new: Vec<u8>) -> BrokerResult<bool> {
+        let (tag, old) = (tag.0, old.to_vec());
+        self.with("replacing a subject key", move |c| {
+            let n = c.execute(
+                "UPDATE subject_keys SET wrapped = ?1 WHERE tag = ?2 AND wrapped = ?3",
+                params![new, &tag[..], old],
+            )?;
+            // As after a destruction: no copy of the old wrapping stays in the log.
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     async fn epoch(&self) -> BrokerResult<u64> {
         self.with("reading the erasure epoch", |c| {
             c.prepare_cached("SELECT epoch FROM erasure_epoch WHERE one = 1")?

@@ -173,6 +173,19 @@ async fn reseal_moves_every_keyring_sealed_part_to_the_new_key() {
     // error. The subject's payload is sealed with its data key.
     assert_eq!((dry.resealed, dry.blobs, dry.tasks), (6, 1, 4), "{dry:?}");
     assert_eq!(dry.subject_sealed, 1, "{dry:?}");
+    // user-7's data key is wrapped under the old key's KEK: it would move.
+    let dry_keys = dry
+        .subject_keys
+        .as_ref()
+        .expect("the broker keeps subject keys");
+    assert_eq!((dry_keys.rewrapped, dry_keys.current), (1, 0), "{dry:?}");
+    let subject_store = s.broker.subject_key_store().unwrap();
+    let tag7 = s.rotated.subject_tag("user-7");
+    let wrapped_before = subject_store.get(&tag7).await.unwrap().unwrap();
+    assert_eq!(
+        sealq::subject_keys::WrappedUnder::of(&wrapped_before),
+        Some(sealq::subject_keys::WrappedUnder::Key(s.old.clone()))
+    );
     for (id, was) in [s.pending, s.offloaded, s.subject, s.completed, s.retrying]
         .iter()
         .zip(&before)
@@ -193,6 +206,17 @@ async fn reseal_moves_every_keyring_sealed_part_to_the_new_key() {
     );
     assert!(report.failed.is_empty(), "{report:?}");
     assert!(report.remaining.is_empty(), "{report:?}");
+    let rewrapped = report.subject_keys.as_ref().unwrap();
+    assert_eq!(
+        (rewrapped.rewrapped, rewrapped.changed),
+        (1, 0),
+        "{report:?}"
+    );
+    assert!(rewrapped.remaining.is_empty(), "{report:?}");
+    assert_eq!(
+        sealq::subject_keys::WrappedUnder::of(&subject_store.get(&tag7).await.unwrap().unwrap()),
+        Some(sealq::subject_keys::WrappedUnder::Key(s.new.clone()))
+    );
 
     // Every keyring-sealed part names the new key, state untouched.
     for was in &before {
@@ -251,6 +275,11 @@ async fn reseal_moves_every_keyring_sealed_part_to_the_new_key() {
         })
         .collect();
     assert_eq!(resealed.len(), 7, "{resealed:?}");
+    assert!(records.iter().any(|l| matches!(
+        &l.item.as_ref().unwrap().event,
+        AuditEvent::SubjectKeysRewrapped { to_key_id, rewrapped: 1, operator }
+            if to_key_id == &s.new && operator == "ops@example.com"
+    )));
     assert!(resealed.contains(&(
         s.offloaded,
         Some("blob".into()),
@@ -282,6 +311,7 @@ async fn reseal_moves_every_keyring_sealed_part_to_the_new_key() {
         .unwrap();
     assert_eq!(again.resealed, 0, "{again:?}");
     assert_eq!(again.current, 6, "{again:?}");
+    assert_eq!(again.subject_keys.as_ref().unwrap().current, 1, "{again:?}");
 
     // The old key can go: a worker without it runs the pending tasks, the
     // offloaded one from its re-sealed blob, with their original payloads.

@@ -83,6 +83,14 @@ pub struct ResealReport {
     /// listed names no stored task any more, unless producers still sealing
     /// with it enqueued some since.
     pub remaining: BTreeMap<String, u64>,
+    /// Subject data keys re-wrapped under the primary key's KEK (with
+    /// `from_key`, only those wrapped under it): `None` when the broker
+    /// keeps no subject keys or a `queue` was given (subject keys belong to
+    /// no queue).
+    pub subject_keys: Option<crate::subject_keys::RewrapReport>,
+    /// Why the subject keys could not be re-wrapped (e.g. a store that
+    /// cannot list its keys); the tasks above were re-sealed all the same.
+    pub subject_keys_error: Option<String>,
 }
 
 impl ResealReport {
@@ -178,6 +186,31 @@ impl Client {
                 if !full {
                     break;
                 }
+            }
+        }
+        // The data keys' wrapping rotates with the keyring too (their KEK is
+        // derived from the primary key); not per queue.
+        if options.queue.is_none()
+            && let Some(keys) = self.subject_keys()
+        {
+            match keys
+                .rewrap_all(options.from_key.as_deref(), options.dry_run)
+                .await
+            {
+                Ok(r) => {
+                    if !options.dry_run
+                        && r.rewrapped > 0
+                        && let Some(a) = self.auditor()
+                    {
+                        a.record(AuditEvent::SubjectKeysRewrapped {
+                            to_key_id: r.to_key.clone(),
+                            rewrapped: r.rewrapped,
+                            operator: operator.to_owned(),
+                        });
+                    }
+                    report.subject_keys = Some(r);
+                }
+                Err(e) => report.subject_keys_error = Some(e.to_string()),
             }
         }
         Ok(report)

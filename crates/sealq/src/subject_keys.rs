@@ -86,7 +86,11 @@ impl WrappedUnder {
                 let n = usize::from(*wrapped.get(1)?);
                 let id = wrapped.get(2..2 + n)?;
                 (wrapped.len() == WRAPPED_V2_FIXED + n)
-                    .then(|| std::str::from_utf8(id).ok().map(|s| WrappedUnder::Key(s.to_owned())))
+                    .then(|| {
+                        std::str::from_utf8(id)
+                            .ok()
+                            .map(|s| WrappedUnder::Key(s.to_owned()))
+                    })
                     .flatten()
             }
             _ => None,
@@ -109,6 +113,10 @@ pub struct RewrapReport {
     /// Wrapped keys that could not be unwrapped, by subject tag (hex) with
     /// the reason (a key this keyring lacks, or bytes that do not open).
     pub failed: Vec<(String, String)>,
+    /// Wrapped keys left under another key after this run (failed, changed,
+    /// or not selected), by the key that wraps them ([`WrappedUnder`]'s
+    /// text; `unknown format` for bytes in none).
+    pub remaining: std::collections::BTreeMap<String, u64>,
 }
 
 /// The wrapping's associated data: domain, subject tag and, for format 2,
@@ -425,25 +433,44 @@ impl SubjectKeys {
     }
 
     /// Re-wrap every stored key that is not wrapped under the primary key's
-    /// KEK (after `keys rotate`; format-1 keys too), each with a
-    /// compare-and-swap, so a key destroyed or replaced meanwhile is left
-    /// alone. With `dry_run`, count only. The data keys themselves do not
-    /// change: nothing sealed with them needs re-sealing.
-    pub async fn rewrap_all(&self, dry_run: bool) -> Result<RewrapReport, Error> {
+    /// KEK (after `keys rotate`; format-1 keys too), or with `from`, only
+    /// those wrapped under key `from`. Each is a compare-and-swap, so a key
+    /// destroyed or replaced meanwhile is left alone. With `dry_run`, count
+    /// only. The data keys themselves do not change: nothing sealed with
+    /// them needs re-sealing.
+    pub async fn rewrap_all(
+        &self,
+        from: Option<&str>,
+        dry_run: bool,
+    ) -> Result<RewrapReport, Error> {
         let mut report = RewrapReport {
             to_key: self.primary.clone(),
             ..RewrapReport::default()
         };
         let primary = WrappedUnder::Key(self.primary.clone());
         for (tag, wrapped) in self.store.list().await? {
-            if WrappedUnder::of(&wrapped).as_ref() == Some(&primary) {
+            let under = WrappedUnder::of(&wrapped);
+            if under.as_ref() == Some(&primary) {
                 report.current += 1;
+                continue;
+            }
+            let label = under
+                .as_ref()
+                .map_or_else(|| "unknown format".to_owned(), ToString::to_string);
+            let selected = match (from, &under) {
+                (None, _) => true,
+                (Some(f), Some(WrappedUnder::Key(id))) => f == id,
+                (Some(_), _) => false,
+            };
+            if !selected {
+                *report.remaining.entry(label).or_default() += 1;
                 continue;
             }
             let key = match self.unwrap(&tag, &wrapped) {
                 Ok(k) => k,
                 Err(e) => {
                     report.failed.push((tag.to_hex(), e.to_string()));
+                    *report.remaining.entry(label).or_default() += 1;
                     continue;
                 }
             };
@@ -600,12 +627,7 @@ mod tests {
             let keys = self.keys.lock().unwrap();
             Ok(keys.iter().map(|(t, w)| (*t, w.clone())).collect())
         }
-        async fn replace(
-            &self,
-            tag: &SubjectTag,
-            old: &[u8],
-            new: Vec<u8>,
-        ) -> BrokerResult<bool> {
+        async fn replace(&self, tag: &SubjectTag, old: &[u8], new: Vec<u8>) -> BrokerResult<bool> {
             let mut keys = self.keys.lock().unwrap();
             match keys.get_mut(tag) {
                 Some(w) if w.as_slice() == old => {
@@ -655,7 +677,10 @@ mod tests {
             .seal(&ad1, b"one")
             .unwrap();
         let w1 = store.get(&t1).await.unwrap().unwrap();
-        assert_eq!(WrappedUnder::of(&w1), Some(WrappedUnder::Key(first.clone())));
+        assert_eq!(
+            WrappedUnder::of(&w1),
+            Some(WrappedUnder::Key(first.clone()))
+        );
         // A key stored by an earlier version (format 1) still opens.
         let legacy = DataKey::generate().unwrap();
         let sealed3 = legacy.seal(&ad3, b"three").unwrap();
@@ -668,18 +693,31 @@ mod tests {
         let after = SubjectKeys::new(store.clone(), &keyring);
         after.for_seal(&t2).await.unwrap();
         let w2 = store.get(&t2).await.unwrap().unwrap();
-        assert_eq!(WrappedUnder::of(&w2), Some(WrappedUnder::Key(second.clone())));
+        assert_eq!(
+            WrappedUnder::of(&w2),
+            Some(WrappedUnder::Key(second.clone()))
+        );
         let counts = after.count_by_wrapping_key().await.unwrap();
         assert_eq!(counts[&Some(WrappedUnder::Key(first.clone()))], 1);
         assert_eq!(counts[&Some(WrappedUnder::Key(second.clone()))], 1);
         assert_eq!(counts[&Some(WrappedUnder::TagKey)], 1);
 
-        let dry = after.rewrap_all(true).await.unwrap();
+        let dry = after.rewrap_all(None, true).await.unwrap();
         assert_eq!((dry.rewrapped, dry.current, dry.changed), (2, 1, 0));
-        assert_eq!(store.get(&t1).await.unwrap().unwrap(), w1, "a dry run changes nothing");
-        let report = after.rewrap_all(false).await.unwrap();
+        assert_eq!(
+            store.get(&t1).await.unwrap().unwrap(),
+            w1,
+            "a dry run changes nothing"
+        );
+        let only_first = after.rewrap_all(Some("no-such-key"), true).await.unwrap();
+        assert_eq!(only_first.rewrapped, 0);
+        assert_eq!(only_first.remaining.values().sum::<u64>(), 2);
+        let report = after.rewrap_all(None, false).await.unwrap();
         assert_eq!(report.to_key, second);
-        assert_eq!((report.rewrapped, report.current, report.changed), (2, 1, 0));
+        assert_eq!(
+            (report.rewrapped, report.current, report.changed),
+            (2, 1, 0)
+        );
         assert!(report.failed.is_empty(), "{:?}", report.failed);
         let counts = after.count_by_wrapping_key().await.unwrap();
         assert_eq!(counts.len(), 1);
@@ -696,10 +734,16 @@ mod tests {
         let mut other = Keyring::generate();
         let old = other.primary_key_id().to_owned();
         let s2 = Arc::new(Mem::default());
-        SubjectKeys::new(s2.clone(), &other).for_seal(&t1).await.unwrap();
+        SubjectKeys::new(s2.clone(), &other)
+            .for_seal(&t1)
+            .await
+            .unwrap();
         other.rotate();
         other.remove_key(&old).unwrap();
-        let err = SubjectKeys::new(s2, &other).for_open(&t1).await.unwrap_err();
+        let err = SubjectKeys::new(s2, &other)
+            .for_open(&t1)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains(&old), "{err}");
     }
 

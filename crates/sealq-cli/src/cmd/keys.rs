@@ -225,6 +225,14 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
                 "task": f.task.to_string(), "part": f.part, "reason": f.reason,
             })).collect::<Vec<_>>(),
             "remaining": r.remaining,
+            "subject_keys": r.subject_keys.as_ref().map(|k| serde_json::json!({
+                "rewrapped": k.rewrapped,
+                "current": k.current,
+                "changed": k.changed,
+                "failed": k.failed.len(),
+                "remaining": k.remaining,
+            })),
+            "subject_keys_error": r.subject_keys_error,
         });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(());
@@ -248,12 +256,45 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
             println!("    {} {}: {}", f.task, f.part, f.reason);
         }
     }
-    if r.remaining.is_empty() && r.failed.is_empty() {
+    let keys_left = match (&r.subject_keys, &r.subject_keys_error) {
+        (Some(k), _) => {
+            let verb = if args.dry_run {
+                "would re-wrap"
+            } else {
+                "re-wrapped"
+            };
+            println!(
+                "{verb} {} subject data key(s) under `{}`'s key-encryption key; already under it: {}; changed meanwhile (run again): {}",
+                k.rewrapped, k.to_key, k.current, k.changed
+            );
+            for (tag, reason) in &k.failed {
+                println!("    subject key {tag}: {reason}");
+            }
+            if !k.remaining.is_empty() {
+                let left: Vec<String> = k
+                    .remaining
+                    .iter()
+                    .map(|(key, n)| format!("`{key}`: {n}"))
+                    .collect();
+                println!(
+                    "  subject keys still wrapped under other keys: {}",
+                    left.join(", ")
+                );
+            }
+            !k.remaining.is_empty()
+        }
+        (None, Some(e)) => {
+            println!("  subject keys not re-wrapped: {e}");
+            true
+        }
+        (None, None) => false,
+    };
+    if r.remaining.is_empty() && r.failed.is_empty() && !keys_left {
         if !args.dry_run {
             let others: Vec<&str> = keyring.key_ids().filter(|k| *k != r.to_key).collect();
             if !others.is_empty() {
                 println!(
-                    "no stored task names {} any more{}: remove it once every producer seals with `{}`",
+                    "no stored task or subject key names {} any more{}: remove it once every producer seals with `{}`",
                     others
                         .iter()
                         .map(|k| format!("`{k}`"))
@@ -316,14 +357,29 @@ pub(crate) async fn remove(global: &super::Global, args: crate::args::KeysRemove
             "",
         )
         .await?;
-    let still = check.resealed
+    let mut still = check.resealed
         + check.remaining.get(&args.key).copied().unwrap_or(0)
         + check.failed.len() as u64;
+    // Subject data keys wrapped under its key-encryption key.
+    let wrapped = check
+        .subject_keys
+        .as_ref()
+        .map_or(0, |k| k.rewrapped + k.failed.len() as u64);
+    still += wrapped;
+    if let Some(e) = &check.subject_keys_error
+        && !args.force
+    {
+        return Err(CliError::runtime(crate::error::msg(format!(
+            "cannot check whether subject data keys are still wrapped under `{}`: {e}; \
+             --force removes it anyway",
+            args.key
+        ))));
+    }
     if still > 0 && !args.force {
         return Err(CliError::runtime(crate::error::msg(format!(
-            "{still} part(s) of stored tasks are still sealed with `{}` (or could not be \
-             checked): run `sealq keys reseal --from-key {}` first; --force removes it anyway, \
-             and they can then never be opened",
+            "{still} part(s) of stored tasks or subject data keys are still sealed with `{}` \
+             ({wrapped} subject key(s); or could not be checked): run `sealq keys reseal \
+             --from-key {}` first; --force removes it anyway, and they can then never be opened",
             args.key, args.key
         ))));
     }

@@ -208,6 +208,17 @@ pub enum AuditEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         part: Option<String>,
     },
+    /// Subject data keys were re-wrapped under the key-encryption key of a
+    /// new primary key (`sealq keys reseal` after `keys rotate`). Names no
+    /// subject: only how many.
+    SubjectKeysRewrapped {
+        /// The primary key whose KEK wraps them now.
+        to_key_id: String,
+        /// How many wrapped keys were replaced.
+        rewrapped: u64,
+        /// Who.
+        operator: String,
+    },
     /// The erasure receipt: a data subject's tasks and key were destroyed.
     /// Names the subject by its keyed tag only, never its id.
     SubjectErased {
@@ -329,6 +340,7 @@ impl AuditEvent {
             AuditEvent::KeyRotated { .. } => "key_rotated",
             AuditEvent::KeyRemoved { .. } => "key_removed",
             AuditEvent::Resealed { .. } => "resealed",
+            AuditEvent::SubjectKeysRewrapped { .. } => "subject_keys_rewrapped",
             AuditEvent::SubjectErased { .. } => "subject_erased",
             AuditEvent::PolicyRejected { .. } => "policy_rejected",
             AuditEvent::QueuePaused { .. } => "queue_paused",
@@ -452,6 +464,7 @@ impl AuditEvent {
             | AuditEvent::SucceededBatch { .. }
             | AuditEvent::KeyRotated { .. }
             | AuditEvent::KeyRemoved { .. }
+            | AuditEvent::SubjectKeysRewrapped { .. }
             | AuditEvent::SubjectErased { .. }
             | AuditEvent::PolicyRejected { .. }
             | AuditEvent::QueuePaused { .. }

@@ -459,7 +459,7 @@ async fn execute(
                 return archive(shared, record, ArchiveReason::Erased, "subject erased");
             }
             Err(e) => {
-                warn!(error = %e, "subject key store unavailable; retrying the task later");
+                warn!(error = %e, "cannot get the subject's data key; retrying the task later");
                 return Outcome::Retry {
                     at_ms: now.saturating_add(1_000),
                     error: None,
