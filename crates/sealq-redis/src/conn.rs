@@ -211,6 +211,87 @@ impl Conn {
         }
     }
 
+    /// Every key matching `pattern` (a `SCAN … MATCH` glob), by `SCAN` on
+    /// the node, or on each master of a Cluster (found with `CLUSTER
+    /// SLOTS`, which every sealq role may run). Keys created or deleted
+    /// meanwhile may or may not be seen, as `SCAN` promises.
+    pub(crate) async fn scan_keys(&self, pattern: &str) -> RedisResult<Vec<String>> {
+        let page = |cursor: u64| {
+            let mut c = redis::cmd("SCAN");
+            c.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000);
+            c
+        };
+        let mut out = Vec::new();
+        match self {
+            Conn::Cluster { conn, .. } => {
+                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                let mut conn = conn.clone();
+                let slots = conn
+                    .route_command(
+                        redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+                    )
+                    .await?;
+                let mut masters: Vec<(String, u16)> = Vec::new();
+                for range in Vec::<redis::Value>::from_redis_value(slots)? {
+                    // [start, end, [host, port, id, …], replicas…]
+                    let parts = Vec::<redis::Value>::from_redis_value(range)?;
+                    let Some(node) = parts.into_iter().nth(2) else {
+                        continue;
+                    };
+                    let node = Vec::<redis::Value>::from_redis_value(node)?;
+                    let mut it = node.into_iter();
+                    let (Some(host), Some(port)) = (it.next(), it.next()) else {
+                        continue;
+                    };
+                    let addr = (
+                        String::from_redis_value(host)?,
+                        u16::from_redis_value(port)?,
+                    );
+                    if !masters.contains(&addr) {
+                        masters.push(addr);
+                    }
+                }
+                for (host, port) in masters {
+                    let mut cursor = 0u64;
+                    loop {
+                        let v = conn
+                            .route_command(
+                                page(cursor),
+                                RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                                    host: host.clone(),
+                                    port,
+                                }),
+                            )
+                            .await?;
+                        let (next, keys): (u64, Vec<String>) = FromRedisValue::from_redis_value(v)?;
+                        out.extend(keys);
+                        if next == 0 {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                }
+            }
+            _ => {
+                let mut cursor = 0u64;
+                loop {
+                    let (next, keys): (u64, Vec<String>) = self.query(&page(cursor)).await?;
+                    out.extend(keys);
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Run a pipeline (one round trip on a single node).
     pub(crate) async fn pipe<T: FromRedisValue>(&self, p: &Pipeline) -> RedisResult<T> {
         match self {

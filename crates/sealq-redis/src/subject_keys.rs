@@ -166,21 +166,11 @@ impl SubjectKeyStore for RedisSubjectKeyStore {
         Ok(n > 0)
     }
 
-    /// `SCAN` of the key prefix, then `MGET` per page. Not on a Redis
-    /// Cluster (the keys are spread over every master): an error says so.
+    /// `SCAN` of the key prefix (on every master of a Cluster), then `MGET`
+    /// in pages of 500 keys.
     async fn list(&self) -> BrokerResult<Vec<(SubjectTag, Vec<u8>)>> {
         let what = "listing subject keys";
         let conn = self.conn().await?;
-        if !conn.single_node() {
-            return Err(BrokerError::new(
-                sealq::BrokerErrorKind::Config,
-                format!(
-                    "listing subject keys on the Redis Cluster {} is not supported yet \
-                     (re-wrapping them after a key rotation needs a standalone or Sentinel-managed Redis)",
-                    self.parsed.redacted
-                ),
-            ));
-        }
         // The prefix holds no `{`, `}` or `:`, but may hold glob characters.
         let mut pattern = String::new();
         for ch in self.prefix.chars() {
@@ -191,48 +181,35 @@ impl SubjectKeyStore for RedisSubjectKeyStore {
         }
         pattern.push_str(":*");
         let head = self.prefix.len() + 1;
-        let mut out = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000);
-            let (next, keys): (u64, Vec<String>) = conn
-                .query(&scan)
+        let found: Vec<(SubjectTag, String)> = conn
+            .scan_keys(&pattern)
+            .await
+            .map_err(|e| crate::error::map(&self.parsed.redacted, what, e))?
+            .into_iter()
+            .filter_map(|k| {
+                let tag = SubjectTag::from_hex(k.get(head..)?)?;
+                Some((tag, k))
+            })
+            .collect();
+        let mut out = Vec::with_capacity(found.len());
+        for chunk in found.chunks(500) {
+            let mut mget = redis::cmd("MGET");
+            for (_, k) in chunk {
+                mget.arg(k);
+            }
+            let values: Vec<Option<Vec<u8>>> = conn
+                .query(&mget)
                 .await
                 .map_err(|e| crate::error::map(&self.parsed.redacted, what, e))?;
-            let found: Vec<(SubjectTag, String)> = keys
-                .into_iter()
-                .filter_map(|k| {
-                    let tag = SubjectTag::from_hex(k.get(head..)?)?;
-                    Some((tag, k))
-                })
-                .collect();
-            if !found.is_empty() {
-                let mut mget = redis::cmd("MGET");
-                for (_, k) in &found {
-                    mget.arg(k);
-                }
-                let values: Vec<Option<Vec<u8>>> = conn
-                    .query(&mget)
-                    .await
-                    .map_err(|e| crate::error::map(&self.parsed.redacted, what, e))?;
-                // A key destroyed between SCAN and MGET is simply gone.
-                out.extend(
-                    found
-                        .into_iter()
-                        .zip(values)
-                        .filter_map(|((tag, _), v)| Some((tag, v?))),
-                );
-            }
-            if next == 0 {
-                return Ok(out);
-            }
-            cursor = next;
+            // A key destroyed between SCAN and MGET is simply gone.
+            out.extend(
+                chunk
+                    .iter()
+                    .zip(values)
+                    .filter_map(|((tag, _), v)| Some((*tag, v?))),
+            );
         }
+        Ok(out)
     }
 
     /// `FCALL sealq_key_swap` (a compare-and-swap in the functions library,

@@ -421,3 +421,79 @@ fn cluster_acl_extra() -> ClusterAcl {
         others: pick("Cluster admin and worker: "),
     }
 }
+
+/// Key rotation on a Cluster: the subject keys are spread over the masters;
+/// `reseal` finds every one (`SCAN` on each master) and re-wraps it under
+/// the new primary key's KEK, and a stale compare-and-swap is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reseal_rewraps_subject_keys_on_every_master() {
+    use std::sync::Arc;
+
+    use sealq::broker::Broker;
+    use sealq::reseal::ResealOptions;
+    use sealq::subject_keys::WrappedUnder;
+    use sealq::{Client, EnqueueOptions, Keyring, RawTask};
+
+    let c = cluster();
+    let redis = cluster_broker(sealq::clock::system_clock()).await;
+    let keys_pattern = format!("{}-keys:*", redis.prefix());
+    let broker: Arc<dyn Broker> = Arc::new(redis);
+    let mut keyring = Keyring::generate();
+    let old = keyring.primary_key_id().to_owned();
+    let before = Arc::new(Keyring::from_toml(&keyring.to_toml_secret()).unwrap());
+    let producer = Client::builder(broker.clone(), before).build();
+    let subjects: Vec<String> = (0..24).map(|i| format!("user-{i}")).collect();
+    for s in &subjects {
+        producer
+            .enqueue_raw(RawTask::new(
+                "mail.send",
+                sealq::task::encode_payload(&("x@example.com",)).unwrap(),
+                EnqueueOptions::new().subject(s),
+            ))
+            .await
+            .unwrap();
+    }
+    let store = broker.subject_key_store().unwrap();
+    let listed = store.list().await.unwrap();
+    assert_eq!(listed.len(), subjects.len());
+    // The keys really are on several masters.
+    let on = c
+        .nodes
+        .iter()
+        .filter(|n| {
+            !n.cli(&["--scan", "--pattern", &keys_pattern])
+                .trim()
+                .is_empty()
+        })
+        .count();
+    assert!(on >= 2, "every subject key on one master");
+
+    let new = keyring.rotate();
+    let rotated = Arc::new(keyring);
+    let (tag, wrapped) = &listed[0];
+    assert!(!store.replace(tag, b"stale", b"x".to_vec()).await.unwrap());
+    assert_eq!(store.get(tag).await.unwrap().as_ref(), Some(wrapped));
+    let report = Client::builder(broker.clone(), rotated)
+        .build()
+        .reseal(&ResealOptions::default(), "ops")
+        .await
+        .unwrap();
+    let keys = report.subject_keys.expect("subject keys re-wrapped");
+    assert_eq!(keys.rewrapped, subjects.len() as u64, "{keys:?}");
+    assert!(
+        keys.remaining.is_empty() && keys.failed.is_empty(),
+        "{keys:?}"
+    );
+    let after = store.list().await.unwrap();
+    assert_eq!(after.len(), subjects.len());
+    assert!(
+        after
+            .iter()
+            .all(|(_, w)| WrappedUnder::of(w) == Some(WrappedUnder::Key(new.clone())))
+    );
+    assert!(
+        listed
+            .iter()
+            .all(|(_, w)| WrappedUnder::of(w) == Some(WrappedUnder::Key(old.clone())))
+    );
+}
