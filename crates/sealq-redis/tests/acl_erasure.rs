@@ -116,8 +116,48 @@ async fn producers_create_keys_workers_read_them_admins_erase() {
     let wclient = Client::builder(w, keyring.clone()).build();
     assert!(wclient.erase_subject("user-42", "w").await.is_err());
 
-    // Admin: erases; reads the audit log.
+    // Re-wrapping keys after a key rotation is the admin's too: producers
+    // and workers can neither list keys nor replace one.
+    let wrapped = worker
+        .subject_key_store()
+        .unwrap()
+        .get(&tag)
+        .await
+        .unwrap()
+        .unwrap();
+    for (who, b) in [("producer", &producer), ("worker", &worker)] {
+        let store = b.subject_key_store().unwrap();
+        let e = store.list().await.unwrap_err();
+        assert_eq!(
+            e.kind,
+            BrokerErrorKind::PermissionDenied,
+            "{who} listed keys: {e}"
+        );
+        let e = store
+            .replace(&tag, &wrapped, vec![1; 80])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.kind,
+            BrokerErrorKind::PermissionDenied,
+            "{who} replaced a key: {e}"
+        );
+    }
+    let mut rotated = Keyring::from_toml(&keyring.to_toml_secret()).unwrap();
+    let new_key = rotated.rotate();
     let a: Arc<dyn Broker> = Arc::new(admin.clone());
+    let report = Client::builder(a.clone(), Arc::new(rotated))
+        .build()
+        .reseal(&sealq::reseal::ResealOptions::default(), "ops")
+        .await
+        .expect("the admin re-seals");
+    let rewrapped = report.subject_keys.expect("subject keys re-wrapped");
+    assert_eq!(
+        (rewrapped.rewrapped, rewrapped.to_key.as_str()),
+        (1, new_key.as_str())
+    );
+
+    // Admin: erases; reads the audit log.
     let asink = Arc::new(RedisAuditSink::open(&admin).await.unwrap());
     let aaudit = Auditor::start(asink.clone(), &keyring).unwrap();
     let aclient = Client::builder(a, keyring.clone())
