@@ -342,6 +342,32 @@ pub(crate) enum QueuesCommand {
     Pause(QueueArgs),
     /// Let workers take tasks of a paused queue again (audited).
     Resume(QueueArgs),
+    /// Cap how many tasks may wait in a queue (scheduled, pending and retry
+    /// together): while it holds that many, enqueues into it are refused
+    /// with "queue is full", for every producer. Tasks already stored are
+    /// kept. Audited (`queue_limited`)
+    Limit(QueueLimitArgs),
+}
+
+/// `sealq queues limit`.
+#[derive(Debug, Args)]
+pub(crate) struct QueueLimitArgs {
+    /// The queue.
+    #[arg(long, short = 'q')]
+    pub(crate) queue: String,
+    /// The most waiting tasks the queue may hold.
+    #[arg(
+        long,
+        value_name = "N",
+        required_unless_present = "clear",
+        conflicts_with = "clear"
+    )]
+    pub(crate) max_depth: Option<u64>,
+    /// Remove the queue's cap.
+    #[arg(long)]
+    pub(crate) clear: bool,
+    #[command(flatten)]
+    pub(crate) op: OperatorArgs,
 }
 
 /// `sealq queues pause|resume`.

@@ -918,3 +918,59 @@ fn keys_reseal_with_blob_dir_reseals_offloaded_payloads_too() {
         assert_eq!(report.integrity_failures, 0);
     });
 }
+
+#[test]
+fn queues_limit_caps_waiting_tasks_for_every_producer() {
+    let sb = Sandbox::new();
+    let out = sb.run(&[
+        "queues",
+        "limit",
+        "--queue",
+        "mail",
+        "--max-depth",
+        "1",
+        "--operator",
+        "ops",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let task = ["--queue", "mail", "--type", "t", "--payload", r#"{"n":1}"#];
+    sb.enqueue(&task);
+    let full = sb.run(&[&["enqueue"][..], &task[..]].concat());
+    assert_eq!(full.code, 1, "{}", full.stderr);
+    assert!(
+        full.stderr.contains("queue `mail` is full") && full.stderr.contains("1 waiting"),
+        "{}",
+        full.stderr
+    );
+    let stats = sb.run(&["tasks", "stats", "--json"]);
+    let v: Value = serde_json::from_str(&stats.stdout).expect("stats --json");
+    let mail = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == "mail")
+        .expect("mail in stats")
+        .clone();
+    assert_eq!(
+        (mail["max_depth"].clone(), mail["pending"].clone()),
+        (1.into(), 1.into())
+    );
+    // Neither flag, or both: a usage error.
+    assert_eq!(sb.run(&["queues", "limit", "--queue", "mail"]).code, 2);
+    let both = sb.run(&[
+        "queues",
+        "limit",
+        "--queue",
+        "mail",
+        "--max-depth",
+        "2",
+        "--clear",
+    ]);
+    assert_eq!(both.code, 2, "{}", both.stderr);
+    let out = sb.run(&["queues", "limit", "--queue", "mail", "--clear"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    sb.enqueue(&task);
+    let log = std::fs::read_to_string(sb.path().join("q.db.audit.jsonl")).unwrap();
+    assert!(log.contains(r#""type":"queue_limited""#), "{log}");
+    assert!(log.contains(r#""rule":"max_depth""#), "{log}");
+}

@@ -28,7 +28,9 @@
 --                 their retention, by purge time (while retained, the
 --                 task's own state says it completed)
 --   Q..'all'      zset  every stored id, score 0 (lexical order = id order)
---   Q..'n'        hash  task count per state
+--   Q..'n'        hash  task count per state, `trimmed` (archived tasks
+--                 deleted by the caps), `maxdepth` (the queue's cap on
+--                 waiting tasks, sealq_limit)
 --   Q..'u:'..key  string unique key holder: id..'|'..expires_at_ms
 --   Q..'flags'    hash  queue flags: `paused` while the queue is paused
 --   Q..'wake'     list  at most one wake-up token for idle workers
@@ -174,7 +176,8 @@ end
 --   exists already is 'nobytes', and the caller retries it the
 --   `SET NX PX` way.
 -- Returns per task: 'ok' | 'exists' | 'nobytes' (its bytes are not there
--- as just written) | the id holding the unique key.
+-- as just written) | 'full:<cap>' (the queue holds its maximum of waiting
+-- tasks) | the id holding the unique key.
 -- Known ids are refused: on a single node through the global index (one
 -- HMGET for the batch); on a Cluster the caller has claimed every id in the
 -- global index before (sealq_registry 'index') and passes only the ids it
@@ -204,6 +207,15 @@ local function enqueue_with(keys, args, stride, inline, name)
     local ids = {}
     for j = 1, n do ids[j] = args[3 + (j - 1) * stride] end
     known = mget('HMGET', G .. 'ids', ids)
+  end
+  -- A depth cap (Broker::set_max_depth: field `maxdepth` of the counts
+  -- hash, which producers may read): room left for waiting (scheduled,
+  -- pending, retry) tasks. One command, cap and counts together.
+  local c = redis.call('HMGET', Q .. 'n', 'maxdepth', 'scheduled', 'pending', 'retry')
+  local cap, room = c[1], nil
+  if cap then
+    room = tonumber(cap) - (tonumber(c[2]) or 0) - (tonumber(c[3]) or 0) - (tonumber(c[4]) or 0)
+    cap = 'full:' .. cap
   end
   local ready, delayed, all, index = {}, {}, {}, {}
   -- Fill counts kept by hand: `#t` is a search in Lua 5.1, per append.
@@ -236,6 +248,11 @@ local function enqueue_with(keys, args, stride, inline, name)
       if dup then
         if wrote then drop(Q .. 'b:' .. id) end
         out[j] = dup
+      elseif room and room <= 0 then
+        -- The queue is full: not stored (bytes written for it are dropped,
+        -- or expire).
+        if wrote then drop(Q .. 'b:' .. id) end
+        out[j] = cap
       elseif M and not wrote then
         out[j] = 'nobytes'
       elseif inline and not redis.call('SET', Q .. 'b:' .. id, args[b + 7], 'NX') then
@@ -272,6 +289,7 @@ local function enqueue_with(keys, args, stride, inline, name)
         if G then index[nall - 1] = id; index[nall] = queue end
         delta[state] = delta[state] + 1
         fresh[id] = true
+        if room then room = room - 1 end
         out[j] = 'ok'
       end
     end
@@ -735,6 +753,23 @@ local function pause(keys, args)
   return 1
 end
 
+-- Cap a queue's waiting tasks (enqueue refuses tasks beyond it).
+-- KEYS: Q (and G on a single node). ARGV: queue, the cap on waiting tasks
+-- or '' to remove it.
+local function limit(keys, args)
+  local Q, G = keys[1], keys[2]
+  local n = tonumber(args[2])
+  if args[2] == '' then
+    redis.call('HDEL', Q .. 'n', 'maxdepth')
+  elseif n and n >= 0 and n == math.floor(n) then
+    redis.call('HSET', Q .. 'n', 'maxdepth', args[2])
+    if G then redis.call('SADD', G .. 'queues', args[1]) end
+  else
+    return redis.error_reply('ERR sealq_limit: the cap must be a whole number or empty')
+  end
+  return 1
+end
+
 -- Global registry (KEYS[1] = G). ARGV: op, then values.
 -- op 'index': queue, ids... -> per id 1 if claimed, 0 if already indexed.
 -- op 'unindex': ids...; op 'queue': queue, paused flag ('1', '0' or '').
@@ -830,6 +865,7 @@ redis.register_function{function_name = 'sealq_purge', callback = purge, flags =
 redis.register_function{function_name = 'sealq_delete', callback = delete, flags = {}}
 redis.register_function{function_name = 'sealq_rerun', callback = rerun, flags = {}}
 redis.register_function{function_name = 'sealq_pause', callback = pause, flags = {}}
+redis.register_function{function_name = 'sealq_limit', callback = limit, flags = {}}
 redis.register_function{function_name = 'sealq_registry', callback = registry, flags = {}}
 redis.register_function{function_name = 'sealq_locate', callback = locate, flags = ro}
 redis.register_function{function_name = 'sealq_queues', callback = queues, flags = ro}

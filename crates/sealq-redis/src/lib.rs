@@ -240,6 +240,8 @@ enum Stored {
     NoBytes,
     /// Another task holds its unique key.
     Held(TaskId),
+    /// The queue holds its maximum of waiting tasks (the cap).
+    Full(u64),
 }
 
 /// How long a task's stored bytes live before the enqueue function makes
@@ -800,6 +802,12 @@ impl RedisBroker {
                         b"ok" => Stored::Ok,
                         b"exists" => Stored::Exists,
                         b"nobytes" => Stored::NoBytes,
+                        full if full.starts_with(b"full:") => Stored::Full(
+                            std::str::from_utf8(&full[5..])
+                                .ok()
+                                .and_then(|n| n.parse().ok())
+                                .ok_or_else(|| self.bad(what, "a queue's cap is not a number"))?,
+                        ),
                         holder => Stored::Held(
                             parse_id(holder)
                                 .ok_or_else(|| self.bad(what, "unique key holder is not an id"))?,
@@ -1136,6 +1144,10 @@ impl Broker for RedisBroker {
                             release.push(ids[i].clone());
                             EnqueueResult::Duplicate { existing }
                         }
+                        Stored::Full(max_depth) => {
+                            release.push(ids[i].clone());
+                            EnqueueResult::QueueFull { max_depth }
+                        }
                         Stored::NoBytes => {
                             again.push(i);
                             continue;
@@ -1397,11 +1409,12 @@ impl Broker for RedisBroker {
                     b"retry" => s.retry = n,
                     b"completed" => s.completed = n,
                     b"archived" => s.archived = n,
+                    b"maxdepth" => s.max_depth = Some(n),
                     _ => {}
                 }
             }
             let total = s.scheduled + s.pending + s.active + s.retry + s.completed + s.archived;
-            if total > 0 || s.paused {
+            if total > 0 || s.paused || s.max_depth.is_some() {
                 out.push(s);
             }
         }
@@ -1602,6 +1615,10 @@ impl Broker for RedisBroker {
         self.set_paused(queue, false).await
     }
 
+    async fn set_max_depth(&self, queue: &str, max_depth: Option<u64>) -> BrokerResult<()> {
+        self.set_limit(queue, max_depth).await
+    }
+
     async fn wait_for_work(&self, queues: &[String], timeout: Duration) -> BrokerResult<()> {
         if queues.is_empty() || timeout < Duration::from_millis(1) {
             tokio::time::sleep(timeout).await;
@@ -1653,6 +1670,23 @@ impl Broker for RedisBroker {
 }
 
 impl RedisBroker {
+    async fn set_limit(&self, queue: &str, max_depth: Option<u64>) -> BrokerResult<()> {
+        validate_queue(queue)?;
+        let cap = max_depth.map(|n| n.to_string()).unwrap_or_default();
+        let mut c = self.qcall("sealq_limit", queue, true);
+        c.arg(queue).arg(&cap);
+        let _: Value = self
+            .inner
+            .conn
+            .query(&c)
+            .await
+            .map_err(|e| self.err("setting a queue's maximum depth", e))?;
+        if !self.single() && max_depth.is_some() {
+            self.registry(&[b"queue", queue.as_bytes(), b""]).await?;
+        }
+        Ok(())
+    }
+
     async fn set_paused(&self, queue: &str, paused: bool) -> BrokerResult<()> {
         validate_queue(queue)?;
         let what = if paused {

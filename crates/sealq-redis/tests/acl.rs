@@ -61,6 +61,27 @@ async fn roles_can_do_their_job_and_nothing_more() {
     let res = producer.enqueue(vec![t]).await.expect("producer enqueues");
     assert_eq!(res, vec![sealq::broker::EnqueueResult::Enqueued]);
 
+    // A queue cap set by the admin holds for the producer, whose ACL reads
+    // it with the counts.
+    let admin =
+        RedisBroker::connect_unchecked(&url(&s, "sealq-admin", "apw"), RedisOptions::default())
+            .await
+            .unwrap();
+    admin
+        .set_max_depth("acl", Some(1))
+        .await
+        .expect("admin caps the queue");
+    let more = sealq::testkit::fixtures::task_at("acl", now, now);
+    let res = producer
+        .enqueue(vec![more])
+        .await
+        .expect("producer enqueues");
+    assert_eq!(
+        res,
+        vec![sealq::broker::EnqueueResult::QueueFull { max_depth: 1 }]
+    );
+    admin.set_max_depth("acl", None).await.unwrap();
+
     // Producer: cannot dequeue, read or list through the functions …
     let req = DequeueRequest {
         queues: vec!["acl".into()],

@@ -344,6 +344,14 @@ impl Broker for SqliteBroker {
             .await
     }
 
+    async fn set_max_depth(&self, queue: &str, max_depth: Option<u64>) -> BrokerResult<()> {
+        let queue = queue.to_owned();
+        self.inner
+            .writer
+            .call(move |ctx| ops::set_max_depth(ctx, &queue, max_depth))
+            .await
+    }
+
     async fn wait_for_work(&self, _queues: &[String], timeout: Duration) -> BrokerResult<()> {
         // One signal for all queues: a hint, callers dequeue afterwards.
         self.inner.wake.wait(timeout).await;

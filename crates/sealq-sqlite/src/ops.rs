@@ -57,10 +57,37 @@ pub(crate) fn enqueue(ctx: &mut OpCtx<'_>, tasks: &[NewTask]) -> BrokerResult<Ve
         )
         .map_err(&err)?;
 
+    // Room left in capped queues (Broker::set_max_depth): looked up once per
+    // queue of the batch.
+    let mut limit = conn
+        .prepare_cached("SELECT max_depth FROM queue_limits WHERE queue = ?1")
+        .map_err(&err)?;
+    let mut waiting = conn
+        .prepare_cached(
+            "SELECT count(*) FROM tasks WHERE queue = ?1 \
+             AND state IN ('scheduled', 'pending', 'retry')",
+        )
+        .map_err(&err)?;
+    let mut room: std::collections::HashMap<&str, Option<(u64, u64)>> =
+        std::collections::HashMap::new();
     let mut results = Vec::with_capacity(tasks.len());
     let mut ready = false;
     for t in tasks {
         let id = id_blob(&t.id);
+        if !room.contains_key(t.queue.as_str()) {
+            let cap: Option<i64> = limit
+                .query_row([&t.queue], |r| r.get(0))
+                .optional()
+                .map_err(&err)?;
+            let left = match cap {
+                None => None,
+                Some(cap) => {
+                    let n: i64 = waiting.query_row([&t.queue], |r| r.get(0)).map_err(&err)?;
+                    Some((cap.max(0) as u64, cap.saturating_sub(n).max(0) as u64))
+                }
+            };
+            room.insert(t.queue.as_str(), left);
+        }
         if completed.exists([id]).map_err(&err)? {
             results.push(EnqueueResult::IdExists);
             continue;
@@ -81,6 +108,12 @@ pub(crate) fn enqueue(ctx: &mut OpCtx<'_>, tasks: &[NewTask]) -> BrokerResult<Ve
                 format!("cannot encode the metadata of task {}: {e}", t.id),
             )
         })?;
+        if let Some(Some((max_depth, 0))) = room.get(t.queue.as_str()) {
+            results.push(EnqueueResult::QueueFull {
+                max_depth: *max_depth,
+            });
+            continue;
+        }
         let pending = t.run_at_ms <= now;
         let state = if pending { "pending" } else { "scheduled" };
         let inserted = insert
@@ -106,6 +139,9 @@ pub(crate) fn enqueue(ctx: &mut OpCtx<'_>, tasks: &[NewTask]) -> BrokerResult<Ve
         if let Some((key, ttl_ms)) = &t.unique {
             let expires = now.saturating_add(ms_to_sql(*ttl_ms));
             take_key.execute(params![key, id, expires]).map_err(&err)?;
+        }
+        if let Some(Some((_, left))) = room.get_mut(t.queue.as_str()) {
+            *left -= 1;
         }
         ready |= pending;
         results.push(EnqueueResult::Enqueued);
@@ -425,6 +461,35 @@ pub(crate) fn rerun(ctx: &mut OpCtx<'_>, ids: &[TaskId]) -> BrokerResult<u64> {
     }
     ctx.wake |= n > 0;
     Ok(n)
+}
+
+/// Set (`Some`) or remove (`None`) a queue's cap on waiting tasks.
+pub(crate) fn set_max_depth(
+    ctx: &mut OpCtx<'_>,
+    queue: &str,
+    max_depth: Option<u64>,
+) -> BrokerResult<()> {
+    let err = fail(ctx.env, "setting a queue's maximum depth");
+    match max_depth {
+        Some(n) => {
+            ctx.conn
+                .prepare_cached(
+                    "INSERT INTO queue_limits (queue, max_depth) VALUES (?1, ?2) \
+                     ON CONFLICT (queue) DO UPDATE SET max_depth = excluded.max_depth",
+                )
+                .map_err(&err)?
+                .execute(params![queue, i64::try_from(n).unwrap_or(i64::MAX)])
+                .map_err(&err)?;
+        }
+        None => {
+            ctx.conn
+                .prepare_cached("DELETE FROM queue_limits WHERE queue = ?1")
+                .map_err(&err)?
+                .execute([queue])
+                .map_err(&err)?;
+        }
+    }
+    Ok(())
 }
 
 /// Pause (`true`) or resume (`false`) a queue.

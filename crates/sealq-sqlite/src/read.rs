@@ -154,6 +154,19 @@ impl Reader {
                     })
                     .paused = true;
             }
+            let mut stmt = conn.prepare_cached("SELECT queue, max_depth FROM queue_limits")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let queue: String = row.get(0)?;
+                let cap: i64 = row.get(1)?;
+                by_queue
+                    .entry(queue.clone())
+                    .or_insert_with(|| QueueStats {
+                        queue,
+                        ..QueueStats::default()
+                    })
+                    .max_depth = Some(cap.max(0) as u64);
+            }
             Ok(by_queue.into_values().collect())
         })
         .await

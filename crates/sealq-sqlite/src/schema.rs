@@ -19,6 +19,8 @@
 //!   a trigger deletes the body with its task.
 //! - `unique_keys`: unique key → holding task id and expiry.
 //! - `paused_queues`: queues dequeue skips.
+//! - `queue_limits`: per-queue cap on waiting tasks (`Broker::set_max_depth`;
+//!   migration 2).
 //! - `completed_ids`: replay memory, ids that completed (kept for
 //!   [`crate::SqliteOptions::replay_horizon`] after completion).
 //!
@@ -42,7 +44,8 @@ use crate::options::Synchronous;
 pub(crate) const APPLICATION_ID: i32 = 0x5345_414C;
 
 /// Migrations in order; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE tasks (
     seq              INTEGER PRIMARY KEY,
     id               BLOB UNIQUE NOT NULL CHECK (length(id) = 16),
@@ -97,7 +100,14 @@ CREATE TABLE completed_ids (
     completed_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX completed_ids_at ON completed_ids (completed_at);
-"#];
+"#,
+    r#"
+CREATE TABLE queue_limits (
+    queue     TEXT PRIMARY KEY NOT NULL,
+    max_depth INTEGER NOT NULL CHECK (max_depth >= 0)
+) WITHOUT ROWID;
+"#,
+];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -61,6 +61,12 @@ pub enum EnqueueResult {
     },
     /// A task with the same id exists or completed before (replay).
     IdExists,
+    /// The queue already holds its maximum of waiting tasks
+    /// ([`Broker::set_max_depth`]): not stored.
+    QueueFull {
+        /// The queue's cap: scheduled, pending and retry tasks together.
+        max_depth: u64,
+    },
 }
 
 /// A stored task as the broker returns it.
@@ -215,6 +221,9 @@ pub struct QueueStats {
     pub completed: u64,
     /// Archived tasks.
     pub archived: u64,
+    /// Its cap on waiting (scheduled, pending and retry) tasks, if one is
+    /// set ([`Broker::set_max_depth`]).
+    pub max_depth: Option<u64>,
 }
 
 impl QueueStats {
@@ -361,6 +370,15 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
 
     /// Undo [`Broker::pause`].
     async fn resume(&self, queue: &str) -> BrokerResult<()>;
+
+    /// Cap `queue` at `max_depth` waiting tasks (scheduled, pending and
+    /// retry together; active, completed and archived ones do not count),
+    /// or remove its cap with `None`. While a queue holds that many,
+    /// [`Broker::enqueue`] stores no more tasks in it
+    /// ([`EnqueueResult::QueueFull`]): back-pressure on producers, enforced
+    /// by the broker for every producer at once. Tasks already stored are
+    /// never dropped; retries of leased tasks are not refused.
+    async fn set_max_depth(&self, queue: &str, max_depth: Option<u64>) -> BrokerResult<()>;
 
     /// Wait until work may be available in one of `queues` (a task enqueued,
     /// retried or requeued, by this process or another) or `timeout` passes.

@@ -431,6 +431,14 @@ impl Client {
             None => Vec::new(),
         };
         let mut accepted = Vec::new();
+        // For a refusal by a full queue: which queue (and, audited, which type).
+        let names: Vec<(String, Option<String>)> = sealed
+            .iter()
+            .map(|t| {
+                let kind = self.inner.audit.as_ref().map(|_| t.kind.clone());
+                (t.queue.clone(), kind)
+            })
+            .collect();
         let results = self.inner.broker.enqueue(sealed).await?;
         for (i, (((slot, result), id), key)) in slots
             .into_iter()
@@ -452,6 +460,19 @@ impl Client {
                     });
                 }
                 EnqueueResult::IdExists => out[slot] = Err(Error::IdExists(id)),
+                EnqueueResult::QueueFull { max_depth } => {
+                    let (queue, kind) = names.get(i).cloned().unwrap_or_default();
+                    if let (Some(a), Some(kind)) = (&self.inner.audit, kind) {
+                        a.record(crate::audit::AuditEvent::PolicyRejected {
+                            queue: queue.clone(),
+                            kind,
+                            producer: self.producer().to_owned(),
+                            rule: "max_depth".to_owned(),
+                            path: String::new(),
+                        });
+                    }
+                    out[slot] = Err(Error::QueueFull { queue, max_depth });
+                }
             }
         }
         if let Some(a) = &self.inner.audit {

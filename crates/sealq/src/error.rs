@@ -63,6 +63,17 @@ pub enum Error {
     /// A task with this id already exists (or already completed: replay).
     #[error("task id {0} already exists")]
     IdExists(TaskId),
+    /// The queue holds its maximum of waiting tasks; the task was not stored.
+    #[error(
+        "queue `{queue}` is full: it holds its maximum of {max_depth} waiting tasks; \
+         try again later (or raise the cap: `sealq queues limit`)"
+    )]
+    QueueFull {
+        /// The queue.
+        queue: String,
+        /// Its cap on waiting tasks.
+        max_depth: u64,
+    },
     /// No task with this id.
     #[error("task {0} not found")]
     NotFound(TaskId),

@@ -166,6 +166,25 @@ impl Client {
         .await
     }
 
+    /// Cap `queue` at `max_depth` waiting tasks, or remove its cap with
+    /// `None` ([`crate::Broker::set_max_depth`]; audited as `queue_limited`).
+    /// Enqueues into a full queue then fail with [`crate::Error::QueueFull`].
+    pub async fn set_queue_max_depth(
+        &self,
+        queue: &str,
+        max_depth: Option<u64>,
+        operator: &str,
+    ) -> Result<()> {
+        crate::options::validate_queue_name(queue)?;
+        self.broker().set_max_depth(queue, max_depth).await?;
+        self.audit_now(AuditEvent::QueueLimited {
+            queue: queue.to_owned(),
+            max_depth,
+            operator: operator.to_owned(),
+        })
+        .await
+    }
+
     /// Undo [`Client::pause_queue`] (audited).
     pub async fn resume_queue(&self, queue: &str, operator: &str) -> Result<()> {
         self.broker().resume(queue).await?;

@@ -95,6 +95,7 @@ pub(crate) async fn queues(global: &Global, cmd: QueuesCommand) -> CliResult {
     let (pause, args) = match cmd {
         QueuesCommand::Pause(a) => (true, a),
         QueuesCommand::Resume(a) => (false, a),
+        QueuesCommand::Limit(a) => return limit(global, a).await,
     };
     sealq::options::validate_queue_name(&args.queue)?;
     let (client, auditor) = client(global, &args.op)?;
@@ -111,5 +112,22 @@ pub(crate) async fn queues(global: &Global, cmd: QueuesCommand) -> CliResult {
         if pause { "paused" } else { "resumed" },
         args.queue
     );
+    Ok(())
+}
+
+/// `sealq queues limit --queue Q (--max-depth N | --clear)`.
+async fn limit(global: &Global, args: crate::args::QueueLimitArgs) -> CliResult {
+    sealq::options::validate_queue_name(&args.queue)?;
+    let (client, auditor) = client(global, &args.op)?;
+    let max_depth = if args.clear { None } else { args.max_depth };
+    let result = client
+        .set_queue_max_depth(&args.queue, max_depth, &operator(&args.op))
+        .await;
+    super::audit::finish(auditor).await?;
+    result?;
+    match max_depth {
+        Some(n) => println!("`{}` holds at most {n} waiting task(s)", args.queue),
+        None => println!("`{}` has no cap on waiting tasks", args.queue),
+    }
     Ok(())
 }

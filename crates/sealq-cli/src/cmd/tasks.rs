@@ -131,6 +131,7 @@ pub(crate) async fn stats(global: &Global, args: StatsArgs) -> CliResult {
     }
     let mut header = vec!["QUEUE".to_owned(), "PAUSED".to_owned()];
     header.extend(TaskState::ALL.iter().map(|s| s.as_str().to_uppercase()));
+    header.push("MAX_DEPTH".to_owned());
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     let cells: Vec<Vec<String>> = stats
         .iter()
@@ -140,6 +141,10 @@ pub(crate) async fn stats(global: &Global, args: StatsArgs) -> CliResult {
                 if q.paused { "yes" } else { "no" }.to_owned(),
             ];
             row.extend(TaskState::ALL.iter().map(|s| q.get(*s).to_string()));
+            row.push(
+                q.max_depth
+                    .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+            );
             row
         })
         .collect();

@@ -260,6 +260,15 @@ pub enum AuditEvent {
         /// Who.
         operator: String,
     },
+    /// An operator set or removed a queue's cap on waiting tasks.
+    QueueLimited {
+        /// The queue.
+        queue: String,
+        /// The cap, or `None` once removed.
+        max_depth: Option<u64>,
+        /// Who.
+        operator: String,
+    },
 }
 
 /// One task of an [`AuditEvent::EnqueuedBatch`].
@@ -345,6 +354,7 @@ impl AuditEvent {
             AuditEvent::PolicyRejected { .. } => "policy_rejected",
             AuditEvent::QueuePaused { .. } => "queue_paused",
             AuditEvent::QueueResumed { .. } => "queue_resumed",
+            AuditEvent::QueueLimited { .. } => "queue_limited",
         }
     }
 
@@ -468,7 +478,8 @@ impl AuditEvent {
             | AuditEvent::SubjectErased { .. }
             | AuditEvent::PolicyRejected { .. }
             | AuditEvent::QueuePaused { .. }
-            | AuditEvent::QueueResumed { .. } => None,
+            | AuditEvent::QueueResumed { .. }
+            | AuditEvent::QueueLimited { .. } => None,
         }
     }
 }

@@ -1152,3 +1152,78 @@ pub async fn swap_sealed_compare_and_swap(ctx: Ctx) {
     assert_eq!(ctx.ack1(&held, complete(None)).await, AckResult::Applied);
     assert!(ctx.broker.swap_sealed(&[]).await.unwrap().is_empty());
 }
+
+/// A queue capped at N waiting tasks stores no more while it holds N:
+/// scheduled, pending and retry tasks count, active ones do not; a batch
+/// fills the room in order and the rest is refused, not stored; other
+/// queues are unaffected; retries of leased tasks are never refused; the
+/// cap shows in the stats and can be raised or removed.
+pub async fn max_depth_caps_waiting_tasks(ctx: Ctx) {
+    let full = |n| EnqueueResult::QueueFull { max_depth: n };
+    ctx.broker.set_max_depth("capped", Some(3)).await.unwrap();
+    ctx.enqueue_ok(vec![
+        ctx.task("capped"),
+        ctx.task("capped"),
+        ctx.task_in("capped", 60_000),
+    ])
+    .await;
+    let refused = ctx.task("capped");
+    let refused_id = refused.id;
+    let res = ctx
+        .broker
+        .enqueue(vec![refused, ctx.task("other")])
+        .await
+        .unwrap();
+    assert_eq!(res, vec![full(3), EnqueueResult::Enqueued]);
+    assert!(
+        ctx.broker.get(refused_id).await.unwrap().is_none(),
+        "a refused task was stored"
+    );
+
+    // Raised to 5: a batch of 4 gets the 2 places left, in order.
+    ctx.broker.set_max_depth("capped", Some(5)).await.unwrap();
+    let batch: Vec<_> = (0..4).map(|_| ctx.task("capped")).collect();
+    let ids: Vec<TaskId> = batch.iter().map(|t| t.id).collect();
+    let res = ctx.broker.enqueue(batch).await.unwrap();
+    assert_eq!(
+        res,
+        vec![
+            EnqueueResult::Enqueued,
+            EnqueueResult::Enqueued,
+            full(5),
+            full(5)
+        ]
+    );
+    assert!(ctx.broker.get(ids[3]).await.unwrap().is_none());
+    // A refused id is not remembered: it can be sent again once there is room.
+    let again = ctx.task("capped");
+
+    // A leased task no longer waits: one place frees up.
+    let leased = ctx.lease(&["capped"], 1).await;
+    assert_eq!(leased.len(), 1);
+    ctx.enqueue_ok(vec![again]).await;
+    assert_eq!(
+        ctx.broker.enqueue(vec![ctx.task("capped")]).await.unwrap(),
+        vec![full(5)]
+    );
+    // Its retry is applied although the queue is full.
+    let retry = Outcome::Retry {
+        at_ms: ctx.now() + 60_000,
+        error: None,
+    };
+    assert_eq!(ctx.ack1(&leased[0], retry).await, AckResult::Applied);
+
+    let stats = ctx.broker.stats().await.unwrap();
+    let of = |q: &str| stats.iter().find(|s| s.queue == q).cloned();
+    let capped = of("capped").expect("capped queue in stats");
+    assert_eq!(capped.max_depth, Some(5));
+    assert_eq!(capped.scheduled + capped.pending + capped.retry, 6);
+    assert_eq!(of("other").expect("other queue").max_depth, None);
+
+    // Removed: the queue takes tasks again.
+    ctx.broker.set_max_depth("capped", None).await.unwrap();
+    ctx.enqueue_n("capped", 2).await;
+    let stats = ctx.broker.stats().await.unwrap();
+    let capped = stats.iter().find(|s| s.queue == "capped").unwrap();
+    assert_eq!(capped.max_depth, None);
+}

@@ -165,6 +165,7 @@ macro_rules! conformance_tests {
             concurrent_workers_never_share_a_task,
             batch_ack_many,
             swap_sealed_compare_and_swap,
+            max_depth_caps_waiting_tasks,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
