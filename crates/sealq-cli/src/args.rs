@@ -347,6 +347,35 @@ pub(crate) enum QueuesCommand {
     /// with "queue is full", for every producer. Tasks already stored are
     /// kept. Audited (`queue_limited`)
     Limit(QueueLimitArgs),
+    /// Limit how fast a queue's tasks are started, across every worker: at
+    /// most `--limit N` per `--per DURATION` (a token bucket; bursts of up to
+    /// N). Audited (`queue_rate_limited`)
+    Rate(QueueRateArgs),
+}
+
+/// `sealq queues rate`.
+#[derive(Debug, Args)]
+pub(crate) struct QueueRateArgs {
+    /// The queue.
+    #[arg(long, short = 'q')]
+    pub(crate) queue: String,
+    /// Tasks per period (at least 1).
+    #[arg(
+        long,
+        value_name = "N",
+        required_unless_present = "clear",
+        conflicts_with = "clear",
+        requires = "per"
+    )]
+    pub(crate) limit: Option<u64>,
+    /// The period (`1s`, `500ms`, `1m`, …).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", conflicts_with = "clear")]
+    pub(crate) per: Option<std::time::Duration>,
+    /// Remove the queue's rate limit.
+    #[arg(long)]
+    pub(crate) clear: bool,
+    #[command(flatten)]
+    pub(crate) op: OperatorArgs,
 }
 
 /// `sealq queues limit`.

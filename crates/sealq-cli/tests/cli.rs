@@ -974,3 +974,60 @@ fn queues_limit_caps_waiting_tasks_for_every_producer() {
     assert!(log.contains(r#""type":"queue_limited""#), "{log}");
     assert!(log.contains(r#""rule":"max_depth""#), "{log}");
 }
+
+#[test]
+fn queues_rate_sets_and_clears_a_rate_limit() {
+    let sb = Sandbox::new();
+    let out = sb.run(&[
+        "queues",
+        "rate",
+        "--queue",
+        "mail",
+        "--limit",
+        "5",
+        "--per",
+        "1s",
+        "--operator",
+        "ops",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("at most 5 task(s) per 1000 ms"),
+        "{}",
+        out.stdout
+    );
+    let stats = sb.run(&["tasks", "stats", "--json"]);
+    let v: Value = serde_json::from_str(&stats.stdout).expect("stats --json");
+    let mail = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == "mail")
+        .expect("mail in stats")
+        .clone();
+    assert_eq!(mail["rate_limit"]["limit"], 5, "{}", stats.stdout);
+    assert_eq!(mail["rate_limit"]["period_ms"], 1000, "{}", stats.stdout);
+    let table = sb.run(&["tasks", "stats"]);
+    assert!(table.stdout.contains("5/1000ms"), "{}", table.stdout);
+    for bad in [
+        vec!["queues", "rate", "--queue", "mail"],
+        vec!["queues", "rate", "--queue", "mail", "--limit", "5"],
+        vec![
+            "queues", "rate", "--queue", "mail", "--limit", "0", "--per", "1s",
+        ],
+        vec![
+            "queues", "rate", "--queue", "mail", "--limit", "5", "--per", "1s", "--clear",
+        ],
+    ] {
+        let out = sb.run(&bad);
+        assert_eq!(out.code, 2, "{bad:?}: {}", out.stderr);
+    }
+    let out = sb.run(&["queues", "rate", "--queue", "mail", "--clear"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let log = std::fs::read_to_string(sb.path().join("q.db.audit.jsonl")).unwrap();
+    assert_eq!(
+        log.matches(r#""type":"queue_rate_limited""#).count(),
+        2,
+        "{log}"
+    );
+}

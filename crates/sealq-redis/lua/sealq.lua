@@ -32,7 +32,9 @@
 --                 deleted by the caps), `maxdepth` (the queue's cap on
 --                 waiting tasks, sealq_limit)
 --   Q..'u:'..key  string unique key holder: id..'|'..expires_at_ms
---   Q..'flags'    hash  queue flags: `paused` while the queue is paused
+--   Q..'flags'    hash  queue flags: `paused` while the queue is paused;
+--                 a rate limit's token bucket: `rl` tasks per `rp` ms,
+--                 `rt` tokens left at `ra` (sealq_rate, dequeue)
 --   Q..'wake'     list  at most one wake-up token for idle workers
 -- Global (G = KEYS[2]):
 --   G..'ids'      hash  id -> queue, for every stored or remembered id
@@ -347,7 +349,21 @@ local function dequeue(keys, args)
     local want = max - taken
     if want <= 0 then break end
     local got = 0
-    if redis.call('HEXISTS', Q .. 'flags', 'paused') == 0 then
+    -- Paused, and a rate limit (a token bucket: `rl` per `rp` ms, `rt`
+    -- tokens at `ra`), in one command.
+    local f = redis.call('HMGET', Q .. 'flags', 'paused', 'rl', 'rp', 'rt', 'ra')
+    local limit, tokens, at = tonumber(f[2]), nil, nil
+    if limit and not f[1] then
+      local period = tonumber(f[3]) or 1000
+      tokens = tonumber(f[4]) or limit
+      at = tonumber(f[5]) or now
+      if now > at then
+        tokens = math.min(limit, tokens + (now - at) * limit / period)
+        at = now
+      end
+      want = math.min(want, math.floor(tokens))
+    end
+    if not f[1] and want > 0 then
       local ids = redis.call('ZRANGEBYSCORE', Q .. 'ready', '-inf', nows, 'LIMIT', 0, want)
       if #ids > 0 then
         bulk('ZREM', Q .. 'ready', ids)
@@ -395,6 +411,9 @@ local function dequeue(keys, args)
           wake(Q)
         end
       end
+    end
+    if tokens then
+      redis.call('HSET', Q .. 'flags', 'rt', string.format('%.6f', tokens - got), 'ra', s(at))
     end
     per[qi] = got
   end
@@ -770,6 +789,25 @@ local function limit(keys, args)
   return 1
 end
 
+-- Rate-limit a queue's leases (Broker::set_rate_limit): KEYS: Q (and G on
+-- a single node). ARGV: queue, limit and period ms, or '' '' to remove it.
+-- A new limit starts with a full bucket.
+local function rate(keys, args)
+  local Q, G = keys[1], keys[2]
+  if args[2] == '' then
+    if redis.call('HDEL', Q .. 'flags', 'rl', 'rp', 'rt', 'ra') > 0 then wake(Q) end
+    return 1
+  end
+  local n, p = tonumber(args[2]), tonumber(args[3])
+  if not (n and p and n >= 1 and p >= 1 and n == math.floor(n) and p == math.floor(p)) then
+    return redis.error_reply('ERR sealq_rate: limit and period must be whole numbers of at least 1')
+  end
+  redis.call('HSET', Q .. 'flags', 'rl', args[2], 'rp', args[3])
+  redis.call('HDEL', Q .. 'flags', 'rt', 'ra')
+  if G then redis.call('SADD', G .. 'queues', args[1]) end
+  return 1
+end
+
 -- Global registry (KEYS[1] = G). ARGV: op, then values.
 -- op 'index': queue, ids... -> per id 1 if claimed, 0 if already indexed.
 -- op 'unindex': ids...; op 'queue': queue, paused flag ('1', '0' or '').
@@ -811,7 +849,8 @@ end
 -- KEYS[1] = Q. Returns {paused, counts hgetall}.
 local function stats(keys, args)
   local Q = keys[1]
-  return {redis.call('HEXISTS', Q .. 'flags', 'paused'), redis.call('HGETALL', Q .. 'n')}
+  return {redis.call('HEXISTS', Q .. 'flags', 'paused'), redis.call('HGETALL', Q .. 'n'),
+    redis.call('HMGET', Q .. 'flags', 'rl', 'rp')}
 end
 
 -- KEYS[1] = Q. ARGV: ids. Returns per id {id, hgetall (maybe empty),
@@ -866,6 +905,7 @@ redis.register_function{function_name = 'sealq_delete', callback = delete, flags
 redis.register_function{function_name = 'sealq_rerun', callback = rerun, flags = {}}
 redis.register_function{function_name = 'sealq_pause', callback = pause, flags = {}}
 redis.register_function{function_name = 'sealq_limit', callback = limit, flags = {}}
+redis.register_function{function_name = 'sealq_rate', callback = rate, flags = {}}
 redis.register_function{function_name = 'sealq_registry', callback = registry, flags = {}}
 redis.register_function{function_name = 'sealq_locate', callback = locate, flags = ro}
 redis.register_function{function_name = 'sealq_queues', callback = queues, flags = ro}

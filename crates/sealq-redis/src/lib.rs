@@ -1413,8 +1413,24 @@ impl Broker for RedisBroker {
                     _ => {}
                 }
             }
+            if let Some(rate) = parts.next() {
+                let rate = array(rate).map_err(|e| self.bad(what, e))?;
+                let num = |v: &Value| -> Option<u64> {
+                    match v {
+                        Value::Nil => None,
+                        v => bytes(v.clone())
+                            .ok()
+                            .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok()),
+                    }
+                };
+                if let [l, p] = rate.as_slice()
+                    && let (Some(limit), Some(period_ms)) = (num(l), num(p))
+                {
+                    s.rate_limit = Some(sealq::broker::RateLimit { limit, period_ms });
+                }
+            }
             let total = s.scheduled + s.pending + s.active + s.retry + s.completed + s.archived;
-            if total > 0 || s.paused || s.max_depth.is_some() {
+            if total > 0 || s.paused || s.max_depth.is_some() || s.rate_limit.is_some() {
                 out.push(s);
             }
         }
@@ -1617,6 +1633,29 @@ impl Broker for RedisBroker {
 
     async fn set_max_depth(&self, queue: &str, max_depth: Option<u64>) -> BrokerResult<()> {
         self.set_limit(queue, max_depth).await
+    }
+
+    async fn set_rate_limit(
+        &self,
+        queue: &str,
+        limit: Option<sealq::broker::RateLimit>,
+    ) -> BrokerResult<()> {
+        validate_queue(queue)?;
+        let (n, p) = limit.map_or((String::new(), String::new()), |l| {
+            (l.limit.to_string(), l.period_ms.to_string())
+        });
+        let mut c = self.qcall("sealq_rate", queue, true);
+        c.arg(queue).arg(&n).arg(&p);
+        let _: Value = self
+            .inner
+            .conn
+            .query(&c)
+            .await
+            .map_err(|e| self.err("setting a queue's rate limit", e))?;
+        if !self.single() && limit.is_some() {
+            self.registry(&[b"queue", queue.as_bytes(), b""]).await?;
+        }
+        Ok(())
     }
 
     async fn wait_for_work(&self, queues: &[String], timeout: Duration) -> BrokerResult<()> {

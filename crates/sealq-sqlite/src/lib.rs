@@ -352,6 +352,18 @@ impl Broker for SqliteBroker {
             .await
     }
 
+    async fn set_rate_limit(
+        &self,
+        queue: &str,
+        limit: Option<sealq::broker::RateLimit>,
+    ) -> BrokerResult<()> {
+        let queue = queue.to_owned();
+        self.inner
+            .writer
+            .call(move |ctx| ops::set_rate_limit(ctx, &queue, limit))
+            .await
+    }
+
     async fn wait_for_work(&self, _queues: &[String], timeout: Duration) -> BrokerResult<()> {
         // One signal for all queues: a hint, callers dequeue afterwards.
         self.inner.wake.wait(timeout).await;

@@ -179,16 +179,49 @@ pub(crate) fn dequeue(ctx: &mut OpCtx<'_>, req: &DequeueRequest) -> BrokerResult
                        EXISTS (SELECT 1 FROM completed_ids c WHERE c.id = tasks.id)"
         ))
         .map_err(&err)?;
+    let mut rate = conn
+        .prepare_cached(
+            "SELECT rate_limit, period_ms, tokens, updated_at FROM queue_rates WHERE queue = ?1",
+        )
+        .map_err(&err)?;
+    let mut spend = conn
+        .prepare_cached("UPDATE queue_rates SET tokens = ?2, updated_at = ?3 WHERE queue = ?1")
+        .map_err(&err)?;
     let mut seqs: Vec<i64> = Vec::new();
     for queue in &req.queues {
-        let want = req.max - out.len();
+        let mut want = req.max - out.len();
         if want == 0 {
             break;
         }
         if paused.exists([queue]).map_err(&err)? {
             continue;
         }
+        // A rate limit: take no more than the bucket's whole tokens.
+        let bucket = rate
+            .query_row([queue], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, f64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .optional()
+            .map_err(&err)?
+            .map(|(limit, period, tokens, at)| {
+                let rl = sealq::broker::RateLimit {
+                    limit: limit.max(1) as u64,
+                    period_ms: period.max(1) as u64,
+                };
+                (rl.refill(tokens, at, now), at.max(now))
+            });
+        if let Some((tokens, _)) = bucket {
+            want = want.min(tokens.max(0.0).floor() as usize);
+        }
         seqs.clear();
+        if want == 0 {
+            continue;
+        }
         let rows = ready
             .query_map(params![queue, now, want as i64], |r| r.get::<_, i64>(0))
             .map_err(&err)?;
@@ -214,8 +247,54 @@ pub(crate) fn dequeue(ctx: &mut OpCtx<'_>, req: &DequeueRequest) -> BrokerResult
                 replayed,
             });
         }
+        if let Some((tokens, at)) = bucket {
+            spend
+                .execute(params![queue, tokens - seqs.len() as f64, at])
+                .map_err(&err)?;
+        }
     }
     Ok(out)
+}
+
+/// Set (`Some`) or remove (`None`) a queue's rate limit; a new limit starts
+/// with a full bucket.
+pub(crate) fn set_rate_limit(
+    ctx: &mut OpCtx<'_>,
+    queue: &str,
+    limit: Option<sealq::broker::RateLimit>,
+) -> BrokerResult<()> {
+    let (conn, now) = (ctx.conn, ctx.now);
+    let err = fail(ctx.env, "setting a queue's rate limit");
+    match limit {
+        Some(rl) => {
+            let n = i64::try_from(rl.limit).unwrap_or(i64::MAX);
+            conn.prepare_cached(
+                "INSERT INTO queue_rates (queue, rate_limit, period_ms, tokens, updated_at) \
+                 VALUES (?1, ?2, ?3, ?2, ?4) \
+                 ON CONFLICT (queue) DO UPDATE SET rate_limit = excluded.rate_limit, \
+                     period_ms = excluded.period_ms, tokens = excluded.tokens, \
+                     updated_at = excluded.updated_at",
+            )
+            .map_err(&err)?
+            .execute(params![
+                queue,
+                n,
+                i64::try_from(rl.period_ms).unwrap_or(i64::MAX),
+                now
+            ])
+            .map_err(&err)?;
+        }
+        None => {
+            let n = conn
+                .prepare_cached("DELETE FROM queue_rates WHERE queue = ?1")
+                .map_err(&err)?
+                .execute([queue])
+                .map_err(&err)?;
+            // Tasks held back by the limit may run now.
+            ctx.wake |= n > 0;
+        }
+    }
+    Ok(())
 }
 
 /// Apply a batch of acks; one result per ack.

@@ -154,6 +154,23 @@ impl Reader {
                     })
                     .paused = true;
             }
+            let mut stmt =
+                conn.prepare_cached("SELECT queue, rate_limit, period_ms FROM queue_rates")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let queue: String = row.get(0)?;
+                let (limit, period): (i64, i64) = (row.get(1)?, row.get(2)?);
+                by_queue
+                    .entry(queue.clone())
+                    .or_insert_with(|| QueueStats {
+                        queue,
+                        ..QueueStats::default()
+                    })
+                    .rate_limit = Some(sealq::broker::RateLimit {
+                    limit: limit.max(1) as u64,
+                    period_ms: period.max(1) as u64,
+                });
+            }
             let mut stmt = conn.prepare_cached("SELECT queue, max_depth FROM queue_limits")?;
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {

@@ -21,6 +21,9 @@
 //! - `paused_queues`: queues dequeue skips.
 //! - `queue_limits`: per-queue cap on waiting tasks (`Broker::set_max_depth`;
 //!   migration 2).
+//! - `queue_rates`: per-queue rate limits as token buckets (`limit` per
+//!   `period_ms`, `tokens` left at `updated_at`; `Broker::set_rate_limit`;
+//!   migration 2).
 //! - `completed_ids`: replay memory, ids that completed (kept for
 //!   [`crate::SqliteOptions::replay_horizon`] after completion).
 //!
@@ -105,6 +108,13 @@ CREATE INDEX completed_ids_at ON completed_ids (completed_at);
 CREATE TABLE queue_limits (
     queue     TEXT PRIMARY KEY NOT NULL,
     max_depth INTEGER NOT NULL CHECK (max_depth >= 0)
+) WITHOUT ROWID;
+CREATE TABLE queue_rates (
+    queue      TEXT PRIMARY KEY NOT NULL,
+    rate_limit INTEGER NOT NULL CHECK (rate_limit > 0),
+    period_ms  INTEGER NOT NULL CHECK (period_ms > 0),
+    tokens     REAL NOT NULL,
+    updated_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
 ];

@@ -702,3 +702,50 @@ async fn heartbeats_keep_a_long_task_leased() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(report.leases_lost, 0);
 }
+
+/// A rate-limited queue drains completely under a running worker, never
+/// faster than its limit allows (the elapsed time can only be longer on a
+/// slow machine, never shorter), while another queue runs unhindered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_queue_drains_no_faster_than_its_limit() {
+    use sealq::broker::RateLimit;
+    let e = env();
+    let limit = RateLimit::per(10, Duration::from_millis(200)).unwrap();
+    e.broker.set_rate_limit("slow", Some(limit)).await.unwrap();
+    for i in 0..40 {
+        let q = if i < 30 { "slow" } else { "free" };
+        e.client
+            .enqueue(
+                &Greet {
+                    name: format!("n{i}"),
+                },
+                EnqueueOptions::new().queue(q),
+            )
+            .await
+            .unwrap();
+    }
+    let started = std::time::Instant::now();
+    let handle = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
+        .queues([("slow", 1), ("free", 1)])
+        .handle(|_g: Greet, _ctx: TaskContext| async { Ok(()) })
+        .build()
+        .unwrap()
+        .spawn();
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = e.broker.stats().await.unwrap();
+        let done: u64 = stats.iter().map(|s| s.completed).sum();
+        if done == 40 {
+            break;
+        }
+        assert!(std::time::Instant::now() < give_up, "stuck: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = started.elapsed();
+    handle.shutdown().await.unwrap();
+    // 30 tasks at 10 per 200 ms from a full bucket of 10: at least 400 ms.
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "30 rate-limited tasks done in {elapsed:?}"
+    );
+}

@@ -224,6 +224,34 @@ pub struct QueueStats {
     /// Its cap on waiting (scheduled, pending and retry) tasks, if one is
     /// set ([`Broker::set_max_depth`]).
     pub max_depth: Option<u64>,
+    /// Its rate limit, if one is set ([`Broker::set_rate_limit`]).
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A per-queue rate limit: at most `limit` tasks leased per `period_ms`,
+/// across every worker (a token bucket holding at most `limit` tokens,
+/// refilled evenly over the period; each lease takes one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RateLimit {
+    /// Tasks per period (also the largest burst).
+    pub limit: u64,
+    /// The period, milliseconds.
+    pub period_ms: u64,
+}
+
+impl RateLimit {
+    /// `limit` tasks per `period`; `None` when either is zero.
+    pub fn per(limit: u64, period: Duration) -> Option<Self> {
+        let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+        (limit > 0 && period_ms > 0).then_some(RateLimit { limit, period_ms })
+    }
+
+    /// Tokens in a bucket that held `tokens` at `at_ms`, at `now_ms`
+    /// (refilled evenly, at most `limit`; a clock behind `at_ms` adds none).
+    pub fn refill(&self, tokens: f64, at_ms: i64, now_ms: i64) -> f64 {
+        let elapsed = now_ms.saturating_sub(at_ms).max(0) as f64;
+        (tokens + elapsed * self.limit as f64 / self.period_ms as f64).min(self.limit as f64)
+    }
 }
 
 impl QueueStats {
@@ -379,6 +407,12 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// by the broker for every producer at once. Tasks already stored are
     /// never dropped; retries of leased tasks are not refused.
     async fn set_max_depth(&self, queue: &str, max_depth: Option<u64>) -> BrokerResult<()>;
+
+    /// Limit how fast tasks of `queue` are leased, across every worker
+    /// ([`RateLimit`]), or remove its limit with `None`. [`Broker::dequeue`]
+    /// then takes from it at most as many tasks as the bucket holds tokens;
+    /// the rest wait. Setting a limit starts with a full bucket.
+    async fn set_rate_limit(&self, queue: &str, limit: Option<RateLimit>) -> BrokerResult<()>;
 
     /// Wait until work may be available in one of `queues` (a task enqueued,
     /// retried or requeued, by this process or another) or `timeout` passes.

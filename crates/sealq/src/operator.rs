@@ -185,6 +185,26 @@ impl Client {
         .await
     }
 
+    /// Limit how fast `queue`'s tasks are leased, across every worker, or
+    /// remove its limit with `None` ([`crate::Broker::set_rate_limit`];
+    /// audited as `queue_rate_limited`).
+    pub async fn set_queue_rate_limit(
+        &self,
+        queue: &str,
+        limit: Option<crate::broker::RateLimit>,
+        operator: &str,
+    ) -> Result<()> {
+        crate::options::validate_queue_name(queue)?;
+        self.broker().set_rate_limit(queue, limit).await?;
+        self.audit_now(AuditEvent::QueueRateLimited {
+            queue: queue.to_owned(),
+            limit: limit.map(|l| l.limit),
+            period_ms: limit.map(|l| l.period_ms),
+            operator: operator.to_owned(),
+        })
+        .await
+    }
+
     /// Undo [`Client::pause_queue`] (audited).
     pub async fn resume_queue(&self, queue: &str, operator: &str) -> Result<()> {
         self.broker().resume(queue).await?;

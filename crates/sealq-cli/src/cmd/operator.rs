@@ -96,6 +96,7 @@ pub(crate) async fn queues(global: &Global, cmd: QueuesCommand) -> CliResult {
         QueuesCommand::Pause(a) => (true, a),
         QueuesCommand::Resume(a) => (false, a),
         QueuesCommand::Limit(a) => return limit(global, a).await,
+        QueuesCommand::Rate(a) => return rate(global, a).await,
     };
     sealq::options::validate_queue_name(&args.queue)?;
     let (client, auditor) = client(global, &args.op)?;
@@ -128,6 +129,40 @@ async fn limit(global: &Global, args: crate::args::QueueLimitArgs) -> CliResult 
     match max_depth {
         Some(n) => println!("`{}` holds at most {n} waiting task(s)", args.queue),
         None => println!("`{}` has no cap on waiting tasks", args.queue),
+    }
+    Ok(())
+}
+
+/// `sealq queues rate --queue Q (--limit N --per DURATION | --clear)`.
+async fn rate(global: &Global, args: crate::args::QueueRateArgs) -> CliResult {
+    sealq::options::validate_queue_name(&args.queue)?;
+    let limit = match (args.clear, args.limit, args.per) {
+        (true, _, _) => None,
+        (false, Some(n), Some(per)) => {
+            Some(sealq::broker::RateLimit::per(n, per).ok_or_else(|| {
+                CliError::usage(crate::error::msg(
+                    "--limit and --per must both be more than zero",
+                ))
+            })?)
+        }
+        _ => {
+            return Err(CliError::usage(crate::error::msg(
+                "give --limit N and --per DURATION, or --clear",
+            )));
+        }
+    };
+    let (client, auditor) = client(global, &args.op)?;
+    let result = client
+        .set_queue_rate_limit(&args.queue, limit, &operator(&args.op))
+        .await;
+    super::audit::finish(auditor).await?;
+    result?;
+    match limit {
+        Some(l) => println!(
+            "`{}` starts at most {} task(s) per {} ms",
+            args.queue, l.limit, l.period_ms
+        ),
+        None => println!("`{}` has no rate limit", args.queue),
     }
     Ok(())
 }

@@ -132,6 +132,7 @@ pub(crate) async fn stats(global: &Global, args: StatsArgs) -> CliResult {
     let mut header = vec!["QUEUE".to_owned(), "PAUSED".to_owned()];
     header.extend(TaskState::ALL.iter().map(|s| s.as_str().to_uppercase()));
     header.push("MAX_DEPTH".to_owned());
+    header.push("RATE".to_owned());
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     let cells: Vec<Vec<String>> = stats
         .iter()
@@ -145,6 +146,10 @@ pub(crate) async fn stats(global: &Global, args: StatsArgs) -> CliResult {
                 q.max_depth
                     .map_or_else(|| "-".to_owned(), |n| n.to_string()),
             );
+            row.push(q.rate_limit.map_or_else(
+                || "-".to_owned(),
+                |r| format!("{}/{}ms", r.limit, r.period_ms),
+            ));
             row
         })
         .collect();

@@ -260,6 +260,17 @@ pub enum AuditEvent {
         /// Who.
         operator: String,
     },
+    /// An operator set or removed a queue's rate limit.
+    QueueRateLimited {
+        /// The queue.
+        queue: String,
+        /// Tasks per period, or `None` once removed.
+        limit: Option<u64>,
+        /// The period, ms, or `None` once removed.
+        period_ms: Option<u64>,
+        /// Who.
+        operator: String,
+    },
     /// An operator set or removed a queue's cap on waiting tasks.
     QueueLimited {
         /// The queue.
@@ -355,6 +366,7 @@ impl AuditEvent {
             AuditEvent::QueuePaused { .. } => "queue_paused",
             AuditEvent::QueueResumed { .. } => "queue_resumed",
             AuditEvent::QueueLimited { .. } => "queue_limited",
+            AuditEvent::QueueRateLimited { .. } => "queue_rate_limited",
         }
     }
 
@@ -479,7 +491,8 @@ impl AuditEvent {
             | AuditEvent::PolicyRejected { .. }
             | AuditEvent::QueuePaused { .. }
             | AuditEvent::QueueResumed { .. }
-            | AuditEvent::QueueLimited { .. } => None,
+            | AuditEvent::QueueLimited { .. }
+            | AuditEvent::QueueRateLimited { .. } => None,
         }
     }
 }

@@ -1227,3 +1227,51 @@ pub async fn max_depth_caps_waiting_tasks(ctx: Ctx) {
     let capped = stats.iter().find(|s| s.queue == "capped").unwrap();
     assert_eq!(capped.max_depth, None);
 }
+
+/// A rate-limited queue leases at most `limit` tasks per period, counted
+/// across calls; the bucket refills evenly with time, up to the limit and
+/// no more; other queues are not held back; the limit shows in the stats;
+/// removed, it lets every task through.
+pub async fn rate_limit_caps_leases(ctx: Ctx) {
+    use crate::broker::RateLimit;
+    let by_queue = |ls: &[crate::broker::LeasedTask], q: &str| {
+        ls.iter().filter(|l| l.record.queue == q).count()
+    };
+    ctx.enqueue_n("slow", 12).await;
+    ctx.enqueue_n("fast", 3).await;
+    let limit = RateLimit::per(4, Duration::from_secs(10));
+    assert!(RateLimit::per(0, Duration::from_secs(1)).is_none());
+    ctx.broker.set_rate_limit("slow", limit).await.unwrap();
+    // A full bucket: 4 now, across two calls; the other queue is not held back.
+    assert_eq!(ctx.lease(&["slow"], 3).await.len(), 3);
+    let got = ctx.lease(&["slow", "fast"], 10).await;
+    assert_eq!((by_queue(&got, "slow"), by_queue(&got, "fast")), (1, 3));
+    assert!(ctx.lease(&["slow"], 10).await.is_empty());
+    // A quarter of the period: one token.
+    ctx.advance(2_500);
+    assert_eq!(ctx.lease(&["slow"], 10).await.len(), 1);
+    assert!(ctx.lease(&["slow"], 10).await.is_empty());
+    // A long wait refills the bucket to the limit, no further.
+    ctx.advance(60_000);
+    assert_eq!(ctx.lease(&["slow"], 10).await.len(), 4);
+    assert!(ctx.lease(&["slow"], 10).await.is_empty());
+
+    let stats = ctx.broker.stats().await.unwrap();
+    let slow = stats
+        .iter()
+        .find(|s| s.queue == "slow")
+        .expect("slow in stats");
+    assert_eq!(slow.rate_limit, limit);
+    let fast = stats
+        .iter()
+        .find(|s| s.queue == "fast")
+        .expect("fast in stats");
+    assert_eq!(fast.rate_limit, None);
+
+    // Removed: the 3 left all come at once.
+    ctx.broker.set_rate_limit("slow", None).await.unwrap();
+    assert_eq!(ctx.lease(&["slow"], 10).await.len(), 3);
+    let stats = ctx.broker.stats().await.unwrap();
+    let slow = stats.iter().find(|s| s.queue == "slow").unwrap();
+    assert_eq!(slow.rate_limit, None);
+}

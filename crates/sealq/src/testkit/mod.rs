@@ -166,6 +166,7 @@ macro_rules! conformance_tests {
             batch_ack_many,
             swap_sealed_compare_and_swap,
             max_depth_caps_waiting_tasks,
+            rate_limit_caps_leases,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
