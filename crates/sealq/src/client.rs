@@ -226,6 +226,11 @@ impl Client {
         self.inner.blobs.as_ref().map(|(s, _)| &**s)
     }
 
+    /// Now, by this client's clock (Unix ms).
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
+    }
+
     /// This client's producer id.
     pub fn producer(&self) -> &str {
         &self.inner.producer

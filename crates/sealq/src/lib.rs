@@ -39,6 +39,7 @@ pub mod options;
 pub mod policy;
 pub mod reference;
 pub mod reseal;
+pub mod scheduler;
 pub mod subject_keys;
 pub mod task;
 #[cfg(feature = "testkit")]
@@ -59,6 +60,7 @@ pub use reference::{
     CacheOptions, PayloadStats, Ref, ResolveError, Resolver, ResolverOptions, Resolvers,
     payload_report,
 };
+pub use scheduler::{Scheduler, SchedulerBuilder, SchedulerHandle};
 pub use task::{ArchiveReason, SubjectTag, Task, TaskId, TaskMeta, TaskState};
 pub use worker::{
     Failure, HandlerResult, Priority, RawPayload, TaskContext, TaskError, Worker, WorkerBuilder,
