@@ -1635,6 +1635,44 @@ impl Broker for RedisBroker {
         self.set_limit(queue, max_depth).await
     }
 
+    /// One `HMGET` of the queue flags per queue (pipelined).
+    async fn rate_limits(
+        &self,
+        queues: &[String],
+    ) -> BrokerResult<Vec<Option<sealq::broker::RateLimit>>> {
+        let what = "reading rate limits";
+        let cmds = queues
+            .iter()
+            .map(|q| {
+                validate_queue(q)?;
+                let mut c = redis::cmd("HMGET");
+                c.arg(format!("{}flags", self.qbase(q))).arg("rl").arg("rp");
+                Ok(c)
+            })
+            .collect::<BrokerResult<Vec<Cmd>>>()?;
+        let replies = self.run_all(what, cmds).await?;
+        replies
+            .into_iter()
+            .map(|r| {
+                let pair = array(r).map_err(|e| self.bad(what, e))?;
+                let num = |v: &Value| -> Option<u64> {
+                    bytes(v.clone())
+                        .ok()
+                        .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+                };
+                Ok(match pair.as_slice() {
+                    [l, p] => match (num(l), num(p)) {
+                        (Some(limit), Some(period_ms)) if limit > 0 && period_ms > 0 => {
+                            Some(sealq::broker::RateLimit { limit, period_ms })
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                })
+            })
+            .collect()
+    }
+
     async fn set_rate_limit(
         &self,
         queue: &str,

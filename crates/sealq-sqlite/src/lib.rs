@@ -287,6 +287,13 @@ impl Broker for SqliteBroker {
         self.inner.reader.stats().await
     }
 
+    async fn rate_limits(
+        &self,
+        queues: &[String],
+    ) -> BrokerResult<Vec<Option<sealq::broker::RateLimit>>> {
+        self.inner.reader.rate_limits(queues.to_vec()).await
+    }
+
     async fn list(&self, query: &ListQuery) -> BrokerResult<Vec<TaskRecord>> {
         self.inner.reader.list(query.clone()).await
     }

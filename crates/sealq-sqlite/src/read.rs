@@ -117,6 +117,30 @@ impl Reader {
         .await
     }
 
+    /// The rate limits of `queues`, in order.
+    pub(crate) async fn rate_limits(
+        self: &Arc<Self>,
+        queues: Vec<String>,
+    ) -> BrokerResult<Vec<Option<sealq::broker::RateLimit>>> {
+        self.run("reading rate limits", move |conn| {
+            let mut st = conn
+                .prepare_cached("SELECT rate_limit, period_ms FROM queue_rates WHERE queue = ?1")?;
+            queues
+                .iter()
+                .map(|q| {
+                    st.query_row([q], |r| {
+                        Ok(sealq::broker::RateLimit {
+                            limit: r.get::<_, i64>(0)?.max(1) as u64,
+                            period_ms: r.get::<_, i64>(1)?.max(1) as u64,
+                        })
+                    })
+                    .optional()
+                })
+                .collect()
+        })
+        .await
+    }
+
     /// Counts by queue and state, plus paused queues.
     pub(crate) async fn stats(self: &Arc<Self>) -> BrokerResult<Vec<QueueStats>> {
         self.run("reading queue stats", |conn| {

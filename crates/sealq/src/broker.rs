@@ -414,6 +414,23 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// the rest wait. Setting a limit starts with a full bucket.
     async fn set_rate_limit(&self, queue: &str, limit: Option<RateLimit>) -> BrokerResult<()>;
 
+    /// The rate limits of `queues`, in order (`None`: no limit). Workers ask
+    /// now and then, to wait no longer than a token takes to come back when
+    /// a limit left them with nothing. The default reads [`Broker::stats`];
+    /// backends answer from their limits alone.
+    async fn rate_limits(&self, queues: &[String]) -> BrokerResult<Vec<Option<RateLimit>>> {
+        let stats = self.stats().await?;
+        Ok(queues
+            .iter()
+            .map(|q| {
+                stats
+                    .iter()
+                    .find(|s| &s.queue == q)
+                    .and_then(|s| s.rate_limit)
+            })
+            .collect())
+    }
+
     /// Wait until work may be available in one of `queues` (a task enqueued,
     /// retried or requeued, by this process or another) or `timeout` passes.
     /// A hint only: callers dequeue afterwards and may find nothing. Must not

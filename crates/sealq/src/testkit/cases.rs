@@ -1267,6 +1267,11 @@ pub async fn rate_limit_caps_leases(ctx: Ctx) {
         .find(|s| s.queue == "fast")
         .expect("fast in stats");
     assert_eq!(fast.rate_limit, None);
+    let names = ["slow".to_owned(), "fast".to_owned(), "none-yet".to_owned()];
+    assert_eq!(
+        ctx.broker.rate_limits(&names).await.unwrap(),
+        vec![limit, None, None]
+    );
 
     // Removed: the 3 left all come at once.
     ctx.broker.set_rate_limit("slow", None).await.unwrap();

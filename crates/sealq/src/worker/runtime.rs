@@ -42,6 +42,10 @@ pub(crate) struct Shared {
     queue_names: Vec<String>,
     /// Per-subject data keys, when the broker provides a key store.
     pub(crate) subject_keys: Option<Arc<SubjectKeys>>,
+    /// With a rate limit on one of the queues: how long one token takes to
+    /// come back (ms, 0 for none), so that a fetch the limit left empty
+    /// waits that long rather than the whole maintenance interval.
+    token_wait_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -70,6 +74,7 @@ impl Shared {
             .map(|store| Arc::new(SubjectKeys::new(store, &keyring)));
         Shared {
             subject_keys,
+            token_wait_ms: std::sync::atomic::AtomicU64::new(0),
             broker,
             keyring,
             clock,
@@ -301,10 +306,15 @@ async fn fetch_loop(shared: Arc<Shared>, run: Arc<Run>, slots: Arc<Semaphore>) {
                 failures = 0;
                 drop(permit);
                 // Nothing ready: sleep until the broker signals work (or the
-                // maintenance interval passes, for scheduled tasks). Not a poll.
+                // maintenance interval passes, for scheduled tasks). Not a poll,
+                // except under a rate limit: then no longer than a token takes.
+                let wait = match shared.token_wait_ms.load(Ordering::Relaxed) {
+                    0 => cfg.maintenance_interval,
+                    ms => Duration::from_millis(ms).min(cfg.maintenance_interval),
+                };
                 tokio::select! {
                     _ = run.stop.cancelled() => return,
-                    r = shared.broker.wait_for_work(&shared.queue_names, cfg.maintenance_interval) => {
+                    r = shared.broker.wait_for_work(&shared.queue_names, wait) => {
                         if let Err(e) = r {
                             warn!(error = %e, "waiting for work failed; retrying");
                             tokio::time::sleep(error_backoff(3)).await;
@@ -820,6 +830,17 @@ fn start_sweep(
     });
 }
 
+/// How long one token of the fastest-refilling limit among `limits` takes
+/// to come back, ms (at least 10, at most a minute); 0 without any limit.
+fn token_wait_ms(limits: &[Option<crate::broker::RateLimit>]) -> u64 {
+    limits
+        .iter()
+        .flatten()
+        .map(|l| (l.period_ms / l.limit.max(1)).clamp(10, 60_000))
+        .min()
+        .unwrap_or(0)
+}
+
 async fn maintenance_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let mut tick = 0u64;
     let sweeping = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -858,6 +879,15 @@ async fn maintenance_loop(shared: Arc<Shared>, stop: CancellationToken) {
         {
             warn!(error = %e, "purging completed tasks failed");
         }
+        // Rate limits change rarely: look every 10 intervals.
+        if tick.is_multiple_of(10) {
+            match shared.broker.rate_limits(&shared.queue_names).await {
+                Ok(limits) => shared
+                    .token_wait_ms
+                    .store(token_wait_ms(&limits), Ordering::Relaxed),
+                Err(e) => warn!(error = %e, "reading the queues' rate limits failed"),
+            }
+        }
         tick += 1;
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -868,6 +898,19 @@ async fn maintenance_loop(shared: Arc<Shared>, stop: CancellationToken) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_rate_limit_shortens_the_idle_wait_to_one_token() {
+        use crate::broker::RateLimit;
+        let per = |n, ms| RateLimit::per(n, Duration::from_millis(ms));
+        assert_eq!(token_wait_ms(&[None, None]), 0);
+        // 5 per second: a token every 200 ms; the fastest limit wins.
+        assert_eq!(token_wait_ms(&[per(5, 1_000), None, per(1, 1_000)]), 200);
+        // Bounded: never a busy loop, never longer than a minute.
+        assert_eq!(token_wait_ms(&[per(1_000_000, 1_000)]), 10);
+        assert_eq!(token_wait_ms(&[per(1, 86_400_000)]), 60_000);
+    }
+
     use super::*;
     use std::time::Instant;
 
