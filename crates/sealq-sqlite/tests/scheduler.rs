@@ -176,3 +176,58 @@ fn bad_patterns_names_and_time_zones_are_refused_clearly() {
     assert!(e.to_string().contains("already used"), "{e}");
     assert!(Scheduler::builder(client).build().is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_is_retried_and_a_refused_payload_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0 + 1_000);
+    let broker: Arc<dyn Broker> = Arc::new(
+        SqliteBroker::open_with(
+            dir.path().join("q.db"),
+            SqliteOptions::with_clock(clock.clone()),
+        )
+        .unwrap(),
+    );
+    let keyring = Arc::new(Keyring::generate());
+    let client = Client::builder(broker.clone(), keyring)
+        .clock(clock.clone())
+        .build();
+    let card = RawTask::from_json(
+        "billing.charge",
+        &serde_json::json!({"card": "4242 4242 4242 4242"}),
+        EnqueueOptions::new(),
+    )
+    .unwrap();
+    let mut s = Scheduler::builder(client)
+        .add("report", "*/10 * * * * *", report())
+        .unwrap()
+        .add("charge", "*/10 * * * * *", card)
+        .unwrap()
+        .build()
+        .unwrap();
+    broker.set_max_depth("cron", Some(0)).await.unwrap();
+    s.run_due(T0 + 1_000).await;
+    clock.set_ms(T0 + 10_000);
+    // The full queue keeps its tick due (the earliest next is still now);
+    // the refused payload's tick is skipped.
+    assert_eq!(s.run_due(T0 + 10_000).await, Some(T0 + 10_000));
+    assert_eq!(s.stats().failures, 2, "{:?}", s.stats());
+    // Room again: the same tick goes in on the next run.
+    broker.set_max_depth("cron", None).await.unwrap();
+    assert_eq!(s.run_due(T0 + 10_500).await, Some(T0 + 20_000));
+    assert_eq!(s.stats().enqueued, 1, "{:?}", s.stats());
+    assert!(
+        broker
+            .get(tick_id("report", T0 + 10_000))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        broker
+            .get(tick_id("charge", T0 + 10_000))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

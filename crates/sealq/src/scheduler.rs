@@ -82,7 +82,9 @@ pub struct SchedulerStats {
     pub already: u64,
     /// Ticks not enqueued because a later one was due too.
     pub missed: u64,
-    /// Enqueue attempts that failed (retried).
+    /// Enqueue attempts that failed: retried while the broker is unavailable
+    /// or the queue full, the tick skipped when refused for good (the
+    /// payload policy, a bad option).
     pub failures: u64,
 }
 
@@ -227,7 +229,8 @@ impl Scheduler {
     /// of its ticks in (last run, `now_ms`] (the first run starts at
     /// `now_ms`, so a tick exactly then is due). Returns the earliest tick
     /// still ahead. A failed enqueue is counted and tried again at the next
-    /// run. [`Scheduler::spawn`] calls this at every tick.
+    /// run while the broker is unavailable or the queue full; a tick refused
+    /// for good is skipped. [`Scheduler::spawn`] calls this at every tick.
     pub async fn run_due(&mut self, now_ms: i64) -> Option<i64> {
         let c = self.counters.clone();
         for s in &mut self.schedules {
@@ -257,12 +260,19 @@ impl Scheduler {
                 Err(Error::IdExists(_)) => {
                     c.already.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) => {
+                // The broker unavailable, or the queue full for now: the
+                // next run tries this tick again (until a later one is due).
+                Err(e @ (Error::Broker(_) | Error::QueueFull { .. })) => {
                     c.failures.fetch_add(1, Ordering::Relaxed);
                     warn!(schedule = %s.name, tick, error = %e, "could not enqueue a scheduled tick; trying again");
-                    // Leave next_ms at this tick: the next run tries it again.
                     s.next_ms = Some(tick);
                     continue;
+                }
+                // Refused for good (the payload policy, a bad option): this
+                // tick is skipped, the next one tried.
+                Err(e) => {
+                    c.failures.fetch_add(1, Ordering::Relaxed);
+                    warn!(schedule = %s.name, tick, error = %e, "a scheduled tick was refused; skipping it");
                 }
             }
             s.next_ms = next_tick(&s.cron, &self.tz, tick, false);
