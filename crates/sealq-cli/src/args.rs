@@ -28,9 +28,12 @@ Environment:
 #[derive(Debug, Parser)]
 #[command(name = "sealq", version, after_help = EXIT_CODES)]
 pub(crate) struct Cli {
-    /// Broker URL. Supported: `sqlite://PATH[?synchronous=normal|full]` and
-    /// `sqlite:PATH` [default: sqlite://./sealq.db; `demo` and `bench` use a
-    /// throw-away file unless --broker is given on the command line].
+    /// Broker URL: `sqlite://PATH[?synchronous=normal|full]` or
+    /// `sqlite:PATH`; `redis://[user:password@]host[:port][/db]`,
+    /// `rediss://…[?ca=PEM&cert=PEM&key=PEM]`, `redis+cluster://h:p,h:p` or
+    /// `redis+sentinel://h:p,h:p/MASTER` (all with optional `?prefix=P`)
+    /// [default: sqlite://./sealq.db; `demo` and `bench` use a throw-away
+    /// file unless --broker is given on the command line].
     #[arg(long, env = "SEALQ_BROKER", global = true, value_name = "URL")]
     pub(crate) broker: Option<String>,
 
@@ -77,9 +80,63 @@ pub(crate) enum Command {
     /// Erase a data subject: delete its tasks in every state and destroy its
     /// data key, so earlier copies of its tasks cannot be opened; prints a receipt.
     Erase(EraseArgs),
-    /// Pause or resume queues (audited).
+    /// Pause, resume, cap or rate-limit queues (audited).
     #[command(subcommand)]
     Queues(QueuesCommand),
+    /// Run cron schedules (a task enqueued at every tick), or list a
+    /// pattern's next ticks.
+    #[command(subcommand)]
+    Cron(CronCommand),
+}
+
+/// `sealq cron ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum CronCommand {
+    /// Enqueue a task at every tick of each `--entry` until SIGINT/SIGTERM,
+    /// then print the counters as JSON. Run it in as many processes as you
+    /// like: each tick is enqueued once (its task id comes from the entry's
+    /// name and the tick)
+    Run(CronRunArgs),
+    /// Print the next ticks of a cron pattern, to check it
+    Next(CronNextArgs),
+}
+
+/// `sealq cron run`.
+#[derive(Debug, Args)]
+pub(crate) struct CronRunArgs {
+    /// `NAME;PATTERN;TYPE[;JSON]`: the schedule's name (the same in every
+    /// process), a cron pattern (five fields, or six with seconds first;
+    /// `@daily` …), the task type, and its JSON payload (default `{}`).
+    /// Repeat for more schedules
+    #[arg(
+        long = "entry",
+        required = true,
+        value_name = "NAME;PATTERN;TYPE[;JSON]"
+    )]
+    pub(crate) entries: Vec<String>,
+    /// Queue the tasks go to.
+    #[arg(long, short = 'q', default_value = "default")]
+    pub(crate) queue: String,
+    /// IANA time zone the patterns are read in, e.g. `Europe/Paris` (default UTC).
+    #[arg(long, value_name = "TZ")]
+    pub(crate) time_zone: Option<String>,
+    /// Where audit records go (see `sealq audit --help`).
+    #[arg(long, value_enum, env = "SEALQ_AUDIT", default_value_t = AuditSinkKind::File)]
+    pub(crate) audit: AuditSinkKind,
+}
+
+/// `sealq cron next`.
+#[derive(Debug, Args)]
+pub(crate) struct CronNextArgs {
+    /// The cron pattern.
+    #[arg(long, value_name = "PATTERN")]
+    pub(crate) pattern: String,
+    /// IANA time zone the pattern is read in (default UTC).
+    #[arg(long, value_name = "TZ")]
+    pub(crate) time_zone: Option<String>,
+    /// How many ticks.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) count: usize,
 }
 
 /// `sealq erase`.

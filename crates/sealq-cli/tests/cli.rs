@@ -1031,3 +1031,63 @@ fn queues_rate_sets_and_clears_a_rate_limit() {
         "{log}"
     );
 }
+
+#[test]
+fn cron_run_enqueues_ticks_once_from_two_processes_and_next_lists_ticks() {
+    let sb = Sandbox::new();
+    let entry = r#"beat;* * * * * *;t;{"n":1}"#;
+    let spawn = || {
+        sb.cmd(&["cron", "run", "--entry", entry, "--queue", "cron"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cron run")
+    };
+    let (a, b) = (spawn(), spawn());
+    // Two ticks at least, whatever the machine's speed.
+    assert!(eventually(20, || sb.list(&["--queue", "cron"]).0.len() >= 2));
+    let (ra, rb) = (terminate(a), terminate(b));
+    assert_eq!(ra.code, 0, "{}", ra.stderr);
+    assert_eq!(rb.code, 0, "{}", rb.stderr);
+    let stats =
+        |r: &Run| -> Value { serde_json::from_str(r.stdout.trim()).expect("counters JSON") };
+    let (sa, sb2) = (stats(&ra), stats(&rb));
+    let enqueued = sa["enqueued"].as_u64().unwrap() + sb2["enqueued"].as_u64().unwrap();
+    let (rows, _) = sb.list(&["--queue", "cron"]);
+    assert_eq!(rows.len() as u64, enqueued, "{sa} {sb2}");
+    assert!(rows.iter().all(|r| r["type"] == "t"), "{rows:?}");
+
+    let bad = sb.run(&["cron", "run", "--entry", "only;two"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    let bad = sb.run(&["cron", "run", "--entry", r#"x;* * * * *;t;{"card": 4242"#]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(
+        !bad.stderr.contains("4242"),
+        "the payload was echoed: {}",
+        bad.stderr
+    );
+
+    let next = sb.run(&[
+        "cron",
+        "next",
+        "--pattern",
+        "0 2 * * *",
+        "--time-zone",
+        "Europe/Paris",
+        "--count",
+        "3",
+    ]);
+    assert_eq!(next.code, 0, "{}", next.stderr);
+    let lines: Vec<&str> = next.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", next.stdout);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("T02:00:00") && l.ends_with("[Europe/Paris]")),
+        "{}",
+        next.stdout
+    );
+    let bad = sb.run(&["cron", "next", "--pattern", "61 * * * *"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("61 * * * *"), "{}", bad.stderr);
+}

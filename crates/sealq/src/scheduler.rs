@@ -64,6 +64,40 @@ pub fn tick_id(name: &str, tick_ms: i64) -> TaskId {
     TaskId(uuid::Uuid::from_bytes(b))
 }
 
+/// The next `count` ticks of cron `pattern` after `from_ms` (Unix ms), in
+/// the IANA time zone `time_zone` (UTC when `None`), as Unix ms: to check a
+/// pattern before scheduling with it (`sealq cron next`).
+pub fn upcoming(
+    pattern: &str,
+    time_zone: Option<&str>,
+    from_ms: i64,
+    count: usize,
+) -> Result<Vec<i64>> {
+    let cron = croner::Cron::from_str(pattern).map_err(|e| Error::InvalidArgument {
+        what: "cron pattern",
+        reason: format!("`{pattern}`: {e}"),
+    })?;
+    let tz = match time_zone {
+        Some(name) => jiff::tz::TimeZone::get(name).map_err(|e| Error::InvalidArgument {
+            what: "time zone",
+            reason: format!("`{name}`: {e}"),
+        })?,
+        None => jiff::tz::TimeZone::UTC,
+    };
+    let mut out = Vec::with_capacity(count);
+    let mut at = from_ms;
+    while out.len() < count {
+        match next_tick(&cron, &tz, at, false) {
+            Some(t) => {
+                out.push(t);
+                at = t;
+            }
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
 /// One schedule: a name, a cron pattern and the task to enqueue.
 struct Schedule {
     name: String,
@@ -358,6 +392,28 @@ mod tests {
         assert!(
             tick_id("z", 1_000) < tick_id("a", 2_000),
             "ids sort by tick"
+        );
+    }
+
+    #[test]
+    fn upcoming_lists_ticks_and_names_bad_input() {
+        let t = jiff::Timestamp::from_str("2026-01-10T12:00:00Z")
+            .unwrap()
+            .as_millisecond();
+        let ticks = upcoming("0 2 * * *", Some("Europe/Paris"), t, 3).unwrap();
+        assert_eq!(ticks.len(), 3);
+        assert_eq!(ticks[1] - ticks[0], 86_400_000);
+        assert!(
+            upcoming("0 2 * *", None, t, 1)
+                .unwrap_err()
+                .to_string()
+                .contains("0 2 * *")
+        );
+        assert!(
+            upcoming("@daily", Some("Nowhere/None"), t, 1)
+                .unwrap_err()
+                .to_string()
+                .contains("Nowhere/None")
         );
     }
 

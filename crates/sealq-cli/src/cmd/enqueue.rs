@@ -84,7 +84,7 @@ fn read_payload(args: &EnqueueArgs) -> CliResult<serde_json::Value> {
 }
 
 /// The kind of a JSON error, without serde_json's position suffix.
-fn describe_json_error(e: &serde_json::Error) -> String {
+pub(crate) fn describe_json_error(e: &serde_json::Error) -> String {
     let text = e.to_string();
     match text.rfind(" at line ") {
         Some(i) => text[..i].to_owned(),

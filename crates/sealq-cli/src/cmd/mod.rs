@@ -3,6 +3,7 @@
 
 mod audit;
 mod bench;
+mod cron;
 mod demo;
 mod enqueue;
 mod erase;
@@ -81,6 +82,8 @@ pub(crate) async fn run(global: Global, command: Command) -> CliResult {
         Command::Audit(AuditCommand::PublicKey) => audit::public_key(&global),
         Command::Redis(c) => redis::run(&global, c).await,
         Command::Erase(a) => erase::run(&global, a).await,
+        Command::Cron(crate::args::CronCommand::Run(a)) => cron::run(&global, a).await,
+        Command::Cron(crate::args::CronCommand::Next(a)) => cron::next(a),
     }
 }
 
