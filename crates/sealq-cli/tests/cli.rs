@@ -80,6 +80,20 @@ impl Sandbox {
         (v.as_array().expect("an array").clone(), out.stdout)
     }
 
+    /// One queue's entry of `tasks stats --json`, and the whole output.
+    fn queue_stats(&self, queue: &str) -> (Value, Run) {
+        let stats = self.run(&["tasks", "stats", "--json"]);
+        let v: Value = serde_json::from_str(&stats.stdout).expect("stats --json");
+        let entry = v
+            .as_array()
+            .expect("an array")
+            .iter()
+            .find(|q| q["queue"] == queue)
+            .unwrap_or_else(|| panic!("{queue} in stats: {}", stats.stdout))
+            .clone();
+        (entry, stats)
+    }
+
     /// Start a worker in the background.
     fn spawn_worker(&self, args: &[&str]) -> Child {
         let mut all = vec!["worker"];
@@ -942,15 +956,7 @@ fn queues_limit_caps_waiting_tasks_for_every_producer() {
         "{}",
         full.stderr
     );
-    let stats = sb.run(&["tasks", "stats", "--json"]);
-    let v: Value = serde_json::from_str(&stats.stdout).expect("stats --json");
-    let mail = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|q| q["queue"] == "mail")
-        .expect("mail in stats")
-        .clone();
+    let (mail, _) = sb.queue_stats("mail");
     assert_eq!(
         (mail["max_depth"].clone(), mail["pending"].clone()),
         (1.into(), 1.into())
@@ -996,15 +1002,7 @@ fn queues_rate_sets_and_clears_a_rate_limit() {
         "{}",
         out.stdout
     );
-    let stats = sb.run(&["tasks", "stats", "--json"]);
-    let v: Value = serde_json::from_str(&stats.stdout).expect("stats --json");
-    let mail = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|q| q["queue"] == "mail")
-        .expect("mail in stats")
-        .clone();
+    let (mail, stats) = sb.queue_stats("mail");
     assert_eq!(mail["rate_limit"]["limit"], 5, "{}", stats.stdout);
     assert_eq!(mail["rate_limit"]["period_ms"], 1000, "{}", stats.stdout);
     let table = sb.run(&["tasks", "stats"]);

@@ -255,6 +255,25 @@ const STORED_BYTES_TTL_MS: u64 = 10 * 60 * 1000;
 /// which costs Redis less per task than passing them through Lua.
 const ENQUEUE_INLINE: usize = 8;
 
+/// `[rl, rp]` from a queue's flags (`HMGET`): its rate limit, if both are
+/// positive numbers.
+fn rate_limit_of(pair: &[Value]) -> Option<sealq::broker::RateLimit> {
+    let num = |v: &Value| -> Option<u64> {
+        bytes(v.clone())
+            .ok()
+            .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+    };
+    match pair {
+        [l, p] => match (num(l), num(p)) {
+            (Some(limit), Some(period_ms)) if limit > 0 && period_ms > 0 => {
+                Some(sealq::broker::RateLimit { limit, period_ms })
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -1414,20 +1433,7 @@ impl Broker for RedisBroker {
                 }
             }
             if let Some(rate) = parts.next() {
-                let rate = array(rate).map_err(|e| self.bad(what, e))?;
-                let num = |v: &Value| -> Option<u64> {
-                    match v {
-                        Value::Nil => None,
-                        v => bytes(v.clone())
-                            .ok()
-                            .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok()),
-                    }
-                };
-                if let [l, p] = rate.as_slice()
-                    && let (Some(limit), Some(period_ms)) = (num(l), num(p))
-                {
-                    s.rate_limit = Some(sealq::broker::RateLimit { limit, period_ms });
-                }
+                s.rate_limit = rate_limit_of(&array(rate).map_err(|e| self.bad(what, e))?);
             }
             let total = s.scheduled + s.pending + s.active + s.retry + s.completed + s.archived;
             if total > 0 || s.paused || s.max_depth.is_some() || s.rate_limit.is_some() {
@@ -1653,23 +1659,7 @@ impl Broker for RedisBroker {
         let replies = self.run_all(what, cmds).await?;
         replies
             .into_iter()
-            .map(|r| {
-                let pair = array(r).map_err(|e| self.bad(what, e))?;
-                let num = |v: &Value| -> Option<u64> {
-                    bytes(v.clone())
-                        .ok()
-                        .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
-                };
-                Ok(match pair.as_slice() {
-                    [l, p] => match (num(l), num(p)) {
-                        (Some(limit), Some(period_ms)) if limit > 0 && period_ms > 0 => {
-                            Some(sealq::broker::RateLimit { limit, period_ms })
-                        }
-                        _ => None,
-                    },
-                    _ => None,
-                })
-            })
+            .map(|r| Ok(rate_limit_of(&array(r).map_err(|e| self.bad(what, e))?)))
             .collect()
     }
 
@@ -1678,22 +1668,18 @@ impl Broker for RedisBroker {
         queue: &str,
         limit: Option<sealq::broker::RateLimit>,
     ) -> BrokerResult<()> {
-        validate_queue(queue)?;
         let (n, p) = limit.map_or((String::new(), String::new()), |l| {
             (l.limit.to_string(), l.period_ms.to_string())
         });
-        let mut c = self.qcall("sealq_rate", queue, true);
-        c.arg(queue).arg(&n).arg(&p);
-        let _: Value = self
-            .inner
-            .conn
-            .query(&c)
-            .await
-            .map_err(|e| self.err("setting a queue's rate limit", e))?;
-        if !self.single() && limit.is_some() {
-            self.registry(&[b"queue", queue.as_bytes(), b""]).await?;
-        }
-        Ok(())
+        let register = limit.is_some().then_some(&b""[..]);
+        self.queue_setting(
+            "sealq_rate",
+            queue,
+            &[&n, &p],
+            "setting a queue's rate limit",
+            register,
+        )
+        .await
     }
 
     async fn wait_for_work(&self, queues: &[String], timeout: Duration) -> BrokerResult<()> {
@@ -1748,41 +1734,58 @@ impl Broker for RedisBroker {
 
 impl RedisBroker {
     async fn set_limit(&self, queue: &str, max_depth: Option<u64>) -> BrokerResult<()> {
-        validate_queue(queue)?;
         let cap = max_depth.map(|n| n.to_string()).unwrap_or_default();
-        let mut c = self.qcall("sealq_limit", queue, true);
-        c.arg(queue).arg(&cap);
-        let _: Value = self
-            .inner
-            .conn
-            .query(&c)
-            .await
-            .map_err(|e| self.err("setting a queue's maximum depth", e))?;
-        if !self.single() && max_depth.is_some() {
-            self.registry(&[b"queue", queue.as_bytes(), b""]).await?;
-        }
-        Ok(())
+        let register = max_depth.is_some().then_some(&b""[..]);
+        self.queue_setting(
+            "sealq_limit",
+            queue,
+            &[&cap],
+            "setting a queue's maximum depth",
+            register,
+        )
+        .await
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> BrokerResult<()> {
-        validate_queue(queue)?;
         let what = if paused {
             "pausing a queue"
         } else {
             "resuming a queue"
         };
         let flag = if paused { "1" } else { "0" };
-        let mut c = self.qcall("sealq_pause", queue, true);
-        c.arg(queue).arg(flag);
+        self.queue_setting("sealq_pause", queue, &[flag], what, Some(flag.as_bytes()))
+            .await
+    }
+
+    /// Call the queue-setting function `function` (`sealq_pause`,
+    /// `sealq_limit`, `sealq_rate`: KEYS the queue base and, on a single
+    /// node, the global base; ARGV the queue then `args`). On a Cluster,
+    /// where the function cannot reach the global registry, `register`
+    /// (the registry's paused flag, or empty) registers the queue there.
+    async fn queue_setting(
+        &self,
+        function: &str,
+        queue: &str,
+        args: &[&str],
+        what: &str,
+        register: Option<&[u8]>,
+    ) -> BrokerResult<()> {
+        validate_queue(queue)?;
+        let mut c = self.qcall(function, queue, true);
+        c.arg(queue);
+        for a in args {
+            c.arg(*a);
+        }
         let _: Value = self
             .inner
             .conn
             .query(&c)
             .await
             .map_err(|e| self.err(what, e))?;
-        if !self.single() {
-            self.registry(&[b"queue", queue.as_bytes(), flag.as_bytes()])
-                .await?;
+        if !self.single()
+            && let Some(flag) = register
+        {
+            self.registry(&[b"queue", queue.as_bytes(), flag]).await?;
         }
         Ok(())
     }

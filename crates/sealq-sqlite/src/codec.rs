@@ -51,6 +51,14 @@ pub(crate) fn id_from_row(row: &Row<'_>, col: usize) -> rusqlite::Result<TaskId>
 }
 
 /// Read a stored state name.
+/// A `queue_rates` row's `rate_limit` and `period_ms` (CHECKed positive).
+pub(crate) fn rate_limit_from_sql(limit: i64, period_ms: i64) -> sealq::broker::RateLimit {
+    sealq::broker::RateLimit {
+        limit: limit.max(1) as u64,
+        period_ms: period_ms.max(1) as u64,
+    }
+}
+
 pub(crate) fn state_from_str(s: &str, col: usize) -> rusqlite::Result<TaskState> {
     s.parse()
         .map_err(|_| conversion(col, Type::Text, format!("unknown task state `{s}`")))

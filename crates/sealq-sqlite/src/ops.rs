@@ -209,10 +209,7 @@ pub(crate) fn dequeue(ctx: &mut OpCtx<'_>, req: &DequeueRequest) -> BrokerResult
             .optional()
             .map_err(&err)?
             .map(|(limit, period, tokens, at)| {
-                let rl = sealq::broker::RateLimit {
-                    limit: limit.max(1) as u64,
-                    period_ms: period.max(1) as u64,
-                };
+                let rl = crate::codec::rate_limit_from_sql(limit, period);
                 (rl.refill(tokens, at, now), at.max(now))
             });
         if let Some((tokens, _)) = bucket {

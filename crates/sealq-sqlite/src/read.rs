@@ -16,7 +16,7 @@ use rusqlite::{Connection, OptionalExtension};
 use sealq::broker::{BrokerResult, ListQuery, QueueStats, TaskRecord};
 use sealq::{BrokerError, BrokerErrorKind, TaskId, TaskState};
 
-use crate::codec::{RECORD_SELECT, id_blob, record_from_row, state_from_str};
+use crate::codec::{RECORD_SELECT, id_blob, rate_limit_from_sql, record_from_row, state_from_str};
 use crate::error::retry_busy;
 use crate::schema::open_reader;
 
@@ -128,13 +128,8 @@ impl Reader {
             queues
                 .iter()
                 .map(|q| {
-                    st.query_row([q], |r| {
-                        Ok(sealq::broker::RateLimit {
-                            limit: r.get::<_, i64>(0)?.max(1) as u64,
-                            period_ms: r.get::<_, i64>(1)?.max(1) as u64,
-                        })
-                    })
-                    .optional()
+                    st.query_row([q], |r| Ok(rate_limit_from_sql(r.get(0)?, r.get(1)?)))
+                        .optional()
                 })
                 .collect()
         })
@@ -190,10 +185,7 @@ impl Reader {
                         queue,
                         ..QueueStats::default()
                     })
-                    .rate_limit = Some(sealq::broker::RateLimit {
-                    limit: limit.max(1) as u64,
-                    period_ms: period.max(1) as u64,
-                });
+                    .rate_limit = Some(rate_limit_from_sql(limit, period));
             }
             let mut stmt = conn.prepare_cached("SELECT queue, max_depth FROM queue_limits")?;
             let mut rows = stmt.query([])?;

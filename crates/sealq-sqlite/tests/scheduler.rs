@@ -23,8 +23,8 @@ fn report() -> RawTask {
 /// 2026-06-01T00:00:00Z, a multiple of 10 s.
 const T0: i64 = 1_780_272_000_000;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_tick_is_enqueued_once_and_late_schedulers_skip_to_the_latest() {
+/// A broker in a fresh directory, on a manual clock at `T0 + 1 s`.
+fn manual_broker() -> (tempfile::TempDir, Arc<ManualClock>, Arc<dyn Broker>) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0 + 1_000);
     let broker: Arc<dyn Broker> = Arc::new(
@@ -34,6 +34,12 @@ async fn each_tick_is_enqueued_once_and_late_schedulers_skip_to_the_latest() {
         )
         .unwrap(),
     );
+    (dir, clock, broker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tick_is_enqueued_once_and_late_schedulers_skip_to_the_latest() {
+    let (_dir, clock, broker) = manual_broker();
     let keyring = Arc::new(Keyring::generate());
     let client = || {
         Client::builder(broker.clone(), keyring.clone())
@@ -179,15 +185,7 @@ fn bad_patterns_names_and_time_zones_are_refused_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_is_retried_and_a_refused_payload_skipped() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(T0 + 1_000);
-    let broker: Arc<dyn Broker> = Arc::new(
-        SqliteBroker::open_with(
-            dir.path().join("q.db"),
-            SqliteOptions::with_clock(clock.clone()),
-        )
-        .unwrap(),
-    );
+    let (_dir, clock, broker) = manual_broker();
     let keyring = Arc::new(Keyring::generate());
     let client = Client::builder(broker.clone(), keyring)
         .clock(clock.clone())

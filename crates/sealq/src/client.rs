@@ -436,14 +436,20 @@ impl Client {
             None => Vec::new(),
         };
         let mut accepted = Vec::new();
-        // For a refusal by a full queue: which queue (and, audited, which type).
-        let names: Vec<(String, Option<String>)> = sealed
-            .iter()
-            .map(|t| {
-                let kind = self.inner.audit.as_ref().map(|_| t.kind.clone());
-                (t.queue.clone(), kind)
-            })
-            .collect();
+        // For a refusal by a full queue: which queue (and, audited, which
+        // type). One copy per run of tasks sharing them, not one per task.
+        let audited = self.inner.audit.is_some();
+        let mut names: Vec<(String, Option<String>)> = Vec::new();
+        let mut name_of: Vec<usize> = Vec::with_capacity(sealed.len());
+        for t in &sealed {
+            let same = names.last().is_some_and(|(q, k)| {
+                q == &t.queue && (!audited || k.as_deref() == Some(t.kind.as_str()))
+            });
+            if !same {
+                names.push((t.queue.clone(), audited.then(|| t.kind.clone())));
+            }
+            name_of.push(names.len() - 1);
+        }
         let results = self.inner.broker.enqueue(sealed).await?;
         for (i, (((slot, result), id), key)) in slots
             .into_iter()
@@ -466,7 +472,10 @@ impl Client {
                 }
                 EnqueueResult::IdExists => out[slot] = Err(Error::IdExists(id)),
                 EnqueueResult::QueueFull { max_depth } => {
-                    let (queue, kind) = names.get(i).cloned().unwrap_or_default();
+                    let (queue, kind) = name_of
+                        .get(i)
+                        .and_then(|&n| names.get(n).cloned())
+                        .unwrap_or_default();
                     if let (Some(a), Some(kind)) = (&self.inner.audit, kind) {
                         a.record(crate::audit::AuditEvent::PolicyRejected {
                             queue: queue.clone(),

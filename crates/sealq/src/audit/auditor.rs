@@ -379,27 +379,6 @@ impl Chain {
             // time), as leases and successes are recorded per batch.
             let mut started = StartedRun::default();
             for msg in buf.drain(..) {
-                let msg = match msg {
-                    Msg::Record {
-                        time_ms,
-                        event:
-                            AuditEvent::Started {
-                                task,
-                                worker,
-                                attempt,
-                            },
-                    } if started.takes(&worker) => {
-                        started.add(time_ms, worker, task, attempt);
-                        continue;
-                    }
-                    other => other,
-                };
-                if let Some((time_ms, event, n)) = started.take() {
-                    self.push(time_ms, event, n);
-                    if self.since_checkpoint >= self.every {
-                        let _ = self.settle().await;
-                    }
-                }
                 match msg {
                     Msg::Record {
                         time_ms,
@@ -409,25 +388,27 @@ impl Chain {
                                 worker,
                                 attempt,
                             },
-                    } => started.add(time_ms, worker, task, attempt),
-                    Msg::Record { time_ms, event } => {
-                        self.push(time_ms, event, 1);
-                        if self.since_checkpoint >= self.every {
-                            let _ = self.settle().await;
+                    } => {
+                        if !started.takes(&worker) {
+                            self.push_run(&mut started).await;
+                        }
+                        started.add(time_ms, worker, task, attempt);
+                    }
+                    other => {
+                        self.push_run(&mut started).await;
+                        match other {
+                            Msg::Record { time_ms, event } => {
+                                self.push_settled(time_ms, event, 1).await;
+                            }
+                            Msg::Flush(reply) => {
+                                let _ = reply.send(self.settle().await);
+                            }
+                            Msg::Close(reply) => closing = Some(reply),
                         }
                     }
-                    Msg::Flush(reply) => {
-                        let _ = reply.send(self.settle().await);
-                    }
-                    Msg::Close(reply) => closing = Some(reply),
                 }
             }
-            if let Some((time_ms, event, n)) = started.take() {
-                self.push(time_ms, event, n);
-                if self.since_checkpoint >= self.every {
-                    let _ = self.settle().await;
-                }
-            }
+            self.push_run(&mut started).await;
             if let Some(reply) = closing {
                 let _ = reply.send(self.settle().await);
                 return;
@@ -459,6 +440,21 @@ impl Chain {
             || self
                 .appended
                 .is_some_and(|(s, ..)| self.checkpointed_seq.is_none_or(|c| c < s))
+    }
+
+    /// [`Chain::push`], then append and checkpoint once a window is full.
+    async fn push_settled(&mut self, time_ms: i64, event: AuditEvent, events: usize) {
+        self.push(time_ms, event, events);
+        if self.since_checkpoint >= self.every {
+            let _ = self.settle().await;
+        }
+    }
+
+    /// Push the gathered `started` events, if any, as one record.
+    async fn push_run(&mut self, run: &mut StartedRun) {
+        if let Some((time_ms, event, n)) = run.take() {
+            self.push_settled(time_ms, event, n).await;
+        }
     }
 
     /// Number, MAC and hash one record standing for `events` recorded events.
