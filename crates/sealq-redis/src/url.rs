@@ -11,7 +11,8 @@
 //! Query parameters: `prefix` (key prefix, default `sealq`), `ca` (PEM file of
 //! the CA that signed the server certificate), `cert` and `key` (PEM client
 //! certificate and key for mTLS), `sentinel_password` (for Sentinels that
-//! require a password of their own).
+//! require a password of their own), `spin_us` (how long a lone call
+//! busy-waits for its reply, `RedisOptions::spin_wait`; 0 turns it off).
 
 use sealq::{BrokerError, BrokerErrorKind};
 
@@ -40,6 +41,8 @@ pub(crate) struct Parsed {
     pub(crate) password: Option<String>,
     pub(crate) sentinel_password: Option<String>,
     pub(crate) prefix: Option<String>,
+    /// `spin_us`: [`crate::RedisOptions::spin_wait`] in µs.
+    pub(crate) spin_us: Option<u64>,
     pub(crate) ca: Option<String>,
     pub(crate) cert: Option<String>,
     pub(crate) key: Option<String>,
@@ -160,6 +163,7 @@ pub(crate) fn parse(url: &str) -> Result<Parsed, BrokerError> {
         password,
         sentinel_password: None,
         prefix: None,
+        spin_us: None,
         ca: None,
         cert: None,
         key: None,
@@ -170,6 +174,14 @@ pub(crate) fn parse(url: &str) -> Result<Parsed, BrokerError> {
         let v = pct_decode(v);
         match k {
             "prefix" => parsed.prefix = Some(v),
+            "spin_us" => {
+                parsed.spin_us = Some(v.parse().map_err(|_| {
+                    bad(
+                        url,
+                        format!("`spin_us` must be a whole number of microseconds, not `{v}`"),
+                    )
+                })?)
+            }
             "ca" => parsed.ca = Some(v),
             "cert" => parsed.cert = Some(v),
             "key" => parsed.key = Some(v),
@@ -273,7 +285,17 @@ mod tests {
         );
         assert_eq!(p.password.as_deref(), Some("p@ss"));
         assert_eq!(p.prefix.as_deref(), Some("x"));
+        assert_eq!(p.spin_us, None);
         assert!(!p.redacted.contains("p%40ss"));
+        let p = parse("redis://h?spin_us=0&prefix=y").unwrap();
+        assert_eq!(p.spin_us, Some(0));
+        assert_eq!(p.prefix.as_deref(), Some("y"));
+        let e = parse("redis://:secret@h?spin_us=fast").unwrap_err();
+        assert!(
+            e.message.contains("`spin_us` must be a whole number"),
+            "{e}"
+        );
+        assert!(!e.message.contains("secret"), "{e}");
         let p = parse("rediss://h?ca=/tmp/ca.pem").unwrap();
         assert!(p.tls);
         assert_eq!(p.ca.as_deref(), Some("/tmp/ca.pem"));
