@@ -581,6 +581,8 @@ pub(crate) struct BenchArgs {
     pub(crate) audit: AuditSinkKind,
     /// Concurrent enqueue loops, each sending its own batches (a service
     /// enqueueing from many requests at once). `--rate` is shared among them.
+    /// With `--role producer` the process runs one runtime worker thread
+    /// per loop, at most one per core (`TOKIO_WORKER_THREADS` overrides).
     #[arg(long, default_value_t = 1)]
     pub(crate) producers: usize,
     /// Enqueue with `Client::enqueue_bulk`: each loop makes one call for all
