@@ -119,10 +119,16 @@ fn redis_err<'a>(target: &'a str, what: &str) -> impl Fn(redis::RedisError) -> B
 }
 
 impl Conn {
-    fn new(link: Link) -> Conn {
+    /// A connection whose lone calls spin as the URL's `spin_us` says
+    /// (default [`crate::DEFAULT_SPIN_WAIT`]); the broker then applies
+    /// its options with [`Conn::spin_wait`].
+    fn new(link: Link, parsed: &Parsed) -> Conn {
+        let budget = parsed
+            .spin_us
+            .map_or(crate::DEFAULT_SPIN_WAIT, Duration::from_micros);
         Conn {
             link,
-            spin: Spin::new(Duration::ZERO),
+            spin: Spin::new(budget),
         }
     }
 
@@ -152,7 +158,7 @@ impl Conn {
                     .get_connection_manager_with_config(manager_config(response_timeout))
                     .await
                     .map_err(&err)?;
-                Ok(Conn::new(Link::Single { mgr, client }))
+                Ok(Conn::new(Link::Single { mgr, client }, parsed))
             }
             Topology::Cluster(nodes) => {
                 let build = |timeout: Duration| {
@@ -168,7 +174,7 @@ impl Conn {
                 let client = build(response_timeout).map_err(&err)?;
                 let conn = client.get_async_connection().await.map_err(&err)?;
                 let blocking = build(Duration::from_secs(24 * 3600)).map_err(&err)?;
-                Ok(Conn::new(Link::Cluster { conn, blocking }))
+                Ok(Conn::new(Link::Cluster { conn, blocking }, parsed))
             }
             Topology::Sentinel {
                 sentinels,
@@ -207,11 +213,14 @@ impl Conn {
                     .get_connection_manager_with_config(cfg.clone())
                     .await
                     .map_err(&err)?;
-                Ok(Conn::new(Link::Sentinel {
-                    current: RwLock::new((mgr, client)),
-                    sentinel: Mutex::new(sentinel),
-                    cfg,
-                }))
+                Ok(Conn::new(
+                    Link::Sentinel {
+                        current: RwLock::new((mgr, client)),
+                        sentinel: Mutex::new(sentinel),
+                        cfg,
+                    },
+                    parsed,
+                ))
             }
         }
     }
