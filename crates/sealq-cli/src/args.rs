@@ -557,7 +557,8 @@ pub(crate) struct BenchArgs {
     /// --concurrency).
     #[arg(long, value_name = "N")]
     pub(crate) prefetch: Option<usize>,
-    /// Tasks per enqueue batch (one broker round trip each).
+    /// Tasks per enqueue batch (one broker round trip each; with --bulk, at
+    /// most the broker's bulk batch limit: 256 on Redis).
     #[arg(long, default_value_t = 1000)]
     pub(crate) batch: usize,
     /// Phased (enqueue, then process) or pipelined (both at once).

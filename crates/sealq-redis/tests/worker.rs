@@ -1005,6 +1005,85 @@ async fn a_bulk_enqueue_that_runs_out_of_memory_accounts_for_every_task() {
     assert_eq!(pending, (N - 1) as u64, "every task but the refused one");
 }
 
+/// A bulk enqueue sends at most `RedisOptions::bulk_batch_limit` tasks per
+/// call, whatever batch its caller asked for (one `MSETNX` per call, from
+/// `INFO commandstats`), and every task is stored; an atomic
+/// `enqueue_batch` stays one call at any size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_enqueue_sends_at_most_the_bulk_limit_per_call() {
+    let server = support::RedisServer::start();
+    server.load_library();
+    let msetnx = |e: &Env| {
+        let r = e.redis.clone();
+        async move {
+            let stats = r.command_stats().await.unwrap().expect("INFO allowed");
+            stats.commands.get("msetnx").map_or(0, |c| c.0)
+        }
+    };
+    let task = |n: usize| {
+        RawTask::typed(
+            &Greet {
+                name: format!("g{n}"),
+            },
+            EnqueueOptions::new(),
+        )
+        .unwrap()
+    };
+    let stored = |e: &Env| {
+        let b = e.broker.clone();
+        async move {
+            b.stats()
+                .await
+                .unwrap()
+                .iter()
+                .map(|q| q.pending)
+                .sum::<u64>()
+        }
+    };
+
+    let e = env_on(
+        RedisBroker::connect_with(&server.url(), RedisOptions::default())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(e.broker.bulk_batch_limit(), Some(256));
+    let before = msetnx(&e).await;
+    let results = e.client.enqueue_bulk((0..600).map(task), 1000).await;
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(msetnx(&e).await - before, 3, "256 + 256 + 88");
+    assert_eq!(stored(&e).await, 600);
+    // Smaller batches than the limit are kept as asked.
+    let before = msetnx(&e).await;
+    let results = e.client.enqueue_bulk((0..300).map(task), 100).await;
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(msetnx(&e).await - before, 3);
+    // An atomic batch is never split.
+    let before = msetnx(&e).await;
+    let results = e
+        .client
+        .enqueue_batch((0..600).map(task).collect())
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(msetnx(&e).await - before, 1);
+    assert_eq!(stored(&e).await, 1500);
+
+    // The limit is an option.
+    let wide = RedisOptions {
+        bulk_batch_limit: 1000,
+        ..RedisOptions::default().prefix("wide")
+    };
+    let e = env_on(
+        RedisBroker::connect_with(&server.url(), wide)
+            .await
+            .unwrap(),
+    );
+    let before = msetnx(&e).await;
+    let results = e.client.enqueue_bulk((0..600).map(task), 1000).await;
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(msetnx(&e).await - before, 1);
+}
+
 /// Neither enqueue path leaves anything behind for tasks it refuses: an id
 /// already stored in another queue and a task whose unique key is held get
 /// no bytes (the fast path drops those its `MSETNX` wrote; the inline path

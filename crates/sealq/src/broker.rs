@@ -440,6 +440,16 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// A short, secret-free description for logs (`sqlite:///path`, `redis://host:port`).
     fn describe(&self) -> String;
 
+    /// The most tasks a bulk enqueue ([`crate::Client::enqueue_bulk`])
+    /// should send in one call, whatever batch size its caller asked for
+    /// (`None`: no limit). A backend that runs one call at a time sets it so
+    /// that one call never holds the store long enough to stall the
+    /// workers sharing it. Atomic batches ([`Broker::enqueue`] itself) are
+    /// never split.
+    fn bulk_batch_limit(&self) -> Option<usize> {
+        None
+    }
+
     /// Erase a data subject's tasks (right to erasure), in one transaction
     /// where the backend allows: tasks with this subject tag in every state
     /// except `active` are deleted with their results and unique keys;

@@ -265,6 +265,9 @@ impl Client {
     /// Check, seal and enqueue a large number of tasks, sending them in
     /// batches of `batch` tasks while the next batch is being sealed, so that
     /// sealing (this process' CPU) and storing (the broker's) overlap.
+    /// Batches are at most the broker's [`Broker::bulk_batch_limit`] (256 on
+    /// Redis, where one call holds the server: smaller calls keep workers
+    /// sharing it fed, at the same enqueue rate).
     ///
     /// Unlike [`Client::enqueue_batch`] this is not atomic: each batch is
     /// applied on its own. The results are per task, in order. If a batch
@@ -277,7 +280,10 @@ impl Client {
         I: IntoIterator<Item = RawTask>,
         I::IntoIter: Send,
     {
-        let batch = batch.max(1);
+        let batch = match self.broker().bulk_batch_limit() {
+            Some(limit) => batch.clamp(1, limit.max(1)),
+            None => batch.max(1),
+        };
         let mut rest = tasks.into_iter();
         let mut out: Vec<Result<TaskId>> = Vec::with_capacity(rest.size_hint().0);
         let mut inflight = None;
