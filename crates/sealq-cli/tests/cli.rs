@@ -476,6 +476,13 @@ fn bench_producer_and_worker_processes_share_a_broker() {
     );
     assert!(v["enqueue_per_second"].as_f64().unwrap() > 0.0);
     assert_eq!(v["latency"]["samples"], 0, "the producer runs no handler");
+    // One runtime worker per producer loop, at most one per core.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let workers = |default: u64| match std::env::var("TOKIO_WORKER_THREADS") {
+        Ok(n) => n.parse::<u64>().unwrap(),
+        Err(_) => default,
+    };
+    assert_eq!(v["runtime_workers"].as_u64(), Some(workers(cores.min(3))));
     let stats = sb.run(&["--broker", &url, "tasks", "stats", "--json"]);
     assert!(
         stats.stdout.contains("301"),
@@ -490,6 +497,7 @@ fn bench_producer_and_worker_processes_share_a_broker() {
     let v: Value = serde_json::from_str(&out.stdout).expect("bench --json is JSON");
     assert_eq!(v["role"], "worker");
     assert_eq!(v["latency"]["samples"], 301, "the worker ran every task");
+    assert_eq!(v["runtime_workers"].as_u64(), Some(workers(cores)));
     assert!(v["process_per_second"].as_f64().unwrap() > 0.0);
 }
 

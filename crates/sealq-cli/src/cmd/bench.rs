@@ -61,6 +61,9 @@ struct Results {
     /// mode it includes the time a task waited while the enqueue phase ran.
     latency: LatencySummary,
     peak_rss_kib: Option<u64>,
+    /// Worker threads of this process' async runtime (the producer role
+    /// runs one per `--producers` loop; see `docs/redis.md` section 10).
+    runtime_workers: usize,
     /// What the run cost Redis (Redis brokers on one server, when the user
     /// may run `INFO`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -271,6 +274,7 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
         end_to_end_per_second: rate(args.tasks, total),
         latency: latencies.summary(),
         peak_rss_kib: peak_rss_kib(),
+        runtime_workers: tokio::runtime::Handle::current().metrics().num_workers(),
         redis: redis_cost,
     };
     drop(broker);
