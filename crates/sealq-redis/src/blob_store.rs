@@ -79,7 +79,12 @@ impl RedisBlobStore {
         let conn = self
             .conn
             .get_or_try_init(|| {
-                Conn::open(&self.parsed, &self.tls, std::time::Duration::from_secs(30))
+                Conn::open(
+                    &self.parsed,
+                    &self.tls,
+                    std::time::Duration::from_secs(30),
+                    self.parsed.spin_wait(crate::DEFAULT_SPIN_WAIT),
+                )
             })
             .await?;
         conn.query(cmd)

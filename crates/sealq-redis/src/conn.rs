@@ -119,31 +119,21 @@ fn redis_err<'a>(target: &'a str, what: &str) -> impl Fn(redis::RedisError) -> B
 }
 
 impl Conn {
-    /// A connection whose lone calls spin as the URL's `spin_us` says
-    /// (default [`crate::DEFAULT_SPIN_WAIT`]); the broker then applies
-    /// its options with [`Conn::spin_wait`].
-    fn new(link: Link, parsed: &Parsed) -> Conn {
-        let budget = parsed
-            .spin_us
-            .map_or(crate::DEFAULT_SPIN_WAIT, Duration::from_micros);
+    fn new(link: Link, spin: Duration) -> Conn {
         Conn {
             link,
-            spin: Spin::new(budget),
+            spin: Spin::new(spin),
         }
     }
 
-    /// Let calls that run alone busy-wait up to `budget` for their reply
-    /// (see [`Spin`]); zero turns it off.
-    pub(crate) fn spin_wait(mut self, budget: Duration) -> Conn {
-        self.spin = Spin::new(budget);
-        self
-    }
-
-    /// Connect (fails fast on refused connections, bad credentials, TLS errors).
+    /// Connect (fails fast on refused connections, bad credentials, TLS
+    /// errors). Calls that run alone spin up to `spin` for their reply
+    /// (see [`Spin`]; zero turns it off).
     pub(crate) async fn open(
         parsed: &Parsed,
         tls: &TlsFiles,
         response_timeout: Duration,
+        spin: Duration,
     ) -> Result<Conn, BrokerError> {
         let target = parsed.redacted.as_str();
         let err = redis_err(target, "connecting");
@@ -158,7 +148,7 @@ impl Conn {
                     .get_connection_manager_with_config(manager_config(response_timeout))
                     .await
                     .map_err(&err)?;
-                Ok(Conn::new(Link::Single { mgr, client }, parsed))
+                Ok(Conn::new(Link::Single { mgr, client }, spin))
             }
             Topology::Cluster(nodes) => {
                 let build = |timeout: Duration| {
@@ -174,7 +164,7 @@ impl Conn {
                 let client = build(response_timeout).map_err(&err)?;
                 let conn = client.get_async_connection().await.map_err(&err)?;
                 let blocking = build(Duration::from_secs(24 * 3600)).map_err(&err)?;
-                Ok(Conn::new(Link::Cluster { conn, blocking }, parsed))
+                Ok(Conn::new(Link::Cluster { conn, blocking }, spin))
             }
             Topology::Sentinel {
                 sentinels,
@@ -219,7 +209,7 @@ impl Conn {
                         sentinel: Mutex::new(sentinel),
                         cfg,
                     },
-                    parsed,
+                    spin,
                 ))
             }
         }

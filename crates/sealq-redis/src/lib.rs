@@ -372,9 +372,7 @@ impl RedisBroker {
         if let Some(p) = &parsed.prefix {
             options.prefix = p.clone();
         }
-        if let Some(us) = parsed.spin_us {
-            options.spin_wait = Duration::from_micros(us);
-        }
+        options.spin_wait = parsed.spin_wait(options.spin_wait);
         validate_prefix(&options.prefix)?;
         if let Some(ca) = &parsed.ca {
             options.tls.ca_pem = Some(read_pem(ca, "CA certificate")?);
@@ -385,9 +383,13 @@ impl RedisBroker {
                 read_pem(k, "client key")?,
             ));
         }
-        let conn = Conn::open(&parsed, &options.tls, options.response_timeout)
-            .await?
-            .spin_wait(options.spin_wait);
+        let conn = Conn::open(
+            &parsed,
+            &options.tls,
+            options.response_timeout,
+            options.spin_wait,
+        )
+        .await?;
         let target = parsed.redacted.clone();
         // Prove the connection works (and the credentials) before returning.
         let pong: Result<String, _> = conn.query(&redis::cmd("PING")).await;

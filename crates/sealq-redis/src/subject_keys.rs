@@ -95,7 +95,14 @@ impl RedisSubjectKeyStore {
 
     async fn conn(&self) -> BrokerResult<&Conn> {
         self.conn
-            .get_or_try_init(|| Conn::open(&self.parsed, &self.tls, self.timeout))
+            .get_or_try_init(|| {
+                Conn::open(
+                    &self.parsed,
+                    &self.tls,
+                    self.timeout,
+                    self.parsed.spin_wait(crate::DEFAULT_SPIN_WAIT),
+                )
+            })
             .await
     }
 

@@ -56,6 +56,14 @@ impl std::fmt::Debug for Parsed {
     }
 }
 
+impl Parsed {
+    /// The URL's `spin_us`, or `default` when it has none.
+    pub(crate) fn spin_wait(&self, default: std::time::Duration) -> std::time::Duration {
+        self.spin_us
+            .map_or(default, std::time::Duration::from_micros)
+    }
+}
+
 /// A URL with any `user:password@` part replaced, for messages and logs.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

@@ -280,10 +280,11 @@ impl Client {
         I: IntoIterator<Item = RawTask>,
         I::IntoIter: Send,
     {
-        let batch = match self.broker().bulk_batch_limit() {
-            Some(limit) => batch.clamp(1, limit.max(1)),
-            None => batch.max(1),
-        };
+        let batch = self
+            .broker()
+            .bulk_batch_limit()
+            .map_or(batch, |limit| batch.min(limit))
+            .max(1);
         let mut rest = tasks.into_iter();
         let mut out: Vec<Result<TaskId>> = Vec::with_capacity(rest.size_hint().0);
         let mut inflight = None;
