@@ -3,21 +3,22 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::Serialize;
-
 use crate::audit::hooks as audit_hooks;
-use crate::broker::{Broker, EnqueueResult, NewTask};
-use crate::clock::{SharedClock, system_clock};
-use crate::envelope::{Aad, Purpose};
 use crate::error::{BrokerError, BrokerErrorKind, Error, Result};
-use crate::keyring::Keyring;
-use crate::options::{
+use crate::model::clock::{SharedClock, system_clock};
+use crate::model::id::{SubjectTag, TaskId};
+use crate::model::options::{
     DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, DEFAULT_RETENTION, DEFAULT_TIMEOUT, EnqueueOptions,
     validate_kind, validate_queue_name,
 };
+use crate::model::record::NewTask;
+use crate::model::task::{Task, TaskMeta, duration_ms, encode_payload};
 use crate::policy::PayloadPolicy;
-use crate::subject_keys::{DataKey, SubjectKeys};
-use crate::task::{SubjectTag, Task, TaskId, TaskMeta, duration_ms, encode_payload};
+use crate::seal::data_key::DataKey;
+use crate::seal::envelope::{Aad, Purpose};
+use crate::seal::keyring::Keyring;
+use crate::store::broker::{Broker, EnqueueResult};
+use crate::subject_keys::SubjectKeys;
 
 /// One task to enqueue, before sealing: a type name, the MessagePack payload
 /// and options. The dynamic counterpart of a typed [`Task`], for tools.
@@ -95,7 +96,7 @@ struct Inner {
     keyring: Arc<Keyring>,
     policy: PayloadPolicy,
     /// Claim-check: the blob store and the offload threshold (payload bytes).
-    blobs: Option<(Arc<dyn crate::blob::BlobStore>, usize)>,
+    blobs: Option<(Arc<dyn crate::store::blob::BlobStore>, usize)>,
     producer: String,
     clock: SharedClock,
     audit: Option<crate::audit::Auditor>,
@@ -109,7 +110,7 @@ pub struct ClientBuilder {
     broker: Arc<dyn Broker>,
     keyring: Arc<Keyring>,
     policy: PayloadPolicy,
-    blobs: Option<(Arc<dyn crate::blob::BlobStore>, usize)>,
+    blobs: Option<(Arc<dyn crate::store::blob::BlobStore>, usize)>,
     producer: Option<String>,
     clock: SharedClock,
     audit: Option<crate::audit::Auditor>,
@@ -129,7 +130,11 @@ impl ClientBuilder {
     /// sealed claim. The queue's size budget then applies to what the broker
     /// stores, so these payloads pass it; the scanner still runs. Workers
     /// need the same store ([`crate::WorkerBuilder::blob_store`]).
-    pub fn blob_store(mut self, store: Arc<dyn crate::blob::BlobStore>, threshold: usize) -> Self {
+    pub fn blob_store(
+        mut self,
+        store: Arc<dyn crate::store::blob::BlobStore>,
+        threshold: usize,
+    ) -> Self {
         self.blobs = Some((store, threshold));
         self
     }
@@ -165,26 +170,14 @@ impl ClientBuilder {
                 keyring: self.keyring,
                 policy: self.policy,
                 blobs: self.blobs,
-                producer: self.producer.unwrap_or_else(default_process_id),
+                producer: self
+                    .producer
+                    .unwrap_or_else(crate::model::id::default_process_id),
                 clock: self.clock,
                 audit: self.audit,
             }),
         }
     }
-}
-
-/// `host:pid`, used as default producer and worker id.
-pub(crate) fn default_process_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "localhost".to_owned());
-    format!("{host}:{}", std::process::id())
 }
 
 impl Client {
@@ -222,7 +215,7 @@ impl Client {
     }
 
     /// The claim-check store, if any.
-    pub(crate) fn blob_store(&self) -> Option<&dyn crate::blob::BlobStore> {
+    pub(crate) fn blob_store(&self) -> Option<&dyn crate::store::blob::BlobStore> {
         self.inner.blobs.as_ref().map(|(s, _)| &**s)
     }
 
@@ -435,13 +428,14 @@ impl Client {
         if let Some(a) = &self.inner.audit {
             a.wait_for_room().await;
         }
-        let mut events: Vec<Option<crate::audit::EnqueuedEntry>> = match &self.inner.audit {
-            Some(_) => sealed
-                .iter()
-                .map(|t| Some(audit_hooks::enqueued_entry(t)))
-                .collect(),
-            None => Vec::new(),
-        };
+        let mut events: Vec<Option<crate::model::audit_event::EnqueuedEntry>> =
+            match &self.inner.audit {
+                Some(_) => sealed
+                    .iter()
+                    .map(|t| Some(audit_hooks::enqueued_entry(t)))
+                    .collect(),
+                None => Vec::new(),
+            };
         let mut accepted = Vec::new();
         // For a refusal by a full queue: which queue (and, audited, which
         // type). One copy per run of tasks sharing them, not one per task.
@@ -484,7 +478,7 @@ impl Client {
                         .and_then(|&n| names.get(n).cloned())
                         .unwrap_or_default();
                     if let (Some(a), Some(kind)) = (&self.inner.audit, kind) {
-                        a.record(crate::audit::AuditEvent::PolicyRejected {
+                        a.record(crate::model::audit_event::AuditEvent::PolicyRejected {
                             queue: queue.clone(),
                             kind,
                             producer: self.producer().to_owned(),
@@ -545,59 +539,6 @@ impl Client {
     pub async fn seal_async(&self, task: RawTask) -> Result<NewTask> {
         let keys = self.data_keys_for(std::slice::from_ref(&task)).await?;
         self.seal_with(task, &keys)
-    }
-
-    /// Erase a data subject (right to erasure, crypto-shredding): delete the
-    /// subject's tasks in every state (active ones end archived as `erased`),
-    /// destroy its data key so every earlier copy of its envelopes, results
-    /// and errors becomes unreadable, and write a receipt to the audit log.
-    /// The receipt names the subject only by its keyed tag. Erasing an
-    /// unknown subject succeeds with zero counts; erasing twice is harmless.
-    pub async fn erase_subject(
-        &self,
-        subject: &str,
-        operator: &str,
-    ) -> Result<crate::subject_keys::ErasureReceipt> {
-        let tag = self.inner.keyring.subject_tag(subject);
-        let counts = self.inner.broker.erase_subject(&tag).await?;
-        let key_destroyed = match &self.inner.subject_keys {
-            Some(keys) => keys.destroy(&tag).await?,
-            None => false,
-        };
-        let receipt = crate::subject_keys::ErasureReceipt {
-            subject_tag: tag.to_hex(),
-            counts,
-            key_destroyed,
-            time_ms: self.inner.clock.now_ms(),
-            operator: operator.to_owned(),
-        };
-        if let Some(a) = &self.inner.audit {
-            let c = &receipt.counts;
-            let counts = [
-                ("scheduled", c.scheduled),
-                ("pending", c.pending),
-                ("active", c.active),
-                ("retry", c.retry),
-                ("completed", c.completed),
-                ("archived", c.archived),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-            a.record(crate::audit::AuditEvent::SubjectErased {
-                receipt_id: crate::TaskId::new().to_string(),
-                subject_tag: receipt.subject_tag.clone(),
-                counts,
-                key_destroyed,
-                operator: operator.to_owned(),
-            });
-            a.flush().await.map_err(|e| {
-                Error::Audit(format!(
-                    "the subject was erased but its receipt was not written: {e}"
-                ))
-            })?;
-        }
-        Ok(receipt)
     }
 
     fn seal_with(
@@ -690,14 +631,6 @@ impl Client {
             unique: options.unique.map(|(k, ttl)| (k, duration_ms(ttl))),
         })
     }
-}
-
-/// Encode a result value for [`crate::worker::TaskContext::set_result`].
-pub(crate) fn encode_result<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
-    rmp_serde::to_vec_named(value).map_err(|e| Error::Codec {
-        what: "result",
-        reason: e.to_string(),
-    })
 }
 
 /// Tasks checked and sealed, not yet sent ([`Client::prepare`]).

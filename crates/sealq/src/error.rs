@@ -6,7 +6,7 @@
 //! broker, or a misuse of the API / configuration. Messages say what was wrong
 //! and what to do about it; they never contain a payload, a result or a key.
 
-use crate::task::TaskId;
+use crate::model::id::TaskId;
 
 /// Errors returned by sealq.
 #[derive(Debug, thiserror::Error)]

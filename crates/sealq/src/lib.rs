@@ -24,44 +24,56 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// The layers, bottom up; `tests/layers.rs` checks that each imports only
+// those below it (docs/internals.md).
+pub mod admin;
 pub mod audit;
-pub mod backoff;
 pub mod blob;
-pub mod broker;
 mod client;
-pub mod clock;
-pub mod envelope;
 mod error;
-mod hexfmt;
-pub mod keyring;
-mod operator;
-pub mod options;
+pub mod model;
 pub mod policy;
 pub mod reference;
-pub mod reseal;
 pub mod scheduler;
+pub mod seal;
+pub mod store;
 pub mod subject_keys;
-pub mod task;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod worker;
 
+// Paths from before the layers were drawn, kept for users.
+pub use admin::reseal;
+pub use model::{backoff, clock, options};
+pub use seal::{envelope, keyring};
+pub use store::broker;
+
+/// The task model: ids, states, archive reasons, the [`Task`] trait and the
+/// clear metadata (now in [`model`]; this path is kept for users).
+pub mod task {
+    pub use crate::model::id::{SubjectTag, TaskId};
+    pub use crate::model::state::{ArchiveReason, TaskState};
+    pub use crate::model::task::{Task, TaskMeta, decode_payload, encode_payload};
+}
+
+pub use admin::Revealed;
 pub use audit::{AuditEvent, AuditSink, Auditor};
-pub use backoff::Backoff;
-pub use broker::Broker;
 pub use client::{Client, ClientBuilder, RawTask};
-pub use clock::{Clock, SystemClock};
 pub use error::{BrokerError, BrokerErrorKind, Error, IntegrityError, Result};
-pub use keyring::Keyring;
-pub use operator::Revealed;
-pub use options::EnqueueOptions;
+pub use model::backoff::Backoff;
+pub use model::clock::{Clock, SystemClock};
+pub use model::id::{SubjectTag, TaskId};
+pub use model::options::EnqueueOptions;
+pub use model::state::{ArchiveReason, TaskState};
+pub use model::task::{Task, TaskMeta};
 pub use policy::{Finding, PayloadPolicy, PolicyMode, Rule};
 pub use reference::{
     CacheOptions, PayloadStats, Ref, ResolveError, Resolver, ResolverOptions, Resolvers,
     payload_report,
 };
 pub use scheduler::{Scheduler, SchedulerBuilder, SchedulerHandle};
-pub use task::{ArchiveReason, SubjectTag, Task, TaskId, TaskMeta, TaskState};
+pub use seal::keyring::Keyring;
+pub use store::{Broker, Stores};
 pub use worker::{
     Failure, HandlerResult, Priority, RawPayload, TaskContext, TaskError, Worker, WorkerBuilder,
     WorkerHandle, WorkerReport,

@@ -40,7 +40,7 @@ use tracing::warn;
 
 use crate::client::{Client, RawTask};
 use crate::error::{Error, Result};
-use crate::task::TaskId;
+use crate::model::id::TaskId;
 
 /// The id of the task schedule `name` enqueues for the tick at `tick_ms`
 /// (Unix ms): a UUID v7 whose time is the tick and whose other 74 bits come

@@ -1,102 +1,26 @@
-//! Per-subject data keys: erasure by crypto-shredding.
+//! Subject data keys at run time: fetched from or created in the
+//! [`SubjectKeyStore`], unwrapped with the keyring's KEKs
+//! ([`crate::seal::data_key`]), cached briefly and dropped when an erasure
+//! bumps the store's epoch.
 //!
-//! A task enqueued with a subject (`EnqueueOptions::subject("user-42")`) is
-//! sealed with that subject's own random **data key**, not the keyring's
-//! primary key. Its result and error messages are sealed with the same key.
-//! Data keys are stored wrapped (XChaCha20-Poly1305) under a key-encryption
-//! key (KEK), in a [`SubjectKeyStore`] that is **separate from the task
-//! store**: the embedded broker keeps it in its own file beside the database.
-//! The KEK is derived from the keyring's primary sealing key
-//! (HKDF, label `sealq-subject-kek-v2`), so it rotates with the keyring:
-//! after `keys rotate`, new data keys are wrapped under the new primary's
-//! KEK, [`SubjectKeys::rewrap_all`] (run by `sealq keys reseal`) re-wraps the
-//! stored ones, and `keys remove` refuses to drop a key that still wraps
-//! any. Keys wrapped by earlier versions under the KEK derived from the
-//! `subject_tag_key` (format 1) still open and are re-wrapped the same way.
-//!
-//! Erasing a subject deletes its tasks and destroys its wrapped key. Copies of
-//! the task store made earlier (file copies, backups, replicas, AOF/RDB) then
-//! hold ciphertext nobody can open: the key that opened it is gone. This only
-//! holds if the key store itself is not copied into long-lived backups; see
+//! Erasing a subject deletes its tasks and destroys its wrapped key. Copies
+//! of the task store made earlier then hold ciphertext nobody can open; see
 //! `docs/compliance.md`.
-//!
-//! Envelopes sealed with a data key name the reserved key id
-//! [`SUBJECT_KEY_ID`]; the subject tag in their associated data says which
-//! subject's key opens them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use chacha20poly1305::aead::AeadInOut;
-use chacha20poly1305::{Key, KeyInit, Tag, XChaCha20Poly1305, XNonce};
-use zeroize::Zeroizing;
+use crate::error::Error;
+use crate::model::id::SubjectTag;
+use crate::seal::data_key::Keks;
+use crate::seal::keyring::Keyring;
 
-use crate::broker::BrokerResult;
-use crate::envelope::{Aad, parse_header};
-use crate::error::{Error, IntegrityError};
-use crate::keyring::{Keyring, open_with_cipher, random_nonce, seal_with_cipher};
-use crate::task::SubjectTag;
-
-/// The key id in the header of envelopes sealed with a subject's data key.
-pub const SUBJECT_KEY_ID: &str = "subject";
-
-/// Label of the format-1 KEK, derived from the keyring's `subject_tag_key`
-/// (which never rotates): read only.
-const KEK_LABEL: &str = "sealq-subject-kek-v1";
-/// Label of the format-2 KEKs, one derived from each sealing key.
-const KEK_V2_LABEL: &str = "sealq-subject-kek-v2";
-/// Domain of the format-1 wrapping's associated data.
-const WRAP_DOMAIN: &[u8] = b"sealq-subject-key-v1";
-/// Domain of the format-2 wrapping's associated data.
-const WRAP_DOMAIN_V2: &[u8] = b"sealq-subject-key-v2";
-/// Format 1: version byte 1, 24-byte nonce, 32-byte key, 16-byte tag.
-const WRAPPED_LEN: usize = 1 + 24 + 32 + 16;
-/// Format 2: version byte 2, key id length (1 byte), key id, then as format 1.
-const WRAPPED_V2_FIXED: usize = 2 + 24 + 32 + 16;
-
-/// What a stored wrapped subject key is wrapped under.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum WrappedUnder {
-    /// Format 1: the KEK derived from the keyring's `subject_tag_key`
-    /// (written before KEKs rotated with the sealing keys).
-    TagKey,
-    /// Format 2: the KEK derived from this sealing key id.
-    Key(String),
-}
-
-impl std::fmt::Display for WrappedUnder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            WrappedUnder::TagKey => f.write_str("subject_tag_key (format 1)"),
-            WrappedUnder::Key(id) => write!(f, "{id}"),
-        }
-    }
-}
-
-impl WrappedUnder {
-    /// The key a stored wrapped key names, from its bytes alone; `None` for
-    /// bytes in no known format.
-    pub fn of(wrapped: &[u8]) -> Option<WrappedUnder> {
-        match wrapped.first()? {
-            1 if wrapped.len() == WRAPPED_LEN => Some(WrappedUnder::TagKey),
-            2 => {
-                let n = usize::from(*wrapped.get(1)?);
-                let id = wrapped.get(2..2 + n)?;
-                (wrapped.len() == WRAPPED_V2_FIXED + n)
-                    .then(|| {
-                        std::str::from_utf8(id)
-                            .ok()
-                            .map(|s| WrappedUnder::Key(s.to_owned()))
-                    })
-                    .flatten()
-            }
-            _ => None,
-        }
-    }
-}
+// Paths of the items that lived here before the layers were drawn.
+pub use crate::model::counts::{ErasureCounts, ErasureReceipt};
+pub use crate::seal::data_key::{DataKey, SUBJECT_KEY_ID, WrappedUnder, is_subject_sealed};
+pub use crate::store::subject_keys::SubjectKeyStore;
 
 /// What [`SubjectKeys::rewrap_all`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -119,132 +43,6 @@ pub struct RewrapReport {
     pub remaining: std::collections::BTreeMap<String, u64>,
 }
 
-/// The wrapping's associated data: domain, subject tag and, for format 2,
-/// the wrapping key id (length-prefixed).
-fn wrap_ad(tag: &SubjectTag, key_id: Option<&str>) -> Vec<u8> {
-    let mut ad = Vec::with_capacity(WRAP_DOMAIN_V2.len() + 33 + key_id.map_or(0, str::len));
-    match key_id {
-        None => ad.extend_from_slice(WRAP_DOMAIN),
-        Some(_) => ad.extend_from_slice(WRAP_DOMAIN_V2),
-    }
-    ad.extend_from_slice(&tag.0);
-    if let Some(id) = key_id {
-        ad.push(id.len() as u8);
-        ad.extend_from_slice(id.as_bytes());
-    }
-    ad
-}
-
-/// One subject's data key. Wiped from memory on drop; never printed.
-pub struct DataKey {
-    secret: Zeroizing<[u8; 32]>,
-    cipher: XChaCha20Poly1305,
-}
-
-impl std::fmt::Debug for DataKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DataKey(..)")
-    }
-}
-
-impl DataKey {
-    fn from_secret(secret: Zeroizing<[u8; 32]>) -> Self {
-        let cipher = XChaCha20Poly1305::new(<&Key>::from(&*secret));
-        DataKey { secret, cipher }
-    }
-
-    fn generate() -> Result<Self, Error> {
-        let mut secret = Zeroizing::new([0u8; 32]);
-        getrandom::fill(secret.as_mut()).map_err(|e| {
-            Error::Keyring(format!(
-                "the operating system's random number generator failed: {e}"
-            ))
-        })?;
-        Ok(Self::from_secret(secret))
-    }
-
-    /// Seal `plaintext` for `aad` with this key (header key id [`SUBJECT_KEY_ID`]).
-    pub fn seal(&self, aad: &Aad<'_>, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
-        seal_with_cipher(
-            &self.cipher,
-            SUBJECT_KEY_ID,
-            aad,
-            plaintext,
-            random_nonce()?,
-        )
-    }
-
-    /// Open an envelope sealed with [`DataKey::seal`].
-    pub fn open(
-        &self,
-        aad: &Aad<'_>,
-        envelope: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, IntegrityError> {
-        open_with_cipher(&self.cipher, aad, envelope)
-    }
-}
-
-/// `true` when `envelope`'s header names a subject data key.
-pub fn is_subject_sealed(envelope: &[u8]) -> bool {
-    parse_header(envelope).is_ok_and(|h| h.key_id == SUBJECT_KEY_ID)
-}
-
-/// Where wrapped subject keys live. Keep it apart from the task store and
-/// out of long-lived backups: destroying a key must destroy every copy.
-#[async_trait]
-pub trait SubjectKeyStore: Send + Sync + std::fmt::Debug + 'static {
-    /// The wrapped key of `tag`, if any.
-    async fn get(&self, tag: &SubjectTag) -> BrokerResult<Option<Vec<u8>>>;
-    /// Store `wrapped` unless a key exists already; return the stored key
-    /// (so concurrent producers agree on one key per subject).
-    async fn put_if_absent(&self, tag: &SubjectTag, wrapped: Vec<u8>) -> BrokerResult<Vec<u8>>;
-    /// [`SubjectKeyStore::get`] for many subjects (one round trip where the
-    /// backend allows; the default asks one by one).
-    async fn get_many(&self, tags: &[SubjectTag]) -> BrokerResult<Vec<Option<Vec<u8>>>> {
-        let mut out = Vec::with_capacity(tags.len());
-        for tag in tags {
-            out.push(self.get(tag).await?);
-        }
-        Ok(out)
-    }
-    /// [`SubjectKeyStore::put_if_absent`] for many subjects (one round trip /
-    /// one durable write where the backend allows; the default goes one by one).
-    async fn put_many_if_absent(
-        &self,
-        items: Vec<(SubjectTag, Vec<u8>)>,
-    ) -> BrokerResult<Vec<Vec<u8>>> {
-        let mut out = Vec::with_capacity(items.len());
-        for (tag, wrapped) in items {
-            out.push(self.put_if_absent(&tag, wrapped).await?);
-        }
-        Ok(out)
-    }
-    /// Destroy the key of `tag` and bump the erasure epoch; `true` if a key existed.
-    async fn destroy(&self, tag: &SubjectTag) -> BrokerResult<bool>;
-    /// Every stored wrapped key, with its subject tag (for re-wrapping after
-    /// a key rotation). The default says the store cannot list.
-    async fn list(&self) -> BrokerResult<Vec<(SubjectTag, Vec<u8>)>> {
-        Err(crate::BrokerError::new(
-            crate::BrokerErrorKind::Config,
-            format!("{self:?} cannot list its subject keys (SubjectKeyStore::list)"),
-        ))
-    }
-    /// Replace `tag`'s wrapped key with `new` only if it is still `old`
-    /// (atomically: never resurrects a key destroyed meanwhile, never
-    /// overwrites a newer one); `true` when replaced. The default says the
-    /// store cannot.
-    async fn replace(&self, tag: &SubjectTag, old: &[u8], new: Vec<u8>) -> BrokerResult<bool> {
-        let _ = (tag, old, new);
-        Err(crate::BrokerError::new(
-            crate::BrokerErrorKind::Config,
-            format!("{self:?} cannot replace its subject keys (SubjectKeyStore::replace)"),
-        ))
-    }
-    /// The erasure epoch: bumped by every [`SubjectKeyStore::destroy`], so
-    /// processes caching keys know to drop them.
-    async fn epoch(&self) -> BrokerResult<u64>;
-}
-
 /// Data keys for sealing and opening, with a short in-process cache.
 ///
 /// Cached keys are dropped when the store's erasure epoch changes (checked
@@ -252,12 +50,8 @@ pub trait SubjectKeyStore: Send + Sync + std::fmt::Debug + 'static {
 /// or after the cache TTL.
 pub struct SubjectKeys {
     store: Arc<dyn SubjectKeyStore>,
-    /// The format-1 KEK (from the `subject_tag_key`): opens only.
-    legacy: XChaCha20Poly1305,
-    /// The format-2 KEK of every keyring key, by key id.
-    keks: HashMap<String, XChaCha20Poly1305>,
-    /// The keyring's primary key id: its KEK wraps new keys.
-    primary: String,
+    /// The key-encryption keys derived from the keyring.
+    keks: Keks,
     cache: Mutex<HashMap<SubjectTag, (Arc<DataKey>, Instant)>>,
     ttl: Duration,
     epoch: AtomicU64,
@@ -277,19 +71,9 @@ impl SubjectKeys {
     /// Data keys from `store`, wrapped under KEKs derived from `keyring`'s
     /// keys (new ones under its primary key's).
     pub fn new(store: Arc<dyn SubjectKeyStore>, keyring: &Keyring) -> Self {
-        let legacy = keyring.derive_subkey(KEK_LABEL);
-        let keks = keyring
-            .key_ids()
-            .filter_map(|id| {
-                let kek = keyring.derive_from_key(id, KEK_V2_LABEL)?;
-                Some((id.to_owned(), XChaCha20Poly1305::new(<&Key>::from(&*kek))))
-            })
-            .collect();
         SubjectKeys {
             store,
-            legacy: XChaCha20Poly1305::new(<&Key>::from(&*legacy)),
-            keks,
-            primary: keyring.primary_key_id().to_owned(),
+            keks: Keks::from_keyring(keyring),
             cache: Mutex::new(HashMap::new()),
             ttl: Duration::from_secs(30),
             epoch: AtomicU64::new(0),
@@ -352,11 +136,11 @@ impl SubjectKeys {
             Some(w) => w,
             None => {
                 let fresh = DataKey::generate()?;
-                let wrapped = self.wrap(tag, &fresh)?;
+                let wrapped = self.keks.wrap(tag, &fresh)?;
                 self.store.put_if_absent(tag, wrapped).await?
             }
         };
-        let key = Arc::new(self.unwrap(tag, &stored)?);
+        let key = Arc::new(self.keks.unwrap(tag, &stored)?);
         self.cache().insert(*tag, (key.clone(), Instant::now()));
         Ok(key)
     }
@@ -392,7 +176,7 @@ impl SubjectKeys {
                 Some(w) => found.push((tag, w)),
                 None => {
                     let key = DataKey::generate()?;
-                    fresh.push((tag, self.wrap(&tag, &key)?));
+                    fresh.push((tag, self.keks.wrap(&tag, &key)?));
                 }
             }
         }
@@ -405,7 +189,7 @@ impl SubjectKeys {
         let now = Instant::now();
         let mut cache = self.cache();
         for (tag, wrapped) in found {
-            let key = Arc::new(self.unwrap(&tag, &wrapped)?);
+            let key = Arc::new(self.keks.unwrap(&tag, &wrapped)?);
             cache.insert(tag, (key.clone(), now));
             out.insert(tag, key);
         }
@@ -421,7 +205,7 @@ impl SubjectKeys {
         let Some(stored) = self.store.get(tag).await? else {
             return Ok(None);
         };
-        let key = Arc::new(self.unwrap(tag, &stored)?);
+        let key = Arc::new(self.keks.unwrap(tag, &stored)?);
         self.cache().insert(*tag, (key.clone(), Instant::now()));
         Ok(Some(key))
     }
@@ -444,10 +228,10 @@ impl SubjectKeys {
         dry_run: bool,
     ) -> Result<RewrapReport, Error> {
         let mut report = RewrapReport {
-            to_key: self.primary.clone(),
+            to_key: self.keks.primary().to_owned(),
             ..RewrapReport::default()
         };
-        let primary = WrappedUnder::Key(self.primary.clone());
+        let primary = WrappedUnder::Key(self.keks.primary().to_owned());
         for (tag, wrapped) in self.store.list().await? {
             let under = WrappedUnder::of(&wrapped);
             if under.as_ref() == Some(&primary) {
@@ -466,7 +250,7 @@ impl SubjectKeys {
                 *report.remaining.entry(label).or_default() += 1;
                 continue;
             }
-            let key = match self.unwrap(&tag, &wrapped) {
+            let key = match self.keks.unwrap(&tag, &wrapped) {
                 Ok(k) => k,
                 Err(e) => {
                     report.failed.push((tag.to_hex(), e.to_string()));
@@ -478,7 +262,7 @@ impl SubjectKeys {
                 report.rewrapped += 1;
                 continue;
             }
-            let fresh = self.wrap(&tag, &key)?;
+            let fresh = self.keks.wrap(&tag, &key)?;
             if self.store.replace(&tag, &wrapped, fresh).await? {
                 report.rewrapped += 1;
             } else {
@@ -498,103 +282,15 @@ impl SubjectKeys {
         }
         Ok(out)
     }
-
-    /// Wrap `key` (format 2) under the primary key's KEK.
-    fn wrap(&self, tag: &SubjectTag, key: &DataKey) -> Result<Vec<u8>, Error> {
-        let id = self.primary.as_str();
-        let kek = self.keks.get(id).ok_or_else(|| {
-            Error::Keyring(format!("the keyring's primary key `{id}` is missing"))
-        })?;
-        let nonce = random_nonce()?;
-        let ad = wrap_ad(tag, Some(id));
-        let mut out = Vec::with_capacity(WRAPPED_V2_FIXED + id.len());
-        out.push(2);
-        // Invariant: key ids are at most 64 bytes (Keyring validates them).
-        out.push(id.len() as u8);
-        out.extend_from_slice(id.as_bytes());
-        out.extend_from_slice(&nonce);
-        let at = out.len();
-        out.extend_from_slice(key.secret.as_ref());
-        let t = kek
-            .encrypt_inout_detached(<&XNonce>::from(&nonce), &ad, (&mut out[at..]).into())
-            .map_err(|_| Error::Keyring("wrapping a subject key failed".into()))?;
-        out.extend_from_slice(&t);
-        Ok(out)
-    }
-
-    /// Unwrap a stored key of either format.
-    fn unwrap(&self, tag: &SubjectTag, wrapped: &[u8]) -> Result<DataKey, Error> {
-        let bad = || Error::Integrity(IntegrityError::Tampered);
-        let (kek, ad, body) = match WrappedUnder::of(wrapped).ok_or_else(bad)? {
-            WrappedUnder::TagKey => (&self.legacy, wrap_ad(tag, None), &wrapped[1..]),
-            WrappedUnder::Key(id) => {
-                let kek = self.keks.get(&id).ok_or_else(|| {
-                    Error::Keyring(format!(
-                        "a subject key is wrapped under key `{id}`, which this keyring does not hold"
-                    ))
-                })?;
-                (kek, wrap_ad(tag, Some(&id)), &wrapped[2 + id.len()..])
-            }
-        };
-        // body: nonce (24), key (32), tag (16).
-        let nonce: [u8; 24] = body[..24].try_into().map_err(|_| bad())?;
-        let mut secret = Zeroizing::new([0u8; 32]);
-        secret.copy_from_slice(&body[24..56]);
-        let t = <&Tag>::try_from(&body[56..]).map_err(|_| bad())?;
-        kek.decrypt_inout_detached(
-            <&XNonce>::from(&nonce),
-            &ad,
-            secret.as_mut_slice().into(),
-            t,
-        )
-        .map_err(|_| bad())?;
-        Ok(DataKey::from_secret(secret))
-    }
-}
-
-/// Counts of one subject's tasks removed by an erasure, by state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ErasureCounts {
-    /// Scheduled tasks deleted.
-    pub scheduled: u64,
-    /// Pending tasks deleted.
-    pub pending: u64,
-    /// Active tasks: archived with reason `erased`, their envelope wiped, lease revoked.
-    pub active: u64,
-    /// Tasks waiting to retry, deleted.
-    pub retry: u64,
-    /// Completed tasks (with their results) deleted.
-    pub completed: u64,
-    /// Archived tasks deleted.
-    pub archived: u64,
-}
-
-impl ErasureCounts {
-    /// All tasks touched.
-    pub fn total(&self) -> u64 {
-        self.scheduled + self.pending + self.active + self.retry + self.completed + self.archived
-    }
-}
-
-/// What an erasure did; names no personal data (the subject appears only
-/// as its keyed tag).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ErasureReceipt {
-    /// Keyed hash of the subject id (hex).
-    pub subject_tag: String,
-    /// Tasks removed, by state.
-    pub counts: ErasureCounts,
-    /// Whether a data key existed and was destroyed.
-    pub key_destroyed: bool,
-    /// When, Unix ms.
-    pub time_ms: i64,
-    /// Who asked for it.
-    pub operator: String,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use async_trait::async_trait;
+
+    use crate::seal::envelope::Aad;
+    use crate::store::broker::BrokerResult;
 
     #[derive(Debug, Default)]
     struct Mem {
@@ -639,25 +335,6 @@ mod tests {
         }
     }
 
-    /// A format-1 wrapped key (what earlier versions stored), for `key`.
-    fn wrap_v1(keyring: &Keyring, tag: &SubjectTag, key: &DataKey) -> Vec<u8> {
-        let kek = keyring.derive_subkey(KEK_LABEL);
-        let kek = XChaCha20Poly1305::new(<&Key>::from(&*kek));
-        let nonce = random_nonce().unwrap();
-        let mut out = vec![1];
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(key.secret.as_ref());
-        let t = kek
-            .encrypt_inout_detached(
-                <&XNonce>::from(&nonce),
-                &wrap_ad(tag, None),
-                (&mut out[25..]).into(),
-            )
-            .unwrap();
-        out.extend_from_slice(&t);
-        out
-    }
-
     #[tokio::test]
     async fn the_kek_rotates_with_the_keyring_and_rewrap_moves_every_key() {
         let mut keyring = Keyring::generate();
@@ -685,7 +362,7 @@ mod tests {
         let legacy = DataKey::generate().unwrap();
         let sealed3 = legacy.seal(&ad3, b"three").unwrap();
         store
-            .put_if_absent(&t3, wrap_v1(&keyring, &t3, &legacy))
+            .put_if_absent(&t3, crate::seal::data_key::wrap_v1(&keyring, &t3, &legacy))
             .await
             .unwrap();
 
@@ -774,8 +451,8 @@ mod tests {
 
     fn aad(tag: SubjectTag) -> Aad<'static> {
         Aad {
-            purpose: crate::envelope::Purpose::Payload,
-            task_id: crate::TaskId::new(),
+            purpose: crate::seal::envelope::Purpose::Payload,
+            task_id: crate::model::id::TaskId::new(),
             queue: "q",
             kind: "k",
             producer: "p",

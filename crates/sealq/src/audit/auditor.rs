@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use super::event::{AuditEvent, StartedEntry};
-use super::record::{
+use crate::error::Error;
+use crate::model::audit_event::{AuditEvent, StartedEntry};
+use crate::model::clock::wall_clock_ms;
+use crate::model::id::default_process_id;
+use crate::seal::audit_chain::{
     AuditKeys, AuditRecord, Checkpoint, GENESIS, RecordMac, canonical_into, chain_hash,
 };
-use super::sink::{AuditError, AuditSink};
-use crate::error::Error;
-use crate::keyring::Keyring;
+use crate::seal::keyring::Keyring;
+use crate::store::audit::{AuditError, AuditSink};
 
 /// Default: a checkpoint after this many records of one writer.
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
@@ -189,17 +191,7 @@ impl AuditorBuilder {
 
 /// `host:pid:xxxxxxxx`.
 fn default_writer_id() -> String {
-    format!(
-        "{}:{:08x}",
-        crate::client::default_process_id(),
-        rand::random::<u32>()
-    )
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    format!("{}:{:08x}", default_process_id(), rand::random::<u32>())
 }
 
 impl Auditor {
@@ -230,7 +222,7 @@ impl Auditor {
     /// Queue an event. Never blocks and never fails: after [`Auditor::close`]
     /// the event is counted as dropped.
     pub fn record(&self, event: AuditEvent) {
-        self.record_at(now_ms(), event);
+        self.record_at(wall_clock_ms(), event);
     }
 
     /// Queue an event that happened at `time_ms` (Unix ms), e.g. a task's
@@ -482,7 +474,7 @@ impl Chain {
             seq,
             time_ms,
             event,
-            mac: crate::hexfmt::encode(mac),
+            mac: crate::model::hex::encode(mac),
         });
         self.pending_hashes.push(hash);
     }
@@ -528,9 +520,9 @@ impl Chain {
         let mut cp = Checkpoint {
             writer: self.writer.clone(),
             seq,
-            head_mac: crate::hexfmt::encode(mac),
-            head_hash: crate::hexfmt::encode(hash),
-            time_ms: now_ms(),
+            head_mac: crate::model::hex::encode(mac),
+            head_hash: crate::model::hex::encode(hash),
+            time_ms: wall_clock_ms(),
             signature: String::new(),
         };
         self.keys.sign(&mut cp);
@@ -560,7 +552,7 @@ impl StartedRun {
         self.tasks.is_empty() || self.worker == worker
     }
 
-    fn add(&mut self, time_ms: i64, worker: String, task: crate::TaskId, attempt: u32) {
+    fn add(&mut self, time_ms: i64, worker: String, task: crate::model::id::TaskId, attempt: u32) {
         if self.tasks.is_empty() {
             self.worker = worker;
             self.first_ms = time_ms;
@@ -614,7 +606,8 @@ async fn sleep_until(due: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::sink::{Loaded, MemorySink};
+    use crate::audit::sink::MemorySink;
+    use crate::store::audit::Loaded;
     use async_trait::async_trait;
 
     /// A sink whose appends wait until the test opens the gate.
@@ -647,13 +640,13 @@ mod tests {
     /// A filler event (not `started`: consecutive ones share a record).
     fn event() -> AuditEvent {
         AuditEvent::Requeued {
-            task: crate::TaskId::new(),
+            task: crate::model::id::TaskId::new(),
             worker: "w".into(),
             attempt: 1,
         }
     }
 
-    fn started(worker: &str, task: crate::TaskId) -> AuditEvent {
+    fn started(worker: &str, task: crate::model::id::TaskId) -> AuditEvent {
         AuditEvent::Started {
             task,
             worker: worker.into(),
@@ -673,7 +666,8 @@ mod tests {
         a.record(event());
         sink.gate.add_permits(1);
         a.flush().await.unwrap();
-        let ids: Vec<crate::TaskId> = (0..5).map(|_| crate::TaskId::new()).collect();
+        let ids: Vec<crate::model::id::TaskId> =
+            (0..5).map(|_| crate::model::id::TaskId::new()).collect();
         for id in &ids[..3] {
             a.record(started("w1", *id));
         }

@@ -5,14 +5,15 @@
 use sha2::{Digest as _, Sha256};
 
 use super::Auditor;
-use super::event::{AuditEvent, EnqueuedEntry, LeasedEntry, SucceededEntry};
-use crate::broker::{LeasedTask, NewTask, Outcome, TaskRecord};
 use crate::error::Error;
+use crate::model::audit_event::{AuditEvent, EnqueuedEntry, LeasedEntry, SucceededEntry};
+use crate::model::record::{NewTask, TaskRecord};
+use crate::store::broker::{LeasedTask, Outcome};
 
 /// What the audit log says of a sealed task once the broker stored it
 /// (dated when it was sealed).
 pub(crate) fn enqueued_entry(task: &NewTask) -> EnqueuedEntry {
-    let key_id = crate::envelope::parse_header(&task.envelope)
+    let key_id = crate::seal::envelope::parse_header(&task.envelope)
         .map(|h| h.key_id.to_owned())
         .unwrap_or_default();
     EnqueuedEntry {
@@ -20,7 +21,7 @@ pub(crate) fn enqueued_entry(task: &NewTask) -> EnqueuedEntry {
         queue: task.queue.clone(),
         kind: task.kind.clone(),
         key_id,
-        ciphertext_sha256: crate::hexfmt::encode(Sha256::digest(&task.envelope)),
+        ciphertext_sha256: crate::model::hex::encode(Sha256::digest(&task.envelope)),
         ciphertext_len: task.envelope.len() as u64,
         time_ms: task.meta.created_at_ms,
     }
@@ -175,6 +176,8 @@ impl Auditor {
 }
 
 /// Size of `message` once sealed with `keyring`'s primary key.
-pub(crate) fn sealed_len(keyring: &crate::keyring::Keyring, message: &str) -> usize {
-    crate::envelope::header_len(keyring.primary_key_id()) + message.len() + crate::envelope::TAG_LEN
+pub(crate) fn sealed_len(keyring: &crate::seal::keyring::Keyring, message: &str) -> usize {
+    crate::seal::envelope::header_len(keyring.primary_key_id())
+        + message.len()
+        + crate::seal::envelope::TAG_LEN
 }

@@ -25,24 +25,23 @@
 //! `docs/audit.md` in the repository specifies the bytes.
 
 mod auditor;
-mod event;
-mod fastenc;
 pub(crate) mod hooks;
-mod record;
 mod sink;
 mod verify;
 
 pub use auditor::{
     AuditStats, Auditor, AuditorBuilder, DEFAULT_CHECKPOINT_EVERY, DEFAULT_CHECKPOINT_INTERVAL,
 };
-pub use event::{AuditEvent, EnqueuedEntry, LeasedEntry, StartedEntry, SucceededEntry};
-pub use record::{
+// The event, record and checkpoint formats live in `model` and `seal`, the
+// sink trait in `store`; their paths here are kept.
+pub use crate::model::audit_event::{
+    AuditEvent, EnqueuedEntry, LeasedEntry, StartedEntry, SucceededEntry,
+};
+pub use crate::seal::audit_chain::{
     AUDIT_MAC_LABEL, AuditKeys, AuditRecord, Checkpoint, GENESIS, chain_hash, record_mac,
 };
-pub use sink::{
-    AuditError, AuditSink, JsonLinesSink, Loaded, MemorySink, checkpoint_line, record_line,
-    write_record_line,
-};
+pub use crate::store::audit::{AuditError, AuditSink, Loaded};
+pub use sink::{JsonLinesSink, MemorySink, checkpoint_line, record_line, write_record_line};
 pub use verify::{
     Fault, Store, VerifyOptions, VerifyReport, any_checkpoint_verifies, verify, verify_sink,
 };

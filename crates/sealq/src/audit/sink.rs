@@ -7,83 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::record::{AuditRecord, Checkpoint};
-
-/// A storage failure of an audit sink. The message names the sink and what
-/// failed; never a secret.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct AuditError {
-    /// What failed.
-    pub message: String,
-    /// The underlying error.
-    #[source]
-    pub source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
-}
-
-impl AuditError {
-    /// An error with a message.
-    pub fn new(message: impl Into<String>) -> Self {
-        AuditError {
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    /// Attach the cause.
-    pub fn with_source(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Box::new(e));
-        self
-    }
-}
-
-/// One item read back from a sink, with where it was found: a 1-based line
-/// number for files, a row id for tables. An item that does not parse is
-/// kept as `Err(reason)` so verification can name it.
-#[derive(Debug, Clone)]
-pub struct Loaded<T> {
-    /// Line number or row id.
-    pub position: u64,
-    /// The parsed item, or why it could not be parsed.
-    pub item: Result<T, String>,
-}
-
-impl<T: serde::de::DeserializeOwned> Loaded<T> {
-    /// Parse one JSON line found at `position`.
-    pub fn parse(position: u64, line: &[u8]) -> Self {
-        let item = serde_json::from_slice::<T>(line).map_err(|e| {
-            let text = e.to_string();
-            // serde_json appends " at line 1 column N"; keep the column only.
-            match text.rfind(" at line ") {
-                Some(i) => format!("{} (column {})", &text[..i], e.column()),
-                None => text,
-            }
-        });
-        Loaded { position, item }
-    }
-}
-
-/// Storage for audit records and checkpoints.
-///
-/// Appends must be durable when they return (the [`super::Auditor`] calls
-/// them with whole batches, so one sync per batch is the expected cost) and
-/// must never rewrite what is stored. Records and checkpoints should live in
-/// different places (two files, two tables, two streams), so that cutting
-/// one is caught by the other.
-#[async_trait]
-pub trait AuditSink: Send + Sync + std::fmt::Debug + 'static {
-    /// Append records, in order.
-    async fn append_records(&self, records: &[AuditRecord]) -> Result<(), AuditError>;
-    /// Append one checkpoint.
-    async fn append_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), AuditError>;
-    /// Every stored record in storage order, unparseable ones included.
-    async fn read_records(&self) -> Result<Vec<Loaded<AuditRecord>>, AuditError>;
-    /// Every stored checkpoint in storage order; `None` when the checkpoint
-    /// store itself is missing (deleted), which verification reports.
-    async fn read_checkpoints(&self) -> Result<Option<Vec<Loaded<Checkpoint>>>, AuditError>;
-    /// A short human description (path, table) for messages.
-    fn describe(&self) -> String;
-}
+use crate::seal::audit_chain::{AuditRecord, Checkpoint};
+use crate::store::audit::{AuditError, AuditSink, Loaded};
 
 /// JSON text of a record as every sink stores it (one line, no newline).
 pub fn record_line(r: &AuditRecord) -> String {
@@ -97,7 +22,9 @@ pub fn record_line(r: &AuditRecord) -> String {
 /// in between (for sinks that batch many records into one buffer).
 pub fn write_record_line(out: &mut Vec<u8>, r: &AuditRecord) {
     // The per-task events have a hand-written writer (same text).
-    if super::fastenc::record_json_into(out, &r.writer, r.seq, r.time_ms, &r.event, &r.mac) {
+    if crate::seal::audit_encode::record_json_into(
+        out, &r.writer, r.seq, r.time_ms, &r.event, &r.mac,
+    ) {
         return;
     }
     let start = out.len();

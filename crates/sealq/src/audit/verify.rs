@@ -7,10 +7,10 @@ use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 
 use super::auditor::DEFAULT_CHECKPOINT_EVERY;
-use super::record::{
+use crate::seal::audit_chain::{
     AuditKeys, AuditRecord, Checkpoint, GENESIS, chain_hash, decode_32, record_mac,
 };
-use super::sink::{AuditError, AuditSink, Loaded};
+use crate::store::audit::{AuditError, AuditSink, Loaded};
 
 /// Which stored list a position refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -8,13 +8,16 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::{BLOB_MISSING, BlobKey, BlobStore};
-use crate::broker::{Ack, AckResult, NewTask, Outcome, TaskRecord};
-use crate::envelope::{Aad, Purpose, TAG_LEN, parse_header};
 use crate::error::{BrokerError, Error, IntegrityError};
-use crate::keyring::Keyring;
+use crate::model::id::{SubjectTag, TaskId};
+use crate::model::record::{NewTask, TaskRecord};
+use crate::model::state::ArchiveReason;
 use crate::policy::PayloadPolicy;
-use crate::subject_keys::DataKey;
-use crate::task::{ArchiveReason, SubjectTag, TaskId};
+use crate::seal::data_key::DataKey;
+use crate::seal::envelope::{Aad, Purpose, TAG_LEN, parse_header};
+use crate::seal::keyring::Keyring;
+use crate::seal::opener::SealingKey;
+use crate::store::broker::{Ack, AckResult, Outcome};
 
 /// A MessagePack ext8 header (`0xc7`, length 41, type `0x53`): a value serde
 /// payloads never produce, so a claim cannot be mistaken for a payload.
@@ -110,32 +113,6 @@ pub(crate) fn check_policy(
     }
 }
 
-/// What seals and opens a claim and its blob: the keyring, or the data key
-/// of the task's subject (a task with a subject is sealed with it, claim and
-/// blob alike, so erasing the subject shreds the blob too).
-pub(crate) enum Sealer<'a> {
-    /// The keyring (its primary key seals; any of its keys opens).
-    Keyring(&'a Keyring),
-    /// A subject's data key.
-    Subject(&'a DataKey),
-}
-
-impl Sealer<'_> {
-    fn seal(&self, aad: &Aad<'_>, plain: &[u8]) -> Result<Vec<u8>, Error> {
-        match self {
-            Sealer::Keyring(k) => k.seal(aad, plain),
-            Sealer::Subject(k) => k.seal(aad, plain),
-        }
-    }
-
-    fn open(&self, aad: &Aad<'_>, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, IntegrityError> {
-        match self {
-            Sealer::Keyring(k) => k.open(aad, sealed),
-            Sealer::Subject(k) => k.open(aad, sealed),
-        }
-    }
-}
-
 /// Offload every sealed task whose payload is over `threshold`: its envelope
 /// goes to `store` and a sealed claim takes its place. The blob keeps the
 /// envelope's associated data, so it opens only as this task's payload.
@@ -157,7 +134,7 @@ pub(crate) async fn offload_all(
         if payload_len(&task.envelope) <= threshold {
             continue;
         }
-        let sealer = if crate::subject_keys::is_subject_sealed(&task.envelope) {
+        let sealer = if crate::seal::data_key::is_subject_sealed(&task.envelope) {
             // Invariant of Client::seal_with: a subject-sealed envelope's
             // key is in `data_keys`; without it, keep the payload inline.
             match task
@@ -166,11 +143,11 @@ pub(crate) async fn offload_all(
                 .as_ref()
                 .and_then(|t| data_keys.get(t))
             {
-                Some(key) => Sealer::Subject(key),
+                Some(key) => SealingKey::Subject(key),
                 None => continue,
             }
         } else {
-            Sealer::Keyring(keyring)
+            SealingKey::Keyring(keyring)
         };
         let claim = Claim::for_blob(&task.envelope);
         let sealed_claim = sealer.seal(&aad_of(task), &claim.encode())?;
@@ -256,7 +233,7 @@ impl ClaimError {
 /// `Ok(None)`: not a claim, use `plain` as the payload.
 pub(crate) async fn open_claimed(
     store: Option<&dyn BlobStore>,
-    opener: Sealer<'_>,
+    opener: SealingKey<'_>,
     record: &TaskRecord,
     plain: &[u8],
 ) -> Result<Option<Zeroizing<Vec<u8>>>, ClaimError> {
@@ -323,7 +300,7 @@ pub(crate) async fn reseal_blob(
     if store_it && let Some(store) = store {
         store.put(&fresh.key(record.id), sealed).await?;
     }
-    Ok((fresh.encode(), crate::hexfmt::encode(fresh.sha256)))
+    Ok((fresh.encode(), crate::model::hex::encode(fresh.sha256)))
 }
 
 #[cfg(test)]

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{BlobKey, BlobStore};
-use crate::broker::BrokerResult;
 use crate::error::{BrokerError, BrokerErrorKind};
-use crate::task::TaskId;
+use crate::model::id::TaskId;
+use crate::store::broker::BrokerResult;
 
 /// Blobs as files `<dir>/<task id>/<digest prefix>.blob`. Directories are
 /// created with mode 0700 and files 0600 on Unix. A write goes to a temporary

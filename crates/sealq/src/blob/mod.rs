@@ -34,151 +34,27 @@
 
 mod claim;
 mod fs;
+mod memory;
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-
-use async_trait::async_trait;
-
-use crate::broker::{Broker, BrokerResult};
-use crate::task::TaskId;
+use crate::model::clock::wall_clock_ms;
+use crate::model::id::TaskId;
+use crate::store::broker::{Broker, BrokerResult};
 
 pub(crate) use claim::{
-    ClaimAction, ClaimError, Sealer, check_policy, claimed_blob, delete_completed, offload_all,
+    ClaimAction, ClaimError, check_policy, claimed_blob, delete_completed, offload_all,
     open_claimed, reseal_blob,
 };
 pub use fs::FsBlobStore;
+pub use memory::MemoryBlobStore;
+// The trait and key live with the other storage seams.
+pub use crate::store::blob::{BlobKey, BlobStore};
 
 /// Archive reason of a task whose blob is not in the blob store, as stored in
-/// [`ArchiveReason::Other`](crate::ArchiveReason::Other).
+/// [`ArchiveReason::Other`](crate::model::state::ArchiveReason::Other).
 pub const BLOB_MISSING: &str = "blob_missing";
 
 /// Default threshold: sealed payloads larger than this are offloaded (32 KiB).
 pub const DEFAULT_OFFLOAD_THRESHOLD: usize = 32 * 1024;
-
-/// Names one blob: its task and the SHA-256 of its sealed bytes (so a task
-/// enqueued twice under one id, or re-sent after a failed enqueue, never
-/// overwrites the blob another claim names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BlobKey {
-    /// The task.
-    pub task: TaskId,
-    /// SHA-256 of the sealed blob.
-    pub digest: [u8; 32],
-}
-
-impl std::fmt::Display for BlobKey {
-    /// `<task id>.<first 16 bytes of the digest in hex>`: safe as a file name
-    /// or a Redis key.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.task, hex::encode(&self.digest[..16]))
-    }
-}
-
-/// Storage for sealed payload blobs. Failures are
-/// [`BrokerError`](crate::BrokerError)s (`Unavailable` for "try again").
-#[async_trait]
-pub trait BlobStore: Send + Sync + std::fmt::Debug + 'static {
-    /// Store `sealed` under `key`.
-    async fn put(&self, key: &BlobKey, sealed: Vec<u8>) -> BrokerResult<()>;
-
-    /// The blob under `key`, if any.
-    async fn get(&self, key: &BlobKey) -> BrokerResult<Option<Vec<u8>>>;
-
-    /// Delete every blob of the tasks `ids` (missing ones are ignored);
-    /// returns how many blobs existed.
-    async fn delete_tasks(&self, ids: &[TaskId]) -> BrokerResult<u64>;
-
-    /// Distinct task ids that have a blob, ordered, after `after`, at most `limit`.
-    async fn list_tasks(&self, after: Option<TaskId>, limit: usize) -> BrokerResult<Vec<TaskId>>;
-
-    /// A short, secret-free description for logs.
-    fn describe(&self) -> String;
-}
-
-/// Blobs in memory: for tests and single-process setups.
-#[derive(Debug, Default)]
-pub struct MemoryBlobStore {
-    blobs: Mutex<BTreeMap<BlobKey, Vec<u8>>>,
-}
-
-impl MemoryBlobStore {
-    /// An empty store.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<BlobKey, Vec<u8>>> {
-        // Plain map operations only: a poisoned lock is still consistent.
-        self.blobs.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// How many blobs are stored.
-    pub fn len(&self) -> usize {
-        self.map().len()
-    }
-
-    /// Whether no blob is stored.
-    pub fn is_empty(&self) -> bool {
-        self.map().is_empty()
-    }
-
-    /// The stored bytes of task `id`'s blobs (tests).
-    pub fn blobs_of(&self, id: TaskId) -> Vec<Vec<u8>> {
-        self.map()
-            .iter()
-            .filter(|(k, _)| k.task == id)
-            .map(|(_, v)| v.clone())
-            .collect()
-    }
-
-    /// Replace the bytes of every blob of task `id` (tests of tampering);
-    /// returns how many were replaced.
-    pub fn overwrite(&self, id: TaskId, bytes: &[u8]) -> usize {
-        let mut m = self.map();
-        let mut n = 0;
-        for (_, v) in m.iter_mut().filter(|(k, _)| k.task == id) {
-            *v = bytes.to_vec();
-            n += 1;
-        }
-        n
-    }
-}
-
-#[async_trait]
-impl BlobStore for MemoryBlobStore {
-    async fn put(&self, key: &BlobKey, sealed: Vec<u8>) -> BrokerResult<()> {
-        self.map().insert(*key, sealed);
-        Ok(())
-    }
-
-    async fn get(&self, key: &BlobKey) -> BrokerResult<Option<Vec<u8>>> {
-        Ok(self.map().get(key).cloned())
-    }
-
-    async fn delete_tasks(&self, ids: &[TaskId]) -> BrokerResult<u64> {
-        let mut m = self.map();
-        let before = m.len();
-        m.retain(|k, _| !ids.contains(&k.task));
-        Ok((before - m.len()) as u64)
-    }
-
-    async fn list_tasks(&self, after: Option<TaskId>, limit: usize) -> BrokerResult<Vec<TaskId>> {
-        let mut ids: Vec<TaskId> = self
-            .map()
-            .keys()
-            .map(|k| k.task)
-            .filter(|id| after.is_none_or(|a| *id > a))
-            .collect();
-        ids.dedup();
-        ids.truncate(limit.max(1));
-        Ok(ids)
-    }
-
-    fn describe(&self) -> String {
-        "memory".into()
-    }
-}
 
 /// Delete every blob whose task no longer exists in `broker` (purged after
 /// its retention, deleted by an operator, erased). Returns how many blobs
@@ -192,9 +68,7 @@ pub async fn sweep_orphans(
     store: &dyn BlobStore,
     min_age: std::time::Duration,
 ) -> BrokerResult<u64> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = u64::try_from(wall_clock_ms()).unwrap_or(0);
     let young = |id: &TaskId| {
         id.0.get_timestamp().is_some_and(|t| {
             let (secs, nanos) = t.to_unix();

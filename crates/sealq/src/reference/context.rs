@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::registry::ResolveFailure;
 use super::stats::ErrorClass;
 use super::{REFERENCE_FORBIDDEN, REFERENCE_MALFORMED, Ref, short_type_name};
-use crate::task::ArchiveReason;
+use crate::model::state::ArchiveReason;
 use crate::worker::{TaskContext, TaskError};
 
 impl TaskContext {

@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::broker::{Broker, ListQuery};
-use crate::envelope::{TAG_LEN, parse_header};
 use crate::error::Result;
 use crate::policy::{PayloadPolicy, PolicyMode};
+use crate::seal::envelope::{TAG_LEN, parse_header};
+use crate::store::broker::{Broker, ListQuery};
 
 /// Sizes of one task type in one queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -10,7 +10,9 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
-use crate::task::{ArchiveReason, Task, TaskId, decode_payload};
+use crate::model::id::TaskId;
+use crate::model::state::ArchiveReason;
+use crate::model::task::{Task, decode_payload};
 
 /// The outcome a failing handler asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,12 +118,12 @@ impl RawPayload {
     }
 
     /// Decode as `T`.
-    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> crate::Result<T> {
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> crate::error::Result<T> {
         decode_payload(&self.0)
     }
 
     /// Decode as JSON (for tools that pass payloads to other programs).
-    pub fn to_json(&self) -> crate::Result<serde_json::Value> {
+    pub fn to_json(&self) -> crate::error::Result<serde_json::Value> {
         decode_payload(&self.0)
     }
 }
@@ -206,8 +208,8 @@ impl TaskContext {
 
     /// Store a result with the completed task. It is sealed before it leaves
     /// the worker and kept for the task's retention.
-    pub fn set_result<T: Serialize + ?Sized>(&self, value: &T) -> crate::Result<()> {
-        let bytes = crate::client::encode_result(value)?;
+    pub fn set_result<T: Serialize + ?Sized>(&self, value: &T) -> crate::error::Result<()> {
+        let bytes = crate::model::task::encode_result(value)?;
         self.set_result_bytes(bytes);
         Ok(())
     }

@@ -29,12 +29,12 @@ use std::time::Duration;
 pub use handler::{Failure, HandlerResult, RawPayload, TaskContext, TaskError};
 pub use priority::Priority;
 
-use crate::broker::Broker;
-use crate::clock::{SharedClock, system_clock};
 use crate::error::{Error, Result};
-use crate::keyring::Keyring;
-use crate::options::validate_queue_name;
-use crate::task::Task;
+use crate::model::clock::{SharedClock, system_clock};
+use crate::model::options::validate_queue_name;
+use crate::model::task::Task;
+use crate::seal::keyring::Keyring;
+use crate::store::broker::Broker;
 use handler::{ErasedHandler, Raw, Typed};
 
 /// Counters of one worker, readable while it runs.
@@ -117,7 +117,7 @@ pub(crate) struct Config {
     /// Resolvers handed to every [`TaskContext`].
     pub(crate) resolvers: Arc<crate::reference::Resolvers>,
     /// Where offloaded payloads are fetched from (claim-check).
-    pub(crate) blobs: Option<Arc<dyn crate::blob::BlobStore>>,
+    pub(crate) blobs: Option<Arc<dyn crate::store::blob::BlobStore>>,
     /// Sweep orphaned blobs: how often, and the youngest task age swept.
     pub(crate) sweep: Option<(Duration, Duration)>,
     /// Where lifecycle events are recorded, if anywhere.
@@ -237,7 +237,7 @@ impl WorkerBuilder {
     /// The blob store offloaded payloads are fetched from (see
     /// [`crate::blob`]): their handlers see the original payload, and a
     /// task's blob is deleted once its completion is acknowledged.
-    pub fn blob_store(mut self, store: Arc<dyn crate::blob::BlobStore>) -> Self {
+    pub fn blob_store(mut self, store: Arc<dyn crate::store::blob::BlobStore>) -> Self {
         self.config.blobs = Some(store);
         self
     }
@@ -363,8 +363,8 @@ impl Worker {
             handlers: HashMap::new(),
             fallback: None,
             config: Config {
-                id: crate::client::default_process_id(),
-                queues: vec![(crate::options::DEFAULT_QUEUE.to_owned(), 1)],
+                id: crate::model::id::default_process_id(),
+                queues: vec![(crate::model::options::DEFAULT_QUEUE.to_owned(), 1)],
                 priority: Priority::Weighted,
                 concurrency,
                 prefetch: usize::MAX, // adaptive; resolved in Shared::new

@@ -15,17 +15,17 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::handler::{ErasedHandler, Failure, RawPayload, TaskContext};
 use super::priority::fetch_order;
 use super::{Config, WorkerReport, WorkerStats};
-use crate::audit::SucceededEntry;
 use crate::blob::ClaimAction;
-use crate::broker::{
-    Ack, AckResult, Broker, DequeueRequest, Lease, LeasedTask, Outcome, TaskRecord,
-};
-use crate::clock::SharedClock;
-use crate::envelope::{Aad, Purpose};
 use crate::error::{IntegrityError, Result};
-use crate::keyring::Keyring;
-use crate::subject_keys::{SubjectKeys, is_subject_sealed};
-use crate::task::ArchiveReason;
+use crate::model::audit_event::SucceededEntry;
+use crate::model::clock::SharedClock;
+use crate::model::record::TaskRecord;
+use crate::model::state::ArchiveReason;
+use crate::seal::data_key::is_subject_sealed;
+use crate::seal::envelope::{Aad, Purpose};
+use crate::seal::keyring::Keyring;
+use crate::store::broker::{Ack, AckResult, Broker, DequeueRequest, Lease, LeasedTask, Outcome};
+use crate::subject_keys::SubjectKeys;
 
 /// State shared by all loops of one worker.
 pub(crate) struct Shared {
@@ -38,7 +38,7 @@ pub(crate) struct Shared {
     pub(crate) stats: WorkerStats,
     /// Leases held by this worker (fetched, not yet acked), with the token
     /// that cancels the handler if the lease is lost.
-    inflight: Mutex<HashMap<crate::TaskId, (Lease, CancellationToken)>>,
+    inflight: Mutex<HashMap<crate::model::id::TaskId, (Lease, CancellationToken)>>,
     queue_names: Vec<String>,
     /// Per-subject data keys, when the broker provides a key store.
     pub(crate) subject_keys: Option<Arc<SubjectKeys>>,
@@ -89,7 +89,8 @@ impl Shared {
 
     fn inflight(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<crate::TaskId, (Lease, CancellationToken)>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<crate::model::id::TaskId, (Lease, CancellationToken)>>
+    {
         // The map holds plain values; a panic while holding the lock cannot
         // leave it logically inconsistent, so a poisoned lock is still usable.
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
@@ -455,7 +456,7 @@ async fn execute(
     let opened = if is_subject_sealed(&record.envelope) {
         // Sealed with the subject's data key: fetch it (cached briefly).
         let (Some(tag), Some(keys)) = (&record.meta.subject_tag, &shared.subject_keys) else {
-            let e = IntegrityError::UnknownKey(crate::subject_keys::SUBJECT_KEY_ID.to_owned());
+            let e = IntegrityError::UnknownKey(crate::seal::data_key::SUBJECT_KEY_ID.to_owned());
             return refuse(shared, record, e, ArchiveReason::Integrity);
         };
         match keys.for_open(tag).await {
@@ -485,8 +486,8 @@ async fn execute(
     };
     // Claim-check: an offloaded payload is fetched and opened here (crate::blob).
     let opener = match &data_key {
-        Some(key) => crate::blob::Sealer::Subject(key),
-        None => crate::blob::Sealer::Keyring(&shared.keyring),
+        Some(key) => crate::seal::opener::SealingKey::Subject(key),
+        None => crate::seal::opener::SealingKey::Keyring(&shared.keyring),
     };
     let payload = match crate::blob::open_claimed(
         shared.config.blobs.as_deref(),
@@ -689,11 +690,11 @@ fn seal_or_log(
         match (&record.meta.subject_tag, &shared.subject_keys) {
             (Some(tag), Some(keys)) => match keys.cached_any_age(tag) {
                 Some(key) => key.seal(&aad, bytes),
-                None => Err(crate::Error::Keyring(
+                None => Err(crate::error::Error::Keyring(
                     "the subject's data key is gone".into(),
                 )),
             },
-            _ => Err(crate::Error::Keyring("no subject key store".into())),
+            _ => Err(crate::error::Error::Keyring("no subject key store".into())),
         }
     } else {
         shared.keyring.seal(&aad, bytes)
@@ -832,7 +833,7 @@ fn start_sweep(
 
 /// How long one token of the fastest-refilling limit among `limits` takes
 /// to come back, ms (at least 10, at most a minute); 0 without any limit.
-fn token_wait_ms(limits: &[Option<crate::broker::RateLimit>]) -> u64 {
+fn token_wait_ms(limits: &[Option<crate::store::broker::RateLimit>]) -> u64 {
     limits
         .iter()
         .flatten()
@@ -901,7 +902,7 @@ mod tests {
 
     #[test]
     fn a_rate_limit_shortens_the_idle_wait_to_one_token() {
-        use crate::broker::RateLimit;
+        use crate::store::broker::RateLimit;
         let per = |n, ms| RateLimit::per(n, Duration::from_millis(ms));
         assert_eq!(token_wait_ms(&[None, None]), 0);
         // 5 per second: a token every 200 ms; the fastest limit wins.

@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
-use super::event::AuditEvent;
 use crate::error::Error;
-use crate::keyring::Keyring;
+use crate::model::audit_event::AuditEvent;
+use crate::seal::keyring::Keyring;
 
 /// Label of [`Keyring::derive_subkey`] for the audit MAC key.
 pub const AUDIT_MAC_LABEL: &str = "sealq-audit-mac-v1";
@@ -90,7 +90,7 @@ pub(crate) fn canonical_into(
     event: &AuditEvent,
 ) -> Result<(), Error> {
     // The per-task events have a hand-written encoder (same bytes).
-    if super::fastenc::canonical_into(out, writer, seq, time_ms, event) {
+    if crate::seal::audit_encode::canonical_into(out, writer, seq, time_ms, event) {
         return Ok(());
     }
     let start = out.len();

@@ -9,8 +9,8 @@
 //! encoders with it over generated records. With the audit log on, serde
 //! encoding was about 13 % of a Redis worker's CPU (`docs/benchmarks.md`).
 
-use super::event::AuditEvent;
-use crate::task::TaskId;
+use crate::model::audit_event::AuditEvent;
+use crate::model::id::TaskId;
 
 /// One field value of the events handled here.
 #[derive(Clone, Copy)]
@@ -353,7 +353,7 @@ pub(crate) fn record_json_into(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::record::{AuditRecord, Canonical};
+    use crate::seal::audit_chain::{AuditRecord, Canonical};
     use proptest::prelude::*;
 
     fn id() -> impl Strategy<Value = TaskId> {

@@ -57,11 +57,11 @@ use serde::Deserialize;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::envelope::{
+use crate::error::{Error, IntegrityError};
+use crate::model::id::SubjectTag;
+use crate::seal::envelope::{
     self, Aad, Algorithm, NONCE_LEN, TAG_LEN, is_valid_key_id, parse_header, write_header,
 };
-use crate::error::{Error, IntegrityError};
-use crate::task::SubjectTag;
 
 /// Length of every secret in the keyring (sealing keys, subject tag key).
 pub const KEY_LEN: usize = 32;
@@ -555,7 +555,7 @@ fn prefix_keyring_error(e: Error, prefix: &str) -> Error {
 }
 
 fn check_key_id(id: &str) -> Result<(), Error> {
-    if id == crate::subject_keys::SUBJECT_KEY_ID {
+    if id == crate::seal::data_key::SUBJECT_KEY_ID {
         return Err(Error::Keyring(format!(
             "key id `{id}` is reserved for envelopes sealed with a subject's data key; pick another name"
         )));

@@ -13,9 +13,9 @@
 //! AEAD. Sealing and opening live on [`crate::Keyring`]; this module holds the
 //! byte layout.
 
-use crate::broker::TaskRecord;
 use crate::error::IntegrityError;
-use crate::task::{SubjectTag, TaskId};
+use crate::model::id::{SubjectTag, TaskId};
+use crate::model::record::TaskRecord;
 
 /// What the sealed bytes are; bound into the associated data so a result can
 /// never be passed off as a payload or an error message.

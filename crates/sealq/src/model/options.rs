@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::backoff::Backoff;
+use crate::model::backoff::Backoff;
 
 /// The default queue name.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -44,7 +44,7 @@ pub struct EnqueueOptions {
     /// The task must not start after this time (Unix ms); it is archived as `expired`.
     pub not_after_ms: Option<i64>,
     /// A caller-chosen id (default: a fresh UUID v7).
-    pub id: Option<crate::TaskId>,
+    pub id: Option<crate::model::id::TaskId>,
 }
 
 macro_rules! setter {
@@ -84,7 +84,7 @@ impl EnqueueOptions {
     setter!(/// Must not start after this Unix-ms time.
         not_after_ms: i64 => not_after_ms);
     setter!(/// Use this id.
-        id: crate::TaskId => id);
+        id: crate::model::id::TaskId => id);
 
     /// At most one task with `key` until it completes or `ttl` passes.
     pub fn unique(mut self, key: impl Into<String>, ttl: Duration) -> Self {
@@ -120,7 +120,7 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// Check a queue name: 1-128 chars of `[A-Za-z0-9_.:-]`. Braces are refused
 /// because Redis uses them for Cluster hash tags.
-pub fn validate_queue_name(name: &str) -> crate::Result<()> {
+pub fn validate_queue_name(name: &str) -> crate::error::Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name
@@ -129,7 +129,7 @@ pub fn validate_queue_name(name: &str) -> crate::Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(crate::Error::InvalidArgument {
+        Err(crate::error::Error::InvalidArgument {
             what: "queue name",
             reason: format!(
                 "`{}` must be 1-128 characters of letters, digits, `_`, `.`, `:` or `-`",
@@ -140,12 +140,12 @@ pub fn validate_queue_name(name: &str) -> crate::Result<()> {
 }
 
 /// Check a task type name: 1-128 printable ASCII characters without spaces.
-pub fn validate_kind(kind: &str) -> crate::Result<()> {
+pub fn validate_kind(kind: &str) -> crate::error::Result<()> {
     let ok = !kind.is_empty() && kind.len() <= 128 && kind.bytes().all(|b| b.is_ascii_graphic());
     if ok {
         Ok(())
     } else {
-        Err(crate::Error::InvalidArgument {
+        Err(crate::error::Error::InvalidArgument {
             what: "task type",
             reason: format!(
                 "`{}` must be 1-128 printable ASCII characters without spaces",

@@ -14,7 +14,7 @@
 //!   A stale ack (lease expired and re-leased) reports [`AckResult::LeaseLost`]
 //!   and changes nothing.
 //! - **Opaque envelopes.** The broker stores sealed bytes and never interprets
-//!   them; the clear metadata it sees is [`TaskMeta`].
+//!   them; the clear metadata it sees is [`TaskMeta`](crate::model::task::TaskMeta).
 //! - **The broker's clock.** Times are Unix milliseconds from the broker's
 //!   [`crate::Clock`], so tests can drive time.
 //! - **No backend types** in any signature; failures are [`BrokerError`].
@@ -24,30 +24,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::error::{BrokerError, BrokerErrorKind};
-use crate::subject_keys::{ErasureCounts, SubjectKeyStore};
-use crate::task::{ArchiveReason, SubjectTag, TaskId, TaskMeta, TaskState};
+use crate::model::counts::ErasureCounts;
+use crate::model::id::{SubjectTag, TaskId};
+use crate::model::state::{ArchiveReason, TaskState};
+use crate::store::subject_keys::SubjectKeyStore;
+
+// The stored-task and count types live in `model`; their paths here are kept.
+pub use crate::model::counts::{QueueStats, RateLimit};
+pub use crate::model::record::{NewTask, TaskRecord};
 
 /// Result of broker operations.
 pub type BrokerResult<T> = std::result::Result<T, BrokerError>;
-
-/// A task ready to be stored: sealed envelope plus clear metadata.
-#[derive(Debug, Clone)]
-pub struct NewTask {
-    /// Task id (UUID v7).
-    pub id: TaskId,
-    /// Queue name.
-    pub queue: String,
-    /// Task type name.
-    pub kind: String,
-    /// The sealed envelope bytes (see `docs/envelope.md`).
-    pub envelope: Vec<u8>,
-    /// Clear metadata.
-    pub meta: TaskMeta,
-    /// When it may run, Unix ms. At or before now: `Pending`; later: `Scheduled`.
-    pub run_at_ms: i64,
-    /// Uniqueness constraint: key and how long it holds, ms.
-    pub unique: Option<(String, u64)>,
-}
 
 /// What happened to one task of an enqueue batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,55 +54,6 @@ pub enum EnqueueResult {
         /// The queue's cap: scheduled, pending and retry tasks together.
         max_depth: u64,
     },
-}
-
-/// A stored task as the broker returns it.
-#[derive(Clone)]
-pub struct TaskRecord {
-    /// Task id.
-    pub id: TaskId,
-    /// Queue name.
-    pub queue: String,
-    /// Task type name.
-    pub kind: String,
-    /// Sealed envelope.
-    pub envelope: Vec<u8>,
-    /// Clear metadata.
-    pub meta: TaskMeta,
-    /// Current state.
-    pub state: TaskState,
-    /// How many times it has been leased (1 during the first attempt).
-    pub attempts: u32,
-    /// When it may next run, Unix ms.
-    pub run_at_ms: i64,
-    /// Sealed error of the last failed attempt.
-    pub last_error: Option<Vec<u8>>,
-    /// Sealed result, once completed.
-    pub result: Option<Vec<u8>>,
-    /// Why it was archived.
-    pub archive_reason: Option<ArchiveReason>,
-    /// Lease expiry while active, Unix ms.
-    pub lease_expires_at_ms: Option<i64>,
-    /// When it completed or was archived, Unix ms.
-    pub finished_at_ms: Option<i64>,
-    /// Last state change, Unix ms.
-    pub updated_at_ms: i64,
-}
-
-impl std::fmt::Debug for TaskRecord {
-    /// Ids, types, sizes and states only: never envelope, result or error bytes.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskRecord")
-            .field("id", &self.id)
-            .field("queue", &self.queue)
-            .field("kind", &self.kind)
-            .field("state", &self.state)
-            .field("attempts", &self.attempts)
-            .field("envelope_len", &self.envelope.len())
-            .field("result_len", &self.result.as_ref().map(Vec::len))
-            .field("archive_reason", &self.archive_reason)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Proof of holding a task: the id plus the token issued by `dequeue`.
@@ -200,72 +138,6 @@ pub enum AckResult {
     /// The lease was no longer held (expired and recovered, or the task was
     /// deleted); nothing was changed.
     LeaseLost,
-}
-
-/// Counts of one queue's tasks by state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct QueueStats {
-    /// Queue name.
-    pub queue: String,
-    /// Whether dequeue skips it.
-    pub paused: bool,
-    /// Tasks scheduled.
-    pub scheduled: u64,
-    /// Tasks pending.
-    pub pending: u64,
-    /// Tasks active.
-    pub active: u64,
-    /// Tasks waiting to retry.
-    pub retry: u64,
-    /// Completed tasks still retained.
-    pub completed: u64,
-    /// Archived tasks.
-    pub archived: u64,
-    /// Its cap on waiting (scheduled, pending and retry) tasks, if one is
-    /// set ([`Broker::set_max_depth`]).
-    pub max_depth: Option<u64>,
-    /// Its rate limit, if one is set ([`Broker::set_rate_limit`]).
-    pub rate_limit: Option<RateLimit>,
-}
-
-/// A per-queue rate limit: at most `limit` tasks leased per `period_ms`,
-/// across every worker (a token bucket holding at most `limit` tokens,
-/// refilled evenly over the period; each lease takes one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct RateLimit {
-    /// Tasks per period (also the largest burst).
-    pub limit: u64,
-    /// The period, milliseconds.
-    pub period_ms: u64,
-}
-
-impl RateLimit {
-    /// `limit` tasks per `period`; `None` when either is zero.
-    pub fn per(limit: u64, period: Duration) -> Option<Self> {
-        let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
-        (limit > 0 && period_ms > 0).then_some(RateLimit { limit, period_ms })
-    }
-
-    /// Tokens in a bucket that held `tokens` at `at_ms`, at `now_ms`
-    /// (refilled evenly, at most `limit`; a clock behind `at_ms` adds none).
-    pub fn refill(&self, tokens: f64, at_ms: i64, now_ms: i64) -> f64 {
-        let elapsed = now_ms.saturating_sub(at_ms).max(0) as f64;
-        (tokens + elapsed * self.limit as f64 / self.period_ms as f64).min(self.limit as f64)
-    }
-}
-
-impl QueueStats {
-    /// Count for one state.
-    pub fn get(&self, state: TaskState) -> u64 {
-        match state {
-            TaskState::Scheduled => self.scheduled,
-            TaskState::Pending => self.pending,
-            TaskState::Active => self.active,
-            TaskState::Retry => self.retry,
-            TaskState::Completed => self.completed,
-            TaskState::Archived => self.archived,
-        }
-    }
 }
 
 /// Which sealed bytes of a stored task a [`SealedSwap`] replaces.

@@ -22,13 +22,14 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::audit::AuditEvent;
-use crate::broker::{ListQuery, SealedPart, SealedSwap, TaskRecord};
 use crate::client::Client;
-use crate::envelope::{Aad, Purpose, parse_header};
 use crate::error::{Error, Result};
-use crate::subject_keys::SUBJECT_KEY_ID;
-use crate::task::TaskId;
+use crate::model::audit_event::AuditEvent;
+use crate::model::id::TaskId;
+use crate::model::record::TaskRecord;
+use crate::seal::data_key::SUBJECT_KEY_ID;
+use crate::seal::envelope::{Aad, Purpose, parse_header};
+use crate::store::broker::{ListQuery, SealedPart, SealedSwap};
 
 /// Default tasks per page of [`Client::reseal`].
 pub const DEFAULT_RESEAL_BATCH: usize = 500;
@@ -383,7 +384,7 @@ impl Client {
                 task: p.swap.task_id,
                 from_key_id: p.from.clone(),
                 to_key_id: to,
-                ciphertext_sha256: crate::hexfmt::encode(Sha256::digest(&p.swap.replacement)),
+                ciphertext_sha256: crate::model::hex::encode(Sha256::digest(&p.swap.replacement)),
                 operator: operator.to_owned(),
                 part: Some(p.swap.part.as_str().into()),
             });

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::task::TaskId;
+use crate::model::id::TaskId;
 
 /// One lifecycle event. Serialized with a `type` tag in snake_case
 /// (`{"type":"enqueued","task":"…",…}`).

@@ -19,8 +19,14 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        jiff::Timestamp::now().as_millisecond()
+        wall_clock_ms()
     }
+}
+
+/// The system's wall clock in Unix milliseconds: the one place sealq reads
+/// it outside a [`Clock`] (audit records, blob ages, key-store timestamps).
+pub fn wall_clock_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
 }
 
 /// A shared clock handle.

@@ -1,64 +1,10 @@
-//! The task model: ids, states, archive reasons, the typed [`Task`] trait and
-//! the metadata every task carries in the clear.
+//! Where a task is in its life ([`TaskState`]) and why it was archived
+//! ([`ArchiveReason`]).
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-
-use crate::backoff::Backoff;
-use crate::options::EnqueueOptions;
-
-/// A task's id: a UUID v7 (time-sortable). It is the idempotency key handlers
-/// can rely on: delivery is at-least-once, and every delivery of one task
-/// carries the same id.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct TaskId(pub uuid::Uuid);
-
-impl TaskId {
-    /// A fresh, time-ordered id.
-    pub fn new() -> Self {
-        TaskId(uuid::Uuid::now_v7())
-    }
-
-    /// The 16 raw bytes (used in associated data).
-    pub fn as_bytes(&self) -> &[u8; 16] {
-        self.0.as_bytes()
-    }
-}
-
-impl Default for TaskId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl fmt::Debug for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TaskId({})", self.0)
-    }
-}
-
-impl FromStr for TaskId {
-    type Err = crate::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        uuid::Uuid::parse_str(s)
-            .map(TaskId)
-            .map_err(|e| crate::Error::InvalidArgument {
-                what: "task id",
-                reason: format!("`{s}` is not a UUID: {e}"),
-            })
-    }
-}
 
 /// Where a task is in its life.
 ///
@@ -119,12 +65,12 @@ impl fmt::Display for TaskState {
 }
 
 impl FromStr for TaskState {
-    type Err = crate::Error;
+    type Err = crate::error::Error;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         TaskState::ALL
             .into_iter()
             .find(|st| st.as_str() == s)
-            .ok_or_else(|| crate::Error::InvalidArgument {
+            .ok_or_else(|| crate::error::Error::InvalidArgument {
                 what: "task state",
                 reason: format!(
                     "`{s}` is not one of scheduled, pending, active, retry, completed, archived"
@@ -206,99 +152,4 @@ impl fmt::Display for ArchiveReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// A keyed hash (HMAC-SHA-256) of a subject id. Lets the broker find a
-/// subject's tasks without learning who the subject is.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct SubjectTag(pub [u8; 32]);
-
-impl SubjectTag {
-    /// Lowercase hex, for storage and display.
-    pub fn to_hex(&self) -> String {
-        crate::hexfmt::encode(self.0)
-    }
-
-    /// Parse from 64 hex characters.
-    pub fn from_hex(s: &str) -> Option<Self> {
-        let v = hex::decode(s).ok()?;
-        Some(SubjectTag(v.try_into().ok()?))
-    }
-}
-
-impl fmt::Debug for SubjectTag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SubjectTag({}…)", &self.to_hex()[..12])
-    }
-}
-
-/// Metadata a task carries in the clear beside its sealed envelope. Fixed
-/// at enqueue. The identity fields (producer, created-at, not-after, subject
-/// tag) are bound into the envelope's associated data, so editing them in the
-/// broker makes the envelope fail to open.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskMeta {
-    /// Who enqueued it (producer id).
-    pub producer: String,
-    /// Creation time, Unix ms.
-    pub created_at_ms: i64,
-    /// After this time the task must not run (it is archived as `expired`).
-    pub not_after_ms: Option<i64>,
-    /// The handler must finish by this time, Unix ms.
-    pub deadline_ms: Option<i64>,
-    /// Per-attempt handler timeout, ms.
-    pub timeout_ms: Option<u64>,
-    /// Retries after the first attempt.
-    pub max_retries: u32,
-    /// Delay policy between attempts.
-    pub backoff: Backoff,
-    /// How long a completed task and its result are kept, ms.
-    pub retention_ms: u64,
-    /// Keyed hash of the data subject, for erasure.
-    pub subject_tag: Option<SubjectTag>,
-}
-
-/// A typed task: a payload type with a stable type name and default options.
-///
-/// ```
-/// use serde::{Deserialize, Serialize};
-///
-/// #[derive(Serialize, Deserialize)]
-/// struct SendWelcome { user_id: u64 }
-///
-/// impl sealq::Task for SendWelcome {
-///     const KIND: &'static str = "email.welcome";
-/// }
-/// ```
-pub trait Task: Serialize + DeserializeOwned + Send + Sync + 'static {
-    /// The task type name. Bound into the envelope: a task cannot be
-    /// re-labelled as another type without failing to open.
-    const KIND: &'static str;
-
-    /// Default options for this type (queue, retries ...). Per-call options
-    /// given to `Client::enqueue` override these field by field.
-    fn options() -> EnqueueOptions {
-        EnqueueOptions::default()
-    }
-}
-
-/// Encode a payload value in sealq's wire form (MessagePack, named fields).
-pub fn encode_payload<T: Serialize + ?Sized>(value: &T) -> crate::Result<Vec<u8>> {
-    rmp_serde::to_vec_named(value).map_err(|e| crate::Error::Codec {
-        what: "payload",
-        reason: e.to_string(),
-    })
-}
-
-/// Decode a payload from sealq's wire form.
-pub fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> crate::Result<T> {
-    rmp_serde::from_slice(bytes).map_err(|e| crate::Error::Codec {
-        what: "payload",
-        reason: e.to_string(),
-    })
-}
-
-/// Convert a `Duration` to whole milliseconds, saturating.
-pub(crate) fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -1,0 +1,35 @@
+//! # Operator actions
+//!
+//! Revealing a payload, deleting and re-running tasks, pausing and resuming
+//! queues, depth caps and rate limits, re-sealing after a key rotation,
+//! erasing a subject and checking a key before its removal. They are the only
+//! way anything outside the client and the worker changes stored state, and
+//! each writes an audit record naming the operator. They are methods of
+//! [`Client`] (the CLI, and later the gateway and dashboard, call these and
+//! nothing lower).
+
+mod erase;
+mod queues;
+pub mod reseal;
+mod reveal;
+mod tasks;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::model::audit_event::AuditEvent;
+
+pub use reveal::Revealed;
+
+impl Client {
+    /// Record `event` and wait until it is written: an operator action is
+    /// reported done only once its audit record is stored.
+    pub(crate) async fn audit_now(&self, event: AuditEvent) -> Result<()> {
+        if let Some(a) = self.auditor() {
+            a.record(event);
+            a.flush()
+                .await
+                .map_err(|e| Error::Audit(format!("the audit record was not written: {e}")))?;
+        }
+        Ok(())
+    }
+}

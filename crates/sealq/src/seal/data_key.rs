@@ -1,0 +1,272 @@
+//! Per-subject data keys, and the key-encryption keys that wrap them.
+//!
+//! A task enqueued with a subject (`EnqueueOptions::subject("user-42")`) is
+//! sealed with that subject's own random **data key**, not the keyring's
+//! primary key. Its result and error messages are sealed with the same key.
+//! Data keys are stored wrapped (XChaCha20-Poly1305) under a key-encryption
+//! key (KEK), in a `SubjectKeyStore` (`crate::store`) that is **separate from the task
+//! store**: the embedded broker keeps it in its own file beside the database.
+//! The KEK is derived from the keyring's primary sealing key
+//! (HKDF, label `sealq-subject-kek-v2`), so it rotates with the keyring:
+//! after `keys rotate`, new data keys are wrapped under the new primary's
+//! KEK, `SubjectKeys::rewrap_all` (run by `sealq keys reseal`) re-wraps the
+//! stored ones, and `keys remove` refuses to drop a key that still wraps
+//! any. Keys wrapped by earlier versions under the KEK derived from the
+//! `subject_tag_key` (format 1) still open and are re-wrapped the same way.
+//!
+//! Erasing a subject deletes its tasks and destroys its wrapped key. Copies of
+//! the task store made earlier (file copies, backups, replicas, AOF/RDB) then
+//! hold ciphertext nobody can open: the key that opened it is gone. This only
+//! holds if the key store itself is not copied into long-lived backups; see
+//! `docs/compliance.md`.
+//!
+//! Envelopes sealed with a data key name the reserved key id
+//! [`SUBJECT_KEY_ID`]; the subject tag in their associated data says which
+//! subject's key opens them.
+
+use std::collections::HashMap;
+
+use chacha20poly1305::aead::AeadInOut;
+use chacha20poly1305::{Key, KeyInit, Tag, XChaCha20Poly1305, XNonce};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, IntegrityError};
+use crate::model::id::SubjectTag;
+use crate::seal::envelope::{Aad, parse_header};
+use crate::seal::keyring::{Keyring, open_with_cipher, random_nonce, seal_with_cipher};
+
+/// The key id in the header of envelopes sealed with a subject's data key.
+pub const SUBJECT_KEY_ID: &str = "subject";
+
+/// Label of the format-1 KEK, derived from the keyring's `subject_tag_key`
+/// (which never rotates): read only.
+const KEK_LABEL: &str = "sealq-subject-kek-v1";
+/// Label of the format-2 KEKs, one derived from each sealing key.
+const KEK_V2_LABEL: &str = "sealq-subject-kek-v2";
+/// Domain of the format-1 wrapping's associated data.
+const WRAP_DOMAIN: &[u8] = b"sealq-subject-key-v1";
+/// Domain of the format-2 wrapping's associated data.
+const WRAP_DOMAIN_V2: &[u8] = b"sealq-subject-key-v2";
+/// Format 1: version byte 1, 24-byte nonce, 32-byte key, 16-byte tag.
+const WRAPPED_LEN: usize = 1 + 24 + 32 + 16;
+/// Format 2: version byte 2, key id length (1 byte), key id, then as format 1.
+const WRAPPED_V2_FIXED: usize = 2 + 24 + 32 + 16;
+
+/// What a stored wrapped subject key is wrapped under.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WrappedUnder {
+    /// Format 1: the KEK derived from the keyring's `subject_tag_key`
+    /// (written before KEKs rotated with the sealing keys).
+    TagKey,
+    /// Format 2: the KEK derived from this sealing key id.
+    Key(String),
+}
+
+impl std::fmt::Display for WrappedUnder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WrappedUnder::TagKey => f.write_str("subject_tag_key (format 1)"),
+            WrappedUnder::Key(id) => write!(f, "{id}"),
+        }
+    }
+}
+
+impl WrappedUnder {
+    /// The key a stored wrapped key names, from its bytes alone; `None` for
+    /// bytes in no known format.
+    pub fn of(wrapped: &[u8]) -> Option<WrappedUnder> {
+        match wrapped.first()? {
+            1 if wrapped.len() == WRAPPED_LEN => Some(WrappedUnder::TagKey),
+            2 => {
+                let n = usize::from(*wrapped.get(1)?);
+                let id = wrapped.get(2..2 + n)?;
+                (wrapped.len() == WRAPPED_V2_FIXED + n)
+                    .then(|| {
+                        std::str::from_utf8(id)
+                            .ok()
+                            .map(|s| WrappedUnder::Key(s.to_owned()))
+                    })
+                    .flatten()
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The wrapping's associated data: domain, subject tag and, for format 2,
+/// the wrapping key id (length-prefixed).
+fn wrap_ad(tag: &SubjectTag, key_id: Option<&str>) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(WRAP_DOMAIN_V2.len() + 33 + key_id.map_or(0, str::len));
+    match key_id {
+        None => ad.extend_from_slice(WRAP_DOMAIN),
+        Some(_) => ad.extend_from_slice(WRAP_DOMAIN_V2),
+    }
+    ad.extend_from_slice(&tag.0);
+    if let Some(id) = key_id {
+        ad.push(id.len() as u8);
+        ad.extend_from_slice(id.as_bytes());
+    }
+    ad
+}
+
+/// One subject's data key. Wiped from memory on drop; never printed.
+pub struct DataKey {
+    secret: Zeroizing<[u8; 32]>,
+    cipher: XChaCha20Poly1305,
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey(..)")
+    }
+}
+
+impl DataKey {
+    fn from_secret(secret: Zeroizing<[u8; 32]>) -> Self {
+        let cipher = XChaCha20Poly1305::new(<&Key>::from(&*secret));
+        DataKey { secret, cipher }
+    }
+
+    pub(crate) fn generate() -> Result<Self, Error> {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        getrandom::fill(secret.as_mut()).map_err(|e| {
+            Error::Keyring(format!(
+                "the operating system's random number generator failed: {e}"
+            ))
+        })?;
+        Ok(Self::from_secret(secret))
+    }
+
+    /// Seal `plaintext` for `aad` with this key (header key id [`SUBJECT_KEY_ID`]).
+    pub fn seal(&self, aad: &Aad<'_>, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        seal_with_cipher(
+            &self.cipher,
+            SUBJECT_KEY_ID,
+            aad,
+            plaintext,
+            random_nonce()?,
+        )
+    }
+
+    /// Open an envelope sealed with [`DataKey::seal`].
+    pub fn open(
+        &self,
+        aad: &Aad<'_>,
+        envelope: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, IntegrityError> {
+        open_with_cipher(&self.cipher, aad, envelope)
+    }
+}
+
+/// `true` when `envelope`'s header names a subject data key.
+pub fn is_subject_sealed(envelope: &[u8]) -> bool {
+    parse_header(envelope).is_ok_and(|h| h.key_id == SUBJECT_KEY_ID)
+}
+
+/// The key-encryption keys (KEKs) that wrap subject data keys, derived from
+/// a keyring: one per sealing key (format 2; the primary's wraps new keys)
+/// and the format-1 KEK from the `subject_tag_key` (opens only).
+pub(crate) struct Keks {
+    /// The format-1 KEK (from the `subject_tag_key`): opens only.
+    legacy: XChaCha20Poly1305,
+    /// The format-2 KEK of every keyring key, by key id.
+    by_key: HashMap<String, XChaCha20Poly1305>,
+    /// The keyring's primary key id: its KEK wraps new keys.
+    primary: String,
+}
+
+impl Keks {
+    /// The KEKs of every key of `keyring`.
+    pub(crate) fn from_keyring(keyring: &Keyring) -> Self {
+        let legacy = keyring.derive_subkey(KEK_LABEL);
+        let by_key = keyring
+            .key_ids()
+            .filter_map(|id| {
+                let kek = keyring.derive_from_key(id, KEK_V2_LABEL)?;
+                Some((id.to_owned(), XChaCha20Poly1305::new(<&Key>::from(&*kek))))
+            })
+            .collect();
+        Keks {
+            legacy: XChaCha20Poly1305::new(<&Key>::from(&*legacy)),
+            by_key,
+            primary: keyring.primary_key_id().to_owned(),
+        }
+    }
+
+    /// The id of the key whose KEK wraps new keys.
+    pub(crate) fn primary(&self) -> &str {
+        &self.primary
+    }
+
+    /// Wrap `key` (format 2) under the primary key's KEK.
+    pub(crate) fn wrap(&self, tag: &SubjectTag, key: &DataKey) -> Result<Vec<u8>, Error> {
+        let id = self.primary.as_str();
+        let kek = self.by_key.get(id).ok_or_else(|| {
+            Error::Keyring(format!("the keyring's primary key `{id}` is missing"))
+        })?;
+        let nonce = random_nonce()?;
+        let ad = wrap_ad(tag, Some(id));
+        let mut out = Vec::with_capacity(WRAPPED_V2_FIXED + id.len());
+        out.push(2);
+        // Invariant: key ids are at most 64 bytes (Keyring validates them).
+        out.push(id.len() as u8);
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(&nonce);
+        let at = out.len();
+        out.extend_from_slice(key.secret.as_ref());
+        let t = kek
+            .encrypt_inout_detached(<&XNonce>::from(&nonce), &ad, (&mut out[at..]).into())
+            .map_err(|_| Error::Keyring("wrapping a subject key failed".into()))?;
+        out.extend_from_slice(&t);
+        Ok(out)
+    }
+
+    /// Unwrap a stored key of either format.
+    pub(crate) fn unwrap(&self, tag: &SubjectTag, wrapped: &[u8]) -> Result<DataKey, Error> {
+        let bad = || Error::Integrity(IntegrityError::Tampered);
+        let (kek, ad, body) = match WrappedUnder::of(wrapped).ok_or_else(bad)? {
+            WrappedUnder::TagKey => (&self.legacy, wrap_ad(tag, None), &wrapped[1..]),
+            WrappedUnder::Key(id) => {
+                let kek = self.by_key.get(&id).ok_or_else(|| {
+                    Error::Keyring(format!(
+                        "a subject key is wrapped under key `{id}`, which this keyring does not hold"
+                    ))
+                })?;
+                (kek, wrap_ad(tag, Some(&id)), &wrapped[2 + id.len()..])
+            }
+        };
+        // body: nonce (24), key (32), tag (16).
+        let nonce: [u8; 24] = body[..24].try_into().map_err(|_| bad())?;
+        let mut secret = Zeroizing::new([0u8; 32]);
+        secret.copy_from_slice(&body[24..56]);
+        let t = <&Tag>::try_from(&body[56..]).map_err(|_| bad())?;
+        kek.decrypt_inout_detached(
+            <&XNonce>::from(&nonce),
+            &ad,
+            secret.as_mut_slice().into(),
+            t,
+        )
+        .map_err(|_| bad())?;
+        Ok(DataKey::from_secret(secret))
+    }
+}
+
+#[cfg(test)]
+/// A format-1 wrapped key (what earlier versions stored), for `key`.
+pub(crate) fn wrap_v1(keyring: &Keyring, tag: &SubjectTag, key: &DataKey) -> Vec<u8> {
+    let kek = keyring.derive_subkey(KEK_LABEL);
+    let kek = XChaCha20Poly1305::new(<&Key>::from(&*kek));
+    let nonce = random_nonce().unwrap();
+    let mut out = vec![1];
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(key.secret.as_ref());
+    let t = kek
+        .encrypt_inout_detached(
+            <&XNonce>::from(&nonce),
+            &wrap_ad(tag, None),
+            (&mut out[25..]).into(),
+        )
+        .unwrap();
+    out.extend_from_slice(&t);
+    out
+}

@@ -1,0 +1,22 @@
+//! # Sealing: what keeps a payload secret and its records tamper-evident
+//!
+//! Knows keys and bytes, never a store: it imports only [`crate::model`] and
+//! the error type.
+//!
+//! - [`envelope`]: the sealed bytes and the associated data they are bound to.
+//! - [`keyring`]: named keys, one primary; seals and opens envelopes.
+//! - [`data_key`]: per-subject data keys and the KEKs that wrap them.
+//! - [`opener`]: the one rule for which key opens a stored record.
+//! - [`audit_chain`]: the audit record's MAC chain and signed checkpoints.
+//! - `audit_encode`: the canonical bytes of audit records, fast path.
+
+pub mod audit_chain;
+pub(crate) mod audit_encode;
+pub mod data_key;
+pub mod envelope;
+pub mod keyring;
+pub mod opener;
+
+pub use data_key::DataKey;
+pub use keyring::Keyring;
+pub use opener::{KeyNeeded, SealingKey};
