@@ -229,3 +229,117 @@ impl RedisBroker {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::tests::{meta, s};
+    use crate::codec::{encode_stored, id_str};
+    use sealq::TaskState;
+
+    fn id(n: u128) -> TaskId {
+        TaskId(uuid::Uuid::from_u128(n))
+    }
+
+    /// A `[id, fields, stored]` item of a pending task.
+    fn item(id: TaskId) -> Value {
+        Value::Array(vec![
+            s(&id_str(&id)),
+            Value::Array(vec![
+                s("s"),
+                s("pending"),
+                s("r"),
+                s("10"),
+                s("upd"),
+                s("5"),
+            ]),
+            Value::BulkString(encode_stored("k", &meta(), b"env").unwrap()),
+        ])
+    }
+
+    #[test]
+    fn list_reply_gives_records_of_the_queue() {
+        let v = Value::Array(vec![item(id(1)), item(id(2))]);
+        let r = parse_list_reply("q", v).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].id, r[1].id), (id(1), id(2)));
+        assert_eq!(r[0].queue, "q");
+        assert_eq!(r[0].state, TaskState::Pending);
+        assert_eq!(r[0].envelope, b"env");
+        assert!(parse_list_reply("q", Value::Nil).unwrap().is_empty());
+    }
+
+    #[test]
+    fn malformed_list_reply_is_an_error() {
+        let bad_id = Value::Array(vec![s("nope"), Value::Nil, Value::Nil]);
+        assert_eq!(
+            parse_list_reply("q", Value::Array(vec![bad_id])).unwrap_err(),
+            "bad id"
+        );
+        let no_bytes = Value::Array(vec![
+            s(&id_str(&id(1))),
+            Value::Array(vec![
+                s("s"),
+                s("pending"),
+                s("r"),
+                s("10"),
+                s("upd"),
+                s("5"),
+            ]),
+            Value::Nil,
+        ]);
+        let e = parse_list_reply("q", Value::Array(vec![no_bytes])).unwrap_err();
+        assert!(e.ends_with("has no stored bytes"), "{e}");
+        let e = parse_list_reply("q", Value::Array(vec![s("flat")])).unwrap_err();
+        assert!(e.contains("expected an array"), "{e}");
+    }
+
+    #[test]
+    fn get_reply_gives_the_record_or_none() {
+        let r = parse_get_reply(id(3), "q", Value::Array(vec![item(id(3))]))
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.id, r.queue.as_str(), r.run_at_ms), (id(3), "q", 10));
+        // No item, or an item with an empty hash: no such task.
+        assert!(
+            parse_get_reply(id(3), "q", Value::Array(vec![]))
+                .unwrap()
+                .is_none()
+        );
+        let gone = Value::Array(vec![s(&id_str(&id(3))), Value::Array(vec![]), Value::Nil]);
+        assert!(
+            parse_get_reply(id(3), "q", Value::Array(vec![gone]))
+                .unwrap()
+                .is_none()
+        );
+        let e = parse_get_reply(id(3), "q", Value::Array(vec![Value::Int(1)])).unwrap_err();
+        assert!(e.contains("expected an array"), "{e}");
+    }
+
+    #[test]
+    fn delete_reply_gives_count_and_ids() {
+        let v = Value::Array(vec![Value::Int(2), s("aa"), s("bb")]);
+        assert_eq!(
+            parse_delete_reply(v).unwrap(),
+            (2, vec!["aa".to_owned(), "bb".to_owned()])
+        );
+        assert_eq!(parse_delete_reply(Value::Nil).unwrap(), (0, vec![]));
+        let e = parse_delete_reply(Value::Array(vec![s("two")])).unwrap_err();
+        assert_eq!(e, "expected an integer");
+        let e = parse_delete_reply(Value::Array(vec![Value::Int(1), Value::Nil])).unwrap_err();
+        assert_eq!(e, "expected a string, got nil");
+    }
+
+    #[test]
+    fn swap_reply_needs_one_result_per_swap() {
+        let v = Value::Array(vec![Value::Int(1), Value::Int(0)]);
+        assert_eq!(parse_swap_reply(v, 2).unwrap(), [true, false]);
+        let v = Value::Array(vec![Value::Int(1)]);
+        assert_eq!(
+            parse_swap_reply(v, 2).unwrap_err(),
+            "one result per swap expected"
+        );
+        let v = Value::Array(vec![s("yes")]);
+        assert_eq!(parse_swap_reply(v, 1).unwrap_err(), "expected an integer");
+    }
+}

@@ -308,3 +308,144 @@ impl RedisBroker {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::tests::{meta, s};
+    use crate::codec::{encode_stored, id_str};
+
+    fn id(n: u128) -> sealq::TaskId {
+        sealq::TaskId(uuid::Uuid::from_u128(n))
+    }
+
+    fn reply(per: &[i64], triples: Vec<Value>, extras: Vec<Value>) -> Value {
+        Value::Array(vec![
+            Value::Array(per.iter().map(|&n| Value::Int(n)).collect()),
+            Value::Array(triples),
+            Value::Array(extras),
+        ])
+    }
+
+    fn triple(n: u128, attempts: i64, run_at: i64) -> [Value; 3] {
+        [s(&id_str(&id(n))), Value::Int(attempts), Value::Int(run_at)]
+    }
+
+    #[test]
+    fn dequeue_reply_assigns_queues_and_extras() {
+        let stored = encode_stored("k", &meta(), b"env").unwrap();
+        let triples = [triple(1, 0, 10), triple(2, 1, 20), triple(3, 2, 30)].concat();
+        let extras = vec![
+            Value::Int(2),
+            s("p"),
+            Value::Nil,
+            Value::Int(2),
+            s("e"),
+            s("boom"),
+            Value::Int(3),
+            s("b"),
+            Value::BulkString(stored.clone()),
+        ];
+        // Two tasks from the first queue, none from the second, one from the third.
+        let raws = parse_dequeue_reply(3, reply(&[2, 0, 1], triples, extras)).unwrap();
+        assert_eq!(raws.iter().map(|r| r.qi).collect::<Vec<_>>(), [0, 0, 2]);
+        assert_eq!(raws[0].id, id_str(&id(1)).into_bytes());
+        assert!(!raws[0].replayed && raws[0].last_error.is_none() && raws[0].stored.is_none());
+        assert!(raws[1].replayed);
+        assert_eq!(raws[1].last_error.as_deref(), Some(&b"boom"[..]));
+        assert_eq!(raws[2].stored.as_deref(), Some(stored.as_slice()));
+        // Nothing leased.
+        assert!(
+            parse_dequeue_reply(2, reply(&[0, 0], vec![], vec![]))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn malformed_dequeue_reply_is_an_error() {
+        use DequeueReplyError::{Malformed, Value as Type};
+        let t = || triple(1, 0, 10).to_vec();
+        let e = |queues, v| parse_dequeue_reply(queues, v).unwrap_err();
+        // Missing parts.
+        assert_eq!(e(1, Value::Array(vec![Value::Array(vec![])])), Malformed);
+        assert_eq!(e(1, Value::Nil), Malformed);
+        // Triples not a multiple of three, extras not either.
+        assert_eq!(e(1, reply(&[1], t()[..2].to_vec(), vec![])), Malformed);
+        assert_eq!(e(1, reply(&[1], t(), vec![Value::Int(1)])), Malformed);
+        // Counts that do not match the tasks, or name more queues than asked.
+        assert_eq!(e(1, reply(&[2], t(), vec![])), Malformed);
+        assert_eq!(e(1, reply(&[0, 1], t(), vec![])), Malformed);
+        // Extras naming no task, or an unknown code.
+        for n in [0, 2, -1] {
+            let x = vec![Value::Int(n), s("p"), Value::Nil];
+            assert_eq!(e(1, reply(&[1], t(), x)), Malformed, "task {n}");
+        }
+        let x = vec![Value::Int(1), s("z"), Value::Nil];
+        assert_eq!(e(1, reply(&[1], t(), x)), Malformed);
+        // Values of the wrong type.
+        assert!(matches!(e(1, Value::Int(1)), Type(m) if m.contains("expected an array")));
+        let per_not_int = Value::Array(vec![
+            Value::Array(vec![s("one")]),
+            Value::Array(t()),
+            Value::Array(vec![]),
+        ]);
+        assert_eq!(e(1, per_not_int), Type("expected an integer".into()));
+        let x = vec![Value::Int(1), Value::Nil, Value::Nil];
+        assert_eq!(
+            e(1, reply(&[1], t(), x)),
+            Type("expected a string, got nil".into())
+        );
+    }
+
+    #[test]
+    fn leased_task_is_built_or_refused_with_a_reason() {
+        let stored = encode_stored("k", &meta(), b"env").unwrap();
+        let raw = |id: Value, attempts: Value, run_at: Value| {
+            let r = parse_dequeue_reply(1, reply(&[1], vec![id, attempts, run_at], vec![]));
+            r.unwrap().pop().unwrap()
+        };
+        let ok = raw(s(&id_str(&id(5))), Value::Int(2), Value::Int(77));
+        let t = leased_task(ok, "q", Some(stored.clone()), 0xab, 1_000, 900).unwrap();
+        assert_eq!(t.lease.task_id, id(5));
+        assert_eq!((t.lease.token, t.lease.expires_at_ms), (0xab, 1_000));
+        assert_eq!(t.record.queue, "q");
+        assert_eq!(t.record.state, sealq::TaskState::Active);
+        assert_eq!((t.record.attempts, t.record.run_at_ms), (2, 77));
+        assert_eq!(t.record.lease_expires_at_ms, Some(1_000));
+        assert_eq!(t.record.updated_at_ms, 900);
+        assert_eq!(t.record.envelope, b"env");
+        assert!(!t.replayed);
+        let why = |r: Raw, b: Option<Vec<u8>>| leased_task(r, "q", b, 1, 2, 3).unwrap_err();
+        let good_id = || s(&id_str(&id(5)));
+        assert_eq!(
+            why(
+                raw(s("x"), Value::Int(0), Value::Int(0)),
+                Some(stored.clone())
+            ),
+            "bad id"
+        );
+        assert_eq!(
+            why(
+                raw(good_id(), s("two"), Value::Int(0)),
+                Some(stored.clone())
+            ),
+            "attempts is not a number"
+        );
+        assert_eq!(
+            why(
+                raw(good_id(), Value::Int(0), Value::Nil),
+                Some(stored.clone())
+            ),
+            "run_at is missing or not a number"
+        );
+        assert_eq!(
+            why(raw(good_id(), Value::Int(0), Value::Int(0)), None),
+            "its stored bytes are missing"
+        );
+        assert_eq!(
+            why(raw(good_id(), Value::Int(0), Value::Int(0)), Some(vec![9])),
+            "stored task bytes have unknown layout version 9"
+        );
+    }
+}

@@ -310,3 +310,45 @@ impl RedisBroker {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::tests::s;
+
+    #[test]
+    fn enqueue_reply_gives_each_tasks_outcome() {
+        let holder = TaskId(uuid::Uuid::from_u128(9));
+        let v = Value::Array(vec![
+            s("ok"),
+            s("exists"),
+            s("nobytes"),
+            s("full:250"),
+            s(&id_str(&holder)),
+        ]);
+        assert_eq!(
+            parse_enqueue_reply(v, 5).unwrap(),
+            [
+                Stored::Ok,
+                Stored::Exists,
+                Stored::NoBytes,
+                Stored::Full(250),
+                Stored::Held(holder)
+            ]
+        );
+        assert_eq!(parse_enqueue_reply(Value::Nil, 0).unwrap(), []);
+    }
+
+    #[test]
+    fn malformed_enqueue_reply_is_an_error() {
+        let e = |v: Vec<Value>, n| parse_enqueue_reply(Value::Array(v), n).unwrap_err();
+        assert_eq!(e(vec![s("ok")], 2), "one result per task expected");
+        assert_eq!(e(vec![s("ok"), s("ok")], 1), "one result per task expected");
+        assert_eq!(e(vec![s("full:many")], 1), "a queue's cap is not a number");
+        assert_eq!(e(vec![s("full:-1")], 1), "a queue's cap is not a number");
+        assert_eq!(e(vec![s("OK")], 1), "unique key holder is not an id");
+        assert_eq!(e(vec![Value::Nil], 1), "expected a string, got nil");
+        let e = parse_enqueue_reply(Value::Int(1), 1).unwrap_err();
+        assert!(e.contains("expected an array"), "{e}");
+    }
+}

@@ -120,3 +120,96 @@ impl RedisBroker {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::tests::s;
+
+    #[test]
+    fn ack_and_extend_replies_read_ones_as_applied() {
+        let v = Value::Array(vec![Value::Int(1), Value::Int(0), s("1"), Value::Int(2)]);
+        assert_eq!(parse_applied(v, 4).unwrap(), [true, false, true, false]);
+        // Short reply: the rest stay not applied; extra items are not read.
+        let v = Value::Array(vec![Value::Int(1)]);
+        assert_eq!(parse_applied(v, 3).unwrap(), [true]);
+        let v = Value::Array(vec![Value::Int(1), s("junk")]);
+        assert_eq!(parse_applied(v, 1).unwrap(), [true]);
+    }
+
+    #[test]
+    fn malformed_ack_reply_is_an_error() {
+        let e = parse_applied(Value::Array(vec![s("yes")]), 1).unwrap_err();
+        assert_eq!(e, "expected an integer");
+        let e = parse_applied(Value::Array(vec![Value::Nil]), 1).unwrap_err();
+        assert_eq!(e, "expected an integer, got nil");
+        let e = parse_applied(s("OK"), 1).unwrap_err();
+        assert!(e.contains("expected an array"), "{e}");
+    }
+
+    /// The arguments one ack adds, as strings.
+    fn args_of(a: &Ack) -> Vec<String> {
+        let mut c = redis::cmd("FCALL");
+        ack_args(&mut c, a);
+        c.args_iter()
+            .skip(1)
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => "<not a simple argument>".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ack_arguments_name_each_outcome() {
+        let lease = Lease {
+            task_id: TaskId(uuid::Uuid::from_u128(1)),
+            token: 0xbeef,
+            expires_at_ms: 0,
+        };
+        let ack = |outcome| Ack { lease, outcome };
+        let head = ["00000000000000000000000000000001", "000000000000beef"];
+        let with = |rest: &[&str]| -> Vec<String> {
+            head.iter().chain(rest).map(|s| s.to_string()).collect()
+        };
+        assert_eq!(
+            args_of(&ack(Outcome::Complete { result: None })),
+            with(&["c"])
+        );
+        assert_eq!(
+            args_of(&ack(Outcome::Complete {
+                result: Some(b"r".to_vec())
+            })),
+            with(&["C", "r"])
+        );
+        assert_eq!(
+            args_of(&ack(Outcome::Retry {
+                at_ms: 99,
+                error: None
+            })),
+            with(&["r", "99"])
+        );
+        assert_eq!(
+            args_of(&ack(Outcome::Retry {
+                at_ms: 99,
+                error: Some(b"e".to_vec())
+            })),
+            with(&["R", "99", "e"])
+        );
+        assert_eq!(
+            args_of(&ack(Outcome::Archive {
+                reason: sealq::ArchiveReason::Integrity,
+                error: None
+            })),
+            with(&["a", "integrity"])
+        );
+        assert_eq!(
+            args_of(&ack(Outcome::Archive {
+                reason: sealq::ArchiveReason::Integrity,
+                error: Some(b"e".to_vec())
+            })),
+            with(&["A", "integrity", "e"])
+        );
+        assert_eq!(args_of(&ack(Outcome::Requeue)), with(&["q"]));
+    }
+}

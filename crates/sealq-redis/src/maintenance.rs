@@ -215,3 +215,88 @@ impl RedisBroker {
         Ok(total)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::tests::s;
+
+    #[test]
+    fn forward_reply_gives_moved_and_next_due() {
+        let v = Value::Array(vec![Value::Int(3), s("1700000000123")]);
+        assert_eq!(
+            parse_forward_reply(v).unwrap(),
+            (3, Some(1_700_000_000_123))
+        );
+        // Lua may send the score as a float; nothing left is empty.
+        let v = Value::Array(vec![Value::Int(0), s("1.7e12")]);
+        assert_eq!(
+            parse_forward_reply(v).unwrap(),
+            (0, Some(1_700_000_000_000))
+        );
+        let v = Value::Array(vec![Value::Int(2), s("")]);
+        assert_eq!(parse_forward_reply(v).unwrap(), (2, None));
+        assert_eq!(parse_forward_reply(Value::Nil).unwrap(), (0, None));
+    }
+
+    #[test]
+    fn malformed_forward_reply_is_an_error() {
+        let e = parse_forward_reply(Value::Array(vec![Value::Int(1), s("soon")])).unwrap_err();
+        assert!(e.contains("invalid float"), "{e}");
+        let e = parse_forward_reply(Value::Array(vec![s("many")])).unwrap_err();
+        assert_eq!(e, "expected an integer");
+        let e = parse_forward_reply(Value::Array(vec![Value::Int(1), Value::Nil])).unwrap_err();
+        assert_eq!(e, "expected a string, got nil");
+        let e = parse_forward_reply(Value::Int(1)).unwrap_err();
+        assert!(e.contains("expected an array"), "{e}");
+    }
+
+    #[test]
+    fn recover_reply_gives_retried_archived_scanned() {
+        let v = Value::Array(vec![Value::Int(4), Value::Int(1), Value::Int(1000)]);
+        assert_eq!(parse_recover_reply(v).unwrap(), [4, 1, 1000]);
+        let v = Value::Array(vec![Value::Int(4)]);
+        assert_eq!(parse_recover_reply(v).unwrap(), [4, 0, 0]);
+        let e = parse_recover_reply(Value::Array(vec![Value::Int(0), s("x")])).unwrap_err();
+        assert_eq!(e, "expected an integer");
+        assert!(parse_recover_reply(s("OK")).is_err());
+    }
+
+    #[test]
+    fn purge_reply_gives_counts_and_deleted_ids() {
+        let v = Value::Array(vec![
+            Value::Int(5),
+            Value::Int(1000),
+            Value::Int(2),
+            Value::Int(1),
+            s("aa"),
+            s("bb"),
+        ]);
+        assert_eq!(
+            parse_purge_reply(v).unwrap(),
+            PurgeReply {
+                purged: 5,
+                scanned: 1000,
+                trimmed: 2,
+                more: 1,
+                deleted: vec!["aa".into(), "bb".into()],
+            }
+        );
+        // Short or negative counts are 0.
+        let v = Value::Array(vec![Value::Int(-1)]);
+        let r = parse_purge_reply(v).unwrap();
+        assert_eq!((r.purged, r.scanned, r.trimmed, r.more), (0, 0, 0, 0));
+        assert!(r.deleted.is_empty());
+    }
+
+    #[test]
+    fn malformed_purge_reply_is_an_error() {
+        let e = parse_purge_reply(Value::Array(vec![s("x")])).unwrap_err();
+        assert_eq!(e, "expected an integer");
+        let mut v = vec![Value::Int(0); 4];
+        v.push(Value::Nil);
+        let e = parse_purge_reply(Value::Array(v)).unwrap_err();
+        assert_eq!(e, "expected a string, got nil");
+        assert!(parse_purge_reply(Value::Int(0)).is_err());
+    }
+}

@@ -210,6 +210,88 @@ impl RedisBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::tests::s;
+    use sealq::broker::RateLimit;
+
+    fn counts(pairs: &[(&str, i64)]) -> Value {
+        Value::Array(
+            pairs
+                .iter()
+                .flat_map(|(k, n)| [s(k), Value::Int(*n)])
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn stats_reply_gives_counts_and_settings() {
+        let v = Value::Array(vec![
+            Value::Int(1),
+            counts(&[
+                ("scheduled", 1),
+                ("pending", 2),
+                ("active", 3),
+                ("retry", 4),
+                ("completed", 5),
+                ("archived", 6),
+                ("maxdepth", 100),
+                ("trimmed", 9),
+            ]),
+            Value::Array(vec![s("10"), s("1000")]),
+        ]);
+        let st = parse_stats_reply("q".into(), v).unwrap();
+        assert_eq!(
+            st,
+            QueueStats {
+                queue: "q".into(),
+                paused: true,
+                scheduled: 1,
+                pending: 2,
+                active: 3,
+                retry: 4,
+                completed: 5,
+                archived: 6,
+                max_depth: Some(100),
+                rate_limit: Some(RateLimit {
+                    limit: 10,
+                    period_ms: 1000
+                }),
+            }
+        );
+        assert!(worth_reporting(&st));
+    }
+
+    #[test]
+    fn empty_queue_without_settings_is_not_reported() {
+        let v = Value::Array(vec![Value::Int(0), counts(&[("pending", -2)])]);
+        let st = parse_stats_reply("q".into(), v).unwrap();
+        assert_eq!((st.paused, st.pending, st.max_depth), (false, 0, None));
+        assert!(!worth_reporting(&st));
+        let paused = parse_stats_reply("q".into(), Value::Array(vec![Value::Int(1)])).unwrap();
+        assert!(worth_reporting(&paused));
+        let capped = parse_stats_reply(
+            "q".into(),
+            Value::Array(vec![Value::Int(0), counts(&[("maxdepth", 0)])]),
+        )
+        .unwrap();
+        assert!(worth_reporting(&capped));
+    }
+
+    #[test]
+    fn malformed_stats_reply_is_an_error() {
+        let e = parse_stats_reply("q".into(), Value::Array(vec![s("yes")])).unwrap_err();
+        assert_eq!(e, "expected an integer");
+        let v = Value::Array(vec![Value::Int(0), counts(&[]), s("10/1000")]);
+        let e = parse_stats_reply("q".into(), v).unwrap_err();
+        assert!(e.contains("expected an array"), "{e}");
+        let v = Value::Array(vec![
+            Value::Int(0),
+            Value::Array(vec![s("pending"), s("x")]),
+        ]);
+        assert_eq!(
+            parse_stats_reply("q".into(), v).unwrap_err(),
+            "expected an integer"
+        );
+    }
 
     #[test]
     fn parses_and_subtracts_commandstats() {
