@@ -9,22 +9,29 @@ use crate::calls::group_by;
 use crate::codec::{self, array, bytes, id_str, int, opt_bytes, parse_id};
 use crate::{RedisBroker, keys};
 
-/// One task of a `sealq_list` or `sealq_get` reply: `[id, fields, stored]`,
-/// `fields` the task hash as field/value pairs (empty if there is no such
-/// task), `stored` its stored bytes or nil.
-fn parse_task_item(item: Value) -> Result<(Vec<u8>, Vec<Value>, Option<Vec<u8>>), String> {
+/// One task of a `sealq_list` reply: `[id, fields, stored]`.
+struct TaskItem {
+    /// The id as stored.
+    id: Vec<u8>,
+    /// The task hash as field/value pairs.
+    fields: Vec<Value>,
+    /// Its stored bytes (nil if missing).
+    stored: Option<Vec<u8>>,
+}
+
+fn parse_task_item(item: Value) -> Result<TaskItem, String> {
     let mut it = array(item)?.into_iter();
     let id = it.next().map(bytes).transpose()?.unwrap_or_default();
     let fields = array(it.next().unwrap_or(Value::Nil))?;
     let stored = opt_bytes(it.next().unwrap_or(Value::Nil))?;
-    Ok((id, fields, stored))
+    Ok(TaskItem { id, fields, stored })
 }
 
 /// The `sealq_list` reply for `queue`: its tasks' records.
 fn parse_list_reply(queue: &str, reply: Value) -> Result<Vec<TaskRecord>, String> {
     let mut out = Vec::new();
     for item in array(reply)? {
-        let (id, fields, stored) = parse_task_item(item)?;
+        let TaskItem { id, fields, stored } = parse_task_item(item)?;
         let id = parse_id(&id).ok_or("bad id")?;
         out.push(codec::record(id, queue, fields, stored)?);
     }
