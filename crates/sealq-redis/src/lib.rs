@@ -73,6 +73,7 @@ mod lease;
 mod maintenance;
 mod queue_settings;
 mod registry;
+mod spin_wait;
 mod stats;
 mod subject_keys;
 mod url;
