@@ -331,7 +331,11 @@ impl RedisBroker {
 // Each method runs in the file of its concern: enqueue.rs, dequeue.rs,
 // lease.rs (ack, extend), maintenance.rs (forward, recover, purge),
 // stats.rs, admin.rs (list, get, delete, re-seal, rerun),
-// queue_settings.rs (pause, resume, limits), wake.rs, erasure.rs.
+// queue_settings.rs (pause, resume, limits, rate limits), wake.rs,
+// erasure.rs. They share keys.rs (the key schema), calls.rs (FCALLs per
+// queue, draining queues in batches) and registry.rs (the global index,
+// queue registry and lease cache); functions.rs installs and checks the
+// Lua library, conn.rs and spin_wait.rs hold the connections.
 #[async_trait]
 impl Broker for RedisBroker {
     async fn enqueue(&self, tasks: Vec<NewTask>) -> BrokerResult<Vec<EnqueueResult>> {
