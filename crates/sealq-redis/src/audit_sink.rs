@@ -142,7 +142,7 @@ impl RedisAuditSink {
         .with_source(e)
     }
 
-    fn bad(&self, what: &str, detail: impl std::fmt::Display) -> AuditError {
+    fn unexpected_reply(&self, what: &str, detail: impl std::fmt::Display) -> AuditError {
         AuditError::new(format!(
             "audit log in {}: {what}: unexpected reply: {detail}",
             self.inner.broker.inner.target
@@ -184,19 +184,23 @@ impl RedisAuditSink {
                 .query(&c)
                 .await
                 .map_err(|e| self.err(what, e))?;
-            let entries = array(v).map_err(|e| self.bad(what, e))?;
+            let entries = array(v).map_err(|e| self.unexpected_reply(what, e))?;
             let n = entries.len();
             let mut last = None;
             for entry in entries {
-                let mut it = array(entry).map_err(|e| self.bad(what, e))?.into_iter();
-                let id = bytes(it.next().unwrap_or(Value::Nil)).map_err(|e| self.bad(what, e))?;
-                let flat = array(it.next().unwrap_or(Value::Nil)).map_err(|e| self.bad(what, e))?;
+                let mut it = array(entry)
+                    .map_err(|e| self.unexpected_reply(what, e))?
+                    .into_iter();
+                let id = bytes(it.next().unwrap_or(Value::Nil))
+                    .map_err(|e| self.unexpected_reply(what, e))?;
+                let flat = array(it.next().unwrap_or(Value::Nil))
+                    .map_err(|e| self.unexpected_reply(what, e))?;
                 let mut fields = Vec::with_capacity(flat.len() / 2);
                 let mut f = flat.into_iter();
                 while let (Some(k), Some(v)) = (f.next(), f.next()) {
                     fields.push((
-                        bytes(k).map_err(|e| self.bad(what, e))?,
-                        bytes(v).map_err(|e| self.bad(what, e))?,
+                        bytes(k).map_err(|e| self.unexpected_reply(what, e))?,
+                        bytes(v).map_err(|e| self.unexpected_reply(what, e))?,
                     ));
                 }
                 out.push((out.len() as u64 + 1, fields));

@@ -47,7 +47,7 @@ impl RedisBlobStore {
     /// `prefix`, each blob expiring `ttl` after it was written. Connects on
     /// first use.
     pub fn new(url: &str, prefix: &str, ttl: Duration, tls: TlsFiles) -> Result<Self, BrokerError> {
-        crate::validate_prefix(prefix)?;
+        crate::keys::validate_prefix(prefix)?;
         if ttl.as_millis() == 0 {
             return Err(BrokerError::new(
                 sealq::BrokerErrorKind::Config,

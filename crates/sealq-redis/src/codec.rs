@@ -230,3 +230,204 @@ pub(crate) fn record(
 pub(crate) fn subject_str(s: &SubjectTag) -> String {
     s.to_hex()
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use sealq::Backoff;
+
+    pub(crate) fn s(x: &str) -> Value {
+        Value::BulkString(x.as_bytes().to_vec())
+    }
+
+    pub(crate) fn meta() -> TaskMeta {
+        TaskMeta {
+            producer: "p1".into(),
+            created_at_ms: 1_700_000_000_000,
+            not_after_ms: Some(1_700_000_600_000),
+            deadline_ms: None,
+            timeout_ms: Some(30_000),
+            max_retries: 5,
+            backoff: Backoff::Fixed { delay_ms: 250 },
+            retention_ms: 86_400_000,
+            subject_tag: None,
+        }
+    }
+
+    #[test]
+    fn ids_and_tokens_keep_their_stored_form() {
+        let id = TaskId(uuid::Uuid::from_u128(
+            0x0123_4567_89ab_cdef_0011_2233_4455_6677,
+        ));
+        assert_eq!(id_str(&id), "0123456789abcdef0011223344556677");
+        assert_eq!(parse_id(id_str(&id).as_bytes()), Some(id));
+        // The dashed form parses too; junk does not.
+        assert_eq!(parse_id(id.0.to_string().as_bytes()), Some(id));
+        assert_eq!(parse_id(b"not-an-id"), None);
+        assert_eq!(parse_id(b""), None);
+        assert_eq!(token_str(0xab), "00000000000000ab");
+        assert_eq!(token_str(u64::MAX), "ffffffffffffffff");
+    }
+
+    #[test]
+    fn reply_values_read_by_type() {
+        assert_eq!(array(Value::Nil).unwrap(), Vec::<Value>::new());
+        assert_eq!(array(Value::Array(vec![Value::Int(1)])).unwrap().len(), 1);
+        assert_eq!(array(Value::Set(vec![Value::Int(1)])).unwrap().len(), 1);
+        assert_eq!(
+            array(Value::Int(1)).unwrap_err(),
+            "expected an array, got integer"
+        );
+        assert_eq!(opt_bytes(s("x")).unwrap(), Some(b"x".to_vec()));
+        assert_eq!(
+            opt_bytes(Value::SimpleString("OK".into())).unwrap(),
+            Some(b"OK".to_vec())
+        );
+        assert_eq!(opt_bytes(Value::Int(-7)).unwrap(), Some(b"-7".to_vec()));
+        assert_eq!(opt_bytes(Value::Nil).unwrap(), None);
+        assert_eq!(
+            opt_bytes(Value::Array(vec![])).unwrap_err(),
+            "expected a string, got array"
+        );
+        assert_eq!(bytes(Value::Nil).unwrap_err(), "expected a string, got nil");
+        assert_eq!(int(&Value::Int(42)).unwrap(), 42);
+        assert_eq!(int(&s("-5")).unwrap(), -5);
+        assert_eq!(int(&Value::SimpleString("9".into())).unwrap(), 9);
+        assert_eq!(int(&s("4.5")).unwrap_err(), "expected an integer");
+        assert_eq!(
+            int(&Value::Nil).unwrap_err(),
+            "expected an integer, got nil"
+        );
+    }
+
+    #[test]
+    fn stored_bytes_round_trip_and_keep_the_layout() {
+        let envelope = b"\x00sealed\xffbytes".to_vec();
+        let b = encode_stored("email.welcome", &meta(), &envelope).unwrap();
+        // Layout version, then the kind's length (u16 BE) and the kind.
+        assert_eq!(&b[..3], &[1, 0, 13]);
+        assert_eq!(&b[3..16], b"email.welcome");
+        // The envelope is the tail, byte for byte.
+        assert!(b.ends_with(&envelope));
+        let s = decode_stored(b).unwrap();
+        assert_eq!(s.kind, "email.welcome");
+        assert_eq!(s.meta, meta());
+        assert_eq!(s.envelope, envelope);
+        // An empty envelope (an erased task) and an empty kind are fine.
+        let s = decode_stored(encode_stored("", &meta(), &[]).unwrap()).unwrap();
+        assert_eq!((s.kind.as_str(), s.envelope.len()), ("", 0));
+    }
+
+    #[test]
+    fn damaged_stored_bytes_are_named_not_panicked_on() {
+        let good = encode_stored("k", &meta(), b"env").unwrap();
+        let err = |b: Vec<u8>| decode_stored(b).map(|_| ()).unwrap_err();
+        assert_eq!(err(Vec::new()), "stored task bytes are empty");
+        let mut v2 = good.clone();
+        v2[0] = 2;
+        assert_eq!(err(v2), "stored task bytes have unknown layout version 2");
+        // Every truncation inside the header or the metadata is refused.
+        let meta_end = good.len() - 3;
+        for cut in 1..meta_end {
+            let e = err(good[..cut].to_vec());
+            assert!(
+                e.contains("truncated") || e.contains("does not decode"),
+                "cut at {cut}: {e}"
+            );
+        }
+        let mut bad_kind = good.clone();
+        bad_kind[3] = 0xff;
+        assert_eq!(err(bad_kind), "stored task type is not UTF-8");
+        let mut bad_meta = good.clone();
+        bad_meta[8] = 0xc1; // never used in MessagePack
+        assert!(err(bad_meta).starts_with("task meta does not decode"));
+        // A kind longer than the u16 length field holds is refused at encode.
+        assert!(encode_stored(&"k".repeat(70_000), &meta(), b"").is_err());
+    }
+
+    fn fields(pairs: &[(&str, &str)]) -> Vec<Value> {
+        pairs.iter().flat_map(|(k, v)| [s(k), s(v)]).collect()
+    }
+
+    #[test]
+    fn record_reads_the_task_hash_and_stored_bytes() {
+        let id = TaskId(uuid::Uuid::from_u128(7));
+        let stored = encode_stored("k", &meta(), b"env").unwrap();
+        let active = fields(&[
+            ("s", "active"),
+            ("a", "2"),
+            ("r", "100"),
+            ("lx", "500"),
+            ("le", "boom"),
+            ("upd", "400"),
+            ("zz", "ignored"),
+        ]);
+        let r = record(id, "q", active, Some(stored.clone())).unwrap();
+        assert_eq!(r.id, id);
+        assert_eq!(r.queue, "q");
+        assert_eq!(r.kind, "k");
+        assert_eq!(r.envelope, b"env");
+        assert_eq!(r.state, TaskState::Active);
+        assert_eq!(r.attempts, 2);
+        assert_eq!(r.run_at_ms, 100);
+        assert_eq!(r.lease_expires_at_ms, Some(500));
+        assert_eq!(r.last_error.as_deref(), Some(&b"boom"[..]));
+        assert_eq!(r.updated_at_ms, 400);
+        // Lease fields left behind by an ack mean nothing once not active.
+        let done = fields(&[
+            ("s", "completed"),
+            ("r", "100"),
+            ("lx", "500"),
+            ("fin", "450"),
+            ("res", "ok"),
+            ("upd", "450"),
+        ]);
+        let r = record(id, "q", done, Some(stored.clone())).unwrap();
+        assert_eq!(r.lease_expires_at_ms, None);
+        assert_eq!(r.finished_at_ms, Some(450));
+        assert_eq!(r.result.as_deref(), Some(&b"ok"[..]));
+        let archived = fields(&[
+            ("s", "archived"),
+            ("r", "1"),
+            ("upd", "2"),
+            ("ar", "integrity"),
+        ]);
+        let r = record(id, "q", archived, Some(stored)).unwrap();
+        assert_eq!(r.archive_reason, Some(ArchiveReason::Integrity));
+    }
+
+    #[test]
+    fn malformed_task_hash_is_an_error() {
+        let id = TaskId(uuid::Uuid::from_u128(7));
+        let stored = || Some(encode_stored("k", &meta(), b"env").unwrap());
+        let e = |f: &[(&str, &str)], b: Option<Vec<u8>>| {
+            record(id, "q", fields(f), b).map(|_| ()).unwrap_err()
+        };
+        assert!(e(&[("r", "1"), ("upd", "2")], stored()).ends_with("has no `s` field"));
+        assert!(e(&[("s", "pending"), ("upd", "2")], stored()).ends_with("has no `r` field"));
+        assert!(e(&[("s", "pending"), ("r", "1")], stored()).ends_with("has no `upd` field"));
+        assert_eq!(
+            e(&[("s", "sleeping"), ("r", "1"), ("upd", "2")], stored()),
+            "unknown state `sleeping`"
+        );
+        assert_eq!(
+            e(&[("s", "pending"), ("r", "soon"), ("upd", "2")], stored()),
+            "field `r` is not a number"
+        );
+        assert!(
+            e(&[("s", "pending"), ("r", "1"), ("upd", "2")], None).ends_with("has no stored bytes")
+        );
+        assert_eq!(
+            e(
+                &[("s", "pending"), ("r", "1"), ("upd", "2")],
+                Some(Vec::new())
+            ),
+            "stored task bytes are empty"
+        );
+        // A field without a value, or a non-string field: errors, not panics.
+        let odd = vec![s("s"), Value::Nil];
+        assert!(record(id, "q", odd, stored()).is_err());
+        let odd = vec![Value::Array(vec![]), s("x")];
+        assert!(record(id, "q", odd, stored()).is_err());
+    }
+}

@@ -1,12 +1,56 @@
-//! Redis' own command counters (`INFO commandstats`), for measurements such
-//! as `sealq bench`: how many commands, and how much of Redis' time, a task
-//! costs.
+//! Statistics: each queue's task counts and settings (`sealq_stats`, for
+//! [`sealq::Broker::stats`]), and Redis' own command counters
+//! (`INFO commandstats`), for measurements such as `sealq bench`: how many
+//! commands, and how much of Redis' time, a task costs.
 
 use std::collections::BTreeMap;
 
-use sealq::broker::BrokerResult;
+use redis::Value;
+use sealq::broker::{BrokerResult, QueueStats};
 
 use crate::RedisBroker;
+use crate::codec::{array, bytes, int};
+use crate::queue_settings::rate_limit_of;
+
+/// The `sealq_stats` reply for `queue`: `[paused, counts, rate]`, `counts`
+/// as name/number pairs (unknown names ignored, negative numbers 0),
+/// `rate` the queue's `[rl, rp]` flags.
+fn parse_stats_reply(queue: String, reply: Value) -> Result<QueueStats, String> {
+    let mut parts = array(reply)?.into_iter();
+    let paused = parts.next().map(|v| int(&v)).transpose()?.unwrap_or(0) == 1;
+    let mut s = QueueStats {
+        queue,
+        paused,
+        ..Default::default()
+    };
+    let counts = array(parts.next().unwrap_or(Value::Nil))?;
+    let mut it = counts.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        let k = bytes(k)?;
+        let n = u64::try_from(int(&v)?.max(0)).unwrap_or(0);
+        match k.as_slice() {
+            b"scheduled" => s.scheduled = n,
+            b"pending" => s.pending = n,
+            b"active" => s.active = n,
+            b"retry" => s.retry = n,
+            b"completed" => s.completed = n,
+            b"archived" => s.archived = n,
+            b"maxdepth" => s.max_depth = Some(n),
+            _ => {}
+        }
+    }
+    if let Some(rate) = parts.next() {
+        s.rate_limit = rate_limit_of(&array(rate)?);
+    }
+    Ok(s)
+}
+
+/// Whether [`sealq::Broker::stats`] reports a queue: it holds tasks or has
+/// a setting.
+fn worth_reporting(s: &QueueStats) -> bool {
+    let total = s.scheduled + s.pending + s.active + s.retry + s.completed + s.archived;
+    total > 0 || s.paused || s.max_depth.is_some() || s.rate_limit.is_some()
+}
 
 /// Calls and microseconds per command, as `INFO commandstats` counts them
 /// (commands run inside functions are counted too, and their time is also
@@ -126,11 +170,31 @@ impl CommandStats {
 }
 
 impl RedisBroker {
+    /// [`sealq::Broker::stats`]: one `sealq_stats` per known queue; queues
+    /// with no task and no setting are left out.
+    pub(crate) async fn queue_stats(&self) -> BrokerResult<Vec<QueueStats>> {
+        let what = "reading queue statistics";
+        let (queues, _) = self.queues().await?;
+        let cmds = queues
+            .iter()
+            .map(|q| self.queue_call("sealq_stats", q, false))
+            .collect();
+        let replies = self.run_per_queue(what, cmds).await?;
+        let mut out = Vec::new();
+        for (q, reply) in queues.into_iter().zip(replies) {
+            let s = parse_stats_reply(q, reply).map_err(|e| self.corrupt_reply(what, e))?;
+            if worth_reporting(&s) {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
     /// A snapshot of the server's `INFO commandstats`. `None` on a Cluster
     /// (each master counts its own). Needs the `INFO` permission (the
     /// documented admin role has it; producers and workers do not).
     pub async fn command_stats(&self) -> BrokerResult<Option<CommandStats>> {
-        if !self.single() {
+        if !self.single_node() {
             return Ok(None);
         }
         let info: String = self
@@ -146,6 +210,88 @@ impl RedisBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::tests::s;
+    use sealq::broker::RateLimit;
+
+    fn counts(pairs: &[(&str, i64)]) -> Value {
+        Value::Array(
+            pairs
+                .iter()
+                .flat_map(|(k, n)| [s(k), Value::Int(*n)])
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn stats_reply_gives_counts_and_settings() {
+        let v = Value::Array(vec![
+            Value::Int(1),
+            counts(&[
+                ("scheduled", 1),
+                ("pending", 2),
+                ("active", 3),
+                ("retry", 4),
+                ("completed", 5),
+                ("archived", 6),
+                ("maxdepth", 100),
+                ("trimmed", 9),
+            ]),
+            Value::Array(vec![s("10"), s("1000")]),
+        ]);
+        let st = parse_stats_reply("q".into(), v).unwrap();
+        assert_eq!(
+            st,
+            QueueStats {
+                queue: "q".into(),
+                paused: true,
+                scheduled: 1,
+                pending: 2,
+                active: 3,
+                retry: 4,
+                completed: 5,
+                archived: 6,
+                max_depth: Some(100),
+                rate_limit: Some(RateLimit {
+                    limit: 10,
+                    period_ms: 1000
+                }),
+            }
+        );
+        assert!(worth_reporting(&st));
+    }
+
+    #[test]
+    fn empty_queue_without_settings_is_not_reported() {
+        let v = Value::Array(vec![Value::Int(0), counts(&[("pending", -2)])]);
+        let st = parse_stats_reply("q".into(), v).unwrap();
+        assert_eq!((st.paused, st.pending, st.max_depth), (false, 0, None));
+        assert!(!worth_reporting(&st));
+        let paused = parse_stats_reply("q".into(), Value::Array(vec![Value::Int(1)])).unwrap();
+        assert!(worth_reporting(&paused));
+        let capped = parse_stats_reply(
+            "q".into(),
+            Value::Array(vec![Value::Int(0), counts(&[("maxdepth", 0)])]),
+        )
+        .unwrap();
+        assert!(worth_reporting(&capped));
+    }
+
+    #[test]
+    fn malformed_stats_reply_is_an_error() {
+        let e = parse_stats_reply("q".into(), Value::Array(vec![s("yes")])).unwrap_err();
+        assert_eq!(e, "expected an integer");
+        let v = Value::Array(vec![Value::Int(0), counts(&[]), s("10/1000")]);
+        let e = parse_stats_reply("q".into(), v).unwrap_err();
+        assert!(e.contains("expected an array"), "{e}");
+        let v = Value::Array(vec![
+            Value::Int(0),
+            Value::Array(vec![s("pending"), s("x")]),
+        ]);
+        assert_eq!(
+            parse_stats_reply("q".into(), v).unwrap_err(),
+            "expected an integer"
+        );
+    }
 
     #[test]
     fn parses_and_subtracts_commandstats() {

@@ -49,7 +49,7 @@ impl RedisSubjectKeyStore {
     /// A store at the Redis `url` under `prefix` (connects on first use).
     /// The URL's TLS parameters apply; its `prefix` parameter does not.
     pub fn new(url: &str, prefix: &str, tls: TlsFiles) -> Result<Self, BrokerError> {
-        crate::validate_prefix(prefix)?;
+        crate::keys::validate_prefix(prefix)?;
         let parsed = crate::url::parse(url)?;
         Ok(Self::with_parsed(
             parsed,
@@ -118,7 +118,7 @@ impl RedisSubjectKeyStore {
             .map_err(|e| crate::error::map(&self.parsed.redacted, what, e))
     }
 
-    fn bad(&self, what: &str, detail: impl std::fmt::Display) -> BrokerError {
+    fn corrupt_reply(&self, what: &str, detail: impl std::fmt::Display) -> BrokerError {
         crate::error::corrupt(&self.parsed.redacted, what, detail)
     }
 }
@@ -153,11 +153,13 @@ impl SubjectKeyStore for RedisSubjectKeyStore {
             if set == 1 {
                 return Ok(wrapped);
             }
-            if let Some(stored) = crate::codec::opt_bytes(stored).map_err(|e| self.bad(what, e))? {
+            if let Some(stored) =
+                crate::codec::opt_bytes(stored).map_err(|e| self.corrupt_reply(what, e))?
+            {
                 return Ok(stored);
             }
         }
-        Err(self.bad(
+        Err(self.corrupt_reply(
             what,
             "the key was destroyed three times while being created (erasures running at the same time)",
         ))
@@ -242,7 +244,7 @@ impl SubjectKeyStore for RedisSubjectKeyStore {
             Some(b) => std::str::from_utf8(&b)
                 .ok()
                 .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| self.bad(what, "the epoch is not a number")),
+                .ok_or_else(|| self.corrupt_reply(what, "the epoch is not a number")),
         }
     }
 }
@@ -256,7 +258,7 @@ pub(crate) fn for_broker(
         .subject_keys_prefix
         .clone()
         .unwrap_or_else(|| format!("{}-keys", options.prefix));
-    crate::validate_prefix(&prefix)?;
+    crate::keys::validate_prefix(&prefix)?;
     if prefix == options.prefix {
         return Err(BrokerError::new(
             sealq::BrokerErrorKind::Config,

@@ -80,7 +80,7 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-fn bad(url: &str, why: impl std::fmt::Display) -> BrokerError {
+fn invalid_url(url: &str, why: impl std::fmt::Display) -> BrokerError {
     BrokerError::new(
         BrokerErrorKind::Config,
         format!(
@@ -126,7 +126,7 @@ fn pct_encode(s: &str) -> String {
 /// Parse a broker URL.
 pub(crate) fn parse(url: &str) -> Result<Parsed, BrokerError> {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(bad(url, "no scheme"));
+        return Err(invalid_url(url, "no scheme"));
     };
     let scheme = scheme.to_ascii_lowercase();
     let (tls, flavour) = match scheme.as_str() {
@@ -136,7 +136,7 @@ pub(crate) fn parse(url: &str) -> Result<Parsed, BrokerError> {
         "rediss+cluster" => (true, "cluster"),
         "redis+sentinel" => (false, "sentinel"),
         "rediss+sentinel" => (true, "sentinel"),
-        other => return Err(bad(url, format!("unknown scheme `{other}`"))),
+        other => return Err(invalid_url(url, format!("unknown scheme `{other}`"))),
     };
     let (rest, query) = match rest.split_once('?') {
         Some((r, q)) => (r, Some(q)),
@@ -162,7 +162,7 @@ pub(crate) fn parse(url: &str) -> Result<Parsed, BrokerError> {
     };
     let hosts: Vec<&str> = hosts.split(',').filter(|h| !h.is_empty()).collect();
     if hosts.is_empty() {
-        return Err(bad(url, "no host"));
+        return Err(invalid_url(url, "no host"));
     }
     let mut parsed = Parsed {
         topology: Topology::Standalone(String::new()),
@@ -184,7 +184,7 @@ pub(crate) fn parse(url: &str) -> Result<Parsed, BrokerError> {
             "prefix" => parsed.prefix = Some(v),
             "spin_us" => {
                 parsed.spin_us = Some(v.parse().map_err(|_| {
-                    bad(
+                    invalid_url(
                         url,
                         format!("`spin_us` must be a whole number of microseconds, not `{v}`"),
                     )
@@ -194,14 +194,17 @@ pub(crate) fn parse(url: &str) -> Result<Parsed, BrokerError> {
             "cert" => parsed.cert = Some(v),
             "key" => parsed.key = Some(v),
             "sentinel_password" => parsed.sentinel_password = Some(v),
-            other => return Err(bad(url, format!("unknown parameter `{other}`"))),
+            other => return Err(invalid_url(url, format!("unknown parameter `{other}`"))),
         }
     }
     if !tls && (parsed.ca.is_some() || parsed.cert.is_some() || parsed.key.is_some()) {
-        return Err(bad(url, "`ca`, `cert` and `key` need TLS: use rediss://"));
+        return Err(invalid_url(
+            url,
+            "`ca`, `cert` and `key` need TLS: use rediss://",
+        ));
     }
     if parsed.cert.is_some() != parsed.key.is_some() {
-        return Err(bad(url, "`cert` and `key` go together"));
+        return Err(invalid_url(url, "`cert` and `key` go together"));
     }
     let node = |host: &str, db: &str| -> String {
         let s = if tls { "rediss" } else { "redis" };
@@ -225,26 +228,26 @@ pub(crate) fn parse(url: &str) -> Result<Parsed, BrokerError> {
     parsed.topology = match flavour {
         "" => {
             if hosts.len() != 1 {
-                return Err(bad(
+                return Err(invalid_url(
                     url,
                     "several hosts: use redis+cluster:// or redis+sentinel://",
                 ));
             }
             if !path.is_empty() && path.parse::<i64>().is_err() {
-                return Err(bad(url, "the path must be a database number"));
+                return Err(invalid_url(url, "the path must be a database number"));
             }
             Topology::Standalone(node(hosts[0], path))
         }
         "cluster" => {
             if !path.is_empty() {
-                return Err(bad(url, "a cluster has no database number"));
+                return Err(invalid_url(url, "a cluster has no database number"));
             }
             Topology::Cluster(hosts.iter().map(|h| node(h, "")).collect())
         }
         _ => {
             let mut parts = path.split('/').filter(|p| !p.is_empty());
             let Some(master) = parts.next() else {
-                return Err(bad(
+                return Err(invalid_url(
                     url,
                     "name the master: redis+sentinel://host:port/MASTER",
                 ));
@@ -252,7 +255,7 @@ pub(crate) fn parse(url: &str) -> Result<Parsed, BrokerError> {
             let db = match parts.next() {
                 Some(d) => d
                     .parse()
-                    .map_err(|_| bad(url, "the database must be a number"))?,
+                    .map_err(|_| invalid_url(url, "the database must be a number"))?,
                 None => 0,
             };
             let sentinels = hosts

@@ -1,0 +1,354 @@
+//! Enqueueing: each task's stored bytes and one `sealq_enqueue` call per
+//! queue (`sealq_enqueue_inline` for small calls), in one pipeline on a
+//! single node; on a Cluster the ids are first claimed in the global index.
+
+use std::sync::Arc;
+
+use redis::Value;
+use sealq::broker::{BrokerResult, EnqueueResult, NewTask};
+use sealq::{BrokerError, BrokerErrorKind, TaskId};
+
+use crate::calls::{fcall, group_by};
+use crate::codec::{self, array, bytes, id_str, parse_id};
+use crate::{RedisBroker, keys};
+
+/// What `sealq_enqueue` said of one task.
+#[derive(Debug, PartialEq, Eq)]
+enum Stored {
+    Ok,
+    Exists,
+    /// Its bytes were not there as just written.
+    NoBytes,
+    /// Another task holds its unique key.
+    Held(TaskId),
+    /// The queue holds its maximum of waiting tasks (the cap).
+    Full(u64),
+}
+
+/// How long a task's stored bytes live before the enqueue function makes
+/// them permanent. They are written in the same pipeline just before it, so
+/// this only bounds how long the bytes of a refused task, or of a producer
+/// cut off between the two, stay behind.
+const STORED_BYTES_TTL_MS: u64 = 10 * 60 * 1000;
+
+/// Calls of at most this many tasks pass their bytes inside the function
+/// call (`sealq_enqueue_inline`); larger ones write them with `MSETNX`,
+/// which costs Redis less per task than passing them through Lua.
+const ENQUEUE_INLINE: usize = 8;
+
+/// The reply of `sealq_enqueue` (or `_inline`) for one queue: one item
+/// per task, `ok`, `exists`, `nobytes`, `full:CAP` or the id of the task
+/// holding its unique key.
+fn parse_enqueue_reply(reply: Value, tasks: usize) -> Result<Vec<Stored>, String> {
+    let items = array(reply)?;
+    if items.len() != tasks {
+        return Err("one result per task expected".to_owned());
+    }
+    let mut outcomes = Vec::with_capacity(tasks);
+    for item in items {
+        let b = bytes(item)?;
+        outcomes.push(match b.as_slice() {
+            b"ok" => Stored::Ok,
+            b"exists" => Stored::Exists,
+            b"nobytes" => Stored::NoBytes,
+            full if full.starts_with(b"full:") => Stored::Full(
+                std::str::from_utf8(&full[5..])
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or("a queue's cap is not a number")?,
+            ),
+            holder => Stored::Held(parse_id(holder).ok_or("unique key holder is not an id")?),
+        });
+    }
+    Ok(outcomes)
+}
+
+impl RedisBroker {
+    /// [`sealq::Broker::enqueue`]: validate, group by queue, (Cluster) claim
+    /// the ids, then [`Self::enqueue_round`], with one more round for tasks
+    /// whose bytes were evicted before their function call.
+    pub(crate) async fn enqueue_tasks(
+        &self,
+        tasks: Vec<NewTask>,
+    ) -> BrokerResult<Vec<EnqueueResult>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        for t in &tasks {
+            keys::validate_queue(&t.queue)?;
+        }
+        let now = self.now();
+        let (groups, _) = group_by(tasks.iter().map(|t| Some(t.queue.as_str())));
+        let mut results = vec![EnqueueResult::IdExists; tasks.len()];
+        let ids: Vec<String> = tasks.iter().map(|t| id_str(&t.id)).collect();
+        let mut plan: Vec<(Arc<str>, Vec<usize>)> = Vec::with_capacity(groups.len());
+        if self.single_node() {
+            plan = groups;
+        } else {
+            // Cluster: claim the ids in the global index first (cross-queue IdExists).
+            for (q, idx) in groups {
+                let gids: Vec<String> = idx.iter().map(|&i| ids[i].clone()).collect();
+                let claimed = self.enqueue_cluster_claim(&q, &gids).await?;
+                let keep: Vec<usize> = idx
+                    .iter()
+                    .zip(claimed)
+                    .filter_map(|(&i, ok)| ok.then_some(i))
+                    .collect();
+                if !keep.is_empty() {
+                    plan.push((q, keep));
+                }
+            }
+        }
+        // A task whose bytes were gone when its function call ran (evicted
+        // between the two, under maxmemory) gets one more round of its own;
+        // the rest of the call stands either way.
+        let mut round = self.enqueue_round(&tasks, &ids, &plan, now, true).await?;
+        let mut release = Vec::new();
+        let mut retry: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
+        for attempt in 1..=2 {
+            retry.clear();
+            for (q, outcomes) in round {
+                let mut again = Vec::new();
+                for (i, outcome) in outcomes {
+                    results[i] = match outcome {
+                        Stored::Ok => EnqueueResult::Enqueued,
+                        Stored::Exists => {
+                            release.push(ids[i].clone());
+                            EnqueueResult::IdExists
+                        }
+                        Stored::Held(existing) => {
+                            release.push(ids[i].clone());
+                            EnqueueResult::Duplicate { existing }
+                        }
+                        Stored::Full(max_depth) => {
+                            release.push(ids[i].clone());
+                            EnqueueResult::QueueFull { max_depth }
+                        }
+                        Stored::NoBytes => {
+                            again.push(i);
+                            continue;
+                        }
+                    };
+                }
+                if !again.is_empty() {
+                    retry.push((q, again));
+                }
+            }
+            if retry.is_empty() || attempt == 2 {
+                break;
+            }
+            round = self.enqueue_round(&tasks, &ids, &retry, now, false).await?;
+        }
+        if !retry.is_empty() {
+            let lost: Vec<usize> = retry
+                .iter()
+                .flat_map(|(_, idx)| idx.iter().copied())
+                .collect();
+            release.extend(lost.iter().map(|&i| ids[i].clone()));
+            self.unindex(release).await?;
+            let named: Vec<String> = lost
+                .iter()
+                .take(5)
+                .map(|&i| tasks[i].id.to_string())
+                .collect();
+            return Err(BrokerError::new(
+                BrokerErrorKind::Unavailable,
+                format!(
+                    "Redis at {} did not keep the bytes of {} of the {} tasks of this call as written \
+                     just before their enqueue call, twice (evicted under maxmemory, or a stray key \
+                     of that id): {}{}. Those were not stored; the other {} were. Set \
+                     `maxmemory-policy noeviction` (docs/redis.md, \"Memory\")",
+                    self.inner.target,
+                    lost.len(),
+                    tasks.len(),
+                    named.join(", "),
+                    if lost.len() > named.len() {
+                        ", …"
+                    } else {
+                        ""
+                    },
+                    tasks.len() - lost.len(),
+                ),
+            ));
+        }
+        self.unindex(release).await?;
+        Ok(results)
+    }
+
+    /// One enqueue round for `plan` (queue, task indices): per queue each
+    /// task's stored bytes (`SET NX PX`: an existing task's bytes are never
+    /// overwritten, and bytes of a refused task expire by themselves), then
+    /// one function call that accepts or refuses each task and makes
+    /// accepted bytes permanent. Only the function replies are kept. One
+    /// pipeline on a single node; one per queue (one slot each),
+    /// concurrently, on a Cluster. Returns each queue's outcomes in `plan`
+    /// order.
+    async fn enqueue_round(
+        &self,
+        tasks: &[NewTask],
+        ids: &[String],
+        plan: &[(Arc<str>, Vec<usize>)],
+        now: i64,
+        first: bool,
+    ) -> BrokerResult<Vec<(Arc<str>, Vec<(usize, Stored)>)>> {
+        let what = "enqueueing tasks";
+        if plan.is_empty() {
+            return Ok(Vec::new());
+        }
+        let single = self.single_node();
+        // A call of a few tasks (first round) passes their bytes inside one
+        // `sealq_enqueue_inline` call per queue, which writes them with
+        // `SET NX`: one command instead of four, and no bytes are ever
+        // written for a refused task.
+        let inline =
+            first && plan.iter().map(|(_, idx)| idx.len()).sum::<usize>() <= ENQUEUE_INLINE;
+        // The fast path (single node, first round, larger calls): one `MSETNX` per queue
+        // writes every task's bytes and a marker, or nothing if any of the
+        // keys exists; the function learns which from the marker. MULTI/EXEC
+        // makes the two one step, so bytes are never left without a task.
+        // (Not when one call names an id twice: MSETNX would keep the last
+        // bytes, `SET NX` keeps those of the task that is accepted.)
+        let fast = first
+            && !inline
+            && single
+            && plan.iter().all(|(_, idx)| {
+                let mut seen = std::collections::HashSet::with_capacity(idx.len());
+                idx.iter().all(|&i| seen.insert(&ids[i]))
+            });
+        let stored = |t: &NewTask| {
+            codec::encode_stored(&t.kind, &t.meta, &t.envelope).map_err(|e| {
+                BrokerError::new(BrokerErrorKind::Other, format!("task {}: {e}", t.id))
+            })
+        };
+        let mut pipes = vec![redis::pipe()];
+        if fast {
+            pipes[0].atomic();
+        }
+        for (q, idx) in plan {
+            if !single && pipes[pipes.len() - 1].cmd_iter().next().is_some() {
+                pipes.push(redis::pipe());
+            }
+            let p = pipes.last_mut().expect("at least one pipeline");
+            let base = self.queue_key_prefix(q);
+            let marker = fast.then(|| format!("{base}m:{:016x}", rand::random::<u64>()));
+            if let Some(m) = &marker {
+                p.cmd("MSETNX").arg(m).arg("1");
+            }
+            // Inline calls carry the bytes as function arguments (below).
+            for &i in idx.iter().filter(|_| !inline) {
+                let stored = stored(&tasks[i])?;
+                let key = format!("{base}b:{}", ids[i]);
+                if fast {
+                    p.arg(key).arg(stored);
+                } else {
+                    p.cmd("SET")
+                        .arg(key)
+                        .arg(stored)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(STORED_BYTES_TTL_MS)
+                        .ignore();
+                }
+            }
+            if fast {
+                p.ignore();
+            }
+            let mut c = match &marker {
+                Some(m) => {
+                    let mut c = fcall("sealq_enqueue");
+                    c.arg(3)
+                        .arg(&base)
+                        .arg(&self.inner.global_key_prefix)
+                        .arg(m);
+                    c
+                }
+                None if inline => self.queue_call("sealq_enqueue_inline", q, true),
+                None => self.queue_call("sealq_enqueue", q, true),
+            };
+            c.arg(now).arg(q.as_ref());
+            for &i in idx {
+                let t = &tasks[i];
+                let (uk, uttl) = match &t.unique {
+                    Some((k, ttl)) => (k.as_str(), i64::try_from(*ttl).unwrap_or(i64::MAX / 4)),
+                    None => ("", 0),
+                };
+                c.arg(&ids[i])
+                    .arg(t.run_at_ms)
+                    .arg(t.meta.max_retries)
+                    .arg(t.meta.retention_ms)
+                    .arg(
+                        t.meta
+                            .subject_tag
+                            .as_ref()
+                            .map(codec::subject_str)
+                            .unwrap_or_default(),
+                    )
+                    .arg(uk)
+                    .arg(uttl);
+                if inline {
+                    c.arg(stored(t)?);
+                }
+            }
+            p.add_command(c);
+        }
+        let futs = pipes.iter().map(|p| self.inner.conn.pipe::<Vec<Value>>(p));
+        let replies: Vec<Value> = futures::future::try_join_all(futs)
+            .await
+            .map_err(|e| self.err(what, e))?
+            .into_iter()
+            .flatten()
+            .collect();
+        if replies.len() != plan.len() {
+            return Err(self.corrupt_reply(what, "one reply per queue expected"));
+        }
+        let mut out = Vec::with_capacity(plan.len());
+        for ((q, idx), reply) in plan.iter().zip(replies) {
+            let outcomes =
+                parse_enqueue_reply(reply, idx.len()).map_err(|e| self.corrupt_reply(what, e))?;
+            out.push((q.clone(), idx.iter().copied().zip(outcomes).collect()));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::tests::s;
+
+    #[test]
+    fn enqueue_reply_gives_each_tasks_outcome() {
+        let holder = TaskId(uuid::Uuid::from_u128(9));
+        let v = Value::Array(vec![
+            s("ok"),
+            s("exists"),
+            s("nobytes"),
+            s("full:250"),
+            s(&id_str(&holder)),
+        ]);
+        assert_eq!(
+            parse_enqueue_reply(v, 5).unwrap(),
+            [
+                Stored::Ok,
+                Stored::Exists,
+                Stored::NoBytes,
+                Stored::Full(250),
+                Stored::Held(holder)
+            ]
+        );
+        assert_eq!(parse_enqueue_reply(Value::Nil, 0).unwrap(), []);
+    }
+
+    #[test]
+    fn malformed_enqueue_reply_is_an_error() {
+        let e = |v: Vec<Value>, n| parse_enqueue_reply(Value::Array(v), n).unwrap_err();
+        assert_eq!(e(vec![s("ok")], 2), "one result per task expected");
+        assert_eq!(e(vec![s("ok"), s("ok")], 1), "one result per task expected");
+        assert_eq!(e(vec![s("full:many")], 1), "a queue's cap is not a number");
+        assert_eq!(e(vec![s("full:-1")], 1), "a queue's cap is not a number");
+        assert_eq!(e(vec![s("OK")], 1), "unique key holder is not an id");
+        assert_eq!(e(vec![Value::Nil], 1), "expected a string, got nil");
+        let e = parse_enqueue_reply(Value::Int(1), 1).unwrap_err();
+        assert!(e.contains("expected an array"), "{e}");
+    }
+}
