@@ -9,7 +9,7 @@ mod support;
 use std::sync::Arc;
 
 use sealq::Keyring;
-use sealq::audit::{AuditKeys, Auditor, Fault, VerifyOptions, verify_sink};
+use sealq::audit::{AuditKeys, AuditSink, Auditor, Fault, VerifyOptions, verify_sink};
 use sealq::testkit::Harness;
 use sealq::testkit::scenarios::{audit::real_run, scene};
 use sealq_redis::RedisAuditSink;

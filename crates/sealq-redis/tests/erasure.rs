@@ -11,8 +11,7 @@ use sealq::broker::{Ack, AckResult, Broker, DequeueRequest, ListQuery, Outcome};
 use sealq::envelope::{Aad, Purpose};
 use sealq::subject_keys::{SubjectKeys, is_subject_sealed};
 use sealq::{
-    ArchiveReason, Client, EnqueueOptions, Keyring, Task, TaskContext, TaskError, TaskId,
-    TaskState, Worker,
+    ArchiveReason, Client, EnqueueOptions, Keyring, Task, TaskContext, TaskId, TaskState, Worker,
 };
 use sealq_redis::{RedisBroker, RedisOptions};
 use serde::{Deserialize, Serialize};

@@ -9,10 +9,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use sealq::broker::Broker;
-use sealq::envelope::{Aad, Purpose};
 use sealq::{
-    ArchiveReason, Client, EnqueueOptions, Keyring, RawTask, Task, TaskContext, TaskError, TaskId,
-    TaskState, Worker,
+    ArchiveReason, Client, EnqueueOptions, Keyring, RawTask, Task, TaskContext, TaskId, TaskState,
+    Worker,
 };
 use sealq_redis::{RedisBroker, RedisOptions};
 use serde::{Deserialize, Serialize};
@@ -23,14 +22,6 @@ struct Greet {
 }
 impl Task for Greet {
     const KIND: &'static str = "test.greet";
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Other {
-    n: u32,
-}
-impl Task for Other {
-    const KIND: &'static str = "test.other";
 }
 
 struct Env {
