@@ -11,8 +11,7 @@ use sealq::broker::{Ack, AckResult, Broker, DequeueRequest, ListQuery, Outcome};
 use sealq::envelope::{Aad, Purpose};
 use sealq::subject_keys::{SubjectKeys, is_subject_sealed};
 use sealq::{
-    ArchiveReason, Client, EnqueueOptions, Keyring, Task, TaskContext, TaskError, TaskId,
-    TaskState, Worker,
+    ArchiveReason, Client, EnqueueOptions, Keyring, Task, TaskContext, TaskId, TaskState, Worker,
 };
 use sealq_redis::{RedisBroker, RedisOptions};
 use serde::{Deserialize, Serialize};
@@ -317,120 +316,6 @@ async fn erasure_removes_every_state_and_shreds_earlier_copies_of_the_subject_on
     worker.shutdown().await.unwrap();
     let done = broker.get(later).await.unwrap().unwrap();
     assert!(is_subject_sealed(&done.result.expect("result stored")));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_active_task_of_an_erased_subject_ends_archived_erased_and_never_retries() {
-    let redis = support::shared_broker(sealq::clock::system_clock()).await;
-    let broker: Arc<dyn Broker> = Arc::new(redis);
-    let keyring = Arc::new(Keyring::generate());
-    let c = client(&broker, &keyring);
-    let started = Arc::new(tokio::sync::Notify::new());
-    let release = Arc::new(tokio::sync::Notify::new());
-    let (st, rl) = (started.clone(), release.clone());
-    let worker = Worker::builder(broker.clone(), keyring.clone())
-        .maintenance_interval(Duration::from_millis(20))
-        .handle(move |_: Mail, _ctx: TaskContext| {
-            let (st, rl) = (st.clone(), rl.clone());
-            async move {
-                st.notify_one();
-                rl.notified().await;
-                Err(TaskError::retry("fails after erasure: must not be retried"))
-            }
-        })
-        .build()
-        .unwrap()
-        .spawn();
-    let id = c
-        .enqueue(
-            &mail("ann@example.com"),
-            EnqueueOptions::new()
-                .subject("user-42")
-                .unique("ann", Duration::from_secs(3600)),
-        )
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), started.notified())
-        .await
-        .expect("handler started");
-    let receipt = c.erase_subject("user-42", "dpo").await.unwrap();
-    assert_eq!(receipt.counts.active, 1);
-    assert_eq!(receipt.counts.total(), 1);
-    release.notify_one();
-    let report = worker.shutdown().await.unwrap();
-    assert_eq!(
-        report.leases_lost, 1,
-        "the running worker's ack must be refused"
-    );
-    let rec = broker.get(id).await.unwrap().unwrap();
-    assert_eq!(rec.state, TaskState::Archived);
-    assert_eq!(rec.archive_reason, Some(ArchiveReason::Erased));
-    assert!(rec.envelope.is_empty(), "the envelope was wiped");
-    assert!(rec.last_error.is_none());
-    assert!(rec.lease_expires_at_ms.is_none(), "the lease was revoked");
-    // Recovery never brings it back.
-    broker.recover_expired().await.unwrap();
-    broker.forward_due().await.unwrap();
-    let rec = broker.get(id).await.unwrap().unwrap();
-    assert_eq!(rec.state, TaskState::Archived);
-    let listed = broker.list(&ListQuery::default()).await.unwrap();
-    assert_eq!(listed.len(), 1);
-    // Its unique key was released.
-    c.enqueue(
-        &mail("carol@example.com"),
-        EnqueueOptions::new().unique("ann", Duration::from_secs(3600)),
-    )
-    .await
-    .expect("unique key released");
-}
-
-#[tokio::test]
-async fn a_direct_ack_after_erasure_is_lease_lost() {
-    let redis = support::shared_broker(sealq::clock::system_clock()).await;
-    let broker: Arc<dyn Broker> = Arc::new(redis);
-    let keyring = Arc::new(Keyring::generate());
-    let c = client(&broker, &keyring);
-    c.enqueue(
-        &mail("ann@example.com"),
-        EnqueueOptions::new().subject("user-42"),
-    )
-    .await
-    .unwrap();
-    let leased = broker
-        .dequeue(&DequeueRequest {
-            queues: vec!["default".into()],
-            max: 1,
-            lease: Duration::from_millis(1),
-            worker: "w".into(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(leased.len(), 1);
-    let counts = broker
-        .erase_subject(&keyring.subject_tag("user-42"))
-        .await
-        .unwrap();
-    assert_eq!(counts.active, 1);
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    assert_eq!(broker.recover_expired().await.unwrap().retried, 0);
-    let acks = broker
-        .ack(vec![Ack {
-            lease: leased[0].lease,
-            outcome: Outcome::Retry {
-                at_ms: 0,
-                error: None,
-            },
-        }])
-        .await
-        .unwrap();
-    assert_eq!(acks, vec![AckResult::LeaseLost]);
-    assert_eq!(
-        broker
-            .extend_leases(&[leased[0].lease], Duration::from_secs(1))
-            .await
-            .unwrap(),
-        vec![false]
-    );
 }
 
 #[tokio::test]

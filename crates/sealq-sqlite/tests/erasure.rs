@@ -4,13 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use sealq::broker::{Broker, ListQuery};
+use sealq::broker::Broker;
 use sealq::envelope::{Aad, Purpose};
 use sealq::subject_keys::{SubjectKeys, is_subject_sealed};
-use sealq::{
-    ArchiveReason, Client, EnqueueOptions, Keyring, Task, TaskContext, TaskError, TaskId,
-    TaskState, Worker,
-};
+use sealq::{Client, EnqueueOptions, Keyring, Task, TaskContext, TaskId, TaskState, Worker};
 use sealq_sqlite::{SqliteBroker, SqliteOptions};
 use serde::{Deserialize, Serialize};
 
@@ -194,55 +191,4 @@ async fn erasure_shreds_earlier_copies_of_the_subjects_tasks_only() {
     let done = broker.get(fresh).await.unwrap().unwrap();
     let result = done.result.expect("result stored");
     assert!(is_subject_sealed(&result));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_active_task_of_an_erased_subject_ends_archived_erased_and_never_retries() {
-    let dir = tempfile::tempdir().unwrap();
-    let keyring = Arc::new(Keyring::generate());
-    let broker: Arc<dyn Broker> = Arc::new(SqliteBroker::open(dir.path().join("q.db")).unwrap());
-    let c = client(&broker, &keyring);
-    let started = Arc::new(tokio::sync::Notify::new());
-    let release = Arc::new(tokio::sync::Notify::new());
-    let (st, rl) = (started.clone(), release.clone());
-    let worker = Worker::builder(broker.clone(), keyring.clone())
-        .maintenance_interval(Duration::from_millis(20))
-        .handle(move |_: Mail, _ctx: TaskContext| {
-            let (st, rl) = (st.clone(), rl.clone());
-            async move {
-                st.notify_one();
-                rl.notified().await;
-                Err(TaskError::retry("fails after erasure: must not be retried"))
-            }
-        })
-        .build()
-        .unwrap()
-        .spawn();
-    let id = c
-        .enqueue(
-            &Mail {
-                to: "ann@example.com".into(),
-            },
-            EnqueueOptions::new().subject("user-42"),
-        )
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), started.notified())
-        .await
-        .expect("handler started");
-    let receipt = c.erase_subject("user-42", "dpo").await.unwrap();
-    assert_eq!(receipt.counts.active, 1);
-    release.notify_one();
-    let report = worker.shutdown().await.unwrap();
-    assert_eq!(
-        report.leases_lost, 1,
-        "the running worker's ack must be refused"
-    );
-    let rec = broker.get(id).await.unwrap().unwrap();
-    assert_eq!(rec.state, TaskState::Archived);
-    assert_eq!(rec.archive_reason, Some(ArchiveReason::Erased));
-    assert!(rec.envelope.is_empty(), "the envelope was wiped");
-    assert!(rec.last_error.is_none());
-    let listed = broker.list(&ListQuery::default()).await.unwrap();
-    assert_eq!(listed.len(), 1);
 }

@@ -33,13 +33,17 @@ use std::any::Any;
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::audit::AuditSink;
+use crate::blob::BlobStore;
 use crate::broker::Broker;
 use crate::clock::SharedClock;
 
 pub use crate::clock::ManualClock;
 
+pub mod blob_cases;
 pub mod cases;
 pub mod fixtures;
+pub mod scenarios;
 
 pub use fixtures::Ctx;
 
@@ -48,8 +52,15 @@ pub const START_MS: i64 = 1_700_000_000_000;
 
 /// A broker under test plus whatever must stay alive while it is used
 /// (a temp dir, a server process). Dropped, broker first, when the case ends.
+///
+/// Scenarios ([`scenarios`]) and the blob store cases ([`blob_cases`]) use
+/// the optional parts: a second broker over the same store, an audit sink
+/// in the same store, a blob store.
 pub struct Harness {
     broker: Arc<dyn Broker>,
+    peer: Option<Arc<dyn Broker>>,
+    audit_sink: Option<Arc<dyn AuditSink>>,
+    blob_store: Option<Arc<dyn BlobStore>>,
     guard: Option<Box<dyn Any + Send>>,
 }
 
@@ -63,8 +74,30 @@ impl Harness {
     pub fn from_arc(broker: Arc<dyn Broker>) -> Self {
         Self {
             broker,
+            peer: None,
+            audit_sink: None,
+            blob_store: None,
             guard: None,
         }
+    }
+
+    /// A second broker over the same store, as another process would open
+    /// it (a crashed worker's, an operator's).
+    pub fn with_peer(mut self, peer: impl Broker) -> Self {
+        self.peer = Some(Arc::new(peer));
+        self
+    }
+
+    /// The backend's audit sink, for the audit scenarios.
+    pub fn with_audit_sink(mut self, sink: Arc<dyn AuditSink>) -> Self {
+        self.audit_sink = Some(sink);
+        self
+    }
+
+    /// The backend's blob store, for the blob store cases.
+    pub fn with_blob_store(mut self, store: Arc<dyn BlobStore>) -> Self {
+        self.blob_store = Some(store);
+        self
     }
 
     /// Keep `guard` alive until the case has finished and the broker is dropped.
@@ -83,6 +116,9 @@ impl std::fmt::Debug for Harness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Harness")
             .field("broker", &self.broker)
+            .field("peer", &self.peer)
+            .field("audit_sink", &self.audit_sink)
+            .field("blob_store", &self.blob_store)
             .field("guard", &self.guard.is_some())
             .finish()
     }
@@ -115,7 +151,7 @@ where
     let clock = ManualClock::new(START_MS);
     let shared: SharedClock = clock.clone();
     let harness: Harness = factory(shared).await.into();
-    let Harness { broker, guard } = harness;
+    let Harness { broker, guard, .. } = harness;
     case(Ctx::new(broker, clock)).await;
     drop(guard);
 }
@@ -167,6 +203,14 @@ macro_rules! conformance_tests {
             swap_sealed_compare_and_swap,
             max_depth_caps_waiting_tasks,
             rate_limit_caps_leases,
+            subject_key_put_if_absent_keeps_the_first,
+            subject_key_batches_agree_with_single_calls,
+            subject_key_destroy_bumps_the_epoch,
+            subject_key_list_and_replace,
+            erase_subject_removes_every_state,
+            erase_subject_archives_active_and_revokes_its_lease,
+            erase_subject_releases_unique_keys,
+            erase_unknown_subject_is_harmless,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
