@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backoff::Backoff;
-use crate::broker::{
-    Ack, AckResult, Broker, DequeueRequest, EnqueueResult, LeasedTask, NewTask, Outcome, TaskRecord,
-};
-use crate::clock::{Clock, ManualClock};
-use crate::task::{SubjectTag, TaskId, TaskMeta, TaskState};
+use crate::model::backoff::Backoff;
+use crate::model::record::{NewTask, TaskRecord};
+use crate::store::broker::{Ack, AckResult, Broker, DequeueRequest, EnqueueResult, LeasedTask, Outcome};
+use crate::model::clock::{Clock, ManualClock};
+use crate::model::id::{SubjectTag, TaskId};
+use crate::model::state::TaskState;
+use crate::model::task::TaskMeta;
 
 /// The lease the cases take unless they test leases: long enough that the
 /// [`ManualClock`] never passes it by accident.

@@ -33,12 +33,12 @@ use std::any::Any;
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::audit::AuditSink;
-use crate::blob::BlobStore;
-use crate::broker::Broker;
-use crate::clock::SharedClock;
+use crate::store::audit::AuditSink;
+use crate::store::blob::BlobStore;
+use crate::store::broker::Broker;
+use crate::model::clock::SharedClock;
 
-pub use crate::clock::ManualClock;
+pub use crate::model::clock::ManualClock;
 
 pub mod blob_cases;
 pub mod cases;

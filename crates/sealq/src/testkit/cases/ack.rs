@@ -1,8 +1,9 @@
 //! Acks: what each outcome stores, and that only the current lease holder's ack counts.
 
 use super::{LEASE_MS, complete};
-use crate::broker::{Ack, AckResult, Lease, Outcome, Recovered};
-use crate::task::{ArchiveReason, TaskId, TaskState};
+use crate::store::broker::{Ack, AckResult, Lease, Outcome, Recovered};
+use crate::model::id::TaskId;
+use crate::model::state::{ArchiveReason, TaskState};
 use crate::testkit::fixtures::Ctx;
 
 /// Complete stores the result and sets Completed.

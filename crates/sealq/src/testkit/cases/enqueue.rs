@@ -1,8 +1,9 @@
 //! Enqueue: what a batch stores, what it answers, and which ids it refuses.
 
 use super::complete;
-use crate::broker::EnqueueResult;
-use crate::task::{TaskId, TaskState};
+use crate::store::broker::EnqueueResult;
+use crate::model::id::TaskId;
+use crate::model::state::TaskState;
 use crate::testkit::fixtures::{Ctx, LEASE, subject, task_at};
 
 /// Every field of a stored task comes back exactly, envelope bytes included.
@@ -10,7 +11,7 @@ pub async fn enqueue_get_roundtrip(ctx: Ctx) {
     let mut t = ctx.task("roundtrip");
     t.meta.subject_tag = Some(subject(7));
     t.meta.not_after_ms = None;
-    t.meta.backoff = crate::Backoff::Exponential {
+    t.meta.backoff = crate::model::backoff::Backoff::Exponential {
         base_ms: 250,
         max_ms: 10_000,
         jitter: 0.25,

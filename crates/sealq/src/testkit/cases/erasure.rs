@@ -2,15 +2,16 @@
 //! state, an active one is archived `erased` with its envelope wiped and its
 //! lease revoked, other subjects' tasks stay, and the counts say what went.
 
-use crate::broker::{AckResult, EnqueueResult, ListQuery, Outcome};
-use crate::subject_keys::ErasureCounts;
-use crate::task::{ArchiveReason, TaskId, TaskState};
+use crate::store::broker::{AckResult, EnqueueResult, ListQuery, Outcome};
+use crate::model::counts::ErasureCounts;
+use crate::model::id::TaskId;
+use crate::model::state::{ArchiveReason, TaskState};
 use crate::testkit::fixtures::{Ctx, LEASE, subject};
 
 use super::{LEASE_MS, complete};
 
 /// A ready task in `queue` tagged with subject `byte`.
-fn tagged(ctx: &Ctx, queue: &str, byte: u8) -> crate::broker::NewTask {
+fn tagged(ctx: &Ctx, queue: &str, byte: u8) -> crate::model::record::NewTask {
     let mut t = ctx.task(queue);
     t.meta.subject_tag = Some(subject(byte));
     t

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use crate::broker::{AckResult, EnqueueResult, Outcome};
-use crate::task::TaskId;
+use crate::store::broker::{AckResult, EnqueueResult, Outcome};
+use crate::model::id::TaskId;
 use crate::testkit::fixtures::Ctx;
 
 /// A queue capped at N waiting tasks stores no more while it holds N:
@@ -86,8 +86,8 @@ pub async fn max_depth_caps_waiting_tasks(ctx: Ctx) {
 /// no more; other queues are not held back; the limit shows in the stats;
 /// removed, it lets every task through.
 pub async fn rate_limit_caps_leases(ctx: Ctx) {
-    use crate::broker::RateLimit;
-    let by_queue = |ls: &[crate::broker::LeasedTask], q: &str| {
+    use crate::store::broker::RateLimit;
+    let by_queue = |ls: &[crate::store::broker::LeasedTask], q: &str| {
         ls.iter().filter(|l| l.record.queue == q).count()
     };
     ctx.enqueue_n("slow", 12).await;

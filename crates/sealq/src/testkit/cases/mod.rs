@@ -6,7 +6,7 @@
 //! `testkit::cases::<name>` names any of them.
 
 use super::fixtures::LEASE;
-use crate::broker::Outcome;
+use crate::store::broker::Outcome;
 
 mod ack;
 mod admin;

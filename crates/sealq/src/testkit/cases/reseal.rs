@@ -1,15 +1,16 @@
 //! Re-sealing: compare-and-swap of sealed bytes (`swap_sealed`).
 
 use super::complete;
-use crate::broker::{AckResult, Outcome};
-use crate::task::{TaskId, TaskState};
+use crate::store::broker::{AckResult, Outcome};
+use crate::model::id::TaskId;
+use crate::model::state::TaskState;
 use crate::testkit::fixtures::Ctx;
 
 /// Sealed bytes are swapped only where they still hold what was read; the
 /// rest of the task (state, lease, attempts, times) stays as it was, and a
 /// held lease still acks.
 pub async fn swap_sealed_compare_and_swap(ctx: Ctx) {
-    use crate::broker::{SealedPart, SealedSwap};
+    use crate::store::broker::{SealedPart, SealedSwap};
     // ids[1] completes with a result; ids[2] fails once (retry, with an
     // error) and is then leased again and held; ids[0] stays pending.
     let first = ctx.enqueue_n("sw", 2).await;

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::subject_keys::SubjectKeyStore;
+use crate::store::subject_keys::SubjectKeyStore;
 use crate::testkit::fixtures::{Ctx, subject};
 
 /// The broker's subject key store, asserting it has one.

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::{Mail, Scene, fast, mail, wait_state};
-use crate::broker::{Ack, AckResult, DequeueRequest, ListQuery, Outcome};
-use crate::envelope::{Aad, Purpose};
-use crate::subject_keys::{SubjectKeys, is_subject_sealed};
+use crate::store::broker::{Ack, AckResult, DequeueRequest, ListQuery, Outcome};
+use crate::seal::envelope::{Aad, Purpose};
+use crate::seal::data_key::is_subject_sealed;
+use crate::subject_keys::SubjectKeys;
 use crate::{ArchiveReason, EnqueueOptions, TaskContext, TaskError, TaskId, TaskState, Worker};
 
 /// The client's erasure deletes the subject's tasks in every state but

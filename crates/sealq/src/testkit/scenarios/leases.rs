@@ -64,7 +64,7 @@ pub async fn a_crashed_workers_task_is_recovered_after_its_lease_expires(e: Scen
         .await
         .unwrap();
     // A "worker" in another process leases the task and dies without acking.
-    let req = crate::broker::DequeueRequest {
+    let req = crate::store::broker::DequeueRequest {
         queues: vec!["default".into()],
         max: 10,
         lease: Duration::from_millis(200),
@@ -88,16 +88,16 @@ pub async fn a_crashed_workers_task_is_recovered_after_its_lease_expires(e: Scen
     // The dead worker's late ack changes nothing.
     let late = e
         .peer
-        .ack(vec![crate::broker::Ack {
+        .ack(vec![crate::store::broker::Ack {
             lease: leased[0].lease,
-            outcome: crate::broker::Outcome::Archive {
+            outcome: crate::store::broker::Outcome::Archive {
                 reason: ArchiveReason::Cancelled,
                 error: None,
             },
         }])
         .await
         .unwrap();
-    assert_eq!(late, vec![crate::broker::AckResult::LeaseLost]);
+    assert_eq!(late, vec![crate::store::broker::AckResult::LeaseLost]);
     assert_eq!(
         e.broker.get(id).await.unwrap().unwrap().state,
         TaskState::Completed

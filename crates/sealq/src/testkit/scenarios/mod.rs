@@ -31,11 +31,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::AuditSink;
-use crate::broker::{Broker, TaskRecord};
+use crate::store::audit::AuditSink;
+use crate::model::record::TaskRecord;
+use crate::store::broker::Broker;
 use crate::client::Client;
-use crate::keyring::Keyring;
-use crate::task::{Task, TaskId, TaskState};
+use crate::seal::keyring::Keyring;
+use crate::model::id::TaskId;
+use crate::model::state::TaskState;
+use crate::model::task::Task;
 use crate::testkit::Harness;
 
 pub mod audit;
@@ -82,12 +85,12 @@ impl Scene {
 /// (or [`audit::real_run`]) from a backend-specific test.
 pub async fn run<F, R, C, Fut>(factory: F, scenario: C)
 where
-    F: AsyncFnOnce(crate::clock::SharedClock) -> R,
+    F: AsyncFnOnce(crate::model::clock::SharedClock) -> R,
     R: Into<Harness>,
     C: FnOnce(Scene) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let harness: Harness = factory(crate::clock::system_clock()).await.into();
+    let harness: Harness = factory(crate::model::clock::system_clock()).await.into();
     scenario(scene(&harness)).await;
     drop(harness);
 }

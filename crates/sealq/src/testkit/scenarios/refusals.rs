@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::{Greet, Other, Scene, fast, wait_state};
-use crate::broker::ListQuery;
+use crate::store::broker::ListQuery;
 use crate::{
     ArchiveReason, Client, EnqueueOptions, Error, Keyring, RawTask, Task, TaskContext, TaskState,
     Worker,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::{Greet, Other, Scene, fast, wait_state};
-use crate::envelope::{Aad, Purpose};
+use crate::seal::envelope::{Aad, Purpose};
 use crate::{
     ArchiveReason, Client, EnqueueOptions, Keyring, Priority, TaskContext, TaskError, TaskState,
     Worker,
@@ -189,7 +189,7 @@ pub async fn panics_and_timeouts_are_failures_and_the_worker_keeps_going(e: Scen
     let rh = wait_state(&e.broker, h, TaskState::Archived).await;
     wait_state(&e.broker, ok, TaskState::Completed).await;
     worker.shutdown().await.unwrap();
-    let msg = |r: &crate::broker::TaskRecord| {
+    let msg = |r: &crate::model::record::TaskRecord| {
         let b = e
             .keyring
             .open(
@@ -319,7 +319,7 @@ pub async fn delayed_tasks_wait_for_their_time(e: Scene) {
 /// faster than its limit allows (the elapsed time can only be longer on a
 /// slow machine, never shorter), while another queue runs unhindered.
 pub async fn a_rate_limited_queue_drains_no_faster_than_its_limit(e: Scene) {
-    use crate::broker::RateLimit;
+    use crate::store::broker::RateLimit;
     let limit = RateLimit::per(10, Duration::from_millis(200)).unwrap();
     e.broker.set_rate_limit("slow", Some(limit)).await.unwrap();
     for i in 0..40 {
@@ -401,7 +401,7 @@ pub async fn resealed_tasks_run_without_the_old_key(e: Scene) {
     for id in &ids {
         let rec = e.broker.get(*id).await.unwrap().unwrap();
         assert_eq!(
-            crate::envelope::parse_header(&rec.envelope).unwrap().key_id,
+            crate::seal::envelope::parse_header(&rec.envelope).unwrap().key_id,
             new
         );
         assert_eq!(rec.kind, "test.greet");
