@@ -5,9 +5,11 @@
 //! Every outcome is acknowledged, and says what the ack does:
 //! `Complete` and `Archive` end the task (no attempt follows), `Retry`
 //! schedules the next attempt (this one counts), `Requeue` gives the task
-//! back unstarted or unfinished (this attempt does not count). Only a lost
-//! lease or a dead acker leaves a task unacked: its lease then expires and
-//! the broker recovers it for another attempt (at-least-once).
+//! back unstarted or unfinished (this attempt does not count). The broker
+//! refuses the ack of a lease already lost (the task may run elsewhere); an
+//! ack that never arrives (the acker died or gave up) leaves the lease to
+//! expire, and the broker recovers the task for another attempt
+//! (at-least-once).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -309,10 +311,7 @@ async fn run_handler(
     let lateness_ms = (now - record.run_at_ms).max(0);
     metrics::histogram!("sealq_task_start_delay_seconds").record(lateness_ms as f64 / 1000.0);
 
-    let mut limit_ms = record.meta.timeout_ms.unwrap_or(u64::MAX);
-    if let Some(d) = record.meta.deadline_ms {
-        limit_ms = limit_ms.min(u64::try_from(d - now).unwrap_or(0));
-    }
+    let limit_ms = time_limit_ms(record, now);
     let limit = Duration::from_millis(limit_ms.min(365 * 24 * 3600 * 1000));
     if let Some(a) = &state.config.audit {
         a.on_started(&state.config.id, record);
@@ -335,6 +334,16 @@ async fn run_handler(
         Err(_elapsed) => HandlerEnd::TimedOut,
     };
     Ok(Finished { end, ctx, limit_ms })
+}
+
+/// How long the handler may run, ms: `min(timeout, deadline - now)`, no
+/// limit (`u64::MAX`, capped at a year by the caller) without either.
+fn time_limit_ms(record: &TaskRecord, now: i64) -> u64 {
+    let mut limit_ms = record.meta.timeout_ms.unwrap_or(u64::MAX);
+    if let Some(d) = record.meta.deadline_ms {
+        limit_ms = limit_ms.min(u64::try_from(d - now).unwrap_or(0));
+    }
+    limit_ms
 }
 
 /// What the handler sees of its task.
