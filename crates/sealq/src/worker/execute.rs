@@ -171,8 +171,9 @@ async fn open_envelope(state: &WorkerState, record: &TaskRecord, now: i64) -> St
 ///   archived `integrity`; no retry can make it authentic.
 /// - The subject's key was destroyed (the subject was erased): acked as
 ///   archived `erased`, never retried; the payload is gone for good.
-/// - The key store cannot be read: acked as a retry in 1 s (not counted as
-///   a failure, nothing sealed): the key may well be there next time.
+/// - The key store cannot be read: acked as a retry in 1 s with no error
+///   stored, not through [`fail`] (no backoff, no `retried` count): the
+///   key may well be readable next time.
 async fn open_sealed(
     state: &WorkerState,
     record: &TaskRecord,
@@ -222,8 +223,10 @@ async fn open_sealed(
 /// Claim-check (`crate::blob`): replace a claim by its blob, opened with
 /// the key that opened the envelope; any other payload passes unchanged.
 /// What the blob's failure asks for decides the ack: a blob that does not
-/// open is refused (archived `integrity`), a missing one archived, a blob
-/// store that cannot be reached retried like a failed attempt.
+/// open is refused (archived `integrity`: no retry makes it authentic), a
+/// missing one archived (`blob_missing`: it will not come back), a blob
+/// store that fails or is not configured is a failed attempt ([`fail`]:
+/// retried with backoff, since the store may recover).
 async fn open_claim(
     state: &WorkerState,
     record: &TaskRecord,

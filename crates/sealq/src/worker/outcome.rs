@@ -36,13 +36,14 @@ pub(crate) struct Finished {
 }
 
 /// Map how the handler ended to the outcome acked:
-/// - success: `Complete`, with the result it set, sealed;
+/// - success: `Complete` (the task is done), with the result it set, sealed;
 /// - a [`TaskError`](super::TaskError): what its [`Failure`] asks for
-///   ([`fail`]: a retry at now + backoff or archived);
-/// - a panic: an ordinary failure, retried with backoff like an error;
+///   ([`fail`]: a retry at now + backoff, or archived);
+/// - a panic: an ordinary failure ([`fail`] with `Failure::Retry`): retried
+///   with backoff, archived `exhausted` once the retries are used up;
 /// - a timeout: the handler is cancelled; past the deadline the task is
-///   archived `deadline_exceeded` (a retry would be later still), else
-///   an ordinary failure, retried with backoff.
+///   archived `deadline_exceeded` (a retry would be later still), else an
+///   ordinary failure like a panic.
 pub(crate) fn outcome_of(state: &WorkerState, record: &TaskRecord, finished: Finished) -> Outcome {
     let Finished { end, ctx, limit_ms } = finished;
     match end {
