@@ -12,15 +12,62 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::error::Error;
+use crate::error::{Error, IntegrityError};
 use crate::model::id::SubjectTag;
+use crate::model::record::TaskRecord;
 use crate::seal::data_key::Keks;
 use crate::seal::keyring::Keyring;
+use crate::seal::opener::{KeyNeeded, key_needed};
 
 // Paths of the items that lived here before the layers were drawn.
 pub use crate::model::counts::{ErasureCounts, ErasureReceipt};
 pub use crate::seal::data_key::{DataKey, SUBJECT_KEY_ID, WrappedUnder, is_subject_sealed};
 pub use crate::store::subject_keys::SubjectKeyStore;
+
+/// The key that opens a stored record's sealed parts, once fetched.
+#[derive(Debug)]
+pub(crate) enum RecordKey {
+    /// A key of the keyring.
+    Keyring,
+    /// The data key of the record's subject.
+    Subject(Arc<DataKey>),
+    /// The record was sealed with its subject's data key, which was
+    /// destroyed: the subject was erased, nothing will open it again.
+    Erased,
+}
+
+/// Why [`record_key`] found no key.
+#[derive(Debug)]
+pub(crate) enum RecordKeyError {
+    /// The envelope can never open here (it names a subject key but the
+    /// record has no subject, or there is no subject key store).
+    Integrity(IntegrityError),
+    /// The subject key store failed: try again later.
+    Unavailable(Error),
+}
+
+/// Fetch the key `record` opens with: the one place that turns
+/// [`key_needed`]'s answer into a key (worker, reveal, re-seal).
+pub(crate) async fn record_key(
+    keys: Option<&SubjectKeys>,
+    record: &TaskRecord,
+) -> Result<RecordKey, RecordKeyError> {
+    let tag = match key_needed(&record.envelope, record.meta.subject_tag.as_ref()) {
+        Ok(KeyNeeded::Keyring) => return Ok(RecordKey::Keyring),
+        Ok(KeyNeeded::Subject(tag)) => tag,
+        Err(e) => return Err(RecordKeyError::Integrity(e)),
+    };
+    let Some(keys) = keys else {
+        return Err(RecordKeyError::Integrity(IntegrityError::UnknownKey(
+            SUBJECT_KEY_ID.to_owned(),
+        )));
+    };
+    match keys.for_open(&tag).await {
+        Ok(Some(key)) => Ok(RecordKey::Subject(key)),
+        Ok(None) => Ok(RecordKey::Erased),
+        Err(e) => Err(RecordKeyError::Unavailable(e)),
+    }
+}
 
 /// What [`SubjectKeys::rewrap_all`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

@@ -9,8 +9,8 @@ use crate::error::{Error, Result};
 use crate::model::audit_event::AuditEvent;
 use crate::model::id::TaskId;
 use crate::model::record::TaskRecord;
-use crate::seal::data_key::is_subject_sealed;
 use crate::seal::envelope::{Aad, Purpose};
+use crate::subject_keys::{RecordKey, RecordKeyError, record_key};
 
 /// A task's opened contents, for an operator who asked to see them.
 /// `Debug` shows sizes only.
@@ -53,22 +53,16 @@ impl Client {
             operator: operator.to_owned(),
         })
         .await?;
-        let key = if is_subject_sealed(&record.envelope) {
-            let (Some(tag), Some(keys)) = (&record.meta.subject_tag, self.subject_keys()) else {
-                return Err(Error::Integrity(crate::error::IntegrityError::UnknownKey(
-                    crate::seal::data_key::SUBJECT_KEY_ID.to_owned(),
-                )));
-            };
-            match keys.for_open(tag).await? {
-                Some(k) => Some(k),
-                None => {
-                    return Err(Error::Config(
-                        "this task's subject was erased: its data key is gone".into(),
-                    ));
-                }
+        let key = match record_key(self.subject_keys().map(|k| &**k), &record).await {
+            Ok(RecordKey::Keyring) => None,
+            Ok(RecordKey::Subject(key)) => Some(key),
+            Ok(RecordKey::Erased) => {
+                return Err(Error::Config(
+                    "this task's subject was erased: its data key is gone".into(),
+                ));
             }
-        } else {
-            None
+            Err(RecordKeyError::Integrity(e)) => return Err(Error::Integrity(e)),
+            Err(RecordKeyError::Unavailable(e)) => return Err(e),
         };
         let open = |purpose: Purpose, bytes: &[u8]| -> Result<Zeroizing<Vec<u8>>> {
             let aad = Aad::for_record(&record, purpose);

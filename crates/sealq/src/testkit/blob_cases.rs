@@ -14,9 +14,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::store::blob::{BlobKey, BlobStore};
 use crate::model::clock::SharedClock;
 use crate::model::id::TaskId;
+use crate::store::blob::{BlobKey, BlobStore};
 use crate::testkit::{Harness, ManualClock, START_MS};
 
 /// Run one blob store case on the store of a fresh harness.

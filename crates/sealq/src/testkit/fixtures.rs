@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::model::backoff::Backoff;
-use crate::model::record::{NewTask, TaskRecord};
-use crate::store::broker::{Ack, AckResult, Broker, DequeueRequest, EnqueueResult, LeasedTask, Outcome};
 use crate::model::clock::{Clock, ManualClock};
 use crate::model::id::{SubjectTag, TaskId};
+use crate::model::record::{NewTask, TaskRecord};
 use crate::model::state::TaskState;
 use crate::model::task::TaskMeta;
+use crate::store::broker::{
+    Ack, AckResult, Broker, DequeueRequest, EnqueueResult, LeasedTask, Outcome,
+};
 
 /// The lease the cases take unless they test leases: long enough that the
 /// [`ManualClock`] never passes it by accident.

@@ -33,10 +33,10 @@ use std::any::Any;
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::model::clock::SharedClock;
 use crate::store::audit::AuditSink;
 use crate::store::blob::BlobStore;
 use crate::store::broker::Broker;
-use crate::model::clock::SharedClock;
 
 pub use crate::model::clock::ManualClock;
 

@@ -241,12 +241,14 @@ pub(crate) trait ErasedHandler: Send + Sync + 'static {
     fn call(&self, payload: RawPayload, ctx: TaskContext) -> BoxFuture;
 }
 
-pub(crate) struct Typed<T, F> {
+/// A handler of one task type `T` ([`crate::WorkerBuilder::handle`]): decodes
+/// the payload, then calls `f`.
+pub(crate) struct TypedHandler<T, F> {
     pub(crate) f: F,
     pub(crate) _t: std::marker::PhantomData<fn() -> T>,
 }
 
-impl<T, F, Fut> ErasedHandler for Typed<T, F>
+impl<T, F, Fut> ErasedHandler for TypedHandler<T, F>
 where
     T: Task,
     F: Fn(T, TaskContext) -> Fut + Send + Sync + 'static,
@@ -266,11 +268,13 @@ where
     }
 }
 
-pub(crate) struct Raw<F> {
+/// A handler given the raw payload ([`crate::WorkerBuilder::handle_raw`],
+/// [`crate::WorkerBuilder::handle_any`]).
+pub(crate) struct RawHandler<F> {
     pub(crate) f: F,
 }
 
-impl<F, Fut> ErasedHandler for Raw<F>
+impl<F, Fut> ErasedHandler for RawHandler<F>
 where
     F: Fn(RawPayload, TaskContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = HandlerResult> + Send + 'static,

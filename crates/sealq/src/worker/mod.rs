@@ -15,19 +15,34 @@
 //!
 //! Delivery is at-least-once: a handler can run again after a crash or a lost
 //! lease; the task id is the idempotency key.
+//!
+//! Where each part lives: `runtime.rs` (the worker's state, one run and its
+//! shutdown), `fetch.rs` and `prefetch.rs` (fetching), `execute.rs` (one
+//! task's steps from lease to outcome), `outcome.rs` (archive, refuse, fail,
+//! seal), `acks.rs`, `heartbeat.rs`, `maintenance.rs`, `handler.rs` (what
+//! handlers receive and return), `priority.rs` (queue order), `stats.rs`
+//! (counters).
 
+mod acks;
+mod execute;
+mod fetch;
 mod handler;
+mod heartbeat;
+mod maintenance;
+mod outcome;
+mod prefetch;
 mod priority;
 mod runtime;
+mod stats;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use handler::{Failure, HandlerResult, RawPayload, TaskContext, TaskError};
 pub use priority::Priority;
+pub use stats::{WorkerReport, WorkerStats};
 
 use crate::error::{Error, Result};
 use crate::model::clock::{SharedClock, system_clock};
@@ -35,67 +50,9 @@ use crate::model::options::validate_queue_name;
 use crate::model::task::Task;
 use crate::seal::keyring::Keyring;
 use crate::store::broker::Broker;
-use handler::{ErasedHandler, Raw, Typed};
-
-/// Counters of one worker, readable while it runs.
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    /// Tasks leased from the broker.
-    pub fetched: AtomicU64,
-    /// Handlers that returned success.
-    pub succeeded: AtomicU64,
-    /// Failed attempts scheduled for retry.
-    pub retried: AtomicU64,
-    /// Tasks archived (any reason).
-    pub archived: AtomicU64,
-    /// Tasks archived because their envelope failed to open, expired or replayed.
-    pub integrity_failures: AtomicU64,
-    /// Tasks given back unstarted or unfinished at shutdown.
-    pub requeued: AtomicU64,
-    /// Acks the broker refused because the lease was lost.
-    pub leases_lost: AtomicU64,
-    /// Tasks whose orphaned claim-check blobs the sweep deleted
-    /// ([`WorkerBuilder::sweep_blobs`]).
-    pub blobs_swept: AtomicU64,
-}
-
-/// A plain copy of [`WorkerStats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct WorkerReport {
-    /// Tasks leased.
-    pub fetched: u64,
-    /// Successes.
-    pub succeeded: u64,
-    /// Retries scheduled.
-    pub retried: u64,
-    /// Archived.
-    pub archived: u64,
-    /// Integrity, expiry and replay refusals (also counted in `archived`).
-    pub integrity_failures: u64,
-    /// Given back at shutdown.
-    pub requeued: u64,
-    /// Lost leases.
-    pub leases_lost: u64,
-    /// Tasks whose orphaned blobs were swept.
-    pub blobs_swept: u64,
-}
-
-impl WorkerStats {
-    /// A snapshot.
-    pub fn report(&self) -> WorkerReport {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        WorkerReport {
-            fetched: g(&self.fetched),
-            succeeded: g(&self.succeeded),
-            retried: g(&self.retried),
-            archived: g(&self.archived),
-            integrity_failures: g(&self.integrity_failures),
-            requeued: g(&self.requeued),
-            leases_lost: g(&self.leases_lost),
-            blobs_swept: g(&self.blobs_swept),
-        }
-    }
-}
+use handler::{ErasedHandler, RawHandler, TypedHandler};
+use maintenance::BlobSweep;
+use prefetch::Prefetch;
 
 /// Configuration shared by the worker's loops.
 pub(crate) struct Config {
@@ -103,13 +60,8 @@ pub(crate) struct Config {
     pub(crate) queues: Vec<(String, u32)>,
     pub(crate) priority: Priority,
     pub(crate) concurrency: usize,
-    /// Fixed prefetch, or `usize::MAX` for the adaptive default (resolved
-    /// into `prefetch_min`/`prefetch_max` in `Shared::new`).
-    pub(crate) prefetch: usize,
-    /// Prefetch bounds: the fetcher keeps about [`PREFETCH_WINDOW`] of work
-    /// leased ahead, between these (equal for a fixed prefetch).
-    pub(crate) prefetch_min: usize,
-    pub(crate) prefetch_max: usize,
+    /// Fixed or adaptive; its bounds are resolved in `WorkerState::new`.
+    pub(crate) prefetch: Prefetch,
     pub(crate) lease: Duration,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) maintenance_interval: Duration,
@@ -119,7 +71,7 @@ pub(crate) struct Config {
     /// Where offloaded payloads are fetched from (claim-check).
     pub(crate) blobs: Option<Arc<dyn crate::store::blob::BlobStore>>,
     /// Sweep orphaned blobs: how often, and the youngest task age swept.
-    pub(crate) sweep: Option<(Duration, Duration)>,
+    pub(crate) sweep: Option<BlobSweep>,
     /// Where lifecycle events are recorded, if anywhere.
     pub(crate) audit: Option<crate::audit::Auditor>,
 }
@@ -179,7 +131,14 @@ impl WorkerBuilder {
     /// priorities: tasks already leased run before higher-priority ones
     /// that arrive meanwhile (up to ~100 ms of work with the default).
     pub fn prefetch(mut self, n: usize) -> Self {
-        self.config.prefetch = n;
+        self.config.prefetch = if n == usize::MAX {
+            // `usize::MAX` has always meant the adaptive default (it was
+            // the default's stored value); kept so that no caller's
+            // behaviour changes.
+            Prefetch::Adaptive
+        } else {
+            Prefetch::Fixed(n)
+        };
         self
     }
 
@@ -252,7 +211,10 @@ impl WorkerBuilder {
     /// store. It runs beside the worker's other loops, one at a time, and
     /// stops at shutdown; [`WorkerStats::blobs_swept`] counts its deletions.
     pub fn sweep_blobs(mut self, every: Duration, min_age: Duration) -> Self {
-        self.config.sweep = Some((every.max(Duration::from_millis(10)), min_age));
+        self.config.sweep = Some(BlobSweep {
+            every: every.max(Duration::from_millis(10)),
+            min_age,
+        });
         self
     }
 
@@ -263,7 +225,7 @@ impl WorkerBuilder {
         F: Fn(T, TaskContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        let h = Typed::<T, F> {
+        let h = TypedHandler::<T, F> {
             f,
             _t: std::marker::PhantomData,
         };
@@ -277,7 +239,8 @@ impl WorkerBuilder {
         F: Fn(RawPayload, TaskContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        self.handlers.insert(kind.into(), Arc::new(Raw { f }));
+        self.handlers
+            .insert(kind.into(), Arc::new(RawHandler { f }));
         self
     }
 
@@ -288,7 +251,7 @@ impl WorkerBuilder {
         F: Fn(RawPayload, TaskContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        self.fallback = Some(Arc::new(Raw { f }));
+        self.fallback = Some(Arc::new(RawHandler { f }));
         self
     }
 
@@ -306,7 +269,7 @@ impl WorkerBuilder {
             ));
         }
         Ok(Worker {
-            inner: Arc::new(runtime::Shared::new(
+            state: Arc::new(runtime::WorkerState::new(
                 self.broker,
                 self.keyring,
                 self.clock,
@@ -341,13 +304,13 @@ impl WorkerBuilder {
 /// ```
 #[derive(Clone)]
 pub struct Worker {
-    inner: Arc<runtime::Shared>,
+    state: Arc<runtime::WorkerState>,
 }
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
-            .field("id", &self.inner.config.id)
+            .field("id", &self.state.config.id)
             .finish_non_exhaustive()
     }
 }
@@ -367,9 +330,7 @@ impl Worker {
                 queues: vec![(crate::model::options::DEFAULT_QUEUE.to_owned(), 1)],
                 priority: Priority::Weighted,
                 concurrency,
-                prefetch: usize::MAX, // adaptive; resolved in Shared::new
-                prefetch_min: 0,
-                prefetch_max: 0,
+                prefetch: Prefetch::Adaptive,
                 lease: Duration::from_secs(30),
                 shutdown_timeout: Duration::from_secs(30),
                 maintenance_interval: Duration::from_secs(1),
@@ -384,13 +345,13 @@ impl Worker {
 
     /// Live counters.
     pub fn stats(&self) -> &WorkerStats {
-        &self.inner.stats
+        &self.state.stats
     }
 
     /// The resolvers registered with [`WorkerBuilder::resolver`], for their
     /// [`stats`](crate::Resolvers::stats).
     pub fn resolvers(&self) -> &crate::reference::Resolvers {
-        &self.inner.config.resolvers
+        &self.state.config.resolvers
     }
 
     /// Run until SIGINT or SIGTERM, then shut down gracefully.
@@ -405,15 +366,15 @@ impl Worker {
         &self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<WorkerReport> {
-        runtime::run(self.inner.clone(), shutdown).await
+        runtime::run(self.state.clone(), shutdown).await
     }
 
     /// Run in the background; the handle stops it.
     pub fn spawn(&self) -> WorkerHandle {
         let stop = tokio_util::sync::CancellationToken::new();
         let s = stop.clone();
-        let inner = self.inner.clone();
-        let join = tokio::spawn(async move { runtime::run(inner, s.cancelled_owned()).await });
+        let state = self.state.clone();
+        let join = tokio::spawn(async move { runtime::run(state, s.cancelled_owned()).await });
         WorkerHandle {
             stop,
             join,

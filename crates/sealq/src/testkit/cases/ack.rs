@@ -1,9 +1,9 @@
 //! Acks: what each outcome stores, and that only the current lease holder's ack counts.
 
 use super::{LEASE_MS, complete};
-use crate::store::broker::{Ack, AckResult, Lease, Outcome, Recovered};
 use crate::model::id::TaskId;
 use crate::model::state::{ArchiveReason, TaskState};
+use crate::store::broker::{Ack, AckResult, Lease, Outcome, Recovered};
 use crate::testkit::fixtures::Ctx;
 
 /// Complete stores the result and sets Completed.

@@ -1,9 +1,9 @@
 //! Operator views and actions: stats, list (filters, paging), delete, rerun.
 
 use super::complete;
-use crate::store::broker::{ListQuery, Outcome};
 use crate::model::id::TaskId;
 use crate::model::state::{ArchiveReason, TaskState};
+use crate::store::broker::{ListQuery, Outcome};
 use crate::testkit::fixtures::{Ctx, subject};
 
 /// Stats count every state per queue and show paused queues.

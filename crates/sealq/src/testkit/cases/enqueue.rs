@@ -1,9 +1,9 @@
 //! Enqueue: what a batch stores, what it answers, and which ids it refuses.
 
 use super::complete;
-use crate::store::broker::EnqueueResult;
 use crate::model::id::TaskId;
 use crate::model::state::TaskState;
+use crate::store::broker::EnqueueResult;
 use crate::testkit::fixtures::{Ctx, LEASE, subject, task_at};
 
 /// Every field of a stored task comes back exactly, envelope bytes included.

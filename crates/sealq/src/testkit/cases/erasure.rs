@@ -2,10 +2,10 @@
 //! state, an active one is archived `erased` with its envelope wiped and its
 //! lease revoked, other subjects' tasks stay, and the counts say what went.
 
-use crate::store::broker::{AckResult, EnqueueResult, ListQuery, Outcome};
 use crate::model::counts::ErasureCounts;
 use crate::model::id::TaskId;
 use crate::model::state::{ArchiveReason, TaskState};
+use crate::store::broker::{AckResult, EnqueueResult, ListQuery, Outcome};
 use crate::testkit::fixtures::{Ctx, LEASE, subject};
 
 use super::{LEASE_MS, complete};

@@ -4,9 +4,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::{LEASE_MS, complete};
-use crate::store::broker::{Ack, AckResult, DequeueRequest, Lease, Outcome, Recovered};
 use crate::model::id::TaskId;
 use crate::model::state::TaskState;
+use crate::store::broker::{Ack, AckResult, DequeueRequest, Lease, Outcome, Recovered};
 use crate::testkit::fixtures::{Ctx, LEASE, task_at};
 
 /// Dequeue moves to Active, counts the attempt and sets the lease expiry.

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use crate::store::broker::{AckResult, EnqueueResult, Outcome};
 use crate::model::id::TaskId;
+use crate::store::broker::{AckResult, EnqueueResult, Outcome};
 use crate::testkit::fixtures::Ctx;
 
 /// A queue capped at N waiting tasks stores no more while it holds N:

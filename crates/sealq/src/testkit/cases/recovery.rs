@@ -1,8 +1,8 @@
 //! Maintenance: expired leases recovered, due tasks forwarded, completed tasks purged.
 
 use super::{LEASE_MS, complete};
-use crate::store::broker::{AckResult, Forwarded, Outcome, Recovered};
 use crate::model::state::{ArchiveReason, TaskState};
+use crate::store::broker::{AckResult, Forwarded, Outcome, Recovered};
 use crate::testkit::fixtures::Ctx;
 
 /// Expired leases go to Retry while attempts <= max_retries, then Archived.

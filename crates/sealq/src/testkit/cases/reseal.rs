@@ -1,9 +1,9 @@
 //! Re-sealing: compare-and-swap of sealed bytes (`swap_sealed`).
 
 use super::complete;
-use crate::store::broker::{AckResult, Outcome};
 use crate::model::id::TaskId;
 use crate::model::state::TaskState;
+use crate::store::broker::{AckResult, Outcome};
 use crate::testkit::fixtures::Ctx;
 
 /// Sealed bytes are swapped only where they still hold what was read; the

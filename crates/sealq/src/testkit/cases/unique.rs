@@ -1,8 +1,8 @@
 //! Unique keys: who holds a key, for how long, and when it is free again.
 
 use super::complete;
-use crate::store::broker::{EnqueueResult, Outcome};
 use crate::model::state::{ArchiveReason, TaskState};
+use crate::store::broker::{EnqueueResult, Outcome};
 use crate::testkit::fixtures::Ctx;
 
 /// A live holder makes duplicates; the key is free again once its TTL passed.

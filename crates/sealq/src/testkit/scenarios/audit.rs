@@ -8,8 +8,8 @@ use std::sync::Arc;
 use super::{Scene, wait_for};
 use crate::audit::{Auditor, MemorySink, VerifyOptions, verify_sink};
 use crate::model::audit_event::AuditEvent;
-use crate::seal::audit_chain::AuditKeys;
 use crate::model::id::TaskId;
+use crate::seal::audit_chain::AuditKeys;
 use crate::{Client, EnqueueOptions, Keyring, RawTask, TaskError, Worker};
 
 /// What [`real_run`] leaves for a backend's tampering test.

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::{Mail, Scene, fast, mail, wait_state};
-use crate::store::broker::{Ack, AckResult, DequeueRequest, ListQuery, Outcome};
-use crate::seal::envelope::{Aad, Purpose};
 use crate::seal::data_key::is_subject_sealed;
+use crate::seal::envelope::{Aad, Purpose};
+use crate::store::broker::{Ack, AckResult, DequeueRequest, ListQuery, Outcome};
 use crate::subject_keys::SubjectKeys;
 use crate::{ArchiveReason, EnqueueOptions, TaskContext, TaskError, TaskId, TaskState, Worker};
 

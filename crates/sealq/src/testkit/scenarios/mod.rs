@@ -31,14 +31,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::audit::AuditSink;
-use crate::model::record::TaskRecord;
-use crate::store::broker::Broker;
 use crate::client::Client;
-use crate::seal::keyring::Keyring;
 use crate::model::id::TaskId;
+use crate::model::record::TaskRecord;
 use crate::model::state::TaskState;
 use crate::model::task::Task;
+use crate::seal::keyring::Keyring;
+use crate::store::audit::AuditSink;
+use crate::store::broker::Broker;
 use crate::testkit::Harness;
 
 pub mod audit;

@@ -401,7 +401,9 @@ pub async fn resealed_tasks_run_without_the_old_key(e: Scene) {
     for id in &ids {
         let rec = e.broker.get(*id).await.unwrap().unwrap();
         assert_eq!(
-            crate::seal::envelope::parse_header(&rec.envelope).unwrap().key_id,
+            crate::seal::envelope::parse_header(&rec.envelope)
+                .unwrap()
+                .key_id,
             new
         );
         assert_eq!(rec.kind, "test.greet");

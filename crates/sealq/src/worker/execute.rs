@@ -1,0 +1,369 @@
+//! One leased task, from its lease slot to its ack: [`process`] waits for a
+//! run permit and queues the ack; [`execute`] takes the task through its
+//! steps to an [`Outcome`].
+//!
+//! Every outcome is acknowledged, and says what the ack does:
+//! `Complete` and `Archive` end the task (no attempt follows), `Retry`
+//! schedules the next attempt (this one counts), `Requeue` gives the task
+//! back unstarted or unfinished (this attempt does not count). The broker
+//! refuses the ack of a lease already lost (the task may run elsewhere); an
+//! ack that never arrives (the acker died or gave up) leaves the lease to
+//! expire, and the broker recovers the task for another attempt
+//! (at-least-once).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::handler::{ErasedHandler, Failure, RawPayload, TaskContext};
+use super::outcome::{Finished, HandlerEnd, archive, fail, outcome_of, refuse};
+use super::runtime::{RunState, WorkerState};
+use crate::blob::ClaimAction;
+use crate::error::IntegrityError;
+use crate::model::record::TaskRecord;
+use crate::model::state::ArchiveReason;
+use crate::seal::data_key::DataKey;
+use crate::seal::envelope::{Aad, Purpose};
+use crate::seal::opener::SealingKey;
+use crate::store::broker::{Ack, LeasedTask, Outcome};
+use crate::subject_keys::{RecordKey, RecordKeyError, record_key};
+
+/// What one step of [`execute`] returns: `Err` carries the outcome that
+/// ends the attempt there (refused, archived, retried or given back), and
+/// no later step runs.
+type Step<T> = Result<T, Outcome>;
+
+/// The life of one leased task: wait for one of `concurrency` run permits,
+/// [`execute`], then release its lease slot and queue its ack.
+pub(crate) async fn process(
+    state: Arc<WorkerState>,
+    run: Arc<RunState>,
+    task: LeasedTask,
+    slot: OwnedSemaphorePermit,
+    cancel: CancellationToken,
+) {
+    let record = &task.record;
+    let span = info_span!(
+        "sealq.task",
+        id = %record.id,
+        kind = %record.kind,
+        queue = %record.queue,
+        attempt = record.attempts
+    );
+    let outcome = async {
+        tokio::select! {
+            biased;
+            permit = run.run_permits.clone().acquire_owned() => {
+                let _permit = permit;
+                execute(&state, &run, &task, cancel).await
+            }
+            // Shut down before it started: give it back, this attempt does not count.
+            _ = run.stop_fetching.cancelled() => Outcome::Requeue,
+        }
+    }
+    .instrument(span)
+    .await;
+    // A success is audited with its acknowledgement batch (ack_loop).
+    if let Some(a) = &state.config.audit
+        && !matches!(outcome, Outcome::Complete { .. })
+    {
+        a.on_outcome(&state.config.id, record, &outcome);
+    }
+    if matches!(outcome, Outcome::Requeue) {
+        state.stats.requeued.fetch_add(1, Ordering::Relaxed);
+    }
+    state.held_leases().remove(&record.id);
+    // The acker owns the receiving end until every sender is gone, so this
+    // only fails if the acker died; the lease then expires and the task is
+    // recovered for another attempt (at-least-once).
+    let _ = run.ack_queue.send((
+        Ack {
+            lease: task.lease,
+            outcome,
+        },
+        record.attempts,
+    ));
+    drop(slot);
+}
+
+/// Run one leased task to an outcome. Never panics on task data.
+///
+/// The steps, in order; each can end the attempt with its own outcome:
+/// 1. [`refuse_replayed_or_expired`]: replays and expired tasks never run;
+/// 2. [`open_envelope`]: with the keyring or the subject's data key, then
+///    the claim-check blob; what does not open never reaches a handler;
+/// 3. [`archive_if_past_deadline`]: too late to start;
+/// 4. [`find_handler`]: the type's handler or the `handle_any` fallback;
+/// 5. [`run_handler`]: under timeout and deadline, catching panics, racing
+///    the hard shutdown;
+/// 6. [`outcome_of`]: what the handler's result means for the task.
+async fn execute(
+    state: &WorkerState,
+    run: &RunState,
+    task: &LeasedTask,
+    cancel: CancellationToken,
+) -> Outcome {
+    // One clock reading for every check before the handler starts.
+    let now = state.clock.now_ms();
+    match execute_steps(state, run, task, cancel, now).await {
+        Ok(outcome) | Err(outcome) => outcome,
+    }
+}
+
+/// [`execute`]'s steps, stopping at the first that ends the attempt.
+async fn execute_steps(
+    state: &WorkerState,
+    run: &RunState,
+    task: &LeasedTask,
+    cancel: CancellationToken,
+    now: i64,
+) -> Step<Outcome> {
+    let record = &task.record;
+    refuse_replayed_or_expired(state, task, now)?;
+    let payload = open_envelope(state, record, now).await?;
+    archive_if_past_deadline(state, record, now)?;
+    let handler = find_handler(state, record)?;
+    let finished = run_handler(state, run, record, handler, payload, cancel, now).await?;
+    Ok(outcome_of(state, record, finished))
+}
+
+/// Refuse a task the broker flagged as replayed (archived `replay`) or one
+/// past its not-after time (archived `expired`). Acked as archived, never
+/// retried: running it again could only repeat the refusal, and running it
+/// at all is what the flag and the expiry forbid.
+fn refuse_replayed_or_expired(state: &WorkerState, task: &LeasedTask, now: i64) -> Step<()> {
+    let record = &task.record;
+    if task.replayed {
+        return Err(refuse(
+            state,
+            record,
+            IntegrityError::Replay,
+            ArchiveReason::Replay,
+        ));
+    }
+    if record.meta.not_after_ms.is_some_and(|t| now > t) {
+        return Err(refuse(
+            state,
+            record,
+            IntegrityError::Expired,
+            ArchiveReason::Expired,
+        ));
+    }
+    Ok(())
+}
+
+/// Open the envelope, then fetch and open the claim-check blob if the
+/// payload is a claim: the payload the handler sees.
+async fn open_envelope(state: &WorkerState, record: &TaskRecord, now: i64) -> Step<RawPayload> {
+    let (payload, data_key) = open_sealed(state, record, now).await?;
+    open_claim(state, record, payload, data_key.as_deref()).await
+}
+
+/// Open the envelope with the keyring, or with the subject's data key when
+/// the subject sealed it; returns that key too (it opens the blob of an
+/// offloaded payload).
+///
+/// - Fails to open (tampered, truncated, moved, relabelled, unknown key, or
+///   subject-sealed without a subject key store): refused, acked as
+///   archived `integrity`; no retry can make it authentic.
+/// - The subject's key was destroyed (the subject was erased): acked as
+///   archived `erased`, never retried; the payload is gone for good.
+/// - The key store cannot be read: acked as a retry in 1 s with no error
+///   stored, not through [`fail`] (no backoff, no `retried` count): the
+///   key may well be readable next time.
+async fn open_sealed(
+    state: &WorkerState,
+    record: &TaskRecord,
+    now: i64,
+) -> Step<(RawPayload, Option<Arc<DataKey>>)> {
+    let aad = Aad::for_record(record, Purpose::Payload);
+    let data_key = match record_key(state.subject_keys.as_deref(), record).await {
+        Ok(RecordKey::Keyring) => None,
+        Ok(RecordKey::Subject(key)) => Some(key),
+        // The key was destroyed: the subject was erased. Never retried.
+        Ok(RecordKey::Erased) => {
+            return Err(archive(
+                state,
+                record,
+                ArchiveReason::Erased,
+                "subject erased",
+            ));
+        }
+        Err(RecordKeyError::Integrity(e)) => {
+            return Err(refuse(state, record, e, ArchiveReason::Integrity));
+        }
+        Err(RecordKeyError::Unavailable(e)) => {
+            warn!(error = %e, "cannot get the subject's data key; retrying the task later");
+            return Err(Outcome::Retry {
+                at_ms: now.saturating_add(1_000),
+                error: None,
+            });
+        }
+    };
+    let opened = match &data_key {
+        Some(key) => key.open(&aad, &record.envelope),
+        None => state.keyring.open(&aad, &record.envelope),
+    };
+    match opened {
+        Ok(p) => Ok((RawPayload(p), data_key)),
+        Err(e) => Err(refuse(state, record, e, ArchiveReason::Integrity)),
+    }
+}
+
+/// Claim-check (`crate::blob`): replace a claim by its blob, opened with
+/// the key that opened the envelope; any other payload passes unchanged.
+/// What the blob's failure asks for decides the ack: a blob that does not
+/// open is refused (archived `integrity`: no retry makes it authentic), a
+/// missing one archived (`blob_missing`: it will not come back), a blob
+/// store that fails or is not configured is a failed attempt ([`fail`]:
+/// retried with backoff, since the store may recover).
+async fn open_claim(
+    state: &WorkerState,
+    record: &TaskRecord,
+    payload: RawPayload,
+    data_key: Option<&DataKey>,
+) -> Step<RawPayload> {
+    let opener = match data_key {
+        Some(key) => SealingKey::Subject(key),
+        None => SealingKey::Keyring(&state.keyring),
+    };
+    match crate::blob::open_claimed(
+        state.config.blobs.as_deref(),
+        opener,
+        record,
+        payload.bytes(),
+    )
+    .await
+    {
+        Ok(None) => Ok(payload),
+        Ok(Some(full)) => Ok(RawPayload(full)),
+        Err(e) => Err(match e.action() {
+            ClaimAction::Refuse(e) => refuse(state, record, e, ArchiveReason::Integrity),
+            ClaimAction::Archive(reason, msg) => archive(state, record, reason, msg),
+            ClaimAction::Retry(msg) => fail(state, record, Failure::Retry, &msg),
+        }),
+    }
+}
+
+/// A task whose deadline passed before it could start is acked as archived
+/// `deadline_exceeded`, not retried: every later attempt would be later
+/// still.
+fn archive_if_past_deadline(state: &WorkerState, record: &TaskRecord, now: i64) -> Step<()> {
+    if record.meta.deadline_ms.is_some_and(|d| now >= d) {
+        return Err(archive(
+            state,
+            record,
+            ArchiveReason::DeadlineExceeded,
+            "deadline passed before start",
+        ));
+    }
+    Ok(())
+}
+
+/// The handler registered for the task's type, else the `handle_any`
+/// fallback. Neither: acked as archived `unknown_type` rather than retried:
+/// this worker has no handler for it, so another attempt here cannot help.
+fn find_handler(state: &WorkerState, record: &TaskRecord) -> Step<Arc<dyn ErasedHandler>> {
+    match state
+        .handlers
+        .get(&record.kind)
+        .or(state.fallback.as_ref())
+        .cloned()
+    {
+        Some(handler) => Ok(handler),
+        None => {
+            warn!("no handler registered for this task type; archiving");
+            Err(archive(
+                state,
+                record,
+                ArchiveReason::UnknownType,
+                "no handler for this task type",
+            ))
+        }
+    }
+}
+
+/// Call the handler under `min(timeout, deadline - now)`, inside
+/// `catch_unwind`, racing the hard shutdown. Records the start delay and
+/// duration metrics and the audit's `started` event.
+///
+/// Hard shutdown first: the task is acked as given back (`Requeue`), its
+/// attempt not counted, since it did not fail: the worker stopped it. The
+/// handler's own token is a child of the hard-shutdown token, so a handler
+/// that watches it returns at the same moment; that return is ignored.
+async fn run_handler(
+    state: &WorkerState,
+    run: &RunState,
+    record: &TaskRecord,
+    handler: Arc<dyn ErasedHandler>,
+    payload: RawPayload,
+    cancel: CancellationToken,
+    now: i64,
+) -> Step<Finished> {
+    let ctx = task_context(state, record, cancel.clone(), now);
+    let lateness_ms = (now - record.run_at_ms).max(0);
+    metrics::histogram!("sealq_task_start_delay_seconds").record(lateness_ms as f64 / 1000.0);
+
+    let limit_ms = time_limit_ms(record, now);
+    let limit = Duration::from_millis(limit_ms.min(365 * 24 * 3600 * 1000));
+    if let Some(a) = &state.config.audit {
+        a.on_started(&state.config.id, record);
+    }
+    let call = AssertUnwindSafe(handler.call(payload, ctx.clone())).catch_unwind();
+    let started = Instant::now();
+    let result = tokio::select! {
+        biased;
+        _ = run.hard_shutdown.cancelled() => {
+            cancel.cancel();
+            info!("shutdown timeout reached while running; returning the task");
+            return Err(Outcome::Requeue);
+        }
+        r = tokio::time::timeout(limit, call) => r,
+    };
+    metrics::histogram!("sealq_task_duration_seconds").record(started.elapsed().as_secs_f64());
+    let end = match result {
+        Ok(Ok(returned)) => HandlerEnd::Returned(returned),
+        Ok(Err(panic)) => HandlerEnd::Panicked(panic),
+        Err(_elapsed) => HandlerEnd::TimedOut,
+    };
+    Ok(Finished { end, ctx, limit_ms })
+}
+
+/// How long the handler may run, ms: `min(timeout, deadline - now)`, no
+/// limit (`u64::MAX`, capped at a year by the caller) without either.
+fn time_limit_ms(record: &TaskRecord, now: i64) -> u64 {
+    let mut limit_ms = record.meta.timeout_ms.unwrap_or(u64::MAX);
+    if let Some(d) = record.meta.deadline_ms {
+        limit_ms = limit_ms.min(u64::try_from(d - now).unwrap_or(0));
+    }
+    limit_ms
+}
+
+/// What the handler sees of its task.
+fn task_context(
+    state: &WorkerState,
+    record: &TaskRecord,
+    cancel: CancellationToken,
+    now: i64,
+) -> TaskContext {
+    TaskContext {
+        id: record.id,
+        kind: Arc::from(record.kind.as_str()),
+        queue: Arc::from(record.queue.as_str()),
+        attempt: record.attempts,
+        max_retries: record.meta.max_retries,
+        created_at_ms: record.meta.created_at_ms,
+        run_at_ms: record.run_at_ms,
+        started_at_ms: now,
+        deadline_ms: record.meta.deadline_ms,
+        cancel,
+        result: Arc::default(),
+        resolvers: state.config.resolvers.clone(),
+    }
+}

@@ -1,0 +1,201 @@
+//! How an attempt ends in an [`Outcome`]: [`outcome_of`] maps how the handler
+//! ended; [`refuse`], [`archive`] and [`fail`] (retry or archive) record an
+//! attempt that did not succeed, with counters, metrics and a log line;
+//! [`seal_or_drop`] seals results and error messages.
+
+use std::any::Any;
+use std::sync::atomic::Ordering;
+
+use tracing::{debug, info, warn};
+
+use super::handler::{Failure, HandlerResult, TaskContext};
+use super::runtime::WorkerState;
+use crate::error::IntegrityError;
+use crate::model::record::TaskRecord;
+use crate::model::state::ArchiveReason;
+use crate::seal::envelope::{Aad, Purpose};
+use crate::seal::opener::{KeyNeeded, key_needed};
+use crate::store::broker::Outcome;
+
+/// How a handler call that ran to its end ended.
+pub(crate) enum HandlerEnd {
+    /// It returned.
+    Returned(HandlerResult),
+    /// It panicked, with this payload.
+    Panicked(Box<dyn Any + Send>),
+    /// It ran past `min(timeout, deadline - start)`.
+    TimedOut,
+}
+
+/// A handler call that ran to its end, with what [`outcome_of`] needs.
+pub(crate) struct Finished {
+    pub(crate) end: HandlerEnd,
+    /// The handler's context: its result slot and cancellation token.
+    pub(crate) ctx: TaskContext,
+    /// The time limit the call ran under, ms.
+    pub(crate) limit_ms: u64,
+}
+
+/// Map how the handler ended to the outcome acked:
+/// - success: `Complete` (the task is done), with the result it set, sealed;
+/// - a [`TaskError`](super::TaskError): what its [`Failure`] asks for
+///   ([`fail`]: a retry at now + backoff, or archived);
+/// - a panic: an ordinary failure ([`fail`] with `Failure::Retry`): retried
+///   with backoff, archived `exhausted` once the retries are used up;
+/// - a timeout: the handler is cancelled; past the deadline the task is
+///   archived `deadline_exceeded` (a retry would be later still), else an
+///   ordinary failure like a panic.
+pub(crate) fn outcome_of(state: &WorkerState, record: &TaskRecord, finished: Finished) -> Outcome {
+    let Finished { end, ctx, limit_ms } = finished;
+    match end {
+        HandlerEnd::Returned(Ok(())) => {
+            state.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("sealq_tasks_total", "outcome" => "completed").increment(1);
+            debug!("completed");
+            let result = ctx
+                .take_result()
+                .and_then(|bytes| seal_or_drop(state, record, Purpose::Result, &bytes));
+            Outcome::Complete { result }
+        }
+        HandlerEnd::Returned(Err(e)) => fail(state, record, e.failure.clone(), e.message()),
+        HandlerEnd::Panicked(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            warn!("handler panicked; treating as a failure");
+            fail(
+                state,
+                record,
+                Failure::Retry,
+                &format!("handler panicked: {msg}"),
+            )
+        }
+        HandlerEnd::TimedOut => {
+            ctx.cancellation().cancel();
+            if record
+                .meta
+                .deadline_ms
+                .is_some_and(|d| state.clock.now_ms() >= d)
+            {
+                return archive(
+                    state,
+                    record,
+                    ArchiveReason::DeadlineExceeded,
+                    "deadline exceeded",
+                );
+            }
+            warn!(timeout_ms = limit_ms, "handler timed out");
+            fail(
+                state,
+                record,
+                Failure::Retry,
+                &format!("timed out after {limit_ms} ms"),
+            )
+        }
+    }
+}
+
+/// An envelope that must not reach a handler: archive, count, log (no payload).
+pub(crate) fn refuse(
+    state: &WorkerState,
+    record: &TaskRecord,
+    error: IntegrityError,
+    reason: ArchiveReason,
+) -> Outcome {
+    state
+        .stats
+        .integrity_failures
+        .fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("sealq_integrity_failures_total", "reason" => reason.as_str().to_owned())
+        .increment(1);
+    warn!(error = %error, reason = %reason, envelope_len = record.envelope.len(), "refusing task");
+    archive(state, record, reason, &error.to_string())
+}
+
+/// Archive the task for `reason`, with `message` sealed as its error: acked
+/// as done, no attempt follows.
+pub(crate) fn archive(
+    state: &WorkerState,
+    record: &TaskRecord,
+    reason: ArchiveReason,
+    message: &str,
+) -> Outcome {
+    state.stats.archived.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("sealq_tasks_total", "outcome" => "archived").increment(1);
+    info!(reason = %reason, "archived");
+    let error = seal_or_drop(state, record, Purpose::Error, message.as_bytes());
+    Outcome::Archive { reason, error }
+}
+
+/// A failed attempt: retry it at now + the delay `failure` asks for (the
+/// task's backoff by default), or archive it when `failure` says so or the
+/// retries are used up. Audited as `failed`; `message` is sealed.
+pub(crate) fn fail(
+    state: &WorkerState,
+    record: &TaskRecord,
+    failure: Failure,
+    message: &str,
+) -> Outcome {
+    if let Some(a) = &state.config.audit {
+        let len = crate::audit::hooks::sealed_len(&state.keyring, message);
+        a.on_failed(&state.config.id, record, len);
+    }
+    let retry_in = match failure {
+        Failure::Retry => Some(record.meta.backoff.next_delay_ms(record.attempts)),
+        Failure::RetryIn(d) => Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        Failure::SkipRetry => return archive(state, record, ArchiveReason::SkipRetry, message),
+        Failure::Cancel => return archive(state, record, ArchiveReason::Cancelled, message),
+        Failure::Archive(reason) => return archive(state, record, reason, message),
+    };
+    // `attempts` counts this attempt: with max_retries = 2 the task runs at most 3 times.
+    if record.attempts > record.meta.max_retries {
+        return archive(state, record, ArchiveReason::Exhausted, message);
+    }
+    let delay = retry_in.unwrap_or(0);
+    state.stats.retried.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("sealq_tasks_total", "outcome" => "retry").increment(1);
+    info!(retry_in_ms = delay, "failed; will retry");
+    let at_ms = state
+        .clock
+        .now_ms()
+        .saturating_add(i64::try_from(delay).unwrap_or(i64::MAX));
+    let error = seal_or_drop(state, record, Purpose::Error, message.as_bytes());
+    Outcome::Retry { at_ms, error }
+}
+
+/// Seal a result or error for storage. Sealing only fails on a broken
+/// keyring; the task's outcome must still be recorded, so the bytes are
+/// dropped (never stored in the clear) and the failure logged.
+pub(crate) fn seal_or_drop(
+    state: &WorkerState,
+    record: &TaskRecord,
+    purpose: Purpose,
+    bytes: &[u8],
+) -> Option<Vec<u8>> {
+    let aad = Aad::for_record(record, purpose);
+    // Results and errors of a subject's task are sealed with its data key,
+    // so erasure shreds them too. No key (erased meanwhile): drop them.
+    let no_store = || crate::error::Error::Keyring("no subject key store".into());
+    let sealed = match key_needed(&record.envelope, record.meta.subject_tag.as_ref()) {
+        Ok(KeyNeeded::Keyring) => state.keyring.seal(&aad, bytes),
+        Ok(KeyNeeded::Subject(tag)) => match &state.subject_keys {
+            Some(keys) => match keys.cached_any_age(&tag) {
+                Some(key) => key.seal(&aad, bytes),
+                None => Err(crate::error::Error::Keyring(
+                    "the subject's data key is gone".into(),
+                )),
+            },
+            None => Err(no_store()),
+        },
+        Err(_) => Err(no_store()),
+    };
+    match sealed {
+        Ok(sealed) => Some(sealed),
+        Err(e) => {
+            warn!(error = %e, ?purpose, "could not seal; dropping it rather than storing plaintext");
+            None
+        }
+    }
+}
