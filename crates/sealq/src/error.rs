@@ -206,3 +206,17 @@ impl BrokerError {
 
 /// Result alias for sealq.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Parsing a task id from its text form; lives here so that `model::id`
+/// needs nothing of the error type.
+impl std::str::FromStr for TaskId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s)
+            .map(TaskId)
+            .map_err(|e| Error::InvalidArgument {
+                what: "task id",
+                reason: format!("`{s}` is not a UUID: {e}"),
+            })
+    }
+}

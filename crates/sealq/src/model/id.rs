@@ -1,7 +1,9 @@
 //! Identifiers: a task's id, a subject's keyed tag, a process's id.
+//!
+//! A leaf: parsing a [`TaskId`] from text (`FromStr`) is implemented beside
+//! the error type it returns, in `crate::error`.
 
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -39,18 +41,6 @@ impl fmt::Display for TaskId {
 impl fmt::Debug for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "TaskId({})", self.0)
-    }
-}
-
-impl FromStr for TaskId {
-    type Err = crate::error::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        uuid::Uuid::parse_str(s)
-            .map(TaskId)
-            .map_err(|e| crate::error::Error::InvalidArgument {
-                what: "task id",
-                reason: format!("`{s}` is not a UUID: {e}"),
-            })
     }
 }
 

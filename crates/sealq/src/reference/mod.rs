@@ -67,7 +67,6 @@
 //! ```
 
 mod cache;
-mod context;
 mod registry;
 pub mod report;
 mod resolver;

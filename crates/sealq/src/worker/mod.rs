@@ -32,6 +32,7 @@ mod maintenance;
 mod outcome;
 mod prefetch;
 mod priority;
+mod resolve;
 mod runtime;
 mod stats;
 

@@ -7,10 +7,13 @@ use std::sync::Arc;
 
 use super::{Scene, wait_for};
 use crate::audit::{Auditor, MemorySink, VerifyOptions, verify_sink};
+use crate::client::{Client, RawTask};
 use crate::model::audit_event::AuditEvent;
 use crate::model::id::TaskId;
+use crate::model::options::EnqueueOptions;
 use crate::seal::audit_chain::AuditKeys;
-use crate::{Client, EnqueueOptions, Keyring, RawTask, TaskError, Worker};
+use crate::seal::keyring::Keyring;
+use crate::worker::{TaskError, Worker};
 
 /// What [`real_run`] leaves for a backend's tampering test.
 #[derive(Debug)]

@@ -7,11 +7,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::{Mail, Scene, fast, mail, wait_state};
+use crate::model::id::TaskId;
+use crate::model::options::EnqueueOptions;
+use crate::model::state::{ArchiveReason, TaskState};
 use crate::seal::data_key::is_subject_sealed;
 use crate::seal::envelope::{Aad, Purpose};
 use crate::store::broker::{Ack, AckResult, DequeueRequest, ListQuery, Outcome};
 use crate::subject_keys::SubjectKeys;
-use crate::{ArchiveReason, EnqueueOptions, TaskContext, TaskError, TaskId, TaskState, Worker};
+use crate::worker::{TaskContext, TaskError, Worker};
 
 /// The client's erasure deletes the subject's tasks in every state but
 /// active, over several queues, releases their unique keys, and shreds

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::{Greet, Scene, fast, wait_state};
-use crate::{ArchiveReason, EnqueueOptions, TaskContext, TaskError, TaskState, Worker};
+use crate::model::options::EnqueueOptions;
+use crate::model::state::{ArchiveReason, TaskState};
+use crate::worker::{TaskContext, TaskError, Worker};
 
 /// Shutdown returns running and prefetched tasks uncounted.
 pub async fn shutdown_returns_running_and_prefetched_tasks_uncounted(e: Scene) {

@@ -147,7 +147,7 @@ pub fn mail(to: &str) -> Mail {
 }
 
 /// A worker builder with short maintenance and shutdown intervals.
-pub fn fast(builder: crate::WorkerBuilder) -> crate::WorkerBuilder {
+pub fn fast(builder: crate::worker::WorkerBuilder) -> crate::worker::WorkerBuilder {
     builder
         .maintenance_interval(Duration::from_millis(20))
         .shutdown_timeout(Duration::from_secs(5))

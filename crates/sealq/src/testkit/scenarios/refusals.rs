@@ -7,11 +7,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::{Greet, Other, Scene, fast, wait_state};
+use crate::client::{Client, RawTask};
+use crate::error::Error;
+use crate::model::options::EnqueueOptions;
+use crate::model::state::{ArchiveReason, TaskState};
+use crate::model::task::Task;
+use crate::seal::keyring::Keyring;
 use crate::store::broker::ListQuery;
-use crate::{
-    ArchiveReason, Client, EnqueueOptions, Error, Keyring, RawTask, Task, TaskContext, TaskState,
-    Worker,
-};
+use crate::worker::{TaskContext, Worker};
 
 /// Tampered moved foreign expired and unknown tasks never reach a handler.
 pub async fn tampered_moved_foreign_expired_and_unknown_tasks_never_reach_a_handler(e: Scene) {

@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::{Greet, Other, Scene, fast, wait_state};
+use crate::client::Client;
+use crate::model::options::EnqueueOptions;
+use crate::model::state::{ArchiveReason, TaskState};
 use crate::seal::envelope::{Aad, Purpose};
-use crate::{
-    ArchiveReason, Client, EnqueueOptions, Keyring, Priority, TaskContext, TaskError, TaskState,
-    Worker,
-};
+use crate::seal::keyring::Keyring;
+use crate::worker::{Priority, TaskContext, TaskError, Worker};
 
 /// Typed tasks run and results are sealed.
 pub async fn typed_tasks_run_and_results_are_sealed(e: Scene) {
@@ -385,7 +386,7 @@ pub async fn resealed_tasks_run_without_the_old_key(e: Scene) {
     let ops = Client::builder(e.broker.clone(), rotated.clone()).build();
     let report = ops
         .reseal(
-            &crate::reseal::ResealOptions {
+            &crate::admin::reseal::ResealOptions {
                 batch: 2,
                 ..Default::default()
             },

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use super::registry::ResolveFailure;
-use super::stats::ErrorClass;
-use super::{REFERENCE_FORBIDDEN, REFERENCE_MALFORMED, Ref, short_type_name};
+use super::handler::{TaskContext, TaskError};
 use crate::model::state::ArchiveReason;
-use crate::worker::{TaskContext, TaskError};
+use crate::reference::{
+    ErrorClass, REFERENCE_FORBIDDEN, REFERENCE_MALFORMED, Ref, ResolveFailure, short_type_name,
+};
 
 impl TaskContext {
     /// Fetch what `reference` points to through the resolver registered for
