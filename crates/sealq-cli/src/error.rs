@@ -160,3 +160,10 @@ mod tests {
         assert!(e.render().contains("sealq keys generate"));
     }
 }
+
+impl From<sealq_connect::ConnectError> for CliError {
+    /// A wrong URL or refused configuration exits 2; anything else 1.
+    fn from(e: sealq_connect::ConnectError) -> Self {
+        crate::broker_url::connect_error(e)
+    }
+}

@@ -326,6 +326,21 @@ impl RedisBroker {
     pub fn prefix(&self) -> &str {
         &self.inner.prefix
     }
+
+    /// This broker's stores, bundled: the broker and its subject key store
+    /// (same server and prefix). No audit sink: [`Self::stores_with_audit`]
+    /// adds the audit streams.
+    pub fn stores(&self) -> sealq::Stores {
+        sealq::Stores::new(Arc::new(self.clone()))
+            .with_subject_keys(self.inner.subject_keys.clone())
+    }
+
+    /// [`Self::stores`] with the audit log in this prefix's streams
+    /// ([`RedisAuditSink::open`], which creates the checkpoint stream).
+    pub async fn stores_with_audit(&self) -> Result<sealq::Stores, sealq::audit::AuditError> {
+        let sink = RedisAuditSink::open(self).await?;
+        Ok(self.stores().with_audit(Arc::new(sink)))
+    }
 }
 
 // Each method runs in the file of its concern: enqueue.rs, dequeue.rs,

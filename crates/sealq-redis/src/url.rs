@@ -64,20 +64,10 @@ impl Parsed {
     }
 }
 
-/// A URL with any `user:password@` part replaced, for messages and logs.
+/// `url` with its password masked, for messages: [`sealq::store::redact_url`],
+/// the one redaction every backend and front door uses.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let user = url[s + 3..at].split(':').next().unwrap_or("");
-            let user = if url[s + 3..at].contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_owned()
-            };
-            format!("{}://{user}@{}", &url[..s], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
+    sealq::store::redact_url(url)
 }
 
 fn invalid_url(url: &str, why: impl std::fmt::Display) -> BrokerError {

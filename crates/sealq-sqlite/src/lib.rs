@@ -195,6 +195,22 @@ impl SqliteBroker {
         &self.inner.path
     }
 
+    /// This broker's stores, bundled: the broker and its subject key store
+    /// (the file beside the database). No audit sink: [`Self::stores_with_audit`]
+    /// adds the one in the database, and `sealq_connect` chooses among the
+    /// places a log can live.
+    pub fn stores(&self) -> sealq::Stores {
+        sealq::Stores::new(Arc::new(self.clone()))
+            .with_subject_keys(self.inner.subject_keys.clone())
+    }
+
+    /// [`Self::stores`] with the audit log in this database
+    /// ([`SqliteAuditSink`], creating its tables if needed).
+    pub fn stores_with_audit(&self) -> Result<sealq::Stores, sealq::audit::AuditError> {
+        let sink = SqliteAuditSink::open(&self.inner.path)?;
+        Ok(self.stores().with_audit(Arc::new(sink)))
+    }
+
     /// The `synchronous` mode in force on the write connection, read back
     /// from SQLite (for diagnostics and tests).
     pub async fn synchronous(&self) -> Result<Synchronous, BrokerError> {

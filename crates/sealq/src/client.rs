@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::audit::hooks as audit_hooks;
+use crate::blob::DEFAULT_OFFLOAD_THRESHOLD;
 use crate::error::{BrokerError, BrokerErrorKind, Error, Result};
 use crate::model::clock::{SharedClock, system_clock};
 use crate::model::id::{SubjectTag, TaskId};
@@ -17,7 +18,9 @@ use crate::policy::PayloadPolicy;
 use crate::seal::data_key::DataKey;
 use crate::seal::envelope::{Aad, Purpose};
 use crate::seal::keyring::Keyring;
+use crate::store::Stores;
 use crate::store::broker::{Broker, EnqueueResult};
+use crate::store::subject_keys::SubjectKeyStore;
 use crate::subject_keys::SubjectKeys;
 
 /// One task to enqueue, before sealing: a type name, the MessagePack payload
@@ -114,9 +117,18 @@ pub struct ClientBuilder {
     producer: Option<String>,
     clock: SharedClock,
     audit: Option<crate::audit::Auditor>,
+    /// The subject key store, when given apart from the broker.
+    subject_key_store: Option<Arc<dyn SubjectKeyStore>>,
 }
 
 impl ClientBuilder {
+    /// Where subject data keys live (default: the broker's own,
+    /// `Broker::subject_key_store`). [`Client::from_stores`] sets it.
+    pub fn subject_key_store(mut self, store: Arc<dyn SubjectKeyStore>) -> Self {
+        self.subject_key_store = Some(store);
+        self
+    }
+
     /// Write an audit record for every task stored (`enqueued`, with the
     /// ciphertext's SHA-256 and size) and every policy refusal
     /// (`policy_rejected`, rule and field path only). Default: none.
@@ -160,8 +172,8 @@ impl ClientBuilder {
     /// Build the client.
     pub fn build(self) -> Client {
         let subject_keys = self
-            .broker
-            .subject_key_store()
+            .subject_key_store
+            .or_else(|| self.broker.subject_key_store())
             .map(|store| Arc::new(SubjectKeys::new(store, &self.keyring)));
         Client {
             inner: Arc::new(Inner {
@@ -191,7 +203,25 @@ impl Client {
             producer: None,
             clock: system_clock(),
             audit: None,
+            subject_key_store: None,
         }
+    }
+
+    /// Start building a client over a backend's whole [`Stores`]: its
+    /// broker, its subject key store and, when it has one, its blob store
+    /// (payloads over [`DEFAULT_OFFLOAD_THRESHOLD`] are offloaded; change
+    /// it with [`ClientBuilder::blob_store`]). The audit log stays explicit
+    /// ([`ClientBuilder::audit`]): an [`Auditor`](crate::audit::Auditor)
+    /// runs a task of its own.
+    pub fn from_stores(stores: &Stores, keyring: impl Into<Arc<Keyring>>) -> ClientBuilder {
+        let mut builder = Client::builder(stores.broker.clone(), keyring);
+        if let Some(keys) = &stores.subject_keys {
+            builder = builder.subject_key_store(keys.clone());
+        }
+        if let Some(blobs) = &stores.blobs {
+            builder = builder.blob_store(blobs.clone(), DEFAULT_OFFLOAD_THRESHOLD);
+        }
+        builder
     }
 
     /// The broker this client writes to.

@@ -10,7 +10,7 @@
 //! redis` both mean them; `sqlite` is refused). `audit verify --broker URL`
 //! and `audit show` read the same place (`--sink file|sqlite|redis`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use sealq::audit::{
@@ -22,19 +22,15 @@ use sealq_sqlite::SqliteAuditSink;
 
 use super::Global;
 use crate::args::{AuditShowArgs, AuditSinkKind, AuditSource, AuditVerifyArgs};
-use crate::broker_url::{AuditHome, BrokerUrl};
+use crate::broker_url::{BrokerUrl, block_on, connect_error};
 use crate::error::{CliError, CliResult, context, msg};
+use sealq_connect::{AuditPlace, Connection};
 
-/// `DB` → `DB.audit.jsonl`.
-pub(crate) fn jsonl_path_for(db: &Path) -> PathBuf {
-    let mut s = db.as_os_str().to_owned();
-    s.push(".audit.jsonl");
-    PathBuf::from(s)
-}
+pub(crate) use sealq_connect::jsonl_path_for;
 
 /// The SQLite file the global broker URL names.
 fn broker_db(global: &Global) -> CliResult<PathBuf> {
-    match BrokerUrl::parse(global.broker_url())? {
+    match crate::broker_url::parse(global.broker_url())? {
         BrokerUrl::Sqlite { path } => Ok(path),
         #[allow(unreachable_patterns)]
         _ => Err(CliError::usage(msg(
@@ -44,65 +40,32 @@ fn broker_db(global: &Global) -> CliResult<PathBuf> {
     }
 }
 
-/// Run a future to completion from synchronous command code (as
-/// `broker_url::open_redis` does).
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
-}
-
-/// The Redis audit streams for `kind`, or `None` for `off`.
-fn redis_sink(
-    redis: &sealq_redis::RedisBroker,
-    kind: AuditSinkKind,
-) -> CliResult<Option<Arc<dyn AuditSink>>> {
-    match kind {
-        AuditSinkKind::Off => Ok(None),
-        AuditSinkKind::File | AuditSinkKind::Redis => Ok(Some(Arc::new(
-            block_on(RedisAuditSink::open(redis)).map_err(sink_error)?,
-        ))),
-        AuditSinkKind::Sqlite => Err(CliError::usage(msg(
-            "--audit sqlite needs the SQLite broker; a Redis broker keeps its audit log in \
-             Redis streams (--audit redis, the default)",
-        ))),
-    }
-}
-
 fn sink_error(e: sealq::audit::AuditError) -> CliError {
     CliError::runtime(e)
 }
 
-/// The sink to write to for the SQLite database `db`, or `None` for `off`.
-pub(crate) fn open_sink(db: &Path, kind: AuditSinkKind) -> CliResult<Option<Arc<dyn AuditSink>>> {
-    Ok(match kind {
+/// Where `kind` puts the log, or `None` for `off`.
+fn place(kind: AuditSinkKind) -> Option<AuditPlace> {
+    match kind {
         AuditSinkKind::Off => None,
-        AuditSinkKind::Redis => {
-            return Err(CliError::usage(msg(
-                "--audit redis needs a Redis broker (--broker redis://…)",
-            )));
-        }
-        AuditSinkKind::File => Some(Arc::new(
-            JsonLinesSink::open(jsonl_path_for(db)).map_err(sink_error)?,
-        )),
-        AuditSinkKind::Sqlite => Some(Arc::new(SqliteAuditSink::open(db).map_err(sink_error)?)),
-    })
+        AuditSinkKind::File => Some(AuditPlace::File),
+        AuditSinkKind::Sqlite => Some(AuditPlace::Sqlite),
+        AuditSinkKind::Redis => Some(AuditPlace::Redis),
+    }
 }
 
 /// Start an auditor writing to the log of the broker at `home`. A
 /// keyring without `audit_signing_key` is a configuration error (exit 2)
 /// that says how to fix it.
 pub(crate) fn start(
-    home: AuditHome<'_>,
+    home: &Connection,
     kind: AuditSinkKind,
     keyring: &Keyring,
 ) -> CliResult<Option<Auditor>> {
-    let sink = match home {
-        AuditHome::Nowhere => return Ok(None),
-        AuditHome::Sqlite(db) => open_sink(db, kind)?,
-        AuditHome::Redis(r) => redis_sink(r, kind)?,
-    };
-    let Some(sink) = sink else {
+    let Some(place) = place(kind) else {
         return Ok(None);
     };
+    let sink = block_on(home.audit_sink(place)).map_err(connect_error)?;
     if keyring.audit_verifying_key().is_none() {
         return Err(CliError::usage(msg(
             "the keyring has no `audit_signing_key`, which the audit log needs to sign its \
@@ -129,7 +92,7 @@ fn read_sink(
     if let Some(file) = &source.file {
         return Ok((Arc::new(JsonLinesSink::at(file)), "line"));
     }
-    if BrokerUrl::parse(global.broker_url())? == BrokerUrl::Redis {
+    if crate::broker_url::parse(global.broker_url())? == BrokerUrl::Redis {
         if source.sink == AuditSinkKind::Sqlite {
             return Err(CliError::usage(msg(
                 "--sink sqlite needs the SQLite broker; a Redis broker keeps its audit log in \
@@ -179,20 +142,14 @@ pub(crate) fn summary_line(r: &VerifyReport) -> String {
 
 /// Verify the log `start` wrote for `home` (`None` for `off`).
 pub(crate) async fn verify_broker_log(
-    home: AuditHome<'_>,
+    home: &Connection,
     kind: AuditSinkKind,
     keyring: &Keyring,
 ) -> CliResult<Option<VerifyReport>> {
-    let sink: Arc<dyn AuditSink> = match (home, kind) {
-        (AuditHome::Nowhere, _) | (_, AuditSinkKind::Off) => return Ok(None),
-        (AuditHome::Redis(r), _) => Arc::new(RedisAuditSink::reader(r)),
-        (AuditHome::Sqlite(db), AuditSinkKind::File | AuditSinkKind::Redis) => {
-            Arc::new(JsonLinesSink::at(jsonl_path_for(db)))
-        }
-        (AuditHome::Sqlite(db), AuditSinkKind::Sqlite) => {
-            Arc::new(SqliteAuditSink::open(db).map_err(sink_error)?)
-        }
+    let Some(place) = place(kind) else {
+        return Ok(None);
     };
+    let sink = home.audit_reader(place).map_err(connect_error)?;
     verify_with(&*sink, keyring).await.map(Some)
 }
 

@@ -179,7 +179,7 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
     let filler = filler(args.payload_bytes.saturating_sub(OVERHEAD));
     let pb = progress_bar(args.tasks as u64, args.json);
     // Redis' counters before the run (skipped where INFO is not allowed).
-    let redis_before = match &opened.redis {
+    let redis_before = match opened.redis() {
         Some(r) => r.command_stats().await.ok().flatten(),
         None => None,
     };
@@ -222,7 +222,7 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
     super::audit::finish(producer_audit).await?;
     super::audit::finish(worker_audit).await?;
     let total = started.elapsed();
-    let redis_cost = match (&opened.redis, &redis_before) {
+    let redis_cost = match (opened.redis(), &redis_before) {
         (Some(r), Some(before)) => r
             .command_stats()
             .await

@@ -46,7 +46,7 @@ pub(crate) async fn run(global: &Global, args: CronRunArgs) -> CliResult {
     let keyring = global.keyring()?;
     let opened = global.open_broker()?;
     let auditor = super::audit::start(opened.audit_home(), args.audit, &keyring)?;
-    let mut client = Client::builder(opened.broker, keyring);
+    let mut client = Client::from_stores(opened.conn.stores(), keyring);
     if let Some(a) = &auditor {
         client = client.audit(a.clone());
     }

@@ -186,11 +186,9 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> CliResult {
         ),
     };
     let throwaway = !global.broker_on_command_line;
-    let Opened {
-        broker,
-        sqlite_path,
-        redis,
-    } = broker_url::open(&url)?;
+    let opened: Opened = broker_url::open(&url)?;
+    let broker = opened.broker.clone();
+    let sqlite_path = opened.conn.sqlite_path().map(std::path::Path::to_path_buf);
     let existing: u64 = broker
         .stats()
         .await?
@@ -208,7 +206,7 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> CliResult {
     let customers = Arc::new(customer_table());
     let latencies = Arc::new(Latencies::with_capacity(args.tasks + args.tasks / 10));
     // The audit log: producer and worker each keep a chain, as two processes would.
-    let home = broker_url::AuditHome::of(sqlite_path.as_deref(), redis.as_ref());
+    let home = opened.audit_home();
     let producer_audit = super::audit::start(home, args.audit, &keyring)?;
     let worker_audit = super::audit::start(home, args.audit, &keyring)?;
 

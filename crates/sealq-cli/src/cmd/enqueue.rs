@@ -34,7 +34,7 @@ pub(crate) async fn run(global: &Global, args: EnqueueArgs) -> CliResult {
 
     let opened = global.open_broker()?;
     let auditor = super::audit::start(opened.audit_home(), audit, &keyring)?;
-    let mut builder = Client::builder(opened.broker, keyring);
+    let mut builder = Client::from_stores(opened.conn.stores(), keyring);
     if let Some(a) = &auditor {
         builder = builder.audit(a.clone());
     }

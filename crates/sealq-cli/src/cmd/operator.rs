@@ -16,7 +16,7 @@ fn client(
     let keyring = global.keyring()?;
     let opened = global.open_broker()?;
     let auditor = super::audit::start(opened.audit_home(), op.audit, &keyring)?;
-    let mut builder = Client::builder(opened.broker, keyring);
+    let mut builder = Client::from_stores(opened.conn.stores(), keyring);
     if let Some(a) = &auditor {
         builder = builder.audit(a.clone());
     }

@@ -24,9 +24,8 @@ pub(crate) async fn run(global: &Global, args: WorkerArgs) -> CliResult {
     let keyring = global.keyring()?;
     let opened = global.open_broker()?;
     let auditor = super::audit::start(opened.audit_home(), args.audit, &keyring)?;
-    let broker = opened.broker;
     let exec: Arc<str> = Arc::from(args.exec.as_str());
-    let mut builder = Worker::builder(broker, keyring);
+    let mut builder = Worker::from_stores(opened.conn.stores(), keyring);
     if let Some(a) = &auditor {
         builder = builder.audit(a.clone());
     }

@@ -21,9 +21,11 @@ pub mod blob;
 pub mod broker;
 mod stores;
 pub mod subject_keys;
+mod url;
 
 pub use audit::AuditSink;
 pub use blob::BlobStore;
 pub use broker::Broker;
 pub use stores::Stores;
 pub use subject_keys::SubjectKeyStore;
+pub use url::redact_url;

@@ -50,7 +50,9 @@ use crate::model::clock::{SharedClock, system_clock};
 use crate::model::options::validate_queue_name;
 use crate::model::task::Task;
 use crate::seal::keyring::Keyring;
+use crate::store::Stores;
 use crate::store::broker::Broker;
+use crate::store::subject_keys::SubjectKeyStore;
 use handler::{ErasedHandler, RawHandler, TypedHandler};
 use maintenance::BlobSweep;
 use prefetch::Prefetch;
@@ -75,6 +77,9 @@ pub(crate) struct Config {
     pub(crate) sweep: Option<BlobSweep>,
     /// Where lifecycle events are recorded, if anywhere.
     pub(crate) audit: Option<crate::audit::Auditor>,
+    /// Where subject data keys live, when given apart from the broker
+    /// (default: `Broker::subject_key_store`).
+    pub(crate) subject_key_store: Option<Arc<dyn SubjectKeyStore>>,
 }
 
 /// Builds a [`Worker`].
@@ -340,8 +345,21 @@ impl Worker {
                 blobs: None,
                 sweep: None,
                 audit: None,
+                subject_key_store: None,
             },
         }
+    }
+
+    /// Start building a worker over a backend's whole [`Stores`]: its
+    /// broker, its subject key store and, when it has one, its blob store.
+    /// The audit log stays explicit ([`WorkerBuilder::audit`]).
+    pub fn from_stores(stores: &Stores, keyring: impl Into<Arc<Keyring>>) -> WorkerBuilder {
+        let mut builder = Worker::builder(stores.broker.clone(), keyring);
+        builder.config.subject_key_store = stores.subject_keys.clone();
+        if let Some(blobs) = &stores.blobs {
+            builder = builder.blob_store(blobs.clone());
+        }
+        builder
     }
 
     /// Live counters.

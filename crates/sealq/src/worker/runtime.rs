@@ -64,8 +64,10 @@ impl WorkerState {
     ) -> Self {
         let prefetch = PrefetchBounds::resolve(config.prefetch, config.concurrency);
         let queue_names = config.queues.iter().map(|(q, _)| q.clone()).collect();
-        let subject_keys = broker
-            .subject_key_store()
+        let subject_keys = config
+            .subject_key_store
+            .clone()
+            .or_else(|| broker.subject_key_store())
             .map(|store| Arc::new(SubjectKeys::new(store, &keyring)));
         WorkerState {
             subject_keys,

@@ -1,0 +1,139 @@
+//! # sealq-connect: from a broker URL to the stores behind it
+//!
+//! The one place that knows which backend a URL names, how to open it, and
+//! where its audit log lives. The `sealq` command uses it today; the HTTP
+//! gateway and the dashboard will too, so none of them wires stores by
+//! hand. Backends still depend only on `sealq`, and `sealq` on no backend:
+//! this crate sits above both.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sealq_connect::ConnectError> {
+//! let conn = sealq_connect::connect("sqlite://./sealq.db", &Default::default()).await?;
+//! let stores = conn.stores();
+//! println!("{}", stores.describe());
+//! # Ok(()) }
+//! ```
+//!
+//! | URL | backend |
+//! | --- | --- |
+//! | `sqlite://PATH`, `sqlite:PATH` (`?synchronous=normal\|full`) | embedded SQLite (`sealq_sqlite`) |
+//! | `redis://`, `rediss://`, `redis+cluster://`, `redis+sentinel://` | Redis (`sealq_redis`) |
+//!
+//! URLs are shown only through [`redact`] (`sealq::store::redact_url`).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod audit;
+mod error;
+mod scheme;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use sealq::Stores;
+use sealq_redis::RedisBroker;
+use sealq_sqlite::SqliteBroker;
+
+pub use audit::{AuditPlace, jsonl_path_for};
+pub use error::ConnectError;
+pub use scheme::{SUPPORTED, Scheme};
+
+/// `url` with its password masked, for messages ([`sealq::store::redact_url`]).
+pub fn redact(url: &str) -> String {
+    sealq::store::redact_url(url)
+}
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Redis: refuse to connect unless the server's `sealq` functions
+    /// library is this build's version (default `true`). Off only for the
+    /// command that installs the library.
+    pub check_redis_library: bool,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            check_redis_library: true,
+        }
+    }
+}
+
+/// An opened backend.
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(SqliteBroker),
+    Redis(RedisBroker),
+}
+
+/// A connection to the backend a URL names: its [`Stores`], and where its
+/// audit log lives ([`Connection::audit_sink`]).
+#[derive(Debug, Clone)]
+pub struct Connection {
+    backend: Backend,
+    stores: Stores,
+}
+
+/// Open the backend `url` names. A URL that names no backend of this build,
+/// or a backend that refuses its configuration, is a
+/// [`ConnectError::Usage`]; a backend that cannot be reached is
+/// [`ConnectError::Unavailable`]. Messages show the URL redacted.
+pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Connection, ConnectError> {
+    let backend = match Scheme::parse(url)? {
+        Scheme::Sqlite { .. } => {
+            Backend::Sqlite(SqliteBroker::open_url(url).map_err(|e| ConnectError::opening(url, e))?)
+        }
+        Scheme::Redis => Backend::Redis(connect_redis(url, options).await?),
+    };
+    let stores = match &backend {
+        Backend::Sqlite(b) => b.stores(),
+        Backend::Redis(b) => b.stores(),
+    };
+    Ok(Connection { backend, stores })
+}
+
+/// Connect to the Redis deployment `url` names (for Redis-only commands
+/// such as installing the functions library).
+pub async fn connect_redis(
+    url: &str,
+    options: &ConnectOptions,
+) -> Result<RedisBroker, ConnectError> {
+    let opts = sealq_redis::RedisOptions::default();
+    let result = if options.check_redis_library {
+        RedisBroker::connect_with(url, opts).await
+    } else {
+        RedisBroker::connect_unchecked(url, opts).await
+    };
+    result.map_err(|e| ConnectError::opening(url, e))
+}
+
+impl Connection {
+    /// The stores: broker and subject keys (the audit sink is chosen with
+    /// [`Connection::audit_sink`]).
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    /// The broker.
+    pub fn broker(&self) -> Arc<dyn sealq::Broker> {
+        self.stores.broker.clone()
+    }
+
+    /// The SQLite database file, when the backend is SQLite.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Sqlite(b) => Some(b.path()),
+            Backend::Redis(_) => None,
+        }
+    }
+
+    /// The Redis broker, when the backend is Redis (for its command counts
+    /// and other Redis-only facts).
+    pub fn redis(&self) -> Option<&RedisBroker> {
+        match &self.backend {
+            Backend::Redis(r) => Some(r),
+            Backend::Sqlite(_) => None,
+        }
+    }
+}
