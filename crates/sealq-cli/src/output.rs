@@ -48,7 +48,7 @@ pub(crate) fn rfc3339_ms(ms: i64) -> String {
 
 /// Now, Unix milliseconds.
 pub(crate) fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
+    sealq::clock::wall_clock_ms()
 }
 
 /// Lowercase hex of `bytes`, space-separated in pairs.

@@ -218,8 +218,5 @@ impl SubjectKeyStore for SqliteSubjectKeyStore {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    sealq::clock::wall_clock_ms()
 }

@@ -72,7 +72,7 @@ pub(crate) async fn run(global: &Global, args: CronRunArgs) -> CliResult {
 
 /// Print the next ticks of a pattern, one per line (RFC 3339, in the zone).
 pub(crate) fn next(args: CronNextArgs) -> CliResult {
-    let now = jiff::Timestamp::now().as_millisecond();
+    let now = sealq::clock::wall_clock_ms();
     let ticks =
         sealq::scheduler::upcoming(&args.pattern, args.time_zone.as_deref(), now, args.count)
             .map_err(|e| CliError::usage(msg(e.to_string())))?;
