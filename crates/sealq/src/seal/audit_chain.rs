@@ -290,11 +290,6 @@ impl AuditKeys {
         Self::public_only(&key)
     }
 
-    /// Whether these keys can check record MACs (a keyring was given).
-    pub fn has_mac_key(&self) -> bool {
-        self.mac.is_some()
-    }
-
     /// The public key, if known.
     pub fn public_key(&self) -> Option<[u8; 32]> {
         self.verifying.map(|k| k.to_bytes())

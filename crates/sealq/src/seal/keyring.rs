@@ -368,20 +368,6 @@ impl Keyring {
         self.audit_verifying_key().map(|k| BASE64.encode(k))
     }
 
-    /// Add a random `audit_signing_key` to a keyring that has none (older
-    /// keyrings); returns whether one was added. An existing key is kept.
-    ///
-    /// # Panics
-    ///
-    /// If the operating system's random number generator fails.
-    pub fn ensure_audit_signing_key(&mut self) -> bool {
-        if self.audit_signing_key.is_some() {
-            return false;
-        }
-        self.audit_signing_key = Some(random_key());
-        true
-    }
-
     /// Seal `plaintext` with the primary key and a fresh random nonce.
     ///
     /// Returns `version | alg | key_id_len | key_id | nonce | ciphertext | tag`
