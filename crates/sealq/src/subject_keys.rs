@@ -275,10 +275,10 @@ impl SubjectKeys {
         dry_run: bool,
     ) -> Result<RewrapReport, Error> {
         let mut report = RewrapReport {
-            to_key: self.keks.primary().to_owned(),
+            to_key: self.keks.primary_key_id().to_owned(),
             ..RewrapReport::default()
         };
-        let primary = WrappedUnder::Key(self.keks.primary().to_owned());
+        let primary = WrappedUnder::Key(self.keks.primary_key_id().to_owned());
         for (tag, wrapped) in self.store.list().await? {
             let under = WrappedUnder::of(&wrapped);
             if under.as_ref() == Some(&primary) {
