@@ -19,6 +19,12 @@ use crate::error::{Error, Result};
 use crate::model::audit_event::AuditEvent;
 
 /// What still needs a keyring key, from [`Client::key_usage`].
+///
+/// Once a key is removed from the keyring, every stored part still sealed
+/// with it and every subject data key wrapped under its key-encryption key
+/// can never be opened again. What could not be looked at (parts that do
+/// not open, a subject key store that cannot be listed) counts as still in
+/// use: removing is safe only when [`KeyUsage::is_unused`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct KeyUsage {
@@ -57,7 +63,7 @@ impl KeyUsage {
 
 impl Client {
     /// What stored tasks, claim-check blobs and subject data keys still need
-    /// keyring key `key_id` (see the [module docs](self)): a dry-run
+    /// keyring key `key_id` (see [`KeyUsage`] for what counts): a dry-run
     /// [`Client::reseal`] restricted to that key, over every queue. Changes
     /// nothing and audits nothing. Give the client the blob store the
     /// application uses, or offloaded payloads' blobs are not checked (they
