@@ -75,10 +75,11 @@ pub struct Connection {
     stores: Stores,
 }
 
-/// Open the backend `url` names. A URL that names no backend of this build,
-/// or a backend that refuses its configuration, is a
-/// [`ConnectError::Usage`]; a backend that cannot be reached is
-/// [`ConnectError::Unavailable`]. Messages show the URL redacted.
+/// Open the backend `url` names. A URL that names no backend of this build
+/// is a [`ConnectError::Usage`]; a backend that refuses to open or cannot
+/// be reached is a [`ConnectError::Open`] ([`ConnectError::is_usage`] tells
+/// whether the configuration or credentials were refused). Messages show
+/// the URL redacted.
 pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Connection, ConnectError> {
     let backend = match Scheme::parse(url)? {
         Scheme::Sqlite { .. } => {

@@ -548,3 +548,73 @@ async fn reseal_while_a_worker_runs_loses_nothing() {
         assert_ne!(key_of(rec.result.as_ref().unwrap()), old);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_usage_counts_what_the_old_key_seals_until_it_is_resealed() {
+    let s = setup().await;
+    let (client, auditor) = operator_client(&s);
+
+    // Payloads of pending, offloaded (its blob with it), completed and
+    // retrying, the result and the error; user-7's wrapped data key. The
+    // subject-sealed payload needs no keyring key.
+    let usage = client.key_usage(&s.old).await.unwrap();
+    assert_eq!(usage.key_id, s.old);
+    assert_eq!(
+        (
+            usage.parts_still_sealed,
+            usage.parts_not_opened,
+            usage.subject_keys_wrapped
+        ),
+        (6, 0, 1),
+        "{usage:?}"
+    );
+    assert_eq!(usage.could_not_check, None);
+    assert_eq!(usage.still_sealed(), 7);
+    assert!(!usage.is_unused());
+
+    // The primary key and unknown keys are not checked.
+    for bad in [s.new.as_str(), "no-such-key"] {
+        assert!(
+            matches!(
+                client.key_usage(bad).await,
+                Err(Error::InvalidArgument { what: "key_id", .. })
+            ),
+            "{bad}"
+        );
+    }
+
+    client
+        .reseal(&ResealOptions::default(), "ops@example.com")
+        .await
+        .unwrap();
+    let usage = client.key_usage(&s.old).await.unwrap();
+    assert_eq!(usage.still_sealed(), 0, "{usage:?}");
+    assert!(usage.is_unused(), "{usage:?}");
+
+    // The removal is audited through the client's auditor; checking wrote
+    // nothing.
+    client
+        .record_key_removed(&s.old, usage.still_sealed(), "ops@example.com")
+        .await
+        .unwrap();
+    auditor.close().await.unwrap();
+    let records = s.sink.read_records().await.unwrap();
+    let removed: Vec<_> = records
+        .iter()
+        .filter_map(|l| match &l.item.as_ref().unwrap().event {
+            AuditEvent::KeyRemoved {
+                key_id,
+                still_sealed,
+                operator,
+            } => Some((key_id.clone(), *still_sealed, operator.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(removed, vec![(s.old.clone(), 0, "ops@example.com".into())]);
+    // Only the real reseal's 7 parts (6 and the blob) are `resealed`.
+    let resealed = records
+        .iter()
+        .filter(|l| matches!(l.item.as_ref().unwrap().event, AuditEvent::Resealed { .. }))
+        .count();
+    assert_eq!(resealed, 7);
+}

@@ -526,18 +526,6 @@ impl Client {
         Ok(out)
     }
 
-    /// Typed batch: every task of one type, each with its options.
-    pub async fn enqueue_many<T: Task>(
-        &self,
-        tasks: impl IntoIterator<Item = (T, EnqueueOptions)>,
-    ) -> Result<Vec<Result<TaskId>>> {
-        let raw = tasks
-            .into_iter()
-            .map(|(t, o)| RawTask::typed(&t, o))
-            .collect::<Result<Vec<_>>>()?;
-        self.enqueue_batch(raw).await
-    }
-
     /// The data keys of every subject named in `tasks` (created on first use).
     async fn data_keys_for(&self, tasks: &[RawTask]) -> Result<HashMap<SubjectTag, Arc<DataKey>>> {
         let tags: Vec<SubjectTag> = tasks

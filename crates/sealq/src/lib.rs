@@ -56,7 +56,7 @@ pub mod task {
     pub use crate::model::task::{Task, TaskMeta, decode_payload, encode_payload};
 }
 
-pub use admin::Revealed;
+pub use admin::{KeyUsage, Revealed};
 pub use audit::{AuditEvent, AuditSink, Auditor};
 pub use client::{Client, ClientBuilder, RawTask};
 pub use error::{BrokerError, BrokerErrorKind, Error, IntegrityError, Result};

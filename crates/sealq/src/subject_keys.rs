@@ -24,10 +24,12 @@ pub use crate::model::counts::{ErasureCounts, ErasureReceipt};
 pub use crate::seal::data_key::{DataKey, SUBJECT_KEY_ID, WrappedUnder, is_subject_sealed};
 pub use crate::store::subject_keys::SubjectKeyStore;
 
-/// The key that opens a stored record's sealed parts, once fetched.
+/// The key that opens a stored record's sealed parts (payload, result,
+/// error and claim-check blob alike), once fetched: what
+/// [`SubjectKeys::key_for_record`] returns.
 #[derive(Debug)]
-pub(crate) enum RecordKey {
-    /// A key of the keyring.
+pub enum RecordKey {
+    /// A key of the keyring (the envelope header names which).
     Keyring,
     /// The data key of the record's subject.
     Subject(Arc<DataKey>),
@@ -47,7 +49,8 @@ pub(crate) enum RecordKeyError {
 }
 
 /// Fetch the key `record` opens with: the one place that turns
-/// [`key_needed`]'s answer into a key (worker, reveal, re-seal).
+/// [`key_needed`]'s answer into a key (worker, reveal,
+/// [`SubjectKeys::key_for_record`]).
 pub(crate) async fn record_key(
     keys: Option<&SubjectKeys>,
     record: &TaskRecord,
@@ -132,6 +135,39 @@ impl SubjectKeys {
     /// The store.
     pub fn store(&self) -> &Arc<dyn SubjectKeyStore> {
         &self.store
+    }
+
+    /// The key `record`'s sealed parts open with, by the one rule the worker
+    /// and the admin actions use ([`crate::seal::opener::key_needed`]): the
+    /// keyring, or the record's subject's data key fetched from the store
+    /// ([`RecordKey::Erased`] once the subject was erased).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Integrity`] when the envelope can never open (it names the
+    /// subject key id but the record has no subject tag); the store's error
+    /// when the key cannot be read (try again later).
+    ///
+    /// ```no_run
+    /// # async fn f(keys: &sealq::subject_keys::SubjectKeys, keyring: &sealq::Keyring,
+    /// #            record: &sealq::broker::TaskRecord) -> Result<(), sealq::Error> {
+    /// use sealq::envelope::{Aad, Purpose};
+    /// use sealq::subject_keys::RecordKey;
+    ///
+    /// let aad = Aad::for_record(record, Purpose::Payload);
+    /// let payload = match keys.key_for_record(record).await? {
+    ///     RecordKey::Keyring => Some(keyring.open(&aad, &record.envelope)?),
+    ///     RecordKey::Subject(key) => Some(key.open(&aad, &record.envelope)?),
+    ///     RecordKey::Erased => None,
+    /// };
+    /// # Ok(()) }
+    /// ```
+    pub async fn key_for_record(&self, record: &TaskRecord) -> Result<RecordKey, Error> {
+        match record_key(Some(self), record).await {
+            Ok(key) => Ok(key),
+            Err(RecordKeyError::Integrity(e)) => Err(Error::Integrity(e)),
+            Err(RecordKeyError::Unavailable(e)) => Err(e),
+        }
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<SubjectTag, (Arc<DataKey>, Instant)>> {
@@ -275,10 +311,10 @@ impl SubjectKeys {
         dry_run: bool,
     ) -> Result<RewrapReport, Error> {
         let mut report = RewrapReport {
-            to_key: self.keks.primary().to_owned(),
+            to_key: self.keks.primary_key_id().to_owned(),
             ..RewrapReport::default()
         };
-        let primary = WrappedUnder::Key(self.keks.primary().to_owned());
+        let primary = WrappedUnder::Key(self.keks.primary_key_id().to_owned());
         for (tag, wrapped) in self.store.list().await? {
             let under = WrappedUnder::of(&wrapped);
             if under.as_ref() == Some(&primary) {

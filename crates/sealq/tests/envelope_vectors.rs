@@ -553,16 +553,20 @@ fn generate_id_format_and_export() {
 }
 
 #[test]
-fn derive_subkey_is_stable_and_separate() {
+fn derive_stable_key_is_stable_and_separate() {
     let mut kr = Keyring::generate();
-    let a = kr.derive_subkey("audit-mac-v1");
-    assert_eq!(*a, *kr.derive_subkey("audit-mac-v1"));
-    assert_ne!(*a, *kr.derive_subkey("audit-mac-v2"));
+    let a = kr.derive_stable_key("audit-mac-v1");
+    assert_eq!(*a, *kr.derive_stable_key("audit-mac-v1"));
+    assert_ne!(*a, *kr.derive_stable_key("audit-mac-v2"));
+    // The deprecated former name is the same function.
+    #[allow(deprecated)]
+    let old = kr.derive_subkey("audit-mac-v1");
+    assert_eq!(*a, *old);
     assert_ne!(&a[..], &kr.subject_tag("audit-mac-v1").0[..]);
     kr.rotate();
-    assert_eq!(*a, *kr.derive_subkey("audit-mac-v1"));
+    assert_eq!(*a, *kr.derive_stable_key("audit-mac-v1"));
     // Different keyrings, different subkeys.
-    assert_ne!(*a, *Keyring::generate().derive_subkey("audit-mac-v1"));
+    assert_ne!(*a, *Keyring::generate().derive_stable_key("audit-mac-v1"));
 }
 
 #[test]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use sealq::broker::{ListQuery, TaskRecord};
 use sealq::envelope::{Aad, Purpose};
 use sealq::reference::{ResolverStats, async_trait};
+use sealq::subject_keys::RecordKey;
 use sealq::{
     ArchiveReason, CacheOptions, Client, EnqueueOptions, Keyring, RawTask, Ref, ResolveError,
     Resolver, ResolverOptions, Task, TaskContext, TaskError, TaskState, Worker, WorkerReport,
@@ -621,16 +622,19 @@ async fn prove_ciphertext(
             .map(|h| h.key_id.to_owned());
         proof.first_bytes_hex = hex_bytes(&r.envelope[..r.envelope.len().min(24)]);
         let aad = Aad::for_record(r, Purpose::Payload);
-        // A task with a data subject is sealed with the subject's data key.
-        let opened = match (&r.meta.subject_tag, broker.subject_key_store()) {
-            (Some(tag), Some(store)) if sealq::subject_keys::is_subject_sealed(&r.envelope) => {
+        // A task with a data subject is sealed with the subject's data key:
+        // the library says which key the record opens with.
+        let opened = match broker.subject_key_store() {
+            Some(store) => {
                 let keys = sealq::subject_keys::SubjectKeys::new(store, keyring);
-                match keys.for_open(tag).await {
-                    Ok(Some(key)) => key.open(&aad, &r.envelope).ok(),
-                    _ => None,
+                match keys.key_for_record(r).await {
+                    Ok(RecordKey::Keyring) => keyring.open(&aad, &r.envelope).ok(),
+                    Ok(RecordKey::Subject(key)) => key.open(&aad, &r.envelope).ok(),
+                    Ok(RecordKey::Erased) | Err(_) => None,
                 }
             }
-            _ => keyring.open(&aad, &r.envelope).ok(),
+            // No subject key store: nothing here is sealed with a data key.
+            None => keyring.open(&aad, &r.envelope).ok(),
         };
         if let Some(plain) = opened {
             proof.opens_with_keyring = true;

@@ -321,8 +321,9 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
 }
 
 /// `sealq keys remove --key ID`: drop an open-only key from the keyring
-/// file, after checking (a dry-run re-seal restricted to that key) that no
-/// stored task still names it, unless `--force`. Audited (`key_removed`).
+/// file, after checking ([`sealq::Client::key_usage`]) that no stored task,
+/// blob or wrapped subject key still needs it, unless `--force`. Audited
+/// (`key_removed`, [`sealq::Client::record_key_removed`]).
 pub(crate) async fn remove(global: &super::Global, args: crate::args::KeysRemoveArgs) -> CliResult {
     let path = keyring_path(global, "keys remove")?;
     let mut keyring = Keyring::from_file(&path)?;
@@ -342,31 +343,14 @@ pub(crate) async fn remove(global: &super::Global, args: crate::args::KeysRemove
     let keyring_arc = std::sync::Arc::new(Keyring::from_toml(&keyring.to_toml_secret())?);
     let blobs = blob_store(&args.blobs, false).await?;
     let opened = global.open_broker()?;
-    let mut checker = sealq::Client::builder(opened.broker.clone(), keyring_arc);
+    let mut checker = sealq::Client::builder(opened.broker.clone(), keyring_arc.clone());
     if let Some(store) = blobs {
         checker = checker.blob_store(store, usize::MAX);
     }
-    let check = checker
-        .build()
-        .reseal(
-            &sealq::reseal::ResealOptions {
-                from_key: Some(args.key.clone()),
-                dry_run: true,
-                ..Default::default()
-            },
-            "",
-        )
-        .await?;
-    let mut still = check.resealed
-        + check.remaining.get(&args.key).copied().unwrap_or(0)
-        + check.failed.len() as u64;
-    // Subject data keys wrapped under its key-encryption key.
-    let wrapped = check
-        .subject_keys
-        .as_ref()
-        .map_or(0, |k| k.rewrapped + k.failed.len() as u64);
-    still += wrapped;
-    if let Some(e) = &check.subject_keys_error
+    let usage = checker.build().key_usage(&args.key).await?;
+    let still = usage.still_sealed();
+    let wrapped = usage.subject_keys_wrapped;
+    if let Some(e) = &usage.could_not_check
         && !args.force
     {
         return Err(CliError::runtime(crate::error::msg(format!(
@@ -387,11 +371,11 @@ pub(crate) async fn remove(global: &super::Global, args: crate::args::KeysRemove
     write_keyring(&path, &keyring)?;
     let auditor = super::audit::start(opened.audit_home(), args.op.audit, &keyring)?;
     if let Some(a) = &auditor {
-        a.record(sealq::audit::AuditEvent::KeyRemoved {
-            key_id: args.key.clone(),
-            still_sealed: still,
-            operator: super::operator::operator(&args.op),
-        });
+        sealq::Client::builder(opened.broker.clone(), keyring_arc)
+            .audit(a.clone())
+            .build()
+            .record_key_removed(&args.key, still, &super::operator::operator(&args.op))
+            .await?;
     }
     super::audit::finish(auditor).await?;
     if still > 0 {

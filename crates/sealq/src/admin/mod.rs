@@ -9,6 +9,7 @@
 //! nothing lower).
 
 mod erase;
+mod keys;
 mod queues;
 pub mod reseal;
 mod reveal;
@@ -18,6 +19,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::model::audit_event::AuditEvent;
 
+pub use keys::KeyUsage;
 pub use reveal::Revealed;
 
 impl Client {

@@ -27,8 +27,8 @@ use crate::error::{Error, Result};
 use crate::model::audit_event::AuditEvent;
 use crate::model::id::TaskId;
 use crate::model::record::TaskRecord;
-use crate::seal::data_key::SUBJECT_KEY_ID;
 use crate::seal::envelope::{Aad, Purpose, parse_header};
+use crate::seal::opener::{KeyNeeded, key_needed};
 use crate::store::broker::{ListQuery, SealedPart, SealedSwap};
 
 /// Default tasks per page of [`Client::reseal`].
@@ -252,9 +252,15 @@ impl Client {
                     continue;
                 }
             };
-            if from == SUBJECT_KEY_ID {
-                report.subject_sealed += 1;
-                continue;
+            // Only keyring keys are re-sealed: a part sealed with a
+            // subject's data key (whether or not the record has the tag
+            // that would open it) is left as it is.
+            match key_needed(bytes, record.meta.subject_tag.as_ref()) {
+                Ok(KeyNeeded::Keyring) => {}
+                Ok(KeyNeeded::Subject(_)) | Err(_) => {
+                    report.subject_sealed += 1;
+                    continue;
+                }
             }
             let selected = options.from_key.as_ref().is_none_or(|k| k == &from);
             // A payload under the primary key may still be a claim whose

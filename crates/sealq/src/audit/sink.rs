@@ -105,16 +105,6 @@ impl JsonLinesSink {
         }
     }
 
-    /// The records file.
-    pub fn records_path(&self) -> &Path {
-        &self.inner.records
-    }
-
-    /// The checkpoints file.
-    pub fn checkpoints_path(&self) -> &Path {
-        &self.inner.checkpoints
-    }
-
     fn files(
         &self,
     ) -> Result<std::sync::MutexGuard<'_, Option<(std::fs::File, std::fs::File)>>, AuditError> {

@@ -16,7 +16,7 @@ use crate::policy::PayloadPolicy;
 use crate::seal::data_key::DataKey;
 use crate::seal::envelope::{Aad, Purpose, TAG_LEN, parse_header};
 use crate::seal::keyring::Keyring;
-use crate::seal::opener::SealingKey;
+use crate::seal::opener::{KeyNeeded, SealingKey, key_needed};
 use crate::store::broker::{Ack, AckResult, Outcome};
 
 /// A MessagePack ext8 header (`0xc7`, length 41, type `0x53`): a value serde
@@ -134,20 +134,17 @@ pub(crate) async fn offload_all(
         if payload_len(&task.envelope) <= threshold {
             continue;
         }
-        let sealer = if crate::seal::data_key::is_subject_sealed(&task.envelope) {
+        let sealer = match key_needed(&task.envelope, task.meta.subject_tag.as_ref()) {
+            Ok(KeyNeeded::Keyring) => SealingKey::Keyring(keyring),
             // Invariant of Client::seal_with: a subject-sealed envelope's
             // key is in `data_keys`; without it, keep the payload inline.
-            match task
-                .meta
-                .subject_tag
-                .as_ref()
-                .and_then(|t| data_keys.get(t))
-            {
+            Ok(KeyNeeded::Subject(tag)) => match data_keys.get(&tag) {
                 Some(key) => SealingKey::Subject(key),
                 None => continue,
-            }
-        } else {
-            SealingKey::Keyring(keyring)
+            },
+            // Subject-sealed without a subject tag: never produced by
+            // Client::seal_with; keep the payload inline.
+            Err(_) => continue,
         };
         let claim = Claim::for_blob(&task.envelope);
         let sealed_claim = sealer.seal(&aad_of(task), &claim.encode())?;

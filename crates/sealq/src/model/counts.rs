@@ -25,9 +25,9 @@ pub struct QueueStats {
     /// Archived tasks.
     pub archived: u64,
     /// Its cap on waiting (scheduled, pending and retry) tasks, if one is
-    /// set ([`Broker::set_max_depth`]).
+    /// set ([`Broker::set_max_depth`](crate::store::broker::Broker::set_max_depth)).
     pub max_depth: Option<u64>,
-    /// Its rate limit, if one is set ([`Broker::set_rate_limit`]).
+    /// Its rate limit, if one is set ([`Broker::set_rate_limit`](crate::store::broker::Broker::set_rate_limit)).
     pub rate_limit: Option<RateLimit>,
 }
 

@@ -154,11 +154,6 @@ impl<T: ?Sized> Ref<T> {
         &self.id
     }
 
-    /// The id, owned.
-    pub fn into_id(self) -> String {
-        self.id
-    }
-
     /// The built-in id check [`TaskContext::resolve`](crate::TaskContext::resolve)
     /// applies before asking the resolver: not empty, at most
     /// [`MAX_REF_ID_LEN`] bytes, no control characters. The error says which

@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::model::audit_event::AuditEvent;
 use crate::seal::keyring::Keyring;
 
-/// Label of [`Keyring::derive_subkey`] for the audit MAC key.
+/// Label of [`Keyring::derive_stable_key`] for the audit MAC key.
 pub const AUDIT_MAC_LABEL: &str = "sealq-audit-mac-v1";
 
 /// Domain prefix of the public chain hash (see [`chain_hash`]).
@@ -214,7 +214,7 @@ impl Checkpoint {
 
 /// The keys of the audit log.
 ///
-/// - the MAC key (from the keyring, [`Keyring::derive_subkey`] with
+/// - the MAC key (from the keyring, [`Keyring::derive_stable_key`] with
 ///   [`AUDIT_MAC_LABEL`]): writes and checks record MACs;
 /// - the Ed25519 signing key (`audit_signing_key` in the keyring): signs
 ///   checkpoints;
@@ -255,7 +255,7 @@ impl AuditKeys {
         })?;
         let signing = SigningKey::from_bytes(seed);
         Ok(AuditKeys {
-            mac: Some(keyring.derive_subkey(AUDIT_MAC_LABEL)),
+            mac: Some(keyring.derive_stable_key(AUDIT_MAC_LABEL)),
             verifying: Some(signing.verifying_key()),
             signing: Some(signing),
         })
@@ -288,11 +288,6 @@ impl AuditKeys {
             .map_err(|_| bad())?;
         let key: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
         Self::public_only(&key)
-    }
-
-    /// Whether these keys can check record MACs (a keyring was given).
-    pub fn has_mac_key(&self) -> bool {
-        self.mac.is_some()
     }
 
     /// The public key, if known.

@@ -40,15 +40,15 @@ pub const SUBJECT_KEY_ID: &str = "subject";
 
 /// Label of the format-1 KEK, derived from the keyring's `subject_tag_key`
 /// (which never rotates): read only.
-const KEK_LABEL: &str = "sealq-subject-kek-v1";
+const KEK_V1_LABEL: &str = "sealq-subject-kek-v1";
 /// Label of the format-2 KEKs, one derived from each sealing key.
 const KEK_V2_LABEL: &str = "sealq-subject-kek-v2";
 /// Domain of the format-1 wrapping's associated data.
-const WRAP_DOMAIN: &[u8] = b"sealq-subject-key-v1";
+const WRAP_DOMAIN_V1: &[u8] = b"sealq-subject-key-v1";
 /// Domain of the format-2 wrapping's associated data.
 const WRAP_DOMAIN_V2: &[u8] = b"sealq-subject-key-v2";
 /// Format 1: version byte 1, 24-byte nonce, 32-byte key, 16-byte tag.
-const WRAPPED_LEN: usize = 1 + 24 + 32 + 16;
+const WRAPPED_V1_LEN: usize = 1 + 24 + 32 + 16;
 /// Format 2: version byte 2, key id length (1 byte), key id, then as format 1.
 const WRAPPED_V2_FIXED: usize = 2 + 24 + 32 + 16;
 
@@ -76,7 +76,7 @@ impl WrappedUnder {
     /// bytes in no known format.
     pub fn of(wrapped: &[u8]) -> Option<WrappedUnder> {
         match wrapped.first()? {
-            1 if wrapped.len() == WRAPPED_LEN => Some(WrappedUnder::TagKey),
+            1 if wrapped.len() == WRAPPED_V1_LEN => Some(WrappedUnder::TagKey),
             2 => {
                 let n = usize::from(*wrapped.get(1)?);
                 let id = wrapped.get(2..2 + n)?;
@@ -98,7 +98,7 @@ impl WrappedUnder {
 fn wrap_ad(tag: &SubjectTag, key_id: Option<&str>) -> Vec<u8> {
     let mut ad = Vec::with_capacity(WRAP_DOMAIN_V2.len() + 33 + key_id.map_or(0, str::len));
     match key_id {
-        None => ad.extend_from_slice(WRAP_DOMAIN),
+        None => ad.extend_from_slice(WRAP_DOMAIN_V1),
         Some(_) => ad.extend_from_slice(WRAP_DOMAIN_V2),
     }
     ad.extend_from_slice(&tag.0);
@@ -168,7 +168,7 @@ pub fn is_subject_sealed(envelope: &[u8]) -> bool {
 /// and the format-1 KEK from the `subject_tag_key` (opens only).
 pub(crate) struct Keks {
     /// The format-1 KEK (from the `subject_tag_key`): opens only.
-    legacy: XChaCha20Poly1305,
+    v1_kek: XChaCha20Poly1305,
     /// The format-2 KEK of every keyring key, by key id.
     by_key: HashMap<String, XChaCha20Poly1305>,
     /// The keyring's primary key id: its KEK wraps new keys.
@@ -178,23 +178,23 @@ pub(crate) struct Keks {
 impl Keks {
     /// The KEKs of every key of `keyring`.
     pub(crate) fn from_keyring(keyring: &Keyring) -> Self {
-        let legacy = keyring.derive_subkey(KEK_LABEL);
+        let v1_kek = keyring.derive_stable_key(KEK_V1_LABEL);
         let by_key = keyring
             .key_ids()
             .filter_map(|id| {
-                let kek = keyring.derive_from_key(id, KEK_V2_LABEL)?;
+                let kek = keyring.derive_from_sealing_key(id, KEK_V2_LABEL)?;
                 Some((id.to_owned(), XChaCha20Poly1305::new(<&Key>::from(&*kek))))
             })
             .collect();
         Keks {
-            legacy: XChaCha20Poly1305::new(<&Key>::from(&*legacy)),
+            v1_kek: XChaCha20Poly1305::new(<&Key>::from(&*v1_kek)),
             by_key,
             primary: keyring.primary_key_id().to_owned(),
         }
     }
 
     /// The id of the key whose KEK wraps new keys.
-    pub(crate) fn primary(&self) -> &str {
+    pub(crate) fn primary_key_id(&self) -> &str {
         &self.primary
     }
 
@@ -225,7 +225,7 @@ impl Keks {
     pub(crate) fn unwrap(&self, tag: &SubjectTag, wrapped: &[u8]) -> Result<DataKey, Error> {
         let bad = || Error::Integrity(IntegrityError::Tampered);
         let (kek, ad, body) = match WrappedUnder::of(wrapped).ok_or_else(bad)? {
-            WrappedUnder::TagKey => (&self.legacy, wrap_ad(tag, None), &wrapped[1..]),
+            WrappedUnder::TagKey => (&self.v1_kek, wrap_ad(tag, None), &wrapped[1..]),
             WrappedUnder::Key(id) => {
                 let kek = self.by_key.get(&id).ok_or_else(|| {
                     Error::Keyring(format!(
@@ -254,7 +254,7 @@ impl Keks {
 #[cfg(test)]
 /// A format-1 wrapped key (what earlier versions stored), for `key`.
 pub(crate) fn wrap_v1(keyring: &Keyring, tag: &SubjectTag, key: &DataKey) -> Vec<u8> {
-    let kek = keyring.derive_subkey(KEK_LABEL);
+    let kek = keyring.derive_stable_key(KEK_V1_LABEL);
     let kek = XChaCha20Poly1305::new(<&Key>::from(&*kek));
     let nonce = random_nonce().unwrap();
     let mut out = vec![1];

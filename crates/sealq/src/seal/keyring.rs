@@ -21,7 +21,7 @@
 //!   with. It must be one of the `[keys.*]` tables.
 //! - `subject_tag_key` (required): 32 bytes, standard base64 with padding. The
 //!   HMAC key of [`Keyring::subject_tag`] and the master of
-//!   [`Keyring::derive_subkey`]. It is *not* rotated with the sealing keys:
+//!   [`Keyring::derive_stable_key`]. It is *not* rotated with the sealing keys:
 //!   changing it makes every stored subject tag unfindable.
 //! - `audit_signing_key` (optional): the 32-byte Ed25519 seed that signs
 //!   audit checkpoints (see [`crate::audit`]), standard base64 with padding.
@@ -75,7 +75,8 @@ pub const ENV_KEYRING_TOML: &str = "SEALQ_KEYRING_TOML";
 /// Domain prefix of the subject tag HMAC input.
 const SUBJECT_DOMAIN: &[u8] = b"sealq-subject-v1";
 
-/// HKDF salt of [`Keyring::derive_subkey`].
+/// HKDF salt of [`Keyring::derive_stable_key`] and
+/// `Keyring::derive_from_sealing_key`.
 const SUBKEY_SALT: &[u8] = b"sealq-subkey-v1";
 
 /// One sealing key: the secret (kept for export) and its precomputed cipher.
@@ -316,35 +317,42 @@ impl Keyring {
         SubjectTag(mac.finalize().into_bytes().into())
     }
 
-    /// A 32-byte key for another purpose (for example `"audit-mac-v1"`),
-    /// derived with HKDF-SHA-256 from the keyring's master secret, the
-    /// `subject_tag_key`: `HKDF(salt = "sealq-subkey-v1", ikm = subject_tag_key,
-    /// info = label)`.
+    /// A 32-byte key for another purpose (for example `"audit-mac-v1"`) that
+    /// stays the same across rotations: derived with HKDF-SHA-256 from the
+    /// keyring's non-rotating master secret, the `subject_tag_key`:
+    /// `HKDF(salt = "sealq-subkey-v1", ikm = subject_tag_key, info = label)`.
     ///
     /// Derived keys are independent of the sealing keys (rotation does not
-    /// change them) and of each other (distinct labels give unrelated keys).
-    /// Never use a label for two purposes.
+    /// change them, removing a key does not lose them) and of each other
+    /// (distinct labels give unrelated keys). Never use a label for two
+    /// purposes. For a key that rotates with the sealing keys, see
+    /// `Keyring::derive_from_sealing_key` (crate-private).
+    pub fn derive_stable_key(&self, label: &str) -> Zeroizing<[u8; 32]> {
+        hkdf_32(&self.subject_tag_key, label)
+    }
+
+    /// Former name of [`Keyring::derive_stable_key`].
+    #[deprecated(
+        note = "renamed `derive_stable_key`: the key is derived from the non-rotating \
+                `subject_tag_key`, not from a sealing key"
+    )]
+    #[doc(hidden)]
     pub fn derive_subkey(&self, label: &str) -> Zeroizing<[u8; 32]> {
-        let hk = hkdf::Hkdf::<Sha256>::new(Some(SUBKEY_SALT), &self.subject_tag_key[..]);
-        let mut okm = Zeroizing::new([0u8; 32]);
-        hk.expand(label.as_bytes(), &mut okm[..])
-            // Invariant: 32 bytes is far below HKDF-SHA-256's 8160-byte limit.
-            .expect("32 bytes is a valid HKDF-SHA-256 output length");
-        okm
+        self.derive_stable_key(label)
     }
 
     /// A 32-byte key for `label` derived from sealing key `id` (HKDF-SHA-256,
     /// salt `"sealq-subkey-v1"`, ikm = that key's secret, info = `label`):
-    /// unlike [`Keyring::derive_subkey`], it changes with rotation, and it
-    /// is gone once key `id` is removed. `None` when the keyring has no key `id`.
-    pub(crate) fn derive_from_key(&self, id: &str, label: &str) -> Option<Zeroizing<[u8; 32]>> {
+    /// unlike [`Keyring::derive_stable_key`], it changes with rotation, and
+    /// it is gone once key `id` is removed. `None` when the keyring has no
+    /// key `id`.
+    pub(crate) fn derive_from_sealing_key(
+        &self,
+        id: &str,
+        label: &str,
+    ) -> Option<Zeroizing<[u8; 32]>> {
         let entry = self.keys.get(id)?;
-        let hk = hkdf::Hkdf::<Sha256>::new(Some(SUBKEY_SALT), &entry.secret[..]);
-        let mut okm = Zeroizing::new([0u8; 32]);
-        hk.expand(label.as_bytes(), &mut okm[..])
-            // Invariant: 32 bytes is far below HKDF-SHA-256's 8160-byte limit.
-            .expect("32 bytes is a valid HKDF-SHA-256 output length");
-        Some(okm)
+        Some(hkdf_32(&entry.secret, label))
     }
 
     /// The Ed25519 seed that signs audit checkpoints, if the keyring has one.
@@ -366,20 +374,6 @@ impl Keyring {
     /// [`Keyring::audit_verifying_key`] in standard base64 with padding.
     pub fn audit_public_key_base64(&self) -> Option<String> {
         self.audit_verifying_key().map(|k| BASE64.encode(k))
-    }
-
-    /// Add a random `audit_signing_key` to a keyring that has none (older
-    /// keyrings); returns whether one was added. An existing key is kept.
-    ///
-    /// # Panics
-    ///
-    /// If the operating system's random number generator fails.
-    pub fn ensure_audit_signing_key(&mut self) -> bool {
-        if self.audit_signing_key.is_some() {
-            return false;
-        }
-        self.audit_signing_key = Some(random_key());
-        true
     }
 
     /// Seal `plaintext` with the primary key and a fresh random nonce.
@@ -600,6 +594,16 @@ fn parse_created(v: &toml::Value, what: &str) -> Result<jiff::Timestamp, Error> 
 }
 
 /// 32 random bytes from the operating system.
+/// `HKDF-SHA-256(salt = SUBKEY_SALT, ikm, info = label)`, 32 bytes.
+fn hkdf_32(ikm: &[u8; KEY_LEN], label: &str) -> Zeroizing<[u8; 32]> {
+    let hk = hkdf::Hkdf::<Sha256>::new(Some(SUBKEY_SALT), &ikm[..]);
+    let mut okm = Zeroizing::new([0u8; 32]);
+    hk.expand(label.as_bytes(), &mut okm[..])
+        // Invariant: 32 bytes is far below HKDF-SHA-256's 8160-byte limit.
+        .expect("32 bytes is a valid HKDF-SHA-256 output length");
+    okm
+}
+
 fn random_key() -> Zeroizing<[u8; KEY_LEN]> {
     let mut k = Zeroizing::new([0u8; KEY_LEN]);
     fill_random(&mut k[..]);

@@ -4,9 +4,13 @@
 //! key, or, for a task with a subject, with that subject's data key (the
 //! envelope header then names the reserved key id [`SUBJECT_KEY_ID`]).
 //! [`key_needed`] reads which from the envelope and the record's subject
-//! tag; the caller fetches a subject's key (the worker, the admin actions
-//! and re-sealing do, through `SubjectKeys`) and seals or opens with the
-//! resulting [`SealingKey`].
+//! tag; the caller fetches a subject's key and seals or opens with the
+//! resulting [`SealingKey`]. Its callers: `subject_keys::record_key` (the
+//! worker's open step, reveal, and `SubjectKeys::key_for_record`, which the
+//! CLI uses), the worker's seal step for results and errors, claim-check
+//! offload (`blob::claim`), and re-sealing (`admin::reseal`, which leaves
+//! subject-sealed parts alone). No other code picks a key from the
+//! envelope's key id.
 
 use zeroize::Zeroizing;
 

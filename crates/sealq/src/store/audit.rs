@@ -61,7 +61,7 @@ impl<T: serde::de::DeserializeOwned> Loaded<T> {
 
 /// Storage for audit records and checkpoints.
 ///
-/// Appends must be durable when they return (the [`super::Auditor`] calls
+/// Appends must be durable when they return (the [`Auditor`](crate::audit::Auditor) calls
 /// them with whole batches, so one sync per batch is the expected cost) and
 /// must never rewrite what is stored. Records and checkpoints should live in
 /// different places (two files, two tables, two streams), so that cutting
