@@ -23,7 +23,13 @@ const LAYERS: &[&[&str]] = &[
     // The storage traits and the `Stores` bundle.
     &["store"],
     // Services over the stores.
-    &["audit", "blob", "subject_keys", "reference"],
+    &[
+        "audit",
+        "blob",
+        "subject_keys",
+        "keyring_check",
+        "reference",
+    ],
     // The producer.
     &["client"],
     // The worker runtime.

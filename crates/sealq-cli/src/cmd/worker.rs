@@ -23,6 +23,16 @@ pub(crate) async fn run(global: &Global, args: WorkerArgs) -> CliResult {
     let queues = parse_queues(&args.queues)?;
     let keyring = global.keyring()?;
     let opened = global.open_broker()?;
+    // Fail closed before the audit log is opened: a wrong keyring writes
+    // nothing anywhere (the worker checks again before it leases).
+    let names: Vec<String> = queues.iter().map(|(q, _)| q.clone()).collect();
+    let check =
+        sealq::keyring_check::check_keyring(&*opened.broker, &keyring, Some(&names)).await?;
+    if check.is_wrong_keyring() {
+        return Err(CliError::usage(msg(
+            check.refusal(&opened.broker.describe(), &keyring)
+        )));
+    }
     let auditor = super::audit::start(opened.audit_home(), args.audit, &keyring)?;
     let exec: Arc<str> = Arc::from(args.exec.as_str());
     let mut builder = Worker::from_stores(opened.conn.stores(), keyring);

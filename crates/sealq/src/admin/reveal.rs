@@ -38,8 +38,10 @@ impl std::fmt::Debug for Revealed {
 
 impl Client {
     /// Open a task's payload, result and error for `operator`. Requires an
-    /// auditor: the `payload_revealed` record is written (and flushed)
-    /// before anything is opened.
+    /// auditor. Everything is opened first, in memory; only once the
+    /// keyring is known to open the task is the `payload_revealed` record
+    /// written (and flushed), and only then is anything returned. A keyring
+    /// that cannot open the task gets an error and writes no record.
     pub async fn reveal(&self, id: TaskId, operator: &str) -> Result<Revealed> {
         if self.auditor().is_none() {
             return Err(Error::Config(
@@ -48,11 +50,6 @@ impl Client {
             ));
         }
         let record = self.broker().get(id).await?.ok_or(Error::NotFound(id))?;
-        self.audit_now(AuditEvent::PayloadRevealed {
-            task: id,
-            operator: operator.to_owned(),
-        })
-        .await?;
         let key = match record_key(self.subject_keys().map(|k| &**k), &record).await {
             Ok(RecordKey::Keyring) => None,
             Ok(RecordKey::Subject(key)) => Some(key),
@@ -105,6 +102,12 @@ impl Client {
             .as_deref()
             .map(|e| open(Purpose::Error, e))
             .transpose()?;
+        // Opened: now the act is recorded, before anything is shown.
+        self.audit_now(AuditEvent::PayloadRevealed {
+            task: id,
+            operator: operator.to_owned(),
+        })
+        .await?;
         Ok(Revealed {
             record,
             payload,

@@ -165,11 +165,42 @@ async fn open_envelope(state: &WorkerState, record: &TaskRecord, now: i64) -> St
     open_claim(state, record, payload, data_key.as_deref()).await
 }
 
+/// How long a task sealed with a key the keyring lacks is held before it is
+/// leased again.
+pub(crate) const HOLD_UNKNOWN_KEY_MS: i64 = 30_000;
+
+/// Hold a task whose envelope names a keyring key this worker's keyring
+/// lacks: it may well open with the right keyring, so it is neither run nor
+/// archived (see [`open_sealed`]).
+fn hold_for_unknown_key(
+    state: &WorkerState,
+    record: &TaskRecord,
+    key_id: &str,
+    now: i64,
+) -> Outcome {
+    metrics::counter!("sealq_tasks_held_total", "reason" => "unknown_key").increment(1);
+    warn!(
+        task = %record.id,
+        key_id,
+        worker_keys = ?state.keyring.key_ids().collect::<Vec<_>>(),
+        "task sealed with a key this keyring does not hold: held, not run; deploy the keyring that holds it"
+    );
+    Outcome::Retry {
+        at_ms: now.saturating_add(HOLD_UNKNOWN_KEY_MS),
+        error: None,
+    }
+}
+
 /// Open the envelope with the keyring, or with the subject's data key when
 /// the subject sealed it; returns that key too (it opens the blob of an
 /// offloaded payload).
 ///
-/// - Fails to open (tampered, truncated, moved, relabelled, unknown key, or
+/// - Sealed with a keyring key this keyring does not hold: held, not
+///   archived (a wrong or outdated keyring must not destroy the backlog):
+///   acked as a retry in [`HOLD_UNKNOWN_KEY_MS`] with no error stored,
+///   counted in `sealq_tasks_held_total{reason="unknown_key"}` and logged
+///   at WARN with the task id and the key id. Each hold is an attempt.
+/// - Fails to open otherwise (tampered, truncated, moved, relabelled, or
 ///   subject-sealed without a subject key store): refused, acked as
 ///   archived `integrity`; no retry can make it authentic.
 /// - The subject's key was destroyed (the subject was erased): acked as
@@ -212,6 +243,9 @@ async fn open_sealed(
     };
     match opened {
         Ok(p) => Ok((RawPayload(p), data_key)),
+        Err(IntegrityError::UnknownKey(key_id)) if data_key.is_none() => {
+            Err(hold_for_unknown_key(state, record, &key_id, now))
+        }
         Err(e) => Err(refuse(state, record, e, ArchiveReason::Integrity)),
     }
 }

@@ -80,6 +80,8 @@ pub(crate) struct Config {
     /// Where subject data keys live, when given apart from the broker
     /// (default: `Broker::subject_key_store`).
     pub(crate) subject_key_store: Option<Arc<dyn SubjectKeyStore>>,
+    /// Refuse to start when the keyring opens none of the waiting tasks.
+    pub(crate) check_keyring: bool,
 }
 
 /// Builds a [`Worker`].
@@ -176,6 +178,17 @@ impl WorkerBuilder {
     /// The clock (tests).
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Whether the worker checks, before it leases anything, that its
+    /// keyring opens the tasks waiting in its queues (default `true`):
+    /// with a wrong keyring it then refuses to start
+    /// ([`Error::Keyring`](crate::error::Error::Keyring), naming the keys the
+    /// tasks need) instead of reading the backlog as tampered
+    /// ([`crate::keyring_check`]).
+    pub fn check_keyring(mut self, check: bool) -> Self {
+        self.config.check_keyring = check;
         self
     }
 
@@ -346,6 +359,7 @@ impl Worker {
                 sweep: None,
                 audit: None,
                 subject_key_store: None,
+                check_keyring: true,
             },
         }
     }

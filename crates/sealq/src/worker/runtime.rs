@@ -19,7 +19,8 @@ use super::heartbeat::heartbeat_loop;
 use super::maintenance::maintenance_loop;
 use super::prefetch::PrefetchBounds;
 use super::{Config, WorkerReport, WorkerStats};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::keyring_check::check_keyring;
 use crate::model::clock::SharedClock;
 use crate::model::id::TaskId;
 use crate::seal::keyring::Keyring;
@@ -116,6 +117,9 @@ pub(crate) async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<WorkerReport> {
     let cfg = &state.config;
+    if cfg.check_keyring {
+        refuse_a_wrong_keyring(&state).await?;
+    }
     // A slot per task leased and not yet acked: running, or prefetched.
     let total_slots = cfg.concurrency + state.prefetch.max;
     let lease_slots = Arc::new(Semaphore::new(total_slots));
@@ -173,4 +177,18 @@ pub(crate) async fn run(
 /// Backoff for broker errors in loops: 50 ms doubling to 5 s.
 pub(crate) fn error_backoff(failures: u32) -> Duration {
     Duration::from_millis((50u64 << failures.min(7)).min(5_000))
+}
+
+/// Fail closed: before anything is leased, a keyring that opens none of the
+/// tasks waiting in the worker's queues stops the worker with an error that
+/// names the keys they need ([`crate::keyring_check`]), rather than letting
+/// it archive the backlog as tampered.
+async fn refuse_a_wrong_keyring(state: &WorkerState) -> Result<()> {
+    let check = check_keyring(&*state.broker, &state.keyring, Some(&state.queue_names)).await?;
+    if check.is_wrong_keyring() {
+        let message = check.refusal(&state.broker.describe(), &state.keyring);
+        warn!(worker = %state.config.id, "{message}");
+        return Err(Error::Keyring(message));
+    }
+    Ok(())
 }

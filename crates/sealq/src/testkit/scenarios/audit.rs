@@ -12,7 +12,6 @@ use crate::model::audit_event::AuditEvent;
 use crate::model::id::TaskId;
 use crate::model::options::EnqueueOptions;
 use crate::seal::audit_chain::AuditKeys;
-use crate::seal::keyring::Keyring;
 use crate::worker::{TaskError, Worker};
 
 /// What [`real_run`] leaves for a backend's tampering test.
@@ -212,14 +211,22 @@ pub async fn a_real_run_verifies_and_shows_each_tasks_history(e: Scene) {
     real_run(&e).await;
 }
 
-/// A task the worker cannot open (sealed with another keyring) is recorded
-/// as leased then archived `integrity`, nothing else.
+/// A task the worker cannot open (its ciphertext altered in the broker) is
+/// recorded as leased then archived `integrity`, nothing else.
 pub async fn integrity_refusals_are_audited(e: Scene) {
     let sink = Arc::new(MemorySink::new());
-    let worker_keys = Arc::new(Keyring::generate());
-    // Sealed with the scene's keyring: the worker cannot open it.
-    let id = e
+    let worker_keys = e.keyring.clone();
+    // One bit of the ciphertext flipped, as a broker writer could.
+    let mut task = e
         .client
+        .seal(RawTask::from_json("ok", &serde_json::json!({}), EnqueueOptions::new()).unwrap())
+        .unwrap();
+    let last = task.envelope.len() - 1;
+    task.envelope[last] ^= 0x01;
+    let id = task.id;
+    e.broker.enqueue(vec![task]).await.unwrap();
+    // A task that opens, so the worker's keyring check passes.
+    e.client
         .enqueue_raw(
             RawTask::from_json("ok", &serde_json::json!({}), EnqueueOptions::new()).unwrap(),
         )

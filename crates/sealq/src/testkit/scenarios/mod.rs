@@ -43,12 +43,14 @@ use crate::testkit::Harness;
 
 pub mod audit;
 pub mod erasure;
+pub mod keyring;
 pub mod leases;
 pub mod refusals;
 pub mod worker;
 
 pub use audit::*;
 pub use erasure::*;
+pub use keyring::*;
 pub use leases::*;
 pub use refusals::*;
 pub use worker::*;
@@ -208,6 +210,9 @@ macro_rules! scenario_tests {
             a_direct_ack_after_erasure_is_lease_lost,
             a_real_run_verifies_and_shows_each_tasks_history,
             integrity_refusals_are_audited,
+            finding_7_a_worker_with_another_keyring_refuses_to_start_and_changes_nothing,
+            finding_7_a_task_whose_key_the_keyring_lacks_is_held_not_archived,
+            finding_7_reveal_with_a_wrong_keyring_writes_no_payload_revealed_record,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

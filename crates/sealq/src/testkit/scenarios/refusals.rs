@@ -1,4 +1,5 @@
-//! What never reaches a handler (tampered, moved, foreign, expired, unknown,
+//! What never reaches a handler (tampered, moved, foreign-keyed (held),
+//! expired, unknown,
 //! malformed tasks) and what is refused at enqueue (duplicates, replays,
 //! policy violations).
 
@@ -93,11 +94,14 @@ pub async fn tampered_moved_foreign_expired_and_unknown_tasks_never_reach_a_hand
         .build()
         .unwrap()
         .spawn();
-    for id in ids.into_iter().chain([wrong_key]) {
+    for id in ids {
         let rec = wait_state(&e.broker, id, TaskState::Archived).await;
         assert_eq!(rec.archive_reason, Some(ArchiveReason::Integrity), "{id}");
         assert_eq!(rec.attempts, 1, "integrity failures are never retried");
     }
+    // A key this keyring lacks is held, not archived (finding 7).
+    let rec = wait_state(&e.broker, wrong_key, TaskState::Retry).await;
+    assert_eq!(rec.archive_reason, None);
     let rec = wait_state(&e.broker, expired, TaskState::Archived).await;
     assert_eq!(rec.archive_reason, Some(ArchiveReason::Expired));
     let rec = wait_state(&e.broker, unknown, TaskState::Archived).await;
@@ -108,7 +112,7 @@ pub async fn tampered_moved_foreign_expired_and_unknown_tasks_never_reach_a_hand
         0,
         "a refused task reached the handler"
     );
-    assert_eq!(report.integrity_failures, 6);
+    assert_eq!(report.integrity_failures, 5);
 }
 
 /// Payload of the wrong shape is archived as decode.
