@@ -84,7 +84,7 @@
 //!   its id (its row number when the id is what is damaged), never its
 //!   bytes. Reads cannot write: `list` leaves the row out (and fills the page
 //!   from the rows after it), `stats` leaves out tasks whose queue or state
-//!   is not a name, both logging at WARN (`sealq_malformed_rows_skipped_total`);
+//!   is not a name, both logging at WARN (`sealq_malformed_tasks_skipped_total`);
 //!   `get` of that very task fails as [`sealq::BrokerErrorKind::Corrupt`]
 //!   naming it. Erasure, purging and re-sealing do not decode rows and are
 //!   not affected. Such a row comes from an edited file, never from sealq:

@@ -278,7 +278,7 @@ fn report(task: &str, why: &str, op: &'static str) {
 
 /// Log a row a reader skipped (readers cannot quarantine).
 pub(crate) fn skipped(m: &Malformed, op: &'static str) {
-    metrics::counter!("sealq_malformed_rows_skipped_total", "backend" => "sqlite", "op" => op)
+    metrics::counter!("sealq_malformed_tasks_skipped_total", "backend" => "sqlite", "op" => op)
         .increment(1);
     tracing::warn!(
         task = %m.task(),
