@@ -69,15 +69,120 @@ local function small(n)
   return SMALL[n] or s(n)
 end
 
+-- Damaged data (an edited key, a bad restore) never makes a call fail
+-- half way: a function's writes are not rolled back by an error, so an
+-- error after the first write would leave the call half applied (tasks
+-- active with no holder, a task stored without its reply). What a call
+-- reads is checked before it is used; the few commands that fail on a
+-- damaged value (HINCRBY on a count that is not a whole number, LPUSH on a
+-- wake key that is not a list, HMGET/HGETALL on a task key that is not a
+-- hash) run through `tolerant` (redis.pcall) and the damage is repaired or the task set
+-- aside (below). Repairs are logged in Redis' log.
+
+local function warn(msg)
+  redis.log(redis.LOG_WARNING, 'sealq: ' .. msg)
+end
+
+-- What `tolerant` returns for a damaged value.
+local DAMAGED = {}
+
+-- Run a command on a key that may hold damaged data: its reply, or DAMAGED
+-- when the key holds the wrong type (or, for HINCRBY, a value that is not
+-- a whole number). Every other error (a permission the caller's ACL does
+-- not grant, …) is raised as redis.call raises it: only damage is
+-- tolerated, never a refusal.
+local function tolerant(...)
+  local r = redis.pcall(...)
+  if type(r) == 'table' and r.err then
+    local e = r.err
+    if string.find(e, 'WRONGTYPE', 1, true) == 1 or string.find(e, 'not an integer', 1, true)
+      or string.find(e, 'would overflow', 1, true) then
+      return DAMAGED
+    end
+    error(r)
+  end
+  return r
+end
+
+-- Whether a `tolerant` reply says the value was damaged.
+local function failed(r)
+  return r == DAMAGED
+end
+
+-- The task states (the names counted in Q..'n').
+local STATES = {scheduled = true, pending = true, active = true, retry = true,
+  completed = true, archived = true}
+
+-- A count's value if it is a whole number, else nil.
+local function whole(v)
+  if type(v) == 'string' and string.find(v, '^%-?%d+$') then return tonumber(v) end
+  return nil
+end
+
+-- Count `st` of queue Q recounted from the sets, which are the source of
+-- truth (called after the caller's own set changes, so the result includes
+-- them); nil for a count the sets do not hold (`trimmed`, other names).
+-- Scheduled and retry tasks share Q..'delayed': one of them is the set's
+-- size less the other when that one is whole, else the tasks are read.
+local function recount(Q, st)
+  local z = {active = 'active', completed = 'done', archived = 'archived'}
+  if z[st] then return redis.call('ZCARD', Q .. z[st]) end
+  if st == 'pending' then
+    return redis.call('ZCARD', Q .. 'ready') - redis.call('ZCARD', Q .. 'delayed')
+  end
+  if st ~= 'scheduled' and st ~= 'retry' then return nil end
+  local other = 'retry'
+  if st == 'retry' then other = 'scheduled' end
+  local o = tolerant('HGET', Q .. 'n', other)
+  if o == false then o = 0 else o = whole(o) end
+  if o then return redis.call('ZCARD', Q .. 'delayed') - o end
+  local n = 0
+  for _, id in ipairs(redis.call('ZRANGE', Q .. 'delayed', 0, -1)) do
+    if tolerant('HGET', Q .. 't:' .. id, 's') == st then n = n + 1 end
+  end
+  return n
+end
+
+-- Add `by` to count `st` of Q; returns the new count, or nil when it is
+-- unknown. A count that is not a whole number (an edited hash) is
+-- recounted from the sets when `repair` is set; producers (enqueue) may not
+-- read the sets, so they leave it, and the next worker call touching that
+-- count repairs it. Never raises.
+local function add_count(Q, st, by, repair)
+  local r = tolerant('HINCRBY', Q .. 'n', st, by)
+  if not failed(r) then return r end
+  if not repair then return nil end
+  local n = recount(Q, st)
+  if n == nil then
+    if st ~= 'trimmed' then return nil end
+    n = math.max(by, 0)
+  end
+  if failed(tolerant('HSET', Q .. 'n', st, string.format('%d', n))) then
+    warn('the counts hash ' .. Q .. 'n is not a hash; counts are not kept until it is deleted')
+    return nil
+  end
+  warn('count `' .. st .. '` of ' .. Q .. 'n was not a whole number; recounted as ' .. n)
+  return n
+end
+
 local function incr(Q, state, by)
-  redis.call('HINCRBY', Q .. 'n', state, by)
+  add_count(Q, state, by, true)
 end
 
 -- At most one token: a second push while one waits would wake nobody more.
 -- (LPUSH and LTRIM rather than LLEN: producers hold no read permission.)
+-- A wake key that is not a list (an edited key) is replaced: it is only a
+-- hint. (`SET … PXAT 1` deletes it: producers hold no DEL permission.)
 local function wake(Q)
-  if redis.call('LPUSH', Q .. 'wake', '1') > 1 then
-    redis.call('LTRIM', Q .. 'wake', 0, 0)
+  local k = Q .. 'wake'
+  local n = tolerant('LPUSH', k, '1')
+  if failed(n) then
+    warn('replaced the wake key ' .. k .. ', which was not a list')
+    redis.call('SET', k, '', 'PXAT', 1)
+    n = redis.call('LPUSH', k, '1')
+  end
+  if n > 1 then
+    redis.call('LTRIM', k, 0, 0)
   end
 end
 
@@ -120,16 +225,20 @@ local function del_all(keys)
   end
 end
 
--- Apply per-state count changes gathered by a batch. Returns true when a
--- count rose from zero (the queue may be new to the registry), and the set
--- of states whose count rose from zero.
-local function counts(Q, delta)
+-- Apply per-state count changes gathered by a batch (`repair`: see
+-- add_count). Returns true when a count rose from zero (the queue may be
+-- new to the registry), and the set of states whose count rose from zero
+-- (a count that is not known is taken to have risen: both are hints).
+local function counts(Q, delta, repair)
   local fresh = false
   local rose = {}
   for st, by in pairs(delta) do
-    if by ~= 0 and redis.call('HINCRBY', Q .. 'n', st, by) == by and by > 0 then
-      fresh = true
-      rose[st] = true
+    if by ~= 0 then
+      local n = add_count(Q, st, by, repair)
+      if by > 0 and (n == nil or n == by) then
+        fresh = true
+        rose[st] = true
+      end
     end
   end
   return fresh, rose
@@ -139,8 +248,8 @@ end
 local function release_unique(Q, id, uk)
   if uk then
     local k = Q .. 'u:' .. uk
-    local v = redis.call('GET', k)
-    if v and string.sub(v, 1, #id + 1) == id .. '|' then
+    local v = tolerant('GET', k)
+    if type(v) == 'string' and string.sub(v, 1, #id + 1) == id .. '|' then
       redis.call('DEL', k)
     end
   end
@@ -213,8 +322,14 @@ local function enqueue_with(keys, args, stride, inline, name)
   -- A depth cap (Broker::set_max_depth: field `maxdepth` of the counts
   -- hash, which producers may read): room left for waiting (scheduled,
   -- pending, retry) tasks. One command, cap and counts together.
-  local c = redis.call('HMGET', Q .. 'n', 'maxdepth', 'scheduled', 'pending', 'retry')
+  -- A cap or count that is not a number (an edited hash) counts as none.
+  local c = tolerant('HMGET', Q .. 'n', 'maxdepth', 'scheduled', 'pending', 'retry')
+  if failed(c) then c = {} end
   local cap, room = c[1], nil
+  if cap and not tonumber(cap) then
+    warn('ignored the cap of ' .. Q .. 'n, which is not a number')
+    cap = nil
+  end
   if cap then
     room = tonumber(cap) - (tonumber(c[2]) or 0) - (tonumber(c[3]) or 0) - (tonumber(c[4]) or 0)
     cap = 'full:' .. cap
@@ -238,8 +353,9 @@ local function enqueue_with(keys, args, stride, inline, name)
     else
       local dup = nil
       if uk ~= '' then
-        local v = redis.call('GET', Q .. 'u:' .. uk)
-        if v then
+        -- (A unique key that is not a string holds nothing: SET replaces it.)
+        local v = tolerant('GET', Q .. 'u:' .. uk)
+        if type(v) == 'string' then
           local bar = string.find(v, '|', 1, true)
           local until_ms = bar and tonumber(string.sub(v, bar + 1))
           if until_ms and until_ms > now then
@@ -299,7 +415,7 @@ local function enqueue_with(keys, args, stride, inline, name)
   bulk('ZADD', Q .. 'ready', ready)
   bulk('ZADD', Q .. 'delayed', delayed)
   bulk('ZADD', Q .. 'all', all)
-  local first, rose = counts(Q, delta)
+  local first, rose = counts(Q, delta, false)
   if G then
     bulk('HSET', G .. 'ids', index)
     -- The registry already holds a queue that had tasks in these states.
@@ -351,7 +467,13 @@ local function dequeue(keys, args)
     local got = 0
     -- Paused, and a rate limit (a token bucket: `rl` per `rp` ms, `rt`
     -- tokens at `ra`), in one command.
-    local f = redis.call('HMGET', Q .. 'flags', 'paused', 'rl', 'rp', 'rt', 'ra')
+    -- Flags that are not a hash (an edited key): the queue is skipped as
+    -- if paused, rather than run against an operator's pause.
+    local f = tolerant('HMGET', Q .. 'flags', 'paused', 'rl', 'rp', 'rt', 'ra')
+    if failed(f) then
+      warn('skipped queue ' .. Q .. ': its flags key is not a hash')
+      f = {'1'}
+    end
     local limit, tokens, at = tonumber(f[2]), nil, nil
     if limit and not f[1] then
       local period = tonumber(f[3]) or 1000
@@ -372,7 +494,14 @@ local function dequeue(keys, args)
         local delta = {pending = 0, scheduled = 0, retry = 0, active = 0}
         for j, id in ipairs(ids) do
           local T = Q .. 't:' .. id
-          local cur = redis.call('HMGET', T, 's', 'a', 'r', 'le')
+          local cur = tolerant('HMGET', T, 's', 'a', 'r', 'le')
+          if failed(cur) then
+            -- Not a hash (an edited key): no task to lease. It leaves the
+            -- ready set (above) and the delayed one.
+            warn('set aside ' .. T .. ' at dequeue: not a hash')
+            undelay[#undelay + 1] = id
+            cur = {}
+          end
           local st = cur[1]
           if st == 'pending' or st == 'scheduled' or st == 'retry' then
             if st ~= 'pending' then undelay[#undelay + 1] = id end
@@ -403,7 +532,7 @@ local function dequeue(keys, args)
         end
         bulk('ZADD', Q .. 'active', active)
         bulk('ZREM', Q .. 'delayed', undelay)
-        counts(Q, delta)
+        counts(Q, delta, true)
       end
       if taken >= max then
         -- Work left behind: pass the wake-up on to another idle worker.
@@ -422,8 +551,10 @@ local function dequeue(keys, args)
     for qi, got in ipairs(per) do
       for _ = 1, got do
         t = t + 1
-        local b = redis.call('GET', keys[qi] .. 'b:' .. out[(t - 1) * 3 + 1])
-        if b then
+        -- (Bytes that are not a string read as missing: the caller
+        -- archives the task, as it does when MGET finds none.)
+        local b = tolerant('GET', keys[qi] .. 'b:' .. out[(t - 1) * 3 + 1])
+        if type(b) == 'string' then
           local e = #extra
           extra[e + 1] = t; extra[e + 2] = 'b'; extra[e + 3] = b
         end
@@ -469,8 +600,9 @@ local function ack(keys, args)
     local a1, a2 = args[i + 3], args[i + 4]
     i = i + 3 + NARGS[op]
     local T = Q .. 't:' .. id
-    local cur = redis.call('HMGET', T, 's', 'tok', 'ret', 'uk')
-    if cur[1] ~= 'active' or cur[2] ~= tok then
+    -- (A task key that is no longer a hash holds no lease.)
+    local cur = tolerant('HMGET', T, 's', 'tok', 'ret', 'uk')
+    if failed(cur) or cur[1] ~= 'active' or cur[2] ~= tok then
       out[#out + 1] = 0
     else
       left[#left + 1] = id
@@ -507,6 +639,14 @@ local function ack(keys, args)
         else
           redis.call('HSET', T, 's', 'archived', 'ar', a1, 'fin', nows, 'upd', nows)
         end
+        if a1 == 'integrity' then
+          -- (Rare: a task whose fields did not decode.) Reset an attempts
+          -- count that is not a number and a missing run-at, so the
+          -- archived task reads back.
+          local ra = redis.call('HMGET', T, 'a', 'r')
+          if not tonumber(ra[1]) then redis.call('HSET', T, 'a', '0') end
+          if not tonumber(ra[2]) then redis.call('HSET', T, 'r', nows) end
+        end
         archived[#archived + 1] = nows; archived[#archived + 1] = id
         release_unique(Q, id, cur[4])
         delta.archived = delta.archived + 1
@@ -528,7 +668,7 @@ local function ack(keys, args)
   bulk('ZADD', Q .. 'archived', archived)
   bulk('ZADD', Q .. 'ready', queued)
   bulk('ZADD', Q .. 'delayed', delayed)
-  counts(Q, delta)
+  counts(Q, delta, true)
   if ready then wake(Q) end
   return out
 end
@@ -544,8 +684,8 @@ local function extend(keys, args)
     local id, tok = args[i], args[i + 1]
     i = i + 2
     local T = Q .. 't:' .. id
-    local cur = redis.call('HMGET', T, 's', 'tok')
-    if cur[1] == 'active' and cur[2] == tok then
+    local cur = tolerant('HMGET', T, 's', 'tok')
+    if not failed(cur) and cur[1] == 'active' and cur[2] == tok then
       redis.call('HSET', T, 'lx', expires)
       active[#active + 1] = expires; active[#active + 1] = id
       out[#out + 1] = 1
@@ -569,7 +709,7 @@ local function forward(keys, args)
   if #ids > 0 then bulk('ZREM', Q .. 'delayed', ids) end
   for _, id in ipairs(ids) do
     local T = Q .. 't:' .. id
-    local st = redis.call('HGET', T, 's')
+    local st = tolerant('HGET', T, 's')
     if st == 'scheduled' or st == 'retry' then
       redis.call('HSET', T, 's', 'pending', 'upd', nows)
       delta[st] = delta[st] - 1
@@ -577,7 +717,7 @@ local function forward(keys, args)
       moved = moved + 1
     end
   end
-  counts(Q, delta)
+  counts(Q, delta, true)
   if moved > 0 then wake(Q) end
   local nxt = redis.call('ZRANGE', Q .. 'delayed', 0, 0, 'WITHSCORES')
   local due = ''
@@ -586,18 +726,34 @@ local function forward(keys, args)
 end
 
 -- ARGV: now, limit. Expired leases: retry (due now) or archive `exhausted`.
--- Returns {retried, archived, scanned}.
+-- A task whose attempts or max retries are not numbers (an edited hash) is
+-- quarantined: archived `integrity`, its id returned so the caller can
+-- count and log it. A task key that is not a hash leaves the active set.
+-- Returns {retried, archived, scanned, quarantined ids...}.
 local function recover(keys, args)
   local Q = keys[1]
   local now = tonumber(args[1])
   local nows = s(now)
   local ids = redis.call('ZRANGEBYSCORE', Q .. 'active', '-inf', nows, 'LIMIT', 0, tonumber(args[2]))
   local retried, archived = 0, 0
+  local bad = {}
   for _, id in ipairs(ids) do
     local T = Q .. 't:' .. id
-    local cur = redis.call('HMGET', T, 's', 'a', 'mr', 'uk')
+    local cur = tolerant('HMGET', T, 's', 'a', 'mr', 'uk')
     redis.call('ZREM', Q .. 'active', id)
-    if cur[1] == 'active' then
+    if failed(cur) then
+      warn('set aside ' .. T .. ' at lease recovery: not a hash')
+    elseif cur[1] == 'active' and not (tonumber(cur[2]) and tonumber(cur[3])) then
+      clear_lease(T)
+      local a = cur[2]
+      if not tonumber(a) then a = '0' end
+      redis.call('HSET', T, 's', 'archived', 'ar', 'integrity', 'a', a, 'fin', nows, 'upd', nows)
+      redis.call('ZADD', Q .. 'archived', nows, id)
+      release_unique(Q, id, cur[4])
+      incr(Q, 'active', -1)
+      incr(Q, 'archived', 1)
+      bad[#bad + 1] = id
+    elseif cur[1] == 'active' then
       clear_lease(T)
       incr(Q, 'active', -1)
       if tonumber(cur[2]) > tonumber(cur[3]) then
@@ -616,7 +772,9 @@ local function recover(keys, args)
     end
   end
   if retried > 0 then wake(Q) end
-  return {retried, archived, #ids}
+  local out = {retried, archived, #ids}
+  for _, id in ipairs(bad) do out[#out + 1] = id end
+  return out
 end
 
 -- ARGV: now, limit, replay_horizon_ms, archive_max_count, archive_max_age_ms
@@ -637,7 +795,7 @@ local function purge(keys, args)
   if #ids > 0 then bulk('ZREM', Q .. 'done', ids) end
   for _, id in ipairs(ids) do
     local T = Q .. 't:' .. id
-    if redis.call('HGET', T, 's') == 'completed' then
+    if tolerant('HGET', T, 's') == 'completed' then
       gone[#gone + 1] = T; gone[#gone + 1] = Q .. 'b:' .. id
       left[#left + 1] = id
       -- Remembered from now on for the replay horizon.
@@ -671,7 +829,8 @@ local function purge(keys, args)
   for _, id in ipairs(trim) do
     local T = Q .. 't:' .. id
     redis.call('ZREM', Q .. 'archived', id)
-    local cur = redis.call('HMGET', T, 's', 'uk')
+    local cur = tolerant('HMGET', T, 's', 'uk')
+    if failed(cur) then cur = {} end
     if cur[1] == 'archived' then
       redis.call('DEL', T, Q .. 'b:' .. id)
       redis.call('ZREM', Q .. 'all', id)
@@ -709,7 +868,8 @@ local function remove_task(Q, id, st, uk, nows)
     redis.call('ZREM', Q .. z, id)
   end
   release_unique(Q, id, uk)
-  incr(Q, st, -1)
+  -- (A state that is not one, from an edited hash, is counted nowhere.)
+  if STATES[st] then incr(Q, st, -1) end
   redis.call('DEL', Q .. 't:' .. id, Q .. 'b:' .. id)
   if st == 'completed' then redis.call('ZADD', Q .. 'seen', nows, id) end
 end
@@ -722,7 +882,9 @@ local function delete(keys, args)
   local out = {0}
   for i = 2, #args do
     local id = args[i]
-    local cur = redis.call('HMGET', Q .. 't:' .. id, 's', 'uk')
+    local cur = tolerant('HMGET', Q .. 't:' .. id, 's', 'uk')
+    -- A task key that is not a hash (an edited key) is deleted all the same.
+    if failed(cur) then cur = {'', false} end
     if cur[1] then
       remove_task(Q, id, cur[1], cur[2], nows)
       out[1] = out[1] + 1
@@ -742,7 +904,7 @@ local function rerun(keys, args)
   for i = 2, #args do
     local id = args[i]
     local T = Q .. 't:' .. id
-    if redis.call('HGET', T, 's') == 'archived' then
+    if tolerant('HGET', T, 's') == 'archived' then
       redis.call('HSET', T, 's', 'pending', 'a', '0', 'r', nows, 'upd', nows)
       redis.call('HDEL', T, 'ar', 'fin')
       redis.call('ZREM', Q .. 'archived', id)
@@ -847,10 +1009,32 @@ local function queues(keys, args)
 end
 
 -- KEYS[1] = Q. Returns {paused, counts hgetall}.
+-- (Keys of the wrong type read as empty: stats of the other queues go on.)
 local function stats(keys, args)
   local Q = keys[1]
-  return {redis.call('HEXISTS', Q .. 'flags', 'paused'), redis.call('HGETALL', Q .. 'n'),
-    redis.call('HMGET', Q .. 'flags', 'rl', 'rp')}
+  local paused = tolerant('HEXISTS', Q .. 'flags', 'paused')
+  local n = tolerant('HGETALL', Q .. 'n')
+  local rate = tolerant('HMGET', Q .. 'flags', 'rl', 'rp')
+  if failed(paused) then paused = 0 end
+  if failed(n) then n = {} end
+  if failed(rate) then rate = {} end
+  return {paused, n, rate}
+end
+
+-- A task's hash and stored bytes for the read-only functions; a key of the
+-- wrong type (an edited key) reads as a marker the caller reports as a
+-- task that does not decode: the hash as {'!', 'wrongtype'}, the bytes as
+-- nil.
+local function hash_of(T)
+  local h = tolerant('HGETALL', T)
+  if failed(h) then return {'!', 'wrongtype'} end
+  return h
+end
+
+local function bytes_of(B)
+  local b = tolerant('GET', B)
+  if failed(b) then return false end
+  return b
 end
 
 -- KEYS[1] = Q. ARGV: ids. Returns per id {id, hgetall (maybe empty),
@@ -859,7 +1043,7 @@ local function get(keys, args)
   local Q = keys[1]
   local out = {}
   for i, id in ipairs(args) do
-    out[i] = {id, redis.call('HGETALL', Q .. 't:' .. id), redis.call('GET', Q .. 'b:' .. id)}
+    out[i] = {id, hash_of(Q .. 't:' .. id), bytes_of(Q .. 'b:' .. id)}
   end
   return out
 end
@@ -878,11 +1062,11 @@ local function list(keys, args)
     for _, id in ipairs(ids) do
       local T = Q .. 't:' .. id
       local ok = true
-      if state ~= '' and redis.call('HGET', T, 's') ~= state then ok = false end
-      if ok and sub ~= '' and redis.call('HGET', T, 'sub') ~= sub then ok = false end
+      if state ~= '' and tolerant('HGET', T, 's') ~= state then ok = false end
+      if ok and sub ~= '' and tolerant('HGET', T, 'sub') ~= sub then ok = false end
       if ok then
-        local h = redis.call('HGETALL', T)
-        if #h > 0 then out[#out + 1] = {id, h, redis.call('GET', Q .. 'b:' .. id)} end
+        local h = hash_of(T)
+        if #h > 0 then out[#out + 1] = {id, h, bytes_of(Q .. 'b:' .. id)} end
         if #out >= limit then break end
       end
     end
@@ -928,8 +1112,11 @@ redis.register_function{function_name = 'sealq_list', callback = list, flags = r
 -- version byte, u16 kind length, kind, u32 metadata length, metadata,
 -- envelope). Bytes that do not parse are deleted whole.
 local function wipe_envelope(B)
-  local b = redis.call('GET', B)
-  if not b then return end
+  local b = tolerant('GET', B)
+  if type(b) ~= 'string' then
+    if b then redis.call('DEL', B) end
+    return
+  end
   if #b >= 7 and string.byte(b, 1) == 1 then
     local kl = string.byte(b, 2) * 256 + string.byte(b, 3)
     local m = 4 + kl
@@ -956,7 +1143,8 @@ local function erase(keys, args)
   local forget = {}
   for _, id in ipairs(ids) do
     local T = Q .. 't:' .. id
-    local cur = redis.call('HMGET', T, 's', 'sub', 'uk')
+    local cur = tolerant('HMGET', T, 's', 'sub', 'uk')
+    if failed(cur) then cur = {} end
     if cur[1] and cur[2] == sub then
       local st = cur[1]
       if n[st] then n[st] = n[st] + 1 else n.archived = n.archived + 1 end
@@ -1020,8 +1208,8 @@ local function swap(keys, args)
     if redis.call('EXISTS', T) == 1 then
       if part == 'p' then
         local B = Q .. 'b:' .. id
-        local b = redis.call('GET', B)
-        local at = b and envelope_at(b)
+        local b = tolerant('GET', B)
+        local at = type(b) == 'string' and envelope_at(b)
         if at and string.sub(b, at) == want then
           redis.call('SET', B, string.sub(b, 1, at - 1) .. new, 'KEEPTTL')
           ok = 1
@@ -1029,7 +1217,7 @@ local function swap(keys, args)
       elseif part == 'r' or part == 'e' then
         local f = 'res'
         if part == 'e' then f = 'le' end
-        if redis.call('HGET', T, f) == want then
+        if tolerant('HGET', T, f) == want then
           redis.call('HSET', T, f, new)
           ok = 1
         end

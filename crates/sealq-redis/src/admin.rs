@@ -27,15 +27,40 @@ fn parse_task_item(item: Value) -> Result<TaskItem, String> {
     Ok(TaskItem { id, fields, stored })
 }
 
-/// The `sealq_list` reply for `queue`: its tasks' records.
-fn parse_list_reply(queue: &str, reply: Value) -> Result<Vec<TaskRecord>, String> {
-    let mut out = Vec::new();
+/// One queue's page of a listing.
+#[derive(Default)]
+struct ListPage {
+    /// The tasks that decode.
+    records: Vec<TaskRecord>,
+    /// Tasks that do not, as (id as stored, why): left out and reported.
+    bad: Vec<(String, String)>,
+    /// How many tasks the reply held, good or bad.
+    items: usize,
+    /// The id of the last one, as stored (the cursor for the next page).
+    last: Option<Vec<u8>>,
+}
+
+/// The `sealq_list` reply for `queue`: its tasks' records. A task whose
+/// fields or bytes do not decode is set aside in [`ListPage::bad`]: one
+/// damaged task must not hide the others; a reply that is not a list of
+/// tasks is an error.
+fn parse_list_reply(queue: &str, reply: Value) -> Result<ListPage, String> {
+    let mut page = ListPage::default();
     for item in array(reply)? {
         let TaskItem { id, fields, stored } = parse_task_item(item)?;
-        let id = parse_id(&id).ok_or("bad id")?;
-        out.push(codec::record(id, queue, fields, stored)?);
+        page.items += 1;
+        let decoded = parse_id(&id)
+            .ok_or_else(|| "its id is not an id".to_owned())
+            .and_then(|tid| codec::record(tid, queue, fields, stored));
+        match decoded {
+            Ok(r) => page.records.push(r),
+            Err(why) => page
+                .bad
+                .push((String::from_utf8_lossy(&id).into_owned(), why)),
+        }
+        page.last = Some(id);
     }
-    Ok(out)
+    Ok(page)
 }
 
 /// The `sealq_get` reply for task `id` of `queue` (`None`: no such task).
@@ -50,7 +75,14 @@ fn parse_get_reply(id: TaskId, queue: &str, reply: Value) -> Result<Option<TaskR
         return Ok(None);
     }
     let stored = opt_bytes(it.next().unwrap_or(Value::Nil))?;
-    Ok(Some(codec::record(id, queue, fields, stored)?))
+    codec::record(id, queue, fields, stored)
+        .map(Some)
+        .map_err(|why| {
+            format!(
+                "task {id} of queue `{queue}` does not decode ({why}); a worker archives it as \
+                 `integrity` when it leases it; delete it with `sealq tasks delete` once inspected"
+            )
+        })
 }
 
 /// The `sealq_delete` reply: `[deleted, id…]`, the ids for a Cluster's
@@ -95,18 +127,43 @@ impl RedisBroker {
             .as_ref()
             .map(codec::subject_str)
             .unwrap_or_default();
+        let call = |q: &str, after: &[u8], limit: usize| {
+            let mut c = self.queue_call("sealq_list", q, false);
+            c.arg(after).arg(limit).arg(state).arg(&sub);
+            c
+        };
         let cmds = queues
             .iter()
-            .map(|q| {
-                let mut c = self.queue_call("sealq_list", q, false);
-                c.arg(&after).arg(limit).arg(state).arg(&sub);
-                c
-            })
+            .map(|q| call(q, after.as_bytes(), limit))
             .collect();
         let replies = self.run_per_queue(what, cmds).await?;
         let mut out = Vec::new();
         for (q, reply) in queues.iter().zip(replies) {
-            out.extend(parse_list_reply(q, reply).map_err(|e| self.corrupt_reply(what, e))?);
+            let mut page = parse_list_reply(q, reply).map_err(|e| self.corrupt_reply(what, e))?;
+            // Tasks that do not decode are left out and reported; a full
+            // page is topped up from the tasks after them, so one bad task
+            // never ends a pagination early (rare: one call more per page).
+            let (mut asked, mut got) = (limit, 0);
+            loop {
+                got += page.records.len();
+                out.append(&mut page.records);
+                for (id, why) in &page.bad {
+                    crate::quarantine::skipped(id, q, "list", why);
+                }
+                let (false, true, Some(last)) =
+                    (page.bad.is_empty(), page.items >= asked, page.last.take())
+                else {
+                    break;
+                };
+                asked = limit - got;
+                let v: Value = self
+                    .inner
+                    .conn
+                    .query(&call(q, &last, asked))
+                    .await
+                    .map_err(|e| self.err(what, e))?;
+                page = parse_list_reply(q, v).map_err(|e| self.corrupt_reply(what, e))?;
+            }
         }
         out.sort_by_key(|r| r.id);
         out.truncate(limit);
@@ -267,24 +324,24 @@ mod tests {
     #[test]
     fn list_reply_gives_records_of_the_queue() {
         let v = Value::Array(vec![item(id(1)), item(id(2))]);
-        let r = parse_list_reply("q", v).unwrap();
+        let p = parse_list_reply("q", v).unwrap();
+        let r = &p.records;
         assert_eq!(r.len(), 2);
         assert_eq!((r[0].id, r[1].id), (id(1), id(2)));
         assert_eq!(r[0].queue, "q");
         assert_eq!(r[0].state, TaskState::Pending);
         assert_eq!(r[0].envelope, b"env");
-        assert!(parse_list_reply("q", Value::Nil).unwrap().is_empty());
+        assert_eq!((p.items, p.bad.len()), (2, 0));
+        assert_eq!(p.last, Some(id_str(&id(2)).into_bytes()));
+        let empty = parse_list_reply("q", Value::Nil).unwrap();
+        assert!(empty.records.is_empty() && empty.last.is_none());
     }
 
     #[test]
-    fn malformed_list_reply_is_an_error() {
+    fn finding_4_a_task_that_does_not_decode_is_left_out_of_a_list_reply() {
         let bad_id = Value::Array(vec![s("nope"), Value::Nil, Value::Nil]);
-        assert_eq!(
-            parse_list_reply("q", Value::Array(vec![bad_id])).unwrap_err(),
-            "bad id"
-        );
         let no_bytes = Value::Array(vec![
-            s(&id_str(&id(1))),
+            s(&id_str(&id(2))),
             Value::Array(vec![
                 s("s"),
                 s("pending"),
@@ -295,9 +352,34 @@ mod tests {
             ]),
             Value::Nil,
         ]);
-        let e = parse_list_reply("q", Value::Array(vec![no_bytes])).unwrap_err();
-        assert!(e.ends_with("has no stored bytes"), "{e}");
-        let e = parse_list_reply("q", Value::Array(vec![s("flat")])).unwrap_err();
+        // A key of the wrong type, as sealq_list marks it.
+        let wrong_type = Value::Array(vec![
+            s(&id_str(&id(3))),
+            Value::Array(vec![s("!"), s("wrongtype")]),
+            Value::Nil,
+        ]);
+        let v = Value::Array(vec![bad_id, item(id(1)), no_bytes, wrong_type, item(id(4))]);
+        let p = parse_list_reply("q", v).unwrap();
+        assert_eq!(
+            p.records.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [id(1), id(4)]
+        );
+        assert_eq!(p.items, 5);
+        assert_eq!(p.bad.len(), 3);
+        assert_eq!(
+            p.bad[0],
+            ("nope".to_owned(), "its id is not an id".to_owned())
+        );
+        assert!(
+            p.bad[1].1.ends_with("has no stored bytes"),
+            "{:?}",
+            p.bad[1]
+        );
+        assert!(p.bad[2].1.ends_with("has no `s` field"), "{:?}", p.bad[2]);
+        // A reply that is not a list of tasks is still an error.
+        let e = parse_list_reply("q", Value::Array(vec![s("flat")]))
+            .map(|_| ())
+            .unwrap_err();
         assert!(e.contains("expected an array"), "{e}");
     }
 
@@ -321,6 +403,17 @@ mod tests {
         );
         let e = parse_get_reply(id(3), "q", Value::Array(vec![Value::Int(1)])).unwrap_err();
         assert!(e.contains("expected an array"), "{e}");
+        // A task that does not decode is named.
+        let broken = Value::Array(vec![
+            s(&id_str(&id(3))),
+            Value::Array(vec![s("s"), s("nope")]),
+            Value::Nil,
+        ]);
+        let e = parse_get_reply(id(3), "q", Value::Array(vec![broken])).unwrap_err();
+        assert!(
+            e.contains(&id(3).to_string()) && e.contains("unknown state"),
+            "{e}"
+        );
     }
 
     #[test]

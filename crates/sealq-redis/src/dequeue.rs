@@ -287,7 +287,7 @@ impl RedisBroker {
         // Edited, injected or bytes-less tasks never reach a handler: archive them.
         let tok = token_str(token);
         for (id, qi, why) in broken {
-            tracing::warn!(task = %id, queue = %queues[qi], reason = %why, "sealq: archiving a task whose stored fields do not decode (integrity)");
+            crate::quarantine::quarantined(&id, &queues[qi], "dequeue", &why);
             metrics::counter!("sealq_redis_integrity_archived_total").increment(1);
             let mut c = fcall("sealq_ack");
             c.arg(1)

@@ -71,6 +71,7 @@ mod functions;
 mod keys;
 mod lease;
 mod maintenance;
+mod quarantine;
 mod queue_settings;
 mod registry;
 mod spin_wait;

@@ -42,12 +42,18 @@ fn parse_forward_reply(reply: Value) -> Result<(i64, Option<i64>), String> {
     Ok((moved, due))
 }
 
-/// The `sealq_recover` reply: `[retried, archived, scanned]` (missing
-/// counts are 0).
-fn parse_recover_reply(reply: Value) -> Result<[i64; 3], String> {
+/// The `sealq_recover` reply: `[retried, archived, scanned, quarantined
+/// id…]` (missing counts are 0; the ids are of tasks archived `integrity`
+/// because their fields do not decode).
+fn parse_recover_reply(reply: Value) -> Result<([i64; 3], Vec<String>), String> {
     let parts = array(reply)?;
     let n = |i: usize| parts.get(i).map(int).transpose().map(|v| v.unwrap_or(0));
-    Ok([n(0)?, n(1)?, n(2)?])
+    let counts = [n(0)?, n(1)?, n(2)?];
+    let mut quarantined = Vec::new();
+    for v in parts.into_iter().skip(3) {
+        quarantined.push(String::from_utf8_lossy(&bytes(v)?).into_owned());
+    }
+    Ok((counts, quarantined))
 }
 
 /// One queue's `sealq_purge` reply.
@@ -144,8 +150,16 @@ impl RedisBroker {
                     .collect()
             },
             |q, reply| {
-                let [retried, archived, scanned] =
+                let ([retried, archived, scanned], quarantined) =
                     parse_recover_reply(reply).map_err(|e| self.corrupt_reply(what, e))?;
+                for id in &quarantined {
+                    crate::quarantine::quarantined(
+                        id,
+                        &q,
+                        "recover_expired",
+                        "attempts or max retries is not a number",
+                    );
+                }
                 total.retried += retried as u64;
                 total.archived += archived as u64;
                 Ok(QueueBatch::more((scanned as usize >= limit).then_some(q)))
@@ -254,9 +268,19 @@ mod tests {
     #[test]
     fn recover_reply_gives_retried_archived_scanned() {
         let v = Value::Array(vec![Value::Int(4), Value::Int(1), Value::Int(1000)]);
-        assert_eq!(parse_recover_reply(v).unwrap(), [4, 1, 1000]);
+        assert_eq!(parse_recover_reply(v).unwrap(), ([4, 1, 1000], vec![]));
         let v = Value::Array(vec![Value::Int(4)]);
-        assert_eq!(parse_recover_reply(v).unwrap(), [4, 0, 0]);
+        assert_eq!(parse_recover_reply(v).unwrap(), ([4, 0, 0], vec![]));
+        let v = Value::Array(vec![
+            Value::Int(0),
+            Value::Int(0),
+            Value::Int(1),
+            Value::BulkString(b"abc".to_vec()),
+        ]);
+        assert_eq!(
+            parse_recover_reply(v).unwrap(),
+            ([0, 0, 1], vec!["abc".into()])
+        );
         let e = parse_recover_reply(Value::Array(vec![Value::Int(0), s("x")])).unwrap_err();
         assert_eq!(e, "expected an integer");
         assert!(parse_recover_reply(s("OK")).is_err());

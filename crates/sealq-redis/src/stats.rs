@@ -14,8 +14,11 @@ use crate::queue_settings::rate_limit_of;
 
 /// The `sealq_stats` reply for `queue`: `[paused, counts, rate]`, `counts`
 /// as name/number pairs (unknown names ignored, negative numbers 0),
-/// `rate` the queue's `[rl, rp]` flags.
-fn parse_stats_reply(queue: String, reply: Value) -> Result<QueueStats, String> {
+/// `rate` the queue's `[rl, rp]` flags. A count that is not a whole number
+/// (an edited hash; the next worker call touching it recounts it) reads as
+/// 0 and its name is returned, to be reported: one damaged count must not
+/// hide every queue's statistics.
+fn parse_stats_reply(queue: String, reply: Value) -> Result<(QueueStats, Vec<String>), String> {
     let mut parts = array(reply)?.into_iter();
     let paused = parts.next().map(|v| int(&v)).transpose()?.unwrap_or(0) == 1;
     let mut s = QueueStats {
@@ -25,9 +28,16 @@ fn parse_stats_reply(queue: String, reply: Value) -> Result<QueueStats, String> 
     };
     let counts = array(parts.next().unwrap_or(Value::Nil))?;
     let mut it = counts.into_iter();
+    let mut damaged = Vec::new();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
         let k = bytes(k)?;
-        let n = u64::try_from(int(&v)?.max(0)).unwrap_or(0);
+        let n = match int(&v) {
+            Ok(n) => u64::try_from(n.max(0)).unwrap_or(0),
+            Err(_) => {
+                damaged.push(String::from_utf8_lossy(&k).into_owned());
+                continue;
+            }
+        };
         match k.as_slice() {
             b"scheduled" => s.scheduled = n,
             b"pending" => s.pending = n,
@@ -42,7 +52,7 @@ fn parse_stats_reply(queue: String, reply: Value) -> Result<QueueStats, String> 
     if let Some(rate) = parts.next() {
         s.rate_limit = rate_limit_of(&array(rate)?);
     }
-    Ok(s)
+    Ok((s, damaged))
 }
 
 /// Whether [`sealq::Broker::stats`] reports a queue: it holds tasks or has
@@ -182,7 +192,16 @@ impl RedisBroker {
         let replies = self.run_per_queue(what, cmds).await?;
         let mut out = Vec::new();
         for (q, reply) in queues.into_iter().zip(replies) {
-            let s = parse_stats_reply(q, reply).map_err(|e| self.corrupt_reply(what, e))?;
+            let (s, damaged) =
+                parse_stats_reply(q, reply).map_err(|e| self.corrupt_reply(what, e))?;
+            if !damaged.is_empty() {
+                tracing::warn!(
+                    queue = %s.queue,
+                    counts = %damaged.join(", "),
+                    "sealq: counts of a queue are not whole numbers (an edited hash); \
+                     reported as 0 until a worker's next call recounts them"
+                );
+            }
             if worth_reporting(&s) {
                 out.push(s);
             }
@@ -238,7 +257,8 @@ mod tests {
             ]),
             Value::Array(vec![s("10"), s("1000")]),
         ]);
-        let st = parse_stats_reply("q".into(), v).unwrap();
+        let (st, damaged) = parse_stats_reply("q".into(), v).unwrap();
+        assert!(damaged.is_empty());
         assert_eq!(
             st,
             QueueStats {
@@ -263,12 +283,12 @@ mod tests {
     #[test]
     fn empty_queue_without_settings_is_not_reported() {
         let v = Value::Array(vec![Value::Int(0), counts(&[("pending", -2)])]);
-        let st = parse_stats_reply("q".into(), v).unwrap();
+        let (st, _) = parse_stats_reply("q".into(), v).unwrap();
         assert_eq!((st.paused, st.pending, st.max_depth), (false, 0, None));
         assert!(!worth_reporting(&st));
-        let paused = parse_stats_reply("q".into(), Value::Array(vec![Value::Int(1)])).unwrap();
+        let (paused, _) = parse_stats_reply("q".into(), Value::Array(vec![Value::Int(1)])).unwrap();
         assert!(worth_reporting(&paused));
-        let capped = parse_stats_reply(
+        let (capped, _) = parse_stats_reply(
             "q".into(),
             Value::Array(vec![Value::Int(0), counts(&[("maxdepth", 0)])]),
         )
@@ -278,19 +298,24 @@ mod tests {
 
     #[test]
     fn malformed_stats_reply_is_an_error() {
-        let e = parse_stats_reply("q".into(), Value::Array(vec![s("yes")])).unwrap_err();
+        let e = parse_stats_reply("q".into(), Value::Array(vec![s("yes")]))
+            .map(|_| ())
+            .unwrap_err();
         assert_eq!(e, "expected an integer");
         let v = Value::Array(vec![Value::Int(0), counts(&[]), s("10/1000")]);
-        let e = parse_stats_reply("q".into(), v).unwrap_err();
+        let e = parse_stats_reply("q".into(), v).map(|_| ()).unwrap_err();
         assert!(e.contains("expected an array"), "{e}");
+    }
+
+    #[test]
+    fn finding_4_a_count_that_is_not_a_number_does_not_stop_stats() {
         let v = Value::Array(vec![
             Value::Int(0),
-            Value::Array(vec![s("pending"), s("x")]),
+            Value::Array(vec![s("pending"), s("x"), s("active"), s("2")]),
         ]);
-        assert_eq!(
-            parse_stats_reply("q".into(), v).unwrap_err(),
-            "expected an integer"
-        );
+        let (st, damaged) = parse_stats_reply("q".into(), v).unwrap();
+        assert_eq!((st.pending, st.active), (0, 2));
+        assert_eq!(damaged, ["pending"]);
     }
 
     #[test]

@@ -26,3 +26,17 @@ sealq::blob_store_tests!(async |clock: SharedClock| {
     .expect("blob store");
     Harness::new(support::shared_broker(clock).await).with_blob_store(Arc::new(blobs))
 });
+
+// Finding 4: one task whose stored bytes do not decode (overwritten with
+// `redis-cli`, as an edited key would hold them) must not stop a worker.
+sealq::damage_tests!(async |clock: SharedClock| {
+    let broker = support::shared_broker(clock).await;
+    let prefix = broker.prefix().to_owned();
+    Harness::new(broker).with_damage(move |id, queue| {
+        let key = format!("{prefix}:{{{queue}}}:b:{}", id.0.simple());
+        Box::pin(async move {
+            let out = support::shared().cli(&["SET", &key, "\x07not a task"]);
+            assert!(out.contains("OK"), "{out}");
+        })
+    })
+});

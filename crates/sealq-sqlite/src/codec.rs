@@ -12,13 +12,21 @@ use sealq::{ArchiveReason, TaskId, TaskMeta, TaskState};
 /// `SELECT {RECORD_SELECT} WHERE …`: the columns [`record_from_row`] reads.
 pub(crate) const RECORD_SELECT: &str = "t.id, t.queue, t.kind, b.envelope, b.meta, t.state, \
      t.attempts, t.run_at, t.last_error, t.result, t.archive_reason, t.lease_expires_at, \
-     t.finished_at, t.updated_at FROM tasks t JOIN task_bodies b ON b.seq = t.seq";
+     t.finished_at, t.updated_at, t.seq FROM tasks t JOIN task_bodies b ON b.seq = t.seq";
 
 /// `UPDATE tasks … RETURNING {RECORD_RETURNING}`: the columns [`record_from_row`] reads.
 pub(crate) const RECORD_RETURNING: &str = "id, queue, kind, \
      (SELECT envelope FROM task_bodies b WHERE b.seq = tasks.seq), \
      (SELECT meta FROM task_bodies b WHERE b.seq = tasks.seq), state, attempts, run_at, \
-     last_error, result, archive_reason, lease_expires_at, finished_at, updated_at";
+     last_error, result, archive_reason, lease_expires_at, finished_at, updated_at, seq";
+
+/// The column after the record's in [`RECORD_SELECT`] and [`RECORD_RETURNING`]
+/// rows: `seq`, the row's stable key (what a malformed row is quarantined by,
+/// as its id may be the malformed column).
+pub(crate) const SEQ_COLUMN: usize = 14;
+
+/// The first column a `RETURNING {RECORD_RETURNING}, …` statement adds.
+pub(crate) const AFTER_RECORD: usize = 15;
 
 /// The id as stored.
 pub(crate) fn id_blob(id: &TaskId) -> &[u8; 16] {
@@ -50,7 +58,6 @@ pub(crate) fn id_from_row(row: &Row<'_>, col: usize) -> rusqlite::Result<TaskId>
     Ok(TaskId(uuid::Uuid::from_bytes(bytes)))
 }
 
-/// Read a stored state name.
 /// A `queue_rates` row's `rate_limit` and `period_ms` (CHECKed positive).
 pub(crate) fn rate_limit_from_sql(limit: i64, period_ms: i64) -> sealq::broker::RateLimit {
     sealq::broker::RateLimit {
@@ -59,6 +66,7 @@ pub(crate) fn rate_limit_from_sql(limit: i64, period_ms: i64) -> sealq::broker::
     }
 }
 
+/// Read a stored state name.
 pub(crate) fn state_from_str(s: &str, col: usize) -> rusqlite::Result<TaskState> {
     s.parse()
         .map_err(|_| conversion(col, Type::Text, format!("unknown task state `{s}`")))

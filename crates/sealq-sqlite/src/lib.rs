@@ -73,6 +73,22 @@
 //!   enqueue and flagged `replayed` at dequeue even after its task was purged.
 //! - A unique key is held while its task is neither completed nor archived
 //!   nor deleted, and its TTL has not passed.
+//! - **A task row that does not decode** (edited or damaged: a REAL where an
+//!   integer belongs, TEXT where a BLOB belongs, metadata that does not
+//!   decode, an id that is not 16 bytes) never stops a call. Dequeue,
+//!   forwarding and lease recovery *quarantine* it: archived with reason
+//!   `integrity`, lease released, the wrong-typed state columns reset,
+//!   envelope and metadata kept as they are; the call goes on with the other
+//!   tasks (dequeue takes another in its place). Each is counted in
+//!   `sealq_quarantined_total{backend="sqlite",op}` and logged at WARN with
+//!   its id (its row number when the id is what is damaged), never its
+//!   bytes. Reads cannot write: `list` leaves the row out (and fills the page
+//!   from the rows after it), `stats` leaves out tasks whose queue or state
+//!   is not a name, both logging at WARN (`sealq_malformed_tasks_skipped_total`);
+//!   `get` of that very task fails as [`sealq::BrokerErrorKind::Corrupt`]
+//!   naming it. Erasure, purging and re-sealing do not decode rows and are
+//!   not affected. Such a row comes from an edited file, never from sealq:
+//!   inspect it, then delete it by id.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -83,6 +99,7 @@ mod codec;
 mod error;
 mod ops;
 mod options;
+mod quarantine;
 mod read;
 mod schema;
 mod subject_key_store;

@@ -11,9 +11,10 @@ use sealq::broker::{
 use sealq::{BrokerError, BrokerErrorKind, TaskId};
 
 use crate::codec::{
-    RECORD_RETURNING, encode_meta, id_blob, id_from_row, ms_to_sql, record_from_row, token_to_sql,
+    AFTER_RECORD, RECORD_RETURNING, encode_meta, id_blob, id_from_row, ms_to_sql, token_to_sql,
 };
 use crate::error::map_err;
+use crate::quarantine::{decode_row, quarantine, quarantine_where};
 use crate::writer::{OpCtx, WriterEnv};
 
 /// Error mapper for statements run while doing `what`.
@@ -215,38 +216,63 @@ pub(crate) fn dequeue(ctx: &mut OpCtx<'_>, req: &DequeueRequest) -> BrokerResult
         if let Some((tokens, _)) = bucket {
             want = want.min(tokens.max(0.0).floor() as usize);
         }
-        seqs.clear();
         if want == 0 {
             continue;
         }
-        let rows = ready
-            .query_map(params![queue, now, want as i64], |r| r.get::<_, i64>(0))
-            .map_err(&err)?;
-        for seq in rows {
-            seqs.push(seq.map_err(&err)?);
-        }
-        for seq in &seqs {
-            let token: u64 = rand::random();
-            let leased = lease
-                .query_row(
-                    params![seq, token_to_sql(token), expires, req.worker, now],
-                    |r| Ok((record_from_row(r)?, r.get::<_, bool>(14)?)),
-                )
+        // Lease ready tasks until `want` decoded; a row that does not decode
+        // is quarantined and another taken in its place (it must not stop
+        // the call, nor leave the worker idle while good tasks wait).
+        let mut leased = 0usize;
+        loop {
+            let asked = want - leased;
+            seqs.clear();
+            let rows = ready
+                .query_map(params![queue, now, asked as i64], |r| r.get::<_, i64>(0))
                 .map_err(&err)?;
-            let (record, replayed) = leased;
-            out.push(LeasedTask {
-                lease: Lease {
-                    task_id: record.id,
-                    token,
-                    expires_at_ms: expires,
-                },
-                record,
-                replayed,
-            });
+            for seq in rows {
+                seqs.push(seq.map_err(&err)?);
+            }
+            let mut bad = 0usize;
+            for seq in &seqs {
+                let token: u64 = rand::random();
+                let row = lease
+                    .query_row(
+                        params![seq, token_to_sql(token), expires, req.worker, now],
+                        |r| {
+                            Ok(match decode_row(r)? {
+                                Ok(record) => Ok((record, r.get::<_, bool>(AFTER_RECORD)?)),
+                                Err(m) => Err(m),
+                            })
+                        },
+                    )
+                    .map_err(&err)?;
+                let (record, replayed) = match row {
+                    Ok(leased) => leased,
+                    Err(m) => {
+                        quarantine(conn, now, &m, "dequeue").map_err(&err)?;
+                        bad += 1;
+                        continue;
+                    }
+                };
+                leased += 1;
+                out.push(LeasedTask {
+                    lease: Lease {
+                        task_id: record.id,
+                        token,
+                        expires_at_ms: expires,
+                    },
+                    record,
+                    replayed,
+                });
+            }
+            // Quarantined rows left the ready set: ask again for their places.
+            if bad == 0 || seqs.len() < asked {
+                break;
+            }
         }
         if let Some((tokens, at)) = bucket {
             spend
-                .execute(params![queue, tokens - seqs.len() as f64, at])
+                .execute(params![queue, tokens - leased as f64, at])
                 .map_err(&err)?;
         }
     }
@@ -410,11 +436,37 @@ pub(crate) fn forward_due(ctx: &mut OpCtx<'_>) -> BrokerResult<Forwarded> {
         .map_err(&err)?
         .execute([now])
         .map_err(&err)?;
-    let next_due_ms: Option<i64> = conn
-        .prepare_cached("SELECT min(run_at) FROM tasks WHERE state IN ('scheduled', 'retry')")
-        .map_err(&err)?
-        .query_row([], |r| r.get(0))
+    let mut next_due = conn
+        .prepare_cached(
+            "SELECT min(run_at), typeof(min(run_at)) FROM tasks \
+             WHERE state IN ('scheduled', 'retry')",
+        )
         .map_err(&err)?;
+    let due = |stmt: &mut rusqlite::CachedStatement<'_>| {
+        stmt.query_row([], |r| {
+            Ok(match r.get::<_, String>(1)?.as_str() {
+                "integer" => Some(Some(r.get::<_, i64>(0)?)),
+                "null" => Some(None),
+                _ => None,
+            })
+        })
+    };
+    let next_due_ms = match due(&mut next_due).map_err(&err)? {
+        Some(next) => next,
+        None => {
+            // A run-at that is not an integer (an edited row) would be the
+            // minimum forever: quarantine those tasks, then read again.
+            quarantine_where(
+                conn,
+                now,
+                "state IN ('scheduled', 'retry') AND typeof(run_at) != 'integer'",
+                "run_at is not an integer",
+                "forward_due",
+            )
+            .map_err(&err)?;
+            due(&mut next_due).map_err(&err)?.flatten()
+        }
+    };
     ctx.wake |= moved > 0;
     Ok(Forwarded {
         moved: moved as u64,
@@ -427,6 +479,21 @@ pub(crate) fn recover_expired(ctx: &mut OpCtx<'_>) -> BrokerResult<Recovered> {
     let (conn, now, env) = (ctx.conn, ctx.now, ctx.env);
     let err = fail(env, "recovering expired leases");
     let release = "lease_token = NULL, lease_expires_at = NULL, worker = NULL";
+    // A leased task whose expiry is not a number (an edited row: text and
+    // blobs sort after every number, NULL matches nothing) would stay
+    // active forever: quarantine it. The index on active leases finds only
+    // such rows (two index seeks, not a scan), so this costs nothing when
+    // there are none.
+    quarantine_where(
+        conn,
+        now,
+        "seq IN (SELECT seq FROM tasks WHERE state = 'active' AND lease_expires_at IS NULL \
+                 UNION ALL \
+                 SELECT seq FROM tasks WHERE state = 'active' AND lease_expires_at >= '')",
+        "lease_expires_at is not a number",
+        "recover_expired",
+    )
+    .map_err(&err)?;
     let archived = conn
         .prepare_cached(&format!(
             "UPDATE tasks SET state = 'archived', archive_reason = 'exhausted', {release}, \
@@ -614,18 +681,26 @@ pub(crate) fn erase_subject(
                 "SELECT state, count(*) FROM tasks WHERE subject_tag = ?1 GROUP BY state",
             )
             .map_err(&err)?;
+        // The state read as raw bytes: a state that is not text (an edited
+        // row) is counted as archived and deleted like one.
         let rows = stmt
-            .query_map([tag], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .query_map([tag], |r| {
+                let state = match r.get_ref(0)? {
+                    rusqlite::types::ValueRef::Text(t) => t.to_vec(),
+                    _ => Vec::new(),
+                };
+                Ok((state, r.get::<_, i64>(1)?))
+            })
             .map_err(&err)?;
         for row in rows {
             let (state, n) = row.map_err(&err)?;
             let n = n.max(0) as u64;
-            match state.as_str() {
-                "scheduled" => counts.scheduled = n,
-                "pending" => counts.pending = n,
-                "active" => counts.active = n,
-                "retry" => counts.retry = n,
-                "completed" => counts.completed = n,
+            match state.as_slice() {
+                b"scheduled" => counts.scheduled += n,
+                b"pending" => counts.pending += n,
+                b"active" => counts.active += n,
+                b"retry" => counts.retry += n,
+                b"completed" => counts.completed += n,
                 _ => counts.archived += n,
             }
         }

@@ -11,13 +11,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::types::ToSql;
+use rusqlite::types::{ToSql, Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension};
 use sealq::broker::{BrokerResult, ListQuery, QueueStats, TaskRecord};
 use sealq::{BrokerError, BrokerErrorKind, TaskId, TaskState};
 
-use crate::codec::{RECORD_SELECT, id_blob, rate_limit_from_sql, record_from_row, state_from_str};
+use crate::codec::{RECORD_SELECT, id_blob, rate_limit_from_sql};
 use crate::error::retry_busy;
+use crate::quarantine::{decode_row, skipped};
 use crate::schema::open_reader;
 
 /// A pool of read connections.
@@ -73,25 +74,29 @@ impl Reader {
         result
     }
 
-    /// One task by id.
+    /// One task by id. A row that does not decode is an error naming the
+    /// task ([`crate::quarantine`]): the caller asked for that very task.
     pub(crate) async fn get(self: &Arc<Self>, id: TaskId) -> BrokerResult<Option<TaskRecord>> {
-        self.run("reading a task", move |conn| {
-            conn.prepare_cached(&format!("SELECT {RECORD_SELECT} WHERE t.id = ?1"))?
-                .query_row([id_blob(&id)], record_from_row)
-                .optional()
-        })
-        .await
+        let found = self
+            .run("reading a task", move |conn| {
+                conn.prepare_cached(&format!("SELECT {RECORD_SELECT} WHERE t.id = ?1"))?
+                    .query_row([id_blob(&id)], decode_row)
+                    .optional()
+            })
+            .await?;
+        found.transpose().map_err(|m| m.into_error(&self.path))
     }
 
-    /// Tasks matching `q`, ordered by id.
+    /// Tasks matching `q`, ordered by id. Rows that do not decode are left
+    /// out and logged ([`crate::quarantine`]), and the page is filled from
+    /// the rows after them, so one bad row never ends a pagination early.
     pub(crate) async fn list(self: &Arc<Self>, q: ListQuery) -> BrokerResult<Vec<TaskRecord>> {
         self.run("listing tasks", move |conn| {
             let mut sql = format!("SELECT {RECORD_SELECT} WHERE 1");
             let mut args: Vec<&dyn ToSql> = Vec::new();
             let state = q.state.map(|s| s.as_str());
             let subject = q.subject.map(|s| s.0);
-            let after = q.after.map(|a| *id_blob(&a));
-            let limit = if q.limit == 0 { 100 } else { q.limit as i64 };
+            let limit = if q.limit == 0 { 100 } else { q.limit };
             if let Some(queue) = &q.queue {
                 args.push(queue);
                 sql.push_str(&format!(" AND t.queue = ?{}", args.len()));
@@ -104,15 +109,45 @@ impl Reader {
                 args.push(subject);
                 sql.push_str(&format!(" AND t.subject_tag = ?{}", args.len()));
             }
-            if let Some(after) = &after {
-                args.push(after);
-                sql.push_str(&format!(" AND t.id > ?{}", args.len()));
+            // The cursor is the raw id of the last row read, good or not
+            // (a damaged id may not be a 16-byte blob).
+            let mut after: Option<Value> = q.after.map(|a| Value::Blob(id_blob(&a).to_vec()));
+            let mut with_after = sql.clone();
+            with_after.push_str(&format!(" AND t.id > ?{}", args.len() + 1));
+            let mut out = Vec::new();
+            loop {
+                let want = (limit - out.len()) as i64;
+                let mut a = args.clone();
+                let sql = match &after {
+                    Some(after) => {
+                        a.push(after);
+                        &with_after
+                    }
+                    None => &sql,
+                };
+                a.push(&want);
+                let sql = format!("{sql} ORDER BY t.id LIMIT ?{}", a.len());
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let mut rows = stmt.query(a.as_slice())?;
+                let (mut read, mut bad) = (0i64, 0usize);
+                let mut last = None;
+                while let Some(row) = rows.next()? {
+                    read += 1;
+                    match decode_row(row)? {
+                        Ok(r) => out.push(r),
+                        Err(m) => {
+                            skipped(&m, "list");
+                            bad += 1;
+                        }
+                    }
+                    last = Some(row.get::<_, Value>(0)?);
+                }
+                if bad == 0 || read < want {
+                    break;
+                }
+                after = last;
             }
-            args.push(&limit);
-            sql.push_str(&format!(" ORDER BY t.id LIMIT ?{}", args.len()));
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(args.as_slice(), record_from_row)?;
-            rows.collect()
+            Ok(out)
         })
         .await
     }
@@ -143,23 +178,53 @@ impl Reader {
             let mut stmt = conn
                 .prepare_cached("SELECT queue, state, count(*) FROM tasks GROUP BY queue, state")?;
             let mut rows = stmt.query([])?;
+            let mut unknown = 0u64;
             while let Some(row) = rows.next()? {
-                let queue: String = row.get(0)?;
-                let state: String = row.get(1)?;
-                let n: i64 = row.get(2)?;
+                let n = row.get::<_, i64>(2)?.max(0) as u64;
+                // A queue or state that is not text, or no state at all (an
+                // edited row), is left out of the counts and logged below.
+                let (Some(queue), Some(state)) = (
+                    text(row.get_ref(0)?),
+                    text(row.get_ref(1)?).and_then(|s| s.parse::<TaskState>().ok()),
+                ) else {
+                    unknown += n;
+                    continue;
+                };
                 let s = by_queue.entry(queue.clone()).or_insert_with(|| QueueStats {
                     queue,
                     ..QueueStats::default()
                 });
-                let n = n as u64;
-                match state_from_str(&state, 1)? {
-                    TaskState::Scheduled => s.scheduled = n,
-                    TaskState::Pending => s.pending = n,
-                    TaskState::Active => s.active = n,
-                    TaskState::Retry => s.retry = n,
-                    TaskState::Completed => s.completed = n,
-                    TaskState::Archived => s.archived = n,
+                match state {
+                    TaskState::Scheduled => s.scheduled += n,
+                    TaskState::Pending => s.pending += n,
+                    TaskState::Active => s.active += n,
+                    TaskState::Retry => s.retry += n,
+                    TaskState::Completed => s.completed += n,
+                    TaskState::Archived => s.archived += n,
                 }
+            }
+            if unknown > 0 {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT seq, id FROM tasks WHERE typeof(queue) != 'text' \
+                     OR state NOT IN ('scheduled', 'pending', 'active', 'retry', 'completed', \
+                                      'archived') LIMIT 10",
+                )?;
+                let mut rows = stmt.query([])?;
+                let mut named = Vec::new();
+                while let Some(row) = rows.next()? {
+                    named.push(match row.get_ref(1)? {
+                        ValueRef::Blob(b) if b.len() == 16 => uuid::Uuid::from_slice(b)
+                            .map(|u| TaskId(u).to_string())
+                            .unwrap_or_default(),
+                        _ => format!("seq={}", row.get::<_, i64>(0)?),
+                    });
+                }
+                tracing::warn!(
+                    tasks = unknown,
+                    first = %named.join(", "),
+                    "sealq: stats left out tasks whose queue or state does not decode \
+                     (an edited or damaged file); delete them with `sealq tasks delete`"
+                );
             }
             let mut stmt = conn.prepare_cached("SELECT queue FROM paused_queues")?;
             let mut rows = stmt.query([])?;
@@ -203,5 +268,13 @@ impl Reader {
             Ok(by_queue.into_values().collect())
         })
         .await
+    }
+}
+
+/// A column's value as text, if it is UTF-8 text.
+fn text(v: ValueRef<'_>) -> Option<String> {
+    match v {
+        ValueRef::Text(t) => std::str::from_utf8(t).ok().map(str::to_owned),
+        _ => None,
     }
 }

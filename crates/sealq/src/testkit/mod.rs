@@ -42,9 +42,11 @@ pub use crate::model::clock::ManualClock;
 
 pub mod blob_cases;
 pub mod cases;
+pub mod damage;
 pub mod fixtures;
 pub mod scenarios;
 
+pub use damage::run as run_damage;
 pub use fixtures::Ctx;
 
 /// The start time of every case's [`ManualClock`]: 2023-11-14T22:13:20Z.
@@ -61,6 +63,7 @@ pub struct Harness {
     peer: Option<Arc<dyn Broker>>,
     audit_sink: Option<Arc<dyn AuditSink>>,
     blob_store: Option<Arc<dyn BlobStore>>,
+    damage: Option<damage::Damage>,
     guard: Option<Box<dyn Any + Send>>,
 }
 
@@ -77,6 +80,7 @@ impl Harness {
             peer: None,
             audit_sink: None,
             blob_store: None,
+            damage: None,
             guard: None,
         }
     }
@@ -100,6 +104,22 @@ impl Harness {
         self
     }
 
+    /// How to damage one stored task so that it no longer decodes, for the
+    /// damage cases ([`damage`], [`crate::damage_tests!`]).
+    pub fn with_damage<F>(mut self, f: F) -> Self
+    where
+        F: Fn(
+                crate::model::id::TaskId,
+                String,
+            ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.damage = Some(Arc::new(f));
+        self
+    }
+
     /// Keep `guard` alive until the case has finished and the broker is dropped.
     pub fn with_guard(mut self, guard: impl Send + 'static) -> Self {
         self.guard = Some(Box::new(guard));
@@ -119,6 +139,7 @@ impl std::fmt::Debug for Harness {
             .field("peer", &self.peer)
             .field("audit_sink", &self.audit_sink)
             .field("blob_store", &self.blob_store)
+            .field("damage", &self.damage.is_some())
             .field("guard", &self.guard.is_some())
             .finish()
     }
