@@ -183,8 +183,19 @@ pub(crate) fn error_backoff(failures: u32) -> Duration {
 /// tasks waiting in the worker's queues stops the worker with an error that
 /// names the keys they need ([`crate::keyring_check`]), rather than letting
 /// it archive the backlog as tampered.
+///
+/// A broker that cannot be read at start does not stop the worker (its
+/// fetch loop waits for the broker as before): the check is skipped with a
+/// warning.
 async fn refuse_a_wrong_keyring(state: &WorkerState) -> Result<()> {
-    let check = check_keyring(&*state.broker, &state.keyring, Some(&state.queue_names)).await?;
+    let check = match check_keyring(&*state.broker, &state.keyring, Some(&state.queue_names)).await
+    {
+        Ok(check) => check,
+        Err(e) => {
+            warn!(error = %e, "could not sample waiting tasks to check the keyring; starting anyway");
+            return Ok(());
+        }
+    };
     if check.is_wrong_keyring() {
         let message = check.refusal(&state.broker.describe(), &state.keyring);
         warn!(worker = %state.config.id, "{message}");
