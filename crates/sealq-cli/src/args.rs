@@ -325,11 +325,22 @@ pub(crate) struct WorkerArgs {
     #[arg(long)]
     pub(crate) strict: bool,
     /// Shell command run for each task (`sh -c CMD`). It gets the payload as
-    /// JSON on stdin and SEALQ_TASK_ID, SEALQ_TASK_TYPE, SEALQ_QUEUE,
-    /// SEALQ_ATTEMPT in its environment; exit status 0 means success, any
-    /// other status schedules a retry.
+    /// JSON on stdin; exit status 0 means success, any other status
+    /// schedules a retry.
+    ///
+    /// Its environment is not the worker's: it gets SEALQ_TASK_ID,
+    /// SEALQ_TASK_TYPE, SEALQ_QUEUE and SEALQ_ATTEMPT, the worker's PATH,
+    /// HOME, LANG, LC_ALL, TZ and TMPDIR (those that are set), and the
+    /// variables named with --exec-env; nothing else. The keyring
+    /// (SEALQ_KEYRING, SEALQ_KEYRING_TOML) and the broker URL with its
+    /// password (SEALQ_BROKER) never reach it.
     #[arg(long, value_name = "CMD")]
     pub(crate) exec: String,
+    /// Also pass the worker's variable NAME to the --exec command, if set
+    /// (repeatable). SEALQ_KEYRING* and SEALQ_BROKER* are refused: the
+    /// command gets the opened payload, never the keys or the broker.
+    #[arg(long = "exec-env", value_name = "NAME")]
+    pub(crate) exec_env: Vec<String>,
     /// Commands running at once.
     #[arg(long, short = 'c', default_value_t = 16)]
     pub(crate) concurrency: usize,

@@ -7,6 +7,7 @@ mod cron;
 mod demo;
 mod enqueue;
 mod erase;
+mod exec_env;
 mod keys;
 mod operator;
 mod payloads;
