@@ -178,7 +178,9 @@ pub(crate) enum KeysCommand {
     /// Print a new keyring (TOML, with secrets) to stdout.
     ///
     /// Redirect it to a file readable only by you:
-    /// `(umask 077; sealq keys generate > keyring.toml)`.
+    /// `(umask 077; sealq keys generate > keyring.toml)`. When stdout is a
+    /// regular file, it is made mode 0600 before the keys are written;
+    /// keyring files others can read or write are refused when loaded.
     Generate,
     /// Add a new primary key to the keyring file given with `--keyring`; old
     /// keys stay to open what they sealed. Audited (`key_rotated`).

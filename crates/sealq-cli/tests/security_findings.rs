@@ -91,6 +91,14 @@ fn finished(o: std::process::Output) -> Run {
     }
 }
 
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
 /// Poll `check` every 50 ms for up to `secs` seconds.
 fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + Duration::from_secs(secs);
@@ -204,4 +212,71 @@ fn finding_1_exec_children_get_no_secrets() {
         assert!(env.lines().any(|l| l == line), "{line} missing:\n{env}");
     }
     assert!(env.lines().any(|l| l.starts_with("PATH=")), "{env}");
+}
+
+#[test]
+fn finding_2_files_are_created_0600_under_umask_022() {
+    let sb = Sandbox::new();
+    assert_eq!(mode(&sb.keyring), 0o600, "keys generate > FILE");
+
+    // The SQLite database with its WAL and SHM, the subject key store, the
+    // audit log's two JSON-lines files.
+    sb.ok(&[
+        "enqueue",
+        "-t",
+        "t.mode",
+        "--subject",
+        "user-1",
+        "--payload",
+        r#"{"n":1}"#,
+    ]);
+    // A reader keeps the WAL and SHM while the files are checked.
+    let db = sb.path().join("q.db");
+    let held = rusqlite::Connection::open(&db).unwrap();
+    held.query_row("SELECT count(*) FROM tasks", [], |_| Ok(()))
+        .unwrap();
+    for name in [
+        "q.db",
+        "q.db-wal",
+        "q.db-shm",
+        "q.db.subject-keys",
+        "q.db.audit.jsonl",
+        "q.db.audit.checkpoints.jsonl",
+    ] {
+        assert_eq!(mode(&sb.path().join(name)), 0o600, "{name}");
+    }
+    drop(held);
+
+    // A task offloaded to a blob directory (through the library), then a
+    // rotated keyring, and blobs re-sealed by the CLI (`keys reseal
+    // --blob-dir` writes them anew).
+    let blobs = sb.path().join("blobs");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let keyring = std::sync::Arc::new(sealq::Keyring::from_file(&sb.keyring).unwrap());
+        let broker: std::sync::Arc<dyn sealq::Broker> =
+            std::sync::Arc::new(sealq_sqlite::SqliteBroker::open(&db).unwrap());
+        let store = std::sync::Arc::new(sealq::blob::FsBlobStore::open(&blobs).unwrap());
+        let client = sealq::Client::builder(broker, keyring)
+            .blob_store(store, 256)
+            .build();
+        let big = serde_json::json!({ "doc": "x".repeat(4096) });
+        let task = sealq::RawTask::from_json("t.big", &big, sealq::EnqueueOptions::new()).unwrap();
+        client.enqueue_raw(task).await.unwrap();
+    });
+    sb.ok(&["keys", "rotate"]);
+    assert_eq!(mode(&sb.keyring), 0o600, "keys rotate");
+    let out = sb.ok(&["keys", "reseal", "--blob-dir", "blobs", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(v["blobs"].as_u64().unwrap() >= 1, "{}", out.stdout);
+    let mut files = 0;
+    for task_dir in std::fs::read_dir(&blobs).unwrap() {
+        let task_dir = task_dir.unwrap().path();
+        assert_eq!(mode(&task_dir), 0o700, "{}", task_dir.display());
+        for f in std::fs::read_dir(&task_dir).unwrap() {
+            let f = f.unwrap().path();
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+            files += 1;
+        }
+    }
+    assert!(files >= 1, "no blob written");
 }

@@ -9,7 +9,8 @@ use sealq::Keyring;
 use crate::error::{CliError, CliResult, context};
 
 /// Print a fresh keyring TOML (with secrets) to stdout, after a comment
-/// header on how to use it. Nothing is logged.
+/// header on how to use it; a regular file as stdout is made 0600 first.
+/// Nothing is logged.
 pub(crate) fn generate() -> CliResult {
     let keyring = Keyring::generate();
     let secret = keyring.to_toml_secret();
@@ -26,11 +27,43 @@ pub(crate) fn generate() -> CliResult {
             .round(jiff::Unit::Second)
             .unwrap_or_else(|_| jiff::Timestamp::now()),
     );
+    restrict_stdout_file()?;
     let mut out = std::io::stdout().lock();
     out.write_all(header.as_bytes())
         .and_then(|()| out.write_all(secret.as_bytes()))
         .and_then(|()| out.flush())
         .map_err(|e| CliError::runtime(context("cannot write the keyring to stdout", e)))
+}
+
+/// When stdout is a regular file (`sealq keys generate > keyring.toml`),
+/// make it mode 0600 before any secret is written to it: the shell created
+/// it with its umask, usually 0644, and `Keyring::from_file` refuses a
+/// keyring others can read. A file that cannot be restricted gets nothing.
+fn restrict_stdout_file() -> CliResult {
+    use std::os::fd::AsFd as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(fd) = std::io::stdout().as_fd().try_clone_to_owned() else {
+        return Ok(()); // no usable stdout: the write below reports it
+    };
+    let file = std::fs::File::from(fd);
+    let Ok(meta) = file.metadata() else {
+        return Ok(());
+    };
+    if !meta.is_file() || meta.permissions().mode() & 0o077 == 0 {
+        return Ok(());
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| {
+            CliError::runtime(context(
+                format!(
+                    "stdout is a file others can read (mode {:04o}) and it cannot be made \
+                     0600, so no keyring was written to it; run \
+                     `(umask 077; sealq keys generate > keyring.toml)`",
+                    meta.permissions().mode() & 0o7777
+                ),
+                e,
+            ))
+        })
 }
 
 /// Replace the keyring file at `path` with `keyring` (mode 0600, written to
