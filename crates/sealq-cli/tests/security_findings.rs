@@ -280,3 +280,24 @@ fn finding_2_files_are_created_0600_under_umask_022() {
     }
     assert!(files >= 1, "no blob written");
 }
+
+#[test]
+fn finding_3_a_keyring_others_can_read_is_refused() {
+    let sb = Sandbox::new();
+    for m in [0o644, 0o640, 0o604, 0o660, 0o666] {
+        std::fs::set_permissions(&sb.keyring, std::fs::Permissions::from_mode(m)).unwrap();
+        let out = sb.run(&["enqueue", "-t", "t.x", "--payload", "{}"]);
+        assert_eq!(out.code, 2, "mode {m:o}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains(&format!("chmod 600 {}", sb.keyring.display())),
+            "mode {m:o}: {}",
+            out.stderr
+        );
+        assert!(out.stderr.contains(&format!("{m:04o}")), "{}", out.stderr);
+    }
+    // Nothing was enqueued with the refused keyring.
+    assert!(!sb.path().join("q.db").exists());
+    std::fs::set_permissions(&sb.keyring, std::fs::Permissions::from_mode(0o400)).unwrap();
+    sb.ok(&["enqueue", "-t", "t.x", "--payload", "{}"]);
+}
