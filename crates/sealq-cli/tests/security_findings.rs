@@ -301,3 +301,41 @@ fn finding_3_a_keyring_others_can_read_is_refused() {
     std::fs::set_permissions(&sb.keyring, std::fs::Permissions::from_mode(0o400)).unwrap();
     sb.ok(&["enqueue", "-t", "t.x", "--payload", "{}"]);
 }
+
+#[test]
+fn finding_4_keys_rotate_does_not_write_through_a_tmp_symlink() {
+    let sb = Sandbox::new();
+    let before = sealq::Keyring::from_file(&sb.keyring).unwrap();
+    // What the old code wrote through: `<keyring>.tmp`, here a symlink to a
+    // file another user could read.
+    let elsewhere = sb.path().join("elsewhere.txt");
+    std::fs::write(&elsewhere, "untouched\n").unwrap();
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let tmp = sb.path().join("keyring.toml.tmp");
+    std::os::unix::fs::symlink(&elsewhere, &tmp).unwrap();
+
+    sb.ok(&["keys", "rotate", "--audit", "off"]);
+
+    assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "untouched\n");
+    assert_eq!(mode(&elsewhere), 0o644);
+    assert!(
+        std::fs::symlink_metadata(&tmp)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the planted link is left alone"
+    );
+    let meta = std::fs::symlink_metadata(&sb.keyring).unwrap();
+    assert!(meta.file_type().is_file());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let after = sealq::Keyring::from_file(&sb.keyring).unwrap();
+    assert_ne!(after.primary_key_id(), before.primary_key_id());
+    assert!(after.contains_key(before.primary_key_id()));
+    // No temporary file is left behind.
+    let left: Vec<String> = std::fs::read_dir(sb.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".keyring.toml."))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -66,30 +66,40 @@ fn restrict_stdout_file() -> CliResult {
         })
 }
 
-/// Replace the keyring file at `path` with `keyring` (mode 0600, written to
-/// a temporary file, synced, then renamed over it).
+/// Replace the keyring file at `path` with `keyring`: written to a new
+/// temporary file beside it (random name, created exclusively with mode
+/// 0600, so nothing already at a predictable name, such as a symlink
+/// planted there, is followed or reused), synced, then renamed over `path`.
 fn write_keyring(path: &std::path::Path, keyring: &Keyring) -> CliResult {
+    use std::os::unix::fs::PermissionsExt as _;
     let secret = keyring.to_toml_secret();
-    let tmp = path.with_extension("toml.tmp");
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| {
-                CliError::runtime(context(format!("cannot write {}", tmp.display()), e))
-            })?;
-        f.write_all(secret.as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| {
-                CliError::runtime(context(format!("cannot write {}", tmp.display()), e))
-            })?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "keyring".to_owned());
+    let failed = |what: &str, e: std::io::Error| {
+        CliError::runtime(context(format!("cannot {what} {}", path.display()), e))
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(|e| failed("create a temporary file to replace", e))?;
+    tmp.write_all(secret.as_bytes())
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| failed("write the new keyring for", e))?;
+    // On failure the temporary file is removed when dropped.
+    tmp.persist(path).map_err(|e| failed("replace", e.error))?;
+    // The rename itself is durable once the directory is synced.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
     }
-    std::fs::rename(&tmp, path)
-        .map_err(|e| CliError::runtime(context(format!("cannot replace {}", path.display()), e)))
+    Ok(())
 }
 
 /// The keyring file `--keyring` names (commands that rewrite it need one).
