@@ -53,16 +53,18 @@ impl CliError {
 
     /// `error: <message>` and one `  caused by: <source>` line per cause.
     /// A cause whose text the previous line already contains is skipped
-    /// (wrappers such as `broker error: {0}` repeat their source).
+    /// (wrappers such as `broker error: {0}` repeat their source). Messages
+    /// may quote what the broker or a file holds, so each goes through
+    /// [`crate::output::safe`].
     pub(crate) fn render(&self) -> String {
-        let mut out = format!("error: {}", self.error);
         let mut last = self.error.to_string();
+        let mut out = format!("error: {}", crate::output::safe(&last));
         let mut source = self.error.source();
         while let Some(s) = source {
             let text = s.to_string();
             if !last.contains(&text) {
                 out.push_str("\n  caused by: ");
-                out.push_str(&text);
+                out.push_str(&crate::output::safe(&text));
             }
             last = text;
             source = s.source();

@@ -339,3 +339,29 @@ fn finding_4_keys_rotate_does_not_write_through_a_tmp_symlink() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn finding_5_control_characters_in_stored_text_are_escaped() {
+    let sb = Sandbox::new();
+    sb.ok(&["enqueue", "-t", "t.plain", "--payload", "{}"]);
+    // Someone with write access to the broker stores a task type with an
+    // escape sequence and a right-to-left override.
+    let evil = "pay\u{1b}[31mments\u{202e}gnp.exe\u{9b}2J";
+    let db = rusqlite::Connection::open(sb.path().join("q.db")).unwrap();
+    db.execute("UPDATE tasks SET kind = ?1", [evil]).unwrap();
+    drop(db);
+    let escaped = "pay\\u{1b}[31mments\\u{202e}gnp.exe\\u{9b}2J";
+
+    for args in [&["tasks", "list"][..], &["payloads", "report"][..]] {
+        let out = sb.ok(args);
+        assert!(out.stdout.contains(escaped), "{args:?}: {}", out.stdout);
+        for raw in ['\u{1b}', '\u{202e}', '\u{9b}'] {
+            assert!(!out.stdout.contains(raw), "{args:?}: raw {raw:?} printed");
+        }
+    }
+    // JSON keeps the value, escaped by JSON itself.
+    let out = sb.ok(&["tasks", "list", "--json"]);
+    assert!(!out.stdout.contains('\u{1b}'), "{}", out.stdout);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v[0]["type"], evil);
+}

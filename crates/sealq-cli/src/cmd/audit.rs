@@ -24,6 +24,7 @@ use super::Global;
 use crate::args::{AuditShowArgs, AuditSinkKind, AuditSource, AuditVerifyArgs};
 use crate::broker_url::{BrokerUrl, block_on, connect_error};
 use crate::error::{CliError, CliResult, context, msg};
+use crate::output::safe;
 use sealq_connect::{AuditPlace, Connection};
 
 pub(crate) use sealq_connect::jsonl_path_for;
@@ -182,9 +183,9 @@ pub(crate) async fn verify(global: &Global, args: AuditVerifyArgs) -> CliResult 
     } else if report.is_ok() {
         println!("{}", summary_line(&report));
     } else {
-        println!("audit log {}:", sink.describe());
+        println!("audit log {}:", safe(&sink.describe()));
         for f in &report.faults {
-            println!("  FAULT {}", f.describe(position));
+            println!("  FAULT {}", safe(&f.describe(position)));
         }
     }
     if report.is_ok() {

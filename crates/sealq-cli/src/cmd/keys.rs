@@ -7,6 +7,7 @@ use std::io::Write;
 use sealq::Keyring;
 
 use crate::error::{CliError, CliResult, context};
+use crate::output::safe;
 
 /// Print a fresh keyring TOML (with secrets) to stdout, after a comment
 /// header on how to use it; a regular file as stdout is made 0600 first.
@@ -296,7 +297,7 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
     if !r.failed.is_empty() {
         println!("  did not open (left as they are): {}", r.failed.len());
         for f in &r.failed {
-            println!("    {} {}: {}", f.task, f.part, f.reason);
+            println!("    {} {}: {}", f.task, safe(&f.part), safe(&f.reason));
         }
     }
     let keys_left = match (&r.subject_keys, &r.subject_keys_error) {
@@ -311,7 +312,11 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
                 k.rewrapped, k.to_key, k.current, k.changed
             );
             for (tag, reason) in &k.failed {
-                println!("    subject key {tag}: {reason}");
+                println!(
+                    "    subject key {}: {}",
+                    safe(&tag.to_string()),
+                    safe(reason)
+                );
             }
             if !k.remaining.is_empty() {
                 let left: Vec<String> = k
@@ -321,13 +326,13 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
                     .collect();
                 println!(
                     "  subject keys still wrapped under other keys: {}",
-                    left.join(", ")
+                    safe(&left.join(", "))
                 );
             }
             !k.remaining.is_empty()
         }
         (None, Some(e)) => {
-            println!("  subject keys not re-wrapped: {e}");
+            println!("  subject keys not re-wrapped: {}", safe(&e.to_string()));
             true
         }
         (None, None) => false,
@@ -358,7 +363,7 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
             .iter()
             .map(|(k, n)| format!("`{k}`: {n}"))
             .collect();
-        println!("  still sealed with other keys: {}", left.join(", "));
+        println!("  still sealed with other keys: {}", safe(&left.join(", ")));
     }
     Ok(())
 }
