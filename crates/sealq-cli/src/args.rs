@@ -648,7 +648,12 @@ pub(crate) enum AuditCommand {
     /// Verify every writer's chain and every signed checkpoint. Exit 0 only
     /// when everything verifies; otherwise print each fault and exit 1.
     Verify(AuditVerifyArgs),
-    /// Print one task's audit history, oldest first.
+    /// Print one task's audit history, oldest first, verified.
+    ///
+    /// The log is checked with the keyring's audit keys first: a record whose
+    /// MAC or chain does not verify is followed by `  !! NOT VERIFIED: why`
+    /// (on stderr with --json), and the command exits 1 when the log has any
+    /// fault. Without a keyring, a note on stderr says nothing was verified.
     Show(AuditShowArgs),
     /// Print the keyring's audit public key (base64), for `verify --public-key`.
     PublicKey,

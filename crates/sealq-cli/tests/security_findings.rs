@@ -365,3 +365,62 @@ fn finding_5_control_characters_in_stored_text_are_escaped() {
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v[0]["type"], evil);
 }
+
+#[test]
+fn finding_6_audit_show_marks_records_that_do_not_verify() {
+    let sb = Sandbox::new();
+    let id = sb
+        .ok(&["enqueue", "-t", "t.audited", "--payload", "{}"])
+        .stdout
+        .trim()
+        .to_owned();
+    sb.ok(&["tasks", "delete", "--id", &id]);
+    let clean = sb.ok(&["audit", "show", "--task", &id]);
+    assert!(!clean.stdout.contains("NOT VERIFIED"), "{}", clean.stdout);
+
+    // Rewrite the `enqueued` record (line 1) without its MAC key.
+    let log = sb.path().join("q.db.audit.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    assert!(lines[0].contains("\"enqueued\""), "{text}");
+    assert!(lines[0].contains("\"t.audited\""), "{text}");
+    lines[0] = lines[0].replacen("\"t.audited\"", "\"t.forged\"", 1);
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+
+    let out = sb.run(&["audit", "show", "--task", &id]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let shown: Vec<&str> = out.stdout.lines().collect();
+    let at = shown
+        .iter()
+        .position(|l| l.contains("enqueued"))
+        .expect("the record is still shown");
+    assert!(
+        shown[at + 1].contains("!! NOT VERIFIED")
+            && shown[at + 1].contains("records line 1")
+            && shown[at + 1].contains("record edited"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        out.stdout.matches("NOT VERIFIED").count(),
+        1,
+        "only the edited record is marked: {}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("does not verify") && out.stderr.contains("1 of the 2"),
+        "{}",
+        out.stderr
+    );
+
+    // --json keeps stdout the records as stored; the warning goes to stderr.
+    let out = sb.run(&["audit", "show", "--task", &id, "--json"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert!(
+        out.stderr.contains("!! NOT VERIFIED: records line 1"),
+        "{}",
+        out.stderr
+    );
+}
