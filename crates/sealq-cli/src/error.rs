@@ -134,6 +134,13 @@ impl StdError for Context {
     }
 }
 
+impl From<sealq_connect::ConnectError> for CliError {
+    /// A wrong URL or refused configuration exits 2; anything else 1.
+    fn from(e: sealq_connect::ConnectError) -> Self {
+        crate::broker_url::connect_error(e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,12 +167,5 @@ mod tests {
         let e: CliError = sealq::Error::NoKeyring.into();
         assert_eq!(e.exit_code(), ExitCode::from(2));
         assert!(e.render().contains("sealq keys generate"));
-    }
-}
-
-impl From<sealq_connect::ConnectError> for CliError {
-    /// A wrong URL or refused configuration exits 2; anything else 1.
-    fn from(e: sealq_connect::ConnectError) -> Self {
-        crate::broker_url::connect_error(e)
     }
 }

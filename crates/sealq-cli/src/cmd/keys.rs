@@ -297,7 +297,7 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
     if !r.failed.is_empty() {
         println!("  did not open (left as they are): {}", r.failed.len());
         for f in &r.failed {
-            println!("    {} {}: {}", f.task, safe(&f.part), safe(&f.reason));
+            println!("    {} {}: {}", f.task, safe(f.part), safe(&f.reason));
         }
     }
     let keys_left = match (&r.subject_keys, &r.subject_keys_error) {
