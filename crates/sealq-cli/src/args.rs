@@ -178,7 +178,9 @@ pub(crate) enum KeysCommand {
     /// Print a new keyring (TOML, with secrets) to stdout.
     ///
     /// Redirect it to a file readable only by you:
-    /// `(umask 077; sealq keys generate > keyring.toml)`.
+    /// `(umask 077; sealq keys generate > keyring.toml)`. When stdout is a
+    /// regular file, it is made mode 0600 before the keys are written;
+    /// keyring files others can read or write are refused when loaded.
     Generate,
     /// Add a new primary key to the keyring file given with `--keyring`; old
     /// keys stay to open what they sealed. Audited (`key_rotated`).
@@ -325,11 +327,22 @@ pub(crate) struct WorkerArgs {
     #[arg(long)]
     pub(crate) strict: bool,
     /// Shell command run for each task (`sh -c CMD`). It gets the payload as
-    /// JSON on stdin and SEALQ_TASK_ID, SEALQ_TASK_TYPE, SEALQ_QUEUE,
-    /// SEALQ_ATTEMPT in its environment; exit status 0 means success, any
-    /// other status schedules a retry.
+    /// JSON on stdin; exit status 0 means success, any other status
+    /// schedules a retry.
+    ///
+    /// Its environment is not the worker's: it gets SEALQ_TASK_ID,
+    /// SEALQ_TASK_TYPE, SEALQ_QUEUE and SEALQ_ATTEMPT, the worker's PATH,
+    /// HOME, LANG, LC_ALL, TZ and TMPDIR (those that are set), and the
+    /// variables named with --exec-env; nothing else. The keyring
+    /// (SEALQ_KEYRING, SEALQ_KEYRING_TOML) and the broker URL with its
+    /// password (SEALQ_BROKER) never reach it.
     #[arg(long, value_name = "CMD")]
     pub(crate) exec: String,
+    /// Also pass the worker's variable NAME to the --exec command, if set
+    /// (repeatable). SEALQ_KEYRING* and SEALQ_BROKER* are refused: the
+    /// command gets the opened payload, never the keys or the broker.
+    #[arg(long = "exec-env", value_name = "NAME")]
+    pub(crate) exec_env: Vec<String>,
     /// Commands running at once.
     #[arg(long, short = 'c', default_value_t = 16)]
     pub(crate) concurrency: usize,
@@ -635,7 +648,12 @@ pub(crate) enum AuditCommand {
     /// Verify every writer's chain and every signed checkpoint. Exit 0 only
     /// when everything verifies; otherwise print each fault and exit 1.
     Verify(AuditVerifyArgs),
-    /// Print one task's audit history, oldest first.
+    /// Print one task's audit history, oldest first, verified.
+    ///
+    /// The log is checked with the keyring's audit keys first: a record whose
+    /// MAC or chain does not verify is followed by `  !! NOT VERIFIED: why`
+    /// (on stderr with --json), and the command exits 1 when the log has any
+    /// fault. Without a keyring, a note on stderr says nothing was verified.
     Show(AuditShowArgs),
     /// Print the keyring's audit public key (base64), for `verify --public-key`.
     PublicKey,

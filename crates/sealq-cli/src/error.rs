@@ -53,16 +53,18 @@ impl CliError {
 
     /// `error: <message>` and one `  caused by: <source>` line per cause.
     /// A cause whose text the previous line already contains is skipped
-    /// (wrappers such as `broker error: {0}` repeat their source).
+    /// (wrappers such as `broker error: {0}` repeat their source). Messages
+    /// may quote what the broker or a file holds, so each goes through
+    /// [`crate::output::safe`].
     pub(crate) fn render(&self) -> String {
-        let mut out = format!("error: {}", self.error);
         let mut last = self.error.to_string();
+        let mut out = format!("error: {}", crate::output::safe(&last));
         let mut source = self.error.source();
         while let Some(s) = source {
             let text = s.to_string();
             if !last.contains(&text) {
                 out.push_str("\n  caused by: ");
-                out.push_str(&text);
+                out.push_str(&crate::output::safe(&text));
             }
             last = text;
             source = s.source();
@@ -132,6 +134,13 @@ impl StdError for Context {
     }
 }
 
+impl From<sealq_connect::ConnectError> for CliError {
+    /// A wrong URL or refused configuration exits 2; anything else 1.
+    fn from(e: sealq_connect::ConnectError) -> Self {
+        crate::broker_url::connect_error(e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,12 +167,5 @@ mod tests {
         let e: CliError = sealq::Error::NoKeyring.into();
         assert_eq!(e.exit_code(), ExitCode::from(2));
         assert!(e.render().contains("sealq keys generate"));
-    }
-}
-
-impl From<sealq_connect::ConnectError> for CliError {
-    /// A wrong URL or refused configuration exits 2; anything else 1.
-    fn from(e: sealq_connect::ConnectError) -> Self {
-        crate::broker_url::connect_error(e)
     }
 }

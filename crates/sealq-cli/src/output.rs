@@ -1,6 +1,9 @@
 //! Small output helpers shared by commands: tables, times, percentiles,
-//! progress bars, process statistics.
+//! progress bars, process statistics, and [`safe`], through which every
+//! text read from storage passes before it reaches a terminal.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -8,10 +11,57 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-/// Render rows as a left-aligned table with a header line.
+/// `text` made safe to print: control characters escaped.
+///
+/// Task types, queue names, error texts, writers and anything else read
+/// from the broker or the audit log are written by whoever could write
+/// there, not by the operator reading the output. Printed raw, an escape
+/// sequence in them could recolour or rewrite the terminal, hide lines or
+/// (with some terminals) answer back; a bidirectional override could make
+/// `evil` read as `live`. So every such text goes through this function
+/// (tables do it for every cell): C0 controls, DEL, C1 controls and the
+/// bidirectional controls (U+061C, U+200E, U+200F, U+202A–U+202E,
+/// U+2066–U+2069) are written as `\n`, `\r`, `\t` or `\u{hex}`; the
+/// rest is unchanged. JSON output needs none of it: serde_json escapes
+/// control characters itself.
+pub(crate) fn safe(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs_escape(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Whether [`safe`] escapes `c`.
+fn needs_escape(c: char) -> bool {
+    c.is_control() // C0, DEL and C1
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// Render rows as a left-aligned table with a header line. Every cell goes
+/// through [`safe`].
 pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let header: Vec<Cow<'_, str>> = header.iter().map(|h| safe(h)).collect();
+    let rows: Vec<Vec<Cow<'_, str>>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| safe(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -31,9 +81,9 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str(s.trim_end());
         out.push('\n');
     };
-    line(&mut header.iter().copied());
-    for row in rows {
-        line(&mut row.iter().map(String::as_str));
+    line(&mut header.iter().map(|h| h.as_ref()));
+    for row in &rows {
+        line(&mut row.iter().map(|c| c.as_ref()));
     }
     out
 }
@@ -177,6 +227,18 @@ mod tests {
             ],
         );
         assert_eq!(t, "id   state\na    pending\nbbb  x\n");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert!(matches!(safe("reports.render"), Cow::Borrowed(_)));
+        assert_eq!(safe("a\x1b[31mb"), "a\\u{1b}[31mb");
+        assert_eq!(safe("x\u{202e}y\u{2066}"), "x\\u{202e}y\\u{2066}");
+        assert_eq!(safe("\u{9b}\u{7f}\0"), "\\u{9b}\\u{7f}\\u{0}");
+        assert_eq!(safe("1\n2\t3\r"), "1\\n2\\t3\\r");
+        assert_eq!(safe("café ✓"), "café ✓");
+        let t = table(&["type"], &[vec!["a\x1bb".into()]]);
+        assert_eq!(t, "type\na\\u{1b}b\n");
     }
 
     #[test]

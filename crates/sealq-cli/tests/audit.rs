@@ -24,7 +24,7 @@ impl Sandbox {
         };
         let out = sb.run(&["keys", "generate"]);
         assert_eq!(out.code, 0, "{}", out.stderr);
-        std::fs::write(sb.path().join("keyring.toml"), out.stdout).unwrap();
+        write_private(&sb.path().join("keyring.toml"), out.stdout.as_bytes());
         sb
     }
 
@@ -201,4 +201,18 @@ fn audit_off_writes_nothing() {
     ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(!sb.log().exists());
+}
+
+/// Write a keyring file as `Keyring::from_file` requires: mode 0600.
+fn write_private(path: &std::path::Path, bytes: &[u8]) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .expect("write keyring file");
 }

@@ -30,7 +30,7 @@ impl Sandbox {
         let sb = Sandbox { dir, keyring };
         let out = sb.run(&["keys", "generate"]);
         assert_eq!(out.code, 0, "keys generate: {}", out.stderr);
-        std::fs::write(&sb.keyring, out.stdout).expect("write keyring");
+        write_private(&sb.keyring, out.stdout.as_bytes());
         sb
     }
 
@@ -1096,4 +1096,18 @@ fn cron_run_enqueues_ticks_once_from_two_processes_and_next_lists_ticks() {
     let bad = sb.run(&["cron", "next", "--pattern", "61 * * * *"]);
     assert_eq!(bad.code, 2, "{}", bad.stderr);
     assert!(bad.stderr.contains("61 * * * *"), "{}", bad.stderr);
+}
+
+/// Write a keyring file as `Keyring::from_file` requires: mode 0600.
+fn write_private(path: &std::path::Path, bytes: &[u8]) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .expect("write keyring file");
 }

@@ -17,7 +17,7 @@ impl Sandbox {
         };
         let out = sb.run(&["keys", "generate"]);
         assert!(out.status.success());
-        std::fs::write(sb.dir.path().join("keyring.toml"), &out.stdout).expect("keyring");
+        write_private(&sb.dir.path().join("keyring.toml"), &out.stdout);
         sb
     }
 
@@ -92,4 +92,18 @@ fn report_ranks_largest_first_and_checks_budgets() {
 
     let bad = sb.run(&["payloads", "report", "--queue-budget", "reports"]);
     assert_eq!(bad.status.code(), Some(2));
+}
+
+/// Write a keyring file as `Keyring::from_file` requires: mode 0600.
+fn write_private(path: &std::path::Path, bytes: &[u8]) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .expect("write keyring file");
 }

@@ -90,7 +90,7 @@ fn install_bench_and_key_rotation_on_redis() {
     let url = format!("{url}?prefix=rot");
     let keyring = dir.path().join("k.toml");
     let out = sealq(dir.path(), &["keys", "generate"]);
-    std::fs::write(&keyring, &out.stdout).unwrap();
+    write_private(&keyring, &out.stdout);
     let k = keyring.to_str().unwrap();
     let mut ids = Vec::new();
     for n in 0..3 {
@@ -214,7 +214,7 @@ fn keys_reseal_and_remove_reach_a_redis_blob_store() {
     let url = format!("{}?prefix=app", server.url());
     let keyring = dir.path().join("k.toml");
     let out = sealq(dir.path(), &["keys", "generate"]);
-    std::fs::write(&keyring, &out.stdout).unwrap();
+    write_private(&keyring, &out.stdout);
     let k = keyring.to_str().unwrap();
     // The application uses the CLI's default prefix; `remove` names it.
     let blobs = "sealq-blob";
@@ -324,4 +324,18 @@ fn keys_reseal_and_remove_reach_a_redis_blob_store() {
 
     // A worker without the old key runs the task from its re-sealed blob.
     assert_eq!(rt.block_on(run_big_task(&url, &keyring, blobs)), 4000);
+}
+
+/// Write a keyring file as `Keyring::from_file` requires: mode 0600.
+fn write_private(path: &std::path::Path, bytes: &[u8]) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .expect("write keyring file");
 }

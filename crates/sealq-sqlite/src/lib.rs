@@ -146,7 +146,8 @@ struct Inner {
 
 impl SqliteBroker {
     /// Open (creating if needed) the store at `path` with default options:
-    /// `synchronous=FULL`, the system clock.
+    /// `synchronous=FULL`, the system clock. A new database (and its `-wal`
+    /// and `-shm` files) gets mode 0600 on Unix, whatever the umask.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, BrokerError> {
         Self::open_with(path, SqliteOptions::default())
     }
@@ -154,6 +155,7 @@ impl SqliteBroker {
     /// Open the store at `path` with `options`.
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, BrokerError> {
         let path = path.as_ref().to_path_buf();
+        create_private_file(&path);
         let mut conn = schema::open_writer(&path, options.synchronous, options.busy_timeout)?;
         checkpoint::install(&mut conn, &path)?;
         let wake = Arc::new(Wake::default());
@@ -253,6 +255,23 @@ impl SqliteBroker {
             })
             .await
     }
+}
+
+/// Create `path` empty with mode 0600 when it does not exist yet, before
+/// SQLite opens it. SQLite would create a missing database with mode 0644
+/// less the umask (readable by every local user: the store holds sealed
+/// tasks, subject tags and wrapped data keys); it creates the `-wal` and
+/// `-shm` files with the database file's mode, so they follow. An empty file
+/// is a new database to SQLite. An existing file keeps its mode. A failure
+/// here is left for SQLite's open to report in its own words.
+pub(crate) fn create_private_file(path: &Path) {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    // `create_new` never follows a symlink at `path` nor touches a file
+    // that is there.
+    let _ = options.open(path);
 }
 
 fn lease_ms(d: Duration) -> i64 {

@@ -34,9 +34,13 @@ impl std::fmt::Debug for SqliteSubjectKeyStore {
 }
 
 impl SqliteSubjectKeyStore {
-    /// Open (creating if needed) the key store at `path`.
+    /// Open (creating if needed) the key store at `path`; a new file gets
+    /// mode 0600 on Unix, whatever the umask.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, BrokerError> {
         let path = path.as_ref().to_path_buf();
+        // The wrapped data keys: readable by the owner only (0600), as the
+        // database beside it.
+        crate::create_private_file(&path);
         let conn = Connection::open(&path)
             .map_err(|e| map_err(&path, "opening the subject key store", e))?;
         conn.busy_timeout(std::time::Duration::from_secs(30))

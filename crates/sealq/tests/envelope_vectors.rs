@@ -706,12 +706,25 @@ fn env_of<'a>(vars: &'a [(&'a str, OsString)]) -> impl Fn(&str) -> Option<OsStri
     }
 }
 
+/// Write a keyring file as `Keyring::from_file` requires: mode 0600.
+fn write_keyring_file(path: &std::path::Path, bytes: &[u8]) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .expect("write keyring file");
+}
+
 #[test]
 fn from_file_and_env_precedence() {
     let dir = tempfile::tempdir().unwrap();
     let file_kr = Keyring::generate();
     let path = dir.path().join("keyring.toml");
-    std::fs::write(&path, file_kr.to_toml_secret().as_bytes()).unwrap();
+    write_keyring_file(&path, file_kr.to_toml_secret().as_bytes());
 
     let loaded = Keyring::from_file(&path).unwrap();
     assert_eq!(loaded.primary_key_id(), file_kr.primary_key_id());
@@ -751,7 +764,7 @@ fn from_file_and_env_precedence() {
     assert!(m.contains(&missing.display().to_string()), "{m}");
 
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "primary = \"a\"\n").unwrap();
+    write_keyring_file(&bad, b"primary = \"a\"\n");
     let Err(Error::Keyring(m)) = Keyring::from_file(&bad) else {
         panic!("expected a keyring error");
     };
@@ -762,6 +775,26 @@ fn from_file_and_env_precedence() {
         panic!("expected a keyring error");
     };
     assert!(m.starts_with("SEALQ_KEYRING_TOML: "), "{m}");
+}
+
+#[test]
+fn from_file_refuses_a_keyring_others_can_read_or_write() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyring.toml");
+    write_keyring_file(&path, Keyring::generate().to_toml_secret().as_bytes());
+    for mode in [0o644, 0o640, 0o604, 0o620, 0o602, 0o660] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let Err(Error::Keyring(m)) = Keyring::from_file(&path) else {
+            panic!("mode {mode:o} accepted");
+        };
+        assert!(m.contains(&format!("chmod 600 {}", path.display())), "{m}");
+        assert!(m.contains(&format!("{mode:04o}")), "{m}");
+    }
+    for mode in [0o600, 0o400] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        Keyring::from_file(&path).unwrap_or_else(|e| panic!("mode {mode:o}: {e}"));
+    }
 }
 
 /// Child half of `from_env_reads_the_process_environment`: does nothing
@@ -784,7 +817,7 @@ fn from_env_reads_the_process_environment() {
     let dir = tempfile::tempdir().unwrap();
     let file_kr = Keyring::generate();
     let path = dir.path().join("keyring.toml");
-    std::fs::write(&path, file_kr.to_toml_secret().as_bytes()).unwrap();
+    write_keyring_file(&path, file_kr.to_toml_secret().as_bytes());
     let mut env_kr = Keyring::generate();
     env_kr.rotate();
     let toml = env_kr.to_toml_secret();

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use sealq::audit::{
-    AuditKeys, AuditSink, Auditor, JsonLinesSink, VerifyOptions, VerifyReport, verify_sink,
+    AuditKeys, AuditSink, Auditor, Fault, JsonLinesSink, VerifyOptions, VerifyReport, verify_sink,
 };
 use sealq::{Keyring, TaskId};
 use sealq_redis::RedisAuditSink;
@@ -24,6 +24,7 @@ use super::Global;
 use crate::args::{AuditShowArgs, AuditSinkKind, AuditSource, AuditVerifyArgs};
 use crate::broker_url::{BrokerUrl, block_on, connect_error};
 use crate::error::{CliError, CliResult, context, msg};
+use crate::output::safe;
 use sealq_connect::{AuditPlace, Connection};
 
 pub(crate) use sealq_connect::jsonl_path_for;
@@ -182,9 +183,9 @@ pub(crate) async fn verify(global: &Global, args: AuditVerifyArgs) -> CliResult 
     } else if report.is_ok() {
         println!("{}", summary_line(&report));
     } else {
-        println!("audit log {}:", sink.describe());
+        println!("audit log {}:", safe(&sink.describe()));
         for f in &report.faults {
-            println!("  FAULT {}", f.describe(position));
+            println!("  FAULT {}", safe(&f.describe(position)));
         }
     }
     if report.is_ok() {
@@ -199,62 +200,181 @@ pub(crate) async fn verify(global: &Global, args: AuditVerifyArgs) -> CliResult 
     }
 }
 
-/// `sealq audit show --task ID`.
+/// `sealq audit show --task ID`: the task's records, each checked against
+/// the log's MAC chain and checkpoints when a keyring with an audit key is
+/// configured. A record that does not verify is followed by a
+/// `  !! NOT VERIFIED: <why>` line (on stderr with `--json`, whose stdout
+/// stays the records as stored), and the command exits 1 when any fault
+/// was found in the log, shown or not. Without a keyring nothing can be
+/// verified: a note on stderr says so and the exit code is 0.
 pub(crate) async fn show(global: &Global, args: AuditShowArgs) -> CliResult {
     let id: TaskId = args.task.trim().parse()?;
-    let (sink, _) = read_sink(global, &args.source)?;
+    let (sink, position) = read_sink(global, &args.source)?;
     let records = sink
         .read_records()
         .await
         .map_err(|e| CliError::runtime(context("cannot read the audit log", e)))?;
-    let mut mine: Vec<_> = records
-        .into_iter()
-        .filter_map(|l| l.item.ok())
-        .filter(|r| r.event.is_about(id))
+    let report = verify_for_show(global, &*sink, &records).await?;
+    let mut mine: Vec<(u64, &sealq::audit::AuditRecord)> = records
+        .iter()
+        .filter_map(|l| l.item.as_ref().ok().map(|r| (l.position, r)))
+        .filter(|(_, r)| r.event.is_about(id))
         .collect();
     // In the order things happened to this task: a batch entry's own time
     // (`started_batch`) before the record's.
     let at = |r: &sealq::audit::AuditRecord| r.event.time_for_task(id).unwrap_or(r.time_ms);
-    mine.sort_by(|a, b| (at(a), &a.writer, a.seq).cmp(&(at(b), &b.writer, b.seq)));
+    mine.sort_by(|(_, a), (_, b)| (at(a), &a.writer, a.seq).cmp(&(at(b), &b.writer, b.seq)));
+    let unverified = |pos: u64, r: &sealq::audit::AuditRecord| -> Vec<String> {
+        report.as_ref().map_or_else(Vec::new, |rep| {
+            rep.faults
+                .iter()
+                .filter(|f| fault_names_record(f, &r.writer, r.seq, pos))
+                .map(|f| safe(&f.describe(position)).into_owned())
+                .collect()
+        })
+    };
+    let mut marked = 0usize;
     if args.json {
-        return crate::output::print_json(&mine);
-    }
-    if mine.is_empty() {
-        println!("no audit records for task {id}");
-        return Ok(());
-    }
-    for r in &mine {
-        let time = jiff::Timestamp::from_millisecond(at(r))
-            .map_or_else(|_| at(r).to_string(), |t| t.to_string());
-        // A batch record (`leased_batch`, …) shows as this task's entry.
-        let Some(event) = r.event.for_task(id) else {
-            continue;
-        };
-        let mut details = Vec::new();
-        let batch = r.event.tasks().len();
-        if r.event.task().is_none() && batch > 1 {
-            details.push(format!("batch={batch}"));
-        }
-        if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&event) {
-            for (k, v) in map {
-                if k == "type" || k == "task" || v.is_null() {
-                    continue;
-                }
-                match v {
-                    serde_json::Value::String(s) => details.push(format!("{k}={s}")),
-                    other => details.push(format!("{k}={other}")),
-                }
+        let stored: Vec<&sealq::audit::AuditRecord> = mine.iter().map(|(_, r)| *r).collect();
+        crate::output::print_json(&stored)?;
+        for (pos, r) in &mine {
+            let why = unverified(*pos, r);
+            marked += usize::from(!why.is_empty());
+            for w in why {
+                eprintln!("!! NOT VERIFIED: {w}");
             }
         }
-        println!(
-            "{time}  {:<16} {}#{}  {}",
-            event.name(),
-            r.writer,
-            r.seq,
-            details.join(" ")
-        );
+    } else if mine.is_empty() {
+        println!("no audit records for task {id}");
+    } else {
+        for (pos, r) in &mine {
+            let time = jiff::Timestamp::from_millisecond(at(r))
+                .map_or_else(|_| at(r).to_string(), |t| t.to_string());
+            // A batch record (`leased_batch`, …) shows as this task's entry.
+            let Some(event) = r.event.for_task(id) else {
+                continue;
+            };
+            let mut details = Vec::new();
+            let batch = r.event.tasks().len();
+            if r.event.task().is_none() && batch > 1 {
+                details.push(format!("batch={batch}"));
+            }
+            if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&event) {
+                for (k, v) in map {
+                    if k == "type" || k == "task" || v.is_null() {
+                        continue;
+                    }
+                    match v {
+                        serde_json::Value::String(s) => details.push(format!("{k}={s}")),
+                        other => details.push(format!("{k}={other}")),
+                    }
+                }
+            }
+            // Writers and details come from the log: escaped.
+            let line = format!(
+                "{time}  {:<16} {}#{}  {}",
+                event.name(),
+                r.writer,
+                r.seq,
+                details.join(" ")
+            );
+            println!("{}", safe(&line));
+            let why = unverified(*pos, r);
+            marked += usize::from(!why.is_empty());
+            for w in why {
+                println!("  !! NOT VERIFIED: {w}");
+            }
+        }
     }
-    Ok(())
+    match report {
+        None => Ok(()),
+        Some(r) if r.is_ok() => Ok(()),
+        Some(r) => Err(CliError::runtime(msg(format!(
+            "the audit log does not verify: {marked} of the {} record(s) shown are not \
+             verified, and the log has {} fault(s) in all; `sealq audit verify` lists them",
+            mine.len(),
+            r.faults.len()
+        )))),
+    }
+}
+
+/// Verify the log `sink` holds (its `records` as read) with the configured
+/// keyring's audit keys; `None`, with a note on stderr, when no keyring is
+/// configured or it has no audit key. A keyring that is configured but does
+/// not load is an error, as for every other command.
+async fn verify_for_show(
+    global: &Global,
+    sink: &dyn AuditSink,
+    records: &[sealq::audit::Loaded<sealq::audit::AuditRecord>],
+) -> CliResult<Option<VerifyReport>> {
+    let keyring = match global.keyring() {
+        Ok(k) => k,
+        Err(_) if global.keyring_configured() => return global.keyring().map(|_| None),
+        Err(_) => {
+            eprintln!(
+                "note: not verified: no keyring configured (--keyring, SEALQ_KEYRING or \
+                 SEALQ_KEYRING_TOML); the records are shown as stored"
+            );
+            return Ok(None);
+        }
+    };
+    let Ok(keys) = AuditKeys::from_keyring(&keyring) else {
+        eprintln!(
+            "note: not verified: the keyring has no `audit_signing_key`; the records are shown \
+             as stored"
+        );
+        return Ok(None);
+    };
+    let checkpoints = sink
+        .read_checkpoints()
+        .await
+        .map_err(|e| CliError::runtime(context("cannot read the audit checkpoints", e)))?;
+    Ok(Some(sealq::audit::verify(
+        records,
+        checkpoints.as_deref(),
+        &keys,
+        &VerifyOptions::default(),
+    )))
+}
+
+/// Whether `fault` says that the record of `writer` at `seq`, stored at
+/// `position`, did not verify (as opposed to a fault elsewhere in the log).
+fn fault_names_record(fault: &Fault, writer: &str, seq: u64, position: u64) -> bool {
+    match fault {
+        Fault::Edited {
+            writer: w,
+            position: p,
+            ..
+        }
+        | Fault::Inserted {
+            writer: w,
+            position: p,
+            ..
+        }
+        | Fault::Reordered {
+            writer: w,
+            position: p,
+            ..
+        } => w == writer && *p == position,
+        // The record right after a gap: its MAC chains to a deleted one.
+        Fault::Deleted {
+            writer: w,
+            before_position,
+            ..
+        } => w == writer && *before_position == position,
+        Fault::CheckpointMismatch {
+            writer: w, seq: s, ..
+        } => w == writer && *s == seq,
+        Fault::ChangedSinceCheckpoint {
+            writer: w,
+            after_seq,
+            through_seq,
+            ..
+        } => w == writer && after_seq.is_none_or(|a| seq > a) && seq <= *through_seq,
+        Fault::WrongKey { writer: Some(w) } => w == writer,
+        Fault::WrongKey { writer: None } => true,
+        _ => false,
+    }
 }
 
 /// `sealq audit public-key`.

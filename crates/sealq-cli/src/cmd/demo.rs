@@ -328,7 +328,7 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> CliResult {
                 println!("{}", super::audit::summary_line(report));
             } else {
                 for f in &report.faults {
-                    println!("audit: FAULT {f}");
+                    println!("audit: FAULT {}", crate::output::safe(&f.to_string()));
                 }
             }
         }
@@ -809,9 +809,10 @@ fn print_summary(s: &Summary) {
     println!("stored bytes are ciphertext:");
     if let (Some(id), Some(kind)) = (&p.sample_task, &p.sample_type) {
         println!(
-            "  envelope of {kind} task {id}: {} bytes, key id {}",
+            "  envelope of {} task {id}: {} bytes, key id {}",
+            crate::output::safe(kind),
             p.envelope_bytes,
-            p.key_id.as_deref().unwrap_or("?")
+            crate::output::safe(p.key_id.as_deref().unwrap_or("?"))
         );
         println!("  first bytes: {} …", p.first_bytes_hex);
         println!(

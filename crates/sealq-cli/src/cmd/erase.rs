@@ -48,7 +48,7 @@ pub(crate) async fn run(global: &Global, args: EraseArgs) -> CliResult {
                 "no (none existed)"
             }
         );
-        println!("  operator: {}", receipt.operator);
+        println!("  operator: {}", crate::output::safe(&receipt.operator));
     }
     Ok(())
 }

@@ -7,9 +7,11 @@ use std::io::Write;
 use sealq::Keyring;
 
 use crate::error::{CliError, CliResult, context};
+use crate::output::safe;
 
 /// Print a fresh keyring TOML (with secrets) to stdout, after a comment
-/// header on how to use it. Nothing is logged.
+/// header on how to use it; a regular file as stdout is made 0600 first.
+/// Nothing is logged.
 pub(crate) fn generate() -> CliResult {
     let keyring = Keyring::generate();
     let secret = keyring.to_toml_secret();
@@ -26,6 +28,7 @@ pub(crate) fn generate() -> CliResult {
             .round(jiff::Unit::Second)
             .unwrap_or_else(|_| jiff::Timestamp::now()),
     );
+    restrict_stdout_file()?;
     let mut out = std::io::stdout().lock();
     out.write_all(header.as_bytes())
         .and_then(|()| out.write_all(secret.as_bytes()))
@@ -33,30 +36,71 @@ pub(crate) fn generate() -> CliResult {
         .map_err(|e| CliError::runtime(context("cannot write the keyring to stdout", e)))
 }
 
-/// Replace the keyring file at `path` with `keyring` (mode 0600, written to
-/// a temporary file, synced, then renamed over it).
-fn write_keyring(path: &std::path::Path, keyring: &Keyring) -> CliResult {
-    let secret = keyring.to_toml_secret();
-    let tmp = path.with_extension("toml.tmp");
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| {
-                CliError::runtime(context(format!("cannot write {}", tmp.display()), e))
-            })?;
-        f.write_all(secret.as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| {
-                CliError::runtime(context(format!("cannot write {}", tmp.display()), e))
-            })?;
+/// When stdout is a regular file (`sealq keys generate > keyring.toml`),
+/// make it mode 0600 before any secret is written to it: the shell created
+/// it with its umask, usually 0644, and `Keyring::from_file` refuses a
+/// keyring others can read. A file that cannot be restricted gets nothing.
+fn restrict_stdout_file() -> CliResult {
+    use std::os::fd::AsFd as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(fd) = std::io::stdout().as_fd().try_clone_to_owned() else {
+        return Ok(()); // no usable stdout: the write below reports it
+    };
+    let file = std::fs::File::from(fd);
+    let Ok(meta) = file.metadata() else {
+        return Ok(());
+    };
+    if !meta.is_file() || meta.permissions().mode() & 0o077 == 0 {
+        return Ok(());
     }
-    std::fs::rename(&tmp, path)
-        .map_err(|e| CliError::runtime(context(format!("cannot replace {}", path.display()), e)))
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| {
+            CliError::runtime(context(
+                format!(
+                    "stdout is a file others can read (mode {:04o}) and it cannot be made \
+                     0600, so no keyring was written to it; run \
+                     `(umask 077; sealq keys generate > keyring.toml)`",
+                    meta.permissions().mode() & 0o7777
+                ),
+                e,
+            ))
+        })
+}
+
+/// Replace the keyring file at `path` with `keyring`: written to a new
+/// temporary file beside it (random name, created exclusively with mode
+/// 0600, so nothing already at a predictable name, such as a symlink
+/// planted there, is followed or reused), synced, then renamed over `path`.
+fn write_keyring(path: &std::path::Path, keyring: &Keyring) -> CliResult {
+    use std::os::unix::fs::PermissionsExt as _;
+    let secret = keyring.to_toml_secret();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "keyring".to_owned());
+    let failed = |what: &str, e: std::io::Error| {
+        CliError::runtime(context(format!("cannot {what} {}", path.display()), e))
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(|e| failed("create a temporary file to replace", e))?;
+    tmp.write_all(secret.as_bytes())
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| failed("write the new keyring for", e))?;
+    // On failure the temporary file is removed when dropped.
+    tmp.persist(path).map_err(|e| failed("replace", e.error))?;
+    // The rename itself is durable once the directory is synced.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// The keyring file `--keyring` names (commands that rewrite it need one).
@@ -253,7 +297,7 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
     if !r.failed.is_empty() {
         println!("  did not open (left as they are): {}", r.failed.len());
         for f in &r.failed {
-            println!("    {} {}: {}", f.task, f.part, f.reason);
+            println!("    {} {}: {}", f.task, safe(f.part), safe(&f.reason));
         }
     }
     let keys_left = match (&r.subject_keys, &r.subject_keys_error) {
@@ -268,7 +312,11 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
                 k.rewrapped, k.to_key, k.current, k.changed
             );
             for (tag, reason) in &k.failed {
-                println!("    subject key {tag}: {reason}");
+                println!(
+                    "    subject key {}: {}",
+                    safe(&tag.to_string()),
+                    safe(reason)
+                );
             }
             if !k.remaining.is_empty() {
                 let left: Vec<String> = k
@@ -278,13 +326,13 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
                     .collect();
                 println!(
                     "  subject keys still wrapped under other keys: {}",
-                    left.join(", ")
+                    safe(&left.join(", "))
                 );
             }
             !k.remaining.is_empty()
         }
         (None, Some(e)) => {
-            println!("  subject keys not re-wrapped: {e}");
+            println!("  subject keys not re-wrapped: {}", safe(&e.to_string()));
             true
         }
         (None, None) => false,
@@ -315,7 +363,7 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
             .iter()
             .map(|(k, n)| format!("`{k}`: {n}"))
             .collect();
-        println!("  still sealed with other keys: {}", left.join(", "));
+        println!("  still sealed with other keys: {}", safe(&left.join(", ")));
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ mod cron;
 mod demo;
 mod enqueue;
 mod erase;
+mod exec_env;
 mod keys;
 mod operator;
 mod payloads;
@@ -47,6 +48,20 @@ impl Global {
     /// Open the configured broker.
     pub(crate) fn open_broker(&self) -> CliResult<Opened> {
         broker_url::open(self.broker_url())
+    }
+
+    /// Whether a keyring is configured at all (`--keyring`, `SEALQ_KEYRING`
+    /// or `SEALQ_KEYRING_TOML`), loadable or not.
+    pub(crate) fn keyring_configured(&self) -> bool {
+        self.keyring
+            .as_ref()
+            .is_some_and(|p| !p.as_os_str().is_empty())
+            || [
+                sealq::keyring::ENV_KEYRING_PATH,
+                sealq::keyring::ENV_KEYRING_TOML,
+            ]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
     }
 
     /// The keyring: `--keyring`/`SEALQ_KEYRING`, else `SEALQ_KEYRING_TOML`;

@@ -1,7 +1,9 @@
 //! `sealq worker --exec CMD`: run a shell command for each task.
 //!
 //! The command gets the opened payload as JSON on stdin and the task's
-//! identity in its environment. Its stdout and stderr are the worker's own:
+//! identity in its environment, which is otherwise nearly empty (see
+//! [`super::exec_env`]: never the keyring or the broker URL). Its stdout and
+//! stderr are the worker's own:
 //! the user's program decides what it prints. The worker itself logs ids,
 //! types and exit statuses only, never payloads or the command's output.
 
@@ -15,12 +17,14 @@ use tokio::process::Command;
 use tracing::{debug, warn};
 
 use super::Global;
+use super::exec_env::ExecEnv;
 use crate::args::WorkerArgs;
 use crate::error::{CliError, CliResult, msg};
 
 /// Build the worker, run it until SIGINT/SIGTERM, print its report as one line.
 pub(crate) async fn run(global: &Global, args: WorkerArgs) -> CliResult {
     let queues = parse_queues(&args.queues)?;
+    let env = Arc::new(ExecEnv::resolve(&args.exec_env, |n| std::env::var_os(n))?);
     let keyring = global.keyring()?;
     let opened = global.open_broker()?;
     // Fail closed before the audit log is opened: a wrong keyring writes
@@ -51,7 +55,7 @@ pub(crate) async fn run(global: &Global, args: WorkerArgs) -> CliResult {
         })
         .concurrency(args.concurrency)
         .shutdown_timeout(args.shutdown_timeout)
-        .handle_any(move |payload, ctx| run_command(exec.clone(), payload, ctx))
+        .handle_any(move |payload, ctx| run_command(exec.clone(), env.clone(), payload, ctx))
         .build()?;
     let report = worker.run().await;
     super::audit::finish(auditor).await?;
@@ -95,9 +99,11 @@ pub(crate) fn parse_queues(spec: &str) -> CliResult<Vec<(String, u32)>> {
     Ok(out)
 }
 
-/// Run `sh -c CMD` for one task. Exit 0 succeeds; anything else retries.
+/// Run `sh -c CMD` for one task in the environment `env` describes plus the
+/// task's identity. Exit 0 succeeds; anything else retries.
 async fn run_command(
     exec: Arc<str>,
+    env: Arc<ExecEnv>,
     payload: RawPayload,
     ctx: TaskContext,
 ) -> Result<(), TaskError> {
@@ -113,6 +119,10 @@ async fn run_command(
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(&*exec)
+        // Not the worker's environment: that holds the keyring (every key)
+        // and the broker's password. The command gets one opened payload.
+        .env_clear()
+        .envs(env.vars())
         .env("SEALQ_TASK_ID", ctx.id().to_string())
         .env("SEALQ_TASK_TYPE", ctx.kind())
         .env("SEALQ_QUEUE", ctx.queue())

@@ -50,6 +50,7 @@ pub fn checkpoint_line(c: &Checkpoint) -> String {
 ///
 /// Files are opened with `O_APPEND`, each batch is written with one `write`
 /// and then `fsync`ed, so several processes may append to the same files.
+/// On Unix they are created with mode 0600, whatever the umask.
 /// The default sink for the embedded SQLite broker, as `<db>.audit.jsonl`
 /// next to the database file.
 #[derive(Debug, Clone)]
@@ -111,14 +112,17 @@ impl JsonLinesSink {
         let mut guard = self.inner.files.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
             let open = |p: &Path| {
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .open(p)
-                    .map_err(|e| {
-                        AuditError::new(format!("cannot open audit file {}", p.display()))
-                            .with_source(e)
-                    })
+                let mut options = std::fs::OpenOptions::new();
+                options.append(true).create(true);
+                // The log names tasks, subjects' tags and operators: readable
+                // by the owner only, whatever the umask (an existing file
+                // keeps its mode).
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                options.open(p).map_err(|e| {
+                    AuditError::new(format!("cannot open audit file {}", p.display()))
+                        .with_source(e)
+                })
             };
             *guard = Some((open(&self.inner.records)?, open(&self.inner.checkpoints)?));
         }

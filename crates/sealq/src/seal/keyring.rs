@@ -156,12 +156,39 @@ impl Keyring {
     }
 
     /// Load from a TOML file. Errors name the path.
+    ///
+    /// On Unix the file must not be readable or writable by group or others
+    /// (mode 0600 or 0400, as `ssh` requires of a private key): a keyring
+    /// others can read has leaked every key, and one others can write can
+    /// be swapped for theirs. Such a file is refused with
+    /// [`Error::Keyring`] saying to `chmod 600` it; nothing is read from it.
     pub fn from_file(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path)
-            .map(Zeroizing::new)
-            .map_err(|e| {
-                Error::Keyring(format!("cannot read keyring file {}: {e}", path.display()))
-            })?;
+        let cannot_read = |e: std::io::Error| {
+            Error::Keyring(format!("cannot read keyring file {}: {e}", path.display()))
+        };
+        let mut file = std::fs::File::open(path).map_err(cannot_read)?;
+        // The mode of the file opened, not of the path (which could be
+        // swapped between a check and the read).
+        let meta = file.metadata().map_err(cannot_read)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = meta.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(Error::Keyring(format!(
+                    "keyring file {p} is accessible by group or others (mode {:04o}); it holds \
+                     every sealing key, so it must be readable by its owner only: run \
+                     `chmod 600 {p}`",
+                    mode & 0o7777,
+                    p = path.display()
+                )));
+            }
+        }
+        // Sized up front so the buffer holding secrets does not reallocate
+        // (which would leave an unwiped copy behind).
+        let size = usize::try_from(meta.len()).unwrap_or(0).saturating_add(1);
+        let mut text = Zeroizing::new(String::with_capacity(size));
+        std::io::Read::read_to_string(&mut file, &mut text).map_err(cannot_read)?;
         Self::from_toml(&text).map_err(|e| match e {
             Error::Keyring(msg) => Error::Keyring(format!("{}: {msg}", path.display())),
             other => other,
