@@ -74,10 +74,12 @@
 //! system: keep sensitive data out of payloads by design.
 
 mod card;
+mod card_text;
 mod path;
 mod rules;
 mod scan;
 mod secrets;
+mod tokens;
 
 use std::collections::HashMap;
 use std::fmt;

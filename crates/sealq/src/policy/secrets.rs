@@ -28,6 +28,11 @@ fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 pub(super) fn find_private_key(s: &[u8]) -> Option<&[u8]> {
     const BEGIN: &[u8] = b"-----BEGIN ";
     const END: &[u8] = b"-----";
+    const PUTTY: &[u8] = b"PuTTY-User-Key-File-";
+    // Shorter than the shortest header: most strings and map keys.
+    if s.len() < PUTTY.len() {
+        return None;
+    }
     let mut from = 0;
     while let Some(at) = find(s, BEGIN, from) {
         from = at + 1;
@@ -50,7 +55,7 @@ pub(super) fn find_private_key(s: &[u8]) -> Option<&[u8]> {
             return Some(label);
         }
     }
-    if find(s, b"PuTTY-User-Key-File-", 0).is_some() {
+    if find(s, PUTTY, 0).is_some() {
         return Some(b"PuTTY");
     }
     None
