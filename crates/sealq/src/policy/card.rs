@@ -209,6 +209,14 @@ pub(super) fn field_kind(key: &[u8]) -> Option<CardFieldKind> {
     if key.len() > 2 * MAX {
         return None;
     }
+    // Every name starts with c, d, p or s: most keys stop here.
+    let first = key
+        .iter()
+        .find(|b| !matches!(b, b'_' | b'-' | b'.' | b' '))?
+        .to_ascii_lowercase();
+    if !matches!(first, b'c' | b'd' | b'p' | b's') {
+        return None;
+    }
     let mut buf = [0u8; MAX];
     let mut n = 0;
     for &b in key {

@@ -101,10 +101,20 @@ where
 
     /// Every string rule over one string's bytes (UTF-8 or not).
     fn scan_str(&mut self, s: &[u8]) -> ControlFlow<()> {
+        // No string rule matches fewer bytes than a 13-digit card number
+        // (AWS key ids, PuTTY headers, JWTs and every token are longer):
+        // most map keys and short values stop here.
+        if s.len() < card::MIN_PAN_DIGITS {
+            return ControlFlow::Continue(());
+        }
         if self.enabled.contains(Rule::CardNumber) {
             self.scan_card(card_text::find_in_str(s))?;
         }
-        if self.enabled.contains(Rule::PrivateKey)
+        // PEM armour, the PuTTY header and most token prefixes hold a `-`,
+        // `_` or `/`: one pass over a string without decides for all of them.
+        let punctuated = tokens::needs_punctuation(s);
+        if punctuated
+            && self.enabled.contains(Rule::PrivateKey)
             && let Some(label) = secrets::find_private_key(s)
         {
             let label = String::from_utf8_lossy(label);
@@ -118,11 +128,17 @@ where
         if self.enabled.contains(Rule::Jwt) && secrets::find_jwt(s) {
             self.report(Rule::Jwt, String::new)?;
         }
-        self.scan_tokens(s)
+        if punctuated {
+            self.scan_punctuated_tokens(s)?;
+        }
+        if self.enabled.contains(Rule::GoogleApiKey) && tokens::find_google_api_key(s) {
+            self.report(Rule::GoogleApiKey, String::new)?;
+        }
+        ControlFlow::Continue(())
     }
 
-    /// The API token rules over one string's bytes.
-    fn scan_tokens(&mut self, s: &[u8]) -> ControlFlow<()> {
+    /// The token rules whose prefixes hold a `_`, `-` or `/`.
+    fn scan_punctuated_tokens(&mut self, s: &[u8]) -> ControlFlow<()> {
         if self.enabled.contains(Rule::GithubToken)
             && let Some(prefix) = tokens::find_github_token(s)
         {
@@ -147,9 +163,6 @@ where
         }
         if self.enabled.contains(Rule::SlackWebhook) && tokens::find_slack_webhook(s) {
             self.report(Rule::SlackWebhook, String::new)?;
-        }
-        if self.enabled.contains(Rule::GoogleApiKey) && tokens::find_google_api_key(s) {
-            self.report(Rule::GoogleApiKey, String::new)?;
         }
         ControlFlow::Continue(())
     }

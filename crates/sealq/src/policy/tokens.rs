@@ -8,7 +8,9 @@
 //!
 //! Strings shorter than the shortest token are not searched at all: most
 //! strings of a payload (and most map keys) are, so the rules cost a length
-//! comparison there.
+//! comparison there. Every prefix but Google's holds a `_`, `-` or `/`
+//! ([`needs_punctuation`]): the walker looks for one of those once per string
+//! and skips these rules (and the PEM ones) for strings without.
 
 use std::sync::LazyLock;
 
@@ -18,6 +20,13 @@ use memchr::memmem::Finder;
 /// characters has far more; `XXXX...`, `0000...` and `xxxx...` placeholders
 /// in documentation and fixtures have one or two.
 const MIN_DISTINCT: usize = 6;
+
+/// Whether a string can hold a GitHub, Stripe or Slack token, a Slack
+/// webhook URL, a PEM block or a PuTTY key file: each has a `_`, `-` or
+/// `/` in its fixed part.
+pub(super) fn needs_punctuation(s: &[u8]) -> bool {
+    memchr::memchr3(b'_', b'-', b'/', s).is_some()
+}
 
 /// Whether `b` can be part of a word (as `\w` in a regular expression).
 fn is_word(b: u8) -> bool {
@@ -119,9 +128,9 @@ pub(super) fn find_stripe_key(s: &[u8], live: bool, test: bool) -> Option<Stripe
     if s.len() < 8 + MIN_BODY || !(live || test) {
         return None;
     }
-    static FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("k_"));
-    for k in FINDER.find_iter(s) {
-        let Some(at) = k.checked_sub(1) else {
+    // Anchored on the first `_` of the prefix.
+    for us in memchr::memchr_iter(b'_', s) {
+        let Some(at) = us.checked_sub(2) else {
             continue;
         };
         for (prefix, is_test) in PREFIXES {
@@ -341,6 +350,20 @@ mod tests {
         ] {
             assert!(!find_google_api_key(t.as_bytes()), "{t}");
         }
+    }
+
+    #[test]
+    fn every_gated_prefix_needs_punctuation() {
+        let prefixes = GITHUB
+            .map(|(p, _)| p)
+            .into_iter()
+            .chain(["sk_live_", "rk_live_", "sk_test_", "rk_test_"])
+            .chain(["xoxb-", "xoxp-", "xoxa-", "xoxr-", "xoxs-"])
+            .chain(["hooks.slack.com/", "-----BEGIN ", "PuTTY-User-Key-File-"]);
+        for p in prefixes {
+            assert!(needs_punctuation(p.as_bytes()), "{p}");
+        }
+        assert!(!needs_punctuation(b"AIzaJ7nBPGLuT35ItaJuXPpUi6DPvldcP"));
     }
 
     #[test]
