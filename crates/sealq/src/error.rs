@@ -27,11 +27,19 @@ pub enum Error {
         limit: usize,
     },
     /// The payload policy found sensitive data. Names the rule and the field, never the value.
+    ///
+    /// The message and `path` reach logs and the append-only audit log, so
+    /// they carry no data: a map key is shown only when it is shaped like a
+    /// field name, any other (an e-mail address, a phone number, an id ...)
+    /// as `<key#i>`, its position in its map (see `sealq::policy`, "Field
+    /// paths never carry data").
     #[error("payload rejected by policy rule `{rule}` at field `{path}`{detail}")]
     PolicyViolation {
         /// The rule that matched (for example `card_number`).
         rule: String,
-        /// Path of the offending field inside the payload (for example `customer.card`).
+        /// Path of the offending field inside the payload (for example
+        /// `customer.card`, or `by_user.<key#0>.card` when the key under
+        /// `by_user` is not shaped like a field name).
         path: String,
         /// Extra non-secret detail (for example `, card ending 4242`); may be empty.
         detail: String,

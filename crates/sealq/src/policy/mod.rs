@@ -24,19 +24,84 @@
 //! 2. **Decoding**: a payload that is not exactly one MessagePack value, or
 //!    nests deeper than about 125 levels, is [`Error::Codec`]; nothing
 //!    unscanned gets through.
-//! 3. **Scanner**: every value of the payload is visited; each [`Rule`] looks
-//!    at the values it understands:
-//!    - strings (their bytes, valid UTF-8 or not): card numbers, PEM private
-//!      keys, AWS access key ids, JWTs;
-//!    - non-negative integers and integral floats of 13-19 digits: card numbers;
+//! 3. **Scanner**: every value of the payload, and every map key, is
+//!    visited; each [`Rule`] looks at the values it understands:
+//!    - strings (their bytes, valid UTF-8 or not), map values and map keys
+//!      alike: card numbers, PEM private keys, AWS access key ids, JWTs,
+//!      GitHub, Stripe and Slack tokens, Slack webhook URLs, Google API keys;
+//!    - non-negative integers and integral floats of 13-19 digits, values and
+//!      keys: card numbers;
 //!    - map keys that name card data (`cvv`, `card_number`, `pan` ...) whose
 //!      value is shaped like that data.
 //!
-//!    Binary and extension values are opaque and skipped; map keys are only
-//!    compared with card-data field names. A finding is
+//!    Binary and extension values are opaque and skipped. A finding is
 //!    [`Error::PolicyViolation`] naming the rule and the field path
 //!    (`customer.cards[2].number`), never the value: the detail is at most the
-//!    last four digits of a card, which PCI DSS lets anyone see.
+//!    last four digits of a card, which PCI DSS lets anyone see, or a token's
+//!    public prefix (`, ghp_ token`). A finding in a map key has the path of
+//!    the key's entry and a detail ending in `, in a map key`.
+//!
+//! | Rule name | Finds |
+//! |---|---|
+//! | `card_number` | 13-19 digits passing Luhn with a card network's prefix and length; groups split by a space (also NBSP, thin and figure spaces), `-`, `.` or `/`; zero-width characters (U+200B, U+200C, U+200D, U+2060, U+FEFF, soft hyphen) ignored |
+//! | `card_field` | `cvv`, `cvc2`, `card_number`, `pan` ... keys holding card-shaped values |
+//! | `private_key` | `-----BEGIN ... PRIVATE KEY-----` (RSA, EC, DSA, OPENSSH, ENCRYPTED, PGP `PRIVATE KEY BLOCK` ...), PuTTY key files |
+//! | `aws_access_key` | `AKIA`/`ASIA`/`ABIA`/`ACCA` + 16 upper-case letters or digits |
+//! | `jwt` | signed JSON Web Tokens |
+//! | `github_token` | `ghp_`, `gho_`, `ghu_`, `ghs_`, `ghr_` + 36 or more, `github_pat_` + 70 or more |
+//! | `stripe_key` | live secret and restricted keys: `sk_live_`, `rk_live_` + 24 or more |
+//! | `stripe_test_key` | test-mode keys: `sk_test_`, `rk_test_` + 24 or more |
+//! | `slack_token` | `xoxb-`, `xoxp-`, `xoxa-`, `xoxr-`, `xoxs-` tokens |
+//! | `slack_webhook` | `hooks.slack.com/services/...` (and `/workflows/`, `/triggers/`) URLs |
+//! | `google_api_key` | `AIza` + 35 letters, digits, `_` or `-` |
+//!
+//! Token rules need the prefix, enough characters of the token's alphabet
+//! after it, no word glued before it, and a varied body: the prefix alone
+//! (`sk_live_` in prose, a `GITHUB_TOKEN` variable) and placeholders
+//! (`sk_live_XXXXXXXXXXXXXXXXXXXXXXXX`) pass. Stripe test keys have a rule of
+//! their own, on like every rule, so that a development queue can allow them
+//! (`allow_in_queue(Rule::StripeTestKey, ...)`) while live keys stay refused;
+//! publishable keys (`pk_live_`) are public by design and never reported.
+//!
+//! # Field paths never carry data
+//!
+//! A path is shown in errors, logs and the append-only audit log
+//! (`policy_rejected` records), so it must not carry personal data or
+//! secrets, and map keys are data as often as they are field names
+//! (`{"by_user": {"alice@example.com": ...}}`). A string map key is shown
+//! verbatim only if it has the shape of a field name: 1 to 32 ASCII letters,
+//! digits, `_` and `-`, starting with a letter or `_`, with at most 4 digits,
+//! not 12 or more hex digits alone, and tripping no scanner rule. Integer keys
+//! are shown up to four digits. Any other key renders as `<key#i>`, the
+//! entry's position in its map counting from 0 in serialized order, so
+//! whoever holds the payload can find the field and nobody else learns the
+//! key: the example above is rejected at `by_user.<key#0>.card`. E-mail
+//! addresses, phone numbers, numeric ids, dates, UUIDs, card numbers, names
+//! with spaces or accents and URLs are all hidden; a bare user name used as a
+//! key (`alice`) cannot be told from a field name and is shown, so key such
+//! maps by id.
+//!
+//! Allow-lists match the real keys, not their rendering: allow a field under
+//! a map with data keys with `*` (`by_user.*.card`); a pattern naming a
+//! `<key#i>` placeholder is refused.
+//!
+//! ```
+//! use sealq::policy::{PayloadPolicy, Rule};
+//!
+//! let payload = rmp_serde::to_vec_named(&serde_json::json!({
+//!     "by_user": { "alice@example.com": { "card": "4111 1111 1111 1111" } }
+//! }))?;
+//! let err = PayloadPolicy::default().check("billing", &payload).unwrap_err();
+//! assert_eq!(
+//!     err.to_string(),
+//!     "payload rejected by policy rule `card_number` at field \
+//!      `by_user.<key#0>.card`, card ending 1111"
+//! );
+//! let allowed = PayloadPolicy::default()
+//!     .try_allow_field("billing", "by_user.*.card", Rule::CardNumber)?;
+//! assert!(allowed.check("billing", &payload).is_ok());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! Scanner rules always reject unless allowed, for a whole queue
 //! ([`PayloadPolicy::allow_in_queue`]) or for one field of a queue's payloads
@@ -66,18 +131,23 @@
 //!
 //! # What is not detected
 //!
-//! Card numbers whose digits are split other than by single spaces or dashes,
-//! spelled out, encoded (base64, hex, binary values) or glued to letters;
-//! 12-digit Maestro numbers; AWS secret access keys and other cloud or API
-//! tokens; unsigned (`alg: none`) JWTs; personal data in general (names,
-//! e-mail addresses). The scanner is a safety net, not a data-loss-prevention
-//! system: keep sensitive data out of payloads by design.
+//! Card numbers split by more than one visible separator between groups, by
+//! separators other than those above, into groups that do not look printed
+//! (`42 4242 4242 4242 42`), spelled out, encoded (base64, hex, binary
+//! values) or glued to letters; 12-digit Maestro numbers; AWS secret access
+//! keys (40 characters with no prefix: indistinguishable from other
+//! base64) and tokens of services not listed above; Stripe keys shorter than
+//! 24 characters after the prefix; unsigned (`alg: none`) JWTs; personal data
+//! in general (names, e-mail addresses). The scanner is a safety net, not a
+//! data-loss-prevention system: keep sensitive data out of payloads by design.
 
 mod card;
+mod card_text;
 mod path;
 mod rules;
 mod scan;
 mod secrets;
+mod tokens;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -118,10 +188,14 @@ pub struct Finding {
     /// The rule that matched.
     pub rule: Rule,
     /// Where in the payload: map keys joined with `.`, array elements as
-    /// `[i]` (`customer.cards[2].number`); `$` is the payload root.
+    /// `[i]` (`customer.cards[2].number`); `$` is the payload root. Map keys
+    /// that are not shaped like field names appear as `<key#i>`, their
+    /// position in their map (`by_user.<key#0>.card`): see
+    /// [Field paths never carry data](self#field-paths-never-carry-data).
     pub path: String,
-    /// Extra non-secret detail, starting with `, ` (`, card ending 4242`), or
-    /// empty.
+    /// Extra non-secret detail, starting with `, ` (`, card ending 4242`,
+    /// `, ghp_ token`), or empty; `, in a map key` is appended when the
+    /// finding is in a map key rather than a value.
     pub detail: String,
 }
 
@@ -220,10 +294,13 @@ impl PayloadPolicy {
     /// The path uses the syntax of findings: map keys joined with `.`, `[i]`
     /// for array element `i`; `*` matches any one map key and `[*]` any array
     /// element (`customer.cards[*].token`, `lines.*.ref`); `$` is the root. It
-    /// matches exactly that field, not fields below it.
+    /// matches exactly that field, not fields below it. Keys are matched as
+    /// they are in the payload: where a finding shows `<key#i>` for a key it
+    /// does not print, use `*`.
     ///
-    /// A malformed path (`a..b`, `a[x]`) allows nothing and logs a warning:
-    /// use [`PayloadPolicy::try_allow_field`] to get an error instead.
+    /// A malformed path (`a..b`, `a[x]`, `a.<key#0>`) allows nothing and logs
+    /// a warning: use [`PayloadPolicy::try_allow_field`] to get an error
+    /// instead.
     #[must_use]
     pub fn allow_field(self, queue: &str, path: &str, rule: Rule) -> Self {
         match PathPattern::parse(path) {

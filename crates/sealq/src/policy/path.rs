@@ -1,13 +1,30 @@
 //! Field paths inside a payload: the segment stack the scanner keeps, how it
-//! is rendered for a finding (`customer.cards[2].number`), and the patterns
-//! allow-lists match it against.
+//! is rendered for a finding (`customer.cards[2].number`,
+//! `by_user.<key#0>.card`), and the patterns allow-lists match it against.
+//!
+//! Rendered paths end up in error messages, logs and the append-only audit
+//! log, so they must never carry data: map keys are data as often as they are
+//! field names (`{"by_user": {"alice@example.com": ...}}`). A key is shown
+//! only when its shape is that of a field name ([`shown_key`]); any other key
+//! renders as `<key#i>`, its position among its map's entries. Patterns are
+//! matched against the real keys, never the rendering.
 
 use std::fmt::Write as _;
 
 use rmpv::ValueRef;
 
-/// Keys longer than this are shortened when a path is rendered.
-const MAX_RENDERED_KEY_CHARS: usize = 64;
+/// Longest map key shown verbatim in a path. A UUID (36) and most tokens are
+/// longer; field names are shorter.
+pub(super) const MAX_SHOWN_KEY_CHARS: usize = 32;
+/// Most ASCII digits a map key shown verbatim may contain: enough for
+/// `line2`, `sha256` or `x509`, too few for a phone number, a date, a numeric
+/// id or a UUID.
+pub(super) const MAX_SHOWN_KEY_DIGITS: usize = 4;
+/// Largest integer map key shown verbatim (at most four digits either way).
+const MAX_SHOWN_INT_KEY: u64 = 9999;
+/// Hex-only keys this long or longer are hidden even with few digits
+/// (digests, ids: `deadbeefcafebabe`).
+const MIN_HIDDEN_HEX_KEY: usize = 12;
 
 /// A map key, as much of it as paths need.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,8 +74,9 @@ impl<'a> KeyRef<'a> {
 /// One step from the payload root to a value.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum PathSeg<'a> {
-    /// The value of a map entry.
-    Key(KeyRef<'a>),
+    /// The value of a map entry: its key, and the entry's position in the map
+    /// (from 0, in serialized order), shown instead of a key that is not.
+    Key(KeyRef<'a>, usize),
     /// An array element.
     Index(usize),
 }
@@ -66,11 +84,15 @@ pub(super) enum PathSeg<'a> {
 /// Render a path for a finding: keys joined with `.`, array elements as
 /// `[i]`, the root as `$`.
 ///
-/// Keys that are not plain text (contain `.`, `[`, `]`, control characters,
-/// or are empty) are quoted as `["..."]`; keys that are not UTF-8 render as
-/// `<binary>`; very long keys are shortened. `is_sensitive` is asked about
-/// every string key: a key that itself looks like a secret (a card number used
-/// as a map key, say) renders as `<redacted>`, so a path never carries one.
+/// A key is shown verbatim only if [`shown_key`] accepts it and
+/// `is_sensitive` (asked about every such key: does it trip a scanner rule?)
+/// does not; integer keys only up to four digits; `null`, `true`, `false` and
+/// the kind of other non-string keys (`<float>`, `<binary>` ...) as such.
+/// Every other key renders as `<key#i>`, `i` being the entry's position in
+/// its map, counting from 0 in the order the payload was serialized: enough
+/// for someone holding the payload to find the field, nothing about the key
+/// for anyone else. (A hash of the key would not do: e-mail addresses and
+/// phone numbers are few enough to be found again from their hash.)
 pub(super) fn render(segs: &[PathSeg<'_>], is_sensitive: impl Fn(&[u8]) -> bool) -> String {
     if segs.is_empty() {
         return "$".to_owned();
@@ -81,58 +103,53 @@ pub(super) fn render(segs: &[PathSeg<'_>], is_sensitive: impl Fn(&[u8]) -> bool)
             PathSeg::Index(i) => {
                 let _ = write!(out, "[{i}]");
             }
-            PathSeg::Key(key) => {
+            PathSeg::Key(key, pos) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
                 match key {
-                    KeyRef::Str(b) if is_sensitive(b) => push_plain(&mut out, "<redacted>"),
-                    KeyRef::Str(b) => match std::str::from_utf8(b) {
-                        Ok(s) if is_plain(s) => push_plain(&mut out, s),
-                        Ok(s) => push_quoted(&mut out, s),
-                        Err(_) => push_plain(&mut out, "<binary>"),
-                    },
-                    KeyRef::Uint(u) => {
-                        if !out.is_empty() {
-                            out.push('.');
-                        }
+                    KeyRef::Str(b) if shown_key(b) && !is_sensitive(b) => {
+                        // Shown keys are ASCII (checked by `shown_key`).
+                        out.extend(b.iter().map(|&c| char::from(c)));
+                    }
+                    KeyRef::Uint(u) if u <= MAX_SHOWN_INT_KEY => {
                         let _ = write!(out, "{u}");
                     }
-                    KeyRef::Int(i) => {
-                        if !out.is_empty() {
-                            out.push('.');
-                        }
+                    KeyRef::Int(i) if i.unsigned_abs() <= MAX_SHOWN_INT_KEY => {
                         let _ = write!(out, "{i}");
                     }
-                    KeyRef::Other(kind) => push_plain(&mut out, kind),
-                };
+                    KeyRef::Other(kind) => out.push_str(kind),
+                    KeyRef::Str(_) | KeyRef::Uint(_) | KeyRef::Int(_) => {
+                        let _ = write!(out, "<key#{pos}>");
+                    }
+                }
             }
         }
     }
     out
 }
 
-fn is_plain(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars().count() <= MAX_RENDERED_KEY_CHARS
-        && !s
-            .chars()
-            .any(|c| matches!(c, '.' | '[' | ']' | '"' | '\\') || c.is_control())
-}
-
-fn push_plain(out: &mut String, s: &str) {
-    if !out.is_empty() {
-        out.push('.');
-    }
-    out.push_str(s);
-}
-
-fn push_quoted(out: &mut String, s: &str) {
-    out.push_str("[\"");
-    for c in s.chars().take(MAX_RENDERED_KEY_CHARS) {
-        let _ = write!(out, "{}", c.escape_debug());
-    }
-    if s.chars().nth(MAX_RENDERED_KEY_CHARS).is_some() {
-        out.push('…');
-    }
-    out.push_str("\"]");
+/// Whether a string map key has the shape of a field name, and so may be
+/// shown in a path: 1 to [`MAX_SHOWN_KEY_CHARS`] ASCII letters, digits, `_`
+/// and `-`; starting with a letter or `_`; at most [`MAX_SHOWN_KEY_DIGITS`]
+/// digits; not a long run of hex digits.
+///
+/// This keeps out e-mail addresses (`@`, `.`), phone numbers (`+`, digits),
+/// numeric ids, dates, UUIDs, card numbers, IBANs, IP addresses, URLs, and
+/// names with spaces or non-ASCII letters. It cannot tell a field name from a
+/// bare user name (`alice`, `bob_smith`): maps keyed by user names should be
+/// keyed by user ids instead, as the payload guidance says anyway.
+pub(super) fn shown_key(key: &[u8]) -> bool {
+    let Some(&first) = key.first() else {
+        return false;
+    };
+    key.len() <= MAX_SHOWN_KEY_CHARS
+        && (first.is_ascii_alphabetic() || first == b'_')
+        && key
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && key.iter().filter(|b| b.is_ascii_digit()).count() <= MAX_SHOWN_KEY_DIGITS
+        && !(key.len() >= MIN_HIDDEN_HEX_KEY && key.iter().all(u8::is_ascii_hexdigit))
 }
 
 /// One segment of a [`PathPattern`].
@@ -182,6 +199,12 @@ impl PathPattern {
                 }
                 "" => {}
                 "*" => segs.push(PatSeg::AnyKey),
+                key if key.starts_with("<key#") => {
+                    return Err(format!(
+                        "`{key}` is how a finding shows a map key it does not print; \
+                         it is not the key: match it with `*`"
+                    ));
+                }
                 key => segs.push(PatSeg::Key(key.to_owned())),
             }
             while !rest.is_empty() {
@@ -210,8 +233,8 @@ impl PathPattern {
     pub(super) fn matches(&self, segs: &[PathSeg<'_>]) -> bool {
         self.segs.len() == segs.len()
             && self.segs.iter().zip(segs).all(|(p, s)| match (p, s) {
-                (PatSeg::AnyKey, PathSeg::Key(_)) => true,
-                (PatSeg::Key(name), PathSeg::Key(key)) => key.matches_name(name),
+                (PatSeg::AnyKey, PathSeg::Key(..)) => true,
+                (PatSeg::Key(name), PathSeg::Key(key, _)) => key.matches_name(name),
                 (PatSeg::AnyIndex, PathSeg::Index(_)) => true,
                 (PatSeg::Index(i), PathSeg::Index(j)) => i == j,
                 _ => false,
@@ -224,7 +247,11 @@ mod tests {
     use super::*;
 
     fn key(s: &str) -> PathSeg<'_> {
-        PathSeg::Key(KeyRef::Str(s.as_bytes()))
+        PathSeg::Key(KeyRef::Str(s.as_bytes()), 0)
+    }
+
+    fn key_at(s: &str, pos: usize) -> PathSeg<'_> {
+        PathSeg::Key(KeyRef::Str(s.as_bytes()), pos)
     }
 
     fn never(_: &[u8]) -> bool {
@@ -249,27 +276,87 @@ mod tests {
     }
 
     #[test]
-    fn renders_odd_keys_sensibly() {
+    fn renders_odd_keys_as_positions() {
         let path = [
-            PathSeg::Key(KeyRef::Uint(7)),
-            PathSeg::Key(KeyRef::Int(-1)),
-            PathSeg::Key(KeyRef::Other("null")),
-            key("a.b"),
-            PathSeg::Key(KeyRef::Str(&[0xff, 0xfe])),
-            key(""),
+            PathSeg::Key(KeyRef::Uint(7), 0),
+            PathSeg::Key(KeyRef::Int(-1), 1),
+            PathSeg::Key(KeyRef::Other("null"), 2),
+            key_at("a.b", 3),
+            PathSeg::Key(KeyRef::Str(&[0xff, 0xfe]), 4),
+            key_at("", 5),
+            PathSeg::Key(KeyRef::Uint(4_242_424_242_424_242), 6),
+            PathSeg::Key(KeyRef::Int(-10_000), 7),
         ];
-        assert_eq!(render(&path, never), "7.-1.null[\"a.b\"].<binary>[\"\"]");
-        let long = "k".repeat(100);
-        let rendered = render(&[key(&long)], never);
-        assert!(rendered.len() < 80, "{rendered}");
-        assert!(rendered.ends_with("…\"]"));
+        assert_eq!(
+            render(&path, never),
+            "7.-1.null.<key#3>.<key#4>.<key#5>.<key#6>.<key#7>"
+        );
+        let long = "k".repeat(MAX_SHOWN_KEY_CHARS + 1);
+        assert_eq!(render(&[key_at(&long, 9)], never), "<key#9>");
+        let longest = "k".repeat(MAX_SHOWN_KEY_CHARS);
+        assert_eq!(render(&[key(&longest)], never), longest);
     }
 
     #[test]
-    fn sensitive_keys_are_redacted() {
-        let path = [key("by_card"), key("4242424242424242"), key("limit")];
-        let rendered = render(&path, |b| b == b"4242424242424242");
-        assert_eq!(rendered, "by_card.<redacted>.limit");
+    fn sensitive_keys_are_never_shown() {
+        let path = [
+            key("by_card"),
+            key_at("AKIAABCDEFGHIJKLMNOP", 2),
+            key("limit"),
+        ];
+        let rendered = render(&path, |b| b == b"AKIAABCDEFGHIJKLMNOP");
+        assert_eq!(rendered, "by_card.<key#2>.limit");
+    }
+
+    #[test]
+    fn field_names_are_shown() {
+        for k in [
+            "customer",
+            "card_number",
+            "cardNumber",
+            "Card-Number",
+            "_meta",
+            "line2",
+            "sha256",
+            "x509_chain",
+            "utf8",
+            "by_year_2024",
+            "X-Request-Id",
+            "deadbeef",
+        ] {
+            assert!(shown_key(k.as_bytes()), "{k}");
+        }
+    }
+
+    #[test]
+    fn data_shaped_keys_are_not_shown() {
+        for k in [
+            "alice@example.com",
+            "+44 20 7946 0958",
+            "+4915123456784",
+            "07946095812",
+            "4242424242424242",
+            "4242 4242 4242 4242",
+            "2024-10-05",
+            "d2024-10-05",
+            "550e8400-e29b-41d4-a716-446655440000",
+            "550e8400e29b41d4a716446655440000",
+            "deadbeefcafebabe",
+            "DE89370400440532013000",
+            "192.168.0.1",
+            "https://example.com/u/1",
+            "Ann Example",
+            "Jürgen",
+            "user 12345",
+            "12345",
+            "1st",
+            "-x",
+            "",
+            "a\nb",
+            "<key#1>",
+        ] {
+            assert!(!shown_key(k.as_bytes()), "{k}");
+        }
     }
 
     #[test]
@@ -290,14 +377,29 @@ mod tests {
             vec![PatSeg::Index(0), PatSeg::AnyIndex, PatSeg::AnyKey]
         );
         assert_eq!(PathPattern::parse("$").unwrap().segs, vec![]);
-        for bad in ["a..b", ".a", "a.", "a[", "a[x]", "a[1]b", "a]", "a[-1]"] {
+        for bad in [
+            "a..b",
+            ".a",
+            "a.",
+            "a[",
+            "a[x]",
+            "a[1]b",
+            "a]",
+            "a[-1]",
+            "a.<key#0>",
+        ] {
             assert!(PathPattern::parse(bad).is_err(), "{bad} should not parse");
         }
     }
 
     #[test]
     fn matches_exactly_and_with_wildcards() {
-        let path = [key("invoice"), key("lines"), PathSeg::Index(3), key("ref")];
+        let path = [
+            key("invoice"),
+            key_at("lines", 4),
+            PathSeg::Index(3),
+            key("ref"),
+        ];
         let yes = [
             "invoice.lines[3].ref",
             "invoice.lines[*].ref",
@@ -323,8 +425,26 @@ mod tests {
     }
 
     #[test]
+    fn patterns_match_real_keys_not_their_rendering() {
+        let path = [key("by_user"), key_at("alice@example.com", 3), key("card")];
+        assert_eq!(render(&path, never), "by_user.<key#3>.card");
+        assert!(PathPattern::parse("by_user.*.card").unwrap().matches(&path));
+        // The real key matches as before, though it is never shown.
+        let exact = PathPattern {
+            segs: vec![
+                PatSeg::Key("by_user".into()),
+                PatSeg::Key("alice@example.com".into()),
+                PatSeg::Key("card".into()),
+            ],
+        };
+        assert!(exact.matches(&path));
+        let err = PathPattern::parse("by_user.<key#3>.card").unwrap_err();
+        assert!(err.contains("`*`"), "{err}");
+    }
+
+    #[test]
     fn integer_keys_match_their_decimal_form() {
-        let path = [key("by_id"), PathSeg::Key(KeyRef::Uint(42))];
+        let path = [key("by_id"), PathSeg::Key(KeyRef::Uint(42), 0)];
         assert!(PathPattern::parse("by_id.42").unwrap().matches(&path));
         assert!(!PathPattern::parse("by_id.43").unwrap().matches(&path));
         assert!(!PathPattern::parse("by_id[42]").unwrap().matches(&path));

@@ -29,21 +29,52 @@ pub enum Rule {
     AwsAccessKey,
     /// A JSON Web Token: `eyJ<header>.eyJ<claims>.<signature>`.
     Jwt,
+    /// A GitHub token: `ghp_`, `gho_`, `ghu_`, `ghs_` or `ghr_` followed by
+    /// 36 or more letters and digits, or a fine-grained personal access token
+    /// (`github_pat_` and 70 or more letters, digits and `_`).
+    GithubToken,
+    /// A live-mode Stripe secret or restricted API key: `sk_live_` or
+    /// `rk_live_` followed by 24 or more letters and digits. Publishable keys
+    /// (`pk_live_`) are public by design and not reported.
+    StripeKey,
+    /// A test-mode Stripe secret or restricted key (`sk_test_`, `rk_test_`).
+    /// It moves no money, but it opens the account's test data and API, and
+    /// a payload that carries test keys usually carries live ones in
+    /// production: rejected like every rule, and a separate rule so a
+    /// development queue can allow test keys while live keys stay refused.
+    StripeTestKey,
+    /// A Slack token: `xoxb-` (bot), `xoxp-` (user), `xoxa-`, `xoxr-`
+    /// (refresh) or `xoxs-` followed by 20 or more letters, digits and dashes,
+    /// among them a dash and a digit.
+    SlackToken,
+    /// A Slack webhook URL (`hooks.slack.com/services/...`, `/workflows/`,
+    /// `/triggers/`): whoever has the URL can post to the channel.
+    SlackWebhook,
+    /// A Google API key: `AIza` followed by exactly 35 letters, digits, `_`
+    /// or `-`.
+    GoogleApiKey,
 }
 
 impl Rule {
     /// Every rule, in the order the scanner reports them for one value.
-    pub const ALL: [Rule; 5] = [
+    pub const ALL: [Rule; 11] = [
         Rule::CardNumber,
         Rule::CardField,
         Rule::PrivateKey,
         Rule::AwsAccessKey,
         Rule::Jwt,
+        Rule::GithubToken,
+        Rule::StripeKey,
+        Rule::StripeTestKey,
+        Rule::SlackToken,
+        Rule::SlackWebhook,
+        Rule::GoogleApiKey,
     ];
 
     /// The stable name of the rule, as used in errors, metrics and
     /// configuration: `card_number`, `card_field`, `private_key`,
-    /// `aws_access_key`, `jwt`.
+    /// `aws_access_key`, `jwt`, `github_token`, `stripe_key`,
+    /// `stripe_test_key`, `slack_token`, `slack_webhook`, `google_api_key`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Rule::CardNumber => "card_number",
@@ -51,10 +82,16 @@ impl Rule {
             Rule::PrivateKey => "private_key",
             Rule::AwsAccessKey => "aws_access_key",
             Rule::Jwt => "jwt",
+            Rule::GithubToken => "github_token",
+            Rule::StripeKey => "stripe_key",
+            Rule::StripeTestKey => "stripe_test_key",
+            Rule::SlackToken => "slack_token",
+            Rule::SlackWebhook => "slack_webhook",
+            Rule::GoogleApiKey => "google_api_key",
         }
     }
 
-    const fn bit(self) -> u8 {
+    const fn bit(self) -> u16 {
         1 << (self as u8)
     }
 }
@@ -76,8 +113,8 @@ impl FromStr for Rule {
             .ok_or_else(|| Error::InvalidArgument {
                 what: "policy rule",
                 reason: format!(
-                    "unknown rule `{s}`; expected one of card_number, card_field, \
-                     private_key, aws_access_key, jwt"
+                    "unknown rule `{s}`; expected one of {}",
+                    Rule::ALL.map(Rule::as_str).join(", ")
                 ),
             })
     }
@@ -91,7 +128,7 @@ impl serde::Serialize for Rule {
 
 /// A set of rules, as a bit mask.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct RuleSet(u8);
+pub(super) struct RuleSet(u16);
 
 impl RuleSet {
     /// Every rule.
@@ -130,10 +167,13 @@ mod tests {
             assert_eq!(rule.as_str().parse::<Rule>().ok(), Some(rule));
             assert_eq!(rule.to_string(), rule.as_str());
         }
-        assert!(matches!(
-            "cvv".parse::<Rule>(),
-            Err(Error::InvalidArgument { .. })
-        ));
+        match "cvv".parse::<Rule>() {
+            Err(Error::InvalidArgument { reason, .. }) => {
+                assert!(reason.contains("jwt, github_token"), "{reason}");
+                assert!(reason.ends_with("google_api_key"), "{reason}");
+            }
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
     }
 
     #[test]
@@ -146,7 +186,13 @@ mod tests {
                 "card_field",
                 "private_key",
                 "aws_access_key",
-                "jwt"
+                "jwt",
+                "github_token",
+                "stripe_key",
+                "stripe_test_key",
+                "slack_token",
+                "slack_webhook",
+                "google_api_key",
             ]
         );
     }

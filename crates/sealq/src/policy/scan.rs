@@ -7,7 +7,7 @@ use rmpv::ValueRef;
 
 use super::path::{KeyRef, PathPattern, PathSeg, render};
 use super::rules::{Rule, RuleSet};
-use super::{Finding, card, secrets};
+use super::{Finding, card, card_text, secrets, tokens};
 
 /// A rule allowed at one field path of a queue's payloads.
 #[derive(Debug, Clone)]
@@ -25,6 +25,9 @@ pub(super) struct Walker<'a, 'p, F> {
     allowed_fields: &'p [AllowedField],
     /// Path from the root to the value being looked at.
     stack: Vec<PathSeg<'a>>,
+    /// Whether the value being looked at is (inside) a map key rather than
+    /// a map value: findings there say so in their detail.
+    in_key: bool,
     sink: F,
 }
 
@@ -37,6 +40,7 @@ where
             enabled,
             allowed_fields,
             stack: Vec::with_capacity(16),
+            in_key: false,
             sink,
         }
     }
@@ -61,8 +65,8 @@ where
                 ControlFlow::Continue(())
             }
             ValueRef::Map(entries) => {
-                for (key, item) in entries {
-                    self.stack.push(PathSeg::Key(KeyRef::of(key)));
+                for (pos, (key, item)) in entries.iter().enumerate() {
+                    self.stack.push(PathSeg::Key(KeyRef::of(key), pos));
                     let flow = self.walk_entry(key, item);
                     self.stack.pop();
                     flow?;
@@ -76,8 +80,14 @@ where
         }
     }
 
-    /// A map entry whose key is already on the stack.
+    /// A map entry whose key is already on the stack: the key is scanned
+    /// like a value (a card number or a token used as a map key is as
+    /// exposed as one stored under it), then the value.
     fn walk_entry(&mut self, key: &'a ValueRef<'a>, value: &'a ValueRef<'a>) -> ControlFlow<()> {
+        let was_in_key = std::mem::replace(&mut self.in_key, true);
+        let flow = self.walk(key);
+        self.in_key = was_in_key;
+        flow?;
         self.walk(value)?;
         if self.enabled.contains(Rule::CardField)
             && let ValueRef::String(k) = key
@@ -91,10 +101,20 @@ where
 
     /// Every string rule over one string's bytes (UTF-8 or not).
     fn scan_str(&mut self, s: &[u8]) -> ControlFlow<()> {
-        if self.enabled.contains(Rule::CardNumber) {
-            self.scan_card(card::find_in_str(s))?;
+        // No string rule matches fewer bytes than a 13-digit card number
+        // (AWS key ids, PuTTY headers, JWTs and every token are longer):
+        // most map keys and short values stop here.
+        if s.len() < card::MIN_PAN_DIGITS {
+            return ControlFlow::Continue(());
         }
-        if self.enabled.contains(Rule::PrivateKey)
+        if self.enabled.contains(Rule::CardNumber) {
+            self.scan_card(card_text::find_in_str(s))?;
+        }
+        // PEM armour, the PuTTY header and most token prefixes hold a `-`,
+        // `_` or `/`: one pass over a string without decides for all of them.
+        let punctuated = tokens::needs_punctuation(s);
+        if punctuated
+            && self.enabled.contains(Rule::PrivateKey)
             && let Some(label) = secrets::find_private_key(s)
         {
             let label = String::from_utf8_lossy(label);
@@ -107,6 +127,42 @@ where
         }
         if self.enabled.contains(Rule::Jwt) && secrets::find_jwt(s) {
             self.report(Rule::Jwt, String::new)?;
+        }
+        if punctuated {
+            self.scan_punctuated_tokens(s)?;
+        }
+        if self.enabled.contains(Rule::GoogleApiKey) && tokens::find_google_api_key(s) {
+            self.report(Rule::GoogleApiKey, String::new)?;
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// The token rules whose prefixes hold a `_`, `-` or `/`.
+    fn scan_punctuated_tokens(&mut self, s: &[u8]) -> ControlFlow<()> {
+        if self.enabled.contains(Rule::GithubToken)
+            && let Some(prefix) = tokens::find_github_token(s)
+        {
+            self.report(Rule::GithubToken, || format!(", {prefix} token"))?;
+        }
+        let (live, test) = (
+            self.enabled.contains(Rule::StripeKey),
+            self.enabled.contains(Rule::StripeTestKey),
+        );
+        if let Some(key) = tokens::find_stripe_key(s, live, test) {
+            let rule = if key.test {
+                Rule::StripeTestKey
+            } else {
+                Rule::StripeKey
+            };
+            self.report(rule, || format!(", {} key", key.prefix))?;
+        }
+        if self.enabled.contains(Rule::SlackToken)
+            && let Some(prefix) = tokens::find_slack_token(s)
+        {
+            self.report(Rule::SlackToken, || format!(", {prefix} token"))?;
+        }
+        if self.enabled.contains(Rule::SlackWebhook) && tokens::find_slack_webhook(s) {
+            self.report(Rule::SlackWebhook, String::new)?;
         }
         ControlFlow::Continue(())
     }
@@ -122,7 +178,8 @@ where
     }
 
     /// Hand a finding at the current path to the sink, unless the rule is
-    /// allowed there. The path and detail are only built here.
+    /// allowed there. The path and detail are only built here. A finding in
+    /// a map key has the path of its entry and says so in its detail.
     fn report(&mut self, rule: Rule, detail: impl FnOnce() -> String) -> ControlFlow<()> {
         let allowed = self
             .allowed_fields
@@ -131,22 +188,31 @@ where
         if allowed {
             return ControlFlow::Continue(());
         }
+        let mut detail = detail();
+        if self.in_key {
+            detail.push_str(", in a map key");
+        }
         let finding = Finding {
             rule,
             path: render(&self.stack, looks_sensitive),
-            detail: detail(),
+            detail,
         };
         (self.sink)(finding)
     }
 }
 
-/// Whether bytes would trip any string rule: such map keys are redacted when a
-/// path is rendered.
+/// Whether bytes would trip any string rule, allowed or not: such map keys
+/// are never shown in a path, whatever their shape.
 fn looks_sensitive(s: &[u8]) -> bool {
-    card::find_in_str(s).is_some()
+    card_text::find_in_str(s).is_some()
         || secrets::find_private_key(s).is_some()
         || secrets::find_aws_access_key(s).is_some()
         || secrets::find_jwt(s)
+        || tokens::find_github_token(s).is_some()
+        || tokens::find_stripe_key(s, true, true).is_some()
+        || tokens::find_slack_token(s).is_some()
+        || tokens::find_slack_webhook(s)
+        || tokens::find_google_api_key(s)
 }
 
 #[cfg(test)]
@@ -265,8 +331,21 @@ mod tests {
             map(vec![("cvc", ValueRef::from(123))]),
         )]);
         let found = findings(&value, RuleSet::all(), &[]);
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].path, "<redacted>.cvc");
+        let got: Vec<_> = found
+            .iter()
+            .map(|f| (f.rule, f.path.as_str(), f.detail.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    Rule::CardNumber,
+                    "<key#0>",
+                    ", card ending 4242, in a map key"
+                ),
+                (Rule::CardField, "<key#0>.cvc", ""),
+            ]
+        );
     }
 
     #[test]

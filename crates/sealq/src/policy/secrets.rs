@@ -3,6 +3,10 @@
 //! Hand-written scanners over bytes: each looks for a cheap anchor (`-----BEGIN `,
 //! `A`, `eyJ`) and only then checks the shape around it.
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
 /// Longest label between `-----BEGIN ` and `-----` we accept.
 const MAX_PEM_LABEL: usize = 48;
 /// Shortest base64url JWT header and claims segments (`{"alg":"none"}` is 19).
@@ -19,6 +23,18 @@ fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     memchr::memmem::find(hay.get(from..)?, needle).map(|at| at + from)
 }
 
+/// Like [`find`] with a searcher built once: building one costs about as
+/// much as searching a short string, and these needles are looked for in
+/// every string.
+fn find_with(finder: &Finder<'_>, hay: &[u8], from: usize) -> Option<usize> {
+    finder.find(hay.get(from..)?).map(|at| at + from)
+}
+
+static PEM_BEGIN: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("-----BEGIN "));
+static PUTTY_HEADER: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new("PuTTY-User-Key-File-"));
+static JWT_START: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("eyJ"));
+
 /// The label of the first private key block in `s`: `RSA PRIVATE KEY`,
 /// `OPENSSH PRIVATE KEY`, `ENCRYPTED PRIVATE KEY`, `PGP PRIVATE KEY BLOCK`,
 /// `PRIVATE KEY` ..., or `PuTTY` for a PuTTY `.ppk` file.
@@ -28,8 +44,13 @@ fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 pub(super) fn find_private_key(s: &[u8]) -> Option<&[u8]> {
     const BEGIN: &[u8] = b"-----BEGIN ";
     const END: &[u8] = b"-----";
+    const PUTTY: &[u8] = b"PuTTY-User-Key-File-";
+    // Shorter than the shortest header: most strings and map keys.
+    if s.len() < PUTTY.len() {
+        return None;
+    }
     let mut from = 0;
-    while let Some(at) = find(s, BEGIN, from) {
+    while let Some(at) = find_with(&PEM_BEGIN, s, from) {
         from = at + 1;
         let label_start = at + BEGIN.len();
         let Some(rest) = s.get(label_start..) else {
@@ -50,7 +71,7 @@ pub(super) fn find_private_key(s: &[u8]) -> Option<&[u8]> {
             return Some(label);
         }
     }
-    if find(s, b"PuTTY-User-Key-File-", 0).is_some() {
+    if find_with(&PUTTY_HEADER, s, 0).is_some() {
         return Some(b"PuTTY");
     }
     None
@@ -107,7 +128,7 @@ pub(super) fn find_jwt(s: &[u8]) -> bool {
             .map_or(0, |r| r.iter().take_while(|&&b| is_b64url(b)).count())
     };
     let mut from = 0;
-    while let Some(at) = find(s, b"eyJ", from) {
+    while let Some(at) = find_with(&JWT_START, s, from) {
         from = at + 1;
         let glued = at > 0 && s.get(at - 1).is_some_and(|&b| is_b64url(b) || b == b'.');
         if glued {
