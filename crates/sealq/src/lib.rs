@@ -1,8 +1,9 @@
 //! # sealq: a task queue whose tasks are sealed
 //!
 //! A payload is encrypted and bound to its task before it leaves the producer,
-//! so the broker (an SQLite file, Redis, Postgres) only ever holds ciphertext
-//! it can neither read, forge, replay nor move.
+//! so the broker (an SQLite file or Redis) only ever holds ciphertext it can
+//! neither read, forge nor move. `docs/threat-model.md` says what someone
+//! with write access to the broker can still do.
 //!
 //! ## A tour
 //!
@@ -12,7 +13,10 @@
 //! - [`envelope`]: the sealed bytes and what they are bound to.
 //! - [`PayloadPolicy`]: size budgets and a scanner that refuses card numbers,
 //!   private keys, cloud keys and tokens before anything is sealed.
-//! - [`Broker`]: the storage seam; `sealq-sqlite` is the embedded default.
+//! - [`store`]: the storage seams ([`Broker`], subject keys, blobs, audit
+//!   sink) and the [`Stores`] bundle a backend hands out; `sealq-sqlite` is
+//!   the embedded default, `sealq-connect` opens any backend from a URL.
+//! - [`admin`]: the operator actions, each audited.
 //! - [`Client`]: policy check, seal, enqueue (one round trip per batch).
 //! - [`Worker`]: lease, open, run the handler, ack; retries, timeouts,
 //!   heartbeats, graceful shutdown.
@@ -20,7 +24,12 @@
 //! - [`Ref`] and [`Resolver`]: identifiers in payloads, resolved in the
 //!   handler with timeout, cache, single-flight and metrics ([`mod@reference`]).
 //!
-//! `docs/internals.md` in the repository follows one task through the code.
+//! The modules sit in layers, each importing only from those below it:
+//! [`model`] (what a task is), [`seal`] (keys and sealed bytes), [`store`]
+//! (the seams), the services ([`audit`], [`blob`], [`subject_keys`],
+//! [`keyring_check`], [`mod@reference`]), the client, the [`worker`], then
+//! [`scheduler`] and [`admin`]. `docs/internals.md` in the repository draws
+//! them and follows one task through the code.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
