@@ -8,7 +8,7 @@ use chacha20poly1305::aead::AeadInOut;
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sealq::envelope::{Aad, Purpose};
-use sealq::{Keyring, SubjectTag, TaskId};
+use sealq::{Backoff, Keyring, SubjectTag, TaskId, TaskPolicy};
 
 fn envelope(c: &mut Criterion) {
     let keyring = Keyring::generate();
@@ -21,6 +21,14 @@ fn envelope(c: &mut Criterion) {
         created_at_ms: 1_795_370_400_000,
         not_after_ms: Some(1_795_456_800_000),
         subject_tag: Some(SubjectTag([7; 32])),
+        policy: TaskPolicy {
+            not_before_ms: Some(1_795_370_460_000),
+            deadline_ms: Some(1_795_374_000_000),
+            timeout_ms: Some(30_000),
+            max_retries: 25,
+            backoff: Backoff::default(),
+            retention_ms: 86_400_000,
+        },
     };
     let payload = vec![0x5au8; 1024];
     let sealed = keyring.seal(&aad, &payload).expect("seal");

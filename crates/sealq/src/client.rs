@@ -10,7 +10,7 @@ use crate::model::clock::{SharedClock, system_clock};
 use crate::model::id::{SubjectTag, TaskId};
 use crate::model::options::{
     DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, DEFAULT_RETENTION, DEFAULT_TIMEOUT, EnqueueOptions,
-    validate_kind, validate_queue_name,
+    default_not_after_ms, validate_kind, validate_queue_name,
 };
 use crate::model::record::NewTask;
 use crate::model::task::{Task, TaskMeta, duration_ms, encode_payload};
@@ -595,28 +595,30 @@ impl Client {
             .subject
             .as_deref()
             .map(|s| self.inner.keyring.subject_tag(s));
+        let timeout_ms = Some(duration_ms(options.timeout.unwrap_or(DEFAULT_TIMEOUT)));
+        let max_retries = options.max_retries.unwrap_or(DEFAULT_MAX_RETRIES);
+        let backoff = options.backoff.unwrap_or_default();
+        // Every envelope binds an expiry (see `DEFAULT_EXPIRY`), counted from
+        // the earliest start so a task scheduled far ahead is not born expired.
+        let not_after_ms = options.not_after_ms.unwrap_or_else(|| {
+            default_not_after_ms(run_at_ms.max(now), max_retries, &backoff, timeout_ms)
+        });
         let meta = TaskMeta {
             producer: self.inner.producer.clone(),
             created_at_ms: now,
-            not_after_ms: options.not_after_ms,
+            not_after_ms: Some(not_after_ms),
             deadline_ms: options.deadline_ms,
-            timeout_ms: Some(duration_ms(options.timeout.unwrap_or(DEFAULT_TIMEOUT))),
-            max_retries: options.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
-            backoff: options.backoff.unwrap_or_default(),
+            timeout_ms,
+            max_retries,
+            backoff,
             retention_ms: duration_ms(options.retention.unwrap_or(DEFAULT_RETENTION)),
             subject_tag,
+            // The start the producer asked for is sealed: a broker that runs
+            // the task earlier is refused by the worker.
+            not_before_ms: (run_at_ms > now).then_some(run_at_ms),
         };
         let id = options.id.unwrap_or_default();
-        let aad = Aad {
-            purpose: Purpose::Payload,
-            task_id: id,
-            queue: &queue,
-            kind: &kind,
-            producer: &meta.producer,
-            created_at_ms: meta.created_at_ms,
-            not_after_ms: meta.not_after_ms,
-            subject_tag: meta.subject_tag,
-        };
+        let aad = Aad::new(Purpose::Payload, id, &queue, &kind, &meta);
         let envelope = match &meta.subject_tag {
             Some(tag) => match data_keys.get(tag) {
                 Some(key) => key.seal(&aad, &payload)?,

@@ -63,7 +63,7 @@ pub use store::broker;
 pub mod task {
     pub use crate::model::id::{SubjectTag, TaskId};
     pub use crate::model::state::{ArchiveReason, TaskState};
-    pub use crate::model::task::{Task, TaskMeta, decode_payload, encode_payload};
+    pub use crate::model::task::{Task, TaskMeta, TaskPolicy, decode_payload, encode_payload};
 }
 
 pub use admin::{KeyUsage, Revealed};
@@ -75,7 +75,7 @@ pub use model::clock::{Clock, SystemClock};
 pub use model::id::{SubjectTag, TaskId};
 pub use model::options::EnqueueOptions;
 pub use model::state::{ArchiveReason, TaskState};
-pub use model::task::{Task, TaskMeta};
+pub use model::task::{Task, TaskMeta, TaskPolicy};
 pub use policy::{Finding, PayloadPolicy, PolicyMode, Rule};
 pub use reference::{
     CacheOptions, PayloadStats, Ref, ResolveError, Resolver, ResolverOptions, Resolvers,

@@ -542,6 +542,14 @@ mod tests {
             created_at_ms: 1,
             not_after_ms: None,
             subject_tag: Some(tag),
+            policy: crate::model::task::TaskPolicy {
+                not_before_ms: None,
+                deadline_ms: None,
+                timeout_ms: None,
+                max_retries: 0,
+                backoff: crate::model::backoff::Backoff::Fixed { delay_ms: 0 },
+                retention_ms: 0,
+            },
         }
     }
 

@@ -8,9 +8,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use proptest::prelude::*;
 use sealq::envelope::{
-    Aad, Algorithm, MIN_ENVELOPE_LEN, Purpose, TAG_LEN, associated_data, parse_header,
+    Aad, Algorithm, MIN_ENVELOPE_LEN, Purpose, TAG_LEN, associated_data, associated_data_v1,
+    parse_header,
 };
-use sealq::{Error, IntegrityError, Keyring, SubjectTag, TaskId};
+use sealq::{Backoff, Error, IntegrityError, Keyring, SubjectTag, TaskId, TaskPolicy};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -49,6 +50,51 @@ struct VecEnvelope {
     plaintext_hex: String,
     aad_hex: String,
     envelope_hex: String,
+    /// Envelope version; the version-1 vectors predate the field.
+    #[serde(default = "v1")]
+    version: u8,
+    /// The sealed policy (version 2 only).
+    #[serde(default)]
+    policy: Option<VecPolicy>,
+}
+
+fn v1() -> u8 {
+    1
+}
+
+#[derive(Deserialize, serde::Serialize, Clone, Copy)]
+struct VecPolicy {
+    not_before_ms: Option<i64>,
+    deadline_ms: Option<i64>,
+    timeout_ms: Option<u64>,
+    max_retries: u32,
+    retention_ms: u64,
+    backoff: Backoff,
+}
+
+impl VecPolicy {
+    fn policy(&self) -> TaskPolicy {
+        TaskPolicy {
+            not_before_ms: self.not_before_ms,
+            deadline_ms: self.deadline_ms,
+            timeout_ms: self.timeout_ms,
+            max_retries: self.max_retries,
+            backoff: self.backoff,
+            retention_ms: self.retention_ms,
+        }
+    }
+}
+
+/// The policy a version-1 vector is paired with: version 1 does not bind it.
+fn unbound_policy() -> TaskPolicy {
+    TaskPolicy {
+        not_before_ms: None,
+        deadline_ms: None,
+        timeout_ms: None,
+        max_retries: 0,
+        backoff: Backoff::Fixed { delay_ms: 0 },
+        retention_ms: 0,
+    }
 }
 
 impl VecEnvelope {
@@ -70,6 +116,10 @@ impl VecEnvelope {
                 .subject_tag_hex
                 .as_deref()
                 .map(|h| SubjectTag::from_hex(h).expect("vector subject tag is 64 hex digits")),
+            policy: self
+                .policy
+                .as_ref()
+                .map_or_else(unbound_policy, VecPolicy::policy),
         }
     }
 }
@@ -109,15 +159,22 @@ fn vectors_reproduce_exactly() {
         let kr = vector_keyring(&v, &e.key_id);
         let aad = e.aad();
         let plaintext = hex::decode(&e.plaintext_hex).unwrap();
-        assert_eq!(
-            hex::encode(associated_data(&aad, &e.key_id)),
-            e.aad_hex,
-            "{}: associated data",
-            e.name
-        );
+        let ad = match e.version {
+            1 => associated_data_v1(&aad, &e.key_id),
+            2 => associated_data(&aad, &e.key_id),
+            v => panic!("{}: unknown version {v}", e.name),
+        };
+        assert_eq!(hex::encode(ad), e.aad_hex, "{}: associated data", e.name);
         let sealed = kr
-            .seal_with_nonce(&aad, &plaintext, nonce(&e.nonce_hex))
+            .seal_with_nonce_as_version(e.version, &aad, &plaintext, nonce(&e.nonce_hex))
             .unwrap();
+        if e.version == 2 {
+            // The current version: what `seal` writes.
+            let current = kr
+                .seal_with_nonce(&aad, &plaintext, nonce(&e.nonce_hex))
+                .unwrap();
+            assert_eq!(hex::encode(&current), e.envelope_hex, "{}: seal", e.name);
+        }
         assert_eq!(hex::encode(&sealed), e.envelope_hex, "{}: envelope", e.name);
 
         // Opens with any keyring holding the key, primary or not.
@@ -129,7 +186,7 @@ fn vectors_reproduce_exactly() {
         }
 
         let h = parse_header(&expected).unwrap();
-        assert_eq!(h.version, 1);
+        assert_eq!(h.version, e.version);
         assert_eq!(h.alg, Algorithm::XChaCha20Poly1305);
         assert_eq!(h.key_id, e.key_id);
         assert_eq!(h.nonce, nonce(&e.nonce_hex));
@@ -201,6 +258,18 @@ fn base_aad() -> Aad<'static> {
         created_at_ms: 1_795_370_400_000,
         not_after_ms: Some(1_795_456_800_000),
         subject_tag: Some(SubjectTag([7; 32])),
+        policy: TaskPolicy {
+            not_before_ms: Some(1_795_374_000_000),
+            deadline_ms: Some(1_795_380_000_000),
+            timeout_ms: Some(30_000),
+            max_retries: 5,
+            backoff: Backoff::Exponential {
+                base_ms: 1_000,
+                max_ms: 3_600_000,
+                jitter: 0.5,
+            },
+            retention_ms: 86_400_000,
+        },
     }
 }
 
@@ -389,11 +458,16 @@ fn truncated_and_header_errors() {
     assert!(MIN_ENVELOPE_LEN <= header_len + TAG_LEN);
 
     let mut bad = env.clone();
-    bad[0] = 2;
+    bad[0] = 3;
     assert_eq!(
         kr.open(&aad, &bad).unwrap_err(),
-        IntegrityError::UnsupportedVersion(2)
+        IntegrityError::UnsupportedVersion(3)
     );
+    // Downgrading a version-2 envelope to version 1 (whose associated data
+    // does not bind the policy) does not open: the version is authenticated.
+    let mut bad = env.clone();
+    bad[0] = 1;
+    assert_eq!(kr.open(&aad, &bad).unwrap_err(), IntegrityError::Tampered);
     let mut bad = env.clone();
     bad[1] = 2;
     assert_eq!(
@@ -845,4 +919,313 @@ fn from_env_reads_the_process_environment() {
     run(Some(&path), Some(&toml), file_kr.primary_key_id());
     run(None, Some(&toml), env_kr.primary_key_id());
     run(None, None, "none");
+}
+
+// ---------------------------------------------------------------------------
+// version 2: the producer's policy is sealed (security review finding 3)
+// ---------------------------------------------------------------------------
+
+/// Finding 3: every policy field is bound by a version-2 envelope; editing
+/// any one (or its presence) makes opening fail.
+#[test]
+fn finding_3_every_policy_field_is_bound() {
+    let kr = Keyring::generate();
+    let aad = base_aad();
+    let env = kr.seal(&aad, b"secret payload").unwrap();
+    assert_eq!(parse_header(&env).unwrap().version, 2);
+    let p = aad.policy;
+    let variants: Vec<(&str, TaskPolicy)> = vec![
+        (
+            "max_retries raised",
+            TaskPolicy {
+                max_retries: 6,
+                ..p
+            },
+        ),
+        (
+            "max_retries huge",
+            TaskPolicy {
+                max_retries: u32::MAX,
+                ..p
+            },
+        ),
+        (
+            "timeout raised",
+            TaskPolicy {
+                timeout_ms: Some(30_001),
+                ..p
+            },
+        ),
+        (
+            "timeout removed",
+            TaskPolicy {
+                timeout_ms: None,
+                ..p
+            },
+        ),
+        (
+            "deadline moved",
+            TaskPolicy {
+                deadline_ms: Some(1_795_380_000_001),
+                ..p
+            },
+        ),
+        (
+            "deadline removed",
+            TaskPolicy {
+                deadline_ms: None,
+                ..p
+            },
+        ),
+        (
+            "start earlier",
+            TaskPolicy {
+                not_before_ms: Some(1_795_370_400_000),
+                ..p
+            },
+        ),
+        (
+            "start removed",
+            TaskPolicy {
+                not_before_ms: None,
+                ..p
+            },
+        ),
+        (
+            "retention",
+            TaskPolicy {
+                retention_ms: 86_400_001,
+                ..p
+            },
+        ),
+        (
+            "backoff base",
+            TaskPolicy {
+                backoff: Backoff::Exponential {
+                    base_ms: 1,
+                    max_ms: 3_600_000,
+                    jitter: 0.5,
+                },
+                ..p
+            },
+        ),
+        (
+            "backoff max",
+            TaskPolicy {
+                backoff: Backoff::Exponential {
+                    base_ms: 1_000,
+                    max_ms: 1_000,
+                    jitter: 0.5,
+                },
+                ..p
+            },
+        ),
+        (
+            "backoff jitter",
+            TaskPolicy {
+                backoff: Backoff::Exponential {
+                    base_ms: 1_000,
+                    max_ms: 3_600_000,
+                    jitter: 0.25,
+                },
+                ..p
+            },
+        ),
+        (
+            "backoff kind",
+            TaskPolicy {
+                backoff: Backoff::Fixed { delay_ms: 1_000 },
+                ..p
+            },
+        ),
+    ];
+    for (what, policy) in variants {
+        let changed = Aad { policy, ..aad };
+        assert_eq!(
+            kr.open(&changed, &env).unwrap_err(),
+            IntegrityError::Tampered,
+            "changing {what} must fail to open"
+        );
+    }
+    // Absent optional policy fields are bound too.
+    let bare = Aad {
+        policy: TaskPolicy {
+            not_before_ms: None,
+            deadline_ms: None,
+            timeout_ms: None,
+            ..p
+        },
+        ..aad
+    };
+    let env = kr.seal(&bare, b"x").unwrap();
+    for policy in [
+        TaskPolicy {
+            not_before_ms: Some(0),
+            ..bare.policy
+        },
+        TaskPolicy {
+            deadline_ms: Some(0),
+            ..bare.policy
+        },
+        TaskPolicy {
+            timeout_ms: Some(0),
+            ..bare.policy
+        },
+    ] {
+        assert_eq!(
+            kr.open(&Aad { policy, ..bare }, &env).unwrap_err(),
+            IntegrityError::Tampered
+        );
+    }
+}
+
+/// Version-1 envelopes (stored before version 2) still open, and do not
+/// bind the policy: the weaker guarantee `docs/envelope.md` states.
+#[test]
+fn finding_3_version_1_envelopes_still_open_without_policy() {
+    let kr = Keyring::generate();
+    let aad = base_aad();
+    let env = kr
+        .seal_with_nonce_as_version(1, &aad, b"old", [9; 24])
+        .unwrap();
+    assert_eq!(parse_header(&env).unwrap().version, 1);
+    let edited = Aad {
+        policy: TaskPolicy {
+            max_retries: 1_000,
+            ..aad.policy
+        },
+        ..aad
+    };
+    assert_eq!(&kr.open(&edited, &env).unwrap()[..], b"old");
+    // Its identity is still bound.
+    let moved = Aad {
+        queue: "other",
+        ..aad
+    };
+    assert_eq!(kr.open(&moved, &env).unwrap_err(), IntegrityError::Tampered);
+}
+
+/// Generates the version-2 entries of `data/envelope_vectors.json`:
+/// `cargo test -p sealq --test envelope_vectors -- --ignored --nocapture generate_v2_vectors`.
+/// `vectors_reproduce_exactly` then checks them byte for byte.
+#[test]
+#[ignore = "generator, run by hand"]
+fn generate_v2_vectors() {
+    let v = vectors();
+    let exp = Backoff::Exponential {
+        base_ms: 1_000,
+        max_ms: 3_600_000,
+        jitter: 0.5,
+    };
+    let cases: Vec<(
+        &str,
+        &str,
+        &str,
+        Purpose,
+        &str,
+        &str,
+        &str,
+        &str,
+        i64,
+        i64,
+        Option<&str>,
+        VecPolicy,
+        &str,
+    )> = vec![
+        (
+            "v2 payload, default policy, expiry, no subject",
+            "k-20261123-ab12",
+            "505152535455565758595a5b5c5d5e5f6061626364656667",
+            Purpose::Payload,
+            "019ab3c2-7f00-7000-8000-000000000001",
+            "default",
+            "email.send",
+            "web-1",
+            1_795_370_400_000,
+            1_795_975_200_000,
+            None,
+            VecPolicy {
+                not_before_ms: None,
+                deadline_ms: None,
+                timeout_ms: Some(1_800_000),
+                max_retries: 25,
+                retention_ms: 86_400_000,
+                backoff: exp,
+            },
+            "82a2746fae61406578616d706c652e74657374a4626f6479a568656c6c6f",
+        ),
+        (
+            "v2 result, every policy field set, subject, fixed backoff",
+            "old.key_1",
+            "000102030405060708090a0b0c0d0e0f1011121314151617",
+            Purpose::Result,
+            "019ab3c2-7f00-7000-8000-0000000000ff",
+            "billing",
+            "invoice.render",
+            "worker-7",
+            1_795_370_400_123,
+            1_795_456_800_123,
+            Some("bde8f4ba9034fc0f21bbc0da441778a92ebe4b08c05de623853f09f79a8a6fcb"),
+            VecPolicy {
+                not_before_ms: Some(1_795_374_000_123),
+                deadline_ms: Some(1_795_377_600_123),
+                timeout_ms: Some(30_000),
+                max_retries: 3,
+                retention_ms: 604_800_000,
+                backoff: Backoff::Fixed { delay_ms: 1_500 },
+            },
+            "7b227061676573223a337d",
+        ),
+    ];
+    let mut out = Vec::new();
+    for (
+        name,
+        key_id,
+        nonce_hex,
+        purpose,
+        task_id,
+        queue,
+        kind,
+        producer,
+        created,
+        not_after,
+        tag,
+        policy,
+        plain,
+    ) in cases
+    {
+        let aad = Aad {
+            purpose,
+            task_id: task_id.parse().unwrap(),
+            queue,
+            kind,
+            producer,
+            created_at_ms: created,
+            not_after_ms: Some(not_after),
+            subject_tag: tag.map(|h| SubjectTag::from_hex(h).unwrap()),
+            policy: policy.policy(),
+        };
+        let kr = vector_keyring(&v, key_id);
+        let pt = hex::decode(plain).unwrap();
+        let env = kr.seal_with_nonce(&aad, &pt, nonce(nonce_hex)).unwrap();
+        out.push(serde_json::json!({
+            "name": name,
+            "version": 2,
+            "key_id": key_id,
+            "nonce_hex": nonce_hex,
+            "purpose": match purpose { Purpose::Payload => "payload", Purpose::Result => "result", Purpose::Error => "error" },
+            "task_id": task_id,
+            "queue": queue,
+            "kind": kind,
+            "producer": producer,
+            "created_at_ms": created,
+            "not_after_ms": not_after,
+            "subject_tag_hex": tag,
+            "policy": policy,
+            "plaintext_hex": plain,
+            "aad_hex": hex::encode(associated_data(&aad, key_id)),
+            "envelope_hex": hex::encode(env),
+        }));
+    }
+    println!("{}", serde_json::to_string_pretty(&out).unwrap());
 }

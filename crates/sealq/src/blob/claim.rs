@@ -76,16 +76,13 @@ impl Claim {
 }
 
 fn aad_of(task: &NewTask) -> Aad<'_> {
-    Aad {
-        purpose: Purpose::Payload,
-        task_id: task.id,
-        queue: &task.queue,
-        kind: &task.kind,
-        producer: &task.meta.producer,
-        created_at_ms: task.meta.created_at_ms,
-        not_after_ms: task.meta.not_after_ms,
-        subject_tag: task.meta.subject_tag,
-    }
+    Aad::new(
+        Purpose::Payload,
+        task.id,
+        &task.queue,
+        &task.kind,
+        &task.meta,
+    )
 }
 
 /// The payload size of an envelope: its length minus header and tag.

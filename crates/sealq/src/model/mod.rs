@@ -35,4 +35,4 @@ pub use id::{SubjectTag, TaskId};
 pub use options::EnqueueOptions;
 pub use record::{NewTask, TaskRecord};
 pub use state::{ArchiveReason, TaskState};
-pub use task::{Task, TaskMeta};
+pub use task::{Task, TaskMeta, TaskPolicy};

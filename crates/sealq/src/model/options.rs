@@ -118,6 +118,37 @@ pub const DEFAULT_MAX_RETRIES: u32 = 25;
 /// Default retention of completed tasks.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
+/// How long after its earliest start a task stays runnable when the producer
+/// sets no `not_after_ms`: 7 days. Every version-2 envelope binds an expiry,
+/// so a broker cannot keep a task alive (or replay it) forever. Seven days is
+/// far beyond the default retry horizon (25 retries with backoff capped at
+/// 1 h and a 30 min timeout end within about 26 h) and covers a worker
+/// outage over a long weekend; a policy whose own horizon is longer gets
+/// that horizon instead ([`default_not_after_ms`]).
+pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The expiry of a task with no `not_after_ms`: `start + max(7 days, h)`,
+/// where `h` bounds the time all its attempts can take (every retry waiting
+/// the longest delay its backoff allows, every attempt running its full
+/// timeout). Saturating.
+pub(crate) fn default_not_after_ms(
+    start_ms: i64,
+    max_retries: u32,
+    backoff: &Backoff,
+    timeout_ms: Option<u64>,
+) -> i64 {
+    let longest_delay = match *backoff {
+        Backoff::Exponential { max_ms, .. } => max_ms,
+        Backoff::Fixed { delay_ms } => delay_ms,
+    };
+    let retries = u64::from(max_retries);
+    let horizon = retries
+        .saturating_mul(longest_delay)
+        .saturating_add((retries + 1).saturating_mul(timeout_ms.unwrap_or(0)));
+    let expiry = horizon.max(u64::try_from(DEFAULT_EXPIRY.as_millis()).unwrap_or(u64::MAX));
+    start_ms.saturating_add(i64::try_from(expiry).unwrap_or(i64::MAX))
+}
+
 /// Check a queue name: 1-128 chars of `[A-Za-z0-9_.:-]`. Braces are refused
 /// because Redis uses them for Cluster hash tags.
 pub fn validate_queue_name(name: &str) -> crate::error::Result<()> {

@@ -12,9 +12,11 @@ use crate::model::id::SubjectTag;
 use crate::model::options::EnqueueOptions;
 
 /// Metadata a task carries in the clear beside its sealed envelope. Fixed
-/// at enqueue. The identity fields (producer, created-at, not-after, subject
-/// tag) are bound into the envelope's associated data, so editing them in the
-/// broker makes the envelope fail to open.
+/// at enqueue. Every field is bound into a version-2 envelope's associated
+/// data (identity and [`TaskPolicy`]), so editing any of them in the broker
+/// makes the envelope fail to open. Version-1 envelopes (sealed before
+/// 0.x, still opened) bind only producer, created-at, not-after and subject
+/// tag; see `docs/envelope.md`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskMeta {
     /// Who enqueued it (producer id).
@@ -35,6 +37,44 @@ pub struct TaskMeta {
     pub retention_ms: u64,
     /// Keyed hash of the data subject, for erasure.
     pub subject_tag: Option<SubjectTag>,
+    /// The earliest start the producer asked for (`run_at` / `delay`), Unix
+    /// ms; `None` for "as soon as possible". Absent from metas stored before
+    /// it existed (decoded as `None`).
+    #[serde(default)]
+    pub not_before_ms: Option<i64>,
+}
+
+/// The producer's policy for a task: what a version-2 envelope binds besides
+/// the task's identity, so a broker cannot edit it without the envelope
+/// failing to open.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TaskPolicy {
+    /// Earliest start, Unix ms ([`TaskMeta::not_before_ms`]).
+    pub not_before_ms: Option<i64>,
+    /// Deadline, Unix ms.
+    pub deadline_ms: Option<i64>,
+    /// Per-attempt timeout, ms.
+    pub timeout_ms: Option<u64>,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Delay policy between attempts.
+    pub backoff: Backoff,
+    /// Retention of a completed task, ms.
+    pub retention_ms: u64,
+}
+
+impl TaskMeta {
+    /// The policy part of this metadata.
+    pub fn policy(&self) -> TaskPolicy {
+        TaskPolicy {
+            not_before_ms: self.not_before_ms,
+            deadline_ms: self.deadline_ms,
+            timeout_ms: self.timeout_ms,
+            max_retries: self.max_retries,
+            backoff: self.backoff,
+            retention_ms: self.retention_ms,
+        }
+    }
 }
 
 /// A typed task: a payload type with a stable type name and default options.

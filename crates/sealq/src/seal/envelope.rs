@@ -4,7 +4,7 @@
 //! An envelope is
 //!
 //! ```text
-//! version u8 (=1) | alg u8 (=1) | key_id_len u8 | key_id | nonce [24] | ciphertext | tag [16]
+//! version u8 (2; 1 still opens) | alg u8 (=1) | key_id_len u8 | key_id | nonce [24] | ciphertext | tag [16]
 //! ```
 //!
 //! The header (version, algorithm, key id, nonce) is in the clear; it is
@@ -14,8 +14,10 @@
 //! byte layout.
 
 use crate::error::IntegrityError;
+use crate::model::backoff::Backoff;
 use crate::model::id::{SubjectTag, TaskId};
 use crate::model::record::TaskRecord;
+use crate::model::task::{TaskMeta, TaskPolicy};
 
 /// What the sealed bytes are; bound into the associated data so a result can
 /// never be passed off as a payload or an error message.
@@ -49,21 +51,41 @@ pub struct Aad<'a> {
     pub not_after_ms: Option<i64>,
     /// Subject tag.
     pub subject_tag: Option<SubjectTag>,
+    /// The producer's policy (bound by version-2 envelopes only).
+    pub policy: TaskPolicy,
 }
 
 impl<'a> Aad<'a> {
-    /// The associated data of a stored task, for `purpose`.
-    pub fn for_record(record: &'a TaskRecord, purpose: Purpose) -> Self {
+    /// The associated data of a task with this id, queue, type and metadata.
+    pub fn new(
+        purpose: Purpose,
+        task_id: TaskId,
+        queue: &'a str,
+        kind: &'a str,
+        meta: &'a TaskMeta,
+    ) -> Self {
         Aad {
             purpose,
-            task_id: record.id,
-            queue: &record.queue,
-            kind: &record.kind,
-            producer: &record.meta.producer,
-            created_at_ms: record.meta.created_at_ms,
-            not_after_ms: record.meta.not_after_ms,
-            subject_tag: record.meta.subject_tag,
+            task_id,
+            queue,
+            kind,
+            producer: &meta.producer,
+            created_at_ms: meta.created_at_ms,
+            not_after_ms: meta.not_after_ms,
+            subject_tag: meta.subject_tag,
+            policy: meta.policy(),
         }
+    }
+
+    /// The associated data of a stored task, for `purpose`.
+    pub fn for_record(record: &'a TaskRecord, purpose: Purpose) -> Self {
+        Self::new(
+            purpose,
+            record.id,
+            &record.queue,
+            &record.kind,
+            &record.meta,
+        )
     }
 }
 
@@ -72,10 +94,20 @@ impl<'a> Aad<'a> {
 // ---------------------------------------------------------------------------
 
 /// Envelope format version written by this code (first byte of every envelope).
-pub const VERSION: u8 = 1;
+/// Version 2 binds the task's policy ([`TaskPolicy`]) as well as its identity.
+pub const VERSION: u8 = 2;
 
-/// Domain-separation string that starts the associated data of every envelope.
-pub const AAD_DOMAIN: &str = "sealq-envelope-v1";
+/// The first envelope version: identity only. Still opened (tasks stored
+/// before version 2), never written.
+pub const VERSION_V1: u8 = 1;
+
+/// Domain-separation string that starts the associated data of a version-2
+/// envelope.
+pub const AAD_DOMAIN: &str = "sealq-envelope-v2";
+
+/// Domain-separation string that starts the associated data of a version-1
+/// envelope.
+pub const AAD_DOMAIN_V1: &str = "sealq-envelope-v1";
 
 /// Length of the random nonce (XChaCha20-Poly1305: 192 bits).
 pub const NONCE_LEN: usize = 24;
@@ -129,7 +161,7 @@ pub fn is_valid_key_id(id: &str) -> bool {
 /// The clear-text (but authenticated) header of an envelope, borrowed from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header<'a> {
-    /// Format version (always [`VERSION`] for a parsed header).
+    /// Format version ([`VERSION`] or [`VERSION_V1`] for a parsed header).
     pub version: u8,
     /// AEAD algorithm.
     pub alg: Algorithm,
@@ -151,17 +183,18 @@ pub(crate) fn header_len(key_id: &str) -> usize {
     3 + key_id.len() + NONCE_LEN
 }
 
-/// Append the header bytes for (`alg`, `key_id`, `nonce`) to `out`.
+/// Append the header bytes for (`version`, `alg`, `key_id`, `nonce`) to `out`.
 ///
 /// `key_id` must satisfy [`is_valid_key_id`] (callers hold validated ids).
 pub(crate) fn write_header(
     out: &mut Vec<u8>,
+    version: u8,
     alg: Algorithm,
     key_id: &str,
     nonce: &[u8; NONCE_LEN],
 ) {
     debug_assert!(is_valid_key_id(key_id));
-    out.push(VERSION);
+    out.push(version);
     out.push(alg.as_u8());
     // Invariant: validated key ids are at most 64 bytes, so the length fits a u8.
     out.push(key_id.len() as u8);
@@ -186,7 +219,7 @@ pub fn parse_header(envelope: &[u8]) -> Result<Header<'_>, IntegrityError> {
     let [version, alg, key_id_len, rest @ ..] = envelope else {
         return Err(truncated);
     };
-    if *version != VERSION {
+    if *version != VERSION && *version != VERSION_V1 {
         return Err(IntegrityError::UnsupportedVersion(*version));
     }
     let alg = Algorithm::from_u8(*alg).ok_or(IntegrityError::UnsupportedAlgorithm(*alg))?;
@@ -218,8 +251,8 @@ pub fn parse_header(envelope: &[u8]) -> Result<Header<'_>, IntegrityError> {
 /// Layout (all integers big-endian, see `docs/envelope.md`):
 ///
 /// ```text
-/// u8  len | "sealq-envelope-v1"
-/// u8  version            (1)
+/// u8  len | "sealq-envelope-v2"
+/// u8  version            (2)
 /// u8  alg                (1 = XChaCha20-Poly1305)
 /// u8  len | key id
 /// u8  purpose            (1 payload, 2 result, 3 error)
@@ -230,7 +263,17 @@ pub fn parse_header(envelope: &[u8]) -> Result<Header<'_>, IntegrityError> {
 /// i64 created_at_ms
 /// u8  0                  | u8 1, i64 not_after_ms
 /// u8  0                  | u8 1, [32] subject tag
+/// u8  0                  | u8 1, i64 not_before_ms
+/// u8  0                  | u8 1, i64 deadline_ms
+/// u8  0                  | u8 1, u64 timeout_ms
+/// u32 max_retries
+/// u64 retention_ms
+/// u8  1, u64 base_ms, u64 max_ms, u64 jitter (IEEE 754 bits)  exponential backoff
+///   | u8 2, u64 delay_ms                                       fixed backoff
 /// ```
+///
+/// A version-1 envelope's associated data ([`associated_data_v1`]) is the
+/// same up to the subject tag, with domain `sealq-envelope-v1` and version 1.
 ///
 /// Exposed for documentation and tests; [`crate::Keyring`] builds it itself.
 ///
@@ -242,20 +285,91 @@ pub fn parse_header(envelope: &[u8]) -> Result<Header<'_>, IntegrityError> {
 /// instead of calling this.
 pub fn associated_data(aad: &Aad<'_>, key_id: &str) -> Vec<u8> {
     // Invariant (documented under Panics): callers pass lengths that fit.
-    associated_data_for(aad, Algorithm::XChaCha20Poly1305, key_id).expect(
+    associated_data_for(aad, VERSION, Algorithm::XChaCha20Poly1305, key_id).expect(
         "queue, kind and producer are shorter than 4 GiB and the key id is at most 255 bytes",
     )
 }
 
-/// [`associated_data`] for any algorithm; `None` if a field is too long to be
-/// length-prefixed (key id over 255 bytes, a string over `u32::MAX` bytes).
-pub(crate) fn associated_data_for(aad: &Aad<'_>, alg: Algorithm, key_id: &str) -> Option<Vec<u8>> {
+/// [`associated_data`] of a version-1 envelope (identity only, no policy).
+///
+/// # Panics
+///
+/// As [`associated_data`].
+pub fn associated_data_v1(aad: &Aad<'_>, key_id: &str) -> Vec<u8> {
+    // Invariant (documented under Panics): callers pass lengths that fit.
+    associated_data_for(aad, VERSION_V1, Algorithm::XChaCha20Poly1305, key_id).expect(
+        "queue, kind and producer are shorter than 4 GiB and the key id is at most 255 bytes",
+    )
+}
+
+/// Length of the encoded policy part of version-2 associated data.
+fn policy_len(p: &TaskPolicy) -> usize {
+    let opt = |present: bool| if present { 9 } else { 1 };
+    opt(p.not_before_ms.is_some())
+        + opt(p.deadline_ms.is_some())
+        + opt(p.timeout_ms.is_some())
+        + 4
+        + 8
+        + match p.backoff {
+            Backoff::Exponential { .. } => 1 + 24,
+            Backoff::Fixed { .. } => 1 + 8,
+        }
+}
+
+/// Append the policy part of version-2 associated data. The backoff's jitter
+/// is encoded by its IEEE 754 bits: the exact value the worker will read back
+/// from the stored metadata, so no two policies share an encoding.
+fn write_policy(out: &mut Vec<u8>, p: &TaskPolicy) {
+    let opt = |out: &mut Vec<u8>, v: Option<[u8; 8]>| match v {
+        None => out.push(0),
+        Some(b) => {
+            out.push(1);
+            out.extend_from_slice(&b);
+        }
+    };
+    opt(out, p.not_before_ms.map(i64::to_be_bytes));
+    opt(out, p.deadline_ms.map(i64::to_be_bytes));
+    opt(out, p.timeout_ms.map(u64::to_be_bytes));
+    out.extend_from_slice(&p.max_retries.to_be_bytes());
+    out.extend_from_slice(&p.retention_ms.to_be_bytes());
+    match p.backoff {
+        Backoff::Exponential {
+            base_ms,
+            max_ms,
+            jitter,
+        } => {
+            out.push(1);
+            out.extend_from_slice(&base_ms.to_be_bytes());
+            out.extend_from_slice(&max_ms.to_be_bytes());
+            out.extend_from_slice(&jitter.to_bits().to_be_bytes());
+        }
+        Backoff::Fixed { delay_ms } => {
+            out.push(2);
+            out.extend_from_slice(&delay_ms.to_be_bytes());
+        }
+    }
+}
+
+/// The associated data of envelope `version` for any algorithm; `None` if
+/// the version is unknown or a field is too long to be length-prefixed (key
+/// id over 255 bytes, a string over `u32::MAX` bytes).
+pub(crate) fn associated_data_for(
+    aad: &Aad<'_>,
+    version: u8,
+    alg: Algorithm,
+    key_id: &str,
+) -> Option<Vec<u8>> {
+    let (domain, with_policy) = match version {
+        VERSION => (AAD_DOMAIN, true),
+        VERSION_V1 => (AAD_DOMAIN_V1, false),
+        _ => return None,
+    };
     let key_id_len = u8::try_from(key_id.len()).ok()?;
     let queue_len = u32::try_from(aad.queue.len()).ok()?;
     let kind_len = u32::try_from(aad.kind.len()).ok()?;
     let producer_len = u32::try_from(aad.producer.len()).ok()?;
     let cap = 1
-        + AAD_DOMAIN.len()
+        + domain.len()
         + 2
         + 1
         + key_id.len()
@@ -271,12 +385,17 @@ pub(crate) fn associated_data_for(aad: &Aad<'_>, alg: Algorithm, key_id: &str) -
         + 1
         + if aad.not_after_ms.is_some() { 8 } else { 0 }
         + 1
-        + if aad.subject_tag.is_some() { 32 } else { 0 };
+        + if aad.subject_tag.is_some() { 32 } else { 0 }
+        + if with_policy {
+            policy_len(&aad.policy)
+        } else {
+            0
+        };
     let mut out = Vec::with_capacity(cap);
-    // Invariant: the domain string is a 17-byte constant.
-    out.push(AAD_DOMAIN.len() as u8);
-    out.extend_from_slice(AAD_DOMAIN.as_bytes());
-    out.push(VERSION);
+    // Invariant: both domain strings are 17-byte constants.
+    out.push(domain.len() as u8);
+    out.extend_from_slice(domain.as_bytes());
+    out.push(version);
     out.push(alg.as_u8());
     out.push(key_id_len);
     out.extend_from_slice(key_id.as_bytes());
@@ -302,6 +421,9 @@ pub(crate) fn associated_data_for(aad: &Aad<'_>, alg: Algorithm, key_id: &str) -
             out.push(1);
             out.extend_from_slice(&tag.0);
         }
+    }
+    if with_policy {
+        write_policy(&mut out, &aad.policy);
     }
     debug_assert_eq!(out.len(), cap);
     Some(out)

@@ -431,6 +431,26 @@ impl Keyring {
         seal_with_cipher(&entry.cipher, key_id, aad, plaintext, nonce)
     }
 
+    /// **Test only**: [`Keyring::seal_with_nonce`] writing envelope `version`
+    /// (`1` reproduces the version-1 test vectors). Production code never
+    /// writes anything but the current [`envelope::VERSION`].
+    #[doc(hidden)]
+    pub fn seal_with_nonce_as_version(
+        &self,
+        version: u8,
+        aad: &Aad<'_>,
+        plaintext: &[u8],
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<Vec<u8>, Error> {
+        let key_id = self.primary.as_str();
+        let entry = self.keys.get(key_id).ok_or_else(|| {
+            Error::Keyring(format!(
+                "primary key `{key_id}` is missing from the keyring"
+            ))
+        })?;
+        seal_with_cipher_as(version, &entry.cipher, key_id, aad, plaintext, nonce)
+    }
+
     /// Open an envelope sealed for `aad`, with the key its header names.
     ///
     /// Errors: [`IntegrityError::Truncated`], [`IntegrityError::UnsupportedVersion`],
@@ -671,15 +691,29 @@ pub(crate) fn seal_with_cipher(
     plaintext: &[u8],
     nonce: [u8; NONCE_LEN],
 ) -> Result<Vec<u8>, Error> {
+    seal_with_cipher_as(envelope::VERSION, cipher, key_id, aad, plaintext, nonce)
+}
+
+/// [`seal_with_cipher`] writing envelope `version` (only the test vectors
+/// write anything but [`envelope::VERSION`]).
+fn seal_with_cipher_as(
+    version: u8,
+    cipher: &XChaCha20Poly1305,
+    key_id: &str,
+    aad: &Aad<'_>,
+    plaintext: &[u8],
+    nonce: [u8; NONCE_LEN],
+) -> Result<Vec<u8>, Error> {
     let alg = Algorithm::XChaCha20Poly1305;
-    let ad =
-        envelope::associated_data_for(aad, alg, key_id).ok_or_else(|| Error::InvalidArgument {
+    let ad = envelope::associated_data_for(aad, version, alg, key_id).ok_or_else(|| {
+        Error::InvalidArgument {
             what: "task identity",
             reason: "queue, task type or producer is longer than 4 GiB".into(),
-        })?;
+        }
+    })?;
     let header_len = envelope::header_len(key_id);
     let mut out = Vec::with_capacity(header_len + plaintext.len() + TAG_LEN);
-    write_header(&mut out, alg, key_id, &nonce);
+    write_header(&mut out, version, alg, key_id, &nonce);
     out.extend_from_slice(plaintext);
     let tag = cipher
         .encrypt_inout_detached(
@@ -702,7 +736,7 @@ pub(crate) fn open_with_cipher(
     envelope: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, IntegrityError> {
     let header = parse_header(envelope)?;
-    let ad = envelope::associated_data_for(aad, header.alg, header.key_id)
+    let ad = envelope::associated_data_for(aad, header.version, header.alg, header.key_id)
         .ok_or(IntegrityError::Tampered)?;
     let body = envelope
         .get(header.encoded_len()..)

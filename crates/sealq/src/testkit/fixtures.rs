@@ -30,6 +30,7 @@ pub fn meta(now_ms: i64) -> TaskMeta {
         backoff: Backoff::Fixed { delay_ms: 1_500 },
         retention_ms: 60_000,
         subject_tag: None,
+        not_before_ms: None,
     }
 }
 

@@ -95,14 +95,21 @@ pub(crate) async fn process(
 /// Run one leased task to an outcome. Never panics on task data.
 ///
 /// The steps, in order; each can end the attempt with its own outcome:
-/// 1. [`refuse_replayed_or_expired`]: replays and expired tasks never run;
+/// 1. [`refuse_replayed_or_expired`]: replays, expired tasks and impossible
+///    attempt counters never run;
 /// 2. [`open_envelope`]: with the keyring or the subject's data key, then
-///    the claim-check blob; what does not open never reaches a handler;
-/// 3. [`archive_if_past_deadline`]: too late to start;
-/// 4. [`find_handler`]: the type's handler or the `handle_any` fallback;
-/// 5. [`run_handler`]: under timeout and deadline, catching panics, racing
-///    the hard shutdown;
-/// 6. [`outcome_of`]: what the handler's result means for the task.
+///    the claim-check blob; what does not open never reaches a handler.
+///    A version-2 envelope binds the whole [`crate::model::task::TaskMeta`]
+///    (identity and policy), so from here on the record's policy fields are
+///    the producer's sealed values: a broker that edited one made this step
+///    refuse the task (archived `integrity`);
+/// 3. [`hold_until_sealed_start`]: leased before the producer's sealed
+///    earliest start: given back, to run at that time;
+/// 4. [`archive_if_past_deadline`]: too late to start;
+/// 5. [`find_handler`]: the type's handler or the `handle_any` fallback;
+/// 6. [`run_handler`]: under the sealed timeout and deadline, catching
+///    panics, racing the hard shutdown;
+/// 7. [`outcome_of`]: what the handler's result means for the task.
 async fn execute(
     state: &WorkerState,
     run: &RunState,
@@ -127,6 +134,7 @@ async fn execute_steps(
     let record = &task.record;
     refuse_replayed_or_expired(state, task, now)?;
     let payload = open_envelope(state, record, now).await?;
+    hold_until_sealed_start(record, now)?;
     archive_if_past_deadline(state, record, now)?;
     let handler = find_handler(state, record)?;
     let finished = run_handler(state, run, record, handler, payload, cancel, now).await?;
@@ -137,8 +145,32 @@ async fn execute_steps(
 /// past its not-after time (archived `expired`). Acked as archived, never
 /// retried: running it again could only repeat the refusal, and running it
 /// at all is what the flag and the expiry forbid.
+///
+/// The expiry is read before the envelope is opened (an expired payload is
+/// never decrypted); in a version-2 envelope it is sealed, so a broker that
+/// moved it later only makes the envelope fail to open, and one that moved
+/// it earlier only gets the task refused, which it could do by deleting it.
+///
+/// Also refuses (archived `integrity`) a task whose attempt counter is
+/// impossible: a leased task is in its attempt 1 or later, so `0` means the
+/// broker's counter was set to zero or below (brokers clamp a negative
+/// stored count to 0), and `u32::MAX` that it was set beyond any count a
+/// broker can reach (they saturate to it). Run, such a task would retry
+/// forever at "attempt 0" or skip its retries.
 fn refuse_replayed_or_expired(state: &WorkerState, task: &LeasedTask, now: i64) -> Step<()> {
     let record = &task.record;
+    if record.attempts == 0 || record.attempts == u32::MAX {
+        warn!(
+            attempts = record.attempts,
+            "the broker's attempt counter is impossible for a leased task; refusing it"
+        );
+        return Err(refuse(
+            state,
+            record,
+            IntegrityError::Tampered,
+            ArchiveReason::Integrity,
+        ));
+    }
     if task.replayed {
         return Err(refuse(
             state,
@@ -282,6 +314,38 @@ async fn open_claim(
             ClaimAction::Archive(reason, msg) => archive(state, record, reason, msg),
             ClaimAction::Retry(msg) => fail(state, record, Failure::Retry, &msg),
         }),
+    }
+}
+
+/// How far before its sealed earliest start a task may still start, ms:
+/// tolerates clock skew between the producer, the broker and this worker,
+/// so an honest broker leasing at the scheduled time is not refused.
+pub(crate) const START_SKEW_MS: i64 = 1_000;
+
+/// A task leased before the earliest start its producer sealed
+/// ([`crate::model::task::TaskMeta::not_before_ms`], e.g. a 1 h delay that a
+/// broker made due at once) is not run: it is given back unstarted, to run
+/// at the sealed time, acked as a retry at that time with no error stored.
+/// Not through [`fail`]: nothing failed, so no backoff and no `retried`
+/// count. The broker counts the lease as an attempt, which can cost the task
+/// one retry, but only when the broker misbehaved (an honest one never
+/// leases a task before its run time); `Requeue` would make the task due at
+/// once again, and the broker would hand it straight back.
+fn hold_until_sealed_start(record: &TaskRecord, now: i64) -> Step<()> {
+    match record.meta.not_before_ms {
+        Some(start) if now.saturating_add(START_SKEW_MS) < start => {
+            metrics::counter!("sealq_tasks_held_total", "reason" => "before_start").increment(1);
+            warn!(
+                not_before_ms = start,
+                early_by_ms = start.saturating_sub(now),
+                "task leased before its sealed earliest start; given back to run then"
+            );
+            Err(Outcome::Retry {
+                at_ms: start,
+                error: None,
+            })
+        }
+        _ => Ok(()),
     }
 }
 
