@@ -251,6 +251,7 @@ pub(crate) mod tests {
             backoff: Backoff::Fixed { delay_ms: 250 },
             retention_ms: 86_400_000,
             subject_tag: None,
+            not_before_ms: None,
         }
     }
 

@@ -1107,6 +1107,24 @@ fn finding_3_version_1_envelopes_still_open_without_policy() {
 
 /// Generates the version-2 entries of `data/envelope_vectors.json`:
 /// `cargo test -p sealq --test envelope_vectors -- --ignored --nocapture generate_v2_vectors`.
+/// One v2 vector to generate: name, key id, nonce, purpose, task id, queue,
+/// type, producer, created-at, not-after, subject, policy, plaintext.
+type V2Case<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    Purpose,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    i64,
+    i64,
+    Option<&'a str>,
+    VecPolicy,
+    &'a str,
+);
+
 /// `vectors_reproduce_exactly` then checks them byte for byte.
 #[test]
 #[ignore = "generator, run by hand"]
@@ -1117,21 +1135,7 @@ fn generate_v2_vectors() {
         max_ms: 3_600_000,
         jitter: 0.5,
     };
-    let cases: Vec<(
-        &str,
-        &str,
-        &str,
-        Purpose,
-        &str,
-        &str,
-        &str,
-        &str,
-        i64,
-        i64,
-        Option<&str>,
-        VecPolicy,
-        &str,
-    )> = vec![
+    let cases: Vec<V2Case<'_>> = vec![
         (
             "v2 payload, default policy, expiry, no subject",
             "k-20261123-ab12",
