@@ -45,6 +45,7 @@ pub mod audit;
 pub mod erasure;
 pub mod keyring;
 pub mod leases;
+pub mod policy;
 pub mod refusals;
 pub mod worker;
 
@@ -52,6 +53,7 @@ pub use audit::*;
 pub use erasure::*;
 pub use keyring::*;
 pub use leases::*;
+pub use policy::*;
 pub use refusals::*;
 pub use worker::*;
 
@@ -213,6 +215,9 @@ macro_rules! scenario_tests {
             finding_7_a_worker_with_another_keyring_refuses_to_start_and_changes_nothing,
             finding_7_a_task_whose_key_the_keyring_lacks_is_held_not_archived,
             finding_7_reveal_with_a_wrong_keyring_writes_no_payload_revealed_record,
+            finding_3_a_policy_edited_in_the_broker_never_runs,
+            finding_3_a_task_moved_earlier_waits_for_its_sealed_start,
+            finding_3_every_task_carries_a_sealed_expiry,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
