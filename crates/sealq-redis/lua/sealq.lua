@@ -492,8 +492,25 @@ local function dequeue(keys, args)
     if not f[1] and want > 0 then
       local ids = redis.call('ZRANGEBYSCORE', Q .. 'ready', '-inf', nows, 'LIMIT', 0, want)
       if #ids > 0 then
+        -- The replay memory, read before the first write. A memory that is
+        -- not a zset (an edited key) fails closed: every task leased here
+        -- is flagged replayed (archived `replay`, re-runnable by an
+        -- operator) rather than run without the check.
+        local seen = {}
+        local i = 1
+        while i <= #ids do
+          local j = math.min(i + CHUNK - 1, #ids)
+          local r = tolerant('ZMSCORE', Q .. 'seen', unpack(ids, i, j))
+          if failed(r) then seen = DAMAGED; break end
+          for k = 1, j - i + 1 do seen[#seen + 1] = r[k] end
+          i = j + 1
+        end
+        if failed(seen) then
+          warn('flagged every task leased from ' .. Q .. ' replayed: ' .. Q .. 'seen is not a zset')
+          seen = {}
+          for j = 1, #ids do seen[j] = '0' end
+        end
         bulk('ZREM', Q .. 'ready', ids)
-        local seen = mget('ZMSCORE', Q .. 'seen', ids)
         local active, undelay = {}, {}
         local delta = {pending = 0, scheduled = 0, retry = 0, active = 0}
         for j, id in ipairs(ids) do
@@ -680,7 +697,14 @@ local function ack(keys, args)
     local i = 1
     while i <= #seen do
       local j = math.min(i + CHUNK - 1, #seen)
-      added = added + redis.call('ZADD', Q .. 'seen', 'NX', unpack(seen, i, j))
+      local r = tolerant('ZADD', Q .. 'seen', 'NX', unpack(seen, i, j))
+      if failed(r) then
+        -- (An edited key: dequeue fails closed on it, see there.)
+        warn('did not remember completed ids: ' .. Q .. 'seen is not a zset')
+        added = #seen / 2
+        break
+      end
+      added = added + r
       i = j + 1
     end
     if added < #seen / 2 then
@@ -909,7 +933,9 @@ local function remove_task(Q, id, st, uk, nows)
   -- (A state that is not one, from an edited hash, is counted nowhere.)
   if STATES[st] then incr(Q, st, -1) end
   redis.call('DEL', Q .. 't:' .. id, Q .. 'b:' .. id)
-  redis.call('ZADD', Q .. 'seen', 'GT', nows, id)
+  if failed(tolerant('ZADD', Q .. 'seen', 'GT', nows, id)) then
+    warn('did not remember deleted id ' .. id .. ': ' .. Q .. 'seen is not a zset')
+  end
 end
 
 -- ARGV: now, ids. Deletes tasks in any state. Returns {count, unindexed
