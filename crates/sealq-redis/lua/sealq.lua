@@ -924,7 +924,8 @@ end
 -- Delete one task in state `st`. Its id joins the replay memory, whatever
 -- the state (finding 2 of the security review): a completed task ran and
 -- must not come back; an operator deleted (or erased) the others, which
--- must not run if their keys are put back. `now` as a string.
+-- must not run if their keys are put back. `now` as a string. Returns
+-- whether the id is remembered (not when Q..'seen' is damaged).
 local function remove_task(Q, id, st, uk, nows)
   for _, z in ipairs({'ready', 'delayed', 'active', 'done', 'archived', 'all'}) do
     redis.call('ZREM', Q .. z, id)
@@ -935,7 +936,9 @@ local function remove_task(Q, id, st, uk, nows)
   redis.call('DEL', Q .. 't:' .. id, Q .. 'b:' .. id)
   if failed(tolerant('ZADD', Q .. 'seen', 'GT', nows, id)) then
     warn('did not remember deleted id ' .. id .. ': ' .. Q .. 'seen is not a zset')
+    return false
   end
+  return true
 end
 
 -- ARGV: now, ids. Deletes tasks in any state. Returns {count, unindexed
@@ -950,9 +953,9 @@ local function delete(keys, args)
     -- A task key that is not a hash (an edited key) is deleted all the same.
     if failed(cur) then cur = {'', false} end
     if cur[1] then
-      remove_task(Q, id, cur[1], cur[2], nows)
+      local remembered = remove_task(Q, id, cur[1], cur[2], nows)
       out[1] = out[1] + 1
-      if not redis.call('ZSCORE', Q .. 'seen', id) then
+      if not remembered then
         if G then redis.call('HDEL', G .. 'ids', id) else out[#out + 1] = id end
       end
     end
@@ -1223,8 +1226,7 @@ local function erase(keys, args)
         incr(Q, 'active', -1)
         incr(Q, 'archived', 1)
       else
-        remove_task(Q, id, st, cur[3], nows)
-        if not redis.call('ZSCORE', Q .. 'seen', id) then
+        if not remove_task(Q, id, st, cur[3], nows) then
           if G then redis.call('HDEL', G .. 'ids', id) else forget[#forget + 1] = id end
         end
       end
