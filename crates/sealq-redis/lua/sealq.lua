@@ -24,9 +24,13 @@
 --   Q..'active'   zset  leased ids by lease expiry (recovery)
 --   Q..'done'     zset  completed ids by purge time (retention)
 --   Q..'archived' zset  archived ids by finish time
---   Q..'seen'     zset  replay memory: ids of completed tasks purged after
---                 their retention, by purge time (while retained, the
---                 task's own state says it completed)
+--   Q..'seen'     zset  replay memory (finding 2 of the security review):
+--                 ids of tasks that completed (written by sealq_ack) or
+--                 were deleted or erased in any state, by when they were
+--                 last remembered; kept for the replay horizon after that
+--                 and while the task's key exists (sealq_purge). Dequeue
+--                 flags a leased id found here `replayed`, whatever the
+--                 task's own state says
 --   Q..'all'      zset  every stored id, score 0 (lexical order = id order)
 --   Q..'n'        hash  task count per state, `trimmed` (archived tasks
 --                 deleted by the caps), `maxdepth` (the queue's cap on
@@ -488,8 +492,25 @@ local function dequeue(keys, args)
     if not f[1] and want > 0 then
       local ids = redis.call('ZRANGEBYSCORE', Q .. 'ready', '-inf', nows, 'LIMIT', 0, want)
       if #ids > 0 then
+        -- The replay memory, read before the first write. A memory that is
+        -- not a zset (an edited key) fails closed: every task leased here
+        -- is flagged replayed (archived `replay`, re-runnable by an
+        -- operator) rather than run without the check.
+        local seen = {}
+        local i = 1
+        while i <= #ids do
+          local j = math.min(i + CHUNK - 1, #ids)
+          local r = tolerant('ZMSCORE', Q .. 'seen', unpack(ids, i, j))
+          if failed(r) then seen = DAMAGED; break end
+          for k = 1, j - i + 1 do seen[#seen + 1] = r[k] end
+          i = j + 1
+        end
+        if failed(seen) then
+          warn('flagged every task leased from ' .. Q .. ' replayed: ' .. Q .. 'seen is not a zset')
+          seen = {}
+          for j = 1, #ids do seen[j] = '0' end
+        end
         bulk('ZREM', Q .. 'ready', ids)
-        local seen = mget('ZMSCORE', Q .. 'seen', ids)
         local active, undelay = {}, {}
         local delta = {pending = 0, scheduled = 0, retry = 0, active = 0}
         for j, id in ipairs(ids) do
@@ -569,7 +590,10 @@ end
 -- c (complete), C a1 (complete with result a1), r a1 (retry at a1),
 -- R a1 a2 (retry at a1 with error a2), a a1 (archive reason a1),
 -- A a1 a2 (archive reason a1, error a2), q (requeue). Returns per ack 1
--- (applied) or 0 (lease lost).
+-- (applied) or 0 (lease lost), or 2: a completion applied on an id the
+-- replay memory already held (the same task succeeding twice; the caller
+-- counts it). A completed id joins the replay memory here, at completion
+-- (finding 2 of the security review): one `ZADD NX` per call.
 -- Per ack HMGET (state, token, retention, unique key) and HSET; the lease
 -- fields stay in the hash (they mean nothing outside state `active`); set
 -- updates are one command per batch.
@@ -583,6 +607,7 @@ local function ack(keys, args)
   local ready = false
   local left, done, archived, queued, delayed = {}, {}, {}, {}, {}
   local purge_at = {}
+  local seen, seen_at = {}, {}
   local delta = {active = 0, completed = 0, retry = 0, archived = 0, pending = 0}
   -- Check the whole call's layout before writing anything (a function's
   -- writes are not rolled back by an error).
@@ -621,6 +646,8 @@ local function ack(keys, args)
           purge_at[ret] = at
         end
         done[#done + 1] = at; done[#done + 1] = id
+        seen[#seen + 1] = nows; seen[#seen + 1] = id
+        seen_at[#seen_at + 1] = #out + 1
         release_unique(Q, id, cur[4])
         delta.completed = delta.completed + 1
       elseif op == 'r' or op == 'R' then
@@ -665,6 +692,33 @@ local function ack(keys, args)
   end
   bulk('ZREM', Q .. 'active', left)
   bulk('ZADD', Q .. 'done', done)
+  if #seen > 0 then
+    local added = 0
+    local i = 1
+    while i <= #seen do
+      local j = math.min(i + CHUNK - 1, #seen)
+      local r = tolerant('ZADD', Q .. 'seen', 'NX', unpack(seen, i, j))
+      if failed(r) then
+        -- (An edited key: dequeue fails closed on it, see there.)
+        warn('did not remember completed ids: ' .. Q .. 'seen is not a zset')
+        added = #seen / 2
+        break
+      end
+      added = added + r
+      i = j + 1
+    end
+    if added < #seen / 2 then
+      -- (Rare.) Some ids were remembered before: mark their acks, and
+      -- remember them from now on.
+      local ids = {}
+      for k = 2, #seen, 2 do ids[#ids + 1] = seen[k] end
+      local at = mget('ZMSCORE', Q .. 'seen', ids)
+      for k, score in ipairs(at) do
+        if score and tonumber(score) < now then out[seen_at[k]] = 2 end
+      end
+      bulk('ZADD', Q .. 'seen', seen)
+    end
+  end
   bulk('ZADD', Q .. 'archived', archived)
   bulk('ZADD', Q .. 'ready', queued)
   bulk('ZADD', Q .. 'delayed', delayed)
@@ -781,7 +835,8 @@ end
 -- (the caps: -1 for none). Deletes completed tasks past their retention;
 -- trims archived tasks beyond the caps (oldest first; counted in the queue's
 -- `n` hash as `trimmed`, never silently); forgets replay memory older than
--- the horizon.
+-- the horizon whose task key is gone (an id whose task is still stored is
+-- kept, its time renewed).
 -- Returns {purged, scanned, trimmed, more to trim (0/1), forgotten ids...}
 -- (forgotten ids only without G).
 local function purge(keys, args)
@@ -848,8 +903,13 @@ local function purge(keys, args)
   local out = {purged, #ids, trimmed, more}
   local old = redis.call('ZRANGEBYSCORE', Q .. 'seen', '-inf', '(' .. s(now - tonumber(args[3])), 'LIMIT', 0, limit)
   for _, id in ipairs(old) do
-    redis.call('ZREM', Q .. 'seen', id)
-    if redis.call('EXISTS', Q .. 't:' .. id) == 0 then
+    if redis.call('EXISTS', Q .. 't:' .. id) == 1 then
+      -- Still stored (a completed task retained longer than the horizon):
+      -- remembered while it exists, so flipping its state back cannot make
+      -- it run. Looked at again one horizon later.
+      redis.call('ZADD', Q .. 'seen', nows, id)
+    else
+      redis.call('ZREM', Q .. 'seen', id)
       if G then
         redis.call('HDEL', G .. 'ids', id)
       else
@@ -861,8 +921,11 @@ local function purge(keys, args)
   return out
 end
 
--- Delete one task in state `st`. A completed task's id joins the replay
--- memory (it ran: it must not come back). `now` as a string.
+-- Delete one task in state `st`. Its id joins the replay memory, whatever
+-- the state (finding 2 of the security review): a completed task ran and
+-- must not come back; an operator deleted (or erased) the others, which
+-- must not run if their keys are put back. `now` as a string. Returns
+-- whether the id is remembered (not when Q..'seen' is damaged).
 local function remove_task(Q, id, st, uk, nows)
   for _, z in ipairs({'ready', 'delayed', 'active', 'done', 'archived', 'all'}) do
     redis.call('ZREM', Q .. z, id)
@@ -871,7 +934,11 @@ local function remove_task(Q, id, st, uk, nows)
   -- (A state that is not one, from an edited hash, is counted nowhere.)
   if STATES[st] then incr(Q, st, -1) end
   redis.call('DEL', Q .. 't:' .. id, Q .. 'b:' .. id)
-  if st == 'completed' then redis.call('ZADD', Q .. 'seen', nows, id) end
+  if failed(tolerant('ZADD', Q .. 'seen', 'GT', nows, id)) then
+    warn('did not remember deleted id ' .. id .. ': ' .. Q .. 'seen is not a zset')
+    return false
+  end
+  return true
 end
 
 -- ARGV: now, ids. Deletes tasks in any state. Returns {count, unindexed
@@ -886,9 +953,9 @@ local function delete(keys, args)
     -- A task key that is not a hash (an edited key) is deleted all the same.
     if failed(cur) then cur = {'', false} end
     if cur[1] then
-      remove_task(Q, id, cur[1], cur[2], nows)
+      local remembered = remove_task(Q, id, cur[1], cur[2], nows)
       out[1] = out[1] + 1
-      if not redis.call('ZSCORE', Q .. 'seen', id) then
+      if not remembered then
         if G then redis.call('HDEL', G .. 'ids', id) else out[#out + 1] = id end
       end
     end
@@ -1159,8 +1226,7 @@ local function erase(keys, args)
         incr(Q, 'active', -1)
         incr(Q, 'archived', 1)
       else
-        remove_task(Q, id, st, cur[3], nows)
-        if not redis.call('ZSCORE', Q .. 'seen', id) then
+        if not remove_task(Q, id, st, cur[3], nows) then
           if G then redis.call('HDEL', G .. 'ids', id) else forget[#forget + 1] = id end
         end
       end

@@ -37,16 +37,46 @@ fn ack_args(c: &mut Cmd, a: &Ack) {
     };
 }
 
+/// How one ack or extension went, as `sealq_ack`/`sealq_extend` report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    /// 0: the lease was no longer this worker's; nothing changed.
+    No,
+    /// 1: applied.
+    Yes,
+    /// 2 (`sealq_ack` only): a completion applied on an id the replay
+    /// memory already held: the same task succeeded twice.
+    Again,
+}
+
 /// The reply of `sealq_ack` or `sealq_extend` for `tasks` tasks: one
-/// integer per task, 1 when the lease was still this worker's and the call
-/// applied. (A short reply leaves the tasks it does not name not applied;
-/// items beyond `tasks` are not read.)
-fn parse_applied(reply: Value, tasks: usize) -> Result<Vec<bool>, String> {
+/// integer per task, 1 (or 2, see [`Applied::Again`]) when the lease was
+/// still this worker's and the call applied. (A short reply leaves the
+/// tasks it does not name not applied; items beyond `tasks` are not read.)
+fn parse_applied(reply: Value, tasks: usize) -> Result<Vec<Applied>, String> {
     array(reply)?
         .iter()
         .take(tasks)
-        .map(|v| Ok(int(v)? == 1))
+        .map(|v| {
+            Ok(match int(v)? {
+                1 => Applied::Yes,
+                2 => Applied::Again,
+                _ => Applied::No,
+            })
+        })
         .collect()
+}
+
+/// Count and log a second success of task `id` (finding 2 of the security
+/// review): the ack applies (the work is done; refusing it would only make
+/// it run again), the operator is told.
+fn count_replayed_success(id: TaskId) {
+    metrics::counter!("sealq_replayed_successes_total", "backend" => "redis").increment(1);
+    tracing::warn!(
+        task = %id,
+        "sealq: a task whose id had already completed (or been deleted) succeeded again; \
+         check for replayed or restored tasks (`sealq audit verify` lists repeated successes)"
+    );
 }
 
 impl RedisBroker {
@@ -76,7 +106,10 @@ impl RedisBroker {
             let applied =
                 parse_applied(reply, idx.len()).map_err(|e| self.corrupt_reply(what, e))?;
             for (&i, applied) in idx.iter().zip(applied) {
-                if applied {
+                if applied == Applied::Again {
+                    count_replayed_success(acks[i].lease.task_id);
+                }
+                if applied != Applied::No {
                     results[i] = AckResult::Applied;
                 }
             }
@@ -114,7 +147,7 @@ impl RedisBroker {
             let applied =
                 parse_applied(reply, idx.len()).map_err(|e| self.corrupt_reply(what, e))?;
             for (&i, applied) in idx.iter().zip(applied) {
-                out[i] = applied;
+                out[i] = applied != Applied::No;
             }
         }
         Ok(out)
@@ -128,13 +161,20 @@ mod tests {
 
     #[test]
     fn ack_and_extend_replies_read_ones_as_applied() {
-        let v = Value::Array(vec![Value::Int(1), Value::Int(0), s("1"), Value::Int(2)]);
-        assert_eq!(parse_applied(v, 4).unwrap(), [true, false, true, false]);
+        use Applied::{Again, No, Yes};
+        let v = Value::Array(vec![
+            Value::Int(1),
+            Value::Int(0),
+            s("1"),
+            Value::Int(3),
+            Value::Int(2),
+        ]);
+        assert_eq!(parse_applied(v, 5).unwrap(), [Yes, No, Yes, No, Again]);
         // Short reply: the rest stay not applied; extra items are not read.
         let v = Value::Array(vec![Value::Int(1)]);
-        assert_eq!(parse_applied(v, 3).unwrap(), [true]);
+        assert_eq!(parse_applied(v, 3).unwrap(), [Yes]);
         let v = Value::Array(vec![Value::Int(1), s("junk")]);
-        assert_eq!(parse_applied(v, 1).unwrap(), [true]);
+        assert_eq!(parse_applied(v, 1).unwrap(), [Yes]);
     }
 
     #[test]

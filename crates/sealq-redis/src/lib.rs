@@ -50,7 +50,11 @@
 //! - Lease tokens are random per dequeue call; an ack or extension with the
 //!   current token is accepted even past the lease's expiry until recovery
 //!   takes the task back (as the embedded broker does).
-//! - Completed ids are remembered for [`RedisOptions::replay_horizon`].
+//! - The ids of completed tasks (from completion) and of deleted or erased
+//!   tasks (any state) are remembered for [`RedisOptions::replay_horizon`],
+//!   and while the task is stored; a leased task whose id is remembered is
+//!   flagged `replayed` whatever its state says (finding 2 of the security
+//!   review; `docs/redis.md` section 3, `Q seen`).
 //! - A task hash that does not decode (edited or injected by someone with
 //!   write access) is archived with reason `integrity` at dequeue and never
 //!   handed out.
@@ -134,7 +138,11 @@ pub struct RedisOptions {
     /// turns itself off where round trips are longer than this (a network
     /// between client and Redis). Calls that overlap never spin.
     pub spin_wait: Duration,
-    /// How long completed ids are remembered to refuse replays (default 7 days).
+    /// How long the ids of completed and deleted tasks are remembered after
+    /// they completed or were deleted (and always while the task is
+    /// stored), to refuse replays (default 7 days). Keep it at least as long
+    /// as your tasks' sealed expiry: past it a replayed task is refused
+    /// anyway, so no forgotten id leaves a window where it could run.
     pub replay_horizon: Duration,
     /// Tasks moved per queue per function call by forwarding, recovery and purging (default 1000).
     pub maintenance_batch: usize,

@@ -40,3 +40,44 @@ sealq::damage_tests!(async |clock: SharedClock| {
         })
     })
 });
+
+// Finding 2: a task whose id completed or was deleted never runs again,
+// even after its hash is edited back to pending or its keys are put back
+// from a copy (made with `redis-cli`, as someone with write access to the
+// server could).
+sealq::replay_tests!(async |clock: SharedClock| {
+    use sealq::testkit::cases::replay::Tamper;
+    let broker = support::shared_broker(clock).await;
+    let prefix = broker.prefix().to_owned();
+    Harness::new(broker).with_tamper(move |op, id, queue| {
+        let q = format!("{prefix}:{{{queue}}}:");
+        let id = id.0.simple().to_string();
+        Box::pin(async move {
+            let cli = |args: &[&str]| support::shared().cli(args);
+            let (t, b) = (format!("{q}t:{id}"), format!("{q}b:{id}"));
+            let (st, sb) = (format!("{q}saved-t:{id}"), format!("{q}saved-b:{id}"));
+            let ready = format!("{q}ready");
+            match op {
+                Tamper::FlipToPending => {
+                    cli(&["HSET", &t, "s", "pending"]);
+                    cli(&["ZADD", &ready, "0", &id]);
+                }
+                Tamper::Save => {
+                    for (from, to) in [(&t, &st), (&b, &sb)] {
+                        let out = cli(&["COPY", from, to, "REPLACE"]);
+                        assert!(out.contains('1'), "COPY {from}: {out}");
+                    }
+                }
+                Tamper::Restore => {
+                    for (from, to) in [(&st, &t), (&sb, &b)] {
+                        let out = cli(&["COPY", from, to, "REPLACE"]);
+                        assert!(out.contains('1'), "COPY {from}: {out}");
+                    }
+                    cli(&["ZADD", &ready, "0", &id]);
+                    cli(&["ZADD", &format!("{q}all"), "0", &id]);
+                }
+                _ => unreachable!("no other edit exists yet"),
+            }
+        })
+    })
+});

@@ -68,9 +68,16 @@
 //!   the lease's expiry, as long as no lease recovery has taken the task back.
 //! - Lease recovery puts a task whose lease expired back as `retry`, due at
 //!   once, while `attempts <= max_retries`; otherwise archives it `exhausted`.
-//! - Completed ids are remembered for [`SqliteOptions::replay_horizon`] after
-//!   completion (pruned by `purge_completed`), so a replayed id is refused at
-//!   enqueue and flagged `replayed` at dequeue even after its task was purged.
+//! - The replay memory (finding 2 of the security review) takes a task's id
+//!   when it completes, and when it is deleted or erased in any state; it
+//!   keeps it for [`SqliteOptions::replay_horizon`] after that, and always
+//!   while the task's row is still stored (pruned by `purge_completed`). A
+//!   remembered id is refused at enqueue, and a leased task whose id is
+//!   remembered is flagged `replayed` whatever its stored state says (a
+//!   completed task flipped back to pending, a deleted row put back): the
+//!   worker archives it `replay` without running it. A `Complete` ack on a
+//!   remembered id applies, and is counted in
+//!   `sealq_replayed_successes_total`.
 //! - A unique key is held while its task is neither completed nor archived
 //!   nor deleted, and its TTL has not passed.
 //! - **A task row that does not decode** (edited or damaged: a REAL where an
@@ -101,6 +108,7 @@ mod ops;
 mod options;
 mod quarantine;
 mod read;
+mod replay;
 mod schema;
 mod subject_key_store;
 mod url;

@@ -332,10 +332,19 @@ pub(crate) fn ack(ctx: &mut OpCtx<'_>, acks: &[Ack]) -> BrokerResult<Vec<AckResu
                               purge_at = ?4 + retention_ms, updated_at = ?4 {held}"
         ))
         .map_err(&err)?;
+    // The replay memory takes the id at completion (finding 2 of the
+    // security review). An id already there completed (or was deleted)
+    // before: this is a second success of one task, counted below. The
+    // common case is one insert; the refresh runs only for a repeat.
     let mut remember = conn
         .prepare_cached(
             "INSERT INTO completed_ids (id, completed_at) VALUES (?1, ?2) \
-             ON CONFLICT (id) DO UPDATE SET completed_at = excluded.completed_at",
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .map_err(&err)?;
+    let mut refresh = conn
+        .prepare_cached(
+            "UPDATE completed_ids SET completed_at = max(completed_at, ?2) WHERE id = ?1",
         )
         .map_err(&err)?;
     let mut retry = conn
@@ -368,8 +377,9 @@ pub(crate) fn ack(ctx: &mut OpCtx<'_>, acks: &[Ack]) -> BrokerResult<Vec<AckResu
                 let n = complete
                     .execute(params![id, token, result, now])
                     .map_err(&err)?;
-                if n > 0 {
-                    remember.execute(params![id, now]).map_err(&err)?;
+                if n > 0 && remember.execute(params![id, now]).map_err(&err)? == 0 {
+                    refresh.execute(params![id, now]).map_err(&err)?;
+                    crate::replay::count_replayed_success(a.lease.task_id);
                 }
                 n
             }
@@ -527,10 +537,16 @@ pub(crate) fn purge_completed(ctx: &mut OpCtx<'_>) -> BrokerResult<u64> {
         .map_err(&err)?
         .execute([now])
         .map_err(&err)?;
-    conn.prepare_cached("DELETE FROM completed_ids WHERE completed_at < ?1")
-        .map_err(&err)?
-        .execute([now.saturating_sub(env.replay_horizon_ms)])
-        .map_err(&err)?;
+    // Past the horizon, and only once the task's row is gone: while a
+    // completed task is retained its id stays remembered, whatever the
+    // horizon, so flipping its state back cannot make it run.
+    conn.prepare_cached(
+        "DELETE FROM completed_ids WHERE completed_at < ?1 \
+         AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = completed_ids.id)",
+    )
+    .map_err(&err)?
+    .execute([now.saturating_sub(env.replay_horizon_ms)])
+    .map_err(&err)?;
     conn.prepare_cached("DELETE FROM unique_keys WHERE expires_at <= ?1")
         .map_err(&err)?
         .execute([now])
@@ -538,16 +554,30 @@ pub(crate) fn purge_completed(ctx: &mut OpCtx<'_>) -> BrokerResult<u64> {
     Ok(purged as u64)
 }
 
-/// Delete tasks in any state; how many existed.
+/// Remember a deleted id in the replay memory from `now` (an id that
+/// completed before keeps the later of the two times).
+const REMEMBER_DELETED: &str = "INSERT INTO completed_ids (id, completed_at) VALUES (?1, ?2) \
+     ON CONFLICT (id) DO UPDATE SET completed_at = max(completed_at, excluded.completed_at)";
+
+/// Delete tasks in any state; how many existed. Every deleted id joins the
+/// replay memory for the horizon (finding 2 of the security review): an
+/// operator-deleted task must not run if its row is put back (from a
+/// backup, by an edit), and its id is refused at enqueue meanwhile.
 pub(crate) fn delete(ctx: &mut OpCtx<'_>, ids: &[TaskId]) -> BrokerResult<u64> {
+    let (conn, now) = (ctx.conn, ctx.now);
     let err = fail(ctx.env, "deleting tasks");
-    let mut stmt = ctx
-        .conn
+    let mut stmt = conn
         .prepare_cached("DELETE FROM tasks WHERE id = ?1")
         .map_err(&err)?;
+    let mut remember = conn.prepare_cached(REMEMBER_DELETED).map_err(&err)?;
     let mut n = 0u64;
     for id in ids {
-        n += stmt.execute([id_blob(id)]).map_err(&err)? as u64;
+        let blob = id_blob(id);
+        let gone = stmt.execute([blob]).map_err(&err)?;
+        if gone > 0 {
+            remember.execute(params![blob, now]).map_err(&err)?;
+        }
+        n += gone as u64;
     }
     Ok(n)
 }
@@ -713,6 +743,15 @@ pub(crate) fn erase_subject(
     )
     .map_err(&err)?
     .execute([tag])
+    .map_err(&err)?;
+    // Erased ids are remembered like deleted ones (see `delete`).
+    conn.prepare_cached(
+        "INSERT INTO completed_ids (id, completed_at) \
+         SELECT id, ?2 FROM tasks WHERE subject_tag = ?1 AND state != 'active' \
+         ON CONFLICT (id) DO UPDATE SET completed_at = max(completed_at, excluded.completed_at)",
+    )
+    .map_err(&err)?
+    .execute(params![tag, now])
     .map_err(&err)?;
     conn.prepare_cached("DELETE FROM tasks WHERE subject_tag = ?1 AND state != 'active'")
         .map_err(&err)?

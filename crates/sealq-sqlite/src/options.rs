@@ -53,8 +53,12 @@ pub struct SqliteOptions {
     pub watch_interval: Duration,
     /// At most this many queued operations share one transaction (default 512).
     pub max_group: usize,
-    /// How long completed task ids are remembered after they completed, to
-    /// refuse their replay even once the task was purged (default 7 days).
+    /// How long the ids of completed and deleted tasks are remembered after
+    /// they completed or were deleted (and always while the task's row is
+    /// stored), to refuse their replay even once the task was purged
+    /// (default 7 days). Keep it longer than the sealed expiry of your
+    /// tasks: past its expiry a replayed task is refused anyway, so a
+    /// horizon at least that long leaves no window where it could run.
     pub replay_horizon: Duration,
     /// Idle read connections kept for `get`, `list` and `stats` (default 4).
     pub read_connections: usize,

@@ -24,8 +24,10 @@
 //! - `queue_rates`: per-queue rate limits as token buckets (`limit` per
 //!   `period_ms`, `tokens` left at `updated_at`; `Broker::set_rate_limit`;
 //!   migration 2).
-//! - `completed_ids`: replay memory, ids that completed (kept for
-//!   [`crate::SqliteOptions::replay_horizon`] after completion).
+//! - `completed_ids`: replay memory, ids that completed or were deleted
+//!   (`completed_at`: when the id was last remembered; kept for
+//!   [`crate::SqliteOptions::replay_horizon`] after that, and while the
+//!   task's row is stored).
 //!
 //! Indexes serve one query each: `tasks_ready` (partial, ready-ish states
 //! only, ordered as dequeue takes them) lets dequeue read exactly the rows it

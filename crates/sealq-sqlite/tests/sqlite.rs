@@ -73,6 +73,47 @@ async fn replayed_flag_set_when_completed_id_is_pending_again() {
     assert!(again[0].replayed, "a completed id came back: replayed");
 }
 
+/// Finding 2: a completed task retained longer than the replay horizon
+/// stays remembered while its row is stored, so flipping it back to pending
+/// after the horizon (and a purge run) does not make it run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_2_a_completed_task_retained_past_the_replay_horizon_never_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let mc = ManualClock::starting_now();
+    let mut opts = SqliteOptions::with_clock(mc.clone());
+    opts.replay_horizon = Duration::from_secs(1);
+    let broker = SqliteBroker::open_with(&path, opts).unwrap();
+    let mut t = task_at("h", mc_now(&mc), mc_now(&mc));
+    t.meta.retention_ms = 3_600_000;
+    let id = t.id;
+    broker.enqueue(vec![t]).await.unwrap();
+    let l = broker.dequeue(&req("h", 1)).await.unwrap().remove(0);
+    let res = broker
+        .ack(vec![Ack {
+            lease: l.lease,
+            outcome: Outcome::Complete { result: None },
+        }])
+        .await
+        .unwrap();
+    assert_eq!(res, vec![AckResult::Applied]);
+    mc.advance_ms(60_000);
+    assert_eq!(broker.purge_completed().await.unwrap(), 0, "still retained");
+
+    let raw = Connection::open(&path).unwrap();
+    raw.execute(
+        "UPDATE tasks SET state = 'pending' WHERE id = ?1",
+        [id.as_bytes()],
+    )
+    .unwrap();
+    let again = broker.dequeue(&req("h", 1)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert!(
+        again[0].replayed,
+        "remembered while retained, past the horizon"
+    );
+}
+
 fn mc_now(mc: &ManualClock) -> i64 {
     use sealq::Clock;
     mc.now_ms()

@@ -43,5 +43,6 @@ pub use crate::seal::audit_chain::{
 pub use crate::store::audit::{AuditError, AuditSink, Loaded};
 pub use sink::{JsonLinesSink, MemorySink, checkpoint_line, record_line, write_record_line};
 pub use verify::{
-    Fault, Store, VerifyOptions, VerifyReport, any_checkpoint_verifies, verify, verify_sink,
+    Fault, RepeatedSuccess, Store, SuccessAt, VerifyOptions, VerifyReport, any_checkpoint_verifies,
+    verify, verify_sink,
 };

@@ -7,6 +7,8 @@ use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 
 use super::auditor::DEFAULT_CHECKPOINT_EVERY;
+use crate::model::audit_event::AuditEvent;
+use crate::model::id::TaskId;
 use crate::seal::audit_chain::{
     AuditKeys, AuditRecord, Checkpoint, GENESIS, chain_hash, decode_32, record_mac,
 };
@@ -331,10 +333,91 @@ pub struct VerifyReport {
     pub uncovered: Vec<(String, u64)>,
     /// Everything wrong, in the order found.
     pub faults: Vec<Fault>,
+    /// Task ids that succeeded more than once, across all writers, in id
+    /// order (finding 2 of the security review). A warning, not a
+    /// [`Fault`]: under at-least-once delivery a task whose lease expired
+    /// while its handler ran can legitimately succeed twice (the attempts
+    /// then differ); a replayed or restored task that ran again shows here
+    /// too. [`VerifyReport::is_ok`] does not look at it.
+    pub repeated_successes: Vec<RepeatedSuccess>,
+}
+
+/// A task id with more than one `succeeded` (or `succeeded_batch` entry)
+/// record: see [`VerifyReport::repeated_successes`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RepeatedSuccess {
+    /// The task.
+    pub task: TaskId,
+    /// Each success, in storage order.
+    pub successes: Vec<SuccessAt>,
+}
+
+/// Where one success of a [`RepeatedSuccess`] was recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SuccessAt {
+    /// The writer of the record.
+    pub writer: String,
+    /// The record's place in its writer's chain.
+    pub seq: u64,
+    /// The record's position in storage.
+    pub position: u64,
+    /// The attempt that succeeded (the same attempt twice is no lease
+    /// re-delivery: look for a replay).
+    pub attempt: u32,
+}
+
+impl RepeatedSuccess {
+    /// One line for a human: the task and where it succeeded.
+    pub fn describe(&self) -> String {
+        let at: Vec<String> = self
+            .successes
+            .iter()
+            .map(|s| format!("writer {} seq {} (attempt {})", s.writer, s.seq, s.attempt))
+            .collect();
+        format!(
+            "task {} succeeded {} times: {}; expected under at-least-once delivery when a \
+             lease expired while its handler ran (attempts differ), otherwise look for a \
+             replayed or restored task",
+            self.task,
+            self.successes.len(),
+            at.join(", ")
+        )
+    }
+}
+
+/// Every task id with more than one success among the parsed records.
+fn repeated_successes(records: &[Loaded<AuditRecord>]) -> Vec<RepeatedSuccess> {
+    let mut by_task: BTreeMap<TaskId, Vec<SuccessAt>> = BTreeMap::new();
+    for l in records {
+        let Ok(r) = &l.item else { continue };
+        let at = |attempt| SuccessAt {
+            writer: r.writer.clone(),
+            seq: r.seq,
+            position: l.position,
+            attempt,
+        };
+        match &r.event {
+            AuditEvent::Succeeded { task, attempt, .. } => {
+                by_task.entry(*task).or_default().push(at(*attempt));
+            }
+            AuditEvent::SucceededBatch { tasks, .. } => {
+                for e in tasks {
+                    by_task.entry(e.task).or_default().push(at(e.attempt));
+                }
+            }
+            _ => {}
+        }
+    }
+    by_task
+        .into_iter()
+        .filter(|(_, s)| s.len() > 1)
+        .map(|(task, successes)| RepeatedSuccess { task, successes })
+        .collect()
 }
 
 impl VerifyReport {
-    /// Whether everything verified.
+    /// Whether everything verified (repeated successes are warnings: they
+    /// do not count).
     pub fn is_ok(&self) -> bool {
         self.faults.is_empty()
     }
@@ -376,6 +459,7 @@ pub fn verify(
         }
     }
     report.writers = order.len() as u64;
+    report.repeated_successes = repeated_successes(records);
 
     let mut cps_by_writer: HashMap<&str, Vec<(u64, &Checkpoint)>> = HashMap::new();
     let mut cp_order: Vec<&str> = Vec::new();
@@ -683,4 +767,111 @@ pub fn any_checkpoint_verifies(checkpoints: &[Loaded<Checkpoint>], key: &[u8; 32
         .iter()
         .filter_map(|l| l.item.as_ref().ok())
         .any(|c| c.signature_valid(&vk))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::audit_event::SucceededEntry;
+
+    fn loaded(position: u64, writer: &str, seq: u64, event: AuditEvent) -> Loaded<AuditRecord> {
+        Loaded {
+            position,
+            item: Ok(AuditRecord {
+                writer: writer.into(),
+                seq,
+                time_ms: 0,
+                event,
+                mac: String::new(),
+            }),
+        }
+    }
+
+    fn succeeded(task: TaskId, attempt: u32) -> AuditEvent {
+        AuditEvent::Succeeded {
+            task,
+            worker: "w".into(),
+            attempt,
+            result_len: None,
+        }
+    }
+
+    /// Finding 2: a task id succeeding twice (across writers, single and
+    /// batch records alike) is reported, as a warning: verification of an
+    /// otherwise sound log still passes.
+    #[test]
+    fn finding_2_a_task_succeeding_twice_is_reported_not_failed() {
+        let (twice, once, thrice) = (TaskId::new(), TaskId::new(), TaskId::new());
+        let batch = |tasks: &[(TaskId, u32)]| AuditEvent::SucceededBatch {
+            worker: "w".into(),
+            tasks: tasks
+                .iter()
+                .map(|&(task, attempt)| SucceededEntry {
+                    task,
+                    attempt,
+                    result_len: None,
+                })
+                .collect(),
+        };
+        let records = vec![
+            loaded(1, "a", 0, succeeded(twice, 1)),
+            loaded(2, "a", 1, succeeded(once, 1)),
+            loaded(3, "b", 0, batch(&[(twice, 2), (thrice, 1)])),
+            loaded(4, "b", 1, succeeded(thrice, 1)),
+            loaded(5, "a", 2, batch(&[(thrice, 1)])),
+            Loaded {
+                position: 6,
+                item: Err("not JSON".into()),
+            },
+        ];
+        let found = repeated_successes(&records);
+        let mut want = vec![twice, thrice];
+        want.sort();
+        assert_eq!(found.iter().map(|r| r.task).collect::<Vec<_>>(), want);
+        let t = found.iter().find(|r| r.task == twice).unwrap();
+        assert_eq!(
+            t.successes,
+            vec![
+                SuccessAt {
+                    writer: "a".into(),
+                    seq: 0,
+                    position: 1,
+                    attempt: 1
+                },
+                SuccessAt {
+                    writer: "b".into(),
+                    seq: 0,
+                    position: 3,
+                    attempt: 2
+                },
+            ]
+        );
+        assert_eq!(
+            found
+                .iter()
+                .find(|r| r.task == thrice)
+                .unwrap()
+                .successes
+                .len(),
+            3
+        );
+        assert!(t.describe().contains(&twice.to_string()));
+        assert!(t.describe().contains("succeeded 2 times"));
+
+        // A warning, not a fault.
+        let report = VerifyReport {
+            repeated_successes: found,
+            ..VerifyReport::default()
+        };
+        assert!(report.is_ok());
+    }
+
+    #[test]
+    fn single_successes_are_not_reported() {
+        let records = vec![
+            loaded(1, "a", 0, succeeded(TaskId::new(), 1)),
+            loaded(2, "a", 1, succeeded(TaskId::new(), 1)),
+        ];
+        assert!(repeated_successes(&records).is_empty());
+    }
 }

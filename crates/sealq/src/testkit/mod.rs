@@ -64,6 +64,7 @@ pub struct Harness {
     audit_sink: Option<Arc<dyn AuditSink>>,
     blob_store: Option<Arc<dyn BlobStore>>,
     damage: Option<damage::Damage>,
+    tamper: Option<cases::replay::TamperHook>,
     guard: Option<Box<dyn Any + Send>>,
 }
 
@@ -81,6 +82,7 @@ impl Harness {
             audit_sink: None,
             blob_store: None,
             damage: None,
+            tamper: None,
             guard: None,
         }
     }
@@ -120,6 +122,23 @@ impl Harness {
         self
     }
 
+    /// How to edit one stored task behind the broker's back, for the
+    /// replay cases ([`cases::replay`], [`crate::replay_tests!`]).
+    pub fn with_tamper<F>(mut self, f: F) -> Self
+    where
+        F: Fn(
+                cases::replay::Tamper,
+                crate::model::id::TaskId,
+                String,
+            ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.tamper = Some(Arc::new(f));
+        self
+    }
+
     /// Keep `guard` alive until the case has finished and the broker is dropped.
     pub fn with_guard(mut self, guard: impl Send + 'static) -> Self {
         self.guard = Some(Box::new(guard));
@@ -140,6 +159,7 @@ impl std::fmt::Debug for Harness {
             .field("audit_sink", &self.audit_sink)
             .field("blob_store", &self.blob_store)
             .field("damage", &self.damage.is_some())
+            .field("tamper", &self.tamper.is_some())
             .field("guard", &self.guard.is_some())
             .finish()
     }
@@ -232,6 +252,8 @@ macro_rules! conformance_tests {
             erase_subject_archives_active_and_revokes_its_lease,
             erase_subject_releases_unique_keys,
             erase_unknown_subject_is_harmless,
+            finding_2_a_completed_id_is_refused_while_retained_and_after_purge,
+            finding_2_a_deleted_id_is_refused_at_enqueue,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -160,9 +160,14 @@ pub async fn id_exists_for_live_and_purged_ids(ctx: Ctx) {
     );
     assert!(ctx.lease(&["id"], 10).await.is_empty());
 
-    // A deleted (never completed) id may be enqueued again.
+    // A deleted (never completed) id is remembered too (finding 2 of the
+    // security review): refused, not run again.
     let d = ctx.task("id");
     ctx.enqueue_ok(vec![d.clone()]).await;
     ctx.broker.delete(&[d.id]).await.unwrap();
-    ctx.enqueue_ok(vec![d]).await;
+    assert_eq!(
+        ctx.broker.enqueue(vec![d]).await.unwrap(),
+        vec![EnqueueResult::IdExists],
+        "an operator-deleted id does not come back"
+    );
 }

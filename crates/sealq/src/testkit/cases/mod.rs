@@ -15,6 +15,7 @@ mod erasure;
 mod lease;
 mod limits;
 mod recovery;
+pub mod replay;
 mod reseal;
 mod subject_keys;
 mod unique;
@@ -27,6 +28,10 @@ pub use erasure::*;
 pub use lease::*;
 pub use limits::*;
 pub use recovery::*;
+pub use replay::{
+    finding_2_a_completed_id_is_refused_while_retained_and_after_purge,
+    finding_2_a_deleted_id_is_refused_at_enqueue,
+};
 pub use reseal::*;
 pub use subject_keys::*;
 pub use unique::*;
