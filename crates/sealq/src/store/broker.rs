@@ -15,8 +15,13 @@
 //!   and changes nothing.
 //! - **Opaque envelopes.** The broker stores sealed bytes and never interprets
 //!   them; the clear metadata it sees is [`TaskMeta`](crate::model::task::TaskMeta).
+//! - **Replay memory.** The id of a task that completed, or that was deleted
+//!   or erased in any state, is remembered for the replay horizon (and as
+//!   long as a completed task's record is kept): `enqueue` refuses it
+//!   ([`EnqueueResult::IdExists`]) and `dequeue` flags a task with such an
+//!   id [`LeasedTask::replayed`], whatever its stored state says.
 //! - **The broker's clock.** Times are Unix milliseconds from the broker's
-//!   [`crate::Clock`], so tests can drive time.
+//!   [`Clock`](crate::model::clock::Clock), so tests can drive time.
 //! - **No backend types** in any signature; failures are [`BrokerError`].
 
 use std::time::Duration;
@@ -76,8 +81,9 @@ pub struct LeasedTask {
     pub record: TaskRecord,
     /// The lease to ack or extend with.
     pub lease: Lease,
-    /// The broker remembers this id as completed before (the task came back:
-    /// replay). The worker archives it with reason `replay` unopened.
+    /// The broker remembers this id as completed, deleted or erased before
+    /// (the task came back: replay). The worker archives it with reason
+    /// `replay` unopened.
     pub replayed: bool,
 }
 

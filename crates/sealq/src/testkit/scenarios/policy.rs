@@ -13,6 +13,9 @@ use crate::model::options::EnqueueOptions;
 use crate::model::state::{ArchiveReason, TaskState};
 use crate::worker::{TaskContext, Worker};
 
+/// An edit of a stored task's clear metadata, as a broker writer makes it.
+type Edit = Box<dyn Fn(&mut crate::model::task::TaskMeta)>;
+
 /// Finding 3: a task whose clear policy was edited in the broker (more
 /// retries, another backoff, a longer timeout, no deadline, a longer
 /// retention) never reaches a handler; it is archived `integrity`.
@@ -27,7 +30,7 @@ pub async fn finding_3_a_policy_edited_in_the_broker_never_runs(e: Scene) {
             .seal(RawTask::typed(&Greet { name: "x".into() }, options.clone()).unwrap())
             .unwrap()
     };
-    let edits: [(&str, Box<dyn Fn(&mut crate::model::task::TaskMeta)>); 5] = [
+    let edits: [(&str, Edit); 5] = [
         ("max_retries", Box::new(|m| m.max_retries = 1_000)),
         (
             "backoff",
