@@ -55,6 +55,9 @@ pub(crate) async fn run(global: &Global, args: WorkerArgs) -> CliResult {
         })
         .concurrency(args.concurrency)
         .shutdown_timeout(args.shutdown_timeout)
+        // A handler panic's message may hold payload data: sealed as the
+        // task's error, never printed (security review finding 9).
+        .quiet_handler_panics(true)
         .handle_any(move |payload, ctx| run_command(exec.clone(), env.clone(), payload, ctx))
         .build()?;
     let report = worker.run().await;

@@ -23,6 +23,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::handler::{ErasedHandler, Failure, RawPayload, TaskContext};
 use super::outcome::{Finished, HandlerEnd, archive, fail, outcome_of, refuse};
+use super::panic_hook::QuietPanics;
 use super::runtime::{RunState, WorkerState};
 use crate::blob::ClaimAction;
 use crate::error::IntegrityError;
@@ -388,7 +389,7 @@ fn find_handler(state: &WorkerState, record: &TaskRecord) -> Step<Arc<dyn Erased
 }
 
 /// Call the handler under `min(timeout, deadline - now)`, inside
-/// `catch_unwind`, racing the hard shutdown. Records the start delay and
+/// `catch_unwind` (and [`QuietPanics`]), racing the hard shutdown. Records the start delay and
 /// duration metrics and the audit's `started` event.
 ///
 /// Hard shutdown first: the task is acked as given back (`Requeue`), its
@@ -413,7 +414,14 @@ async fn run_handler(
     if let Some(a) = &state.config.audit {
         a.on_started(&state.config.id, record);
     }
-    let call = AssertUnwindSafe(handler.call(payload, ctx.clone())).catch_unwind();
+    // Polls marked as the handler's: with quiet handler panics, the panic
+    // hook prints nothing of a panic raised in them (its message is sealed
+    // as the task's error by `outcome_of`, never printed).
+    let call = AssertUnwindSafe(QuietPanics::new(
+        handler.call(payload, ctx.clone()),
+        state.config.quiet_handler_panics,
+    ))
+    .catch_unwind();
     let started = Instant::now();
     let result = tokio::select! {
         biased;

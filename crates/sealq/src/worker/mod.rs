@@ -19,7 +19,7 @@
 //! Where each part lives: `runtime.rs` (the worker's state, one run and its
 //! shutdown), `fetch.rs` and `prefetch.rs` (fetching), `execute.rs` (one
 //! task's steps from lease to outcome), `outcome.rs` (archive, refuse, fail,
-//! seal), `acks.rs`, `heartbeat.rs`, `maintenance.rs`, `handler.rs` (what
+//! seal), `panic_hook.rs` (keeping handler panics off stderr), `acks.rs`, `heartbeat.rs`, `maintenance.rs`, `handler.rs` (what
 //! handlers receive and return), `priority.rs` (queue order), `stats.rs`
 //! (counters).
 
@@ -30,6 +30,7 @@ mod handler;
 mod heartbeat;
 mod maintenance;
 mod outcome;
+mod panic_hook;
 mod prefetch;
 mod priority;
 mod resolve;
@@ -82,6 +83,8 @@ pub(crate) struct Config {
     pub(crate) subject_key_store: Option<Arc<dyn SubjectKeyStore>>,
     /// Refuse to start when the keyring opens none of the waiting tasks.
     pub(crate) check_keyring: bool,
+    /// Keep handler panics' messages off stderr (`panic_hook`).
+    pub(crate) quiet_handler_panics: bool,
 }
 
 /// Builds a [`Worker`].
@@ -192,6 +195,30 @@ impl WorkerBuilder {
         self
     }
 
+    /// Keep the message of a handler's panic off stderr (default `false`).
+    ///
+    /// A panic in a handler is a failed attempt: retried with backoff, and
+    /// its message, which may hold payload data, is sealed as the task's
+    /// error like a returned [`TaskError`]'s. But Rust's default panic hook
+    /// prints that message to stderr first, unsealed. With `true`, building
+    /// the worker installs a panic hook (once per process, however many
+    /// workers ask) that prints nothing for a panic raised while this
+    /// worker polls a handler's future, and passes every other panic to
+    /// the hook that was set before it (by default, the one that prints
+    /// it). The worker still logs "handler panicked" at WARN in the task's
+    /// span (its id, never the message).
+    ///
+    /// Off by default because the panic hook belongs to the whole process:
+    /// a library should not replace it unasked. Ask for it in any worker
+    /// whose handlers may panic with payload data (the `sealq worker` CLI
+    /// does). Set your own hook before building the worker, not after: a
+    /// hook set later replaces this one. Panics in threads or tokio tasks a
+    /// handler spawns are not the handler's poll, and are printed.
+    pub fn quiet_handler_panics(mut self, quiet: bool) -> Self {
+        self.config.quiet_handler_panics = quiet;
+        self
+    }
+
     /// Write an audit record for every lease, start, success, failure,
     /// retry, archive (refusals included: `integrity`, `expired`, `replay`)
     /// and give-back. Default: none.
@@ -287,6 +314,9 @@ impl WorkerBuilder {
                 "a worker needs at least one handler (handle, handle_raw or handle_any)".into(),
             ));
         }
+        if self.config.quiet_handler_panics {
+            panic_hook::install();
+        }
         Ok(Worker {
             state: Arc::new(runtime::WorkerState::new(
                 self.broker,
@@ -360,6 +390,7 @@ impl Worker {
                 audit: None,
                 subject_key_store: None,
                 check_keyring: true,
+                quiet_handler_panics: false,
             },
         }
     }
