@@ -14,6 +14,17 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A worker over whatever the URL names (the README's example):
+//!
+//! ```no_run
+//! # async fn f(keyring: std::sync::Arc<sealq::Keyring>) -> Result<(), Box<dyn std::error::Error>> {
+//! let conn = sealq_connect::connect("redis://worker:pw@127.0.0.1:6379", &Default::default()).await?;
+//! let worker = sealq::Worker::from_stores(conn.stores(), keyring)   // broker + subject keys
+//!     .handle_raw("invoice.send", |_payload, _ctx| async { Ok(()) })
+//!     .build()?;
+//! # let _ = worker; Ok(()) }
+//! ```
+//!
 //! | URL | backend |
 //! | --- | --- |
 //! | `sqlite://PATH`, `sqlite:PATH` (`?synchronous=normal\|full`) | embedded SQLite (`sealq_sqlite`) |
