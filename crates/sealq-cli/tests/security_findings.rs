@@ -1,5 +1,5 @@
-//! Regression tests for the findings of the CLI security review, one test
-//! per finding, named after it. Each runs the real `sealq` binary, always
+//! Regression tests for findings 1 and 9 of the security review (issue
+//! 20's numbering), one test per item, named after its finding. Each runs the real `sealq` binary, always
 //! under `umask 022` (a common default) through `sh -c`, so the file modes
 //! it checks do not depend on the umask of whoever runs the tests.
 
@@ -215,7 +215,7 @@ fn finding_1_exec_children_get_no_secrets() {
 }
 
 #[test]
-fn finding_2_files_are_created_0600_under_umask_022() {
+fn finding_9_files_are_created_0600_under_umask_022() {
     let sb = Sandbox::new();
     assert_eq!(mode(&sb.keyring), 0o600, "keys generate > FILE");
 
@@ -282,7 +282,7 @@ fn finding_2_files_are_created_0600_under_umask_022() {
 }
 
 #[test]
-fn finding_3_a_keyring_others_can_read_is_refused() {
+fn finding_9_a_keyring_others_can_read_is_refused() {
     let sb = Sandbox::new();
     for m in [0o644, 0o640, 0o604, 0o660, 0o666] {
         std::fs::set_permissions(&sb.keyring, std::fs::Permissions::from_mode(m)).unwrap();
@@ -303,7 +303,7 @@ fn finding_3_a_keyring_others_can_read_is_refused() {
 }
 
 #[test]
-fn finding_4_keys_rotate_does_not_write_through_a_tmp_symlink() {
+fn finding_9_keys_rotate_does_not_write_through_a_tmp_symlink() {
     let sb = Sandbox::new();
     let before = sealq::Keyring::from_file(&sb.keyring).unwrap();
     // What the old code wrote through: `<keyring>.tmp`, here a symlink to a
@@ -341,7 +341,7 @@ fn finding_4_keys_rotate_does_not_write_through_a_tmp_symlink() {
 }
 
 #[test]
-fn finding_5_control_characters_in_stored_text_are_escaped() {
+fn finding_9_control_characters_in_stored_text_are_escaped() {
     let sb = Sandbox::new();
     sb.ok(&["enqueue", "-t", "t.plain", "--payload", "{}"]);
     // Someone with write access to the broker stores a task type with an
@@ -367,7 +367,7 @@ fn finding_5_control_characters_in_stored_text_are_escaped() {
 }
 
 #[test]
-fn finding_6_audit_show_marks_records_that_do_not_verify() {
+fn finding_9_audit_show_marks_records_that_do_not_verify() {
     let sb = Sandbox::new();
     let id = sb
         .ok(&["enqueue", "-t", "t.audited", "--payload", "{}"])
