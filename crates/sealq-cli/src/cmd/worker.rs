@@ -28,7 +28,8 @@ pub(crate) async fn run(global: &Global, args: WorkerArgs) -> CliResult {
     let keyring = global.keyring()?;
     let opened = global.open_broker()?;
     // Fail closed before the audit log is opened: a wrong keyring writes
-    // nothing anywhere (the worker checks again before it leases).
+    // nothing anywhere. (The library worker's own check, which would sample
+    // the same tasks again, is turned off below.)
     let names: Vec<String> = queues.iter().map(|(q, _)| q.clone()).collect();
     let check =
         sealq::keyring_check::check_keyring(&*opened.broker, &keyring, Some(&names)).await?;
@@ -39,7 +40,7 @@ pub(crate) async fn run(global: &Global, args: WorkerArgs) -> CliResult {
     }
     let auditor = super::audit::start(opened.audit_home(), args.audit, &keyring)?;
     let exec: Arc<str> = Arc::from(args.exec.as_str());
-    let mut builder = Worker::from_stores(opened.conn.stores(), keyring);
+    let mut builder = Worker::from_stores(opened.conn.stores(), keyring).check_keyring(false);
     if let Some(a) = &auditor {
         builder = builder.audit(a.clone());
     }
