@@ -72,6 +72,7 @@ mod enqueue;
 mod erasure;
 mod error;
 mod functions;
+mod key_checks;
 mod keys;
 mod lease;
 mod maintenance;
@@ -453,5 +454,16 @@ impl Broker for RedisBroker {
 
     fn subject_key_store(&self) -> Option<Arc<dyn SubjectKeyStore>> {
         Some(self.inner.subject_keys.clone())
+    }
+
+    async fn key_checks(&self) -> BrokerResult<Option<Vec<sealq::model::key_check::KeyCheck>>> {
+        self.read_key_checks().await.map(Some)
+    }
+
+    async fn record_key_checks(
+        &self,
+        checks: &[sealq::model::key_check::KeyCheck],
+    ) -> BrokerResult<bool> {
+        self.write_key_checks(checks).await.map(|()| true)
     }
 }

@@ -110,6 +110,7 @@ mod quarantine;
 mod read;
 mod replay;
 mod schema;
+mod key_checks;
 mod subject_key_store;
 mod url;
 mod wake;
@@ -371,6 +372,24 @@ impl Broker for SqliteBroker {
             .writer
             .call(move |ctx| ops::delete(ctx, &ids))
             .await
+    }
+
+    async fn key_checks(&self) -> BrokerResult<Option<Vec<sealq::model::key_check::KeyCheck>>> {
+        self.inner.writer.call(key_checks::read).await.map(Some)
+    }
+
+    async fn record_key_checks(
+        &self,
+        checks: &[sealq::model::key_check::KeyCheck],
+    ) -> BrokerResult<bool> {
+        if !checks.is_empty() {
+            let checks = checks.to_vec();
+            self.inner
+                .writer
+                .call(move |ctx| key_checks::record(ctx, &checks))
+                .await?;
+        }
+        Ok(true)
     }
 
     async fn swap_sealed(&self, swaps: &[SealedSwap]) -> BrokerResult<Vec<bool>> {

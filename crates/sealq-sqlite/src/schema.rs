@@ -24,6 +24,9 @@
 //! - `queue_rates`: per-queue rate limits as token buckets (`limit` per
 //!   `period_ms`, `tokens` left at `updated_at`; `Broker::set_rate_limit`;
 //!   migration 2).
+//! - `key_checks`: the check value of each sealing key in use, by key id
+//!   (hex; the first recorded per id is kept; `Broker::record_key_checks`;
+//!   migration 3). Never a key.
 //! - `completed_ids`: replay memory, ids that completed or were deleted
 //!   (`completed_at`: when the id was last remembered; kept for
 //!   [`crate::SqliteOptions::replay_horizon`] after that, and while the
@@ -117,6 +120,13 @@ CREATE TABLE queue_rates (
     period_ms  INTEGER NOT NULL CHECK (period_ms > 0),
     tokens     REAL NOT NULL,
     updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
+    r#"
+CREATE TABLE key_checks (
+    key_id      TEXT PRIMARY KEY NOT NULL,
+    check_value TEXT NOT NULL,
+    recorded_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
 ];

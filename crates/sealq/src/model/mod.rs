@@ -12,6 +12,7 @@
 //! - [`state`]: [`TaskState`] and [`ArchiveReason`].
 //! - [`record`]: [`NewTask`] and [`TaskRecord`], a task as stored.
 //! - [`counts`]: [`QueueStats`], [`ErasureCounts`], [`ErasureReceipt`].
+//! - [`key_check`]: [`key_check::KeyCheck`], a sealing key's check value.
 //! - [`audit_event`]: [`AuditEvent`], what the audit log says happened.
 //! - [`clock`]: the [`Clock`] that dates everything.
 //! - `hex`: lowercase hex for ids and digests.
@@ -22,6 +23,7 @@ pub mod clock;
 pub mod counts;
 pub(crate) mod hex;
 pub mod id;
+pub mod key_check;
 pub mod options;
 pub mod record;
 pub mod state;

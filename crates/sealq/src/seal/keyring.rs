@@ -42,6 +42,10 @@
 //!
 //! Error messages name the field or key id that is wrong; they never contain
 //! a secret value.
+//!
+//! `role` (optional): `"full"` (the default, everything above) or
+//! `"operator"`, a keyring with the audit keys only, which opens nothing
+//! (format and rules in [`role`]).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -62,6 +66,12 @@ use crate::model::id::SubjectTag;
 use crate::seal::envelope::{
     self, Aad, Algorithm, NONCE_LEN, TAG_LEN, is_valid_key_id, parse_header, write_header,
 };
+
+mod check_value;
+pub mod role;
+
+pub use check_value::KEY_CHECK_LABEL;
+pub use role::KeyringRole;
 
 /// Length of every secret in the keyring (sealing keys, subject tag key).
 pub const KEY_LEN: usize = 32;
@@ -114,11 +124,15 @@ pub struct Keyring {
     subject_tag_key: Zeroizing<[u8; KEY_LEN]>,
     /// Ed25519 seed signing audit checkpoints (optional for older keyrings).
     audit_signing_key: Option<Zeroizing<[u8; KEY_LEN]>>,
+    /// `Some` in an operator keyring ([`role`]): no sealing keys, and
+    /// `subject_tag_key` is a random stand-in.
+    operator: Option<role::OperatorPart>,
 }
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keyring")
+            .field("role", &self.role())
             .field("primary", &self.primary)
             .field("keys", &self.keys.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
@@ -143,6 +157,7 @@ impl Keyring {
             keys,
             subject_tag_key: random_key(),
             audit_signing_key: Some(random_key()),
+            operator: None,
         }
     }
 
@@ -223,6 +238,9 @@ impl Keyring {
     ///
     /// The output parses back with [`Keyring::from_toml`] to an identical keyring.
     pub fn to_toml_secret(&self) -> Zeroizing<String> {
+        if let Some(op) = &self.operator {
+            return role::operator_toml(self, op);
+        }
         // Reserve up front so the buffer never reallocates (a reallocation
         // would leave an unwiped copy of the secrets behind).
         let per_key = 32 + 2 * envelope::MAX_KEY_ID_LEN + 64 + 64;
@@ -282,6 +300,7 @@ impl Keyring {
     /// Fails if `id` is not a valid key id or already exists. Make it the
     /// sealing key with [`Keyring::set_primary`].
     pub fn add_key(&mut self, id: &str) -> Result<(), Error> {
+        self.require_sealing_keys("add a key")?;
         check_key_id(id)?;
         if self.keys.contains_key(id) {
             return Err(Error::Keyring(format!("key `{id}` already exists")));
@@ -354,7 +373,13 @@ impl Keyring {
     /// (distinct labels give unrelated keys). Never use a label for two
     /// purposes. For a key that rotates with the sealing keys, see
     /// `Keyring::derive_from_sealing_key` (crate-private).
+    ///
+    /// An operator keyring ([`role`]) holds only the audit MAC key's; for
+    /// any other label it answers with a key that matches nothing stored.
     pub fn derive_stable_key(&self, label: &str) -> Zeroizing<[u8; 32]> {
+        if let Some(k) = self.operator_stable_key(label) {
+            return k;
+        }
         hkdf_32(&self.subject_tag_key, label)
     }
 
@@ -422,6 +447,7 @@ impl Keyring {
         plaintext: &[u8],
         nonce: [u8; NONCE_LEN],
     ) -> Result<Vec<u8>, Error> {
+        self.require_sealing_keys("seal a task")?;
         let key_id = self.primary.as_str();
         let entry = self.keys.get(key_id).ok_or_else(|| {
             Error::Keyring(format!(
@@ -442,6 +468,7 @@ impl Keyring {
         plaintext: &[u8],
         nonce: [u8; NONCE_LEN],
     ) -> Result<Vec<u8>, Error> {
+        self.require_sealing_keys("seal a task")?;
         let key_id = self.primary.as_str();
         let entry = self.keys.get(key_id).ok_or_else(|| {
             Error::Keyring(format!(
@@ -464,6 +491,9 @@ impl Keyring {
         envelope: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, IntegrityError> {
         let header = parse_header(envelope)?;
+        if self.operator.is_some() {
+            return Err(IntegrityError::UnknownKey(header.key_id.to_owned()));
+        }
         let entry = self
             .keys
             .get(header.key_id)
@@ -471,7 +501,10 @@ impl Keyring {
         open_with_cipher(&entry.cipher, aad, envelope)
     }
 
-    fn from_raw(raw: KeyringToml) -> Result<Self, Error> {
+    fn from_raw(mut raw: KeyringToml) -> Result<Self, Error> {
+        if let Some(operator) = role::operator_from_raw(&mut raw) {
+            return operator;
+        }
         let primary = raw.primary.ok_or_else(|| {
             Error::Keyring(
                 "`primary` is missing: name the sealing key, e.g. primary = \"k-20261123-ab12\""
@@ -518,6 +551,7 @@ impl Keyring {
             keys,
             subject_tag_key,
             audit_signing_key,
+            operator: None,
         })
     }
 }
@@ -538,6 +572,10 @@ impl<'de> Deserialize<'de> for SecretText {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeyringToml {
+    /// `full` (default) or `operator` ([`role`]).
+    role: Option<String>,
+    /// Operator keyrings only ([`role`]).
+    audit_mac_key: Option<SecretText>,
     primary: Option<String>,
     subject_tag_key: Option<SecretText>,
     audit_signing_key: Option<SecretText>,

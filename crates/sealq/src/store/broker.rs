@@ -31,6 +31,7 @@ use async_trait::async_trait;
 use crate::error::{BrokerError, BrokerErrorKind};
 use crate::model::counts::ErasureCounts;
 use crate::model::id::{SubjectTag, TaskId};
+use crate::model::key_check::KeyCheck;
 use crate::model::state::{ArchiveReason, TaskState};
 use crate::store::subject_keys::SubjectKeyStore;
 
@@ -361,6 +362,31 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
             BrokerErrorKind::Config,
             format!("{} does not support re-sealing yet", self.describe()),
         ))
+    }
+
+    /// The check values of sealing keys recorded here
+    /// ([`Broker::record_key_checks`]), in key id order: what a process
+    /// starting with a keyring compares its own with
+    /// (`keyring_check::stored`), so a keyring that holds none of the
+    /// deployment's keys is refused even when no task is waiting. Never a
+    /// key: a check value cannot be used to derive one.
+    ///
+    /// `Ok(None)`: this backend does not keep check values (the default);
+    /// keyrings are then checked against the waiting tasks only. An entry
+    /// that does not decode is left out (and logged by the backend).
+    async fn key_checks(&self) -> BrokerResult<Option<Vec<KeyCheck>>> {
+        Ok(None)
+    }
+
+    /// Record check values, put-if-absent per key id: a key id already
+    /// recorded keeps the value first recorded for it (a different key with
+    /// the same id must not replace it). Cheap, but meant to be called once
+    /// per process (first enqueue of a client, start of a worker), not per
+    /// task. Returns whether the backend keeps them: `false` (the default)
+    /// when it does not, and nothing is stored.
+    async fn record_key_checks(&self, checks: &[KeyCheck]) -> BrokerResult<bool> {
+        let _ = checks;
+        Ok(false)
     }
 
     /// Where this deployment keeps wrapped per-subject data keys, if the
