@@ -28,7 +28,7 @@ impl RedisBroker {
             .query(&c)
             .await
             .map_err(|e| self.err(what, e))?;
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> = match redis::FromRedisValue::from_redis_value(v) {
+        let pairs: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = match redis::FromRedisValue::from_redis_value(v) {
             Ok(p) => p,
             Err(e) => return Err(self.corrupt_reply(what, e)),
         };

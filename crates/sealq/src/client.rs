@@ -105,6 +105,11 @@ struct Inner {
     audit: Option<crate::audit::Auditor>,
     /// Per-subject data keys, when the broker provides a key store.
     subject_keys: Option<Arc<SubjectKeys>>,
+    /// Accept a keyring the broker's recorded check values do not know.
+    accept_new_keyring: bool,
+    /// Set once the keyring was checked against (and recorded in) the
+    /// broker's check values: before the first enqueue, once per client.
+    keyring_recorded: tokio::sync::OnceCell<()>,
 }
 
 /// Builds a [`Client`].
@@ -119,6 +124,7 @@ pub struct ClientBuilder {
     audit: Option<crate::audit::Auditor>,
     /// The subject key store, when given apart from the broker.
     subject_key_store: Option<Arc<dyn SubjectKeyStore>>,
+    accept_new_keyring: bool,
 }
 
 impl ClientBuilder {
@@ -163,6 +169,18 @@ impl ClientBuilder {
         self
     }
 
+    /// Before its first enqueue a client compares its keyring with the
+    /// check values the broker recorded and refuses a keyring that holds
+    /// none of the deployment's keys ([`crate::keyring_check::stored`]);
+    /// `true` accepts one, for a deliberate new deployment on an old broker
+    /// (its values are then recorded beside the old ones). A key id the
+    /// broker knows with another secret is refused all the same. Default
+    /// `false`.
+    pub fn accept_new_keyring(mut self, accept: bool) -> Self {
+        self.accept_new_keyring = accept;
+        self
+    }
+
     /// The clock used for created-at and delays (tests).
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
@@ -187,6 +205,8 @@ impl ClientBuilder {
                     .unwrap_or_else(crate::model::id::default_process_id),
                 clock: self.clock,
                 audit: self.audit,
+                accept_new_keyring: self.accept_new_keyring,
+                keyring_recorded: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -204,6 +224,7 @@ impl Client {
             clock: system_clock(),
             audit: None,
             subject_key_store: None,
+            accept_new_keyring: false,
         }
     }
 
@@ -257,6 +278,43 @@ impl Client {
     /// This client's producer id.
     pub fn producer(&self) -> &str {
         &self.inner.producer
+    }
+
+    /// Once per client, before its first enqueue: compare the keyring with
+    /// the check values the broker recorded, refuse one that does not fit
+    /// ([`Error::Keyring`], saying what to do) and record its own
+    /// ([`crate::keyring_check::stored`]). A broker whose ACL does not let
+    /// this role read them (a Redis user set up before they existed) is
+    /// logged once and not asked again; other broker errors are returned
+    /// (the next enqueue asks again).
+    async fn check_keyring_once(&self) -> Result<()> {
+        use crate::keyring_check::stored::{RecordOptions, check_recorded_keys};
+        self.inner
+            .keyring_recorded
+            .get_or_try_init(|| async {
+                let options = RecordOptions {
+                    accept_new_keyring: self.inner.accept_new_keyring,
+                    record: true,
+                };
+                match check_recorded_keys(&*self.inner.broker, &self.inner.keyring, options).await
+                {
+                    Ok(_) => Ok(()),
+                    Err(Error::Broker(e))
+                        if e.kind == crate::error::BrokerErrorKind::PermissionDenied =>
+                    {
+                        tracing::warn!(
+                            error = %e,
+                            "cannot read the keyring check values the broker records; enqueueing \
+                             without comparing (grant the role the permissions in \
+                             docs/redis-acl.md)"
+                        );
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+            .map(|_| ())
     }
 
     /// Check, seal and enqueue one typed task; returns its id.
@@ -481,6 +539,7 @@ impl Client {
             }
             name_of.push(names.len() - 1);
         }
+        self.check_keyring_once().await?;
         let results = self.inner.broker.enqueue(sealed).await?;
         for (i, (((slot, result), id), key)) in slots
             .into_iter()

@@ -12,6 +12,11 @@
 //! Envelopes sealed with a subject's data key are not sampled (opening them
 //! needs the subject key store; the keyring's part there is the KEK, which
 //! `SubjectKeys` checks when it unwraps).
+//!
+//! The broker also keeps check values of the keyring in use ([`stored`]),
+//! so a wrong keyring is refused even when no task is waiting.
+
+pub mod stored;
 
 use std::collections::BTreeSet;
 

@@ -254,6 +254,8 @@ macro_rules! conformance_tests {
             erase_unknown_subject_is_harmless,
             finding_2_a_completed_id_is_refused_while_retained_and_after_purge,
             finding_2_a_deleted_id_is_refused_at_enqueue,
+            key_checks_are_put_if_absent_per_key_id,
+            finding_7_recorded_key_checks_refuse_a_wrong_keyring_with_no_task_waiting,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -83,6 +83,8 @@ pub(crate) struct Config {
     pub(crate) subject_key_store: Option<Arc<dyn SubjectKeyStore>>,
     /// Refuse to start when the keyring opens none of the waiting tasks.
     pub(crate) check_keyring: bool,
+    /// Accept a keyring the broker's recorded check values do not know.
+    pub(crate) accept_new_keyring: bool,
     /// Keep handler panics' messages off stderr (`panic_hook`).
     pub(crate) quiet_handler_panics: bool,
 }
@@ -190,8 +192,22 @@ impl WorkerBuilder {
     /// ([`Error::Keyring`](crate::error::Error::Keyring), naming the keys the
     /// tasks need) instead of reading the backlog as tampered
     /// ([`crate::keyring_check`]).
+    ///
+    /// The same check compares the keyring with the check values the
+    /// broker recorded ([`crate::keyring_check::stored`]), so a keyring
+    /// that holds none of the deployment's keys is refused even when no
+    /// task waits, and records the keyring's own values.
     pub fn check_keyring(mut self, check: bool) -> Self {
         self.config.check_keyring = check;
+        self
+    }
+
+    /// Start although the keyring holds none of the keys the broker
+    /// recorded (default `false`): a deliberate new deployment on an old
+    /// broker. A key id the broker knows with another secret is refused all
+    /// the same ([`crate::keyring_check::stored`]).
+    pub fn accept_new_keyring(mut self, accept: bool) -> Self {
+        self.config.accept_new_keyring = accept;
         self
     }
 
@@ -314,6 +330,8 @@ impl WorkerBuilder {
                 "a worker needs at least one handler (handle, handle_raw or handle_any)".into(),
             ));
         }
+        self.keyring
+            .require_sealing_keys("run a worker (it opens payloads)")?;
         if self.config.quiet_handler_panics {
             panic_hook::install();
         }
@@ -390,6 +408,7 @@ impl Worker {
                 audit: None,
                 subject_key_store: None,
                 check_keyring: true,
+                accept_new_keyring: false,
                 quiet_handler_panics: false,
             },
         }

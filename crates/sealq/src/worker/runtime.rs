@@ -21,6 +21,7 @@ use super::prefetch::PrefetchBounds;
 use super::{Config, WorkerReport, WorkerStats};
 use crate::error::{Error, Result};
 use crate::keyring_check::check_keyring;
+use crate::keyring_check::stored::{RecordOptions, check_recorded_keys};
 use crate::model::clock::SharedClock;
 use crate::model::id::TaskId;
 use crate::seal::keyring::Keyring;
@@ -179,15 +180,31 @@ pub(crate) fn error_backoff(failures: u32) -> Duration {
     Duration::from_millis((50u64 << failures.min(7)).min(5_000))
 }
 
-/// Fail closed: before anything is leased, a keyring that opens none of the
-/// tasks waiting in the worker's queues stops the worker with an error that
-/// names the keys they need ([`crate::keyring_check`]), rather than letting
-/// it archive the backlog as tampered.
+/// Fail closed: before anything is leased, a keyring that does not fit the
+/// check values the broker recorded ([`crate::keyring_check::stored`]), or
+/// that opens none of the tasks waiting in the worker's queues, stops the
+/// worker with an error that names the keys ([`crate::keyring_check`]),
+/// rather than letting it archive the backlog as tampered. Once accepted,
+/// the keyring's check values are recorded.
 ///
 /// A broker that cannot be read at start does not stop the worker (its
 /// fetch loop waits for the broker as before): the check is skipped with a
 /// warning.
 async fn refuse_a_wrong_keyring(state: &WorkerState) -> Result<()> {
+    let options = RecordOptions {
+        accept_new_keyring: state.config.accept_new_keyring,
+        record: true,
+    };
+    match check_recorded_keys(&*state.broker, &state.keyring, options).await {
+        Ok(_) => {}
+        Err(Error::Broker(e)) => {
+            warn!(error = %e, "could not read the keyring check values the broker records; starting anyway");
+        }
+        Err(e) => {
+            warn!(worker = %state.config.id, "{e}");
+            return Err(e);
+        }
+    }
     let check = match check_keyring(&*state.broker, &state.keyring, Some(&state.queue_names)).await
     {
         Ok(check) => check,

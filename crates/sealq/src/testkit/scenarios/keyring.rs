@@ -97,16 +97,19 @@ pub async fn finding_7_a_worker_with_another_keyring_refuses_to_start_and_change
 /// Finding 7: a task sealed with a key this keyring lacks is held (back to
 /// `retry`, no error, not archived) while the worker runs what it can open.
 pub async fn finding_7_a_task_whose_key_the_keyring_lacks_is_held_not_archived(e: Scene) {
-    let other = Client::builder(e.broker.clone(), Keyring::generate())
-        .producer("elsewhere")
-        .build();
-    let theirs = other
-        .enqueue(&Greet { name: "x".into() }, EnqueueOptions::new())
-        .await
-        .unwrap();
     let ours = e
         .client
         .enqueue(&Greet { name: "y".into() }, EnqueueOptions::new())
+        .await
+        .unwrap();
+    // Another keyring on the same broker: accepted only as a deliberate
+    // new deployment (its check values are then recorded beside ours).
+    let other = Client::builder(e.broker.clone(), Keyring::generate())
+        .producer("elsewhere")
+        .accept_new_keyring(true)
+        .build();
+    let theirs = other
+        .enqueue(&Greet { name: "x".into() }, EnqueueOptions::new())
         .await
         .unwrap();
     let handle = fast(Worker::builder(e.broker.clone(), e.keyring.clone()))
