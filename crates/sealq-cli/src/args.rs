@@ -181,7 +181,13 @@ pub(crate) enum KeysCommand {
     /// `(umask 077; sealq keys generate > keyring.toml)`. When stdout is a
     /// regular file, it is made mode 0600 before the keys are written;
     /// keyring files others can read or write are refused when loaded.
-    Generate,
+    ///
+    /// With `--role operator --from FULL.toml`: an operator keyring made
+    /// from a full one, holding only the audit keys. It runs `queues
+    /// pause/resume/limit/rate`, `tasks list/stats/delete/rerun` and `audit
+    /// verify/show`, writing their audit records, and opens no payload
+    /// (`tasks reveal`, `worker`, `enqueue`, `erase` and `keys` refuse it).
+    Generate(KeysGenerateArgs),
     /// Add a new primary key to the keyring file given with `--keyring`; old
     /// keys stay to open what they sealed. Audited (`key_rotated`).
     Rotate(KeysRotateArgs),
@@ -278,6 +284,28 @@ pub(crate) struct KeysRotateArgs {
     pub(crate) op: OperatorArgs,
 }
 
+/// `sealq keys generate`.
+#[derive(Debug, Args)]
+pub(crate) struct KeysGenerateArgs {
+    /// `full` (a new keyring: sealing keys, subject tag key, audit keys) or
+    /// `operator` (the audit keys of the keyring given with --from, nothing
+    /// that opens a task).
+    #[arg(long, value_enum, default_value_t = KeyringRoleArg::Full)]
+    pub(crate) role: KeyringRoleArg,
+    /// The full keyring an operator keyring is made from (with --role operator).
+    #[arg(long, value_name = "FULL.toml")]
+    pub(crate) from: Option<PathBuf>,
+}
+
+/// `--role` of `sealq keys generate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum KeyringRoleArg {
+    /// Everything: seals, opens, tags subjects, signs audit records.
+    Full,
+    /// Audit keys only: operator actions without opening payloads.
+    Operator,
+}
+
 /// `sealq enqueue`.
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("payload_source").required(true)))]
@@ -315,6 +343,12 @@ pub(crate) struct EnqueueArgs {
     /// Where audit records go (see `sealq audit --help`).
     #[arg(long, value_enum, env = "SEALQ_AUDIT", default_value_t = AuditSinkKind::File)]
     pub(crate) audit: AuditSinkKind,
+    /// Start although the keyring holds none of the keys the broker has
+    /// recorded (a deliberate new deployment on a broker an older keyring
+    /// used; tasks that keyring sealed stay unopened). A key id the broker
+    /// knows with another secret is refused all the same.
+    #[arg(long)]
+    pub(crate) accept_new_keyring: bool,
 }
 
 /// `sealq worker`.
@@ -358,6 +392,12 @@ pub(crate) struct WorkerArgs {
     /// Where audit records go (see `sealq audit --help`).
     #[arg(long, value_enum, env = "SEALQ_AUDIT", default_value_t = AuditSinkKind::File)]
     pub(crate) audit: AuditSinkKind,
+    /// Start although the keyring holds none of the keys the broker has
+    /// recorded (a deliberate new deployment on a broker an older keyring
+    /// used; tasks that keyring sealed stay unopened). A key id the broker
+    /// knows with another secret is refused all the same.
+    #[arg(long)]
+    pub(crate) accept_new_keyring: bool,
 }
 
 /// `sealq tasks ...`.

@@ -141,7 +141,7 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
     let broker = opened.broker.clone();
     // Two processes must share a keyring; one process uses a throw-away one.
     let keyring = Arc::new(if split {
-        global.keyring()?
+        global.full_keyring("run a benchmark")?
     } else {
         Keyring::generate()
     });

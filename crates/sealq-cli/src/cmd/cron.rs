@@ -43,7 +43,7 @@ pub(crate) async fn run(global: &Global, args: CronRunArgs) -> CliResult {
         .iter()
         .map(|e| parse_entry(e, &args.queue))
         .collect::<CliResult<Vec<_>>>()?;
-    let keyring = global.keyring()?;
+    let keyring = global.full_keyring("enqueue scheduled tasks")?;
     let opened = global.open_broker()?;
     let auditor = super::audit::start(opened.audit_home(), args.audit, &keyring)?;
     let mut client = Client::from_stores(opened.conn.stores(), keyring);

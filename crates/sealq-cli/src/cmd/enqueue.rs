@@ -10,7 +10,7 @@ use crate::error::{CliError, CliResult, context, msg};
 
 /// Read and parse the payload, seal it, enqueue it, print the id.
 pub(crate) async fn run(global: &Global, args: EnqueueArgs) -> CliResult {
-    let keyring = global.keyring()?;
+    let keyring = global.full_keyring("enqueue (it seals the payload)")?;
     let value = read_payload(&args)?;
     let audit = args.audit;
 
@@ -34,7 +34,8 @@ pub(crate) async fn run(global: &Global, args: EnqueueArgs) -> CliResult {
 
     let opened = global.open_broker()?;
     let auditor = super::audit::start(opened.audit_home(), audit, &keyring)?;
-    let mut builder = Client::from_stores(opened.conn.stores(), keyring);
+    let mut builder = Client::from_stores(opened.conn.stores(), keyring)
+        .accept_new_keyring(args.accept_new_keyring);
     if let Some(a) = &auditor {
         builder = builder.audit(a.clone());
     }

@@ -8,7 +8,7 @@ use crate::error::CliResult;
 
 /// Erase one subject's tasks and destroy its data key; print the receipt.
 pub(crate) async fn run(global: &Global, args: EraseArgs) -> CliResult {
-    let keyring = global.keyring()?;
+    let keyring = global.full_keyring("erase a subject (it computes the subject tag)")?;
     let opened = global.open_broker()?;
     let auditor = super::audit::start(opened.audit_home(), args.audit, &keyring)?;
     let mut builder = Client::from_stores(opened.conn.stores(), keyring);

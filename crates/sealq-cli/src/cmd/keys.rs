@@ -11,8 +11,17 @@ use crate::output::safe;
 
 /// Print a fresh keyring TOML (with secrets) to stdout, after a comment
 /// header on how to use it; a regular file as stdout is made 0600 first.
-/// Nothing is logged.
-pub(crate) fn generate() -> CliResult {
+/// Nothing is logged. With `--role operator`, the operator keyring of the
+/// full keyring `--from` names (else the configured one).
+pub(crate) fn generate(global: &super::Global, args: crate::args::KeysGenerateArgs) -> CliResult {
+    if args.role == crate::args::KeyringRoleArg::Operator {
+        return generate_operator(global, args.from.as_deref());
+    }
+    if args.from.is_some() {
+        return Err(CliError::usage(crate::error::msg(
+            "--from is for --role operator: a full keyring is generated afresh",
+        )));
+    }
     let keyring = Keyring::generate();
     let secret = keyring.to_toml_secret();
     let header = format!(
@@ -24,6 +33,42 @@ pub(crate) fn generate() -> CliResult {
          #   SEALQ_KEYRING=/path/to/keyring.toml\n\
          #   SEALQ_KEYRING_TOML=\"$(cat keyring.toml)\"\n\
          # Losing it makes every task sealed with it unreadable; keep a backup.\n",
+        now = jiff::Timestamp::now()
+            .round(jiff::Unit::Second)
+            .unwrap_or_else(|_| jiff::Timestamp::now()),
+    );
+    restrict_stdout_file()?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(header.as_bytes())
+        .and_then(|()| out.write_all(secret.as_bytes()))
+        .and_then(|()| out.flush())
+        .map_err(|e| CliError::runtime(context("cannot write the keyring to stdout", e)))
+}
+
+/// `sealq keys generate --role operator --from FULL.toml`.
+fn generate_operator(global: &super::Global, from: Option<&std::path::Path>) -> CliResult {
+    let full = match from {
+        Some(path) => Keyring::from_file(path)?,
+        None if global.keyring_configured() => global.keyring()?,
+        None => {
+            return Err(CliError::usage(crate::error::msg(
+                "--role operator makes an operator keyring from a full one: pass --from FULL.toml",
+            )));
+        }
+    };
+    if full.role() == sealq::keyring::KeyringRole::Operator {
+        return Err(CliError::usage(crate::error::msg(
+            "--from names an operator keyring already: give the full keyring it was made from",
+        )));
+    }
+    let operator = full.operator_keyring()?;
+    let secret = operator.to_toml_secret();
+    let header = format!(
+        "# sealq operator keyring generated {now} from a full keyring — SECRET: anyone holding\n\
+         # it can write audit records that verify. It opens no task and seals none: it runs\n\
+         # queues pause/resume/limit/rate, tasks list/stats/delete/rerun and audit verify/show.\n\
+         # Store it readable only by the operator: (umask 077; sealq keys generate --role operator \\\n\
+         #   --from keyring.toml > operator.toml)\n",
         now = jiff::Timestamp::now()
             .round(jiff::Unit::Second)
             .unwrap_or_else(|_| jiff::Timestamp::now()),
@@ -122,6 +167,7 @@ fn keyring_path(global: &super::Global, what: &str) -> CliResult<std::path::Path
 pub(crate) async fn rotate(global: &super::Global, args: crate::args::KeysRotateArgs) -> CliResult {
     let path = keyring_path(global, "keys rotate")?;
     let mut keyring = Keyring::from_file(&path)?;
+    keyring.require_sealing_keys("rotate keys")?;
     let previous = keyring.primary_key_id().to_owned();
     let new_id = keyring.rotate();
     write_keyring(&path, &keyring)?;
@@ -227,7 +273,7 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
             "--batch must be at least 1",
         )));
     }
-    let keyring = std::sync::Arc::new(global.keyring()?);
+    let keyring = std::sync::Arc::new(global.full_keyring("re-seal tasks")?);
     let blobs = blob_store(&args.blobs, !args.dry_run).await?;
     let opened = global.open_broker()?;
     let auditor = if args.dry_run {
@@ -375,6 +421,7 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
 pub(crate) async fn remove(global: &super::Global, args: crate::args::KeysRemoveArgs) -> CliResult {
     let path = keyring_path(global, "keys remove")?;
     let mut keyring = Keyring::from_file(&path)?;
+    keyring.require_sealing_keys("remove keys")?;
     if args.key == keyring.primary_key_id() {
         return Err(CliError::usage(crate::error::msg(format!(
             "`{}` is the primary key: rotate first (`sealq keys rotate`), then re-seal",

@@ -64,8 +64,18 @@ impl Global {
             .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
     }
 
-    /// The keyring: `--keyring`/`SEALQ_KEYRING`, else `SEALQ_KEYRING_TOML`;
-    /// neither is [`sealq::Error::NoKeyring`] (exit 2).
+    /// A full keyring, for a command that seals or opens (`to` says what it
+    /// does): an operator keyring is refused with a message saying so
+    /// (exit 2).
+    pub(crate) fn full_keyring(&self, to: &str) -> CliResult<Keyring> {
+        let keyring = self.keyring()?;
+        keyring.require_sealing_keys(to)?;
+        Ok(keyring)
+    }
+
+    /// The keyring, full or operator: `--keyring`/`SEALQ_KEYRING`, else
+    /// `SEALQ_KEYRING_TOML`; neither is [`sealq::Error::NoKeyring`] (exit 2).
+    /// Commands that seal or open use [`Global::full_keyring`].
     pub(crate) fn keyring(&self) -> CliResult<Keyring> {
         match &self.keyring {
             Some(path) if !path.as_os_str().is_empty() => Ok(Keyring::from_file(path)?),
@@ -78,7 +88,7 @@ impl Global {
 pub(crate) async fn run(global: Global, command: Command) -> CliResult {
     match command {
         Command::Demo(a) => demo::run(&global, a).await,
-        Command::Keys(KeysCommand::Generate) => keys::generate(),
+        Command::Keys(KeysCommand::Generate(a)) => keys::generate(&global, a),
         Command::Keys(KeysCommand::Rotate(a)) => keys::rotate(&global, a).await,
         Command::Keys(KeysCommand::Reseal(a)) => keys::reseal(&global, a).await,
         Command::Keys(KeysCommand::Remove(a)) => keys::remove(&global, a).await,

@@ -9,11 +9,18 @@ use crate::args::{OperatorArgs, QueuesCommand, RevealArgs, TaskIdsArgs};
 use crate::error::{CliError, CliResult, msg};
 
 /// A client with the configured auditor; the caller closes the auditor.
+///
+/// Every operator action but `reveal` runs with an operator keyring (audit
+/// keys only); `reveal` passes `Some(what)` and needs a full keyring.
 fn client(
     global: &Global,
     op: &OperatorArgs,
+    opens: Option<&str>,
 ) -> CliResult<(Client, Option<sealq::audit::Auditor>)> {
-    let keyring = global.keyring()?;
+    let keyring = match opens {
+        Some(to) => global.full_keyring(to)?,
+        None => global.keyring()?,
+    };
     let opened = global.open_broker()?;
     let auditor = super::audit::start(opened.audit_home(), op.audit, &keyring)?;
     let mut builder = Client::from_stores(opened.conn.stores(), keyring);
@@ -44,7 +51,7 @@ pub(crate) async fn reveal(global: &Global, args: RevealArgs) -> CliResult {
         .id
         .parse()
         .map_err(|e: sealq::Error| CliError::usage(msg(e.to_string())))?;
-    let (client, auditor) = client(global, &args.op)?;
+    let (client, auditor) = client(global, &args.op, Some("open a payload (tasks reveal)"))?;
     let result = client.reveal(id, &operator(&args.op)).await;
     super::audit::finish(auditor).await?;
     let revealed = result?;
@@ -69,7 +76,7 @@ pub(crate) async fn reveal(global: &Global, args: RevealArgs) -> CliResult {
 /// `sealq tasks delete --id ID...`.
 pub(crate) async fn delete(global: &Global, args: TaskIdsArgs) -> CliResult {
     let ids = ids(&args)?;
-    let (client, auditor) = client(global, &args.op)?;
+    let (client, auditor) = client(global, &args.op, None)?;
     let result = client.delete_tasks(&ids, &operator(&args.op)).await;
     super::audit::finish(auditor).await?;
     println!("deleted {} of {} task(s)", result?, ids.len());
@@ -79,7 +86,7 @@ pub(crate) async fn delete(global: &Global, args: TaskIdsArgs) -> CliResult {
 /// `sealq tasks rerun --id ID...`: archived tasks back to pending.
 pub(crate) async fn rerun(global: &Global, args: TaskIdsArgs) -> CliResult {
     let ids = ids(&args)?;
-    let (client, auditor) = client(global, &args.op)?;
+    let (client, auditor) = client(global, &args.op, None)?;
     let result = client.rerun_tasks(&ids, &operator(&args.op)).await;
     super::audit::finish(auditor).await?;
     println!(
@@ -99,7 +106,7 @@ pub(crate) async fn queues(global: &Global, cmd: QueuesCommand) -> CliResult {
         QueuesCommand::Rate(a) => return rate(global, a).await,
     };
     sealq::options::validate_queue_name(&args.queue)?;
-    let (client, auditor) = client(global, &args.op)?;
+    let (client, auditor) = client(global, &args.op, None)?;
     let who = operator(&args.op);
     let result = if pause {
         client.pause_queue(&args.queue, &who).await
@@ -119,7 +126,7 @@ pub(crate) async fn queues(global: &Global, cmd: QueuesCommand) -> CliResult {
 /// `sealq queues limit --queue Q (--max-depth N | --clear)`.
 async fn limit(global: &Global, args: crate::args::QueueLimitArgs) -> CliResult {
     sealq::options::validate_queue_name(&args.queue)?;
-    let (client, auditor) = client(global, &args.op)?;
+    let (client, auditor) = client(global, &args.op, None)?;
     let max_depth = if args.clear { None } else { args.max_depth };
     let result = client
         .set_queue_max_depth(&args.queue, max_depth, &operator(&args.op))
@@ -151,7 +158,7 @@ async fn rate(global: &Global, args: crate::args::QueueRateArgs) -> CliResult {
             )));
         }
     };
-    let (client, auditor) = client(global, &args.op)?;
+    let (client, auditor) = client(global, &args.op, None)?;
     let result = client
         .set_queue_rate_limit(&args.queue, limit, &operator(&args.op))
         .await;

@@ -25,11 +25,20 @@ use crate::error::{CliError, CliResult, msg};
 pub(crate) async fn run(global: &Global, args: WorkerArgs) -> CliResult {
     let queues = parse_queues(&args.queues)?;
     let env = Arc::new(ExecEnv::resolve(&args.exec_env, |n| std::env::var_os(n))?);
-    let keyring = global.keyring()?;
+    let keyring = global.full_keyring("run a worker (it opens payloads)")?;
     let opened = global.open_broker()?;
     // Fail closed before the audit log is opened: a wrong keyring writes
     // nothing anywhere. (The library worker's own check, which would sample
-    // the same tasks again, is turned off below.)
+    // the same tasks again, is turned off below.) First the check values
+    // the broker recorded (they catch a wrong keyring with no task
+    // waiting; this keyring's are recorded once accepted), then a sample of
+    // the waiting tasks.
+    let options = sealq::keyring_check::stored::RecordOptions {
+        accept_new_keyring: args.accept_new_keyring,
+        record: true,
+    };
+    sealq::keyring_check::stored::check_recorded_keys(&*opened.broker, &keyring, options)
+        .await?;
     let names: Vec<String> = queues.iter().map(|(q, _)| q.clone()).collect();
     let check =
         sealq::keyring_check::check_keyring(&*opened.broker, &keyring, Some(&names)).await?;
