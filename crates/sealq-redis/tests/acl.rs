@@ -188,3 +188,58 @@ async fn roles_can_do_their_job_and_nothing_more() {
         assert!(out.contains("NOPERM"), "admin ran {cmd:?}: {out}");
     }
 }
+
+/// Finding 7: the keyring's check values (`sealq:keychecks`) are recorded
+/// and read by producers and workers with the documented ACL lines, and
+/// the producer's selector for them opens nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_7_key_check_values_stay_within_each_roles_permissions() {
+    let s = RedisServer::start();
+    for line in support::acl_lines() {
+        let owned = support::acl_args(&line);
+        let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+        assert!(s.cli(&args).contains("OK"), "{line}");
+    }
+    RedisBroker::connect_unchecked(&url(&s, "sealq-admin", "apw"), RedisOptions::default())
+        .await
+        .unwrap()
+        .install()
+        .await
+        .unwrap();
+    let check = |id: &str, b: u8| sealq::model::key_check::KeyCheck {
+        key_id: id.into(),
+        value: [b; 16],
+    };
+    let producer = RedisBroker::connect(&url(&s, "sealq-producer", "ppw"))
+        .await
+        .unwrap();
+    assert!(
+        producer
+            .record_key_checks(&[check("k-p", 1)])
+            .await
+            .expect("the producer records")
+    );
+    let worker = RedisBroker::connect(&url(&s, "sealq-worker", "wpw"))
+        .await
+        .unwrap();
+    assert!(
+        worker
+            .record_key_checks(&[check("k-p", 2), check("k-w", 3)])
+            .await
+            .expect("the worker records")
+    );
+    let want = Some(vec![check("k-p", 1), check("k-w", 3)]);
+    assert_eq!(producer.key_checks().await.expect("the producer reads"), want);
+    assert_eq!(worker.key_checks().await.expect("the worker reads"), want);
+    // The producer's selector reaches that one key only.
+    for cmd in [
+        vec!["HSETNX", "sealq:{acl}:flags", "paused", "1"],
+        vec!["HGETALL", "sealq:{~}:g:ids"],
+        vec!["HGETALL", "sealq:{acl}:n"],
+        vec!["DEL", "sealq:keychecks"],
+        vec!["HSET", "sealq-keys:x", "a", "b"],
+    ] {
+        let out = cli_as(&s, "sealq-producer", "ppw", &cmd);
+        assert!(out.contains("NOPERM"), "producer ran {cmd:?}: {out}");
+    }
+}

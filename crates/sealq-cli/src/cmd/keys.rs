@@ -173,6 +173,18 @@ pub(crate) async fn rotate(global: &super::Global, args: crate::args::KeysRotate
     write_keyring(&path, &keyring)?;
 
     let opened = global.open_broker()?;
+    // Record the new key's check value, so processes started with the
+    // rotated keyring are known to this broker (best effort: the keyring
+    // file is already rotated; `keys reseal` records it too).
+    let record = sealq::keyring_check::stored::RecordOptions {
+        accept_new_keyring: false,
+        record: true,
+    };
+    if let Err(e) =
+        sealq::keyring_check::stored::check_recorded_keys(&*opened.broker, &keyring, record).await
+    {
+        eprintln!("warning: the new key's check value was not recorded in the broker: {e}");
+    }
     let auditor = super::audit::start(opened.audit_home(), args.op.audit, &keyring)?;
     if let Some(a) = &auditor {
         a.record(sealq::audit::AuditEvent::KeyRotated {

@@ -123,6 +123,19 @@ impl Client {
     /// auditor is configured.
     pub async fn reseal(&self, options: &ResealOptions, operator: &str) -> Result<ResealReport> {
         let keyring = self.keyring().clone();
+        keyring.require_sealing_keys("re-seal tasks")?;
+        // A keyring that does not fit what the broker recorded re-seals
+        // nothing; one that does records its new primary, so a worker
+        // started with only the new key (after `keys remove`) is known.
+        crate::keyring_check::stored::check_recorded_keys(
+            &**self.broker(),
+            &keyring,
+            crate::keyring_check::stored::RecordOptions {
+                accept_new_keyring: false,
+                record: true,
+            },
+        )
+        .await?;
         let primary = keyring.primary_key_id().to_owned();
         if let Some(from) = &options.from_key {
             if from == &primary {

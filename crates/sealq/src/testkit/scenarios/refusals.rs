@@ -62,11 +62,14 @@ pub async fn tampered_moved_foreign_expired_and_unknown_tasks_never_reach_a_hand
         .enqueue(vec![flipped, moved, relabelled, truncated])
         .await
         .unwrap();
-    // Sealed with a key this worker does not have.
-    let wrong_key = foreign
-        .enqueue(&Greet { name: "x".into() }, EnqueueOptions::new())
-        .await
+    // Sealed with a key this worker does not have, stored by a broker
+    // writer (a client with that keyring would be refused: its keyring
+    // holds none of the keys the broker recorded).
+    let foreign_task = foreign
+        .seal(RawTask::typed(&Greet { name: "x".into() }, EnqueueOptions::new()).unwrap())
         .unwrap();
+    let wrong_key = foreign_task.id;
+    e.broker.enqueue(vec![foreign_task]).await.unwrap();
     // Past its not-after.
     let expired = e
         .client
