@@ -9,6 +9,7 @@ mod cmd;
 mod duration;
 mod error;
 mod output;
+mod skipped;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -98,11 +99,20 @@ fn init_tracing(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{Layer as _, filter::LevelFilter};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    // The log as configured, and, whatever it shows, a count of the tasks
+    // reads skipped (`skipped`), which sees WARN and above only.
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter(filter),
+        )
+        .with(skipped::Counter.with_filter(LevelFilter::WARN))
         .try_init();
 }
 

@@ -20,6 +20,7 @@ pub(crate) async fn report(global: &Global, args: PayloadReportArgs) -> CliResul
     } else {
         print_report(&stats, over);
     }
+    crate::skipped::print_summary();
     if args.check && over > 0 {
         return Err(CliError::runtime(msg(format!(
             "{over} task type(s) over their payload budget"

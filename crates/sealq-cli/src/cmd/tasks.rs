@@ -81,10 +81,13 @@ pub(crate) async fn list(global: &Global, args: ListArgs) -> CliResult {
     let records = broker.list(&query).await?;
     let rows: Vec<TaskRow> = records.iter().map(TaskRow::from).collect();
     if args.json {
-        return print_json(&rows);
+        print_json(&rows)?;
+        crate::skipped::print_summary();
+        return Ok(());
     }
     if rows.is_empty() {
         println!("no tasks");
+        crate::skipped::print_summary();
         return Ok(());
     }
     let cells: Vec<Vec<String>> = rows
@@ -115,6 +118,7 @@ pub(crate) async fn list(global: &Global, args: ListArgs) -> CliResult {
             &cells,
         )
     );
+    crate::skipped::print_summary();
     Ok(())
 }
 
@@ -123,10 +127,13 @@ pub(crate) async fn stats(global: &Global, args: StatsArgs) -> CliResult {
     let broker = global.open_broker()?.broker;
     let stats = broker.stats().await?;
     if args.json {
-        return print_json(&stats);
+        print_json(&stats)?;
+        crate::skipped::print_summary();
+        return Ok(());
     }
     if stats.is_empty() {
         println!("no queues");
+        crate::skipped::print_summary();
         return Ok(());
     }
     let mut header = vec!["QUEUE".to_owned(), "PAUSED".to_owned()];
@@ -154,5 +161,6 @@ pub(crate) async fn stats(global: &Global, args: StatsArgs) -> CliResult {
         })
         .collect();
     print!("{}", table(&header, &cells));
+    crate::skipped::print_summary();
     Ok(())
 }
