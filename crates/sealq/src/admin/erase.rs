@@ -14,6 +14,8 @@ impl Client {
     /// The receipt names the subject only by its keyed tag. Erasing an
     /// unknown subject succeeds with zero counts; erasing twice is harmless.
     pub async fn erase_subject(&self, subject: &str, operator: &str) -> Result<ErasureReceipt> {
+        // An operator keyring cannot compute the subject's tag.
+        self.keyring().require_sealing_keys("erase a subject")?;
         let tag = self.keyring().subject_tag(subject);
         let counts = self.broker().erase_subject(&tag).await?;
         let key_destroyed = match self.subject_keys() {
