@@ -23,7 +23,8 @@ impl<S: Subscriber> Layer<S> for Counter {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let meta = event.metadata();
         if *meta.level() != Level::WARN
-            || !(meta.target().starts_with("sealq_sqlite") || meta.target().starts_with("sealq_redis"))
+            || !(meta.target().starts_with("sealq_sqlite")
+                || meta.target().starts_with("sealq_redis"))
         {
             return;
         }

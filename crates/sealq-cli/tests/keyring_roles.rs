@@ -96,7 +96,11 @@ impl Sandbox {
 
     fn ok(&self, keyring: &str, args: &[&str]) -> String {
         let out = self.run(keyring, args);
-        assert!(out.status.success(), "{args:?} with {keyring}: {}", text(&out));
+        assert!(
+            out.status.success(),
+            "{args:?} with {keyring}: {}",
+            text(&out)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -124,8 +128,9 @@ impl Sandbox {
     fn audit_log(&self) -> String {
         match &self._redis {
             Some(r) => r.cli(&["XRANGE", "sealq:audit:records", "-", "+"]),
-            None => std::fs::read_to_string(self.path().join("q.db.audit.jsonl"))
-                .unwrap_or_default(),
+            None => {
+                std::fs::read_to_string(self.path().join("q.db.audit.jsonl")).unwrap_or_default()
+            }
         }
     }
 
@@ -245,9 +250,18 @@ fn wrong_keyring_with_no_waiting_task(sb: &Sandbox) {
     let said = text(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(said.contains("holds none of the keys"), "{said}");
-    assert!(said.contains(&sb.primary("a.toml")), "names the broker's key: {said}");
-    assert!(said.contains(&sb.primary("b.toml")), "names the keyring's key: {said}");
-    assert!(said.contains("--accept-new-keyring"), "says what to do: {said}");
+    assert!(
+        said.contains(&sb.primary("a.toml")),
+        "names the broker's key: {said}"
+    );
+    assert!(
+        said.contains(&sb.primary("b.toml")),
+        "names the keyring's key: {said}"
+    );
+    assert!(
+        said.contains("--accept-new-keyring"),
+        "says what to do: {said}"
+    );
 
     let out = sb.worker_exits("twin.toml", &["--accept-new-keyring"]);
     let said = text(&out);
@@ -309,8 +323,17 @@ fn operator_keyring(sb: &Sandbox) {
     for args in [
         &["queues", "pause", "--queue", "default"][..],
         &["queues", "resume", "--queue", "default"],
-        &["queues", "limit", "--queue", "default", "--max-depth", "100"],
-        &["queues", "rate", "--queue", "default", "--limit", "10", "--per", "1s"],
+        &[
+            "queues",
+            "limit",
+            "--queue",
+            "default",
+            "--max-depth",
+            "100",
+        ],
+        &[
+            "queues", "rate", "--queue", "default", "--limit", "10", "--per", "1s",
+        ],
         &["tasks", "list"],
         &["tasks", "stats"],
         &["tasks", "delete", "--id", &a],
@@ -323,8 +346,17 @@ fn operator_keyring(sb: &Sandbox) {
     // The full keyring verifies what the operator wrote.
     sb.ok("a.toml", &["audit", "verify"]);
     let log = sb.audit_log();
-    for event in ["queue_paused", "queue_resumed", "queue_limited", "queue_rate_limited", "\"deleted\""] {
-        assert!(log.contains(event), "the operator's {event} is audited: {log}");
+    for event in [
+        "queue_paused",
+        "queue_resumed",
+        "queue_limited",
+        "queue_rate_limited",
+        "\"deleted\"",
+    ] {
+        assert!(
+            log.contains(event),
+            "the operator's {event} is audited: {log}"
+        );
     }
 
     // Nothing that opens or seals runs with it.

@@ -51,7 +51,13 @@ fn setup(dir: &Path, broker: &str) -> Vec<String> {
             let out = sealq(
                 dir,
                 broker,
-                &["enqueue", "--type", "t", "--payload", &format!(r#"{{"n":{n}}}"#)],
+                &[
+                    "enqueue",
+                    "--type",
+                    "t",
+                    "--payload",
+                    &format!(r#"{{"n":{n}}}"#),
+                ],
             );
             assert!(out.status.success(), "{}", text(&out));
             String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -67,7 +73,9 @@ fn summarises(dir: &Path, broker: &str, args: &[&str], bad: &str, n: u64) {
     assert!(err.contains(bad), "{args:?} names the task: {err}");
     let last = err.lines().last().unwrap_or_default();
     assert!(
-        last.starts_with(&format!("skipped {n} undecodable task(s); see warnings above")),
+        last.starts_with(&format!(
+            "skipped {n} undecodable task(s); see warnings above"
+        )),
         "{args:?} ends with the summary: {err}"
     );
     assert!(
@@ -84,11 +92,16 @@ fn finding_4_operator_commands_end_with_a_summary_of_skipped_tasks_sqlite() {
     let ids = setup(dir.path(), &broker);
     // Nothing skipped: no summary.
     let out = sealq(dir.path(), &broker, &["tasks", "list"]);
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("skipped"), "{}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("skipped"),
+        "{}",
+        text(&out)
+    );
 
     let id: sealq::TaskId = ids[1].parse().unwrap();
     let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
     let n = conn
         .execute(
             "UPDATE tasks SET state = 'bogus' WHERE id = ?1",
@@ -98,7 +111,13 @@ fn finding_4_operator_commands_end_with_a_summary_of_skipped_tasks_sqlite() {
     assert_eq!(n, 1);
     drop(conn);
     summarises(dir.path(), &broker, &["tasks", "list"], &ids[1], 1);
-    summarises(dir.path(), &broker, &["tasks", "list", "--json"], &ids[1], 1);
+    summarises(
+        dir.path(),
+        &broker,
+        &["tasks", "list", "--json"],
+        &ids[1],
+        1,
+    );
     summarises(dir.path(), &broker, &["tasks", "stats"], &ids[1], 1);
     summarises(dir.path(), &broker, &["payloads", "report"], &ids[1], 1);
 }
@@ -112,7 +131,11 @@ fn finding_4_operator_commands_end_with_a_summary_of_skipped_tasks_redis() {
     assert!(out.status.success(), "{}", text(&out));
     let ids = setup(dir.path(), &broker);
     let out = sealq(dir.path(), &broker, &["tasks", "list"]);
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("skipped"), "{}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("skipped"),
+        "{}",
+        text(&out)
+    );
 
     let id: sealq::TaskId = ids[1].parse().unwrap();
     let key = format!("sealq:{{default}}:t:{}", id.0.simple());

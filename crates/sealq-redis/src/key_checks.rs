@@ -28,10 +28,11 @@ impl RedisBroker {
             .query(&c)
             .await
             .map_err(|e| self.err(what, e))?;
-        let pairs: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = match redis::FromRedisValue::from_redis_value(v) {
-            Ok(p) => p,
-            Err(e) => return Err(self.corrupt_reply(what, e)),
-        };
+        let pairs: std::collections::BTreeMap<Vec<u8>, Vec<u8>> =
+            match redis::FromRedisValue::from_redis_value(v) {
+                Ok(p) => p,
+                Err(e) => return Err(self.corrupt_reply(what, e)),
+            };
         let mut out: Vec<KeyCheck> = Vec::with_capacity(pairs.len());
         for (id, value) in pairs {
             let id = String::from_utf8_lossy(&id).into_owned();

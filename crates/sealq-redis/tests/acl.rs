@@ -229,7 +229,10 @@ async fn finding_7_key_check_values_stay_within_each_roles_permissions() {
             .expect("the worker records")
     );
     let want = Some(vec![check("k-p", 1), check("k-w", 3)]);
-    assert_eq!(producer.key_checks().await.expect("the producer reads"), want);
+    assert_eq!(
+        producer.key_checks().await.expect("the producer reads"),
+        want
+    );
     assert_eq!(worker.key_checks().await.expect("the worker reads"), want);
     // The producer's selector reaches that one key only.
     for cmd in [

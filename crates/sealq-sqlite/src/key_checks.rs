@@ -20,10 +20,7 @@ pub(crate) fn read(ctx: &mut OpCtx<'_>) -> BrokerResult<Vec<KeyCheck>> {
     let mut rows = stmt.query([]).map_err(err)?;
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(err)? {
-        let (id, value) = (
-            row.get::<_, String>(0).ok(),
-            row.get::<_, String>(1).ok(),
-        );
+        let (id, value) = (row.get::<_, String>(0).ok(), row.get::<_, String>(1).ok());
         match (id.as_deref(), value.as_deref()) {
             (Some(id), Some(v)) if KeyCheck::from_hex(id, v).is_some() => {
                 out.extend(KeyCheck::from_hex(id, v));

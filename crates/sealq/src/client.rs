@@ -296,8 +296,7 @@ impl Client {
                     accept_new_keyring: self.inner.accept_new_keyring,
                     record: true,
                 };
-                match check_recorded_keys(&*self.inner.broker, &self.inner.keyring, options).await
-                {
+                match check_recorded_keys(&*self.inner.broker, &self.inner.keyring, options).await {
                     Ok(_) => Ok(()),
                     Err(Error::Broker(e))
                         if e.kind == crate::error::BrokerErrorKind::PermissionDenied =>

@@ -37,8 +37,7 @@ pub(crate) async fn run(global: &Global, args: WorkerArgs) -> CliResult {
         accept_new_keyring: args.accept_new_keyring,
         record: true,
     };
-    sealq::keyring_check::stored::check_recorded_keys(&*opened.broker, &keyring, options)
-        .await?;
+    sealq::keyring_check::stored::check_recorded_keys(&*opened.broker, &keyring, options).await?;
     let names: Vec<String> = queues.iter().map(|(q, _)| q.clone()).collect();
     let check =
         sealq::keyring_check::check_keyring(&*opened.broker, &keyring, Some(&names)).await?;

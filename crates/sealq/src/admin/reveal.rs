@@ -43,7 +43,8 @@ impl Client {
     /// written (and flushed), and only then is anything returned. A keyring
     /// that cannot open the task gets an error and writes no record.
     pub async fn reveal(&self, id: TaskId, operator: &str) -> Result<Revealed> {
-        self.keyring().require_sealing_keys("open a payload (reveal)")?;
+        self.keyring()
+            .require_sealing_keys("open a payload (reveal)")?;
         if self.auditor().is_none() {
             return Err(Error::Config(
                 "revealing a payload is an audited act: configure an audit log (ClientBuilder::audit)"

@@ -197,8 +197,16 @@ mod tests {
             record: false,
         };
         // Nothing recorded, or not kept: accepted.
-        assert!(StoredKeyCheck::compare(Some(&[]), &a).refusal("b", opts).is_none());
-        assert!(StoredKeyCheck::compare(None, &a).refusal("b", opts).is_none());
+        assert!(
+            StoredKeyCheck::compare(Some(&[]), &a)
+                .refusal("b", opts)
+                .is_none()
+        );
+        assert!(
+            StoredKeyCheck::compare(None, &a)
+                .refusal("b", opts)
+                .is_none()
+        );
         let rec = a.key_checks();
         // The same keyring: accepted.
         let same = StoredKeyCheck::compare(Some(&rec), &a);
@@ -207,17 +215,30 @@ mod tests {
         // Another keyring: refused, naming both sides and the override.
         let other = StoredKeyCheck::compare(Some(&rec), &b);
         let m = other.refusal("sqlite:///q.db", opts).unwrap();
-        assert!(m.contains(a.primary_key_id()) && m.contains(b.primary_key_id()), "{m}");
-        assert!(m.contains("--accept-new-keyring") && m.contains("sqlite:///q.db"), "{m}");
+        assert!(
+            m.contains(a.primary_key_id()) && m.contains(b.primary_key_id()),
+            "{m}"
+        );
+        assert!(
+            m.contains("--accept-new-keyring") && m.contains("sqlite:///q.db"),
+            "{m}"
+        );
         assert!(other.refusal("b", accept).is_none());
         // Same id, another secret: refused even with the override.
         let twin = other_secret_same_ids(&a);
         let conflict = StoredKeyCheck::compare(Some(&rec), &twin);
         assert!(conflict.is_conflict());
         let m = conflict.refusal("b", accept).unwrap();
-        assert!(m.contains("same id") && m.contains(a.primary_key_id()), "{m}");
+        assert!(
+            m.contains("same id") && m.contains(a.primary_key_id()),
+            "{m}"
+        );
         // An operator keyring: never refused.
         let op = a.operator_keyring().unwrap();
-        assert!(StoredKeyCheck::compare(Some(&b.key_checks()), &op).refusal("b", opts).is_none());
+        assert!(
+            StoredKeyCheck::compare(Some(&b.key_checks()), &op)
+                .refusal("b", opts)
+                .is_none()
+        );
     }
 }

@@ -49,6 +49,9 @@ mod tests {
         assert_eq!(c.value_hex().len(), 32);
         assert_eq!(KeyCheck::from_hex("k1", &c.value_hex()), Some(c));
         assert_eq!(KeyCheck::from_hex("k1", "abcd"), None);
-        assert_eq!(KeyCheck::from_hex("k1", "not hex at all, not hex at al"), None);
+        assert_eq!(
+            KeyCheck::from_hex("k1", "not hex at all, not hex at al"),
+            None
+        );
     }
 }

@@ -45,17 +45,16 @@ mod tests {
         assert_eq!(a.key_checks(), checks, "deterministic");
         // Another secret under the same id gives another value.
         let b = Keyring::from_toml(
-            &a.to_toml_secret()
-                .replace(
-                    a.to_toml_secret()
-                        .lines()
-                        .find(|l| l.starts_with("secret"))
-                        .unwrap(),
-                    &format!(
-                        "secret = \"{}\"",
-                        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32])
-                    ),
+            &a.to_toml_secret().replace(
+                a.to_toml_secret()
+                    .lines()
+                    .find(|l| l.starts_with("secret"))
+                    .unwrap(),
+                &format!(
+                    "secret = \"{}\"",
+                    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32])
                 ),
+            ),
         )
         .unwrap();
         assert_eq!(b.key_checks()[0].key_id, checks[0].key_id);

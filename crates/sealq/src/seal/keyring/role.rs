@@ -107,9 +107,7 @@ impl Keyring {
             keys: BTreeMap::new(),
             subject_tag_key: random_key(),
             audit_signing_key: self.audit_signing_key.clone(),
-            operator: Some(OperatorPart {
-                audit_mac_key: mac,
-            }),
+            operator: Some(OperatorPart { audit_mac_key: mac }),
         })
     }
 
@@ -286,10 +284,17 @@ mod tests {
         let e = Keyring::from_toml(&format!("role = \"operator\"\n{}", full_text.as_str()))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("holds no sealing keys") && e.contains("`primary`"), "{e}");
-        let e = Keyring::from_toml("role = \"admin\"\n").unwrap_err().to_string();
+        assert!(
+            e.contains("holds no sealing keys") && e.contains("`primary`"),
+            "{e}"
+        );
+        let e = Keyring::from_toml("role = \"admin\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"full\"") && e.contains("\"operator\""), "{e}");
-        let e = Keyring::from_toml("role = \"operator\"\n").unwrap_err().to_string();
+        let e = Keyring::from_toml("role = \"operator\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("audit_mac_key"), "{e}");
         let op_text = full.operator_keyring().unwrap().to_toml_secret();
         let mac_line = op_text

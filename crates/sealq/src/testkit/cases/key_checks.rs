@@ -19,7 +19,11 @@ fn check(id: &str, byte: u8) -> KeyCheck {
 /// order; recording nothing is harmless.
 pub async fn key_checks_are_put_if_absent_per_key_id(ctx: Ctx) {
     let b = &ctx.broker;
-    assert_eq!(b.key_checks().await.unwrap(), Some(Vec::new()), "a new broker");
+    assert_eq!(
+        b.key_checks().await.unwrap(),
+        Some(Vec::new()),
+        "a new broker"
+    );
     assert!(b.record_key_checks(&[check("k-b", 1)]).await.unwrap());
     assert!(
         b.record_key_checks(&[check("k-b", 2), check("k-a", 3)])
