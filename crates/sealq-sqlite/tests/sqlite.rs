@@ -276,6 +276,38 @@ async fn newer_schema_version_is_refused() {
     assert!(err.message.contains("upgrade sealq"), "{err}");
 }
 
+/// Migration 3 (the keyring's check values) on a version-2 store: its
+/// tasks stay, and check values can be recorded and read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_store_migrates_to_key_checks_and_keeps_its_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let t = task("p");
+    let id = t.id;
+    {
+        let b = open(&path);
+        b.enqueue(vec![t]).await.unwrap();
+    }
+    let raw = Connection::open(&path).unwrap();
+    raw.execute_batch("DROP TABLE key_checks; PRAGMA user_version = 2")
+        .unwrap();
+    drop(raw);
+    let b = open(&path);
+    assert!(b.get(id).await.unwrap().is_some(), "the task survived");
+    assert_eq!(b.key_checks().await.unwrap(), Some(Vec::new()));
+    let check = sealq::model::key_check::KeyCheck {
+        key_id: "k-1".into(),
+        value: [9; 16],
+    };
+    assert!(b.record_key_checks(&[check.clone()]).await.unwrap());
+    assert_eq!(b.key_checks().await.unwrap(), Some(vec![check]));
+    let raw = Connection::open(&path).unwrap();
+    let v: i64 = raw
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reopen_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
