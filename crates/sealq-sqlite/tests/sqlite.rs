@@ -299,7 +299,11 @@ async fn a_version_2_store_migrates_to_key_checks_and_keeps_its_tasks() {
         key_id: "k-1".into(),
         value: [9; 16],
     };
-    assert!(b.record_key_checks(&[check.clone()]).await.unwrap());
+    assert!(
+        b.record_key_checks(std::slice::from_ref(&check))
+            .await
+            .unwrap()
+    );
     assert_eq!(b.key_checks().await.unwrap(), Some(vec![check]));
     let raw = Connection::open(&path).unwrap();
     let v: i64 = raw
