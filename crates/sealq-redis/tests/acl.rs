@@ -246,3 +246,66 @@ async fn finding_7_key_check_values_stay_within_each_roles_permissions() {
         assert!(out.contains("NOPERM"), "producer ran {cmd:?}: {out}");
     }
 }
+
+/// A producer set up with the line from before the key check selector
+/// still enqueues through a `Client` (it logs that it cannot read the check
+/// values and skips the comparison); with the documented line a client
+/// with another keyring is refused before anything is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_7_a_producer_with_an_older_acl_line_still_enqueues() {
+    use sealq::{Client, EnqueueOptions, Keyring, RawTask};
+    let s = RedisServer::start();
+    for line in support::acl_lines() {
+        let owned = support::acl_args(&line);
+        let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+        assert!(s.cli(&args).contains("OK"), "{line}");
+    }
+    let producer_line = support::acl_lines()
+        .into_iter()
+        .find(|l| l.contains("sealq-producer"))
+        .unwrap();
+    let old_line = producer_line
+        .replace(" (~sealq:keychecks +hgetall +hsetnx)", "")
+        .replace("sealq-producer", "sealq-old-producer");
+    assert_ne!(old_line, producer_line.replace("sealq-producer", "sealq-old-producer"));
+    let owned = support::acl_args(&old_line);
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+    assert!(s.cli(&args).contains("OK"), "{old_line}");
+    RedisBroker::connect_unchecked(&url(&s, "sealq-admin", "apw"), RedisOptions::default())
+        .await
+        .unwrap()
+        .install()
+        .await
+        .unwrap();
+    let task = || {
+        RawTask::from_json("t", &serde_json::json!({"n": 1}), EnqueueOptions::new()).unwrap()
+    };
+    let keyring = std::sync::Arc::new(Keyring::generate());
+    let new_line = RedisBroker::connect(&url(&s, "sealq-producer", "ppw"))
+        .await
+        .unwrap();
+    Client::builder(std::sync::Arc::new(new_line.clone()), keyring.clone())
+        .build()
+        .enqueue_raw(task())
+        .await
+        .expect("the documented producer enqueues");
+    assert_eq!(
+        new_line.key_checks().await.unwrap(),
+        Some(keyring.key_checks()),
+        "and records the keyring's check values"
+    );
+    let old = RedisBroker::connect(&url(&s, "sealq-old-producer", "ppw"))
+        .await
+        .unwrap();
+    Client::builder(std::sync::Arc::new(old), keyring.clone())
+        .build()
+        .enqueue_raw(task())
+        .await
+        .expect("a producer with the older line enqueues");
+    let e = Client::builder(std::sync::Arc::new(new_line), Keyring::generate())
+        .build()
+        .enqueue_raw(task())
+        .await
+        .expect_err("another keyring is refused");
+    assert!(e.to_string().contains("holds none of the keys"), "{e}");
+}
