@@ -389,3 +389,29 @@ fn finding_7_operator_keyring_runs_operations_and_opens_nothing_sqlite() {
 fn finding_7_operator_keyring_runs_operations_and_opens_nothing_redis() {
     operator_keyring(&Sandbox::redis());
 }
+
+/// `sealq bench` and `sealq demo` run with throw-away keyrings: they leave
+/// no check values in the broker, so the deployment that uses it next is
+/// not refused, and its own key is the one recorded.
+#[test]
+fn finding_7_bench_leaves_no_check_values_behind() {
+    let sb = Sandbox::sqlite();
+    let out = sb.run(
+        "a.toml",
+        &["bench", "--broker", &sb.broker, "--tasks", "20"],
+    );
+    assert!(out.status.success(), "bench: {}", text(&out));
+    let db = sb.path().join("q.db");
+    let recorded = || -> Vec<String> {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let mut stmt = conn.prepare("SELECT key_id FROM key_checks").unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert!(recorded().is_empty(), "bench recorded {:?}", recorded());
+    let id = sb.enqueue("a.toml");
+    sb.worker_completes("a.toml", &[], &id);
+    assert_eq!(recorded(), vec![sb.primary("a.toml")]);
+}

@@ -267,7 +267,10 @@ async fn finding_7_a_producer_with_an_older_acl_line_still_enqueues() {
     let old_line = producer_line
         .replace(" (~sealq:keychecks +hgetall +hsetnx)", "")
         .replace("sealq-producer", "sealq-old-producer");
-    assert_ne!(old_line, producer_line.replace("sealq-producer", "sealq-old-producer"));
+    assert_ne!(
+        old_line,
+        producer_line.replace("sealq-producer", "sealq-old-producer")
+    );
     let owned = support::acl_args(&old_line);
     let args: Vec<&str> = owned.iter().map(String::as_str).collect();
     assert!(s.cli(&args).contains("OK"), "{old_line}");
@@ -277,9 +280,8 @@ async fn finding_7_a_producer_with_an_older_acl_line_still_enqueues() {
         .install()
         .await
         .unwrap();
-    let task = || {
-        RawTask::from_json("t", &serde_json::json!({"n": 1}), EnqueueOptions::new()).unwrap()
-    };
+    let task =
+        || RawTask::from_json("t", &serde_json::json!({"n": 1}), EnqueueOptions::new()).unwrap();
     let keyring = std::sync::Arc::new(Keyring::generate());
     let new_line = RedisBroker::connect(&url(&s, "sealq-producer", "ppw"))
         .await

@@ -107,6 +107,8 @@ struct Inner {
     subject_keys: Option<Arc<SubjectKeys>>,
     /// Accept a keyring the broker's recorded check values do not know.
     accept_new_keyring: bool,
+    /// Compare with (and record in) the broker's check values at all.
+    check_keyring: bool,
     /// Set once the keyring was checked against (and recorded in) the
     /// broker's check values: before the first enqueue, once per client.
     keyring_recorded: tokio::sync::OnceCell<()>,
@@ -125,6 +127,7 @@ pub struct ClientBuilder {
     /// The subject key store, when given apart from the broker.
     subject_key_store: Option<Arc<dyn SubjectKeyStore>>,
     accept_new_keyring: bool,
+    check_keyring: bool,
 }
 
 impl ClientBuilder {
@@ -181,6 +184,15 @@ impl ClientBuilder {
         self
     }
 
+    /// Whether the client compares its keyring with the broker's recorded
+    /// check values before its first enqueue and records its own (default
+    /// `true`). Turn it off only for a throw-away keyring that must leave no
+    /// trace in the broker (`sealq bench` and `sealq demo` do).
+    pub fn check_keyring(mut self, check: bool) -> Self {
+        self.check_keyring = check;
+        self
+    }
+
     /// The clock used for created-at and delays (tests).
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
@@ -206,6 +218,7 @@ impl ClientBuilder {
                 clock: self.clock,
                 audit: self.audit,
                 accept_new_keyring: self.accept_new_keyring,
+                check_keyring: self.check_keyring,
                 keyring_recorded: tokio::sync::OnceCell::new(),
             }),
         }
@@ -225,6 +238,7 @@ impl Client {
             audit: None,
             subject_key_store: None,
             accept_new_keyring: false,
+            check_keyring: true,
         }
     }
 
@@ -289,6 +303,9 @@ impl Client {
     /// (the next enqueue asks again).
     async fn check_keyring_once(&self) -> Result<()> {
         use crate::keyring_check::stored::{RecordOptions, check_recorded_keys};
+        if !self.inner.check_keyring {
+            return Ok(());
+        }
         self.inner
             .keyring_recorded
             .get_or_try_init(|| async {

@@ -149,14 +149,19 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
     let db = opened.audit_home();
     let producer_audit = super::audit::start(db, args.audit, &keyring)?;
     let worker_audit = super::audit::start(db, args.audit, &keyring)?;
-    let mut client = Client::builder(broker.clone(), keyring.clone()).producer("sealq-bench");
+    // A throw-away keyring leaves no check values in the broker (a
+    // deployment that uses it later is not refused); a shared one (two
+    // processes) is checked and recorded as usual.
+    let mut client = Client::builder(broker.clone(), keyring.clone())
+        .producer("sealq-bench")
+        .check_keyring(split);
     if let Some(a) = &producer_audit {
         client = client.audit(a.clone());
     }
     let client = client.build();
     let latencies = Arc::new(Latencies::with_capacity(args.tasks));
     let l = latencies.clone();
-    let mut worker = Worker::builder(broker.clone(), keyring);
+    let mut worker = Worker::builder(broker.clone(), keyring).check_keyring(split);
     if let Some(a) = &worker_audit {
         worker = worker.audit(a.clone());
     }
