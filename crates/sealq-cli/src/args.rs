@@ -393,9 +393,10 @@ pub(crate) struct WorkerArgs {
     #[arg(long, value_enum, env = "SEALQ_AUDIT", default_value_t = AuditSinkKind::File)]
     pub(crate) audit: AuditSinkKind,
     /// Start although the keyring holds none of the keys the broker has
-    /// recorded (a deliberate new deployment on a broker an older keyring
-    /// used; tasks that keyring sealed stay unopened). A key id the broker
-    /// knows with another secret is refused all the same.
+    /// recorded, or the waiting tasks name (a deliberate new deployment on a
+    /// broker an older keyring used; tasks that keyring sealed are held,
+    /// never archived, and stay unopened). A key id the broker knows with
+    /// another secret is refused all the same.
     #[arg(long)]
     pub(crate) accept_new_keyring: bool,
 }

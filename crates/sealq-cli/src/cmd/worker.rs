@@ -41,7 +41,7 @@ pub(crate) async fn run(global: &Global, args: WorkerArgs) -> CliResult {
     let names: Vec<String> = queues.iter().map(|(q, _)| q.clone()).collect();
     let check =
         sealq::keyring_check::check_keyring(&*opened.broker, &keyring, Some(&names)).await?;
-    if check.is_wrong_keyring() {
+    if check.is_wrong_keyring() && !args.accept_new_keyring {
         return Err(CliError::usage(msg(
             check.refusal(&opened.broker.describe(), &keyring)
         )));

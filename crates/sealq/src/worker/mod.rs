@@ -203,8 +203,9 @@ impl WorkerBuilder {
     }
 
     /// Start although the keyring holds none of the keys the broker
-    /// recorded (default `false`): a deliberate new deployment on an old
-    /// broker. A key id the broker knows with another secret is refused all
+    /// recorded, or the waiting tasks name (default `false`): a deliberate
+    /// new deployment on an old broker (tasks the old keyring sealed are
+    /// held, never archived). A key id the broker knows with another secret is refused all
     /// the same ([`crate::keyring_check::stored`]).
     pub fn accept_new_keyring(mut self, accept: bool) -> Self {
         self.config.accept_new_keyring = accept;

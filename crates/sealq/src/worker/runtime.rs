@@ -213,7 +213,7 @@ async fn refuse_a_wrong_keyring(state: &WorkerState) -> Result<()> {
             return Ok(());
         }
     };
-    if check.is_wrong_keyring() {
+    if check.is_wrong_keyring() && !state.config.accept_new_keyring {
         let message = check.refusal(&state.broker.describe(), &state.keyring);
         warn!(worker = %state.config.id, "{message}");
         return Err(Error::Keyring(message));
