@@ -44,6 +44,11 @@ pub(crate) enum RecordKeyError {
     /// The envelope can never open here (it names a subject key but the
     /// record has no subject, or there is no subject key store).
     Integrity(IntegrityError),
+    /// The subject's key is wrapped under a KEK this keyring does not hold
+    /// (a retired KEK epoch, a removed key: an outdated keyring, or a key
+    /// store restored from before `sealq erase --finalize`). Named: hold
+    /// the task, never archive it for this.
+    UnknownKek(String),
     /// The subject key store failed: try again later.
     Unavailable(Error),
 }
@@ -68,6 +73,9 @@ pub(crate) async fn record_key(
     match keys.for_open(&tag).await {
         Ok(Some(key)) => Ok(RecordKey::Subject(key)),
         Ok(None) => Ok(RecordKey::Erased),
+        Err(Error::Integrity(IntegrityError::UnknownKey(kek))) => {
+            Err(RecordKeyError::UnknownKek(kek))
+        }
         Err(e) => Err(RecordKeyError::Unavailable(e)),
     }
 }
@@ -75,7 +83,8 @@ pub(crate) async fn record_key(
 /// What [`SubjectKeys::rewrap_all`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RewrapReport {
-    /// The key whose KEK wraps them now (the keyring's primary).
+    /// What wraps them now: the keyring's current KEK epoch id, or, for a
+    /// keyring without KEK epochs, its primary key id.
     pub to_key: String,
     /// Wrapped keys re-wrapped under it (or, with `dry_run`, that would be).
     pub rewrapped: u64,
@@ -166,6 +175,9 @@ impl SubjectKeys {
         match record_key(Some(self), record).await {
             Ok(key) => Ok(key),
             Err(RecordKeyError::Integrity(e)) => Err(Error::Integrity(e)),
+            Err(RecordKeyError::UnknownKek(k)) => {
+                Err(Error::Integrity(IntegrityError::UnknownKey(k)))
+            }
             Err(RecordKeyError::Unavailable(e)) => Err(e),
         }
     }
@@ -299,9 +311,10 @@ impl SubjectKeys {
         Ok(self.store.destroy(tag).await?)
     }
 
-    /// Re-wrap every stored key that is not wrapped under the primary key's
-    /// KEK (after `keys rotate`; format-1 keys too), or with `from`, only
-    /// those wrapped under key `from`. Each is a compare-and-swap, so a key
+    /// Re-wrap every stored key that is not wrapped under what wraps new
+    /// keys (the keyring's current KEK epoch, or without epochs the primary
+    /// key's KEK: after `keys rotate` or `erase --finalize`; format-1 keys
+    /// too), or with `from`, only those wrapped under key or epoch `from`. Each is a compare-and-swap, so a key
     /// destroyed or replaced meanwhile is left alone. With `dry_run`, count
     /// only. The data keys themselves do not change: nothing sealed with
     /// them needs re-sealing.
@@ -310,11 +323,14 @@ impl SubjectKeys {
         from: Option<&str>,
         dry_run: bool,
     ) -> Result<RewrapReport, Error> {
+        let primary = self.keks.wraps().clone();
         let mut report = RewrapReport {
-            to_key: self.keks.primary_key_id().to_owned(),
+            to_key: match &primary {
+                WrappedUnder::Key(id) | WrappedUnder::Epoch(id) => id.clone(),
+                WrappedUnder::TagKey => String::new(),
+            },
             ..RewrapReport::default()
         };
-        let primary = WrappedUnder::Key(self.keks.primary_key_id().to_owned());
         for (tag, wrapped) in self.store.list().await? {
             let under = WrappedUnder::of(&wrapped);
             if under.as_ref() == Some(&primary) {
@@ -326,7 +342,7 @@ impl SubjectKeys {
                 .map_or_else(|| "unknown format".to_owned(), ToString::to_string);
             let selected = match (from, &under) {
                 (None, _) => true,
-                (Some(f), Some(WrappedUnder::Key(id))) => f == id,
+                (Some(f), Some(WrappedUnder::Key(id) | WrappedUnder::Epoch(id))) => f == id,
                 (Some(_), _) => false,
             };
             if !selected {

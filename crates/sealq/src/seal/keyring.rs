@@ -33,6 +33,9 @@
 //!   with padding; `created` is an optional RFC 3339 timestamp (string or TOML
 //!   datetime). Key ids are 1 to 64 characters from `A-Z a-z 0-9 . _ -` (quote
 //!   ids containing `.` in TOML: `[keys."k.1"]`).
+//! - `[kek]` (optional): the key-encryption-key epochs that wrap subject
+//!   data keys, rotated to finalise erasures; format in [`crate::seal::kek`].
+//!   [`Keyring::generate`] makes one; keyrings without it keep working.
 //! - Unknown fields are errors, so a misspelt `primary` is not silently ignored.
 //!
 //! Every key other than the primary is open-only: it opens envelopes that name
@@ -59,6 +62,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, IntegrityError};
 use crate::model::id::SubjectTag;
+use crate::seal::kek::{KekEpochs, KekToml};
 use crate::seal::envelope::{
     self, Aad, Algorithm, NONCE_LEN, TAG_LEN, is_valid_key_id, parse_header, write_header,
 };
@@ -114,6 +118,8 @@ pub struct Keyring {
     subject_tag_key: Zeroizing<[u8; KEY_LEN]>,
     /// Ed25519 seed signing audit checkpoints (optional for older keyrings).
     audit_signing_key: Option<Zeroizing<[u8; KEY_LEN]>>,
+    /// KEK epochs wrapping subject keys (`[kek]`, see `crate::seal::kek`).
+    kek: Option<KekEpochs>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -143,6 +149,7 @@ impl Keyring {
             keys,
             subject_tag_key: random_key(),
             audit_signing_key: Some(random_key()),
+            kek: Some(KekEpochs::fresh(false, |_| false)),
         }
     }
 
@@ -226,7 +233,10 @@ impl Keyring {
         // Reserve up front so the buffer never reallocates (a reallocation
         // would leave an unwiped copy of the secrets behind).
         let per_key = 32 + 2 * envelope::MAX_KEY_ID_LEN + 64 + 64;
-        let mut out = Zeroizing::new(String::with_capacity(256 + per_key * self.keys.len()));
+        let kek_len = self.kek.as_ref().map_or(0, KekEpochs::toml_len_hint);
+        let mut out = Zeroizing::new(String::with_capacity(
+            256 + per_key * self.keys.len() + kek_len,
+        ));
         let b64 = |k: &[u8; KEY_LEN]| {
             let mut s = Zeroizing::new(String::with_capacity(44));
             BASE64.encode_string(k, &mut s);
@@ -259,7 +269,25 @@ impl Keyring {
                 let _ = writeln!(out, "created = \"{created}\"");
             }
         }
+        if let Some(kek) = &self.kek {
+            kek.write_toml(&mut out);
+        }
         out
+    }
+
+    /// The KEK epochs (`[kek]`), if the keyring has them.
+    pub(crate) fn kek_epochs(&self) -> Option<&KekEpochs> {
+        self.kek.as_ref()
+    }
+
+    /// [`Keyring::kek_epochs`], to change them.
+    pub(crate) fn kek_epochs_mut(&mut self) -> Option<&mut KekEpochs> {
+        self.kek.as_mut()
+    }
+
+    /// Give the keyring a `[kek]` table.
+    pub(crate) fn set_kek_epochs(&mut self, kek: KekEpochs) {
+        self.kek = Some(kek);
     }
 
     /// Id of the primary key.
@@ -513,11 +541,13 @@ impl Keyring {
                 ids.join(", ")
             )));
         }
+        let kek = raw.kek.map(KekEpochs::from_toml).transpose()?;
         Ok(Keyring {
             primary,
             keys,
             subject_tag_key,
             audit_signing_key,
+            kek,
         })
     }
 }
@@ -543,6 +573,7 @@ struct KeyringToml {
     audit_signing_key: Option<SecretText>,
     #[serde(default)]
     keys: BTreeMap<String, KeyToml>,
+    kek: Option<KekToml>,
 }
 
 #[derive(Deserialize)]
