@@ -629,6 +629,62 @@ mod tests {
         assert_eq!(&k1.open(&ad1, &sealed1).unwrap()[..], b"y");
     }
 
+    /// Finalising erasures (finding 6): after a new KEK epoch, a re-wrap
+    /// and the retirement of the older epochs and legacy formats, every
+    /// live key still opens what it sealed, while the bytes of a key store
+    /// copied before (format 2 and an older epoch alike) name a KEK the
+    /// keyring no longer holds: `UnknownKey`, never a data key.
+    #[tokio::test]
+    async fn finding_6_retired_kek_epochs_open_no_copy_of_the_key_store() {
+        let mut keyring = Keyring::generate();
+        let store = Arc::new(Mem::default());
+        let (ta, tb) = (keyring.subject_tag("a"), keyring.subject_tag("b"));
+        let ad = aad(ta);
+        let sealed = SubjectKeys::new(store.clone(), &keyring)
+            .for_seal(&ta)
+            .await
+            .unwrap()
+            .seal(&ad, b"kept")
+            .unwrap();
+        let copy_v2 = store.list().await.unwrap();
+        let first = keyring.add_kek_epoch();
+        let keys = SubjectKeys::new(store.clone(), &keyring);
+        keys.for_seal(&tb).await.unwrap();
+        assert_eq!(
+            WrappedUnder::of(&store.get(&tb).await.unwrap().unwrap()),
+            Some(WrappedUnder::Epoch(first.clone()))
+        );
+        let r = keys.rewrap_all(None, false).await.unwrap();
+        assert_eq!((r.to_key.as_str(), r.rewrapped, r.current), (first.as_str(), 1, 1));
+        assert!(keyring.retire_kek_epochs().unwrap().is_empty());
+        let copy_first = store.list().await.unwrap();
+        let second = keyring.add_kek_epoch();
+        let r = SubjectKeys::new(store.clone(), &keyring)
+            .rewrap_all(None, false)
+            .await
+            .unwrap();
+        assert_eq!((r.rewrapped, r.current, r.failed.len()), (2, 0, 0));
+        assert_eq!(keyring.retire_kek_epochs().unwrap(), vec![first.clone()]);
+        let now = SubjectKeys::new(store.clone(), &keyring);
+        let k = now.for_open(&ta).await.unwrap().unwrap();
+        assert_eq!(&k.open(&ad, &sealed).unwrap()[..], b"kept");
+        // Restore either copy of the key store: nothing opens.
+        for (copy, named) in [(copy_v2, "subject-kek-v2"), (copy_first, first.as_str())] {
+            let restored = Arc::new(Mem::default());
+            for (t, w) in copy {
+                restored.put_if_absent(&t, w).await.unwrap();
+            }
+            let keys = SubjectKeys::new(restored, &keyring);
+            match keys.for_open(&ta).await {
+                Err(Error::Integrity(IntegrityError::UnknownKey(k))) => {
+                    assert!(k.contains(named), "{k}");
+                }
+                other => panic!("a restored copy opened or failed otherwise: {other:?}"),
+            }
+        }
+        assert_ne!(first, second);
+    }
+
     #[tokio::test]
     async fn a_wrapped_key_is_bound_to_its_subject_and_keyring() {
         let keyring = Keyring::generate();

@@ -35,7 +35,8 @@
 //!   ids containing `.` in TOML: `[keys."k.1"]`).
 //! - `[kek]` (optional): the key-encryption-key epochs that wrap subject
 //!   data keys, rotated to finalise erasures; format in [`crate::seal::kek`].
-//!   [`Keyring::generate`] makes one; keyrings without it keep working.
+//!   The first `sealq erase --finalize` adds it; keyrings without it work as
+//!   before.
 //! - Unknown fields are errors, so a misspelt `primary` is not silently ignored.
 //!
 //! Every key other than the primary is open-only: it opens envelopes that name
@@ -149,7 +150,8 @@ impl Keyring {
             keys,
             subject_tag_key: random_key(),
             audit_signing_key: Some(random_key()),
-            kek: Some(KekEpochs::fresh(false, |_| false)),
+            // Added by the first `sealq erase --finalize` (`add_kek_epoch`).
+            kek: None,
         }
     }
 
