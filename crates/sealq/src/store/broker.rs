@@ -346,6 +346,25 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
         ))
     }
 
+    /// Erase exactly these tasks, as [`Broker::erase_subject`] erases a
+    /// subject's (the client's erasure calls it with the tasks it checked
+    /// belong to the subject: their envelope authenticates with the
+    /// subject's key and tag, which the broker cannot forge): tasks in
+    /// every state but `active` are deleted with their results and unique
+    /// keys and their ids remembered; `active` ones are archived `erased`,
+    /// envelope wiped and lease revoked. Ids not stored are skipped. Returns
+    /// how many were erased, by the state each was in.
+    ///
+    /// The default refuses: a backend that cannot erase must say so rather
+    /// than pretend.
+    async fn erase_tasks(&self, ids: &[TaskId]) -> BrokerResult<ErasureCounts> {
+        let _ = ids;
+        Err(BrokerError::new(
+            BrokerErrorKind::Config,
+            format!("{} does not support erasing tasks by id yet", self.describe()),
+        ))
+    }
+
     /// Apply compare-and-swaps of sealed bytes (key rotation: `sealq keys
     /// reseal`), in one transaction or atomic call per queue where the
     /// backend allows. Per swap, in order: `true` if applied, `false` if the
