@@ -305,6 +305,13 @@ impl Keyring {
             .unwrap_or_default()
     }
 
+    /// Whether subject keys wrapped under the legacy KEKs (formats 1 and 2,
+    /// derived from the `subject_tag_key` and the sealing keys) open: always
+    /// without a `[kek]` table, else while its `open_legacy` is set.
+    pub fn kek_opens_legacy(&self) -> bool {
+        self.kek_epochs().is_none_or(KekEpochs::opens_legacy)
+    }
+
     /// First step of finalising erasures: add a new random KEK epoch and
     /// make it the one that wraps subject keys; returns its id. Earlier
     /// epochs (and, for a keyring that had no `[kek]` table, the legacy
