@@ -194,7 +194,8 @@ impl Client {
     }
 
     /// Read every task and erase those sealed with the subject's key and
-    /// tag although their clear tag is not `tag`.
+    /// tag although the broker did not list them under `tag` (their clear
+    /// tag was removed or changed).
     async fn erase_untagged(&self, tag: &SubjectTag, key: &DataKey, found: &mut Found) -> Result<()> {
         let mut after = None;
         loop {
@@ -210,9 +211,11 @@ impl Client {
                 return Ok(());
             };
             after = Some(last.id);
+            // Not those the tagged pass judged already (what it erased is
+            // gone; a shell it left holds no envelope).
             let erase: Vec<TaskId> = page
                 .iter()
-                .filter(|r| r.meta.subject_tag.as_ref() != Some(tag))
+                .filter(|r| !found.mismatch.contains(&r.id) && !found.unverified.contains(&r.id))
                 .filter(|r| is_subject_sealed(&r.envelope))
                 .filter(|r| verdict(self, Some(key), tag, r) == Verdict::Subject)
                 .map(|r| r.id)
