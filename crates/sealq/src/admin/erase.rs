@@ -124,8 +124,15 @@ impl Client {
         options: EraseOptions,
     ) -> Result<ErasureReceipt> {
         let tag = self.keyring().subject_tag(subject);
+        // The key checks which tasks are the subject's; a keyring that
+        // cannot unwrap it stops the erasure before anything changes.
         let key: Option<Arc<DataKey>> = match self.subject_keys() {
-            Some(keys) => keys.for_open(&tag).await?,
+            Some(keys) => keys.for_open(&tag).await.map_err(|e| match e {
+                Error::Integrity(IntegrityError::UnknownKey(kek)) => Error::Keyring(format!(
+                    "nothing erased: the subject's data key is wrapped under {kek}, which this                      keyring does not hold, so its tasks cannot be told from others; erase                      with the current keyring"
+                )),
+                other => other,
+            })?,
             None => None,
         };
         let mut found = Found::default();
