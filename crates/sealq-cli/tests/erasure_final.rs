@@ -42,7 +42,10 @@ impl Sandbox {
     fn new(broker: Option<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let broker = broker.unwrap_or_else(|| {
-            format!("sqlite://{}?synchronous=normal", dir.path().join("q.db").display())
+            format!(
+                "sqlite://{}?synchronous=normal",
+                dir.path().join("q.db").display()
+            )
         });
         let sb = Sandbox { dir, broker };
         let out = sb.run(&["keys", "generate"]);
@@ -84,21 +87,37 @@ impl Sandbox {
 
     fn enqueue(&self, to: &str, subject: &str) -> String {
         let payload = format!(r#"{{"to":"{to}"}}"#);
-        self.ok(&["enqueue", "--type", "mail.send", "--payload", &payload, "--subject", subject])
-            .trim()
-            .to_owned()
+        self.ok(&[
+            "enqueue",
+            "--type",
+            "mail.send",
+            "--payload",
+            &payload,
+            "--subject",
+            subject,
+        ])
+        .trim()
+        .to_owned()
     }
 
     fn task(&self, id: &str) -> Option<Value> {
         let v: Value = serde_json::from_str(&self.ok(&["tasks", "list", "--json"])).unwrap();
-        v.as_array().unwrap().iter().find(|t| t["id"] == id).cloned()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .cloned()
     }
 
     /// Run `sealq worker --exec` (appending each payload to `handled.txt`)
     /// until `done` says so; the worker's output.
     fn work_until(&self, mut done: impl FnMut(&Sandbox) -> bool) -> Output {
         let worker: Child = self
-            .cmd(&["worker", "--exec", "cat >> handled.txt; echo >> handled.txt"])
+            .cmd(&[
+                "worker",
+                "--exec",
+                "cat >> handled.txt; echo >> handled.txt",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -188,9 +207,15 @@ fn finalize(sb: &Sandbox) {
     assert!(out.contains("finalised erasures"), "{out}");
     assert!(out.contains("restart"), "says what to do next: {out}");
     let after = std::fs::read_to_string(sb.keyring()).unwrap();
-    assert!(after.contains("[kek]") && !after.contains("open_legacy"), "{after}");
+    assert!(
+        after.contains("[kek]") && !after.contains("open_legacy"),
+        "{after}"
+    );
     use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(sb.keyring()).unwrap().permissions().mode();
+    let mode = std::fs::metadata(sb.keyring())
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -202,7 +227,10 @@ fn finding_6_restored_copies_do_not_reopen_after_erase_finalize_sqlite() {
     sb.backup("before");
 
     let out = sb.ok(&["erase", "--subject", "user-42"]);
-    assert!(out.contains("erase --finalize"), "the receipt names the step: {out}");
+    assert!(
+        out.contains("erase --finalize"),
+        "the receipt names the step: {out}"
+    );
     assert!(sb.task(&id42).is_none());
     sb.backup("erased");
 
@@ -224,7 +252,11 @@ fn finding_6_restored_copies_do_not_reopen_after_erase_finalize_sqlite() {
     sb.restore("before");
     assert!(sb.task(&id42).is_some(), "the restore must bring it back");
     sb.work_until(sb.held(&id42));
-    assert!(!sb.handled().contains("ann@example.com"), "{}", sb.handled());
+    assert!(
+        !sb.handled().contains("ann@example.com"),
+        "{}",
+        sb.handled()
+    );
 }
 
 #[test]
@@ -249,7 +281,11 @@ fn finding_6_restored_copies_do_not_reopen_after_erase_finalize_redis() {
     server.restart();
     assert!(sb.task(&id42).is_some(), "the restore must bring it back");
     sb.work_until(sb.held(&id42));
-    assert!(!sb.handled().contains("ann@example.com"), "{}", sb.handled());
+    assert!(
+        !sb.handled().contains("ann@example.com"),
+        "{}",
+        sb.handled()
+    );
 }
 
 /// Erase `user-42` after another subject's task and a task with no subject
@@ -268,7 +304,12 @@ fn forged_and_cleared(sb: &Sandbox, forge: impl Fn(&str, &str), clear: impl Fn(&
     forge(&own, &plain);
     let out = sb.ok(&["erase", "--subject", "user-42", "--json"]);
     let r: Value = serde_json::from_str(&out).unwrap();
-    let total: u64 = r["counts"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    let total: u64 = r["counts"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
     assert_eq!(total, 1, "{out}");
     let mut named: Vec<&str> = r["tag_mismatch"]
         .as_array()
@@ -281,10 +322,16 @@ fn forged_and_cleared(sb: &Sandbox, forge: impl Fn(&str, &str), clear: impl Fn(&
     want.sort();
     assert_eq!(named, want);
     assert!(sb.task(&own).is_none());
-    assert!(sb.task(&other).is_some(), "a forged tag deleted user-7's task");
+    assert!(
+        sb.task(&other).is_some(),
+        "a forged tag deleted user-7's task"
+    );
     assert!(sb.task(&plain).is_some());
     let text = sb.ok(&["erase", "--subject", "user-42"]);
-    assert!(text.contains("tag mismatch") && text.contains(&other), "{text}");
+    assert!(
+        text.contains("tag mismatch") && text.contains(&other),
+        "{text}"
+    );
 
     let cleared = sb.enqueue("dan@example.com", "user-43");
     let tagged = sb.enqueue("dan@example.com", "user-43");
@@ -319,7 +366,13 @@ fn finding_6_erase_checks_the_tag_against_the_envelope_sqlite() {
                 Some(to),
             )
         },
-        |id| sql("UPDATE tasks SET subject_tag = NULL WHERE id = ?1", id, None),
+        |id| {
+            sql(
+                "UPDATE tasks SET subject_tag = NULL WHERE id = ?1",
+                id,
+                None,
+            )
+        },
     );
 }
 

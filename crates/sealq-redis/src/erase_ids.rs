@@ -70,8 +70,7 @@ impl RedisBroker {
         let replies = self.run_per_queue(what, cmds).await?;
         let mut forget = Vec::new();
         for reply in replies {
-            let (n, ids) =
-                parse_erase_ids_reply(reply).map_err(|e| self.corrupt_reply(what, e))?;
+            let (n, ids) = parse_erase_ids_reply(reply).map_err(|e| self.corrupt_reply(what, e))?;
             counts.add(&n);
             forget.extend(ids);
         }

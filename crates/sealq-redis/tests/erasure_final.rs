@@ -84,7 +84,11 @@ async fn backup(prefix: &str) -> Vec<(String, Vec<u8>)> {
     let mut conn = raw().await;
     let mut out = Vec::new();
     for k in keys_of(&mut conn, prefix).await {
-        let v: Vec<u8> = redis::cmd("DUMP").arg(&k).query_async(&mut conn).await.unwrap();
+        let v: Vec<u8> = redis::cmd("DUMP")
+            .arg(&k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         out.push((k, v));
     }
     assert!(out.len() > 4, "nothing to back up under {prefix}");
@@ -95,7 +99,11 @@ async fn backup(prefix: &str) -> Vec<(String, Vec<u8>)> {
 async fn restore(prefix: &str, dump: &[(String, Vec<u8>)]) {
     let mut conn = raw().await;
     for k in keys_of(&mut conn, prefix).await {
-        let _: () = redis::cmd("DEL").arg(&k).query_async(&mut conn).await.unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(&k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
     }
     for (k, v) in dump {
         let _: () = redis::cmd("RESTORE")
@@ -147,7 +155,11 @@ async fn run_worker(prefix: &str, keyring: &Arc<Keyring>, id: TaskId, to: &str) 
 async fn edit(prefix: &str, id: TaskId, field: &str, value: Option<&str>) {
     let mut conn = raw().await;
     let key = format!("{prefix}:{{default}}:t:{}", id.0.simple());
-    let n: i64 = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await.unwrap();
+    let n: i64 = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(n, 1, "{key}");
     let c = match value {
         Some(v) => {
@@ -173,11 +185,17 @@ async fn finding_6_restored_broker_and_key_store_copies_do_not_reopen_after_fina
     let k = Arc::new(copy_of(&keyring));
     let c = client(&broker, &k);
     let s42 = c
-        .enqueue(&mail("ann@example.com"), EnqueueOptions::new().subject("user-42"))
+        .enqueue(
+            &mail("ann@example.com"),
+            EnqueueOptions::new().subject("user-42"),
+        )
         .await
         .unwrap();
     let s7 = c
-        .enqueue(&mail("bob@example.com"), EnqueueOptions::new().subject("user-7"))
+        .enqueue(
+            &mail("bob@example.com"),
+            EnqueueOptions::new().subject("user-7"),
+        )
         .await
         .unwrap();
     let before = backup(&prefix).await;
@@ -228,7 +246,10 @@ async fn finding_6_restored_broker_and_key_store_copies_do_not_reopen_after_fina
 
     // The live deployment is unharmed: user-7 runs with the current keyring.
     restore(&prefix, &live).await;
-    assert_eq!(run_worker(&prefix, &current, s7, "bob@example.com").await, 1);
+    assert_eq!(
+        run_worker(&prefix, &current, s7, "bob@example.com").await,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,11 +260,17 @@ async fn finding_6_a_forged_tag_is_not_erased_nor_counted() {
     let keyring = Arc::new(Keyring::generate());
     let c = client(&broker, &keyring);
     let own = c
-        .enqueue(&mail("ann@example.com"), EnqueueOptions::new().subject("user-42"))
+        .enqueue(
+            &mail("ann@example.com"),
+            EnqueueOptions::new().subject("user-42"),
+        )
         .await
         .unwrap();
     let other = c
-        .enqueue(&mail("bob@example.com"), EnqueueOptions::new().subject("user-7"))
+        .enqueue(
+            &mail("bob@example.com"),
+            EnqueueOptions::new().subject("user-7"),
+        )
         .await
         .unwrap();
     let plain = c
@@ -262,7 +289,10 @@ async fn finding_6_a_forged_tag_is_not_erased_nor_counted() {
     want.sort();
     assert_eq!(named, want);
     assert!(broker.get(own).await.unwrap().is_none());
-    assert!(broker.get(other).await.unwrap().is_some(), "a forged tag deleted user-7's task");
+    assert!(
+        broker.get(other).await.unwrap().is_some(),
+        "a forged tag deleted user-7's task"
+    );
     assert!(broker.get(plain).await.unwrap().is_some());
 }
 
@@ -274,10 +304,22 @@ async fn finding_6_a_task_whose_tag_was_cleared_is_found_by_a_full_scan() {
     let keyring = Arc::new(Keyring::generate());
     let c = client(&broker, &keyring);
     let s = |who: &str| EnqueueOptions::new().subject(who);
-    let cleared = c.enqueue(&mail("a@example.com"), s("user-43")).await.unwrap();
-    let moved = c.enqueue(&mail("a@example.com"), s("user-43")).await.unwrap();
-    let tagged = c.enqueue(&mail("a@example.com"), s("user-43")).await.unwrap();
-    let seven = c.enqueue(&mail("b@example.com"), s("user-7")).await.unwrap();
+    let cleared = c
+        .enqueue(&mail("a@example.com"), s("user-43"))
+        .await
+        .unwrap();
+    let moved = c
+        .enqueue(&mail("a@example.com"), s("user-43"))
+        .await
+        .unwrap();
+    let tagged = c
+        .enqueue(&mail("a@example.com"), s("user-43"))
+        .await
+        .unwrap();
+    let seven = c
+        .enqueue(&mail("b@example.com"), s("user-7"))
+        .await
+        .unwrap();
     edit(&prefix, cleared, "sub", None).await;
     let tag7 = keyring.subject_tag("user-7").to_hex();
     edit(&prefix, moved, "sub", Some(&tag7)).await;
@@ -294,7 +336,10 @@ async fn finding_6_a_task_whose_tag_was_cleared_is_found_by_a_full_scan() {
     assert!(broker.get(seven).await.unwrap().is_some());
 
     // Without the scan a cleared tag hides the task (what the docs say).
-    let hidden = c.enqueue(&mail("c@example.com"), s("user-44")).await.unwrap();
+    let hidden = c
+        .enqueue(&mail("c@example.com"), s("user-44"))
+        .await
+        .unwrap();
     edit(&prefix, hidden, "sub", None).await;
     let receipt = c.erase_subject("user-44", "dpo").await.unwrap();
     assert_eq!((receipt.counts.total(), receipt.key_destroyed), (0, true));

@@ -51,7 +51,10 @@ fn keys_file(db: &Path) -> PathBuf {
 /// Copy the database and its key store to `to` (and `to`'s key store path),
 /// complete: the write-ahead logs are checkpointed into the main files first.
 fn copy_stores(db: &Path, to: &Path) {
-    for (from, into) in [(db.to_path_buf(), to.to_path_buf()), (keys_file(db), keys_file(to))] {
+    for (from, into) in [
+        (db.to_path_buf(), to.to_path_buf()),
+        (keys_file(db), keys_file(to)),
+    ] {
         let conn = rusqlite::Connection::open(&from).unwrap();
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .unwrap();
@@ -120,11 +123,17 @@ async fn finding_6_restored_broker_and_key_store_copies_do_not_reopen_after_fina
     let k = Arc::new(copy_of(&keyring));
     let c = client(&broker, &k);
     let s42 = c
-        .enqueue(&mail("ann@example.com"), EnqueueOptions::new().subject("user-42"))
+        .enqueue(
+            &mail("ann@example.com"),
+            EnqueueOptions::new().subject("user-42"),
+        )
         .await
         .unwrap();
     let s7 = c
-        .enqueue(&mail("bob@example.com"), EnqueueOptions::new().subject("user-7"))
+        .enqueue(
+            &mail("bob@example.com"),
+            EnqueueOptions::new().subject("user-7"),
+        )
         .await
         .unwrap();
     // The copies an attacker (or a careless restore) keeps.
@@ -139,7 +148,11 @@ async fn finding_6_restored_broker_and_key_store_copies_do_not_reopen_after_fina
     let restored = dir.path().join("restored-1.db");
     copy_stores(&before, &restored);
     let copy: Arc<dyn Broker> = Arc::new(SqliteBroker::open(&restored).unwrap());
-    assert_eq!(run_worker(&copy, &k, s42, "ann@example.com").await, 1, "the test's restore must work");
+    assert_eq!(
+        run_worker(&copy, &k, s42, "ann@example.com").await,
+        1,
+        "the test's restore must work"
+    );
     drop(copy);
 
     // Finalise: new KEK epoch, every live key re-wrapped, old epochs gone.
@@ -172,7 +185,10 @@ async fn finding_6_restored_broker_and_key_store_copies_do_not_reopen_after_fina
     }
 
     // The live store is unharmed: user-7 runs with the current keyring.
-    assert_eq!(run_worker(&broker, &current, s7, "bob@example.com").await, 1);
+    assert_eq!(
+        run_worker(&broker, &current, s7, "bob@example.com").await,
+        1
+    );
     let rec = broker.get(s7).await.unwrap().unwrap();
     assert_eq!(rec.state, TaskState::Completed);
 }
@@ -185,11 +201,17 @@ async fn finding_6_a_forged_tag_is_not_erased_nor_counted() {
     let broker: Arc<dyn Broker> = Arc::new(SqliteBroker::open(&db).unwrap());
     let c = client(&broker, &keyring);
     let own = c
-        .enqueue(&mail("ann@example.com"), EnqueueOptions::new().subject("user-42"))
+        .enqueue(
+            &mail("ann@example.com"),
+            EnqueueOptions::new().subject("user-42"),
+        )
         .await
         .unwrap();
     let other = c
-        .enqueue(&mail("bob@example.com"), EnqueueOptions::new().subject("user-7"))
+        .enqueue(
+            &mail("bob@example.com"),
+            EnqueueOptions::new().subject("user-7"),
+        )
         .await
         .unwrap();
     let plain = c
@@ -220,7 +242,10 @@ async fn finding_6_a_forged_tag_is_not_erased_nor_counted() {
     assert_eq!(named, want);
     assert!(receipt.unverified.is_empty());
     assert!(broker.get(own).await.unwrap().is_none());
-    assert!(broker.get(other).await.unwrap().is_some(), "a forged tag deleted user-7's task");
+    assert!(
+        broker.get(other).await.unwrap().is_some(),
+        "a forged tag deleted user-7's task"
+    );
     assert!(broker.get(plain).await.unwrap().is_some());
 }
 
@@ -232,10 +257,22 @@ async fn finding_6_a_task_whose_tag_was_cleared_is_found_by_a_full_scan() {
     let broker: Arc<dyn Broker> = Arc::new(SqliteBroker::open(&db).unwrap());
     let c = client(&broker, &keyring);
     let s = |who: &str| EnqueueOptions::new().subject(who);
-    let cleared = c.enqueue(&mail("a@example.com"), s("user-43")).await.unwrap();
-    let moved = c.enqueue(&mail("a@example.com"), s("user-43")).await.unwrap();
-    let tagged = c.enqueue(&mail("a@example.com"), s("user-43")).await.unwrap();
-    let seven = c.enqueue(&mail("b@example.com"), s("user-7")).await.unwrap();
+    let cleared = c
+        .enqueue(&mail("a@example.com"), s("user-43"))
+        .await
+        .unwrap();
+    let moved = c
+        .enqueue(&mail("a@example.com"), s("user-43"))
+        .await
+        .unwrap();
+    let tagged = c
+        .enqueue(&mail("a@example.com"), s("user-43"))
+        .await
+        .unwrap();
+    let seven = c
+        .enqueue(&mail("b@example.com"), s("user-7"))
+        .await
+        .unwrap();
     let tag7 = keyring.subject_tag("user-7");
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute(
@@ -264,7 +301,10 @@ async fn finding_6_a_task_whose_tag_was_cleared_is_found_by_a_full_scan() {
 
     // Without the scan, a cleared tag hides the task from erasure (what
     // the docs say): it survives as ciphertext under the destroyed key.
-    let hidden = c.enqueue(&mail("c@example.com"), s("user-44")).await.unwrap();
+    let hidden = c
+        .enqueue(&mail("c@example.com"), s("user-44"))
+        .await
+        .unwrap();
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute(
         "UPDATE tasks SET subject_tag = NULL WHERE id = ?1",
@@ -275,6 +315,10 @@ async fn finding_6_a_task_whose_tag_was_cleared_is_found_by_a_full_scan() {
     let receipt = c.erase_subject("user-44", "dpo").await.unwrap();
     assert_eq!((receipt.counts.total(), receipt.full_scan), (0, false));
     assert!(receipt.key_destroyed);
-    let left = broker.get(hidden).await.unwrap().expect("survives without the scan");
+    let left = broker
+        .get(hidden)
+        .await
+        .unwrap()
+        .expect("survives without the scan");
     assert!(sealq::subject_keys::is_subject_sealed(&left.envelope));
 }

@@ -655,7 +655,10 @@ mod tests {
             Some(WrappedUnder::Epoch(first.clone()))
         );
         let r = keys.rewrap_all(None, false).await.unwrap();
-        assert_eq!((r.to_key.as_str(), r.rewrapped, r.current), (first.as_str(), 1, 1));
+        assert_eq!(
+            (r.to_key.as_str(), r.rewrapped, r.current),
+            (first.as_str(), 1, 1)
+        );
         assert!(keyring.retire_kek_epochs().unwrap().is_empty());
         let copy_first = store.list().await.unwrap();
         let second = keyring.add_kek_epoch();

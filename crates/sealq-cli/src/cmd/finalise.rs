@@ -43,7 +43,10 @@ pub(crate) async fn run(global: &Global, args: &EraseArgs) -> CliResult {
                  `{epoch}` ({}); the older epochs stay in {} (the new one is current). Run \
                  `sealq erase --finalize` again with a keyring that holds what wraps them, or \
                  add --force to drop them anyway (those keys are then lost for good)",
-                report.failed.len().max(report.remaining.values().sum::<u64>() as usize),
+                report
+                    .failed
+                    .len()
+                    .max(report.remaining.values().sum::<u64>() as usize),
                 left.join(", "),
                 path.display()
             ))));

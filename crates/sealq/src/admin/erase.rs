@@ -62,7 +62,8 @@ enum Verdict {
 /// nothing to protect and counts as the subject's.
 fn verdict(client: &Client, key: Option<&DataKey>, tag: &SubjectTag, r: &TaskRecord) -> Verdict {
     if r.envelope.is_empty() {
-        let shell = r.state == TaskState::Archived && r.archive_reason == Some(ArchiveReason::Erased);
+        let shell =
+            r.state == TaskState::Archived && r.archive_reason == Some(ArchiveReason::Erased);
         return if shell {
             Verdict::Subject
         } else {
@@ -203,7 +204,12 @@ impl Client {
     /// Read every task and erase those sealed with the subject's key and
     /// tag although the broker did not list them under `tag` (their clear
     /// tag was removed or changed).
-    async fn erase_untagged(&self, tag: &SubjectTag, key: &DataKey, found: &mut Found) -> Result<()> {
+    async fn erase_untagged(
+        &self,
+        tag: &SubjectTag,
+        key: &DataKey,
+        found: &mut Found,
+    ) -> Result<()> {
         let mut after = None;
         loop {
             let page = self
@@ -262,7 +268,12 @@ impl Client {
             .tag_mismatch
             .iter()
             .map(|id| format!("{id} tag_mismatch"))
-            .chain(receipt.unverified.iter().map(|id| format!("{id} unverified")))
+            .chain(
+                receipt
+                    .unverified
+                    .iter()
+                    .map(|id| format!("{id} unverified")),
+            )
             .collect();
         a.record(AuditEvent::SubjectErased {
             receipt_id: TaskId::new().to_string(),

@@ -95,12 +95,13 @@ impl WrappedUnder {
                 let n = usize::from(*wrapped.get(1)?);
                 let id = wrapped.get(2..2 + n)?;
                 let id = std::str::from_utf8(id).ok()?.to_owned();
-                (wrapped.len() == WRAPPED_V2_FIXED + n).then(|| {
-                    if *v == 2 {
-                        WrappedUnder::Key(id)
-                    } else {
-                        WrappedUnder::Epoch(id)
-                    }
+                if wrapped.len() != WRAPPED_V2_FIXED + n {
+                    return None;
+                }
+                Some(if *v == 2 {
+                    WrappedUnder::Key(id)
+                } else {
+                    WrappedUnder::Epoch(id)
                 })
             }
             _ => None,
@@ -280,7 +281,9 @@ impl Keks {
         let (kek, ad, body) = match WrappedUnder::of(wrapped).ok_or_else(bad)? {
             WrappedUnder::TagKey => {
                 let kek = self.v1_kek.as_ref().ok_or_else(|| {
-                    unknown("subject-kek-v1 (retired: the keyring's legacy formats are closed)".into())
+                    unknown(
+                        "subject-kek-v1 (retired: the keyring's legacy formats are closed)".into(),
+                    )
                 })?;
                 (kek, wrap_ad(tag, 1, None), &wrapped[1..])
             }
@@ -291,9 +294,10 @@ impl Keks {
                 (kek, wrap_ad(tag, 2, Some(&id)), &wrapped[2 + id.len()..])
             }
             WrappedUnder::Epoch(id) => {
-                let kek = self.by_epoch.get(&id).ok_or_else(|| {
-                    unknown(format!("KEK epoch {id} (not held or retired)"))
-                })?;
+                let kek = self
+                    .by_epoch
+                    .get(&id)
+                    .ok_or_else(|| unknown(format!("KEK epoch {id} (not held or retired)")))?;
                 (kek, wrap_ad(tag, 3, Some(&id)), &wrapped[2 + id.len()..])
             }
         };

@@ -130,7 +130,12 @@ impl KekEpochs {
     /// returns the dropped ids.
     fn retire(&mut self) -> Vec<String> {
         let current = self.current.clone();
-        let gone: Vec<String> = self.epochs.keys().filter(|id| **id != current).cloned().collect();
+        let gone: Vec<String> = self
+            .epochs
+            .keys()
+            .filter(|id| **id != current)
+            .cloned()
+            .collect();
         self.epochs.retain(|id, _| *id == current);
         self.open_legacy = false;
         gone
@@ -183,7 +188,9 @@ impl KekEpochs {
                 )));
             }
             let secret = e.secret.ok_or_else(|| {
-                bad(format!("epoch `{id}`: `secret` is missing (32 bytes, base64)"))
+                bad(format!(
+                    "epoch `{id}`: `secret` is missing (32 bytes, base64)"
+                ))
             })?;
             let secret = decode(&secret.0, &id)?;
             let created = match e.created {
@@ -246,7 +253,8 @@ impl Epoch {
     fn random(now: jiff::Timestamp) -> Self {
         let mut secret = Zeroizing::new([0u8; KEY_LEN]);
         // Invariant: without a working OS RNG no key can be made safely.
-        getrandom::fill(&mut secret[..]).expect("the operating system's random number generator failed");
+        getrandom::fill(&mut secret[..])
+            .expect("the operating system's random number generator failed");
         Epoch {
             secret,
             created: Some(now),

@@ -63,10 +63,10 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, IntegrityError};
 use crate::model::id::SubjectTag;
-use crate::seal::kek::{KekEpochs, KekToml};
 use crate::seal::envelope::{
     self, Aad, Algorithm, NONCE_LEN, TAG_LEN, is_valid_key_id, parse_header, write_header,
 };
+use crate::seal::kek::{KekEpochs, KekToml};
 
 /// Length of every secret in the keyring (sealing keys, subject tag key).
 pub const KEY_LEN: usize = 32;

@@ -361,7 +361,10 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
         let _ = ids;
         Err(BrokerError::new(
             BrokerErrorKind::Config,
-            format!("{} does not support erasing tasks by id yet", self.describe()),
+            format!(
+                "{} does not support erasing tasks by id yet",
+                self.describe()
+            ),
         ))
     }
 
