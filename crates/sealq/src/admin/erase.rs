@@ -138,9 +138,9 @@ impl Client {
         };
         let mut found = Found::default();
         self.erase_tagged(&tag, key.as_deref(), &mut found).await?;
-        if options.full_scan
-            && let Some(k) = key.as_deref()
-        {
+        // Without a data key there is nothing subject-sealed to recognise.
+        let full_scan = options.full_scan && key.is_some();
+        if full_scan && let Some(k) = key.as_deref() {
             self.erase_untagged(&tag, k, &mut found).await?;
         }
         let key_destroyed = match self.subject_keys() {
@@ -156,7 +156,7 @@ impl Client {
             tag_mismatch: found.mismatch.iter().map(ToString::to_string).collect(),
             unverified: found.unverified.iter().map(ToString::to_string).collect(),
             untagged_found: found.untagged,
-            full_scan: options.full_scan,
+            full_scan,
         };
         self.audit_erasure(&receipt).await?;
         Ok(receipt)

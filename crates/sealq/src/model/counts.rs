@@ -111,7 +111,8 @@ pub struct ErasureReceipt {
     #[serde(default)]
     pub untagged_found: u64,
     /// Whether every stored task was scanned for the subject's tasks whose
-    /// clear tag was removed ([`crate::model::options::EraseOptions`]).
+    /// clear tag was removed (asked for with `EraseOptions::full_scan`, and
+    /// done only when the subject has a data key to recognise them by).
     #[serde(default)]
     pub full_scan: bool,
 }
