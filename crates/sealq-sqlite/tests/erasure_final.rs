@@ -322,3 +322,41 @@ async fn finding_6_a_task_whose_tag_was_cleared_is_found_by_a_full_scan() {
         .expect("survives without the scan");
     assert!(sealq::subject_keys::is_subject_sealed(&left.envelope));
 }
+
+/// Finalising never drops an epoch that still wraps a key it could not
+/// move: a key wrapped under a KEK the keyring lacks (here another
+/// keyring's) makes the re-wrap report incomplete, naming what is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_6_finalise_reports_keys_it_cannot_rewrap() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let broker: Arc<dyn Broker> = Arc::new(SqliteBroker::open(&db).unwrap());
+    let foreign = Arc::new(Keyring::generate());
+    client(&broker, &foreign)
+        .enqueue(
+            &mail("x@example.com"),
+            EnqueueOptions::new().subject("user-9"),
+        )
+        .await
+        .unwrap();
+    let mut keyring = Keyring::generate();
+    client(&broker, &Arc::new(copy_of(&keyring)))
+        .enqueue(
+            &mail("y@example.com"),
+            EnqueueOptions::new().subject("user-8"),
+        )
+        .await
+        .unwrap();
+    keyring.add_kek_epoch();
+    let report = client(&broker, &Arc::new(copy_of(&keyring)))
+        .rewrap_subject_keys_for_finalise()
+        .await
+        .unwrap();
+    assert!(!report.is_complete(), "{report:?}");
+    assert_eq!(
+        (report.rewrapped, report.failed.len()),
+        (1, 1),
+        "{report:?}"
+    );
+    assert_eq!(report.remaining.values().sum::<u64>(), 1);
+}
