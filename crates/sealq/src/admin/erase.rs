@@ -130,7 +130,9 @@ impl Client {
         let key: Option<Arc<DataKey>> = match self.subject_keys() {
             Some(keys) => keys.for_open(&tag).await.map_err(|e| match e {
                 Error::Integrity(IntegrityError::UnknownKey(kek)) => Error::Keyring(format!(
-                    "nothing erased: the subject's data key is wrapped under {kek}, which this                      keyring does not hold, so its tasks cannot be told from others; erase                      with the current keyring"
+                    "nothing erased: the subject's data key is wrapped under {kek}, which this \
+                     keyring does not hold, so its tasks cannot be told from others; erase \
+                     with the current keyring"
                 )),
                 other => other,
             })?,

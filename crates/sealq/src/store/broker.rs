@@ -336,6 +336,12 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// and the task is never retried. Erasing an unknown subject returns zero
     /// counts; running it twice is harmless.
     ///
+    /// This trusts the clear subject tag, which whoever can write the
+    /// broker can put on or take off any task: the client's erasure
+    /// (`Client::erase_subject`) no longer calls it, it checks each task's
+    /// envelope and calls [`Broker::erase_tasks`] (finding 6 of the
+    /// security review).
+    ///
     /// The default refuses: a backend that cannot erase must say so rather
     /// than pretend.
     async fn erase_subject(&self, tag: &SubjectTag) -> BrokerResult<ErasureCounts> {
