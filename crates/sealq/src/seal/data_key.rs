@@ -6,8 +6,8 @@
 //! Data keys are stored wrapped (XChaCha20-Poly1305) under a key-encryption
 //! key (KEK), in a `SubjectKeyStore` (`crate::store`) that is **separate from the task
 //! store**: the embedded broker keeps it in its own file beside the database.
-//! With a keyring that has KEK epochs (`[kek]`, [`crate::seal::kek`]; every
-//! keyring `sealq keys generate` makes), the KEK is derived from the
+//! With a keyring that has KEK epochs (`[kek]`, [`crate::seal::kek`], added
+//! by the first `sealq erase --finalize`), the KEK is derived from the
 //! current epoch's secret (wrapped-key format 3, naming the epoch), apart
 //! from the sealing keys: finalising erasures (`sealq erase --finalize`)
 //! adds an epoch, re-wraps every stored key under it and drops the older

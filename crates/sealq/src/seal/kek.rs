@@ -143,7 +143,7 @@ impl KekEpochs {
 
     /// Upper bound of [`KekEpochs::write_toml`]'s output, bytes.
     pub(crate) fn toml_len_hint(&self) -> usize {
-        128 + self.epochs.len() * 256
+        512 + self.epochs.len() * 256
     }
 
     /// Append the `[kek]` table to `out` (secrets included).
