@@ -104,9 +104,11 @@ impl Client {
     /// The receipt names the subject only by its keyed tag. Erasing an
     /// unknown subject succeeds with zero counts; erasing twice is harmless.
     ///
-    /// A task is erased only once its envelope authenticates as the
-    /// subject's (see the [module docs](self)); tasks carrying the tag
-    /// that do not are named in [`ErasureReceipt::tag_mismatch`] and
+    /// A task is erased only once its envelope authenticates with the
+    /// subject's data key (or the keyring, for one sealed without) for
+    /// associated data carrying the subject's tag, which whoever can only
+    /// write the broker cannot forge; tasks carrying the tag that do not are
+    /// named in [`ErasureReceipt::tag_mismatch`] and
     /// [`ErasureReceipt::unverified`] and left alone.
     ///
     /// Erasure is final against restored copies of the subject key store
