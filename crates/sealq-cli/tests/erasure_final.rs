@@ -403,3 +403,52 @@ fn uuid_bytes(s: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
         .collect()
 }
+
+/// `erase --finalize` drops no epoch while a subject key is left that it
+/// could not re-wrap (here one made under another keyring): it exits with
+/// an error saying so, the keyring file keeps the older KEKs (the new
+/// epoch current), and `--force` drops them.
+#[test]
+fn finding_6_finalize_keeps_old_keks_while_a_key_is_left() {
+    let sb = Sandbox::new(None);
+    sb.enqueue("ann@example.com", "user-42");
+    let other = sb.path().join("other.toml");
+    let out = sb.run(&["keys", "generate"]);
+    write_private(&other, &out.stdout);
+    let payload = r#"{"to":"bob@example.com"}"#;
+    let out = sb
+        .cmd(&[
+            "enqueue",
+            "--type",
+            "mail.send",
+            "--payload",
+            payload,
+            "--subject",
+            "user-7",
+        ])
+        .env("SEALQ_KEYRING", &other)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = sb.run(&["erase", "--finalize"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not finalised") && err.contains("--force"),
+        "{err}"
+    );
+    let kept = std::fs::read_to_string(sb.keyring()).unwrap();
+    assert!(
+        kept.contains("open_legacy = true"),
+        "legacy KEKs kept: {kept}"
+    );
+    // The erasure of user-42 still works with it (its key moved).
+    sb.ok(&["erase", "--subject", "user-42"]);
+
+    let out = sb.ok(&["erase", "--finalize", "--force"]);
+    assert!(out.contains("lost"), "{out}");
+    let after = std::fs::read_to_string(sb.keyring()).unwrap();
+    assert!(!after.contains("open_legacy"), "{after}");
+    assert_eq!(after.matches("[kek.epochs.").count(), 1, "{after}");
+}
