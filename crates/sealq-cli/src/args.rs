@@ -80,7 +80,13 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Redis(crate::cmd::redis::RedisCommand),
     /// Erase a data subject: delete its tasks in every state and destroy its
-    /// data key, so earlier copies of its tasks cannot be opened; prints a receipt.
+    /// data key, so earlier copies of its tasks cannot be opened; prints a
+    /// receipt. Only tasks whose envelope authenticates with the subject's
+    /// key and tag are erased; others carrying the tag are named, not
+    /// deleted. `--finalize` (say, daily) makes every erasure so far final
+    /// against restored copies of the subject key store: a new KEK epoch in
+    /// the keyring file, every subject key re-wrapped under it, the older
+    /// epochs dropped.
     Erase(EraseArgs),
     /// Pause, resume, cap or rate-limit queues (audited).
     #[command(subcommand)]
@@ -143,10 +149,28 @@ pub(crate) struct CronNextArgs {
 
 /// `sealq erase`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true)))]
 pub(crate) struct EraseArgs {
     /// The subject id given at enqueue (`--subject`), e.g. `user-42`.
-    #[arg(long)]
-    pub(crate) subject: String,
+    #[arg(long, group = "what")]
+    pub(crate) subject: Option<String>,
+    /// Also read every stored task, to erase the subject's tasks whose clear
+    /// subject tag was removed (each subject-sealed task is tried with the
+    /// subject's key and tag). Reads the whole store.
+    #[arg(long, requires = "subject")]
+    pub(crate) full_scan: bool,
+    /// Finalise erasures (after `--subject`, if given): add a key-encryption-key
+    /// epoch to the keyring file (`--keyring`), re-wrap every stored subject
+    /// key under it and drop the older epochs, so no copy of the subject key
+    /// store taken before opens anything with the keyring. Then deploy the
+    /// keyring file to every worker and producer and restart them, and
+    /// destroy copies of the old keyring file.
+    #[arg(long, group = "what")]
+    pub(crate) finalize: bool,
+    /// With `--finalize`: drop the older epochs even when some subject keys
+    /// could not be re-wrapped (those keys are lost for good).
+    #[arg(long, requires = "finalize")]
+    pub(crate) force: bool,
     /// Who asks for the erasure (recorded in the receipt; default `$USER@host`).
     #[arg(long)]
     pub(crate) operator: Option<String>,

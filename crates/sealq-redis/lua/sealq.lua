@@ -1357,3 +1357,49 @@ local function key_swap(keys, args)
 end
 
 redis.register_function{function_name = 'sealq_key_swap', callback = key_swap, flags = {}}
+
+-- Erasing checked tasks (finding 6 of the security review) ----------------
+
+-- KEYS[1] = Q (KEYS[2] = G on standalone servers). ARGV: now, ids. Erases
+-- exactly these tasks of the queue, which the client checked belong to the
+-- subject (their envelope authenticates with the subject's key and tag):
+-- as sealq_erase does for a subject tag, deleted in every state but
+-- active, active ones archived `erased` with envelope, result and error
+-- wiped and lease revoked. Ids not stored are skipped. Returns {scheduled,
+-- pending, active, retry, completed, archived, unindexed ids...} (ids only
+-- without G: those the global index should forget).
+local function erase_ids(keys, args)
+  local Q, G = keys[1], keys[2]
+  local nows = args[1]
+  local n = {scheduled = 0, pending = 0, active = 0, retry = 0, completed = 0, archived = 0}
+  local forget = {}
+  for i = 2, #args do
+    local id = args[i]
+    local T = Q .. 't:' .. id
+    local cur = tolerant('HMGET', T, 's', 'uk')
+    -- A task key that is not a hash (an edited key) is erased all the same.
+    if failed(cur) then cur = {'', false} end
+    if cur[1] then
+      local st = cur[1]
+      if n[st] then n[st] = n[st] + 1 else n.archived = n.archived + 1 end
+      if st == 'active' then
+        clear_lease(T)
+        redis.call('HDEL', T, 'res', 'le')
+        wipe_envelope(Q .. 'b:' .. id)
+        redis.call('HSET', T, 's', 'archived', 'ar', 'erased', 'fin', nows, 'upd', nows)
+        redis.call('ZREM', Q .. 'active', id)
+        redis.call('ZADD', Q .. 'archived', nows, id)
+        release_unique(Q, id, cur[2])
+        incr(Q, 'active', -1)
+        incr(Q, 'archived', 1)
+      elseif not remove_task(Q, id, st, cur[2], nows) then
+        if G then redis.call('HDEL', G .. 'ids', id) else forget[#forget + 1] = id end
+      end
+    end
+  end
+  local out = {n.scheduled, n.pending, n.active, n.retry, n.completed, n.archived}
+  for _, id in ipairs(forget) do out[#out + 1] = id end
+  return out
+end
+
+redis.register_function{function_name = 'sealq_erase_ids', callback = erase_ids, flags = {}}

@@ -69,6 +69,7 @@ mod codec;
 mod conn;
 mod dequeue;
 mod enqueue;
+mod erase_ids;
 mod erasure;
 mod error;
 mod functions;
@@ -450,6 +451,10 @@ impl Broker for RedisBroker {
 
     async fn erase_subject(&self, tag: &SubjectTag) -> BrokerResult<ErasureCounts> {
         self.erase_subject_impl(tag).await
+    }
+
+    async fn erase_tasks(&self, ids: &[TaskId]) -> BrokerResult<ErasureCounts> {
+        self.erase_tasks_impl(ids).await
     }
 
     fn subject_key_store(&self) -> Option<Arc<dyn SubjectKeyStore>> {

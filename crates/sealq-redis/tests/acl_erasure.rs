@@ -145,8 +145,9 @@ async fn producers_create_keys_workers_read_them_admins_erase() {
     }
     let mut rotated = Keyring::from_toml(&keyring.to_toml_secret()).unwrap();
     let new_key = rotated.rotate();
+    let rotated = Arc::new(rotated);
     let a: Arc<dyn Broker> = Arc::new(admin.clone());
-    let report = Client::builder(a.clone(), Arc::new(rotated))
+    let report = Client::builder(a.clone(), rotated.clone())
         .build()
         .reseal(&sealq::reseal::ResealOptions::default(), "ops")
         .await
@@ -160,7 +161,12 @@ async fn producers_create_keys_workers_read_them_admins_erase() {
     // Admin: erases; reads the audit log.
     let asink = Arc::new(RedisAuditSink::open(&admin).await.unwrap());
     let aaudit = Auditor::start(asink.clone(), &keyring).unwrap();
-    let aclient = Client::builder(a, keyring.clone())
+    // Erasing with the keyring of before the re-wrap is refused, changing
+    // nothing: it cannot unwrap the subject's key to check its tasks.
+    let stale = Client::builder(a.clone(), keyring.clone()).build();
+    let e = stale.erase_subject("user-42", "dpo").await.unwrap_err();
+    assert!(e.to_string().contains("nothing erased"), "{e}");
+    let aclient = Client::builder(a, rotated.clone())
         .audit(aaudit.clone())
         .build();
     let receipt = aclient.erase_subject("user-42", "dpo").await.unwrap();

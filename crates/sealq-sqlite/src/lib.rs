@@ -103,6 +103,7 @@ mod audit_sink;
 mod blob_store;
 mod checkpoint;
 mod codec;
+mod erase_ids;
 mod error;
 mod key_checks;
 mod ops;
@@ -464,6 +465,20 @@ impl Broker for SqliteBroker {
         self.inner
             .writer
             .call(move |ctx| ops::erase_subject(ctx, &tag))
+            .await
+    }
+
+    async fn erase_tasks(
+        &self,
+        ids: &[TaskId],
+    ) -> BrokerResult<sealq::subject_keys::ErasureCounts> {
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let ids = ids.to_vec();
+        self.inner
+            .writer
+            .call(move |ctx| erase_ids::erase_tasks(ctx, &ids))
             .await
     }
 

@@ -44,6 +44,11 @@ pub(crate) enum RecordKeyError {
     /// The envelope can never open here (it names a subject key but the
     /// record has no subject, or there is no subject key store).
     Integrity(IntegrityError),
+    /// The subject's key is wrapped under a KEK this keyring does not hold
+    /// (a retired KEK epoch, a removed key: an outdated keyring, or a key
+    /// store restored from before `sealq erase --finalize`). Named: hold
+    /// the task, never archive it for this.
+    UnknownKek(String),
     /// The subject key store failed: try again later.
     Unavailable(Error),
 }
@@ -68,6 +73,9 @@ pub(crate) async fn record_key(
     match keys.for_open(&tag).await {
         Ok(Some(key)) => Ok(RecordKey::Subject(key)),
         Ok(None) => Ok(RecordKey::Erased),
+        Err(Error::Integrity(IntegrityError::UnknownKey(kek))) => {
+            Err(RecordKeyError::UnknownKek(kek))
+        }
         Err(e) => Err(RecordKeyError::Unavailable(e)),
     }
 }
@@ -75,7 +83,8 @@ pub(crate) async fn record_key(
 /// What [`SubjectKeys::rewrap_all`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RewrapReport {
-    /// The key whose KEK wraps them now (the keyring's primary).
+    /// What wraps them now: the keyring's current KEK epoch id, or, for a
+    /// keyring without KEK epochs, its primary key id.
     pub to_key: String,
     /// Wrapped keys re-wrapped under it (or, with `dry_run`, that would be).
     pub rewrapped: u64,
@@ -166,6 +175,9 @@ impl SubjectKeys {
         match record_key(Some(self), record).await {
             Ok(key) => Ok(key),
             Err(RecordKeyError::Integrity(e)) => Err(Error::Integrity(e)),
+            Err(RecordKeyError::UnknownKek(k)) => {
+                Err(Error::Integrity(IntegrityError::UnknownKey(k)))
+            }
             Err(RecordKeyError::Unavailable(e)) => Err(e),
         }
     }
@@ -299,9 +311,10 @@ impl SubjectKeys {
         Ok(self.store.destroy(tag).await?)
     }
 
-    /// Re-wrap every stored key that is not wrapped under the primary key's
-    /// KEK (after `keys rotate`; format-1 keys too), or with `from`, only
-    /// those wrapped under key `from`. Each is a compare-and-swap, so a key
+    /// Re-wrap every stored key that is not wrapped under what wraps new
+    /// keys (the keyring's current KEK epoch, or without epochs the primary
+    /// key's KEK: after `keys rotate` or `erase --finalize`; format-1 keys
+    /// too), or with `from`, only those wrapped under key or epoch `from`. Each is a compare-and-swap, so a key
     /// destroyed or replaced meanwhile is left alone. With `dry_run`, count
     /// only. The data keys themselves do not change: nothing sealed with
     /// them needs re-sealing.
@@ -310,11 +323,14 @@ impl SubjectKeys {
         from: Option<&str>,
         dry_run: bool,
     ) -> Result<RewrapReport, Error> {
+        let primary = self.keks.wraps().clone();
         let mut report = RewrapReport {
-            to_key: self.keks.primary_key_id().to_owned(),
+            to_key: match &primary {
+                WrappedUnder::Key(id) | WrappedUnder::Epoch(id) => id.clone(),
+                WrappedUnder::TagKey => String::new(),
+            },
             ..RewrapReport::default()
         };
-        let primary = WrappedUnder::Key(self.keks.primary_key_id().to_owned());
         for (tag, wrapped) in self.store.list().await? {
             let under = WrappedUnder::of(&wrapped);
             if under.as_ref() == Some(&primary) {
@@ -326,7 +342,7 @@ impl SubjectKeys {
                 .map_or_else(|| "unknown format".to_owned(), ToString::to_string);
             let selected = match (from, &under) {
                 (None, _) => true,
-                (Some(f), Some(WrappedUnder::Key(id))) => f == id,
+                (Some(f), Some(WrappedUnder::Key(id) | WrappedUnder::Epoch(id))) => f == id,
                 (Some(_), _) => false,
             };
             if !selected {
@@ -611,6 +627,65 @@ mod tests {
         let fresh = SubjectKeys::new(store, &keyring);
         let k1 = fresh.for_open(&t1).await.unwrap().expect("stored");
         assert_eq!(&k1.open(&ad1, &sealed1).unwrap()[..], b"y");
+    }
+
+    /// Finalising erasures (finding 6): after a new KEK epoch, a re-wrap
+    /// and the retirement of the older epochs and legacy formats, every
+    /// live key still opens what it sealed, while the bytes of a key store
+    /// copied before (format 2 and an older epoch alike) name a KEK the
+    /// keyring no longer holds: `UnknownKey`, never a data key.
+    #[tokio::test]
+    async fn finding_6_retired_kek_epochs_open_no_copy_of_the_key_store() {
+        let mut keyring = Keyring::generate();
+        let store = Arc::new(Mem::default());
+        let (ta, tb) = (keyring.subject_tag("a"), keyring.subject_tag("b"));
+        let ad = aad(ta);
+        let sealed = SubjectKeys::new(store.clone(), &keyring)
+            .for_seal(&ta)
+            .await
+            .unwrap()
+            .seal(&ad, b"kept")
+            .unwrap();
+        let copy_v2 = store.list().await.unwrap();
+        let first = keyring.add_kek_epoch();
+        let keys = SubjectKeys::new(store.clone(), &keyring);
+        keys.for_seal(&tb).await.unwrap();
+        assert_eq!(
+            WrappedUnder::of(&store.get(&tb).await.unwrap().unwrap()),
+            Some(WrappedUnder::Epoch(first.clone()))
+        );
+        let r = keys.rewrap_all(None, false).await.unwrap();
+        assert_eq!(
+            (r.to_key.as_str(), r.rewrapped, r.current),
+            (first.as_str(), 1, 1)
+        );
+        assert!(keyring.retire_kek_epochs().unwrap().is_empty());
+        let copy_first = store.list().await.unwrap();
+        let second = keyring.add_kek_epoch();
+        let r = SubjectKeys::new(store.clone(), &keyring)
+            .rewrap_all(None, false)
+            .await
+            .unwrap();
+        assert_eq!((r.rewrapped, r.current, r.failed.len()), (2, 0, 0));
+        assert_eq!(keyring.retire_kek_epochs().unwrap(), vec![first.clone()]);
+        let now = SubjectKeys::new(store.clone(), &keyring);
+        let k = now.for_open(&ta).await.unwrap().unwrap();
+        assert_eq!(&k.open(&ad, &sealed).unwrap()[..], b"kept");
+        // Restore either copy of the key store: nothing opens.
+        for (copy, named) in [(copy_v2, "subject-kek-v2"), (copy_first, first.as_str())] {
+            let restored = Arc::new(Mem::default());
+            for (t, w) in copy {
+                restored.put_if_absent(&t, w).await.unwrap();
+            }
+            let keys = SubjectKeys::new(restored, &keyring);
+            match keys.for_open(&ta).await {
+                Err(Error::Integrity(IntegrityError::UnknownKey(k))) => {
+                    assert!(k.contains(named), "{k}");
+                }
+                other => panic!("a restored copy opened or failed otherwise: {other:?}"),
+            }
+        }
+        assert_ne!(first, second);
     }
 
     #[tokio::test]

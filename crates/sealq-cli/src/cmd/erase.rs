@@ -1,13 +1,27 @@
-//! `sealq erase --subject S`: erasure by crypto-shredding, with a receipt.
+//! `sealq erase --subject S`: erasure by crypto-shredding, with a receipt;
+//! `sealq erase --finalize`: make erasures final against restored copies of
+//! the subject key store (`finalise.rs`).
 
-use sealq::Client;
+use sealq::{Client, EraseOptions};
 
 use super::Global;
 use crate::args::EraseArgs;
 use crate::error::CliResult;
+use crate::output::safe;
 
-/// Erase one subject's tasks and destroy its data key; print the receipt.
+/// Erase one subject (`--subject`) and print the receipt; then finalise
+/// (`--finalize`) if asked.
 pub(crate) async fn run(global: &Global, args: EraseArgs) -> CliResult {
+    if let Some(subject) = &args.subject {
+        erase_subject(global, &args, subject).await?;
+    }
+    if args.finalize {
+        super::finalise::run(global, &args).await?;
+    }
+    Ok(())
+}
+
+async fn erase_subject(global: &Global, args: &EraseArgs, subject: &str) -> CliResult {
     let keyring = global.full_keyring("erase a subject (it computes the subject tag)")?;
     let opened = global.open_broker()?;
     let auditor = super::audit::start(opened.audit_home(), args.audit, &keyring)?;
@@ -15,10 +29,15 @@ pub(crate) async fn run(global: &Global, args: EraseArgs) -> CliResult {
     if let Some(a) = &auditor {
         builder = builder.audit(a.clone());
     }
-    let operator = args.operator.unwrap_or_else(default_operator);
+    let operator = args.operator.clone().unwrap_or_else(default_operator);
+    let options = if args.full_scan {
+        EraseOptions::full_scan()
+    } else {
+        EraseOptions::default()
+    };
     let result = builder
         .build()
-        .erase_subject(&args.subject, &operator)
+        .erase_subject_with(subject, &operator, options)
         .await;
     super::audit::finish(auditor).await?;
     let receipt = result?;
@@ -27,29 +46,58 @@ pub(crate) async fn run(global: &Global, args: EraseArgs) -> CliResult {
             "{}",
             serde_json::to_string_pretty(&receipt).unwrap_or_default()
         );
-    } else {
-        let c = &receipt.counts;
-        println!("erased subject tag {}", receipt.subject_tag);
-        println!(
-            "  tasks removed: {} (scheduled {}, pending {}, active {} archived as erased, retry {}, completed {}, archived {})",
-            c.total(),
-            c.scheduled,
-            c.pending,
-            c.active,
-            c.retry,
-            c.completed,
-            c.archived
-        );
-        println!(
-            "  data key destroyed: {}",
-            if receipt.key_destroyed {
-                "yes"
-            } else {
-                "no (none existed)"
-            }
-        );
-        println!("  operator: {}", crate::output::safe(&receipt.operator));
+        return Ok(());
     }
+    let c = &receipt.counts;
+    println!("erased subject tag {}", receipt.subject_tag);
+    println!(
+        "  tasks removed: {} (scheduled {}, pending {}, active {} archived as erased, retry {}, completed {}, archived {})",
+        c.total(),
+        c.scheduled,
+        c.pending,
+        c.active,
+        c.retry,
+        c.completed,
+        c.archived
+    );
+    if receipt.full_scan {
+        println!(
+            "  found by the full scan (clear tag removed): {}",
+            receipt.untagged_found
+        );
+    }
+    println!(
+        "  data key destroyed: {}",
+        if receipt.key_destroyed {
+            "yes"
+        } else {
+            "no (none existed)"
+        }
+    );
+    for (ids, what) in [
+        (
+            &receipt.tag_mismatch,
+            "carry the tag but are not the subject's (tag mismatch: their envelope does not \
+             authenticate with the subject's key and tag); NOT erased",
+        ),
+        (
+            &receipt.unverified,
+            "carry the tag but could not be checked (the subject's key is gone, or a key this \
+             keyring lacks sealed them); NOT erased",
+        ),
+    ] {
+        if !ids.is_empty() {
+            println!("  {} task(s) {what}:", ids.len());
+            for id in ids {
+                println!("    {}", safe(id));
+            }
+        }
+    }
+    println!("  operator: {}", safe(&receipt.operator));
+    println!(
+        "  final against restored copies of the subject key store once `sealq erase --finalize` \
+         has run"
+    );
     Ok(())
 }
 

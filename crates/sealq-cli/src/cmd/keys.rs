@@ -116,7 +116,7 @@ fn restrict_stdout_file() -> CliResult {
 /// temporary file beside it (random name, created exclusively with mode
 /// 0600, so nothing already at a predictable name, such as a symlink
 /// planted there, is followed or reused), synced, then renamed over `path`.
-fn write_keyring(path: &std::path::Path, keyring: &Keyring) -> CliResult {
+pub(crate) fn write_keyring(path: &std::path::Path, keyring: &Keyring) -> CliResult {
     use std::os::unix::fs::PermissionsExt as _;
     let secret = keyring.to_toml_secret();
     let dir = match path.parent() {
@@ -149,7 +149,7 @@ fn write_keyring(path: &std::path::Path, keyring: &Keyring) -> CliResult {
 }
 
 /// The keyring file `--keyring` names (commands that rewrite it need one).
-fn keyring_path(global: &super::Global, what: &str) -> CliResult<std::path::PathBuf> {
+pub(crate) fn keyring_path(global: &super::Global, what: &str) -> CliResult<std::path::PathBuf> {
     global
         .keyring
         .clone()

@@ -8,6 +8,7 @@ mod demo;
 mod enqueue;
 mod erase;
 mod exec_env;
+mod finalise;
 mod keys;
 mod operator;
 mod payloads;

@@ -9,6 +9,7 @@
 //! nothing lower).
 
 mod erase;
+pub mod finalise;
 mod keys;
 mod queues;
 pub mod reseal;
@@ -19,6 +20,8 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::model::audit_event::AuditEvent;
 
+pub use erase::EraseOptions;
+pub use finalise::FinaliseReport;
 pub use keys::KeyUsage;
 pub use reveal::Revealed;
 

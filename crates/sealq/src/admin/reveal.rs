@@ -62,6 +62,11 @@ impl Client {
             }
             Err(RecordKeyError::Integrity(e)) => return Err(Error::Integrity(e)),
             Err(RecordKeyError::Unavailable(e)) => return Err(e),
+            Err(RecordKeyError::UnknownKek(k)) => {
+                return Err(Error::Integrity(crate::error::IntegrityError::UnknownKey(
+                    k,
+                )));
+            }
         };
         let open = |purpose: Purpose, bytes: &[u8]| -> Result<Zeroizing<Vec<u8>>> {
             let aad = Aad::for_record(&record, purpose);

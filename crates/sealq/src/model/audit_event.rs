@@ -232,6 +232,29 @@ pub enum AuditEvent {
         key_destroyed: bool,
         /// Who.
         operator: String,
+        /// Tasks carrying the subject's clear tag that were not erased
+        /// because their envelope does not authenticate as the subject's
+        /// (`tag_mismatch`) or could not be checked (`unverified`), by id
+        /// with that word (`<id> tag_mismatch`). Absent when none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        not_erased: Vec<String>,
+    },
+    /// Erasures were finalised (`sealq erase --finalize`): every stored
+    /// subject key re-wrapped under a new key-encryption-key epoch and the
+    /// older epochs dropped from the keyring, so no earlier copy of the
+    /// subject key store opens with it. Names no subject.
+    ErasureFinalised {
+        /// The KEK epoch that wraps every subject key now.
+        kek_epoch: String,
+        /// The epochs dropped from the keyring.
+        retired: Vec<String>,
+        /// Whether the legacy wrapped-key formats (KEKs derived from the
+        /// sealing keys and the subject tag key) were closed too.
+        legacy_closed: bool,
+        /// Wrapped keys re-wrapped under the new epoch.
+        rewrapped: u64,
+        /// Who.
+        operator: String,
     },
     /// The payload policy refused a task before it was sealed.
     PolicyRejected {
@@ -362,6 +385,7 @@ impl AuditEvent {
             AuditEvent::Resealed { .. } => "resealed",
             AuditEvent::SubjectKeysRewrapped { .. } => "subject_keys_rewrapped",
             AuditEvent::SubjectErased { .. } => "subject_erased",
+            AuditEvent::ErasureFinalised { .. } => "erasure_finalised",
             AuditEvent::PolicyRejected { .. } => "policy_rejected",
             AuditEvent::QueuePaused { .. } => "queue_paused",
             AuditEvent::QueueResumed { .. } => "queue_resumed",
@@ -488,6 +512,7 @@ impl AuditEvent {
             | AuditEvent::KeyRemoved { .. }
             | AuditEvent::SubjectKeysRewrapped { .. }
             | AuditEvent::SubjectErased { .. }
+            | AuditEvent::ErasureFinalised { .. }
             | AuditEvent::PolicyRejected { .. }
             | AuditEvent::QueuePaused { .. }
             | AuditEvent::QueueResumed { .. }

@@ -67,6 +67,16 @@ impl ErasureCounts {
     pub fn total(&self) -> u64 {
         self.scheduled + self.pending + self.active + self.retry + self.completed + self.archived
     }
+
+    /// Add `other`'s counts to these.
+    pub fn add(&mut self, other: &ErasureCounts) {
+        self.scheduled += other.scheduled;
+        self.pending += other.pending;
+        self.active += other.active;
+        self.retry += other.retry;
+        self.completed += other.completed;
+        self.archived += other.archived;
+    }
 }
 
 /// What an erasure did; names no personal data (the subject appears only
@@ -83,6 +93,28 @@ pub struct ErasureReceipt {
     pub time_ms: i64,
     /// Who asked for it.
     pub operator: String,
+    /// Ids of tasks carrying the subject's clear tag whose envelope does not
+    /// authenticate as the subject's (sealed for another subject, or with
+    /// the tag left out of its associated data: the clear tag was put on
+    /// them, or their bytes edited). Not deleted, not counted in `counts`.
+    #[serde(default)]
+    pub tag_mismatch: Vec<String>,
+    /// Ids of tasks carrying the subject's clear tag that could not be
+    /// checked: sealed with the subject's key when none is stored any more
+    /// (an earlier erasure destroyed it), or with a keyring key this
+    /// keyring lacks. Not deleted, not counted in `counts`.
+    #[serde(default)]
+    pub unverified: Vec<String>,
+    /// Tasks of the subject found by a full scan although their clear tag
+    /// was missing or another (they authenticate with the subject's key
+    /// and tag); erased and counted in `counts` too. 0 without a full scan.
+    #[serde(default)]
+    pub untagged_found: u64,
+    /// Whether every stored task was scanned for the subject's tasks whose
+    /// clear tag was removed (asked for with `EraseOptions::full_scan`, and
+    /// done only when the subject has a data key to recognise them by).
+    #[serde(default)]
+    pub full_scan: bool,
 }
 
 /// A per-queue rate limit: at most `limit` tasks leased per `period_ms`,

@@ -6,13 +6,21 @@
 //! Data keys are stored wrapped (XChaCha20-Poly1305) under a key-encryption
 //! key (KEK), in a `SubjectKeyStore` (`crate::store`) that is **separate from the task
 //! store**: the embedded broker keeps it in its own file beside the database.
-//! The KEK is derived from the keyring's primary sealing key
-//! (HKDF, label `sealq-subject-kek-v2`), so it rotates with the keyring:
-//! after `keys rotate`, new data keys are wrapped under the new primary's
-//! KEK, `SubjectKeys::rewrap_all` (run by `sealq keys reseal`) re-wraps the
+//! With a keyring that has KEK epochs (`[kek]`, [`crate::seal::kek`], added
+//! by the first `sealq erase --finalize`), the KEK is derived from the
+//! current epoch's secret (wrapped-key format 3, naming the epoch), apart
+//! from the sealing keys: finalising erasures (`sealq erase --finalize`)
+//! adds an epoch, re-wraps every stored key under it and drops the older
+//! epochs, so no copy of the key store taken before opens with the
+//! keyring any more. Keyrings without `[kek]` work as before: the KEK is
+//! derived from the primary sealing key (HKDF, label
+//! `sealq-subject-kek-v2`, format 2) and rotates with it: after
+//! `keys rotate`, new data keys are wrapped under the new primary's KEK,
+//! `SubjectKeys::rewrap_all` (run by `sealq keys reseal`) re-wraps the
 //! stored ones, and `keys remove` refuses to drop a key that still wraps
 //! any. Keys wrapped by earlier versions under the KEK derived from the
-//! `subject_tag_key` (format 1) still open and are re-wrapped the same way.
+//! `subject_tag_key` (format 1) open the same way. Formats 1 and 2 open
+//! under a keyring with `[kek]` only while its `open_legacy` is set.
 //!
 //! Erasing a subject deletes its tasks and destroys its wrapped key. Copies of
 //! the task store made earlier (file copies, backups, replicas, AOF/RDB) then
@@ -50,7 +58,10 @@ const WRAP_DOMAIN_V2: &[u8] = b"sealq-subject-key-v2";
 /// Format 1: version byte 1, 24-byte nonce, 32-byte key, 16-byte tag.
 const WRAPPED_V1_LEN: usize = 1 + 24 + 32 + 16;
 /// Format 2: version byte 2, key id length (1 byte), key id, then as format 1.
+/// Format 3 is laid out the same with version byte 3 and a KEK epoch id.
 const WRAPPED_V2_FIXED: usize = 2 + 24 + 32 + 16;
+/// Domain of the format-3 wrapping's associated data.
+const WRAP_DOMAIN_V3: &[u8] = b"sealq-subject-key-v3";
 
 /// What a stored wrapped subject key is wrapped under.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -60,6 +71,8 @@ pub enum WrappedUnder {
     TagKey,
     /// Format 2: the KEK derived from this sealing key id.
     Key(String),
+    /// Format 3: the KEK of this KEK epoch (the keyring's `[kek]` table).
+    Epoch(String),
 }
 
 impl std::fmt::Display for WrappedUnder {
@@ -67,6 +80,7 @@ impl std::fmt::Display for WrappedUnder {
         match self {
             WrappedUnder::TagKey => f.write_str("subject_tag_key (format 1)"),
             WrappedUnder::Key(id) => write!(f, "{id}"),
+            WrappedUnder::Epoch(id) => write!(f, "KEK epoch {id}"),
         }
     }
 }
@@ -77,29 +91,32 @@ impl WrappedUnder {
     pub fn of(wrapped: &[u8]) -> Option<WrappedUnder> {
         match wrapped.first()? {
             1 if wrapped.len() == WRAPPED_V1_LEN => Some(WrappedUnder::TagKey),
-            2 => {
+            v @ (2 | 3) => {
                 let n = usize::from(*wrapped.get(1)?);
                 let id = wrapped.get(2..2 + n)?;
-                (wrapped.len() == WRAPPED_V2_FIXED + n)
-                    .then(|| {
-                        std::str::from_utf8(id)
-                            .ok()
-                            .map(|s| WrappedUnder::Key(s.to_owned()))
-                    })
-                    .flatten()
+                let id = std::str::from_utf8(id).ok()?.to_owned();
+                if wrapped.len() != WRAPPED_V2_FIXED + n {
+                    return None;
+                }
+                Some(if *v == 2 {
+                    WrappedUnder::Key(id)
+                } else {
+                    WrappedUnder::Epoch(id)
+                })
             }
             _ => None,
         }
     }
 }
 
-/// The wrapping's associated data: domain, subject tag and, for format 2,
-/// the wrapping key id (length-prefixed).
-fn wrap_ad(tag: &SubjectTag, key_id: Option<&str>) -> Vec<u8> {
+/// The wrapping's associated data: domain, subject tag and, for formats 2
+/// and 3, the wrapping key or epoch id (length-prefixed).
+fn wrap_ad(tag: &SubjectTag, format: u8, key_id: Option<&str>) -> Vec<u8> {
     let mut ad = Vec::with_capacity(WRAP_DOMAIN_V2.len() + 33 + key_id.map_or(0, str::len));
-    match key_id {
-        None => ad.extend_from_slice(WRAP_DOMAIN_V1),
-        Some(_) => ad.extend_from_slice(WRAP_DOMAIN_V2),
+    match format {
+        1 => ad.extend_from_slice(WRAP_DOMAIN_V1),
+        2 => ad.extend_from_slice(WRAP_DOMAIN_V2),
+        _ => ad.extend_from_slice(WRAP_DOMAIN_V3),
     }
     ad.extend_from_slice(&tag.0);
     if let Some(id) = key_id {
@@ -164,51 +181,84 @@ pub fn is_subject_sealed(envelope: &[u8]) -> bool {
 }
 
 /// The key-encryption keys (KEKs) that wrap subject data keys, derived from
-/// a keyring: one per sealing key (format 2; the primary's wraps new keys)
-/// and the format-1 KEK from the `subject_tag_key` (opens only).
+/// a keyring: one per KEK epoch (format 3; the current epoch's wraps new
+/// keys) when the keyring has a `[kek]` table, else one per sealing key
+/// (format 2; the primary's wraps new keys); and the format-1 KEK from the
+/// `subject_tag_key` (opens only). Formats 1 and 2 open under a keyring
+/// with epochs only while its `open_legacy` is set.
 pub(crate) struct Keks {
     /// The format-1 KEK (from the `subject_tag_key`): opens only.
-    v1_kek: XChaCha20Poly1305,
+    v1_kek: Option<XChaCha20Poly1305>,
     /// The format-2 KEK of every keyring key, by key id.
     by_key: HashMap<String, XChaCha20Poly1305>,
-    /// The keyring's primary key id: its KEK wraps new keys.
-    primary: String,
+    /// The format-3 KEK of every epoch, by epoch id.
+    by_epoch: HashMap<String, XChaCha20Poly1305>,
+    /// What wraps new keys: the current epoch, or the primary key.
+    wraps: WrappedUnder,
+}
+
+fn cipher(k: &[u8; 32]) -> XChaCha20Poly1305 {
+    XChaCha20Poly1305::new(<&Key>::from(k))
 }
 
 impl Keks {
-    /// The KEKs of every key of `keyring`.
+    /// The KEKs of every key and epoch of `keyring`.
     pub(crate) fn from_keyring(keyring: &Keyring) -> Self {
-        let v1_kek = keyring.derive_stable_key(KEK_V1_LABEL);
-        let by_key = keyring
-            .key_ids()
-            .filter_map(|id| {
-                let kek = keyring.derive_from_sealing_key(id, KEK_V2_LABEL)?;
-                Some((id.to_owned(), XChaCha20Poly1305::new(<&Key>::from(&*kek))))
+        let epochs = keyring.kek_epochs();
+        let legacy = epochs.is_none_or(|e| e.opens_legacy());
+        let v1_kek = legacy.then(|| cipher(&keyring.derive_stable_key(KEK_V1_LABEL)));
+        let by_key = if legacy {
+            keyring
+                .key_ids()
+                .filter_map(|id| {
+                    let kek = keyring.derive_from_sealing_key(id, KEK_V2_LABEL)?;
+                    Some((id.to_owned(), cipher(&kek)))
+                })
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let by_epoch = epochs
+            .map(|e| {
+                e.ids()
+                    .filter_map(|id| Some((id.to_owned(), cipher(&*e.kek(id)?))))
+                    .collect()
             })
-            .collect();
+            .unwrap_or_default();
+        let wraps = match epochs {
+            Some(e) => WrappedUnder::Epoch(e.current().to_owned()),
+            None => WrappedUnder::Key(keyring.primary_key_id().to_owned()),
+        };
         Keks {
-            v1_kek: XChaCha20Poly1305::new(<&Key>::from(&*v1_kek)),
+            v1_kek,
             by_key,
-            primary: keyring.primary_key_id().to_owned(),
+            by_epoch,
+            wraps,
         }
     }
 
-    /// The id of the key whose KEK wraps new keys.
-    pub(crate) fn primary_key_id(&self) -> &str {
-        &self.primary
+    /// What wraps new keys (and what [`crate::subject_keys::SubjectKeys::rewrap_all`]
+    /// re-wraps to): the current KEK epoch, or the primary key's KEK.
+    pub(crate) fn wraps(&self) -> &WrappedUnder {
+        &self.wraps
     }
 
-    /// Wrap `key` (format 2) under the primary key's KEK.
+    /// Wrap `key` (format 3 under the current epoch, or format 2 under the
+    /// primary key's KEK).
     pub(crate) fn wrap(&self, tag: &SubjectTag, key: &DataKey) -> Result<Vec<u8>, Error> {
-        let id = self.primary.as_str();
-        let kek = self.by_key.get(id).ok_or_else(|| {
-            Error::Keyring(format!("the keyring's primary key `{id}` is missing"))
+        let (format, id, kek) = match &self.wraps {
+            WrappedUnder::Epoch(id) => (3u8, id.as_str(), self.by_epoch.get(id)),
+            WrappedUnder::Key(id) => (2u8, id.as_str(), self.by_key.get(id)),
+            WrappedUnder::TagKey => (1u8, "", None),
+        };
+        let kek = kek.ok_or_else(|| {
+            Error::Keyring(format!("the keyring's wrapping key `{id}` is missing"))
         })?;
         let nonce = random_nonce()?;
-        let ad = wrap_ad(tag, Some(id));
+        let ad = wrap_ad(tag, format, Some(id));
         let mut out = Vec::with_capacity(WRAPPED_V2_FIXED + id.len());
-        out.push(2);
-        // Invariant: key ids are at most 64 bytes (Keyring validates them).
+        out.push(format);
+        // Invariant: key and epoch ids are at most 64 bytes (validated on load).
         out.push(id.len() as u8);
         out.extend_from_slice(id.as_bytes());
         out.extend_from_slice(&nonce);
@@ -221,18 +271,34 @@ impl Keks {
         Ok(out)
     }
 
-    /// Unwrap a stored key of either format.
+    /// Unwrap a stored key of any format. A key wrapped under a KEK this
+    /// keyring does not hold (a retired epoch, a removed sealing key, or a
+    /// legacy format once closed) is [`IntegrityError::UnknownKey`] naming
+    /// it: a worker holds such a task, it does not archive it.
     pub(crate) fn unwrap(&self, tag: &SubjectTag, wrapped: &[u8]) -> Result<DataKey, Error> {
         let bad = || Error::Integrity(IntegrityError::Tampered);
+        let unknown = |what: String| Error::Integrity(IntegrityError::UnknownKey(what));
         let (kek, ad, body) = match WrappedUnder::of(wrapped).ok_or_else(bad)? {
-            WrappedUnder::TagKey => (&self.v1_kek, wrap_ad(tag, None), &wrapped[1..]),
+            WrappedUnder::TagKey => {
+                let kek = self.v1_kek.as_ref().ok_or_else(|| {
+                    unknown(
+                        "subject-kek-v1 (retired: the keyring's legacy formats are closed)".into(),
+                    )
+                })?;
+                (kek, wrap_ad(tag, 1, None), &wrapped[1..])
+            }
             WrappedUnder::Key(id) => {
                 let kek = self.by_key.get(&id).ok_or_else(|| {
-                    Error::Keyring(format!(
-                        "a subject key is wrapped under key `{id}`, which this keyring does not hold"
-                    ))
+                    unknown(format!("subject-kek-v2 of key {id} (not held or retired)"))
                 })?;
-                (kek, wrap_ad(tag, Some(&id)), &wrapped[2 + id.len()..])
+                (kek, wrap_ad(tag, 2, Some(&id)), &wrapped[2 + id.len()..])
+            }
+            WrappedUnder::Epoch(id) => {
+                let kek = self
+                    .by_epoch
+                    .get(&id)
+                    .ok_or_else(|| unknown(format!("KEK epoch {id} (not held or retired)")))?;
+                (kek, wrap_ad(tag, 3, Some(&id)), &wrapped[2 + id.len()..])
             }
         };
         // body: nonce (24), key (32), tag (16).
@@ -263,7 +329,7 @@ pub(crate) fn wrap_v1(keyring: &Keyring, tag: &SubjectTag, key: &DataKey) -> Vec
     let t = kek
         .encrypt_inout_detached(
             <&XNonce>::from(&nonce),
-            &wrap_ad(tag, None),
+            &wrap_ad(tag, 1, None),
             (&mut out[25..]).into(),
         )
         .unwrap();

@@ -33,6 +33,10 @@
 //!   with padding; `created` is an optional RFC 3339 timestamp (string or TOML
 //!   datetime). Key ids are 1 to 64 characters from `A-Z a-z 0-9 . _ -` (quote
 //!   ids containing `.` in TOML: `[keys."k.1"]`).
+//! - `[kek]` (optional): the key-encryption-key epochs that wrap subject
+//!   data keys, rotated to finalise erasures; format in [`crate::seal::kek`].
+//!   The first `sealq erase --finalize` adds it; keyrings without it work as
+//!   before.
 //! - Unknown fields are errors, so a misspelt `primary` is not silently ignored.
 //!
 //! Every key other than the primary is open-only: it opens envelopes that name
@@ -66,6 +70,7 @@ use crate::model::id::SubjectTag;
 use crate::seal::envelope::{
     self, Aad, Algorithm, NONCE_LEN, TAG_LEN, is_valid_key_id, parse_header, write_header,
 };
+use crate::seal::kek::{KekEpochs, KekToml};
 
 mod check_value;
 pub mod role;
@@ -127,6 +132,8 @@ pub struct Keyring {
     /// `Some` in an operator keyring ([`role`]): no sealing keys, and
     /// `subject_tag_key` is a random stand-in.
     operator: Option<role::OperatorPart>,
+    /// KEK epochs wrapping subject keys (`[kek]`, see `crate::seal::kek`).
+    kek: Option<KekEpochs>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -158,6 +165,8 @@ impl Keyring {
             subject_tag_key: random_key(),
             audit_signing_key: Some(random_key()),
             operator: None,
+            // Added by the first `sealq erase --finalize` (`add_kek_epoch`).
+            kek: None,
         }
     }
 
@@ -244,7 +253,10 @@ impl Keyring {
         // Reserve up front so the buffer never reallocates (a reallocation
         // would leave an unwiped copy of the secrets behind).
         let per_key = 32 + 2 * envelope::MAX_KEY_ID_LEN + 64 + 64;
-        let mut out = Zeroizing::new(String::with_capacity(256 + per_key * self.keys.len()));
+        let kek_len = self.kek.as_ref().map_or(0, KekEpochs::toml_len_hint);
+        let mut out = Zeroizing::new(String::with_capacity(
+            256 + per_key * self.keys.len() + kek_len,
+        ));
         let b64 = |k: &[u8; KEY_LEN]| {
             let mut s = Zeroizing::new(String::with_capacity(44));
             BASE64.encode_string(k, &mut s);
@@ -277,7 +289,25 @@ impl Keyring {
                 let _ = writeln!(out, "created = \"{created}\"");
             }
         }
+        if let Some(kek) = &self.kek {
+            kek.write_toml(&mut out);
+        }
         out
+    }
+
+    /// The KEK epochs (`[kek]`), if the keyring has them.
+    pub(crate) fn kek_epochs(&self) -> Option<&KekEpochs> {
+        self.kek.as_ref()
+    }
+
+    /// [`Keyring::kek_epochs`], to change them.
+    pub(crate) fn kek_epochs_mut(&mut self) -> Option<&mut KekEpochs> {
+        self.kek.as_mut()
+    }
+
+    /// Give the keyring a `[kek]` table.
+    pub(crate) fn set_kek_epochs(&mut self, kek: KekEpochs) {
+        self.kek = Some(kek);
     }
 
     /// Id of the primary key.
@@ -546,12 +576,14 @@ impl Keyring {
                 ids.join(", ")
             )));
         }
+        let kek = raw.kek.map(KekEpochs::from_toml).transpose()?;
         Ok(Keyring {
             primary,
             keys,
             subject_tag_key,
             audit_signing_key,
             operator: None,
+            kek,
         })
     }
 }
@@ -581,6 +613,7 @@ struct KeyringToml {
     audit_signing_key: Option<SecretText>,
     #[serde(default)]
     keys: BTreeMap<String, KeyToml>,
+    kek: Option<KekToml>,
 }
 
 #[derive(Deserialize)]

@@ -6,6 +6,7 @@
 //! - [`envelope`]: the sealed bytes and the associated data they are bound to.
 //! - [`keyring`]: named keys, one primary; seals and opens envelopes.
 //! - [`data_key`]: per-subject data keys and the KEKs that wrap them.
+//! - [`kek`]: the keyring's KEK epochs, rotated to finalise erasures.
 //! - [`opener`]: the one rule for which key opens a stored record.
 //! - [`audit_chain`]: the audit record's MAC chain and signed checkpoints.
 //! - `audit_encode`: the canonical bytes of audit records, fast path.
@@ -14,6 +15,7 @@ pub mod audit_chain;
 pub(crate) mod audit_encode;
 pub mod data_key;
 pub mod envelope;
+pub mod kek;
 pub mod keyring;
 pub mod opener;
 

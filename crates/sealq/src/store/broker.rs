@@ -337,6 +337,12 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// and the task is never retried. Erasing an unknown subject returns zero
     /// counts; running it twice is harmless.
     ///
+    /// This trusts the clear subject tag, which whoever can write the
+    /// broker can put on or take off any task: the client's erasure
+    /// (`Client::erase_subject`) no longer calls it, it checks each task's
+    /// envelope and calls [`Broker::erase_tasks`] (finding 6 of the
+    /// security review).
+    ///
     /// The default refuses: a backend that cannot erase must say so rather
     /// than pretend.
     async fn erase_subject(&self, tag: &SubjectTag) -> BrokerResult<ErasureCounts> {
@@ -344,6 +350,28 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
         Err(BrokerError::new(
             BrokerErrorKind::Config,
             format!("{} does not support erasing subjects yet", self.describe()),
+        ))
+    }
+
+    /// Erase exactly these tasks, as [`Broker::erase_subject`] erases a
+    /// subject's (the client's erasure calls it with the tasks it checked
+    /// belong to the subject: their envelope authenticates with the
+    /// subject's key and tag, which the broker cannot forge): tasks in
+    /// every state but `active` are deleted with their results and unique
+    /// keys and their ids remembered; `active` ones are archived `erased`,
+    /// envelope wiped and lease revoked. Ids not stored are skipped. Returns
+    /// how many were erased, by the state each was in.
+    ///
+    /// The default refuses: a backend that cannot erase must say so rather
+    /// than pretend.
+    async fn erase_tasks(&self, ids: &[TaskId]) -> BrokerResult<ErasureCounts> {
+        let _ = ids;
+        Err(BrokerError::new(
+            BrokerErrorKind::Config,
+            format!(
+                "{} does not support erasing tasks by id yet",
+                self.describe()
+            ),
         ))
     }
 

@@ -252,6 +252,7 @@ macro_rules! conformance_tests {
             erase_subject_archives_active_and_revokes_its_lease,
             erase_subject_releases_unique_keys,
             erase_unknown_subject_is_harmless,
+            erase_tasks_erases_exactly_the_given_ids,
             finding_2_a_completed_id_is_refused_while_retained_and_after_purge,
             finding_2_a_deleted_id_is_refused_at_enqueue,
             key_checks_are_put_if_absent_per_key_id,

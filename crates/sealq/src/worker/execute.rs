@@ -238,6 +238,10 @@ fn hold_for_unknown_key(
 ///   archived `integrity`; no retry can make it authentic.
 /// - The subject's key was destroyed (the subject was erased): acked as
 ///   archived `erased`, never retried; the payload is gone for good.
+/// - The subject's data key is wrapped under a KEK this keyring does not
+///   hold (a retired KEK epoch: an outdated keyring, or a key store
+///   restored from before `sealq erase --finalize`): held like a task
+///   sealed with an unknown key, the payload never opened.
 /// - The key store cannot be read: acked as a retry in 1 s with no error
 ///   stored, not through [`fail`] (no backoff, no `retried` count): the
 ///   key may well be readable next time.
@@ -261,6 +265,9 @@ async fn open_sealed(
         }
         Err(RecordKeyError::Integrity(e)) => {
             return Err(refuse(state, record, e, ArchiveReason::Integrity));
+        }
+        Err(RecordKeyError::UnknownKek(kek)) => {
+            return Err(hold_for_unknown_key(state, record, &kek, now));
         }
         Err(RecordKeyError::Unavailable(e)) => {
             warn!(error = %e, "cannot get the subject's data key; retrying the task later");

@@ -108,6 +108,8 @@ impl Keyring {
             subject_tag_key: random_key(),
             audit_signing_key: self.audit_signing_key.clone(),
             operator: Some(OperatorPart { audit_mac_key: mac }),
+            // KEK epochs open subject data keys: never an operator's.
+            kek: None,
         })
     }
 
@@ -151,6 +153,9 @@ fn parse_operator(raw: &mut KeyringToml) -> Result<Keyring, Error> {
     if !raw.keys.is_empty() {
         extra.push("[keys.*]");
     }
+    if raw.kek.is_some() {
+        extra.push("[kek]");
+    }
     if !extra.is_empty() {
         return Err(Error::Keyring(format!(
             "an operator keyring (role = \"operator\") holds no sealing keys, but this one has {}: \
@@ -178,6 +183,7 @@ fn parse_operator(raw: &mut KeyringToml) -> Result<Keyring, Error> {
         subject_tag_key: random_key(),
         audit_signing_key,
         operator: Some(OperatorPart { audit_mac_key }),
+        kek: None,
     })
 }
 

@@ -222,3 +222,69 @@ pub async fn erase_unknown_subject_is_harmless(ctx: Ctx) {
         assert_eq!(ctx.state(id).await, TaskState::Pending);
     }
 }
+
+/// [`crate::Broker::erase_tasks`] (what the client calls once it has checked
+/// each task is the subject's: finding 6 of the security review) erases
+/// exactly the ids given, whatever their subject tag and state: waiting and
+/// completed ones deleted and remembered against replay, an active one
+/// archived `erased` with its envelope wiped and its lease revoked; ids not
+/// stored are skipped; tasks not named stay, even with the same tag.
+pub async fn erase_tasks_erases_exactly_the_given_ids(ctx: Ctx) {
+    let ids = ctx
+        .enqueue_ok(vec![
+            tagged(&ctx, "ei", 42),
+            ctx.task("ei"),
+            tagged(&ctx, "ei2", 42),
+            tagged(&ctx, "ei2", 42),
+        ])
+        .await;
+    let leased = ctx.lease(&["ei2"], 2).await;
+    assert_eq!(leased.len(), 2);
+    let by_id = |id| leased.iter().find(|l| l.record.id == id).unwrap();
+    assert_eq!(
+        ctx.ack1(by_id(ids[3]), complete(Some(b"sealed result")))
+            .await,
+        AckResult::Applied
+    );
+    let active = by_id(ids[2]);
+
+    let counts = ctx
+        .broker
+        .erase_tasks(&[ids[1], ids[2], ids[3], TaskId::new()])
+        .await
+        .unwrap();
+    assert_eq!(
+        counts,
+        ErasureCounts {
+            pending: 1,
+            active: 1,
+            completed: 1,
+            ..Default::default()
+        }
+    );
+    assert!(ctx.broker.get(ids[1]).await.unwrap().is_none());
+    assert!(ctx.broker.get(ids[3]).await.unwrap().is_none());
+    let kept = ctx.record(ids[0]).await;
+    assert_eq!(kept.state, TaskState::Pending, "a task not named stays");
+    let rec = ctx.record(ids[2]).await;
+    assert_eq!(rec.state, TaskState::Archived);
+    assert_eq!(rec.archive_reason, Some(ArchiveReason::Erased));
+    assert!(rec.envelope.is_empty(), "the envelope was wiped");
+    assert_eq!(rec.lease_expires_at_ms, None, "the lease was revoked");
+    let retry = Outcome::Retry {
+        at_ms: ctx.now(),
+        error: None,
+    };
+    assert_eq!(ctx.ack1(active, retry).await, AckResult::LeaseLost);
+    // An erased id is refused if it comes back.
+    let mut again = ctx.task("ei");
+    again.id = ids[1];
+    assert_eq!(
+        ctx.broker.enqueue(vec![again]).await.unwrap(),
+        vec![EnqueueResult::IdExists]
+    );
+    assert_eq!(
+        ctx.broker.erase_tasks(&[]).await.unwrap(),
+        ErasureCounts::default()
+    );
+}
