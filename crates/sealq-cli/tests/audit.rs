@@ -158,13 +158,14 @@ fn corrupt_and_missing_input_never_panics() {
     std::fs::write(sb.log(), &bytes).unwrap();
     let out = sb.run(&["audit", "verify"]);
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    // Lines 1 and 2 are the producer's genesis and its record.
     assert!(
-        out.stdout.contains("records line 2: corrupt"),
+        out.stdout.contains("records line 3: corrupt"),
         "{}",
         out.stdout
     );
     assert!(
-        out.stdout.contains("records line 3: corrupt"),
+        out.stdout.contains("records line 4: corrupt"),
         "{}",
         out.stdout
     );

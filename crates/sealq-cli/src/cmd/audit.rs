@@ -147,14 +147,18 @@ pub(crate) fn notes(r: &VerifyReport) -> Vec<String> {
     let mut out = Vec::new();
     if !r.without_genesis.is_empty() {
         out.push(format!(
-            "{} writer(s) have no genesis record (written before sealq recorded the log's head              at each writer's start), e.g. {}: the removal of writers before them is not              detected through them",
+            "{} writer(s) have no genesis record (written before sealq recorded the log's head \
+             at each writer's start), e.g. {}: the removal of writers before them is not \
+             detected through them",
             r.without_genesis.len(),
             r.without_genesis[0]
         ));
     }
     if !r.anchor_checked {
         out.push(
-            "no --anchor given: the removal of the newest records and checkpoints (written              after the last writer started), or a replaced or emptied log, cannot be detected;              keep anchors from `sealq audit anchor` and verify with --anchor"
+            "no --anchor given: the removal of the newest records and checkpoints (written \
+             after the last writer started), or a replaced or emptied log, cannot be detected; \
+             keep anchors from `sealq audit anchor` and verify with --anchor"
                 .to_owned(),
         );
     }
@@ -222,7 +226,8 @@ pub(crate) async fn verify(global: &Global, args: AuditVerifyArgs) -> CliResult 
         Ok(())
     } else if report.only_unknown_keys() {
         Err(CliError::unknown_key(msg(format!(
-            "audit verification incomplete: {} writer(s) wrote with an audit key this keyring              does not hold (this keyring's key id is {}); everything else verified",
+            "audit verification incomplete: {} writer(s) wrote with an audit key this keyring \
+             does not hold (this keyring's key id is {}); everything else verified",
             report.faults.len(),
             report.key_id.as_deref().unwrap_or("unknown")
         ))))

@@ -361,7 +361,8 @@ impl Fault {
                 key_id,
                 records,
             } => format!(
-                "writer {writer}: unknown key {}: its {records} record(s) are MACed with an audit                  key this keyring does not hold; not verified (not a forgery of the log)",
+                "writer {writer}: unknown key {}: its {records} record(s) are MACed with an audit \
+                 key this keyring does not hold; not verified (not a forgery of the log)",
                 key_id.as_deref().unwrap_or("(not named: written before genesis records)")
             ),
             Fault::LogHeadMismatch {
@@ -369,28 +370,36 @@ impl Fault {
                 seen,
                 stored,
             } => format!(
-                "writer {writer}: when it started the checkpoint store held {seen} entries; the                  store ({stored} entries now) no longer starts with them: entries written                  before it were removed, replaced or reordered (a whole writer removed, or a                  tail cut with its last checkpoint)"
+                "writer {writer}: when it started the checkpoint store held {seen} entries; the \
+                 store ({stored} entries now) no longer starts with them: entries written \
+                 before it were removed, replaced or reordered (a whole writer removed, or a \
+                 tail cut with its last checkpoint)"
             ),
             Fault::AnchorInvalid { reason } => format!("anchor: cannot be used: {reason}"),
             Fault::AnchorCheckpointsMissing { anchored, stored } => format!(
-                "anchor: it covers {anchored} checkpoint entries but {stored} are stored:                  checkpoints removed (log emptied or replaced?)"
+                "anchor: it covers {anchored} checkpoint entries but {stored} are stored: \
+                 checkpoints removed (log emptied or replaced?)"
             ),
             Fault::AnchorCheckpointsChanged { anchored } => format!(
-                "anchor: the first {anchored} checkpoint entries differ from those it covers:                  the log was replaced or its checkpoints changed"
+                "anchor: the first {anchored} checkpoint entries differ from those it covers: \
+                 the log was replaced or its checkpoints changed"
             ),
             Fault::AnchorWriterMissing { writer, seq } => format!(
-                "anchor: writer {writer} (through seq {seq}) is absent from the log: its                  records were removed"
+                "anchor: writer {writer} (through seq {seq}) is absent from the log: its \
+                 records were removed"
             ),
             Fault::AnchorTailCut {
                 writer,
                 anchored_seq,
                 last_seq,
             } => format!(
-                "anchor: writer {writer}: the records end at seq {last_seq} but the anchor                  covers seq {anchored_seq}: tail cut ({} record(s) missing)",
+                "anchor: writer {writer}: the records end at seq {last_seq} but the anchor \
+                 covers seq {anchored_seq}: tail cut ({} record(s) missing)",
                 anchored_seq.saturating_sub(*last_seq)
             ),
             Fault::AnchorMismatch { writer, seq } => format!(
-                "anchor: writer {writer}: its chain through seq {seq} differs from the anchor:                  records replaced (another run's log?)"
+                "anchor: writer {writer}: its chain through seq {seq} differs from the anchor: \
+                 records replaced (another run's log?)"
             ),
         }
     }
