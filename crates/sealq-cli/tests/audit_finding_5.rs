@@ -40,7 +40,10 @@ fn text(o: &Output) -> String {
 fn keyring(dir: &Path, name: &str) {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let out = Command::new(BIN).args(["keys", "generate"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["keys", "generate"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     std::fs::OpenOptions::new()
         .write(true)
@@ -125,7 +128,11 @@ fn finding_5_removed_writer_is_detected_in_files() {
     let ok = verify(&sb, None);
     assert!(ok.status.success(), "{}", text(&ok));
     // Without an anchor, the output says what it cannot detect.
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("no --anchor given"), "{}", text(&ok));
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("no --anchor given"),
+        "{}",
+        text(&ok)
+    );
     let w = sb.writers();
     assert_eq!(w.len(), 2);
     filter_lines(&sb.records(), |writer, _| writer != w[0]);
@@ -133,7 +140,11 @@ fn finding_5_removed_writer_is_detected_in_files() {
     let bad = verify(&sb, None);
     assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
     let out = String::from_utf8_lossy(&bad.stdout);
-    assert!(out.contains(&format!("writer {}", w[1])) && out.contains("removed"), "{}", text(&bad));
+    assert!(
+        out.contains(&format!("writer {}", w[1])) && out.contains("removed"),
+        "{}",
+        text(&bad)
+    );
 }
 
 #[test]
@@ -148,11 +159,19 @@ fn finding_5_cut_tail_with_last_checkpoint_is_caught_with_anchor_in_files() {
     filter_lines(&sb.records(), |writer, seq| !(writer == w[1] && seq >= 1));
     filter_lines(&sb.checkpoints(), |writer, _| writer != w[1]);
     let plain = verify(&sb, None);
-    assert!(plain.status.success(), "not detectable without the anchor: {}", text(&plain));
+    assert!(
+        plain.status.success(),
+        "not detectable without the anchor: {}",
+        text(&plain)
+    );
     let bad = verify(&sb, Some("anchor.json"));
     assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
     let out = String::from_utf8_lossy(&bad.stdout);
-    assert!(out.contains(&format!("writer {}", w[1])) && out.contains("tail cut"), "{}", text(&bad));
+    assert!(
+        out.contains(&format!("writer {}", w[1])) && out.contains("tail cut"),
+        "{}",
+        text(&bad)
+    );
 }
 
 #[test]
@@ -164,17 +183,33 @@ fn finding_5_replaced_and_emptied_logs_are_caught_with_anchor_in_files() {
 
     // Another run's log, written with the same keyring.
     let other = tempfile::tempdir().unwrap();
-    std::fs::copy(sb.path().join("keyring.toml"), other.path().join("keyring.toml")).unwrap();
-    let out = sealq(other.path(), DB, "keyring.toml", &["enqueue", "-t", "t.echo", "--payload", "{}"]);
+    std::fs::copy(
+        sb.path().join("keyring.toml"),
+        other.path().join("keyring.toml"),
+    )
+    .unwrap();
+    let out = sealq(
+        other.path(),
+        DB,
+        "keyring.toml",
+        &["enqueue", "-t", "t.echo", "--payload", "{}"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     for name in ["q.db.audit.jsonl", "q.db.audit.checkpoints.jsonl"] {
         std::fs::copy(other.path().join(name), sb.path().join(name)).unwrap();
     }
-    assert!(verify(&sb, None).status.success(), "a replaced log is self-consistent");
+    assert!(
+        verify(&sb, None).status.success(),
+        "a replaced log is self-consistent"
+    );
     let bad = verify(&sb, Some("anchor.json"));
     assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
     let out = String::from_utf8_lossy(&bad.stdout);
-    assert!(out.contains("anchor: writer") && out.contains("absent from the log"), "{}", text(&bad));
+    assert!(
+        out.contains("anchor: writer") && out.contains("absent from the log"),
+        "{}",
+        text(&bad)
+    );
 
     // Both files emptied.
     std::fs::write(sb.records(), b"").unwrap();
@@ -196,7 +231,12 @@ fn finding_5_another_keyrings_writer_is_an_unknown_key_in_files() {
     // A writer with another keyring, on its own broker, its lines added.
     let other = tempfile::tempdir().unwrap();
     keyring(other.path(), "keyring.toml");
-    let out = sealq(other.path(), DB, "keyring.toml", &["enqueue", "-t", "t.echo", "--payload", "{}"]);
+    let out = sealq(
+        other.path(),
+        DB,
+        "keyring.toml",
+        &["enqueue", "-t", "t.echo", "--payload", "{}"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     for name in ["q.db.audit.jsonl", "q.db.audit.checkpoints.jsonl"] {
         let mut mine = std::fs::read(sb.path().join(name)).unwrap();
@@ -242,7 +282,11 @@ fn finding_5_removed_writer_and_emptied_streams_on_redis() {
     }
     let bad = run(&["audit", "verify"]);
     assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
-    assert!(String::from_utf8_lossy(&bad.stdout).contains("when it started"), "{}", text(&bad));
+    assert!(
+        String::from_utf8_lossy(&bad.stdout).contains("when it started"),
+        "{}",
+        text(&bad)
+    );
 
     // Both streams deleted: only the anchor tells.
     server.cli(&["DEL", "sealq:audit:records", "sealq:audit:checkpoints"]);
@@ -250,5 +294,9 @@ fn finding_5_removed_writer_and_emptied_streams_on_redis() {
     assert!(plain.status.success(), "{}", text(&plain));
     let bad = run(&["audit", "verify", "--anchor", "anchor.json"]);
     assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
-    assert!(String::from_utf8_lossy(&bad.stdout).contains("absent from the log"), "{}", text(&bad));
+    assert!(
+        String::from_utf8_lossy(&bad.stdout).contains("absent from the log"),
+        "{}",
+        text(&bad)
+    );
 }

@@ -63,7 +63,10 @@ async fn producers_create_keys_workers_read_them_admins_erase() {
     );
     // It reads the checkpoint stream (its selector), so its genesis names
     // the log's head (finding 5).
-    assert!(sink.read_checkpoints().await.is_ok(), "producer reads checkpoints");
+    assert!(
+        sink.read_checkpoints().await.is_ok(),
+        "producer reads checkpoints"
+    );
     let tag = keyring.subject_tag("user-42");
     // Producer: cannot destroy the key.
     let e = producer
@@ -184,7 +187,9 @@ async fn producers_create_keys_workers_read_them_admins_erase() {
         .collect();
     assert!(geneses.len() >= 2, "{geneses:?}");
     assert!(
-        geneses.iter().all(|(seen, err)| seen.is_some() && err.is_none()),
+        geneses
+            .iter()
+            .all(|(seen, err)| seen.is_some() && err.is_none()),
         "{geneses:?}"
     );
     assert!(records.iter().any(|l| matches!(

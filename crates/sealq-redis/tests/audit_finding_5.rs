@@ -115,9 +115,10 @@ async fn finding_5_removed_writer_emptied_streams_and_unknown_keys_on_redis() {
     };
     let report = verify_sink(&*sink, &keys, &options).await.unwrap();
     assert!(
-        report
-            .faults
-            .contains(&Fault::AnchorCheckpointsMissing { anchored: 3, stored: 0 }),
+        report.faults.contains(&Fault::AnchorCheckpointsMissing {
+            anchored: 3,
+            stored: 0
+        }),
         "{:?}",
         report.faults
     );

@@ -73,9 +73,10 @@ async fn finding_5_removed_writer_and_emptied_tables_are_detected_on_sqlite() {
     };
     let report = verify_sink(&*sink, &keys, &options).await.unwrap();
     assert!(
-        report
-            .faults
-            .contains(&Fault::AnchorCheckpointsMissing { anchored: 2, stored: 0 }),
+        report.faults.contains(&Fault::AnchorCheckpointsMissing {
+            anchored: 2,
+            stored: 0
+        }),
         "{:?}",
         report.faults
     );

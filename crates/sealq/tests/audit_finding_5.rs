@@ -35,7 +35,11 @@ async fn write(keyring: &Keyring, sink: Arc<dyn AuditSink>, writer: &str, n: u64
     assert_eq!(stats.records, n + 1, "the events and the genesis");
 }
 
-async fn check(keyring: &Keyring, sink: &dyn AuditSink, anchor: Option<sealq::audit::Anchor>) -> VerifyReport {
+async fn check(
+    keyring: &Keyring,
+    sink: &dyn AuditSink,
+    anchor: Option<sealq::audit::Anchor>,
+) -> VerifyReport {
     let keys = AuditKeys::from_keyring(keyring).unwrap();
     let options = VerifyOptions {
         anchor,
@@ -52,7 +56,11 @@ async fn anchor_of(keyring: &Keyring, sink: &dyn AuditSink) -> sealq::audit::Anc
 }
 
 fn faults(r: &VerifyReport) -> String {
-    r.faults.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("\n")
+    r.faults
+        .iter()
+        .map(|f| f.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn drop_writer(lines: &mut Vec<String>, writer: &str) {
@@ -105,10 +113,16 @@ async fn finding_5_an_earlier_writers_cut_tail_and_last_checkpoint_is_detected()
     // a: genesis + 9 records, checkpoints at seq 4 and 9. Cut seqs 5..=9
     // and the checkpoint at 9.
     sink.edit_records(|l| l.retain(|x| !(x.contains("\"writer\":\"a\"") && seq_of(x) >= 5)));
-    sink.edit_checkpoints(|c| c.as_mut().unwrap().retain(|x| !(x.contains("\"writer\":\"a\"") && seq_of(x) == 9)));
+    sink.edit_checkpoints(|c| {
+        c.as_mut()
+            .unwrap()
+            .retain(|x| !(x.contains("\"writer\":\"a\"") && seq_of(x) == 9))
+    });
     let r = check(&k, &sink, None).await;
     assert!(
-        r.faults.iter().any(|f| matches!(f, Fault::LogHeadMismatch { writer, .. } if writer == "b")),
+        r.faults
+            .iter()
+            .any(|f| matches!(f, Fault::LogHeadMismatch { writer, .. } if writer == "b")),
         "{}",
         faults(&r)
     );
@@ -152,10 +166,26 @@ async fn finding_5_a_replaced_log_is_caught_with_an_anchor() {
     sink.edit_records(|l| *l = recs);
     sink.edit_checkpoints(|c| *c = Some(cps));
     let r = check(&k, &sink, None).await;
-    assert!(r.is_ok(), "a replaced log is self-consistent: {}", faults(&r));
+    assert!(
+        r.is_ok(),
+        "a replaced log is self-consistent: {}",
+        faults(&r)
+    );
     let r = check(&k, &sink, Some(anchor)).await;
-    assert!(r.faults.iter().any(|f| matches!(f, Fault::AnchorMismatch { writer, .. } if writer == "a")), "{}", faults(&r));
-    assert!(r.faults.iter().any(|f| matches!(f, Fault::AnchorCheckpointsChanged { .. })), "{}", faults(&r));
+    assert!(
+        r.faults
+            .iter()
+            .any(|f| matches!(f, Fault::AnchorMismatch { writer, .. } if writer == "a")),
+        "{}",
+        faults(&r)
+    );
+    assert!(
+        r.faults
+            .iter()
+            .any(|f| matches!(f, Fault::AnchorCheckpointsChanged { .. })),
+        "{}",
+        faults(&r)
+    );
 }
 
 fn lines(sink: &MemorySink, checkpoints: bool) -> Vec<String> {
@@ -182,9 +212,23 @@ async fn finding_5_an_emptied_log_is_caught_with_an_anchor() {
     let r = check(&k, &sink, None).await;
     assert!(r.is_ok(), "an empty log is a valid log: {}", faults(&r));
     let r = check(&k, &sink, Some(anchor)).await;
-    assert!(r.faults.contains(&Fault::AnchorCheckpointsMissing { anchored: 2, stored: 0 }), "{}", faults(&r));
+    assert!(
+        r.faults.contains(&Fault::AnchorCheckpointsMissing {
+            anchored: 2,
+            stored: 0
+        }),
+        "{}",
+        faults(&r)
+    );
     for w in ["a", "b"] {
-        assert!(r.faults.contains(&Fault::AnchorWriterMissing { writer: w.into(), seq: 5 }), "{}", faults(&r));
+        assert!(
+            r.faults.contains(&Fault::AnchorWriterMissing {
+                writer: w.into(),
+                seq: 5
+            }),
+            "{}",
+            faults(&r)
+        );
     }
 }
 
@@ -198,11 +242,19 @@ async fn finding_5_a_writer_removed_from_files_is_detected() {
     write(&k, Arc::new(sink.clone()), "b", 5, 1000).await;
     for p in [path.clone(), JsonLinesSink::checkpoints_path_for(&path)] {
         let text = std::fs::read_to_string(&p).unwrap();
-        let kept: String = text.lines().filter(|l| !l.contains("\"writer\":\"a\"")).map(|l| format!("{l}\n")).collect();
+        let kept: String = text
+            .lines()
+            .filter(|l| !l.contains("\"writer\":\"a\""))
+            .map(|l| format!("{l}\n"))
+            .collect();
         std::fs::write(&p, kept).unwrap();
     }
     let r = check(&k, &sink, None).await;
-    assert!(matches!(r.faults.as_slice(), [Fault::LogHeadMismatch { writer, .. }] if writer == "b"), "{}", faults(&r));
+    assert!(
+        matches!(r.faults.as_slice(), [Fault::LogHeadMismatch { writer, .. }] if writer == "b"),
+        "{}",
+        faults(&r)
+    );
 }
 
 #[tokio::test]
@@ -214,10 +266,17 @@ async fn finding_5_records_of_another_key_are_reported_as_an_unknown_key() {
     write(&other, Arc::new(sink.clone()), "stranger", 4, 1000).await;
     write(&k, Arc::new(sink.clone()), "b", 5, 1000).await;
     let r = check(&k, &sink, None).await;
-    let other_id = AuditKeys::from_keyring(&other).unwrap().mac_key_id().unwrap();
+    let other_id = AuditKeys::from_keyring(&other)
+        .unwrap()
+        .mac_key_id()
+        .unwrap();
     assert_eq!(
         r.faults,
-        vec![Fault::UnknownKey { writer: "stranger".into(), key_id: Some(other_id.clone()), records: 5 }],
+        vec![Fault::UnknownKey {
+            writer: "stranger".into(),
+            key_id: Some(other_id.clone()),
+            records: 5
+        }],
         "{}",
         faults(&r)
     );
@@ -232,6 +291,8 @@ async fn finding_5_records_of_another_key_are_reported_as_an_unknown_key() {
     // With the public key alone: the same, from the genesis' public key.
     let pk = k.audit_verifying_key().unwrap();
     let keys = AuditKeys::public_only(&pk).unwrap();
-    let r = verify_sink(&sink, &keys, &VerifyOptions::default()).await.unwrap();
+    let r = verify_sink(&sink, &keys, &VerifyOptions::default())
+        .await
+        .unwrap();
     assert!(r.only_unknown_keys(), "{}", faults(&r));
 }

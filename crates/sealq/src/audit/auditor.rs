@@ -442,9 +442,8 @@ impl Chain {
                 while cps.last().is_some_and(|l| l.item.is_err()) {
                     cps.pop();
                 }
-                let root = crate::seal::audit_head::checkpoints_root(
-                    cps.iter().map(|l| l.item.as_ref()),
-                );
+                let root =
+                    crate::seal::audit_head::checkpoints_root(cps.iter().map(|l| l.item.as_ref()));
                 (Some(cps.len() as u64), Some(root), None)
             }
             Err(e) => (None, None, Some(e.message)),

@@ -124,7 +124,9 @@ pub fn make_anchor(
     keys: &AuditKeys,
 ) -> Result<Anchor, String> {
     if keys.signing.is_none() {
-        return Err("the audit keys cannot sign (a keyring with `audit_signing_key` is needed)".into());
+        return Err(
+            "the audit keys cannot sign (a keyring with `audit_signing_key` is needed)".into(),
+        );
     }
     let mut writers = Vec::new();
     for (writer, chain) in chains(records) {
@@ -132,7 +134,9 @@ pub fn make_anchor(
             continue;
         };
         let hash = hash_through(&chain, last).ok_or_else(|| {
-            format!("writer {writer}: its chain has a gap before seq {last}; run `sealq audit verify`")
+            format!(
+                "writer {writer}: its chain has a gap before seq {last}; run `sealq audit verify`"
+            )
         })?;
         writers.push(AnchorWriter {
             writer: writer.to_owned(),

@@ -8,12 +8,12 @@ use serde::Serialize;
 
 use super::auditor::DEFAULT_CHECKPOINT_EVERY;
 use super::head;
-use crate::seal::audit_head::Anchor;
 use crate::model::audit_event::AuditEvent;
 use crate::model::id::TaskId;
 use crate::seal::audit_chain::{
     AuditKeys, AuditRecord, Checkpoint, GENESIS, chain_hash, decode_32, record_mac,
 };
+use crate::seal::audit_head::Anchor;
 use crate::store::audit::{AuditError, AuditSink, Loaded};
 
 /// Which stored list a position refers to.
@@ -363,7 +363,9 @@ impl Fault {
             } => format!(
                 "writer {writer}: unknown key {}: its {records} record(s) are MACed with an audit \
                  key this keyring does not hold; not verified (not a forgery of the log)",
-                key_id.as_deref().unwrap_or("(not named: written before genesis records)")
+                key_id
+                    .as_deref()
+                    .unwrap_or("(not named: written before genesis records)")
             ),
             Fault::LogHeadMismatch {
                 writer,
