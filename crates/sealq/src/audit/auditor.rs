@@ -728,6 +728,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "writer_started",
                 "requeued",
                 "started_batch",
                 "started",
@@ -735,13 +736,14 @@ mod tests {
                 "started"
             ]
         );
-        assert_eq!(events[1].tasks(), ids[..3].to_vec());
+        // After the genesis (`writer_started`).
+        assert_eq!(events[2].tasks(), ids[..3].to_vec());
         for id in &ids[..3] {
-            assert_eq!(events[1].for_task(*id), Some(started("w1", *id)));
-            assert!(events[1].time_for_task(*id).is_some());
+            assert_eq!(events[2].for_task(*id), Some(started("w1", *id)));
+            assert!(events[2].time_for_task(*id).is_some());
         }
-        assert_eq!(events[2], started("w2", ids[3]));
-        assert_eq!(a.stats().records, 5);
+        assert_eq!(events[3], started("w2", ids[3]));
+        assert_eq!(a.stats().records, 6);
         a.close().await.unwrap();
         let keys = AuditKeys::from_keyring(&keyring).unwrap();
         let report = crate::audit::verify_sink(&*sink, &keys, &Default::default())
@@ -776,7 +778,7 @@ mod tests {
             .expect("room once the sink appends");
         a.flush().await.unwrap();
         assert_eq!(a.queued(), 0);
-        assert_eq!(sink.inner.len(), 100);
+        assert_eq!(sink.inner.len(), 101, "the events and the genesis");
 
         // A closing auditor never makes anyone wait, even while its sink is
         // stuck with records queued.
