@@ -96,8 +96,9 @@ pub enum Fault {
         /// The checkpoint's position.
         checkpoint_position: u64,
     },
-    /// No record of this writer (or of any writer, `None`) verifies: the
-    /// log was written with another keyring's audit key.
+    /// No record of any writer verifies: the log was written with another
+    /// keyring's audit key. (`writer` is always `None` now: one writer
+    /// whose records do not verify is a [`Fault::UnknownKey`].)
     WrongKey {
         /// The writer, or every writer.
         writer: Option<String>,
