@@ -41,7 +41,7 @@ pub use crate::model::audit_event::{
 pub use crate::seal::audit_chain::{
     AUDIT_MAC_LABEL, AuditKeys, AuditRecord, Checkpoint, GENESIS, chain_hash, record_mac,
 };
-pub use crate::seal::audit_head::{Anchor, AnchorWriter, mac_key_id};
+pub use crate::seal::audit_head::{Anchor, AnchorWriter, checkpoints_root, mac_key_id};
 pub use crate::store::audit::{AuditError, AuditSink, Loaded};
 pub use head::{check_anchor, make_anchor};
 pub use sink::{JsonLinesSink, MemorySink, checkpoint_line, record_line, write_record_line};
