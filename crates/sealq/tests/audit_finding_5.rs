@@ -296,3 +296,34 @@ async fn finding_5_records_of_another_key_are_reported_as_an_unknown_key() {
         .unwrap();
     assert!(r.only_unknown_keys(), "{}", faults(&r));
 }
+
+#[tokio::test]
+async fn finding_5_relabelling_a_genesis_to_another_key_is_an_edit_not_an_unknown_key() {
+    let k = Keyring::generate();
+    let sink = MemorySink::new();
+    write(&k, Arc::new(sink.clone()), "b", 2, 1000).await;
+    // A writer of one record: its genesis alone.
+    let a = Auditor::builder(Arc::new(sink.clone()), &k)
+        .writer("a")
+        .start()
+        .unwrap();
+    a.record(event(0));
+    a.flush().await.unwrap();
+    // Keep a's genesis only, and none of its checkpoints.
+    sink.edit_records(|l| l.retain(|x| !x.contains("\"writer\":\"a\"") || seq_of(x) == 0));
+    sink.edit_checkpoints(|c| drop_writer(c.as_mut().unwrap(), "a"));
+    let id = AuditKeys::from_keyring(&k).unwrap().mac_key_id().unwrap();
+    sink.edit_records(|l| {
+        let i = l
+            .iter()
+            .position(|x| x.contains("\"writer\":\"a\""))
+            .unwrap();
+        l[i] = l[i].replace(&id, "0123456789abcdef");
+    });
+    let r = check(&k, &sink, None).await;
+    assert!(
+        matches!(r.faults.as_slice(), [Fault::Edited { writer, seq: 0, .. }] if writer == "a"),
+        "{}",
+        faults(&r)
+    );
+}

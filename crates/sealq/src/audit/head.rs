@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use super::verify::Fault;
 use crate::model::audit_event::AuditEvent;
 use crate::model::clock::wall_clock_ms;
-use crate::seal::audit_chain::{AuditKeys, AuditRecord, Checkpoint, GENESIS, chain_hash};
+use crate::seal::audit_chain::{
+    AuditKeys, AuditRecord, Checkpoint, GENESIS, chain_hash, record_mac,
+};
 use crate::seal::audit_head::{
     ANCHOR_VERSION, Anchor, AnchorWriter, checkpoints_root, writers_root,
 };
@@ -49,6 +51,46 @@ pub(crate) fn geneses(records: &[Loaded<AuditRecord>]) -> HashMap<&str, Genesis>
         }
     }
     out
+}
+
+/// Whether the writer's genesis (seq 0) verifies with our MAC key once our
+/// key id and public key are put back: one of our writers whose genesis
+/// was relabelled to pass for another key's, which is an edit, not an
+/// unknown key.
+pub(crate) fn genesis_is_ours_relabelled(
+    list: &[(u64, &AuditRecord)],
+    keys: &AuditKeys,
+    our_public: Option<&str>,
+) -> bool {
+    let (Some(key), Some(id), Some(pk)) = (keys.mac.as_deref(), keys.mac_key_id(), our_public)
+    else {
+        return false;
+    };
+    list.iter().filter(|(_, r)| r.seq == 0).any(|(_, r)| {
+        let AuditEvent::WriterStarted {
+            format,
+            checkpoints_seen,
+            checkpoints_root,
+            head_error,
+            ..
+        } = &r.event
+        else {
+            return false;
+        };
+        let ours = AuditRecord {
+            event: AuditEvent::WriterStarted {
+                format: *format,
+                mac_key_id: id.clone(),
+                public_key: pk.to_owned(),
+                checkpoints_seen: *checkpoints_seen,
+                checkpoints_root: checkpoints_root.clone(),
+                head_error: head_error.clone(),
+            },
+            ..(*r).clone()
+        };
+        ours.canonical_bytes()
+            .is_ok_and(|c| r.mac_bytes() == Some(record_mac(key, &GENESIS, &c)))
+    })
 }
 
 /// The tree head over the first `n` checkpoint-store entries, or `None`

@@ -692,7 +692,10 @@ pub fn verify(
         // records fail, so one edited record is not taken for a key).
         let is_unknown = match (&keys.mac, genesis) {
             (Some(_), Some(g)) => {
-                w.mac_checked >= 1 && w.mac_ok == 0 && report.key_id.as_ref() != Some(&g.mac_key_id)
+                w.mac_checked >= 1
+                    && w.mac_ok == 0
+                    && report.key_id.as_ref() != Some(&g.mac_key_id)
+                    && !head::genesis_is_ours_relabelled(list, keys, our_public.as_deref())
             }
             (Some(_), None) => w.mac_checked >= 2 && w.mac_ok == 0,
             (None, Some(g)) => our_public.as_deref() != Some(g.public_key.as_str()),
