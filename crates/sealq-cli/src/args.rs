@@ -711,8 +711,16 @@ pub(crate) enum AuditSinkKind {
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCommand {
     /// Verify every writer's chain and every signed checkpoint. Exit 0 only
-    /// when everything verifies; otherwise print each fault and exit 1.
+    /// when everything verifies; 3 when the only faults are writers whose
+    /// records are MACed with an unknown audit key; otherwise print each
+    /// fault and exit 1.
     Verify(AuditVerifyArgs),
+    /// Write a small signed anchor of the whole log (every writer's last
+    /// record and the checkpoint store's head), to keep somewhere the
+    /// broker's writers cannot reach; `audit verify --anchor FILE` then
+    /// detects a cut tail, a replaced or an emptied log. The log must
+    /// verify first.
+    Anchor(AuditAnchorArgs),
     /// Print one task's audit history, oldest first, verified.
     ///
     /// The log is checked with the keyring's audit keys first: a record whose
@@ -754,9 +762,26 @@ pub(crate) struct AuditVerifyArgs {
     /// writer's last checkpoint is a fault.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub(crate) checkpoint_every: u64,
+    /// An anchor from `sealq audit anchor`: fail unless the log extends it
+    /// (every writer it names still there through its seq, unchanged, and
+    /// the checkpoints it covers still first in their store).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) anchor: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// `sealq audit anchor`.
+#[derive(Debug, Args)]
+pub(crate) struct AuditAnchorArgs {
+    /// What to anchor.
+    #[command(flatten)]
+    pub(crate) source: AuditSource,
+    /// Write the anchor (JSON) to this file instead of stdout (created
+    /// 0600; an existing file is replaced).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
 }
 
 /// `sealq audit show`.

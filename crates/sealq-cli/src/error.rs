@@ -14,6 +14,9 @@ pub(crate) enum Kind {
     Runtime,
     /// Exit 2: bad flags, bad input or missing configuration.
     Usage,
+    /// Exit 3: `audit verify` found only writers whose records are MACed
+    /// with an unknown audit key; the rest of the log verified.
+    UnknownKey,
 }
 
 /// An error that ends the command.
@@ -43,11 +46,20 @@ impl CliError {
         }
     }
 
+    /// `audit verify`'s partial failure (exit 3): see [`Kind::UnknownKey`].
+    pub(crate) fn unknown_key(error: impl Into<BoxError>) -> Self {
+        CliError {
+            kind: Kind::UnknownKey,
+            error: error.into(),
+        }
+    }
+
     /// The process exit code.
     pub(crate) fn exit_code(&self) -> ExitCode {
         match self.kind {
             Kind::Runtime => ExitCode::from(1),
             Kind::Usage => ExitCode::from(2),
+            Kind::UnknownKey => ExitCode::from(3),
         }
     }
 

@@ -125,16 +125,18 @@ fn verify_passes_then_names_a_one_byte_edit() {
     let out = sb.run(&["audit", "verify", "--public-key", pk.stdout.trim()]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
 
-    // Edit one byte of the third record (inside the worker's `attempt`).
+    // Edit one byte of the fourth record (the worker's lease, after the
+    // producer's genesis and record and the worker's genesis).
     let text = std::fs::read_to_string(sb.log()).unwrap();
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    assert_eq!(lines.len(), 4, "{text}");
-    lines[2] = lines[2].replacen("\"attempt\":1", "\"attempt\":7", 1);
+    assert_eq!(lines.len(), 6, "{text}");
+    assert!(lines[2].contains("writer_started"), "{text}");
+    lines[3] = lines[3].replacen("\"attempt\":1", "\"attempt\":7", 1);
     std::fs::write(sb.log(), lines.join("\n") + "\n").unwrap();
     let bad = sb.run(&["audit", "verify"]);
     assert_eq!(bad.code, 1, "{}\n{}", bad.stdout, bad.stderr);
     assert!(
-        bad.stdout.contains("records line 3") && bad.stdout.contains("record edited"),
+        bad.stdout.contains("records line 4") && bad.stdout.contains("record edited"),
         "{}",
         bad.stdout
     );
@@ -156,13 +158,14 @@ fn corrupt_and_missing_input_never_panics() {
     std::fs::write(sb.log(), &bytes).unwrap();
     let out = sb.run(&["audit", "verify"]);
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    // Lines 1 and 2 are the producer's genesis and its record.
     assert!(
-        out.stdout.contains("records line 2: corrupt"),
+        out.stdout.contains("records line 3: corrupt"),
         "{}",
         out.stdout
     );
     assert!(
-        out.stdout.contains("records line 3: corrupt"),
+        out.stdout.contains("records line 4: corrupt"),
         "{}",
         out.stdout
     );

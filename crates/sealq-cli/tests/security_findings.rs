@@ -378,13 +378,14 @@ fn finding_9_audit_show_marks_records_that_do_not_verify() {
     let clean = sb.ok(&["audit", "show", "--task", &id]);
     assert!(!clean.stdout.contains("NOT VERIFIED"), "{}", clean.stdout);
 
-    // Rewrite the `enqueued` record (line 1) without its MAC key.
+    // Rewrite the `enqueued` record (line 2, after the producer's genesis)
+    // without its MAC key.
     let log = sb.path().join("q.db.audit.jsonl");
     let text = std::fs::read_to_string(&log).unwrap();
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    assert!(lines[0].contains("\"enqueued\""), "{text}");
-    assert!(lines[0].contains("\"t.audited\""), "{text}");
-    lines[0] = lines[0].replacen("\"t.audited\"", "\"t.forged\"", 1);
+    assert!(lines[1].contains("\"enqueued\""), "{text}");
+    assert!(lines[1].contains("\"t.audited\""), "{text}");
+    lines[1] = lines[1].replacen("\"t.audited\"", "\"t.forged\"", 1);
     std::fs::write(&log, lines.join("\n") + "\n").unwrap();
 
     let out = sb.run(&["audit", "show", "--task", &id]);
@@ -396,7 +397,7 @@ fn finding_9_audit_show_marks_records_that_do_not_verify() {
         .expect("the record is still shown");
     assert!(
         shown[at + 1].contains("!! NOT VERIFIED")
-            && shown[at + 1].contains("records line 1")
+            && shown[at + 1].contains("records line 2")
             && shown[at + 1].contains("record edited"),
         "{}",
         out.stdout
@@ -419,7 +420,7 @@ fn finding_9_audit_show_marks_records_that_do_not_verify() {
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 2);
     assert!(
-        out.stderr.contains("!! NOT VERIFIED: records line 1"),
+        out.stderr.contains("!! NOT VERIFIED: records line 2"),
         "{}",
         out.stderr
     );

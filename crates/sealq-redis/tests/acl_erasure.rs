@@ -61,6 +61,12 @@ async fn producers_create_keys_workers_read_them_admins_erase() {
         sink.read_records().await.is_err(),
         "producer read the audit log"
     );
+    // It reads the checkpoint stream (its selector), so its genesis names
+    // the log's head (finding 5).
+    assert!(
+        sink.read_checkpoints().await.is_ok(),
+        "producer reads checkpoints"
+    );
     let tag = keyring.subject_tag("user-42");
     // Producer: cannot destroy the key.
     let e = producer
@@ -173,6 +179,25 @@ async fn producers_create_keys_workers_read_them_admins_erase() {
     assert!(receipt.key_destroyed);
     aaudit.close().await.unwrap();
     let records = asink.read_records().await.unwrap();
+    // Every writer's genesis, the producer's included, names a head.
+    let geneses: Vec<_> = records
+        .iter()
+        .filter_map(|l| match l.item.as_ref().map(|r| &r.event) {
+            Ok(AuditEvent::WriterStarted {
+                checkpoints_seen,
+                head_error,
+                ..
+            }) => Some((*checkpoints_seen, head_error.clone())),
+            _ => None,
+        })
+        .collect();
+    assert!(geneses.len() >= 2, "{geneses:?}");
+    assert!(
+        geneses
+            .iter()
+            .all(|(seen, err)| seen.is_some() && err.is_none()),
+        "{geneses:?}"
+    );
     assert!(records.iter().any(|l| matches!(
         l.item.as_ref().map(|r| &r.event),
         Ok(AuditEvent::SubjectErased { .. })

@@ -28,7 +28,8 @@ async fn write(keyring: &Keyring, sink: &MemorySink, writer: &str, n: u64, every
         a.record(event(i));
     }
     let stats = a.close().await.unwrap();
-    assert_eq!(stats.records, n);
+    // The events and the writer's genesis (`writer_started`, seq 0).
+    assert_eq!(stats.records, n + 1);
     assert!(stats.checkpoints >= 1);
 }
 
@@ -54,7 +55,7 @@ async fn a_clean_chain_verifies() {
     write(&k, &sink, "p:1:a", 25, 10).await;
     let r = check(&k, &sink).await;
     assert!(r.is_ok(), "{}", faults(&r));
-    assert_eq!((r.records, r.writers, r.verified_records), (25, 1, 25));
+    assert_eq!((r.records, r.writers, r.verified_records), (26, 1, 26));
     assert_eq!(r.checkpoints, 3, "at 10, 20 and the final one at close");
     assert!(r.macs_checked);
 }
@@ -64,19 +65,20 @@ async fn editing_a_field_is_named() {
     let k = Keyring::generate();
     let sink = MemorySink::new();
     write(&k, &sink, "p:1:a", 10, 1000).await;
-    sink.edit_records(|l| l[4] = l[4].replace("\"attempt\":4", "\"attempt\":5"));
+    // Line 1 is the genesis: seq 5 (line 6) has attempt 4.
+    sink.edit_records(|l| l[5] = l[5].replace("\"attempt\":4", "\"attempt\":5"));
     let r = check(&k, &sink).await;
     assert_eq!(
         r.faults,
         vec![Fault::Edited {
             writer: "p:1:a".into(),
-            seq: 4,
-            position: 5
+            seq: 5,
+            position: 6
         }],
         "{}",
         faults(&r)
     );
-    assert!(faults(&r).contains("line 5"));
+    assert!(faults(&r).contains("line 6"));
 }
 
 #[tokio::test]
@@ -129,7 +131,7 @@ async fn inserting_a_forged_record_is_named() {
     // A copy of record 2 with another attempt, inserted after it: same seq,
     // content changed, MAC kept.
     sink.edit_records(|l| {
-        let forged = l[2].replace("\"attempt\":2", "\"attempt\":7");
+        let forged = l[2].replace("\"attempt\":1", "\"attempt\":7");
         l.insert(3, forged);
     });
     let r = check(&k, &sink).await;
@@ -148,7 +150,7 @@ async fn inserting_a_forged_record_is_named() {
     let sink = MemorySink::new();
     write(&k, &sink, "p:1:a", 3, 1000).await;
     sink.edit_records(|l| {
-        let forged = l[2].replace("\"seq\":2", "\"seq\":3");
+        let forged = l[3].replace("\"seq\":3", "\"seq\":4");
         l.push(forged);
     });
     let r = check(&k, &sink).await;
@@ -156,8 +158,8 @@ async fn inserting_a_forged_record_is_named() {
         r.faults,
         vec![Fault::Edited {
             writer: "p:1:a".into(),
-            seq: 3,
-            position: 4
+            seq: 4,
+            position: 5
         }],
         "{}",
         faults(&r)
@@ -174,7 +176,7 @@ async fn truncating_the_tail_is_caught_by_the_checkpoint() {
     assert!(
         matches!(
             r.faults.as_slice(),
-            [Fault::Truncated { writer, checkpoint_seq: 9, last_seq: 6, .. }] if writer == "p:1:a"
+            [Fault::Truncated { writer, checkpoint_seq: 10, last_seq: 6, .. }] if writer == "p:1:a"
         ),
         "{}",
         faults(&r)
@@ -195,7 +197,20 @@ async fn a_wrong_key_is_named_once() {
         faults(&r)
     );
     assert!(!r.faults.iter().any(|f| matches!(f, Fault::Edited { .. })));
-    assert!(r.faults.len() <= 2, "{}", faults(&r));
+    // The writer is named with the key id its genesis gives, once; the
+    // checkpoints as signed by another key, once.
+    let id = AuditKeys::from_keyring(&k).unwrap().mac_key_id();
+    assert!(
+        r.faults.contains(&Fault::UnknownKey {
+            writer: "p:1:a".into(),
+            key_id: id,
+            records: 11
+        }),
+        "{}",
+        faults(&r)
+    );
+    assert!(r.faults.contains(&Fault::WrongPublicKey), "{}", faults(&r));
+    assert_eq!(r.faults.len(), 3, "{}", faults(&r));
 }
 
 #[tokio::test]
@@ -254,6 +269,7 @@ async fn deleted_checkpoints_beyond_the_window_and_unknown_writers() {
         &keys,
         &VerifyOptions {
             checkpoint_every: 10,
+            ..VerifyOptions::default()
         },
     )
     .await
@@ -261,7 +277,7 @@ async fn deleted_checkpoints_beyond_the_window_and_unknown_writers() {
     let text = faults(&r);
     assert!(
         r.faults.iter().any(
-            |f| matches!(f, Fault::NotCheckpointed { writer, count: 30, .. } if writer == "p:1:a")
+            |f| matches!(f, Fault::NotCheckpointed { writer, count: 31, .. } if writer == "p:1:a")
         ),
         "{text}"
     );
@@ -326,7 +342,7 @@ async fn interleaved_writers_each_keep_their_chain() {
     }
     let r = check(&k, &sink).await;
     assert!(r.is_ok(), "{}", faults(&r));
-    assert_eq!((r.records, r.writers), (50 + 50 + 17, 3));
+    assert_eq!((r.records, r.writers), (50 + 50 + 17 + 3, 3));
     // Deleting one record of b names b only.
     sink.edit_records(|l| {
         let i = l
@@ -354,9 +370,9 @@ async fn the_public_key_alone_verifies_what_checkpoints_cover() {
         .unwrap();
     assert!(r.is_ok(), "{}", faults(&r));
     assert!(!r.macs_checked);
-    assert_eq!(r.verified_records, 10);
+    assert_eq!(r.verified_records, 11);
     // An edit is caught through the signed chain hash.
-    sink.edit_records(|l| l[5] = l[5].replace("\"attempt\":5", "\"attempt\":6"));
+    sink.edit_records(|l| l[6] = l[6].replace("\"attempt\":5", "\"attempt\":6"));
     let r = verify_sink(&sink, &public, &VerifyOptions::default())
         .await
         .unwrap();
@@ -403,7 +419,7 @@ async fn json_lines_files_round_trip_and_edits_are_detected() {
         .await
         .unwrap();
     assert!(r.is_ok(), "{}", faults(&r));
-    assert_eq!((r.records, r.checkpoints), (40, 2));
+    assert_eq!((r.records, r.checkpoints), (41, 2));
 
     // Flip one byte of line 12 (inside the worker name).
     let mut bytes = std::fs::read(&path).unwrap();

@@ -86,7 +86,7 @@ pub(crate) async fn finish(auditor: Option<Auditor>) -> CliResult {
 }
 
 /// The log `source` names, for reading; and what its positions are called.
-fn read_sink(
+pub(crate) fn read_sink(
     global: &Global,
     source: &AuditSource,
 ) -> CliResult<(Arc<dyn AuditSink>, &'static str)> {
@@ -141,6 +141,30 @@ pub(crate) fn summary_line(r: &VerifyReport) -> String {
     }
 }
 
+/// What a report cannot say, in words: writers without a genesis head and,
+/// without an anchor, what is not detected.
+pub(crate) fn notes(r: &VerifyReport) -> Vec<String> {
+    let mut out = Vec::new();
+    if !r.without_genesis.is_empty() {
+        out.push(format!(
+            "{} writer(s) have no genesis record (written before sealq recorded the log's head \
+             at each writer's start), e.g. {}: the removal of writers before them is not \
+             detected through them",
+            r.without_genesis.len(),
+            r.without_genesis[0]
+        ));
+    }
+    if !r.anchor_checked {
+        out.push(
+            "no --anchor given: the removal of the newest records and checkpoints (written \
+             after the last writer started), or a replaced or emptied log, cannot be detected; \
+             keep anchors from `sealq audit anchor` and verify with --anchor"
+                .to_owned(),
+        );
+    }
+    out
+}
+
 /// Verify the log `start` wrote for `home` (`None` for `off`).
 pub(crate) async fn verify_broker_log(
     home: &Connection,
@@ -172,24 +196,41 @@ pub(crate) async fn verify(global: &Global, args: AuditVerifyArgs) -> CliResult 
         None => AuditKeys::from_keyring(&global.keyring()?)?,
     };
     let (sink, position) = read_sink(global, &args.source)?;
+    let anchor = match &args.anchor {
+        Some(path) => Some(super::audit_anchor::read_anchor(path)?),
+        None => None,
+    };
     let options = VerifyOptions {
         checkpoint_every: args.checkpoint_every.max(1),
+        anchor,
     };
     let report = verify_sink(&*sink, &keys, &options)
         .await
         .map_err(|e| CliError::runtime(context("cannot read the audit log", e)))?;
     if args.json {
         crate::output::print_json(&report)?;
-    } else if report.is_ok() {
-        println!("{}", summary_line(&report));
     } else {
-        println!("audit log {}:", safe(&sink.describe()));
-        for f in &report.faults {
-            println!("  FAULT {}", safe(&f.describe(position)));
+        if report.is_ok() {
+            println!("{}", summary_line(&report));
+        } else {
+            println!("audit log {}:", safe(&sink.describe()));
+            for f in &report.faults {
+                println!("  FAULT {}", safe(&f.describe(position)));
+            }
+        }
+        for line in notes(&report) {
+            println!("  note: {}", safe(&line));
         }
     }
     if report.is_ok() {
         Ok(())
+    } else if report.only_unknown_keys() {
+        Err(CliError::unknown_key(msg(format!(
+            "audit verification incomplete: {} writer(s) wrote with an audit key this keyring \
+             does not hold (this keyring's key id is {}); everything else verified",
+            report.faults.len(),
+            report.key_id.as_deref().unwrap_or("unknown")
+        ))))
     } else {
         Err(CliError::runtime(msg(format!(
             "audit verification failed: {} fault(s) in {} records from {} writers",
@@ -371,7 +412,7 @@ fn fault_names_record(fault: &Fault, writer: &str, seq: u64, position: u64) -> b
             through_seq,
             ..
         } => w == writer && after_seq.is_none_or(|a| seq > a) && seq <= *through_seq,
-        Fault::WrongKey { writer: Some(w) } => w == writer,
+        Fault::WrongKey { writer: Some(w) } | Fault::UnknownKey { writer: w, .. } => w == writer,
         Fault::WrongKey { writer: None } => true,
         _ => false,
     }

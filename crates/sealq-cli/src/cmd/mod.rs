@@ -2,6 +2,7 @@
 //! loading, broker opening.
 
 mod audit;
+mod audit_anchor;
 mod bench;
 mod cron;
 mod demo;
@@ -105,6 +106,7 @@ pub(crate) async fn run(global: Global, command: Command) -> CliResult {
         Command::Payloads(PayloadsCommand::Report(a)) => payloads::report(&global, a).await,
         Command::Audit(AuditCommand::Verify(a)) => audit::verify(&global, a).await,
         Command::Audit(AuditCommand::Show(a)) => audit::show(&global, a).await,
+        Command::Audit(AuditCommand::Anchor(a)) => audit_anchor::anchor(&global, a).await,
         Command::Audit(AuditCommand::PublicKey) => audit::public_key(&global),
         Command::Redis(c) => redis::run(&global, c).await,
         Command::Erase(a) => erase::run(&global, a).await,

@@ -175,6 +175,7 @@ impl AuditorBuilder {
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             failures: 0,
+            genesis_done: false,
         };
         let task = tokio::spawn(state.run(rx));
         Ok(Auditor {
@@ -344,6 +345,8 @@ struct Chain {
     since_checkpoint: u64,
     last_checkpoint: Instant,
     failures: u32,
+    /// Whether the first record (the `writer_started` genesis) is chained.
+    genesis_done: bool,
 }
 
 impl Chain {
@@ -364,6 +367,9 @@ impl Chain {
                 // Every handle is gone: write what is left and stop.
                 let _ = self.settle().await;
                 return;
+            }
+            if !self.genesis_done && buf.iter().any(|m| matches!(m, Msg::Record { .. })) {
+                self.genesis().await;
             }
             let mut closing = None;
             // Consecutive `started` events of one worker taken in one go
@@ -419,6 +425,38 @@ impl Chain {
                 }
             }
         }
+    }
+
+    /// Chain the writer's first record: the audit keys it uses and the
+    /// tree head over the checkpoint store as it reads it now (once per
+    /// writer, before its first event; never on the per-record path). A
+    /// store it cannot read (a least-privilege Redis user without `XRANGE`)
+    /// is named in the record instead of a head.
+    async fn genesis(&mut self) {
+        self.genesis_done = true;
+        let (seen, root, error) = match self.sink.read_checkpoints().await {
+            Ok(cps) => {
+                let mut cps = cps.unwrap_or_default();
+                // A last line another process is still writing reads as
+                // unparseable now and whole later: leave it out of the head.
+                while cps.last().is_some_and(|l| l.item.is_err()) {
+                    cps.pop();
+                }
+                let root =
+                    crate::seal::audit_head::checkpoints_root(cps.iter().map(|l| l.item.as_ref()));
+                (Some(cps.len() as u64), Some(root), None)
+            }
+            Err(e) => (None, None, Some(e.message)),
+        };
+        let event = AuditEvent::WriterStarted {
+            format: crate::seal::audit_head::GENESIS_FORMAT,
+            mac_key_id: self.keys.mac_key_id().unwrap_or_default(),
+            public_key: self.keys.public_key_base64().unwrap_or_default(),
+            checkpoints_seen: seen,
+            checkpoints_root: root,
+            head_error: error,
+        };
+        self.push(wall_clock_ms(), event, 0);
     }
 
     /// `n` records left memory (appended or skipped): wake waiters.
@@ -690,6 +728,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "writer_started",
                 "requeued",
                 "started_batch",
                 "started",
@@ -697,13 +736,14 @@ mod tests {
                 "started"
             ]
         );
-        assert_eq!(events[1].tasks(), ids[..3].to_vec());
+        // After the genesis (`writer_started`).
+        assert_eq!(events[2].tasks(), ids[..3].to_vec());
         for id in &ids[..3] {
-            assert_eq!(events[1].for_task(*id), Some(started("w1", *id)));
-            assert!(events[1].time_for_task(*id).is_some());
+            assert_eq!(events[2].for_task(*id), Some(started("w1", *id)));
+            assert!(events[2].time_for_task(*id).is_some());
         }
-        assert_eq!(events[2], started("w2", ids[3]));
-        assert_eq!(a.stats().records, 5);
+        assert_eq!(events[3], started("w2", ids[3]));
+        assert_eq!(a.stats().records, 6);
         a.close().await.unwrap();
         let keys = AuditKeys::from_keyring(&keyring).unwrap();
         let report = crate::audit::verify_sink(&*sink, &keys, &Default::default())
@@ -738,7 +778,7 @@ mod tests {
             .expect("room once the sink appends");
         a.flush().await.unwrap();
         assert_eq!(a.queued(), 0);
-        assert_eq!(sink.inner.len(), 100);
+        assert_eq!(sink.inner.len(), 101, "the events and the genesis");
 
         // A closing auditor never makes anyone wait, even while its sink is
         // stuck with records queued.

@@ -25,6 +25,7 @@
 //! `docs/audit.md` in the repository specifies the bytes.
 
 mod auditor;
+mod head;
 pub(crate) mod hooks;
 mod sink;
 mod verify;
@@ -40,7 +41,9 @@ pub use crate::model::audit_event::{
 pub use crate::seal::audit_chain::{
     AUDIT_MAC_LABEL, AuditKeys, AuditRecord, Checkpoint, GENESIS, chain_hash, record_mac,
 };
+pub use crate::seal::audit_head::{Anchor, AnchorWriter, checkpoints_root, mac_key_id};
 pub use crate::store::audit::{AuditError, AuditSink, Loaded};
+pub use head::{check_anchor, make_anchor};
 pub use sink::{JsonLinesSink, MemorySink, checkpoint_line, record_line, write_record_line};
 pub use verify::{
     Fault, RepeatedSuccess, Store, SuccessAt, VerifyOptions, VerifyReport, any_checkpoint_verifies,

@@ -7,11 +7,13 @@ use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 
 use super::auditor::DEFAULT_CHECKPOINT_EVERY;
+use super::head;
 use crate::model::audit_event::AuditEvent;
 use crate::model::id::TaskId;
 use crate::seal::audit_chain::{
     AuditKeys, AuditRecord, Checkpoint, GENESIS, chain_hash, decode_32, record_mac,
 };
+use crate::seal::audit_head::Anchor;
 use crate::store::audit::{AuditError, AuditSink, Loaded};
 
 /// Which stored list a position refers to.
@@ -94,8 +96,9 @@ pub enum Fault {
         /// The checkpoint's position.
         checkpoint_position: u64,
     },
-    /// No record of this writer (or of any writer, `None`) verifies: the
-    /// log was written with another keyring's audit key.
+    /// No record of any writer verifies: the log was written with another
+    /// keyring's audit key. (`writer` is always `None` now: one writer
+    /// whose records do not verify is a [`Fault::UnknownKey`].)
     WrongKey {
         /// The writer, or every writer.
         writer: Option<String>,
@@ -155,6 +158,73 @@ pub enum Fault {
     },
     /// There are records but the checkpoint store is missing.
     CheckpointsMissing,
+    /// A writer whose records are MACed with an audit key this keyring
+    /// does not hold (another keyring wrote them): not verified, and not
+    /// a forgery of the rest of the log.
+    UnknownKey {
+        /// The writer.
+        writer: String,
+        /// The audit key id its genesis names (`None` for writers written
+        /// before genesis records).
+        key_id: Option<String>,
+        /// How many of its records are stored.
+        records: u64,
+    },
+    /// A writer's genesis names the checkpoint store's head when it
+    /// started, and the store no longer starts with those entries: entries
+    /// written before it were removed, replaced or reordered (a whole
+    /// writer removed, or a tail cut together with its last checkpoint).
+    LogHeadMismatch {
+        /// The writer whose genesis does not match.
+        writer: String,
+        /// How many checkpoint entries it saw.
+        seen: u64,
+        /// How many are stored now.
+        stored: u64,
+    },
+    /// The anchor given cannot be used (bad signature, unknown version).
+    AnchorInvalid {
+        /// Why.
+        reason: String,
+    },
+    /// The checkpoint store holds fewer entries than the anchor covers.
+    AnchorCheckpointsMissing {
+        /// Entries the anchor covers.
+        anchored: u64,
+        /// Entries stored.
+        stored: u64,
+    },
+    /// The checkpoint store's first entries differ from those the anchor
+    /// covers (replaced log).
+    AnchorCheckpointsChanged {
+        /// Entries the anchor covers.
+        anchored: u64,
+    },
+    /// A writer the anchor names has no record stored.
+    AnchorWriterMissing {
+        /// The writer.
+        writer: String,
+        /// The seq the anchor names.
+        seq: u64,
+    },
+    /// A writer's records end before the seq the anchor names: its tail
+    /// was cut.
+    AnchorTailCut {
+        /// The writer.
+        writer: String,
+        /// The seq the anchor names.
+        anchored_seq: u64,
+        /// Its last stored seq.
+        last_seq: u64,
+    },
+    /// A writer's chain through the anchor's seq differs from the anchor's
+    /// hash: its records were replaced (another run's log).
+    AnchorMismatch {
+        /// The writer.
+        writer: String,
+        /// The seq the anchor names.
+        seq: u64,
+    },
 }
 
 impl Fault {
@@ -287,6 +357,53 @@ impl Fault {
                 "the checkpoint store is missing (deleted?): truncation cannot be ruled out"
                     .to_owned()
             }
+            Fault::UnknownKey {
+                writer,
+                key_id,
+                records,
+            } => format!(
+                "writer {writer}: unknown key {}: its {records} record(s) are MACed with an audit \
+                 key this keyring does not hold; not verified (not a forgery of the log)",
+                key_id
+                    .as_deref()
+                    .unwrap_or("(not named: written before genesis records)")
+            ),
+            Fault::LogHeadMismatch {
+                writer,
+                seen,
+                stored,
+            } => format!(
+                "writer {writer}: when it started the checkpoint store held {seen} entries; the \
+                 store ({stored} entries now) no longer starts with them: entries written \
+                 before it were removed, replaced or reordered (a whole writer removed, or a \
+                 tail cut with its last checkpoint)"
+            ),
+            Fault::AnchorInvalid { reason } => format!("anchor: cannot be used: {reason}"),
+            Fault::AnchorCheckpointsMissing { anchored, stored } => format!(
+                "anchor: it covers {anchored} checkpoint entries but {stored} are stored: \
+                 checkpoints removed (log emptied or replaced?)"
+            ),
+            Fault::AnchorCheckpointsChanged { anchored } => format!(
+                "anchor: the first {anchored} checkpoint entries differ from those it covers: \
+                 the log was replaced or its checkpoints changed"
+            ),
+            Fault::AnchorWriterMissing { writer, seq } => format!(
+                "anchor: writer {writer} (through seq {seq}) is absent from the log: its \
+                 records were removed"
+            ),
+            Fault::AnchorTailCut {
+                writer,
+                anchored_seq,
+                last_seq,
+            } => format!(
+                "anchor: writer {writer}: the records end at seq {last_seq} but the anchor \
+                 covers seq {anchored_seq}: tail cut ({} record(s) missing)",
+                anchored_seq.saturating_sub(*last_seq)
+            ),
+            Fault::AnchorMismatch { writer, seq } => format!(
+                "anchor: writer {writer}: its chain through seq {seq} differs from the anchor: \
+                 records replaced (another run's log?)"
+            ),
         }
     }
 }
@@ -303,12 +420,17 @@ pub struct VerifyOptions {
     /// The writers' checkpoint window (records per checkpoint, default 1000):
     /// more uncheckpointed records than this at the end of a chain is a fault.
     pub checkpoint_every: u64,
+    /// An anchor (`sealq audit anchor`) the log must extend; without one a
+    /// cut of the newest tail (records and checkpoints written after the
+    /// last writer started) or a replaced or emptied log is not detected.
+    pub anchor: Option<Anchor>,
 }
 
 impl Default for VerifyOptions {
     fn default() -> Self {
         VerifyOptions {
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+            anchor: None,
         }
     }
 }
@@ -340,6 +462,16 @@ pub struct VerifyReport {
     /// then differ); a replayed or restored task that ran again shows here
     /// too. [`VerifyReport::is_ok`] does not look at it.
     pub repeated_successes: Vec<RepeatedSuccess>,
+    /// Writers whose first record is not a `writer_started` genesis (logs
+    /// written before it): a warning, not a fault; they name no head, so
+    /// the removal of a writer before them is not detected through them.
+    pub without_genesis: Vec<String>,
+    /// Genesis heads that matched the checkpoint store.
+    pub heads_checked: u64,
+    /// Whether an anchor was checked (see [`VerifyOptions::anchor`]).
+    pub anchor_checked: bool,
+    /// This keyring's audit key id (see [`Fault::UnknownKey`]).
+    pub key_id: Option<String>,
 }
 
 /// A task id with more than one `succeeded` (or `succeeded_batch` entry)
@@ -421,6 +553,16 @@ impl VerifyReport {
     pub fn is_ok(&self) -> bool {
         self.faults.is_empty()
     }
+
+    /// Whether every fault is a writer with an unknown key (the rest of the
+    /// log verified): the CLI exits 3 then, not 1.
+    pub fn only_unknown_keys(&self) -> bool {
+        !self.faults.is_empty()
+            && self
+                .faults
+                .iter()
+                .all(|f| matches!(f, Fault::UnknownKey { .. }))
+    }
 }
 
 /// Verify every writer's chain and every checkpoint.
@@ -460,11 +602,31 @@ pub fn verify(
     }
     report.writers = order.len() as u64;
     report.repeated_successes = repeated_successes(records);
+    report.key_id = keys.mac_key_id();
+    let our_public = keys.public_key_base64();
+    let geneses = head::geneses(records);
+    report.without_genesis = order
+        .iter()
+        .filter(|w| !geneses.contains_key(**w))
+        .map(|w| (*w).to_owned())
+        .collect();
+    // A writer's checkpoints signed with the public key its genesis names,
+    // when that is not ours: from an unknown key, not forged.
+    let foreign_key = |writer: &str| -> Option<VerifyingKey> {
+        let g = geneses.get(writer)?;
+        if our_public.as_deref() == Some(g.public_key.as_str()) {
+            return None;
+        }
+        let b = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &g.public_key)
+            .ok()?;
+        VerifyingKey::from_bytes(&<[u8; 32]>::try_from(b).ok()?).ok()
+    };
 
     let mut cps_by_writer: HashMap<&str, Vec<(u64, &Checkpoint)>> = HashMap::new();
     let mut cp_order: Vec<&str> = Vec::new();
     let mut cp_total = 0u64;
     let mut cp_bad_sig = Vec::new();
+    let mut cp_foreign = 0u64;
     if let Some(cps) = checkpoints {
         for l in cps {
             match &l.item {
@@ -473,6 +635,10 @@ pub fn verify(
                     if let Some(vk) = &keys.verifying
                         && !c.signature_valid(vk)
                     {
+                        if foreign_key(&c.writer).is_some_and(|k| c.signature_valid(&k)) {
+                            cp_foreign += 1;
+                            continue;
+                        }
                         cp_bad_sig.push(Fault::CheckpointForged {
                             writer: c.writer.clone(),
                             seq: c.seq,
@@ -498,7 +664,9 @@ pub fn verify(
     } else if report.records > 0 {
         report.faults.push(Fault::CheckpointsMissing);
     }
-    if cp_total > 0 && cp_bad_sig.len() as u64 == cp_total {
+    // No checkpoint verifies with the key given (those of writers naming
+    // another key included): the wrong public key.
+    if cp_total > 0 && cp_bad_sig.len() as u64 + cp_foreign == cp_total {
         report.faults.push(Fault::WrongPublicKey);
     } else {
         report.faults.append(&mut cp_bad_sig);
@@ -506,7 +674,7 @@ pub fn verify(
 
     let mut mac_checked_total = 0u64;
     let mut mac_ok_total = 0u64;
-    let mut wrong_key_writers = Vec::new();
+    let mut unknown = std::collections::HashSet::new();
     for writer in &order {
         let list = by_writer.get(writer).map(Vec::as_slice).unwrap_or(&[]);
         let cps = cps_by_writer.get(writer).map(Vec::as_slice).unwrap_or(&[]);
@@ -518,26 +686,43 @@ pub fn verify(
         if w.uncovered > 0 {
             report.uncovered.push(((*writer).to_owned(), w.uncovered));
         }
-        if keys.mac.is_some() && w.mac_checked >= 2 && w.mac_ok == 0 {
-            wrong_key_writers.push((*writer).to_owned());
-            report.faults.extend(
-                w.faults
-                    .into_iter()
-                    .filter(|f| !matches!(f, Fault::Edited { .. })),
-            );
+        let genesis = geneses.get(writer);
+        // Another key: nothing of the writer verifies with ours and its
+        // genesis names another key (or, without a genesis, at least two
+        // records fail, so one edited record is not taken for a key).
+        let is_unknown = match (&keys.mac, genesis) {
+            (Some(_), Some(g)) => {
+                w.mac_checked >= 1
+                    && w.mac_ok == 0
+                    && report.key_id.as_ref() != Some(&g.mac_key_id)
+                    && !head::genesis_is_ours_relabelled(list, keys, our_public.as_deref())
+            }
+            (Some(_), None) => w.mac_checked >= 2 && w.mac_ok == 0,
+            (None, Some(g)) => our_public.as_deref() != Some(g.public_key.as_str()),
+            (None, None) => false,
+        };
+        if is_unknown {
+            unknown.insert(*writer);
+            report.faults.extend(w.faults.into_iter().filter(|f| {
+                !matches!(
+                    f,
+                    Fault::Edited { .. }
+                        | Fault::NotCheckpointed { .. }
+                        | Fault::CheckpointMismatch { .. }
+                        | Fault::ChangedSinceCheckpoint { .. }
+                )
+            }));
+            report.faults.push(Fault::UnknownKey {
+                writer: (*writer).to_owned(),
+                key_id: genesis.map(|g| g.mac_key_id.clone()),
+                records: list.len() as u64,
+            });
         } else {
             report.faults.extend(w.faults);
         }
     }
     if keys.mac.is_some() && mac_checked_total > 0 && mac_ok_total == 0 {
-        report.faults.retain(|f| !matches!(f, Fault::Edited { .. }));
         report.faults.push(Fault::WrongKey { writer: None });
-    } else {
-        report.faults.extend(
-            wrong_key_writers
-                .into_iter()
-                .map(|w| Fault::WrongKey { writer: Some(w) }),
-        );
     }
     // Checkpoints of writers without any record.
     for writer in cp_order {
@@ -550,6 +735,22 @@ pub fn verify(
                 checkpoint_position: *pos,
             });
         }
+    }
+    // The whole log's heads: each (verifiable) writer's genesis against the
+    // checkpoint store, then the anchor.
+    let trusted: HashMap<&str, head::Genesis> = geneses
+        .iter()
+        .filter(|(w, _)| !unknown.contains(**w))
+        .map(|(w, g)| (*w, g.clone()))
+        .collect();
+    let (head_faults, heads_ok) = head::check_geneses(&trusted, checkpoints);
+    report.heads_checked = heads_ok;
+    report.faults.extend(head_faults);
+    if let Some(anchor) = &options.anchor {
+        report.anchor_checked = true;
+        report
+            .faults
+            .extend(head::check_anchor(anchor, records, checkpoints, keys));
     }
     report
 }

@@ -303,6 +303,26 @@ pub enum AuditEvent {
         /// Who.
         operator: String,
     },
+    /// A writer's first record (seq 0, its genesis): which audit keys it
+    /// writes with and the head of the whole log it saw when it started
+    /// (finding 5 of the security review). Logs written before it have no
+    /// such record; verification warns about them.
+    WriterStarted {
+        /// This record's format (1).
+        format: u32,
+        /// The audit key id of the MAC key the writer chains with (a check
+        /// value, 16 hex digits).
+        mac_key_id: String,
+        /// The audit public key its checkpoints verify with, standard base64.
+        public_key: String,
+        /// How many entries of the checkpoint store it read, or `None` when
+        /// it could not read them (see `head_error`).
+        checkpoints_seen: Option<u64>,
+        /// The Merkle tree head over those entries, lowercase hex.
+        checkpoints_root: Option<String>,
+        /// Why the checkpoint store could not be read (no secret), if so.
+        head_error: Option<String>,
+    },
 }
 
 /// One task of an [`AuditEvent::EnqueuedBatch`].
@@ -391,6 +411,7 @@ impl AuditEvent {
             AuditEvent::QueueResumed { .. } => "queue_resumed",
             AuditEvent::QueueLimited { .. } => "queue_limited",
             AuditEvent::QueueRateLimited { .. } => "queue_rate_limited",
+            AuditEvent::WriterStarted { .. } => "writer_started",
         }
     }
 
@@ -517,7 +538,8 @@ impl AuditEvent {
             | AuditEvent::QueuePaused { .. }
             | AuditEvent::QueueResumed { .. }
             | AuditEvent::QueueLimited { .. }
-            | AuditEvent::QueueRateLimited { .. } => None,
+            | AuditEvent::QueueRateLimited { .. }
+            | AuditEvent::WriterStarted { .. } => None,
         }
     }
 }

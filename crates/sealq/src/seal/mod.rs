@@ -10,9 +10,11 @@
 //! - [`opener`]: the one rule for which key opens a stored record.
 //! - [`audit_chain`]: the audit record's MAC chain and signed checkpoints.
 //! - `audit_encode`: the canonical bytes of audit records, fast path.
+//! - [`audit_head`]: tree heads over the whole log, the audit key id, anchors.
 
 pub mod audit_chain;
 pub(crate) mod audit_encode;
+pub mod audit_head;
 pub mod data_key;
 pub mod envelope;
 pub mod kek;
