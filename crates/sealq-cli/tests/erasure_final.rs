@@ -425,6 +425,9 @@ fn finding_6_finalize_keeps_old_keks_while_a_key_is_left() {
             payload,
             "--subject",
             "user-7",
+            // Another keyring on this broker: refused by its recorded
+            // check values unless accepted (finding 7).
+            "--accept-new-keyring",
         ])
         .env("SEALQ_KEYRING", &other)
         .output()
