@@ -99,7 +99,17 @@ async fn finding_2_producer_acl_cannot_wipe_the_replay_memory() {
         vec!["FCALL", "sealq_delete", "1", q, &later, &id],
         vec!["FCALL", "sealq_erase", "1", q, &later, "00", "", "10"],
         vec!["FCALL", "sealq_ack", "1", q, &later, &id, "0", "c"],
-        vec!["FCALL", "sealq_dequeue", "1", q, &later, "1", "1000", "w", "0"],
+        vec![
+            "FCALL",
+            "sealq_dequeue",
+            "1",
+            q,
+            &later,
+            "1",
+            "1000",
+            "w",
+            "0",
+        ],
         vec!["FCALL", "sealq_key_swap", "1", seen, "x", "y"],
         vec!["FCALL_RO", "sealq_get", "1", q, &id],
     ] {
