@@ -95,16 +95,22 @@ local DAMAGED = {}
 -- a whole number). Every other error (a permission the caller's ACL does
 -- not grant, …) is raised as redis.call raises it: only damage is
 -- tolerated, never a refusal.
+--
+-- The check costs nothing unless the command failed: hot loops call
+-- redis.pcall themselves and hand only an error reply to `damage` (a
+-- command with an array reply, like HMGET, needs no type check first).
+local function damage(r)
+  local e = r.err
+  if string.find(e, 'WRONGTYPE', 1, true) == 1 or string.find(e, 'not an integer', 1, true)
+    or string.find(e, 'would overflow', 1, true) then
+    return DAMAGED
+  end
+  error(r)
+end
+
 local function tolerant(...)
   local r = redis.pcall(...)
-  if type(r) == 'table' and r.err then
-    local e = r.err
-    if string.find(e, 'WRONGTYPE', 1, true) == 1 or string.find(e, 'not an integer', 1, true)
-      or string.find(e, 'would overflow', 1, true) then
-      return DAMAGED
-    end
-    error(r)
-  end
+  if type(r) == 'table' and r.err then return damage(r) end
   return r
 end
 
@@ -496,14 +502,21 @@ local function dequeue(keys, args)
         -- not a zset (an edited key) fails closed: every task leased here
         -- is flagged replayed (archived `replay`, re-runnable by an
         -- operator) rather than run without the check.
-        local seen = {}
-        local i = 1
-        while i <= #ids do
-          local j = math.min(i + CHUNK - 1, #ids)
-          local r = tolerant('ZMSCORE', Q .. 'seen', unpack(ids, i, j))
-          if failed(r) then seen = DAMAGED; break end
-          for k = 1, j - i + 1 do seen[#seen + 1] = r[k] end
-          i = j + 1
+        local seen
+        if #ids <= CHUNK then
+          -- (One command, its reply used as it comes: the usual case.)
+          seen = redis.pcall('ZMSCORE', Q .. 'seen', unpack(ids))
+          if seen.err then seen = damage(seen) end
+        else
+          seen = {}
+          local i = 1
+          while i <= #ids do
+            local j = math.min(i + CHUNK - 1, #ids)
+            local r = tolerant('ZMSCORE', Q .. 'seen', unpack(ids, i, j))
+            if failed(r) then seen = DAMAGED; break end
+            for k = 1, j - i + 1 do seen[#seen + 1] = r[k] end
+            i = j + 1
+          end
         end
         if failed(seen) then
           warn('flagged every task leased from ' .. Q .. ' replayed: ' .. Q .. 'seen is not a zset')
@@ -515,7 +528,8 @@ local function dequeue(keys, args)
         local delta = {pending = 0, scheduled = 0, retry = 0, active = 0}
         for j, id in ipairs(ids) do
           local T = Q .. 't:' .. id
-          local cur = tolerant('HMGET', T, 's', 'a', 'r', 'le')
+          local cur = redis.pcall('HMGET', T, 's', 'a', 'r', 'le')
+          if cur.err then cur = damage(cur) end
           if failed(cur) then
             -- Not a hash (an edited key): no task to lease. It leaves the
             -- ready set (above) and the delayed one.
@@ -626,7 +640,8 @@ local function ack(keys, args)
     i = i + 3 + NARGS[op]
     local T = Q .. 't:' .. id
     -- (A task key that is no longer a hash holds no lease.)
-    local cur = tolerant('HMGET', T, 's', 'tok', 'ret', 'uk')
+    local cur = redis.pcall('HMGET', T, 's', 'tok', 'ret', 'uk')
+    if cur.err then cur = damage(cur) end
     if failed(cur) or cur[1] ~= 'active' or cur[2] ~= tok then
       out[#out + 1] = 0
     else
@@ -738,7 +753,8 @@ local function extend(keys, args)
     local id, tok = args[i], args[i + 1]
     i = i + 2
     local T = Q .. 't:' .. id
-    local cur = tolerant('HMGET', T, 's', 'tok')
+    local cur = redis.pcall('HMGET', T, 's', 'tok')
+    if cur.err then cur = damage(cur) end
     if not failed(cur) and cur[1] == 'active' and cur[2] == tok then
       redis.call('HSET', T, 'lx', expires)
       active[#active + 1] = expires; active[#active + 1] = id
@@ -1115,14 +1131,47 @@ local function get(keys, args)
   return out
 end
 
+-- The set holding every task of a state, where there is one of its own
+-- (pending tasks share Q..'ready' with scheduled and retry ones).
+local STATE_SET = {scheduled = 'delayed', retry = 'delayed', active = 'active',
+  completed = 'done', archived = 'archived'}
+
+-- At most this many ids of a state's set are read and sorted in one call;
+-- a larger set is listed by walking Q..'all' as for any other filter.
+local SORT_AT_MOST = 4096
+
 -- KEYS[1] = Q. ARGV: after ('' for none), limit, state ('' any), subject ('' any).
 -- Returns up to limit {id, hgetall, stored bytes or nil} in id order.
+-- A state with a set of its own that holds at most SORT_AT_MOST ids is
+-- listed from that set (a worker's keyring check asks for the first
+-- scheduled and retry tasks of its queues at start: walking a backlog of
+-- 100,000 pending tasks to find none cost two full scans, 200,000 HGETs,
+-- each blocking Redis for the whole walk). A task is listed when its set
+-- and its hash agree on the state; one whose hash was edited to a state
+-- whose set does not hold it is not (it is not leased, recovered or
+-- purged as that state either).
 local function list(keys, args)
   local Q = keys[1]
   local after, limit, state, sub = args[1], tonumber(args[2]), args[3], args[4]
+  local out = {}
+  local z = STATE_SET[state]
+  if z and redis.call('ZCARD', Q .. z) <= SORT_AT_MOST then
+    local ids = redis.call('ZRANGE', Q .. z, 0, -1)
+    table.sort(ids)
+    for _, id in ipairs(ids) do
+      if #out >= limit then break end
+      if after == '' or id > after then
+        local T = Q .. 't:' .. id
+        if tolerant('HGET', T, 's') == state and (sub == '' or tolerant('HGET', T, 'sub') == sub) then
+          local h = hash_of(T)
+          if #h > 0 then out[#out + 1] = {id, h, bytes_of(Q .. 'b:' .. id)} end
+        end
+      end
+    end
+    return out
+  end
   local lo = '-'
   if after ~= '' then lo = '(' .. after end
-  local out = {}
   while #out < limit do
     local ids = redis.call('ZRANGEBYLEX', Q .. 'all', lo, '+', 'LIMIT', 0, 256)
     if #ids == 0 then break end
