@@ -340,7 +340,12 @@ async fn finding_6_finalise_reports_keys_it_cannot_rewrap() {
         .await
         .unwrap();
     let mut keyring = Keyring::generate();
-    client(&broker, &Arc::new(copy_of(&keyring)))
+    // A second keyring on one broker: its recorded check values refuse it
+    // unless accepted (finding 7).
+    Client::builder(broker.clone(), Arc::new(copy_of(&keyring)))
+        .producer("finding-6")
+        .accept_new_keyring(true)
+        .build()
         .enqueue(
             &mail("y@example.com"),
             EnqueueOptions::new().subject("user-8"),
