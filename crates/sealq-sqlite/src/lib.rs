@@ -167,7 +167,7 @@ impl SqliteBroker {
         let path = path.as_ref().to_path_buf();
         create_private_file(&path);
         let mut conn = schema::open_writer(&path, options.synchronous, options.busy_timeout)?;
-        checkpoint::install(&mut conn, &path)?;
+        let wal = checkpoint::install(&mut conn, &path)?;
         let wake = Arc::new(Wake::default());
         let watcher = Watcher::start(path.clone(), options.watch_interval, Arc::clone(&wake))?;
         let writer = Writer::start(
@@ -180,6 +180,7 @@ impl SqliteBroker {
                 replay_horizon_ms: i64::try_from(options.replay_horizon.as_millis())
                     .unwrap_or(i64::MAX),
                 wake: Arc::clone(&wake),
+                wal,
             },
         )?;
         let keys_path = options.subject_keys.clone().unwrap_or_else(|| {

@@ -31,6 +31,7 @@ use sealq::clock::SharedClock;
 use sealq::{BrokerError, BrokerErrorKind};
 use tokio::sync::oneshot;
 
+use crate::checkpoint::{self, RESTART_PAGES, WalState};
 use crate::error::retry_busy;
 use crate::wake::Wake;
 
@@ -49,6 +50,8 @@ pub(crate) struct WriterEnv {
     pub(crate) replay_horizon_ms: i64,
     /// Where to signal new work.
     pub(crate) wake: Arc<Wake>,
+    /// The WAL size the checkpoint hook saw after the last commit.
+    pub(crate) wal: Arc<WalState>,
 }
 
 /// What an operation sees while it runs inside the group's transaction.
@@ -187,6 +190,13 @@ fn writer_loop(conn: Connection, env: WriterEnv, rx: Receiver<Box<dyn Job>>) {
             }
         }
         run_group(&conn, &env, &mut group);
+        // Every caller of the group has its reply: a checkpoint here delays
+        // only the callers queued next, once per RESTART_PAGES frames, so
+        // the WAL can restart (see the `checkpoint` module).
+        if env.wal.pages() >= RESTART_PAGES {
+            checkpoint::passive(&conn, &env.path);
+            env.wal.forget();
+        }
     }
     // Channel closed: the last handle is gone. The connection closes here.
 }
