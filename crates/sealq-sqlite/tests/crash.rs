@@ -59,7 +59,12 @@ async fn acknowledged_enqueue_survives_kill_9() {
     let path = dir.path().join("crash.db");
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(&exe)
-        .args(["--exact", "child_enqueue_forever", "--test-threads=1", "--nocapture"])
+        .args([
+            "--exact",
+            "child_enqueue_forever",
+            "--test-threads=1",
+            "--nocapture",
+        ])
         .env(CHILD_ENV, &path)
         .stdout(Stdio::piped())
         .spawn()
