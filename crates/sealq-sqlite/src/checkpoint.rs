@@ -32,7 +32,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
 
@@ -56,6 +56,10 @@ pub(crate) const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 pub(crate) struct WalState {
     /// Frames in the WAL after the last commit.
     pages: AtomicI32,
+    /// Set while the writer waits to checkpoint the rest itself: the
+    /// checkpointer then starts no round of its own (a round in progress
+    /// holds SQLite's checkpoint lock, and the writer's attempt would fail).
+    restart_wanted: AtomicBool,
 }
 
 impl WalState {
@@ -64,9 +68,19 @@ impl WalState {
         self.pages.load(Ordering::Relaxed)
     }
 
-    /// Called by the writer thread after it checkpointed itself.
-    pub(crate) fn forget(&self) {
-        self.pages.store(0, Ordering::Relaxed);
+    /// Called by the writer thread between two groups: once the WAL holds
+    /// [`RESTART_PAGES`] frames, copy what is left so that the next
+    /// transaction restarts the WAL. Retried after every group until a
+    /// checkpoint copied everything.
+    pub(crate) fn restart_if_large(&self, conn: &Connection, path: &Path) {
+        if self.pages() < RESTART_PAGES {
+            return;
+        }
+        self.restart_wanted.store(true, Ordering::Relaxed);
+        if passive(conn, path) {
+            self.restart_wanted.store(false, Ordering::Relaxed);
+            self.pages.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -74,9 +88,13 @@ impl WalState {
 pub(crate) fn install(conn: &mut Connection, path: &Path) -> Result<Arc<WalState>, BrokerError> {
     let (tx, rx): (SyncSender<()>, Receiver<()>) = sync_channel(1);
     let thread_path = path.to_path_buf();
+    let state = Arc::new(WalState::default());
     std::thread::Builder::new()
         .name("sealq-sqlite-ckpt".into())
-        .spawn(move || checkpointer(thread_path, rx))
+        .spawn({
+            let state = Arc::clone(&state);
+            move || checkpointer(thread_path, rx, &state)
+        })
         .map_err(|e| {
             BrokerError::new(
                 BrokerErrorKind::Other,
@@ -84,7 +102,6 @@ pub(crate) fn install(conn: &mut Connection, path: &Path) -> Result<Arc<WalState
             )
             .with_source(e)
         })?;
-    let state = Arc::new(WalState::default());
     let hook_state = Arc::clone(&state);
     // The WAL size at which the next request is sent.
     let mut next_request = CHECKPOINT_PAGES;
@@ -109,14 +126,26 @@ pub(crate) fn install(conn: &mut Connection, path: &Path) -> Result<Arc<WalState
 }
 
 /// Run a `PASSIVE` checkpoint on `conn` (never blocks writers or readers;
-/// frames still in use are left for the next round).
-pub(crate) fn passive(conn: &Connection, path: &Path) {
-    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-        tracing::debug!(path = %path.display(), error = %e, "passive checkpoint skipped");
+/// frames still in use are left for the next round). `true` when every
+/// frame of the WAL is now copied into the database.
+fn passive(conn: &Connection, path: &Path) -> bool {
+    let row = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    });
+    match row {
+        Ok((busy, log, copied)) => busy == 0 && log >= 0 && log == copied,
+        Err(e) => {
+            tracing::debug!(path = %path.display(), error = %e, "passive checkpoint skipped");
+            false
+        }
     }
 }
 
-fn checkpointer(path: PathBuf, rx: Receiver<()>) {
+fn checkpointer(path: PathBuf, rx: Receiver<()>, state: &WalState) {
     let conn = match Connection::open(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -128,7 +157,11 @@ fn checkpointer(path: PathBuf, rx: Receiver<()>) {
     loop {
         match rx.recv_timeout(IDLE_CHECKPOINT) {
             // A checkpoint with nothing new to copy writes and syncs nothing.
-            Ok(()) | Err(RecvTimeoutError::Timeout) => passive(&conn, &path),
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {
+                if !state.restart_wanted.load(Ordering::Relaxed) {
+                    passive(&conn, &path);
+                }
+            }
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
