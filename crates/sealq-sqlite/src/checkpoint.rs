@@ -154,15 +154,11 @@ fn checkpointer(path: PathBuf, rx: Receiver<()>, state: &WalState) {
         }
     };
     let _ = conn.busy_timeout(Duration::from_millis(100));
-    loop {
-        match rx.recv_timeout(IDLE_CHECKPOINT) {
-            // A checkpoint with nothing new to copy writes and syncs nothing.
-            Ok(()) | Err(RecvTimeoutError::Timeout) => {
-                if !state.restart_wanted.load(Ordering::Relaxed) {
-                    passive(&conn, &path);
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
+    // Until the writer is gone (Disconnected). A checkpoint with nothing new
+    // to copy writes and syncs nothing.
+    while let Ok(()) | Err(RecvTimeoutError::Timeout) = rx.recv_timeout(IDLE_CHECKPOINT) {
+        if !state.restart_wanted.load(Ordering::Relaxed) {
+            passive(&conn, &path);
         }
     }
 }
