@@ -445,6 +445,26 @@ fn bench_reports_positive_rates_as_json() {
     assert_eq!(v["mode"], "pipelined");
 }
 
+/// The process rate is taken after the worker shut down (every completion
+/// committed), and the text output says so.
+#[test]
+fn bench_says_its_process_rate_counts_until_completions_are_stored() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["bench", "--tasks", "300"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("process"))
+        .expect("a process line");
+    assert!(
+        line.contains(
+            "until the last completion was stored: committed, durable with synchronous=full"
+        ),
+        "{line}"
+    );
+}
+
 #[test]
 fn bench_producer_and_worker_processes_share_a_broker() {
     let sb = Sandbox::new();

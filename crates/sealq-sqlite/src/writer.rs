@@ -31,6 +31,7 @@ use sealq::clock::SharedClock;
 use sealq::{BrokerError, BrokerErrorKind};
 use tokio::sync::oneshot;
 
+use crate::checkpoint::WalState;
 use crate::error::retry_busy;
 use crate::wake::Wake;
 
@@ -49,6 +50,8 @@ pub(crate) struct WriterEnv {
     pub(crate) replay_horizon_ms: i64,
     /// Where to signal new work.
     pub(crate) wake: Arc<Wake>,
+    /// The WAL size the checkpoint hook saw after the last commit.
+    pub(crate) wal: Arc<WalState>,
 }
 
 /// What an operation sees while it runs inside the group's transaction.
@@ -178,6 +181,11 @@ impl Drop for Writer {
 
 fn writer_loop(conn: Connection, env: WriterEnv, rx: Receiver<Box<dyn Job>>) {
     let mut group: Vec<Box<dyn Job>> = Vec::with_capacity(env.max_group);
+    // Size of the last group: that many callers were just answered, and
+    // those that call again send their next operation within microseconds.
+    let mut last = 1;
+    // How long the last group took (transaction and commit).
+    let mut took = Duration::ZERO;
     while let Ok(first) = rx.recv() {
         group.push(first);
         while group.len() < env.max_group {
@@ -186,9 +194,49 @@ fn writer_loop(conn: Connection, env: WriterEnv, rx: Receiver<Box<dyn Job>>) {
                 Err(_) => break,
             }
         }
+        gather(
+            &rx,
+            &mut group,
+            last.min(env.max_group),
+            (took / 2).min(GATHER),
+        );
+        last = group.len();
+        let started = std::time::Instant::now();
         run_group(&conn, &env, &mut group);
+        took = started.elapsed();
+        // Every caller of the group has its reply: a checkpoint here delays
+        // only the callers queued next, once per RESTART_PAGES frames, so
+        // the WAL can restart (see the `checkpoint` module).
+        env.wal.restart_if_large(&conn, &env.path);
     }
     // Channel closed: the last handle is gone. The connection closes here.
+}
+
+/// The longest the writer waits for the callers of its last group to send
+/// their next operation (see [`gather`]); it also waits at most half as long
+/// as its last group took, so fast commits (`synchronous=NORMAL`, no fsync)
+/// wait only a few microseconds.
+const GATHER: Duration = Duration::from_micros(150);
+
+/// Group commit with concurrent callers: the callers answered after the
+/// last commit call again at about the same time, but the first of them
+/// would otherwise start a transaction alone and the others queue behind its
+/// fsync, so groups alternate between one operation and the rest. While
+/// the group is smaller than the last one, wait up to `wait` for more.
+/// A lone caller (last group of one) never waits; when callers go away the
+/// wait times out once and the next group is smaller.
+fn gather(rx: &Receiver<Box<dyn Job>>, group: &mut Vec<Box<dyn Job>>, want: usize, wait: Duration) {
+    if group.len() >= want {
+        return;
+    }
+    let deadline = std::time::Instant::now() + wait;
+    while group.len() < want {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(job) => group.push(job),
+            Err(_) => break,
+        }
+    }
 }
 
 fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {

@@ -53,6 +53,8 @@ struct Results {
     rate: u64,
     enqueue_seconds: f64,
     enqueue_per_second: f64,
+    /// Until the worker shut down, after its last completion was written
+    /// to the broker (durable on SQLite with `synchronous=FULL`).
     process_seconds: f64,
     process_per_second: f64,
     total_seconds: f64,
@@ -191,7 +193,6 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
 
     let started = Instant::now();
     let (mut enqueue_time, mut process_time) = (Duration::ZERO, Duration::ZERO);
-    let mut handle = None;
     match (args.role, args.mode) {
         (BenchRole::Producer, _) => {
             drop(worker);
@@ -199,30 +200,24 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
         }
         (BenchRole::Worker, _) => {
             let h = worker.spawn();
-            wait_done(&h, args.tasks, &pb).await?;
+            wait_done(h, args.tasks, &pb).await?;
             process_time = started.elapsed();
-            handle = Some(h);
         }
         (BenchRole::Both, BenchMode::Phased) => {
             enqueue_time = enqueue_all(&client, &args, &filler, &pb).await?;
             let t = Instant::now();
             let h = worker.spawn();
-            wait_done(&h, args.tasks, &pb).await?;
+            wait_done(h, args.tasks, &pb).await?;
             process_time = t.elapsed();
-            handle = Some(h);
         }
         (BenchRole::Both, BenchMode::Pipelined) => {
             let h = worker.spawn();
             enqueue_time = enqueue_all(&client, &args, &filler, &pb).await?;
-            wait_done(&h, args.tasks, &pb).await?;
+            wait_done(h, args.tasks, &pb).await?;
             process_time = started.elapsed();
-            handle = Some(h);
         }
     }
     pb.finish_and_clear();
-    if let Some(h) = handle {
-        h.shutdown().await?;
-    }
     // The audit log is part of the work: the time includes writing its tail.
     super::audit::finish(producer_audit).await?;
     super::audit::finish(worker_audit).await?;
@@ -359,8 +354,23 @@ async fn enqueue_all(
     Ok(t.elapsed())
 }
 
-/// Wait until the worker has completed `n` tasks.
+/// Wait until the worker has completed `n` tasks, then shut it down: the
+/// shutdown returns once every completion was written to the broker (and,
+/// on SQLite with `synchronous=FULL`, is durable), so a process time taken
+/// after this call counts until the last completion is durable, not until
+/// the last handler returned.
 async fn wait_done(
+    handle: sealq::WorkerHandle,
+    n: usize,
+    pb: &indicatif::ProgressBar,
+) -> CliResult {
+    wait_handlers(&handle, n, pb).await?;
+    handle.shutdown().await?;
+    Ok(())
+}
+
+/// Wait until the worker's handlers have completed `n` tasks.
+async fn wait_handlers(
     handle: &sealq::WorkerHandle,
     n: usize,
     pb: &indicatif::ProgressBar,
@@ -429,11 +439,16 @@ fn print_results(r: &Results) {
         r.enqueue_per_second, r.enqueue_seconds
     );
     println!(
-        "  process      {:>10.0} tasks/s  ({:.3} s{})",
+        "  process      {:>10.0} tasks/s  ({:.3} s{}, until the last completion was stored{})",
         r.process_per_second,
         r.process_seconds,
         if r.mode == "pipelined" {
             ", from the first enqueue"
+        } else {
+            ""
+        },
+        if r.broker.starts_with("sqlite") {
+            ": committed, durable with synchronous=full"
         } else {
             ""
         }

@@ -1,0 +1,59 @@
+//! The WAL stays bounded under a sustained load of one-task commits: the
+//! checkpointer copies frames back off the commit path, and the writer
+//! lets the WAL restart once it holds 8000 frames (see the `checkpoint`
+//! module). Without the restart every commit would append to the WAL for as
+//! long as the load lasts.
+
+use std::sync::Arc;
+
+use sealq::broker::{Broker, EnqueueResult};
+use sealq::testkit::fixtures::task_at;
+use sealq::{Clock, SystemClock};
+use sealq_sqlite::{SqliteBroker, SqliteOptions, Synchronous};
+
+/// Frames the writer lets the WAL reach before it checkpoints itself.
+const RESTART_PAGES: u64 = 8000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_restarts_under_a_sustained_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.db");
+    // NORMAL: the same checkpoints, without an fsync per commit (test speed).
+    let broker = SqliteBroker::open_with(
+        &path,
+        SqliteOptions {
+            synchronous: Synchronous::Normal,
+            clock: Arc::new(SystemClock),
+            ..SqliteOptions::default()
+        },
+    )
+    .unwrap();
+    let wal = dir.path().join("wal.db-wal");
+    let page = 4096 + 24; // a WAL frame: page plus frame header
+    let mut largest = 0;
+    // Two loops of one-task calls: about 3 frames per commit, so several
+    // times RESTART_PAGES frames in all.
+    let loops: Vec<_> = (0..2)
+        .map(|_| {
+            let b = broker.clone();
+            tokio::spawn(async move {
+                for _ in 0..6000 {
+                    let now = SystemClock.now_ms();
+                    let mut t = task_at("wal", now, now);
+                    t.envelope.resize(1024, 7);
+                    assert_eq!(b.enqueue(vec![t]).await.unwrap(), [EnqueueResult::Enqueued]);
+                }
+            })
+        })
+        .collect();
+    for l in loops {
+        l.await.unwrap();
+        largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+    }
+    let frames = largest / page;
+    assert!(
+        frames <= RESTART_PAGES + 2000,
+        "the WAL reached {frames} frames: it did not restart"
+    );
+    assert_eq!(broker.stats().await.unwrap()[0].pending, 12_000);
+}
