@@ -630,8 +630,7 @@ end
 -- replay memory already held (the same task succeeding twice; the caller
 -- counts it). A completed id joins the replay memory here, at completion
 -- (finding 2 of the security review): its entry in Q..'done' is that
--- memory while the task is retained (one zset insert per completion); the
--- memory is read before with one `ZMSCORE` per set.
+-- memory while the task is retained (one zset insert per completion).
 -- Per ack HMGET (state, token, retention, unique key) and HSET; the lease
 -- fields stay in the hash (they mean nothing outside state `active`); set
 -- updates are one command per batch.
@@ -728,24 +727,58 @@ local function ack(keys, args)
       out[#out + 1] = 1
     end
   end
+  bulk('ZREM', Q .. 'active', left)
   if #done > 0 then
-    -- Completed ids the replay memory held before this call: a second
-    -- success of one id (rare). (A set that is not a zset, an edited key:
-    -- dequeue fails closed on it, see there.)
+    -- The completed ids join Q..'done' (their replay memory while
+    -- retained) with `ZADD NX`: its count says whether Q..'done' held one
+    -- before (a second success of one id, rare). Q..'seen' (ids purged or
+    -- deleted before) is read with one `ZMSCORE`. (A set that is not a
+    -- zset, an edited key: dequeue fails closed on it, see there.)
     local ids = {}
     for k = 2, #done, 2 do ids[#ids + 1] = done[k] end
-    local before, bad = remembered(Q, ids)
-    if failed(before) then
-      warn('did not check completed ids against the replay memory: ' .. Q .. bad .. ' is not a zset')
-    else
-      for k = 1, #ids do
-        if before[k] then out[seen_at[k]] = 2 end
+    local i = 1
+    while i <= #ids do
+      local j = math.min(i + CHUNK - 1, #ids)
+      local r = redis.pcall('ZMSCORE', Q .. 'seen', unpack(ids, i, j))
+      if r.err then r = damage(r) end
+      if failed(r) then
+        warn('did not check completed ids against the replay memory: ' .. Q .. 'seen is not a zset')
+        break
       end
+      for k = 1, j - i + 1 do
+        if r[k] then out[seen_at[i + k - 1]] = 2 end
+      end
+      i = j + 1
+    end
+    local added = 0
+    i = 1
+    while i <= #done do
+      local j = math.min(i + CHUNK - 1, #done)
+      added = added + redis.call('ZADD', Q .. 'done', 'NX', unpack(done, i, j))
+      i = j + 1
+    end
+    if added < #ids then
+      -- (Rare.) The ids Q..'done' held before kept their old purge time:
+      -- mark their acks, then move their purge time on. (An id completed
+      -- twice in the same millisecond with the same retention cannot be
+      -- told apart from a fresh one: then every such id is marked, a false
+      -- alarm rather than a missed second success.)
+      local at = mget('ZMSCORE', Q .. 'done', ids)
+      local marked, same = 0, {}
+      for k = 1, #ids do
+        if at[k] and tonumber(at[k]) ~= tonumber(done[2 * k - 1]) then
+          out[seen_at[k]] = 2
+          marked = marked + 1
+        else
+          same[#same + 1] = k
+        end
+      end
+      if marked < #ids - added then
+        for _, k in ipairs(same) do out[seen_at[k]] = 2 end
+      end
+      bulk('ZADD', Q .. 'done', done)
     end
   end
-  bulk('ZREM', Q .. 'active', left)
-  -- (Written whole: a second success's purge time moves on.)
-  bulk('ZADD', Q .. 'done', done)
   bulk('ZADD', Q .. 'archived', archived)
   bulk('ZADD', Q .. 'ready', queued)
   bulk('ZADD', Q .. 'delayed', delayed)
