@@ -22,15 +22,20 @@
 --   Q..'ready'    zset  scheduled, pending and retry ids by run_at (dequeue order)
 --   Q..'delayed'  zset  scheduled and retry ids by run_at (forwarding)
 --   Q..'active'   zset  leased ids by lease expiry (recovery)
---   Q..'done'     zset  completed ids by purge time (retention)
+--   Q..'done'     zset  completed ids by purge time (retention); also
+--                 the replay memory of a completed task while it is
+--                 retained (below)
 --   Q..'archived' zset  archived ids by finish time
---   Q..'seen'     zset  replay memory (finding 2 of the security review):
---                 ids of tasks that completed (written by sealq_ack) or
---                 were deleted or erased in any state, by when they were
---                 last remembered; kept for the replay horizon after that
---                 and while the task's key exists (sealq_purge). Dequeue
---                 flags a leased id found here `replayed`, whatever the
---                 task's own state says
+--   Q..'seen'     zset  replay memory (finding 2 of the security review),
+--                 with Q..'done': ids of tasks that left Q..'done' (purged,
+--                 whatever their hash's state says) or were deleted or
+--                 erased in any state, by when they were last remembered;
+--                 kept for the replay horizon after that and while the
+--                 task's key exists (sealq_purge). A completed id is in
+--                 Q..'done' from its completion (sealq_ack) until the
+--                 purge moves it here: one zset insert per completion.
+--                 Dequeue flags a leased id found in either `replayed`,
+--                 whatever the task's own state says
 --   Q..'all'      zset  every stored id, score 0 (lexical order = id order)
 --   Q..'n'        hash  task count per state, `trimmed` (archived tasks
 --                 deleted by the caps), `maxdepth` (the queue's cap on
@@ -464,6 +469,37 @@ end
 -- is per queue.
 local INLINE = 8
 
+-- The sets that hold the replay memory (see the header).
+local MEMORY = {'seen', 'done'}
+
+-- The replay memory's entries for `ids` (non-empty) of queue Q: a table
+-- whose j-th value is set when Q..'seen' or Q..'done' holds ids[j]; or
+-- DAMAGED and the name of the set that is not a zset. (A miss costs Redis
+-- little; the usual case is one `ZMSCORE` per set, the first reply used
+-- as it comes.)
+local function remembered(Q, ids)
+  local out = nil
+  for _, z in ipairs(MEMORY) do
+    local i = 1
+    while i <= #ids do
+      local j = math.min(i + CHUNK - 1, #ids)
+      local r = redis.pcall('ZMSCORE', Q .. z, unpack(ids, i, j))
+      if r.err then r = damage(r) end
+      if failed(r) then return DAMAGED, z end
+      if not out and j == #ids then
+        out = r
+      else
+        out = out or {}
+        for k = 1, j - i + 1 do
+          if r[k] then out[i + k - 1] = r[k] end
+        end
+      end
+      i = j + 1
+    end
+  end
+  return out
+end
+
 local function dequeue(keys, args)
   local now, max = tonumber(args[1]), tonumber(args[2])
   local nows = s(now)
@@ -498,28 +534,14 @@ local function dequeue(keys, args)
     if not f[1] and want > 0 then
       local ids = redis.call('ZRANGEBYSCORE', Q .. 'ready', '-inf', nows, 'LIMIT', 0, want)
       if #ids > 0 then
-        -- The replay memory, read before the first write. A memory that is
-        -- not a zset (an edited key) fails closed: every task leased here
-        -- is flagged replayed (archived `replay`, re-runnable by an
-        -- operator) rather than run without the check.
-        local seen
-        if #ids <= CHUNK then
-          -- (One command, its reply used as it comes: the usual case.)
-          seen = redis.pcall('ZMSCORE', Q .. 'seen', unpack(ids))
-          if seen.err then seen = damage(seen) end
-        else
-          seen = {}
-          local i = 1
-          while i <= #ids do
-            local j = math.min(i + CHUNK - 1, #ids)
-            local r = tolerant('ZMSCORE', Q .. 'seen', unpack(ids, i, j))
-            if failed(r) then seen = DAMAGED; break end
-            for k = 1, j - i + 1 do seen[#seen + 1] = r[k] end
-            i = j + 1
-          end
-        end
+        -- The replay memory (Q..'seen' and Q..'done'), read before the
+        -- first write. A memory that is not a zset (an edited key) fails
+        -- closed: every task leased here is flagged replayed (archived
+        -- `replay`, re-runnable by an operator) rather than run without
+        -- the check.
+        local seen, bad = remembered(Q, ids)
         if failed(seen) then
-          warn('flagged every task leased from ' .. Q .. ' replayed: ' .. Q .. 'seen is not a zset')
+          warn('flagged every task leased from ' .. Q .. ' replayed: ' .. Q .. bad .. ' is not a zset')
           seen = {}
           for j = 1, #ids do seen[j] = '0' end
         end
@@ -607,7 +629,8 @@ end
 -- (applied) or 0 (lease lost), or 2: a completion applied on an id the
 -- replay memory already held (the same task succeeding twice; the caller
 -- counts it). A completed id joins the replay memory here, at completion
--- (finding 2 of the security review): one `ZADD NX` per call.
+-- (finding 2 of the security review): its entry in Q..'done' is that
+-- memory while the task is retained (one zset insert per completion).
 -- Per ack HMGET (state, token, retention, unique key) and HSET; the lease
 -- fields stay in the hash (they mean nothing outside state `active`); set
 -- updates are one command per batch.
@@ -621,7 +644,7 @@ local function ack(keys, args)
   local ready = false
   local left, done, archived, queued, delayed = {}, {}, {}, {}, {}
   local purge_at = {}
-  local seen, seen_at = {}, {}
+  local seen_at = {}
   local delta = {active = 0, completed = 0, retry = 0, archived = 0, pending = 0}
   -- Check the whole call's layout before writing anything (a function's
   -- writes are not rolled back by an error).
@@ -661,7 +684,6 @@ local function ack(keys, args)
           purge_at[ret] = at
         end
         done[#done + 1] = at; done[#done + 1] = id
-        seen[#seen + 1] = nows; seen[#seen + 1] = id
         seen_at[#seen_at + 1] = #out + 1
         release_unique(Q, id, cur[4])
         delta.completed = delta.completed + 1
@@ -706,32 +728,55 @@ local function ack(keys, args)
     end
   end
   bulk('ZREM', Q .. 'active', left)
-  bulk('ZADD', Q .. 'done', done)
-  if #seen > 0 then
-    local added = 0
+  if #done > 0 then
+    -- The completed ids join Q..'done' (their replay memory while
+    -- retained) with `ZADD NX`: its count says whether Q..'done' held one
+    -- before (a second success of one id, rare). Q..'seen' (ids purged or
+    -- deleted before) is read with one `ZMSCORE`. (A set that is not a
+    -- zset, an edited key: dequeue fails closed on it, see there.)
+    local ids = {}
+    for k = 2, #done, 2 do ids[#ids + 1] = done[k] end
     local i = 1
-    while i <= #seen do
-      local j = math.min(i + CHUNK - 1, #seen)
-      local r = tolerant('ZADD', Q .. 'seen', 'NX', unpack(seen, i, j))
+    while i <= #ids do
+      local j = math.min(i + CHUNK - 1, #ids)
+      local r = redis.pcall('ZMSCORE', Q .. 'seen', unpack(ids, i, j))
+      if r.err then r = damage(r) end
       if failed(r) then
-        -- (An edited key: dequeue fails closed on it, see there.)
-        warn('did not remember completed ids: ' .. Q .. 'seen is not a zset')
-        added = #seen / 2
+        warn('did not check completed ids against the replay memory: ' .. Q .. 'seen is not a zset')
         break
       end
-      added = added + r
+      for k = 1, j - i + 1 do
+        if r[k] then out[seen_at[i + k - 1]] = 2 end
+      end
       i = j + 1
     end
-    if added < #seen / 2 then
-      -- (Rare.) Some ids were remembered before: mark their acks, and
-      -- remember them from now on.
-      local ids = {}
-      for k = 2, #seen, 2 do ids[#ids + 1] = seen[k] end
-      local at = mget('ZMSCORE', Q .. 'seen', ids)
-      for k, score in ipairs(at) do
-        if score and tonumber(score) < now then out[seen_at[k]] = 2 end
+    local added = 0
+    i = 1
+    while i <= #done do
+      local j = math.min(i + CHUNK - 1, #done)
+      added = added + redis.call('ZADD', Q .. 'done', 'NX', unpack(done, i, j))
+      i = j + 1
+    end
+    if added < #ids then
+      -- (Rare.) The ids Q..'done' held before kept their old purge time:
+      -- mark their acks, then move their purge time on. (An id completed
+      -- twice in the same millisecond with the same retention cannot be
+      -- told apart from a fresh one: then every such id is marked, a false
+      -- alarm rather than a missed second success.)
+      local at = mget('ZMSCORE', Q .. 'done', ids)
+      local marked, same = 0, {}
+      for k = 1, #ids do
+        if at[k] and tonumber(at[k]) ~= tonumber(done[2 * k - 1]) then
+          out[seen_at[k]] = 2
+          marked = marked + 1
+        else
+          same[#same + 1] = k
+        end
       end
-      bulk('ZADD', Q .. 'seen', seen)
+      if marked < #ids - added then
+        for _, k in ipairs(same) do out[seen_at[k]] = 2 end
+      end
+      bulk('ZADD', Q .. 'done', done)
     end
   end
   bulk('ZADD', Q .. 'archived', archived)
@@ -852,7 +897,9 @@ end
 -- trims archived tasks beyond the caps (oldest first; counted in the queue's
 -- `n` hash as `trimmed`, never silently); forgets replay memory older than
 -- the horizon whose task key is gone (an id whose task is still stored is
--- kept, its time renewed).
+-- kept, its time renewed). Every id leaving Q..'done' joins Q..'seen',
+-- whatever its hash's state says (it completed; an edited state must not
+-- let it escape the replay memory); only completed tasks are deleted.
 -- Returns {purged, scanned, trimmed, more to trim (0/1), forgotten ids...}
 -- (forgotten ids only without G).
 local function purge(keys, args)
@@ -866,18 +913,27 @@ local function purge(keys, args)
   if #ids > 0 then bulk('ZREM', Q .. 'done', ids) end
   for _, id in ipairs(ids) do
     local T = Q .. 't:' .. id
+    -- Remembered from now on for the replay horizon.
+    seen[#seen + 1] = nows; seen[#seen + 1] = id
     if tolerant('HGET', T, 's') == 'completed' then
       gone[#gone + 1] = T; gone[#gone + 1] = Q .. 'b:' .. id
       left[#left + 1] = id
-      -- Remembered from now on for the replay horizon.
-      seen[#seen + 1] = nows; seen[#seen + 1] = id
       purged = purged + 1
     end
+  end
+  local i = 1
+  while i <= #seen do
+    local j = math.min(i + CHUNK - 1, #seen)
+    if failed(tolerant('ZADD', Q .. 'seen', unpack(seen, i, j))) then
+      -- (An edited key: dequeue fails closed on it, see there.)
+      warn('did not remember purged ids: ' .. Q .. 'seen is not a zset')
+      break
+    end
+    i = j + 1
   end
   if purged > 0 then
     del_all(gone)
     bulk('ZREM', Q .. 'all', left)
-    bulk('ZADD', Q .. 'seen', seen)
     incr(Q, 'completed', -purged)
   end
   -- Archive caps: past the age first, then the oldest beyond the count.
@@ -907,7 +963,7 @@ local function purge(keys, args)
       redis.call('ZREM', Q .. 'all', id)
       release_unique(Q, id, cur[2])
       trimmed = trimmed + 1
-      if not redis.call('ZSCORE', Q .. 'seen', id) then
+      if not (tolerant('ZSCORE', Q .. 'seen', id) or redis.call('ZSCORE', Q .. 'done', id)) then
         if G then redis.call('HDEL', G .. 'ids', id) else forget[#forget + 1] = id end
       end
     end
@@ -920,9 +976,10 @@ local function purge(keys, args)
   local old = redis.call('ZRANGEBYSCORE', Q .. 'seen', '-inf', '(' .. s(now - tonumber(args[3])), 'LIMIT', 0, limit)
   for _, id in ipairs(old) do
     if redis.call('EXISTS', Q .. 't:' .. id) == 1 then
-      -- Still stored (a completed task retained longer than the horizon):
-      -- remembered while it exists, so flipping its state back cannot make
-      -- it run. Looked at again one horizon later.
+      -- Still stored (a task whose state was edited after it completed, or
+      -- one put back after it was deleted): remembered while it exists, so
+      -- flipping its state back cannot make it run. Looked at again one
+      -- horizon later.
       redis.call('ZADD', Q .. 'seen', nows, id)
     else
       redis.call('ZREM', Q .. 'seen', id)

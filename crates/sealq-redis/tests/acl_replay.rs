@@ -1,6 +1,6 @@
 //! Finding 2 of the security review (replay) against the producer role of
 //! docs/redis-acl.md, on a real redis-server: the producer's credentials
-//! cannot wipe or edit a queue's replay memory (`Q seen`), neither with a
+//! cannot wipe or edit a queue's replay memory (`Q seen` and `Q done`), neither with a
 //! command of their own nor through a function, so a completed task the
 //! producer flips back to `pending` (which its write rights on task
 //! hashes still allow) is flagged replayed, never run.
@@ -68,8 +68,11 @@ async fn finding_2_producer_acl_cannot_wipe_the_replay_memory() {
         worker.ack(vec![ack]).await.expect("worker acks"),
         vec![AckResult::Applied]
     );
+    // (The memory is `Q seen` with `Q done`: while the completed task is
+    // retained, its entry in `Q done` remembers it.)
     let seen = "sealq:{replay}:seen";
-    let score = s.cli(&["ZSCORE", seen, &id]);
+    let done = "sealq:{replay}:done";
+    let score = s.cli(&["ZSCORE", done, &id]);
     assert!(!score.trim().is_empty(), "remembered at completion");
 
     // The producer cannot touch the memory: not with its own commands …
@@ -89,9 +92,14 @@ async fn finding_2_producer_acl_cannot_wipe_the_replay_memory() {
         vec!["UNLINK", seen],
         vec!["EXPIRE", seen, "1"],
         vec!["RENAME", seen, "sealq:{replay}:t:x"],
-        // … nor its neighbours (the purge schedule, the flags) …
-        vec!["SET", "sealq:{replay}:done", "x", "PX", "1"],
-        vec!["ZADD", "sealq:{replay}:done", "0", &id],
+        // … nor its other half, the purge schedule `Q done` …
+        vec!["SET", done, "x", "PX", "1"],
+        vec!["ZADD", done, "0", &id],
+        vec!["ZREM", done, &id],
+        vec!["DEL", done],
+        vec!["UNLINK", done],
+        vec!["RENAME", done, "sealq:{replay}:t:y"],
+        // … nor its neighbours (the flags, the leases) …
         vec!["SET", "sealq:{replay}:flags", "x", "PX", "1"],
         vec!["ZADD", "sealq:{replay}:active", "0", &id],
         // … nor through a function other than the enqueue ones.
@@ -116,9 +124,9 @@ async fn finding_2_producer_acl_cannot_wipe_the_replay_memory() {
         let out = cli_as(&s, "sealq-producer", "ppw", &cmd);
         assert!(out.contains("NOPERM"), "producer ran {cmd:?}: {out}");
     }
-    assert_eq!(s.cli(&["TYPE", seen]).trim(), "zset");
+    assert_eq!(s.cli(&["TYPE", done]).trim(), "zset");
     assert_eq!(
-        s.cli(&["ZSCORE", seen, &id]),
+        s.cli(&["ZSCORE", done, &id]),
         score,
         "the memory still holds the id"
     );
