@@ -10,6 +10,7 @@ mod duration;
 mod error;
 mod output;
 mod skipped;
+mod stdout;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -209,7 +209,7 @@ pub(crate) fn print_json<T: Serialize>(value: &T) -> crate::error::CliResult {
     let text = serde_json::to_string_pretty(value).map_err(|e| {
         crate::error::CliError::runtime(crate::error::context("cannot format JSON", e))
     })?;
-    println!("{text}");
+    crate::stdout::outln!("{text}");
     Ok(())
 }
 

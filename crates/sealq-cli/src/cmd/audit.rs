@@ -211,15 +211,15 @@ pub(crate) async fn verify(global: &Global, args: AuditVerifyArgs) -> CliResult 
         crate::output::print_json(&report)?;
     } else {
         if report.is_ok() {
-            println!("{}", summary_line(&report));
+            crate::stdout::outln!("{}", summary_line(&report));
         } else {
-            println!("audit log {}:", safe(&sink.describe()));
+            crate::stdout::outln!("audit log {}:", safe(&sink.describe()));
             for f in &report.faults {
-                println!("  FAULT {}", safe(&f.describe(position)));
+                crate::stdout::outln!("  FAULT {}", safe(&f.describe(position)));
             }
         }
         for line in notes(&report) {
-            println!("  note: {}", safe(&line));
+            crate::stdout::outln!("  note: {}", safe(&line));
         }
     }
     if report.is_ok() {
@@ -286,7 +286,7 @@ pub(crate) async fn show(global: &Global, args: AuditShowArgs) -> CliResult {
             }
         }
     } else if mine.is_empty() {
-        println!("no audit records for task {id}");
+        crate::stdout::outln!("no audit records for task {id}");
     } else {
         for (pos, r) in &mine {
             let time = jiff::Timestamp::from_millisecond(at(r))
@@ -319,11 +319,11 @@ pub(crate) async fn show(global: &Global, args: AuditShowArgs) -> CliResult {
                 r.seq,
                 details.join(" ")
             );
-            println!("{}", safe(&line));
+            crate::stdout::outln!("{}", safe(&line));
             let why = unverified(*pos, r);
             marked += usize::from(!why.is_empty());
             for w in why {
-                println!("  !! NOT VERIFIED: {w}");
+                crate::stdout::outln!("  !! NOT VERIFIED: {w}");
             }
         }
     }
@@ -423,7 +423,7 @@ pub(crate) fn public_key(global: &Global) -> CliResult {
     let keyring = global.keyring()?;
     match keyring.audit_public_key_base64() {
         Some(k) => {
-            println!("{k}");
+            crate::stdout::outln!("{k}");
             Ok(())
         }
         None => Err(CliError::usage(msg(

@@ -70,7 +70,7 @@ pub(crate) async fn anchor(global: &Global, args: AuditAnchorArgs) -> CliResult 
         .map_err(|e| CliError::runtime(context("cannot encode the anchor", e)))?;
     text.push('\n');
     match &args.out {
-        None => print!("{text}"),
+        None => crate::stdout::out!("{text}"),
         Some(path) => write_file(path, text.as_bytes())?,
     }
     eprintln!(

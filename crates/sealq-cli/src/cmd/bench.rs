@@ -415,8 +415,8 @@ fn filler(len: usize) -> String {
 }
 
 fn print_results(r: &Results) {
-    println!("sealq bench ({} mode) on {}", r.mode, r.broker);
-    println!(
+    crate::stdout::outln!("sealq bench ({} mode) on {}", r.mode, r.broker);
+    crate::stdout::outln!(
         "  {} tasks, ~{} B payload ({} B sealed envelope), batch {}{}, {} producer loop(s), concurrency {}{}",
         r.tasks,
         r.payload_bytes,
@@ -432,13 +432,14 @@ fn print_results(r: &Results) {
         }
     );
     if r.rate > 0 {
-        println!("  producer capped at {} tasks/s", r.rate);
+        crate::stdout::outln!("  producer capped at {} tasks/s", r.rate);
     }
-    println!(
+    crate::stdout::outln!(
         "  enqueue      {:>10.0} tasks/s  ({:.3} s)",
-        r.enqueue_per_second, r.enqueue_seconds
+        r.enqueue_per_second,
+        r.enqueue_seconds
     );
-    println!(
+    crate::stdout::outln!(
         "  process      {:>10.0} tasks/s  ({:.3} s{}, until the last completion was stored{})",
         r.process_per_second,
         r.process_seconds,
@@ -453,11 +454,12 @@ fn print_results(r: &Results) {
             ""
         }
     );
-    println!(
+    crate::stdout::outln!(
         "  end-to-end   {:>10.0} tasks/s  ({:.3} s)",
-        r.end_to_end_per_second, r.total_seconds
+        r.end_to_end_per_second,
+        r.total_seconds
     );
-    println!(
+    crate::stdout::outln!(
         "  enqueue-to-start latency: p50 {} ms, p90 {} ms, p99 {} ms, max {} ms{}",
         r.latency.p50_ms,
         r.latency.p90_ms,
@@ -470,11 +472,11 @@ fn print_results(r: &Results) {
         }
     );
     match r.peak_rss_kib {
-        Some(k) => println!("  peak RSS     {:.1} MiB", k as f64 / 1024.0),
-        None => println!("  peak RSS     unknown"),
+        Some(k) => crate::stdout::outln!("  peak RSS     {:.1} MiB", k as f64 / 1024.0),
+        None => crate::stdout::outln!("  peak RSS     unknown"),
     }
     if let Some(c) = &r.redis {
-        println!(
+        crate::stdout::outln!(
             "  Redis: {:.3} commands/task from the client ({:.3} function calls), {:.2} inside \
              functions; {:.1} µs of Redis time per task",
             c.client_commands_per_task,

@@ -66,7 +66,7 @@ pub(crate) async fn run(global: &Global, args: CronRunArgs) -> CliResult {
     let stats = handle.shutdown().await;
     super::audit::finish(auditor).await?;
     let line = serde_json::to_string(&stats).map_err(|e| CliError::runtime(Box::new(e)))?;
-    println!("{line}");
+    crate::stdout::outln!("{line}");
     Ok(())
 }
 
@@ -84,8 +84,8 @@ pub(crate) fn next(args: CronNextArgs) -> CliResult {
     };
     for t in ticks {
         match jiff::Timestamp::from_millisecond(t) {
-            Ok(ts) => println!("{}", ts.to_zoned(tz.clone())),
-            Err(_) => println!("{t}"),
+            Ok(ts) => crate::stdout::outln!("{}", ts.to_zoned(tz.clone())),
+            Err(_) => crate::stdout::outln!("{t}"),
         }
     }
     Ok(())

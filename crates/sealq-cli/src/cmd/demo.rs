@@ -326,12 +326,12 @@ pub(crate) async fn run(global: &Global, args: DemoArgs) -> CliResult {
     }
     if let Some(report) = &audit {
         if !args.json {
-            println!();
+            crate::stdout::outln!();
             if report.is_ok() {
-                println!("{}", super::audit::summary_line(report));
+                crate::stdout::outln!("{}", super::audit::summary_line(report));
             } else {
                 for f in &report.faults {
-                    println!("audit: FAULT {}", crate::output::safe(&f.to_string()));
+                    crate::stdout::outln!("audit: FAULT {}", crate::output::safe(&f.to_string()));
                 }
             }
         }
@@ -725,11 +725,11 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 fn print_summary(s: &Summary) {
     let secs = |x: f64| format!("{x:.2} s");
-    println!(
+    crate::stdout::outln!(
         "sealq demo: {} tasks, 4 types, queues critical:6 default:3 low:1, {CONCURRENCY} handlers",
         s.tasks_requested
     );
-    println!(
+    crate::stdout::outln!(
         "broker:     {}{}",
         s.broker,
         if s.throwaway_store {
@@ -738,29 +738,29 @@ fn print_summary(s: &Summary) {
             ""
         }
     );
-    println!();
+    crate::stdout::outln!();
     match &s.policy_message {
-        Some(m) => println!(
+        Some(m) => crate::stdout::outln!(
             "policy:     refused a `payments.charge` holding a card number:\n            {m}"
         ),
-        None => println!(
+        None => crate::stdout::outln!(
             "policy:     the card-number payload was NOT refused (payload scanner missing?)"
         ),
     }
-    println!(
+    crate::stdout::outln!(
         "enqueued:   {} tasks in {} ({:.0}/s), {} of them delayed 1-3 s",
         s.tasks_enqueued,
         secs(s.enqueue_seconds),
         rate(s.tasks_enqueued, Duration::from_secs_f64(s.enqueue_seconds)),
         s.delayed
     );
-    println!(
+    crate::stdout::outln!(
         "processed:  {} tasks in {} attempts",
         s.succeeded + s.archived,
         s.attempts
     );
-    println!("  succeeded  {}", s.succeeded);
-    println!(
+    crate::stdout::outln!("  succeeded  {}", s.succeeded);
+    crate::stdout::outln!(
         "  retried    {}  (flaky first attempts, failing webhooks)",
         s.retried
     );
@@ -770,23 +770,26 @@ fn print_summary(s: &Summary) {
         .map(|(r, n)| format!("{r}: {n}"))
         .collect();
     reasons.sort();
-    println!("  archived   {}  ({})", s.archived, reasons.join(", "));
-    println!(
+    crate::stdout::outln!("  archived   {}  ({})", s.archived, reasons.join(", "));
+    crate::stdout::outln!(
         "  rejected   {}  (by the payload policy, never enqueued)",
         s.rejected_by_policy
     );
-    println!(
+    crate::stdout::outln!(
         "elapsed:    {}  ({:.0} tasks/s, including the 1-3 s delays)",
         secs(s.elapsed_seconds),
         s.throughput_per_second
     );
-    println!(
+    crate::stdout::outln!(
         "latency:    due-to-start p50 {} ms, p99 {} ms, max {} ms ({} starts;\n            \
          the tasks were enqueued in one burst, so this includes queueing behind it)",
-        s.latency.p50_ms, s.latency.p99_ms, s.latency.max_ms, s.latency.samples
+        s.latency.p50_ms,
+        s.latency.p99_ms,
+        s.latency.max_ms,
+        s.latency.samples
     );
     for r in &s.resolvers {
-        println!(
+        crate::stdout::outln!(
             "resolver:   Ref<{}>: {} resolves, {} fetches (cache hit ratio {:.0} %, {} joined a \
              running fetch)\n            errors: {}; fetch latency p50 {:.1} ms, p99 {:.1} ms",
             r.type_name,
@@ -807,18 +810,18 @@ fn print_summary(s: &Summary) {
             r.fetch_p99_ms
         );
     }
-    println!();
+    crate::stdout::outln!();
     let p = &s.store;
-    println!("stored bytes are ciphertext:");
+    crate::stdout::outln!("stored bytes are ciphertext:");
     if let (Some(id), Some(kind)) = (&p.sample_task, &p.sample_type) {
-        println!(
+        crate::stdout::outln!(
             "  envelope of {} task {id}: {} bytes, key id {}",
             crate::output::safe(kind),
             p.envelope_bytes,
             crate::output::safe(p.key_id.as_deref().unwrap_or("?"))
         );
-        println!("  first bytes: {} …", p.first_bytes_hex);
-        println!(
+        crate::stdout::outln!("  first bytes: {} …", p.first_bytes_hex);
+        crate::stdout::outln!(
             "  opens with the demo keyring (or the subject's data key): {}; its plaintext contains \"{}\": {}",
             yes_no(p.opens_with_keyring),
             p.marker,
@@ -831,17 +834,18 @@ fn print_summary(s: &Summary) {
             .iter()
             .map(|(f, n)| format!("{} ({n} bytes)", file_name(f)))
             .collect();
-        println!("  searched for \"{}\" in {}", p.marker, files.join(", "));
-        println!(
+        crate::stdout::outln!("  searched for \"{}\" in {}", p.marker, files.join(", "));
+        crate::stdout::outln!(
             "  and in every value of {} rows in {} tables (read-only)",
-            p.rows_scanned, p.tables_scanned
+            p.rows_scanned,
+            p.tables_scanned
         );
-        println!(
+        crate::stdout::outln!(
             "  plaintext found in store: {}",
             yes_no(p.plaintext_found_in_store)
         );
     } else {
-        println!("  (not an SQLite file: byte search skipped)");
+        crate::stdout::outln!("  (not an SQLite file: byte search skipped)");
     }
 }
 

@@ -43,7 +43,7 @@ pub(crate) async fn run(global: &Global, args: EnqueueArgs) -> CliResult {
     // A policy refusal is audited too: close the log before reporting it.
     super::audit::finish(auditor).await?;
     let id = result?;
-    println!("{id}");
+    crate::stdout::outln!("{id}");
     Ok(())
 }
 

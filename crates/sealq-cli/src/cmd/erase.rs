@@ -42,15 +42,15 @@ async fn erase_subject(global: &Global, args: &EraseArgs, subject: &str) -> CliR
     super::audit::finish(auditor).await?;
     let receipt = result?;
     if args.json {
-        println!(
+        crate::stdout::outln!(
             "{}",
             serde_json::to_string_pretty(&receipt).unwrap_or_default()
         );
         return Ok(());
     }
     let c = &receipt.counts;
-    println!("erased subject tag {}", receipt.subject_tag);
-    println!(
+    crate::stdout::outln!("erased subject tag {}", receipt.subject_tag);
+    crate::stdout::outln!(
         "  tasks removed: {} (scheduled {}, pending {}, active {} archived as erased, retry {}, completed {}, archived {})",
         c.total(),
         c.scheduled,
@@ -61,12 +61,12 @@ async fn erase_subject(global: &Global, args: &EraseArgs, subject: &str) -> CliR
         c.archived
     );
     if receipt.full_scan {
-        println!(
+        crate::stdout::outln!(
             "  found by the full scan (clear tag removed): {}",
             receipt.untagged_found
         );
     }
-    println!(
+    crate::stdout::outln!(
         "  data key destroyed: {}",
         if receipt.key_destroyed {
             "yes"
@@ -87,14 +87,14 @@ async fn erase_subject(global: &Global, args: &EraseArgs, subject: &str) -> CliR
         ),
     ] {
         if !ids.is_empty() {
-            println!("  {} task(s) {what}:", ids.len());
+            crate::stdout::outln!("  {} task(s) {what}:", ids.len());
             for id in ids {
-                println!("    {}", safe(id));
+                crate::stdout::outln!("    {}", safe(id));
             }
         }
     }
-    println!("  operator: {}", safe(&receipt.operator));
-    println!(
+    crate::stdout::outln!("  operator: {}", safe(&receipt.operator));
+    crate::stdout::outln!(
         "  final against restored copies of the subject key store once `sealq erase --finalize` \
          has run"
     );

@@ -71,14 +71,15 @@ pub(crate) async fn run(global: &Global, args: &EraseArgs) -> CliResult {
             "legacy_closed": legacy,
             "failed": report.failed.len(),
         });
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        crate::stdout::outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
-        println!(
+        crate::stdout::outln!(
             "finalised erasures: every subject key is wrapped under KEK epoch `{}` ({} re-wrapped)",
-            report.kek_epoch, report.rewrapped
+            report.kek_epoch,
+            report.rewrapped
         );
         if !retired.is_empty() || legacy {
-            println!(
+            crate::stdout::outln!(
                 "  dropped from {}: {}{}",
                 path.display(),
                 retired.join(", "),
@@ -90,13 +91,13 @@ pub(crate) async fn run(global: &Global, args: &EraseArgs) -> CliResult {
             );
         }
         if !report.failed.is_empty() {
-            println!(
+            crate::stdout::outln!(
                 "  {} subject key(s) could not be re-wrapped and are lost (--force)",
                 report.failed.len()
             );
         }
-        println!("  operator: {}", safe(&operator));
-        println!(
+        crate::stdout::outln!("  operator: {}", safe(&operator));
+        crate::stdout::outln!(
             "next: deploy {} to every worker and producer and restart them (a worker with the old \
              keyring holds subject tasks instead of running them); destroy every copy of the \
              keyring file from before",

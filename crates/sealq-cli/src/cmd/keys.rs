@@ -42,7 +42,12 @@ pub(crate) fn generate(global: &super::Global, args: crate::args::KeysGenerateAr
     out.write_all(header.as_bytes())
         .and_then(|()| out.write_all(secret.as_bytes()))
         .and_then(|()| out.flush())
-        .map_err(|e| CliError::runtime(context("cannot write the keyring to stdout", e)))
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                crate::stdout::failed(&e); // the reader has gone: end quietly
+            }
+            CliError::runtime(context("cannot write the keyring to stdout", e))
+        })
 }
 
 /// `sealq keys generate --role operator --from FULL.toml`.
@@ -78,7 +83,12 @@ fn generate_operator(global: &super::Global, from: Option<&std::path::Path>) -> 
     out.write_all(header.as_bytes())
         .and_then(|()| out.write_all(secret.as_bytes()))
         .and_then(|()| out.flush())
-        .map_err(|e| CliError::runtime(context("cannot write the keyring to stdout", e)))
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                crate::stdout::failed(&e); // the reader has gone: end quietly
+            }
+            CliError::runtime(context("cannot write the keyring to stdout", e))
+        })
 }
 
 /// When stdout is a regular file (`sealq keys generate > keyring.toml`),
@@ -194,11 +204,11 @@ pub(crate) async fn rotate(global: &super::Global, args: crate::args::KeysRotate
         });
     }
     super::audit::finish(auditor).await?;
-    println!(
+    crate::stdout::outln!(
         "rotated {}: new primary `{new_id}` (was `{previous}`, kept for opening)",
         path.display()
     );
-    println!(
+    crate::stdout::outln!(
         "next: deploy the keyring to every worker, then to every producer; then \
          `sealq keys reseal` and, once it reports nothing left under `{previous}`, \
          `sealq keys remove --key {previous}`"
@@ -336,7 +346,7 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
             })),
             "subject_keys_error": r.subject_keys_error,
         });
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        crate::stdout::outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(());
     }
     let verb = if args.dry_run {
@@ -344,18 +354,25 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
     } else {
         "re-sealed"
     };
-    println!(
+    crate::stdout::outln!(
         "{verb} {} part(s) of {} task(s) under `{}` ({} claim-check blob(s)); scanned {} task(s)",
-        r.resealed, r.tasks, r.to_key, r.blobs, r.scanned
+        r.resealed,
+        r.tasks,
+        r.to_key,
+        r.blobs,
+        r.scanned
     );
-    println!(
+    crate::stdout::outln!(
         "  already under `{}`: {}; sealed with a subject's data key (untouched): {}; changed meanwhile (run again): {}",
-        r.to_key, r.current, r.subject_sealed, r.changed
+        r.to_key,
+        r.current,
+        r.subject_sealed,
+        r.changed
     );
     if !r.failed.is_empty() {
-        println!("  did not open (left as they are): {}", r.failed.len());
+        crate::stdout::outln!("  did not open (left as they are): {}", r.failed.len());
         for f in &r.failed {
-            println!("    {} {}: {}", f.task, safe(f.part), safe(&f.reason));
+            crate::stdout::outln!("    {} {}: {}", f.task, safe(f.part), safe(&f.reason));
         }
     }
     let keys_left = match (&r.subject_keys, &r.subject_keys_error) {
@@ -365,12 +382,15 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
             } else {
                 "re-wrapped"
             };
-            println!(
+            crate::stdout::outln!(
                 "{verb} {} subject data key(s) under `{}`'s key-encryption key; already under it: {}; changed meanwhile (run again): {}",
-                k.rewrapped, k.to_key, k.current, k.changed
+                k.rewrapped,
+                k.to_key,
+                k.current,
+                k.changed
             );
             for (tag, reason) in &k.failed {
-                println!(
+                crate::stdout::outln!(
                     "    subject key {}: {}",
                     safe(&tag.to_string()),
                     safe(reason)
@@ -382,7 +402,7 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
                     .iter()
                     .map(|(key, n)| format!("`{key}`: {n}"))
                     .collect();
-                println!(
+                crate::stdout::outln!(
                     "  subject keys still wrapped under other keys: {}",
                     safe(&left.join(", "))
                 );
@@ -390,7 +410,7 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
             !k.remaining.is_empty()
         }
         (None, Some(e)) => {
-            println!("  subject keys not re-wrapped: {}", safe(&e.to_string()));
+            crate::stdout::outln!("  subject keys not re-wrapped: {}", safe(&e.to_string()));
             true
         }
         (None, None) => false,
@@ -399,7 +419,7 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
         if !args.dry_run {
             let others: Vec<&str> = keyring.key_ids().filter(|k| *k != r.to_key).collect();
             if !others.is_empty() {
-                println!(
+                crate::stdout::outln!(
                     "no stored task or subject key names {} any more{}: remove it once every producer seals with `{}`",
                     others
                         .iter()
@@ -421,7 +441,7 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
             .iter()
             .map(|(k, n)| format!("`{k}`: {n}"))
             .collect();
-        println!("  still sealed with other keys: {}", safe(&left.join(", ")));
+        crate::stdout::outln!("  still sealed with other keys: {}", safe(&left.join(", ")));
     }
     Ok(())
 }
@@ -486,13 +506,13 @@ pub(crate) async fn remove(global: &super::Global, args: crate::args::KeysRemove
     }
     super::audit::finish(auditor).await?;
     if still > 0 {
-        println!(
+        crate::stdout::outln!(
             "removed `{}` from {} although {still} stored part(s) still named it: they can no longer be opened",
             args.key,
             path.display()
         );
     } else {
-        println!(
+        crate::stdout::outln!(
             "removed `{}` from {}: no stored task named it; deploy the keyring everywhere",
             args.key,
             path.display()

@@ -69,7 +69,7 @@ pub(crate) async fn reveal(global: &Global, args: RevealArgs) -> CliResult {
         "result": revealed.result.as_ref().map(|r| json(r)),
         "error": revealed.error.as_ref().map(|e| String::from_utf8_lossy(e).into_owned()),
     });
-    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    crate::stdout::outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     Ok(())
 }
 
@@ -79,7 +79,7 @@ pub(crate) async fn delete(global: &Global, args: TaskIdsArgs) -> CliResult {
     let (client, auditor) = client(global, &args.op, None)?;
     let result = client.delete_tasks(&ids, &operator(&args.op)).await;
     super::audit::finish(auditor).await?;
-    println!("deleted {} of {} task(s)", result?, ids.len());
+    crate::stdout::outln!("deleted {} of {} task(s)", result?, ids.len());
     Ok(())
 }
 
@@ -89,7 +89,7 @@ pub(crate) async fn rerun(global: &Global, args: TaskIdsArgs) -> CliResult {
     let (client, auditor) = client(global, &args.op, None)?;
     let result = client.rerun_tasks(&ids, &operator(&args.op)).await;
     super::audit::finish(auditor).await?;
-    println!(
+    crate::stdout::outln!(
         "re-queued {} of {} task(s) (only archived tasks move)",
         result?,
         ids.len()
@@ -115,7 +115,7 @@ pub(crate) async fn queues(global: &Global, cmd: QueuesCommand) -> CliResult {
     };
     super::audit::finish(auditor).await?;
     result?;
-    println!(
+    crate::stdout::outln!(
         "{} `{}`",
         if pause { "paused" } else { "resumed" },
         args.queue
@@ -134,8 +134,8 @@ async fn limit(global: &Global, args: crate::args::QueueLimitArgs) -> CliResult 
     super::audit::finish(auditor).await?;
     result?;
     match max_depth {
-        Some(n) => println!("`{}` holds at most {n} waiting task(s)", args.queue),
-        None => println!("`{}` has no cap on waiting tasks", args.queue),
+        Some(n) => crate::stdout::outln!("`{}` holds at most {n} waiting task(s)", args.queue),
+        None => crate::stdout::outln!("`{}` has no cap on waiting tasks", args.queue),
     }
     Ok(())
 }
@@ -165,11 +165,13 @@ async fn rate(global: &Global, args: crate::args::QueueRateArgs) -> CliResult {
     super::audit::finish(auditor).await?;
     result?;
     match limit {
-        Some(l) => println!(
+        Some(l) => crate::stdout::outln!(
             "`{}` starts at most {} task(s) per {} ms",
-            args.queue, l.limit, l.period_ms
+            args.queue,
+            l.limit,
+            l.period_ms
         ),
-        None => println!("`{}` has no rate limit", args.queue),
+        None => crate::stdout::outln!("`{}` has no rate limit", args.queue),
     }
     Ok(())
 }

@@ -52,7 +52,7 @@ fn policy(args: &PayloadReportArgs) -> CliResult<PayloadPolicy> {
 
 fn print_report(stats: &[PayloadStats], over: usize) {
     if stats.is_empty() {
-        println!("no tasks");
+        crate::stdout::outln!("no tasks");
         return;
     }
     let cells: Vec<Vec<String>> = stats
@@ -77,7 +77,7 @@ fn print_report(stats: &[PayloadStats], over: usize) {
             ]
         })
         .collect();
-    print!(
+    crate::stdout::out!(
         "{}",
         table(
             &[
@@ -86,17 +86,17 @@ fn print_report(stats: &[PayloadStats], over: usize) {
             &cells,
         )
     );
-    println!();
-    println!(
+    crate::stdout::outln!();
+    crate::stdout::outln!(
         "sizes are sealed envelopes; USED is the largest serialized payload against the budget."
     );
     if over > 0 {
-        println!(
+        crate::stdout::outln!(
             "{over} type(s) over budget. Refactor the largest first: put identifiers in the \
              payload (sealq::Ref<T>) and fetch the data in the handler (ctx.resolve)."
         );
     } else {
-        println!("every type is within its budget; the largest are listed first.");
+        crate::stdout::outln!("every type is within its budget; the largest are listed first.");
     }
 }
 

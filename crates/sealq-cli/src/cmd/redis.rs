@@ -36,7 +36,7 @@ async fn install(global: &Global) -> CliResult {
     }
     let broker = broker_url::open_redis(url, false)?;
     let version = broker.install().await.map_err(CliError::runtime)?;
-    println!(
+    crate::stdout::outln!(
         "installed the sealq functions library (version {version}) on {}",
         redact(url)
     );

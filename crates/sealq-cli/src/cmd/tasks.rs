@@ -86,7 +86,7 @@ pub(crate) async fn list(global: &Global, args: ListArgs) -> CliResult {
         return Ok(());
     }
     if rows.is_empty() {
-        println!("no tasks");
+        crate::stdout::outln!("no tasks");
         crate::skipped::print_summary();
         return Ok(());
     }
@@ -108,7 +108,7 @@ pub(crate) async fn list(global: &Global, args: ListArgs) -> CliResult {
             ]
         })
         .collect();
-    print!(
+    crate::stdout::out!(
         "{}",
         table(
             &[
@@ -132,7 +132,7 @@ pub(crate) async fn stats(global: &Global, args: StatsArgs) -> CliResult {
         return Ok(());
     }
     if stats.is_empty() {
-        println!("no queues");
+        crate::stdout::outln!("no queues");
         crate::skipped::print_summary();
         return Ok(());
     }
@@ -160,7 +160,7 @@ pub(crate) async fn stats(global: &Global, args: StatsArgs) -> CliResult {
             row
         })
         .collect();
-    print!("{}", table(&header, &cells));
+    crate::stdout::out!("{}", table(&header, &cells));
     crate::skipped::print_summary();
     Ok(())
 }

@@ -73,7 +73,7 @@ pub(crate) async fn run(global: &Global, args: WorkerArgs) -> CliResult {
     super::audit::finish(auditor).await?;
     let report = report?;
     let line = serde_json::to_string(&report).map_err(|e| CliError::runtime(Box::new(e)))?;
-    println!("{line}");
+    crate::stdout::outln!("{line}");
     Ok(())
 }
 

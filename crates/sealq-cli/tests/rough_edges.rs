@@ -1,0 +1,121 @@
+//! Issue 21's "rough edges seen as a new user", each through the real
+//! binary on the default SQLite broker.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sealq");
+
+/// A temporary directory with a keyring and an SQLite broker.
+struct Sandbox {
+    dir: tempfile::TempDir,
+    keyring: PathBuf,
+}
+
+/// What a finished run printed.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keyring = dir.path().join("keyring.toml");
+        let sb = Sandbox { dir, keyring };
+        let out = sb.run(&["keys", "generate"]);
+        assert_eq!(out.code, 0, "keys generate: {}", out.stderr);
+        write_private(&sb.keyring, out.stdout.as_bytes());
+        sb
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .current_dir(self.path())
+            .env_remove("SEALQ_KEYRING_TOML")
+            .env_remove("RUST_LOG")
+            .env(
+                "SEALQ_BROKER",
+                format!("sqlite://{}", self.path().join("q.db").display()),
+            )
+            .env("SEALQ_KEYRING", &self.keyring)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        finished(self.cmd(args).output().expect("run sealq"))
+    }
+
+    /// Run with stdout a pipe whose reader is already closed.
+    fn run_into_closed_pipe(&self, args: &[&str]) -> Run {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let o = self
+            .cmd(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run sealq");
+        finished(o)
+    }
+
+    fn enqueue(&self, args: &[&str]) -> String {
+        let mut all = vec!["enqueue"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        assert_eq!(out.code, 0, "enqueue failed: {}", out.stderr);
+        out.stdout.trim().to_owned()
+    }
+}
+
+fn finished(o: Output) -> Run {
+    Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .expect("write keyring file");
+}
+
+#[test]
+fn a_closed_stdout_ends_commands_quietly() {
+    let sb = Sandbox::new();
+    for i in 0..3 {
+        sb.enqueue(&["--type", "t", "--payload", &format!("{{\"n\":{i}}}")]);
+    }
+    for args in [
+        &["tasks", "list"][..],
+        &["tasks", "list", "--json"],
+        &["tasks", "stats"],
+        &["keys", "generate"],
+        &["enqueue", "--type", "t", "--payload", "{}"],
+    ] {
+        let out = sb.run_into_closed_pipe(args);
+        assert!(
+            !out.stderr.contains("panicked"),
+            "{args:?} panicked: {}",
+            out.stderr
+        );
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        assert_eq!(out.stderr, "", "{args:?} said something on stderr");
+    }
+}
