@@ -119,3 +119,18 @@ fn a_closed_stdout_ends_commands_quietly() {
         assert_eq!(out.stderr, "", "{args:?} said something on stderr");
     }
 }
+
+#[test]
+fn a_missing_keyring_is_explained_not_debug_printed() {
+    let sb = Sandbox::new();
+    let out = finished(
+        sb.cmd(&["enqueue", "--type", "t", "--payload", "{}"])
+            .env_remove("SEALQ_KEYRING")
+            .output()
+            .expect("run sealq"),
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("SEALQ_KEYRING"), "{}", out.stderr);
+    assert!(out.stderr.contains("--keyring"), "{}", out.stderr);
+    assert!(!out.stderr.contains("NoKeyring"), "{}", out.stderr);
+}

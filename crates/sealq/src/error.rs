@@ -9,7 +9,12 @@
 use crate::model::id::TaskId;
 
 /// Errors returned by sealq.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` writes the same helpful message as `Display`, so a program whose
+/// `main` returns `sealq::Result<()>` (or a boxed error) prints
+/// `Error: no keyring configured: pass --keyring PATH, ...` rather than
+/// `Error: NoKeyring`. Neither form holds a payload, a result or a key.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     // ---- bad input -------------------------------------------------------
@@ -121,6 +126,13 @@ pub enum Error {
     Shutdown,
 }
 
+impl std::fmt::Debug for Error {
+    /// The `Display` message (see [`Error`]).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
 /// Why a sealed envelope could not be opened. Never carries plaintext.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -226,5 +238,19 @@ impl std::str::FromStr for TaskId {
                 what: "task id",
                 reason: format!("`{s}` is not a UUID: {e}"),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_says_what_display_says() {
+        // What `fn main() -> sealq::Result<()>` prints after `Error: `.
+        let debug = format!("{:?}", Error::NoKeyring);
+        assert_eq!(debug, Error::NoKeyring.to_string());
+        assert!(debug.contains("SEALQ_KEYRING") && debug.contains("--keyring"));
+        assert!(!debug.contains("NoKeyring"));
     }
 }
