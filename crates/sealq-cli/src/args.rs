@@ -511,6 +511,10 @@ pub(crate) struct QueueRateArgs {
     /// Remove the queue's rate limit.
     #[arg(long)]
     pub(crate) clear: bool,
+    /// Act on a queue this broker has never seen (no tasks, no settings):
+    /// without it such a name is refused as a likely misspelling.
+    #[arg(long)]
+    pub(crate) create: bool,
     #[command(flatten)]
     pub(crate) op: OperatorArgs,
 }
@@ -532,6 +536,10 @@ pub(crate) struct QueueLimitArgs {
     /// Remove the queue's cap.
     #[arg(long)]
     pub(crate) clear: bool,
+    /// Act on a queue this broker has never seen (no tasks, no settings):
+    /// without it such a name is refused as a likely misspelling.
+    #[arg(long)]
+    pub(crate) create: bool,
     #[command(flatten)]
     pub(crate) op: OperatorArgs,
 }
@@ -542,6 +550,10 @@ pub(crate) struct QueueArgs {
     /// The queue.
     #[arg(long, short = 'q')]
     pub(crate) queue: String,
+    /// Act on a queue this broker has never seen (no tasks, no settings):
+    /// without it such a name is refused as a likely misspelling.
+    #[arg(long)]
+    pub(crate) create: bool,
     #[command(flatten)]
     pub(crate) op: OperatorArgs,
 }

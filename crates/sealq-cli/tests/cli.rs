@@ -973,6 +973,7 @@ fn queues_limit_caps_waiting_tasks_for_every_producer() {
         "1",
         "--operator",
         "ops",
+        "--create",
     ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let task = ["--queue", "mail", "--type", "t", "--payload", r#"{"n":1}"#];
@@ -1023,6 +1024,7 @@ fn queues_rate_sets_and_clears_a_rate_limit() {
         "1s",
         "--operator",
         "ops",
+        "--create",
     ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(

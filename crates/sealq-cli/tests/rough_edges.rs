@@ -134,3 +134,39 @@ fn a_missing_keyring_is_explained_not_debug_printed() {
     assert!(out.stderr.contains("--keyring"), "{}", out.stderr);
     assert!(!out.stderr.contains("NoKeyring"), "{}", out.stderr);
 }
+
+#[test]
+fn queues_actions_refuse_a_queue_the_broker_has_never_seen() {
+    let sb = Sandbox::new();
+    sb.enqueue(&["--queue", "mail", "--type", "t", "--payload", "{}"]);
+    for args in [
+        &["queues", "pause", "--queue", "mial"][..],
+        &["queues", "resume", "--queue", "mial"],
+        &["queues", "limit", "--queue", "mial", "--max-depth", "5"],
+        &[
+            "queues", "rate", "--queue", "mial", "--limit", "5", "--per", "1s",
+        ],
+    ] {
+        let out = sb.run(args);
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("`mial`") && out.stderr.contains("known queues: `mail`"),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("--create"), "{}", out.stderr);
+    }
+    let stats = sb.run(&["tasks", "stats", "--json"]);
+    assert!(!stats.stdout.contains("mial"), "created: {}", stats.stdout);
+
+    // A known queue needs no flag; --create sets up a new one.
+    assert_eq!(sb.run(&["queues", "pause", "--queue", "mail"]).code, 0);
+    let out = sb.run(&["queues", "pause", "--queue", "reports", "--create"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let stats = sb.run(&["tasks", "stats", "--json"]);
+    assert!(stats.stdout.contains("\"reports\""), "{}", stats.stdout);
+    // Now paused, it is known: resume needs no flag.
+    assert_eq!(sb.run(&["queues", "resume", "--queue", "reports"]).code, 0);
+    let help = sb.run(&["queues", "pause", "--help"]);
+    assert!(help.stdout.contains("--create"), "{}", help.stdout);
+}

@@ -107,6 +107,10 @@ pub(crate) async fn queues(global: &Global, cmd: QueuesCommand) -> CliResult {
     };
     sealq::options::validate_queue_name(&args.queue)?;
     let (client, auditor) = client(global, &args.op, None)?;
+    if let Err(e) = known_queue(&client, &args.queue, args.create).await {
+        super::audit::finish(auditor).await?;
+        return Err(e);
+    }
     let who = operator(&args.op);
     let result = if pause {
         client.pause_queue(&args.queue, &who).await
@@ -127,6 +131,10 @@ pub(crate) async fn queues(global: &Global, cmd: QueuesCommand) -> CliResult {
 async fn limit(global: &Global, args: crate::args::QueueLimitArgs) -> CliResult {
     sealq::options::validate_queue_name(&args.queue)?;
     let (client, auditor) = client(global, &args.op, None)?;
+    if let Err(e) = known_queue(&client, &args.queue, args.create).await {
+        super::audit::finish(auditor).await?;
+        return Err(e);
+    }
     let max_depth = if args.clear { None } else { args.max_depth };
     let result = client
         .set_queue_max_depth(&args.queue, max_depth, &operator(&args.op))
@@ -159,6 +167,10 @@ async fn rate(global: &Global, args: crate::args::QueueRateArgs) -> CliResult {
         }
     };
     let (client, auditor) = client(global, &args.op, None)?;
+    if let Err(e) = known_queue(&client, &args.queue, args.create).await {
+        super::audit::finish(auditor).await?;
+        return Err(e);
+    }
     let result = client
         .set_queue_rate_limit(&args.queue, limit, &operator(&args.op))
         .await;
@@ -174,4 +186,32 @@ async fn rate(global: &Global, args: crate::args::QueueRateArgs) -> CliResult {
         None => crate::stdout::outln!("`{}` has no rate limit", args.queue),
     }
     Ok(())
+}
+
+/// Refuse a queue the broker has never seen (no tasks, not paused, no cap,
+/// no rate limit) unless `--create` was given: a misspelt name would
+/// otherwise silently set up a new queue. The error names the queue and
+/// the queues the broker knows.
+async fn known_queue(client: &Client, queue: &str, create: bool) -> CliResult {
+    if create {
+        return Ok(());
+    }
+    let stats = client.broker().stats().await?;
+    if stats.iter().any(|s| s.queue == queue) {
+        return Ok(());
+    }
+    let known: Vec<String> = stats
+        .iter()
+        .map(|s| format!("`{}`", crate::output::safe(&s.queue)))
+        .collect();
+    let known = if known.is_empty() {
+        "none".to_owned()
+    } else {
+        known.join(", ")
+    };
+    Err(CliError::usage(msg(format!(
+        "queue `{}` is unknown to this broker (no tasks, no settings); known queues: {known}. \
+         Check the name, or pass --create to act on a new queue",
+        crate::output::safe(queue)
+    ))))
 }
