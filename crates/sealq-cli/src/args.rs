@@ -435,9 +435,11 @@ pub(crate) enum TasksCommand {
     /// Print one task's opened payload, result and error (audited; the only
     /// command that shows plaintext).
     Reveal(RevealArgs),
-    /// Delete tasks in any state (audited).
+    /// Delete tasks in any state (audited). Exits 1 ("no task matched
+    /// ...") unless every id named existed.
     Delete(TaskIdsArgs),
-    /// Move archived tasks back to pending (audited).
+    /// Move archived tasks back to pending (audited). Exits 1 ("no task
+    /// matched ...") unless every id named was an archived task.
     Rerun(TaskIdsArgs),
 }
 

@@ -337,11 +337,14 @@ fn operator_keyring(sb: &Sandbox) {
         &["tasks", "list"],
         &["tasks", "stats"],
         &["tasks", "delete", "--id", &a],
-        &["tasks", "rerun", "--id", &b],
         &["audit", "verify"],
     ] {
         sb.ok("op.toml", args);
     }
+    // Rerun runs with it too: `b` is pending, so nothing moves (exit 1).
+    let out = sb.run("op.toml", &["tasks", "rerun", "--id", &b]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("not archived"), "{}", text(&out));
     assert_eq!(sb.state(&a), "gone");
     // The full keyring verifies what the operator wrote.
     sb.ok("a.toml", &["audit", "verify"]);

@@ -170,3 +170,35 @@ fn queues_actions_refuse_a_queue_the_broker_has_never_seen() {
     let help = sb.run(&["queues", "pause", "--help"]);
     assert!(help.stdout.contains("--create"), "{}", help.stdout);
 }
+
+#[test]
+fn rerun_and_delete_exit_1_when_a_named_task_was_not_acted_on() {
+    let sb = Sandbox::new();
+    let pending = sb.enqueue(&["--type", "t", "--payload", "{}"]);
+    let absent = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+
+    // Rerun of a pending task: nothing moves.
+    let out = sb.run(&["tasks", "rerun", "--id", &pending]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("no task matched"), "{}", out.stderr);
+    assert!(out.stdout.contains("re-queued 0 of 1"), "{}", out.stdout);
+
+    // Delete of an id that never existed.
+    let out = sb.run(&["tasks", "delete", "--id", absent]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("no task matched"), "{}", out.stderr);
+
+    // One of two: the other is deleted, and the exit says one was missed.
+    let out = sb.run(&["tasks", "delete", "--id", &format!("{pending},{absent}")]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stdout.contains("deleted 1 of 2"), "{}", out.stdout);
+    assert!(out.stderr.contains("1 of the 2"), "{}", out.stderr);
+
+    // Every id acted on (named twice counts once): exit 0.
+    let id = sb.enqueue(&["--type", "t", "--payload", "{}"]);
+    let out = sb.run(&["tasks", "delete", "--id", &format!("{id},{id}")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("deleted 1 of 1"), "{}", out.stdout);
+    let help = sb.run(&["tasks", "--help"]);
+    assert!(help.stdout.contains("Exits 1"), "{}", help.stdout);
+}

@@ -35,14 +35,19 @@ pub(crate) fn operator(op: &OperatorArgs) -> String {
     op.operator.clone().unwrap_or_else(default_operator)
 }
 
+/// The ids named, parsed, each once.
 fn ids(args: &TaskIdsArgs) -> CliResult<Vec<TaskId>> {
-    args.ids
+    let mut ids: Vec<TaskId> = args
+        .ids
         .iter()
         .map(|s| {
             s.parse::<TaskId>()
                 .map_err(|e| CliError::usage(msg(e.to_string())))
         })
-        .collect()
+        .collect::<CliResult<_>>()?;
+    let mut seen = std::collections::HashSet::new();
+    ids.retain(|id| seen.insert(*id));
+    Ok(ids)
 }
 
 /// `sealq tasks reveal --id ID`: the one command that prints plaintext.
@@ -79,8 +84,9 @@ pub(crate) async fn delete(global: &Global, args: TaskIdsArgs) -> CliResult {
     let (client, auditor) = client(global, &args.op, None)?;
     let result = client.delete_tasks(&ids, &operator(&args.op)).await;
     super::audit::finish(auditor).await?;
-    crate::stdout::outln!("deleted {} of {} task(s)", result?, ids.len());
-    Ok(())
+    let done = result?;
+    crate::stdout::outln!("deleted {} of {} task(s)", done, ids.len());
+    all_matched(done, ids.len(), "did not exist")
 }
 
 /// `sealq tasks rerun --id ID...`: archived tasks back to pending.
@@ -89,12 +95,29 @@ pub(crate) async fn rerun(global: &Global, args: TaskIdsArgs) -> CliResult {
     let (client, auditor) = client(global, &args.op, None)?;
     let result = client.rerun_tasks(&ids, &operator(&args.op)).await;
     super::audit::finish(auditor).await?;
+    let done = result?;
     crate::stdout::outln!(
         "re-queued {} of {} task(s) (only archived tasks move)",
-        result?,
+        done,
         ids.len()
     );
-    Ok(())
+    all_matched(done, ids.len(), "did not exist or were not archived")
+}
+
+/// Exit 1 (`no task matched ...`) when an action changed fewer tasks than
+/// were named: `tasks delete` and `tasks rerun` succeed only when every id
+/// named was acted on, so a script sees a typo or a task already gone.
+fn all_matched(done: u64, named: usize, why: &str) -> CliResult {
+    if done >= named as u64 {
+        return Ok(());
+    }
+    let missed = named as u64 - done;
+    let text = if done == 0 {
+        format!("no task matched: the {named} task(s) named {why}; nothing changed")
+    } else {
+        format!("{missed} of the {named} task(s) named {why}; the other {done} changed")
+    };
+    Err(CliError::runtime(msg(text)))
 }
 
 /// `sealq queues pause|resume --queue Q`.
