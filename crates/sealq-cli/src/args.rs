@@ -113,8 +113,8 @@ pub(crate) enum CronCommand {
 #[derive(Debug, Args)]
 pub(crate) struct CronRunArgs {
     /// `NAME;PATTERN;TYPE[;JSON]`: the schedule's name (the same in every
-    /// process), a cron pattern (five fields, or six with seconds first;
-    /// `@daily` …), the task type, and its JSON payload (default `{}`).
+    /// process), a cron pattern (five fields, six with seconds
+    /// first, or seven with a year last; `@daily` …), the task type, and its JSON payload (default `{}`).
     /// Repeat for more schedules
     #[arg(
         long = "entry",
@@ -136,7 +136,9 @@ pub(crate) struct CronRunArgs {
 /// `sealq cron next`.
 #[derive(Debug, Args)]
 pub(crate) struct CronNextArgs {
-    /// The cron pattern.
+    /// The cron pattern: five fields (minute hour day-of-month month
+    /// day-of-week), six with seconds first, or seven with a year last;
+    /// or @hourly, @daily, ….
     #[arg(long, value_name = "PATTERN")]
     pub(crate) pattern: String,
     /// IANA time zone the pattern is read in (default UTC).
@@ -355,10 +357,11 @@ pub(crate) struct EnqueueArgs {
     /// Retries after the first attempt [library default: 25].
     #[arg(long)]
     pub(crate) max_retries: Option<u32>,
-    /// At most one live task with this key.
+    /// At most one live task with this key; needs --unique-ttl (how long
+    /// the key holds).
     #[arg(long, value_name = "KEY", requires = "unique_ttl")]
     pub(crate) unique: Option<String>,
-    /// How long the unique key holds.
+    /// How long the --unique key holds (needed with --unique).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION", requires = "unique")]
     pub(crate) unique_ttl: Option<Duration>,
     /// Per-attempt timeout [library default: 30m].
@@ -404,9 +407,10 @@ pub(crate) struct WorkerArgs {
     /// Commands running at once.
     #[arg(long, short = 'c', default_value_t = 16)]
     pub(crate) concurrency: usize,
-    /// Tasks leased ahead of free slots (default: as many as --concurrency).
-    /// Prefetched tasks hold a lease while they wait: keep it small for long
-    /// tasks, raise it for many short ones on a busy broker.
+    /// Tasks leased ahead of free slots, fixed. Without it the prefetch
+    /// adapts to the task rate: at least --concurrency, up to 16 ×
+    /// --concurrency (at most 4,096) when tasks are short. Prefetched tasks
+    /// hold a lease while they wait: keep it small for long tasks.
     #[arg(long, value_name = "N")]
     pub(crate) prefetch: Option<usize>,
     /// On SIGINT/SIGTERM, how long to wait for running commands before
@@ -647,8 +651,9 @@ pub(crate) struct BenchArgs {
     /// Worker concurrency.
     #[arg(long, short = 'c', default_value_t = 64)]
     pub(crate) concurrency: usize,
-    /// Tasks the worker leases ahead of free slots (default: as many as
-    /// --concurrency).
+    /// Tasks the worker leases ahead of free slots, fixed. Without it the
+    /// prefetch adapts to the task rate (at least --concurrency, at most 16 ×
+    /// --concurrency and 4,096), as `worker` does.
     #[arg(long, value_name = "N")]
     pub(crate) prefetch: Option<usize>,
     /// Tasks per enqueue batch (one broker round trip each; with --bulk, at

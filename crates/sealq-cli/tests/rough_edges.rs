@@ -202,3 +202,48 @@ fn rerun_and_delete_exit_1_when_a_named_task_was_not_acted_on() {
     let help = sb.run(&["tasks", "--help"]);
     assert!(help.stdout.contains("Exits 1"), "{}", help.stdout);
 }
+
+#[test]
+fn help_and_errors_say_what_unique_cron_and_prefetch_take() {
+    let sb = Sandbox::new();
+    let help = sb.run(&["enqueue", "--help"]).stdout;
+    let unique = help
+        .lines()
+        .skip_while(|l| !l.contains("--unique <KEY>"))
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(unique.contains("needs --unique-ttl"), "{help}");
+    let out = sb.run(&["enqueue", "--type", "t", "--unique", "k"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--unique-ttl"), "{}", out.stderr);
+
+    // The parser takes five, six or seven fields; error and help say so.
+    for ok in ["0 2 * * *", "0 0 2 * * *", "0 0 2 * * * 2099"] {
+        let out = sb.run(&["cron", "next", "--pattern", ok, "--count", "1"]);
+        assert_eq!(out.code, 0, "{ok}: {}", out.stderr);
+    }
+    let out = sb.run(&["cron", "next", "--pattern", "0 2 * *"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    for said in [&out.stderr, &sb.run(&["cron", "next", "--help"]).stdout] {
+        assert!(
+            said.contains("five fields") && said.contains("six with seconds first"),
+            "{said}"
+        );
+        assert!(said.contains("seven with"), "{said}");
+    }
+
+    // --prefetch: adaptive by default, as the README says.
+    let help = sb.run(&["worker", "--help"]).stdout;
+    assert!(help.contains("adapts to the task rate"), "{help}");
+    assert!(
+        !help.contains("default: as many as --concurrency"),
+        "{help}"
+    );
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README");
+    assert!(
+        readme.contains("the prefetch adapts to the task rate"),
+        "README and help disagree"
+    );
+}

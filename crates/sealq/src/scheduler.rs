@@ -9,8 +9,9 @@
 //! the tick as `already`.
 //!
 //! Ticks are computed in the scheduler's time zone (UTC unless
-//! [`SchedulerBuilder::time_zone`]), DST included, by `croner` (five fields,
-//! or six with seconds; `@hourly` and the like). Ticks missed while no
+//! [`SchedulerBuilder::time_zone`]), DST included, by `croner` ([`CRON_FIELDS`]:
+//! five fields, six with seconds first, or seven with a year last; `@hourly`
+//! and the like). Ticks missed while no
 //! scheduler ran are not made up: a scheduler that finds several ticks due
 //! (it started late, or was paused) enqueues the latest and counts the
 //! others as `missed`.
@@ -64,6 +65,21 @@ pub fn tick_id(name: &str, tick_ms: i64) -> TaskId {
     TaskId(uuid::Uuid::from_bytes(b))
 }
 
+/// What a cron pattern may be, as every cron error and help text says it.
+pub const CRON_FIELDS: &str = "five fields (minute hour day-of-month month day-of-week), \
+     six with seconds first, or seven with seconds first and a year last; or @hourly, @daily, …";
+
+/// `pattern` parsed, or croner's reason followed by [`CRON_FIELDS`].
+fn parse_cron(pattern: &str) -> std::result::Result<croner::Cron, String> {
+    croner::Cron::from_str(pattern).map_err(|e| {
+        let reason = e.to_string();
+        format!(
+            "{}; a pattern has {CRON_FIELDS}",
+            reason.trim_end_matches('.')
+        )
+    })
+}
+
 /// The next `count` ticks of cron `pattern` after `from_ms` (Unix ms), in
 /// the IANA time zone `time_zone` (UTC when `None`), as Unix ms: to check a
 /// pattern before scheduling with it (`sealq cron next`).
@@ -73,7 +89,7 @@ pub fn upcoming(
     from_ms: i64,
     count: usize,
 ) -> Result<Vec<i64>> {
-    let cron = croner::Cron::from_str(pattern).map_err(|e| Error::InvalidArgument {
+    let cron = parse_cron(pattern).map_err(|e| Error::InvalidArgument {
         what: "cron pattern",
         reason: format!("`{pattern}`: {e}"),
     })?;
@@ -166,8 +182,7 @@ impl SchedulerBuilder {
         Ok(self)
     }
 
-    /// Enqueue `task` at every tick of `cron` (five fields, or six with
-    /// seconds first), under the schedule `name`, which must be unique in
+    /// Enqueue `task` at every tick of `cron` ([`CRON_FIELDS`]), under the schedule `name`, which must be unique in
     /// this scheduler and the same in every process running it (it names
     /// the ticks' task ids). The task's own options apply (queue, retries,
     /// not-after …); its id is the tick's.
@@ -178,7 +193,7 @@ impl SchedulerBuilder {
                 reason: format!("`{name}` is empty or already used in this scheduler"),
             });
         }
-        let cron = croner::Cron::from_str(cron).map_err(|e| Error::InvalidArgument {
+        let cron = parse_cron(cron).map_err(|e| Error::InvalidArgument {
             what: "cron pattern",
             reason: format!("`{cron}` of schedule `{name}`: {e}"),
         })?;
