@@ -59,11 +59,35 @@ pub(crate) fn open(url: &str) -> CliResult<Opened> {
     })
 }
 
+/// Open the broker a URL names for a read-only command: a SQLite file that
+/// does not exist is refused (exit 2) with a message naming the path and how
+/// to point at a broker, and nothing is created.
+pub(crate) fn open_existing(url: &str) -> CliResult<Opened> {
+    let options = ConnectOptions {
+        existing_only: true,
+        ..ConnectOptions::default()
+    };
+    let conn = block_on(sealq_connect::connect(url, &options)).map_err(|e| match e {
+        ConnectError::Missing { path } => CliError::usage(crate::error::msg(format!(
+            "no broker database at {}: this command only reads, so it creates none; \
+             pass --broker URL or set SEALQ_BROKER (e.g. sqlite:///path/to/sealq.db or \
+             redis://host:6379), or run it in the directory that holds the store",
+            path.display()
+        ))),
+        e => connect_error(e),
+    })?;
+    Ok(Opened {
+        broker: conn.broker(),
+        conn,
+    })
+}
+
 /// Connect to the Redis broker a URL names; with `check`, refuse to run
 /// unless the loaded functions library is this build's version.
 pub(crate) fn open_redis(url: &str, check: bool) -> CliResult<sealq_redis::RedisBroker> {
     let options = ConnectOptions {
         check_redis_library: check,
+        ..ConnectOptions::default()
     };
     block_on(sealq_connect::connect_redis(url, &options)).map_err(connect_error)
 }

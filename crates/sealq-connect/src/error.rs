@@ -22,6 +22,13 @@ pub enum ConnectError {
         #[source]
         source: sealq::BrokerError,
     },
+    /// The SQLite database file does not exist, and the caller asked to
+    /// open an existing one only ([`crate::ConnectOptions::existing_only`]).
+    #[error("no SQLite broker database at {}", path.display())]
+    Missing {
+        /// The file looked for.
+        path: std::path::PathBuf,
+    },
     /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] sealq::audit::AuditError),
@@ -45,7 +52,9 @@ impl ConnectError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            ConnectError::Usage(_) | ConnectError::Open { refused: true, .. }
+            ConnectError::Usage(_)
+                | ConnectError::Missing { .. }
+                | ConnectError::Open { refused: true, .. }
         )
     }
 }

@@ -61,12 +61,19 @@ pub struct ConnectOptions {
     /// library is this build's version (default `true`). Off only for the
     /// command that installs the library.
     pub check_redis_library: bool,
+    /// SQLite: open only a database file that already exists (default
+    /// `false`): a missing file is [`ConnectError::Missing`] and nothing is
+    /// created. For read-only callers, so a mistyped path or the wrong
+    /// working directory is reported rather than answered by a new, empty
+    /// store. Redis is unaffected.
+    pub existing_only: bool,
 }
 
 impl Default for ConnectOptions {
     fn default() -> Self {
         ConnectOptions {
             check_redis_library: true,
+            existing_only: false,
         }
     }
 }
@@ -93,7 +100,10 @@ pub struct Connection {
 /// the URL redacted.
 pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Connection, ConnectError> {
     let backend = match Scheme::parse(url)? {
-        Scheme::Sqlite { .. } => {
+        Scheme::Sqlite { path } => {
+            if options.existing_only && !path.exists() {
+                return Err(ConnectError::Missing { path });
+            }
             Backend::Sqlite(SqliteBroker::open_url(url).map_err(|e| ConnectError::opening(url, e))?)
         }
         Scheme::Redis => Backend::Redis(connect_redis(url, options).await?),

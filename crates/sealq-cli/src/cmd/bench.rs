@@ -141,6 +141,26 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
     };
     let opened = broker_url::open(&url)?;
     let broker = opened.broker.clone();
+    // One process seals with a throw-away keyring and does not clean up:
+    // on a store already in use its tasks would stay behind, unreadable by
+    // anyone, among real ones (issue 21). Refuse, as `sealq demo` does.
+    if !split {
+        let existing: u64 = broker
+            .stats()
+            .await?
+            .iter()
+            .map(|q| TaskState::ALL.iter().map(|s| q.get(*s)).sum::<u64>())
+            .sum();
+        if existing > 0 {
+            return Err(CliError::usage(msg(format!(
+                "the benchmark needs an empty store, and {} holds {existing} tasks: it seals its \
+                 tasks with a throw-away keyring and leaves them behind; omit --broker to use a \
+                 throw-away file, or pass an empty one (a new SQLite file, or a fresh Redis \
+                 ?prefix= or db)",
+                broker.describe()
+            ))));
+        }
+    }
     // Two processes must share a keyring; one process uses a throw-away one.
     let keyring = Arc::new(if split {
         global.full_keyring("run a benchmark")?

@@ -52,6 +52,12 @@ impl Global {
         broker_url::open(self.broker_url())
     }
 
+    /// Open the configured broker for a read-only command: a SQLite file
+    /// that does not exist is refused (exit 2) and none is created.
+    pub(crate) fn open_existing_broker(&self) -> CliResult<Opened> {
+        broker_url::open_existing(self.broker_url())
+    }
+
     /// Whether a keyring is configured at all (`--keyring`, `SEALQ_KEYRING`
     /// or `SEALQ_KEYRING_TOML`), loadable or not.
     pub(crate) fn keyring_configured(&self) -> bool {

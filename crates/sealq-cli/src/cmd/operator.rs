@@ -21,7 +21,12 @@ fn client(
         Some(to) => global.full_keyring(to)?,
         None => global.keyring()?,
     };
-    let opened = global.open_broker()?;
+    // Opening a payload only reads: a missing SQLite file is refused, not created.
+    let opened = if opens.is_some() {
+        global.open_existing_broker()?
+    } else {
+        global.open_broker()?
+    };
     let auditor = super::audit::start(opened.audit_home(), op.audit, &keyring)?;
     let mut builder = Client::from_stores(opened.conn.stores(), keyring);
     if let Some(a) = &auditor {

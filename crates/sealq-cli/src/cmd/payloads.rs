@@ -12,7 +12,7 @@ use crate::output::{print_json, table};
 /// `sealq payloads report`.
 pub(crate) async fn report(global: &Global, args: PayloadReportArgs) -> CliResult {
     let policy = policy(&args)?;
-    let broker = global.open_broker()?.broker;
+    let broker = global.open_existing_broker()?.broker;
     let stats = sealq::payload_report(&*broker, &policy).await?;
     let over = stats.iter().filter(|s| s.is_over_budget()).count();
     if args.json {

@@ -70,7 +70,7 @@ pub(crate) async fn list(global: &Global, args: ListArgs) -> CliResult {
         .map(sealq::TaskId::from_str)
         .transpose()
         .map_err(CliError::from)?;
-    let broker = global.open_broker()?.broker;
+    let broker = global.open_existing_broker()?.broker;
     let query = ListQuery {
         queue: args.queue,
         state,
@@ -124,7 +124,7 @@ pub(crate) async fn list(global: &Global, args: ListArgs) -> CliResult {
 
 /// `sealq tasks stats`.
 pub(crate) async fn stats(global: &Global, args: StatsArgs) -> CliResult {
-    let broker = global.open_broker()?.broker;
+    let broker = global.open_existing_broker()?.broker;
     let stats = broker.stats().await?;
     if args.json {
         print_json(&stats)?;
