@@ -124,3 +124,26 @@ fn the_scheme_decides_the_backend_without_opening_anything() {
     );
     assert!(!db.exists(), "parsing a URL creates no store");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_only_refuses_a_missing_sqlite_file_and_creates_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("missing.db");
+    let url = format!("sqlite://{}", db.display());
+    let options = ConnectOptions {
+        existing_only: true,
+        ..ConnectOptions::default()
+    };
+    let e = connect(&url, &options).await.unwrap_err();
+    assert!(
+        matches!(&e, sealq_connect::ConnectError::Missing { path } if path == &db),
+        "{e:?}"
+    );
+    assert!(e.is_usage());
+    assert!(e.to_string().contains("missing.db"), "{e}");
+    assert!(!db.exists(), "an existing-only open created the file");
+    // Once the file exists (a writer made it), the same open succeeds.
+    connect(&url, &ConnectOptions::default()).await.unwrap();
+    let conn = connect(&url, &options).await.unwrap();
+    assert_eq!(conn.sqlite_path(), Some(db.as_path()));
+}
