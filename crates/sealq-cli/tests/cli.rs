@@ -1072,6 +1072,8 @@ fn cron_run_enqueues_ticks_once_from_two_processes_and_next_lists_ticks() {
             .expect("spawn cron run")
     };
     let (a, b) = (spawn(), spawn());
+    // `tasks list` only reads: it refuses a store cron has not created yet.
+    assert!(eventually(20, || sb.path().join("q.db").exists()));
     // Two ticks at least, whatever the machine's speed.
     assert!(eventually(20, || sb.list(&["--queue", "cron"]).0.len() >= 2));
     let (ra, rb) = (terminate(a), terminate(b));
