@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::verify::Fault;
+use super::fault::Fault;
 use crate::model::audit_event::AuditEvent;
 use crate::model::clock::wall_clock_ms;
 use crate::seal::audit_chain::{

@@ -25,6 +25,7 @@
 //! `docs/audit.md` in the repository specifies the bytes.
 
 mod auditor;
+mod fault;
 mod head;
 pub(crate) mod hooks;
 mod sink;
@@ -43,9 +44,10 @@ pub use crate::seal::audit_chain::{
 };
 pub use crate::seal::audit_head::{Anchor, AnchorWriter, checkpoints_root, mac_key_id};
 pub use crate::store::audit::{AuditError, AuditSink, Loaded};
+pub use fault::{Fault, Store};
 pub use head::{check_anchor, make_anchor};
 pub use sink::{JsonLinesSink, MemorySink, checkpoint_line, record_line, write_record_line};
 pub use verify::{
-    Fault, RepeatedSuccess, Store, SuccessAt, VerifyOptions, VerifyReport, any_checkpoint_verifies,
-    verify, verify_sink,
+    RepeatedSuccess, SuccessAt, VerifyOptions, VerifyReport, any_checkpoint_verifies, verify,
+    verify_sink,
 };
