@@ -187,13 +187,15 @@ impl RedisBroker {
         parse_get_reply(id, &q, v).map_err(|e| self.corrupt_reply(what, e))
     }
 
-    /// [`sealq::Broker::delete`]: one `sealq_delete` per queue; the leases
-    /// leave the lease cache.
-    pub(crate) async fn delete_tasks(&self, ids: &[TaskId]) -> BrokerResult<u64> {
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        let what = "deleting tasks";
+    /// Locate `ids`, drop their leases from the lease cache, and call
+    /// `function` once per queue with the broker's time and that queue's
+    /// ids: the replies, one per queue (delete and erase by id).
+    pub(crate) async fn call_with_ids_per_queue(
+        &self,
+        function: &str,
+        what: &str,
+        ids: &[TaskId],
+    ) -> BrokerResult<Vec<Value>> {
         let queues = self.locate(ids, false).await?;
         {
             let mut cache = self.inner.leases.lock().expect("lease cache");
@@ -205,7 +207,7 @@ impl RedisBroker {
         let cmds = groups
             .iter()
             .map(|(q, idx)| {
-                let mut c = self.queue_call("sealq_delete", q, true);
+                let mut c = self.queue_call(function, q, true);
                 c.arg(self.now());
                 for &i in idx {
                     c.arg(id_str(&ids[i]));
@@ -213,7 +215,19 @@ impl RedisBroker {
                 c
             })
             .collect();
-        let replies = self.run_per_queue(what, cmds).await?;
+        self.run_per_queue(what, cmds).await
+    }
+
+    /// [`sealq::Broker::delete`]: one `sealq_delete` per queue; the leases
+    /// leave the lease cache.
+    pub(crate) async fn delete_tasks(&self, ids: &[TaskId]) -> BrokerResult<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let what = "deleting tasks";
+        let replies = self
+            .call_with_ids_per_queue("sealq_delete", what, ids)
+            .await?;
         let mut n = 0u64;
         let mut forget = Vec::new();
         for reply in replies {

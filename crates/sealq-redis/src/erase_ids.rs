@@ -9,8 +9,7 @@ use sealq::broker::BrokerResult;
 use sealq::subject_keys::ErasureCounts;
 
 use crate::RedisBroker;
-use crate::calls::group_by;
-use crate::codec::{array, bytes, id_str, int};
+use crate::codec::{array, bytes, int};
 
 /// One queue's `sealq_erase_ids` reply: `[scheduled, pending, active,
 /// retry, completed, archived, unindexed id…]`.
@@ -48,26 +47,9 @@ impl RedisBroker {
             return Ok(counts);
         }
         let what = "erasing tasks";
-        let queues = self.locate(ids, false).await?;
-        {
-            let mut cache = self.inner.leases.lock().expect("lease cache");
-            for id in ids {
-                cache.remove(id);
-            }
-        }
-        let (groups, _) = group_by(queues.iter().map(|q| q.as_deref()));
-        let cmds = groups
-            .iter()
-            .map(|(q, idx)| {
-                let mut c = self.queue_call("sealq_erase_ids", q, true);
-                c.arg(self.now());
-                for &i in idx {
-                    c.arg(id_str(&ids[i]));
-                }
-                c
-            })
-            .collect();
-        let replies = self.run_per_queue(what, cmds).await?;
+        let replies = self
+            .call_with_ids_per_queue("sealq_erase_ids", what, ids)
+            .await?;
         let mut forget = Vec::new();
         for reply in replies {
             let (n, ids) = parse_erase_ids_reply(reply).map_err(|e| self.corrupt_reply(what, e))?;
