@@ -13,9 +13,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod broker;
+mod codec;
+mod db;
 mod error;
+mod maintenance;
+mod ops;
+mod read;
 mod schema;
 mod url;
+mod wake;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,12 +101,39 @@ pub struct PostgresBroker {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     pool: deadpool_postgres::Pool,
     /// The redacted URL, for messages.
-    target: String,
-    options: PostgresOptions,
+    pub(crate) target: String,
+    pub(crate) options: PostgresOptions,
     sslmode: SslMode,
+    /// What the LISTEN connection connects with.
+    config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    pub(crate) wake: wake::Wake,
+}
+
+impl Inner {
+    /// Now, from the broker's clock, Unix ms.
+    pub(crate) fn now(&self) -> i64 {
+        self.options.clock.now_ms()
+    }
+
+    /// Whether statements run unnamed (PgBouncer: `poll_only`).
+    pub(crate) fn unnamed(&self) -> bool {
+        self.options.poll_only
+    }
+
+    /// A pooled connection.
+    pub(crate) async fn client(
+        &self,
+        what: &str,
+    ) -> Result<deadpool_postgres::Object, BrokerError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| error::pool(&self.target, what, e))
+    }
 }
 
 impl std::fmt::Debug for PostgresBroker {
@@ -165,6 +199,9 @@ impl PostgresBroker {
                 target,
                 sslmode: parsed.sslmode,
                 options,
+                config: parsed.config,
+                tls: parsed.tls,
+                wake: wake::Wake::new(),
             }),
         };
         {
@@ -183,10 +220,6 @@ impl PostgresBroker {
 
     /// A pooled connection.
     async fn client(&self, what: &str) -> Result<deadpool_postgres::Object, BrokerError> {
-        self.inner
-            .pool
-            .get()
-            .await
-            .map_err(|e| error::pool(&self.inner.target, what, e))
+        self.inner.client(what).await
     }
 }
