@@ -212,6 +212,11 @@ impl PostgresBroker {
         Ok(this)
     }
 
+    /// This broker's stores, bundled (the broker alone in this build).
+    pub fn stores(&self) -> sealq::Stores {
+        sealq::Stores::new(Arc::new(self.clone()))
+    }
+
     /// The schema version stored in the database.
     pub async fn schema_version(&self) -> Result<i32, BrokerError> {
         let client = self.client("reading the schema version").await?;
