@@ -217,6 +217,21 @@ impl PostgresBroker {
         sealq::Stores::new(Arc::new(self.clone()))
     }
 
+    /// Whether this broker's connections are encrypted, as the server sees
+    /// them (`pg_stat_ssl` for the session): for diagnostics and tests.
+    pub async fn session_uses_tls(&self) -> Result<bool, BrokerError> {
+        let what = "reading the session's TLS state";
+        let client = self.client(what).await?;
+        let row = client
+            .query_one(
+                "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+                &[],
+            )
+            .await
+            .map_err(|e| error::map(&self.inner.target, what, e))?;
+        Ok(row.get(0))
+    }
+
     /// The schema version stored in the database.
     pub async fn schema_version(&self) -> Result<i32, BrokerError> {
         let client = self.client("reading the schema version").await?;

@@ -84,12 +84,26 @@ pub struct PgServer {
 impl PgServer {
     /// `initdb` and start a server with `extra` `-c` settings.
     pub fn start(extra: &[(&str, &str)]) -> Self {
+        Self::start_with(extra, &[])
+    }
+
+    /// [`PgServer::start`] with `files` (name, contents) written into the
+    /// server's directory first, mode 0600 (TLS keys and certificates;
+    /// settings name them relative to the data directory, `../NAME`).
+    pub fn start_with(extra: &[(&str, &str)], files: &[(&str, &[u8])]) -> Self {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("sealq-pg-")
             .tempdir()
             .expect("temp dir")
             .keep();
+        for (name, bytes) in files {
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).expect("write a server file");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod a server file");
+        }
         if is_root() {
             let out = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
