@@ -21,7 +21,7 @@ impl Broker for PostgresBroker {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
-        ops::enqueue(&self.inner, &tasks).await
+        ops::enqueue(&self.inner, tasks).await
     }
 
     async fn dequeue(&self, req: &DequeueRequest) -> BrokerResult<Vec<LeasedTask>> {

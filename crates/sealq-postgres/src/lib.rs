@@ -212,6 +212,43 @@ impl PostgresBroker {
         Ok(this)
     }
 
+    /// Enqueue inside the caller's own transaction (transactional
+    /// enqueue): the tasks exist only if `tx` commits; if it rolls back,
+    /// so do they, and no worker is woken (the notification is sent at
+    /// commit). `tx` is a `tokio_postgres::Transaction` (or a `Client`,
+    /// for autocommit) on the database this broker uses; seal the tasks
+    /// first with [`sealq::Client::seal_async`]. One round trip, an unnamed
+    /// statement (fine behind PgBouncer). One result per task, in order.
+    ///
+    /// ```no_run
+    /// # async fn demo(
+    /// #     broker: sealq_postgres::PostgresBroker,
+    /// #     client: sealq::Client,
+    /// #     pg: &mut tokio_postgres::Client,
+    /// # ) -> Result<(), Box<dyn std::error::Error>> {
+    /// use sealq::RawTask;
+    /// let raw = RawTask::from_json("invoice.send", &serde_json::json!({"order": 42}), Default::default())?;
+    /// let task = client.seal_async(raw).await?;
+    /// let tx = pg.transaction().await?;
+    /// tx.execute("INSERT INTO orders (id) VALUES (42)", &[]).await?;
+    /// broker.enqueue_in(&tx, vec![task]).await?;
+    /// tx.commit().await?; // the task exists from here on
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue_in<C>(
+        &self,
+        tx: &C,
+        tasks: Vec<sealq::broker::NewTask>,
+    ) -> Result<Vec<sealq::broker::EnqueueResult>, BrokerError>
+    where
+        C: tokio_postgres::GenericClient + Sync,
+    {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        ops::enqueue_in(&self.inner, tx, tasks).await
+    }
+
     /// This broker's stores, bundled (the broker alone in this build).
     pub fn stores(&self) -> sealq::Stores {
         sealq::Stores::new(Arc::new(self.clone()))

@@ -12,7 +12,7 @@ use tokio_postgres::types::Type;
 
 use crate::Inner;
 use crate::codec::{Malformed, encode_meta, ms_to_sql, record_from_row, report_quarantined};
-use crate::db::{Conn, Stmt};
+use crate::db::{Conn, Param, Stmt};
 use crate::error::map;
 
 const ENQUEUE: Stmt = Stmt {
@@ -34,51 +34,83 @@ const ENQUEUE: Stmt = Stmt {
     ],
 };
 
-/// Store a batch; one result per task, in order.
-pub(crate) async fn enqueue(inner: &Inner, tasks: &[NewTask]) -> BrokerResult<Vec<EnqueueResult>> {
-    let now = inner.now();
-    let n = tasks.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut queues = Vec::with_capacity(n);
-    let mut kinds = Vec::with_capacity(n);
-    let mut subjects: Vec<Option<Vec<u8>>> = Vec::with_capacity(n);
-    let mut retries = Vec::with_capacity(n);
-    let mut retention = Vec::with_capacity(n);
-    let mut run_at = Vec::with_capacity(n);
-    let mut envelopes = Vec::with_capacity(n);
-    let mut metas = Vec::with_capacity(n);
-    let mut keys: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut ttls: Vec<Option<i64>> = Vec::with_capacity(n);
-    for t in tasks {
-        ids.push(t.id.0);
-        queues.push(t.queue.as_str());
-        kinds.push(t.kind.as_str());
-        subjects.push(t.meta.subject_tag.as_ref().map(|s| s.0.to_vec()));
-        retries.push(i32::try_from(t.meta.max_retries).unwrap_or(i32::MAX));
-        retention.push(ms_to_sql(t.meta.retention_ms));
-        run_at.push(t.run_at_ms);
-        envelopes.push(t.envelope.as_slice());
-        metas.push(encode_meta(&t.meta).map_err(|e| {
-            BrokerError::new(
-                BrokerErrorKind::Other,
-                format!("cannot encode the metadata of task {}: {e}", t.id),
-            )
-        })?);
-        keys.push(t.unique.as_ref().map(|(k, _)| k.as_str()));
-        ttls.push(t.unique.as_ref().map(|(_, ttl)| ms_to_sql(*ttl)));
+/// The arrays `sealq.enqueue` takes, built from a batch.
+struct EnqueueArgs {
+    now: i64,
+    ids: Vec<uuid::Uuid>,
+    queues: Vec<String>,
+    kinds: Vec<String>,
+    subjects: Vec<Option<Vec<u8>>>,
+    retries: Vec<i32>,
+    retention: Vec<i64>,
+    run_at: Vec<i64>,
+    envelopes: Vec<Vec<u8>>,
+    metas: Vec<Vec<u8>>,
+    keys: Vec<Option<String>>,
+    ttls: Vec<Option<i64>>,
+}
+
+impl EnqueueArgs {
+    fn new(now: i64, tasks: Vec<NewTask>) -> BrokerResult<Self> {
+        let n = tasks.len();
+        let mut a = EnqueueArgs {
+            now,
+            ids: Vec::with_capacity(n),
+            queues: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+            subjects: Vec::with_capacity(n),
+            retries: Vec::with_capacity(n),
+            retention: Vec::with_capacity(n),
+            run_at: Vec::with_capacity(n),
+            envelopes: Vec::with_capacity(n),
+            metas: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            ttls: Vec::with_capacity(n),
+        };
+        for t in tasks {
+            a.metas.push(encode_meta(&t.meta).map_err(|e| {
+                BrokerError::new(
+                    BrokerErrorKind::Other,
+                    format!("cannot encode the metadata of task {}: {e}", t.id),
+                )
+            })?);
+            a.ids.push(t.id.0);
+            a.subjects
+                .push(t.meta.subject_tag.as_ref().map(|s| s.0.to_vec()));
+            a.retries
+                .push(i32::try_from(t.meta.max_retries).unwrap_or(i32::MAX));
+            a.retention.push(ms_to_sql(t.meta.retention_ms));
+            a.run_at.push(t.run_at_ms);
+            a.envelopes.push(t.envelope);
+            a.ttls
+                .push(t.unique.as_ref().map(|(_, ttl)| ms_to_sql(*ttl)));
+            a.keys.push(t.unique.map(|(k, _)| k));
+            a.queues.push(t.queue);
+            a.kinds.push(t.kind);
+        }
+        Ok(a)
     }
-    let client = inner.client("enqueueing tasks").await?;
-    let rows = Conn::Client(&client)
-        .query(
-            inner.unnamed(),
-            &ENQUEUE,
-            &[
-                &now, &ids, &queues, &kinds, &subjects, &retries, &retention, &run_at, &envelopes,
-                &metas, &keys, &ttls,
-            ],
-        )
-        .await
-        .map_err(|e| map(&inner.target, "enqueueing tasks", e))?;
+
+    fn params(&self) -> [Param<'_>; 12] {
+        [
+            &self.now,
+            &self.ids,
+            &self.queues,
+            &self.kinds,
+            &self.subjects,
+            &self.retries,
+            &self.retention,
+            &self.run_at,
+            &self.envelopes,
+            &self.metas,
+            &self.keys,
+            &self.ttls,
+        ]
+    }
+}
+
+/// One result per task from the rows `sealq.enqueue` returned.
+fn enqueue_results(n: usize, rows: Vec<tokio_postgres::Row>) -> Vec<EnqueueResult> {
     let mut out = vec![EnqueueResult::IdExists; n];
     for row in rows {
         let idx: i32 = row.get(0);
@@ -97,12 +129,59 @@ pub(crate) async fn enqueue(inner: &Inner, tasks: &[NewTask]) -> BrokerResult<Ve
             _ => EnqueueResult::IdExists,
         };
     }
-    for (t, r) in tasks.iter().zip(&out) {
-        if *r == EnqueueResult::Enqueued && t.run_at_ms <= now {
-            inner.wake.local(&t.queue);
+    out
+}
+
+/// Store a batch; one result per task, in order.
+pub(crate) async fn enqueue(
+    inner: &Inner,
+    tasks: Vec<NewTask>,
+) -> BrokerResult<Vec<EnqueueResult>> {
+    let now = inner.now();
+    let n = tasks.len();
+    let ready: Vec<(String, bool)> = tasks
+        .iter()
+        .map(|t| (t.queue.clone(), t.run_at_ms <= now))
+        .collect();
+    let args = EnqueueArgs::new(now, tasks)?;
+    let client = inner.client("enqueueing tasks").await?;
+    let rows = Conn::Client(&client)
+        .query(inner.unnamed(), &ENQUEUE, &args.params())
+        .await
+        .map_err(|e| map(&inner.target, "enqueueing tasks", e))?;
+    let out = enqueue_results(n, rows);
+    for ((queue, ready), r) in ready.iter().zip(&out) {
+        if *ready && *r == EnqueueResult::Enqueued {
+            inner.wake.local(queue);
         }
     }
     Ok(out)
+}
+
+/// Store a batch inside the caller's transaction (or on the caller's
+/// connection): see [`crate::PostgresBroker::enqueue_in`].
+pub(crate) async fn enqueue_in<C>(
+    inner: &Inner,
+    client: &C,
+    tasks: Vec<NewTask>,
+) -> BrokerResult<Vec<EnqueueResult>>
+where
+    C: tokio_postgres::GenericClient + Sync,
+{
+    let n = tasks.len();
+    let args = EnqueueArgs::new(inner.now(), tasks)?;
+    let params = args.params();
+    let typed: Vec<(Param<'_>, Type)> = params
+        .iter()
+        .zip(ENQUEUE.types)
+        .map(|(p, t)| (*p, t.clone()))
+        .collect();
+    // Unnamed: the caller's connection may sit behind PgBouncer.
+    let rows = client
+        .query_typed(ENQUEUE.sql, &typed)
+        .await
+        .map_err(|e| map(&inner.target, "enqueueing tasks in a transaction", e))?;
+    Ok(enqueue_results(n, rows))
 }
 
 const DEQUEUE: Stmt = Stmt {
