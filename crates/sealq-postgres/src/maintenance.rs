@@ -44,7 +44,10 @@ fn queues_of(rows: &[tokio_postgres::Row]) -> Vec<String> {
 
 const FORWARD: Stmt = Stmt {
     sql: "UPDATE sealq.tasks SET state = 'pending', updated_at = $1 \
-          WHERE state IN ('scheduled', 'retry') AND run_at <= $1 RETURNING queue",
+          WHERE id IN (SELECT id FROM sealq.tasks \
+                       WHERE state IN ('scheduled', 'retry') AND run_at <= $1 \
+                       FOR UPDATE SKIP LOCKED) \
+          RETURNING queue",
     types: &[Type::INT8],
 };
 const NEXT_DUE: Stmt = Stmt {
@@ -84,14 +87,18 @@ const RECOVER_ARCHIVE: Stmt = Stmt {
     sql: "UPDATE sealq.tasks SET state = 'archived', archive_reason = 'exhausted', \
           lease_token = NULL, lease_expires_at = NULL, worker = NULL, \
           finished_at = $1, updated_at = $1 \
-          WHERE state = 'active' AND lease_expires_at <= $1 AND attempts > max_retries \
+          WHERE id IN (SELECT id FROM sealq.tasks WHERE state = 'active' \
+                       AND lease_expires_at <= $1 AND attempts > max_retries \
+                       FOR UPDATE SKIP LOCKED) \
           RETURNING queue",
     types: &[Type::INT8],
 };
 const RECOVER_RETRY: Stmt = Stmt {
     sql: "UPDATE sealq.tasks SET state = 'retry', run_at = $1, \
           lease_token = NULL, lease_expires_at = NULL, worker = NULL, updated_at = $1 \
-          WHERE state = 'active' AND lease_expires_at <= $1 RETURNING queue",
+          WHERE id IN (SELECT id FROM sealq.tasks WHERE state = 'active' \
+                       AND lease_expires_at <= $1 FOR UPDATE SKIP LOCKED) \
+          RETURNING queue",
     types: &[Type::INT8],
 };
 

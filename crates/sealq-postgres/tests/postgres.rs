@@ -160,3 +160,52 @@ async fn poll_only_mode_listens_to_nothing_and_still_wakes_on_the_interval() {
         .unwrap();
     assert_eq!(acked, vec![sealq::broker::AckResult::Applied]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opposite_queue_orders_and_key_orders_never_deadlock() {
+    use sealq::broker::{Ack, Broker, DequeueRequest, Outcome, RateLimit};
+    let url = support::fresh_db().await;
+    let broker = PostgresBroker::connect(&url).await.unwrap();
+    let limit = RateLimit {
+        limit: 1_000_000,
+        period_ms: 1_000,
+    };
+    for q in ["q1", "q2"] {
+        broker.set_rate_limit(q, Some(limit)).await.unwrap();
+        broker.set_max_depth(q, Some(1_000_000)).await.unwrap();
+    }
+    let now = sealq::clock::system_clock().now_ms();
+    let run = |order: [&'static str; 2]| {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            for i in 0..150u32 {
+                // Unique keys and capped queues in this worker's order.
+                let mut a = task(order[0], now);
+                a.unique = Some((format!("k-{}-{i}", order[0]), 60_000));
+                let mut b = task(order[1], now);
+                b.unique = Some((format!("k-{}-{i}", order[1]), 60_000));
+                broker.enqueue(vec![a, b]).await.expect("enqueue");
+                let leased = broker
+                    .dequeue(&DequeueRequest {
+                        queues: order.iter().map(|q| q.to_string()).collect(),
+                        max: 4,
+                        lease: std::time::Duration::from_secs(60),
+                        worker: "w".into(),
+                    })
+                    .await
+                    .expect("dequeue");
+                let acks = leased
+                    .iter()
+                    .map(|t| Ack {
+                        lease: t.lease,
+                        outcome: Outcome::Complete { result: None },
+                    })
+                    .collect();
+                broker.ack(acks).await.expect("ack");
+            }
+        })
+    };
+    let (a, b) = (run(["q1", "q2"]), run(["q2", "q1"]));
+    a.await.unwrap();
+    b.await.unwrap();
+}

@@ -114,12 +114,21 @@ DECLARE
     v_holder uuid;
     v_state text;
 BEGIN
+    -- Take every lock this batch needs up front, in one order, so that
+    -- concurrent batches never deadlock: the unique keys' advisory locks,
+    -- then the capped queues' rows.
+    PERFORM pg_advisory_xact_lock(k.h) FROM (
+        SELECT DISTINCT hashtextextended('sealq.unique:' || u, 0) AS h
+        FROM unnest(p_unique_keys) AS u WHERE u IS NOT NULL ORDER BY 1) k;
+    PERFORM 1 FROM sealq.queue_limits l WHERE l.queue = ANY (p_queues)
+        ORDER BY l.queue FOR UPDATE;
     FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
         idx := i; existing := NULL; max_depth := NULL;
         IF NOT v_left ? p_queues[i] THEN
-            -- The cap row is locked: enqueues into one capped queue take turns.
+            -- The cap row is locked (above): enqueues into one capped queue
+            -- take turns.
             SELECT l.max_depth INTO v_cap FROM sealq.queue_limits l
-                WHERE l.queue = p_queues[i] FOR UPDATE;
+                WHERE l.queue = p_queues[i];
             IF FOUND THEN
                 SELECT v_cap - count(*) INTO v_room FROM sealq.tasks t
                     WHERE t.queue = p_queues[i] AND t.state IN ('scheduled', 'pending', 'retry');
@@ -132,7 +141,6 @@ BEGIN
             outcome := 'id_exists'; RETURN NEXT; CONTINUE;
         END IF;
         IF p_unique_keys[i] IS NOT NULL THEN
-            PERFORM pg_advisory_xact_lock(hashtextextended('sealq.unique:' || p_unique_keys[i], 0));
             SELECT u.task_id INTO v_holder FROM sealq.unique_keys u
                 JOIN sealq.tasks t ON t.id = u.task_id
                 WHERE u.key = p_unique_keys[i] AND u.expires_at > p_now
@@ -202,6 +210,11 @@ DECLARE
     v_limited boolean;
     v_tokens double precision;
 BEGIN
+    -- Lock the buckets of every rate-limited queue asked for, in one order
+    -- (two workers asking for the same queues in different orders must
+    -- not deadlock).
+    PERFORM 1 FROM sealq.queue_rates r WHERE r.queue = ANY (p_queues)
+        ORDER BY r.queue FOR UPDATE;
     FOREACH v_queue IN ARRAY p_queues LOOP
         v_ord := v_ord + 1;
         EXIT WHEN v_left <= 0;
