@@ -6,7 +6,6 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 # The embedded broker needs nothing: rusqlite builds its own SQLite (bundled).
-# Brokers added later list their servers here (postgres).
 for bin in cc; do
   command -v "$bin" >/dev/null 2>&1 || need_apt+=(build-essential)
 done
@@ -15,6 +14,12 @@ done
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1 \
   || ! command -v redis-sentinel >/dev/null 2>&1; then
   need_apt+=(redis-server redis-tools redis-sentinel)
+fi
+# The Postgres broker's tests start their own server (initdb + postgres in a
+# temp dir, as the `postgres` user when run as root): the Debian package
+# puts the binaries in /usr/lib/postgresql/VERSION/bin, off PATH.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  need_apt+=(postgresql)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing test prerequisites: ${need_apt[*]}" >&2

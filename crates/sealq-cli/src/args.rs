@@ -33,7 +33,9 @@ pub(crate) struct Cli {
     /// `rediss://…[?ca=PEM&cert=PEM&key=PEM]`, `redis+cluster://h:p,h:p` or
     /// `redis+sentinel://h:p,h:p/MASTER` (all with optional `?prefix=P`, and
     /// `?spin_us=N`: how long a lone call busy-waits for its reply, default
-    /// 200, 0 off)
+    /// 200, 0 off); `postgres://[user[:password]@]host[:port]/DB` or
+    /// `postgresql://…` (`?sslmode=disable|require|verify-full&sslrootcert=PEM`,
+    /// `&poll_only=true` behind PgBouncer)
     /// [default: sqlite://./sealq.db; `demo` and `bench` use a throw-away
     /// file unless --broker is given on the command line].
     #[arg(long, env = "SEALQ_BROKER", global = true, value_name = "URL")]

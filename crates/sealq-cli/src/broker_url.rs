@@ -103,7 +103,7 @@ mod tests {
 
     #[test]
     fn a_wrong_url_exits_2_and_hides_the_password() {
-        let e = parse("postgres://user:secret@host:5432").unwrap_err();
+        let e = parse("mongodb://user:secret@host:27017").unwrap_err();
         let text = e.render();
         assert!(text.contains("sqlite://"), "{text}");
         assert!(!text.contains("secret"), "{text}");

@@ -34,6 +34,15 @@ pub fn jsonl_path_for(db: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The Postgres broker keeps no audit log in this build yet.
+fn no_postgres_audit() -> ConnectError {
+    ConnectError::Usage(
+        "the Postgres broker has no audit log in this build yet: pass --audit off, or write \
+         the log to a JSON-lines file with a SQLite or Redis broker"
+            .into(),
+    )
+}
+
 impl Connection {
     /// The audit sink at `place` for writing (tables or streams are created
     /// if needed). A place the backend does not have is a
@@ -57,6 +66,7 @@ impl Connection {
                  Redis streams (--audit redis, the default)"
                     .into(),
             )),
+            (Backend::Postgres(_), _) => Err(no_postgres_audit()),
         }
     }
 
@@ -71,6 +81,7 @@ impl Connection {
                 Ok(Arc::new(SqliteAuditSink::open(b.path())?))
             }
             (Backend::Redis(r), _) => Ok(Arc::new(RedisAuditSink::reader(r))),
+            (Backend::Postgres(_), _) => Err(no_postgres_audit()),
         }
     }
 

@@ -29,6 +29,7 @@
 //! | --- | --- |
 //! | `sqlite://PATH`, `sqlite:PATH` (`?synchronous=normal\|full`) | embedded SQLite (`sealq_sqlite`) |
 //! | `redis://`, `rediss://`, `redis+cluster://`, `redis+sentinel://` | Redis (`sealq_redis`) |
+//! | `postgres://`, `postgresql://` (`?sslmode=disable\|require\|verify-full`) | Postgres (`sealq_postgres`) |
 //!
 //! URLs are shown only through [`redact`] (`sealq::store::redact_url`).
 #![forbid(unsafe_code)]
@@ -42,6 +43,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sealq::Stores;
+use sealq_postgres::PostgresBroker;
 use sealq_redis::RedisBroker;
 use sealq_sqlite::SqliteBroker;
 
@@ -83,6 +85,7 @@ impl Default for ConnectOptions {
 enum Backend {
     Sqlite(SqliteBroker),
     Redis(RedisBroker),
+    Postgres(PostgresBroker),
 }
 
 /// A connection to the backend a URL names: its [`Stores`], and where its
@@ -107,10 +110,16 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Connection, 
             Backend::Sqlite(SqliteBroker::open_url(url).map_err(|e| ConnectError::opening(url, e))?)
         }
         Scheme::Redis => Backend::Redis(connect_redis(url, options).await?),
+        Scheme::Postgres => Backend::Postgres(
+            PostgresBroker::connect(url)
+                .await
+                .map_err(|e| ConnectError::opening(url, e))?,
+        ),
     };
     let stores = match &backend {
         Backend::Sqlite(b) => b.stores(),
         Backend::Redis(b) => b.stores(),
+        Backend::Postgres(b) => b.stores(),
     };
     Ok(Connection { backend, stores })
 }
@@ -146,7 +155,7 @@ impl Connection {
     pub fn sqlite_path(&self) -> Option<&Path> {
         match &self.backend {
             Backend::Sqlite(b) => Some(b.path()),
-            Backend::Redis(_) => None,
+            Backend::Redis(_) | Backend::Postgres(_) => None,
         }
     }
 
@@ -155,7 +164,15 @@ impl Connection {
     pub fn redis(&self) -> Option<&RedisBroker> {
         match &self.backend {
             Backend::Redis(r) => Some(r),
-            Backend::Sqlite(_) => None,
+            Backend::Sqlite(_) | Backend::Postgres(_) => None,
+        }
+    }
+
+    /// The Postgres broker, when the backend is Postgres.
+    pub fn postgres(&self) -> Option<&PostgresBroker> {
+        match &self.backend {
+            Backend::Postgres(p) => Some(p),
+            Backend::Sqlite(_) | Backend::Redis(_) => None,
         }
     }
 }

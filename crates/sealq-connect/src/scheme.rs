@@ -10,7 +10,9 @@ pub const SUPPORTED: &str = "this build supports the embedded SQLite broker: \
      `sqlite://PATH` or `sqlite:PATH`, optionally with `?synchronous=normal|full` \
      (e.g. sqlite://./sealq.db), and Redis: `redis://[user:password@]host[:port][/db]`, \
      `rediss://…[?ca=PEM&cert=PEM&key=PEM]`, `redis+cluster://host:port,host:port` and \
-     `redis+sentinel://host:port,host:port/MASTER` (all take `?prefix=P`)";
+     `redis+sentinel://host:port,host:port/MASTER` (all take `?prefix=P`), and Postgres: \
+     `postgres://[user[:password]@]host[:port]/DATABASE` or `postgresql://…` \
+     (`?sslmode=disable|require|verify-full&sslrootcert=PEM`, `&poll_only=true` behind PgBouncer)";
 
 /// What a broker URL names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +24,8 @@ pub enum Scheme {
     },
     /// A Redis server, cluster or Sentinel-managed master.
     Redis,
+    /// A PostgreSQL database.
+    Postgres,
 }
 
 impl Scheme {
@@ -50,10 +54,7 @@ impl Scheme {
             }
             "redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "redis+sentinel"
             | "rediss+sentinel" => Ok(Scheme::Redis),
-            "postgres" | "postgresql" => Err(ConnectError::Usage(format!(
-                "the {scheme} broker is not available in this build yet (Postgres \
-                     support is coming); {SUPPORTED}"
-            ))),
+            "postgres" | "postgresql" => Ok(Scheme::Postgres),
             other => Err(ConnectError::Usage(format!(
                 "unknown broker scheme `{other}`; {SUPPORTED}"
             ))),
@@ -81,10 +82,11 @@ mod tests {
 
     #[test]
     fn other_schemes_explain_without_the_password() {
-        let e = Scheme::parse("postgres://user:secret@host:5432").unwrap_err();
+        let e = Scheme::parse("mongodb://user:secret@host:27017").unwrap_err();
         let text = e.to_string();
-        assert!(text.contains("coming"), "{text}");
+        assert!(text.contains("unknown broker scheme"), "{text}");
         assert!(text.contains("sqlite://"), "{text}");
+        assert!(text.contains("postgres://"), "{text}");
         assert!(!text.contains("secret"), "{text}");
         assert!(e.is_usage());
         let e = Scheme::parse("mysql://x").unwrap_err();
@@ -94,6 +96,17 @@ mod tests {
         assert!(Scheme::parse("sqlite://").is_err());
         let e = Scheme::parse("u:p4ss@host").unwrap_err();
         assert!(!e.to_string().contains("p4ss"), "{e}");
+    }
+
+    #[test]
+    fn postgres_forms() {
+        for u in [
+            "postgres://u:p@h:5432/db",
+            "postgresql://h/db?sslmode=verify-full&sslrootcert=/ca.pem",
+            "POSTGRES://h/db",
+        ] {
+            assert_eq!(Scheme::parse(u).unwrap(), Scheme::Postgres, "{u}");
+        }
     }
 
     #[test]

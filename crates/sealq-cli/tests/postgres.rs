@@ -1,0 +1,162 @@
+//! The `sealq` command against a real PostgreSQL server this test starts
+//! (the Postgres broker crate's test support, shared): enqueue, stats, and
+//! a worker running a command (`worker --exec`) on a `postgres://` URL.
+
+#[path = "../../sealq-postgres/tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn sealq(dir: &Path, url: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sealq"));
+    c.current_dir(dir)
+        .env_remove("SEALQ_KEYRING_TOML")
+        .env_remove("RUST_LOG")
+        .env("SEALQ_BROKER", url)
+        .env("SEALQ_KEYRING", dir.join("keyring.toml"))
+        .env("SEALQ_AUDIT", "off")
+        .args(args)
+        .stdin(Stdio::null());
+    c
+}
+
+fn run(dir: &Path, url: &str, args: &[&str]) -> Output {
+    let out = sealq(dir, url, args).output().expect("run sealq");
+    assert!(
+        out.status.success(),
+        "sealq {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn fresh_db() -> String {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(support::fresh_db())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .expect("create keyring file");
+    f.write_all(bytes).expect("write keyring file");
+}
+
+#[test]
+fn enqueue_and_worker_exec_on_a_postgres_url() {
+    let url = fresh_db();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let keys = run(d, &url, &["keys", "generate"]);
+    write_private(&d.join("keyring.toml"), &keys.stdout);
+
+    let payload = r#"{"user_id":42}"#;
+    let out = run(
+        d,
+        &url,
+        &[
+            "enqueue",
+            "--queue",
+            "jobs",
+            "--type",
+            "t.exec",
+            "--payload",
+            payload,
+        ],
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(id.len(), 36, "an id: {id}");
+
+    let stats = run(d, &url, &["tasks", "stats", "--json"]);
+    let v: Value = serde_json::from_slice(&stats.stdout).expect("stats --json");
+    let jobs = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == "jobs")
+        .expect("the queue is listed");
+    assert_eq!(jobs["pending"], 1, "{v}");
+
+    let worker = sealq(
+        d,
+        &url,
+        &[
+            "worker",
+            "--queues",
+            "jobs",
+            "--exec",
+            r#"{ printf '%s\n' "$SEALQ_TASK_ID"; cat; } > out.tmp && mv out.tmp done.txt"#,
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn worker");
+    let done = d.join("done.txt");
+    let end = Instant::now() + Duration::from_secs(30);
+    while !done.exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The task is completed once the worker has acked it.
+    let mut completed = false;
+    while !completed && Instant::now() < end {
+        let list = run(
+            d,
+            &url,
+            &["tasks", "list", "--state", "completed", "--json"],
+        );
+        let v: Value = serde_json::from_slice(&list.stdout).expect("list --json");
+        completed = v.as_array().unwrap().iter().any(|t| t["id"] == id.as_str());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .expect("kill");
+    let out = worker.wait_with_output().expect("worker exit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        done.exists(),
+        "the command never ran; worker stderr: {stderr}"
+    );
+    assert!(out.status.success(), "worker exit: {stderr}");
+    let got = std::fs::read_to_string(&done).unwrap();
+    assert_eq!(
+        got.trim_end(),
+        format!("{id}\n{payload}"),
+        "task id and payload on stdin"
+    );
+    assert!(
+        completed,
+        "the task was never completed; worker stderr: {stderr}"
+    );
+    assert!(!stderr.contains("user_id"), "the payload is never logged");
+}
+
+#[test]
+fn a_postgres_url_with_a_downgradable_sslmode_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = sealq(
+        dir.path(),
+        "postgres://u:s3cret@127.0.0.1:1/db?sslmode=prefer",
+        &["tasks", "stats"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sslmode=prefer"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+}

@@ -1,0 +1,282 @@
+//! # sealq-postgres: the Postgres broker
+//!
+//! A [`sealq::Broker`] on PostgreSQL (13 or newer). Everything lives in the
+//! schema `sealq`, created and upgraded by versioned forward-only
+//! migrations at connect (see `docs/postgres.md`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sealq::BrokerError> {
+//! use sealq_postgres::PostgresBroker;
+//! let broker = PostgresBroker::connect("postgres://sealq@db.internal/app?sslmode=verify-full&sslrootcert=/etc/ssl/pg-ca.pem").await?;
+//! # let _ = broker; Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod broker;
+mod codec;
+mod db;
+mod error;
+mod maintenance;
+mod ops;
+mod read;
+mod schema;
+mod url;
+mod wake;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sealq::clock::{SharedClock, system_clock};
+use sealq::{BrokerError, BrokerErrorKind};
+
+pub use crate::schema::SCHEMA_VERSION;
+pub use crate::url::{SslMode, is_postgres_url};
+
+/// Default of [`PostgresOptions::poll_interval`].
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Default of [`PostgresOptions::replay_horizon`]: 7 days.
+pub const DEFAULT_REPLAY_HORIZON: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Options of a [`PostgresBroker`]; URL parameters override them.
+#[derive(Clone)]
+pub struct PostgresOptions {
+    /// Where times come from (tests drive a manual clock).
+    pub clock: SharedClock,
+    /// Most pooled connections (`pool_size=N`; default 8).
+    pub pool_size: usize,
+    /// How often an idle worker looks for work when no notification
+    /// arrives (`poll_interval_ms=N`; default 1 s).
+    pub poll_interval: Duration,
+    /// Poll only, no LISTEN (`poll_only=true`): for PgBouncer in
+    /// transaction mode, which cannot carry notifications.
+    pub poll_only: bool,
+    /// How long the ids of completed, deleted and erased tasks are
+    /// remembered against replay (default 7 days).
+    pub replay_horizon: Duration,
+    /// Apply missing schema migrations at connect (default `true`); when
+    /// `false`, an older schema is refused.
+    pub migrate: bool,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            clock: system_clock(),
+            pool_size: 8,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            poll_only: false,
+            replay_horizon: DEFAULT_REPLAY_HORIZON,
+            migrate: true,
+        }
+    }
+}
+
+impl PostgresOptions {
+    /// Defaults with `clock`.
+    pub fn with_clock(clock: SharedClock) -> Self {
+        Self {
+            clock,
+            ..Self::default()
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("pool_size", &self.pool_size)
+            .field("poll_interval", &self.poll_interval)
+            .field("poll_only", &self.poll_only)
+            .field("replay_horizon", &self.replay_horizon)
+            .field("migrate", &self.migrate)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Postgres broker. Cheap to clone: clones share one pool.
+#[derive(Clone)]
+pub struct PostgresBroker {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pool: deadpool_postgres::Pool,
+    /// The redacted URL, for messages.
+    pub(crate) target: String,
+    pub(crate) options: PostgresOptions,
+    sslmode: SslMode,
+    /// What the LISTEN connection connects with.
+    config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    pub(crate) wake: wake::Wake,
+}
+
+impl Inner {
+    /// Now, from the broker's clock, Unix ms.
+    pub(crate) fn now(&self) -> i64 {
+        self.options.clock.now_ms()
+    }
+
+    /// Whether statements run unnamed (PgBouncer: `poll_only`).
+    pub(crate) fn unnamed(&self) -> bool {
+        self.options.poll_only
+    }
+
+    /// A pooled connection.
+    pub(crate) async fn client(
+        &self,
+        what: &str,
+    ) -> Result<deadpool_postgres::Object, BrokerError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| error::pool(&self.target, what, e))
+    }
+}
+
+impl std::fmt::Debug for PostgresBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresBroker")
+            .field("target", &self.inner.target)
+            .field("sslmode", &self.inner.sslmode)
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
+impl PostgresBroker {
+    /// Connect with default options (migrating the schema if needed).
+    pub async fn connect(url: &str) -> Result<Self, BrokerError> {
+        Self::connect_with(url, PostgresOptions::default()).await
+    }
+
+    /// Connect with `options`; parameters in the URL override them.
+    pub async fn connect_with(
+        url: &str,
+        mut options: PostgresOptions,
+    ) -> Result<Self, BrokerError> {
+        let parsed = url::parse(url)?;
+        let target = sealq::store::redact_url(url);
+        if let Some(p) = parsed.poll_only {
+            options.poll_only = p;
+        }
+        if let Some(p) = parsed.poll_interval {
+            options.poll_interval = p;
+        }
+        if let Some(n) = parsed.pool_size {
+            options.pool_size = n;
+        }
+        let manager_config = deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        };
+        let manager = match parsed.tls.clone() {
+            Some(tls) => {
+                deadpool_postgres::Manager::from_config(parsed.config.clone(), tls, manager_config)
+            }
+            None => deadpool_postgres::Manager::from_config(
+                parsed.config.clone(),
+                tokio_postgres::NoTls,
+                manager_config,
+            ),
+        };
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(15)))
+            .build()
+            .map_err(|e| {
+                BrokerError::new(
+                    BrokerErrorKind::Config,
+                    format!("cannot build the connection pool for {target}: {e}"),
+                )
+            })?;
+        let this = Self {
+            inner: Arc::new(Inner {
+                pool,
+                target,
+                sslmode: parsed.sslmode,
+                options,
+                config: parsed.config,
+                tls: parsed.tls,
+                wake: wake::Wake::new(),
+            }),
+        };
+        {
+            let mut client = this.client("connecting").await?;
+            schema::check_and_migrate(&mut client, &this.inner.target, this.inner.options.migrate)
+                .await?;
+        }
+        Ok(this)
+    }
+
+    /// Enqueue inside the caller's own transaction (transactional
+    /// enqueue): the tasks exist only if `tx` commits; if it rolls back,
+    /// so do they, and no worker is woken (the notification is sent at
+    /// commit). `tx` is a `tokio_postgres::Transaction` (or a `Client`,
+    /// for autocommit) on the database this broker uses; seal the tasks
+    /// first with [`sealq::Client::seal_async`]. One round trip, an unnamed
+    /// statement (fine behind PgBouncer). One result per task, in order.
+    ///
+    /// ```no_run
+    /// # async fn demo(
+    /// #     broker: sealq_postgres::PostgresBroker,
+    /// #     client: sealq::Client,
+    /// #     pg: &mut tokio_postgres::Client,
+    /// # ) -> Result<(), Box<dyn std::error::Error>> {
+    /// use sealq::RawTask;
+    /// let raw = RawTask::from_json("invoice.send", &serde_json::json!({"order": 42}), Default::default())?;
+    /// let task = client.seal_async(raw).await?;
+    /// let tx = pg.transaction().await?;
+    /// tx.execute("INSERT INTO orders (id) VALUES (42)", &[]).await?;
+    /// broker.enqueue_in(&tx, vec![task]).await?;
+    /// tx.commit().await?; // the task exists from here on
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue_in<C>(
+        &self,
+        tx: &C,
+        tasks: Vec<sealq::broker::NewTask>,
+    ) -> Result<Vec<sealq::broker::EnqueueResult>, BrokerError>
+    where
+        C: tokio_postgres::GenericClient + Sync,
+    {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        ops::enqueue_in(&self.inner, tx, tasks).await
+    }
+
+    /// This broker's stores, bundled (the broker alone in this build).
+    pub fn stores(&self) -> sealq::Stores {
+        sealq::Stores::new(Arc::new(self.clone()))
+    }
+
+    /// Whether this broker's connections are encrypted, as the server sees
+    /// them (`pg_stat_ssl` for the session): for diagnostics and tests.
+    pub async fn session_uses_tls(&self) -> Result<bool, BrokerError> {
+        let what = "reading the session's TLS state";
+        let client = self.client(what).await?;
+        let row = client
+            .query_one(
+                "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+                &[],
+            )
+            .await
+            .map_err(|e| error::map(&self.inner.target, what, e))?;
+        Ok(row.get(0))
+    }
+
+    /// The schema version stored in the database.
+    pub async fn schema_version(&self) -> Result<i32, BrokerError> {
+        let client = self.client("reading the schema version").await?;
+        schema::stored_version(&client, &self.inner.target).await
+    }
+
+    /// A pooled connection.
+    async fn client(&self, what: &str) -> Result<deadpool_postgres::Object, BrokerError> {
+        self.inner.client(what).await
+    }
+}

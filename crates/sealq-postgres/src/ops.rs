@@ -1,0 +1,388 @@
+//! The hot path: enqueue, dequeue, ack and lease extension, one round trip
+//! each (a call of a `sealq.*` function, or one set-based statement).
+
+use std::time::Duration;
+
+use sealq::broker::{
+    Ack, AckResult, BrokerResult, DequeueRequest, EnqueueResult, Lease, LeasedTask, NewTask,
+    Outcome,
+};
+use sealq::{BrokerError, BrokerErrorKind, TaskId};
+use tokio_postgres::types::Type;
+
+use crate::Inner;
+use crate::codec::{Malformed, encode_meta, ms_to_sql, record_from_row, report_quarantined};
+use crate::db::{Conn, Param, Stmt};
+use crate::error::map;
+
+const ENQUEUE: Stmt = Stmt {
+    sql: "SELECT idx, outcome, existing, max_depth \
+          FROM sealq.enqueue($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    types: &[
+        Type::INT8,
+        Type::UUID_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::BYTEA_ARRAY,
+        Type::INT4_ARRAY,
+        Type::INT8_ARRAY,
+        Type::INT8_ARRAY,
+        Type::BYTEA_ARRAY,
+        Type::BYTEA_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::INT8_ARRAY,
+    ],
+};
+
+/// The arrays `sealq.enqueue` takes, built from a batch.
+struct EnqueueArgs {
+    now: i64,
+    ids: Vec<uuid::Uuid>,
+    queues: Vec<String>,
+    kinds: Vec<String>,
+    subjects: Vec<Option<Vec<u8>>>,
+    retries: Vec<i32>,
+    retention: Vec<i64>,
+    run_at: Vec<i64>,
+    envelopes: Vec<Vec<u8>>,
+    metas: Vec<Vec<u8>>,
+    keys: Vec<Option<String>>,
+    ttls: Vec<Option<i64>>,
+}
+
+impl EnqueueArgs {
+    fn new(now: i64, tasks: Vec<NewTask>) -> BrokerResult<Self> {
+        let n = tasks.len();
+        let mut a = EnqueueArgs {
+            now,
+            ids: Vec::with_capacity(n),
+            queues: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+            subjects: Vec::with_capacity(n),
+            retries: Vec::with_capacity(n),
+            retention: Vec::with_capacity(n),
+            run_at: Vec::with_capacity(n),
+            envelopes: Vec::with_capacity(n),
+            metas: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            ttls: Vec::with_capacity(n),
+        };
+        for t in tasks {
+            a.metas.push(encode_meta(&t.meta).map_err(|e| {
+                BrokerError::new(
+                    BrokerErrorKind::Other,
+                    format!("cannot encode the metadata of task {}: {e}", t.id),
+                )
+            })?);
+            a.ids.push(t.id.0);
+            a.subjects
+                .push(t.meta.subject_tag.as_ref().map(|s| s.0.to_vec()));
+            a.retries
+                .push(i32::try_from(t.meta.max_retries).unwrap_or(i32::MAX));
+            a.retention.push(ms_to_sql(t.meta.retention_ms));
+            a.run_at.push(t.run_at_ms);
+            a.envelopes.push(t.envelope);
+            a.ttls
+                .push(t.unique.as_ref().map(|(_, ttl)| ms_to_sql(*ttl)));
+            a.keys.push(t.unique.map(|(k, _)| k));
+            a.queues.push(t.queue);
+            a.kinds.push(t.kind);
+        }
+        Ok(a)
+    }
+
+    fn params(&self) -> [Param<'_>; 12] {
+        [
+            &self.now,
+            &self.ids,
+            &self.queues,
+            &self.kinds,
+            &self.subjects,
+            &self.retries,
+            &self.retention,
+            &self.run_at,
+            &self.envelopes,
+            &self.metas,
+            &self.keys,
+            &self.ttls,
+        ]
+    }
+}
+
+/// One result per task from the rows `sealq.enqueue` returned.
+fn enqueue_results(n: usize, rows: Vec<tokio_postgres::Row>) -> Vec<EnqueueResult> {
+    let mut out = vec![EnqueueResult::IdExists; n];
+    for row in rows {
+        let idx: i32 = row.get(0);
+        let outcome: &str = row.get(1);
+        let Some(slot) = usize::try_from(idx - 1).ok().and_then(|i| out.get_mut(i)) else {
+            continue;
+        };
+        *slot = match outcome {
+            "enqueued" => EnqueueResult::Enqueued,
+            "duplicate" => EnqueueResult::Duplicate {
+                existing: TaskId(row.get::<_, uuid::Uuid>(2)),
+            },
+            "queue_full" => EnqueueResult::QueueFull {
+                max_depth: row.get::<_, Option<i64>>(3).unwrap_or(0).max(0) as u64,
+            },
+            _ => EnqueueResult::IdExists,
+        };
+    }
+    out
+}
+
+/// Store a batch; one result per task, in order.
+pub(crate) async fn enqueue(
+    inner: &Inner,
+    tasks: Vec<NewTask>,
+) -> BrokerResult<Vec<EnqueueResult>> {
+    let now = inner.now();
+    let n = tasks.len();
+    let ready: Vec<(String, bool)> = tasks
+        .iter()
+        .map(|t| (t.queue.clone(), t.run_at_ms <= now))
+        .collect();
+    let args = EnqueueArgs::new(now, tasks)?;
+    let client = inner.client("enqueueing tasks").await?;
+    let rows = Conn::Client(&client)
+        .query(inner.unnamed(), &ENQUEUE, &args.params())
+        .await
+        .map_err(|e| map(&inner.target, "enqueueing tasks", e))?;
+    let out = enqueue_results(n, rows);
+    for ((queue, ready), r) in ready.iter().zip(&out) {
+        if *ready && *r == EnqueueResult::Enqueued {
+            inner.wake.local(queue);
+        }
+    }
+    Ok(out)
+}
+
+/// Store a batch inside the caller's transaction (or on the caller's
+/// connection): see [`crate::PostgresBroker::enqueue_in`].
+pub(crate) async fn enqueue_in<C>(
+    inner: &Inner,
+    client: &C,
+    tasks: Vec<NewTask>,
+) -> BrokerResult<Vec<EnqueueResult>>
+where
+    C: tokio_postgres::GenericClient + Sync,
+{
+    let n = tasks.len();
+    let args = EnqueueArgs::new(inner.now(), tasks)?;
+    let params = args.params();
+    let typed: Vec<(Param<'_>, Type)> = params
+        .iter()
+        .zip(ENQUEUE.types)
+        .map(|(p, t)| (*p, t.clone()))
+        .collect();
+    // Unnamed: the caller's connection may sit behind PgBouncer.
+    let rows = client
+        .query_typed(ENQUEUE.sql, &typed)
+        .await
+        .map_err(|e| map(&inner.target, "enqueueing tasks in a transaction", e))?;
+    Ok(enqueue_results(n, rows))
+}
+
+const DEQUEUE: Stmt = Stmt {
+    sql: "SELECT * FROM sealq.dequeue($1, $2, $3, $4, $5, $6)",
+    types: &[
+        Type::TEXT_ARRAY,
+        Type::INT4,
+        Type::INT8,
+        Type::INT8,
+        Type::TEXT,
+        Type::INT8,
+    ],
+};
+
+const QUARANTINE: Stmt = Stmt {
+    sql: "UPDATE sealq.tasks SET state = 'archived', archive_reason = 'integrity', \
+          lease_token = NULL, lease_expires_at = NULL, worker = NULL, purge_at = NULL, \
+          attempts = greatest(attempts, 0), finished_at = $2, updated_at = $2 \
+          WHERE id = ANY($1) RETURNING id",
+    types: &[Type::UUID_ARRAY, Type::INT8],
+};
+
+/// Archive the tasks of `bad` as `integrity` (see [`crate::codec`]).
+pub(crate) async fn quarantine(
+    inner: &Inner,
+    conn: Conn<'_, '_>,
+    bad: &[Malformed],
+    op: &'static str,
+) -> BrokerResult<()> {
+    let ids: Vec<uuid::Uuid> = bad.iter().map(|m| m.id.0).collect();
+    conn.query(inner.unnamed(), &QUARANTINE, &[&ids, &inner.now()])
+        .await
+        .map_err(|e| map(&inner.target, "quarantining damaged tasks", e))?;
+    for m in bad {
+        report_quarantined(m, op);
+    }
+    Ok(())
+}
+
+/// Lease up to `req.max` ready tasks, queue by queue.
+pub(crate) async fn dequeue(inner: &Inner, req: &DequeueRequest) -> BrokerResult<Vec<LeasedTask>> {
+    let lease_ms = i64::try_from(req.lease.as_millis()).unwrap_or(i64::MAX);
+    let mut out: Vec<(i32, LeasedTask)> = Vec::new();
+    let client = inner.client("dequeueing tasks").await?;
+    loop {
+        let want = req.max - out.len();
+        let now = inner.now();
+        let token: i64 = rand::random();
+        let max = i32::try_from(want).unwrap_or(i32::MAX);
+        let rows = Conn::Client(&client)
+            .query(
+                inner.unnamed(),
+                &DEQUEUE,
+                &[&req.queues, &max, &now, &lease_ms, &req.worker, &token],
+            )
+            .await
+            .map_err(|e| map(&inner.target, "dequeueing tasks", e))?;
+        let got = rows.len();
+        let mut bad = Vec::new();
+        for row in rows {
+            match record_from_row(&row) {
+                Ok(record) => {
+                    let replayed: bool = row.get(14);
+                    let ord: i32 = row.get(15);
+                    let expires = record.lease_expires_at_ms.unwrap_or(now + lease_ms);
+                    out.push((
+                        ord,
+                        LeasedTask {
+                            lease: Lease {
+                                task_id: record.id,
+                                token: token as u64,
+                                expires_at_ms: expires,
+                            },
+                            record,
+                            replayed,
+                        },
+                    ));
+                }
+                Err(m) => bad.push(m),
+            }
+        }
+        if bad.is_empty() {
+            break;
+        }
+        quarantine(inner, Conn::Client(&client), &bad, "dequeue").await?;
+        // Damaged rows left the ready set: ask again for their places.
+        if got < want {
+            break;
+        }
+    }
+    out.sort_by(|(a, x), (b, y)| {
+        (a, x.record.run_at_ms, x.record.id).cmp(&(b, y.record.run_at_ms, y.record.id))
+    });
+    Ok(out.into_iter().map(|(_, t)| t).collect())
+}
+
+const ACK: Stmt = Stmt {
+    sql: "SELECT idx, applied, repeated FROM sealq.ack($1, $2, $3, $4, $5, $6, $7)",
+    types: &[
+        Type::INT8,
+        Type::UUID_ARRAY,
+        Type::INT8_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::INT8_ARRAY,
+        Type::BYTEA_ARRAY,
+        Type::TEXT_ARRAY,
+    ],
+};
+
+/// Apply a batch of acks; one result per ack.
+pub(crate) async fn ack(inner: &Inner, acks: &[Ack]) -> BrokerResult<Vec<AckResult>> {
+    let now = inner.now();
+    let n = acks.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut tokens = Vec::with_capacity(n);
+    let mut kinds = Vec::with_capacity(n);
+    let mut at: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut data: Vec<Option<&[u8]>> = Vec::with_capacity(n);
+    let mut reasons: Vec<Option<&str>> = Vec::with_capacity(n);
+    for a in acks {
+        ids.push(a.lease.task_id.0);
+        tokens.push(a.lease.token as i64);
+        let (kind, when, bytes, reason) = match &a.outcome {
+            Outcome::Complete { result } => ("complete", None, result.as_deref(), None),
+            Outcome::Retry { at_ms, error } => ("retry", Some(*at_ms), error.as_deref(), None),
+            Outcome::Archive { reason, error } => {
+                ("archive", None, error.as_deref(), Some(reason.as_str()))
+            }
+            Outcome::Requeue => ("requeue", None, None, None),
+        };
+        kinds.push(kind);
+        at.push(when);
+        data.push(bytes);
+        reasons.push(reason);
+    }
+    let client = inner.client("acknowledging tasks").await?;
+    let rows = Conn::Client(&client)
+        .query(
+            inner.unnamed(),
+            &ACK,
+            &[&now, &ids, &tokens, &kinds, &at, &data, &reasons],
+        )
+        .await
+        .map_err(|e| map(&inner.target, "acknowledging tasks", e))?;
+    let mut out = vec![AckResult::LeaseLost; n];
+    for row in rows {
+        let idx: i32 = row.get(0);
+        let Some(i) = usize::try_from(idx - 1).ok().filter(|i| *i < n) else {
+            continue;
+        };
+        if row.get::<_, bool>(1) {
+            out[i] = AckResult::Applied;
+            if row.get::<_, bool>(2) {
+                count_replayed_success(acks[i].lease.task_id);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Count and log a second success of task `id` (finding 2 of the security
+/// review): the ack applies, the operator is told.
+fn count_replayed_success(id: TaskId) {
+    metrics::counter!("sealq_replayed_successes_total", "backend" => "postgres").increment(1);
+    tracing::warn!(
+        task = %id,
+        "sealq: a task whose id had already completed (or been deleted) succeeded again; \
+         check for replayed or restored tasks (`sealq audit verify` lists repeated successes)"
+    );
+}
+
+const EXTEND: Stmt = Stmt {
+    sql: "UPDATE sealq.tasks t SET lease_expires_at = $3 \
+          FROM unnest($1::uuid[], $2::int8[]) AS l(id, token) \
+          WHERE t.id = l.id AND t.state = 'active' AND t.lease_token = l.token \
+          RETURNING t.id, t.lease_token",
+    types: &[Type::UUID_ARRAY, Type::INT8_ARRAY, Type::INT8],
+};
+
+/// Extend held leases to now + `lease`; one flag per lease.
+pub(crate) async fn extend(
+    inner: &Inner,
+    leases: &[Lease],
+    lease: Duration,
+) -> BrokerResult<Vec<bool>> {
+    let expires = inner
+        .now()
+        .saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+    let ids: Vec<uuid::Uuid> = leases.iter().map(|l| l.task_id.0).collect();
+    let tokens: Vec<i64> = leases.iter().map(|l| l.token as i64).collect();
+    let client = inner.client("extending leases").await?;
+    let rows = Conn::Client(&client)
+        .query(inner.unnamed(), &EXTEND, &[&ids, &tokens, &expires])
+        .await
+        .map_err(|e| map(&inner.target, "extending leases", e))?;
+    let held: std::collections::HashSet<(uuid::Uuid, i64)> = rows
+        .iter()
+        .map(|r| (r.get::<_, uuid::Uuid>(0), r.get::<_, i64>(1)))
+        .collect();
+    Ok(leases
+        .iter()
+        .map(|l| held.contains(&(l.task_id.0, l.token as i64)))
+        .collect())
+}

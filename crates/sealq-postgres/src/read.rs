@@ -1,0 +1,222 @@
+//! Reads: `get`, `list`, `stats`, rate limits and key check values.
+//! Readers never write: a row that does not decode is left out of a list
+//! (and logged), and named in a `Corrupt` error by `get`.
+
+use std::collections::BTreeMap;
+
+use sealq::broker::{BrokerResult, ListQuery, QueueStats, RateLimit, TaskRecord};
+use sealq::model::key_check::KeyCheck;
+use sealq::{TaskId, TaskState};
+use tokio_postgres::types::{ToSql, Type};
+
+use crate::Inner;
+use crate::codec::{RECORD_SELECT, rate_limit_from_sql, record_from_row, report_skipped};
+use crate::db::{Conn, Stmt};
+use crate::error::map;
+
+/// One task by id.
+pub(crate) async fn get(inner: &Inner, id: TaskId) -> BrokerResult<Option<TaskRecord>> {
+    const GET: Stmt = Stmt {
+        sql: "SELECT t.id, t.queue, t.kind, b.envelope, b.meta, t.state, t.attempts, \
+              t.run_at, t.last_error, t.result, t.archive_reason, t.lease_expires_at, \
+              t.finished_at, t.updated_at FROM sealq.tasks t \
+              LEFT JOIN sealq.task_bodies b ON b.id = t.id WHERE t.id = $1",
+        types: &[Type::UUID],
+    };
+    let what = "reading a task";
+    let client = inner.client(what).await?;
+    let rows = Conn::Client(&client)
+        .query(inner.unnamed(), &GET, &[&id.0])
+        .await
+        .map_err(|e| map(&inner.target, what, e))?;
+    match rows.first() {
+        None => Ok(None),
+        Some(row) => record_from_row(row)
+            .map(Some)
+            .map_err(|m| m.into_error(&inner.target)),
+    }
+}
+
+/// Tasks matching `q`, by id; rows that do not decode are skipped and the
+/// page filled from the rows after them.
+pub(crate) async fn list(inner: &Inner, q: &ListQuery) -> BrokerResult<Vec<TaskRecord>> {
+    let what = "listing tasks";
+    let limit = if q.limit == 0 { 100 } else { q.limit };
+    let state = q.state.map(|s| s.as_str().to_owned());
+    let subject = q.subject.map(|s| s.0.to_vec());
+    let client = inner.client(what).await?;
+    let mut after = q.after.map(|a| a.0);
+    let mut out = Vec::new();
+    loop {
+        let want = (limit - out.len()) as i64;
+        let mut sql = format!("SELECT {RECORD_SELECT} WHERE true");
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::new();
+        if let Some(queue) = &q.queue {
+            params.push((queue, Type::TEXT));
+            sql.push_str(&format!(" AND t.queue = ${}", params.len()));
+        }
+        if let Some(state) = &state {
+            params.push((state, Type::TEXT));
+            sql.push_str(&format!(" AND t.state = ${}", params.len()));
+        }
+        if let Some(subject) = &subject {
+            params.push((subject, Type::BYTEA));
+            sql.push_str(&format!(" AND t.subject_tag = ${}", params.len()));
+        }
+        if let Some(after) = &after {
+            params.push((after, Type::UUID));
+            sql.push_str(&format!(" AND t.id > ${}", params.len()));
+        }
+        params.push((&want, Type::INT8));
+        sql.push_str(&format!(" ORDER BY t.id LIMIT ${}", params.len()));
+        let rows = client
+            .query_typed(&sql, &params)
+            .await
+            .map_err(|e| map(&inner.target, what, e))?;
+        let read = rows.len() as i64;
+        let mut bad = 0;
+        for row in &rows {
+            match record_from_row(row) {
+                Ok(r) => out.push(r),
+                Err(m) => {
+                    report_skipped(&m, "list");
+                    bad += 1;
+                }
+            }
+            after = Some(row.get::<_, uuid::Uuid>(0));
+        }
+        if bad == 0 || read < want {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Counts by queue and state, plus paused, capped and rate-limited queues.
+pub(crate) async fn stats(inner: &Inner) -> BrokerResult<Vec<QueueStats>> {
+    const COUNTS: Stmt = Stmt {
+        sql: "SELECT queue, state, count(*) FROM sealq.tasks GROUP BY queue, state",
+        types: &[],
+    };
+    const SETTINGS: Stmt = Stmt {
+        sql: "SELECT q.queue, p.queue IS NOT NULL, l.max_depth, r.rate_limit, r.period_ms \
+              FROM (SELECT queue FROM sealq.paused_queues UNION SELECT queue FROM sealq.queue_limits \
+                    UNION SELECT queue FROM sealq.queue_rates) q \
+              LEFT JOIN sealq.paused_queues p ON p.queue = q.queue \
+              LEFT JOIN sealq.queue_limits l ON l.queue = q.queue \
+              LEFT JOIN sealq.queue_rates r ON r.queue = q.queue",
+        types: &[],
+    };
+    let what = "reading queue stats";
+    let client = inner.client(what).await?;
+    let c = Conn::Client(&client);
+    let mut by_queue: BTreeMap<String, QueueStats> = BTreeMap::new();
+    for row in c
+        .query(inner.unnamed(), &COUNTS, &[])
+        .await
+        .map_err(|e| map(&inner.target, what, e))?
+    {
+        let queue: String = row.get(0);
+        let state: String = row.get(1);
+        let n = row.get::<_, i64>(2).max(0) as u64;
+        let Ok(state) = state.parse::<TaskState>() else {
+            continue;
+        };
+        let s = by_queue.entry(queue.clone()).or_insert_with(|| QueueStats {
+            queue,
+            ..QueueStats::default()
+        });
+        match state {
+            TaskState::Scheduled => s.scheduled += n,
+            TaskState::Pending => s.pending += n,
+            TaskState::Active => s.active += n,
+            TaskState::Retry => s.retry += n,
+            TaskState::Completed => s.completed += n,
+            TaskState::Archived => s.archived += n,
+        }
+    }
+    for row in c
+        .query(inner.unnamed(), &SETTINGS, &[])
+        .await
+        .map_err(|e| map(&inner.target, what, e))?
+    {
+        let queue: String = row.get(0);
+        let s = by_queue.entry(queue.clone()).or_insert_with(|| QueueStats {
+            queue,
+            ..QueueStats::default()
+        });
+        s.paused = row.get(1);
+        s.max_depth = row.get::<_, Option<i64>>(2).map(|n| n.max(0) as u64);
+        if let (Some(l), Some(p)) = (row.get::<_, Option<i64>>(3), row.get::<_, Option<i64>>(4)) {
+            s.rate_limit = Some(rate_limit_from_sql(l, p));
+        }
+    }
+    Ok(by_queue.into_values().collect())
+}
+
+/// The rate limits of `queues`, in order.
+pub(crate) async fn rate_limits(
+    inner: &Inner,
+    queues: &[String],
+) -> BrokerResult<Vec<Option<RateLimit>>> {
+    const RATES: Stmt = Stmt {
+        sql: "SELECT queue, rate_limit, period_ms FROM sealq.queue_rates WHERE queue = ANY($1)",
+        types: &[Type::TEXT_ARRAY],
+    };
+    let what = "reading rate limits";
+    let client = inner.client(what).await?;
+    let rows = Conn::Client(&client)
+        .query(inner.unnamed(), &RATES, &[&queues])
+        .await
+        .map_err(|e| map(&inner.target, what, e))?;
+    let found: BTreeMap<String, RateLimit> = rows
+        .iter()
+        .map(|r| (r.get(0), rate_limit_from_sql(r.get(1), r.get(2))))
+        .collect();
+    Ok(queues.iter().map(|q| found.get(q).copied()).collect())
+}
+
+/// Every recorded key check value, by key id; undecodable ones left out.
+pub(crate) async fn key_checks(inner: &Inner) -> BrokerResult<Vec<KeyCheck>> {
+    const READ: Stmt = Stmt {
+        sql: "SELECT key_id, check_value FROM sealq.key_checks ORDER BY key_id",
+        types: &[],
+    };
+    let what = "reading the keyring's check values";
+    let client = inner.client(what).await?;
+    let rows = Conn::Client(&client)
+        .query(inner.unnamed(), &READ, &[])
+        .await
+        .map_err(|e| map(&inner.target, what, e))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (id, value): (String, String) = (r.get(0), r.get(1));
+        match KeyCheck::from_hex(id.clone(), &value) {
+            Some(c) => out.push(c),
+            None => tracing::warn!(
+                key_id = %id,
+                "sealq: a recorded key check value does not decode (an edited row); left out"
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// Record `checks`, keeping the value already recorded for a key id.
+pub(crate) async fn record_key_checks(inner: &Inner, checks: &[KeyCheck]) -> BrokerResult<()> {
+    const RECORD: Stmt = Stmt {
+        sql: "INSERT INTO sealq.key_checks (key_id, check_value, recorded_at) \
+              SELECT * FROM unnest($1::text[], $2::text[]) AS k(id, v), \
+                   (SELECT $3::int8) AS n ON CONFLICT (key_id) DO NOTHING RETURNING key_id",
+        types: &[Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::INT8],
+    };
+    let what = "recording the keyring's check values";
+    let ids: Vec<&str> = checks.iter().map(|c| c.key_id.as_str()).collect();
+    let values: Vec<String> = checks.iter().map(|c| c.value_hex()).collect();
+    let client = inner.client(what).await?;
+    Conn::Client(&client)
+        .count(inner.unnamed(), &RECORD, &[&ids, &values, &inner.now()])
+        .await
+        .map_err(|e| map(&inner.target, what, e))?;
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! Postgres-specific behaviour: connecting, the schema version check.
+
+mod support;
+
+use sealq::BrokerErrorKind;
+use sealq_postgres::{PostgresBroker, SCHEMA_VERSION};
+
+#[tokio::test]
+async fn connect_migrates_a_new_database_to_the_current_version() {
+    let url = support::fresh_db().await;
+    let broker = PostgresBroker::connect(&url).await.expect("connect");
+    assert_eq!(broker.schema_version().await.unwrap(), SCHEMA_VERSION);
+    // A second connect finds the current version and changes nothing.
+    let again = PostgresBroker::connect(&url).await.expect("connect again");
+    assert_eq!(again.schema_version().await.unwrap(), SCHEMA_VERSION);
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_naming_both_versions() {
+    let url = support::fresh_db().await;
+    PostgresBroker::connect(&url).await.expect("connect");
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let newer = SCHEMA_VERSION + 5;
+    client
+        .execute(
+            "INSERT INTO sealq.schema_version (version, name) VALUES ($1, 'future')",
+            &[&newer],
+        )
+        .await
+        .unwrap();
+    let e = PostgresBroker::connect(&url).await.expect_err("refused");
+    assert_eq!(e.kind, BrokerErrorKind::Config);
+    let text = e.to_string();
+    assert!(text.contains(&format!("version {newer}")), "{text}");
+    assert!(
+        text.contains(&format!("version {SCHEMA_VERSION}")),
+        "{text}"
+    );
+}
+
+/// A raw connection to `url`, its notifications forwarded to the receiver.
+async fn listener(
+    url: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+) {
+    use futures::StreamExt;
+    let (client, mut conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+            }
+        }
+    });
+    client.batch_execute("LISTEN sealq_wake").await.unwrap();
+    (client, rx)
+}
+
+fn task(queue: &str, run_at_ms: i64) -> sealq::broker::NewTask {
+    let now = sealq::clock::system_clock().now_ms();
+    sealq::testkit::fixtures::task_at(queue, run_at_ms, now)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waking_notifies_once_per_queue_per_batch_with_the_queue_name_only() {
+    use sealq::broker::Broker;
+    let url = support::fresh_db().await;
+    let broker = PostgresBroker::connect(&url).await.unwrap();
+    let (_client, mut rx) = listener(&url).await;
+    let now = sealq::clock::system_clock().now_ms();
+    let mut batch: Vec<_> = (0..10).map(|_| task("alpha", now)).collect();
+    batch.extend((0..3).map(|_| task("beta", now)));
+    // Scheduled tasks are not ready: no notification for their queue.
+    batch.push(task("later", now + 3_600_000));
+    broker.enqueue(batch).await.unwrap();
+    let mut got = Vec::new();
+    while let Ok(Some(n)) =
+        tokio::time::timeout(std::time::Duration::from_millis(500), rx.recv()).await
+    {
+        got.push(n);
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("sealq_wake".to_owned(), "alpha".to_owned()),
+            ("sealq_wake".to_owned(), "beta".to_owned()),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_only_mode_listens_to_nothing_and_still_wakes_on_the_interval() {
+    use sealq::broker::{Ack, Broker, DequeueRequest, Outcome};
+    let url = support::fresh_db().await;
+    let poller = PostgresBroker::connect(&format!("{url}?poll_only=true&poll_interval_ms=200"))
+        .await
+        .unwrap();
+    // Another process enqueues.
+    let producer = PostgresBroker::connect(&url).await.unwrap();
+    let waiter = {
+        let poller = poller.clone();
+        tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            poller
+                .wait_for_work(&["q".to_owned()], std::time::Duration::from_secs(120))
+                .await
+                .unwrap();
+            start.elapsed()
+        })
+    };
+    let now = sealq::clock::system_clock().now_ms();
+    producer.enqueue(vec![task("q", now)]).await.unwrap();
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(30), waiter)
+        .await
+        .expect("a poll-only waiter wakes on its interval, not its 120 s timeout")
+        .unwrap();
+    assert!(waited < std::time::Duration::from_secs(30));
+    // No LISTEN session on this database.
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let listening: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND query ILIKE 'LISTEN%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(listening, 0);
+    // The whole path works with unnamed statements (as behind PgBouncer).
+    let leased = poller
+        .dequeue(&DequeueRequest {
+            queues: vec!["q".to_owned()],
+            max: 10,
+            lease: std::time::Duration::from_secs(30),
+            worker: "w".to_owned(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 1);
+    let acked = poller
+        .ack(vec![Ack {
+            lease: leased[0].lease,
+            outcome: Outcome::Complete { result: None },
+        }])
+        .await
+        .unwrap();
+    assert_eq!(acked, vec![sealq::broker::AckResult::Applied]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opposite_queue_orders_and_key_orders_never_deadlock() {
+    use sealq::broker::{Ack, Broker, DequeueRequest, Outcome, RateLimit};
+    let url = support::fresh_db().await;
+    let broker = PostgresBroker::connect(&url).await.unwrap();
+    let limit = RateLimit {
+        limit: 1_000_000,
+        period_ms: 1_000,
+    };
+    for q in ["q1", "q2"] {
+        broker.set_rate_limit(q, Some(limit)).await.unwrap();
+        broker.set_max_depth(q, Some(1_000_000)).await.unwrap();
+    }
+    let now = sealq::clock::system_clock().now_ms();
+    let run = |order: [&'static str; 2]| {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            for i in 0..150u32 {
+                // Unique keys and capped queues in this worker's order.
+                let mut a = task(order[0], now);
+                a.unique = Some((format!("k-{}-{i}", order[0]), 60_000));
+                let mut b = task(order[1], now);
+                b.unique = Some((format!("k-{}-{i}", order[1]), 60_000));
+                broker.enqueue(vec![a, b]).await.expect("enqueue");
+                let leased = broker
+                    .dequeue(&DequeueRequest {
+                        queues: order.iter().map(|q| q.to_string()).collect(),
+                        max: 4,
+                        lease: std::time::Duration::from_secs(60),
+                        worker: "w".into(),
+                    })
+                    .await
+                    .expect("dequeue");
+                let acks = leased
+                    .iter()
+                    .map(|t| Ack {
+                        lease: t.lease,
+                        outcome: Outcome::Complete { result: None },
+                    })
+                    .collect();
+                broker.ack(acks).await.expect("ack");
+            }
+        })
+    };
+    let (a, b) = (run(["q1", "q2"]), run(["q2", "q1"]));
+    a.await.unwrap();
+    b.await.unwrap();
+}
