@@ -13,8 +13,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod audit_sink;
+mod blob_store;
 mod error;
+pub mod roles;
 mod schema;
+mod store_conn;
+mod subject_keys;
 mod url;
 
 use std::sync::Arc;
@@ -23,7 +28,10 @@ use std::time::Duration;
 use sealq::clock::{SharedClock, system_clock};
 use sealq::{BrokerError, BrokerErrorKind};
 
+pub use crate::audit_sink::PostgresAuditSink;
+pub use crate::blob_store::PostgresBlobStore;
 pub use crate::schema::SCHEMA_VERSION;
+pub use crate::subject_keys::PostgresSubjectKeyStore;
 pub use crate::url::{SslMode, is_postgres_url};
 
 /// Default of [`PostgresOptions::poll_interval`].
