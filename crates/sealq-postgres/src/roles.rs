@@ -107,8 +107,11 @@ pub const FUNCTIONS: &[FunctionGrant] = &[
         signature: "sealq.subject_key_replace(bytea, bytea, bytea)",
         roles: MANAGERS,
     },
-    // The audit log: everyone appends (operators' actions are audited too);
-    // only operators and admins read; only admins delete.
+    // The audit log: everyone appends (operators' actions are audited too)
+    // and reads the checkpoints (writer ids, seqs, hashes, signatures:
+    // nothing about tasks), which each writer does once at start to name
+    // the log's head in its first record (docs/audit.md, "The whole log");
+    // only operators and admins read the records; only admins delete.
     FunctionGrant {
         signature: "sealq.audit_append(text[], bigint[], uuid[], text[], text[])",
         roles: EVERYONE,
@@ -123,11 +126,11 @@ pub const FUNCTIONS: &[FunctionGrant] = &[
     },
     FunctionGrant {
         signature: "sealq.audit_read_checkpoints(bigint, integer)",
-        roles: MANAGERS,
+        roles: EVERYONE,
     },
     FunctionGrant {
         signature: "sealq.audit_has_checkpoints()",
-        roles: MANAGERS,
+        roles: EVERYONE,
     },
     FunctionGrant {
         signature: "sealq.audit_records_for_task(uuid)",

@@ -156,7 +156,27 @@ async fn roles_audit_is_append_only_for_everyone_but_the_admin() {
         });
     }
     auditor.close().await.unwrap();
-    // A worker and a producer cannot read the log back, nor prune it.
+    // The worker read the checkpoints at start (its first record names
+    // their head) ...
+    let first = PostgresAuditSink::connect(&f.url)
+        .await
+        .unwrap()
+        .read_records()
+        .await
+        .unwrap();
+    match &first[0].item.as_ref().unwrap().event {
+        AuditEvent::WriterStarted {
+            head_error,
+            checkpoints_seen,
+            ..
+        } => {
+            assert_eq!(head_error, &None);
+            assert_eq!(checkpoints_seen, &Some(0));
+        }
+        other => panic!("first record: {other:?}"),
+    }
+    // ... but a worker and a producer cannot read the records back, nor
+    // prune them.
     for login in ["producer", "worker"] {
         let sink = PostgresAuditSink::connect(&f.url_as(login)).await.unwrap();
         let e = sink.read_records().await.expect_err("read refused");
