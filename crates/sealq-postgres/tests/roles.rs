@@ -500,3 +500,14 @@ fn roles_sql_names_every_role_and_grants_no_table() {
     );
     assert!(!roles::functions_of(Role::Worker).any(|f| f.starts_with("sealq.blob_put")));
 }
+
+#[test]
+fn roles_doc_shows_the_generated_sql() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/postgres-roles.md");
+    let doc = std::fs::read_to_string(path).expect("docs/postgres-roles.md");
+    assert!(
+        doc.contains(&roles::role_sql()),
+        "docs/postgres-roles.md does not show the current role SQL: paste the output of \
+         `sealq postgres install --print-roles` into its last section"
+    );
+}
