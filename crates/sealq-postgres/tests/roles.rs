@@ -511,3 +511,63 @@ fn roles_doc_shows_the_generated_sql() {
          `sealq postgres install --print-roles` into its last section"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_a_non_superuser_owner_installs_and_applies_the_roles() {
+    let url = support::fresh_db().await;
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let port = support::shared().port;
+    let su = connect(&url).await;
+    su.batch_execute(&format!(
+        "CREATE ROLE {db}_owner LOGIN CREATEROLE; \
+         GRANT CREATE ON DATABASE {db} TO {db}_owner"
+    ))
+    .await
+    .unwrap();
+    let owner_url = format!("postgres://{db}_owner@127.0.0.1:{port}/{db}");
+    let installed = roles::install(&owner_url).await.expect("install as owner");
+    assert_eq!(installed.from, 0);
+    {
+        let _turn = SETUP.lock().await;
+        roles::apply_roles(&owner_url)
+            .await
+            .expect("apply as owner");
+    }
+    // The functions run with the owner's rights, not a superuser's.
+    let owners: Vec<String> = su
+        .query(
+            "SELECT DISTINCT pg_get_userbyid(p.proowner)::text FROM pg_proc p \
+             JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'sealq'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(owners, vec![format!("{db}_owner")]);
+    su.batch_execute(&format!(
+        "CREATE ROLE {db}_producer LOGIN IN ROLE sealq_producer"
+    ))
+    .await
+    .unwrap();
+    let producer_url = format!("postgres://{db}_producer@127.0.0.1:{port}/{db}");
+    let keys = PostgresSubjectKeyStore::connect(&producer_url)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys.put_if_absent(&subject(8), b"k".to_vec())
+            .await
+            .unwrap(),
+        b"k".to_vec()
+    );
+    let p = connect(&producer_url).await;
+    denied(&p, "producer", "SELECT * FROM sealq.subject_keys").await;
+    // The owner's future functions are not PUBLIC's.
+    let owner = connect(&owner_url).await;
+    owner
+        .batch_execute("CREATE FUNCTION sealq.later() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+        .await
+        .unwrap();
+    denied(&p, "producer", "SELECT sealq.later()").await;
+}
