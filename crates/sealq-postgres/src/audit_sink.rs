@@ -56,6 +56,18 @@ impl PostgresAuditSink {
 
     /// The audit log at `url`, on a pool of its own; creates or upgrades the
     /// schema there if needed (as the broker does at connect).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// let sink = sealq_postgres::PostgresAuditSink::connect(
+    ///     "postgres://billing_worker@db.internal/app?sslmode=verify-full",
+    /// )
+    /// .await?;
+    /// let keyring = sealq::Keyring::from_env()?;
+    /// let auditor = sealq::audit::Auditor::start(Arc::new(sink), &keyring)?;
+    /// # let _ = auditor; Ok(()) }
+    /// ```
     pub async fn connect(url: &str) -> BrokerResult<Self> {
         Ok(Self {
             conn: StoreConn::connect(url, true).await?.0,

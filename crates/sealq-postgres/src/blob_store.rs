@@ -38,6 +38,17 @@ impl PostgresBlobStore {
 
     /// The blob store at `url`, on a pool of its own; creates or upgrades the
     /// schema there if needed (as the broker does at connect).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), sealq::BrokerError> {
+    /// use sealq::blob::BlobStore;
+    /// let blobs = sealq_postgres::PostgresBlobStore::connect(
+    ///     "postgres://billing_worker@db.internal/app?sslmode=verify-full",
+    /// )
+    /// .await?;
+    /// println!("{}", blobs.describe());
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(url: &str) -> BrokerResult<Self> {
         Ok(Self {
             conn: StoreConn::connect(url, true).await?.0,

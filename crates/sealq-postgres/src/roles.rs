@@ -257,6 +257,15 @@ pub struct Installed {
 
 /// Create or upgrade the schema `sealq` at `url`, as the role of the URL
 /// (which becomes or must be the schema's owner).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), sealq::BrokerError> {
+/// let url = "postgres://sealq_owner@db.internal/app?sslmode=verify-full";
+/// let installed = sealq_postgres::roles::install(url).await?;
+/// sealq_postgres::roles::apply_roles(url).await?;
+/// println!("schema {} -> {}", installed.from, installed.to);
+/// # Ok(()) }
+/// ```
 pub async fn install(url: &str) -> BrokerResult<Installed> {
     let (_, from) = StoreConn::connect(url, true).await?;
     Ok(Installed {

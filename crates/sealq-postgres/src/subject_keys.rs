@@ -64,6 +64,17 @@ impl PostgresSubjectKeyStore {
     /// The store at `url` (which may name another database than the tasks'),
     /// on a pool of its own; creates or upgrades the schema there if needed
     /// (as the broker does at connect).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), sealq::BrokerError> {
+    /// use sealq::subject_keys::SubjectKeyStore;
+    /// let keys = sealq_postgres::PostgresSubjectKeyStore::connect(
+    ///     "postgres://billing_api@keys.internal/sealq_keys?sslmode=verify-full",
+    /// )
+    /// .await?;
+    /// let epoch = keys.epoch().await?;
+    /// # let _ = epoch; Ok(()) }
+    /// ```
     pub async fn connect(url: &str) -> BrokerResult<Self> {
         Ok(Self {
             conn: StoreConn::connect(url, true).await?.0,
