@@ -82,14 +82,15 @@ pub const FUNCTIONS: &[FunctionGrant] = &[
         roles: EVERYONE,
     },
     // Subject keys: producers seal (get, create), workers open (get),
-    // operators erase (destroy) and re-wrap (list, replace).
+    // operators erase (destroy) and re-wrap (list, replace); no operator
+    // action creates a key.
     FunctionGrant {
         signature: "sealq.subject_key_get(bytea[])",
         roles: EVERYONE,
     },
     FunctionGrant {
         signature: "sealq.subject_key_put(bytea[], bytea[], bigint)",
-        roles: &[Producer, Operator, Admin],
+        roles: &[Producer, Admin],
     },
     FunctionGrant {
         signature: "sealq.subject_key_epoch()",
