@@ -81,6 +81,10 @@ pub(crate) enum Command {
     /// Redis broker operations (install the functions library).
     #[command(subcommand)]
     Redis(crate::cmd::redis::RedisCommand),
+    /// Postgres broker operations (install or upgrade the schema, print or
+    /// apply the least-privilege roles).
+    #[command(subcommand)]
+    Postgres(crate::cmd::postgres::PostgresCommand),
     /// Erase a data subject: delete its tasks in every state and destroy its
     /// data key, so earlier copies of its tasks cannot be opened; prints a
     /// receipt. Only tasks whose envelope authenticates with the subject's

@@ -13,6 +13,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod audit_sink;
+mod blob_store;
 mod broker;
 mod codec;
 mod db;
@@ -20,7 +22,10 @@ mod error;
 mod maintenance;
 mod ops;
 mod read;
+pub mod roles;
 mod schema;
+mod store_conn;
+mod subject_keys;
 mod url;
 mod wake;
 
@@ -30,7 +35,10 @@ use std::time::Duration;
 use sealq::clock::{SharedClock, system_clock};
 use sealq::{BrokerError, BrokerErrorKind};
 
+pub use crate::audit_sink::PostgresAuditSink;
+pub use crate::blob_store::PostgresBlobStore;
 pub use crate::schema::SCHEMA_VERSION;
+pub use crate::subject_keys::PostgresSubjectKeyStore;
 pub use crate::url::{SslMode, is_postgres_url};
 
 /// Default of [`PostgresOptions::poll_interval`].

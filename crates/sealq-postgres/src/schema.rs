@@ -27,11 +27,18 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, in order.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "tasks",
-    sql: include_str!("migrations/0001_tasks.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "tasks",
+        sql: include_str!("migrations/0001_tasks.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "stores",
+        sql: include_str!("migrations/0002_stores.sql"),
+    },
+];
 
 /// The schema version this build writes and expects.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
@@ -43,20 +50,24 @@ const MIGRATION_LOCK: i64 = 0x7365_616c_716d_6967;
 pub(crate) async fn stored_version(client: &Client, target: &str) -> Result<i32, BrokerError> {
     let row = client
         .query_one(
-            "SELECT CASE WHEN to_regclass('sealq.schema_version') IS NULL THEN NULL \
-             ELSE 1 END",
+            "SELECT to_regclass('sealq.schema_version') IS NOT NULL, \
+             to_regprocedure('sealq.schema_version_number()') IS NOT NULL",
             &[],
         )
         .await
         .map_err(|e| map(target, "reading the schema version", e))?;
-    if row.get::<_, Option<i32>>(0).is_none() {
+    if !row.get::<_, bool>(0) {
         return Ok(0);
     }
+    // From version 2 on, through the function every sealq role may call
+    // (the runtime roles have no privilege on the table).
+    let sql = if row.get::<_, bool>(1) {
+        "SELECT sealq.schema_version_number()"
+    } else {
+        "SELECT coalesce(max(version), 0) FROM sealq.schema_version"
+    };
     let row = client
-        .query_one(
-            "SELECT coalesce(max(version), 0) FROM sealq.schema_version",
-            &[],
-        )
+        .query_one(sql, &[])
         .await
         .map_err(|e| map(target, "reading the schema version", e))?;
     Ok(row.get(0))
@@ -142,6 +153,12 @@ pub(crate) async fn check_and_migrate(
             "sealq: applied a Postgres schema migration"
         );
     }
+    // New functions are executable by PUBLIC until revoked: revoke inside the
+    // migration's transaction, so none is ever callable by everyone (the
+    // roles get theirs from `sealq postgres install --apply-roles`).
+    tx.batch_execute("REVOKE ALL ON ALL FUNCTIONS IN SCHEMA sealq FROM PUBLIC")
+        .await
+        .map_err(err)?;
     tx.commit().await.map_err(err)?;
     Ok(found)
 }

@@ -13,6 +13,7 @@ mod finalise;
 mod keys;
 mod operator;
 mod payloads;
+pub(crate) mod postgres;
 pub(crate) mod redis;
 mod tasks;
 mod worker;
@@ -115,6 +116,7 @@ pub(crate) async fn run(global: Global, command: Command) -> CliResult {
         Command::Audit(AuditCommand::Anchor(a)) => audit_anchor::anchor(&global, a).await,
         Command::Audit(AuditCommand::PublicKey) => audit::public_key(&global),
         Command::Redis(c) => redis::run(&global, c).await,
+        Command::Postgres(c) => postgres::run(&global, c).await,
         Command::Erase(a) => erase::run(&global, a).await,
         Command::Cron(crate::args::CronCommand::Run(a)) => cron::run(&global, a).await,
         Command::Cron(crate::args::CronCommand::Next(a)) => cron::next(a),
