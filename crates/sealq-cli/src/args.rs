@@ -391,6 +391,12 @@ pub(crate) struct WorkerArgs {
     /// JSON on stdin; exit status 0 means success, any other status
     /// schedules a retry.
     ///
+    /// Its stdout (at most 64 KiB; more fails the task without a retry)
+    /// becomes the task's result and the last 4 KiB of its stderr the
+    /// task's error, both sealed, neither printed by the worker. It runs in
+    /// a process group of its own: when it exits, times out or is stopped
+    /// by a shutdown, the whole group gets SIGTERM, then SIGKILL 2 s later.
+    ///
     /// Its environment is not the worker's: it gets SEALQ_TASK_ID,
     /// SEALQ_TASK_TYPE, SEALQ_QUEUE and SEALQ_ATTEMPT, the worker's PATH,
     /// HOME, LANG, LC_ALL, TZ and TMPDIR (those that are set), and the
@@ -414,7 +420,8 @@ pub(crate) struct WorkerArgs {
     #[arg(long, value_name = "N")]
     pub(crate) prefetch: Option<usize>,
     /// On SIGINT/SIGTERM, how long to wait for running commands before
-    /// killing them and returning their tasks to the queue.
+    /// ending them (their process groups: SIGTERM, SIGKILL 2 s later) and
+    /// returning their tasks to the queue.
     #[arg(long, value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
     pub(crate) shutdown_timeout: Duration,
     /// Where audit records go (see `sealq audit --help`).

@@ -8,6 +8,7 @@ mod cron;
 mod demo;
 mod enqueue;
 mod erase;
+mod exec;
 mod exec_env;
 mod finalise;
 mod keys;
