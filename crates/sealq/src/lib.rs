@@ -76,6 +76,7 @@ pub use model::id::{SubjectTag, TaskId};
 pub use model::options::EnqueueOptions;
 pub use model::state::{ArchiveReason, TaskState};
 pub use model::task::{Task, TaskMeta, TaskPolicy};
+pub use model::unix_ms::UnixMs;
 pub use policy::{Finding, PayloadPolicy, PolicyMode, Rule};
 pub use reference::{
     CacheOptions, PayloadStats, Ref, ResolveError, Resolver, ResolverOptions, Resolvers,
