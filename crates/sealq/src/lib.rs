@@ -69,6 +69,8 @@ pub mod task {
 pub use admin::{EraseOptions, FinaliseReport, KeyUsage, Revealed};
 pub use audit::{AuditEvent, AuditSink, Auditor};
 pub use client::{Client, ClientBuilder, RawTask};
+#[doc(hidden)]
+pub use error::fmt_with_causes;
 pub use error::{BrokerError, BrokerErrorKind, Error, IntegrityError, Result};
 pub use model::backoff::Backoff;
 pub use model::clock::{Clock, SystemClock};
