@@ -227,9 +227,11 @@ pub(crate) enum KeysCommand {
     /// `subject_keys_rewrapped`). Workers may keep running.
     Reseal(KeysResealArgs),
     /// Remove an old (open-only) key from the keyring file given with
-    /// `--keyring`. Refused while any stored task or subject data key still
-    /// names it (run `keys reseal` first) unless `--force`. Audited
-    /// (`key_removed`).
+    /// `--keyring`, after checking every store named with `--store`
+    /// (repeat it for each store the keyring is used with; refused without
+    /// one). Refused while any stored task or subject data key in any of
+    /// them still names it (run `keys reseal` against each first) unless
+    /// `--force`. Audited in each store (`key_removed`).
     Remove(KeysRemoveArgs),
 }
 
@@ -239,6 +241,13 @@ pub(crate) struct KeysRemoveArgs {
     /// The key id to remove.
     #[arg(long = "key", value_name = "KEY_ID")]
     pub(crate) key: String,
+    /// A store (broker URL, as for `--broker`) whose tasks or subject keys
+    /// this keyring seals. Repeat it to name every one: the key is removed
+    /// only if none of them needs it, and nothing is guessed (without
+    /// `--store` the command refuses; `--broker` on the command line counts
+    /// as one more; a SQLite file that does not exist is refused).
+    #[arg(long = "store", value_name = "URL")]
+    pub(crate) stores: Vec<String>,
     /// Remove it even though stored tasks still name it: they can then never
     /// be opened.
     #[arg(long)]
