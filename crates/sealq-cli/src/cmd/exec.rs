@@ -108,8 +108,16 @@ impl Runner {
             .and_then(Pid::from_raw)
             .map(|pid| Group::new(pid, self.ending.clone()));
 
-        let stdout = child.stdout.take().map(|s| tokio::spawn(read_bounded(s)));
-        let stderr = child.stderr.take().map(|s| tokio::spawn(read_tail(s)));
+        // Readers of the pipes, aborted if this run is dropped (a process
+        // that left the group could otherwise keep them waiting forever).
+        let stdout = child
+            .stdout
+            .take()
+            .map(|s| Reader(tokio::spawn(read_bounded(s))));
+        let stderr = child
+            .stderr
+            .take()
+            .map(|s| Reader(tokio::spawn(read_tail(s))));
         let stdin = child.stdin.take();
         let feed = async move {
             if let Some(mut stdin) = stdin {
@@ -243,15 +251,21 @@ struct Output {
 /// Wait for a reader, once the group is gone. A process that left the group
 /// (`setsid`) may still hold the pipe open: then what was read so far is
 /// lost rather than the task held forever.
-async fn collect(reader: Option<tokio::task::JoinHandle<Output>>) -> Option<Output> {
+async fn collect(reader: Option<Reader>) -> Option<Output> {
     let mut reader = reader?;
-    match tokio::time::timeout(KILL_GRACE, &mut reader).await {
+    match tokio::time::timeout(KILL_GRACE, &mut reader.0).await {
         Ok(Ok(out)) => Some(out),
-        Ok(Err(_)) => None,
-        Err(_) => {
-            reader.abort();
-            None
-        }
+        // Panicked or aborted; a timeout aborts it when `reader` drops.
+        Ok(Err(_)) | Err(_) => None,
+    }
+}
+
+/// A pipe reader task, aborted when dropped.
+struct Reader(tokio::task::JoinHandle<Output>);
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
