@@ -233,9 +233,11 @@ pub(crate) enum KeysCommand {
     /// `subject_keys_rewrapped`). Workers may keep running.
     Reseal(KeysResealArgs),
     /// Remove an old (open-only) key from the keyring file given with
-    /// `--keyring`. Refused while any stored task or subject data key still
-    /// names it (run `keys reseal` first) unless `--force`. Audited
-    /// (`key_removed`).
+    /// `--keyring`, after checking every store named with `--store`
+    /// (repeat it for each store the keyring is used with; refused without
+    /// one). Refused while any stored task or subject data key in any of
+    /// them still names it (run `keys reseal` against each first) unless
+    /// `--force`. Audited in each store (`key_removed`).
     Remove(KeysRemoveArgs),
 }
 
@@ -245,6 +247,13 @@ pub(crate) struct KeysRemoveArgs {
     /// The key id to remove.
     #[arg(long = "key", value_name = "KEY_ID")]
     pub(crate) key: String,
+    /// A store (broker URL, as for `--broker`) whose tasks or subject keys
+    /// this keyring seals. Repeat it to name every one: the key is removed
+    /// only if none of them needs it, and nothing is guessed (without
+    /// `--store` the command refuses; `--broker` on the command line counts
+    /// as one more; a SQLite file that does not exist is refused).
+    #[arg(long = "store", value_name = "URL")]
+    pub(crate) stores: Vec<String>,
     /// Remove it even though stored tasks still name it: they can then never
     /// be opened.
     #[arg(long)]
@@ -397,6 +406,12 @@ pub(crate) struct WorkerArgs {
     /// JSON on stdin; exit status 0 means success, any other status
     /// schedules a retry.
     ///
+    /// Its stdout (at most 64 KiB; more fails the task without a retry)
+    /// becomes the task's result and the last 4 KiB of its stderr the
+    /// task's error, both sealed, neither printed by the worker. It runs in
+    /// a process group of its own: when it exits, times out or is stopped
+    /// by a shutdown, the whole group gets SIGTERM, then SIGKILL 2 s later.
+    ///
     /// Its environment is not the worker's: it gets SEALQ_TASK_ID,
     /// SEALQ_TASK_TYPE, SEALQ_QUEUE and SEALQ_ATTEMPT, the worker's PATH,
     /// HOME, LANG, LC_ALL, TZ and TMPDIR (those that are set), and the
@@ -420,7 +435,8 @@ pub(crate) struct WorkerArgs {
     #[arg(long, value_name = "N")]
     pub(crate) prefetch: Option<usize>,
     /// On SIGINT/SIGTERM, how long to wait for running commands before
-    /// killing them and returning their tasks to the queue.
+    /// ending them (their process groups: SIGTERM, SIGKILL 2 s later) and
+    /// returning their tasks to the queue.
     #[arg(long, value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
     pub(crate) shutdown_timeout: Duration,
     /// Where audit records go (see `sealq audit --help`).

@@ -38,6 +38,14 @@ impl Sandbox {
         self.dir.path()
     }
 
+    /// The sandbox's broker URL (what `SEALQ_BROKER` is set to).
+    fn url(&self) -> String {
+        format!(
+            "sqlite://{}?synchronous=normal",
+            self.path().join("q.db").display()
+        )
+    }
+
     /// The binary with a clean, sandboxed environment.
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
@@ -707,7 +715,7 @@ fn keys_remove_waits_for_subject_keys_to_be_rewrapped() {
     assert_eq!(sb.run(&["keys", "rotate", "--operator", "ops"]).code, 0);
     // The task is sealed with the subject's data key, which is wrapped under
     // the old key's key-encryption key: removing the old key would lose it.
-    let refused = sb.run(&["keys", "remove", "--key", &old_key]);
+    let refused = sb.run(&["keys", "remove", "--store", &sb.url(), "--key", &old_key]);
     assert_ne!(refused.code, 0);
     assert!(
         refused.stderr.contains("1 subject key(s)") && refused.stderr.contains("keys reseal"),
@@ -726,7 +734,16 @@ fn keys_remove_waits_for_subject_keys_to_be_rewrapped() {
         out.stdout
     );
     assert!(!out.stdout.contains("user-42"), "{}", out.stdout);
-    let out = sb.run(&["keys", "remove", "--key", &old_key, "--operator", "ops"]);
+    let out = sb.run(&[
+        "keys",
+        "remove",
+        "--store",
+        &sb.url(),
+        "--key",
+        &old_key,
+        "--operator",
+        "ops",
+    ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let out = sb.run(&["tasks", "reveal", "--id", &id]);
     assert_eq!(out.code, 0, "reveal without the old key: {}", out.stderr);
@@ -757,7 +774,7 @@ fn keys_reseal_moves_old_tasks_to_the_new_key_so_the_old_one_can_go() {
     );
 
     // The old key cannot be removed while tasks name it.
-    let refused = sb.run(&["keys", "remove", "--key", &old_key]);
+    let refused = sb.run(&["keys", "remove", "--store", &sb.url(), "--key", &old_key]);
     assert_ne!(refused.code, 0);
     assert!(
         refused.stderr.contains("2 part(s)") && refused.stderr.contains("keys reseal"),
@@ -813,17 +830,27 @@ fn keys_reseal_moves_old_tasks_to_the_new_key_so_the_old_one_can_go() {
     );
 
     // Now the old key goes; both tasks still open.
-    let out = sb.run(&["keys", "remove", "--key", &old_key, "--operator", "ops"]);
+    let out = sb.run(&[
+        "keys",
+        "remove",
+        "--store",
+        &sb.url(),
+        "--key",
+        &old_key,
+        "--operator",
+        "ops",
+    ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
-        out.stdout.contains("no stored task named it"),
+        out.stdout
+            .contains("no stored task or subject key names it"),
         "{}",
         out.stdout
     );
     let kr = sealq::Keyring::from_file(&sb.keyring).unwrap();
     assert!(!kr.contains_key(&old_key));
     assert_eq!(kr.primary_key_id(), new_key);
-    let primary = sb.run(&["keys", "remove", "--key", &new_key]);
+    let primary = sb.run(&["keys", "remove", "--store", &sb.url(), "--key", &new_key]);
     assert_eq!(primary.code, 2, "{}", primary.stderr);
     assert!(primary.stderr.contains("primary"), "{}", primary.stderr);
     for id in [&a, &b] {
@@ -886,7 +913,16 @@ fn keys_reseal_with_a_sqlite_blob_url_reseals_blobs_in_the_database() {
         (1.into(), 1.into()),
         "{v}"
     );
-    let out = sb.run(&["keys", "remove", "--key", &old, "--blob-url", &url]);
+    let out = sb.run(&[
+        "keys",
+        "remove",
+        "--store",
+        &sb.url(),
+        "--key",
+        &old,
+        "--blob-url",
+        &url,
+    ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
@@ -923,11 +959,13 @@ fn keys_reseal_with_blob_dir_reseals_offloaded_payloads_too() {
     );
     assert_eq!(v["failed"], serde_json::json!([]), "{v}");
     // Removal checks inside the blobs too when it can see them.
-    let out = sb.run(&["keys", "remove", "--key", &old]);
+    let out = sb.run(&["keys", "remove", "--store", &sb.url(), "--key", &old]);
     assert_ne!(out.code, 0, "the blob could not be checked: {}", out.stdout);
     let out = sb.run(&[
         "keys",
         "remove",
+        "--store",
+        &sb.url(),
         "--key",
         &old,
         "--blob-dir",

@@ -140,6 +140,8 @@ fn install_bench_and_key_rotation_on_redis() {
             k,
             "keys",
             "remove",
+            "--store",
+            &url,
             "--key",
             &old,
         ],
@@ -300,7 +302,7 @@ fn keys_reseal_and_remove_reach_a_redis_blob_store() {
     assert_eq!(v["failed"], serde_json::json!([]), "{v}");
 
     // Removal looks inside the blobs when it can see them (no TTL needed).
-    let out = run(&["remove", "--key", &old]);
+    let out = run(&["remove", "--store", &url, "--key", &old]);
     assert!(
         !out.status.success(),
         "the blob was not checked: {}",
@@ -308,6 +310,8 @@ fn keys_reseal_and_remove_reach_a_redis_blob_store() {
     );
     let out = run(&[
         "remove",
+        "--store",
+        &url,
         "--key",
         &old,
         "--blob-url",

@@ -1,8 +1,9 @@
 //! [`ConnectError`]: why a URL could not be turned into stores.
 
 /// Why a URL could not be turned into stores. Messages name the URL only
-/// redacted and say what to do.
-#[derive(Debug, thiserror::Error)]
+/// redacted and say what to do. `Debug` writes the message and its causes
+/// (what `fn main() -> Result<(), ConnectError>` prints).
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
     /// The URL is wrong (the caller's to fix): an unknown scheme, a missing
@@ -34,6 +35,13 @@ pub enum ConnectError {
     Audit(#[from] sealq::audit::AuditError),
 }
 
+impl std::fmt::Debug for ConnectError {
+    /// The `Display` message, then each cause it does not already say.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        sealq::fmt_with_causes(self, f)
+    }
+}
+
 impl ConnectError {
     /// A backend's failure to open `url`.
     pub(crate) fn opening(url: &str, source: sealq::BrokerError) -> Self {
@@ -56,5 +64,25 @@ impl ConnectError {
                 | ConnectError::Missing { .. }
                 | ConnectError::Open { refused: true, .. }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rough_edge_debug_is_the_message_and_its_causes() {
+        let e = ConnectError::opening(
+            "redis://user:secret@127.0.0.1:1",
+            sealq::BrokerError::new(sealq::BrokerErrorKind::Unavailable, "cannot connect"),
+        );
+        let printed = format!("Error: {e:?}");
+        assert_eq!(
+            printed,
+            "Error: cannot open broker redis://user:***@127.0.0.1:1: \
+             broker unavailable: cannot connect"
+        );
+        assert!(!printed.contains("secret") && !printed.contains("Open {"));
     }
 }

@@ -127,14 +127,44 @@ pub enum Error {
 }
 
 impl std::fmt::Debug for Error {
-    /// The `Display` message (see [`Error`]).
+    /// The `Display` message, then each cause it does not already say (see
+    /// [`Error`]).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self, f)
+        fmt_with_causes(self, f)
     }
 }
 
+/// Write `error`'s message, then `: cause` for each error of its
+/// [`source`](std::error::Error::source) chain whose text the message so
+/// far does not already contain: the `Debug` form of sealq's errors, so
+/// that `fn main() -> Result<(), E>` prints the helpful message and its
+/// causes (`Error: broker error: broker unavailable: cannot connect:
+/// Connection refused`) rather than a variant name. Other crates of the
+/// workspace use it for their error types too.
+#[doc(hidden)]
+pub fn fmt_with_causes(
+    error: &dyn std::error::Error,
+    f: &mut std::fmt::Formatter<'_>,
+) -> std::fmt::Result {
+    let mut said = error.to_string();
+    f.write_str(&said)?;
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !said.contains(&text) {
+            write!(f, ": {text}")?;
+            said.push_str(": ");
+            said.push_str(&text);
+        }
+        cause = c.source();
+    }
+    Ok(())
+}
+
 /// Why a sealed envelope could not be opened. Never carries plaintext.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// `Debug` writes the `Display` message, as [`Error`]'s does.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum IntegrityError {
     /// Shorter than the fixed header, or a length field points past the end.
@@ -167,7 +197,9 @@ pub enum IntegrityError {
 }
 
 /// A broker failure, without backend types in the signature.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` writes the `Display` message and its causes, as [`Error`]'s does.
+#[derive(thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct BrokerError {
     /// Class of the failure.
@@ -177,6 +209,20 @@ pub struct BrokerError {
     /// The underlying error, if any.
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl std::fmt::Debug for IntegrityError {
+    /// The `Display` message.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::fmt::Debug for BrokerError {
+    /// The `Display` message, then its causes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fmt_with_causes(self, f)
+    }
 }
 
 /// Class of a [`BrokerError`].
@@ -252,5 +298,128 @@ mod tests {
         assert_eq!(debug, Error::NoKeyring.to_string());
         assert!(debug.contains("SEALQ_KEYRING") && debug.contains("--keyring"));
         assert!(!debug.contains("NoKeyring"));
+    }
+
+    /// One value of every variant. The match has no wildcard: a new variant
+    /// does not compile until it is added here.
+    fn every_variant() -> Vec<Error> {
+        let id = TaskId(uuid::Uuid::nil());
+        let all = vec![
+            Error::PayloadTooLarge {
+                queue: "q".into(),
+                size: 70_000,
+                limit: 65_536,
+            },
+            Error::PolicyViolation {
+                rule: "card_number".into(),
+                path: "customer.card".into(),
+                detail: ", card ending 4242".into(),
+            },
+            Error::Codec {
+                what: "payload",
+                reason: "invalid type".into(),
+            },
+            Error::InvalidArgument {
+                what: "queue name",
+                reason: "`a b` has a space".into(),
+            },
+            Error::Duplicate {
+                key: "k".into(),
+                existing: id,
+            },
+            Error::IdExists(id),
+            Error::QueueFull {
+                queue: "q".into(),
+                max_depth: 10,
+            },
+            Error::NotFound(id),
+            Error::Integrity(IntegrityError::Tampered),
+            Error::NoKeyring,
+            Error::Keyring("bad key".into()),
+            Error::Config("bad option".into()),
+            Error::Broker(
+                BrokerError::new(BrokerErrorKind::Unavailable, "cannot connect")
+                    .with_source(std::io::Error::other("Connection refused")),
+            ),
+            Error::Audit("disk full".into()),
+            Error::Shutdown,
+        ];
+        for e in &all {
+            match e {
+                Error::PayloadTooLarge { .. }
+                | Error::PolicyViolation { .. }
+                | Error::Codec { .. }
+                | Error::InvalidArgument { .. }
+                | Error::Duplicate { .. }
+                | Error::IdExists(_)
+                | Error::QueueFull { .. }
+                | Error::NotFound(_)
+                | Error::Integrity(_)
+                | Error::NoKeyring
+                | Error::Keyring(_)
+                | Error::Config(_)
+                | Error::Broker(_)
+                | Error::Audit(_)
+                | Error::Shutdown => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn rough_edge_main_prints_the_message_of_every_variant() {
+        // `fn main() -> Result<(), sealq::Error>` prints `Error: {:?}`.
+        for e in every_variant() {
+            let printed = format!("Error: {e:?}");
+            let message = e.to_string();
+            assert!(
+                printed.starts_with(&format!("Error: {message}")),
+                "{printed}"
+            );
+            // No variant or field names: the text a user reads.
+            for name in [
+                "PayloadTooLarge",
+                "PolicyViolation",
+                "Codec {",
+                "InvalidArgument",
+                "Duplicate {",
+                "IdExists(",
+                "QueueFull",
+                "NotFound(",
+                "Integrity(",
+                "Tampered",
+                "NoKeyring",
+                "Keyring(",
+                "Config(",
+                "Broker(",
+                "BrokerError",
+                "Unavailable",
+                "Audit(",
+                "Shutdown",
+                "kind:",
+                "message:",
+            ] {
+                assert!(!printed.contains(name), "`{name}` in {printed}");
+            }
+        }
+    }
+
+    #[test]
+    fn rough_edge_debug_adds_causes_once() {
+        let e = Error::Broker(
+            BrokerError::new(BrokerErrorKind::Unavailable, "cannot connect")
+                .with_source(std::io::Error::other("Connection refused")),
+        );
+        assert_eq!(
+            format!("{e:?}"),
+            "broker error: broker unavailable: cannot connect: Connection refused"
+        );
+        // The integrity error's text is the message already: not repeated.
+        let e = Error::Integrity(IntegrityError::Expired);
+        assert_eq!(format!("{e:?}"), "integrity failure: envelope expired");
+        assert_eq!(
+            format!("{:?}", IntegrityError::Replay),
+            "task already completed (replay)"
+        );
     }
 }

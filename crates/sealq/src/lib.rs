@@ -69,6 +69,8 @@ pub mod task {
 pub use admin::{EraseOptions, FinaliseReport, KeyUsage, Revealed};
 pub use audit::{AuditEvent, AuditSink, Auditor};
 pub use client::{Client, ClientBuilder, RawTask};
+#[doc(hidden)]
+pub use error::fmt_with_causes;
 pub use error::{BrokerError, BrokerErrorKind, Error, IntegrityError, Result};
 pub use model::backoff::Backoff;
 pub use model::clock::{Clock, SystemClock};
@@ -76,6 +78,7 @@ pub use model::id::{SubjectTag, TaskId};
 pub use model::options::EnqueueOptions;
 pub use model::state::{ArchiveReason, TaskState};
 pub use model::task::{Task, TaskMeta, TaskPolicy};
+pub use model::unix_ms::UnixMs;
 pub use policy::{Finding, PayloadPolicy, PolicyMode, Rule};
 pub use reference::{
     CacheOptions, PayloadStats, Ref, ResolveError, Resolver, ResolverOptions, Resolvers,

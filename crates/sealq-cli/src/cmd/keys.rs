@@ -220,7 +220,7 @@ pub(crate) async fn rotate(global: &super::Global, args: crate::args::KeysRotate
 /// `writes`: the command may write blobs (a Redis store then needs the TTL
 /// to write them with). A `--blob-url` store is reached once here, so an
 /// unreachable one stops the command before it reads any task.
-async fn blob_store(
+pub(crate) async fn blob_store(
     args: &crate::args::BlobStoreArgs,
     writes: bool,
 ) -> CliResult<Option<std::sync::Arc<dyn sealq::blob::BlobStore>>> {
@@ -449,81 +449,6 @@ pub(crate) async fn reseal(global: &super::Global, args: crate::args::KeysReseal
             .map(|(k, n)| format!("`{k}`: {n}"))
             .collect();
         crate::stdout::outln!("  still sealed with other keys: {}", safe(&left.join(", ")));
-    }
-    Ok(())
-}
-
-/// `sealq keys remove --key ID`: drop an open-only key from the keyring
-/// file, after checking ([`sealq::Client::key_usage`]) that no stored task,
-/// blob or wrapped subject key still needs it, unless `--force`. Audited
-/// (`key_removed`, [`sealq::Client::record_key_removed`]).
-pub(crate) async fn remove(global: &super::Global, args: crate::args::KeysRemoveArgs) -> CliResult {
-    let path = keyring_path(global, "keys remove")?;
-    let mut keyring = Keyring::from_file(&path)?;
-    keyring.require_sealing_keys("remove keys")?;
-    if args.key == keyring.primary_key_id() {
-        return Err(CliError::usage(crate::error::msg(format!(
-            "`{}` is the primary key: rotate first (`sealq keys rotate`), then re-seal",
-            args.key
-        ))));
-    }
-    if !keyring.contains_key(&args.key) {
-        return Err(CliError::usage(crate::error::msg(format!(
-            "the keyring {} has no key `{}`",
-            path.display(),
-            args.key
-        ))));
-    }
-    let keyring_arc = std::sync::Arc::new(Keyring::from_toml(&keyring.to_toml_secret())?);
-    let blobs = blob_store(&args.blobs, false).await?;
-    let opened = global.open_broker()?;
-    let mut checker = sealq::Client::builder(opened.broker.clone(), keyring_arc.clone());
-    if let Some(store) = blobs {
-        checker = checker.blob_store(store, usize::MAX);
-    }
-    let usage = checker.build().key_usage(&args.key).await?;
-    let still = usage.still_sealed();
-    let wrapped = usage.subject_keys_wrapped;
-    if let Some(e) = &usage.could_not_check
-        && !args.force
-    {
-        return Err(CliError::runtime(crate::error::msg(format!(
-            "cannot check whether subject data keys are still wrapped under `{}`: {e}; \
-             --force removes it anyway",
-            args.key
-        ))));
-    }
-    if still > 0 && !args.force {
-        return Err(CliError::runtime(crate::error::msg(format!(
-            "{still} part(s) of stored tasks or subject data keys are still sealed with `{}` \
-             ({wrapped} subject key(s); or could not be checked): run `sealq keys reseal \
-             --from-key {}` first; --force removes it anyway, and they can then never be opened",
-            args.key, args.key
-        ))));
-    }
-    keyring.remove_key(&args.key)?;
-    write_keyring(&path, &keyring)?;
-    let auditor = super::audit::start(opened.audit_home(), args.op.audit, &keyring)?;
-    if let Some(a) = &auditor {
-        sealq::Client::builder(opened.broker.clone(), keyring_arc)
-            .audit(a.clone())
-            .build()
-            .record_key_removed(&args.key, still, &super::operator::operator(&args.op))
-            .await?;
-    }
-    super::audit::finish(auditor).await?;
-    if still > 0 {
-        crate::stdout::outln!(
-            "removed `{}` from {} although {still} stored part(s) still named it: they can no longer be opened",
-            args.key,
-            path.display()
-        );
-    } else {
-        crate::stdout::outln!(
-            "removed `{}` from {}: no stored task named it; deploy the keyring everywhere",
-            args.key,
-            path.display()
-        );
     }
     Ok(())
 }

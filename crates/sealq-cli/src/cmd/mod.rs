@@ -8,9 +8,11 @@ mod cron;
 mod demo;
 mod enqueue;
 mod erase;
+mod exec;
 mod exec_env;
 mod finalise;
 mod keys;
+mod keys_remove;
 mod operator;
 mod payloads;
 pub(crate) mod postgres;
@@ -100,7 +102,7 @@ pub(crate) async fn run(global: Global, command: Command) -> CliResult {
         Command::Keys(KeysCommand::Generate(a)) => keys::generate(&global, a),
         Command::Keys(KeysCommand::Rotate(a)) => keys::rotate(&global, a).await,
         Command::Keys(KeysCommand::Reseal(a)) => keys::reseal(&global, a).await,
-        Command::Keys(KeysCommand::Remove(a)) => keys::remove(&global, a).await,
+        Command::Keys(KeysCommand::Remove(a)) => keys_remove::remove(&global, a).await,
         Command::Enqueue(a) => enqueue::run(&global, a).await,
         Command::Worker(a) => worker::run(&global, a).await,
         Command::Tasks(TasksCommand::List(a)) => tasks::list(&global, a).await,

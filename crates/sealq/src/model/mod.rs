@@ -15,6 +15,8 @@
 //! - [`key_check`]: [`key_check::KeyCheck`], a sealing key's check value.
 //! - [`audit_event`]: [`AuditEvent`], what the audit log says happened.
 //! - [`clock`]: the [`Clock`] that dates everything.
+//! - [`unix_ms`]: [`UnixMs`], a time from a `SystemTime`, a
+//!   `jiff::Timestamp` or Unix milliseconds.
 //! - `hex`: lowercase hex for ids and digests.
 
 pub mod audit_event;
@@ -28,6 +30,7 @@ pub mod options;
 pub mod record;
 pub mod state;
 pub mod task;
+pub mod unix_ms;
 
 pub use audit_event::AuditEvent;
 pub use backoff::Backoff;
@@ -38,3 +41,4 @@ pub use options::EnqueueOptions;
 pub use record::{NewTask, TaskRecord};
 pub use state::{ArchiveReason, TaskState};
 pub use task::{Task, TaskMeta, TaskPolicy};
+pub use unix_ms::UnixMs;

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::model::backoff::Backoff;
+use crate::model::unix_ms::UnixMs;
 
 /// The default queue name.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -23,7 +24,8 @@ pub const DEFAULT_QUEUE: &str = "default";
 pub struct EnqueueOptions {
     /// Queue name (default `default`).
     pub queue: Option<String>,
-    /// Run no earlier than this, Unix ms. Overrides `delay`.
+    /// Run no earlier than this, Unix ms ([`EnqueueOptions::run_at`] takes a
+    /// `SystemTime` or `jiff::Timestamp` too). Overrides `delay`.
     pub run_at_ms: Option<i64>,
     /// Run no earlier than now + delay.
     pub delay: Option<Duration>,
@@ -85,6 +87,27 @@ impl EnqueueOptions {
         not_after_ms: i64 => not_after_ms);
     setter!(/// Use this id.
         id: crate::model::id::TaskId => id);
+
+    /// Run no earlier than `at`: a [`std::time::SystemTime`], a
+    /// [`jiff::Timestamp`] or Unix ms ([`UnixMs`]). Overrides `delay`.
+    pub fn run_at(mut self, at: impl Into<UnixMs>) -> Self {
+        self.run_at_ms = Some(at.into().as_millis());
+        self
+    }
+
+    /// The handler must finish by `at` (a `SystemTime`, a `jiff::Timestamp`
+    /// or Unix ms); past it the task is archived `deadline_exceeded`.
+    pub fn deadline(mut self, at: impl Into<UnixMs>) -> Self {
+        self.deadline_ms = Some(at.into().as_millis());
+        self
+    }
+
+    /// The task must not start after `at` (a `SystemTime`, a
+    /// `jiff::Timestamp` or Unix ms); it is archived `expired` then.
+    pub fn not_after(mut self, at: impl Into<UnixMs>) -> Self {
+        self.not_after_ms = Some(at.into().as_millis());
+        self
+    }
 
     /// At most one task with `key` until it completes or `ttl` passes.
     pub fn unique(mut self, key: impl Into<String>, ttl: Duration) -> Self {

@@ -94,7 +94,8 @@ pub enum ArchiveReason {
     Replay,
     /// Its subject was erased.
     Erased,
-    /// No handler is registered for its type.
+    /// No worker that leased it had a handler for its type, up to its
+    /// sealed expiry (until then it is retried: a worker with one may come).
     UnknownType,
     /// The payload opened but does not decode as the handler's type.
     Decode,

@@ -107,7 +107,8 @@ pub(crate) async fn process(
 /// 3. [`hold_until_sealed_start`]: leased before the producer's sealed
 ///    earliest start: given back, to run at that time;
 /// 4. [`archive_if_past_deadline`]: too late to start;
-/// 5. [`find_handler`]: the type's handler or the `handle_any` fallback;
+/// 5. [`find_handler`]: the type's handler or the `handle_any` fallback
+///    (neither: retried until a worker with one comes);
 /// 6. [`run_handler`]: under the sealed timeout and deadline, catching
 ///    panics, racing the hard shutdown;
 /// 7. [`outcome_of`]: what the handler's result means for the task.
@@ -137,7 +138,7 @@ async fn execute_steps(
     let payload = open_envelope(state, record, now).await?;
     hold_until_sealed_start(record, now)?;
     archive_if_past_deadline(state, record, now)?;
-    let handler = find_handler(state, record)?;
+    let handler = find_handler(state, record, now)?;
     let finished = run_handler(state, run, record, handler, payload, cancel, now).await?;
     Ok(outcome_of(state, record, finished))
 }
@@ -373,9 +374,14 @@ fn archive_if_past_deadline(state: &WorkerState, record: &TaskRecord, now: i64) 
 }
 
 /// The handler registered for the task's type, else the `handle_any`
-/// fallback. Neither: acked as archived `unknown_type` rather than retried:
-/// this worker has no handler for it, so another attempt here cannot help.
-fn find_handler(state: &WorkerState, record: &TaskRecord) -> Step<Arc<dyn ErasedHandler>> {
+/// fallback. Neither: retried with backoff, since a worker that has one
+/// may come (producers deploy first), and archived `unknown_type` only at
+/// the task's sealed expiry ([`super::unhandled`]).
+fn find_handler(
+    state: &WorkerState,
+    record: &TaskRecord,
+    now: i64,
+) -> Step<Arc<dyn ErasedHandler>> {
     match state
         .handlers
         .get(&record.kind)
@@ -383,15 +389,7 @@ fn find_handler(state: &WorkerState, record: &TaskRecord) -> Step<Arc<dyn Erased
         .cloned()
     {
         Some(handler) => Ok(handler),
-        None => {
-            warn!("no handler registered for this task type; archiving");
-            Err(archive(
-                state,
-                record,
-                ArchiveReason::UnknownType,
-                "no handler for this task type",
-            ))
-        }
+        None => Err(super::unhandled::no_handler(state, record, now)),
     }
 }
 

@@ -35,7 +35,9 @@ pub enum Failure {
 /// explicitly) and is never written to logs, because handler errors often
 /// quote the data they failed on.
 ///
-/// Any `std::error::Error` converts into a retrying `TaskError` with `?`.
+/// Any error converts into a retrying `TaskError` with `?`: a
+/// `std::error::Error`, a boxed error, an `anyhow::Error` (see the `From`
+/// impl below).
 pub struct TaskError {
     /// What the runtime should do.
     pub failure: Failure,
@@ -99,9 +101,36 @@ impl std::fmt::Debug for TaskError {
     }
 }
 
-impl<E: std::error::Error> From<E> for TaskError {
+/// `?` in a handler: any error converts into a retrying `TaskError` whose
+/// message is the error's text, so a handler can use `?` on a
+/// `std::error::Error` (sent or not), a `Box<dyn std::error::Error>` (with
+/// or without `+ Send + Sync`), an `anyhow::Error` or an `eyre::Report`
+/// (their context chain included: the message is formatted with `{:#}`), or
+/// a plain `&str`/`String`, with no feature to turn on. The bound is
+/// `Display + Debug` rather than `std::error::Error` because neither a
+/// boxed error nor `anyhow::Error` implements that trait.
+///
+/// `TaskError` itself implements no `Display`: its message may quote
+/// payload data, so it can only be read with [`TaskError::message`] (and
+/// is sealed before it is stored), never by a stray `{}` in a log line.
+///
+/// ```
+/// use sealq::{HandlerResult, TaskError};
+///
+/// fn parse(input: &str) -> HandlerResult {
+///     let _n: u32 = input.parse()?; // std::num::ParseIntError
+///     let boxed: Box<dyn std::error::Error + Send + Sync> = "boxed".into();
+///     Err(boxed)?;
+///     Ok(())
+/// }
+/// let e: TaskError = parse("x").unwrap_err();
+/// assert_eq!(e.message(), "invalid digit found in string");
+/// assert_eq!(e.failure, sealq::Failure::Retry);
+/// assert_eq!(parse("1").unwrap_err().message(), "boxed");
+/// ```
+impl<E: std::fmt::Display + std::fmt::Debug> From<E> for TaskError {
     fn from(e: E) -> Self {
-        TaskError::retry(e.to_string())
+        TaskError::retry(format!("{e:#}"))
     }
 }
 

@@ -21,7 +21,8 @@
 //! task's steps from lease to outcome), `outcome.rs` (archive, refuse, fail,
 //! seal), `panic_hook.rs` (keeping handler panics off stderr), `acks.rs`, `heartbeat.rs`, `maintenance.rs`, `handler.rs` (what
 //! handlers receive and return), `priority.rs` (queue order), `stats.rs`
-//! (counters).
+//! (counters), `unhandled.rs` (a task type no handler takes: retried until
+//! its expiry).
 
 mod acks;
 mod execute;
@@ -36,6 +37,7 @@ mod priority;
 mod resolve;
 mod runtime;
 mod stats;
+mod unhandled;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -307,8 +309,10 @@ impl WorkerBuilder {
         self
     }
 
-    /// Register a handler for every type without its own handler. Without one,
-    /// a task of an unknown type is archived with reason `unknown_type`.
+    /// Register a handler for every type without its own handler. Without
+    /// one, a task of a type with no handler is retried with backoff (a
+    /// worker that has one may come) and archived `unknown_type` at its
+    /// sealed expiry (README, "Task types with no handler").
     pub fn handle_any<F, Fut>(mut self, f: F) -> Self
     where
         F: Fn(RawPayload, TaskContext) -> Fut + Send + Sync + 'static,

@@ -47,6 +47,7 @@ pub mod keyring;
 pub mod leases;
 pub mod policy;
 pub mod refusals;
+pub mod unhandled;
 pub mod worker;
 
 pub use audit::*;
@@ -55,6 +56,7 @@ pub use keyring::*;
 pub use leases::*;
 pub use policy::*;
 pub use refusals::*;
+pub use unhandled::*;
 pub use worker::*;
 
 /// What a scenario works with: a fresh broker, a keyring and a client.
@@ -218,6 +220,8 @@ macro_rules! scenario_tests {
             finding_3_a_policy_edited_in_the_broker_never_runs,
             finding_3_a_task_moved_earlier_waits_for_its_sealed_start,
             finding_3_every_task_carries_a_sealed_expiry,
+            rough_edge_a_task_with_no_handler_waits_for_a_worker_that_has_one,
+            rough_edge_a_task_with_no_handler_is_archived_unknown_type_at_its_expiry,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
