@@ -66,7 +66,10 @@ pub mod task {
     pub use crate::model::task::{Task, TaskMeta, TaskPolicy, decode_payload, encode_payload};
 }
 
-pub use admin::{EraseOptions, FinaliseReport, KeyUsage, Revealed};
+pub use admin::{
+    BulkAction, BulkOptions, BulkReport, EraseOptions, FinaliseReport, KeyUsage, Revealed,
+    TaskFilter,
+};
 pub use audit::{AuditEvent, AuditSink, Auditor};
 pub use client::{Client, ClientBuilder, RawTask};
 pub use error::{BrokerError, BrokerErrorKind, Error, IntegrityError, Result};

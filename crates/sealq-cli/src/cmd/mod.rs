@@ -4,6 +4,7 @@
 mod audit;
 mod audit_anchor;
 mod bench;
+mod bulk;
 mod cron;
 mod demo;
 mod enqueue;
@@ -13,6 +14,7 @@ mod finalise;
 mod keys;
 mod operator;
 mod payloads;
+mod queues;
 pub(crate) mod redis;
 mod tasks;
 mod worker;
