@@ -71,7 +71,7 @@ pub use admin::{
     TaskFilter,
 };
 pub use audit::{AuditEvent, AuditSink, Auditor};
-pub use client::{Client, ClientBuilder, RawTask};
+pub use client::{Client, ClientBuilder, RawTask, TaskOutcome};
 pub use error::{BrokerError, BrokerErrorKind, Error, IntegrityError, Result};
 pub use model::backoff::Backoff;
 pub use model::clock::{Clock, SystemClock};
