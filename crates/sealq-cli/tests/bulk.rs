@@ -262,6 +262,28 @@ fn bulk_recovery(sb: &Sandbox) {
     assert_eq!(sb.count("keep", "pending"), 2);
     assert_eq!(sb.count("mail", "pending"), 6);
 
+    // queues list shows each queue's settings beside its counts.
+    sb.ok(&["queues", "pause", "--queue", "keep"]);
+    sb.ok(&["queues", "limit", "--queue", "keep", "--max-depth", "10"]);
+    sb.ok(&[
+        "queues", "rate", "--queue", "keep", "--limit", "5", "--per", "1s",
+    ]);
+    let keep = sb.queue("keep");
+    assert_eq!(keep["paused"], true, "{keep}");
+    assert_eq!(keep["max_depth"], 10, "{keep}");
+    assert_eq!(keep["waiting"], 2, "{keep}");
+    assert_eq!(keep["rate_limit"]["limit"], 5, "{keep}");
+    assert_eq!(keep["rate_limit"]["period_ms"], 1000, "{keep}");
+    assert_eq!(sb.queue("mail")["paused"], false);
+    let table = sb.ok(&["queues", "list"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("keep "))
+        .unwrap_or_else(|| panic!("no row for keep: {table}"));
+    for cell in ["yes", "5/1s", "2/10 waiting"] {
+        assert!(row.contains(cell), "{cell} missing: {table}");
+    }
+
     // The by-id form still works beside the filters.
     let out = sb.ok(&["tasks", "delete", "--id", &mail[0]]);
     assert!(out.contains("deleted 1 of 1"), "{out}");
@@ -331,21 +353,21 @@ fn list_pages(sb: &Sandbox) {
 }
 
 #[test]
-fn bulk_rerun_and_delete_on_sqlite() {
+fn recovery_bulk_rerun_and_delete_on_sqlite() {
     let sb =
         Sandbox::new(|dir| format!("sqlite://{}?synchronous=normal", dir.join("q.db").display()));
     bulk_recovery(&sb);
 }
 
 #[test]
-fn tasks_list_pages_on_sqlite() {
+fn recovery_tasks_list_pages_on_sqlite() {
     let sb =
         Sandbox::new(|dir| format!("sqlite://{}?synchronous=normal", dir.join("q.db").display()));
     list_pages(&sb);
 }
 
 #[test]
-fn bulk_rerun_and_delete_and_list_pages_on_redis() {
+fn recovery_bulk_rerun_and_delete_and_list_pages_on_redis() {
     let server = support::RedisServer::start();
     let sb = Sandbox::new(|_| server.url());
     sb.ok(&["redis", "install"]);
