@@ -109,6 +109,7 @@ pub(crate) async fn run(
     } else {
         print_text(action, &described, &report, args);
     }
+    crate::skipped::print_summary();
     if !report.dry_run && report.matched == 0 {
         return Err(CliError::runtime(msg(format!(
             "no task matched the filter ({}); nothing changed",
