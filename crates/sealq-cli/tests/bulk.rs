@@ -374,3 +374,48 @@ fn recovery_bulk_rerun_and_delete_and_list_pages_on_redis() {
     bulk_recovery(&sb);
     list_pages(&sb);
 }
+
+/// The progress bar is drawn on stderr when it is a terminal (here a
+/// pseudo-terminal from util-linux `script`), and never into a pipe.
+#[test]
+fn recovery_bulk_progress_bar_only_on_a_terminal() {
+    let sb =
+        Sandbox::new(|dir| format!("sqlite://{}?synchronous=normal", dir.join("q.db").display()));
+    sb.enqueue("bar", 4);
+    let piped = sb.run(&["tasks", "delete", "--queue", "bar", "--yes", "--max", "2"]);
+    assert!(piped.status.success(), "{}", text(&piped));
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(
+        !stderr.contains("scanned,") && !stderr.contains('\r'),
+        "{}",
+        text(&piped)
+    );
+
+    let command = format!(
+        "{} tasks delete --queue bar --yes --batch 1",
+        env!("CARGO_BIN_EXE_sealq")
+    );
+    let tty = sb
+        .cmd(&[])
+        .get_envs()
+        .fold(Command::new("script"), |mut c, (k, v)| {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+            c
+        })
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(sb.dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("`script` (util-linux: apt-get install bsdutils) runs the command on a terminal");
+    assert!(tty.status.success(), "{}", text(&tty));
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(
+        shown.contains("scanned,"),
+        "no progress bar on a terminal: {shown}"
+    );
+    assert!(shown.contains("deleted 2 of 2"), "{shown}");
+    assert_eq!(sb.queue("bar"), Value::Null, "every task deleted");
+}
