@@ -419,3 +419,50 @@ fn recovery_bulk_progress_bar_only_on_a_terminal() {
     assert!(shown.contains("deleted 2 of 2"), "{shown}");
     assert_eq!(sb.queue("bar"), Value::Null, "every task deleted");
 }
+
+/// A bulk run stopped by SIGTERM stops between batches: every batch it did
+/// is audited, the log verifies, and the same command run again acts on
+/// exactly what is left.
+#[test]
+fn recovery_bulk_interrupted_by_a_signal_is_finished_by_running_it_again() {
+    let sb =
+        Sandbox::new(|dir| format!("sqlite://{}?synchronous=normal", dir.join("q.db").display()));
+    let out = sb.run(&[
+        "bench", "--role", "producer", "--tasks", "3000", "--audit", "off", "--broker", &sb.broker,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let total = sb.count("bench", "pending");
+    assert_eq!(total, 3000);
+    let args = [
+        "tasks", "delete", "--queue", "bench", "--yes", "--batch", "1",
+    ];
+    let run = sb
+        .cmd(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sealq");
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while sb.count("bench", "pending") == total {
+        assert!(Instant::now() < give_up, "the bulk delete never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = terminate(run);
+    let left = sb.count("bench", "pending");
+    assert!(
+        left > 0,
+        "the run finished before the signal; make it longer"
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("run the same command again"),
+        "{}",
+        text(&out)
+    );
+    sb.ok(&["audit", "verify"]);
+
+    let rest = sb.json(&["tasks", "delete", "--queue", "bench", "--yes", "--json"]);
+    assert_eq!(rest["acted"], left, "{rest}");
+    assert_eq!(sb.queue("bench"), Value::Null);
+    sb.ok(&["audit", "verify"]);
+}

@@ -7,6 +7,8 @@
 
 use std::io::IsTerminal;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -77,10 +79,19 @@ pub(crate) async fn run(
         builder = builder.audit(a.clone());
     }
     let client = builder.build();
+    // SIGINT or SIGTERM stops the run between batches, so every batch
+    // done is audited and running it again does the rest.
+    let stop = Arc::new(AtomicBool::new(false));
+    let on_signal = stop.clone();
+    let watcher = tokio::spawn(async move {
+        sealq::worker::shutdown_signal().await;
+        on_signal.store(true, Ordering::SeqCst);
+    });
     let options = BulkOptions {
         batch: args.batch.max(1),
         max: args.max,
         dry_run: args.dry_run,
+        stop: Some(stop),
         ..BulkOptions::default()
     };
     let bar = progress_bar(&client, action, &filter, args).await;
@@ -97,6 +108,7 @@ pub(crate) async fn run(
         )
         .await;
     bar.finish_and_clear();
+    watcher.abort();
     super::audit::finish(auditor).await?;
     let report = result?;
     let described = effective(action, &filter).describe();
@@ -110,6 +122,13 @@ pub(crate) async fn run(
         print_text(action, &described, &report, args);
     }
     crate::skipped::print_summary();
+    if report.interrupted {
+        return Err(CliError::runtime(msg(format!(
+            "interrupted after {} batch(es), {} task(s) changed, each batch audited; run the \
+             same command again for the rest",
+            report.batches, report.acted
+        ))));
+    }
     if !report.dry_run && report.matched == 0 {
         return Err(CliError::runtime(msg(format!(
             "no task matched the filter ({}); nothing changed",

@@ -11,6 +11,8 @@
 //! run has done whole batches only and running it again acts on what is
 //! left (deleted tasks are gone; re-run tasks are no longer archived).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -119,6 +121,10 @@ pub struct BulkOptions {
     /// How many matching ids the report keeps, the first in id order.
     /// Default 10.
     pub sample: usize,
+    /// Set it (from a signal handler, say) to stop before the next batch:
+    /// the batch under way finishes and is audited, the report says
+    /// [`BulkReport::interrupted`], and running again does the rest.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl Default for BulkOptions {
@@ -128,6 +134,7 @@ impl Default for BulkOptions {
             max: None,
             dry_run: false,
             sample: 10,
+            stop: None,
         }
     }
 }
@@ -147,6 +154,9 @@ pub struct BulkReport {
     pub sample: Vec<TaskId>,
     /// Whether this was a dry run.
     pub dry_run: bool,
+    /// Whether [`BulkOptions::stop`] ended the run before every matching
+    /// task was seen.
+    pub interrupted: bool,
 }
 
 impl Client {
@@ -183,6 +193,14 @@ impl Client {
         };
         let mut after = None;
         loop {
+            if options
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::SeqCst))
+            {
+                report.interrupted = true;
+                break;
+            }
             let page = self
                 .broker()
                 .list(&ListQuery {
