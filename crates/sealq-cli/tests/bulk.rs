@@ -466,3 +466,32 @@ fn recovery_bulk_interrupted_by_a_signal_is_finished_by_running_it_again() {
     assert_eq!(sb.queue("bench"), Value::Null);
     sb.ok(&["audit", "verify"]);
 }
+
+/// Bulk actions run with an operator keyring (audit keys only, opens
+/// nothing), as the per-id ones do, and its records verify.
+#[test]
+fn recovery_bulk_runs_with_an_operator_keyring() {
+    let sb =
+        Sandbox::new(|dir| format!("sqlite://{}?synchronous=normal", dir.join("q.db").display()));
+    sb.enqueue("ops", 3);
+    let full = sb.keyring.to_str().unwrap().to_owned();
+    let operator = sb.ok(&["keys", "generate", "--role", "operator", "--from", &full]);
+    let op_path = sb.dir.path().join("operator.toml");
+    write_private(&op_path, operator.as_bytes());
+    let run = |args: &[&str]| {
+        sb.cmd(args)
+            .env("SEALQ_KEYRING", &op_path)
+            .output()
+            .expect("run sealq")
+    };
+    let dry = run(&["tasks", "delete", "--queue", "ops", "--dry-run"]);
+    assert!(dry.status.success(), "{}", text(&dry));
+    let real = run(&["tasks", "delete", "--queue", "ops", "--yes"]);
+    assert!(real.status.success(), "{}", text(&real));
+    assert!(
+        String::from_utf8_lossy(&real.stdout).contains("deleted 3 of 3"),
+        "{}",
+        text(&real)
+    );
+    sb.ok(&["audit", "verify"]);
+}

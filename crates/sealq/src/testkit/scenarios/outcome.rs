@@ -130,4 +130,11 @@ pub async fn recovery_an_unknown_id_is_not_found_and_a_wait_times_out(e: Scene) 
     assert_eq!(now.state, TaskState::Pending);
     assert!(!now.is_finished());
     assert_eq!(now.result::<String>().unwrap(), None);
+
+    // An operator keyring opens nothing, so it reads no outcome.
+    let operator = Client::builder(e.broker.clone(), e.keyring.operator_keyring().unwrap()).build();
+    assert!(
+        matches!(operator.result(id).await, Err(Error::Keyring(_))),
+        "an operator keyring read an outcome"
+    );
 }
