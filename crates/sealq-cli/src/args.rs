@@ -483,7 +483,7 @@ pub(crate) struct TaskIdsArgs {
         long = "id",
         value_delimiter = ',',
         required_unless_present_any = ["queue", "state", "reason", "older_than"],
-        conflicts_with_all = ["queue", "state", "reason", "older_than", "dry_run", "max"]
+        conflicts_with_all = ["queue", "state", "reason", "older_than", "dry_run", "max", "json"]
     )]
     pub(crate) ids: Vec<String>,
     #[command(flatten)]
