@@ -461,11 +461,17 @@ pub(crate) enum TasksCommand {
     /// Print one task's opened payload, result and error (audited; the only
     /// command that shows plaintext).
     Reveal(RevealArgs),
-    /// Delete tasks in any state (audited). Exits 1 ("no task matched
-    /// ...") unless every id named existed.
+    /// Delete tasks in any state (audited), named by `--id`, or every task
+    /// a filter chooses (`--queue`, `--state`, `--reason`, `--older-than`,
+    /// together; `--dry-run` to see what, `--yes` to do it). Exits 1 ("no
+    /// task matched ...") unless every id named existed, or when the
+    /// filter chose none.
     Delete(TaskIdsArgs),
-    /// Move archived tasks back to pending (audited). Exits 1 ("no task
-    /// matched ...") unless every id named was an archived task.
+    /// Move archived tasks back to pending (audited), named by `--id`, or
+    /// every archived task a filter chooses (`--queue`, `--reason`,
+    /// `--older-than`; `--dry-run` to see what, `--yes` to do it). Exits 1
+    /// ("no task matched ...") unless every id named was an archived task,
+    /// or when the filter chose none.
     Rerun(TaskIdsArgs),
 }
 
@@ -493,11 +499,57 @@ pub(crate) struct RevealArgs {
 /// `sealq tasks delete` / `rerun`.
 #[derive(Debug, Args)]
 pub(crate) struct TaskIdsArgs {
-    /// Task ids (repeat or separate with commas).
-    #[arg(long = "id", required = true, value_delimiter = ',')]
+    /// Task ids (repeat or separate with commas). Without ids, a filter
+    /// chooses the tasks.
+    #[arg(
+        long = "id",
+        value_delimiter = ',',
+        required_unless_present_any = ["queue", "state", "reason", "older_than"],
+        conflicts_with_all = ["queue", "state", "reason", "older_than", "dry_run", "max", "json"]
+    )]
     pub(crate) ids: Vec<String>,
     #[command(flatten)]
+    pub(crate) bulk: BulkFilterArgs,
+    #[command(flatten)]
     pub(crate) op: OperatorArgs,
+}
+
+/// `sealq tasks delete|rerun` by filter: which tasks, and how to act.
+#[derive(Debug, Args)]
+pub(crate) struct BulkFilterArgs {
+    /// Only tasks of this queue.
+    #[arg(long, short = 'q')]
+    pub(crate) queue: Option<String>,
+    /// Only tasks in this state: scheduled, pending, active, retry,
+    /// completed, archived (`rerun`: archived only, the default).
+    #[arg(long, short = 's')]
+    pub(crate) state: Option<String>,
+    /// Only archived tasks archived for this reason (exhausted, integrity,
+    /// expired, replay, erased, unknown_type, decode, skip_retry,
+    /// cancelled, deadline_exceeded, reference_missing).
+    #[arg(long, value_name = "REASON")]
+    pub(crate) reason: Option<String>,
+    /// Only tasks that entered their current state (enqueued, retried,
+    /// completed, archived …) at least this long ago (`30m`, `7d`, …).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) older_than: Option<Duration>,
+    /// Count and list what would be acted on; change nothing.
+    #[arg(long, conflicts_with = "yes")]
+    pub(crate) dry_run: bool,
+    /// Act on the tasks chosen (a filter run refuses to act without it).
+    #[arg(long, short = 'y')]
+    pub(crate) yes: bool,
+    /// Act on at most this many tasks (run again for the rest).
+    #[arg(long, value_name = "N")]
+    pub(crate) max: Option<u64>,
+    /// Tasks per batch: one listing, one broker call and one audit record
+    /// each. An interrupted run has done whole batches; run it again for
+    /// what is left.
+    #[arg(long, value_name = "N", default_value_t = 500)]
+    pub(crate) batch: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// `sealq queues ...`.
@@ -516,6 +568,18 @@ pub(crate) enum QueuesCommand {
     /// most `--limit N` per `--per DURATION` (a token bucket; bursts of up to
     /// N). Audited (`queue_rate_limited`)
     Rate(QueueRateArgs),
+    /// One row per queue: tasks by state (scheduled, pending, active, retry,
+    /// completed, archived), whether it is paused, its rate limit and its
+    /// cap on waiting tasks. Read-only.
+    List(QueuesListArgs),
+}
+
+/// `sealq queues list`.
+#[derive(Debug, Args)]
+pub(crate) struct QueuesListArgs {
+    /// Print a JSON array, one object per queue.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// `sealq queues rate`.
@@ -595,14 +659,15 @@ pub(crate) struct ListArgs {
     /// Only this state: scheduled, pending, active, retry, completed, archived.
     #[arg(long, short = 's')]
     pub(crate) state: Option<String>,
-    /// At most this many tasks.
+    /// At most this many tasks (a page). When more exist, the command for
+    /// the next page is printed on stderr.
     #[arg(long, default_value_t = 100)]
     pub(crate) limit: usize,
-    /// Only tasks whose id sorts after this one (to page through a listing,
-    /// pass the last id of the previous page).
+    /// Only tasks whose id sorts after this one: the cursor of the next
+    /// page (the last id of the previous page; `next_cursor` in `--json`).
     #[arg(long, value_name = "ID")]
     pub(crate) after: Option<String>,
-    /// Print a JSON array.
+    /// Print JSON: `{"tasks": [...], "next_cursor": ID or null}`.
     #[arg(long)]
     pub(crate) json: bool,
 }

@@ -77,8 +77,8 @@ impl Sandbox {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
             let out = self.run(&["tasks", "list", "--state", "completed", "--json"]);
-            let done: Vec<serde_json::Value> =
-                serde_json::from_str(&out.stdout).unwrap_or_default();
+            let page: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+            let done = page["tasks"].as_array().cloned().unwrap_or_default();
             if !done.is_empty() || std::time::Instant::now() > deadline {
                 break;
             }

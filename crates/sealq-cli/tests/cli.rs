@@ -85,7 +85,10 @@ impl Sandbox {
         let out = self.run(&args);
         assert_eq!(out.code, 0, "tasks list: {}", out.stderr);
         let v: Value = serde_json::from_str(&out.stdout).expect("list --json is JSON");
-        (v.as_array().expect("an array").clone(), out.stdout)
+        (
+            v["tasks"].as_array().expect("an array of tasks").clone(),
+            out.stdout,
+        )
     }
 
     /// One queue's entry of `tasks stats --json`, and the whole output.

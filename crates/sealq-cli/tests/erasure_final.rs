@@ -102,7 +102,8 @@ impl Sandbox {
 
     fn task(&self, id: &str) -> Option<Value> {
         let v: Value = serde_json::from_str(&self.ok(&["tasks", "list", "--json"])).unwrap();
-        v.as_array()
+        v["tasks"]
+            .as_array()
             .unwrap()
             .iter()
             .find(|t| t["id"] == id)

@@ -123,7 +123,7 @@ fn finding_7_a_cli_worker_with_another_keyring_exits_with_the_fix_and_changes_no
 
     let out = sb.run("a.toml", &["tasks", "list", "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    let task = &list.as_array().expect("array")[0];
+    let task = &list["tasks"].as_array().expect("array")[0];
     assert_eq!(task["id"], id.as_str());
     assert_eq!(task["state"], "pending", "{task}");
     assert_eq!(task["attempts"], 0, "{task}");

@@ -138,7 +138,8 @@ impl Sandbox {
     fn state(&self, id: &str) -> String {
         let out = self.ok("a.toml", &["tasks", "list", "--json"]);
         let list: serde_json::Value = serde_json::from_str(&out).expect("JSON");
-        list.as_array()
+        list["tasks"]
+            .as_array()
             .expect("array")
             .iter()
             .find(|t| t["id"] == id)
@@ -276,7 +277,12 @@ fn wrong_keyring_with_no_waiting_task(sb: &Sandbox) {
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let list = sb.ok("a.toml", &["tasks", "list", "--json"]);
-    assert_eq!(list.trim(), "[]", "a refused enqueue stored a task");
+    let list: serde_json::Value = serde_json::from_str(&list).expect("JSON");
+    assert_eq!(
+        list["tasks"],
+        serde_json::json!([]),
+        "a refused enqueue stored a task"
+    );
 
     // The right keyring starts and works.
     let id = sb.enqueue("a.toml");

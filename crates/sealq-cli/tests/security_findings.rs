@@ -363,7 +363,7 @@ fn finding_9_control_characters_in_stored_text_are_escaped() {
     let out = sb.ok(&["tasks", "list", "--json"]);
     assert!(!out.stdout.contains('\u{1b}'), "{}", out.stdout);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!(v[0]["type"], evil);
+    assert_eq!(v["tasks"][0]["type"], evil);
 }
 
 #[test]

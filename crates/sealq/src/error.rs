@@ -124,6 +124,18 @@ pub enum Error {
     /// The worker or client was shut down.
     #[error("shut down")]
     Shutdown,
+    /// A wait for a task's outcome (`Client::wait_result`) ended before the
+    /// task finished (completed or archived). It may still finish: wait
+    /// again, or read it later with `Client::result`.
+    #[error("task {task} did not finish in {waited_ms} ms: it is still {state}")]
+    WaitTimedOut {
+        /// The task.
+        task: TaskId,
+        /// Its state when the wait ended (`pending`, `active`, `retry` …).
+        state: &'static str,
+        /// How long the wait lasted, ms.
+        waited_ms: u64,
+    },
 }
 
 impl std::fmt::Debug for Error {

@@ -66,9 +66,12 @@ pub mod task {
     pub use crate::model::task::{Task, TaskMeta, TaskPolicy, decode_payload, encode_payload};
 }
 
-pub use admin::{EraseOptions, FinaliseReport, KeyUsage, Revealed};
+pub use admin::{
+    BulkAction, BulkOptions, BulkReport, EraseOptions, FinaliseReport, KeyUsage, Revealed,
+    TaskFilter,
+};
 pub use audit::{AuditEvent, AuditSink, Auditor};
-pub use client::{Client, ClientBuilder, RawTask};
+pub use client::{Client, ClientBuilder, RawTask, TaskOutcome};
 #[doc(hidden)]
 pub use error::fmt_with_causes;
 pub use error::{BrokerError, BrokerErrorKind, Error, IntegrityError, Result};

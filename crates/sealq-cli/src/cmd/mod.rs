@@ -4,6 +4,7 @@
 mod audit;
 mod audit_anchor;
 mod bench;
+mod bulk;
 mod cron;
 mod demo;
 mod enqueue;
@@ -16,6 +17,7 @@ mod keys_remove;
 mod operator;
 mod payloads;
 pub(crate) mod postgres;
+mod queues;
 pub(crate) mod redis;
 mod tasks;
 mod worker;

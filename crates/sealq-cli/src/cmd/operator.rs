@@ -1,5 +1,6 @@
 //! Audited operator actions: `tasks reveal`, `tasks delete`, `tasks rerun`,
-//! `queues pause`, `queues resume`.
+//! `queues pause`, `queues resume` (and
+//! hands `queues list` to `queues.rs`).
 
 use sealq::{Client, TaskId};
 
@@ -83,8 +84,11 @@ pub(crate) async fn reveal(global: &Global, args: RevealArgs) -> CliResult {
     Ok(())
 }
 
-/// `sealq tasks delete --id ID...`.
+/// `sealq tasks delete --id ID...` (or by filter: `bulk.rs`).
 pub(crate) async fn delete(global: &Global, args: TaskIdsArgs) -> CliResult {
+    if args.ids.is_empty() {
+        return super::bulk::run(global, sealq::BulkAction::Delete, &args.bulk, &args.op).await;
+    }
     let ids = ids(&args)?;
     let (client, auditor) = client(global, &args.op, None)?;
     let result = client.delete_tasks(&ids, &operator(&args.op)).await;
@@ -94,8 +98,12 @@ pub(crate) async fn delete(global: &Global, args: TaskIdsArgs) -> CliResult {
     all_matched(done, ids.len(), "did not exist")
 }
 
-/// `sealq tasks rerun --id ID...`: archived tasks back to pending.
+/// `sealq tasks rerun --id ID...`: archived tasks back to pending (or by
+/// filter: `bulk.rs`).
 pub(crate) async fn rerun(global: &Global, args: TaskIdsArgs) -> CliResult {
+    if args.ids.is_empty() {
+        return super::bulk::run(global, sealq::BulkAction::Rerun, &args.bulk, &args.op).await;
+    }
     let ids = ids(&args)?;
     let (client, auditor) = client(global, &args.op, None)?;
     let result = client.rerun_tasks(&ids, &operator(&args.op)).await;
@@ -132,6 +140,7 @@ pub(crate) async fn queues(global: &Global, cmd: QueuesCommand) -> CliResult {
         QueuesCommand::Resume(a) => (false, a),
         QueuesCommand::Limit(a) => return limit(global, a).await,
         QueuesCommand::Rate(a) => return rate(global, a).await,
+        QueuesCommand::List(a) => return super::queues::list(global, a).await,
     };
     sealq::options::validate_queue_name(&args.queue)?;
     let (client, auditor) = client(global, &args.op, None)?;

@@ -1,5 +1,8 @@
 //! `sealq tasks list` and `sealq tasks stats`: ids, types, states, sizes.
-//! Never payloads, results or error texts: those stay sealed.
+//! Never payloads, results or error texts: those stay sealed. `tasks list`
+//! pages: `--limit N` (default 100) and `--after ID`; when more exist it
+//! says so on stderr with the command for the next page (`--json`:
+//! `next_cursor`).
 
 use std::str::FromStr;
 
@@ -71,17 +74,27 @@ pub(crate) async fn list(global: &Global, args: ListArgs) -> CliResult {
         .transpose()
         .map_err(CliError::from)?;
     let broker = global.open_existing_broker()?.broker;
+    let limit = args.limit.max(1);
+    // One more than a page: whether it comes back says whether more exist.
     let query = ListQuery {
-        queue: args.queue,
+        queue: args.queue.clone(),
         state,
         after,
-        limit: args.limit.max(1),
+        limit: limit.saturating_add(1),
         ..ListQuery::default()
     };
-    let records = broker.list(&query).await?;
+    let mut records = broker.list(&query).await?;
+    let more = records.len() > limit;
+    records.truncate(limit);
+    let next_cursor = more
+        .then(|| records.last().map(|r| r.id.to_string()))
+        .flatten();
     let rows: Vec<TaskRow> = records.iter().map(TaskRow::from).collect();
     if args.json {
-        print_json(&rows)?;
+        print_json(&Page {
+            tasks: &rows,
+            next_cursor: next_cursor.as_deref(),
+        })?;
         crate::skipped::print_summary();
         return Ok(());
     }
@@ -119,7 +132,36 @@ pub(crate) async fn list(global: &Global, args: ListArgs) -> CliResult {
         )
     );
     crate::skipped::print_summary();
+    if let Some(cursor) = &next_cursor {
+        // On stderr: stdout stays one table a script can parse.
+        eprintln!(
+            "more tasks exist; next page: {}",
+            next_page_command(&args, cursor)
+        );
+    }
     Ok(())
+}
+
+/// `tasks list --json`: one page and the cursor of the next.
+#[derive(Debug, Serialize)]
+struct Page<'a> {
+    /// The tasks of this page, in id order.
+    tasks: &'a [TaskRow],
+    /// Pass as `--after` for the next page; `null` on the last page.
+    next_cursor: Option<&'a str>,
+}
+
+/// The command that lists the page after `cursor` with the same filters.
+fn next_page_command(args: &ListArgs, cursor: &str) -> String {
+    let mut cmd = String::from("sealq tasks list");
+    if let Some(q) = &args.queue {
+        cmd.push_str(&format!(" --queue {}", crate::output::safe(q)));
+    }
+    if let Some(s) = &args.state {
+        cmd.push_str(&format!(" --state {}", crate::output::safe(s)));
+    }
+    cmd.push_str(&format!(" --limit {} --after {cursor}", args.limit.max(1)));
+    cmd
 }
 
 /// `sealq tasks stats`.

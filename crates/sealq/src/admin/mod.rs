@@ -1,6 +1,7 @@
 //! # Operator actions
 //!
-//! Revealing a payload, deleting and re-running tasks, pausing and resuming
+//! Revealing a payload, deleting and re-running tasks (by id, or in bulk by
+//! a filter: [`bulk`]), pausing and resuming
 //! queues, depth caps and rate limits, re-sealing after a key rotation,
 //! erasing a subject and checking a key before its removal. They are the only
 //! way anything outside the client and the worker changes stored state, and
@@ -8,6 +9,7 @@
 //! [`Client`] (the CLI, and later the gateway and dashboard, call these and
 //! nothing lower).
 
+pub mod bulk;
 mod erase;
 pub mod finalise;
 mod keys;
@@ -20,6 +22,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::model::audit_event::AuditEvent;
 
+pub use bulk::{BulkAction, BulkOptions, BulkReport, TaskFilter};
 pub use erase::EraseOptions;
 pub use finalise::FinaliseReport;
 pub use keys::KeyUsage;

@@ -164,6 +164,25 @@ pub enum AuditEvent {
         /// Who.
         operator: String,
     },
+    /// An operator deleted or re-ran a batch of tasks chosen by a filter
+    /// (`sealq tasks delete|rerun --queue … --state … --reason …
+    /// --older-than …`): one record per batch, naming every task of it.
+    /// [`AuditEvent::for_task`] gives one task's `deleted` or `rerun` view
+    /// of it.
+    BulkAction {
+        /// `delete` or `rerun`.
+        action: String,
+        /// The filter that chose the tasks (`queue=q state=archived
+        /// reason=exhausted older_than=3600s`; `all` for none).
+        filter: String,
+        /// The tasks of this batch the action was applied to, in id order.
+        tasks: Vec<TaskId>,
+        /// How many of them it changed (a task deleted or re-run by someone
+        /// else between listing and acting is not counted).
+        count: u64,
+        /// Who.
+        operator: String,
+    },
     /// An operator revealed the task's plaintext payload.
     PayloadRevealed {
         /// The task.
@@ -399,6 +418,7 @@ impl AuditEvent {
             AuditEvent::Requeued { .. } => "requeued",
             AuditEvent::Deleted { .. } => "deleted",
             AuditEvent::Rerun { .. } => "rerun",
+            AuditEvent::BulkAction { .. } => "bulk_action",
             AuditEvent::PayloadRevealed { .. } => "payload_revealed",
             AuditEvent::KeyRotated { .. } => "key_rotated",
             AuditEvent::KeyRemoved { .. } => "key_removed",
@@ -423,6 +443,7 @@ impl AuditEvent {
             AuditEvent::EnqueuedBatch { tasks, .. } => tasks.iter().any(|e| e.task == id),
             AuditEvent::StartedBatch { tasks, .. } => tasks.iter().any(|e| e.task == id),
             AuditEvent::SucceededBatch { tasks, .. } => tasks.iter().any(|e| e.task == id),
+            AuditEvent::BulkAction { tasks, .. } => tasks.contains(&id),
             other => other.task() == Some(id),
         }
     }
@@ -434,6 +455,7 @@ impl AuditEvent {
             AuditEvent::EnqueuedBatch { tasks, .. } => tasks.iter().map(|e| e.task).collect(),
             AuditEvent::StartedBatch { tasks, .. } => tasks.iter().map(|e| e.task).collect(),
             AuditEvent::SucceededBatch { tasks, .. } => tasks.iter().map(|e| e.task).collect(),
+            AuditEvent::BulkAction { tasks, .. } => tasks.clone(),
             other => other.task().into_iter().collect(),
         }
     }
@@ -490,6 +512,24 @@ impl AuditEvent {
                     attempt: e.attempt,
                     result_len: e.result_len,
                 }),
+            AuditEvent::BulkAction {
+                action,
+                tasks,
+                operator,
+                ..
+            } => tasks.contains(&id).then(|| {
+                if action == "rerun" {
+                    AuditEvent::Rerun {
+                        task: id,
+                        operator: operator.clone(),
+                    }
+                } else {
+                    AuditEvent::Deleted {
+                        task: id,
+                        operator: operator.clone(),
+                    }
+                }
+            }),
             other => (other.task() == Some(id)).then(|| other.clone()),
         }
     }
@@ -529,6 +569,7 @@ impl AuditEvent {
             | AuditEvent::LeasedBatch { .. }
             | AuditEvent::StartedBatch { .. }
             | AuditEvent::SucceededBatch { .. }
+            | AuditEvent::BulkAction { .. }
             | AuditEvent::KeyRotated { .. }
             | AuditEvent::KeyRemoved { .. }
             | AuditEvent::SubjectKeysRewrapped { .. }

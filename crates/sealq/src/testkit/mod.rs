@@ -235,6 +235,7 @@ macro_rules! conformance_tests {
             stats_per_queue,
             list_filters,
             list_pagination,
+            list_pages_within_a_queue_and_state,
             delete_tasks,
             rerun_archived,
             wait_for_work_wakes_on_enqueue,

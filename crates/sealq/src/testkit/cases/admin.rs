@@ -240,3 +240,37 @@ pub async fn rerun_archived(ctx: Ctx) {
     assert_eq!(l.record.id, archived);
     assert_eq!(l.record.attempts, 1);
 }
+
+/// Issue 21: `after` pages within a filter too: paging a queue's tasks of
+/// one state visits each of them once, in id order, and no other (what
+/// `tasks list --after` and the bulk actions rely on).
+pub async fn list_pages_within_a_queue_and_state(ctx: Ctx) {
+    let mut pending = ctx.enqueue_n("pf", 10).await;
+    pending.sort();
+    let scheduled: Vec<_> = (0..5).map(|_| ctx.task_in("pf", 60_000)).collect();
+    ctx.enqueue_ok(scheduled).await;
+    ctx.enqueue_n("pf-other", 5).await;
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page: Vec<TaskId> = ctx
+            .broker
+            .list(&ListQuery {
+                queue: Some("pf".into()),
+                state: Some(TaskState::Pending),
+                after,
+                limit: 3,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = Some(*last);
+        seen.extend(page);
+    }
+    assert_eq!(seen, pending);
+}

@@ -42,18 +42,22 @@ use crate::store::broker::Broker;
 use crate::testkit::Harness;
 
 pub mod audit;
+pub mod bulk;
 pub mod erasure;
 pub mod keyring;
 pub mod leases;
+pub mod outcome;
 pub mod policy;
 pub mod refusals;
 pub mod unhandled;
 pub mod worker;
 
 pub use audit::*;
+pub use bulk::*;
 pub use erasure::*;
 pub use keyring::*;
 pub use leases::*;
+pub use outcome::*;
 pub use policy::*;
 pub use refusals::*;
 pub use unhandled::*;
@@ -222,6 +226,9 @@ macro_rules! scenario_tests {
             finding_3_every_task_carries_a_sealed_expiry,
             rough_edge_a_task_with_no_handler_waits_for_a_worker_that_has_one,
             rough_edge_a_task_with_no_handler_is_archived_unknown_type_at_its_expiry,
+            recovery_the_producer_reads_its_tasks_result_and_error,
+            recovery_an_unknown_id_is_not_found_and_a_wait_times_out,
+            recovery_bulk_rerun_and_delete_act_on_exactly_the_filtered_tasks,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -1,4 +1,10 @@
-//! The producer side: check the payload policy, seal, enqueue.
+//! The producer side: check the payload policy, seal, enqueue; and read
+//! a task's outcome back ([`Client::result`], [`Client::wait_result`], in
+//! `result.rs`).
+
+mod result;
+
+pub use result::TaskOutcome;
 
 use std::collections::HashMap;
 use std::sync::Arc;
