@@ -53,8 +53,28 @@ pub(crate) async fn run(global: &Global, args: WorkerArgs) -> CliResult {
         eprintln!("sealq worker: using SQLite store {}", shown.display());
     }
     let auditor = super::audit::start(opened.audit_home(), args.audit, &keyring)?;
+    // Metrics and health (crate::serve): the recorder before the worker
+    // exists, so everything it does is counted.
+    let keyring: Arc<sealq::Keyring> = Arc::new(keyring);
+    let recorder = crate::serve::install_recorder(&args.serve)?;
+    let sample_every = match args.serve.metrics_addr {
+        Some(_) => args.serve.metrics_interval,
+        None => std::time::Duration::ZERO,
+    };
+    let health = {
+        let (broker, keyring) = (opened.broker.clone(), keyring.clone());
+        let accept = args.accept_new_keyring;
+        let names = names.clone();
+        move || {
+            sealq::health::Health::new(broker, keyring)
+                .queues(names)
+                .accept_new_keyring(accept)
+        }
+    };
     let exec: Arc<str> = Arc::from(args.exec.as_str());
-    let mut builder = Worker::from_stores(opened.conn.stores(), keyring).check_keyring(false);
+    let mut builder = Worker::from_stores(opened.conn.stores(), keyring)
+        .check_keyring(false)
+        .queue_metrics_interval(sample_every);
     if let Some(a) = &auditor {
         builder = builder.audit(a.clone());
     }
@@ -75,7 +95,9 @@ pub(crate) async fn run(global: &Global, args: WorkerArgs) -> CliResult {
         .quiet_handler_panics(true)
         .handle_any(move |payload, ctx| run_command(exec.clone(), env.clone(), payload, ctx))
         .build()?;
+    let serving = crate::serve::start(&args.serve, recorder, health).await?;
     let report = worker.run().await;
+    serving.stop().await;
     super::audit::finish(auditor).await?;
     let report = report?;
     let line = serde_json::to_string(&report).map_err(|e| CliError::runtime(Box::new(e)))?;
