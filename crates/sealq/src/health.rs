@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{BrokerErrorKind, Error, Result};
 use crate::http::{Endpoint, Responding, Response, Server, serve as serve_http};
 use crate::keyring_check::check_keyring;
 use crate::keyring_check::stored::{RecordOptions, StoredKeyCheck};
@@ -230,31 +230,70 @@ impl Health {
         report
     }
 
+    /// The schema check first: its answer also says whether the broker
+    /// answers at all (an unavailable broker, or no answer in time), which
+    /// a backend whose every call needs the right schema (Redis functions)
+    /// could not tell apart otherwise.
     async fn run_checks(&self) -> Vec<Check> {
-        let broker = self.timed("broker", async {
-            let queues = self.broker.stats().await?.len();
-            Ok(format!(
-                "{} answers ({queues} queues)",
-                self.broker.describe()
-            ))
-        });
-        let broker = broker.await;
-        if !broker.ok {
-            let skipped = |name| Check {
-                name,
-                ok: false,
-                detail: "not checked: the broker is unreachable".into(),
-            };
-            return vec![broker, skipped("schema"), skipped("keyring")];
+        let not_checked = |name, why: &str| Check {
+            name,
+            ok: false,
+            detail: format!("not checked: {why}"),
+        };
+        let version = tokio::time::timeout(self.check_timeout, self.broker.check_version()).await;
+        let unreachable = |detail: String| {
+            vec![
+                Check {
+                    name: "broker",
+                    ok: false,
+                    detail,
+                },
+                not_checked("schema", "the broker is unreachable"),
+                not_checked("keyring", "the broker is unreachable"),
+            ]
+        };
+        match version {
+            Err(_) => unreachable(format!(
+                "no answer from {} within {} ms",
+                self.broker.describe(),
+                self.check_timeout.as_millis()
+            )),
+            Ok(Err(e)) if e.kind == BrokerErrorKind::Unavailable => unreachable(e.to_string()),
+            Ok(Err(e)) => vec![
+                Check {
+                    name: "broker",
+                    ok: true,
+                    detail: format!("{} answers", self.broker.describe()),
+                },
+                Check {
+                    name: "schema",
+                    ok: false,
+                    detail: e.to_string(),
+                },
+                not_checked(
+                    "keyring",
+                    "the stored schema is not the one this sealq needs",
+                ),
+            ],
+            Ok(Ok(())) => {
+                let broker = self
+                    .timed("broker", async {
+                        let queues = self.broker.stats().await?.len();
+                        Ok(format!(
+                            "{} answers ({queues} queues)",
+                            self.broker.describe()
+                        ))
+                    })
+                    .await;
+                let schema = Check {
+                    name: "schema",
+                    ok: true,
+                    detail: "the stored schema is the version this sealq needs".into(),
+                };
+                let keyring = self.timed("keyring", self.check_keyring()).await;
+                vec![broker, schema, keyring]
+            }
         }
-        let schema = self
-            .timed("schema", async {
-                self.broker.check_version().await?;
-                Ok("the stored schema is the version this sealq needs".to_owned())
-            })
-            .await;
-        let keyring = self.timed("keyring", self.check_keyring()).await;
-        vec![broker, schema, keyring]
     }
 
     async fn check_keyring(&self) -> Result<String> {
