@@ -188,32 +188,10 @@ impl Health {
 
     /// The liveness check: the runtime ran the ticker recently.
     pub fn liveness(&self) -> Report {
-        let check = match &self.ticker {
-            None => Check {
-                name: "runtime",
-                ok: false,
-                detail: "no tokio runtime was running when the checks were built".into(),
-            },
-            Some(t) => {
-                let age = t.age();
-                let ok = age < self.stall_after;
-                Check {
-                    name: "runtime",
-                    ok,
-                    detail: if ok {
-                        format!("the runtime ran {} ms ago", age.as_millis())
-                    } else {
-                        format!(
-                            "the runtime has not run the liveness ticker for {} s (limit {} s): \
-                             something blocks its threads",
-                            age.as_secs(),
-                            self.stall_after.as_secs()
-                        )
-                    },
-                }
-            }
-        };
-        Report::of(vec![check])
+        Report::of(vec![runtime_check(
+            self.ticker.as_deref(),
+            self.stall_after,
+        )])
     }
 
     /// The readiness checks (`broker`, `schema`, `keyring`), reused for a
@@ -349,6 +327,33 @@ impl Health {
     }
 }
 
+/// `runtime`: whether `ticker` ran within `stall_after`.
+fn runtime_check(ticker: Option<&Ticker>, stall_after: Duration) -> Check {
+    let Some(t) = ticker else {
+        return Check {
+            name: "runtime",
+            ok: false,
+            detail: "no tokio runtime was running when the checks were built".into(),
+        };
+    };
+    let age = t.age();
+    let ok = age < stall_after;
+    Check {
+        name: "runtime",
+        ok,
+        detail: if ok {
+            format!("the runtime ran {} ms ago", age.as_millis())
+        } else {
+            format!(
+                "the runtime has not run the liveness ticker for {} s (limit {} s): something \
+                 blocks its threads",
+                age.as_secs(),
+                stall_after.as_secs()
+            )
+        },
+    }
+}
+
 async fn tick(ticker: Weak<Ticker>) {
     let mut every = tokio::time::interval(TICK);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -425,5 +430,40 @@ mod tests {
             failing.failed().map(|c| c.name).collect::<Vec<_>>(),
             ["keyring"]
         );
+    }
+
+    #[test]
+    fn liveness_fails_while_the_runtime_is_blocked_and_recovers() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let ticker = Arc::new(Ticker {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        });
+        rt.spawn(tick(Arc::downgrade(&ticker)));
+        let stall_after = Duration::from_secs(2);
+        let healthy = || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if runtime_check(Some(&ticker), stall_after).ok {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            false
+        };
+        assert!(healthy(), "a running runtime is live");
+        // Block the runtime's only worker thread (a handler calling blocking
+        // code, say) for longer than `stall_after`.
+        rt.spawn(async { std::thread::sleep(Duration::from_millis(3_500)) });
+        std::thread::sleep(Duration::from_millis(3_000));
+        let stalled = runtime_check(Some(&ticker), stall_after);
+        assert!(!stalled.ok, "{stalled:?}");
+        assert!(stalled.detail.contains("blocks its threads"), "{stalled:?}");
+        assert!(healthy(), "live again once the runtime runs");
+        assert!(!runtime_check(None, stall_after).ok, "no runtime, not live");
     }
 }
