@@ -113,7 +113,10 @@ fn prometheus_and_health_on_redis_through_a_broker_outage() {
         value(&scrape, "sealq_task_duration_seconds_count", &labels),
         Some(4.0)
     );
-    assert!(value(&scrape, "sealq_tasks_failed_total", &labels).is_none());
+    assert_eq!(
+        value(&scrape, "sealq_tasks_failed_total", &labels).unwrap_or(0.0),
+        0.0
+    );
     let (status, ready) = w.probe("/readyz");
     assert_eq!(status, 200, "{ready}");
 

@@ -3,7 +3,7 @@
 //! The library emits through the [`metrics`](https://docs.rs/metrics)
 //! facade and installs no recorder: without one, every recording is a
 //! no-op. Install any `metrics` recorder to collect them, or, with the
-//! `prometheus` feature, call [`install_prometheus`] to get a Prometheus
+//! `prometheus` feature, call `install_prometheus` to get a Prometheus
 //! recorder served on `GET /metrics` in one call:
 //!
 #![cfg_attr(feature = "prometheus", doc = "```no_run")]
@@ -19,6 +19,11 @@
 //! task id, a subject tag or anything from a payload. Queues and task types
 //! are capped at [`labels::MAX_DISTINCT`] distinct values each (the rest
 //! are reported as `other`), so the number of series stays bounded.
+//!
+//! Install the recorder before the worker runs its first task: the
+//! per-attempt metrics of each queue and task type are registered once, on
+//! first use, with the recorder installed then (`install_prometheus`
+//! starts afresh when it installs its own).
 //!
 //! Counters are counted where the event is decided: a worker counts an
 //! outcome before its ack is sent (an ack the broker then refuses, a lost

@@ -39,6 +39,7 @@ pub fn prometheus_recorder() -> Result<PrometheusHandle> {
                  metrics recorder; install_prometheus was called twice, or another recorder is set)"
             ))
         })?;
+    super::record::forget_handles();
     super::describe();
     ::metrics::gauge!(super::names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)

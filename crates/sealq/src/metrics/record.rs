@@ -1,10 +1,66 @@
 //! The recording calls the rest of the crate makes: one function per event,
 //! so every place that counts an event uses the same name and labels.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+use ::metrics::{Counter, Histogram};
 
 use super::labels::{QUEUES, TASK_TYPES};
 use super::names;
+
+/// The per-attempt metrics of one queue and task type, registered once:
+/// recording through a handle is an atomic add, where the macros would
+/// build and hash a key per call (several per task).
+struct TaskMetrics {
+    started: Counter,
+    succeeded: Counter,
+    failed: Counter,
+    retried: Counter,
+    requeued: Counter,
+    start_delay: Histogram,
+    enqueue_to_start: Histogram,
+    duration: Histogram,
+}
+
+/// Handles by (queue, task type) label values: bounded like the labels.
+type Handles = BTreeMap<(Arc<str>, Arc<str>), Arc<TaskMetrics>>;
+static HANDLES: RwLock<Handles> = RwLock::new(BTreeMap::new());
+
+/// The handles of `queue` and `kind`, registered with the recorder on
+/// first use.
+fn task(queue: &str, kind: &str) -> Arc<TaskMetrics> {
+    let key = (QUEUES.get(queue), TASK_TYPES.get(kind));
+    // The map holds plain values; a poisoned lock is still consistent.
+    if let Some(m) = HANDLES.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return m.clone();
+    }
+    let (q, t) = (key.0.clone(), key.1.clone());
+    let labels = [("queue", q), ("task_type", t)];
+    let m = Arc::new(TaskMetrics {
+        started: ::metrics::counter!(names::TASKS_STARTED, &labels),
+        succeeded: ::metrics::counter!(names::TASKS_SUCCEEDED, &labels),
+        failed: ::metrics::counter!(names::TASKS_FAILED, &labels),
+        retried: ::metrics::counter!(names::TASKS_RETRIED, &labels),
+        requeued: ::metrics::counter!(names::TASKS_REQUEUED, &labels),
+        start_delay: ::metrics::histogram!(names::START_DELAY, &labels),
+        enqueue_to_start: ::metrics::histogram!(names::ENQUEUE_TO_START, &labels),
+        duration: ::metrics::histogram!(names::TASK_DURATION, &labels),
+    });
+    HANDLES
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_insert(m)
+        .clone()
+}
+
+/// Forget the registered handles: a recorder installed now gets new ones
+/// (handles registered before it went to the no-op recorder).
+pub(crate) fn forget_handles() {
+    HANDLES.write().unwrap_or_else(|p| p.into_inner()).clear();
+}
 
 /// `queue` and `task_type` label values, bounded.
 fn qt(queue: &str, kind: &str) -> [(&'static str, std::sync::Arc<str>); 2] {
@@ -23,38 +79,32 @@ pub(crate) fn enqueued(queue: &str, kind: &str, n: u64) {
 /// A handler call started: counts it, and records how long after its due
 /// time (`late`) and, for a first attempt, after its enqueue (`waited`).
 pub(crate) fn started(queue: &str, kind: &str, late: Duration, waited: Option<Duration>) {
-    let [q, t] = qt(queue, kind);
-    ::metrics::counter!(names::TASKS_STARTED, q.0 => q.1.clone(), t.0 => t.1.clone()).increment(1);
-    ::metrics::histogram!(names::START_DELAY, q.0 => q.1.clone(), t.0 => t.1.clone())
-        .record(late.as_secs_f64());
+    let m = task(queue, kind);
+    m.started.increment(1);
+    m.start_delay.record(late.as_secs_f64());
     if let Some(waited) = waited {
-        ::metrics::histogram!(names::ENQUEUE_TO_START, q.0 => q.1, t.0 => t.1)
-            .record(waited.as_secs_f64());
+        m.enqueue_to_start.record(waited.as_secs_f64());
     }
 }
 
 /// A handler call ended after `took`.
 pub(crate) fn handler_duration(queue: &str, kind: &str, took: Duration) {
-    let [q, t] = qt(queue, kind);
-    ::metrics::histogram!(names::TASK_DURATION, q.0 => q.1, t.0 => t.1).record(took.as_secs_f64());
+    task(queue, kind).duration.record(took.as_secs_f64());
 }
 
 /// An attempt succeeded.
 pub(crate) fn succeeded(queue: &str, kind: &str) {
-    let [q, t] = qt(queue, kind);
-    ::metrics::counter!(names::TASKS_SUCCEEDED, q.0 => q.1, t.0 => t.1).increment(1);
+    task(queue, kind).succeeded.increment(1);
 }
 
 /// An attempt failed (error, panic, timeout), whatever follows.
 pub(crate) fn failed(queue: &str, kind: &str) {
-    let [q, t] = qt(queue, kind);
-    ::metrics::counter!(names::TASKS_FAILED, q.0 => q.1, t.0 => t.1).increment(1);
+    task(queue, kind).failed.increment(1);
 }
 
 /// A failed attempt was scheduled to run again.
 pub(crate) fn retried(queue: &str, kind: &str) {
-    let [q, t] = qt(queue, kind);
-    ::metrics::counter!(names::TASKS_RETRIED, q.0 => q.1, t.0 => t.1).increment(1);
+    task(queue, kind).retried.increment(1);
 }
 
 /// A worker archived a task for `reason` (an `ArchiveReason`'s name; a
@@ -74,8 +124,7 @@ pub(crate) fn held(queue: &str, kind: &str, reason: &'static str) {
 
 /// A leased task was given back at shutdown.
 pub(crate) fn requeued(queue: &str, kind: &str) {
-    let [q, t] = qt(queue, kind);
-    ::metrics::counter!(names::TASKS_REQUEUED, q.0 => q.1, t.0 => t.1).increment(1);
+    task(queue, kind).requeued.increment(1);
 }
 
 /// A task for `queue` was refused by policy `rule` (a scanner rule,
