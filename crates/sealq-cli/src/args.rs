@@ -449,6 +449,9 @@ pub(crate) struct WorkerArgs {
     /// another secret is refused all the same.
     #[arg(long)]
     pub(crate) accept_new_keyring: bool,
+    /// Metrics and health endpoints (docs/metrics.md).
+    #[command(flatten)]
+    pub(crate) serve: crate::serve::ServeArgs,
 }
 
 /// `sealq tasks ...`.

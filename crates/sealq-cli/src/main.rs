@@ -9,6 +9,7 @@ mod cmd;
 mod duration;
 mod error;
 mod output;
+mod serve;
 mod skipped;
 mod stdout;
 

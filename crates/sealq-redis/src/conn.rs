@@ -1,6 +1,7 @@
 //! Connections: one multiplexed connection per broker (auto-reconnecting,
 //! cloned for every call), plus dedicated connections for blocking pops.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -58,6 +59,9 @@ impl TlsFiles {
 pub(crate) struct Conn {
     link: Link,
     spin: Spin,
+    /// A call failed for want of a connection, and none has succeeded
+    /// since: the next success is a reconnect (`sealq_broker_reconnects_total`).
+    lost: AtomicBool,
 }
 
 /// How Redis is reached. One value per broker, so variant sizes do not matter.
@@ -120,6 +124,7 @@ impl Conn {
         Conn {
             link,
             spin: Spin::new(spin),
+            lost: AtomicBool::new(false),
         }
     }
 
@@ -219,7 +224,31 @@ impl Conn {
 
     /// Run one command.
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
-        self.spin.wait(self.query_once(cmd)).await
+        let r = self.spin.wait(self.query_once(cmd)).await;
+        self.note(&r);
+        r
+    }
+
+    /// Note whether the connection was lost or came back (the connection
+    /// manager reconnects by itself; this only counts and logs it).
+    fn note<T>(&self, r: &RedisResult<T>) {
+        match r {
+            Ok(_) => {
+                if self.lost.load(Ordering::Relaxed) && self.lost.swap(false, Ordering::Relaxed) {
+                    sealq::metrics::broker_reconnected("redis");
+                    tracing::info!("sealq: connection to Redis restored");
+                }
+            }
+            Err(e)
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout() =>
+            {
+                self.lost.store(true, Ordering::Relaxed);
+            }
+            Err(_) => {}
+        }
     }
 
     async fn query_once<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
@@ -318,7 +347,9 @@ impl Conn {
 
     /// Run a pipeline (one round trip on a single node).
     pub(crate) async fn pipe<T: FromRedisValue>(&self, p: &Pipeline) -> RedisResult<T> {
-        self.spin.wait(self.pipe_once(p)).await
+        let r = self.spin.wait(self.pipe_once(p)).await;
+        self.note(&r);
+        r
     }
 
     async fn pipe_once<T: FromRedisValue>(&self, p: &Pipeline) -> RedisResult<T> {

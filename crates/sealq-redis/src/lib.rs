@@ -445,6 +445,10 @@ impl Broker for RedisBroker {
         format!("{} (prefix {})", self.inner.target, self.inner.prefix)
     }
 
+    async fn check_version(&self) -> BrokerResult<()> {
+        self.check_library().await
+    }
+
     fn bulk_batch_limit(&self) -> Option<usize> {
         Some(self.inner.opts.bulk_batch_limit.max(1))
     }

@@ -134,7 +134,7 @@ use sealq::broker::{
     Ack, AckResult, Broker, BrokerResult, DequeueRequest, EnqueueResult, Forwarded, Lease,
     LeasedTask, ListQuery, NewTask, QueueStats, Recovered, SealedSwap, TaskRecord,
 };
-use sealq::{BrokerError, TaskId};
+use sealq::{BrokerError, BrokerErrorKind, TaskId};
 
 pub use crate::audit_sink::SqliteAuditSink;
 pub use crate::blob_store::SqliteBlobStore;
@@ -497,5 +497,21 @@ impl Broker for SqliteBroker {
 
     fn describe(&self) -> String {
         format!("sqlite://{}", self.inner.path.display())
+    }
+
+    async fn check_version(&self) -> BrokerResult<()> {
+        let version = self.inner.reader.schema_version().await?;
+        if version == schema::SCHEMA_VERSION {
+            return Ok(());
+        }
+        Err(BrokerError::new(
+            BrokerErrorKind::Config,
+            format!(
+                "`{}` has schema version {version}, this sealq needs {}: run the sealq that \
+                 matches the store (a newer one migrates it when it opens it)",
+                self.inner.path.display(),
+                schema::SCHEMA_VERSION
+            ),
+        ))
     }
 }

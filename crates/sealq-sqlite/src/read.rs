@@ -153,6 +153,14 @@ impl Reader {
     }
 
     /// The rate limits of `queues`, in order.
+    /// The file's `PRAGMA user_version` (its schema version).
+    pub(crate) async fn schema_version(self: &Arc<Self>) -> BrokerResult<i64> {
+        self.run("reading the schema version", |conn| {
+            conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+        })
+        .await
+    }
+
     pub(crate) async fn rate_limits(
         self: &Arc<Self>,
         queues: Vec<String>,

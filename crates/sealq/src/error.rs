@@ -355,6 +355,11 @@ mod tests {
             ),
             Error::Audit("disk full".into()),
             Error::Shutdown,
+            Error::WaitTimedOut {
+                task: id,
+                state: "pending",
+                waited_ms: 100,
+            },
         ];
         for e in &all {
             match e {
@@ -372,7 +377,8 @@ mod tests {
                 | Error::Config(_)
                 | Error::Broker(_)
                 | Error::Audit(_)
-                | Error::Shutdown => {}
+                | Error::Shutdown
+                | Error::WaitTimedOut { .. } => {}
             }
         }
         all
@@ -408,6 +414,8 @@ mod tests {
                 "Unavailable",
                 "Audit(",
                 "Shutdown",
+                "WaitTimedOut",
+                "waited_ms",
                 "kind:",
                 "message:",
             ] {

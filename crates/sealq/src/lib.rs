@@ -21,6 +21,9 @@
 //! - [`Worker`]: lease, open, run the handler, ack; retries, timeouts,
 //!   heartbeats, graceful shutdown.
 //! - [`audit`]: the HMAC-chained, checkpoint-signed audit log ([`Auditor`]).
+//! - [`mod@metrics`]: what sealq counts (`sealq_*`), and a Prometheus
+//!   exporter in one call (feature `prometheus`); [`health`]: liveness and
+//!   readiness checks, served over [`http`].
 //! - [`Ref`] and [`Resolver`]: identifiers in payloads, resolved in the
 //!   handler with timeout, cache, single-flight and metrics ([`mod@reference`]).
 //!
@@ -40,7 +43,10 @@ pub mod audit;
 pub mod blob;
 mod client;
 mod error;
+pub mod health;
+pub mod http;
 pub mod keyring_check;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod reference;

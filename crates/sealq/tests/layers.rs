@@ -14,8 +14,11 @@ use std::path::{Path, PathBuf};
 /// Top-level modules, bottom up. A module may import from strictly lower
 /// layers and from itself.
 const LAYERS: &[&[&str]] = &[
-    // The error type: its variants name task ids (`model::id`, see below).
-    &["error"],
+    // The error type: its variants name task ids (`model::id`, see below);
+    // the small HTTP server of the operational endpoints (imports nothing).
+    &["error", "http"],
+    // Metric names and the recording calls every layer above makes.
+    &["metrics"],
     // What a task is: ids, task, options, states, records, counts.
     &["model"],
     // Keys and sealed bytes; payload policy. Know no store.
@@ -30,6 +33,8 @@ const LAYERS: &[&[&str]] = &[
         "keyring_check",
         "reference",
     ],
+    // Readiness and liveness checks, over the stores and the keyring check.
+    &["health"],
     // The producer.
     &["client"],
     // The worker runtime.

@@ -8,6 +8,8 @@
 //! [`super::exec`]). The worker itself logs ids, types and exit statuses
 //! only, never payloads or the command's output.
 
+use std::sync::Arc;
+
 use sealq::{Priority, Worker};
 
 use super::Global;
@@ -50,7 +52,27 @@ pub(crate) async fn run(global: &Global, args: WorkerArgs) -> CliResult {
     let auditor = super::audit::start(opened.audit_home(), args.audit, &keyring)?;
     let runner = Runner::new(&args.exec, env);
     let handler = runner.clone();
-    let mut builder = Worker::from_stores(opened.conn.stores(), keyring).check_keyring(false);
+    // Metrics and health (crate::serve): the recorder before the worker
+    // exists, so everything it does is counted.
+    let keyring: Arc<sealq::Keyring> = Arc::new(keyring);
+    let recorder = crate::serve::install_recorder(&args.serve)?;
+    let sample_every = match args.serve.metrics_addr {
+        Some(_) => args.serve.metrics_interval,
+        None => std::time::Duration::ZERO,
+    };
+    let health = {
+        let (broker, keyring) = (opened.broker.clone(), keyring.clone());
+        let accept = args.accept_new_keyring;
+        let names = names.clone();
+        move || {
+            sealq::health::Health::new(broker, keyring)
+                .queues(names)
+                .accept_new_keyring(accept)
+        }
+    };
+    let mut builder = Worker::from_stores(opened.conn.stores(), keyring)
+        .check_keyring(false)
+        .queue_metrics_interval(sample_every);
     if let Some(a) = &auditor {
         builder = builder.audit(a.clone());
     }
@@ -74,9 +96,11 @@ pub(crate) async fn run(global: &Global, args: WorkerArgs) -> CliResult {
             async move { runner.run(payload, ctx).await }
         })
         .build()?;
+    let serving = crate::serve::start(&args.serve, recorder, health).await?;
     let report = worker.run().await;
     // Commands of tasks the shutdown gave back: SIGKILL after their grace.
     runner.finish().await;
+    serving.stop().await;
     super::audit::finish(auditor).await?;
     let report = report?;
     let line = serde_json::to_string(&report).map_err(|e| CliError::runtime(Box::new(e)))?;

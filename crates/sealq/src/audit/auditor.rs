@@ -524,6 +524,7 @@ impl Chain {
         }
         if let Err(e) = self.sink.append_records(&self.pending).await {
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::record::audit_append_failed();
             return Err(format!("{}: {e}", self.sink.describe()));
         }
         self.counters

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::audit::hooks as audit_hooks;
 use crate::blob::DEFAULT_OFFLOAD_THRESHOLD;
 use crate::error::{BrokerError, BrokerErrorKind, Error, Result};
+use crate::metrics::record as metric;
 use crate::model::clock::{SharedClock, system_clock};
 use crate::model::id::{SubjectTag, TaskId};
 use crate::model::options::{
@@ -547,22 +548,27 @@ impl Client {
                 None => Vec::new(),
             };
         let mut accepted = Vec::new();
-        // For a refusal by a full queue: which queue (and, audited, which
-        // type). One copy per run of tasks sharing them, not one per task.
-        let audited = self.inner.audit.is_some();
-        let mut names: Vec<(String, Option<String>)> = Vec::new();
+        // Which queue and type, for the metrics and a refusal by a full
+        // queue: one copy per run of tasks sharing them, not one per task.
+        let mut names: Vec<(String, String)> = Vec::new();
         let mut name_of: Vec<usize> = Vec::with_capacity(sealed.len());
         for t in &sealed {
-            let same = names.last().is_some_and(|(q, k)| {
-                q == &t.queue && (!audited || k.as_deref() == Some(t.kind.as_str()))
-            });
+            let same = names
+                .last()
+                .is_some_and(|(q, k)| q == &t.queue && k == &t.kind);
             if !same {
-                names.push((t.queue.clone(), audited.then(|| t.kind.clone())));
+                names.push((t.queue.clone(), t.kind.clone()));
             }
             name_of.push(names.len() - 1);
         }
+        let mut stored_per_name = vec![0u64; names.len()];
         self.check_keyring_once().await?;
-        let results = self.inner.broker.enqueue(sealed).await?;
+        let results = self
+            .inner
+            .broker
+            .enqueue(sealed)
+            .await
+            .inspect_err(|e| metric::broker_error("enqueue", e))?;
         for (i, (((slot, result), id), key)) in slots
             .into_iter()
             .zip(results)
@@ -572,6 +578,9 @@ impl Client {
         {
             match result {
                 EnqueueResult::Enqueued => {
+                    if let Some(n) = name_of.get(i).and_then(|&n| stored_per_name.get_mut(n)) {
+                        *n += 1;
+                    }
                     if let Some(e) = events.get_mut(i).and_then(Option::take) {
                         accepted.push(e);
                     }
@@ -588,7 +597,8 @@ impl Client {
                         .get(i)
                         .and_then(|&n| names.get(n).cloned())
                         .unwrap_or_default();
-                    if let (Some(a), Some(kind)) = (&self.inner.audit, kind) {
+                    metric::policy_rejected(&queue, "max_depth");
+                    if let Some(a) = &self.inner.audit {
                         a.record(crate::model::audit_event::AuditEvent::PolicyRejected {
                             queue: queue.clone(),
                             kind,
@@ -599,6 +609,11 @@ impl Client {
                     }
                     out[slot] = Err(Error::QueueFull { queue, max_depth });
                 }
+            }
+        }
+        for ((queue, kind), n) in names.iter().zip(stored_per_name) {
+            if n > 0 {
+                metric::enqueued(queue, kind, n);
             }
         }
         if let Some(a) = &self.inner.audit {
@@ -656,12 +671,16 @@ impl Client {
             .unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
         validate_queue_name(&queue)?;
         validate_kind(&kind)?;
-        match &self.inner.blobs {
+        let checked = match &self.inner.blobs {
             Some((_, threshold)) => {
-                crate::blob::check_policy(&self.inner.policy, *threshold, &queue, &payload)?
+                crate::blob::check_policy(&self.inner.policy, *threshold, &queue, &payload)
             }
-            None => self.inner.policy.check(&queue, &payload)?,
+            None => self.inner.policy.check(&queue, &payload),
+        };
+        if let Err(e) = &checked {
+            metric::policy_rejected(&queue, rejected_rule(e));
         }
+        checked?;
 
         let now = self.inner.clock.now_ms();
         let run_at_ms = options
@@ -757,4 +776,16 @@ fn unsent(e: &Error) -> Error {
         kind,
         format!("not stored (bulk enqueue stopped: {e}); it can be sent again"),
     ))
+}
+
+/// The rule a refusal before sealing is counted under: the scanner rule,
+/// `size_budget`, `decode` (not one MessagePack value) or `invalid` (a bad
+/// queue or type name never reaches the policy).
+fn rejected_rule(e: &Error) -> &str {
+    match e {
+        Error::PolicyViolation { rule, .. } => rule,
+        Error::PayloadTooLarge { .. } => "size_budget",
+        Error::Codec { .. } => "decode",
+        _ => "other",
+    }
 }

@@ -411,8 +411,7 @@ impl PayloadPolicy {
                     limit,
                     "payload exceeds the queue's size budget (policy mode: warn)"
                 );
-                metrics::counter!("sealq_payload_over_budget_total", "queue" => queue.to_owned())
-                    .increment(1);
+                crate::metrics::record::over_budget(queue);
                 Ok(())
             }
         }

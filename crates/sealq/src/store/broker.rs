@@ -319,6 +319,14 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// A short, secret-free description for logs (`sqlite:///path`, `redis://host:port`).
     fn describe(&self) -> String;
 
+    /// Check that what is stored is the version this build needs: the
+    /// schema of a database, the functions library loaded into Redis.
+    /// Readiness probes call it ([`crate::health`]); `Err` says what to run
+    /// to fix it. The default has nothing to check.
+    async fn check_version(&self) -> BrokerResult<()> {
+        Ok(())
+    }
+
     /// The most tasks a bulk enqueue ([`crate::Client::enqueue_bulk`])
     /// should send in one call, whatever batch size its caller asked for
     /// (`None`: no limit). A backend that runs one call at a time sets it so

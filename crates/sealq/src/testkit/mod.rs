@@ -258,6 +258,7 @@ macro_rules! conformance_tests {
             finding_2_a_deleted_id_is_refused_at_enqueue,
             key_checks_are_put_if_absent_per_key_id,
             finding_7_recorded_key_checks_refuse_a_wrong_keyring_with_no_task_waiting,
+            health_readiness_checks_broker_schema_and_keyring,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

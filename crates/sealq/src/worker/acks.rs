@@ -61,11 +61,13 @@ pub(crate) async fn ack_loop(state: Arc<WorkerState>, mut rx: mpsc::UnboundedRec
                     break;
                 }
                 Err(e) if failures < 20 => {
+                    crate::metrics::record::broker_error("ack", &e);
                     failures += 1;
                     warn!(error = %e, attempt = failures, "ack failed; retrying");
                     tokio::time::sleep(error_backoff(failures)).await;
                 }
                 Err(e) => {
+                    crate::metrics::record::broker_error("ack", &e);
                     // Giving up is safe: the leases expire and the tasks are
                     // recovered for another attempt (at-least-once delivery).
                     warn!(error = %e, count = batch.len(), "ack failed repeatedly; leases will expire and the tasks run again");

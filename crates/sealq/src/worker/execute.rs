@@ -27,6 +27,7 @@ use super::panic_hook::QuietPanics;
 use super::runtime::{RunState, WorkerState};
 use crate::blob::ClaimAction;
 use crate::error::IntegrityError;
+use crate::metrics::record as metric;
 use crate::model::record::TaskRecord;
 use crate::model::state::ArchiveReason;
 use crate::seal::data_key::DataKey;
@@ -78,6 +79,7 @@ pub(crate) async fn process(
     }
     if matches!(outcome, Outcome::Requeue) {
         state.stats.requeued.fetch_add(1, Ordering::Relaxed);
+        metric::requeued(&record.queue, &record.kind);
     }
     state.held_leases().remove(&record.id);
     // The acker owns the receiving end until every sender is gone, so this
@@ -212,7 +214,7 @@ fn hold_for_unknown_key(
     key_id: &str,
     now: i64,
 ) -> Outcome {
-    metrics::counter!("sealq_tasks_held_total", "reason" => "unknown_key").increment(1);
+    metric::held(&record.queue, &record.kind, "unknown_key");
     warn!(
         task = %record.id,
         key_id,
@@ -343,7 +345,7 @@ pub(crate) const START_SKEW_MS: i64 = 1_000;
 fn hold_until_sealed_start(record: &TaskRecord, now: i64) -> Step<()> {
     match record.meta.not_before_ms {
         Some(start) if now.saturating_add(START_SKEW_MS) < start => {
-            metrics::counter!("sealq_tasks_held_total", "reason" => "before_start").increment(1);
+            metric::held(&record.queue, &record.kind, "before_start");
             warn!(
                 not_before_ms = start,
                 early_by_ms = start.saturating_sub(now),
@@ -411,8 +413,14 @@ async fn run_handler(
     now: i64,
 ) -> Step<Finished> {
     let ctx = task_context(state, record, cancel.clone(), now);
-    let lateness_ms = (now - record.run_at_ms).max(0);
-    metrics::histogram!("sealq_task_start_delay_seconds").record(lateness_ms as f64 / 1000.0);
+    let since = |t: i64| Duration::from_millis(u64::try_from(now - t).unwrap_or(0));
+    let first_attempt = record.attempts == 1;
+    metric::started(
+        &record.queue,
+        &record.kind,
+        since(record.run_at_ms),
+        first_attempt.then(|| since(record.meta.created_at_ms)),
+    );
 
     let limit_ms = time_limit_ms(record, now);
     let limit = Duration::from_millis(limit_ms.min(365 * 24 * 3600 * 1000));
@@ -437,7 +445,7 @@ async fn run_handler(
         }
         r = tokio::time::timeout(limit, call) => r,
     };
-    metrics::histogram!("sealq_task_duration_seconds").record(started.elapsed().as_secs_f64());
+    metric::handler_duration(&record.queue, &record.kind, started.elapsed());
     let end = match result {
         Ok(Ok(returned)) => HandlerEnd::Returned(returned),
         Ok(Err(panic)) => HandlerEnd::Panicked(panic),

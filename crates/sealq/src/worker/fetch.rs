@@ -86,6 +86,7 @@ pub(crate) async fn fetch_loop(
                     _ = run.stop_fetching.cancelled() => return,
                     r = state.broker.wait_for_work(&state.queue_names, wait) => {
                         if let Err(e) = r {
+                            crate::metrics::record::broker_error("wait_for_work", &e);
                             warn!(error = %e, "waiting for work failed; retrying");
                             tokio::time::sleep(error_backoff(3)).await;
                         }
@@ -129,6 +130,7 @@ pub(crate) async fn fetch_loop(
             }
             Err(e) => {
                 drop(permit);
+                crate::metrics::record::broker_error("dequeue", &e);
                 warn!(error = %e, "dequeue failed; retrying");
                 failures += 1;
                 tokio::select! {

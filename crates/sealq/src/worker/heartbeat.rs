@@ -36,7 +36,10 @@ pub(crate) async fn heartbeat_loop(state: Arc<WorkerState>, stop: CancellationTo
                     }
                 }
             }
-            Err(e) => warn!(error = %e, "lease extension failed; will retry"),
+            Err(e) => {
+                crate::metrics::record::broker_error("extend_leases", &e);
+                warn!(error = %e, "lease extension failed; will retry")
+            }
         }
     }
 }

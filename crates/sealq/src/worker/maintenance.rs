@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::runtime::WorkerState;
+use crate::metrics::record as metric;
 use crate::store::broker::RateLimit;
 
 /// The orphaned-blob sweep of [`WorkerBuilder::sweep_blobs`](super::WorkerBuilder::sweep_blobs).
@@ -43,10 +44,14 @@ pub(crate) async fn maintenance_loop(state: Arc<WorkerState>, stop: Cancellation
         match state.broker.forward_due().await {
             Ok(f) if f.moved > 0 => debug!(moved = f.moved, "forwarded due tasks"),
             Ok(_) => {}
-            Err(e) => warn!(error = %e, "forwarding due tasks failed"),
+            Err(e) => {
+                metric::broker_error("forward_due", &e);
+                warn!(error = %e, "forwarding due tasks failed")
+            }
         }
         match state.broker.recover_expired().await {
             Ok(r) if r.retried + r.archived > 0 => {
+                metric::lease_expirations(r.retried, r.archived);
                 info!(
                     retried = r.retried,
                     archived = r.archived,
@@ -54,11 +59,15 @@ pub(crate) async fn maintenance_loop(state: Arc<WorkerState>, stop: Cancellation
                 )
             }
             Ok(_) => {}
-            Err(e) => warn!(error = %e, "recovering expired leases failed"),
+            Err(e) => {
+                metric::broker_error("recover_expired", &e);
+                warn!(error = %e, "recovering expired leases failed")
+            }
         }
         if tick.is_multiple_of(60)
             && let Err(e) = state.broker.purge_completed().await
         {
+            metric::broker_error("purge_completed", &e);
             warn!(error = %e, "purging completed tasks failed");
         }
         // Rate limits change rarely: look every 10 intervals.

@@ -21,8 +21,8 @@
 //! task's steps from lease to outcome), `outcome.rs` (archive, refuse, fail,
 //! seal), `panic_hook.rs` (keeping handler panics off stderr), `acks.rs`, `heartbeat.rs`, `maintenance.rs`, `handler.rs` (what
 //! handlers receive and return), `priority.rs` (queue order), `stats.rs`
-//! (counters), `unhandled.rs` (a task type no handler takes: retried until
-//! its expiry).
+//! (counters), `queue_metrics.rs` (sampled queue depths), `unhandled.rs` (a
+//! task type no handler takes: retried until its expiry).
 
 mod acks;
 mod execute;
@@ -34,6 +34,7 @@ mod outcome;
 mod panic_hook;
 mod prefetch;
 mod priority;
+mod queue_metrics;
 mod resolve;
 mod runtime;
 mod stats;
@@ -89,6 +90,8 @@ pub(crate) struct Config {
     pub(crate) accept_new_keyring: bool,
     /// Keep handler panics' messages off stderr (`panic_hook`).
     pub(crate) quiet_handler_panics: bool,
+    /// How often queue depths are sampled for metrics (zero: never).
+    pub(crate) queue_metrics_interval: Duration,
 }
 
 /// Builds a [`Worker`].
@@ -235,6 +238,16 @@ impl WorkerBuilder {
     /// handler spawns are not the handler's poll, and are printed.
     pub fn quiet_handler_panics(mut self, quiet: bool) -> Self {
         self.config.quiet_handler_panics = quiet;
+        self
+    }
+
+    /// How often the worker samples [`Broker::stats`] into the
+    /// `sealq_queue_depth`, `sealq_queue_paused` and `sealq_audit_backlog`
+    /// gauges (default 15 s; [`Duration::ZERO`] turns sampling off). One
+    /// broker call per interval, whatever the task rate. See
+    /// [`crate::metrics`].
+    pub fn queue_metrics_interval(mut self, every: Duration) -> Self {
+        self.config.queue_metrics_interval = every;
         self
     }
 
@@ -415,6 +428,7 @@ impl Worker {
                 check_keyring: true,
                 accept_new_keyring: false,
                 quiet_handler_panics: false,
+                queue_metrics_interval: Duration::from_secs(15),
             },
         }
     }

@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 use super::handler::{Failure, HandlerResult, TaskContext};
 use super::runtime::WorkerState;
 use crate::error::IntegrityError;
+use crate::metrics::record as metric;
 use crate::model::record::TaskRecord;
 use crate::model::state::ArchiveReason;
 use crate::seal::envelope::{Aad, Purpose};
@@ -50,7 +51,7 @@ pub(crate) fn outcome_of(state: &WorkerState, record: &TaskRecord, finished: Fin
     match end {
         HandlerEnd::Returned(Ok(())) => {
             state.stats.succeeded.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("sealq_tasks_total", "outcome" => "completed").increment(1);
+            metric::succeeded(&record.queue, &record.kind);
             debug!("completed");
             let result = ctx
                 .take_result()
@@ -108,8 +109,6 @@ pub(crate) fn refuse(
         .stats
         .integrity_failures
         .fetch_add(1, Ordering::Relaxed);
-    metrics::counter!("sealq_integrity_failures_total", "reason" => reason.as_str().to_owned())
-        .increment(1);
     warn!(error = %error, reason = %reason, envelope_len = record.envelope.len(), "refusing task");
     archive(state, record, reason, &error.to_string())
 }
@@ -123,7 +122,7 @@ pub(crate) fn archive(
     message: &str,
 ) -> Outcome {
     state.stats.archived.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!("sealq_tasks_total", "outcome" => "archived").increment(1);
+    metric::archived(&record.queue, &record.kind, reason.as_str());
     info!(reason = %reason, "archived");
     let error = seal_or_drop(state, record, Purpose::Error, message.as_bytes());
     Outcome::Archive { reason, error }
@@ -138,6 +137,7 @@ pub(crate) fn fail(
     failure: Failure,
     message: &str,
 ) -> Outcome {
+    metric::failed(&record.queue, &record.kind);
     if let Some(a) = &state.config.audit {
         let len = crate::audit::hooks::sealed_len(&state.keyring, message);
         a.on_failed(&state.config.id, record, len);
@@ -155,7 +155,7 @@ pub(crate) fn fail(
     }
     let delay = retry_in.unwrap_or(0);
     state.stats.retried.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!("sealq_tasks_total", "outcome" => "retry").increment(1);
+    metric::retried(&record.queue, &record.kind);
     info!(retry_in_ms = delay, "failed; will retry");
     let at_ms = state
         .clock

@@ -18,6 +18,7 @@ use super::handler::ErasedHandler;
 use super::heartbeat::heartbeat_loop;
 use super::maintenance::maintenance_loop;
 use super::prefetch::PrefetchBounds;
+use super::queue_metrics::queue_metrics_loop;
 use super::{Config, WorkerReport, WorkerStats};
 use crate::error::{Error, Result};
 use crate::keyring_check::check_keyring;
@@ -143,6 +144,7 @@ pub(crate) async fn run(
     let acker = tokio::spawn(ack_loop(state.clone(), ack_rx));
     let heartbeat = tokio::spawn(heartbeat_loop(state.clone(), stop_background.clone()));
     let maintenance = tokio::spawn(maintenance_loop(state.clone(), stop_background.clone()));
+    let queue_metrics = tokio::spawn(queue_metrics_loop(state.clone(), stop_background.clone()));
     let fetcher = tokio::spawn(fetch_loop(state.clone(), run.clone(), lease_slots.clone()));
 
     shutdown.await;
@@ -170,6 +172,7 @@ pub(crate) async fn run(
     stop_background.cancel();
     let _ = heartbeat.await;
     let _ = maintenance.await;
+    let _ = queue_metrics.await;
     let report = state.stats.report();
     info!(worker = %cfg.id, ?report, "worker stopped");
     Ok(report)
