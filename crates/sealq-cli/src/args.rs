@@ -21,6 +21,7 @@ Environment:
   SEALQ_BROKER        broker URL (like --broker)
   SEALQ_KEYRING       path of the keyring TOML (like --keyring)
   SEALQ_KEYRING_TOML  the keyring TOML itself, when no path is given
+  SEALQ_LOG_FORMAT    text or json (like --log-format)
   RUST_LOG            log filter, overrides -v (logs go to stderr)";
 
 /// sealq: a task queue whose payloads are sealed (XChaCha20-Poly1305, bound
@@ -47,6 +48,18 @@ pub(crate) struct Cli {
     /// More logging to stderr (-v info, -vv debug, -vvv trace; default warn).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub(crate) verbose: u8,
+
+    /// How logs look on stderr: `text`, or `json` (one JSON object per line,
+    /// the event's fields at the top level, for log pipelines).
+    #[arg(
+        long,
+        env = "SEALQ_LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value_t = crate::logging::LogFormat::Text,
+        value_name = "FORMAT"
+    )]
+    pub(crate) log_format: crate::logging::LogFormat,
 
     /// What to do.
     #[command(subcommand)]

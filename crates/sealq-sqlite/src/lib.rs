@@ -498,4 +498,8 @@ impl Broker for SqliteBroker {
     fn describe(&self) -> String {
         format!("sqlite://{}", self.inner.path.display())
     }
+
+    fn store_path(&self) -> Option<PathBuf> {
+        Some(std::fs::canonicalize(&self.inner.path).unwrap_or_else(|_| self.inner.path.clone()))
+    }
 }

@@ -319,6 +319,14 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// A short, secret-free description for logs (`sqlite:///path`, `redis://host:port`).
     fn describe(&self) -> String;
 
+    /// The file this backend keeps its tasks in on this machine, if it
+    /// keeps them in one (SQLite's database file, absolute): a worker names
+    /// it in its start line, so one started in the wrong directory says
+    /// which store it serves. Default `None` (a server).
+    fn store_path(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+
     /// The most tasks a bulk enqueue ([`crate::Client::enqueue_bulk`])
     /// should send in one call, whatever batch size its caller asked for
     /// (`None`: no limit). A backend that runs one call at a time sets it so

@@ -320,7 +320,9 @@ async fn open_claim(
         Err(e) => Err(match e.action() {
             ClaimAction::Refuse(e) => refuse(state, record, e, ArchiveReason::Integrity),
             ClaimAction::Archive(reason, msg) => archive(state, record, reason, msg),
-            ClaimAction::Retry(msg) => fail(state, record, Failure::Retry, &msg),
+            ClaimAction::Retry(msg) => {
+                fail(state, record, Failure::Retry, "blob_unavailable", &msg)
+            }
         }),
     }
 }

@@ -24,6 +24,7 @@
 //! (counters).
 
 mod acks;
+mod attempt_log;
 mod execute;
 mod fetch;
 mod handler;
@@ -222,8 +223,8 @@ impl WorkerBuilder {
     /// workers ask) that prints nothing for a panic raised while this
     /// worker polls a handler's future, and passes every other panic to
     /// the hook that was set before it (by default, the one that prints
-    /// it). The worker still logs "handler panicked" at WARN in the task's
-    /// span (its id, never the message).
+    /// it). The worker still logs the failure at WARN (`task failed`, with
+    /// detail `panic`, its id, type and queue; never the message).
     ///
     /// Off by default because the panic hook belongs to the whole process:
     /// a library should not replace it unasked. Ask for it in any worker

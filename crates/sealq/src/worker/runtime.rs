@@ -132,9 +132,13 @@ pub(crate) async fn run(
         run_permits: Arc::new(Semaphore::new(cfg.concurrency)),
         ack_queue: ack_tx,
     });
+    // What this worker serves, in one line (`store`: the file, for an
+    // embedded broker).
+    let store = state.broker.store_path().map(|p| p.display().to_string());
     info!(
         worker = %cfg.id,
         broker = %state.broker.describe(),
+        store = store.as_deref(),
         queues = ?state.queue_names,
         concurrency = cfg.concurrency,
         "worker started"
