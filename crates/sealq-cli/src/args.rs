@@ -78,6 +78,9 @@ pub(crate) enum Command {
     Enqueue(EnqueueArgs),
     /// Process tasks by running a shell command for each one.
     Worker(WorkerArgs),
+    /// List the live workers on the broker: id, host, pid, queues,
+    /// concurrency, started, last heartbeat, tasks in flight.
+    Workers(WorkersArgs),
     /// Inspect tasks (ids, types, states and sizes; never payloads).
     #[command(subcommand)]
     Tasks(TasksCommand),
@@ -195,6 +198,15 @@ pub(crate) struct EraseArgs {
     /// Where the receipt's audit record goes.
     #[arg(long, value_enum, env = "SEALQ_AUDIT", default_value_t = AuditSinkKind::File)]
     pub(crate) audit: AuditSinkKind,
+}
+
+/// `sealq workers`.
+#[derive(Debug, Args)]
+pub(crate) struct WorkersArgs {
+    /// Print a JSON array (`run_id`, `id`, `host`, `pid`, `queues`,
+    /// `concurrency`, `started_at_ms`, `last_heartbeat_ms`, `in_flight`).
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// `sealq demo`.

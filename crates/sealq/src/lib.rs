@@ -73,6 +73,7 @@ pub use error::{BrokerError, BrokerErrorKind, Error, IntegrityError, Result};
 pub use model::backoff::Backoff;
 pub use model::clock::{Clock, SystemClock};
 pub use model::id::{SubjectTag, TaskId};
+pub use model::live_worker::LiveWorker;
 pub use model::options::EnqueueOptions;
 pub use model::state::{ArchiveReason, TaskState};
 pub use model::task::{Task, TaskMeta, TaskPolicy};

@@ -16,6 +16,7 @@ mod payloads;
 pub(crate) mod redis;
 mod tasks;
 mod worker;
+mod workers;
 
 use std::path::PathBuf;
 
@@ -102,6 +103,7 @@ pub(crate) async fn run(global: Global, command: Command) -> CliResult {
         Command::Keys(KeysCommand::Remove(a)) => keys::remove(&global, a).await,
         Command::Enqueue(a) => enqueue::run(&global, a).await,
         Command::Worker(a) => worker::run(&global, a).await,
+        Command::Workers(a) => workers::list(&global, a).await,
         Command::Tasks(TasksCommand::List(a)) => tasks::list(&global, a).await,
         Command::Tasks(TasksCommand::Stats(a)) => tasks::stats(&global, a).await,
         Command::Tasks(TasksCommand::Reveal(a)) => operator::reveal(&global, a).await,

@@ -13,6 +13,8 @@
 //! - [`record`]: [`NewTask`] and [`TaskRecord`], a task as stored.
 //! - [`counts`]: [`QueueStats`], [`ErasureCounts`], [`ErasureReceipt`].
 //! - [`key_check`]: [`key_check::KeyCheck`], a sealing key's check value.
+//! - [`live_worker`]: [`live_worker::LiveWorker`], a worker as the broker's
+//!   registry of live workers lists it.
 //! - [`audit_event`]: [`AuditEvent`], what the audit log says happened.
 //! - [`clock`]: the [`Clock`] that dates everything.
 //! - `hex`: lowercase hex for ids and digests.
@@ -24,6 +26,7 @@ pub mod counts;
 pub(crate) mod hex;
 pub mod id;
 pub mod key_check;
+pub mod live_worker;
 pub mod options;
 pub mod record;
 pub mod state;

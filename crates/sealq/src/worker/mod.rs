@@ -33,6 +33,7 @@ mod maintenance;
 mod outcome;
 mod panic_hook;
 mod prefetch;
+mod presence;
 mod priority;
 mod resolve;
 mod runtime;

@@ -15,6 +15,7 @@ mod erasure;
 mod key_checks;
 mod lease;
 mod limits;
+mod live_workers;
 mod recovery;
 pub mod replay;
 mod reseal;
@@ -29,6 +30,7 @@ pub use erasure::*;
 pub use key_checks::*;
 pub use lease::*;
 pub use limits::*;
+pub use live_workers::*;
 pub use recovery::*;
 pub use replay::{
     finding_2_a_completed_id_is_refused_while_retained_and_after_purge,
