@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use crate::audit::hooks as audit_hooks;
 use crate::blob::DEFAULT_OFFLOAD_THRESHOLD;
@@ -556,7 +557,8 @@ impl Client {
             name_of.push(names.len() - 1);
         }
         self.check_keyring_once().await?;
-        let results = self.inner.broker.enqueue(sealed).await?;
+        let span = crate::store::spans::enqueue(&sealed);
+        let results = self.inner.broker.enqueue(sealed).instrument(span).await?;
         for (i, (((slot, result), id), key)) in slots
             .into_iter()
             .zip(results)
