@@ -116,7 +116,7 @@ fn logs_json_worker_start_line_and_warn_per_failure_without_payload() {
     );
     let store = dir.path().canonicalize().unwrap().join("q.db");
     assert_eq!(start["store"], store.display().to_string(), "{start}");
-    assert_eq!(start["queues"], r#"["mail", "other"]"#, "{start}");
+    assert_eq!(start["queues"], "mail,other", "{start}");
     assert_eq!(start["concurrency"], 3, "{start}");
     let worker_id = start["worker"].as_str().unwrap();
     assert!(worker_id.ends_with(&format!(":{pid}")), "HOST:PID: {start}");

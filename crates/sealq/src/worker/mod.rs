@@ -19,7 +19,10 @@
 //! Where each part lives: `runtime.rs` (the worker's state, one run and its
 //! shutdown), `fetch.rs` and `prefetch.rs` (fetching), `execute.rs` (one
 //! task's steps from lease to outcome), `outcome.rs` (archive, refuse, fail,
-//! seal), `panic_hook.rs` (keeping handler panics off stderr), `acks.rs`, `heartbeat.rs`, `maintenance.rs`, `handler.rs` (what
+//! seal), `attempt_log.rs` (the WARN line of a failed or archived
+//! attempt), `panic_hook.rs` (keeping handler panics off stderr), `acks.rs`,
+//! `heartbeat.rs`, `presence.rs` (the registry of live workers),
+//! `maintenance.rs`, `handler.rs` (what
 //! handlers receive and return), `priority.rs` (queue order), `stats.rs`
 //! (counters).
 

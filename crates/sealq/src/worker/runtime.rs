@@ -146,7 +146,7 @@ pub(crate) async fn run(
         worker = %cfg.id,
         broker = %state.broker.describe(),
         store = store.as_deref(),
-        queues = ?state.queue_names,
+        queues = %state.queue_names.join(","),
         concurrency = cfg.concurrency,
         "worker started"
     );
