@@ -1,12 +1,13 @@
 //! Issue 21, Observability, "Traces": a task's life shows as `tracing`
 //! spans around enqueue, lease, the handler and ack, with the task's id,
-//! type and queue; no span field holds a payload byte.
+//! type and queue; no span field holds a payload byte. The producer's W3C
+//! trace context travels sealed to the handler.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sealq::broker::Broker;
-use sealq::{Client, EnqueueOptions, Keyring, Task, TaskState, Worker};
+use sealq::{Client, EnqueueOptions, Keyring, Task, TaskContext, TaskState, TraceParent, Worker};
 use sealq_sqlite::SqliteBroker;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -15,6 +16,7 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
 
 const MARKER: &str = "heron-quartz-0917-payload";
+const TRACE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Mail {
@@ -84,14 +86,32 @@ async fn traces_spans_around_enqueue_lease_handler_and_ack() {
     let mail = Mail {
         note: MARKER.to_owned(),
     };
-    let id = client
-        .enqueue(&mail, EnqueueOptions::new().queue("mail"))
-        .await
-        .unwrap();
+    let options = EnqueueOptions::new()
+        .queue("mail")
+        .trace_parent(TraceParent::parse(TRACE).unwrap());
+    let id = client.enqueue(&mail, options).await.unwrap();
+    let stored = broker.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.envelope[0], 3,
+        "a traced payload is a version-3 envelope"
+    );
+    let trace_id = &TRACE.as_bytes()[3..35];
+    assert!(
+        !stored.envelope.windows(32).any(|w| w == trace_id),
+        "the trace context is sealed, not in the stored bytes"
+    );
 
+    let seen: Arc<Mutex<Option<String>>> = Arc::default();
+    let seen_in_handler = seen.clone();
     let worker = Worker::builder(broker.clone(), keyring)
         .queues([("mail", 1)])
-        .handle_any(|_, _| async { Ok(()) })
+        .handle_any(move |_, ctx: TaskContext| {
+            let seen = seen_in_handler.clone();
+            async move {
+                *seen.lock().unwrap() = ctx.trace_parent().map(|t| t.to_string());
+                Ok(())
+            }
+        })
         .build()
         .unwrap();
     let handle = worker.spawn();
@@ -118,6 +138,16 @@ async fn traces_spans_around_enqueue_lease_handler_and_ack() {
         task.iter()
             .any(|f| has(f, "id", &id) && has(f, "kind", "mail.send") && has(f, "queue", "mail")),
         "{task:?}"
+    );
+    assert!(
+        task.iter()
+            .any(|f| has(f, "id", &id) && has(f, "trace_parent", TRACE)),
+        "the task's span names the producer's trace: {task:?}"
+    );
+    assert_eq!(
+        seen.lock().unwrap().as_deref(),
+        Some(TRACE),
+        "the handler got it"
     );
     let ack = spans.named("sealq.ack");
     assert!(ack.iter().any(|f| has(f, "task_id", &id)), "{ack:?}");

@@ -698,7 +698,10 @@ impl Client {
         let aad = Aad::new(Purpose::Payload, id, &queue, &kind, &meta);
         let envelope = match &meta.subject_tag {
             Some(tag) => match data_keys.get(tag) {
-                Some(key) => key.seal(&aad, &payload)?,
+                Some(key) => match &options.trace_parent {
+                    Some(trace) => key.seal_traced(&aad, trace, &payload)?,
+                    None => key.seal(&aad, &payload)?,
+                },
                 None if self.inner.subject_keys.is_some() => {
                     return Err(Error::InvalidArgument {
                         what: "task",
@@ -714,7 +717,10 @@ impl Client {
                     )));
                 }
             },
-            None => self.inner.keyring.seal(&aad, &payload)?,
+            None => match &options.trace_parent {
+                Some(trace) => self.inner.keyring.seal_traced(&aad, trace, &payload)?,
+                None => self.inner.keyring.seal(&aad, &payload)?,
+            },
         };
         // The plaintext copy is no longer needed; wipe it.
         zeroize::Zeroize::zeroize(&mut { payload });

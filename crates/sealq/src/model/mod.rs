@@ -17,6 +17,7 @@
 //!   registry of live workers lists it.
 //! - [`audit_event`]: [`AuditEvent`], what the audit log says happened.
 //! - [`clock`]: the [`Clock`] that dates everything.
+//! - [`trace_parent`]: [`trace_parent::TraceParent`], a W3C trace context.
 //! - `hex`: lowercase hex for ids and digests.
 
 pub mod audit_event;
@@ -31,6 +32,7 @@ pub mod options;
 pub mod record;
 pub mod state;
 pub mod task;
+pub mod trace_parent;
 
 pub use audit_event::AuditEvent;
 pub use backoff::Backoff;

@@ -29,6 +29,7 @@ use crate::blob::ClaimAction;
 use crate::error::IntegrityError;
 use crate::model::record::TaskRecord;
 use crate::model::state::ArchiveReason;
+use crate::model::trace_parent::TraceParent;
 use crate::seal::data_key::DataKey;
 use crate::seal::envelope::{Aad, Purpose};
 use crate::seal::opener::SealingKey;
@@ -55,7 +56,8 @@ pub(crate) async fn process(
         id = %record.id,
         kind = %record.kind,
         queue = %record.queue,
-        attempt = record.attempts
+        attempt = record.attempts,
+        trace_parent = tracing::field::Empty
     );
     let outcome = async {
         tokio::select! {
@@ -134,11 +136,17 @@ async fn execute_steps(
 ) -> Step<Outcome> {
     let record = &task.record;
     refuse_replayed_or_expired(state, task, now)?;
-    let payload = open_envelope(state, record, now).await?;
+    let (payload, trace) = open_envelope(state, record, now).await?;
     hold_until_sealed_start(record, now)?;
     archive_if_past_deadline(state, record, now)?;
     let handler = find_handler(state, record)?;
-    let finished = run_handler(state, run, record, handler, payload, cancel, now).await?;
+    let call = HandlerCall {
+        payload,
+        trace,
+        cancel,
+        now,
+    };
+    let finished = run_handler(state, run, record, handler, call).await?;
     Ok(outcome_of(state, record, finished))
 }
 
@@ -192,10 +200,28 @@ fn refuse_replayed_or_expired(state: &WorkerState, task: &LeasedTask, now: i64) 
 }
 
 /// Open the envelope, then fetch and open the claim-check blob if the
-/// payload is a claim: the payload the handler sees.
-async fn open_envelope(state: &WorkerState, record: &TaskRecord, now: i64) -> Step<RawPayload> {
-    let (payload, data_key) = open_sealed(state, record, now).await?;
-    open_claim(state, record, payload, data_key.as_deref()).await
+/// payload is a claim: the payload the handler sees, and the producer's
+/// trace context when the envelope carries one (version 3; recorded on the
+/// task's span as `trace_parent`).
+async fn open_envelope(
+    state: &WorkerState,
+    record: &TaskRecord,
+    now: i64,
+) -> Step<(RawPayload, Option<TraceParent>)> {
+    let (payload, data_key, trace) = open_sealed(state, record, now).await?;
+    if let Some(t) = &trace {
+        tracing::Span::current().record("trace_parent", t.as_str());
+    }
+    let payload = open_claim(state, record, payload, data_key.as_deref()).await?;
+    Ok((payload, trace))
+}
+
+/// What [`run_handler`] hands the handler and runs it under.
+struct HandlerCall {
+    payload: RawPayload,
+    trace: Option<TraceParent>,
+    cancel: CancellationToken,
+    now: i64,
 }
 
 /// How long a task sealed with a key the keyring lacks is held before it is
@@ -249,7 +275,7 @@ async fn open_sealed(
     state: &WorkerState,
     record: &TaskRecord,
     now: i64,
-) -> Step<(RawPayload, Option<Arc<DataKey>>)> {
+) -> Step<(RawPayload, Option<Arc<DataKey>>, Option<TraceParent>)> {
     let aad = Aad::for_record(record, Purpose::Payload);
     let data_key = match record_key(state.subject_keys.as_deref(), record).await {
         Ok(RecordKey::Keyring) => None,
@@ -278,11 +304,11 @@ async fn open_sealed(
         }
     };
     let opened = match &data_key {
-        Some(key) => key.open(&aad, &record.envelope),
-        None => state.keyring.open(&aad, &record.envelope),
+        Some(key) => key.open_traced(&aad, &record.envelope),
+        None => state.keyring.open_traced(&aad, &record.envelope),
     };
     match opened {
-        Ok(p) => Ok((RawPayload(p), data_key)),
+        Ok((p, trace)) => Ok((RawPayload(p), data_key, trace)),
         Err(IntegrityError::UnknownKey(key_id)) if data_key.is_none() => {
             Err(hold_for_unknown_key(state, record, &key_id, now))
         }
@@ -410,11 +436,16 @@ async fn run_handler(
     run: &RunState,
     record: &TaskRecord,
     handler: Arc<dyn ErasedHandler>,
-    payload: RawPayload,
-    cancel: CancellationToken,
-    now: i64,
+    call: HandlerCall,
 ) -> Step<Finished> {
-    let ctx = task_context(state, record, cancel.clone(), now);
+    let HandlerCall {
+        payload,
+        trace,
+        cancel,
+        now,
+    } = call;
+    let mut ctx = task_context(state, record, cancel.clone(), now);
+    ctx.trace_parent = trace;
     let lateness_ms = (now - record.run_at_ms).max(0);
     metrics::histogram!("sealq_task_start_delay_seconds").record(lateness_ms as f64 / 1000.0);
 
@@ -480,5 +511,6 @@ fn task_context(
         cancel,
         result: Arc::default(),
         resolvers: state.config.resolvers.clone(),
+        trace_parent: None,
     }
 }
