@@ -64,6 +64,51 @@ impl TraceParent {
     }
 }
 
+/// With the `otel` feature: to and from OpenTelemetry span contexts.
+#[cfg(feature = "otel")]
+impl TraceParent {
+    /// The trace context of the current `tracing` span as OpenTelemetry
+    /// sees it (`tracing-opentelemetry`'s layer installed), to pass to
+    /// `EnqueueOptions::trace_parent`; `None` without a valid one.
+    pub fn from_current_span() -> Option<Self> {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let cx = tracing::Span::current().context();
+        let span = cx.span();
+        let sc = span.span_context();
+        if !sc.is_valid() {
+            return None;
+        }
+        let value = format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        );
+        Self::parse(&value).ok()
+    }
+
+    /// An OpenTelemetry context whose remote parent is this trace context:
+    /// what a span's `set_parent` takes to join the producer's trace.
+    pub fn to_otel_context(&self) -> opentelemetry::Context {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+        };
+        // Parsed: every part is hex of the right length.
+        let trace_id = TraceId::from_hex(&self.0[3..35]).unwrap_or(TraceId::INVALID);
+        let span_id = SpanId::from_hex(&self.0[36..52]).unwrap_or(SpanId::INVALID);
+        let flags = u8::from_str_radix(&self.0[53..55], 16).unwrap_or(0);
+        let sc = SpanContext::new(
+            trace_id,
+            span_id,
+            TraceFlags::new(flags),
+            true,
+            TraceState::default(),
+        );
+        opentelemetry::Context::new().with_remote_span_context(sc)
+    }
+}
+
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::handler::{ErasedHandler, Failure, RawPayload, TaskContext};
+use super::handler_span::handler_span;
 use super::outcome::{Finished, HandlerEnd, archive, fail, outcome_of, refuse};
 use super::panic_hook::QuietPanics;
 use super::runtime::{RunState, WorkerState};
@@ -457,8 +458,9 @@ async fn run_handler(
     // Polls marked as the handler's: with quiet handler panics, the panic
     // hook prints nothing of a panic raised in them (its message is sealed
     // as the task's error by `outcome_of`, never printed).
+    let span = handler_span(record, ctx.trace_parent.as_ref());
     let call = AssertUnwindSafe(QuietPanics::new(
-        handler.call(payload, ctx.clone()),
+        handler.call(payload, ctx.clone()).instrument(span),
         state.config.quiet_handler_panics,
     ))
     .catch_unwind();

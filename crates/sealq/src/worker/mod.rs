@@ -22,7 +22,7 @@
 //! seal), `attempt_log.rs` (the WARN line of a failed or archived
 //! attempt), `panic_hook.rs` (keeping handler panics off stderr), `acks.rs`,
 //! `heartbeat.rs`, `presence.rs` (the registry of live workers),
-//! `maintenance.rs`, `handler.rs` (what
+//! `maintenance.rs`, `handler_span.rs` (the span a handler runs in), `handler.rs` (what
 //! handlers receive and return), `priority.rs` (queue order), `stats.rs`
 //! (counters).
 
@@ -31,6 +31,7 @@ mod attempt_log;
 mod execute;
 mod fetch;
 mod handler;
+mod handler_span;
 mod heartbeat;
 mod maintenance;
 mod outcome;
