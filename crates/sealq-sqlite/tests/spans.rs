@@ -149,6 +149,13 @@ async fn traces_spans_around_enqueue_lease_handler_and_ack() {
         Some(TRACE),
         "the handler got it"
     );
+    let handler = spans.named("sealq.handler");
+    assert!(
+        handler.iter().any(|f| has(f, "task_id", &id)
+            && has(f, "task_type", "mail.send")
+            && has(f, "queue", "mail")),
+        "{handler:?}"
+    );
     let ack = spans.named("sealq.ack");
     assert!(ack.iter().any(|f| has(f, "task_id", &id)), "{ack:?}");
     let all = format!("{:?}", spans.0.lock().unwrap());
