@@ -21,6 +21,7 @@ Environment:
   SEALQ_BROKER        broker URL (like --broker)
   SEALQ_KEYRING       path of the keyring TOML (like --keyring)
   SEALQ_KEYRING_TOML  the keyring TOML itself, when no path is given
+  SEALQ_LOG_FORMAT    text or json (like --log-format)
   RUST_LOG            log filter, overrides -v (logs go to stderr)";
 
 /// sealq: a task queue whose payloads are sealed (XChaCha20-Poly1305, bound
@@ -50,6 +51,18 @@ pub(crate) struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub(crate) verbose: u8,
 
+    /// How logs look on stderr: `text`, or `json` (one JSON object per line,
+    /// the event's fields at the top level, for log pipelines).
+    #[arg(
+        long,
+        env = "SEALQ_LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value_t = crate::logging::LogFormat::Text,
+        value_name = "FORMAT"
+    )]
+    pub(crate) log_format: crate::logging::LogFormat,
+
     /// What to do.
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -67,6 +80,9 @@ pub(crate) enum Command {
     Enqueue(EnqueueArgs),
     /// Process tasks by running a shell command for each one.
     Worker(WorkerArgs),
+    /// List the live workers on the broker: id, host, pid, queues,
+    /// concurrency, started, last heartbeat, tasks in flight.
+    Workers(WorkersArgs),
     /// Inspect tasks (ids, types, states and sizes; never payloads).
     #[command(subcommand)]
     Tasks(TasksCommand),
@@ -188,6 +204,15 @@ pub(crate) struct EraseArgs {
     /// Where the receipt's audit record goes.
     #[arg(long, value_enum, env = "SEALQ_AUDIT", default_value_t = AuditSinkKind::File)]
     pub(crate) audit: AuditSinkKind,
+}
+
+/// `sealq workers`.
+#[derive(Debug, Args)]
+pub(crate) struct WorkersArgs {
+    /// Print a JSON array (`run_id`, `id`, `host`, `pid`, `queues`,
+    /// `concurrency`, `started_at_ms`, `last_heartbeat_ms`, `in_flight`).
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// `sealq demo`.

@@ -8,16 +8,15 @@ mod broker_url;
 mod cmd;
 mod duration;
 mod error;
+mod logging;
 mod output;
 mod serve;
 mod skipped;
 mod stdout;
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
-use tracing_subscriber::EnvFilter;
 
 /// Runtime worker threads for commands that size them to their work
 /// (`None`: tokio's default, one per core, or `TOKIO_WORKER_THREADS`).
@@ -52,7 +51,11 @@ fn workers_for(command: &args::Command, env_set: bool, cores: usize) -> Option<u
 fn main() -> ExitCode {
     let matches = args::Cli::command().get_matches();
     let cli = args::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    init_tracing(cli.verbose);
+    logging::init(
+        cli.verbose,
+        cli.log_format,
+        matches!(cli.command, args::Command::Worker(_)),
+    );
     let broker_on_command_line = cmd::given_on_command_line(&matches, "broker");
 
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -91,31 +94,6 @@ fn main() -> ExitCode {
             e.exit_code()
         }
     }
-}
-
-/// Logs to stderr: `RUST_LOG` if set, else warn / info / debug / trace by `-v` count.
-fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    use tracing_subscriber::{Layer as _, filter::LevelFilter};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    // The log as configured, and, whatever it shows, a count of the tasks
-    // reads skipped (`skipped`), which sees WARN and above only.
-    let _ = tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_filter(filter),
-        )
-        .with(skipped::Counter.with_filter(LevelFilter::WARN))
-        .try_init();
 }
 
 #[cfg(test)]

@@ -76,6 +76,7 @@ mod functions;
 mod key_checks;
 mod keys;
 mod lease;
+mod live_workers;
 mod maintenance;
 mod quarantine;
 mod queue_settings;
@@ -447,6 +448,18 @@ impl Broker for RedisBroker {
 
     async fn check_version(&self) -> BrokerResult<()> {
         self.check_library().await
+    }
+
+    async fn register_worker(&self, worker: &sealq::LiveWorker, ttl: Duration) -> BrokerResult<()> {
+        self.register_worker_impl(worker, ttl).await
+    }
+
+    async fn list_workers(&self) -> BrokerResult<Vec<sealq::LiveWorker>> {
+        self.list_workers_impl().await
+    }
+
+    async fn deregister_worker(&self, run_id: &str) -> BrokerResult<()> {
+        self.deregister_workers(&[run_id.to_owned()]).await
     }
 
     fn bulk_batch_limit(&self) -> Option<usize> {

@@ -127,6 +127,8 @@ async fn cluster_broker(clock: SharedClock) -> RedisBroker {
 
 sealq::conformance_tests!(async |clock: SharedClock| { Harness::new(cluster_broker(clock).await) });
 
+sealq::live_worker_tests!(async |clock: SharedClock| { Harness::new(cluster_broker(clock).await) });
+
 /// Queues of one prefix land on different masters, and each master holds
 /// only whole queues (every key of a queue in one slot).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,10 @@ sealq::conformance_tests!(async |clock: SharedClock| {
     Harness::new(support::shared_broker(clock).await)
 });
 
+sealq::live_worker_tests!(async |clock: SharedClock| {
+    Harness::new(support::shared_broker(clock).await)
+});
+
 sealq::blob_store_tests!(async |clock: SharedClock| {
     let prefix = format!("{}-blobs", support::unique_prefix());
     let blobs = RedisBlobStore::new(

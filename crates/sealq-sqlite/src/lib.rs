@@ -114,6 +114,7 @@ mod codec;
 mod erase_ids;
 mod error;
 mod key_checks;
+mod live_workers;
 mod ops;
 mod options;
 mod quarantine;
@@ -384,6 +385,26 @@ impl Broker for SqliteBroker {
             .await
     }
 
+    async fn register_worker(&self, worker: &sealq::LiveWorker, ttl: Duration) -> BrokerResult<()> {
+        let worker = worker.clone();
+        self.inner
+            .writer
+            .call(move |ctx| live_workers::register(ctx, &worker, ttl))
+            .await
+    }
+
+    async fn list_workers(&self) -> BrokerResult<Vec<sealq::LiveWorker>> {
+        self.inner.writer.call(live_workers::list).await
+    }
+
+    async fn deregister_worker(&self, run_id: &str) -> BrokerResult<()> {
+        let run_id = run_id.to_owned();
+        self.inner
+            .writer
+            .call(move |ctx| live_workers::deregister(ctx, &run_id))
+            .await
+    }
+
     async fn key_checks(&self) -> BrokerResult<Option<Vec<sealq::model::key_check::KeyCheck>>> {
         self.inner.writer.call(key_checks::read).await.map(Some)
     }
@@ -513,5 +534,9 @@ impl Broker for SqliteBroker {
                 schema::SCHEMA_VERSION
             ),
         ))
+    }
+
+    fn store_path(&self) -> Option<PathBuf> {
+        Some(std::fs::canonicalize(&self.inner.path).unwrap_or_else(|_| self.inner.path.clone()))
     }
 }

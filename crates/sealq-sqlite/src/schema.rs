@@ -27,6 +27,9 @@
 //! - `key_checks`: the check value of each sealing key in use, by key id
 //!   (hex; the first recorded per id is kept; `Broker::record_key_checks`;
 //!   migration 3). Never a key.
+//! - `live_workers`: the registry of live workers, one row per worker run
+//!   (`run_id`) with what it serves, its last heartbeat and when its
+//!   registration expires (`Broker::register_worker`; migration 4).
 //! - `completed_ids`: replay memory, ids that completed or were deleted
 //!   (`completed_at`: when the id was last remembered; kept for
 //!   [`crate::SqliteOptions::replay_horizon`] after that, and while the
@@ -127,6 +130,20 @@ CREATE TABLE key_checks (
     key_id      TEXT PRIMARY KEY NOT NULL,
     check_value TEXT NOT NULL,
     recorded_at INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
+    r#"
+CREATE TABLE live_workers (
+    run_id            TEXT PRIMARY KEY NOT NULL,
+    worker_id         TEXT NOT NULL,
+    host              TEXT NOT NULL,
+    pid               INTEGER NOT NULL,
+    queues            TEXT NOT NULL,
+    concurrency       INTEGER NOT NULL,
+    started_at        INTEGER NOT NULL,
+    last_heartbeat_at INTEGER NOT NULL,
+    expires_at        INTEGER NOT NULL,
+    in_flight         INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
 ];

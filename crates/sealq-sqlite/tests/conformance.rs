@@ -17,6 +17,16 @@ sealq::conformance_tests!(async |clock: SharedClock| {
     Harness::new(broker).with_guard(dir)
 });
 
+sealq::live_worker_tests!(async |clock: SharedClock| {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = SqliteBroker::open_with(
+        dir.path().join("queue.db"),
+        SqliteOptions::with_clock(clock),
+    )
+    .expect("open");
+    Harness::new(broker).with_guard(dir)
+});
+
 sealq::blob_store_tests!(async |clock: SharedClock| {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("queue.db");

@@ -289,7 +289,7 @@ async fn a_version_2_store_migrates_to_key_checks_and_keeps_its_tasks() {
         b.enqueue(vec![t]).await.unwrap();
     }
     let raw = Connection::open(&path).unwrap();
-    raw.execute_batch("DROP TABLE key_checks; PRAGMA user_version = 2")
+    raw.execute_batch("DROP TABLE key_checks; DROP TABLE live_workers; PRAGMA user_version = 2")
         .unwrap();
     drop(raw);
     let b = open(&path);
@@ -309,7 +309,50 @@ async fn a_version_2_store_migrates_to_key_checks_and_keeps_its_tasks() {
     let v: i64 = raw
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 3);
+    assert_eq!(v, 4);
+}
+
+/// Migration 4 (the registry of live workers, issue 21) on a version-3
+/// store: its tasks stay, and workers can be registered and listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_workers_a_version_3_store_migrates_and_keeps_its_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let t = task("p");
+    let id = t.id;
+    {
+        let b = open(&path);
+        b.enqueue(vec![t]).await.unwrap();
+    }
+    let raw = Connection::open(&path).unwrap();
+    raw.execute_batch("DROP TABLE live_workers; PRAGMA user_version = 3")
+        .unwrap();
+    drop(raw);
+    let b = open(&path);
+    assert!(b.get(id).await.unwrap().is_some(), "the task survived");
+    assert!(b.list_workers().await.unwrap().is_empty());
+    let w = sealq::LiveWorker {
+        run_id: "r-1".into(),
+        id: "h:1".into(),
+        host: "h".into(),
+        pid: 1,
+        queues: vec!["p".into()],
+        concurrency: 2,
+        started_at_ms: 5,
+        last_heartbeat_ms: 5,
+        in_flight: 0,
+    };
+    b.register_worker(&w, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    let listed = b.list_workers().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].run_id, "r-1");
+    let raw = Connection::open(&path).unwrap();
+    let v: i64 = raw
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -249,6 +249,8 @@ pub enum BrokerErrorKind {
     PermissionDenied,
     /// The backend was configured wrongly (URL, options, schema version).
     Config,
+    /// This backend does not offer the operation (yet): nothing was done.
+    Unsupported,
     /// Anything else.
     Other,
 }
@@ -260,6 +262,7 @@ impl std::fmt::Display for BrokerErrorKind {
             Self::Corrupt => "broker data corrupt",
             Self::PermissionDenied => "permission denied",
             Self::Config => "broker misconfigured",
+            Self::Unsupported => "not supported by this broker",
             Self::Other => "broker failure",
         })
     }

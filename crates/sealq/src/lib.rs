@@ -84,10 +84,12 @@ pub use error::{BrokerError, BrokerErrorKind, Error, IntegrityError, Result};
 pub use model::backoff::Backoff;
 pub use model::clock::{Clock, SystemClock};
 pub use model::id::{SubjectTag, TaskId};
+pub use model::live_worker::LiveWorker;
 pub use model::options::EnqueueOptions;
 pub use model::state::{ArchiveReason, TaskState};
 pub use model::task::{Task, TaskMeta, TaskPolicy};
 pub use model::unix_ms::UnixMs;
+pub use model::trace_parent::TraceParent;
 pub use policy::{Finding, PayloadPolicy, PolicyMode, Rule};
 pub use reference::{
     CacheOptions, PayloadStats, Ref, ResolveError, Resolver, ResolverOptions, Resolvers,

@@ -458,11 +458,15 @@ fn truncated_and_header_errors() {
     assert!(MIN_ENVELOPE_LEN <= header_len + TAG_LEN);
 
     let mut bad = env.clone();
-    bad[0] = 3;
+    bad[0] = 4;
     assert_eq!(
         kr.open(&aad, &bad).unwrap_err(),
-        IntegrityError::UnsupportedVersion(3)
+        IntegrityError::UnsupportedVersion(4)
     );
+    // Relabelling it version 3 (a traced payload) does not open either.
+    let mut bad = env.clone();
+    bad[0] = 3;
+    assert_eq!(kr.open(&aad, &bad).unwrap_err(), IntegrityError::Tampered);
     // Downgrading a version-2 envelope to version 1 (whose associated data
     // does not bind the policy) does not open: the version is authenticated.
     let mut bad = env.clone();

@@ -21,6 +21,7 @@ mod queues;
 pub(crate) mod redis;
 mod tasks;
 mod worker;
+mod workers;
 
 use std::path::PathBuf;
 
@@ -107,6 +108,7 @@ pub(crate) async fn run(global: Global, command: Command) -> CliResult {
         Command::Keys(KeysCommand::Remove(a)) => keys_remove::remove(&global, a).await,
         Command::Enqueue(a) => enqueue::run(&global, a).await,
         Command::Worker(a) => worker::run(&global, a).await,
+        Command::Workers(a) => workers::list(&global, a).await,
         Command::Tasks(TasksCommand::List(a)) => tasks::list(&global, a).await,
         Command::Tasks(TasksCommand::Stats(a)) => tasks::stats(&global, a).await,
         Command::Tasks(TasksCommand::Reveal(a)) => operator::reveal(&global, a).await,

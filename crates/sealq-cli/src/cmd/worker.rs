@@ -43,12 +43,9 @@ pub(crate) async fn run(global: &Global, args: WorkerArgs) -> CliResult {
             check.refusal(&opened.broker.describe(), &keyring)
         )));
     }
-    // Say which store this worker serves: one started in the wrong directory
-    // would otherwise wait on a new, empty `./sealq.db` in silence.
-    if let Some(path) = opened.conn.sqlite_path() {
-        let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        eprintln!("sealq worker: using SQLite store {}", shown.display());
-    }
+    // Which store this worker serves (one started in the wrong directory
+    // would otherwise wait on a new, empty `./sealq.db` in silence) is in
+    // the worker's start line, shown by default (`logging::default_filter`).
     let auditor = super::audit::start(opened.audit_home(), args.audit, &keyring)?;
     let runner = Runner::new(&args.exec, env);
     let handler = runner.clone();

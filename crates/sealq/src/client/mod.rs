@@ -8,6 +8,7 @@ pub use result::TaskOutcome;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use crate::audit::hooks as audit_hooks;
 use crate::blob::DEFAULT_OFFLOAD_THRESHOLD;
@@ -563,10 +564,12 @@ impl Client {
         }
         let mut stored_per_name = vec![0u64; names.len()];
         self.check_keyring_once().await?;
+        let span = crate::store::spans::enqueue(&sealed);
         let results = self
             .inner
             .broker
             .enqueue(sealed)
+            .instrument(span)
             .await
             .inspect_err(|e| metric::broker_error("enqueue", e))?;
         for (i, (((slot, result), id), key)) in slots
@@ -721,7 +724,10 @@ impl Client {
         let aad = Aad::new(Purpose::Payload, id, &queue, &kind, &meta);
         let envelope = match &meta.subject_tag {
             Some(tag) => match data_keys.get(tag) {
-                Some(key) => key.seal(&aad, &payload)?,
+                Some(key) => match &options.trace_parent {
+                    Some(trace) => key.seal_traced(&aad, trace, &payload)?,
+                    None => key.seal(&aad, &payload)?,
+                },
                 None if self.inner.subject_keys.is_some() => {
                     return Err(Error::InvalidArgument {
                         what: "task",
@@ -737,7 +743,10 @@ impl Client {
                     )));
                 }
             },
-            None => self.inner.keyring.seal(&aad, &payload)?,
+            None => match &options.trace_parent {
+                Some(trace) => self.inner.keyring.seal_traced(&aad, trace, &payload)?,
+                None => self.inner.keyring.seal(&aad, &payload)?,
+            },
         };
         // The plaintext copy is no longer needed; wipe it.
         zeroize::Zeroize::zeroize(&mut { payload });

@@ -13,10 +13,13 @@
 //! - [`record`]: [`NewTask`] and [`TaskRecord`], a task as stored.
 //! - [`counts`]: [`QueueStats`], [`ErasureCounts`], [`ErasureReceipt`].
 //! - [`key_check`]: [`key_check::KeyCheck`], a sealing key's check value.
+//! - [`live_worker`]: [`live_worker::LiveWorker`], a worker as the broker's
+//!   registry of live workers lists it.
 //! - [`audit_event`]: [`AuditEvent`], what the audit log says happened.
 //! - [`clock`]: the [`Clock`] that dates everything.
 //! - [`unix_ms`]: [`UnixMs`], a time from a `SystemTime`, a
 //!   `jiff::Timestamp` or Unix milliseconds.
+//! - [`trace_parent`]: [`trace_parent::TraceParent`], a W3C trace context.
 //! - `hex`: lowercase hex for ids and digests.
 
 pub mod audit_event;
@@ -26,11 +29,13 @@ pub mod counts;
 pub(crate) mod hex;
 pub mod id;
 pub mod key_check;
+pub mod live_worker;
 pub mod options;
 pub mod record;
 pub mod state;
 pub mod task;
 pub mod unix_ms;
+pub mod trace_parent;
 
 pub use audit_event::AuditEvent;
 pub use backoff::Backoff;

@@ -47,6 +47,10 @@ pub struct EnqueueOptions {
     pub not_after_ms: Option<i64>,
     /// A caller-chosen id (default: a fresh UUID v7).
     pub id: Option<crate::model::id::TaskId>,
+    /// The producer's W3C trace context, sealed with the payload (a
+    /// version-3 envelope) so the handler's work joins the producer's
+    /// trace (`TaskContext::trace_parent`). Default: none.
+    pub trace_parent: Option<crate::model::trace_parent::TraceParent>,
 }
 
 macro_rules! setter {
@@ -87,6 +91,9 @@ impl EnqueueOptions {
         not_after_ms: i64 => not_after_ms);
     setter!(/// Use this id.
         id: crate::model::id::TaskId => id);
+    setter!(/// Carry this W3C trace context, sealed, to the handler (e.g. the
+        /// current span's, as your OpenTelemetry propagator writes it).
+        trace_parent: crate::model::trace_parent::TraceParent => trace_parent);
 
     /// Run no earlier than `at`: a [`std::time::SystemTime`], a
     /// [`jiff::Timestamp`] or Unix ms ([`UnixMs`]). Overrides `delay`.
@@ -130,6 +137,7 @@ impl EnqueueOptions {
             subject: self.subject.or(base.subject),
             not_after_ms: self.not_after_ms.or(base.not_after_ms),
             id: self.id.or(base.id),
+            trace_parent: self.trace_parent.or(base.trace_parent),
         }
     }
 }

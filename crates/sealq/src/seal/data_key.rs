@@ -40,8 +40,12 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, IntegrityError};
 use crate::model::id::SubjectTag;
+use crate::model::trace_parent::TraceParent;
 use crate::seal::envelope::{Aad, parse_header};
-use crate::seal::keyring::{Keyring, open_with_cipher, random_nonce, seal_with_cipher};
+use crate::seal::keyring::{
+    Keyring, open_traced_with_cipher, open_with_cipher, random_nonce, seal_with_cipher,
+    seal_with_cipher_as,
+};
 
 /// The key id in the header of envelopes sealed with a subject's data key.
 pub const SUBJECT_KEY_ID: &str = "subject";
@@ -163,6 +167,34 @@ impl DataKey {
             plaintext,
             random_nonce()?,
         )
+    }
+
+    /// [`DataKey::seal`] of a payload with the producer's trace context: a
+    /// version-3 envelope (see [`Keyring::seal_traced`]).
+    pub fn seal_traced(
+        &self,
+        aad: &Aad<'_>,
+        trace: &TraceParent,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        let framed = crate::seal::trace_frame::frame(trace, plaintext);
+        seal_with_cipher_as(
+            crate::seal::envelope::VERSION_V3,
+            &self.cipher,
+            SUBJECT_KEY_ID,
+            aad,
+            &framed,
+            random_nonce()?,
+        )
+    }
+
+    /// [`DataKey::open`], also returning a version-3 envelope's trace context.
+    pub fn open_traced(
+        &self,
+        aad: &Aad<'_>,
+        envelope: &[u8],
+    ) -> Result<(Zeroizing<Vec<u8>>, Option<TraceParent>), IntegrityError> {
+        open_traced_with_cipher(&self.cipher, aad, envelope)
     }
 
     /// Open an envelope sealed with [`DataKey::seal`].

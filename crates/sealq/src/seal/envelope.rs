@@ -101,9 +101,18 @@ pub const VERSION: u8 = 2;
 /// before version 2), never written.
 pub const VERSION_V1: u8 = 1;
 
+/// A payload envelope that also carries the producer's W3C trace context
+/// inside its plaintext (`seal::trace_frame`); otherwise version 2. Written
+/// only for a task enqueued with a trace context.
+pub const VERSION_V3: u8 = 3;
+
 /// Domain-separation string that starts the associated data of a version-2
 /// envelope.
 pub const AAD_DOMAIN: &str = "sealq-envelope-v2";
+
+/// Domain-separation string that starts the associated data of a version-3
+/// envelope.
+pub const AAD_DOMAIN_V3: &str = "sealq-envelope-v3";
 
 /// Domain-separation string that starts the associated data of a version-1
 /// envelope.
@@ -219,7 +228,7 @@ pub fn parse_header(envelope: &[u8]) -> Result<Header<'_>, IntegrityError> {
     let [version, alg, key_id_len, rest @ ..] = envelope else {
         return Err(truncated);
     };
-    if *version != VERSION && *version != VERSION_V1 {
+    if *version != VERSION && *version != VERSION_V1 && *version != VERSION_V3 {
         return Err(IntegrityError::UnsupportedVersion(*version));
     }
     let alg = Algorithm::from_u8(*alg).ok_or(IntegrityError::UnsupportedAlgorithm(*alg))?;
@@ -362,6 +371,7 @@ pub(crate) fn associated_data_for(
     let (domain, with_policy) = match version {
         VERSION => (AAD_DOMAIN, true),
         VERSION_V1 => (AAD_DOMAIN_V1, false),
+        VERSION_V3 => (AAD_DOMAIN_V3, true),
         _ => return None,
     };
     let key_id_len = u8::try_from(key_id.len()).ok()?;

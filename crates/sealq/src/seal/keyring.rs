@@ -67,10 +67,12 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, IntegrityError};
 use crate::model::id::SubjectTag;
+use crate::model::trace_parent::TraceParent;
 use crate::seal::envelope::{
     self, Aad, Algorithm, NONCE_LEN, TAG_LEN, is_valid_key_id, parse_header, write_header,
 };
 use crate::seal::kek::{KekEpochs, KekToml};
+use crate::seal::trace_frame;
 
 mod check_value;
 pub mod role;
@@ -467,6 +469,35 @@ impl Keyring {
         self.seal_with_nonce(aad, plaintext, random_nonce()?)
     }
 
+    /// [`Keyring::seal`] of a payload with the producer's trace context
+    /// sealed beside it: a version-3 envelope (`docs/envelope.md`), which
+    /// [`Keyring::open_traced`] splits again and [`Keyring::open`] opens to
+    /// the payload alone.
+    pub fn seal_traced(
+        &self,
+        aad: &Aad<'_>,
+        trace: &TraceParent,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        self.require_sealing_keys("seal a task")?;
+        let key_id = self.primary.as_str();
+        let entry = self.keys.get(key_id).ok_or_else(|| {
+            Error::Keyring(format!(
+                "primary key `{key_id}` is missing from the keyring"
+            ))
+        })?;
+        let framed = trace_frame::frame(trace, plaintext);
+        let nonce = random_nonce()?;
+        seal_with_cipher_as(
+            envelope::VERSION_V3,
+            &entry.cipher,
+            key_id,
+            aad,
+            &framed,
+            nonce,
+        )
+    }
+
     /// **Test only**: [`Keyring::seal`] with a caller-chosen nonce, to produce
     /// deterministic test vectors. Reusing a nonce with the same key destroys
     /// confidentiality and authenticity; production code must call `seal`.
@@ -529,6 +560,24 @@ impl Keyring {
             .get(header.key_id)
             .ok_or_else(|| IntegrityError::UnknownKey(header.key_id.to_owned()))?;
         open_with_cipher(&entry.cipher, aad, envelope)
+    }
+
+    /// [`Keyring::open`], also returning the trace context a version-3
+    /// envelope carries (`None` for any other).
+    pub fn open_traced(
+        &self,
+        aad: &Aad<'_>,
+        envelope: &[u8],
+    ) -> Result<(Zeroizing<Vec<u8>>, Option<TraceParent>), IntegrityError> {
+        let header = parse_header(envelope)?;
+        if self.operator.is_some() {
+            return Err(IntegrityError::UnknownKey(header.key_id.to_owned()));
+        }
+        let entry = self
+            .keys
+            .get(header.key_id)
+            .ok_or_else(|| IntegrityError::UnknownKey(header.key_id.to_owned()))?;
+        open_traced_with_cipher(&entry.cipher, aad, envelope)
     }
 
     fn from_raw(mut raw: KeyringToml) -> Result<Self, Error> {
@@ -767,7 +816,7 @@ pub(crate) fn seal_with_cipher(
 
 /// [`seal_with_cipher`] writing envelope `version` (only the test vectors
 /// write anything but [`envelope::VERSION`]).
-fn seal_with_cipher_as(
+pub(crate) fn seal_with_cipher_as(
     version: u8,
     cipher: &XChaCha20Poly1305,
     key_id: &str,
@@ -802,6 +851,29 @@ fn seal_with_cipher_as(
 
 /// Open `envelope` with `cipher` (the caller picked it from the header's key id).
 pub(crate) fn open_with_cipher(
+    cipher: &XChaCha20Poly1305,
+    aad: &Aad<'_>,
+    envelope: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, IntegrityError> {
+    open_traced_with_cipher(cipher, aad, envelope).map(|(plain, _)| plain)
+}
+
+/// [`open_with_cipher`], also returning a version-3 envelope's trace context.
+pub(crate) fn open_traced_with_cipher(
+    cipher: &XChaCha20Poly1305,
+    aad: &Aad<'_>,
+    envelope: &[u8],
+) -> Result<(Zeroizing<Vec<u8>>, Option<TraceParent>), IntegrityError> {
+    let plain = open_frame_with_cipher(cipher, aad, envelope)?;
+    if envelope.first() == Some(&envelope::VERSION_V3) {
+        let (payload, trace) = trace_frame::unframe(plain)?;
+        return Ok((payload, Some(trace)));
+    }
+    Ok((plain, None))
+}
+
+/// Authenticate and decrypt: the plaintext as sealed (framed, for version 3).
+fn open_frame_with_cipher(
     cipher: &XChaCha20Poly1305,
     aad: &Aad<'_>,
     envelope: &[u8],

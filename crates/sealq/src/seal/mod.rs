@@ -8,6 +8,7 @@
 //! - [`data_key`]: per-subject data keys and the KEKs that wrap them.
 //! - [`kek`]: the keyring's KEK epochs, rotated to finalise erasures.
 //! - [`opener`]: the one rule for which key opens a stored record.
+//! - `trace_frame`: the trace context sealed in a version-3 payload envelope.
 //! - [`audit_chain`]: the audit record's MAC chain and signed checkpoints.
 //! - `audit_encode`: the canonical bytes of audit records, fast path.
 //! - [`audit_head`]: tree heads over the whole log, the audit key id, anchors.
@@ -20,6 +21,7 @@ pub mod envelope;
 pub mod kek;
 pub mod keyring;
 pub mod opener;
+pub(crate) mod trace_frame;
 
 pub use data_key::DataKey;
 pub use keyring::Keyring;

@@ -37,6 +37,7 @@ use crate::store::subject_keys::SubjectKeyStore;
 
 // The stored-task and count types live in `model`; their paths here are kept.
 pub use crate::model::counts::{QueueStats, RateLimit};
+pub use crate::model::live_worker::LiveWorker;
 pub use crate::model::record::{NewTask, TaskRecord};
 
 /// Result of broker operations.
@@ -327,6 +328,14 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
         Ok(())
     }
 
+    /// The file this backend keeps its tasks in on this machine, if it
+    /// keeps them in one (SQLite's database file, absolute): a worker names
+    /// it in its start line, so one started in the wrong directory says
+    /// which store it serves. Default `None` (a server).
+    fn store_path(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+
     /// The most tasks a bulk enqueue ([`crate::Client::enqueue_bulk`])
     /// should send in one call, whatever batch size its caller asked for
     /// (`None`: no limit). A backend that runs one call at a time sets it so
@@ -425,10 +434,52 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
         Ok(false)
     }
 
+    /// Register a worker run as live, or refresh its registration (a
+    /// worker calls it at start and at every heartbeat): insert or replace
+    /// the entry keyed by [`LiveWorker::run_id`], with its
+    /// `last_heartbeat_ms` set to the broker's now (whatever was sent) and
+    /// its registration expiring `ttl` later. A worker whose entry expired
+    /// and was deleted is simply registered again.
+    ///
+    /// The default refuses with [`BrokerErrorKind::Unsupported`]: the
+    /// worker then keeps no registration, and `sealq workers` says so.
+    async fn register_worker(&self, worker: &LiveWorker, ttl: Duration) -> BrokerResult<()> {
+        let _ = (worker, ttl);
+        Err(no_worker_registry(self.describe()))
+    }
+
+    /// The live workers: every registration not yet expired (its last
+    /// heartbeat + its ttl is after now), ordered by start time then run
+    /// id. The expired ones are deleted, so the registry does not grow
+    /// with every crash. An entry that does not decode is left out and
+    /// logged.
+    ///
+    /// The default refuses with [`BrokerErrorKind::Unsupported`].
+    async fn list_workers(&self) -> BrokerResult<Vec<LiveWorker>> {
+        Err(no_worker_registry(self.describe()))
+    }
+
+    /// Forget a worker run (a worker stopping gracefully); an unknown run
+    /// is harmless.
+    ///
+    /// The default refuses with [`BrokerErrorKind::Unsupported`].
+    async fn deregister_worker(&self, run_id: &str) -> BrokerResult<()> {
+        let _ = run_id;
+        Err(no_worker_registry(self.describe()))
+    }
+
     /// Where this deployment keeps wrapped per-subject data keys, if the
     /// backend provides a store. It must live apart from the task data so
     /// that destroying a key shreds every copy of the subject's tasks.
     fn subject_key_store(&self) -> Option<std::sync::Arc<dyn SubjectKeyStore>> {
         None
     }
+}
+
+/// The default worker-registry methods' refusal.
+fn no_worker_registry(broker: String) -> BrokerError {
+    BrokerError::new(
+        BrokerErrorKind::Unsupported,
+        format!("{broker} keeps no registry of live workers yet"),
+    )
 }

@@ -11,6 +11,7 @@
 //!   kept apart from the tasks so erasure can destroy them.
 //! - [`BlobStore`] ([`blob`]): offloaded (claim-checked) sealed payloads.
 //! - [`AuditSink`] ([`audit`]): the audit log's records and checkpoints.
+//! - `spans`: the `tracing` spans around the broker calls of a task's life.
 //!
 //! This layer holds traits and their request and response types only; it
 //! imports [`crate::model`], [`crate::seal`] (audit record formats) and the
@@ -19,6 +20,7 @@
 pub mod audit;
 pub mod blob;
 pub mod broker;
+pub(crate) mod spans;
 mod stores;
 pub mod subject_keys;
 mod url;

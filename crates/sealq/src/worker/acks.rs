@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{Instrument as _, warn};
 
 use super::runtime::{WorkerState, error_backoff};
 use crate::model::audit_event::SucceededEntry;
@@ -39,7 +39,8 @@ pub(crate) async fn ack_loop(state: Arc<WorkerState>, mut rx: mpsc::UnboundedRec
         batch.extend(finished.drain(..).map(|(ack, _)| ack));
         let mut failures = 0u32;
         loop {
-            match state.broker.ack(batch.clone()).await {
+            let span = crate::store::spans::ack(&batch);
+            match state.broker.ack(batch.clone()).instrument(span).await {
                 Ok(results) => {
                     if let Some(store) = &state.config.blobs {
                         crate::blob::delete_completed(store, &batch, &results);

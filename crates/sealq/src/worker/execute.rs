@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::handler::{ErasedHandler, Failure, RawPayload, TaskContext};
+use super::handler_span::handler_span;
 use super::outcome::{Finished, HandlerEnd, archive, fail, outcome_of, refuse};
 use super::panic_hook::QuietPanics;
 use super::runtime::{RunState, WorkerState};
@@ -30,6 +31,7 @@ use crate::error::IntegrityError;
 use crate::metrics::record as metric;
 use crate::model::record::TaskRecord;
 use crate::model::state::ArchiveReason;
+use crate::model::trace_parent::TraceParent;
 use crate::seal::data_key::DataKey;
 use crate::seal::envelope::{Aad, Purpose};
 use crate::seal::opener::SealingKey;
@@ -56,7 +58,8 @@ pub(crate) async fn process(
         id = %record.id,
         kind = %record.kind,
         queue = %record.queue,
-        attempt = record.attempts
+        attempt = record.attempts,
+        trace_parent = tracing::field::Empty
     );
     let outcome = async {
         tokio::select! {
@@ -137,11 +140,17 @@ async fn execute_steps(
 ) -> Step<Outcome> {
     let record = &task.record;
     refuse_replayed_or_expired(state, task, now)?;
-    let payload = open_envelope(state, record, now).await?;
+    let (payload, trace) = open_envelope(state, record, now).await?;
     hold_until_sealed_start(record, now)?;
     archive_if_past_deadline(state, record, now)?;
     let handler = find_handler(state, record, now)?;
-    let finished = run_handler(state, run, record, handler, payload, cancel, now).await?;
+    let call = HandlerCall {
+        payload,
+        trace,
+        cancel,
+        now,
+    };
+    let finished = run_handler(state, run, record, handler, call).await?;
     Ok(outcome_of(state, record, finished))
 }
 
@@ -195,10 +204,28 @@ fn refuse_replayed_or_expired(state: &WorkerState, task: &LeasedTask, now: i64) 
 }
 
 /// Open the envelope, then fetch and open the claim-check blob if the
-/// payload is a claim: the payload the handler sees.
-async fn open_envelope(state: &WorkerState, record: &TaskRecord, now: i64) -> Step<RawPayload> {
-    let (payload, data_key) = open_sealed(state, record, now).await?;
-    open_claim(state, record, payload, data_key.as_deref()).await
+/// payload is a claim: the payload the handler sees, and the producer's
+/// trace context when the envelope carries one (version 3; recorded on the
+/// task's span as `trace_parent`).
+async fn open_envelope(
+    state: &WorkerState,
+    record: &TaskRecord,
+    now: i64,
+) -> Step<(RawPayload, Option<TraceParent>)> {
+    let (payload, data_key, trace) = open_sealed(state, record, now).await?;
+    if let Some(t) = &trace {
+        tracing::Span::current().record("trace_parent", t.as_str());
+    }
+    let payload = open_claim(state, record, payload, data_key.as_deref()).await?;
+    Ok((payload, trace))
+}
+
+/// What [`run_handler`] hands the handler and runs it under.
+struct HandlerCall {
+    payload: RawPayload,
+    trace: Option<TraceParent>,
+    cancel: CancellationToken,
+    now: i64,
 }
 
 /// How long a task sealed with a key the keyring lacks is held before it is
@@ -252,7 +279,7 @@ async fn open_sealed(
     state: &WorkerState,
     record: &TaskRecord,
     now: i64,
-) -> Step<(RawPayload, Option<Arc<DataKey>>)> {
+) -> Step<(RawPayload, Option<Arc<DataKey>>, Option<TraceParent>)> {
     let aad = Aad::for_record(record, Purpose::Payload);
     let data_key = match record_key(state.subject_keys.as_deref(), record).await {
         Ok(RecordKey::Keyring) => None,
@@ -281,11 +308,11 @@ async fn open_sealed(
         }
     };
     let opened = match &data_key {
-        Some(key) => key.open(&aad, &record.envelope),
-        None => state.keyring.open(&aad, &record.envelope),
+        Some(key) => key.open_traced(&aad, &record.envelope),
+        None => state.keyring.open_traced(&aad, &record.envelope),
     };
     match opened {
-        Ok(p) => Ok((RawPayload(p), data_key)),
+        Ok((p, trace)) => Ok((RawPayload(p), data_key, trace)),
         Err(IntegrityError::UnknownKey(key_id)) if data_key.is_none() => {
             Err(hold_for_unknown_key(state, record, &key_id, now))
         }
@@ -323,7 +350,9 @@ async fn open_claim(
         Err(e) => Err(match e.action() {
             ClaimAction::Refuse(e) => refuse(state, record, e, ArchiveReason::Integrity),
             ClaimAction::Archive(reason, msg) => archive(state, record, reason, msg),
-            ClaimAction::Retry(msg) => fail(state, record, Failure::Retry, &msg),
+            ClaimAction::Retry(msg) => {
+                fail(state, record, Failure::Retry, "blob_unavailable", &msg)
+            }
         }),
     }
 }
@@ -408,11 +437,16 @@ async fn run_handler(
     run: &RunState,
     record: &TaskRecord,
     handler: Arc<dyn ErasedHandler>,
-    payload: RawPayload,
-    cancel: CancellationToken,
-    now: i64,
+    call: HandlerCall,
 ) -> Step<Finished> {
-    let ctx = task_context(state, record, cancel.clone(), now);
+    let HandlerCall {
+        payload,
+        trace,
+        cancel,
+        now,
+    } = call;
+    let mut ctx = task_context(state, record, cancel.clone(), now);
+    ctx.trace_parent = trace;
     let since = |t: i64| Duration::from_millis(u64::try_from(now - t).unwrap_or(0));
     let first_attempt = record.attempts == 1;
     metric::started(
@@ -430,8 +464,9 @@ async fn run_handler(
     // Polls marked as the handler's: with quiet handler panics, the panic
     // hook prints nothing of a panic raised in them (its message is sealed
     // as the task's error by `outcome_of`, never printed).
+    let span = handler_span(record, ctx.trace_parent.as_ref());
     let call = AssertUnwindSafe(QuietPanics::new(
-        handler.call(payload, ctx.clone()),
+        handler.call(payload, ctx.clone()).instrument(span),
         state.config.quiet_handler_panics,
     ))
     .catch_unwind();
@@ -484,5 +519,6 @@ fn task_context(
         cancel,
         result: Arc::default(),
         resolvers: state.config.resolvers.clone(),
+        trace_parent: None,
     }
 }

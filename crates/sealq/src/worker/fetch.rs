@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::warn;
+use tracing::{Instrument as _, warn};
 
 use super::execute::process;
 use super::prefetch::PrefetchReserve;
@@ -71,7 +71,16 @@ pub(crate) async fn fetch_loop(
             lease: cfg.lease,
             worker: cfg.id.clone(),
         };
-        match state.broker.dequeue(&request).await {
+        let span = crate::store::spans::lease(&request);
+        let leased = state
+            .broker
+            .dequeue(&request)
+            .instrument(span.clone())
+            .await;
+        if let Ok(tasks) = &leased {
+            crate::store::spans::leased(&span, tasks.len());
+        }
+        match leased {
             Ok(tasks) if tasks.is_empty() => {
                 failures = 0;
                 drop(permit);

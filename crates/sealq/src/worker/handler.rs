@@ -179,6 +179,8 @@ pub struct TaskContext {
     pub(crate) result: Arc<Mutex<Option<Vec<u8>>>>,
     /// The worker's resolvers (see [`TaskContext::resolve`]).
     pub(crate) resolvers: Arc<crate::reference::Resolvers>,
+    /// The producer's trace context, from a version-3 envelope.
+    pub(crate) trace_parent: Option<crate::model::trace_parent::TraceParent>,
 }
 
 impl std::fmt::Debug for TaskContext {
@@ -196,6 +198,14 @@ impl TaskContext {
     /// The task id: stable across retries, the idempotency key.
     pub fn id(&self) -> TaskId {
         self.id
+    }
+    /// The W3C trace context the producer enqueued the task with
+    /// (`EnqueueOptions::trace_parent`), opened from the sealed envelope:
+    /// make it the parent of the handler's spans (with OpenTelemetry, its
+    /// propagator's `extract`) so they join the producer's trace. `None`
+    /// when the producer gave none.
+    pub fn trace_parent(&self) -> Option<&crate::model::trace_parent::TraceParent> {
+        self.trace_parent.as_ref()
     }
     /// The task type.
     pub fn kind(&self) -> &str {

@@ -19,20 +19,26 @@
 //! Where each part lives: `runtime.rs` (the worker's state, one run and its
 //! shutdown), `fetch.rs` and `prefetch.rs` (fetching), `execute.rs` (one
 //! task's steps from lease to outcome), `outcome.rs` (archive, refuse, fail,
-//! seal), `panic_hook.rs` (keeping handler panics off stderr), `acks.rs`, `heartbeat.rs`, `maintenance.rs`, `handler.rs` (what
+//! seal), `attempt_log.rs` (the WARN line of a failed or archived
+//! attempt), `panic_hook.rs` (keeping handler panics off stderr), `acks.rs`,
+//! `heartbeat.rs`, `presence.rs` (the registry of live workers),
+//! `maintenance.rs`, `handler_span.rs` (the span a handler runs in), `handler.rs` (what
 //! handlers receive and return), `priority.rs` (queue order), `stats.rs`
 //! (counters), `queue_metrics.rs` (sampled queue depths), `unhandled.rs` (a
 //! task type no handler takes: retried until its expiry).
 
 mod acks;
+mod attempt_log;
 mod execute;
 mod fetch;
 mod handler;
+mod handler_span;
 mod heartbeat;
 mod maintenance;
 mod outcome;
 mod panic_hook;
 mod prefetch;
+mod presence;
 mod priority;
 mod queue_metrics;
 mod resolve;
@@ -227,8 +233,8 @@ impl WorkerBuilder {
     /// workers ask) that prints nothing for a panic raised while this
     /// worker polls a handler's future, and passes every other panic to
     /// the hook that was set before it (by default, the one that prints
-    /// it). The worker still logs "handler panicked" at WARN in the task's
-    /// span (its id, never the message).
+    /// it). The worker still logs the failure at WARN (`task failed`, with
+    /// detail `panic`, its id, type and queue; never the message).
     ///
     /// Off by default because the panic hook belongs to the whole process:
     /// a library should not replace it unasked. Ask for it in any worker

@@ -6,7 +6,9 @@
 use std::any::Any;
 use std::sync::atomic::Ordering;
 
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
+
+use super::attempt_log;
 
 use super::handler::{Failure, HandlerResult, TaskContext};
 use super::runtime::WorkerState;
@@ -58,18 +60,25 @@ pub(crate) fn outcome_of(state: &WorkerState, record: &TaskRecord, finished: Fin
                 .and_then(|bytes| seal_or_drop(state, record, Purpose::Result, &bytes));
             Outcome::Complete { result }
         }
-        HandlerEnd::Returned(Err(e)) => fail(state, record, e.failure.clone(), e.message()),
+        HandlerEnd::Returned(Err(e)) => fail(
+            state,
+            record,
+            e.failure.clone(),
+            "handler_error",
+            e.message(),
+        ),
         HandlerEnd::Panicked(panic) => {
             let msg = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            warn!("handler panicked; treating as a failure");
+            // Logged by `fail` with detail `panic`; the message is sealed.
             fail(
                 state,
                 record,
                 Failure::Retry,
+                "panic",
                 &format!("handler panicked: {msg}"),
             )
         }
@@ -87,18 +96,20 @@ pub(crate) fn outcome_of(state: &WorkerState, record: &TaskRecord, finished: Fin
                     "deadline exceeded",
                 );
             }
-            warn!(timeout_ms = limit_ms, "handler timed out");
             fail(
                 state,
                 record,
                 Failure::Retry,
+                "timeout",
                 &format!("timed out after {limit_ms} ms"),
             )
         }
     }
 }
 
-/// An envelope that must not reach a handler: archive, count, log (no payload).
+/// An envelope that must not reach a handler: archive, count, log (no
+/// payload; the integrity error, which names a check and never the bytes,
+/// as the line's `detail`).
 pub(crate) fn refuse(
     state: &WorkerState,
     record: &TaskRecord,
@@ -109,8 +120,8 @@ pub(crate) fn refuse(
         .stats
         .integrity_failures
         .fetch_add(1, Ordering::Relaxed);
-    warn!(error = %error, reason = %reason, envelope_len = record.envelope.len(), "refusing task");
-    archive(state, record, reason, &error.to_string())
+    let error = error.to_string();
+    archive_with(state, record, reason, &error, Some(&error))
 }
 
 /// Archive the task for `reason`, with `message` sealed as its error: acked
@@ -121,20 +132,33 @@ pub(crate) fn archive(
     reason: ArchiveReason,
     message: &str,
 ) -> Outcome {
+    archive_with(state, record, reason, message, None)
+}
+
+/// [`archive`], with a `detail` for the log line (never the handler's text).
+fn archive_with(
+    state: &WorkerState,
+    record: &TaskRecord,
+    reason: ArchiveReason,
+    message: &str,
+    detail: Option<&str>,
+) -> Outcome {
     state.stats.archived.fetch_add(1, Ordering::Relaxed);
     metric::archived(&record.queue, &record.kind, reason.as_str());
-    info!(reason = %reason, "archived");
+    attempt_log::archived(record, &reason, detail);
     let error = seal_or_drop(state, record, Purpose::Error, message.as_bytes());
     Outcome::Archive { reason, error }
 }
 
 /// A failed attempt: retry it at now + the delay `failure` asks for (the
 /// task's backoff by default), or archive it when `failure` says so or the
-/// retries are used up. Audited as `failed`; `message` is sealed.
+/// retries are used up. Audited as `failed`; `message` is sealed, and only
+/// `cause` (`handler_error`, `panic`, `timeout` …) is logged.
 pub(crate) fn fail(
     state: &WorkerState,
     record: &TaskRecord,
     failure: Failure,
+    cause: &'static str,
     message: &str,
 ) -> Outcome {
     metric::failed(&record.queue, &record.kind);
@@ -145,18 +169,42 @@ pub(crate) fn fail(
     let retry_in = match failure {
         Failure::Retry => Some(record.meta.backoff.next_delay_ms(record.attempts)),
         Failure::RetryIn(d) => Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        Failure::SkipRetry => return archive(state, record, ArchiveReason::SkipRetry, message),
-        Failure::Cancel => return archive(state, record, ArchiveReason::Cancelled, message),
-        Failure::Archive(reason) => return archive(state, record, reason, message),
+        Failure::SkipRetry => {
+            return archive_with(
+                state,
+                record,
+                ArchiveReason::SkipRetry,
+                message,
+                Some(cause),
+            );
+        }
+        Failure::Cancel => {
+            return archive_with(
+                state,
+                record,
+                ArchiveReason::Cancelled,
+                message,
+                Some(cause),
+            );
+        }
+        Failure::Archive(reason) => {
+            return archive_with(state, record, reason, message, Some(cause));
+        }
     };
     // `attempts` counts this attempt: with max_retries = 2 the task runs at most 3 times.
     if record.attempts > record.meta.max_retries {
-        return archive(state, record, ArchiveReason::Exhausted, message);
+        return archive_with(
+            state,
+            record,
+            ArchiveReason::Exhausted,
+            message,
+            Some(cause),
+        );
     }
     let delay = retry_in.unwrap_or(0);
     state.stats.retried.fetch_add(1, Ordering::Relaxed);
     metric::retried(&record.queue, &record.kind);
-    info!(retry_in_ms = delay, "failed; will retry");
+    attempt_log::retrying(record, cause, delay);
     let at_ms = state
         .clock
         .now_ms()

@@ -37,8 +37,8 @@ pub(crate) fn install() {
         std::panic::set_hook(Box::new(move |info| {
             if IN_HANDLER.with(Cell::get) {
                 // A handler's panic: its message is sealed as the task's
-                // error and the worker logs "handler panicked" with the
-                // task id (in its span); print nothing of it here.
+                // error and the worker logs the failure (detail `panic`)
+                // with the task id; print nothing of it here.
                 return;
             }
             previous(info);

@@ -19,6 +19,7 @@ use super::heartbeat::heartbeat_loop;
 use super::maintenance::maintenance_loop;
 use super::prefetch::PrefetchBounds;
 use super::queue_metrics::queue_metrics_loop;
+use super::presence::presence_loop;
 use super::{Config, WorkerReport, WorkerStats};
 use crate::error::{Error, Result};
 use crate::keyring_check::check_keyring;
@@ -133,10 +134,20 @@ pub(crate) async fn run(
         run_permits: Arc::new(Semaphore::new(cfg.concurrency)),
         ack_queue: ack_tx,
     });
+    // Poll the shutdown future once before saying "started": a signal
+    // handler it installs (`shutdown_signal`) is then in place, so a
+    // SIGTERM sent on seeing the start line stops the worker gracefully
+    // instead of killing it.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let stop_at_once = futures::poll!(shutdown.as_mut()).is_ready();
+    // What this worker serves, in one line (`store`: the file, for an
+    // embedded broker).
+    let store = state.broker.store_path().map(|p| p.display().to_string());
     info!(
         worker = %cfg.id,
         broker = %state.broker.describe(),
-        queues = ?state.queue_names,
+        store = store.as_deref(),
+        queues = %state.queue_names.join(","),
         concurrency = cfg.concurrency,
         "worker started"
     );
@@ -145,9 +156,12 @@ pub(crate) async fn run(
     let heartbeat = tokio::spawn(heartbeat_loop(state.clone(), stop_background.clone()));
     let maintenance = tokio::spawn(maintenance_loop(state.clone(), stop_background.clone()));
     let queue_metrics = tokio::spawn(queue_metrics_loop(state.clone(), stop_background.clone()));
+    let presence = tokio::spawn(presence_loop(state.clone(), stop_background.clone()));
     let fetcher = tokio::spawn(fetch_loop(state.clone(), run.clone(), lease_slots.clone()));
 
-    shutdown.await;
+    if !stop_at_once {
+        shutdown.await;
+    }
     info!(worker = %cfg.id, "shutting down: no new tasks; waiting for running handlers");
     run.stop_fetching.cancel();
     let _ = fetcher.await;
@@ -173,6 +187,7 @@ pub(crate) async fn run(
     let _ = heartbeat.await;
     let _ = maintenance.await;
     let _ = queue_metrics.await;
+    let _ = presence.await;
     let report = state.stats.report();
     info!(worker = %cfg.id, ?report, "worker stopped");
     Ok(report)

@@ -16,6 +16,7 @@ mod health;
 mod key_checks;
 mod lease;
 mod limits;
+mod live_workers;
 mod recovery;
 pub mod replay;
 mod reseal;
@@ -31,6 +32,7 @@ pub use health::*;
 pub use key_checks::*;
 pub use lease::*;
 pub use limits::*;
+pub use live_workers::*;
 pub use recovery::*;
 pub use replay::{
     finding_2_a_completed_id_is_refused_while_retained_and_after_purge,
