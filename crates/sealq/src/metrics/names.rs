@@ -69,6 +69,9 @@ pub const REDIS_ERASED: &str = "sealq_redis_erased_tasks_total";
 pub const REDIS_INTEGRITY_ARCHIVED: &str = "sealq_redis_integrity_archived_total";
 /// Tasks Redis archived `exhausted` when their lease expired.
 pub const REDIS_LEASE_EXHAUSTED: &str = "sealq_redis_lease_exhausted_total";
+/// Leases of a task whose type no handler of the worker takes (`queue`,
+/// `task_type`): retried until its sealed expiry, then archived `unknown_type`.
+pub const UNHANDLED_TYPE: &str = "sealq_unhandled_type_total";
 /// Always 1, labelled with this sealq's version (`version`).
 pub const BUILD_INFO: &str = "sealq_build_info";
 
@@ -82,6 +85,7 @@ pub const ALL: &[&str] = &[
     TASKS_ARCHIVED,
     TASKS_HELD,
     TASKS_REQUEUED,
+    UNHANDLED_TYPE,
     POLICY_REJECTIONS,
     PAYLOAD_OVER_BUDGET,
     LEASE_EXPIRATIONS,

@@ -122,6 +122,13 @@ pub(crate) fn held(queue: &str, kind: &str, reason: &'static str) {
     ::metrics::counter!(names::TASKS_HELD, q.0 => q.1, t.0 => t.1, "reason" => reason).increment(1);
 }
 
+/// A task of a type no handler takes was leased (and will be retried or
+/// archived `unknown_type`).
+pub(crate) fn unhandled_type(queue: &str, kind: &str) {
+    let [q, t] = qt(queue, kind);
+    ::metrics::counter!(names::UNHANDLED_TYPE, q.0 => q.1, t.0 => t.1).increment(1);
+}
+
 /// A leased task was given back at shutdown.
 pub(crate) fn requeued(queue: &str, kind: &str) {
     task(queue, kind).requeued.increment(1);

@@ -31,6 +31,7 @@ use tracing::{info, warn};
 
 use super::outcome::{archive, seal_or_drop};
 use super::runtime::WorkerState;
+use crate::metrics::record as metric;
 use crate::model::record::TaskRecord;
 use crate::model::state::ArchiveReason;
 use crate::seal::envelope::Purpose;
@@ -51,12 +52,7 @@ const REMEMBERED_TYPES: usize = 1_024;
 /// `unknown_type` when that retry would fall after the task's sealed
 /// expiry (see the module docs).
 pub(crate) fn no_handler(state: &WorkerState, record: &TaskRecord, now: i64) -> Outcome {
-    metrics::counter!(
-        "sealq_unhandled_type_total",
-        "queue" => record.queue.clone(),
-        "task_type" => record.kind.clone()
-    )
-    .increment(1);
+    metric::unhandled_type(&record.queue, &record.kind);
     warn_once_per_interval(record);
     let delay = record
         .meta
@@ -76,7 +72,7 @@ pub(crate) fn no_handler(state: &WorkerState, record: &TaskRecord, now: i64) -> 
         return archive(state, record, ArchiveReason::UnknownType, &message);
     }
     state.stats.retried.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!("sealq_tasks_total", "outcome" => "retry").increment(1);
+    metric::retried(&record.queue, &record.kind);
     info!(
         retry_in_ms = delay,
         "no handler for this task type; will retry"
