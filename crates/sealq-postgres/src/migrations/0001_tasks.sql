@@ -114,6 +114,48 @@ DECLARE
     v_holder uuid;
     v_state text;
 BEGIN
+    -- Fast path, set-based: a batch without unique keys into queues
+    -- without a depth cap (the common case) is three statements whatever
+    -- its size. An id seen twice in the batch is stored once (the first);
+    -- the other gets `id_exists`, as the loop below would answer.
+    IF NOT EXISTS (SELECT 1 FROM unnest(p_unique_keys) AS k WHERE k IS NOT NULL)
+       AND NOT EXISTS (SELECT 1 FROM sealq.queue_limits l WHERE l.queue = ANY (p_queues)) THEN
+        RETURN QUERY
+        WITH input AS (
+            SELECT u.*, u.ord::integer AS pos
+            FROM unnest(p_ids, p_queues, p_kinds, p_subjects, p_max_retries, p_retention_ms,
+                        p_run_at, p_envelopes, p_metas)
+                 WITH ORDINALITY AS u(id, queue, kind, subject, max_retries, retention_ms,
+                                      run_at, envelope, meta, ord)
+        ), first AS (
+            SELECT DISTINCT ON (i.id) i.* FROM input i
+            WHERE NOT EXISTS (SELECT 1 FROM sealq.completed_ids c WHERE c.id = i.id)
+            ORDER BY i.id, i.pos
+        ), ins AS (
+            INSERT INTO sealq.tasks (id, queue, kind, subject_tag, max_retries, retention_ms,
+                                     state, attempts, run_at, updated_at)
+            SELECT f.id, f.queue, f.kind, f.subject, f.max_retries, f.retention_ms,
+                   CASE WHEN f.run_at <= p_now THEN 'pending' ELSE 'scheduled' END,
+                   0, f.run_at, p_now
+            FROM first f ORDER BY f.pos
+            ON CONFLICT (id) DO NOTHING
+            RETURNING sealq.tasks.id, sealq.tasks.queue, sealq.tasks.state
+        ), bodies AS (
+            INSERT INTO sealq.task_bodies (id, envelope, meta)
+            SELECT f.id, f.envelope, f.meta FROM first f JOIN ins ON ins.id = f.id
+            RETURNING sealq.task_bodies.id
+        ), woken AS (
+            SELECT count(pg_notify('sealq_wake', w.queue)::text) AS n
+            FROM (SELECT DISTINCT ins.queue FROM ins WHERE ins.state = 'pending') w
+        ), stored AS (
+            SELECT f.pos FROM first f JOIN bodies b ON b.id = f.id
+        )
+        SELECT i.pos,
+               CASE WHEN s.pos IS NULL THEN 'id_exists' ELSE 'enqueued' END,
+               NULL::uuid, NULL::bigint
+        FROM input i LEFT JOIN stored s ON s.pos = i.pos CROSS JOIN woken;
+        RETURN;
+    END IF;
     -- Take every lock this batch needs up front, in one order, so that
     -- concurrent batches never deadlock: the unique keys' advisory locks,
     -- then the capped queues' rows.
