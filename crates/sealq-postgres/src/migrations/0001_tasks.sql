@@ -304,9 +304,11 @@ BEGIN
 END
 $$;
 
--- Apply a batch of acks; one row per ack (1-based `idx`). p_kinds:
--- `complete`, `retry`, `archive`, `requeue`. `repeated`: a completion of
--- an id the replay memory already held (a second success).
+-- Apply a batch of acks, set-based; one row per ack (1-based `idx`).
+-- p_kinds: `complete`, `retry`, `archive`, `requeue`. An ack applies only
+-- to an `active` task holding its lease token; an id acked twice in one
+-- batch is applied once (the first). `repeated`: a completion of an id the
+-- replay memory already held (a second success).
 CREATE FUNCTION sealq.ack(
     p_now bigint, p_ids uuid[], p_tokens bigint[], p_kinds text[], p_at bigint[],
     p_data bytea[], p_reasons text[])
@@ -314,53 +316,51 @@ RETURNS TABLE (idx integer, applied boolean, repeated boolean)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_variable
-DECLARE
-    i integer;
-    v_queue text;
+#variable_conflict use_column
 BEGIN
-    FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
-        idx := i; repeated := false; v_queue := NULL;
-        CASE p_kinds[i]
-        WHEN 'complete' THEN
-            UPDATE sealq.tasks t SET state = 'completed', result = p_data[i],
-                   lease_token = NULL, lease_expires_at = NULL, worker = NULL,
-                   finished_at = p_now, purge_at = p_now + t.retention_ms, updated_at = p_now
-             WHERE t.id = p_ids[i] AND t.state = 'active' AND t.lease_token = p_tokens[i]
-             RETURNING t.queue INTO v_queue;
-            IF v_queue IS NOT NULL THEN
-                INSERT INTO sealq.completed_ids AS c (id, completed_at) VALUES (p_ids[i], p_now)
-                    ON CONFLICT (id) DO UPDATE
-                    SET completed_at = greatest(c.completed_at, excluded.completed_at)
-                    RETURNING (c.xmax::text <> '0') INTO repeated;
-            END IF;
-        WHEN 'retry' THEN
-            UPDATE sealq.tasks t SET state = 'retry', run_at = p_at[i],
-                   last_error = coalesce(p_data[i], t.last_error),
-                   lease_token = NULL, lease_expires_at = NULL, worker = NULL, updated_at = p_now
-             WHERE t.id = p_ids[i] AND t.state = 'active' AND t.lease_token = p_tokens[i]
-             RETURNING t.queue INTO v_queue;
-            IF v_queue IS NOT NULL AND p_at[i] <= p_now THEN
-                PERFORM pg_notify('sealq_wake', v_queue);
-            END IF;
-        WHEN 'archive' THEN
-            UPDATE sealq.tasks t SET state = 'archived', archive_reason = p_reasons[i],
-                   last_error = coalesce(p_data[i], t.last_error),
-                   lease_token = NULL, lease_expires_at = NULL, worker = NULL,
-                   finished_at = p_now, updated_at = p_now
-             WHERE t.id = p_ids[i] AND t.state = 'active' AND t.lease_token = p_tokens[i]
-             RETURNING t.queue INTO v_queue;
-        ELSE
-            UPDATE sealq.tasks t SET state = 'pending', attempts = greatest(t.attempts - 1, 0),
-                   lease_token = NULL, lease_expires_at = NULL, worker = NULL, updated_at = p_now
-             WHERE t.id = p_ids[i] AND t.state = 'active' AND t.lease_token = p_tokens[i]
-             RETURNING t.queue INTO v_queue;
-            IF v_queue IS NOT NULL THEN
-                PERFORM pg_notify('sealq_wake', v_queue);
-            END IF;
-        END CASE;
-        applied := v_queue IS NOT NULL;
-        RETURN NEXT;
-    END LOOP;
+    RETURN QUERY
+    WITH input AS (
+        SELECT u.id, u.token, u.kind, u.at, u.data, u.reason, u.ord::integer AS pos
+        FROM unnest(p_ids, p_tokens, p_kinds, p_at, p_data, p_reasons)
+             WITH ORDINALITY AS u(id, token, kind, at, data, reason, ord)
+    ), first AS (
+        SELECT DISTINCT ON (i.id) i.* FROM input i ORDER BY i.id, i.pos
+    ), done AS (
+        UPDATE sealq.tasks t SET
+            state = CASE f.kind WHEN 'complete' THEN 'completed' WHEN 'retry' THEN 'retry'
+                                WHEN 'archive' THEN 'archived' ELSE 'pending' END,
+            result = CASE WHEN f.kind = 'complete' THEN f.data ELSE t.result END,
+            run_at = CASE WHEN f.kind = 'retry' THEN f.at ELSE t.run_at END,
+            last_error = CASE WHEN f.kind IN ('retry', 'archive')
+                              THEN coalesce(f.data, t.last_error) ELSE t.last_error END,
+            archive_reason = CASE WHEN f.kind = 'archive' THEN f.reason
+                                  ELSE t.archive_reason END,
+            attempts = CASE WHEN f.kind = 'requeue' THEN greatest(t.attempts - 1, 0)
+                            ELSE t.attempts END,
+            lease_token = NULL, lease_expires_at = NULL, worker = NULL,
+            finished_at = CASE WHEN f.kind IN ('complete', 'archive') THEN p_now
+                               ELSE t.finished_at END,
+            purge_at = CASE WHEN f.kind = 'complete' THEN p_now + t.retention_ms
+                            ELSE t.purge_at END,
+            updated_at = p_now
+        FROM first f
+        WHERE t.id = f.id AND t.state = 'active' AND t.lease_token = f.token
+        RETURNING t.id, t.queue, f.kind, f.at, f.pos
+    ), remembered AS (
+        INSERT INTO sealq.completed_ids AS c (id, completed_at)
+        SELECT d.id, p_now FROM done d WHERE d.kind = 'complete'
+        ON CONFLICT (id) DO UPDATE
+            SET completed_at = greatest(c.completed_at, excluded.completed_at)
+        RETURNING c.id, (c.xmax::text <> '0') AS again
+    ), woken AS (
+        SELECT count(pg_notify('sealq_wake', w.queue)::text) AS n
+        FROM (SELECT DISTINCT d.queue FROM done d
+              WHERE d.kind = 'requeue' OR (d.kind = 'retry' AND d.at <= p_now)) w
+    )
+    SELECT i.pos, d.pos IS NOT NULL, coalesce(r.again, false)
+    FROM input i
+    LEFT JOIN done d ON d.pos = i.pos
+    LEFT JOIN remembered r ON r.id = d.id
+    CROSS JOIN woken;
 END
 $$;
