@@ -209,3 +209,30 @@ async fn opposite_queue_orders_and_key_orders_never_deadlock() {
     a.await.unwrap();
     b.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_go_with_their_tasks_on_delete_and_erasure() {
+    use sealq::broker::Broker;
+    let url = support::fresh_db().await;
+    let broker = PostgresBroker::connect(&url).await.unwrap();
+    let now = sealq::clock::system_clock().now_ms();
+    let tasks: Vec<_> = (0..5).map(|_| task("q", now)).collect();
+    let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
+    broker.enqueue(tasks).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let bodies = || async {
+        client
+            .query_one("SELECT count(*) FROM sealq.task_bodies", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(bodies().await, 5);
+    assert_eq!(broker.delete(&ids[..2]).await.unwrap(), 2);
+    assert_eq!(bodies().await, 3);
+    broker.erase_tasks(&ids[2..]).await.unwrap();
+    assert_eq!(bodies().await, 0);
+}

@@ -32,10 +32,25 @@ CREATE TABLE sealq.tasks (
 -- envelope and the metadata (named MessagePack). State changes never
 -- rewrite these bytes.
 CREATE TABLE sealq.task_bodies (
-    id       uuid PRIMARY KEY REFERENCES sealq.tasks (id) ON DELETE CASCADE,
+    id       uuid PRIMARY KEY,
     envelope bytea NOT NULL,
     meta     bytea NOT NULL
 );
+
+-- A body goes with its task. One statement-level trigger, set-based,
+-- instead of a foreign key (whose checks and cascades run row by row).
+CREATE FUNCTION sealq.drop_bodies() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM sealq.task_bodies b USING gone g WHERE b.id = g.id;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER tasks_drop_bodies AFTER DELETE ON sealq.tasks
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION sealq.drop_bodies();
 
 -- Claim order: exactly the rows dequeue may take.
 CREATE INDEX tasks_ready ON sealq.tasks (queue, run_at, id)
@@ -114,12 +129,13 @@ DECLARE
     v_holder uuid;
     v_state text;
 BEGIN
-    -- Fast path, set-based: a batch without unique keys into queues
-    -- without a depth cap (the common case) is three statements whatever
-    -- its size. An id seen twice in the batch is stored once (the first);
-    -- the other gets `id_exists`, as the loop below would answer.
+    -- Fast path, set-based: a batch of distinct ids without unique keys
+    -- into queues without a depth cap (the common case) is three
+    -- statements whatever its size.
     IF NOT EXISTS (SELECT 1 FROM unnest(p_unique_keys) AS k WHERE k IS NOT NULL)
-       AND NOT EXISTS (SELECT 1 FROM sealq.queue_limits l WHERE l.queue = ANY (p_queues)) THEN
+       AND NOT EXISTS (SELECT 1 FROM sealq.queue_limits l WHERE l.queue = ANY (p_queues))
+       AND (SELECT count(DISTINCT d) FROM unnest(p_ids) AS d)
+           = coalesce(array_length(p_ids, 1), 0) THEN
         RETURN QUERY
         WITH input AS (
             SELECT u.*, u.ord::integer AS pos
@@ -128,16 +144,15 @@ BEGIN
                  WITH ORDINALITY AS u(id, queue, kind, subject, max_retries, retention_ms,
                                       run_at, envelope, meta, ord)
         ), first AS (
-            SELECT DISTINCT ON (i.id) i.* FROM input i
+            SELECT i.* FROM input i
             WHERE NOT EXISTS (SELECT 1 FROM sealq.completed_ids c WHERE c.id = i.id)
-            ORDER BY i.id, i.pos
         ), ins AS (
             INSERT INTO sealq.tasks (id, queue, kind, subject_tag, max_retries, retention_ms,
                                      state, attempts, run_at, updated_at)
             SELECT f.id, f.queue, f.kind, f.subject, f.max_retries, f.retention_ms,
                    CASE WHEN f.run_at <= p_now THEN 'pending' ELSE 'scheduled' END,
                    0, f.run_at, p_now
-            FROM first f ORDER BY f.pos
+            FROM first f
             ON CONFLICT (id) DO NOTHING
             RETURNING sealq.tasks.id, sealq.tasks.queue, sealq.tasks.state
         ), bodies AS (
