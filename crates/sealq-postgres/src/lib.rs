@@ -115,6 +115,20 @@ impl std::fmt::Debug for PostgresOptions {
     }
 }
 
+/// Whether every host of `config` is this machine (loopback or a Unix socket).
+fn all_hosts_local(config: &tokio_postgres::Config) -> bool {
+    config.get_hosts().iter().all(|h| match h {
+        tokio_postgres::config::Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        #[cfg(unix)]
+        tokio_postgres::config::Host::Unix(_) => true,
+    })
+}
+
 /// The Postgres broker. Cheap to clone: clones share one pool.
 #[derive(Clone)]
 pub struct PostgresBroker {
@@ -187,6 +201,13 @@ impl PostgresBroker {
         }
         if let Some(n) = parsed.pool_size {
             options.pool_size = n;
+        }
+        if parsed.sslmode == SslMode::Disable && !all_hosts_local(&parsed.config) {
+            tracing::warn!(
+                target = %target,
+                "sealq: connecting to Postgres without TLS over the network; add \
+                 sslmode=verify-full&sslrootcert=CA.pem to the broker URL"
+            );
         }
         let manager_config = deadpool_postgres::ManagerConfig {
             recycling_method: deadpool_postgres::RecyclingMethod::Fast,
