@@ -10,6 +10,26 @@
 //! let broker = PostgresBroker::connect("postgres://sealq@db.internal/app?sslmode=verify-full&sslrootcert=/etc/ssl/pg-ca.pem").await?;
 //! # let _ = broker; Ok(()) }
 //! ```
+//!
+//! ## How it works (details in `docs/postgres.md`)
+//!
+//! - **Round trips.** Enqueue, dequeue and ack are one call each of a
+//!   `sealq.*` SQL function (migration 1) taking the batch as arrays;
+//!   claims are `FOR UPDATE SKIP LOCKED`; lease extensions one `UPDATE …
+//!   FROM unnest(…)`. Payload bytes live in `sealq.task_bodies`, apart
+//!   from the state rows every claim and ack rewrites.
+//! - **Time** comes from [`PostgresOptions::clock`], passed as a parameter;
+//!   SQL never calls `now()`.
+//! - **Leases** carry a random token per dequeue call; acks and extensions
+//!   with another token change nothing ([`sealq::broker::AckResult::LeaseLost`]).
+//! - **Replay memory**, **quarantine** of rows that do not decode, **unique
+//!   keys**, **depth caps**, **rate limits** and **pause** behave as on the
+//!   embedded broker.
+//! - **Wake-ups**: `pg_notify('sealq_wake', queue)` in the writing
+//!   transaction, one LISTEN connection per process, polling every
+//!   [`PostgresOptions::poll_interval`] as the fallback; `poll_only` for
+//!   PgBouncer (no LISTEN, unnamed statements).
+//! - **Transactional enqueue**: [`PostgresBroker::enqueue_in`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -103,6 +123,20 @@ impl std::fmt::Debug for PostgresOptions {
     }
 }
 
+/// Whether every host of `config` is this machine (loopback or a Unix socket).
+fn all_hosts_local(config: &tokio_postgres::Config) -> bool {
+    config.get_hosts().iter().all(|h| match h {
+        tokio_postgres::config::Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        #[cfg(unix)]
+        tokio_postgres::config::Host::Unix(_) => true,
+    })
+}
+
 /// The Postgres broker. Cheap to clone: clones share one pool.
 #[derive(Clone)]
 pub struct PostgresBroker {
@@ -175,6 +209,13 @@ impl PostgresBroker {
         }
         if let Some(n) = parsed.pool_size {
             options.pool_size = n;
+        }
+        if parsed.sslmode == SslMode::Disable && !all_hosts_local(&parsed.config) {
+            tracing::warn!(
+                target = %target,
+                "sealq: connecting to Postgres without TLS over the network; add \
+                 sslmode=verify-full&sslrootcert=CA.pem to the broker URL"
+            );
         }
         let manager_config = deadpool_postgres::ManagerConfig {
             recycling_method: deadpool_postgres::RecyclingMethod::Fast,

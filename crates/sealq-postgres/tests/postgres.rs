@@ -209,3 +209,122 @@ async fn opposite_queue_orders_and_key_orders_never_deadlock() {
     a.await.unwrap();
     b.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_go_with_their_tasks_on_delete_and_erasure() {
+    use sealq::broker::Broker;
+    let url = support::fresh_db().await;
+    let broker = PostgresBroker::connect(&url).await.unwrap();
+    let now = sealq::clock::system_clock().now_ms();
+    let tasks: Vec<_> = (0..5).map(|_| task("q", now)).collect();
+    let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
+    broker.enqueue(tasks).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let bodies = || async {
+        client
+            .query_one("SELECT count(*) FROM sealq.task_bodies", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(bodies().await, 5);
+    assert_eq!(broker.delete(&ids[..2]).await.unwrap(), 2);
+    assert_eq!(bodies().await, 3);
+    broker.erase_tasks(&ids[2..]).await.unwrap();
+    assert_eq!(bodies().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enqueues_with_one_unique_key_store_one_task() {
+    use sealq::broker::{Broker, EnqueueResult};
+    let url = support::fresh_db().await;
+    let a = PostgresBroker::connect(&url).await.unwrap();
+    let b = PostgresBroker::connect(&url).await.unwrap();
+    let now = sealq::clock::system_clock().now_ms();
+    for round in 0..20 {
+        let key = format!("order-{round}");
+        let mut t1 = task("q", now);
+        t1.unique = Some((key.clone(), 60_000));
+        let mut t2 = task("q", now);
+        t2.unique = Some((key, 60_000));
+        let (r1, r2) = tokio::join!(a.enqueue(vec![t1]), b.enqueue(vec![t2]));
+        let mut results = vec![r1.unwrap().remove(0), r2.unwrap().remove(0)];
+        results.sort_by_key(|r| matches!(r, EnqueueResult::Enqueued));
+        assert!(
+            matches!(results[0], EnqueueResult::Duplicate { .. })
+                && results[1] == EnqueueResult::Enqueued,
+            "round {round}: {results:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_listen_connection_comes_back_and_wakes_again() {
+    use sealq::broker::Broker;
+    let url = support::fresh_db().await;
+    let worker = PostgresBroker::connect(&format!("{url}?poll_interval_ms=60000"))
+        .await
+        .unwrap();
+    let producer = PostgresBroker::connect(&url).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // Start the listener, then cut its connection from the server side.
+    worker
+        .wait_for_work(&["q".to_owned()], std::time::Duration::from_millis(300))
+        .await
+        .unwrap();
+    let cut: i64 = client
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(cut, 1, "one LISTEN connection");
+    // Wait for it to come back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND query ILIKE 'LISTEN%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listener never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // A notification from another process wakes a waiter well before the
+    // (one minute) poll interval.
+    let waiter = {
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            worker
+                .wait_for_work(&["q".to_owned()], std::time::Duration::from_secs(120))
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let now = sealq::clock::system_clock().now_ms();
+    producer.enqueue(vec![task("q", now)]).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(20), waiter)
+        .await
+        .expect("woken by the notification after the listener reconnected")
+        .unwrap()
+        .unwrap();
+}

@@ -32,10 +32,25 @@ CREATE TABLE sealq.tasks (
 -- envelope and the metadata (named MessagePack). State changes never
 -- rewrite these bytes.
 CREATE TABLE sealq.task_bodies (
-    id       uuid PRIMARY KEY REFERENCES sealq.tasks (id) ON DELETE CASCADE,
+    id       uuid PRIMARY KEY,
     envelope bytea NOT NULL,
     meta     bytea NOT NULL
 );
+
+-- A body goes with its task. One statement-level trigger, set-based,
+-- instead of a foreign key (whose checks and cascades run row by row).
+CREATE FUNCTION sealq.drop_bodies() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM sealq.task_bodies b USING gone g WHERE b.id = g.id;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER tasks_drop_bodies AFTER DELETE ON sealq.tasks
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION sealq.drop_bodies();
 
 -- Claim order: exactly the rows dequeue may take.
 CREATE INDEX tasks_ready ON sealq.tasks (queue, run_at, id)
@@ -114,6 +129,48 @@ DECLARE
     v_holder uuid;
     v_state text;
 BEGIN
+    -- Fast path, set-based: a batch of distinct ids without unique keys
+    -- into queues without a depth cap (the common case) is three
+    -- statements whatever its size.
+    IF NOT EXISTS (SELECT 1 FROM unnest(p_unique_keys) AS k WHERE k IS NOT NULL)
+       AND NOT EXISTS (SELECT 1 FROM sealq.queue_limits l WHERE l.queue = ANY (p_queues))
+       AND (SELECT count(DISTINCT d) FROM unnest(p_ids) AS d)
+           = coalesce(array_length(p_ids, 1), 0) THEN
+        RETURN QUERY
+        WITH input AS (
+            SELECT u.*, u.ord::integer AS pos
+            FROM unnest(p_ids, p_queues, p_kinds, p_subjects, p_max_retries, p_retention_ms,
+                        p_run_at, p_envelopes, p_metas)
+                 WITH ORDINALITY AS u(id, queue, kind, subject, max_retries, retention_ms,
+                                      run_at, envelope, meta, ord)
+        ), first AS (
+            SELECT i.* FROM input i
+            WHERE NOT EXISTS (SELECT 1 FROM sealq.completed_ids c WHERE c.id = i.id)
+        ), ins AS (
+            INSERT INTO sealq.tasks (id, queue, kind, subject_tag, max_retries, retention_ms,
+                                     state, attempts, run_at, updated_at)
+            SELECT f.id, f.queue, f.kind, f.subject, f.max_retries, f.retention_ms,
+                   CASE WHEN f.run_at <= p_now THEN 'pending' ELSE 'scheduled' END,
+                   0, f.run_at, p_now
+            FROM first f
+            ON CONFLICT (id) DO NOTHING
+            RETURNING sealq.tasks.id, sealq.tasks.queue, sealq.tasks.state
+        ), bodies AS (
+            INSERT INTO sealq.task_bodies (id, envelope, meta)
+            SELECT f.id, f.envelope, f.meta FROM first f JOIN ins ON ins.id = f.id
+            RETURNING sealq.task_bodies.id
+        ), woken AS (
+            SELECT count(pg_notify('sealq_wake', w.queue)::text) AS n
+            FROM (SELECT DISTINCT ins.queue FROM ins WHERE ins.state = 'pending') w
+        ), stored AS (
+            SELECT f.pos FROM first f JOIN bodies b ON b.id = f.id
+        )
+        SELECT i.pos,
+               CASE WHEN s.pos IS NULL THEN 'id_exists' ELSE 'enqueued' END,
+               NULL::uuid, NULL::bigint
+        FROM input i LEFT JOIN stored s ON s.pos = i.pos CROSS JOIN woken;
+        RETURN;
+    END IF;
     -- Take every lock this batch needs up front, in one order, so that
     -- concurrent batches never deadlock: the unique keys' advisory locks,
     -- then the capped queues' rows.
@@ -262,9 +319,11 @@ BEGIN
 END
 $$;
 
--- Apply a batch of acks; one row per ack (1-based `idx`). p_kinds:
--- `complete`, `retry`, `archive`, `requeue`. `repeated`: a completion of
--- an id the replay memory already held (a second success).
+-- Apply a batch of acks, set-based; one row per ack (1-based `idx`).
+-- p_kinds: `complete`, `retry`, `archive`, `requeue`. An ack applies only
+-- to an `active` task holding its lease token; an id acked twice in one
+-- batch is applied once (the first). `repeated`: a completion of an id the
+-- replay memory already held (a second success).
 CREATE FUNCTION sealq.ack(
     p_now bigint, p_ids uuid[], p_tokens bigint[], p_kinds text[], p_at bigint[],
     p_data bytea[], p_reasons text[])
@@ -272,53 +331,51 @@ RETURNS TABLE (idx integer, applied boolean, repeated boolean)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_variable
-DECLARE
-    i integer;
-    v_queue text;
+#variable_conflict use_column
 BEGIN
-    FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
-        idx := i; repeated := false; v_queue := NULL;
-        CASE p_kinds[i]
-        WHEN 'complete' THEN
-            UPDATE sealq.tasks t SET state = 'completed', result = p_data[i],
-                   lease_token = NULL, lease_expires_at = NULL, worker = NULL,
-                   finished_at = p_now, purge_at = p_now + t.retention_ms, updated_at = p_now
-             WHERE t.id = p_ids[i] AND t.state = 'active' AND t.lease_token = p_tokens[i]
-             RETURNING t.queue INTO v_queue;
-            IF v_queue IS NOT NULL THEN
-                INSERT INTO sealq.completed_ids AS c (id, completed_at) VALUES (p_ids[i], p_now)
-                    ON CONFLICT (id) DO UPDATE
-                    SET completed_at = greatest(c.completed_at, excluded.completed_at)
-                    RETURNING (c.xmax::text <> '0') INTO repeated;
-            END IF;
-        WHEN 'retry' THEN
-            UPDATE sealq.tasks t SET state = 'retry', run_at = p_at[i],
-                   last_error = coalesce(p_data[i], t.last_error),
-                   lease_token = NULL, lease_expires_at = NULL, worker = NULL, updated_at = p_now
-             WHERE t.id = p_ids[i] AND t.state = 'active' AND t.lease_token = p_tokens[i]
-             RETURNING t.queue INTO v_queue;
-            IF v_queue IS NOT NULL AND p_at[i] <= p_now THEN
-                PERFORM pg_notify('sealq_wake', v_queue);
-            END IF;
-        WHEN 'archive' THEN
-            UPDATE sealq.tasks t SET state = 'archived', archive_reason = p_reasons[i],
-                   last_error = coalesce(p_data[i], t.last_error),
-                   lease_token = NULL, lease_expires_at = NULL, worker = NULL,
-                   finished_at = p_now, updated_at = p_now
-             WHERE t.id = p_ids[i] AND t.state = 'active' AND t.lease_token = p_tokens[i]
-             RETURNING t.queue INTO v_queue;
-        ELSE
-            UPDATE sealq.tasks t SET state = 'pending', attempts = greatest(t.attempts - 1, 0),
-                   lease_token = NULL, lease_expires_at = NULL, worker = NULL, updated_at = p_now
-             WHERE t.id = p_ids[i] AND t.state = 'active' AND t.lease_token = p_tokens[i]
-             RETURNING t.queue INTO v_queue;
-            IF v_queue IS NOT NULL THEN
-                PERFORM pg_notify('sealq_wake', v_queue);
-            END IF;
-        END CASE;
-        applied := v_queue IS NOT NULL;
-        RETURN NEXT;
-    END LOOP;
+    RETURN QUERY
+    WITH input AS (
+        SELECT u.id, u.token, u.kind, u.at, u.data, u.reason, u.ord::integer AS pos
+        FROM unnest(p_ids, p_tokens, p_kinds, p_at, p_data, p_reasons)
+             WITH ORDINALITY AS u(id, token, kind, at, data, reason, ord)
+    ), first AS (
+        SELECT DISTINCT ON (i.id) i.* FROM input i ORDER BY i.id, i.pos
+    ), done AS (
+        UPDATE sealq.tasks t SET
+            state = CASE f.kind WHEN 'complete' THEN 'completed' WHEN 'retry' THEN 'retry'
+                                WHEN 'archive' THEN 'archived' ELSE 'pending' END,
+            result = CASE WHEN f.kind = 'complete' THEN f.data ELSE t.result END,
+            run_at = CASE WHEN f.kind = 'retry' THEN f.at ELSE t.run_at END,
+            last_error = CASE WHEN f.kind IN ('retry', 'archive')
+                              THEN coalesce(f.data, t.last_error) ELSE t.last_error END,
+            archive_reason = CASE WHEN f.kind = 'archive' THEN f.reason
+                                  ELSE t.archive_reason END,
+            attempts = CASE WHEN f.kind = 'requeue' THEN greatest(t.attempts - 1, 0)
+                            ELSE t.attempts END,
+            lease_token = NULL, lease_expires_at = NULL, worker = NULL,
+            finished_at = CASE WHEN f.kind IN ('complete', 'archive') THEN p_now
+                               ELSE t.finished_at END,
+            purge_at = CASE WHEN f.kind = 'complete' THEN p_now + t.retention_ms
+                            ELSE t.purge_at END,
+            updated_at = p_now
+        FROM first f
+        WHERE t.id = f.id AND t.state = 'active' AND t.lease_token = f.token
+        RETURNING t.id, t.queue, f.kind, f.at, f.pos
+    ), remembered AS (
+        INSERT INTO sealq.completed_ids AS c (id, completed_at)
+        SELECT d.id, p_now FROM done d WHERE d.kind = 'complete'
+        ON CONFLICT (id) DO UPDATE
+            SET completed_at = greatest(c.completed_at, excluded.completed_at)
+        RETURNING c.id, (c.xmax::text <> '0') AS again
+    ), woken AS (
+        SELECT count(pg_notify('sealq_wake', w.queue)::text) AS n
+        FROM (SELECT DISTINCT d.queue FROM done d
+              WHERE d.kind = 'requeue' OR (d.kind = 'retry' AND d.at <= p_now)) w
+    )
+    SELECT i.pos, d.pos IS NOT NULL, coalesce(r.again, false)
+    FROM input i
+    LEFT JOIN done d ON d.pos = i.pos
+    LEFT JOIN remembered r ON r.id = d.id
+    CROSS JOIN woken;
 END
 $$;
