@@ -118,7 +118,11 @@ fn enqueue_and_worker_exec_on_a_postgres_url() {
             &["tasks", "list", "--state", "completed", "--json"],
         );
         let v: Value = serde_json::from_slice(&list.stdout).expect("list --json");
-        completed = v["tasks"].as_array().unwrap().iter().any(|t| t["id"] == id.as_str());
+        completed = v["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == id.as_str());
         std::thread::sleep(Duration::from_millis(50));
     }
     Command::new("kill")
