@@ -39,6 +39,7 @@ mod broker;
 mod codec;
 mod db;
 mod error;
+mod live_workers;
 mod maintenance;
 mod ops;
 mod read;

@@ -43,15 +43,11 @@ fn queues_of(rows: &[tokio_postgres::Row]) -> Vec<String> {
 }
 
 const FORWARD: Stmt = Stmt {
-    sql: "UPDATE sealq.tasks SET state = 'pending', updated_at = $1 \
-          WHERE id IN (SELECT id FROM sealq.tasks \
-                       WHERE state IN ('scheduled', 'retry') AND run_at <= $1 \
-                       FOR UPDATE SKIP LOCKED) \
-          RETURNING queue",
+    sql: "SELECT * FROM sealq.forward_due($1)",
     types: &[Type::INT8],
 };
 const NEXT_DUE: Stmt = Stmt {
-    sql: "SELECT min(run_at) FROM sealq.tasks WHERE state IN ('scheduled', 'retry')",
+    sql: "SELECT sealq.next_due()",
     types: &[],
 };
 
@@ -84,21 +80,11 @@ pub(crate) async fn forward_due(inner: &Inner) -> BrokerResult<Forwarded> {
 }
 
 const RECOVER_ARCHIVE: Stmt = Stmt {
-    sql: "UPDATE sealq.tasks SET state = 'archived', archive_reason = 'exhausted', \
-          lease_token = NULL, lease_expires_at = NULL, worker = NULL, \
-          finished_at = $1, updated_at = $1 \
-          WHERE id IN (SELECT id FROM sealq.tasks WHERE state = 'active' \
-                       AND lease_expires_at <= $1 AND attempts > max_retries \
-                       FOR UPDATE SKIP LOCKED) \
-          RETURNING queue",
+    sql: "SELECT * FROM sealq.recover_archive($1)",
     types: &[Type::INT8],
 };
 const RECOVER_RETRY: Stmt = Stmt {
-    sql: "UPDATE sealq.tasks SET state = 'retry', run_at = $1, \
-          lease_token = NULL, lease_expires_at = NULL, worker = NULL, updated_at = $1 \
-          WHERE id IN (SELECT id FROM sealq.tasks WHERE state = 'active' \
-                       AND lease_expires_at <= $1 FOR UPDATE SKIP LOCKED) \
-          RETURNING queue",
+    sql: "SELECT * FROM sealq.recover_retry($1)",
     types: &[Type::INT8],
 };
 
@@ -133,22 +119,15 @@ pub(crate) async fn recover_expired(inner: &Inner) -> BrokerResult<Recovered> {
 const PURGE_BATCH: i64 = 5_000;
 
 const PURGE: Stmt = Stmt {
-    sql: "DELETE FROM sealq.tasks WHERE id IN ( \
-              SELECT id FROM sealq.tasks WHERE state = 'completed' AND purge_at <= $1 \
-              LIMIT $2 FOR UPDATE SKIP LOCKED) \
-          RETURNING id",
+    sql: "SELECT * FROM sealq.purge_completed($1, $2)",
     types: &[Type::INT8, Type::INT8],
 };
 const PRUNE_REPLAY: Stmt = Stmt {
-    sql: "DELETE FROM sealq.completed_ids c WHERE c.id IN ( \
-              SELECT c2.id FROM sealq.completed_ids c2 WHERE c2.completed_at < $1 \
-              AND NOT EXISTS (SELECT 1 FROM sealq.tasks t WHERE t.id = c2.id) LIMIT $2) \
-          RETURNING c.id",
+    sql: "SELECT * FROM sealq.prune_replay($1, $2)",
     types: &[Type::INT8, Type::INT8],
 };
 const PRUNE_KEYS: Stmt = Stmt {
-    sql: "DELETE FROM sealq.unique_keys WHERE key IN ( \
-              SELECT key FROM sealq.unique_keys WHERE expires_at <= $1 LIMIT $2) RETURNING key",
+    sql: "SELECT * FROM sealq.prune_unique_keys($1, $2)",
     types: &[Type::INT8, Type::INT8],
 };
 

@@ -179,7 +179,7 @@ pub(crate) async fn rate_limits(
 /// Every recorded key check value, by key id; undecodable ones left out.
 pub(crate) async fn key_checks(inner: &Inner) -> BrokerResult<Vec<KeyCheck>> {
     const READ: Stmt = Stmt {
-        sql: "SELECT key_id, check_value FROM sealq.key_checks ORDER BY key_id",
+        sql: "SELECT r_key_id, r_check_value FROM sealq.key_checks_read()",
         types: &[],
     };
     let what = "reading the keyring's check values";
@@ -205,9 +205,7 @@ pub(crate) async fn key_checks(inner: &Inner) -> BrokerResult<Vec<KeyCheck>> {
 /// Record `checks`, keeping the value already recorded for a key id.
 pub(crate) async fn record_key_checks(inner: &Inner, checks: &[KeyCheck]) -> BrokerResult<()> {
     const RECORD: Stmt = Stmt {
-        sql: "INSERT INTO sealq.key_checks (key_id, check_value, recorded_at) \
-              SELECT * FROM unnest($1::text[], $2::text[]) AS k(id, v), \
-                   (SELECT $3::int8) AS n ON CONFLICT (key_id) DO NOTHING RETURNING key_id",
+        sql: "SELECT * FROM sealq.key_checks_record($1, $2, $3)",
         types: &[Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::INT8],
     };
     let what = "recording the keyring's check values";

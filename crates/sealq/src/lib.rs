@@ -88,8 +88,8 @@ pub use model::live_worker::LiveWorker;
 pub use model::options::EnqueueOptions;
 pub use model::state::{ArchiveReason, TaskState};
 pub use model::task::{Task, TaskMeta, TaskPolicy};
-pub use model::unix_ms::UnixMs;
 pub use model::trace_parent::TraceParent;
+pub use model::unix_ms::UnixMs;
 pub use policy::{Finding, PayloadPolicy, PolicyMode, Rule};
 pub use reference::{
     CacheOptions, PayloadStats, Ref, ResolveError, Resolver, ResolverOptions, Resolvers,

@@ -34,8 +34,8 @@ pub mod options;
 pub mod record;
 pub mod state;
 pub mod task;
-pub mod unix_ms;
 pub mod trace_parent;
+pub mod unix_ms;
 
 pub use audit_event::AuditEvent;
 pub use backoff::Backoff;
