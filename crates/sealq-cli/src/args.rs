@@ -839,6 +839,9 @@ pub(crate) enum AuditSinkKind {
     /// The Redis broker's streams `PREFIX:audit:records` and
     /// `PREFIX:audit:checkpoints` (what `file` means for a Redis broker).
     Redis,
+    /// The Postgres broker's tables `sealq.audit_records` and
+    /// `sealq.audit_checkpoints` (what `file` means for a Postgres broker).
+    Postgres,
 }
 
 /// `sealq audit ...`.

@@ -52,6 +52,7 @@ fn place(kind: AuditSinkKind) -> Option<AuditPlace> {
         AuditSinkKind::File => Some(AuditPlace::File),
         AuditSinkKind::Sqlite => Some(AuditPlace::Sqlite),
         AuditSinkKind::Redis => Some(AuditPlace::Redis),
+        AuditSinkKind::Postgres => Some(AuditPlace::Postgres),
     }
 }
 
@@ -103,6 +104,26 @@ pub(crate) fn read_sink(
         let redis = crate::broker_url::open_redis(global.broker_url(), true)?;
         return Ok((Arc::new(RedisAuditSink::reader(&redis)), "entry"));
     }
+    if crate::broker_url::parse(global.broker_url())? == BrokerUrl::Postgres {
+        if matches!(source.sink, AuditSinkKind::Sqlite | AuditSinkKind::Redis) {
+            return Err(CliError::usage(msg(
+                "a Postgres broker keeps its audit log in its tables (--sink postgres, or the \
+                 default --sink file)",
+            )));
+        }
+        let url = global.broker_url();
+        let sink =
+            block_on(sealq_postgres::PostgresAuditSink::connect_existing(url)).map_err(|e| {
+                CliError::runtime(crate::error::context(
+                    format!(
+                        "cannot open the audit log of {}",
+                        crate::broker_url::redact(url)
+                    ),
+                    e,
+                ))
+            })?;
+        return Ok((Arc::new(sink), "row"));
+    }
     let db = broker_db(global)?;
     if !db.exists() {
         return Err(CliError::usage(msg(format!(
@@ -117,6 +138,9 @@ pub(crate) fn read_sink(
         )),
         AuditSinkKind::Redis => Err(CliError::usage(msg(
             "--sink redis needs a Redis broker (--broker redis://…)",
+        ))),
+        AuditSinkKind::Postgres => Err(CliError::usage(msg(
+            "--sink postgres needs a Postgres broker (--broker postgres://…)",
         ))),
         AuditSinkKind::File | AuditSinkKind::Off => {
             Ok((Arc::new(JsonLinesSink::at(jsonl_path_for(&db))), "line"))
