@@ -74,7 +74,8 @@ impl Sandbox {
         let out = self.run(&["tasks", "list", "--json"]);
         assert_eq!(out.code, 0, "tasks list: {}", out.stderr);
         let v: Value = serde_json::from_str(&out.stdout).expect("list --json is JSON");
-        v.as_array()?
+        v["tasks"]
+            .as_array()?
             .iter()
             .find(|t| t["id"] == id)
             .and_then(|t| t["state"].as_str().map(str::to_owned))

@@ -85,11 +85,10 @@ pub const FUNCTIONS: &[FunctionGrant] = &[
     },
     // The task broker. Producers enqueue (and record the keyring's check
     // values at their first enqueue); workers claim, ack, extend,
-    // quarantine, forward due tasks, recover expired leases, purge, and
-    // keep their live-worker registration; operators list workers. The
-    // operator's task actions (list, stats, delete, rerun, pause, limits)
-    // still run as plain statements on the tables in this build: an
-    // operator login needs the schema owner's rights (docs/postgres-roles.md).
+    // quarantine, forward due tasks, recover expired leases, purge, read
+    // rate limits and keep their live-worker registration; operators list,
+    // inspect and manage tasks and queues, erase and re-seal, and list
+    // workers.
     FunctionGrant {
         signature: "sealq.enqueue(bigint, uuid[], text[], text[], bytea[], integer[], \
                     bigint[], bigint[], bytea[], bytea[], text[], bigint[])",
@@ -155,6 +154,102 @@ pub const FUNCTIONS: &[FunctionGrant] = &[
     FunctionGrant {
         signature: "sealq.worker_deregister(text)",
         roles: WORKERS,
+    },
+    FunctionGrant {
+        signature: "sealq.delete_tasks(uuid[], bigint)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.rerun_archived(uuid[], bigint)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.pause_queue(text, bigint)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.resume_queue(text)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.set_max_depth(text, bigint)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.clear_max_depth(text)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.set_rate_limit(text, bigint, bigint, bigint)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.clear_rate_limit(text)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.swap_payload(uuid, text, bytea, bytea)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.swap_result(uuid, text, bytea, bytea)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.swap_error(uuid, text, bytea, bytea)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.erase_states(uuid[])",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.erase_unique_keys(uuid[])",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.erase_remember(uuid[], bigint)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.erase_delete(uuid[])",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.erase_wipe(uuid[])",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.erase_archive(uuid[], bigint)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.lock_tasks(uuid[])",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.subject_task_ids(bytea)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.get_task(uuid)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.task_counts()",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.queue_settings()",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.list_tasks(text, text, bytea, uuid, bigint)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.queue_rate_limits(text[])",
+        roles: &[Worker, Operator, Admin],
     },
     FunctionGrant {
         signature: "sealq.worker_list(bigint)",

@@ -43,6 +43,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "runtime",
         sql: include_str!("migrations/0003_runtime.sql"),
     },
+    Migration {
+        version: 4,
+        name: "operator",
+        sql: include_str!("migrations/0004_operator.sql"),
+    },
 ];
 
 /// The schema version this build writes and expects.

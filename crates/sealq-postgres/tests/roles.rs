@@ -594,7 +594,8 @@ fn dequeue_request(queue: &str) -> sealq::broker::DequeueRequest {
 /// Issue 23, roles: the broker itself runs through definer functions, so a
 /// producer login with no table privilege enqueues through `PostgresBroker`
 /// and can do nothing else with tasks; a worker login claims, extends, acks
-/// and keeps the worker loop's maintenance going, and cannot enqueue.
+/// and keeps the worker loop's maintenance going, and cannot enqueue; an
+/// operator login lists, inspects and manages, and cannot enqueue or claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_producer_login_enqueues_through_the_broker_and_worker_login_claims_and_acks() {
     use sealq::broker::{Ack, AckResult, Broker, EnqueueResult, ListQuery, Outcome};
@@ -683,8 +684,42 @@ async fn roles_producer_login_enqueues_through_the_broker_and_worker_login_claim
         worker.enqueue(vec![task_at("roles", now, now)]).await,
         "worker enqueue",
     );
-    // The admin (owner's view) sees the task completed.
-    let owner = PostgresBroker::connect(&f.url).await.unwrap();
-    let rec = owner.get(id).await.unwrap().expect("the task");
+    // An operator login inspects and manages, with no table privilege
+    // either, and cannot enqueue or claim.
+    let operator = PostgresBroker::connect(&f.url_as("operator"))
+        .await
+        .expect("an operator login connects");
+    let rec = operator
+        .get(id)
+        .await
+        .expect("operator get")
+        .expect("the task");
     assert_eq!(rec.state, sealq::TaskState::Completed);
+    let listed = operator
+        .list(&ListQuery::default())
+        .await
+        .expect("operator list");
+    assert_eq!(listed.len(), 1);
+    operator.pause("roles").await.expect("operator pauses");
+    let stats = operator.stats().await.expect("operator stats");
+    let q = stats
+        .iter()
+        .find(|s| s.queue == "roles")
+        .expect("the queue");
+    assert!(q.paused && q.completed == 1, "{q:?}");
+    operator.resume("roles").await.expect("operator resumes");
+    operator
+        .set_max_depth("roles", Some(10))
+        .await
+        .expect("operator caps");
+    assert_eq!(operator.delete(&[id]).await.expect("operator deletes"), 1);
+    let now = now_ms();
+    assert_denied(
+        operator.enqueue(vec![task_at("roles", now, now)]).await,
+        "operator enqueue",
+    );
+    assert_denied(
+        operator.dequeue(&dequeue_request("roles")).await,
+        "operator dequeue",
+    );
 }
