@@ -16,7 +16,10 @@
 //! - **Round trips.** Enqueue, dequeue and ack are one call each of a
 //!   `sealq.*` SQL function (migration 1) taking the batch as arrays;
 //!   claims are `FOR UPDATE SKIP LOCKED`; lease extensions one `UPDATE …
-//!   FROM unnest(…)`. Payload bytes live in `sealq.task_bodies`, apart
+//!   FROM unnest(…)` (`sealq.extend_leases`, migration 3). Every statement
+//!   the broker sends is a call of a `SECURITY DEFINER` function
+//!   (migrations 1, 3 and 4), so the roles of [`roles`] need no table
+//!   privilege. Payload bytes live in `sealq.task_bodies`, apart
 //!   from the state rows every claim and ack rewrites.
 //! - **Time** comes from [`PostgresOptions::clock`], passed as a parameter;
 //!   SQL never calls `now()`.
@@ -30,6 +33,8 @@
 //!   [`PostgresOptions::poll_interval`] as the fallback; `poll_only` for
 //!   PgBouncer (no LISTEN, unnamed statements).
 //! - **Transactional enqueue**: [`PostgresBroker::enqueue_in`].
+//! - **Live workers**: `sealq.live_workers` (migration 3) behind
+//!   `sealq.worker_register` / `worker_list` / `worker_deregister`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
