@@ -304,9 +304,21 @@ impl PostgresBroker {
         ops::enqueue_in(&self.inner, tx, tasks).await
     }
 
-    /// This broker's stores, bundled (the broker alone in this build).
+    /// This broker's stores, bundled: the broker and the subject-key store
+    /// in its database, on its pool (as SQLite and Redis bundle theirs; a
+    /// claim-check store is the application's choice,
+    /// [`PostgresBlobStore::from_broker`]). The audit log is added by
+    /// [`Self::stores_with_audit`] (or chosen by `sealq_connect`).
     pub fn stores(&self) -> sealq::Stores {
         sealq::Stores::new(Arc::new(self.clone()))
+            .with_subject_keys(Arc::new(PostgresSubjectKeyStore::from_broker(self)))
+    }
+
+    /// [`Self::stores`] with the audit log in this database
+    /// ([`PostgresAuditSink`]).
+    pub fn stores_with_audit(&self) -> sealq::Stores {
+        self.stores()
+            .with_audit(Arc::new(PostgresAuditSink::from_broker(self)))
     }
 
     /// Whether this broker's connections are encrypted, as the server sees
