@@ -86,7 +86,9 @@ pub const FUNCTIONS: &[FunctionGrant] = &[
     // The task broker. Producers enqueue (and record the keyring's check
     // values at their first enqueue); workers claim, ack, extend,
     // quarantine, forward due tasks, recover expired leases, purge, read
-    // rate limits and keep their live-worker registration; operators list,
+    // rate limits and queue counts (readiness and the queue-depth metrics
+    // call `stats`: counts only, nothing about a task) and keep their
+    // live-worker registration; operators list,
     // inspect and manage tasks and queues, erase and re-seal, and list
     // workers.
     FunctionGrant {
@@ -237,11 +239,11 @@ pub const FUNCTIONS: &[FunctionGrant] = &[
     },
     FunctionGrant {
         signature: "sealq.task_counts()",
-        roles: MANAGERS,
+        roles: &[Worker, Operator, Admin],
     },
     FunctionGrant {
         signature: "sealq.queue_settings()",
-        roles: MANAGERS,
+        roles: &[Worker, Operator, Admin],
     },
     FunctionGrant {
         signature: "sealq.list_tasks(text, text, bytea, uuid, bigint)",

@@ -641,6 +641,7 @@ async fn roles_producer_login_enqueues_through_the_broker_and_worker_login_claim
     );
     assert_denied(producer.list(&ListQuery::default()).await, "producer list");
     assert_denied(producer.get(id).await, "producer get");
+    assert_denied(producer.stats().await, "producer stats");
     assert_denied(producer.recover_expired().await, "producer recover");
 
     // The worker claims, extends and acks; runs the loop's maintenance.
@@ -665,6 +666,11 @@ async fn roles_producer_login_enqueues_through_the_broker_and_worker_login_claim
         .forward_due()
         .await
         .expect("worker forwards due tasks");
+    // Readiness and the queue-depth metrics count tasks (no task content).
+    let stats = worker.stats().await.expect("worker stats");
+    assert_eq!(stats.iter().find(|s| s.queue == "roles").unwrap().active, 1);
+    assert_denied(worker.get(id).await, "worker get");
+    assert_denied(worker.list(&ListQuery::default()).await, "worker list");
     worker
         .recover_expired()
         .await
