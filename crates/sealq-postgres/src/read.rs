@@ -38,6 +38,12 @@ const LIST: Stmt = Stmt {
     sql: "SELECT * FROM sealq.list_tasks($1, $2, $3, $4, $5)",
     types: &[Type::TEXT, Type::TEXT, Type::BYTEA, Type::UUID, Type::INT8],
 };
+/// [`LIST`] for the waiting states only: a worker may call it (it samples
+/// waiting tasks at start to check its keyring), an operator too.
+const LIST_WAITING: Stmt = Stmt {
+    sql: "SELECT * FROM sealq.list_waiting($1, $2, $3, $4, $5)",
+    types: &[Type::TEXT, Type::TEXT, Type::BYTEA, Type::UUID, Type::INT8],
+};
 
 /// Tasks matching `q`, by id; rows that do not decode are skipped and the
 /// page filled from the rows after them.
@@ -46,6 +52,10 @@ pub(crate) async fn list(inner: &Inner, q: &ListQuery) -> BrokerResult<Vec<TaskR
     let limit = if q.limit == 0 { 100 } else { q.limit };
     let state = q.state.map(|s| s.as_str().to_owned());
     let subject = q.subject.map(|s| s.0.to_vec());
+    let stmt = match q.state {
+        Some(TaskState::Pending | TaskState::Scheduled | TaskState::Retry) => &LIST_WAITING,
+        _ => &LIST,
+    };
     let client = inner.client(what).await?;
     let mut after = q.after.map(|a| a.0);
     let mut out = Vec::new();
@@ -54,7 +64,7 @@ pub(crate) async fn list(inner: &Inner, q: &ListQuery) -> BrokerResult<Vec<TaskR
         let rows = Conn::Client(&client)
             .query(
                 inner.unnamed(),
-                &LIST,
+                stmt,
                 &[&q.queue, &state, &subject, &after, &want],
             )
             .await

@@ -87,7 +87,8 @@ pub const FUNCTIONS: &[FunctionGrant] = &[
     // values at their first enqueue); workers claim, ack, extend,
     // quarantine, forward due tasks, recover expired leases, purge, read
     // rate limits and queue counts (readiness and the queue-depth metrics
-    // call `stats`: counts only, nothing about a task) and keep their
+    // call `stats`: counts only, nothing about a task), sample waiting
+    // tasks (`list_waiting`: the keyring check at start) and keep their
     // live-worker registration; operators list,
     // inspect and manage tasks and queues, erase and re-seal, and list
     // workers.
@@ -248,6 +249,10 @@ pub const FUNCTIONS: &[FunctionGrant] = &[
     FunctionGrant {
         signature: "sealq.list_tasks(text, text, bytea, uuid, bigint)",
         roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.list_waiting(text, text, bytea, uuid, bigint)",
+        roles: &[Worker, Operator, Admin],
     },
     FunctionGrant {
         signature: "sealq.queue_rate_limits(text[])",

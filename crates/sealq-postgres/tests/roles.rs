@@ -671,6 +671,20 @@ async fn roles_producer_login_enqueues_through_the_broker_and_worker_login_claim
     assert_eq!(stats.iter().find(|s| s.queue == "roles").unwrap().active, 1);
     assert_denied(worker.get(id).await, "worker get");
     assert_denied(worker.list(&ListQuery::default()).await, "worker list");
+    // ... but samples waiting tasks, as its keyring check at start does.
+    let waiting = ListQuery {
+        queue: Some("roles".into()),
+        state: Some(sealq::TaskState::Pending),
+        ..ListQuery::default()
+    };
+    assert!(
+        worker
+            .list(&waiting)
+            .await
+            .expect("worker samples")
+            .is_empty()
+    );
+    assert_denied(producer.list(&waiting).await, "producer lists waiting");
     worker
         .recover_expired()
         .await

@@ -258,3 +258,24 @@ BEGIN
     RETURN QUERY EXECUTE v_sql USING p_queue, p_state, p_subject, p_after, p_limit;
 END
 $$;
+
+-- The waiting tasks only (pending, scheduled, retry): what a worker samples
+-- at start to check that its keyring opens them (`sealq::keyring_check`),
+-- no more than it could claim. Other states are refused.
+CREATE FUNCTION sealq.list_waiting(
+    p_queue text, p_state text, p_subject bytea, p_after uuid, p_limit bigint)
+RETURNS TABLE (r_id uuid, r_queue text, r_kind text, r_envelope bytea, r_meta bytea,
+               r_state text, r_attempts integer, r_run_at bigint, r_last_error bytea,
+               r_result bytea, r_archive_reason text, r_lease_expires_at bigint,
+               r_finished_at bigint, r_updated_at bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_state IS NULL OR p_state NOT IN ('pending', 'scheduled', 'retry') THEN
+        RAISE EXCEPTION 'sealq.list_waiting lists pending, scheduled or retry tasks only'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN QUERY SELECT * FROM sealq.list_tasks(p_queue, p_state, p_subject, p_after, p_limit);
+END
+$$;
