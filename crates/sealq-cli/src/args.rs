@@ -832,13 +832,17 @@ pub(crate) enum AuditSinkKind {
     Off,
     /// JSON lines next to the SQLite file: `<db>.audit.jsonl` and
     /// `<db>.audit.checkpoints.jsonl` (the default). For a Redis broker,
-    /// which has no file beside it: its audit streams, as `redis`.
+    /// which has no file beside it: its audit streams, as `redis`; for a
+    /// Postgres broker: its audit tables, as `postgres`.
     File,
     /// Tables `audit_records` and `audit_checkpoints` in the SQLite file.
     Sqlite,
     /// The Redis broker's streams `PREFIX:audit:records` and
     /// `PREFIX:audit:checkpoints` (what `file` means for a Redis broker).
     Redis,
+    /// The Postgres broker's tables `sealq.audit_records` and
+    /// `sealq.audit_checkpoints` (what `file` means for a Postgres broker).
+    Postgres,
 }
 
 /// `sealq audit ...`.

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sealq::audit::{AuditSink, JsonLinesSink};
+use sealq_postgres::PostgresAuditSink;
 use sealq_redis::RedisAuditSink;
 use sealq_sqlite::SqliteAuditSink;
 
@@ -15,7 +16,9 @@ use crate::{Backend, Connection};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AuditPlace {
     /// The backend's own default: a JSON-lines file beside an SQLite
-    /// database (`DB.audit.jsonl`), the prefix's streams on Redis.
+    /// database (`DB.audit.jsonl`), the prefix's streams on Redis, the
+    /// tables `sealq.audit_records` and `sealq.audit_checkpoints` on
+    /// Postgres.
     #[default]
     Default,
     /// A JSON-lines file beside the SQLite database (on Redis: the streams).
@@ -24,6 +27,8 @@ pub enum AuditPlace {
     Sqlite,
     /// The Redis prefix's audit streams.
     Redis,
+    /// The Postgres broker's audit tables (`PostgresAuditSink`).
+    Postgres,
 }
 
 /// `DB` → `DB.audit.jsonl`: where the default audit log of an SQLite
@@ -34,13 +39,18 @@ pub fn jsonl_path_for(db: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// The Postgres broker keeps no audit log in this build yet.
-fn no_postgres_audit() -> ConnectError {
+/// A Postgres broker keeps its audit log in its own tables only.
+fn postgres_audit_only() -> ConnectError {
     ConnectError::Usage(
-        "the Postgres broker has no audit log in this build yet: pass --audit off, or write \
-         the log to a JSON-lines file with a SQLite or Redis broker"
+        "a Postgres broker keeps its audit log in its tables (--audit postgres, or the default \
+         --audit file); --audit sqlite and --audit redis need that broker"
             .into(),
     )
+}
+
+/// A place only a Postgres broker has.
+fn needs_postgres() -> ConnectError {
+    ConnectError::Usage("--audit postgres needs a Postgres broker (--broker postgres://…)".into())
 }
 
 impl Connection {
@@ -66,7 +76,14 @@ impl Connection {
                  Redis streams (--audit redis, the default)"
                     .into(),
             )),
-            (Backend::Postgres(_), _) => Err(no_postgres_audit()),
+            (Backend::Sqlite(_) | Backend::Redis(_), AuditPlace::Postgres) => Err(needs_postgres()),
+            (
+                Backend::Postgres(p),
+                AuditPlace::Default | AuditPlace::File | AuditPlace::Postgres,
+            ) => Ok(Arc::new(PostgresAuditSink::from_broker(p))),
+            (Backend::Postgres(_), AuditPlace::Sqlite | AuditPlace::Redis) => {
+                Err(postgres_audit_only())
+            }
         }
     }
 
@@ -74,6 +91,7 @@ impl Connection {
     /// nothing on Redis; on SQLite the file log is read where it is.
     pub fn audit_reader(&self, place: AuditPlace) -> Result<Arc<dyn AuditSink>, ConnectError> {
         match (&self.backend, place) {
+            (Backend::Sqlite(_), AuditPlace::Postgres) => Err(needs_postgres()),
             (Backend::Sqlite(b), AuditPlace::Default | AuditPlace::File | AuditPlace::Redis) => {
                 Ok(Arc::new(JsonLinesSink::at(jsonl_path_for(b.path()))))
             }
@@ -81,7 +99,10 @@ impl Connection {
                 Ok(Arc::new(SqliteAuditSink::open(b.path())?))
             }
             (Backend::Redis(r), _) => Ok(Arc::new(RedisAuditSink::reader(r))),
-            (Backend::Postgres(_), _) => Err(no_postgres_audit()),
+            (Backend::Postgres(_), AuditPlace::Sqlite | AuditPlace::Redis) => {
+                Err(postgres_audit_only())
+            }
+            (Backend::Postgres(p), _) => Ok(Arc::new(PostgresAuditSink::from_broker(p))),
         }
     }
 

@@ -74,6 +74,15 @@ impl PostgresAuditSink {
         })
     }
 
+    /// The audit log at `url` for reading (`sealq audit verify`): connects
+    /// without creating or upgrading anything; a schema at another version
+    /// is refused, naming both versions.
+    pub async fn connect_existing(url: &str) -> BrokerResult<Self> {
+        Ok(Self {
+            conn: StoreConn::connect(url, false).await?.0,
+        })
+    }
+
     async fn call(
         &self,
         what: &str,

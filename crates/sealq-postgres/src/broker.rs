@@ -10,10 +10,11 @@ use sealq::broker::{
     LeasedTask, ListQuery, NewTask, QueueStats, RateLimit, Recovered, SealedSwap, TaskRecord,
 };
 use sealq::model::key_check::KeyCheck;
+use sealq::model::live_worker::LiveWorker;
 use sealq::subject_keys::ErasureCounts;
-use sealq::{SubjectTag, TaskId};
+use sealq::{BrokerError, BrokerErrorKind, SubjectTag, TaskId};
 
-use crate::{PostgresBroker, maintenance, ops, read};
+use crate::{PostgresBroker, live_workers, maintenance, ops, read};
 
 #[async_trait]
 impl Broker for PostgresBroker {
@@ -153,6 +154,34 @@ impl Broker for PostgresBroker {
     }
 
     fn subject_key_store(&self) -> Option<Arc<dyn sealq::subject_keys::SubjectKeyStore>> {
-        None
+        Some(Arc::new(crate::PostgresSubjectKeyStore::from_broker(self)))
+    }
+
+    async fn check_version(&self) -> BrokerResult<()> {
+        let found = self.schema_version().await?;
+        if found == crate::SCHEMA_VERSION {
+            return Ok(());
+        }
+        Err(BrokerError::new(
+            BrokerErrorKind::Config,
+            format!(
+                "the sealq schema in {} is version {found}, this sealq needs version {}: run \
+                 `sealq postgres install` with the sealq that matches (as the schema owner)",
+                self.inner.target,
+                crate::SCHEMA_VERSION
+            ),
+        ))
+    }
+
+    async fn register_worker(&self, worker: &LiveWorker, ttl: Duration) -> BrokerResult<()> {
+        live_workers::register(&self.inner, worker, ttl).await
+    }
+
+    async fn list_workers(&self) -> BrokerResult<Vec<LiveWorker>> {
+        live_workers::list(&self.inner).await
+    }
+
+    async fn deregister_worker(&self, run_id: &str) -> BrokerResult<()> {
+        live_workers::deregister(&self.inner, run_id).await
     }
 }

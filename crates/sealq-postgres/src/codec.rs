@@ -9,12 +9,6 @@ use sealq::broker::TaskRecord;
 use sealq::{ArchiveReason, BrokerError, BrokerErrorKind, TaskId, TaskMeta, TaskState};
 use tokio_postgres::Row;
 
-/// `SELECT {RECORD_SELECT} WHERE …`: the columns [`record_from_row`] reads,
-/// in the order `sealq.dequeue` returns them.
-pub(crate) const RECORD_SELECT: &str = "t.id, t.queue, t.kind, b.envelope, b.meta, t.state, \
-     t.attempts, t.run_at, t.last_error, t.result, t.archive_reason, t.lease_expires_at, \
-     t.finished_at, t.updated_at FROM sealq.tasks t LEFT JOIN sealq.task_bodies b ON b.id = t.id";
-
 /// A task row that does not decode, and why (column names, never bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Malformed {
@@ -44,7 +38,8 @@ pub(crate) fn encode_meta(meta: &TaskMeta) -> Result<Vec<u8>, rmp_serde::encode:
     rmp_serde::to_vec_named(meta)
 }
 
-/// Read one row of [`RECORD_SELECT`] (or of `sealq.dequeue`).
+/// Read one task row (of `sealq.dequeue`, `sealq.get_task` or
+/// `sealq.list_tasks`: the same columns in the same order).
 pub(crate) fn record_from_row(row: &Row) -> Result<TaskRecord, Malformed> {
     let id = TaskId(row.get::<_, uuid::Uuid>(0));
     let bad = |problem: &str| Malformed {

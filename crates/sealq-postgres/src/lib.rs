@@ -16,7 +16,10 @@
 //! - **Round trips.** Enqueue, dequeue and ack are one call each of a
 //!   `sealq.*` SQL function (migration 1) taking the batch as arrays;
 //!   claims are `FOR UPDATE SKIP LOCKED`; lease extensions one `UPDATE …
-//!   FROM unnest(…)`. Payload bytes live in `sealq.task_bodies`, apart
+//!   FROM unnest(…)` (`sealq.extend_leases`, migration 3). Every statement
+//!   the broker sends is a call of a `SECURITY DEFINER` function
+//!   (migrations 1, 3 and 4), so the roles of [`roles`] need no table
+//!   privilege. Payload bytes live in `sealq.task_bodies`, apart
 //!   from the state rows every claim and ack rewrites.
 //! - **Time** comes from [`PostgresOptions::clock`], passed as a parameter;
 //!   SQL never calls `now()`.
@@ -30,6 +33,8 @@
 //!   [`PostgresOptions::poll_interval`] as the fallback; `poll_only` for
 //!   PgBouncer (no LISTEN, unnamed statements).
 //! - **Transactional enqueue**: [`PostgresBroker::enqueue_in`].
+//! - **Live workers**: `sealq.live_workers` (migration 3) behind
+//!   `sealq.worker_register` / `worker_list` / `worker_deregister`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -39,6 +44,7 @@ mod broker;
 mod codec;
 mod db;
 mod error;
+mod live_workers;
 mod maintenance;
 mod ops;
 mod read;
@@ -298,9 +304,21 @@ impl PostgresBroker {
         ops::enqueue_in(&self.inner, tx, tasks).await
     }
 
-    /// This broker's stores, bundled (the broker alone in this build).
+    /// This broker's stores, bundled: the broker and the subject-key store
+    /// in its database, on its pool (as SQLite and Redis bundle theirs; a
+    /// claim-check store is the application's choice,
+    /// [`PostgresBlobStore::from_broker`]). The audit log is added by
+    /// [`Self::stores_with_audit`] (or chosen by `sealq_connect`).
     pub fn stores(&self) -> sealq::Stores {
         sealq::Stores::new(Arc::new(self.clone()))
+            .with_subject_keys(Arc::new(PostgresSubjectKeyStore::from_broker(self)))
+    }
+
+    /// [`Self::stores`] with the audit log in this database
+    /// ([`PostgresAuditSink`]).
+    pub fn stores_with_audit(&self) -> sealq::Stores {
+        self.stores()
+            .with_audit(Arc::new(PostgresAuditSink::from_broker(self)))
     }
 
     /// Whether this broker's connections are encrypted, as the server sees

@@ -43,15 +43,11 @@ fn queues_of(rows: &[tokio_postgres::Row]) -> Vec<String> {
 }
 
 const FORWARD: Stmt = Stmt {
-    sql: "UPDATE sealq.tasks SET state = 'pending', updated_at = $1 \
-          WHERE id IN (SELECT id FROM sealq.tasks \
-                       WHERE state IN ('scheduled', 'retry') AND run_at <= $1 \
-                       FOR UPDATE SKIP LOCKED) \
-          RETURNING queue",
+    sql: "SELECT * FROM sealq.forward_due($1)",
     types: &[Type::INT8],
 };
 const NEXT_DUE: Stmt = Stmt {
-    sql: "SELECT min(run_at) FROM sealq.tasks WHERE state IN ('scheduled', 'retry')",
+    sql: "SELECT sealq.next_due()",
     types: &[],
 };
 
@@ -84,21 +80,11 @@ pub(crate) async fn forward_due(inner: &Inner) -> BrokerResult<Forwarded> {
 }
 
 const RECOVER_ARCHIVE: Stmt = Stmt {
-    sql: "UPDATE sealq.tasks SET state = 'archived', archive_reason = 'exhausted', \
-          lease_token = NULL, lease_expires_at = NULL, worker = NULL, \
-          finished_at = $1, updated_at = $1 \
-          WHERE id IN (SELECT id FROM sealq.tasks WHERE state = 'active' \
-                       AND lease_expires_at <= $1 AND attempts > max_retries \
-                       FOR UPDATE SKIP LOCKED) \
-          RETURNING queue",
+    sql: "SELECT * FROM sealq.recover_archive($1)",
     types: &[Type::INT8],
 };
 const RECOVER_RETRY: Stmt = Stmt {
-    sql: "UPDATE sealq.tasks SET state = 'retry', run_at = $1, \
-          lease_token = NULL, lease_expires_at = NULL, worker = NULL, updated_at = $1 \
-          WHERE id IN (SELECT id FROM sealq.tasks WHERE state = 'active' \
-                       AND lease_expires_at <= $1 FOR UPDATE SKIP LOCKED) \
-          RETURNING queue",
+    sql: "SELECT * FROM sealq.recover_retry($1)",
     types: &[Type::INT8],
 };
 
@@ -133,22 +119,15 @@ pub(crate) async fn recover_expired(inner: &Inner) -> BrokerResult<Recovered> {
 const PURGE_BATCH: i64 = 5_000;
 
 const PURGE: Stmt = Stmt {
-    sql: "DELETE FROM sealq.tasks WHERE id IN ( \
-              SELECT id FROM sealq.tasks WHERE state = 'completed' AND purge_at <= $1 \
-              LIMIT $2 FOR UPDATE SKIP LOCKED) \
-          RETURNING id",
+    sql: "SELECT * FROM sealq.purge_completed($1, $2)",
     types: &[Type::INT8, Type::INT8],
 };
 const PRUNE_REPLAY: Stmt = Stmt {
-    sql: "DELETE FROM sealq.completed_ids c WHERE c.id IN ( \
-              SELECT c2.id FROM sealq.completed_ids c2 WHERE c2.completed_at < $1 \
-              AND NOT EXISTS (SELECT 1 FROM sealq.tasks t WHERE t.id = c2.id) LIMIT $2) \
-          RETURNING c.id",
+    sql: "SELECT * FROM sealq.prune_replay($1, $2)",
     types: &[Type::INT8, Type::INT8],
 };
 const PRUNE_KEYS: Stmt = Stmt {
-    sql: "DELETE FROM sealq.unique_keys WHERE key IN ( \
-              SELECT key FROM sealq.unique_keys WHERE expires_at <= $1 LIMIT $2) RETURNING key",
+    sql: "SELECT * FROM sealq.prune_unique_keys($1, $2)",
     types: &[Type::INT8, Type::INT8],
 };
 
@@ -185,10 +164,7 @@ pub(crate) async fn purge_completed(inner: &Inner) -> BrokerResult<u64> {
 }
 
 const DELETE: Stmt = Stmt {
-    sql: "WITH d AS (DELETE FROM sealq.tasks WHERE id = ANY($1) RETURNING id) \
-          INSERT INTO sealq.completed_ids AS c (id, completed_at) SELECT id, $2 FROM d \
-          ON CONFLICT (id) DO UPDATE SET completed_at = greatest(c.completed_at, excluded.completed_at) \
-          RETURNING c.id",
+    sql: "SELECT * FROM sealq.delete_tasks($1, $2)",
     types: &[Type::UUID_ARRAY, Type::INT8],
 };
 
@@ -204,9 +180,7 @@ pub(crate) async fn delete(inner: &Inner, ids: &[TaskId]) -> BrokerResult<u64> {
 }
 
 const RERUN: Stmt = Stmt {
-    sql: "UPDATE sealq.tasks SET state = 'pending', attempts = 0, run_at = $2, \
-          archive_reason = NULL, finished_at = NULL, updated_at = $2 \
-          WHERE id = ANY($1) AND state = 'archived' RETURNING queue",
+    sql: "SELECT * FROM sealq.rerun_archived($1, $2)",
     types: &[Type::UUID_ARRAY, Type::INT8],
 };
 
@@ -229,12 +203,11 @@ pub(crate) async fn rerun(inner: &Inner, ids: &[TaskId]) -> BrokerResult<u64> {
 }
 
 const PAUSE: Stmt = Stmt {
-    sql: "INSERT INTO sealq.paused_queues (queue, paused_at) VALUES ($1, $2) \
-          ON CONFLICT DO NOTHING RETURNING queue",
+    sql: "SELECT * FROM sealq.pause_queue($1, $2)",
     types: &[Type::TEXT, Type::INT8],
 };
 const RESUME: Stmt = Stmt {
-    sql: "DELETE FROM sealq.paused_queues WHERE queue = $1 RETURNING queue",
+    sql: "SELECT * FROM sealq.resume_queue($1)",
     types: &[Type::TEXT],
 };
 
@@ -266,12 +239,11 @@ pub(crate) async fn set_paused(inner: &Inner, queue: &str, paused: bool) -> Brok
 }
 
 const SET_DEPTH: Stmt = Stmt {
-    sql: "INSERT INTO sealq.queue_limits (queue, max_depth) VALUES ($1, $2) \
-          ON CONFLICT (queue) DO UPDATE SET max_depth = excluded.max_depth RETURNING queue",
+    sql: "SELECT * FROM sealq.set_max_depth($1, $2)",
     types: &[Type::TEXT, Type::INT8],
 };
 const CLEAR_DEPTH: Stmt = Stmt {
-    sql: "DELETE FROM sealq.queue_limits WHERE queue = $1 RETURNING queue",
+    sql: "SELECT * FROM sealq.clear_max_depth($1)",
     types: &[Type::TEXT],
 };
 
@@ -296,15 +268,11 @@ pub(crate) async fn set_max_depth(
 }
 
 const SET_RATE: Stmt = Stmt {
-    sql: "INSERT INTO sealq.queue_rates (queue, rate_limit, period_ms, tokens, updated_at) \
-          VALUES ($1, $2, $3, $2::float8, $4) \
-          ON CONFLICT (queue) DO UPDATE SET rate_limit = excluded.rate_limit, \
-              period_ms = excluded.period_ms, tokens = excluded.tokens, \
-              updated_at = excluded.updated_at RETURNING queue",
+    sql: "SELECT * FROM sealq.set_rate_limit($1, $2, $3, $4)",
     types: &[Type::TEXT, Type::INT8, Type::INT8, Type::INT8],
 };
 const CLEAR_RATE: Stmt = Stmt {
-    sql: "DELETE FROM sealq.queue_rates WHERE queue = $1 RETURNING queue",
+    sql: "SELECT * FROM sealq.clear_rate_limit($1)",
     types: &[Type::TEXT],
 };
 
@@ -342,18 +310,15 @@ pub(crate) async fn set_rate_limit(
 }
 
 const SWAP_PAYLOAD: Stmt = Stmt {
-    sql: "UPDATE sealq.task_bodies b SET envelope = $3 FROM sealq.tasks t \
-          WHERE b.id = t.id AND t.id = $1 AND t.queue = $2 AND b.envelope = $4 RETURNING b.id",
+    sql: "SELECT * FROM sealq.swap_payload($1, $2, $3, $4)",
     types: &[Type::UUID, Type::TEXT, Type::BYTEA, Type::BYTEA],
 };
 const SWAP_RESULT: Stmt = Stmt {
-    sql: "UPDATE sealq.tasks SET result = $3 WHERE id = $1 AND queue = $2 AND result = $4 \
-          RETURNING id",
+    sql: "SELECT * FROM sealq.swap_result($1, $2, $3, $4)",
     types: &[Type::UUID, Type::TEXT, Type::BYTEA, Type::BYTEA],
 };
 const SWAP_ERROR: Stmt = Stmt {
-    sql: "UPDATE sealq.tasks SET last_error = $3 WHERE id = $1 AND queue = $2 \
-          AND last_error = $4 RETURNING id",
+    sql: "SELECT * FROM sealq.swap_error($1, $2, $3, $4)",
     types: &[Type::UUID, Type::TEXT, Type::BYTEA, Type::BYTEA],
 };
 
@@ -388,42 +353,35 @@ pub(crate) async fn swap_sealed(inner: &Inner, swaps: &[SealedSwap]) -> BrokerRe
 }
 
 const ERASE_STATES: Stmt = Stmt {
-    sql: "SELECT state, count(*) FROM sealq.tasks WHERE id = ANY($1) GROUP BY state",
+    sql: "SELECT r_state, r_count FROM sealq.erase_states($1)",
     types: &[Type::UUID_ARRAY],
 };
 const ERASE_KEYS: Stmt = Stmt {
-    sql: "DELETE FROM sealq.unique_keys WHERE task_id = ANY($1) RETURNING key",
+    sql: "SELECT * FROM sealq.erase_unique_keys($1)",
     types: &[Type::UUID_ARRAY],
 };
 const ERASE_REMEMBER: Stmt = Stmt {
-    sql: "INSERT INTO sealq.completed_ids AS c (id, completed_at) \
-          SELECT id, $2 FROM sealq.tasks WHERE id = ANY($1) AND state <> 'active' \
-          ON CONFLICT (id) DO UPDATE SET completed_at = greatest(c.completed_at, excluded.completed_at) \
-          RETURNING c.id",
+    sql: "SELECT * FROM sealq.erase_remember($1, $2)",
     types: &[Type::UUID_ARRAY, Type::INT8],
 };
 const ERASE_DELETE: Stmt = Stmt {
-    sql: "DELETE FROM sealq.tasks WHERE id = ANY($1) AND state <> 'active' RETURNING id",
+    sql: "SELECT * FROM sealq.erase_delete($1)",
     types: &[Type::UUID_ARRAY],
 };
 const ERASE_WIPE: Stmt = Stmt {
-    sql: "UPDATE sealq.task_bodies b SET envelope = '\\x'::bytea FROM sealq.tasks t \
-          WHERE b.id = t.id AND t.id = ANY($1) AND t.state = 'active' RETURNING b.id",
+    sql: "SELECT * FROM sealq.erase_wipe($1)",
     types: &[Type::UUID_ARRAY],
 };
 const ERASE_ARCHIVE: Stmt = Stmt {
-    sql: "UPDATE sealq.tasks SET state = 'archived', archive_reason = 'erased', result = NULL, \
-          last_error = NULL, lease_token = NULL, lease_expires_at = NULL, worker = NULL, \
-          finished_at = $2, updated_at = $2 \
-          WHERE id = ANY($1) AND state = 'active' RETURNING id",
+    sql: "SELECT * FROM sealq.erase_archive($1, $2)",
     types: &[Type::UUID_ARRAY, Type::INT8],
 };
 const LOCK_IDS: Stmt = Stmt {
-    sql: "SELECT 1 FROM sealq.tasks WHERE id = ANY($1) FOR UPDATE",
+    sql: "SELECT * FROM sealq.lock_tasks($1)",
     types: &[Type::UUID_ARRAY],
 };
 const SUBJECT_IDS: Stmt = Stmt {
-    sql: "SELECT id FROM sealq.tasks WHERE subject_tag = $1 FOR UPDATE",
+    sql: "SELECT * FROM sealq.subject_task_ids($1)",
     types: &[Type::BYTEA],
 };
 

@@ -197,10 +197,7 @@ const DEQUEUE: Stmt = Stmt {
 };
 
 const QUARANTINE: Stmt = Stmt {
-    sql: "UPDATE sealq.tasks SET state = 'archived', archive_reason = 'integrity', \
-          lease_token = NULL, lease_expires_at = NULL, worker = NULL, purge_at = NULL, \
-          attempts = greatest(attempts, 0), finished_at = $2, updated_at = $2 \
-          WHERE id = ANY($1) RETURNING id",
+    sql: "SELECT * FROM sealq.quarantine($1, $2)",
     types: &[Type::UUID_ARRAY, Type::INT8],
 };
 
@@ -354,10 +351,7 @@ fn count_replayed_success(id: TaskId) {
 }
 
 const EXTEND: Stmt = Stmt {
-    sql: "UPDATE sealq.tasks t SET lease_expires_at = $3 \
-          FROM unnest($1::uuid[], $2::int8[]) AS l(id, token) \
-          WHERE t.id = l.id AND t.state = 'active' AND t.lease_token = l.token \
-          RETURNING t.id, t.lease_token",
+    sql: "SELECT r_id, r_token FROM sealq.extend_leases($1, $2, $3)",
     types: &[Type::UUID_ARRAY, Type::INT8_ARRAY, Type::INT8],
 };
 

@@ -7,20 +7,17 @@ use std::collections::BTreeMap;
 use sealq::broker::{BrokerResult, ListQuery, QueueStats, RateLimit, TaskRecord};
 use sealq::model::key_check::KeyCheck;
 use sealq::{TaskId, TaskState};
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::Type;
 
 use crate::Inner;
-use crate::codec::{RECORD_SELECT, rate_limit_from_sql, record_from_row, report_skipped};
+use crate::codec::{rate_limit_from_sql, record_from_row, report_skipped};
 use crate::db::{Conn, Stmt};
 use crate::error::map;
 
 /// One task by id.
 pub(crate) async fn get(inner: &Inner, id: TaskId) -> BrokerResult<Option<TaskRecord>> {
     const GET: Stmt = Stmt {
-        sql: "SELECT t.id, t.queue, t.kind, b.envelope, b.meta, t.state, t.attempts, \
-              t.run_at, t.last_error, t.result, t.archive_reason, t.lease_expires_at, \
-              t.finished_at, t.updated_at FROM sealq.tasks t \
-              LEFT JOIN sealq.task_bodies b ON b.id = t.id WHERE t.id = $1",
+        sql: "SELECT * FROM sealq.get_task($1)",
         types: &[Type::UUID],
     };
     let what = "reading a task";
@@ -37,6 +34,17 @@ pub(crate) async fn get(inner: &Inner, id: TaskId) -> BrokerResult<Option<TaskRe
     }
 }
 
+const LIST: Stmt = Stmt {
+    sql: "SELECT * FROM sealq.list_tasks($1, $2, $3, $4, $5)",
+    types: &[Type::TEXT, Type::TEXT, Type::BYTEA, Type::UUID, Type::INT8],
+};
+/// [`LIST`] for the waiting states only: a worker may call it (it samples
+/// waiting tasks at start to check its keyring), an operator too.
+const LIST_WAITING: Stmt = Stmt {
+    sql: "SELECT * FROM sealq.list_waiting($1, $2, $3, $4, $5)",
+    types: &[Type::TEXT, Type::TEXT, Type::BYTEA, Type::UUID, Type::INT8],
+};
+
 /// Tasks matching `q`, by id; rows that do not decode are skipped and the
 /// page filled from the rows after them.
 pub(crate) async fn list(inner: &Inner, q: &ListQuery) -> BrokerResult<Vec<TaskRecord>> {
@@ -44,33 +52,21 @@ pub(crate) async fn list(inner: &Inner, q: &ListQuery) -> BrokerResult<Vec<TaskR
     let limit = if q.limit == 0 { 100 } else { q.limit };
     let state = q.state.map(|s| s.as_str().to_owned());
     let subject = q.subject.map(|s| s.0.to_vec());
+    let stmt = match q.state {
+        Some(TaskState::Pending | TaskState::Scheduled | TaskState::Retry) => &LIST_WAITING,
+        _ => &LIST,
+    };
     let client = inner.client(what).await?;
     let mut after = q.after.map(|a| a.0);
     let mut out = Vec::new();
     loop {
         let want = (limit - out.len()) as i64;
-        let mut sql = format!("SELECT {RECORD_SELECT} WHERE true");
-        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::new();
-        if let Some(queue) = &q.queue {
-            params.push((queue, Type::TEXT));
-            sql.push_str(&format!(" AND t.queue = ${}", params.len()));
-        }
-        if let Some(state) = &state {
-            params.push((state, Type::TEXT));
-            sql.push_str(&format!(" AND t.state = ${}", params.len()));
-        }
-        if let Some(subject) = &subject {
-            params.push((subject, Type::BYTEA));
-            sql.push_str(&format!(" AND t.subject_tag = ${}", params.len()));
-        }
-        if let Some(after) = &after {
-            params.push((after, Type::UUID));
-            sql.push_str(&format!(" AND t.id > ${}", params.len()));
-        }
-        params.push((&want, Type::INT8));
-        sql.push_str(&format!(" ORDER BY t.id LIMIT ${}", params.len()));
-        let rows = client
-            .query_typed(&sql, &params)
+        let rows = Conn::Client(&client)
+            .query(
+                inner.unnamed(),
+                stmt,
+                &[&q.queue, &state, &subject, &after, &want],
+            )
             .await
             .map_err(|e| map(&inner.target, what, e))?;
         let read = rows.len() as i64;
@@ -95,16 +91,11 @@ pub(crate) async fn list(inner: &Inner, q: &ListQuery) -> BrokerResult<Vec<TaskR
 /// Counts by queue and state, plus paused, capped and rate-limited queues.
 pub(crate) async fn stats(inner: &Inner) -> BrokerResult<Vec<QueueStats>> {
     const COUNTS: Stmt = Stmt {
-        sql: "SELECT queue, state, count(*) FROM sealq.tasks GROUP BY queue, state",
+        sql: "SELECT r_queue, r_state, r_count FROM sealq.task_counts()",
         types: &[],
     };
     const SETTINGS: Stmt = Stmt {
-        sql: "SELECT q.queue, p.queue IS NOT NULL, l.max_depth, r.rate_limit, r.period_ms \
-              FROM (SELECT queue FROM sealq.paused_queues UNION SELECT queue FROM sealq.queue_limits \
-                    UNION SELECT queue FROM sealq.queue_rates) q \
-              LEFT JOIN sealq.paused_queues p ON p.queue = q.queue \
-              LEFT JOIN sealq.queue_limits l ON l.queue = q.queue \
-              LEFT JOIN sealq.queue_rates r ON r.queue = q.queue",
+        sql: "SELECT r_queue, r_paused, r_max_depth, r_rate_limit, r_period_ms FROM sealq.queue_settings()",
         types: &[],
     };
     let what = "reading queue stats";
@@ -160,7 +151,7 @@ pub(crate) async fn rate_limits(
     queues: &[String],
 ) -> BrokerResult<Vec<Option<RateLimit>>> {
     const RATES: Stmt = Stmt {
-        sql: "SELECT queue, rate_limit, period_ms FROM sealq.queue_rates WHERE queue = ANY($1)",
+        sql: "SELECT r_queue, r_rate_limit, r_period_ms FROM sealq.queue_rate_limits($1)",
         types: &[Type::TEXT_ARRAY],
     };
     let what = "reading rate limits";
@@ -179,7 +170,7 @@ pub(crate) async fn rate_limits(
 /// Every recorded key check value, by key id; undecodable ones left out.
 pub(crate) async fn key_checks(inner: &Inner) -> BrokerResult<Vec<KeyCheck>> {
     const READ: Stmt = Stmt {
-        sql: "SELECT key_id, check_value FROM sealq.key_checks ORDER BY key_id",
+        sql: "SELECT r_key_id, r_check_value FROM sealq.key_checks_read()",
         types: &[],
     };
     let what = "reading the keyring's check values";
@@ -205,9 +196,7 @@ pub(crate) async fn key_checks(inner: &Inner) -> BrokerResult<Vec<KeyCheck>> {
 /// Record `checks`, keeping the value already recorded for a key id.
 pub(crate) async fn record_key_checks(inner: &Inner, checks: &[KeyCheck]) -> BrokerResult<()> {
     const RECORD: Stmt = Stmt {
-        sql: "INSERT INTO sealq.key_checks (key_id, check_value, recorded_at) \
-              SELECT * FROM unnest($1::text[], $2::text[]) AS k(id, v), \
-                   (SELECT $3::int8) AS n ON CONFLICT (key_id) DO NOTHING RETURNING key_id",
+        sql: "SELECT * FROM sealq.key_checks_record($1, $2, $3)",
         types: &[Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::INT8],
     };
     let what = "recording the keyring's check values";

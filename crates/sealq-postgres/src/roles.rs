@@ -72,6 +72,8 @@ use Role::{Admin, Operator, Producer, Worker};
 
 const EVERYONE: &[Role] = &[Producer, Worker, Operator, Admin];
 const MANAGERS: &[Role] = &[Operator, Admin];
+const WORKERS: &[Role] = &[Worker, Admin];
+const PRODUCERS_WORKERS: &[Role] = &[Producer, Worker, Admin];
 
 /// Every function a role may call, with its roles. A function of the
 /// schema that is in neither this table nor [`UNGRANTED`] fails the test
@@ -80,6 +82,185 @@ pub const FUNCTIONS: &[FunctionGrant] = &[
     FunctionGrant {
         signature: "sealq.schema_version_number()",
         roles: EVERYONE,
+    },
+    // The task broker. Producers enqueue (and record the keyring's check
+    // values at their first enqueue); workers claim, ack, extend,
+    // quarantine, forward due tasks, recover expired leases, purge, read
+    // rate limits and queue counts (readiness and the queue-depth metrics
+    // call `stats`: counts only, nothing about a task), sample waiting
+    // tasks (`list_waiting`: the keyring check at start) and keep their
+    // live-worker registration; operators list,
+    // inspect and manage tasks and queues, erase and re-seal, and list
+    // workers.
+    FunctionGrant {
+        signature: "sealq.enqueue(bigint, uuid[], text[], text[], bytea[], integer[], \
+                    bigint[], bigint[], bytea[], bytea[], text[], bigint[])",
+        roles: &[Producer, Admin],
+    },
+    FunctionGrant {
+        signature: "sealq.key_checks_read()",
+        roles: EVERYONE,
+    },
+    FunctionGrant {
+        signature: "sealq.key_checks_record(text[], text[], bigint)",
+        roles: PRODUCERS_WORKERS,
+    },
+    FunctionGrant {
+        signature: "sealq.dequeue(text[], integer, bigint, bigint, text, bigint)",
+        roles: WORKERS,
+    },
+    FunctionGrant {
+        signature: "sealq.ack(bigint, uuid[], bigint[], text[], bigint[], bytea[], text[])",
+        roles: WORKERS,
+    },
+    FunctionGrant {
+        signature: "sealq.extend_leases(uuid[], bigint[], bigint)",
+        roles: WORKERS,
+    },
+    FunctionGrant {
+        signature: "sealq.quarantine(uuid[], bigint)",
+        roles: WORKERS,
+    },
+    FunctionGrant {
+        signature: "sealq.forward_due(bigint)",
+        roles: WORKERS,
+    },
+    FunctionGrant {
+        signature: "sealq.next_due()",
+        roles: WORKERS,
+    },
+    FunctionGrant {
+        signature: "sealq.recover_archive(bigint)",
+        roles: WORKERS,
+    },
+    FunctionGrant {
+        signature: "sealq.recover_retry(bigint)",
+        roles: WORKERS,
+    },
+    FunctionGrant {
+        signature: "sealq.purge_completed(bigint, bigint)",
+        roles: WORKERS,
+    },
+    FunctionGrant {
+        signature: "sealq.prune_replay(bigint, bigint)",
+        roles: WORKERS,
+    },
+    FunctionGrant {
+        signature: "sealq.prune_unique_keys(bigint, bigint)",
+        roles: WORKERS,
+    },
+    FunctionGrant {
+        signature: "sealq.worker_register(text, text, text, bigint, text[], bigint, bigint, \
+                    bigint, bigint, bigint)",
+        roles: WORKERS,
+    },
+    FunctionGrant {
+        signature: "sealq.worker_deregister(text)",
+        roles: WORKERS,
+    },
+    FunctionGrant {
+        signature: "sealq.delete_tasks(uuid[], bigint)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.rerun_archived(uuid[], bigint)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.pause_queue(text, bigint)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.resume_queue(text)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.set_max_depth(text, bigint)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.clear_max_depth(text)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.set_rate_limit(text, bigint, bigint, bigint)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.clear_rate_limit(text)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.swap_payload(uuid, text, bytea, bytea)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.swap_result(uuid, text, bytea, bytea)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.swap_error(uuid, text, bytea, bytea)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.erase_states(uuid[])",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.erase_unique_keys(uuid[])",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.erase_remember(uuid[], bigint)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.erase_delete(uuid[])",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.erase_wipe(uuid[])",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.erase_archive(uuid[], bigint)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.lock_tasks(uuid[])",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.subject_task_ids(bytea)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.get_task(uuid)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.task_counts()",
+        roles: &[Worker, Operator, Admin],
+    },
+    FunctionGrant {
+        signature: "sealq.queue_settings()",
+        roles: &[Worker, Operator, Admin],
+    },
+    FunctionGrant {
+        signature: "sealq.list_tasks(text, text, bytea, uuid, bigint)",
+        roles: MANAGERS,
+    },
+    FunctionGrant {
+        signature: "sealq.list_waiting(text, text, bytea, uuid, bigint)",
+        roles: &[Worker, Operator, Admin],
+    },
+    FunctionGrant {
+        signature: "sealq.queue_rate_limits(text[])",
+        roles: &[Worker, Operator, Admin],
+    },
+    FunctionGrant {
+        signature: "sealq.worker_list(bigint)",
+        roles: &[Worker, Operator, Admin],
     },
     // Subject keys: producers seal (get, create), workers open (get),
     // operators erase (destroy) and re-wrap (list, replace); no operator
@@ -163,7 +344,7 @@ pub const FUNCTIONS: &[FunctionGrant] = &[
 
 /// Functions of the schema that no role may call directly (trigger
 /// functions).
-pub const UNGRANTED: &[&str] = &["sealq.audit_refuse_change()"];
+pub const UNGRANTED: &[&str] = &["sealq.audit_refuse_change()", "sealq.drop_bodies()"];
 
 /// The functions `role` may call.
 pub fn functions_of(role: Role) -> impl Iterator<Item = &'static str> {

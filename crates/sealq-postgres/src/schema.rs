@@ -38,6 +38,16 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "stores",
         sql: include_str!("migrations/0002_stores.sql"),
     },
+    Migration {
+        version: 3,
+        name: "runtime",
+        sql: include_str!("migrations/0003_runtime.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "operator",
+        sql: include_str!("migrations/0004_operator.sql"),
+    },
 ];
 
 /// The schema version this build writes and expects.

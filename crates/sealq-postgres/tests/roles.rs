@@ -571,3 +571,175 @@ async fn roles_a_non_superuser_owner_installs_and_applies_the_roles() {
         .unwrap();
     denied(&p, "producer", "SELECT sealq.later()").await;
 }
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+fn dequeue_request(queue: &str) -> sealq::broker::DequeueRequest {
+    sealq::broker::DequeueRequest {
+        queues: vec![queue.to_owned()],
+        max: 10,
+        lease: std::time::Duration::from_secs(30),
+        worker: "roles-test".to_owned(),
+    }
+}
+
+/// Issue 23, roles: the broker itself runs through definer functions, so a
+/// producer login with no table privilege enqueues through `PostgresBroker`
+/// and can do nothing else with tasks; a worker login claims, extends, acks
+/// and keeps the worker loop's maintenance going, and cannot enqueue; an
+/// operator login lists, inspects and manages, and cannot enqueue or claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_producer_login_enqueues_through_the_broker_and_worker_login_claims_and_acks() {
+    use sealq::broker::{Ack, AckResult, Broker, EnqueueResult, ListQuery, Outcome};
+    use sealq::testkit::fixtures::task_at;
+    use sealq_postgres::PostgresBroker;
+
+    let f = Fixture::new().await;
+    let producer = PostgresBroker::connect(&f.url_as("producer"))
+        .await
+        .expect("a producer login connects");
+    let worker = PostgresBroker::connect(&f.url_as("worker"))
+        .await
+        .expect("a worker login connects");
+    producer
+        .check_version()
+        .await
+        .expect("version check as producer");
+    worker
+        .check_version()
+        .await
+        .expect("version check as worker");
+
+    // The producer enqueues (and records the keyring's check values, as a
+    // client's first enqueue does).
+    let now = now_ms();
+    let task = task_at("roles", now, now);
+    let id = task.id;
+    let out = producer
+        .enqueue(vec![task])
+        .await
+        .expect("producer enqueues");
+    assert_eq!(out, vec![EnqueueResult::Enqueued]);
+    let checks = vec![
+        sealq::model::key_check::KeyCheck::from_hex("k1".to_owned(), &"ab".repeat(16))
+            .expect("a check value"),
+    ];
+    assert!(producer.record_key_checks(&checks).await.expect("records"));
+    assert_eq!(producer.key_checks().await.unwrap().unwrap().len(), 1);
+    // ... and nothing else with tasks.
+    assert_denied(
+        producer.dequeue(&dequeue_request("roles")).await,
+        "producer dequeue",
+    );
+    assert_denied(producer.list(&ListQuery::default()).await, "producer list");
+    assert_denied(producer.get(id).await, "producer get");
+    assert_denied(producer.stats().await, "producer stats");
+    assert_denied(producer.recover_expired().await, "producer recover");
+
+    // The worker claims, extends and acks; runs the loop's maintenance.
+    let leased = worker
+        .dequeue(&dequeue_request("roles"))
+        .await
+        .expect("worker dequeues");
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].record.id, id);
+    let lease = leased[0].lease;
+    assert_eq!(
+        worker
+            .extend_leases(
+                std::slice::from_ref(&lease),
+                std::time::Duration::from_secs(60)
+            )
+            .await
+            .expect("worker extends"),
+        vec![true]
+    );
+    worker
+        .forward_due()
+        .await
+        .expect("worker forwards due tasks");
+    // Readiness and the queue-depth metrics count tasks (no task content).
+    let stats = worker.stats().await.expect("worker stats");
+    assert_eq!(stats.iter().find(|s| s.queue == "roles").unwrap().active, 1);
+    assert_denied(worker.get(id).await, "worker get");
+    assert_denied(worker.list(&ListQuery::default()).await, "worker list");
+    // ... but samples waiting tasks, as its keyring check at start does.
+    let waiting = ListQuery {
+        queue: Some("roles".into()),
+        state: Some(sealq::TaskState::Pending),
+        ..ListQuery::default()
+    };
+    assert!(
+        worker
+            .list(&waiting)
+            .await
+            .expect("worker samples")
+            .is_empty()
+    );
+    assert_denied(producer.list(&waiting).await, "producer lists waiting");
+    worker
+        .recover_expired()
+        .await
+        .expect("worker recovers leases");
+    worker.purge_completed().await.expect("worker purges");
+    let acked = worker
+        .ack(vec![Ack {
+            lease,
+            outcome: Outcome::Complete { result: None },
+        }])
+        .await
+        .expect("worker acks");
+    assert_eq!(acked, vec![AckResult::Applied]);
+    // ... and cannot enqueue.
+    let now = now_ms();
+    assert_denied(
+        worker.enqueue(vec![task_at("roles", now, now)]).await,
+        "worker enqueue",
+    );
+    // An operator login inspects and manages, with no table privilege
+    // either, and cannot enqueue or claim.
+    let operator = PostgresBroker::connect(&f.url_as("operator"))
+        .await
+        .expect("an operator login connects");
+    let rec = operator
+        .get(id)
+        .await
+        .expect("operator get")
+        .expect("the task");
+    assert_eq!(rec.state, sealq::TaskState::Completed);
+    let listed = operator
+        .list(&ListQuery::default())
+        .await
+        .expect("operator list");
+    assert_eq!(listed.len(), 1);
+    operator.pause("roles").await.expect("operator pauses");
+    let stats = operator.stats().await.expect("operator stats");
+    let q = stats
+        .iter()
+        .find(|s| s.queue == "roles")
+        .expect("the queue");
+    assert!(q.paused && q.completed == 1, "{q:?}");
+    operator.resume("roles").await.expect("operator resumes");
+    operator
+        .set_max_depth("roles", Some(10))
+        .await
+        .expect("operator caps");
+    assert_eq!(operator.delete(&[id]).await.expect("operator deletes"), 1);
+    let now = now_ms();
+    assert_denied(
+        operator.enqueue(vec![task_at("roles", now, now)]).await,
+        "operator enqueue",
+    );
+    assert_denied(
+        operator.dequeue(&dequeue_request("roles")).await,
+        "operator dequeue",
+    );
+}

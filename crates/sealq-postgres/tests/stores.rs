@@ -463,3 +463,28 @@ async fn blob_put_twice_keeps_one_blob_and_describe_names_no_secret() {
     let text = format!("{} {store:?}", store.describe());
     assert!(!text.contains("s3cret-pw"), "{text}");
 }
+
+/// Issue 23: the broker's bundle carries its subject-key store (the one in
+/// its database) and `stores_with_audit` its audit log, as SQLite's and
+/// Redis's do; `Broker::subject_key_store` is the same store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_bundle_the_subject_keys_and_the_audit_log_of_the_database() {
+    use sealq::Broker;
+    let url = support::fresh_db().await;
+    let broker = sealq_postgres::PostgresBroker::connect(&url).await.unwrap();
+    let stores = broker.stores_with_audit();
+    let keys = stores.subject_keys.clone().expect("a subject-key store");
+    assert!(stores.audit.is_some(), "an audit sink");
+    let tag = subject(7);
+    assert_eq!(
+        keys.put_if_absent(&tag, vec![1, 2, 3]).await.unwrap(),
+        vec![1, 2, 3]
+    );
+    // Through the trait method and through a store of its own: the same rows.
+    let via_broker = broker
+        .subject_key_store()
+        .expect("Broker::subject_key_store");
+    assert_eq!(via_broker.get(&tag).await.unwrap(), Some(vec![1, 2, 3]));
+    let own = PostgresSubjectKeyStore::connect(&url).await.unwrap();
+    assert_eq!(own.get(&tag).await.unwrap(), Some(vec![1, 2, 3]));
+}

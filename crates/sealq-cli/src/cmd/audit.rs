@@ -35,8 +35,7 @@ fn broker_db(global: &Global) -> CliResult<PathBuf> {
         BrokerUrl::Sqlite { path } => Ok(path),
         #[allow(unreachable_patterns)]
         _ => Err(CliError::usage(msg(
-            "this build keeps the audit log of the SQLite and Redis brokers only; for another \
-             broker verify a JSON-lines log with --file PATH",
+            "no audit log at this broker URL; verify a JSON-lines log with --file PATH",
         ))),
     }
 }
@@ -52,6 +51,7 @@ fn place(kind: AuditSinkKind) -> Option<AuditPlace> {
         AuditSinkKind::File => Some(AuditPlace::File),
         AuditSinkKind::Sqlite => Some(AuditPlace::Sqlite),
         AuditSinkKind::Redis => Some(AuditPlace::Redis),
+        AuditSinkKind::Postgres => Some(AuditPlace::Postgres),
     }
 }
 
@@ -103,6 +103,26 @@ pub(crate) fn read_sink(
         let redis = crate::broker_url::open_redis(global.broker_url(), true)?;
         return Ok((Arc::new(RedisAuditSink::reader(&redis)), "entry"));
     }
+    if crate::broker_url::parse(global.broker_url())? == BrokerUrl::Postgres {
+        if matches!(source.sink, AuditSinkKind::Sqlite | AuditSinkKind::Redis) {
+            return Err(CliError::usage(msg(
+                "a Postgres broker keeps its audit log in its tables (--sink postgres, or the \
+                 default --sink file)",
+            )));
+        }
+        let url = global.broker_url();
+        let sink =
+            block_on(sealq_postgres::PostgresAuditSink::connect_existing(url)).map_err(|e| {
+                CliError::runtime(crate::error::context(
+                    format!(
+                        "cannot open the audit log of {}",
+                        crate::broker_url::redact(url)
+                    ),
+                    e,
+                ))
+            })?;
+        return Ok((Arc::new(sink), "row"));
+    }
     let db = broker_db(global)?;
     if !db.exists() {
         return Err(CliError::usage(msg(format!(
@@ -117,6 +137,9 @@ pub(crate) fn read_sink(
         )),
         AuditSinkKind::Redis => Err(CliError::usage(msg(
             "--sink redis needs a Redis broker (--broker redis://…)",
+        ))),
+        AuditSinkKind::Postgres => Err(CliError::usage(msg(
+            "--sink postgres needs a Postgres broker (--broker postgres://…)",
         ))),
         AuditSinkKind::File | AuditSinkKind::Off => {
             Ok((Arc::new(JsonLinesSink::at(jsonl_path_for(&db))), "line"))

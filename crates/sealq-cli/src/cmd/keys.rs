@@ -257,13 +257,11 @@ pub(crate) async fn blob_store(
                     sealq_sqlite::SqliteBlobStore::open(&path).map_err(unreachable)?,
                 )
             }
-            crate::broker_url::BrokerUrl::Postgres => {
-                return Err(usage(
-                    "this build has no Postgres blob store yet; use the SQLite or Redis blob \
-                     store the application writes to"
-                        .to_owned(),
-                ));
-            }
+            crate::broker_url::BrokerUrl::Postgres => std::sync::Arc::new(
+                sealq_postgres::PostgresBlobStore::connect(url)
+                    .await
+                    .map_err(unreachable)?,
+            ),
             crate::broker_url::BrokerUrl::Redis => {
                 // Only re-sealing writes; a check reads, and any TTL will do.
                 let ttl = match (args.blob_ttl, writes) {

@@ -58,7 +58,7 @@ fn task(queue: &str, kind: &str) -> Arc<TaskMetrics> {
 
 /// Forget the registered handles: a recorder installed now gets new ones
 /// (handles registered before it went to the no-op recorder).
-#[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+#[cfg(feature = "prometheus")]
 pub(crate) fn forget_handles() {
     HANDLES.write().unwrap_or_else(|p| p.into_inner()).clear();
 }
