@@ -34,6 +34,31 @@ fn run(dir: &Path, url: &str, args: &[&str]) -> Output {
     out
 }
 
+/// Wait until `tasks list --state completed` (as `url`) shows `id`, or `end`.
+fn completed_by(d: &Path, url: &str, id: &str, end: Instant) -> bool {
+    while Instant::now() < end {
+        let list = run(d, url, &["tasks", "list", "--state", "completed", "--json"]);
+        let v: Value = serde_json::from_slice(&list.stdout).expect("list --json");
+        let page = v["tasks"].as_array().expect("a page of tasks");
+        if page.iter().any(|t| t["id"] == id) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// SIGTERM a worker and collect what it printed.
+fn stop(worker: std::process::Child) -> (Output, String) {
+    Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .expect("kill");
+    let out = worker.wait_with_output().expect("worker exit");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stderr)
+}
+
 fn fresh_db() -> String {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -110,27 +135,8 @@ fn enqueue_and_worker_exec_on_a_postgres_url() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // The task is completed once the worker has acked it.
-    let mut completed = false;
-    while !completed && Instant::now() < end {
-        let list = run(
-            d,
-            &url,
-            &["tasks", "list", "--state", "completed", "--json"],
-        );
-        let v: Value = serde_json::from_slice(&list.stdout).expect("list --json");
-        completed = v["tasks"]
-            .as_array()
-            .expect("a page of tasks")
-            .iter()
-            .any(|t| t["id"] == id.as_str());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
-        .status()
-        .expect("kill");
-    let out = worker.wait_with_output().expect("worker exit");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let completed = completed_by(d, &url, &id, end);
+    let (out, stderr) = stop(worker);
     assert!(
         done.exists(),
         "the command never ran; worker stderr: {stderr}"
@@ -205,27 +211,8 @@ fn audit_of_a_worker_on_postgres_verifies_with_audit_verify_broker_postgres() {
         .spawn()
         .expect("spawn worker");
     let end = Instant::now() + Duration::from_secs(30);
-    let mut completed = false;
-    while !completed && Instant::now() < end {
-        let list = run(
-            d,
-            &url,
-            &["tasks", "list", "--state", "completed", "--json"],
-        );
-        let v: Value = serde_json::from_slice(&list.stdout).expect("list --json");
-        completed = v["tasks"]
-            .as_array()
-            .expect("a page of tasks")
-            .iter()
-            .any(|t| t["id"] == id.as_str());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
-        .status()
-        .expect("kill");
-    let out = worker.wait_with_output().expect("worker exit");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let completed = completed_by(d, &url, &id, end);
+    let (out, stderr) = stop(worker);
     assert!(
         completed,
         "the task never completed; worker stderr: {stderr}"
@@ -372,27 +359,8 @@ fn roles_producer_worker_and_operator_logins_run_the_cli_with_no_table_privilege
     .spawn()
     .expect("spawn worker");
     let end = Instant::now() + Duration::from_secs(30);
-    let mut completed = false;
-    while !completed && Instant::now() < end {
-        let list = run(
-            d,
-            &operator,
-            &["tasks", "list", "--state", "completed", "--json"],
-        );
-        let v: Value = serde_json::from_slice(&list.stdout).expect("list --json");
-        completed = v["tasks"]
-            .as_array()
-            .expect("a page of tasks")
-            .iter()
-            .any(|t| t["id"] == id.as_str());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
-        .status()
-        .expect("kill");
-    let out = worker.wait_with_output().expect("worker exit");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let completed = completed_by(d, &operator, &id, end);
+    let (out, stderr) = stop(worker);
     assert!(
         completed,
         "the worker login never completed the task: {stderr}"

@@ -18,7 +18,7 @@ use sealq::blob::BlobStore;
 use sealq::subject_keys::SubjectKeyStore;
 use sealq::testkit::blob_cases;
 use sealq::testkit::fixtures::subject;
-use sealq::{SubjectTag, TaskId};
+use sealq::TaskId;
 use sealq_postgres::{PostgresAuditSink, PostgresBlobStore, PostgresSubjectKeyStore};
 
 /// A superuser connection to `url`, for looking behind the stores' back.
@@ -181,55 +181,6 @@ async fn subject_key_destroy_deletes_the_only_row_and_bumps_the_shared_epoch() {
         opts.contains(&"autovacuum_vacuum_threshold=0".to_owned())
             && opts.contains(&"autovacuum_vacuum_scale_factor=0".to_owned()),
         "{opts:?}"
-    );
-}
-
-#[tokio::test]
-async fn subject_key_list_and_replace_compare_and_swap() {
-    let (_url, keys) = keys().await;
-    assert!(keys.list().await.unwrap().is_empty());
-    let tags = [subject(5), subject(6), subject(7)];
-    for (i, t) in tags.iter().enumerate() {
-        keys.put_if_absent(t, vec![i as u8; 3]).await.unwrap();
-    }
-    let listed = keys.list().await.unwrap();
-    let want: Vec<(SubjectTag, Vec<u8>)> = tags
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (*t, vec![i as u8; 3]))
-        .collect();
-    assert_eq!(listed, want, "listed in tag order");
-    let t = tags[0];
-    assert!(!keys.replace(&t, b"stale", b"x".to_vec()).await.unwrap());
-    assert!(
-        keys.replace(&t, &[0; 3], b"rewrapped".to_vec())
-            .await
-            .unwrap()
-    );
-    assert_eq!(
-        keys.get(&t).await.unwrap().as_deref(),
-        Some(&b"rewrapped"[..])
-    );
-    assert!(!keys.replace(&t, &[0; 3], b"y".to_vec()).await.unwrap());
-    // A destroyed key is never brought back; a never stored one never made.
-    assert!(keys.destroy(&tags[1]).await.unwrap());
-    assert!(
-        !keys
-            .replace(&tags[1], &[1; 3], b"z".to_vec())
-            .await
-            .unwrap()
-    );
-    assert_eq!(keys.get(&tags[1]).await.unwrap(), None);
-    assert!(
-        !keys
-            .replace(&subject(99), b"", b"w".to_vec())
-            .await
-            .unwrap()
-    );
-    assert_eq!(keys.get(&subject(99)).await.unwrap(), None);
-    assert_eq!(
-        keys.list().await.unwrap(),
-        vec![(tags[0], b"rewrapped".to_vec()), (tags[2], vec![2; 3])]
     );
 }
 
