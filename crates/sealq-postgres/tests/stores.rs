@@ -11,6 +11,7 @@ mod support;
 use std::sync::Arc;
 
 use sealq::Keyring;
+use sealq::TaskId;
 use sealq::audit::{
     AuditEvent, AuditKeys, AuditSink, Auditor, Fault, LeasedEntry, VerifyOptions, verify_sink,
 };
@@ -18,7 +19,6 @@ use sealq::blob::BlobStore;
 use sealq::subject_keys::SubjectKeyStore;
 use sealq::testkit::blob_cases;
 use sealq::testkit::fixtures::subject;
-use sealq::TaskId;
 use sealq_postgres::{PostgresAuditSink, PostgresBlobStore, PostgresSubjectKeyStore};
 
 /// A superuser connection to `url`, for looking behind the stores' back.
