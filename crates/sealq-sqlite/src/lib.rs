@@ -304,9 +304,11 @@ impl Broker for SqliteBroker {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
+        // Encoded here, on the caller's thread: the writer thread is shared.
+        let metas = ops::encode_metas(&tasks)?;
         self.inner
             .writer
-            .call(move |ctx| ops::enqueue(ctx, &tasks))
+            .call(move |ctx| ops::enqueue(ctx, &tasks, &metas))
             .await
     }
 

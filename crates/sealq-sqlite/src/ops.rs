@@ -3,6 +3,8 @@
 //! cached; a batch costs one statement execution per item, never a
 //! transaction per item.
 
+use std::sync::LazyLock;
+
 use rusqlite::{OptionalExtension, params};
 use sealq::broker::{
     Ack, AckResult, BrokerResult, DequeueRequest, EnqueueResult, Forwarded, Lease, LeasedTask,
@@ -15,6 +17,7 @@ use crate::codec::{
 };
 use crate::error::map_err;
 use crate::quarantine::{decode_row, quarantine, quarantine_where};
+use crate::schema::READY_CONDITION;
 use crate::writer::{OpCtx, WriterEnv};
 
 /// Error mapper for statements run while doing `what`.
@@ -25,8 +28,30 @@ fn fail<'a>(
     move |e| map_err(&env.path, what, e)
 }
 
-/// Store a batch; one result per task, in order.
-pub(crate) fn enqueue(ctx: &mut OpCtx<'_>, tasks: &[NewTask]) -> BrokerResult<Vec<EnqueueResult>> {
+/// Encode each task's metadata for the `meta` column ([`enqueue`] takes
+/// them): done by the caller, before the batch reaches the writer thread,
+/// which every write of the store waits for.
+pub(crate) fn encode_metas(tasks: &[NewTask]) -> BrokerResult<Vec<Vec<u8>>> {
+    tasks
+        .iter()
+        .map(|t| {
+            encode_meta(&t.meta).map_err(|e| {
+                BrokerError::new(
+                    BrokerErrorKind::Other,
+                    format!("cannot encode the metadata of task {}: {e}", t.id),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Store a batch; one result per task, in order. `metas` are the tasks'
+/// encoded metadata ([`encode_metas`]), in the same order.
+pub(crate) fn enqueue(
+    ctx: &mut OpCtx<'_>,
+    tasks: &[NewTask],
+    metas: &[Vec<u8>],
+) -> BrokerResult<Vec<EnqueueResult>> {
     let (conn, now, env) = (ctx.conn, ctx.now, ctx.env);
     let err = fail(env, "enqueueing tasks");
     let mut completed = conn
@@ -73,7 +98,7 @@ pub(crate) fn enqueue(ctx: &mut OpCtx<'_>, tasks: &[NewTask]) -> BrokerResult<Ve
         std::collections::HashMap::new();
     let mut results = Vec::with_capacity(tasks.len());
     let mut ready = false;
-    for t in tasks {
+    for (t, meta) in tasks.iter().zip(metas) {
         let id = id_blob(&t.id);
         if !room.contains_key(t.queue.as_str()) {
             let cap: Option<i64> = limit
@@ -103,12 +128,6 @@ pub(crate) fn enqueue(ctx: &mut OpCtx<'_>, tasks: &[NewTask]) -> BrokerResult<Ve
                 continue;
             }
         }
-        let meta = encode_meta(&t.meta).map_err(|e| {
-            BrokerError::new(
-                BrokerErrorKind::Other,
-                format!("cannot encode the metadata of task {}: {e}", t.id),
-            )
-        })?;
         if let Some(Some((max_depth, 0))) = room.get(t.queue.as_str()) {
             results.push(EnqueueResult::QueueFull {
                 max_depth: *max_depth,
@@ -151,6 +170,15 @@ pub(crate) fn enqueue(ctx: &mut OpCtx<'_>, tasks: &[NewTask]) -> BrokerResult<Ve
     Ok(results)
 }
 
+/// Dequeue's query for the ready tasks of one queue, oldest first: through
+/// the `tasks_ready` index, whose condition it repeats.
+pub(crate) static READY_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT seq FROM tasks WHERE queue = ?1 AND {READY_CONDITION} AND run_at <= ?2 \
+         ORDER BY run_at, id LIMIT ?3"
+    )
+});
+
 /// Lease up to `req.max` ready tasks, queue by queue.
 pub(crate) fn dequeue(ctx: &mut OpCtx<'_>, req: &DequeueRequest) -> BrokerResult<Vec<LeasedTask>> {
     let (conn, now, env) = (ctx.conn, ctx.now, ctx.env);
@@ -164,13 +192,7 @@ pub(crate) fn dequeue(ctx: &mut OpCtx<'_>, req: &DequeueRequest) -> BrokerResult
     let mut paused = conn
         .prepare_cached("SELECT 1 FROM paused_queues WHERE queue = ?1")
         .map_err(&err)?;
-    let mut ready = conn
-        .prepare_cached(
-            "SELECT seq FROM tasks \
-             WHERE queue = ?1 AND state IN ('pending', 'scheduled', 'retry') AND run_at <= ?2 \
-             ORDER BY run_at, id LIMIT ?3",
-        )
-        .map_err(&err)?;
+    let mut ready = conn.prepare_cached(&READY_SQL).map_err(&err)?;
     let mut lease = conn
         .prepare_cached(&format!(
             "UPDATE tasks SET state = 'active', attempts = attempts + 1, lease_token = ?2, \

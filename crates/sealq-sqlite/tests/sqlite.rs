@@ -309,7 +309,7 @@ async fn a_version_2_store_migrates_to_key_checks_and_keeps_its_tasks() {
     let v: i64 = raw
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 4);
+    assert_eq!(v, 5);
 }
 
 /// Migration 4 (the registry of live workers, issue 21) on a version-3
@@ -352,7 +352,48 @@ async fn live_workers_a_version_3_store_migrates_and_keeps_its_tasks() {
     let v: i64 = raw
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 4);
+    assert_eq!(v, 5);
+}
+
+/// Migration 5 (issue 22, bulk enqueue: `tasks_ready`'s condition as
+/// comparisons) on a version-4 store: the index is rebuilt and the tasks
+/// waiting in it are dequeued as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_enqueue_a_version_4_store_migrates_tasks_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let t = task("p");
+    let id = t.id;
+    {
+        let b = open(&path);
+        b.enqueue(vec![t]).await.unwrap();
+    }
+    let raw = Connection::open(&path).unwrap();
+    raw.execute_batch(
+        "DROP INDEX tasks_ready; \
+         CREATE INDEX tasks_ready ON tasks (queue, run_at, id) \
+             WHERE state IN ('pending', 'scheduled', 'retry'); \
+         PRAGMA user_version = 4",
+    )
+    .unwrap();
+    drop(raw);
+    let b = open(&path);
+    let raw = Connection::open(&path).unwrap();
+    let (v, sql): (i64, String) = raw
+        .query_row(
+            "SELECT (SELECT user_version FROM pragma_user_version), sql \
+             FROM sqlite_master WHERE name = 'tasks_ready'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(v, 5);
+    assert!(
+        sql.contains("state = 'pending' OR state = 'scheduled' OR state = 'retry'"),
+        "{sql}"
+    );
+    let leased = b.dequeue(&req("p", 10)).await.unwrap();
+    assert_eq!(leased.iter().map(|l| l.record.id).collect::<Vec<_>>(), [id]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
