@@ -347,13 +347,20 @@ fn migrate(path: &Path, conn: &Connection, busy: Duration) -> Result<(), BrokerE
 mod tests {
     use super::*;
 
+    /// Column `col` of every row of `sql` (parameters left unbound).
+    fn column(conn: &Connection, sql: &str, col: usize) -> Vec<String> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        let mut rows = stmt.raw_query();
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().unwrap() {
+            out.push(row.get(col).unwrap());
+        }
+        out
+    }
+
     /// The operations (`opcode` column) of `EXPLAIN sql`.
     fn opcodes(conn: &Connection, sql: &str) -> Vec<String> {
-        let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
-        stmt.query_map([], |r| r.get::<_, String>(1))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
+        column(conn, &format!("EXPLAIN {sql}"), 1)
     }
 
     fn writer() -> (tempfile::TempDir, Connection) {
@@ -396,14 +403,11 @@ mod tests {
     #[test]
     fn bulk_enqueue_dequeue_still_reads_through_tasks_ready() {
         let (_dir, conn) = writer();
-        let mut stmt = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {}", *crate::ops::READY_SQL))
-            .unwrap();
-        let plan: Vec<String> = stmt
-            .query_map([], |r| r.get::<_, String>(3))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let plan = column(
+            &conn,
+            &format!("EXPLAIN QUERY PLAN {}", *crate::ops::READY_SQL),
+            3,
+        );
         assert_eq!(
             plan,
             ["SEARCH tasks USING INDEX tasks_ready (queue=? AND run_at<?)"],
