@@ -96,23 +96,73 @@ pub(crate) struct Stored {
     pub(crate) envelope: Vec<u8>,
 }
 
+/// A task's stored bytes (see [`Stored`]) as a command argument: written
+/// straight into the command's buffer, so the envelope is copied once on
+/// its way to Redis rather than into a buffer of its own first.
+pub(crate) struct StoredArg<'a> {
+    kind: &'a str,
+    /// The metadata, encoded.
+    meta: Vec<u8>,
+    envelope: &'a [u8],
+}
+
+impl<'a> StoredArg<'a> {
+    /// Check and encode what goes before the envelope.
+    pub(crate) fn new(kind: &'a str, meta: &TaskMeta, envelope: &'a [u8]) -> Result<Self, String> {
+        let meta = rmp_serde::to_vec_named(meta)
+            .map_err(|e| format!("cannot encode task metadata: {e}"))?;
+        if u16::try_from(kind.len()).is_err() {
+            return Err("task type name longer than 65535 bytes".to_owned());
+        }
+        if u32::try_from(meta.len()).is_err() {
+            return Err("task metadata too large".to_owned());
+        }
+        Ok(StoredArg {
+            kind,
+            meta,
+            envelope,
+        })
+    }
+
+    /// Its length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        7 + self.kind.len() + self.meta.len() + self.envelope.len()
+    }
+
+    /// Write it out (lengths were checked by [`StoredArg::new`]).
+    fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        let klen = u16::try_from(self.kind.len()).unwrap_or(u16::MAX);
+        let mlen = u32::try_from(self.meta.len()).unwrap_or(u32::MAX);
+        w.write_all(&[STORED_V1])?;
+        w.write_all(&klen.to_be_bytes())?;
+        w.write_all(self.kind.as_bytes())?;
+        w.write_all(&mlen.to_be_bytes())?;
+        w.write_all(&self.meta)?;
+        w.write_all(self.envelope)
+    }
+}
+
+impl redis::ToRedisArgs for StoredArg<'_> {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + redis::RedisWrite,
+    {
+        // The command's buffer is memory: writing to it cannot fail.
+        let _ = self.write_to(&mut out.writer_for_next_arg());
+    }
+}
+
 /// Encode a task's stored bytes (see [`Stored`]).
+#[cfg(test)]
 pub(crate) fn encode_stored(
     kind: &str,
     meta: &TaskMeta,
     envelope: &[u8],
 ) -> Result<Vec<u8>, String> {
-    let meta =
-        rmp_serde::to_vec_named(meta).map_err(|e| format!("cannot encode task metadata: {e}"))?;
-    let klen = u16::try_from(kind.len()).map_err(|_| "task type name longer than 65535 bytes")?;
-    let mlen = u32::try_from(meta.len()).map_err(|_| "task metadata too large")?;
-    let mut out = Vec::with_capacity(7 + kind.len() + meta.len() + envelope.len());
-    out.push(STORED_V1);
-    out.extend_from_slice(&klen.to_be_bytes());
-    out.extend_from_slice(kind.as_bytes());
-    out.extend_from_slice(&mlen.to_be_bytes());
-    out.extend_from_slice(&meta);
-    out.extend_from_slice(envelope);
+    let arg = StoredArg::new(kind, meta, envelope)?;
+    let mut out = Vec::with_capacity(arg.len());
+    arg.write_to(&mut out)
+        .map_err(|e| format!("cannot encode task bytes: {e}"))?;
     Ok(out)
 }
 
@@ -299,6 +349,31 @@ pub(crate) mod tests {
             int(&Value::Nil).unwrap_err(),
             "expected an integer, got nil"
         );
+    }
+
+    #[test]
+    fn stored_bytes_written_into_a_command_are_the_encoded_bytes() {
+        let envelope: Vec<u8> = (0..1500u32).map(|i| (i % 251) as u8).collect();
+        let arg = StoredArg::new("email.welcome", &meta(), &envelope).unwrap();
+        let mut c = redis::Cmd::new();
+        c.arg("SET").arg("key").arg(&arg).arg("NX");
+        let args: Vec<Vec<u8>> = c
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => b.to_vec(),
+                _ => panic!("a plain argument expected"),
+            })
+            .collect();
+        assert_eq!(args.len(), 4);
+        assert_eq!(args[3], b"NX");
+        assert_eq!(args[2].len(), arg.len());
+        assert_eq!(
+            args[2],
+            encode_stored("email.welcome", &meta(), &envelope).unwrap()
+        );
+        let back = decode_stored(args[2].clone()).unwrap();
+        assert_eq!(back.kind, "email.welcome");
+        assert_eq!(back.envelope, envelope);
     }
 
     #[test]

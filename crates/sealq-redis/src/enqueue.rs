@@ -215,11 +215,11 @@ impl RedisBroker {
                 let mut seen = std::collections::HashSet::with_capacity(idx.len());
                 idx.iter().all(|&i| seen.insert(&ids[i]))
             });
-        let stored = |t: &NewTask| {
-            codec::encode_stored(&t.kind, &t.meta, &t.envelope).map_err(|e| {
+        fn stored(t: &NewTask) -> BrokerResult<codec::StoredArg<'_>> {
+            codec::StoredArg::new(&t.kind, &t.meta, &t.envelope).map_err(|e| {
                 BrokerError::new(BrokerErrorKind::Other, format!("task {}: {e}", t.id))
             })
-        };
+        }
         let mut pipes = vec![redis::pipe()];
         if fast {
             pipes[0].atomic();
@@ -244,6 +244,8 @@ impl RedisBroker {
                     size += key.len() + bytes.len();
                     all.push((key, bytes));
                 }
+                // (Each task's bytes are written straight into this
+                // command: `StoredArg`, no buffer of their own.)
                 let mut c = redis::Cmd::with_capacity(2 * all.len() + 3, size + 6);
                 c.arg("MSETNX").arg(m).arg("1");
                 for (key, bytes) in all {

@@ -2,6 +2,7 @@
 //! a task's outcome back ([`Client::result`], [`Client::wait_result`], in
 //! `result.rs`).
 
+mod bulk;
 mod result;
 
 pub use result::TaskOutcome;
@@ -12,7 +13,7 @@ use tracing::Instrument as _;
 
 use crate::audit::hooks as audit_hooks;
 use crate::blob::DEFAULT_OFFLOAD_THRESHOLD;
-use crate::error::{BrokerError, BrokerErrorKind, Error, Result};
+use crate::error::{Error, Result};
 use crate::metrics::record as metric;
 use crate::model::clock::{SharedClock, system_clock};
 use crate::model::id::{SubjectTag, TaskId};
@@ -367,75 +368,6 @@ impl Client {
         self.submit(batch).await
     }
 
-    /// Check, seal and enqueue a large number of tasks, sending them in
-    /// batches of `batch` tasks while the next batch is being sealed, so that
-    /// sealing (this process' CPU) and storing (the broker's) overlap.
-    /// Batches are at most the broker's [`Broker::bulk_batch_limit`] (256 on
-    /// Redis, where one call holds the server: smaller calls keep workers
-    /// sharing it fed, at the same enqueue rate).
-    ///
-    /// Unlike [`Client::enqueue_batch`] this is not atomic: each batch is
-    /// applied on its own. The results are per task, in order. If a batch
-    /// fails (the broker is unavailable, say), its tasks and every later one
-    /// get the error and are not sent; tasks of the batches before it are
-    /// stored and reported `Ok`, so nothing accepted is lost or unaccounted
-    /// for and the caller can resend exactly the failed tail.
-    pub async fn enqueue_bulk<I>(&self, tasks: I, batch: usize) -> Vec<Result<TaskId>>
-    where
-        I: IntoIterator<Item = RawTask>,
-        I::IntoIter: Send,
-    {
-        let batch = self
-            .broker()
-            .bulk_batch_limit()
-            .map_or(batch, |limit| batch.min(limit))
-            .max(1);
-        let mut rest = tasks.into_iter();
-        let mut out: Vec<Result<TaskId>> = Vec::with_capacity(rest.size_hint().0);
-        let mut inflight = None;
-        let failure = loop {
-            // Take and seal the next batch while the previous one is stored.
-            let next = async {
-                let chunk: Vec<RawTask> = rest.by_ref().take(batch).collect();
-                match chunk.len() {
-                    0 => None,
-                    n => Some((n, self.prepare_apart(chunk).await)),
-                }
-            };
-            let (stored, prepared) = match inflight.take() {
-                Some((m, f)) => {
-                    let (r, p) = futures::join!(f, next);
-                    (Some((m, r)), p)
-                }
-                None => (None, next.await),
-            };
-            if let Some((m, r)) = stored {
-                match r {
-                    Ok(results) => out.extend(results),
-                    Err(e) => {
-                        out.extend((0..m).map(|_| Err(unsent(&e))));
-                        if let Some((n, _)) = prepared {
-                            out.extend((0..n).map(|_| Err(unsent(&e))));
-                        }
-                        break Some(e);
-                    }
-                }
-            }
-            match prepared {
-                None => break None,
-                Some((n, Err(e))) => {
-                    out.extend((0..n).map(|_| Err(unsent(&e))));
-                    break Some(e);
-                }
-                Some((n, Ok(p))) => inflight = Some((n, Box::pin(self.submit(p)))),
-            }
-        };
-        if let Some(e) = failure {
-            out.extend(rest.map(|_| Err(unsent(&e))));
-        }
-        out
-    }
-
     /// Check and seal `tasks` (offloading large payloads): the first half of
     /// an enqueue, with nothing sent to the broker yet.
     async fn prepare(&self, tasks: Vec<RawTask>) -> Result<Prepared> {
@@ -772,19 +704,6 @@ struct Prepared {
     slots: Vec<usize>,
     /// Each sealed task's unique key, for the duplicate error.
     keys: Vec<Option<String>>,
-}
-
-/// The error a bulk enqueue reports for a task it did not store, because its
-/// batch (or an earlier one) failed with `e`. Says so, and that it may be sent again.
-fn unsent(e: &Error) -> Error {
-    let kind = match e {
-        Error::Broker(b) => b.kind,
-        _ => BrokerErrorKind::Other,
-    };
-    Error::Broker(BrokerError::new(
-        kind,
-        format!("not stored (bulk enqueue stopped: {e}); it can be sent again"),
-    ))
 }
 
 /// The rule a refusal before sealing is counted under: the scanner rule,

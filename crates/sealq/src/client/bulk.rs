@@ -1,0 +1,129 @@
+//! [`Client::enqueue_bulk`]: many tasks in batches, sealed on a blocking
+//! thread while earlier batches are stored, with up to [`IN_FLIGHT`]
+//! batches sent and not yet answered.
+
+use std::pin::pin;
+
+use futures::StreamExt as _;
+use futures::future::Either;
+use futures::stream::FuturesOrdered;
+
+use super::{Client, RawTask};
+use crate::error::{BrokerError, BrokerErrorKind, Error, Result};
+use crate::model::id::TaskId;
+
+/// Batches a bulk enqueue has sent and not yet seen answered. Two keep the
+/// broker busy: while it stores one batch, the next is already on the
+/// connection behind it, so it never waits for this process to turn a
+/// reply around and encode the next call (on Redis, which runs one call at
+/// a time, that wait was a tenth to a quarter of a batch's time:
+/// docs/benchmarks.md, "Redis enqueue (issue 20 cost)").
+pub(super) const IN_FLIGHT: usize = 2;
+
+impl Client {
+    /// Check, seal and enqueue a large number of tasks, sending them in
+    /// batches of `batch` tasks while the next batch is being sealed, so that
+    /// sealing (this process' CPU) and storing (the broker's) overlap, and
+    /// with the next batch sent before the previous one is answered.
+    /// Batches are at most the broker's [`Broker::bulk_batch_limit`] (256 on
+    /// Redis, where one call holds the server: smaller calls keep workers
+    /// sharing it fed, at the same enqueue rate).
+    ///
+    /// Unlike [`Client::enqueue_batch`] this is not atomic: each batch is
+    /// applied on its own. The results are per task, in order. If a batch
+    /// fails (the broker is unavailable, say), its tasks and every later one
+    /// not yet sent get the error and are not sent; a batch already sent
+    /// behind it (at most one) is reported as it ended. Tasks reported `Ok`
+    /// are stored; every task reported with a broker error was not stored
+    /// and can be sent again, so nothing accepted is lost or unaccounted
+    /// for.
+    ///
+    /// [`Broker::bulk_batch_limit`]: crate::store::broker::Broker::bulk_batch_limit
+    pub async fn enqueue_bulk<I>(&self, tasks: I, batch: usize) -> Vec<Result<TaskId>>
+    where
+        I: IntoIterator<Item = RawTask>,
+        I::IntoIter: Send,
+    {
+        let batch = self
+            .broker()
+            .bulk_batch_limit()
+            .map_or(batch, |limit| batch.min(limit))
+            .max(1);
+        let mut rest = tasks.into_iter();
+        let mut out: Vec<Result<TaskId>> = Vec::with_capacity(rest.size_hint().0);
+        // Sent batches, oldest first: each yields its size and outcome.
+        let mut sent = FuturesOrdered::new();
+        let mut failure: Option<Error> = None;
+        let record = |out: &mut Vec<Result<TaskId>>,
+                      failure: &mut Option<Error>,
+                      (n, r): (usize, Result<Vec<Result<TaskId>>>)| match r {
+            Ok(results) => out.extend(results),
+            Err(e) => {
+                out.extend((0..n).map(|_| Err(unsent(&e))));
+                failure.get_or_insert(e);
+            }
+        };
+        while failure.is_none() {
+            let chunk: Vec<RawTask> = rest.by_ref().take(batch).collect();
+            let n = chunk.len();
+            if n == 0 {
+                break;
+            }
+            // Seal this batch while the sent ones are stored (and their
+            // calls driven: a call is sent when first polled).
+            let mut prepare = pin!(self.prepare_apart(chunk));
+            let prepared = loop {
+                if sent.is_empty() {
+                    break prepare.as_mut().await;
+                }
+                match futures::future::select(prepare.as_mut(), sent.next()).await {
+                    Either::Left((p, _)) => break p,
+                    Either::Right((Some(done), _)) => record(&mut out, &mut failure, done),
+                    Either::Right((None, _)) => {}
+                }
+            };
+            let p = match (prepared, &failure) {
+                (Ok(p), None) => p,
+                // A batch sent before failed meanwhile: this one is not sent.
+                (Ok(_), Some(e)) => {
+                    out.extend((0..n).map(|_| Err(unsent(e))));
+                    break;
+                }
+                (Err(e), _) => {
+                    out.extend((0..n).map(|_| Err(unsent(&e))));
+                    failure.get_or_insert(e);
+                    break;
+                }
+            };
+            sent.push_back(async move { (n, self.submit(p).await) });
+            // At most IN_FLIGHT sent: wait for the oldest (this also sends
+            // the one just added).
+            while sent.len() >= IN_FLIGHT {
+                if let Some(done) = sent.next().await {
+                    record(&mut out, &mut failure, done);
+                }
+            }
+        }
+        // What was sent is reported as it ended.
+        while let Some(done) = sent.next().await {
+            record(&mut out, &mut failure, done);
+        }
+        if let Some(e) = failure {
+            out.extend(rest.map(|_| Err(unsent(&e))));
+        }
+        out
+    }
+}
+
+/// The error a bulk enqueue reports for a task it did not store, because its
+/// batch (or an earlier one) failed with `e`. Says so, and that it may be sent again.
+fn unsent(e: &Error) -> Error {
+    let kind = match e {
+        Error::Broker(b) => b.kind,
+        _ => BrokerErrorKind::Other,
+    };
+    Error::Broker(BrokerError::new(
+        kind,
+        format!("not stored (bulk enqueue stopped: {e}); it can be sent again"),
+    ))
+}
