@@ -33,15 +33,15 @@
 //! is durable (as durable as [`crate::Synchronous`] makes it).
 //!
 //! Checkpoints never run in a caller's commit (see the `checkpoint`
-//! module): a leading caller that leaves the WAL at its restart size asks
-//! the writer thread to run the restart checkpoint after it returned.
+//! module): once the WAL is due for its restart checkpoint, callers stop
+//! leading, and the writer thread runs it after replying to its next group.
 //!
 //! The thread ends when the last [`Writer`] handle is dropped (its channel
 //! closes); dropping the handle waits for the thread, so the file is closed
 //! when the last broker handle is gone.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread::JoinHandle;
@@ -172,9 +172,6 @@ struct Shared {
     /// callers are concurrent, and then they leave every commit to the
     /// writer thread so that they share them.
     last_group: AtomicUsize,
-    /// A leading caller asked the writer thread for the restart checkpoint
-    /// and it has not yet seen the request.
-    restart_asked: AtomicBool,
 }
 
 impl Shared {
@@ -184,19 +181,11 @@ impl Shared {
     }
 }
 
-/// What the writer thread is sent.
-enum Msg {
-    /// An operation to run in the next group.
-    Job(Box<dyn Job>),
-    /// A leading caller left the WAL at its restart size: checkpoint.
-    Restart,
-}
-
 /// Handle to the writer.
 #[derive(Debug)]
 pub(crate) struct Writer {
     shared: Arc<Shared>,
-    tx: Option<Sender<Msg>>,
+    tx: Option<Sender<Box<dyn Job>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -209,7 +198,6 @@ impl Writer {
             env,
             queued: AtomicUsize::new(0),
             last_group: AtomicUsize::new(0),
-            restart_asked: AtomicBool::new(false),
         });
         let thread = std::thread::Builder::new()
             .name("sealq-sqlite-writer".into())
@@ -257,7 +245,7 @@ impl Writer {
         // Counted before it is sent, so that a caller never sees the
         // writer idle while an operation is on its way to it.
         self.shared.queued.fetch_add(1, Ordering::SeqCst);
-        if tx.send(Msg::Job(job)).is_err() {
+        if tx.send(job).is_err() {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(self.stopped());
         }
@@ -289,9 +277,13 @@ impl Writer {
         let Some(block) = blocking_here() else {
             return Err(op);
         };
+        // Once the WAL is due for its restart checkpoint, queue: the writer
+        // thread runs it after the next group (and after every group until
+        // it succeeds), which a leading caller would keep delaying.
         if self.tx.is_none()
             || shared.last_group.load(Ordering::Relaxed) > 1
             || shared.queued.load(Ordering::SeqCst) != 0
+            || shared.env.wal.restart_due()
         {
             return Err(op);
         }
@@ -308,15 +300,7 @@ impl Writer {
                 std::iter::once(&mut job as &mut dyn Run),
             )
         });
-        let restart = shared.env.wal.restart_due();
         drop(conn);
-        if restart
-            && !shared.restart_asked.swap(true, Ordering::Relaxed)
-            && let Some(tx) = &self.tx
-        {
-            // The writer thread checkpoints after this caller has its result.
-            let _ = tx.send(Msg::Restart);
-        }
         Ok(match outcome {
             Ok(wake) => {
                 if wake {
@@ -377,7 +361,7 @@ impl Drop for Writer {
     }
 }
 
-fn writer_loop(shared: &Shared, rx: &Receiver<Msg>) {
+fn writer_loop(shared: &Shared, rx: &Receiver<Box<dyn Job>>) {
     let env = &shared.env;
     let mut group: Vec<Box<dyn Job>> = Vec::with_capacity(env.max_group);
     let mut done: Vec<Done> = Vec::with_capacity(env.max_group);
@@ -393,7 +377,7 @@ fn writer_loop(shared: &Shared, rx: &Receiver<Msg>) {
         take(shared, &mut group, first);
         while group.len() < env.max_group {
             match rx.try_recv() {
-                Ok(msg) => take(shared, &mut group, msg),
+                Ok(job) => take(shared, &mut group, job),
                 Err(_) => break,
             }
         }
@@ -430,15 +414,9 @@ fn writer_loop(shared: &Shared, rx: &Receiver<Msg>) {
 }
 
 /// Add what the writer thread was sent to `group`.
-fn take(shared: &Shared, group: &mut Vec<Box<dyn Job>>, msg: Msg) {
-    match msg {
-        Msg::Job(job) => {
-            shared.queued.fetch_sub(1, Ordering::SeqCst);
-            group.push(job);
-        }
-        // The checkpoint runs after this group, under the same lock.
-        Msg::Restart => shared.restart_asked.store(false, Ordering::Relaxed),
-    }
+fn take(shared: &Shared, group: &mut Vec<Box<dyn Job>>, job: Box<dyn Job>) {
+    shared.queued.fetch_sub(1, Ordering::SeqCst);
+    group.push(job);
 }
 
 /// The longest the writer waits for the callers of its last group to send
@@ -456,7 +434,7 @@ const GATHER: Duration = Duration::from_micros(150);
 /// wait times out once and the next group is smaller.
 fn gather(
     shared: &Shared,
-    rx: &Receiver<Msg>,
+    rx: &Receiver<Box<dyn Job>>,
     group: &mut Vec<Box<dyn Job>>,
     want: usize,
     wait: Duration,
@@ -468,7 +446,7 @@ fn gather(
     while group.len() < want {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match rx.recv_timeout(left) {
-            Ok(msg) => take(shared, group, msg),
+            Ok(job) => take(shared, group, job),
             Err(_) => break,
         }
     }
