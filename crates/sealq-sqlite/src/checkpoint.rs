@@ -21,9 +21,9 @@
 //!   always commits while the checkpointer copies, so that never happens on
 //!   its own and the WAL would grow without bound. Once it holds
 //!   [`RESTART_PAGES`] frames, the writer thread itself runs a `PASSIVE`
-//!   checkpoint between two groups (after replying to the one before; or,
-//!   when a lone caller leads its own commits, once that caller asked for it
-//!   after returning, see the `writer` module): it
+//!   checkpoint between two groups (after replying to the one before; a
+//!   lone caller that leads its own commits stops leading once the WAL is
+//!   due, so its next call is such a group, see the `writer` module): it
 //!   copies only the frames committed since the checkpointer's last round,
 //!   then the next transaction restarts the WAL. That is the one place a
 //!   checkpoint delays queued callers: two fsyncs once per [`RESTART_PAGES`]

@@ -27,7 +27,7 @@
 //!   call fails, the group is rolled back and each call re-run alone, so one
 //!   failing call does not undo the others. Many concurrent callers share one fsync.
 //!   An enqueue that finds the writer idle (nothing queued, no group running,
-//!   no concurrent callers lately) *leads* instead: it commits on its own
+//!   no concurrent callers lately, the WAL not due for its restart) *leads* instead: it commits on its own
 //!   thread (`tokio::task::block_in_place` on a multi-thread runtime; on a
 //!   current-thread runtime it always queues), so a lone producer pays its
 //!   commit and no thread hand-offs. Callers arriving meanwhile queue and
@@ -38,9 +38,8 @@
 //!   the database (`PASSIVE`, on its own connection) once per 1000 WAL
 //!   frames and after a second without a request, so its two fsyncs never
 //!   sit in a caller's commit. Once the WAL holds 8000 frames the writer
-//!   thread copies the few frames left between two groups (or after a
-//!   leading enqueue returned) so the WAL can restart (otherwise a sustained
-//!   load would grow it without bound).
+//!   thread copies the few frames left between two groups so the WAL can
+//!   restart (otherwise a sustained load would grow it without bound).
 //! - **Reads** (`get`, `list`, `stats`) use separate read connections and do
 //!   not queue behind writes.
 //! - **Several processes.** SQLite's file lock serialises writers across
