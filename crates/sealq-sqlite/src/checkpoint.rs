@@ -21,7 +21,9 @@
 //!   always commits while the checkpointer copies, so that never happens on
 //!   its own and the WAL would grow without bound. Once it holds
 //!   [`RESTART_PAGES`] frames, the writer thread itself runs a `PASSIVE`
-//!   checkpoint between two groups (after replying to the one before): it
+//!   checkpoint between two groups (after replying to the one before; a
+//!   lone caller that leads its own commits stops leading once the WAL is
+//!   due, so its next call is such a group, see the `writer` module): it
 //!   copies only the frames committed since the checkpointer's last round,
 //!   then the next transaction restarts the WAL. That is the one place a
 //!   checkpoint delays queued callers: two fsyncs once per [`RESTART_PAGES`]
@@ -68,12 +70,18 @@ impl WalState {
         self.pages.load(Ordering::Relaxed)
     }
 
+    /// Whether the WAL has reached its restart size ([`RESTART_PAGES`]):
+    /// a leading caller then asks the writer thread to checkpoint.
+    pub(crate) fn restart_due(&self) -> bool {
+        self.pages() >= RESTART_PAGES
+    }
+
     /// Called by the writer thread between two groups: once the WAL holds
     /// [`RESTART_PAGES`] frames, copy what is left so that the next
     /// transaction restarts the WAL. Retried after every group until a
     /// checkpoint copied everything.
     pub(crate) fn restart_if_large(&self, conn: &Connection, path: &Path) {
-        if self.pages() < RESTART_PAGES {
+        if !self.restart_due() {
             return;
         }
         self.restart_wanted.store(true, Ordering::Relaxed);

@@ -26,14 +26,20 @@
 //!   in one `BEGIN IMMEDIATE … COMMIT` transaction and then replies; if one
 //!   call fails, the group is rolled back and each call re-run alone, so one
 //!   failing call does not undo the others. Many concurrent callers share one fsync.
+//!   An enqueue that finds the writer idle (nothing queued, no group running,
+//!   no concurrent callers lately, the WAL not due for its restart) *leads* instead: it commits on its own
+//!   thread (`tokio::task::block_in_place` on a multi-thread runtime; on a
+//!   current-thread runtime it always queues), so a lone producer pays its
+//!   commit and no thread hand-offs. Callers arriving meanwhile queue and
+//!   share the writer thread's next commit.
 //! - **Checkpoints off the commit path.** With `synchronous=FULL` a one-call
 //!   enqueue costs one fsync (of the WAL, in its commit). SQLite's automatic
 //!   checkpoint is replaced: a checkpointer thread copies the WAL back into
 //!   the database (`PASSIVE`, on its own connection) once per 1000 WAL
 //!   frames and after a second without a request, so its two fsyncs never
 //!   sit in a caller's commit. Once the WAL holds 8000 frames the writer
-//!   copies the few frames left between two groups so the WAL can restart
-//!   (otherwise a sustained load would grow it without bound).
+//!   thread copies the few frames left between two groups so the WAL can
+//!   restart (otherwise a sustained load would grow it without bound).
 //! - **Reads** (`get`, `list`, `stats`) use separate read connections and do
 //!   not queue behind writes.
 //! - **Several processes.** SQLite's file lock serialises writers across
@@ -308,7 +314,7 @@ impl Broker for SqliteBroker {
         let metas = ops::encode_metas(&tasks)?;
         self.inner
             .writer
-            .call(move |ctx| ops::enqueue(ctx, &tasks, &metas))
+            .call_leading(move |ctx| ops::enqueue(ctx, &tasks, &metas))
             .await
     }
 
