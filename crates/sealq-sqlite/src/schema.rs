@@ -199,6 +199,18 @@ fn check_header(path: &Path) -> Result<(), BrokerError> {
     ))
 }
 
+/// The write connection's page cache, in KiB (`PRAGMA cache_size = -N`;
+/// SQLite's default is 2,000 KiB a connection). Leases and acks walk the
+/// ready rows in order, so a larger cache holds little that is read again;
+/// a page it misses is read from the OS page cache (docs/benchmarks.md,
+/// "The embedded worker's memory").
+const WRITER_CACHE_KIB: u32 = 1024;
+
+/// Each read connection's page cache, in KiB: `get`, `list`, `stats` and
+/// the commit watcher read little, and idle pooled connections keep their
+/// cache for as long as they live.
+const READER_CACHE_KIB: u32 = 256;
+
 fn open_raw(path: &Path, flags: OpenFlags) -> Result<Connection, BrokerError> {
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| map_err(path, "opening the database", e))?;
@@ -248,7 +260,7 @@ pub(crate) fn open_writer(
         // temp_store: savepoint sub-journals stay in memory instead of
         // creating a temp file per group.
         "PRAGMA synchronous = {}; PRAGMA journal_size_limit = 67108864; \
-         PRAGMA temp_store = MEMORY;",
+         PRAGMA temp_store = MEMORY; PRAGMA cache_size = -{WRITER_CACHE_KIB};",
         synchronous.as_pragma()
     ))
     .map_err(|e| map_err(path, "configuring the connection", e))?;
@@ -262,8 +274,10 @@ pub(crate) fn open_reader(path: &Path) -> Result<Connection, BrokerError> {
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.execute_batch("PRAGMA query_only = 1;")
-        .map_err(|e| map_err(path, "configuring the connection", e))?;
+    conn.execute_batch(&format!(
+        "PRAGMA query_only = 1; PRAGMA cache_size = -{READER_CACHE_KIB};"
+    ))
+    .map_err(|e| map_err(path, "configuring the connection", e))?;
     Ok(conn)
 }
 
@@ -413,5 +427,22 @@ mod tests {
             ["SEARCH tasks USING INDEX tasks_ready (queue=? AND run_at<?)"],
             "no sort, no other index"
         );
+    }
+
+    fn cache_size(conn: &Connection) -> i64 {
+        conn.query_row("PRAGMA cache_size", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Issue 22, "worker RSS at most 16 MiB": the page caches of the write
+    /// and read connections are bounded below SQLite's 2,000 KiB default.
+    #[test]
+    fn worker_rss_page_caches_of_writer_and_readers_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let writer = open_writer(&path, Synchronous::Full, Duration::from_secs(5)).unwrap();
+        assert_eq!(cache_size(&writer), -i64::from(WRITER_CACHE_KIB));
+        let reader = open_reader(&path).unwrap();
+        assert_eq!(cache_size(&reader), -i64::from(READER_CACHE_KIB));
     }
 }
