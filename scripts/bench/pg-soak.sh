@@ -6,7 +6,7 @@
 # throughput holds and whether the tables stop growing once completed tasks
 # are purged.
 #
-#   SEALQ=target/release/sealq TASKS=1000000 RATE=3000 RETENTION=30s \
+#   SEALQ=target/release/sealq TASKS=1000000 RATE=3000 BATCH=100 RETENTION=30s \
 #     OUT=/tmp/pg-soak bash scripts/bench/pg-soak.sh
 #
 # Without PG_URL it starts its own PostgreSQL cluster (initdb in a temp dir,
@@ -25,6 +25,7 @@ RATE="${RATE:-3000}"
 RETENTION="${RETENTION:-30s}"
 SEGMENT="${SEGMENT:-100000}"
 PAYLOAD="${PAYLOAD:-1024}"
+BATCH="${BATCH:-100}"
 SAMPLE_S="${SAMPLE_S:-10}"
 OUT="${OUT:-/tmp/pg-soak}"
 PG_BIN="${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}"
@@ -86,10 +87,10 @@ sample() {
 sample &
 SAMPLER=$!
 
-echo ">> soak: $TASKS tasks at $RATE/s, ${PAYLOAD} B payloads, retention $RETENTION; load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo ">> soak: $TASKS tasks at $RATE/s in batches of $BATCH, ${PAYLOAD} B payloads, retention $RETENTION; load $(cut -d' ' -f1-3 /proc/loadavg)"
 set +e
 "$SEALQ" --broker "$PG_URL" bench --mode pipelined --tasks "$TASKS" --rate "$RATE" \
-  --payload-bytes "$PAYLOAD" --retention "$RETENTION" --segment "$SEGMENT" --json \
+  --payload-bytes "$PAYLOAD" --batch "$BATCH" --retention "$RETENTION" --segment "$SEGMENT" --json \
   >"$OUT/bench.json" 2>"$OUT/bench.err"
 rc=$?
 set -e

@@ -256,7 +256,21 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
         }
         (BenchRole::Both, BenchMode::Pipelined) => {
             let h = worker.spawn();
-            enqueue_time = enqueue_all(&client, &args, &filler, &pb).await?;
+            // Segments are timed while the producer still runs.
+            let enqueued = std::sync::atomic::AtomicBool::new(false);
+            let watch = async {
+                while !enqueued.load(std::sync::atomic::Ordering::Relaxed) {
+                    segments.observe(h.stats().report().succeeded);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            let enqueue = async {
+                let r = enqueue_all(&client, &args, &filler, &pb).await;
+                enqueued.store(true, std::sync::atomic::Ordering::Relaxed);
+                r
+            };
+            let (r, ()) = tokio::join!(enqueue, watch);
+            enqueue_time = r?;
             wait_done(h, args.tasks, &pb, limit, &mut segments).await?;
             process_time = started.elapsed();
         }
