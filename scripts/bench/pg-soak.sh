@@ -36,8 +36,11 @@ DIR=""
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 cleanup() {
   if [ -n "$PG_PID" ]; then
-    kill -INT "$PG_PID" 2>/dev/null || true
-    while kill -0 "$PG_PID" 2>/dev/null; do sleep 0.2; done
+    # The postmaster's own pid (runuser does not pass SIGINT on): fast shutdown.
+    local pm
+    pm="$(head -1 "$DIR/data/postmaster.pid" 2>/dev/null || true)"
+    kill -INT "${pm:-$PG_PID}" 2>/dev/null || true
+    for _ in $(seq 300); do kill -0 "$PG_PID" 2>/dev/null || break; sleep 0.2; done
   fi
   if [ -n "$DIR" ]; then rm -rf "$DIR"; fi
 }
