@@ -811,6 +811,15 @@ pub(crate) struct BenchArgs {
     /// with `--mode phased`, or both at once with `--mode pipelined`).
     #[arg(long, value_enum, default_value_t = BenchRole::Both)]
     pub(crate) role: BenchRole,
+    /// How long each completed task is kept before the worker's maintenance
+    /// purges it (default: the task default, 1 day). A soak run sets it
+    /// short so that the store reaches a steady size.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) retention: Option<Duration>,
+    /// Report the processing rate of every N completed tasks too (`segments`
+    /// in the JSON): whether throughput holds over a long run.
+    #[arg(long, value_name = "N")]
+    pub(crate) segment: Option<u64>,
 }
 
 /// Which side of the work a `sealq bench` process does.

@@ -178,40 +178,11 @@ impl AuditSink for PostgresAuditSink {
         // A batch cut by a lost connection leaves whole chunks, a prefix of
         // it, which the auditor's chain tolerates as a crash mid-batch.
         for chunk in records.chunks(BATCH) {
-            let mut writers = Vec::with_capacity(chunk.len());
-            let mut seqs = Vec::with_capacity(chunk.len());
-            let mut tasks = Vec::with_capacity(chunk.len());
-            let mut batches: Vec<Option<String>> = Vec::with_capacity(chunk.len());
-            let mut lines = Vec::with_capacity(chunk.len());
-            for r in chunk {
-                writers.push(r.writer.as_str());
-                seqs.push(i64::try_from(r.seq).unwrap_or(i64::MAX));
-                let task = r.event.task();
-                tasks.push(task.map(|t| t.0));
-                batches.push(match task {
-                    Some(_) => None,
-                    None => {
-                        let all = r.event.tasks();
-                        (!all.is_empty()).then(|| {
-                            all.iter()
-                                .map(|t| t.to_string())
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        })
-                    }
-                });
-                lines.push(record_line(r));
-            }
+            let rows = AppendRows::of(chunk);
             self.call(
                 "cannot append records",
                 "SELECT sealq.audit_append($1, $2, $3, $4, $5)",
-                &[
-                    (&writers, Type::TEXT_ARRAY),
-                    (&seqs, Type::INT8_ARRAY),
-                    (&tasks, Type::UUID_ARRAY),
-                    (&batches, Type::TEXT_ARRAY),
-                    (&lines, Type::TEXT_ARRAY),
-                ],
+                &rows.params(),
             )
             .await?;
         }
@@ -268,5 +239,73 @@ impl AuditSink for PostgresAuditSink {
             "tables sealq.audit_records / sealq.audit_checkpoints in {}",
             self.conn.target
         )
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+}
+
+/// The arguments of `sealq.audit_append` for some records: one array per
+/// column.
+pub(crate) struct AppendRows {
+    writers: Vec<String>,
+    seqs: Vec<i64>,
+    tasks: Vec<Option<uuid::Uuid>>,
+    batches: Vec<Option<String>>,
+    lines: Vec<String>,
+}
+
+impl AppendRows {
+    /// The columns of `records`.
+    pub(crate) fn of(records: &[AuditRecord]) -> Self {
+        let n = records.len();
+        let mut rows = AppendRows {
+            writers: Vec::with_capacity(n),
+            seqs: Vec::with_capacity(n),
+            tasks: Vec::with_capacity(n),
+            batches: Vec::with_capacity(n),
+            lines: Vec::with_capacity(n),
+        };
+        for r in records {
+            rows.writers.push(r.writer.clone());
+            rows.seqs.push(i64::try_from(r.seq).unwrap_or(i64::MAX));
+            let task = r.event.task();
+            rows.tasks.push(task.map(|t| t.0));
+            rows.batches.push(match task {
+                Some(_) => None,
+                None => {
+                    let all = r.event.tasks();
+                    (!all.is_empty()).then(|| {
+                        all.iter()
+                            .map(|t| t.to_string())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                }
+            });
+            rows.lines.push(record_line(r));
+        }
+        rows
+    }
+
+    /// The five parameters, typed, in `sealq.audit_append`'s order.
+    pub(crate) fn params(&self) -> [(&(dyn ToSql + Sync), Type); 5] {
+        [
+            (&self.writers, Type::TEXT_ARRAY),
+            (&self.seqs, Type::INT8_ARRAY),
+            (&self.tasks, Type::UUID_ARRAY),
+            (&self.batches, Type::TEXT_ARRAY),
+            (&self.lines, Type::TEXT_ARRAY),
+        ]
+    }
+}
+
+impl PostgresAuditSink {
+    /// Whether this sink writes to the database `broker` uses (the same
+    /// URL, password aside), so that a record written in a transaction
+    /// of the broker's database is one this sink reads.
+    pub(crate) fn same_database_as(&self, broker: &PostgresBroker) -> bool {
+        self.conn.target == broker.inner.target
     }
 }

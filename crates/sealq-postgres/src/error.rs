@@ -21,9 +21,29 @@ pub(crate) fn map(target: &str, what: &str, e: tokio_postgres::Error) -> BrokerE
             format!("{what}: the connection to {target} closed; retrying later may succeed"),
         ),
         None => {
-            let text = e.to_string();
+            // The driver's own errors (not the server's) name their cause
+            // apart: "authentication error" alone says too little. Its
+            // causes are fixed texts, TLS and I/O errors: no secret.
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
             let lower = text.to_ascii_lowercase();
-            if lower.contains("certificate") || lower.contains("tls") || lower.contains("ssl") {
+            if lower.contains("channel binding") {
+                (
+                    BrokerErrorKind::Config,
+                    format!(
+                        "{what}: channel_binding=require, and {target} did not bind the login \
+                         to the TLS connection ({text}); the server must authenticate this user \
+                         with scram-sha-256 on a hostssl line of pg_hba.conf (SCRAM-SHA-256-PLUS)"
+                    ),
+                )
+            } else if lower.contains("certificate")
+                || lower.contains("tls")
+                || lower.contains("ssl")
+            {
                 (
                     BrokerErrorKind::Config,
                     format!(

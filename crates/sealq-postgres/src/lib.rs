@@ -32,7 +32,10 @@
 //!   transaction, one LISTEN connection per process, polling every
 //!   [`PostgresOptions::poll_interval`] as the fallback; `poll_only` for
 //!   PgBouncer (no LISTEN, unnamed statements).
-//! - **Transactional enqueue**: [`PostgresBroker::enqueue_in`].
+//! - **Transactional enqueue**: [`PostgresTxClient`] seals, stores and
+//!   audits tasks inside the application's own transaction;
+//!   [`PostgresBroker::enqueue_in`] stores already sealed tasks (no audit
+//!   record).
 //! - **Live workers**: `sealq.live_workers` (migration 3) behind
 //!   `sealq.worker_register` / `worker_list` / `worker_deregister`.
 #![forbid(unsafe_code)]
@@ -52,6 +55,7 @@ pub mod roles;
 mod schema;
 mod store_conn;
 mod subject_keys;
+mod tx_client;
 mod url;
 mod wake;
 
@@ -65,6 +69,7 @@ pub use crate::audit_sink::PostgresAuditSink;
 pub use crate::blob_store::PostgresBlobStore;
 pub use crate::schema::SCHEMA_VERSION;
 pub use crate::subject_keys::PostgresSubjectKeyStore;
+pub use crate::tx_client::PostgresTxClient;
 pub use crate::url::{SslMode, is_postgres_url};
 
 /// Default of [`PostgresOptions::poll_interval`].

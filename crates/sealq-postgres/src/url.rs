@@ -15,7 +15,9 @@
 //!
 //! `sslcert` and `sslkey` (PEM files) present a client certificate;
 //! `channel_binding` (`disable|prefer|require`) is passed to the SCRAM
-//! exchange. sealq's own parameters: `poll_only=true` (no LISTEN, for
+//! exchange (`tokio-postgres` with `tls-server-end-point` from
+//! `tokio-postgres-rustls`): `require` refuses a server that does not use
+//! SCRAM-SHA-256-PLUS, and is refused here without TLS. sealq's own parameters: `poll_only=true` (no LISTEN, for
 //! PgBouncer in transaction mode), `poll_interval_ms=N`, `pool_size=N`.
 
 use std::path::PathBuf;
@@ -91,6 +93,7 @@ pub(crate) fn parse(url: &str) -> Result<Parsed, BrokerError> {
         None => (url, ""),
     };
     let mut sslmode = None;
+    let mut channel_binding = None;
     let (mut rootcert, mut cert, mut key) = (None, None, None);
     let (mut poll_only, mut poll_interval, mut pool_size) = (None, None, None);
     let mut rest = Vec::new();
@@ -130,6 +133,22 @@ pub(crate) fn parse(url: &str) -> Result<Parsed, BrokerError> {
                     }
                 })
             }
+            "channel_binding" => {
+                match v.as_str() {
+                    "disable" | "prefer" | "require" => {}
+                    other => {
+                        return Err(bad(
+                            url,
+                            format!(
+                                "unknown channel_binding `{other}`; use require (SCRAM-SHA-256-PLUS \
+                                 over TLS, or no connection), prefer or disable"
+                            ),
+                        ));
+                    }
+                }
+                channel_binding = Some(v);
+                rest.push(kv);
+            }
             "sslrootcert" => rootcert = Some(PathBuf::from(v)),
             "sslcert" => cert = Some(PathBuf::from(v)),
             "sslkey" => key = Some(PathBuf::from(v)),
@@ -163,6 +182,13 @@ pub(crate) fn parse(url: &str) -> Result<Parsed, BrokerError> {
         }
     }
     let sslmode = sslmode.unwrap_or(SslMode::Disable);
+    if channel_binding.as_deref() == Some("require") && sslmode == SslMode::Disable {
+        return Err(bad(
+            url,
+            "channel_binding=require binds the password exchange to a TLS connection, and \
+             sslmode is disable; add sslmode=verify-full (or require)",
+        ));
+    }
     let pg_url = if rest.is_empty() {
         base.to_owned()
     } else {
@@ -395,6 +421,24 @@ mod tests {
         assert_eq!(p.config.get_application_name(), Some("x"));
         assert_eq!(p.config.get_dbname(), Some("q"));
         assert_eq!(p.config.get_ports(), &[5433]);
+    }
+
+    #[test]
+    fn channel_binding_is_checked_and_passed_on() {
+        let p = parse("postgres://h/db?sslmode=require&channel_binding=require").expect("parsed");
+        assert_eq!(
+            p.config.get_channel_binding(),
+            tokio_postgres::config::ChannelBinding::Require
+        );
+        for bad_url in [
+            "postgres://h/db?channel_binding=require",
+            "postgres://h/db?sslmode=disable&channel_binding=require",
+            "postgres://h/db?sslmode=require&channel_binding=always",
+        ] {
+            let e = parse(bad_url).err().expect("refused");
+            assert_eq!(e.kind, BrokerErrorKind::Config);
+            assert!(e.to_string().contains("channel_binding"), "{e}");
+        }
     }
 
     #[test]

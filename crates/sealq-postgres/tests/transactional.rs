@@ -107,3 +107,123 @@ async fn transactional_enqueue_a_committed_transaction_stores_the_task_and_wakes
     assert_eq!(leased.len(), 1);
     assert_eq!(leased[0].record.id, id);
 }
+
+/// A client auditing to the broker's own audit tables, its transactional
+/// wrapper, the sink and the audit keys.
+async fn audited() -> (
+    PostgresBroker,
+    sealq_postgres::PostgresTxClient,
+    sealq_postgres::PostgresAuditSink,
+    sealq::audit::AuditKeys,
+    sealq::Auditor,
+    tokio_postgres::Client,
+) {
+    let (broker, _, pg) = setup().await;
+    let keyring = Keyring::generate();
+    let sink = sealq_postgres::PostgresAuditSink::from_broker(&broker);
+    let auditor = sealq::Auditor::start(Arc::new(sink.clone()), &keyring).unwrap();
+    let keys = sealq::audit::AuditKeys::from_keyring(&keyring).unwrap();
+    let client = Client::builder(Arc::new(broker.clone()), Arc::new(keyring))
+        .producer("tests")
+        .audit(auditor.clone())
+        .build();
+    let txq = sealq_postgres::PostgresTxClient::new(client, broker.clone()).unwrap();
+    (broker, txq, sink, keys, auditor, pg)
+}
+
+async fn verify(sink: &sealq_postgres::PostgresAuditSink, keys: &sealq::audit::AuditKeys) {
+    let report = sealq::audit::verify_sink(sink, keys, &Default::default())
+        .await
+        .unwrap();
+    assert!(report.is_ok(), "{:?}", report.faults);
+    assert!(report.uncovered.is_empty(), "{:?}", report.uncovered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_enqueue_audited_commit_stores_the_task_and_its_audit_record() {
+    let (broker, txq, sink, keys, auditor, mut pg) = audited().await;
+    let tx = pg.transaction().await.unwrap();
+    tx.execute("INSERT INTO orders (id) VALUES (3)", &[])
+        .await
+        .unwrap();
+    let results = txq
+        .enqueue_batch_in(&tx, vec![raw(3), raw(4)])
+        .await
+        .unwrap();
+    let ids: Vec<sealq::TaskId> = results.into_iter().map(Result::unwrap).collect();
+    // Before the commit nobody else sees the record either.
+    assert!(sink.records_for_task(ids[0]).await.unwrap().is_empty());
+    tx.commit().await.unwrap();
+
+    for id in &ids {
+        assert!(broker.get(*id).await.unwrap().is_some(), "task stored");
+        let records = sink.records_for_task(*id).await.unwrap();
+        let names: Vec<&str> = records
+            .iter()
+            .map(|l| l.item.as_ref().unwrap().event.name())
+            .collect();
+        assert_eq!(names, ["enqueued_batch"], "{id}");
+        let r = records[0].item.as_ref().unwrap();
+        assert!(r.writer.contains(":tx:"), "{}", r.writer);
+    }
+    verify(&sink, &keys).await;
+
+    // One task alone: an `enqueued` record of its own chain.
+    let tx = pg.transaction().await.unwrap();
+    let id = txq.enqueue_raw_in(&tx, raw(5)).await.unwrap();
+    tx.commit().await.unwrap();
+    let records = sink.records_for_task(id).await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].item.as_ref().unwrap().event.name(), "enqueued");
+    auditor.close().await.unwrap();
+    verify(&sink, &keys).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_enqueue_audited_rollback_leaves_neither_task_nor_audit_record() {
+    let (broker, txq, sink, keys, auditor, mut pg) = audited().await;
+    let before = sink.read_records_count().await;
+    let tx = pg.transaction().await.unwrap();
+    tx.execute("INSERT INTO orders (id) VALUES (6)", &[])
+        .await
+        .unwrap();
+    let id = txq.enqueue_raw_in(&tx, raw(6)).await.unwrap();
+    tx.rollback().await.unwrap();
+
+    assert!(broker.get(id).await.unwrap().is_none(), "no task");
+    assert!(
+        sink.records_for_task(id).await.unwrap().is_empty(),
+        "no audit record claiming it was enqueued"
+    );
+    assert_eq!(sink.read_records_count().await, before, "no record at all");
+    auditor.close().await.unwrap();
+    // Nothing half-written: the log still verifies.
+    verify(&sink, &keys).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_enqueue_audited_refuses_an_audit_log_outside_the_database() {
+    let (broker, _, _pg) = setup().await;
+    let keyring = Keyring::generate();
+    let auditor =
+        sealq::Auditor::start(Arc::new(sealq::audit::MemorySink::new()), &keyring).unwrap();
+    let client = Client::builder(Arc::new(broker.clone()), Arc::new(keyring))
+        .audit(auditor.clone())
+        .build();
+    let e = sealq_postgres::PostgresTxClient::new(client, broker)
+        .expect_err("a memory audit log is refused");
+    assert!(matches!(e, sealq::Error::Config(_)), "{e}");
+    assert!(e.to_string().contains("audit"), "{e}");
+    auditor.close().await.unwrap();
+}
+
+/// How many records a sink holds.
+trait Count {
+    async fn read_records_count(&self) -> usize;
+}
+
+impl Count for sealq_postgres::PostgresAuditSink {
+    async fn read_records_count(&self) -> usize {
+        sealq::AuditSink::read_records(self).await.unwrap().len()
+    }
+}

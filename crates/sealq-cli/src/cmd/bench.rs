@@ -23,7 +23,8 @@ const KIND: &str = "bench.noop";
 /// Envelope and encoding overhead subtracted from `--payload-bytes` so the
 /// stored envelope comes out at about the requested size.
 const OVERHEAD: usize = 72;
-/// How long a run may take before bench gives up.
+/// How long a run may take before bench gives up (longer with `--rate`:
+/// the time the rate needs, twice over, plus this).
 const TIME_LIMIT: Duration = Duration::from_secs(600);
 
 /// The benchmark payload: a sequence number and filler.
@@ -51,6 +52,13 @@ struct Results {
     concurrency: usize,
     /// Producer rate cap, tasks/s (0: none).
     rate: u64,
+    /// Retention of completed tasks, seconds (`--retention`; none: the
+    /// task default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retention_seconds: Option<f64>,
+    /// Processing rate of each `--segment` completed tasks, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    segments: Vec<Segment>,
     enqueue_seconds: f64,
     enqueue_per_second: f64,
     /// Until the worker shut down, after its last completion was written
@@ -70,6 +78,17 @@ struct Results {
     /// may run `INFO`).
     #[serde(skip_serializing_if = "Option::is_none")]
     redis: Option<RedisCost>,
+}
+
+/// The processing rate of one run of `--segment` completed tasks.
+#[derive(Debug, Clone, Serialize)]
+struct Segment {
+    /// Completed tasks at the end of the segment.
+    through: u64,
+    /// Seconds the segment took.
+    seconds: f64,
+    /// Tasks per second in the segment.
+    per_second: f64,
 }
 
 /// Redis' own counters over the run (`INFO commandstats`, before and after),
@@ -111,6 +130,9 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
         return Err(CliError::usage(msg(
             "--tasks, --batch, --concurrency and --producers must be at least 1",
         )));
+    }
+    if args.segment == Some(0) {
+        return Err(CliError::usage(msg("--segment must be at least 1")));
     }
     if args.bulk && args.rate > 0 {
         return Err(CliError::usage(msg(
@@ -182,6 +204,8 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
     }
     let client = client.build();
     let latencies = Arc::new(Latencies::with_capacity(args.tasks));
+    let limit = time_limit(&args);
+    let mut segments = Segments::new(args.segment);
     let l = latencies.clone();
     let mut worker = Worker::builder(broker.clone(), keyring).check_keyring(split);
     if let Some(a) = &worker_audit {
@@ -220,20 +244,34 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
         }
         (BenchRole::Worker, _) => {
             let h = worker.spawn();
-            wait_done(h, args.tasks, &pb).await?;
+            wait_done(h, args.tasks, &pb, limit, &mut segments).await?;
             process_time = started.elapsed();
         }
         (BenchRole::Both, BenchMode::Phased) => {
             enqueue_time = enqueue_all(&client, &args, &filler, &pb).await?;
             let t = Instant::now();
             let h = worker.spawn();
-            wait_done(h, args.tasks, &pb).await?;
+            wait_done(h, args.tasks, &pb, limit, &mut segments).await?;
             process_time = t.elapsed();
         }
         (BenchRole::Both, BenchMode::Pipelined) => {
             let h = worker.spawn();
-            enqueue_time = enqueue_all(&client, &args, &filler, &pb).await?;
-            wait_done(h, args.tasks, &pb).await?;
+            // Segments are timed while the producer still runs.
+            let enqueued = std::sync::atomic::AtomicBool::new(false);
+            let watch = async {
+                while !enqueued.load(std::sync::atomic::Ordering::Relaxed) {
+                    segments.observe(h.stats().report().succeeded);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            let enqueue = async {
+                let r = enqueue_all(&client, &args, &filler, &pb).await;
+                enqueued.store(true, std::sync::atomic::Ordering::Relaxed);
+                r
+            };
+            let (r, ()) = tokio::join!(enqueue, watch);
+            enqueue_time = r?;
+            wait_done(h, args.tasks, &pb, limit, &mut segments).await?;
             process_time = started.elapsed();
         }
     }
@@ -286,6 +324,8 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
         bulk: args.bulk,
         concurrency: args.concurrency,
         rate: args.rate,
+        retention_seconds: args.retention.map(|d| d.as_secs_f64()),
+        segments: segments.done,
         enqueue_seconds: enqueue_time.as_secs_f64(),
         enqueue_per_second: rate(args.tasks, enqueue_time),
         process_seconds: process_time.as_secs_f64(),
@@ -329,10 +369,16 @@ async fn enqueue_all(
         } as u64;
         let (client, filler, pb) = (client.clone(), filler.to_owned(), pb.clone());
         let (batch, rate, bulk) = (args.batch, args.rate as f64 / n as f64, args.bulk);
+        let retention = args.retention;
         loops.spawn(async move {
             let task = |seq: u64| {
-                sealq::task::encode_payload(&Payload { seq, data: &filler })
-                    .map(|payload| RawTask::new(KIND, payload, EnqueueOptions::new().queue(QUEUE)))
+                sealq::task::encode_payload(&Payload { seq, data: &filler }).map(|payload| {
+                    let mut options = EnqueueOptions::new().queue(QUEUE);
+                    if let Some(r) = retention {
+                        options = options.retention(r);
+                    }
+                    RawTask::new(KIND, payload, options)
+                })
             };
             if bulk {
                 // Payloads are made as the call takes them, batch by batch.
@@ -383,8 +429,10 @@ async fn wait_done(
     handle: sealq::WorkerHandle,
     n: usize,
     pb: &indicatif::ProgressBar,
+    limit: Duration,
+    segments: &mut Segments,
 ) -> CliResult {
-    wait_handlers(&handle, n, pb).await?;
+    wait_handlers(&handle, n, pb, limit, segments).await?;
     handle.shutdown().await?;
     Ok(())
 }
@@ -394,11 +442,14 @@ async fn wait_handlers(
     handle: &sealq::WorkerHandle,
     n: usize,
     pb: &indicatif::ProgressBar,
+    limit: Duration,
+    segments: &mut Segments,
 ) -> CliResult {
-    let deadline = Instant::now() + TIME_LIMIT;
+    let deadline = Instant::now() + limit;
     loop {
         let r = handle.stats().report();
         pb.set_position(r.succeeded.min(n as u64));
+        segments.observe(r.succeeded);
         if r.succeeded + r.archived >= n as u64 {
             if r.archived > 0 {
                 return Err(CliError::runtime(msg(format!(
@@ -411,11 +462,64 @@ async fn wait_handlers(
         if Instant::now() > deadline {
             return Err(CliError::runtime(msg(format!(
                 "bench did not finish within {} s ({} of {n} tasks done)",
-                TIME_LIMIT.as_secs(),
+                limit.as_secs(),
                 r.succeeded
             ))));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// How long the run may take: [`TIME_LIMIT`], plus twice what `--rate`
+/// needs for `--tasks`.
+fn time_limit(args: &BenchArgs) -> Duration {
+    match args.rate {
+        0 => TIME_LIMIT,
+        r => TIME_LIMIT + Duration::from_secs_f64(2.0 * args.tasks as f64 / r as f64),
+    }
+}
+
+/// The processing rate per `--segment` completed tasks, sampled as the
+/// completion count is polled (every 5 ms).
+struct Segments {
+    every: Option<u64>,
+    /// Start of the current segment: completed tasks, time.
+    from: (u64, Instant),
+    done: Vec<Segment>,
+}
+
+impl Segments {
+    fn new(every: Option<u64>) -> Self {
+        Segments {
+            every,
+            from: (0, Instant::now()),
+            done: Vec::new(),
+        }
+    }
+
+    /// `completed` tasks are done now: close every segment that passed.
+    fn observe(&mut self, completed: u64) {
+        let Some(every) = self.every else { return };
+        if completed == 0 {
+            // Not started yet: segments count from the first completion.
+            self.from.1 = Instant::now();
+            return;
+        }
+        let end = self.from.0 + every;
+        if completed >= end {
+            let seconds = self.from.1.elapsed().as_secs_f64();
+            let n = completed - self.from.0;
+            self.done.push(Segment {
+                through: completed,
+                seconds,
+                per_second: if seconds > 0.0 {
+                    n as f64 / seconds
+                } else {
+                    0.0
+                },
+            });
+            self.from = (completed, Instant::now());
+        }
     }
 }
 
@@ -453,6 +557,17 @@ fn print_results(r: &Results) {
     );
     if r.rate > 0 {
         crate::stdout::outln!("  producer capped at {} tasks/s", r.rate);
+    }
+    if let Some(s) = r.retention_seconds {
+        crate::stdout::outln!("  completed tasks kept {s} s");
+    }
+    for s in &r.segments {
+        crate::stdout::outln!(
+            "  through {:>10}: {:>10.0} tasks/s  ({:.3} s)",
+            s.through,
+            s.per_second,
+            s.seconds
+        );
     }
     crate::stdout::outln!(
         "  enqueue      {:>10.0} tasks/s  ({:.3} s)",

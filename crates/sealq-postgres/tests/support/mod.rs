@@ -89,7 +89,8 @@ impl PgServer {
 
     /// [`PgServer::start`] with `files` (name, contents) written into the
     /// server's directory first, mode 0600 (TLS keys and certificates;
-    /// settings name them relative to the data directory, `../NAME`).
+    /// settings name them relative to the data directory, `../NAME`, or
+    /// as `{dir}/NAME`, `{dir}` standing for the server's directory).
     pub fn start_with(extra: &[(&str, &str)], files: &[(&str, &[u8])]) -> Self {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
@@ -153,7 +154,7 @@ impl PgServer {
         ];
         for (k, v) in extra {
             settings.retain(|(s, _)| s != k);
-            settings.push((k, (*v).to_owned()));
+            settings.push((k, v.replace("{dir}", &dir.display().to_string())));
         }
         let mut script = String::from(r#""$0" -D "$1""#);
         for (k, v) in &settings {

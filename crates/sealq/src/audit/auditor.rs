@@ -68,6 +68,8 @@ pub(crate) const MAX_QUEUED: u64 = 16_384;
 struct Shared {
     tx: mpsc::UnboundedSender<Msg>,
     writer: String,
+    sink: Arc<dyn AuditSink>,
+    keys: Arc<AuditKeys>,
     closed: AtomicBool,
     counters: Arc<Counters>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -144,7 +146,7 @@ impl AuditorBuilder {
     /// Start the background task. Needs a tokio runtime. Fails when the
     /// keyring has no `audit_signing_key`.
     pub fn start(self) -> Result<Auditor, Error> {
-        let keys = self.keys?;
+        let keys = Arc::new(self.keys?);
         let writer = self.writer.unwrap_or_else(default_writer_id);
         if writer.is_empty() {
             return Err(Error::InvalidArgument {
@@ -155,9 +157,9 @@ impl AuditorBuilder {
         let (tx, rx) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
         let state = Chain {
-            sink: self.sink,
+            sink: self.sink.clone(),
             mac: keys.mac.as_deref().map(RecordMac::new),
-            keys,
+            keys: keys.clone(),
             writer: writer.clone(),
             every: self.every,
             interval: self.interval,
@@ -182,6 +184,8 @@ impl AuditorBuilder {
             inner: Arc::new(Shared {
                 tx,
                 writer,
+                sink: self.sink,
+                keys,
                 closed: AtomicBool::new(false),
                 counters,
                 task: Mutex::new(Some(task)),
@@ -218,6 +222,18 @@ impl Auditor {
     /// This auditor's writer id.
     pub fn writer(&self) -> &str {
         &self.inner.writer
+    }
+
+    /// Where this auditor appends.
+    pub fn sink(&self) -> &Arc<dyn AuditSink> {
+        &self.inner.sink
+    }
+
+    /// The keys this auditor chains and signs with (for a backend that
+    /// writes a complete chain of its own inside a transaction:
+    /// [`crate::audit::standalone_chain`]).
+    pub fn keys(&self) -> &Arc<AuditKeys> {
+        &self.inner.keys
     }
 
     /// Queue an event. Never blocks and never fails: after [`Auditor::close`]
@@ -321,7 +337,7 @@ struct Chain {
     sink: Arc<dyn AuditSink>,
     /// The record MAC, keyed once (`None` without a MAC key).
     mac: Option<RecordMac>,
-    keys: AuditKeys,
+    keys: Arc<AuditKeys>,
     writer: String,
     every: u64,
     interval: Duration,

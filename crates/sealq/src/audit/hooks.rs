@@ -49,39 +49,51 @@ pub(crate) fn policy_rejected(
     })
 }
 
+/// The record of one producer call that stored `tasks`: `enqueued` for one
+/// task, `enqueued_batch` for more (dated at the earliest seal), `None` for
+/// none.
+pub(crate) fn enqueued_record(
+    producer: &str,
+    mut tasks: Vec<EnqueuedEntry>,
+) -> Option<(i64, AuditEvent)> {
+    match tasks.len() {
+        0 => None,
+        1 => {
+            let e = tasks.remove(0);
+            Some((
+                e.time_ms,
+                AuditEvent::Enqueued {
+                    task: e.task,
+                    queue: e.queue,
+                    kind: e.kind,
+                    producer: producer.to_owned(),
+                    key_id: e.key_id,
+                    ciphertext_sha256: e.ciphertext_sha256,
+                    ciphertext_len: e.ciphertext_len,
+                },
+            ))
+        }
+        _ => {
+            let first = tasks.iter().map(|e| e.time_ms).min().unwrap_or_default();
+            Some((
+                first,
+                AuditEvent::EnqueuedBatch {
+                    producer: producer.to_owned(),
+                    tasks,
+                },
+            ))
+        }
+    }
+}
+
 impl Auditor {
     /// A producer's call stored `tasks`: one `enqueued` record for one task,
     /// one `enqueued_batch` record for more, nothing for none. Dated when
     /// sealed: a worker may lease a task before this runs, and histories
     /// sort by time.
-    pub(crate) fn on_enqueued(&self, producer: &str, mut tasks: Vec<EnqueuedEntry>) {
-        match tasks.len() {
-            0 => {}
-            1 => {
-                let e = tasks.remove(0);
-                self.record_at(
-                    e.time_ms,
-                    AuditEvent::Enqueued {
-                        task: e.task,
-                        queue: e.queue,
-                        kind: e.kind,
-                        producer: producer.to_owned(),
-                        key_id: e.key_id,
-                        ciphertext_sha256: e.ciphertext_sha256,
-                        ciphertext_len: e.ciphertext_len,
-                    },
-                );
-            }
-            _ => {
-                let first = tasks.iter().map(|e| e.time_ms).min().unwrap_or_default();
-                self.record_at(
-                    first,
-                    AuditEvent::EnqueuedBatch {
-                        producer: producer.to_owned(),
-                        tasks,
-                    },
-                );
-            }
+    pub(crate) fn on_enqueued(&self, producer: &str, tasks: Vec<EnqueuedEntry>) {
+        if let Some((time_ms, event)) = enqueued_record(producer, tasks) {
+            self.record_at(time_ms, event);
         }
     }
 

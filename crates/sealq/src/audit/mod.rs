@@ -19,6 +19,8 @@
 //!   recording never blocks, a background task batches.
 //! - [`AuditSink`]: where records go: [`JsonLinesSink`] (append-only
 //!   files), [`MemorySink`] (tests), `sealq_sqlite::SqliteAuditSink`.
+//! - [`standalone_chain`]: a whole chain (genesis, events, checkpoint)
+//!   made in one go, for a record stored in the caller's transaction.
 //! - [`verify`] / [`verify_sink`]: check chains and checkpoints; the
 //!   [`VerifyReport`] names every [`Fault`] with writer, seq and position.
 //!
@@ -29,6 +31,7 @@ mod fault;
 mod head;
 pub(crate) mod hooks;
 mod sink;
+mod standalone;
 mod verify;
 
 pub use auditor::{
@@ -47,6 +50,7 @@ pub use crate::store::audit::{AuditError, AuditSink, Loaded};
 pub use fault::{Fault, Store};
 pub use head::{check_anchor, make_anchor};
 pub use sink::{JsonLinesSink, MemorySink, checkpoint_line, record_line, write_record_line};
+pub use standalone::{StandaloneChain, enqueued_entry, enqueued_event, standalone_chain};
 pub use verify::{
     RepeatedSuccess, SuccessAt, VerifyOptions, VerifyReport, any_checkpoint_verifies, verify,
     verify_sink,

@@ -278,8 +278,8 @@ impl Client {
         &self.inner.keyring
     }
 
-    /// The auditor, if any (operator actions in `operator.rs`).
-    pub(crate) fn auditor(&self) -> Option<&crate::audit::Auditor> {
+    /// The auditor, if any ([`ClientBuilder::audit`]).
+    pub fn auditor(&self) -> Option<&crate::audit::Auditor> {
         self.inner.audit.as_ref()
     }
 
@@ -366,6 +366,26 @@ impl Client {
     pub async fn enqueue_batch(&self, tasks: Vec<RawTask>) -> Result<Vec<Result<TaskId>>> {
         let batch = self.prepare(tasks).await?;
         self.submit(batch).await
+    }
+
+    /// Check and seal `tasks` for a store the caller writes itself, as
+    /// [`Client::enqueue_batch`] would before its broker call: the policy
+    /// is applied (refusals audited as `policy_rejected`), subjects' data
+    /// keys fetched, large payloads offloaded to the claim-check store, and
+    /// the keyring checked against the broker's recorded check values. No
+    /// `enqueued` record is written: the caller stores the tasks and their
+    /// record ([`crate::audit::enqueued_event`]). Per task, in order.
+    /// Used by a backend's transactional enqueue (`sealq_postgres::PostgresTxClient`).
+    pub async fn seal_batch(&self, tasks: Vec<RawTask>) -> Result<Vec<Result<NewTask>>> {
+        let Prepared { out, sealed, .. } = self.prepare(tasks).await?;
+        if !sealed.is_empty() {
+            self.check_keyring_once().await?;
+        }
+        let mut sealed = sealed.into_iter();
+        Ok(out
+            .into_iter()
+            .map(|r| r.and_then(|_| sealed.next().ok_or(Error::Shutdown)))
+            .collect())
     }
 
     /// Check and seal `tasks` (offloading large payloads): the first half of

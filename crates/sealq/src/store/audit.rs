@@ -79,4 +79,11 @@ pub trait AuditSink: Send + Sync + std::fmt::Debug + 'static {
     async fn read_checkpoints(&self) -> Result<Option<Vec<Loaded<Checkpoint>>>, AuditError>;
     /// A short human description (path, table) for messages.
     fn describe(&self) -> String;
+    /// This sink as [`std::any::Any`], for a backend that must know whether
+    /// a sink is its own (a Postgres transactional enqueue writes its audit
+    /// records in the caller's transaction only to the Postgres sink).
+    /// Default `None`: no sink has to say.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
