@@ -79,8 +79,9 @@ BEGIN
 END
 $$;
 
--- Enqueue: one task per call gets a path of its own (same signature,
--- results and grants as in migration 1).
+-- Enqueue: one task per call gets a path of its own, and the set-based path
+-- joins no rows of the batch with each other (same signature, results and
+-- grants as in migration 1).
 CREATE OR REPLACE FUNCTION sealq.enqueue(
     p_now bigint, p_ids uuid[], p_queues text[], p_kinds text[], p_subjects bytea[],
     p_max_retries integer[], p_retention_ms bigint[], p_run_at bigint[], p_envelopes bytea[],
@@ -97,6 +98,8 @@ DECLARE
     v_room bigint;
     v_holder uuid;
     v_state text;
+    v_n integer := coalesce(array_length(p_ids, 1), 0);
+    v_stored uuid[];
 BEGIN
     -- One task, no unique key, a queue without a depth cap (a one-call
     -- enqueue): a few plain statements, without the set-based machinery
@@ -123,46 +126,58 @@ BEGIN
         END IF;
         RETURN NEXT; RETURN;
     END IF;
-    -- Fast path, set-based: a batch of distinct ids without unique keys
-    -- into queues without a depth cap (the common case) is three
-    -- statements whatever its size.
+    -- Fast path, set-based: a batch of distinct ids, none stored or
+    -- remembered yet, without unique keys, into queues without a depth cap
+    -- (the common case). No join between rows of the batch: the planner
+    -- cannot see how long array parameters are, joined them by nested
+    -- loops, and a batch of 1,000 compared a million pairs twice. The ids
+    -- are checked with one primary-key probe each (`LATERAL … LIMIT 1`:
+    -- never a scan of the table, whatever the statistics say).
     IF NOT EXISTS (SELECT 1 FROM unnest(p_unique_keys) AS k WHERE k IS NOT NULL)
        AND NOT EXISTS (SELECT 1 FROM sealq.queue_limits l WHERE l.queue = ANY (p_queues))
-       AND (SELECT count(DISTINCT d) FROM unnest(p_ids) AS d)
-           = coalesce(array_length(p_ids, 1), 0) THEN
-        RETURN QUERY
-        WITH input AS (
-            SELECT u.*, u.ord::integer AS pos
-            FROM unnest(p_ids, p_queues, p_kinds, p_subjects, p_max_retries, p_retention_ms,
-                        p_run_at, p_envelopes, p_metas)
-                 WITH ORDINALITY AS u(id, queue, kind, subject, max_retries, retention_ms,
-                                      run_at, envelope, meta, ord)
-        ), first AS (
-            SELECT i.* FROM input i
-            WHERE NOT EXISTS (SELECT 1 FROM sealq.completed_ids c WHERE c.id = i.id)
-        ), ins AS (
+       AND (SELECT count(DISTINCT d) FROM unnest(p_ids) AS d) = v_n
+       AND NOT EXISTS (SELECT 1 FROM unnest(p_ids) AS d(id) CROSS JOIN LATERAL
+                       (SELECT 1 FROM sealq.tasks t WHERE t.id = d.id LIMIT 1) AS x)
+       AND NOT EXISTS (SELECT 1 FROM unnest(p_ids) AS d(id) CROSS JOIN LATERAL
+                       (SELECT 1 FROM sealq.completed_ids c WHERE c.id = d.id LIMIT 1) AS x) THEN
+        WITH ins AS (
             INSERT INTO sealq.tasks (id, queue, kind, subject_tag, max_retries, retention_ms,
                                      state, attempts, run_at, updated_at)
-            SELECT f.id, f.queue, f.kind, f.subject, f.max_retries, f.retention_ms,
-                   CASE WHEN f.run_at <= p_now THEN 'pending' ELSE 'scheduled' END,
-                   0, f.run_at, p_now
-            FROM first f
+            SELECT u.id, u.queue, u.kind, u.subject, u.max_retries, u.retention_ms,
+                   CASE WHEN u.run_at <= p_now THEN 'pending' ELSE 'scheduled' END,
+                   0, u.run_at, p_now
+            FROM unnest(p_ids, p_queues, p_kinds, p_subjects, p_max_retries, p_retention_ms,
+                        p_run_at)
+                 AS u(id, queue, kind, subject, max_retries, retention_ms, run_at)
             ON CONFLICT (id) DO NOTHING
-            RETURNING sealq.tasks.id, sealq.tasks.queue, sealq.tasks.state
-        ), bodies AS (
-            INSERT INTO sealq.task_bodies (id, envelope, meta)
-            SELECT f.id, f.envelope, f.meta FROM first f JOIN ins ON ins.id = f.id
-            RETURNING sealq.task_bodies.id
-        ), woken AS (
-            SELECT count(pg_notify('sealq_wake', w.queue)::text) AS n
-            FROM (SELECT DISTINCT ins.queue FROM ins WHERE ins.state = 'pending') w
-        ), stored AS (
-            SELECT f.pos FROM first f JOIN bodies b ON b.id = f.id
+            RETURNING sealq.tasks.id
         )
-        SELECT i.pos,
-               CASE WHEN s.pos IS NULL THEN 'id_exists' ELSE 'enqueued' END,
-               NULL::uuid, NULL::bigint
-        FROM input i LEFT JOIN stored s ON s.pos = i.pos CROSS JOIN woken;
+        SELECT array_agg(ins.id) INTO v_stored FROM ins;
+        IF coalesce(cardinality(v_stored), 0) = v_n THEN
+            INSERT INTO sealq.task_bodies (id, envelope, meta)
+                SELECT u.id, u.envelope, u.meta
+                FROM unnest(p_ids, p_envelopes, p_metas) AS u(id, envelope, meta);
+            PERFORM pg_notify('sealq_wake', w.q) FROM (
+                SELECT DISTINCT u.q FROM unnest(p_queues, p_run_at) AS u(q, r)
+                WHERE u.r <= p_now) AS w;
+            RETURN QUERY SELECT g, 'enqueued'::text, NULL::uuid, NULL::bigint
+                FROM generate_series(1, v_n) AS g;
+            RETURN;
+        END IF;
+        -- A concurrent call stored some of these ids after the check (a
+        -- client retrying a batch): bodies and wake-ups for this call's
+        -- rows only. Rare, so a plain scan of the array is fine here.
+        INSERT INTO sealq.task_bodies (id, envelope, meta)
+            SELECT u.id, u.envelope, u.meta
+            FROM unnest(p_ids, p_envelopes, p_metas) AS u(id, envelope, meta)
+            WHERE u.id = ANY (v_stored);
+        PERFORM pg_notify('sealq_wake', w.q) FROM (
+            SELECT DISTINCT u.q FROM unnest(p_ids, p_queues, p_run_at) AS u(id, q, r)
+            WHERE u.r <= p_now AND u.id = ANY (v_stored)) AS w;
+        RETURN QUERY SELECT u.ord::integer,
+                            CASE WHEN u.id = ANY (v_stored) THEN 'enqueued' ELSE 'id_exists' END,
+                            NULL::uuid, NULL::bigint
+            FROM unnest(p_ids) WITH ORDINALITY AS u(id, ord);
         RETURN;
     END IF;
     -- Take every lock this batch needs up front, in one order, so that
@@ -231,6 +246,88 @@ BEGIN
             PERFORM pg_notify('sealq_wake', p_queues[i]);
         END IF;
         outcome := 'enqueued'; RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+
+-- Dequeue: the replay-memory check of each leased task is a primary-key
+-- probe (same signature, results and grants as in migration 1).
+CREATE OR REPLACE FUNCTION sealq.dequeue(
+    p_queues text[], p_max integer, p_now bigint, p_lease_ms bigint, p_worker text,
+    p_token bigint)
+RETURNS TABLE (id uuid, queue text, kind text, envelope bytea, meta bytea, state text,
+               attempts integer, run_at bigint, last_error bytea, result bytea,
+               archive_reason text, lease_expires_at bigint, finished_at bigint,
+               updated_at bigint, replayed boolean, ord integer)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    v_queue text;
+    v_ord integer := 0;
+    v_left integer := p_max;
+    v_want integer;
+    v_n integer;
+    v_rate record;
+    v_limited boolean;
+    v_tokens double precision;
+BEGIN
+    -- Lock the buckets of every rate-limited queue asked for, in one order
+    -- (two workers asking for the same queues in different orders must
+    -- not deadlock).
+    PERFORM 1 FROM sealq.queue_rates r WHERE r.queue = ANY (p_queues)
+        ORDER BY r.queue FOR UPDATE;
+    FOREACH v_queue IN ARRAY p_queues LOOP
+        v_ord := v_ord + 1;
+        EXIT WHEN v_left <= 0;
+        CONTINUE WHEN EXISTS (SELECT 1 FROM sealq.paused_queues p WHERE p.queue = v_queue);
+        v_want := v_left;
+        SELECT r.rate_limit, r.period_ms, r.tokens, r.updated_at INTO v_rate
+            FROM sealq.queue_rates r WHERE r.queue = v_queue FOR UPDATE;
+        v_limited := FOUND;
+        IF v_limited THEN
+            v_tokens := least(v_rate.tokens + greatest(p_now - v_rate.updated_at, 0)::double precision
+                                  * v_rate.rate_limit / v_rate.period_ms,
+                              v_rate.rate_limit::double precision);
+            v_want := least(v_want, greatest(floor(v_tokens), 0)::integer);
+            CONTINUE WHEN v_want <= 0;
+        END IF;
+        RETURN QUERY
+        WITH picked AS (
+            SELECT t.id FROM sealq.tasks t
+            WHERE t.queue = v_queue AND t.state IN ('pending', 'scheduled', 'retry')
+              AND t.run_at <= p_now
+            ORDER BY t.run_at, t.id
+            LIMIT v_want
+            FOR UPDATE SKIP LOCKED
+        ), leased AS (
+            UPDATE sealq.tasks t
+            SET state = 'active', attempts = t.attempts + 1, lease_token = p_token,
+                lease_expires_at = p_now + p_lease_ms, worker = p_worker, updated_at = p_now
+            FROM picked WHERE t.id = picked.id
+            RETURNING t.*
+        )
+        SELECT l.id, l.queue, l.kind, b.envelope, b.meta, l.state, l.attempts, l.run_at,
+               l.last_error, l.result, l.archive_reason, l.lease_expires_at, l.finished_at,
+               l.updated_at,
+               r.id IS NOT NULL,
+               v_ord
+        FROM leased l LEFT JOIN sealq.task_bodies b ON b.id = l.id
+        -- One primary-key probe per leased task, whatever the planner
+        -- thinks of the table's size: an EXISTS here may be planned (and
+        -- the plan kept for the session) as a hashed scan of the whole
+        -- replay memory, once per call.
+        LEFT JOIN LATERAL (SELECT c.id FROM sealq.completed_ids c WHERE c.id = l.id LIMIT 1) r
+            ON true;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        v_left := v_left - v_n;
+        IF v_limited THEN
+            UPDATE sealq.queue_rates r SET tokens = v_tokens - v_n,
+                                           updated_at = greatest(v_rate.updated_at, p_now)
+                WHERE r.queue = v_queue;
+        END IF;
     END LOOP;
 END
 $$;
