@@ -48,6 +48,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "operator",
         sql: include_str!("migrations/0004_operator.sql"),
     },
+    Migration {
+        version: 5,
+        name: "hot path",
+        sql: include_str!("migrations/0005_hot_path.sql"),
+    },
 ];
 
 /// The schema version this build writes and expects.

@@ -1,0 +1,1 @@
+SELECT count(*) FROM sealq.enqueue(1000000000000, ARRAY[gen_random_uuid()], ARRAY['default'], ARRAY['bench'], ARRAY[NULL::bytea], ARRAY[3], ARRAY[86400000::bigint], ARRAY[1000000000000::bigint], ARRAY[(SELECT e FROM public.env)], ARRAY[(SELECT m FROM public.env)], ARRAY[NULL::text], ARRAY[NULL::bigint]);

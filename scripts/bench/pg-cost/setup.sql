@@ -1,0 +1,1 @@
+CREATE TABLE IF NOT EXISTS public.env AS SELECT decode(string_agg(md5(random()::text), ''), 'hex') AS e, decode(substr(string_agg(md5(random()::text), ''),1,200), 'hex') AS m FROM generate_series(1, 69);
