@@ -16,7 +16,7 @@ const RESTART_PAGES: u64 = 8000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_restarts_under_a_sustained_load() {
-    wal_stays_bounded(2, 6000).await;
+    wal_stays_bounded(2, 18_000).await;
 }
 
 /// A lone producer commits its own transactions (the writer thread is
@@ -24,11 +24,15 @@ async fn wal_restarts_under_a_sustained_load() {
 /// producer: without that request the WAL would grow without bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_call_enqueue_a_lone_producer_keeps_the_wal_bounded() {
-    wal_stays_bounded(1, 12_000).await;
+    wal_stays_bounded(1, 36_000).await;
 }
 
 /// `producers` loops of `each` one-task calls: about 3 frames per commit,
-/// so several times RESTART_PAGES frames in all.
+/// so about 108,000 frames in all, 13 times RESTART_PAGES. A WAL that
+/// never restarts ends that large; one that restarts stays near
+/// RESTART_PAGES. The bound allows the checkpointer to lag behind the
+/// producers on a loaded machine (up to twice RESTART_PAGES more) without
+/// letting a WAL that never restarts pass.
 async fn wal_stays_bounded(producers: usize, each: usize) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wal.db");
@@ -64,7 +68,7 @@ async fn wal_stays_bounded(producers: usize, each: usize) {
     }
     let frames = largest / page;
     assert!(
-        frames <= RESTART_PAGES + 2000,
+        frames <= 3 * RESTART_PAGES,
         "the WAL reached {frames} frames: it did not restart"
     );
     assert_eq!(
