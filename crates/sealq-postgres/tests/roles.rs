@@ -743,3 +743,59 @@ async fn roles_producer_login_enqueues_through_the_broker_and_worker_login_claim
         "operator dequeue",
     );
 }
+
+/// Issue 23, transactional enqueue under least privilege: a producer login
+/// (no table privilege) seals, enqueues and audits in its own transaction
+/// through `PostgresTxClient`; after the commit the task and its record
+/// are there, and the log verifies; the producer still cannot read them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_a_producer_login_enqueues_and_audits_in_its_own_transaction() {
+    let f = Fixture::new().await;
+    let as_producer = f.url_as("producer");
+    let broker = sealq_postgres::PostgresBroker::connect(&as_producer)
+        .await
+        .unwrap();
+    let keyring = sealq::Keyring::generate();
+    let sink = PostgresAuditSink::from_broker(&broker);
+    let auditor = Auditor::start(Arc::new(sink), &keyring).unwrap();
+    let keys = sealq::audit::AuditKeys::from_keyring(&keyring).unwrap();
+    let client = sealq::Client::builder(Arc::new(broker.clone()), Arc::new(keyring))
+        .producer("tests")
+        .audit(auditor.clone())
+        .build();
+    let txq = sealq_postgres::PostgresTxClient::new(client, broker).unwrap();
+
+    let mut pg = f.client_as("producer").await;
+    let tx = pg.transaction().await.unwrap();
+    let task = sealq::RawTask::from_json(
+        "invoice.send",
+        &serde_json::json!({ "order": 1 }),
+        Default::default(),
+    )
+    .unwrap();
+    let id = txq.enqueue_raw_in(&tx, task).await.unwrap();
+    tx.commit().await.unwrap();
+    auditor.close().await.unwrap();
+
+    // Read back as the owner: the task and its record exist, and verify.
+    let owner = sealq_postgres::PostgresBroker::connect(&f.url)
+        .await
+        .unwrap();
+    assert!(
+        sealq::broker::Broker::get(&owner, id)
+            .await
+            .unwrap()
+            .is_some(),
+        "task stored"
+    );
+    let owner_sink = PostgresAuditSink::from_broker(&owner);
+    let records = owner_sink.records_for_task(id).await.unwrap();
+    assert_eq!(records.len(), 1, "one enqueued record");
+    let report = sealq::audit::verify_sink(&owner_sink, &keys, &Default::default())
+        .await
+        .unwrap();
+    assert!(report.is_ok(), "{:?}", report.faults);
+    // The producer still reads nothing back.
+    let producer_sink = PostgresAuditSink::connect(&as_producer).await.unwrap();
+    assert!(producer_sink.read_records().await.is_err());
+}
