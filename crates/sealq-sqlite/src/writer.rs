@@ -119,9 +119,10 @@ where
     }
 }
 
+/// An operation sent to the writer thread: run as an [`InlineJob`], its
+/// result sent back once the group committed.
 struct TypedJob<T, F> {
-    op: F,
-    result: Option<BrokerResult<T>>,
+    job: InlineJob<T, F>,
     reply: oneshot::Sender<BrokerResult<T>>,
 }
 
@@ -130,10 +131,7 @@ where
     F: FnMut(&mut OpCtx<'_>) -> BrokerResult<T>,
 {
     fn run(&mut self, ctx: &mut OpCtx<'_>) -> bool {
-        let result = (self.op)(ctx);
-        let ok = result.is_ok();
-        self.result = Some(result);
-        ok
+        self.job.run(ctx)
     }
 }
 
@@ -143,7 +141,7 @@ where
     F: FnMut(&mut OpCtx<'_>) -> BrokerResult<T> + Send + 'static,
 {
     fn finish(self: Box<Self>, commit: Result<(), &BrokerError>) {
-        let reply = match (commit, self.result) {
+        let reply = match (commit, self.job.result) {
             (Ok(()), Some(result)) => result,
             (Err(e), _) => Err(copy_error(e)),
             (Ok(()), None) => Err(BrokerError::new(
@@ -237,8 +235,7 @@ impl Writer {
     {
         let (reply, rx) = oneshot::channel();
         let job: Box<dyn Job> = Box::new(TypedJob {
-            op,
-            result: None,
+            job: InlineJob { op, result: None },
             reply,
         });
         let tx = self.tx.as_ref().ok_or_else(|| self.stopped())?;
@@ -381,26 +378,23 @@ fn writer_loop(shared: &Shared, rx: &Receiver<Box<dyn Job>>) {
                 Err(_) => break,
             }
         }
-        if !group.is_empty() {
-            gather(
-                shared,
-                rx,
-                &mut group,
-                last.min(env.max_group),
-                (took / 2).min(GATHER),
-            );
-            last = group.len();
-            shared.last_group.store(last, Ordering::Relaxed);
-            let started = std::time::Instant::now();
-            let wake = run_group(&conn, env, &mut group, &mut done);
-            took = started.elapsed();
-            // Released before the replies, so that a caller that finds the
-            // writer idle on its next call can lead at once.
-            drop(conn);
-            reply(env, &mut done, wake);
-        } else {
-            drop(conn);
-        }
+        // The group holds at least `first`.
+        gather(
+            shared,
+            rx,
+            &mut group,
+            last.min(env.max_group),
+            (took / 2).min(GATHER),
+        );
+        last = group.len();
+        shared.last_group.store(last, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let wake = run_group(&conn, env, &mut group, &mut done);
+        took = started.elapsed();
+        // Released before the replies, so that a caller that finds the
+        // writer idle on its next call can lead at once.
+        drop(conn);
+        reply(env, &mut done, wake);
         if env.wal.restart_due() {
             // Every caller of the group has its reply: a checkpoint here
             // delays only callers that come meanwhile, once per
