@@ -1,7 +1,9 @@
 //! The recording calls the rest of the crate makes: one function per event,
 //! so every place that counts an event uses the same name and labels.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -28,8 +30,65 @@ struct TaskMetrics {
 type Handles = BTreeMap<(Arc<str>, Arc<str>), Arc<TaskMetrics>>;
 static HANDLES: RwLock<Handles> = RwLock::new(BTreeMap::new());
 
-/// The handles of `queue` and `kind`, registered with the recorder on
-/// first use.
+/// Bumped when the handles are forgotten: a thread's cache of them
+/// ([`RECENT`]) made before is dropped on its next use.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Entries a thread's cache keeps (a worker runs a few queues and types;
+/// past this, the oldest entry makes room).
+const RECENT_MAX: usize = 8;
+
+/// One thread's most recently used handles, by the queue and task type as
+/// given (before the labels' cap).
+struct Recent {
+    generation: u64,
+    next: usize,
+    entries: Vec<(Box<str>, Box<str>, Arc<TaskMetrics>)>,
+}
+
+thread_local! {
+    /// Found here, a task's handles cost no shared write: the shared map's
+    /// lock and the label sets' locks, and the handles' reference count,
+    /// are written by every read, and worker threads recording several
+    /// events per task would pass those cache lines back and forth.
+    static RECENT: RefCell<Recent> = const {
+        RefCell::new(Recent { generation: 0, next: 0, entries: Vec::new() })
+    };
+}
+
+/// Run `f` with the handles of `queue` and `kind`, registered with the
+/// recorder on first use.
+fn with_task(queue: &str, kind: &str, f: impl FnOnce(&TaskMetrics)) {
+    let generation = GENERATION.load(Ordering::Acquire);
+    RECENT.with(|recent| {
+        let mut recent = recent.borrow_mut();
+        if recent.generation != generation {
+            recent.entries.clear();
+            recent.next = 0;
+            recent.generation = generation;
+        }
+        if let Some((_, _, m)) = recent
+            .entries
+            .iter()
+            .find(|(q, t, _)| &**q == queue && &**t == kind)
+        {
+            return f(m);
+        }
+        let m = task(queue, kind);
+        f(&m);
+        let entry = (Box::from(queue), Box::from(kind), m);
+        if recent.entries.len() < RECENT_MAX {
+            recent.entries.push(entry);
+        } else {
+            let at = recent.next;
+            recent.entries[at] = entry;
+            recent.next = (at + 1) % RECENT_MAX;
+        }
+    });
+}
+
+/// The handles of `queue` and `kind` from the shared map, registered with
+/// the recorder on first use.
 fn task(queue: &str, kind: &str) -> Arc<TaskMetrics> {
     let key = (QUEUES.get(queue), TASK_TYPES.get(kind));
     // The map holds plain values; a poisoned lock is still consistent.
@@ -60,7 +119,9 @@ fn task(queue: &str, kind: &str) -> Arc<TaskMetrics> {
 /// (handles registered before it went to the no-op recorder).
 #[cfg(feature = "prometheus")]
 pub(crate) fn forget_handles() {
-    HANDLES.write().unwrap_or_else(|p| p.into_inner()).clear();
+    let mut handles = HANDLES.write().unwrap_or_else(|p| p.into_inner());
+    handles.clear();
+    GENERATION.fetch_add(1, Ordering::Release);
 }
 
 /// `queue` and `task_type` label values, bounded.
@@ -80,32 +141,33 @@ pub(crate) fn enqueued(queue: &str, kind: &str, n: u64) {
 /// A handler call started: counts it, and records how long after its due
 /// time (`late`) and, for a first attempt, after its enqueue (`waited`).
 pub(crate) fn started(queue: &str, kind: &str, late: Duration, waited: Option<Duration>) {
-    let m = task(queue, kind);
-    m.started.increment(1);
-    m.start_delay.record(late.as_secs_f64());
-    if let Some(waited) = waited {
-        m.enqueue_to_start.record(waited.as_secs_f64());
-    }
+    with_task(queue, kind, |m| {
+        m.started.increment(1);
+        m.start_delay.record(late.as_secs_f64());
+        if let Some(waited) = waited {
+            m.enqueue_to_start.record(waited.as_secs_f64());
+        }
+    });
 }
 
 /// A handler call ended after `took`.
 pub(crate) fn handler_duration(queue: &str, kind: &str, took: Duration) {
-    task(queue, kind).duration.record(took.as_secs_f64());
+    with_task(queue, kind, |m| m.duration.record(took.as_secs_f64()));
 }
 
 /// An attempt succeeded.
 pub(crate) fn succeeded(queue: &str, kind: &str) {
-    task(queue, kind).succeeded.increment(1);
+    with_task(queue, kind, |m| m.succeeded.increment(1));
 }
 
 /// An attempt failed (error, panic, timeout), whatever follows.
 pub(crate) fn failed(queue: &str, kind: &str) {
-    task(queue, kind).failed.increment(1);
+    with_task(queue, kind, |m| m.failed.increment(1));
 }
 
 /// A failed attempt was scheduled to run again.
 pub(crate) fn retried(queue: &str, kind: &str) {
-    task(queue, kind).retried.increment(1);
+    with_task(queue, kind, |m| m.retried.increment(1));
 }
 
 /// A worker archived a task for `reason` (an `ArchiveReason`'s name; a
@@ -132,7 +194,7 @@ pub(crate) fn unhandled_type(queue: &str, kind: &str) {
 
 /// A leased task was given back at shutdown.
 pub(crate) fn requeued(queue: &str, kind: &str) {
-    task(queue, kind).requeued.increment(1);
+    with_task(queue, kind, |m| m.requeued.increment(1));
 }
 
 /// A task for `queue` was refused by policy `rule` (a scanner rule,
@@ -200,4 +262,49 @@ pub(crate) fn audit_backlog(n: u64) {
 /// An audit append failed.
 pub(crate) fn audit_append_failed() {
     ::metrics::counter!(names::AUDIT_APPEND_FAILURES).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cached(queue: &str, kind: &str) -> *const TaskMetrics {
+        let mut at = std::ptr::null();
+        with_task(queue, kind, |m| at = m as *const TaskMetrics);
+        at
+    }
+
+    #[test]
+    fn a_threads_cache_serves_the_shared_handles_until_they_are_forgotten() {
+        let (q, t) = ("record-cache-test", "kind");
+        let first = cached(q, t);
+        let shared = task(q, t);
+        assert_eq!(
+            first,
+            Arc::as_ptr(&shared),
+            "the cache holds the shared map's handles"
+        );
+        assert_eq!(cached(q, t), first, "found again in the cache");
+        assert_ne!(
+            cached(q, "other-kind"),
+            first,
+            "another type has its own handles"
+        );
+        // Forgetting the handles (as installing a recorder does) drops every
+        // thread's cache: the next use registers anew.
+        HANDLES.write().unwrap().clear();
+        GENERATION.fetch_add(1, Ordering::Release);
+        assert_ne!(
+            cached(q, t),
+            Arc::as_ptr(&shared),
+            "registered anew after forgetting"
+        );
+        // More distinct pairs than the cache keeps: each still finds its own.
+        let many: Vec<_> = (0..RECENT_MAX + 3)
+            .map(|i| (format!("q{i}"), cached(&format!("q{i}"), t)))
+            .collect();
+        for (queue, at) in &many {
+            assert_eq!(cached(queue, t), *at, "{queue}");
+        }
+    }
 }
