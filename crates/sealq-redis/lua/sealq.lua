@@ -506,7 +506,8 @@ local function dequeue(keys, args)
   local expires = s(now + tonumber(args[3]))
   local tok = args[5]
   local per, out, extra = {}, {}, {}
-  local taken = 0
+  -- Fill counts kept by hand (`#t` is a search in Lua 5.1, per append).
+  local taken, nout = 0, 0
   for qi, Q in ipairs(keys) do
     local want = max - taken
     if want <= 0 then break end
@@ -547,12 +548,14 @@ local function dequeue(keys, args)
         end
         bulk('ZREM', Q .. 'ready', ids)
         local active, undelay = {}, {}
+        local nactive = 0
         local delta = {pending = 0, scheduled = 0, retry = 0, active = 0}
-        for j, id in ipairs(ids) do
+        for j = 1, #ids do
+          local id = ids[j]
           local T = Q .. 't:' .. id
           local cur = redis.pcall('HMGET', T, 's', 'a', 'r', 'le')
           if cur.err then cur = damage(cur) end
-          if failed(cur) then
+          if cur == DAMAGED then
             -- Not a hash (an edited key): no task to lease. It leaves the
             -- ready set (above) and the delayed one.
             warn('set aside ' .. T .. ' at dequeue: not a hash')
@@ -568,15 +571,16 @@ local function dequeue(keys, args)
             local a = cur[2] or ''
             if an then a = small(an + 1) end
             redis.call('HSET', T, 's', 'active', 'a', a, 'tok', tok, 'lx', expires, 'upd', nows)
-            active[#active + 1] = expires; active[#active + 1] = id
+            active[nactive + 1] = expires; active[nactive + 2] = id
+            nactive = nactive + 2
             delta[st] = delta[st] - 1
             delta.active = delta.active + 1
             taken = taken + 1
             got = got + 1
             -- A missing run_at (an edited hash) comes back as false: the
             -- worker refuses the task (integrity).
-            local o = #out
-            out[o + 1] = id; out[o + 2] = a; out[o + 3] = cur[3] or false
+            out[nout + 1] = id; out[nout + 2] = a; out[nout + 3] = cur[3] or false
+            nout = nout + 3
             if seen[j] then
               local e = #extra
               extra[e + 1] = taken; extra[e + 2] = 'p'; extra[e + 3] = 1
@@ -643,6 +647,8 @@ local function ack(keys, args)
   local out = {}
   local ready = false
   local left, done, archived, queued, delayed = {}, {}, {}, {}, {}
+  -- Fill counts kept by hand (`#t` is a search in Lua 5.1, per append).
+  local nout, nleft, ndone = 0, 0, 0
   local purge_at = {}
   local seen_at = {}
   local delta = {active = 0, completed = 0, retry = 0, archived = 0, pending = 0}
@@ -665,10 +671,12 @@ local function ack(keys, args)
     -- (A task key that is no longer a hash holds no lease.)
     local cur = redis.pcall('HMGET', T, 's', 'tok', 'ret', 'uk')
     if cur.err then cur = damage(cur) end
-    if failed(cur) or cur[1] ~= 'active' or cur[2] ~= tok then
-      out[#out + 1] = 0
+    if cur == DAMAGED or cur[1] ~= 'active' or cur[2] ~= tok then
+      nout = nout + 1
+      out[nout] = 0
     else
-      left[#left + 1] = id
+      nleft = nleft + 1
+      left[nleft] = id
       delta.active = delta.active - 1
       if op == 'c' or op == 'C' then
         if op == 'C' then
@@ -683,8 +691,9 @@ local function ack(keys, args)
           at = s(now + (tonumber(ret) or 0))
           purge_at[ret] = at
         end
-        done[#done + 1] = at; done[#done + 1] = id
-        seen_at[#seen_at + 1] = #out + 1
+        done[ndone + 1] = at; done[ndone + 2] = id
+        ndone = ndone + 2
+        seen_at[ndone / 2] = nout + 1
         release_unique(Q, id, cur[4])
         delta.completed = delta.completed + 1
       elseif op == 'r' or op == 'R' then
@@ -724,7 +733,8 @@ local function ack(keys, args)
         delta.pending = delta.pending + 1
         ready = true
       end
-      out[#out + 1] = 1
+      nout = nout + 1
+      out[nout] = 1
     end
   end
   bulk('ZREM', Q .. 'active', left)
@@ -735,7 +745,7 @@ local function ack(keys, args)
     -- deleted before) is read with one `ZMSCORE`. (A set that is not a
     -- zset, an edited key: dequeue fails closed on it, see there.)
     local ids = {}
-    for k = 2, #done, 2 do ids[#ids + 1] = done[k] end
+    for k = 2, ndone, 2 do ids[k / 2] = done[k] end
     local i = 1
     while i <= #ids do
       local j = math.min(i + CHUNK - 1, #ids)
