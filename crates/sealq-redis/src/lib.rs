@@ -139,7 +139,9 @@ pub struct RedisOptions {
     /// times faster with it (docs/benchmarks.md, "Spin-then-park"). It
     /// spends CPU only while the process has nothing else to run, and
     /// turns itself off where round trips are longer than this (a network
-    /// between client and Redis). Calls that overlap never spin.
+    /// between client and Redis) or where parked calls have lately come
+    /// back sooner than spinning ones (a busy host). Calls that overlap
+    /// never spin.
     pub spin_wait: Duration,
     /// How long the ids of completed and deleted tasks are remembered after
     /// they completed or were deleted (and always while the task is

@@ -20,19 +20,29 @@ use std::time::{Duration, Instant};
 /// blocking, then parks as usual once the budget is spent.
 ///
 /// It costs CPU only while the process has nothing else to do, at most
-/// `budget` per call, and only where it pays: the wait is skipped while
-/// the recent round trips of lone calls (a moving average) exceed the
-/// budget, as over a real network. Calls that overlap (a loaded worker)
-/// never spin; they keep the runtime busy anyway.
+/// `budget` per call, and only where it pays. Whether it pays changes with
+/// the host: on an idle guest a parked thread wakes slowly and spinning
+/// wins, but while other processes keep the vCPUs busy a wake-up is cheap
+/// and a spinning client takes CPU that Redis needs (one-call enqueues ran
+/// at 9,300/s spinning and 14,800/s parked on the same loaded guest; see
+/// docs/benchmarks.md). So the lone calls keep two moving averages, of
+/// the round trips that spun and of those that parked, and wait the way
+/// that has been faster lately; every [`PROBE`]th lone call waits the
+/// other way so both stay current. Spinning is skipped too while its
+/// round trips exceed the budget, as over a real network. Calls that
+/// overlap (a loaded worker) never spin; they keep the runtime busy anyway.
 pub(crate) struct Spin {
     budget_ns: u64,
     /// Calls in flight on the connection.
     in_flight: AtomicUsize,
-    /// Moving average of lone calls' round trips, ns.
-    recent_ns: AtomicU64,
-    /// Lone calls so far: every [`PROBE`]th spins even when the average
-    /// says not to, so the average can learn that spinning pays again
-    /// (a parked call's round trip is longer than a spinning one's).
+    /// Moving average of the round trips of lone calls that spun, ns (0:
+    /// none yet).
+    spun_ns: AtomicU64,
+    /// Moving average of the round trips of lone calls that parked, ns (0:
+    /// none yet).
+    parked_ns: AtomicU64,
+    /// Lone calls so far: every [`PROBE`]th waits the way the averages do
+    /// not prefer.
     lone: AtomicU64,
 }
 
@@ -44,29 +54,33 @@ impl Spin {
         Spin {
             budget_ns: u64::try_from(budget.as_nanos()).unwrap_or(u64::MAX),
             in_flight: AtomicUsize::new(0),
-            recent_ns: AtomicU64::new(0),
+            spun_ns: AtomicU64::new(0),
+            parked_ns: AtomicU64::new(0),
             lone: AtomicU64::new(0),
         }
     }
 
     /// Whether a lone call should spin, given the recent round trips.
     fn worth_it(&self) -> bool {
-        let probe = self
-            .lone
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(PROBE);
-        probe || self.recent_ns.load(Ordering::Relaxed) <= self.budget_ns
+        let probe = self.lone.fetch_add(1, Ordering::Relaxed) % PROBE == PROBE - 1;
+        let spun = self.spun_ns.load(Ordering::Relaxed);
+        let parked = self.parked_ns.load(Ordering::Relaxed);
+        // A way not tried yet counts as worth trying; spinning first.
+        let spin_faster = spun <= self.budget_ns && (parked == 0 || spun <= parked);
+        spin_faster != probe
     }
 
-    /// Fold one lone call's round trip into the moving average (1/8 weight).
-    fn observe(&self, took_ns: u64) {
-        let old = self.recent_ns.load(Ordering::Relaxed);
+    /// Fold one lone call's round trip into the moving average of the way
+    /// it waited (1/8 weight).
+    fn observe(&self, spun: bool, took_ns: u64) {
+        let avg = if spun { &self.spun_ns } else { &self.parked_ns };
+        let old = avg.load(Ordering::Relaxed);
         let new = if old == 0 {
-            took_ns
+            took_ns.max(1)
         } else {
             old - old / 8 + took_ns / 8
         };
-        self.recent_ns.store(new, Ordering::Relaxed);
+        avg.store(new, Ordering::Relaxed);
     }
 
     /// Run `call`, spinning as described above.
@@ -78,7 +92,8 @@ impl Spin {
         }
         let start = Instant::now();
         let mut call = pin!(call);
-        let out = if self.worth_it() {
+        let spin = self.worth_it();
+        let out = if spin {
             let deadline = start + Duration::from_nanos(self.budget_ns);
             loop {
                 if let Poll::Ready(v) = poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
@@ -94,7 +109,10 @@ impl Spin {
         } else {
             call.await
         };
-        self.observe(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        self.observe(
+            spin,
+            u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        );
         out
     }
 }
@@ -172,7 +190,7 @@ mod tests {
         assert!(reply.polls() > 50, "{}", reply.polls());
         assert_eq!(spin.in_flight.load(Ordering::Relaxed), 0);
         // The 30 ms round trip is over the budget: the next lone call parks.
-        assert!(spin.recent_ns.load(Ordering::Relaxed) >= 30_000_000);
+        assert!(spin.spun_ns.load(Ordering::Relaxed) >= 30_000_000);
         let (c, reply) = call(10);
         assert_eq!(spin.wait(c).await, 7);
         assert!(reply.polls() <= 2, "{}", reply.polls());
@@ -214,22 +232,44 @@ mod tests {
     #[test]
     fn the_average_follows_round_trips_and_probes_keep_trying() {
         let spin = Spin::new(Duration::from_micros(200));
-        spin.observe(100_000);
-        assert_eq!(spin.recent_ns.load(Ordering::Relaxed), 100_000);
-        spin.observe(900_000);
+        spin.observe(true, 100_000);
+        assert_eq!(spin.spun_ns.load(Ordering::Relaxed), 100_000);
+        spin.observe(true, 900_000);
         assert_eq!(
-            spin.recent_ns.load(Ordering::Relaxed),
+            spin.spun_ns.load(Ordering::Relaxed),
             100_000 - 12_500 + 112_500
         );
+        assert_eq!(spin.parked_ns.load(Ordering::Relaxed), 0, "apart");
         for _ in 0..40 {
-            spin.observe(1_000_000);
+            spin.observe(true, 1_000_000);
         }
         // Over the budget: only every PROBE-th lone call still spins.
         let spins = (0..PROBE * 4).filter(|_| spin.worth_it()).count();
         assert_eq!(spins, 4);
         for _ in 0..40 {
-            spin.observe(80_000);
+            spin.observe(true, 80_000);
         }
         assert!((0..10).all(|_| spin.worth_it()));
+    }
+
+    #[test]
+    fn lone_calls_wait_the_way_that_has_been_faster_lately() {
+        let spin = Spin::new(Duration::from_micros(200));
+        assert!(spin.worth_it(), "spinning is tried first");
+        // Parked calls came back sooner (a loaded host wakes threads
+        // fast): park, but every PROBE-th call still spins.
+        for _ in 0..40 {
+            spin.observe(true, 110_000);
+            spin.observe(false, 70_000);
+        }
+        let spins = (0..PROBE * 4).filter(|_| spin.worth_it()).count();
+        assert_eq!(spins, 4, "only the probes spin");
+        // Spinning got faster again (an idle host): spin, every PROBE-th
+        // call parks.
+        for _ in 0..40 {
+            spin.observe(true, 40_000);
+        }
+        let spins = (0..PROBE * 4).filter(|_| spin.worth_it()).count();
+        assert_eq!(spins, PROBE as usize * 4 - 4, "only the probes park");
     }
 }
