@@ -301,9 +301,12 @@ end
 --   Lua costs less than the three extra commands). A task whose bytes key
 --   exists already is 'nobytes', and the caller retries it the
 --   `SET NX PX` way.
--- Returns per task: 'ok' | 'exists' | 'nobytes' (its bytes are not there
--- as just written) | 'full:<cap>' (the queue holds its maximum of waiting
--- tasks) | the id holding the unique key.
+-- Returns the number of tasks when every task was stored (the usual case:
+-- one integer instead of a string per task, which costs Redis a
+-- conversion each and the caller a parse each); else per task: 'ok' |
+-- 'exists' | 'nobytes' (its bytes are not there as just written) |
+-- 'full:<cap>' (the queue holds its maximum of waiting tasks) | the id
+-- holding the unique key.
 -- Known ids are refused: on a single node through the global index (one
 -- HMGET for the batch); on a Cluster the caller has claimed every id in the
 -- global index before (sealq_registry 'index') and passes only the ids it
@@ -351,7 +354,7 @@ local function enqueue_with(keys, args, stride, inline, name)
   end
   local ready, delayed, all, index = {}, {}, {}, {}
   -- Fill counts kept by hand: `#t` is a search in Lua 5.1, per append.
-  local nready, ndelayed, nall = 0, 0, 0
+  local nready, ndelayed, nall, nok = 0, 0, 0, 0
   local delta = {pending = 0, scheduled = 0}
   for j = 1, n do
     local b = 3 + (j - 1) * stride
@@ -424,6 +427,7 @@ local function enqueue_with(keys, args, stride, inline, name)
         fresh[id] = true
         if room then room = room - 1 end
         out[j] = 'ok'
+        nok = nok + 1
       end
     end
   end
@@ -441,6 +445,7 @@ local function enqueue_with(keys, args, stride, inline, name)
   -- while more wait passes the wake-up on (dequeue). With a backlog, an
   -- enqueue costs no wake-up commands.
   if rose.pending then wake(Q) end
+  if nok == n then return n end
   return out
 end
 

@@ -13,7 +13,7 @@ use crate::codec::{self, array, bytes, id_str, parse_id};
 use crate::{RedisBroker, keys};
 
 /// What `sealq_enqueue` said of one task.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stored {
     Ok,
     Exists,
@@ -36,10 +36,18 @@ const STORED_BYTES_TTL_MS: u64 = 10 * 60 * 1000;
 /// which costs Redis less per task than passing them through Lua.
 const ENQUEUE_INLINE: usize = 8;
 
-/// The reply of `sealq_enqueue` (or `_inline`) for one queue: one item
-/// per task, `ok`, `exists`, `nobytes`, `full:CAP` or the id of the task
-/// holding its unique key.
+/// The reply of `sealq_enqueue` (or `_inline`) for one queue: the number
+/// of tasks when every one was stored, else one item per task, `ok`,
+/// `exists`, `nobytes`, `full:CAP` or the id of the task holding its
+/// unique key.
 fn parse_enqueue_reply(reply: Value, tasks: usize) -> Result<Vec<Stored>, String> {
+    if let Value::Int(n) = reply {
+        return if usize::try_from(n) == Ok(tasks) {
+            Ok(vec![Stored::Ok; tasks])
+        } else {
+            Err(format!("{n} tasks stored of a call of {tasks}"))
+        };
+    }
     let items = array(reply)?;
     if items.len() != tasks {
         return Err("one result per task expected".to_owned());
@@ -353,6 +361,11 @@ mod tests {
             ]
         );
         assert_eq!(parse_enqueue_reply(Value::Nil, 0).unwrap(), []);
+        assert_eq!(
+            parse_enqueue_reply(Value::Int(3), 3).unwrap(),
+            [Stored::Ok; 3],
+            "all stored, in one integer"
+        );
     }
 
     #[test]
@@ -364,7 +377,11 @@ mod tests {
         assert_eq!(e(vec![s("full:-1")], 1), "a queue's cap is not a number");
         assert_eq!(e(vec![s("OK")], 1), "unique key holder is not an id");
         assert_eq!(e(vec![Value::Nil], 1), "expected a string, got nil");
-        let e = parse_enqueue_reply(Value::Int(1), 1).unwrap_err();
+        let e = parse_enqueue_reply(Value::Int(1), 2).unwrap_err();
+        assert_eq!(e, "1 tasks stored of a call of 2");
+        let e = parse_enqueue_reply(Value::Int(-1), 1).unwrap_err();
+        assert_eq!(e, "-1 tasks stored of a call of 1");
+        let e = parse_enqueue_reply(s("ok"), 1).unwrap_err();
         assert!(e.contains("expected an array"), "{e}");
     }
 }

@@ -11,7 +11,7 @@ use crate::codec::{array, int, opt_bytes};
 
 /// Version of the functions library this build needs. Bumped whenever a
 /// function's keys, arguments or replies change.
-pub const LIBRARY_VERSION: &str = "14";
+pub const LIBRARY_VERSION: &str = "15";
 
 /// Name of the library (`#!lua name=sealq`).
 pub const LIBRARY_NAME: &str = "sealq";
