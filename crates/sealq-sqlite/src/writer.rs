@@ -280,7 +280,7 @@ impl Writer {
         if self.tx.is_none()
             || shared.last_group.load(Ordering::Relaxed) > 1
             || shared.queued.load(Ordering::SeqCst) != 0
-            || shared.env.wal.restart_due()
+            || shared.env.wal.restart_due(true)
         {
             return Err(op);
         }
@@ -395,12 +395,13 @@ fn writer_loop(shared: &Shared, rx: &Receiver<Box<dyn Job>>) {
         // writer idle on its next call can lead at once.
         drop(conn);
         reply(env, &mut done, wake);
-        if env.wal.restart_due() {
+        let lone = last == 1;
+        if env.wal.restart_due(lone) {
             // Every caller of the group has its reply: a checkpoint here
             // delays only callers that come meanwhile, once per
-            // RESTART_PAGES frames, so the WAL can restart (see the
-            // `checkpoint` module).
-            env.wal.restart_if_large(&shared.lock(), &env.path);
+            // RESTART_PAGES frames (LONE_RESTART_PAGES for lone small
+            // commits), so the WAL can restart (see the `checkpoint` module).
+            env.wal.restart_if_large(&shared.lock(), &env.path, lone);
         }
     }
     // Channel closed: the last handle is gone. The connection closes with
