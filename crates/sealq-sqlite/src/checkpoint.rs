@@ -41,7 +41,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
 
@@ -64,6 +64,12 @@ pub(crate) const LONE_RESTART_PAGES: i32 = 2 * CHECKPOINT_PAGES;
 /// A commit that added at most this many frames is small.
 const SMALL_COMMIT_PAGES: i32 = 64;
 
+/// Commits of one operation each, in a row, after which a caller counts as
+/// lone. Concurrent callers share groups; a group of one among them now and
+/// then must not restart the WAL early (8 producers measured 10-25% slower
+/// when one such group was enough).
+const LONE_STREAK: u32 = 32;
+
 /// The checkpointer also runs after this long without a request.
 pub(crate) const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 
@@ -74,6 +80,8 @@ pub(crate) struct WalState {
     pages: AtomicI32,
     /// Frames the last commit added.
     added: AtomicI32,
+    /// Commits of one operation each in a row (see [`LONE_STREAK`]).
+    singles: AtomicU32,
     /// Set while the writer waits to checkpoint the rest itself: the
     /// checkpointer then starts no round of its own (a round in progress
     /// holds SQLite's checkpoint lock, and the writer's attempt would fail).
@@ -86,18 +94,30 @@ impl WalState {
         self.pages.load(Ordering::Relaxed)
     }
 
+    /// Record a commit of `ops` operations (a caller's own, or a writer
+    /// thread group's). A hint, not an invariant: a count that wraps after
+    /// 2^32 single commits only delays one early restart.
+    pub(crate) fn note_commit(&self, ops: usize) {
+        if ops == 1 {
+            self.singles.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.singles.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Whether the WAL has reached its restart size: [`RESTART_PAGES`]
-    /// frames; or [`LONE_RESTART_PAGES`] when commits are `lone` (one
-    /// operation each) and the last one was small. While the WAL file grows,
-    /// every commit's fdatasync also commits the file system's journal (the
-    /// new size): one more wait per commit, which counts when each call pays
-    /// its own commit (measured in `docs/benchmarks.md`, "SQLite one-call
-    /// enqueue"). A restarted WAL is overwritten in place.
-    pub(crate) fn restart_due(&self, lone: bool) -> bool {
+    /// frames; or [`LONE_RESTART_PAGES`] once [`LONE_STREAK`] commits in a
+    /// row held one operation each and the last one was small. While the
+    /// WAL file grows, every commit's fdatasync also commits the file
+    /// system's journal (the new size): one more wait per commit, which
+    /// counts when each call pays its own commit (measured in
+    /// `docs/benchmarks.md`, "SQLite worker memory and quiet-machine
+    /// ratios"). A restarted WAL is overwritten in place.
+    pub(crate) fn restart_due(&self) -> bool {
         let pages = self.pages();
         pages >= RESTART_PAGES
-            || (lone
-                && pages >= LONE_RESTART_PAGES
+            || (pages >= LONE_RESTART_PAGES
+                && self.singles.load(Ordering::Relaxed) >= LONE_STREAK
                 && self.added.load(Ordering::Relaxed) <= SMALL_COMMIT_PAGES)
     }
 
@@ -105,8 +125,8 @@ impl WalState {
     /// [`RESTART_PAGES`] frames, copy what is left so that the next
     /// transaction restarts the WAL. Retried after every group until a
     /// checkpoint copied everything.
-    pub(crate) fn restart_if_large(&self, conn: &Connection, path: &Path, lone: bool) {
-        if !self.restart_due(lone) {
+    pub(crate) fn restart_if_large(&self, conn: &Connection, path: &Path) {
+        if !self.restart_due() {
             return;
         }
         self.restart_wanted.store(true, Ordering::Relaxed);

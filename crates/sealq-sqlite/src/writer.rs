@@ -280,7 +280,7 @@ impl Writer {
         if self.tx.is_none()
             || shared.last_group.load(Ordering::Relaxed) > 1
             || shared.queued.load(Ordering::SeqCst) != 0
-            || shared.env.wal.restart_due(true)
+            || shared.env.wal.restart_due()
         {
             return Err(op);
         }
@@ -298,6 +298,7 @@ impl Writer {
             )
         });
         drop(conn);
+        shared.env.wal.note_commit(1);
         Ok(match outcome {
             Ok(wake) => {
                 if wake {
@@ -395,13 +396,14 @@ fn writer_loop(shared: &Shared, rx: &Receiver<Box<dyn Job>>) {
         // writer idle on its next call can lead at once.
         drop(conn);
         reply(env, &mut done, wake);
-        let lone = last == 1;
-        if env.wal.restart_due(lone) {
+        env.wal.note_commit(last);
+        if env.wal.restart_due() {
             // Every caller of the group has its reply: a checkpoint here
             // delays only callers that come meanwhile, once per
-            // RESTART_PAGES frames (LONE_RESTART_PAGES for lone small
-            // commits), so the WAL can restart (see the `checkpoint` module).
-            env.wal.restart_if_large(&shared.lock(), &env.path, lone);
+            // RESTART_PAGES frames (LONE_RESTART_PAGES for a lone caller's
+            // small commits), so the WAL can restart (see the `checkpoint`
+            // module).
+            env.wal.restart_if_large(&shared.lock(), &env.path);
         }
     }
     // Channel closed: the last handle is gone. The connection closes with
