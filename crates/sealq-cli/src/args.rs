@@ -455,7 +455,7 @@ pub(crate) struct WorkerArgs {
     pub(crate) concurrency: usize,
     /// Tasks leased ahead of free slots, fixed. Without it the prefetch
     /// adapts to the task rate: at least --concurrency, up to 16 ×
-    /// --concurrency (at most 4,096) when tasks are short. Prefetched tasks
+    /// --concurrency (4 × on SQLite; at most 4,096) when tasks are short. Prefetched tasks
     /// hold a lease while they wait: keep it small for long tasks.
     #[arg(long, value_name = "N")]
     pub(crate) prefetch: Option<usize>,
@@ -768,7 +768,7 @@ pub(crate) struct BenchArgs {
     pub(crate) concurrency: usize,
     /// Tasks the worker leases ahead of free slots, fixed. Without it the
     /// prefetch adapts to the task rate (at least --concurrency, at most 16 ×
-    /// --concurrency and 4,096), as `worker` does.
+    /// --concurrency, 4 × on SQLite, and 4,096), as `worker` does.
     #[arg(long, value_name = "N")]
     pub(crate) prefetch: Option<usize>,
     /// Tasks per enqueue batch (one broker round trip each; with --bulk, at

@@ -3,6 +3,7 @@
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 
+mod arenas;
 mod args;
 mod broker_url;
 mod cmd;
@@ -49,6 +50,8 @@ fn workers_for(command: &args::Command, env_set: bool, cores: usize) -> Option<u
 }
 
 fn main() -> ExitCode {
+    // Before anything allocates on another thread (see the module).
+    arenas::limit();
     let matches = args::Cli::command().get_matches();
     let cli = args::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     logging::init(

@@ -28,13 +28,20 @@
 //!   then the next transaction restarts the WAL. That is the one place a
 //!   checkpoint delays queued callers: two fsyncs once per [`RESTART_PAGES`]
 //!   frames (about 32 MiB of WAL), never inside a caller's commit.
+//! - a lone caller committing small transactions (one-call enqueues) has
+//!   the WAL restart at [`LONE_RESTART_PAGES`] instead: while the WAL file
+//!   grows, each commit's fdatasync must also record the new file size,
+//!   which commits the file system's journal (one more wait per call,
+//!   measured: 2.6-2.8 context switches per one-call enqueue against
+//!   2.3 once the WAL is overwritten in place). Groups of several callers
+//!   and large commits keep [`RESTART_PAGES`]: they restart less often.
 //!
 //! The thread sleeps on a channel with a timeout. It ends when the writer
 //! connection (and with it the hook and the sender) is dropped.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
 
@@ -50,6 +57,19 @@ pub(crate) const CHECKPOINT_PAGES: i32 = 1000;
 /// WAL can restart.
 pub(crate) const RESTART_PAGES: i32 = 8 * CHECKPOINT_PAGES;
 
+/// WAL size (frames) at which the WAL restarts when commits are small and
+/// not shared (see [`WalState::restart_due`]).
+pub(crate) const LONE_RESTART_PAGES: i32 = 2 * CHECKPOINT_PAGES;
+
+/// A commit that added at most this many frames is small.
+const SMALL_COMMIT_PAGES: i32 = 64;
+
+/// Commits of one operation each, in a row, after which a caller counts as
+/// lone. Concurrent callers share groups; a group of one among them now and
+/// then must not restart the WAL early (8 producers measured 10-25% slower
+/// when one such group was enough).
+const LONE_STREAK: u32 = 32;
+
 /// The checkpointer also runs after this long without a request.
 pub(crate) const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 
@@ -58,6 +78,10 @@ pub(crate) const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 pub(crate) struct WalState {
     /// Frames in the WAL after the last commit.
     pages: AtomicI32,
+    /// Frames the last commit added.
+    added: AtomicI32,
+    /// Commits of one operation each in a row (see [`LONE_STREAK`]).
+    singles: AtomicU32,
     /// Set while the writer waits to checkpoint the rest itself: the
     /// checkpointer then starts no round of its own (a round in progress
     /// holds SQLite's checkpoint lock, and the writer's attempt would fail).
@@ -70,10 +94,31 @@ impl WalState {
         self.pages.load(Ordering::Relaxed)
     }
 
-    /// Whether the WAL has reached its restart size ([`RESTART_PAGES`]):
-    /// a leading caller then asks the writer thread to checkpoint.
+    /// Record a commit of `ops` operations (a caller's own, or a writer
+    /// thread group's). A hint, not an invariant: a count that wraps after
+    /// 2^32 single commits only delays one early restart.
+    pub(crate) fn note_commit(&self, ops: usize) {
+        if ops == 1 {
+            self.singles.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.singles.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the WAL has reached its restart size: [`RESTART_PAGES`]
+    /// frames; or [`LONE_RESTART_PAGES`] once [`LONE_STREAK`] commits in a
+    /// row held one operation each and the last one was small. While the
+    /// WAL file grows, every commit's fdatasync also commits the file
+    /// system's journal (the new size): one more wait per commit, which
+    /// counts when each call pays its own commit (measured in
+    /// `docs/benchmarks.md`, "SQLite worker memory and quiet-machine
+    /// ratios"). A restarted WAL is overwritten in place.
     pub(crate) fn restart_due(&self) -> bool {
-        self.pages() >= RESTART_PAGES
+        let pages = self.pages();
+        pages >= RESTART_PAGES
+            || (pages >= LONE_RESTART_PAGES
+                && self.singles.load(Ordering::Relaxed) >= LONE_STREAK
+                && self.added.load(Ordering::Relaxed) <= SMALL_COMMIT_PAGES)
     }
 
     /// Called by the writer thread between two groups: once the WAL holds
@@ -115,7 +160,13 @@ pub(crate) fn install(conn: &mut Connection, path: &Path) -> Result<Arc<WalState
     let mut next_request = CHECKPOINT_PAGES;
     // Replaces SQLite's automatic checkpoint (which is itself a WAL hook).
     conn.wal_hook(Some(move |_wal: &mut rusqlite::hooks::Wal, pages: i32| {
-        hook_state.pages.store(pages, Ordering::Relaxed);
+        let before = hook_state.pages.swap(pages, Ordering::Relaxed);
+        let added = if pages > before {
+            pages - before
+        } else {
+            pages
+        };
+        hook_state.added.store(added, Ordering::Relaxed);
         if pages < next_request - CHECKPOINT_PAGES {
             // The WAL restarted from its start.
             next_request = CHECKPOINT_PAGES;

@@ -300,6 +300,10 @@ pub(crate) fn create_private_file(path: &Path) {
     let _ = options.open(path);
 }
 
+/// The adaptive prefetch's ceiling per handler slot on this broker
+/// ([`Broker::prefetch_per_slot`]).
+const PREFETCH_PER_SLOT: usize = 4;
+
 fn lease_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -546,5 +550,13 @@ impl Broker for SqliteBroker {
 
     fn store_path(&self) -> Option<PathBuf> {
         Some(std::fs::canonicalize(&self.inner.path).unwrap_or_else(|_| self.inner.path.clone()))
+    }
+
+    /// A lease is one local transaction, so a worker needs little work
+    /// ahead; the worker's default ceiling (16 tasks per slot) held about
+    /// 3 MiB of sealed tasks at concurrency 64 for no measured gain in rate
+    /// (docs/benchmarks.md, "SQLite worker memory and quiet-machine ratios").
+    fn prefetch_per_slot(&self) -> Option<usize> {
+        Some(PREFETCH_PER_SLOT)
     }
 }

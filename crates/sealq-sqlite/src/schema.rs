@@ -203,8 +203,10 @@ fn check_header(path: &Path) -> Result<(), BrokerError> {
 /// SQLite's default is 2,000 KiB a connection). Leases and acks walk the
 /// ready rows in order, so a larger cache holds little that is read again;
 /// a page it misses is read from the OS page cache (docs/benchmarks.md,
-/// "The embedded worker's memory").
-const WRITER_CACHE_KIB: u32 = 1024;
+/// "The embedded worker's memory" and "SQLite worker memory and
+/// quiet-machine ratios"). 128 pages: more than a lease or ack group of a
+/// few hundred tasks dirties.
+const WRITER_CACHE_KIB: u32 = 512;
 
 /// Each read connection's page cache, in KiB: `get`, `list`, `stats` and
 /// the commit watcher read little, and idle pooled connections keep their

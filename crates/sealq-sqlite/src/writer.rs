@@ -298,6 +298,7 @@ impl Writer {
             )
         });
         drop(conn);
+        shared.env.wal.note_commit(1);
         Ok(match outcome {
             Ok(wake) => {
                 if wake {
@@ -395,11 +396,13 @@ fn writer_loop(shared: &Shared, rx: &Receiver<Box<dyn Job>>) {
         // writer idle on its next call can lead at once.
         drop(conn);
         reply(env, &mut done, wake);
+        env.wal.note_commit(last);
         if env.wal.restart_due() {
             // Every caller of the group has its reply: a checkpoint here
             // delays only callers that come meanwhile, once per
-            // RESTART_PAGES frames, so the WAL can restart (see the
-            // `checkpoint` module).
+            // RESTART_PAGES frames (LONE_RESTART_PAGES for a lone caller's
+            // small commits), so the WAL can restart (see the `checkpoint`
+            // module).
             env.wal.restart_if_large(&shared.lock(), &env.path);
         }
     }

@@ -547,3 +547,14 @@ async fn a_failing_operation_does_not_poison_its_group() {
     assert_eq!(stats.len(), 1, "nothing of the failed calls was stored");
     assert_eq!(stats[0].pending, 56 * 2);
 }
+
+/// Issue 22 (worker memory): a worker's adaptive prefetch on this broker
+/// stops at 4 tasks per handler slot, not the worker's default 16: a lease
+/// is a local transaction, and each task leased ahead holds its sealed
+/// payload in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_memory_the_adaptive_prefetch_ceiling_is_four_per_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(&dir.path().join("q.db"));
+    assert_eq!(broker.prefetch_per_slot(), Some(4));
+}

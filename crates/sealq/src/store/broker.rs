@@ -346,6 +346,16 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
+    /// The ceiling of a worker's adaptive prefetch, in tasks per handler
+    /// slot (`None`: the worker's own, 16 per slot and 4,096 at most). A
+    /// backend whose lease is a local call sets a lower one: a few
+    /// milliseconds of work ahead cover its round trip, and every task
+    /// leased ahead holds its sealed payload in the worker's memory. A
+    /// fixed prefetch (`WorkerBuilder::prefetch`) ignores it.
+    fn prefetch_per_slot(&self) -> Option<usize> {
+        None
+    }
+
     /// Erase a data subject's tasks (right to erasure), in one transaction
     /// where the backend allows: tasks with this subject tag in every state
     /// except `active` are deleted with their results and unique keys;

@@ -66,7 +66,10 @@ pub(crate) async fn process(
             biased;
             permit = run.run_permits.clone().acquire_owned() => {
                 let _permit = permit;
-                execute(&state, &run, &task, cancel).await
+                // Boxed once it may run: a task waiting for its permit
+                // (prefetched) then holds a small future, not the space
+                // every later step needs.
+                Box::pin(execute(&state, &run, &task, cancel)).await
             }
             // Shut down before it started: give it back, this attempt does not count.
             _ = run.stop_fetching.cancelled() => Outcome::Requeue,

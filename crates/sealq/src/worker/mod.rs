@@ -146,7 +146,9 @@ impl WorkerBuilder {
     ///
     /// By default the prefetch adapts: at least `concurrency` tasks, and more
     /// when tasks are short, as many as the worker starts in about 100 ms at
-    /// its recent rate, up to 16 × `concurrency` (at most 4,096). A deep
+    /// its recent rate, up to 16 × `concurrency` (at most 4,096; a broker
+    /// can ask for a lower ceiling, [`crate::store::broker::Broker::prefetch_per_slot`]:
+    /// the SQLite broker's is 4 × `concurrency`). A deep
     /// prefetch lets one broker call lease many tasks when each round trip
     /// waits behind other clients' calls; bounding it by time keeps a
     /// worker with long tasks from holding leases on work others could do.

@@ -10,6 +10,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 const PREFETCH_WINDOW: Duration = Duration::from_millis(100);
 /// Upper bound of the adaptive prefetch.
 const PREFETCH_CAP: usize = 4096;
+/// The adaptive prefetch's ceiling per handler slot, unless the broker
+/// asks for less ([`Broker::prefetch_per_slot`](crate::store::broker::Broker::prefetch_per_slot)).
+const PER_SLOT: usize = 16;
 /// How often the fetch rate behind the adaptive prefetch is measured.
 const RATE_EVERY: Duration = Duration::from_millis(250);
 
@@ -17,8 +20,8 @@ const RATE_EVERY: Duration = Duration::from_millis(250);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Prefetch {
     /// The default: follow the fetch rate, about [`PREFETCH_WINDOW`] of
-    /// work ahead, between `concurrency` and 16 × `concurrency` (at most
-    /// [`PREFETCH_CAP`]).
+    /// work ahead, between `concurrency` and [`PER_SLOT`] × `concurrency`
+    /// (or the broker's own ceiling per slot; at most [`PREFETCH_CAP`]).
     Adaptive,
     /// Always this many tasks ahead.
     Fixed(usize),
@@ -32,13 +35,16 @@ pub(crate) struct PrefetchBounds {
 }
 
 impl PrefetchBounds {
-    /// The bounds of `prefetch` for a worker running `concurrency` handlers.
-    pub(crate) fn resolve(prefetch: Prefetch, concurrency: usize) -> Self {
+    /// The bounds of `prefetch` for a worker running `concurrency`
+    /// handlers, on a broker whose ceiling per slot is `per_slot` (`None`:
+    /// [`PER_SLOT`]; a broker can lower the ceiling, never raise it).
+    pub(crate) fn resolve(prefetch: Prefetch, concurrency: usize, per_slot: Option<usize>) -> Self {
+        let per_slot = per_slot.map_or(PER_SLOT, |n| n.clamp(1, PER_SLOT));
         match prefetch {
             Prefetch::Adaptive => PrefetchBounds {
                 min: concurrency,
                 max: concurrency
-                    .saturating_mul(16)
+                    .saturating_mul(per_slot)
                     .min(PREFETCH_CAP)
                     .max(concurrency),
             },
@@ -134,13 +140,26 @@ mod tests {
 
     #[test]
     fn the_adaptive_prefetch_is_bounded_by_concurrency_and_the_cap() {
-        let adaptive = |c| PrefetchBounds::resolve(Prefetch::Adaptive, c);
+        let adaptive = |c| PrefetchBounds::resolve(Prefetch::Adaptive, c, None);
         assert_eq!(adaptive(16), bounds(16, 256));
         assert_eq!(adaptive(1_000), bounds(1_000, 4_096));
         assert_eq!(adaptive(5_000), bounds(5_000, 5_000));
         assert_eq!(
-            PrefetchBounds::resolve(Prefetch::Fixed(3), 16),
+            PrefetchBounds::resolve(Prefetch::Fixed(3), 16, None),
             bounds(3, 3)
+        );
+    }
+
+    #[test]
+    fn worker_memory_a_broker_can_lower_the_adaptive_prefetch_ceiling() {
+        let on = |per_slot| PrefetchBounds::resolve(Prefetch::Adaptive, 64, Some(per_slot));
+        assert_eq!(on(4), bounds(64, 256));
+        assert_eq!(on(64), bounds(64, 1_024), "never above the worker's own");
+        assert_eq!(on(0), bounds(64, 64), "at least concurrency");
+        assert_eq!(
+            PrefetchBounds::resolve(Prefetch::Fixed(500), 64, Some(4)),
+            bounds(500, 500),
+            "a fixed prefetch is the caller's"
         );
     }
 

@@ -66,7 +66,11 @@ impl WorkerState {
         fallback: Option<Arc<dyn ErasedHandler>>,
         config: Config,
     ) -> Self {
-        let prefetch = PrefetchBounds::resolve(config.prefetch, config.concurrency);
+        let prefetch = PrefetchBounds::resolve(
+            config.prefetch,
+            config.concurrency,
+            broker.prefetch_per_slot(),
+        );
         let queue_names = config.queues.iter().map(|(q, _)| q.clone()).collect();
         let subject_keys = config
             .subject_key_store
