@@ -221,3 +221,45 @@ fn checkpointer(path: PathBuf, rx: Receiver<()>, state: &WalState) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wal(pages: i32, added: i32, singles: u32) -> WalState {
+        let w = WalState::default();
+        w.pages.store(pages, Ordering::Relaxed);
+        w.added.store(added, Ordering::Relaxed);
+        w.singles.store(singles, Ordering::Relaxed);
+        w
+    }
+
+    /// Issue 22: a lone caller's small commits restart the WAL at
+    /// LONE_RESTART_PAGES; shared groups, large commits and short streaks
+    /// wait for RESTART_PAGES.
+    #[test]
+    fn one_call_enqueue_a_lone_callers_wal_restarts_early() {
+        assert!(!wal(LONE_RESTART_PAGES - 1, 3, LONE_STREAK).restart_due());
+        assert!(wal(LONE_RESTART_PAGES, 3, LONE_STREAK).restart_due());
+        assert!(
+            !wal(LONE_RESTART_PAGES, 3, LONE_STREAK - 1).restart_due(),
+            "a short streak of single commits"
+        );
+        assert!(
+            !wal(LONE_RESTART_PAGES, SMALL_COMMIT_PAGES + 1, LONE_STREAK).restart_due(),
+            "a large commit"
+        );
+        assert!(
+            wal(RESTART_PAGES, 500, 0).restart_due(),
+            "any commit at 8000"
+        );
+
+        let w = wal(LONE_RESTART_PAGES, 3, 0);
+        for _ in 0..LONE_STREAK {
+            w.note_commit(1);
+        }
+        assert!(w.restart_due());
+        w.note_commit(2);
+        assert!(!w.restart_due(), "a shared group ends the streak");
+    }
+}
