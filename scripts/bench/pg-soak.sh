@@ -17,7 +17,15 @@
 #
 # Output in OUT: bench.json (sealq bench --json), sizes.csv (seconds since
 # start, then bytes of sealq.tasks, sealq.task_bodies, sealq.completed_ids
-# with their indexes and TOAST, then the three added up), postgres.log.
+# with their indexes and TOAST, then the three added up), wal.csv (the
+# run's pg_stat_wal: WAL records, bytes, writes, syncs and the time spent
+# in them, ms; timings only on a cluster started here, which sets
+# track_wal_io_timing), postgres.log. PG_OPTS adds server settings
+# (`-c name=value …`) to a cluster started here, e.g. to log slow
+# statements. PRODUCERS (default 1) sets the
+# number of producer loops (`--producers`), for one-task calls
+# (BATCH=1) at rates one loop cannot reach while it waits for each
+# durable commit.
 set -euo pipefail
 SEALQ="$(realpath "${SEALQ:?path to a release sealq binary}")"
 TASKS="${TASKS:-1000000}"
@@ -26,6 +34,7 @@ RETENTION="${RETENTION:-30s}"
 SEGMENT="${SEGMENT:-100000}"
 PAYLOAD="${PAYLOAD:-1024}"
 BATCH="${BATCH:-100}"
+PRODUCERS="${PRODUCERS:-1}"
 SAMPLE_S="${SAMPLE_S:-10}"
 OUT="${OUT:-/tmp/pg-soak}"
 PG_BIN="${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}"
@@ -54,12 +63,20 @@ if [ -z "${PG_URL:-}" ]; then
   as_pg "$PG_BIN/initdb" -D "$DIR/data" -U postgres -A trust --locale=C -E UTF8 >/dev/null
   as_pg "$PG_BIN/postgres" -D "$DIR/data" -c listen_addresses=127.0.0.1 -c port="$PG_PORT" \
     -c unix_socket_directories="$DIR" -c shared_buffers=256MB -c max_wal_size=4GB \
-    -c fsync=on -c synchronous_commit=on >"$OUT/postgres.log" 2>&1 &
+    -c fsync=on -c synchronous_commit=on -c track_wal_io_timing=on ${PG_OPTS:-} \
+    >"$OUT/postgres.log" 2>&1 &
   PG_PID=$!
+  # Ready through its own socket directory: a server someone else runs on
+  # the same port must not be mistaken for this one.
   for _ in $(seq 100); do
-    "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && break
+    "$PG_BIN/pg_isready" -q -h "$DIR" -p "$PG_PORT" && break
     sleep 0.1
   done
+  if ! "$PG_BIN/pg_isready" -q -h "$DIR" -p "$PG_PORT"; then
+    echo "PostgreSQL did not start on port $PG_PORT (in use? set PG_PORT):" >&2
+    tail -5 "$OUT/postgres.log" >&2
+    exit 1
+  fi
   "$PG_BIN/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c 'CREATE DATABASE soak'
   PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/soak"
   # Create the schema, then give the hot tables the documented autovacuum settings.
@@ -90,13 +107,17 @@ sample() {
 sample &
 SAMPLER=$!
 
-echo ">> soak: $TASKS tasks at $RATE/s in batches of $BATCH, ${PAYLOAD} B payloads, retention $RETENTION; load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo ">> soak: $TASKS tasks at $RATE/s in batches of $BATCH from $PRODUCERS loop(s), ${PAYLOAD} B payloads, retention $RETENTION; load $(cut -d' ' -f1-3 /proc/loadavg)"
+"$PG_BIN/psql" -qAt "$PG_URL" -c "SELECT pg_stat_reset_shared('wal')" >/dev/null
 set +e
 "$SEALQ" --broker "$PG_URL" bench --mode pipelined --tasks "$TASKS" --rate "$RATE" \
-  --payload-bytes "$PAYLOAD" --batch "$BATCH" --retention "$RETENTION" --segment "$SEGMENT" --json \
-  >"$OUT/bench.json" 2>"$OUT/bench.err"
+  --payload-bytes "$PAYLOAD" --batch "$BATCH" --producers "$PRODUCERS" --retention "$RETENTION" \
+  --segment "$SEGMENT" --json >"$OUT/bench.json" 2>"$OUT/bench.err"
 rc=$?
 set -e
+"$PG_BIN/psql" -qA -F, "$PG_URL" -c "SELECT wal_records, wal_bytes, wal_write, wal_sync,
+  round(wal_write_time::numeric, 1) AS wal_write_ms, round(wal_sync_time::numeric, 1) AS wal_sync_ms
+  FROM pg_stat_wal" >"$OUT/wal.csv" 2>/dev/null || true
 # Two more samples after the run: retention still purging what is left.
 sleep "$((SAMPLE_S * 2))"
 kill "$SAMPLER" 2>/dev/null || true
@@ -107,7 +128,17 @@ python3 - "$OUT" <<'PY'
 import csv, json, sys
 out = sys.argv[1]
 b = json.load(open(f"{out}/bench.json"))
-print(f"process {b['process_per_second']:.0f} tasks/s end-to-end, latency p99 {b['latency']['p99_ms']} ms")
+l = b['latency']
+print(f"process {b['process_per_second']:.0f} tasks/s end-to-end, latency p50 {l['p50_ms']} "
+      f"p90 {l['p90_ms']} p99 {l['p99_ms']} max {l['max_ms']} ms")
+try:
+    w = next(csv.DictReader(open(f"{out}/wal.csv")))
+    n, syncs = b['tasks'], int(w['wal_sync'])
+    print(f"WAL: {int(w['wal_bytes']) / n:.0f} B and {int(w['wal_records']) / n:.1f} records per task, "
+          f"{syncs} syncs ({syncs / n:.2f} per task), sync time {w['wal_sync_ms']} ms "
+          f"({float(w['wal_sync_ms']) / max(syncs, 1):.2f} ms per sync)")
+except (OSError, StopIteration, KeyError, ValueError):
+    pass
 segs = b.get("segments", [])
 for s in segs:
     print(f"  through {s['through']:>8}: {s['per_second']:8.0f} tasks/s ({s['seconds']:.1f} s)")

@@ -150,8 +150,12 @@ pub(crate) async fn enqueue(
         .await
         .map_err(|e| map(&inner.target, "enqueueing tasks", e))?;
     let out = enqueue_results(n, rows);
+    // One local wake-up per queue that got ready work, as the
+    // notification is one per queue per transaction.
+    let mut woken: Vec<&str> = Vec::new();
     for ((queue, ready), r) in ready.iter().zip(&out) {
-        if *ready && *r == EnqueueResult::Enqueued {
+        if *ready && *r == EnqueueResult::Enqueued && !woken.contains(&queue.as_str()) {
+            woken.push(queue);
             inner.wake.local(queue);
         }
     }
@@ -223,6 +227,8 @@ pub(crate) async fn dequeue(inner: &Inner, req: &DequeueRequest) -> BrokerResult
     let lease_ms = i64::try_from(req.lease.as_millis()).unwrap_or(i64::MAX);
     let mut out: Vec<(i32, LeasedTask)> = Vec::new();
     let client = inner.client("dequeueing tasks").await?;
+    // Wake-ups until now are for tasks this call can see.
+    inner.wake.dequeuing(&req.queues);
     loop {
         let want = req.max - out.len();
         let now = inner.now();

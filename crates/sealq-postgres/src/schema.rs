@@ -53,6 +53,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "hot path",
         sql: include_str!("migrations/0005_hot_path.sql"),
     },
+    Migration {
+        version: 6,
+        name: "ack by key",
+        sql: include_str!("migrations/0006_ack_by_key.sql"),
+    },
 ];
 
 /// The schema version this build writes and expects.

@@ -14,7 +14,8 @@
 use std::sync::Arc;
 
 use sealq::audit::AuditKeys;
-use sealq::broker::{EnqueueResult, NewTask};
+use sealq::broker::NewTask;
+use sealq::client::{EnqueueCall, settle_enqueue};
 use sealq::{Client, EnqueueOptions, Error, RawTask, Result, Task, TaskId};
 use tokio_postgres::types::Type;
 
@@ -157,46 +158,17 @@ impl PostgresTxClient {
         if sealed.is_empty() {
             return Ok(out);
         }
-        let meta: Vec<_> = sealed
-            .iter()
-            .map(|t| {
-                (
-                    t.id,
-                    t.unique.as_ref().map(|(k, _)| k.clone()),
-                    t.queue.clone(),
-                    t.kind.clone(),
-                    self.audit.as_ref().map(|_| sealq::audit::enqueued_entry(t)),
-                )
-            })
-            .collect();
+        // Counted, refused and audited as `Client::enqueue_batch` does:
+        // one function for both (`sealq::client::settle_enqueue`).
+        let call = EnqueueCall::new(&sealed, &slots, self.audit.is_some());
         let results = self.broker.enqueue_in(tx, sealed).await?;
-        let mut accepted = Vec::new();
-        for ((slot, result), (id, key, queue, kind, entry)) in
-            slots.into_iter().zip(results).zip(meta)
-        {
-            match result {
-                EnqueueResult::Enqueued => accepted.extend(entry),
-                EnqueueResult::Duplicate { existing } => {
-                    out[slot] = Err(Error::Duplicate {
-                        key: key.unwrap_or_default(),
-                        existing,
-                    });
-                }
-                EnqueueResult::IdExists => out[slot] = Err(Error::IdExists(id)),
-                EnqueueResult::QueueFull { max_depth } => {
-                    if let Some(a) = self.client.auditor() {
-                        a.record(sealq::AuditEvent::PolicyRejected {
-                            queue: queue.clone(),
-                            kind,
-                            producer: self.client.producer().to_owned(),
-                            rule: "max_depth".to_owned(),
-                            path: String::new(),
-                        });
-                    }
-                    out[slot] = Err(Error::QueueFull { queue, max_depth });
-                }
-            }
-        }
+        let accepted = settle_enqueue(
+            call,
+            results,
+            &mut out,
+            self.client.producer(),
+            self.client.auditor(),
+        );
         if let Some((keys, writer)) = &self.audit
             && let Some(event) = sealq::audit::enqueued_event(self.client.producer(), accepted)
         {

@@ -328,3 +328,203 @@ async fn a_dropped_listen_connection_comes_back_and_wakes_again() {
         .unwrap()
         .unwrap();
 }
+
+/// Issue 23 (p99 enqueue-to-start): a wake-up that arrives after a
+/// dequeue started and before the wait after it is not lost. A worker
+/// whose dequeue found nothing waits only once that dequeue has returned;
+/// a task committed meanwhile (too late for the dequeue's snapshot) used
+/// to be noticed only at the next notification or poll. Here the poll
+/// interval is ten minutes, so a lost wake-up would hold the wait for
+/// ten minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_a_wake_up_between_dequeue_and_wait_is_not_lost() {
+    use sealq::broker::{Broker, DequeueRequest};
+    use std::time::Duration;
+    let url = support::fresh_db().await;
+    let worker = PostgresBroker::connect(&format!("{url}?poll_interval_ms=600000"))
+        .await
+        .unwrap();
+    let producer = PostgresBroker::connect(&url).await.unwrap();
+    let queues = vec!["late".to_owned()];
+    let dequeue = |worker: PostgresBroker| {
+        let queues = queues.clone();
+        async move {
+            worker
+                .dequeue(&DequeueRequest {
+                    queues,
+                    max: 10,
+                    lease: Duration::from_secs(30),
+                    worker: "w".to_owned(),
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let wait = |worker: PostgresBroker| {
+        let queues = queues.clone();
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                worker.wait_for_work(&queues, Duration::from_secs(600)),
+            )
+            .await
+        }
+    };
+
+    // The same process: its own enqueue wakes it without the listener.
+    assert!(dequeue(worker.clone()).await.is_empty());
+    let now = sealq::clock::system_clock().now_ms();
+    worker.enqueue(vec![task("late", now)]).await.unwrap();
+    wait(worker.clone())
+        .await
+        .expect("a local wake-up between dequeue and wait returns the wait at once")
+        .unwrap();
+    assert_eq!(dequeue(worker.clone()).await.len(), 1);
+
+    // Another process: the notification reaches the listener between this
+    // worker's dequeue and its wait. A second waiter, subscribed before
+    // the enqueue, shows when it has arrived.
+    let witness = {
+        let worker = worker.clone();
+        let queues = queues.clone();
+        tokio::spawn(async move {
+            worker
+                .wait_for_work(&queues, Duration::from_secs(600))
+                .await
+        })
+    };
+    // The listener runs (the witness started it) before the enqueue.
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND query ILIKE 'LISTEN%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no listener");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(dequeue(worker.clone()).await.is_empty());
+    let now = sealq::clock::system_clock().now_ms();
+    producer.enqueue(vec![task("late", now)]).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), witness)
+        .await
+        .expect("the notification arrives")
+        .unwrap()
+        .unwrap();
+    wait(worker.clone())
+        .await
+        .expect("a notification between dequeue and wait returns the wait at once")
+        .unwrap();
+    assert_eq!(dequeue(worker.clone()).await.len(), 1);
+}
+
+/// How many scans `pg_stat_user_indexes` counts for index `index` of
+/// `sealq.tasks`, this session's own scans included (flushed first).
+async fn index_scans(client: &tokio_postgres::Client, index: &str) -> i64 {
+    client
+        .batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    client
+        .query_one(
+            "SELECT coalesce(sum(idx_scan), 0)::bigint FROM pg_stat_user_indexes \
+             WHERE schemaname = 'sealq' AND indexrelname = $1",
+            &[&index],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Issue 23: `sealq.ack` and `sealq.extend_leases` find their tasks by
+/// primary key, never through `tasks_lease` (every active task), in the
+/// plan a session caches for them: a generic plan (forced here; a session
+/// gets one after five calls), made while the statistics still say that
+/// no task is active (autovacuum off: a new schema before its first
+/// analyze). Migration 5's ack read every active task on each call here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_by_key_the_cached_plan_never_scans_the_active_tasks() {
+    use sealq::broker::{Broker, DequeueRequest};
+    use std::time::Duration;
+    let url = support::fresh_db().await;
+    let broker = PostgresBroker::connect(&url).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "ALTER TABLE sealq.tasks SET (autovacuum_enabled = false); \
+             SET plan_cache_mode = force_generic_plan",
+        )
+        .await
+        .unwrap();
+    let now = sealq::clock::system_clock().now_ms();
+    broker
+        .enqueue((0..2000).map(|_| task("many", now)).collect())
+        .await
+        .unwrap();
+    let leased = broker
+        .dequeue(&DequeueRequest {
+            queues: vec!["many".to_owned()],
+            max: 2000,
+            lease: Duration::from_secs(300),
+            worker: "w".to_owned(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 2000);
+    let before = index_scans(&client, "tasks_lease").await;
+    for chunk in leased.chunks(64).take(4) {
+        let ids: Vec<uuid::Uuid> = chunk.iter().map(|t| t.lease.task_id.0).collect();
+        let tokens: Vec<i64> = chunk.iter().map(|t| t.lease.token as i64).collect();
+        let extended = client
+            .query(
+                "SELECT * FROM sealq.extend_leases($1, $2, $3)",
+                &[&ids, &tokens, &(now + 600_000)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(extended.len(), chunk.len());
+        let kinds = vec!["complete"; chunk.len()];
+        let none_i64: Vec<Option<i64>> = vec![None; chunk.len()];
+        let none_bytes: Vec<Option<Vec<u8>>> = vec![None; chunk.len()];
+        let none_text: Vec<Option<String>> = vec![None; chunk.len()];
+        let acked = client
+            .query(
+                "SELECT applied FROM sealq.ack($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &now,
+                    &ids,
+                    &tokens,
+                    &kinds,
+                    &none_i64,
+                    &none_bytes,
+                    &none_text,
+                ],
+            )
+            .await
+            .unwrap();
+        assert!(
+            acked.iter().all(|r| r.get::<_, bool>(0)),
+            "every ack applied"
+        );
+    }
+    assert_eq!(
+        index_scans(&client, "tasks_lease").await,
+        before,
+        "acks and lease extensions read tasks_lease"
+    );
+}

@@ -227,3 +227,86 @@ impl Count for sealq_postgres::PostgresAuditSink {
         sealq::AuditSink::read_records(self).await.unwrap().len()
     }
 }
+
+/// The value of the Prometheus sample `name{labels…}` in `text` whose
+/// labels include every one of `labels` (0 when there is none).
+fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Issue 23: a transactional enqueue counts what it stores in
+/// `sealq_tasks_enqueued_total` and a queue-full refusal in
+/// `sealq_policy_rejections_total`, as `Client::enqueue_batch` does (one
+/// function, `sealq::client::settle_enqueue`, for both). On one thread, so
+/// that the recorder set for this thread sees every count.
+#[tokio::test(flavor = "current_thread")]
+async fn transactional_enqueue_counts_enqueued_tasks_like_the_client() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    let (broker, client, mut pg) = setup().await;
+    let txq = sealq_postgres::PostgresTxClient::new(client.clone(), broker.clone()).unwrap();
+    let in_queue = |n: u32, queue: &str| {
+        RawTask::from_json(
+            "invoice.send",
+            &serde_json::json!({ "order": n }),
+            sealq::EnqueueOptions::new().queue(queue),
+        )
+        .unwrap()
+    };
+    let tx = pg.transaction().await.unwrap();
+    let results = txq
+        .enqueue_batch_in(&tx, vec![in_queue(1, "txm"), in_queue(2, "txm")])
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    tx.commit().await.unwrap();
+    let text = handle.render();
+    let counted = |text: &str, queue: &str| {
+        sample(
+            text,
+            "sealq_tasks_enqueued_total",
+            &[&format!("queue=\"{queue}\""), "task_type=\"invoice.send\""],
+        )
+    };
+    assert_eq!(counted(&text, "txm"), 2.0, "{text}");
+
+    // The client counts the same way: one more task, one more count.
+    client.enqueue_raw(in_queue(3, "plain")).await.unwrap();
+    assert_eq!(counted(&handle.render(), "plain"), 1.0);
+
+    // A full queue: refused in the transaction, counted as a refusal by
+    // the depth cap, not as enqueued.
+    broker.set_max_depth("capped", Some(1)).await.unwrap();
+    let tx = pg.transaction().await.unwrap();
+    let results = txq
+        .enqueue_batch_in(&tx, vec![in_queue(4, "capped"), in_queue(5, "capped")])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(
+        matches!(
+            results[1],
+            Err(sealq::Error::QueueFull { max_depth: 1, .. })
+        ),
+        "{:?}",
+        results[1]
+    );
+    let text = handle.render();
+    assert_eq!(counted(&text, "capped"), 1.0, "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "sealq_policy_rejections_total",
+            &["queue=\"capped\"", "rule=\"max_depth\""]
+        ),
+        1.0,
+        "{text}"
+    );
+}

@@ -41,7 +41,7 @@
 pub mod admin;
 pub mod audit;
 pub mod blob;
-mod client;
+pub mod client;
 mod error;
 pub mod health;
 pub mod http;

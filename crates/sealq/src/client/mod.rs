@@ -4,8 +4,10 @@
 
 mod bulk;
 mod result;
+mod settle;
 
 pub use result::TaskOutcome;
+pub use settle::{EnqueueCall, settle_enqueue};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use crate::seal::data_key::DataKey;
 use crate::seal::envelope::{Aad, Purpose};
 use crate::seal::keyring::Keyring;
 use crate::store::Stores;
-use crate::store::broker::{Broker, EnqueueResult};
+use crate::store::broker::Broker;
 use crate::store::subject_keys::SubjectKeyStore;
 use crate::subject_keys::SubjectKeys;
 
@@ -421,7 +423,6 @@ impl Client {
         let mut out: Vec<Result<TaskId>> = Vec::with_capacity(tasks.len());
         let mut sealed = Vec::with_capacity(tasks.len());
         let mut slots = Vec::with_capacity(tasks.len());
-        let mut keys = Vec::with_capacity(tasks.len());
         for task in tasks {
             // Only with an auditor: what a policy refusal is recorded against.
             let names = self.inner.audit.as_ref().map(|_| {
@@ -431,7 +432,6 @@ impl Client {
             match self.seal_with(task, data_keys) {
                 Ok(new) => {
                     slots.push(out.len());
-                    keys.push(new.unique.as_ref().map(|(k, _)| k.clone()));
                     out.push(Ok(new.id));
                     sealed.push(new);
                 }
@@ -445,12 +445,7 @@ impl Client {
                 }
             }
         }
-        Prepared {
-            out,
-            sealed,
-            slots,
-            keys,
-        }
+        Prepared { out, sealed, slots }
     }
 
     /// Move large sealed payloads to the claim-check store, if configured
@@ -481,40 +476,16 @@ impl Client {
             mut out,
             sealed,
             slots,
-            keys,
         } = batch;
         if sealed.is_empty() {
             return Ok(out);
         }
-        let ids: Vec<TaskId> = sealed.iter().map(|t| t.id).collect();
         // An audit log that cannot keep up slows enqueueing down rather
         // than holding ever more records in memory.
         if let Some(a) = &self.inner.audit {
             a.wait_for_room().await;
         }
-        let mut events: Vec<Option<crate::model::audit_event::EnqueuedEntry>> =
-            match &self.inner.audit {
-                Some(_) => sealed
-                    .iter()
-                    .map(|t| Some(audit_hooks::enqueued_entry(t)))
-                    .collect(),
-                None => Vec::new(),
-            };
-        let mut accepted = Vec::new();
-        // Which queue and type, for the metrics and a refusal by a full
-        // queue: one copy per run of tasks sharing them, not one per task.
-        let mut names: Vec<(String, String)> = Vec::new();
-        let mut name_of: Vec<usize> = Vec::with_capacity(sealed.len());
-        for t in &sealed {
-            let same = names
-                .last()
-                .is_some_and(|(q, k)| q == &t.queue && k == &t.kind);
-            if !same {
-                names.push((t.queue.clone(), t.kind.clone()));
-            }
-            name_of.push(names.len() - 1);
-        }
-        let mut stored_per_name = vec![0u64; names.len()];
+        let call = EnqueueCall::new(&sealed, &slots, self.inner.audit.is_some());
         self.check_keyring_once().await?;
         let span = crate::store::spans::enqueue(&sealed);
         let results = self
@@ -524,53 +495,13 @@ impl Client {
             .instrument(span)
             .await
             .inspect_err(|e| metric::broker_error("enqueue", e))?;
-        for (i, (((slot, result), id), key)) in slots
-            .into_iter()
-            .zip(results)
-            .zip(ids)
-            .zip(keys)
-            .enumerate()
-        {
-            match result {
-                EnqueueResult::Enqueued => {
-                    if let Some(n) = name_of.get(i).and_then(|&n| stored_per_name.get_mut(n)) {
-                        *n += 1;
-                    }
-                    if let Some(e) = events.get_mut(i).and_then(Option::take) {
-                        accepted.push(e);
-                    }
-                }
-                EnqueueResult::Duplicate { existing } => {
-                    out[slot] = Err(Error::Duplicate {
-                        key: key.unwrap_or_default(),
-                        existing,
-                    });
-                }
-                EnqueueResult::IdExists => out[slot] = Err(Error::IdExists(id)),
-                EnqueueResult::QueueFull { max_depth } => {
-                    let (queue, kind) = name_of
-                        .get(i)
-                        .and_then(|&n| names.get(n).cloned())
-                        .unwrap_or_default();
-                    metric::policy_rejected(&queue, "max_depth");
-                    if let Some(a) = &self.inner.audit {
-                        a.record(crate::model::audit_event::AuditEvent::PolicyRejected {
-                            queue: queue.clone(),
-                            kind,
-                            producer: self.producer().to_owned(),
-                            rule: "max_depth".to_owned(),
-                            path: String::new(),
-                        });
-                    }
-                    out[slot] = Err(Error::QueueFull { queue, max_depth });
-                }
-            }
-        }
-        for ((queue, kind), n) in names.iter().zip(stored_per_name) {
-            if n > 0 {
-                metric::enqueued(queue, kind, n);
-            }
-        }
+        let accepted = settle_enqueue(
+            call,
+            results,
+            &mut out,
+            self.producer(),
+            self.inner.audit.as_ref(),
+        );
         if let Some(a) = &self.inner.audit {
             a.on_enqueued(self.producer(), accepted);
         }
@@ -722,8 +653,6 @@ struct Prepared {
     sealed: Vec<NewTask>,
     /// Where each sealed task's result goes in `out`.
     slots: Vec<usize>,
-    /// Each sealed task's unique key, for the duplicate error.
-    keys: Vec<Option<String>>,
 }
 
 /// The rule a refusal before sealing is counted under: the scanner rule,
