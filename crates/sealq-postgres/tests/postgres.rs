@@ -65,6 +65,28 @@ async fn listener(
     (client, rx)
 }
 
+/// Wait (up to 20 s) until this database has exactly one `LISTEN`
+/// connection; `what` names the failure.
+async fn one_listener(client: &tokio_postgres::Client, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND query ILIKE 'LISTEN%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 fn task(queue: &str, run_at_ms: i64) -> sealq::broker::NewTask {
     let now = sealq::clock::system_clock().now_ms();
     sealq::testkit::fixtures::task_at(queue, run_at_ms, now)
@@ -289,26 +311,7 @@ async fn a_dropped_listen_connection_comes_back_and_wakes_again() {
         .get(0);
     assert_eq!(cut, 1, "one LISTEN connection");
     // Wait for it to come back.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let n: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND query ILIKE 'LISTEN%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n == 1 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the listener never came back"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    one_listener(&client, "the listener never came back").await;
     // A notification from another process wakes a waiter well before the
     // (one minute) poll interval.
     let waiter = {
@@ -398,23 +401,7 @@ async fn latency_a_wake_up_between_dequeue_and_wait_is_not_lost() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let n: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND query ILIKE 'LISTEN%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n == 1 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no listener");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    one_listener(&client, "no listener").await;
     assert!(dequeue(worker.clone()).await.is_empty());
     let now = sealq::clock::system_clock().now_ms();
     producer.enqueue(vec![task("late", now)]).await.unwrap();
