@@ -65,20 +65,25 @@ async fn listener(
     (client, rx)
 }
 
+/// The `LISTEN` connections on this database.
+async fn listeners(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND query ILIKE 'LISTEN%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Wait (up to 20 s) until this database has exactly one `LISTEN`
 /// connection; `what` names the failure.
 async fn one_listener(client: &tokio_postgres::Client, what: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let n: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND query ILIKE 'LISTEN%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let n = listeners(client).await;
         if n == 1 {
             return;
         }
@@ -152,15 +157,7 @@ async fn poll_only_mode_listens_to_nothing_and_still_wakes_on_the_interval() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    let listening: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND query ILIKE 'LISTEN%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let listening = listeners(&client).await;
     assert_eq!(listening, 0);
     // The whole path works with unnamed statements (as behind PgBouncer).
     let leased = poller

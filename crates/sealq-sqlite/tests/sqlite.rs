@@ -276,6 +276,14 @@ async fn newer_schema_version_is_refused() {
     assert!(err.message.contains("upgrade sealq"), "{err}");
 }
 
+/// The schema version a store file says it has.
+fn user_version(path: &std::path::Path) -> i64 {
+    Connection::open(path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap()
+}
+
 /// Migration 3 (the keyring's check values) on a version-2 store: its
 /// tasks stay, and check values can be recorded and read back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,11 +313,7 @@ async fn a_version_2_store_migrates_to_key_checks_and_keeps_its_tasks() {
             .unwrap()
     );
     assert_eq!(b.key_checks().await.unwrap(), Some(vec![check]));
-    let raw = Connection::open(&path).unwrap();
-    let v: i64 = raw
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(v, 5);
+    assert_eq!(user_version(&path), 5);
 }
 
 /// Migration 4 (the registry of live workers, issue 21) on a version-3
@@ -348,11 +352,7 @@ async fn live_workers_a_version_3_store_migrates_and_keeps_its_tasks() {
     let listed = b.list_workers().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].run_id, "r-1");
-    let raw = Connection::open(&path).unwrap();
-    let v: i64 = raw
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(v, 5);
+    assert_eq!(user_version(&path), 5);
 }
 
 /// Migration 5 (issue 22, bulk enqueue: `tasks_ready`'s condition as
