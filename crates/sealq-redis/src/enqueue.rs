@@ -147,37 +147,26 @@ impl RedisBroker {
             }
             round = self.enqueue_round(&tasks, &ids, &retry, now, false).await?;
         }
-        if !retry.is_empty() {
-            let lost: Vec<usize> = retry
-                .iter()
-                .flat_map(|(_, idx)| idx.iter().copied())
-                .collect();
-            release.extend(lost.iter().map(|&i| ids[i].clone()));
-            self.unindex(release).await?;
-            let named: Vec<String> = lost
-                .iter()
-                .take(5)
-                .map(|&i| tasks[i].id.to_string())
-                .collect();
-            return Err(BrokerError::new(
-                BrokerErrorKind::Unavailable,
-                format!(
-                    "Redis at {} did not keep the bytes of {} of the {} tasks of this call as written \
-                     just before their enqueue call, twice (evicted under maxmemory, or a stray key \
-                     of that id): {}{}. Those were not stored; the other {} were. Set \
+        // What could not be written twice fails alone: every other task of
+        // the call keeps its own result (stored ones stay stored).
+        let lost: Vec<usize> = retry
+            .iter()
+            .flat_map(|(_, idx)| idx.iter().copied())
+            .collect();
+        for &i in &lost {
+            release.push(ids[i].clone());
+            results[i] = EnqueueResult::NotStored {
+                reason: format!(
+                    "Redis at {} did not keep the bytes of task {} as written just before its \
+                     enqueue call, twice (evicted under maxmemory, or a stray key of that id); \
+                     it was not stored ({} of the {} tasks of this call were not). Set \
                      `maxmemory-policy noeviction` (docs/redis.md, \"Memory\")",
                     self.inner.target,
+                    tasks[i].id,
                     lost.len(),
                     tasks.len(),
-                    named.join(", "),
-                    if lost.len() > named.len() {
-                        ", …"
-                    } else {
-                        ""
-                    },
-                    tasks.len() - lost.len(),
                 ),
-            ));
+            };
         }
         self.unindex(release).await?;
         Ok(results)

@@ -75,6 +75,8 @@ impl EnqueueCall {
 /// - `Duplicate`: [`Error::Duplicate`] with the unique key and the task
 ///   that holds it;
 /// - `IdExists`: [`Error::IdExists`];
+/// - `NotStored`: [`Error::Broker`] (unavailable) with the broker's
+///   reason: this task alone failed, and may be sent again;
 /// - `QueueFull`: [`Error::QueueFull`], counted as a policy refusal (rule
 ///   `max_depth`) and, with an `auditor`, recorded as `policy_rejected`
 ///   by `producer` at once (the refusal happened whatever becomes of the
@@ -105,6 +107,12 @@ pub fn settle_enqueue(
                 });
             }
             EnqueueResult::IdExists => *slot = Err(Error::IdExists(task.id)),
+            EnqueueResult::NotStored { reason } => {
+                *slot = Err(Error::Broker(crate::BrokerError::new(
+                    crate::BrokerErrorKind::Unavailable,
+                    reason,
+                )));
+            }
             EnqueueResult::QueueFull { max_depth } => {
                 let (queue, kind) = names[task.name].clone();
                 metric::policy_rejected(&queue, "max_depth");

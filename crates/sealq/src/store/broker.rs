@@ -61,6 +61,16 @@ pub enum EnqueueResult {
         /// The queue's cap: scheduled, pending and retry tasks together.
         max_depth: u64,
     },
+    /// The broker could not store this task in this call (Redis did not
+    /// keep its bytes between writing them and the enqueue function, twice:
+    /// evicted under `maxmemory`, or a stray key of that id). Nothing of it
+    /// was kept, its id is free, and the other tasks of the call stand as
+    /// their own results say: sending it again is safe.
+    NotStored {
+        /// What happened and what to do, naming the task and never its
+        /// bytes.
+        reason: String,
+    },
 }
 
 /// Proof of holding a task: the id plus the token issued by `dequeue`.
