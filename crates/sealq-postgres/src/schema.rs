@@ -58,6 +58,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "ack by key",
         sql: include_str!("migrations/0006_ack_by_key.sql"),
     },
+    Migration {
+        version: 7,
+        name: "claim without a flush wait",
+        sql: include_str!("migrations/0007_claim_without_flush_wait.sql"),
+    },
 ];
 
 /// The schema version this build writes and expects.

@@ -512,3 +512,67 @@ async fn ack_by_key_the_cached_plan_never_scans_the_active_tasks() {
         "acks and lease extensions read tasks_lease"
     );
 }
+
+/// A claim's commit does not wait for the WAL flush (migration 7):
+/// `sealq.dequeue` turns `synchronous_commit` off for its own transaction
+/// only. The session is back to durable commits as soon as it ends, so
+/// the enqueue, the ack or anything else a pooled connection runs next
+/// still waits for the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_commit_skips_the_flush_wait_and_the_session_keeps_durable_commits() {
+    use sealq::broker::Broker;
+    let url = support::fresh_db().await;
+    let broker = PostgresBroker::connect(&url).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let now = sealq::clock::system_clock().now_ms();
+    broker
+        .enqueue((0..3).map(|_| task("claims", now)).collect())
+        .await
+        .unwrap();
+    async fn setting(c: &tokio_postgres::Client) -> String {
+        c.query_one("SHOW synchronous_commit", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+    // The test servers run with `synchronous_commit = off` (speed); this
+    // session asks for durable commits, as a production server gives.
+    client
+        .batch_execute("SET synchronous_commit = on")
+        .await
+        .unwrap();
+    assert_eq!(setting(&client).await, "on");
+    client.batch_execute("BEGIN").await.unwrap();
+    let claimed = client
+        .query(
+            "SELECT id FROM sealq.dequeue(ARRAY['claims'], 2, $1, 30000, 'w', 7)",
+            &[&now],
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(
+        setting(&client).await,
+        "off",
+        "inside the claim's transaction"
+    );
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(setting(&client).await, "on", "after it: durable again");
+    // In autocommit (as the worker calls it) the same holds after the call.
+    let claimed = client
+        .query(
+            "SELECT id FROM sealq.dequeue(ARRAY['claims'], 2, $1, 30000, 'w', 8)",
+            &[&now],
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(setting(&client).await, "on");
+    // The claims are committed all the same (visible to another session).
+    let id = sealq::TaskId(claimed[0].get::<_, uuid::Uuid>(0));
+    let rec = broker.get(id).await.unwrap().expect("stored");
+    assert_eq!(rec.state, sealq::TaskState::Active);
+}

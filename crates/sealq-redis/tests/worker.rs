@@ -436,7 +436,10 @@ async fn a_task_whose_bytes_redis_did_not_keep_fails_alone_in(n: usize) {
             let EnqueueResult::NotStored { reason } = r else {
                 panic!("the lost task is reported as not stored: {r:?}");
             };
-            assert!(reason.contains(&stray.to_string()), "names the task: {reason}");
+            assert!(
+                reason.contains(&stray.to_string()),
+                "names the task: {reason}"
+            );
             assert!(reason.contains(&format!("1 of the {n}")), "{reason}");
             assert!(reason.contains("noeviction"), "says what to do: {reason}");
             assert!(
@@ -499,7 +502,10 @@ async fn bulk_enqueue_reports_only_the_task_redis_did_not_keep_as_failed() {
     let stray = ids[123];
     let key = format!("{}:{{nobytes}}:b:{}", e.redis.prefix(), stray.0.simple());
     assert!(s.cli(&["SET", &key, "not a task"]).contains("OK"));
-    let payload = sealq::task::encode_payload(&Greet { name: "bulk".into() }).unwrap();
+    let payload = sealq::task::encode_payload(&Greet {
+        name: "bulk".into(),
+    })
+    .unwrap();
     let raw = ids.iter().map(|&id| {
         sealq::RawTask::new(
             Greet::KIND,
