@@ -73,8 +73,7 @@ fn parse_enqueue_reply(reply: Value, tasks: usize) -> Result<Vec<Stored>, String
 
 impl RedisBroker {
     /// [`sealq::Broker::enqueue`]: validate, group by queue, (Cluster) claim
-    /// the ids, then [`Self::enqueue_round`], with one more round for tasks
-    /// whose bytes were evicted before their function call.
+    /// the ids, then [`Self::store_tasks`].
     pub(crate) async fn enqueue_tasks(
         &self,
         tasks: Vec<NewTask>,
@@ -87,30 +86,90 @@ impl RedisBroker {
         }
         let now = self.now();
         let (groups, _) = group_by(tasks.iter().map(|t| Some(t.queue.as_str())));
-        let mut results = vec![EnqueueResult::IdExists; tasks.len()];
         let ids: Vec<String> = tasks.iter().map(|t| id_str(&t.id)).collect();
-        let mut plan: Vec<(Arc<str>, Vec<usize>)> = Vec::with_capacity(groups.len());
         if self.single_node() {
-            plan = groups;
-        } else {
-            // Cluster: claim the ids in the global index first (cross-queue IdExists).
-            for (q, idx) in groups {
-                let gids: Vec<String> = idx.iter().map(|&i| ids[i].clone()).collect();
-                let claimed = self.enqueue_cluster_claim(&q, &gids).await?;
-                let keep: Vec<usize> = idx
-                    .iter()
-                    .zip(claimed)
-                    .filter_map(|(&i, ok)| ok.then_some(i))
-                    .collect();
-                if !keep.is_empty() {
-                    plan.push((q, keep));
+            return self.store_tasks(&tasks, &ids, &groups, now).await;
+        }
+        // Cluster: claim the ids in the global index first (cross-queue
+        // IdExists). A claim stays until its task is stored or released:
+        // should the call fail after claiming, the ids whose tasks were not
+        // stored are released, else a retry of the same tasks would find
+        // them claimed and be told `IdExists` for tasks that do not exist.
+        let mut plan: Vec<(Arc<str>, Vec<usize>)> = Vec::with_capacity(groups.len());
+        for (q, idx) in groups {
+            let gids: Vec<String> = idx.iter().map(|&i| ids[i].clone()).collect();
+            let claimed = match self.enqueue_cluster_claim(&q, &gids).await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    self.release_unstored(&tasks, &plan).await;
+                    return Err(e);
+                }
+            };
+            let keep: Vec<usize> = idx
+                .iter()
+                .zip(claimed)
+                .filter_map(|(&i, ok)| ok.then_some(i))
+                .collect();
+            if !keep.is_empty() {
+                plan.push((q, keep));
+            }
+        }
+        match self.store_tasks(&tasks, &ids, &plan, now).await {
+            Ok(results) => Ok(results),
+            Err(e) => {
+                self.release_unstored(&tasks, &plan).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Cluster, after a failed call: release the claims of `plan`'s tasks
+    /// that are not stored. Whether a task is stored is asked of its queue's
+    /// node (its state hash exists): a call that failed on the way back
+    /// may have stored some. Best effort: an id that cannot be checked
+    /// keeps its claim (the error being returned already says the call
+    /// failed), and is named in the log.
+    async fn release_unstored(&self, tasks: &[NewTask], plan: &[(Arc<str>, Vec<usize>)]) {
+        let mut release = Vec::new();
+        for (q, idx) in plan {
+            let prefix = self.queue_key_prefix(q);
+            for &i in idx {
+                let id = id_str(&tasks[i].id);
+                let mut c = redis::cmd("EXISTS");
+                c.arg(format!("{prefix}t:{id}"));
+                match self.inner.conn.query::<i64>(&c).await {
+                    Ok(0) => release.push(id),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(
+                        task_id = %tasks[i].id,
+                        error = %e,
+                        "cannot tell whether a task of a failed enqueue call was stored; \
+                         its id stays claimed"
+                    ),
                 }
             }
         }
+        if let Err(e) = self.unindex(release).await {
+            tracing::warn!(error = %e, "cannot release the ids of a failed enqueue call");
+        }
+    }
+
+    /// Store `tasks` (their ids, `ids`) per `plan` (queue, task indices;
+    /// on a Cluster only the ids this call claimed): [`Self::enqueue_round`],
+    /// with one more round for tasks whose bytes were evicted before their
+    /// function call. Tasks not in `plan` are `IdExists`.
+    async fn store_tasks(
+        &self,
+        tasks: &[NewTask],
+        ids: &[String],
+        plan: &[(Arc<str>, Vec<usize>)],
+        now: i64,
+    ) -> BrokerResult<Vec<EnqueueResult>> {
+        let mut results = vec![EnqueueResult::IdExists; tasks.len()];
         // A task whose bytes were gone when its function call ran (evicted
         // between the two, under maxmemory) gets one more round of its own;
         // the rest of the call stands either way.
-        let mut round = self.enqueue_round(&tasks, &ids, &plan, now, true).await?;
+        let mut round = self.enqueue_round(tasks, ids, plan, now, true).await?;
         let mut release = Vec::new();
         let mut retry: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
         for attempt in 1..=2 {
@@ -145,7 +204,7 @@ impl RedisBroker {
             if retry.is_empty() || attempt == 2 {
                 break;
             }
-            round = self.enqueue_round(&tasks, &ids, &retry, now, false).await?;
+            round = self.enqueue_round(tasks, ids, &retry, now, false).await?;
         }
         // What could not be written twice fails alone: every other task of
         // the call keeps its own result (stored ones stay stored).

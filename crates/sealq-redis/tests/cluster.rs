@@ -499,3 +499,59 @@ async fn reseal_rewraps_subject_keys_on_every_master() {
             .all(|(_, w)| WrappedUnder::of(w) == Some(WrappedUnder::Key(old.clone())))
     );
 }
+
+/// The master that owns `key`'s slot (the others answer `MOVED`).
+fn owner<'a>(c: &'a Cluster, key: &str) -> &'a RedisServer {
+    c.nodes
+        .iter()
+        .find(|n| !n.cli(&["GET", key]).contains("MOVED"))
+        .expect("some master owns every slot")
+}
+
+/// A Cluster enqueue that fails after claiming its ids in the global index
+/// (here: the queue's master has no functions library) releases the
+/// claims of the tasks it did not store. Before, the ids stayed claimed
+/// and a retry of the same tasks was told `IdExists` for tasks that did
+/// not exist: lost while the producer believed them stored before. On a
+/// cluster of its own, since a master loses its library for a moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_failed_enqueue_releases_its_claims_so_a_retry_stores_the_tasks() {
+    use sealq::broker::{Broker, EnqueueResult};
+    use sealq::testkit::fixtures::task_at;
+    let c = Cluster::start();
+    let prefix = unique_prefix();
+    let broker = RedisBroker::connect_with(&c.url(), RedisOptions::default().prefix(&prefix))
+        .await
+        .expect("connect to the test cluster");
+    let registry = owner(&c, &format!("{prefix}:{{~}}:g:ids")).port;
+    let queue = (0..64)
+        .map(|i| format!("claims{i}"))
+        .find(|q| owner(&c, &format!("{prefix}:{{{q}}}:n")).port != registry)
+        .expect("a queue on another master than the registry");
+    let node = owner(&c, &format!("{prefix}:{{{queue}}}:n"));
+    let now = sealq::clock::system_clock().now_ms();
+    let tasks: Vec<_> = (0..3).map(|_| task_at(&queue, now, now)).collect();
+
+    assert!(node.cli(&["FUNCTION", "DELETE", "sealq"]).contains("OK"));
+    let err = broker.enqueue(tasks.clone()).await.unwrap_err();
+    assert!(!err.to_string().is_empty());
+    let source = sealq_redis::library_source();
+    assert!(
+        node.cli(&["FUNCTION", "LOAD", "REPLACE", &source])
+            .contains("sealq")
+    );
+
+    let again = broker.enqueue(tasks.clone()).await.unwrap();
+    assert_eq!(
+        again,
+        vec![EnqueueResult::Enqueued; 3],
+        "the retry stores them"
+    );
+    for t in &tasks {
+        let rec = broker.get(t.id).await.unwrap().expect("stored and found");
+        assert_eq!(rec.queue, queue);
+    }
+    // And a third call is refused as it should be: the ids are known now.
+    let third = broker.enqueue(tasks).await.unwrap();
+    assert_eq!(third, vec![EnqueueResult::IdExists; 3]);
+}
