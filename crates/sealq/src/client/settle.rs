@@ -4,7 +4,7 @@
 //! so that both refuse, count and audit a task the same way.
 
 use crate::audit::Auditor;
-use crate::error::{Error, Result};
+use crate::error::{BrokerError, BrokerErrorKind, Error, Result};
 use crate::metrics::record as metric;
 use crate::model::audit_event::{AuditEvent, EnqueuedEntry};
 use crate::model::id::TaskId;
@@ -108,8 +108,8 @@ pub fn settle_enqueue(
             }
             EnqueueResult::IdExists => *slot = Err(Error::IdExists(task.id)),
             EnqueueResult::NotStored { reason } => {
-                *slot = Err(Error::Broker(crate::BrokerError::new(
-                    crate::BrokerErrorKind::Unavailable,
+                *slot = Err(Error::Broker(BrokerError::new(
+                    BrokerErrorKind::Unavailable,
                     reason,
                 )));
             }
