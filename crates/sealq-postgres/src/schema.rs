@@ -63,6 +63,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "claim without a flush wait",
         sql: include_str!("migrations/0007_claim_without_flush_wait.sql"),
     },
+    Migration {
+        version: 8,
+        name: "claim and ack by key",
+        sql: include_str!("migrations/0008_claim_and_ack_by_key.sql"),
+    },
 ];
 
 /// The schema version this build writes and expects.
