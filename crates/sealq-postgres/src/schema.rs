@@ -63,6 +63,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "claim without a flush wait",
         sql: include_str!("migrations/0007_claim_without_flush_wait.sql"),
     },
+    Migration {
+        version: 8,
+        name: "enqueue without speculative insertion",
+        sql: include_str!("migrations/0008_enqueue_plain_insert.sql"),
+    },
 ];
 
 /// The schema version this build writes and expects.
