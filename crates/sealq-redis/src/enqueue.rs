@@ -101,6 +101,9 @@ impl RedisBroker {
             let claimed = match self.enqueue_cluster_claim(&q, &gids).await {
                 Ok(claimed) => claimed,
                 Err(e) => {
+                    // This queue's claim may have run before the reply was
+                    // lost: its ids are checked like the others'.
+                    plan.push((q, idx));
                     self.release_unstored(&tasks, &plan).await;
                     return Err(e);
                 }
