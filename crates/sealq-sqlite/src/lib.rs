@@ -130,6 +130,7 @@ mod schema;
 mod subject_key_store;
 mod url;
 mod wake;
+mod wal_size;
 mod writer;
 
 use std::path::{Path, PathBuf};
