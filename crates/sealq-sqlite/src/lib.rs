@@ -117,6 +117,7 @@ mod audit_sink;
 mod blob_store;
 mod checkpoint;
 mod codec;
+mod enqueue;
 mod erase_ids;
 mod error;
 mod key_checks;
@@ -315,10 +316,10 @@ impl Broker for SqliteBroker {
             return Ok(Vec::new());
         }
         // Encoded here, on the caller's thread: the writer thread is shared.
-        let metas = ops::encode_metas(&tasks)?;
+        let metas = enqueue::encode_metas(&tasks)?;
         self.inner
             .writer
-            .call_leading(move |ctx| ops::enqueue(ctx, &tasks, &metas))
+            .call_leading(move |ctx| enqueue::enqueue(ctx, &tasks, &metas))
             .await
     }
 
