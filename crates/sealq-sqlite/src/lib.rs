@@ -64,8 +64,10 @@
 //!
 //! ## Performance
 //!
-//! Per task the broker does a few cached-statement executions; a batch is
-//! one transaction; envelopes live in their own table so state changes
+//! Per task the broker does a few cached-statement executions, except that
+//! an enqueue stores runs of tasks without a unique key (for uncapped
+//! queues) twenty at a time in two multi-row statements (see the `enqueue`
+//! module); a batch is one transaction; envelopes live in their own table so state changes
 //! rewrite small rows. Measure with
 //! `cargo run --release -p sealq-sqlite --example throughput [full|normal] [tasks] [batch] [envelope-bytes]`
 //! (enqueue a batch, dequeue it, ack it, repeated). On the 2-core development
