@@ -33,6 +33,7 @@ use sealq::{BrokerError, BrokerErrorKind};
 
 use crate::codec::{encode_meta, id_blob, id_from_row, ms_to_sql};
 use crate::error::map_err;
+use crate::schema::READY_CONDITION;
 use crate::writer::OpCtx;
 
 /// Tasks per multi-row statement of the chunk path. Measured on the bulk
@@ -180,6 +181,11 @@ pub(crate) fn enqueue(
     Ok(results)
 }
 
+/// How many tasks wait in a queue (pending, scheduled or retry): through
+/// `tasks_ready`, whose condition it repeats.
+pub(crate) static WAITING_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT count(*) FROM tasks WHERE queue = ?1 AND {READY_CONDITION}"));
+
 /// A capped queue's cap and room left, `None` when it is not capped.
 fn room(conn: &Connection, queue: &str) -> rusqlite::Result<Room> {
     let cap: Option<i64> = conn
@@ -190,10 +196,7 @@ fn room(conn: &Connection, queue: &str) -> rusqlite::Result<Room> {
         return Ok(None);
     };
     let n: i64 = conn
-        .prepare_cached(
-            "SELECT count(*) FROM tasks WHERE queue = ?1 \
-             AND state IN ('scheduled', 'pending', 'retry')",
-        )?
+        .prepare_cached(&WAITING_SQL)?
         .query_row([queue], |r| r.get(0))?;
     Ok(Some((
         cap.max(0) as u64,

@@ -313,7 +313,7 @@ async fn a_version_2_store_migrates_to_key_checks_and_keeps_its_tasks() {
             .unwrap()
     );
     assert_eq!(b.key_checks().await.unwrap(), Some(vec![check]));
-    assert_eq!(user_version(&path), 5);
+    assert_eq!(user_version(&path), 6);
 }
 
 /// Migration 4 (the registry of live workers, issue 21) on a version-3
@@ -352,7 +352,7 @@ async fn live_workers_a_version_3_store_migrates_and_keeps_its_tasks() {
     let listed = b.list_workers().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].run_id, "r-1");
-    assert_eq!(user_version(&path), 5);
+    assert_eq!(user_version(&path), 6);
 }
 
 /// Migration 5 (issue 22, bulk enqueue: `tasks_ready`'s condition as
@@ -387,7 +387,7 @@ async fn bulk_enqueue_a_version_4_store_migrates_tasks_ready() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!(v, 5);
+    assert_eq!(v, 6);
     assert!(
         sql.contains("state = 'pending' OR state = 'scheduled' OR state = 'retry'"),
         "{sql}"
@@ -557,4 +557,78 @@ async fn worker_memory_the_adaptive_prefetch_ceiling_is_four_per_slot() {
     let dir = tempfile::tempdir().unwrap();
     let broker = open(&dir.path().join("q.db"));
     assert_eq!(broker.prefetch_per_slot(), Some(4));
+}
+
+/// Issue 22, bulk enqueue: a version 5 store (`tasks_queue_state` over
+/// every task) migrates to the partial index that leaves pending tasks
+/// out, and its stats and listings by state read the same after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_enqueue_a_version_5_store_migrates_tasks_queue_state() {
+    use sealq::broker::ListQuery;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let (before, listed) = {
+        let b = open(&path);
+        let mut tasks: Vec<NewTask> = (0..6).map(|_| task("p")).collect();
+        tasks[4].run_at_ms = now() + 3_600_000;
+        tasks.push(task("o"));
+        b.enqueue(tasks).await.unwrap();
+        let leased = b.dequeue(&req("p", 2)).await.unwrap();
+        let acked = b
+            .ack(vec![Ack {
+                lease: leased[0].lease,
+                outcome: Outcome::Complete { result: None },
+            }])
+            .await
+            .unwrap();
+        assert_eq!(acked, [AckResult::Applied]);
+        let stats = b.stats().await.unwrap();
+        let p = stats.iter().find(|s| s.queue == "p").unwrap();
+        assert_eq!(
+            (p.pending, p.scheduled, p.active, p.completed),
+            (3, 1, 1, 1),
+            "{p:?}"
+        );
+        let mut listed = Vec::new();
+        for state in [TaskState::Pending, TaskState::Scheduled, TaskState::Active] {
+            let q = ListQuery {
+                queue: Some("p".into()),
+                state: Some(state),
+                ..ListQuery::default()
+            };
+            listed.push(b.list(&q).await.unwrap().len());
+        }
+        assert_eq!(listed, [3, 1, 1]);
+        (stats, listed)
+    };
+    let raw = Connection::open(&path).unwrap();
+    raw.execute_batch(
+        "DROP INDEX tasks_queue_state; \
+         CREATE INDEX tasks_queue_state ON tasks (queue, state); \
+         PRAGMA user_version = 5",
+    )
+    .unwrap();
+    drop(raw);
+    let b = open(&path);
+    assert_eq!(user_version(&path), 6);
+    let raw = Connection::open(&path).unwrap();
+    let sql: String = raw
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'tasks_queue_state'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(sql.contains("WHERE state != 'pending'"), "{sql}");
+    assert_eq!(b.stats().await.unwrap(), before);
+    let mut again = Vec::new();
+    for state in [TaskState::Pending, TaskState::Scheduled, TaskState::Active] {
+        let q = ListQuery {
+            queue: Some("p".into()),
+            state: Some(state),
+            ..ListQuery::default()
+        };
+        again.push(b.list(&q).await.unwrap().len());
+    }
+    assert_eq!(again, listed);
 }
