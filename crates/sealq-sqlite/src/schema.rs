@@ -36,8 +36,8 @@
 //!   task's row is stored).
 //!
 //! Indexes serve one query each: `tasks_ready` (partial, ready-ish states
-//! only, ordered as dequeue takes them) lets dequeue read exactly the rows it
-//! leases (its condition is written as comparisons, not `IN`: migration 5); `tasks_due` serves `forward_due`, `tasks_lease` lease recovery,
+//! only, ordered as dequeue takes them, the state as a last column since
+//! migration 6) lets dequeue read exactly the rows it leases (its condition is written as comparisons, not `IN`: migration 5); `tasks_due` serves `forward_due`, `tasks_lease` lease recovery,
 //! `tasks_purge` purging, `tasks_queue_state` (every task but pending ones:
 //! migration 6) stats and listing by queue and state with `tasks_ready`,
 //! `tasks_subject` erasure lookups.
