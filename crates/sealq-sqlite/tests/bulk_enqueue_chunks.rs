@@ -1,18 +1,21 @@
 //! Issue 22, "bulk enqueue of sealed tasks faster than any embedded peer's
 //! batch API": a batch's tasks without a unique key, for uncapped queues,
-//! are stored twenty at a time with multi-row statements. These tests hold
-//! that path to the results and rows of storing the same tasks one at a
-//! time (one enqueue call each, which stores row at a time), on real
-//! SQLite files.
+//! are stored twenty at a time with multi-row statements, and schema
+//! migration 6 leaves pending tasks out of `tasks_queue_state`. These tests
+//! hold that path to the results and rows of storing the same tasks one at
+//! a time (one enqueue call each, which stores row at a time), and the
+//! migrated store to its stats and listings, on real SQLite files.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::Connection;
-use sealq::broker::{Ack, AckResult, Broker, DequeueRequest, EnqueueResult, NewTask, Outcome};
+use sealq::broker::{
+    Ack, AckResult, Broker, DequeueRequest, EnqueueResult, ListQuery, NewTask, Outcome,
+};
 use sealq::clock::ManualClock;
 use sealq::testkit::fixtures::{subject, task_at};
-use sealq::{Clock, TaskId};
+use sealq::{Clock, TaskId, TaskState};
 use sealq_sqlite::{SqliteBroker, SqliteOptions};
 
 fn open(path: &std::path::Path, clock: &Arc<ManualClock>) -> SqliteBroker {
@@ -246,4 +249,83 @@ async fn bulk_enqueue_chunk_wakes_a_waiting_worker() {
         .expect("woken before the wait's own 30 s bound")
         .unwrap();
     assert!(waited < Duration::from_secs(20), "{waited:?}");
+}
+
+/// Issue 22, bulk enqueue: a version 5 store (`tasks_queue_state` over
+/// every task) migrates to the partial index that leaves pending tasks
+/// out, and its stats and listings by state read the same after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_enqueue_a_version_5_store_migrates_tasks_queue_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let clock = ManualClock::starting_now();
+    let now = clock.now_ms();
+    let (before, listed) = {
+        let b = open(&path, &clock);
+        let mut tasks: Vec<NewTask> = (0..6).map(|_| task_at("p", now, now)).collect();
+        tasks[4].run_at_ms = now + 3_600_000;
+        tasks.push(task_at("o", now, now));
+        b.enqueue(tasks).await.unwrap();
+        let leased = b.dequeue(&req("p", 2)).await.unwrap();
+        let acked = b
+            .ack(vec![Ack {
+                lease: leased[0].lease,
+                outcome: Outcome::Complete { result: None },
+            }])
+            .await
+            .unwrap();
+        assert_eq!(acked, [AckResult::Applied]);
+        let stats = b.stats().await.unwrap();
+        let p = stats.iter().find(|s| s.queue == "p").unwrap();
+        assert_eq!(
+            (p.pending, p.scheduled, p.active, p.completed),
+            (3, 1, 1, 1),
+            "{p:?}"
+        );
+        let mut listed = Vec::new();
+        for state in [TaskState::Pending, TaskState::Scheduled, TaskState::Active] {
+            let q = ListQuery {
+                queue: Some("p".into()),
+                state: Some(state),
+                ..ListQuery::default()
+            };
+            listed.push(b.list(&q).await.unwrap().len());
+        }
+        assert_eq!(listed, [3, 1, 1]);
+        (stats, listed)
+    };
+    let raw = Connection::open(&path).unwrap();
+    raw.execute_batch(
+        "DROP INDEX tasks_queue_state; \
+         CREATE INDEX tasks_queue_state ON tasks (queue, state); \
+         PRAGMA user_version = 5",
+    )
+    .unwrap();
+    drop(raw);
+    let b = open(&path, &clock);
+    let version: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 6);
+    let raw = Connection::open(&path).unwrap();
+    let sql: String = raw
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'tasks_queue_state'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(sql.contains("WHERE state != 'pending'"), "{sql}");
+    assert_eq!(b.stats().await.unwrap(), before);
+    let mut again = Vec::new();
+    for state in [TaskState::Pending, TaskState::Scheduled, TaskState::Active] {
+        let q = ListQuery {
+            queue: Some("p".into()),
+            state: Some(state),
+            ..ListQuery::default()
+        };
+        again.push(b.list(&q).await.unwrap().len());
+    }
+    assert_eq!(again, listed);
 }
