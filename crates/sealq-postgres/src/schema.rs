@@ -65,8 +65,13 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 8,
+        name: "enqueue without speculative insertion",
+        sql: include_str!("migrations/0008_enqueue_plain_insert.sql"),
+    },
+    Migration {
+        version: 9,
         name: "claim and ack by key",
-        sql: include_str!("migrations/0008_claim_and_ack_by_key.sql"),
+        sql: include_str!("migrations/0009_claim_and_ack_by_key.sql"),
     },
 ];
 

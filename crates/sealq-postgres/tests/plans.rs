@@ -1,6 +1,6 @@
 //! Issue 23, processing cost: the hot path's plans. A claim and an ack
 //! reach their tasks by primary key whatever the planner estimates
-//! (migration 8), so their cost follows the batch, not the size of the
+//! (migration 9), so their cost follows the batch, not the size of the
 //! task table.
 
 mod support;
@@ -29,7 +29,7 @@ async fn seq_scans(client: &tokio_postgres::Client, table: &str) -> i64 {
 /// Claims of 500 tasks and their acks on a table of 5,000, each call
 /// planned with the batch in view (custom plans, forced here; a session
 /// makes them for its first five calls, and keeps making them while they
-/// look cheaper than a generic one). Before migration 8 the planner chose
+/// look cheaper than a generic one). Before migration 9 the planner chose
 /// to read the whole table for both: a hash join of every task with the
 /// claimed ids, and a filter of every task by the acked ids.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -101,6 +101,9 @@ impl RedisBroker {
             let claimed = match self.enqueue_cluster_claim(&q, &gids).await {
                 Ok(claimed) => claimed,
                 Err(e) => {
+                    // This queue's claim may have run before the reply was
+                    // lost: its ids are checked like the others'.
+                    plan.push((q, idx));
                     self.release_unstored(&tasks, &plan).await;
                     return Err(e);
                 }
@@ -125,27 +128,40 @@ impl RedisBroker {
 
     /// Cluster, after a failed call: release the claims of `plan`'s tasks
     /// that are not stored. Whether a task is stored is asked of its queue's
-    /// node (its state hash exists): a call that failed on the way back
-    /// may have stored some. Best effort: an id that cannot be checked
-    /// keeps its claim (the error being returned already says the call
-    /// failed), and is named in the log.
+    /// master (does its state hash exist), one pipeline per queue: a call
+    /// that failed on the way back may have stored some. Best effort: the
+    /// ids of a queue whose master cannot be asked keep their claims (the
+    /// error being returned already says the call failed), and the log
+    /// names their tasks.
     async fn release_unstored(&self, tasks: &[NewTask], plan: &[(Arc<str>, Vec<usize>)]) {
         let mut release = Vec::new();
         for (q, idx) in plan {
             let prefix = self.queue_key_prefix(q);
-            for &i in idx {
-                let id = id_str(&tasks[i].id);
-                let mut c = redis::cmd("EXISTS");
-                c.arg(format!("{prefix}t:{id}"));
-                match self.inner.conn.query::<i64>(&c).await {
-                    Ok(0) => release.push(id),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(
-                        task_id = %tasks[i].id,
+            let ids: Vec<String> = idx.iter().map(|&i| id_str(&tasks[i].id)).collect();
+            let mut p = redis::pipe();
+            for id in &ids {
+                p.cmd("EXISTS").arg(format!("{prefix}t:{id}"));
+            }
+            match self.inner.conn.pipe::<Vec<i64>>(&p).await {
+                Ok(found) => release.extend(
+                    ids.into_iter()
+                        .zip(found)
+                        .filter_map(|(id, n)| (n == 0).then_some(id)),
+                ),
+                Err(e) => {
+                    let named: Vec<String> = idx
+                        .iter()
+                        .take(5)
+                        .map(|&i| tasks[i].id.to_string())
+                        .collect();
+                    tracing::warn!(
+                        queue = %q,
+                        tasks = idx.len(),
+                        first = %named.join(", "),
                         error = %e,
-                        "cannot tell whether a task of a failed enqueue call was stored; \
-                         its id stays claimed"
-                    ),
+                        "cannot tell whether the tasks of a failed enqueue call were stored; \
+                         their ids stay claimed"
+                    );
                 }
             }
         }

@@ -49,6 +49,7 @@ use rusqlite::Connection;
 use sealq::{BrokerError, BrokerErrorKind};
 
 use crate::error::map_err;
+use crate::wal_size::GROW_AFTER_PAGES;
 
 /// WAL growth (frames) between two checkpoint requests.
 pub(crate) const CHECKPOINT_PAGES: i32 = 1000;
@@ -86,6 +87,9 @@ pub(crate) struct WalState {
     /// checkpointer then starts no round of its own (a round in progress
     /// holds SQLite's checkpoint lock, and the writer's attempt would fail).
     restart_wanted: AtomicBool,
+    /// Set once this process has grown the WAL file to its working size
+    /// (or tried to): see the `wal_size` module.
+    grown: AtomicBool,
 }
 
 impl WalState {
@@ -119,6 +123,31 @@ impl WalState {
             || (pages >= LONE_RESTART_PAGES
                 && self.singles.load(Ordering::Relaxed) >= LONE_STREAK
                 && self.added.load(Ordering::Relaxed) <= SMALL_COMMIT_PAGES)
+    }
+
+    /// Whether the writer thread has WAL work to do between two groups: a
+    /// restart ([`Self::restart_due`]), or growing the WAL file once, when
+    /// it first holds [`GROW_AFTER_PAGES`] frames in this process.
+    pub(crate) fn work_due(&self) -> bool {
+        self.restart_due()
+            || (self.pages() >= GROW_AFTER_PAGES && !self.grown.load(Ordering::Relaxed))
+    }
+
+    /// The writer thread's WAL work between two groups ([`Self::work_due`]).
+    pub(crate) fn do_work(&self, conn: &Connection, path: &Path) {
+        if self.pages() >= GROW_AFTER_PAGES && !self.grown.swap(true, Ordering::Relaxed) {
+            match crate::wal_size::grow(conn, path) {
+                Ok(bytes) => {
+                    tracing::debug!(path = %path.display(), bytes, "WAL file grown ahead")
+                }
+                Err(e) => tracing::debug!(
+                    path = %path.display(),
+                    error = %e,
+                    "WAL file not grown ahead; it grows with its frames"
+                ),
+            }
+        }
+        self.restart_if_large(conn, path);
     }
 
     /// Called by the writer thread between two groups: once the WAL holds

@@ -64,8 +64,10 @@
 //!
 //! ## Performance
 //!
-//! Per task the broker does a few cached-statement executions; a batch is
-//! one transaction; envelopes live in their own table so state changes
+//! Per task the broker does a few cached-statement executions, except that
+//! an enqueue stores runs of tasks without a unique key (for uncapped
+//! queues) twenty at a time in two multi-row statements (see the `enqueue`
+//! module); a batch is one transaction; envelopes live in their own table so state changes
 //! rewrite small rows. Measure with
 //! `cargo run --release -p sealq-sqlite --example throughput [full|normal] [tasks] [batch] [envelope-bytes]`
 //! (enqueue a batch, dequeue it, ack it, repeated). On the 2-core development
@@ -117,6 +119,7 @@ mod audit_sink;
 mod blob_store;
 mod checkpoint;
 mod codec;
+mod enqueue;
 mod erase_ids;
 mod error;
 mod key_checks;
@@ -130,6 +133,7 @@ mod schema;
 mod subject_key_store;
 mod url;
 mod wake;
+mod wal_size;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -315,10 +319,10 @@ impl Broker for SqliteBroker {
             return Ok(Vec::new());
         }
         // Encoded here, on the caller's thread: the writer thread is shared.
-        let metas = ops::encode_metas(&tasks)?;
+        let metas = enqueue::encode_metas(&tasks)?;
         self.inner
             .writer
-            .call_leading(move |ctx| ops::enqueue(ctx, &tasks, &metas))
+            .call_leading(move |ctx| enqueue::enqueue(ctx, &tasks, &metas))
             .await
     }
 

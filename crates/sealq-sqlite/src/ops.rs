@@ -1,20 +1,18 @@
-//! The mutating operations, each run by the writer thread inside a group
-//! transaction (see [`crate::writer`]). Every statement is prepared once and
-//! cached; a batch costs one statement execution per item, never a
-//! transaction per item.
+//! The mutating operations but enqueue (see [`crate::enqueue`]), each run
+//! by the writer thread inside a group transaction (see [`crate::writer`]).
+//! Every statement is prepared once and cached; a batch costs one statement
+//! execution per item, never a transaction per item.
 
 use std::sync::LazyLock;
 
 use rusqlite::{OptionalExtension, params};
 use sealq::broker::{
-    Ack, AckResult, BrokerResult, DequeueRequest, EnqueueResult, Forwarded, Lease, LeasedTask,
-    NewTask, Outcome, Recovered, SealedPart, SealedSwap,
+    Ack, AckResult, BrokerResult, DequeueRequest, Forwarded, Lease, LeasedTask, Outcome, Recovered,
+    SealedPart, SealedSwap,
 };
-use sealq::{BrokerError, BrokerErrorKind, TaskId};
+use sealq::{BrokerError, TaskId};
 
-use crate::codec::{
-    AFTER_RECORD, RECORD_RETURNING, encode_meta, id_blob, id_from_row, ms_to_sql, token_to_sql,
-};
+use crate::codec::{AFTER_RECORD, RECORD_RETURNING, id_blob, token_to_sql};
 use crate::error::map_err;
 use crate::quarantine::{decode_row, quarantine, quarantine_where};
 use crate::schema::READY_CONDITION;
@@ -26,148 +24,6 @@ fn fail<'a>(
     what: &'static str,
 ) -> impl Fn(rusqlite::Error) -> BrokerError + 'a {
     move |e| map_err(&env.path, what, e)
-}
-
-/// Encode each task's metadata for the `meta` column ([`enqueue`] takes
-/// them): done by the caller, before the batch reaches the writer thread,
-/// which every write of the store waits for.
-pub(crate) fn encode_metas(tasks: &[NewTask]) -> BrokerResult<Vec<Vec<u8>>> {
-    tasks
-        .iter()
-        .map(|t| {
-            encode_meta(&t.meta).map_err(|e| {
-                BrokerError::new(
-                    BrokerErrorKind::Other,
-                    format!("cannot encode the metadata of task {}: {e}", t.id),
-                )
-            })
-        })
-        .collect()
-}
-
-/// Store a batch; one result per task, in order. `metas` are the tasks'
-/// encoded metadata ([`encode_metas`]), in the same order.
-pub(crate) fn enqueue(
-    ctx: &mut OpCtx<'_>,
-    tasks: &[NewTask],
-    metas: &[Vec<u8>],
-) -> BrokerResult<Vec<EnqueueResult>> {
-    let (conn, now, env) = (ctx.conn, ctx.now, ctx.env);
-    let err = fail(env, "enqueueing tasks");
-    let mut completed = conn
-        .prepare_cached("SELECT 1 FROM completed_ids WHERE id = ?1")
-        .map_err(&err)?;
-    let mut holder = conn
-        .prepare_cached(
-            "SELECT u.task_id FROM unique_keys u JOIN tasks t ON t.id = u.task_id \
-             WHERE u.key = ?1 AND u.expires_at > ?2 \
-               AND t.state NOT IN ('completed', 'archived')",
-        )
-        .map_err(&err)?;
-    let mut insert = conn
-        .prepare_cached(
-            "INSERT INTO tasks (id, queue, kind, subject_tag, max_retries, \
-                                retention_ms, state, attempts, run_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .map_err(&err)?;
-    let mut insert_body = conn
-        .prepare_cached("INSERT INTO task_bodies (seq, envelope, meta) VALUES (?1, ?2, ?3)")
-        .map_err(&err)?;
-    let mut take_key = conn
-        .prepare_cached(
-            "INSERT INTO unique_keys (key, task_id, expires_at) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (key) DO UPDATE SET task_id = excluded.task_id, \
-                                             expires_at = excluded.expires_at",
-        )
-        .map_err(&err)?;
-
-    // Room left in capped queues (Broker::set_max_depth): looked up once per
-    // queue of the batch.
-    let mut limit = conn
-        .prepare_cached("SELECT max_depth FROM queue_limits WHERE queue = ?1")
-        .map_err(&err)?;
-    let mut waiting = conn
-        .prepare_cached(
-            "SELECT count(*) FROM tasks WHERE queue = ?1 \
-             AND state IN ('scheduled', 'pending', 'retry')",
-        )
-        .map_err(&err)?;
-    let mut room: std::collections::HashMap<&str, Option<(u64, u64)>> =
-        std::collections::HashMap::new();
-    let mut results = Vec::with_capacity(tasks.len());
-    let mut ready = false;
-    for (t, meta) in tasks.iter().zip(metas) {
-        let id = id_blob(&t.id);
-        if !room.contains_key(t.queue.as_str()) {
-            let cap: Option<i64> = limit
-                .query_row([&t.queue], |r| r.get(0))
-                .optional()
-                .map_err(&err)?;
-            let left = match cap {
-                None => None,
-                Some(cap) => {
-                    let n: i64 = waiting.query_row([&t.queue], |r| r.get(0)).map_err(&err)?;
-                    Some((cap.max(0) as u64, cap.saturating_sub(n).max(0) as u64))
-                }
-            };
-            room.insert(t.queue.as_str(), left);
-        }
-        if completed.exists([id]).map_err(&err)? {
-            results.push(EnqueueResult::IdExists);
-            continue;
-        }
-        if let Some((key, _)) = &t.unique {
-            let existing = holder
-                .query_row(params![key, now], |r| id_from_row(r, 0))
-                .optional()
-                .map_err(&err)?;
-            if let Some(existing) = existing {
-                results.push(EnqueueResult::Duplicate { existing });
-                continue;
-            }
-        }
-        if let Some(Some((max_depth, 0))) = room.get(t.queue.as_str()) {
-            results.push(EnqueueResult::QueueFull {
-                max_depth: *max_depth,
-            });
-            continue;
-        }
-        let pending = t.run_at_ms <= now;
-        let state = if pending { "pending" } else { "scheduled" };
-        let inserted = insert
-            .execute(params![
-                id,
-                t.queue,
-                t.kind,
-                t.meta.subject_tag.as_ref().map(|s| s.0),
-                i64::from(t.meta.max_retries),
-                ms_to_sql(t.meta.retention_ms),
-                state,
-                t.run_at_ms,
-                now,
-            ])
-            .map_err(&err)?;
-        if inserted == 0 {
-            results.push(EnqueueResult::IdExists);
-            continue;
-        }
-        insert_body
-            .execute(params![conn.last_insert_rowid(), t.envelope, meta])
-            .map_err(&err)?;
-        if let Some((key, ttl_ms)) = &t.unique {
-            let expires = now.saturating_add(ms_to_sql(*ttl_ms));
-            take_key.execute(params![key, id, expires]).map_err(&err)?;
-        }
-        if let Some(Some((_, left))) = room.get_mut(t.queue.as_str()) {
-            *left -= 1;
-        }
-        ready |= pending;
-        results.push(EnqueueResult::Enqueued);
-    }
-    ctx.wake |= ready;
-    Ok(results)
 }
 
 /// Dequeue's query for the ready tasks of one queue, oldest first: through

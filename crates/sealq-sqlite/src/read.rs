@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use rusqlite::types::{ToSql, Value, ValueRef};
@@ -19,7 +19,22 @@ use sealq::{BrokerError, BrokerErrorKind, TaskId, TaskState};
 use crate::codec::{RECORD_SELECT, id_blob, rate_limit_from_sql};
 use crate::error::retry_busy;
 use crate::quarantine::{decode_row, skipped};
-use crate::schema::open_reader;
+use crate::schema::{NOT_PENDING, READY_CONDITION, open_reader};
+
+/// Stats' count of every task but pending ones, by queue and state:
+/// through `tasks_queue_state`, whose condition it repeats.
+pub(crate) static STATS_NOT_PENDING_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT queue, state, count(*) FROM tasks WHERE {NOT_PENDING} GROUP BY queue, state")
+});
+
+/// Stats' count of pending tasks by queue: through `tasks_ready` (which
+/// holds the state since migration 6), whose condition it repeats.
+pub(crate) static STATS_PENDING_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT queue, count(*) FROM tasks WHERE {READY_CONDITION} AND state = 'pending' \
+         GROUP BY queue"
+    )
+});
 
 /// A pool of read connections.
 #[derive(Debug)]
@@ -103,7 +118,13 @@ impl Reader {
             }
             if let Some(state) = &state {
                 args.push(state);
-                sql.push_str(&format!(" AND t.state = ?{}", args.len()));
+                // Repeats a partial index's condition (`tasks_ready` or
+                // `tasks_queue_state`), so that SQLite may read through it.
+                let within = match *state {
+                    "pending" | "scheduled" | "retry" => READY_CONDITION,
+                    _ => NOT_PENDING,
+                };
+                sql.push_str(&format!(" AND t.state = ?{} AND {within}", args.len()));
             }
             if let Some(subject) = &subject {
                 args.push(subject);
@@ -179,12 +200,17 @@ impl Reader {
         .await
     }
 
-    /// Counts by queue and state, plus paused queues.
+    /// Counts by queue and state, plus paused queues: pending tasks through
+    /// `tasks_ready`, the others through `tasks_queue_state` (which leaves
+    /// pending tasks out), in one snapshot.
     pub(crate) async fn stats(self: &Arc<Self>) -> BrokerResult<Vec<QueueStats>> {
         self.run("reading queue stats", |conn| {
             let mut by_queue: BTreeMap<String, QueueStats> = BTreeMap::new();
-            let mut stmt = conn
-                .prepare_cached("SELECT queue, state, count(*) FROM tasks GROUP BY queue, state")?;
+            // One snapshot for both reads below.
+            let _snapshot = conn.unchecked_transaction()?;
+            // Every task but pending ones, through `tasks_queue_state`
+            // (with a state that is not text: `!=` holds for it).
+            let mut stmt = conn.prepare_cached(&STATS_NOT_PENDING_SQL)?;
             let mut rows = stmt.query([])?;
             let mut unknown = 0u64;
             while let Some(row) = rows.next()? {
@@ -210,6 +236,23 @@ impl Reader {
                     TaskState::Completed => s.completed += n,
                     TaskState::Archived => s.archived += n,
                 }
+            }
+            // Pending tasks by queue, through `tasks_ready`.
+            let mut stmt = conn.prepare_cached(&STATS_PENDING_SQL)?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let n = row.get::<_, i64>(1)?.max(0) as u64;
+                let Some(queue) = text(row.get_ref(0)?) else {
+                    unknown += n;
+                    continue;
+                };
+                by_queue
+                    .entry(queue.clone())
+                    .or_insert_with(|| QueueStats {
+                        queue,
+                        ..QueueStats::default()
+                    })
+                    .pending += n;
             }
             if unknown > 0 {
                 let mut stmt = conn.prepare_cached(

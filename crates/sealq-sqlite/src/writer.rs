@@ -274,13 +274,14 @@ impl Writer {
         let Some(block) = blocking_here() else {
             return Err(op);
         };
-        // Once the WAL is due for its restart checkpoint, queue: the writer
-        // thread runs it after the next group (and after every group until
-        // it succeeds), which a leading caller would keep delaying.
+        // Once the WAL is due for work (its restart checkpoint, or growing
+        // the file once), queue: the writer thread does it after the next
+        // group (a checkpoint after every group until it succeeds), which a
+        // leading caller would keep delaying.
         if self.tx.is_none()
             || shared.last_group.load(Ordering::Relaxed) > 1
             || shared.queued.load(Ordering::SeqCst) != 0
-            || shared.env.wal.restart_due()
+            || shared.env.wal.work_due()
         {
             return Err(op);
         }
@@ -397,13 +398,14 @@ fn writer_loop(shared: &Shared, rx: &Receiver<Box<dyn Job>>) {
         drop(conn);
         reply(env, &mut done, wake);
         env.wal.note_commit(last);
-        if env.wal.restart_due() {
+        if env.wal.work_due() {
             // Every caller of the group has its reply: a checkpoint here
             // delays only callers that come meanwhile, once per
             // RESTART_PAGES frames (LONE_RESTART_PAGES for a lone caller's
             // small commits), so the WAL can restart (see the `checkpoint`
-            // module).
-            env.wal.restart_if_large(&shared.lock(), &env.path);
+            // module); so does growing the WAL file, once per process (the
+            // `wal_size` module).
+            env.wal.do_work(&shared.lock(), &env.path);
         }
     }
     // Channel closed: the last handle is gone. The connection closes with

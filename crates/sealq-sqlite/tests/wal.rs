@@ -80,3 +80,71 @@ async fn wal_stays_bounded(producers: usize, each: usize, restart: u64) {
         (producers * each) as u64
     );
 }
+
+/// Issue 22 (8 producers): once the WAL holds 256 frames in a process, the
+/// writer grows the WAL file with zeros to a full pass of frames (9,000
+/// frames of 4 KiB pages), so later commits overwrite in place instead of
+/// growing the file (`wal_size` module). A handful of commits never
+/// grows it. A crash image taken after the growth (the database and WAL
+/// files copied while the broker runs) opens whole: every task stored, the
+/// zeros past the last frame ignored, `integrity_check` ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_producers_the_wal_file_is_grown_once_busy_and_a_crash_image_opens_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grow.db");
+    let wal = dir.path().join("grow.db-wal");
+    let working = 32 + 9000 * (4096 + 24);
+    let broker = SqliteBroker::open_with(
+        &path,
+        SqliteOptions {
+            synchronous: Synchronous::Normal,
+            clock: Arc::new(SystemClock),
+            ..SqliteOptions::default()
+        },
+    )
+    .unwrap();
+    let one = || {
+        let now = SystemClock.now_ms();
+        let mut t = task_at("grow", now, now);
+        t.envelope.resize(1024, 7);
+        t
+    };
+    for _ in 0..5 {
+        broker.enqueue(vec![one()]).await.unwrap();
+    }
+    let small = std::fs::metadata(&wal).unwrap().len();
+    assert!(
+        small < 1 << 20,
+        "a few commits do not grow the WAL: {small}"
+    );
+
+    let mut stored = 5u64;
+    while std::fs::metadata(&wal).unwrap().len() < working && stored < 5_000 {
+        let r = broker
+            .enqueue((0..20).map(|_| one()).collect())
+            .await
+            .unwrap();
+        assert!(r.iter().all(|r| *r == EnqueueResult::Enqueued));
+        stored += 20;
+    }
+    let grown = std::fs::metadata(&wal).unwrap().len();
+    // Its frames alone would reach that size after about 3,000 tasks (three
+    // frames per one-task commit); grown ahead, it does after about 100.
+    assert!(
+        grown >= working && stored < 1_000,
+        "the WAL file was not grown ahead: {grown} bytes after {stored} tasks"
+    );
+
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(&path, copy.path().join("grow.db")).unwrap();
+    std::fs::copy(&wal, copy.path().join("grow.db-wal")).unwrap();
+    drop(broker);
+    let conn = rusqlite::Connection::open(copy.path().join("grow.db")).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    drop(conn);
+    let reopened = SqliteBroker::open(copy.path().join("grow.db")).unwrap();
+    assert_eq!(reopened.stats().await.unwrap()[0].pending, stored);
+}

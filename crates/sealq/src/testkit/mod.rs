@@ -211,6 +211,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases $factory;
             enqueue_get_roundtrip,
             enqueue_batch_results_in_order,
+            enqueue_batch_with_a_stored_id_and_a_repeated_id,
             enqueue_empty_batches,
             pending_vs_scheduled,
             dequeue_leases,

@@ -86,6 +86,46 @@ pub async fn enqueue_batch_results_in_order(ctx: Ctx) {
     );
 }
 
+/// A batch without unique keys (the brokers' fast path) that holds a
+/// stored id and one id twice: every other task is stored, the stored id
+/// and the repeat are `IdExists`, and the first of the two with one id is
+/// the one kept (its envelope, not the repeat's).
+pub async fn enqueue_batch_with_a_stored_id_and_a_repeated_id(ctx: Ctx) {
+    let existing = ctx.task("batch-ids");
+    ctx.enqueue_ok(vec![existing.clone()]).await;
+    let a = ctx.task("batch-ids");
+    let mut again = ctx.task("batch-ids");
+    again.id = a.id;
+    again.envelope = vec![0x5a; again.envelope.len()];
+    let b = ctx.task("batch-ids");
+    let many: Vec<_> = (0..40).map(|_| ctx.task("batch-ids")).collect();
+    let mut batch = vec![a.clone(), existing.clone(), b.clone(), again];
+    batch.extend(many.iter().cloned());
+    let res = ctx.broker.enqueue(batch).await.unwrap();
+    let mut want = vec![
+        EnqueueResult::Enqueued,
+        EnqueueResult::IdExists,
+        EnqueueResult::Enqueued,
+        EnqueueResult::IdExists,
+    ];
+    want.extend(many.iter().map(|_| EnqueueResult::Enqueued));
+    assert_eq!(res, want);
+    let kept = ctx.broker.get(a.id).await.unwrap().expect("stored");
+    assert_eq!(kept.envelope, a.envelope, "the first of one id is kept");
+    for t in [&existing, &b].into_iter().chain(many.iter()) {
+        let rec = ctx.broker.get(t.id).await.unwrap().expect("stored");
+        assert_eq!(rec.envelope, t.envelope);
+        assert_eq!(rec.state, TaskState::Pending);
+    }
+    let counts = ctx.broker.stats().await.unwrap();
+    let pending: u64 = counts
+        .iter()
+        .filter(|s| s.queue == "batch-ids")
+        .map(|s| s.pending)
+        .sum();
+    assert_eq!(pending, 43, "each task stored once");
+}
+
 /// Empty batches are answered with empty results, not errors.
 pub async fn enqueue_empty_batches(ctx: Ctx) {
     assert!(ctx.broker.enqueue(vec![]).await.unwrap().is_empty());

@@ -1,4 +1,4 @@
--- sealq-postgres migration 8: claims and acks reach their tasks by
+-- sealq-postgres migration 9: claims and acks reach their tasks by
 -- primary key whatever the planner estimates, and an ack probes the
 -- replay memory once per task (issue 23; measured in docs/benchmarks.md,
 -- "Postgres processing cost (issue 23), session 7").
@@ -79,7 +79,7 @@ BEGIN
         ), leased AS (
             -- By primary key, one probe per id: the ids come as an array
             -- the planner cannot see into, so it never hashes the whole
-            -- table to join them (migration 8).
+            -- table to join them (migration 9).
             UPDATE sealq.tasks t
             SET state = 'active', attempts = t.attempts + 1, lease_token = p_token,
                 lease_expires_at = p_now + p_lease_ms, worker = p_worker, updated_at = p_now

@@ -1,0 +1,434 @@
+//! Enqueue: storing a batch of new tasks, run by the writer thread inside a
+//! group transaction (see [`crate::writer`]).
+//!
+//! Each task gets one of four results, decided in batch order exactly as if
+//! the tasks were stored one at a time: `IdExists` (its id is in the replay
+//! memory, or already stored, or earlier in the batch), `Duplicate` (its
+//! unique key is held by a live task), `QueueFull` (its queue is capped and
+//! has no room left), else `Enqueued`.
+//!
+//! **Two paths, one result.** A task with a unique key, or for a capped
+//! queue, takes the row-at-a-time path (a few statements per task: the
+//! replay memory probe, the unique key holder, the insert, the body, the
+//! key). Runs of [`CHUNK`] consecutive tasks without either (the common bulk
+//! case) take the chunk path instead: one multi-row `INSERT … SELECT FROM
+//! (VALUES …)` for the `tasks` rows, which skips in the same statement an id
+//! in the replay memory (`NOT EXISTS` in `completed_ids`) or already stored
+//! (`ON CONFLICT (id) DO NOTHING`), and one multi-row insert of the bodies.
+//! Such tasks read nothing another task of the batch writes except ids, so
+//! storing them a chunk at a time gives the results row-at-a-time storing
+//! gives; the chunk path gives each row its `seq` itself (the largest stored
+//! plus one, what SQLite would pick) so that it knows which rows went in.
+//! A statement run costs SQLite about as much as the b-tree work of a row:
+//! the chunk path takes a third off the writer's instructions per task
+//! (`docs/benchmarks.md`, "SQLite bulk enqueue, writer cost (issue 22),
+//! session 7").
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
+use sealq::broker::{BrokerResult, EnqueueResult, NewTask};
+use sealq::{BrokerError, BrokerErrorKind};
+
+use crate::codec::{encode_meta, id_blob, id_from_row, ms_to_sql};
+use crate::error::map_err;
+use crate::schema::READY_CONDITION;
+use crate::writer::OpCtx;
+
+/// Tasks per multi-row statement of the chunk path. Measured on the bulk
+/// enqueue (instructions per task): 10 rows cost 8% more than 20, and 32 or
+/// 50 rows 2-3% more (longer statements, more parameters to bind).
+pub(crate) const CHUNK: usize = 20;
+
+/// Columns bound per task by [`INSERT_CHUNK_SQL`].
+const TASK_PARAMS: usize = 10;
+
+/// Columns bound per task by [`INSERT_BODIES_SQL`].
+const BODY_PARAMS: usize = 3;
+
+/// `(?1, ?2, …), (…), …`: `rows` rows of `cols` parameters each.
+fn values(rows: usize, cols: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 6);
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&format!("?{}", r * cols + c + 1));
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// The chunk path's `tasks` insert: [`CHUNK`] rows, each (seq, id, queue,
+/// kind, subject_tag, max_retries, retention_ms, state, run_at,
+/// updated_at). A row whose id is in the replay memory or already stored is
+/// skipped; any other constraint failure fails the statement.
+static INSERT_CHUNK_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO tasks (seq, id, queue, kind, subject_tag, max_retries, retention_ms, \
+                            state, run_at, updated_at) \
+         SELECT * FROM (VALUES {}) \
+         WHERE NOT EXISTS (SELECT 1 FROM completed_ids c WHERE c.id = column2) \
+         ON CONFLICT (id) DO NOTHING",
+        values(CHUNK, TASK_PARAMS)
+    )
+});
+
+/// The chunk path's `task_bodies` insert: [`CHUNK`] rows of (seq, envelope, meta).
+static INSERT_BODIES_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO task_bodies (seq, envelope, meta) VALUES {}",
+        values(CHUNK, BODY_PARAMS)
+    )
+});
+
+/// One task's body.
+const INSERT_BODY_SQL: &str = "INSERT INTO task_bodies (seq, envelope, meta) VALUES (?1, ?2, ?3)";
+
+/// Encode each task's metadata for the `meta` column ([`enqueue`] takes
+/// them): done by the caller, before the batch reaches the writer thread,
+/// which every write of the store waits for.
+pub(crate) fn encode_metas(tasks: &[NewTask]) -> BrokerResult<Vec<Vec<u8>>> {
+    tasks
+        .iter()
+        .map(|t| {
+            encode_meta(&t.meta).map_err(|e| {
+                BrokerError::new(
+                    BrokerErrorKind::Other,
+                    format!("cannot encode the metadata of task {}: {e}", t.id),
+                )
+            })
+        })
+        .collect()
+}
+
+/// A capped queue's cap and the room left in it ([`sealq::broker::Broker::set_max_depth`]).
+type Room = Option<(u64, u64)>;
+
+/// Store a batch; one result per task, in order. `metas` are the tasks'
+/// encoded metadata ([`encode_metas`]), in the same order.
+pub(crate) fn enqueue(
+    ctx: &mut OpCtx<'_>,
+    tasks: &[NewTask],
+    metas: &[Vec<u8>],
+) -> BrokerResult<Vec<EnqueueResult>> {
+    let (conn, env) = (ctx.conn, ctx.env);
+    let err = |e| map_err(&env.path, "enqueueing tasks", e);
+    // Room left in capped queues, looked up once per queue of the batch
+    // before any of it is stored: a task of another queue does not change
+    // a queue's room, so this is the room the queue's first task would see.
+    // `slot[i]` indexes task i's queue in `rooms`.
+    let mut rooms: Vec<Room> = Vec::new();
+    let mut slot = Vec::with_capacity(tasks.len());
+    {
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut last: Option<(&str, usize)> = None;
+        for t in tasks {
+            let at = match last {
+                Some((q, at)) if q == t.queue => at,
+                _ => match index.get(t.queue.as_str()) {
+                    Some(&at) => at,
+                    None => {
+                        rooms.push(room(conn, &t.queue).map_err(err)?);
+                        index.insert(&t.queue, rooms.len() - 1);
+                        rooms.len() - 1
+                    }
+                },
+            };
+            last = Some((&t.queue, at));
+            slot.push(at);
+        }
+    }
+    let mut store = Store {
+        conn,
+        now: ctx.now,
+        next_seq: None,
+        ready: false,
+        stmts: Default::default(),
+    };
+    let mut results = Vec::with_capacity(tasks.len());
+    // Tasks `run..i` need neither a unique key check nor a queue's room:
+    // they wait for a whole chunk.
+    let mut run = 0;
+    for (i, t) in tasks.iter().enumerate() {
+        let room = rooms[slot[i]].as_mut();
+        if t.unique.is_none() && room.is_none() {
+            if i + 1 - run == CHUNK {
+                store
+                    .chunk(&tasks[run..=i], &metas[run..=i], &mut results)
+                    .map_err(err)?;
+                run = i + 1;
+            }
+            continue;
+        }
+        for j in run..i {
+            results.push(store.one(&tasks[j], &metas[j], None).map_err(err)?);
+        }
+        run = i + 1;
+        results.push(store.one(t, &metas[i], room).map_err(err)?);
+    }
+    for j in run..tasks.len() {
+        results.push(store.one(&tasks[j], &metas[j], None).map_err(err)?);
+    }
+    ctx.wake |= store.ready;
+    Ok(results)
+}
+
+/// How many tasks wait in a queue (pending, scheduled or retry): through
+/// `tasks_ready`, whose condition it repeats.
+pub(crate) static WAITING_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT count(*) FROM tasks WHERE queue = ?1 AND {READY_CONDITION}"));
+
+/// A capped queue's cap and room left, `None` when it is not capped.
+fn room(conn: &Connection, queue: &str) -> rusqlite::Result<Room> {
+    let cap: Option<i64> = conn
+        .prepare_cached("SELECT max_depth FROM queue_limits WHERE queue = ?1")?
+        .query_row([queue], |r| r.get(0))
+        .optional()?;
+    let Some(cap) = cap else {
+        return Ok(None);
+    };
+    let n: i64 = conn
+        .prepare_cached(&WAITING_SQL)?
+        .query_row([queue], |r| r.get(0))?;
+    Ok(Some((
+        cap.max(0) as u64,
+        cap.saturating_sub(n).max(0) as u64,
+    )))
+}
+
+/// The state a new task is stored in.
+fn state_at(t: &NewTask, now: i64) -> &'static str {
+    if t.run_at_ms <= now {
+        "pending"
+    } else {
+        "scheduled"
+    }
+}
+
+/// Statements of one enqueue call, prepared (taken from the connection's
+/// cache) when first used.
+#[derive(Default)]
+struct Stmts<'c> {
+    completed: Option<CachedStatement<'c>>,
+    holder: Option<CachedStatement<'c>>,
+    insert: Option<CachedStatement<'c>>,
+    body: Option<CachedStatement<'c>>,
+    take_key: Option<CachedStatement<'c>>,
+    chunk: Option<CachedStatement<'c>>,
+    bodies: Option<CachedStatement<'c>>,
+}
+
+/// The statement in `slot`, prepared from `sql` on first use.
+fn stmt<'s, 'c>(
+    slot: &'s mut Option<CachedStatement<'c>>,
+    conn: &'c Connection,
+    sql: &str,
+) -> rusqlite::Result<&'s mut CachedStatement<'c>> {
+    if slot.is_none() {
+        *slot = Some(conn.prepare_cached(sql)?);
+    }
+    Ok(slot.as_mut().expect("prepared above"))
+}
+
+/// A batch being stored.
+struct Store<'c> {
+    conn: &'c Connection,
+    now: i64,
+    /// The `seq` the chunk path gives its next row, when known (at least
+    /// the largest stored plus one). Forgotten when a row is stored row at
+    /// a time (SQLite picks that row's `seq`).
+    next_seq: Option<i64>,
+    /// Whether a stored task is ready to run now.
+    ready: bool,
+    stmts: Stmts<'c>,
+}
+
+impl Store<'_> {
+    /// Store one task row at a time; `room` is its queue's room when the
+    /// queue is capped.
+    fn one(
+        &mut self,
+        t: &NewTask,
+        meta: &[u8],
+        room: Option<&mut (u64, u64)>,
+    ) -> rusqlite::Result<EnqueueResult> {
+        let (conn, now, s) = (self.conn, self.now, &mut self.stmts);
+        let id = id_blob(&t.id);
+        if stmt(
+            &mut s.completed,
+            conn,
+            "SELECT 1 FROM completed_ids WHERE id = ?1",
+        )?
+        .exists([id])?
+        {
+            return Ok(EnqueueResult::IdExists);
+        }
+        if let Some((key, _)) = &t.unique {
+            let existing = stmt(
+                &mut s.holder,
+                conn,
+                "SELECT u.task_id FROM unique_keys u JOIN tasks t ON t.id = u.task_id \
+                 WHERE u.key = ?1 AND u.expires_at > ?2 \
+                   AND t.state NOT IN ('completed', 'archived')",
+            )?
+            .query_row(params![key, now], |r| id_from_row(r, 0))
+            .optional()?;
+            if let Some(existing) = existing {
+                return Ok(EnqueueResult::Duplicate { existing });
+            }
+        }
+        if let Some((max_depth, 0)) = room.as_deref() {
+            return Ok(EnqueueResult::QueueFull {
+                max_depth: *max_depth,
+            });
+        }
+        let state = state_at(t, now);
+        let inserted = stmt(
+            &mut s.insert,
+            conn,
+            "INSERT INTO tasks (id, queue, kind, subject_tag, max_retries, \
+                                retention_ms, state, attempts, run_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9) \
+             ON CONFLICT (id) DO NOTHING",
+        )?
+        .execute(params![
+            id,
+            t.queue,
+            t.kind,
+            t.meta.subject_tag.as_ref().map(|s| s.0),
+            i64::from(t.meta.max_retries),
+            ms_to_sql(t.meta.retention_ms),
+            state,
+            t.run_at_ms,
+            now,
+        ])?;
+        if inserted == 0 {
+            return Ok(EnqueueResult::IdExists);
+        }
+        self.next_seq = None;
+        stmt(&mut s.body, conn, INSERT_BODY_SQL)?.execute(params![
+            conn.last_insert_rowid(),
+            t.envelope,
+            meta
+        ])?;
+        if let Some((key, ttl_ms)) = &t.unique {
+            let expires = now.saturating_add(ms_to_sql(*ttl_ms));
+            stmt(
+                &mut s.take_key,
+                conn,
+                "INSERT INTO unique_keys (key, task_id, expires_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (key) DO UPDATE SET task_id = excluded.task_id, \
+                                                 expires_at = excluded.expires_at",
+            )?
+            .execute(params![key, id, expires])?;
+        }
+        if let Some((_, left)) = room {
+            *left -= 1;
+        }
+        self.ready |= state == "pending";
+        Ok(EnqueueResult::Enqueued)
+    }
+
+    /// Store [`CHUNK`] tasks without unique keys, for uncapped queues, with
+    /// two statements; their results are appended to `out`.
+    fn chunk(
+        &mut self,
+        tasks: &[NewTask],
+        metas: &[Vec<u8>],
+        out: &mut Vec<EnqueueResult>,
+    ) -> rusqlite::Result<()> {
+        debug_assert_eq!(tasks.len(), CHUNK);
+        let (conn, now) = (self.conn, self.now);
+        let first = match self.next_seq {
+            Some(seq) => seq,
+            None => conn
+                .prepare_cached("SELECT coalesce(max(seq), 0) FROM tasks")?
+                .query_row([], |r| r.get::<_, i64>(0))?
+                .saturating_add(1),
+        };
+        // Near the end of the `seq` range (SQLite then picks free values
+        // at random), or an id twice in the chunk (the first must win, as
+        // row at a time): store the chunk row at a time.
+        let ascending = tasks.windows(2).all(|w| w[0].id < w[1].id);
+        if first > i64::MAX - CHUNK as i64 || !ascending && has_repeated_id(tasks) {
+            for (t, meta) in tasks.iter().zip(metas) {
+                let r = self.one(t, meta, None)?;
+                out.push(r);
+            }
+            return Ok(());
+        }
+        let insert = stmt(&mut self.stmts.chunk, conn, &INSERT_CHUNK_SQL)?;
+        for (j, t) in tasks.iter().enumerate() {
+            let at = j * TASK_PARAMS;
+            insert.raw_bind_parameter(at + 1, first + j as i64)?;
+            insert.raw_bind_parameter(at + 2, id_blob(&t.id))?;
+            insert.raw_bind_parameter(at + 3, &t.queue)?;
+            insert.raw_bind_parameter(at + 4, &t.kind)?;
+            insert.raw_bind_parameter(at + 5, t.meta.subject_tag.as_ref().map(|s| s.0))?;
+            insert.raw_bind_parameter(at + 6, i64::from(t.meta.max_retries))?;
+            insert.raw_bind_parameter(at + 7, ms_to_sql(t.meta.retention_ms))?;
+            insert.raw_bind_parameter(at + 8, state_at(t, now))?;
+            insert.raw_bind_parameter(at + 9, t.run_at_ms)?;
+            insert.raw_bind_parameter(at + 10, now)?;
+        }
+        let stored = insert.raw_execute()?;
+        self.next_seq = Some(first + CHUNK as i64);
+        let mut present = [true; CHUNK];
+        if stored == CHUNK {
+            let bodies = stmt(&mut self.stmts.bodies, conn, &INSERT_BODIES_SQL)?;
+            for (j, (t, meta)) in tasks.iter().zip(metas).enumerate() {
+                let at = j * BODY_PARAMS;
+                bodies.raw_bind_parameter(at + 1, first + j as i64)?;
+                bodies.raw_bind_parameter(at + 2, &t.envelope)?;
+                bodies.raw_bind_parameter(at + 3, meta)?;
+            }
+            bodies.raw_execute()?;
+        } else {
+            // Some ids were remembered or stored: the rows that went in
+            // are those whose `seq` is now stored.
+            present = [false; CHUNK];
+            let mut seqs =
+                conn.prepare_cached("SELECT seq FROM tasks WHERE seq >= ?1 AND seq < ?2")?;
+            let rows = seqs.query_map([first, first + CHUNK as i64], |r| r.get::<_, i64>(0))?;
+            for seq in rows {
+                if let Some(p) = usize::try_from(seq? - first)
+                    .ok()
+                    .and_then(|j| present.get_mut(j))
+                {
+                    *p = true;
+                }
+            }
+            let body = stmt(&mut self.stmts.body, conn, INSERT_BODY_SQL)?;
+            for (j, (t, meta)) in tasks.iter().zip(metas).enumerate() {
+                if present[j] {
+                    body.execute(params![first + j as i64, t.envelope, meta])?;
+                }
+            }
+        }
+        for (t, stored) in tasks.iter().zip(present) {
+            out.push(if stored {
+                self.ready |= t.run_at_ms <= now;
+                EnqueueResult::Enqueued
+            } else {
+                EnqueueResult::IdExists
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Whether an id occurs twice among `tasks`.
+fn has_repeated_id(tasks: &[NewTask]) -> bool {
+    tasks
+        .iter()
+        .enumerate()
+        .any(|(i, t)| tasks[i + 1..].iter().any(|u| u.id == t.id))
+}
