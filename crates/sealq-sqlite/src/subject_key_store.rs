@@ -16,7 +16,7 @@ use sealq::broker::BrokerResult;
 use sealq::subject_keys::SubjectKeyStore;
 use sealq::{BrokerError, BrokerErrorKind, SubjectTag};
 
-use crate::error::map_err;
+use crate::error::{map_err, retry_busy};
 
 /// Wrapped subject keys in their own SQLite file.
 #[derive(Clone)]
@@ -43,12 +43,18 @@ impl SqliteSubjectKeyStore {
         crate::create_private_file(&path);
         let conn = Connection::open(&path)
             .map_err(|e| map_err(&path, "opening the subject key store", e))?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))
+        let busy = std::time::Duration::from_secs(30);
+        conn.busy_timeout(busy)
             .map_err(|e| map_err(&path, "configuring the subject key store", e))?;
-        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
-            .map_err(|e| map_err(&path, "configuring the subject key store", e))?;
-        conn.execute_batch(
-            "PRAGMA secure_delete = ON;
+        // Two processes opening a new store at once both ask for WAL mode;
+        // SQLite answers one of them "busy" at once, without waiting (the
+        // switch would otherwise deadlock), so the switch is retried.
+        retry_busy(&path, "configuring the subject key store", busy, || {
+            conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+        })?;
+        retry_busy(&path, "creating the subject key store", busy, || {
+            conn.execute_batch(
+                "PRAGMA secure_delete = ON;
              PRAGMA synchronous = FULL;
              CREATE TABLE IF NOT EXISTS subject_keys (
                  tag        BLOB PRIMARY KEY NOT NULL CHECK (length(tag) = 32),
@@ -60,8 +66,8 @@ impl SqliteSubjectKeyStore {
                  epoch INTEGER NOT NULL
              );
              INSERT OR IGNORE INTO erasure_epoch (one, epoch) VALUES (1, 0);",
-        )
-        .map_err(|e| map_err(&path, "creating the subject key store", e))?;
+            )
+        })?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path: Arc::new(path),
