@@ -36,10 +36,7 @@ async fn seq_scans(client: &tokio_postgres::Client, table: &str) -> i64 {
 async fn processing_cost_claims_and_acks_never_read_the_whole_task_table() {
     let url = support::fresh_db().await;
     let broker = PostgresBroker::connect(&url).await.unwrap();
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = support::client(&url).await;
     let now = sealq::clock::system_clock().now_ms();
     for _ in 0..5 {
         broker

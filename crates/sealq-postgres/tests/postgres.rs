@@ -19,10 +19,7 @@ async fn connect_migrates_a_new_database_to_the_current_version() {
 async fn a_newer_schema_is_refused_naming_both_versions() {
     let url = support::fresh_db().await;
     PostgresBroker::connect(&url).await.expect("connect");
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = support::client(&url).await;
     let newer = SCHEMA_VERSION + 5;
     client
         .execute(
@@ -153,10 +150,7 @@ async fn poll_only_mode_listens_to_nothing_and_still_wakes_on_the_interval() {
         .unwrap();
     assert!(waited < std::time::Duration::from_secs(30));
     // No LISTEN session on this database.
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = support::client(&url).await;
     let listening = listeners(&client).await;
     assert_eq!(listening, 0);
     // The whole path works with unnamed statements (as behind PgBouncer).
@@ -238,10 +232,7 @@ async fn bodies_go_with_their_tasks_on_delete_and_erasure() {
     let tasks: Vec<_> = (0..5).map(|_| task("q", now)).collect();
     let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
     broker.enqueue(tasks).await.unwrap();
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = support::client(&url).await;
     let bodies = || async {
         client
             .query_one("SELECT count(*) FROM sealq.task_bodies", &[])
@@ -288,10 +279,7 @@ async fn a_dropped_listen_connection_comes_back_and_wakes_again() {
         .await
         .unwrap();
     let producer = PostgresBroker::connect(&url).await.unwrap();
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = support::client(&url).await;
     // Start the listener, then cut its connection from the server side.
     worker
         .wait_for_work(&["q".to_owned()], std::time::Duration::from_millis(300))
@@ -394,10 +382,7 @@ async fn latency_a_wake_up_between_dequeue_and_wait_is_not_lost() {
         })
     };
     // The listener runs (the witness started it) before the enqueue.
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = support::client(&url).await;
     one_listener(&client, "no listener").await;
     assert!(dequeue(worker.clone()).await.is_empty());
     let now = sealq::clock::system_clock().now_ms();
@@ -444,10 +429,7 @@ async fn ack_by_key_the_cached_plan_never_scans_the_active_tasks() {
     use std::time::Duration;
     let url = support::fresh_db().await;
     let broker = PostgresBroker::connect(&url).await.unwrap();
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = support::client(&url).await;
     client
         .batch_execute(
             "ALTER TABLE sealq.tasks SET (autovacuum_enabled = false); \
@@ -523,10 +505,7 @@ async fn claim_commit_skips_the_flush_wait_and_the_session_keeps_durable_commits
     use sealq::broker::Broker;
     let url = support::fresh_db().await;
     let broker = PostgresBroker::connect(&url).await.unwrap();
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = support::client(&url).await;
     let now = sealq::clock::system_clock().now_ms();
     broker
         .enqueue((0..3).map(|_| task("claims", now)).collect())

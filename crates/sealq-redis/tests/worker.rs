@@ -50,6 +50,17 @@ fn env_on(redis: RedisBroker) -> Env {
     }
 }
 
+/// A redis-server of the test's own (to count its calls, or to edit it
+/// freely) with the functions library loaded, and an [`Env`] on it.
+async fn env_on_own_server() -> (support::RedisServer, Env) {
+    let s = support::RedisServer::start();
+    s.load_library();
+    let redis = RedisBroker::connect_with(&s.url(), RedisOptions::default())
+        .await
+        .unwrap();
+    (s, env_on(redis))
+}
+
 fn fast(builder: sealq::WorkerBuilder) -> sealq::WorkerBuilder {
     builder
         .maintenance_interval(Duration::from_millis(20))
@@ -391,12 +402,7 @@ async fn tasks_stored_by_library_version_4_are_migrated_and_run() {
 async fn a_task_whose_bytes_redis_did_not_keep_fails_alone_in(n: usize) {
     use sealq::broker::EnqueueResult;
     // A server of its own, to count the calls the enqueue makes.
-    let s = support::RedisServer::start();
-    s.load_library();
-    let redis = RedisBroker::connect_with(&s.url(), RedisOptions::default())
-        .await
-        .unwrap();
-    let e = env_on(redis);
+    let (s, e) = env_on_own_server().await;
     let now = sealq::clock::system_clock().now_ms();
     let tasks: Vec<sealq::broker::NewTask> = (0..n)
         .map(|_| sealq::testkit::fixtures::task_at("nobytes", now, now))
@@ -492,12 +498,7 @@ async fn a_task_whose_bytes_redis_did_not_keep_fails_alone_in_a_large_call() {
 /// and stored. (Before, every task of its call was reported failed.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_enqueue_reports_only_the_task_redis_did_not_keep_as_failed() {
-    let s = support::RedisServer::start();
-    s.load_library();
-    let redis = RedisBroker::connect_with(&s.url(), RedisOptions::default())
-        .await
-        .unwrap();
-    let e = env_on(redis);
+    let (s, e) = env_on_own_server().await;
     let ids: Vec<TaskId> = (0..300).map(|_| TaskId::new()).collect();
     let stray = ids[123];
     let key = format!("{}:{{nobytes}}:b:{}", e.redis.prefix(), stray.0.simple());
@@ -770,12 +771,7 @@ async fn a_bulk_enqueue_sends_at_most_the_bulk_limit_per_call() {
 /// `FCALL` (a large call) or one `FCALL` alone (a small one).
 async fn refused_tasks_leave_no_bytes_behind_with(fresh_count: usize) {
     use sealq::broker::EnqueueResult;
-    let s = support::RedisServer::start();
-    s.load_library();
-    let redis = RedisBroker::connect_with(&s.url(), RedisOptions::default())
-        .await
-        .unwrap();
-    let e = env_on(redis);
+    let (s, e) = env_on_own_server().await;
     let now = sealq::clock::system_clock().now_ms();
     let mut holder = sealq::testkit::fixtures::task_at("fast", now, now);
     holder.unique = Some(("order-1".into(), 60_000));

@@ -80,18 +80,8 @@ impl SqliteAuditSink {
         .map_err(|e| err(&path, "cannot open the database", e))?;
         conn.busy_timeout(Duration::from_secs(30))
             .map_err(|e| err(&path, "cannot configure the connection", e))?;
-        // Retried when busy: processes opening one store at once may be
-        // answered "busy" without waiting (see `SqliteSubjectKeyStore::open`).
-        crate::error::retry_busy(
-            &path,
-            "configuring the audit tables",
-            Duration::from_secs(30),
-            || {
-                conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
-                conn.execute_batch(SCHEMA)
-            },
-        )
-        .map_err(|e| AuditError::new(format!("audit log in {}: {e}", path.display())))?;
+        crate::error::set_up_store(&conn, &path, "configuring the audit tables", SCHEMA)
+            .map_err(|e| AuditError::new(format!("audit log in {}: {e}", path.display())))?;
         Ok(SqliteAuditSink {
             inner: Arc::new(Inner {
                 path,

@@ -61,17 +61,7 @@ impl SqliteBlobStore {
         .map_err(|e| err("cannot open the database", e))?;
         conn.busy_timeout(Duration::from_secs(30))
             .map_err(|e| err("cannot configure the connection", e))?;
-        // Retried when busy: processes opening one store at once may be
-        // answered "busy" without waiting (see `SqliteSubjectKeyStore::open`).
-        crate::error::retry_busy(
-            &path,
-            "creating the blobs table",
-            Duration::from_secs(30),
-            || {
-                conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
-                conn.execute_batch(SCHEMA)
-            },
-        )?;
+        crate::error::set_up_store(&conn, &path, "creating the blobs table", SCHEMA)?;
         Ok(SqliteBlobStore {
             inner: Arc::new(Inner {
                 path,

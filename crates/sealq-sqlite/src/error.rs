@@ -120,3 +120,20 @@ pub(crate) fn retry_busy<T>(
         }
     }
 }
+
+/// Set up a store's own connection and tables: WAL mode, `synchronous =
+/// FULL`, then `schema` (idempotent: `CREATE … IF NOT EXISTS`), retried
+/// while busy for up to 30 s. Processes that open one new store at once
+/// are answered "busy" without waiting when they switch it to WAL mode
+/// together, so the retry is what lets each of them open it.
+pub(crate) fn set_up_store(
+    conn: &rusqlite::Connection,
+    path: &Path,
+    what: &str,
+    schema: &str,
+) -> Result<(), BrokerError> {
+    retry_busy(path, what, Duration::from_secs(30), || {
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
+        conn.execute_batch(schema)
+    })
+}

@@ -16,7 +16,20 @@ use sealq::broker::BrokerResult;
 use sealq::subject_keys::SubjectKeyStore;
 use sealq::{BrokerError, BrokerErrorKind, SubjectTag};
 
-use crate::error::{map_err, retry_busy};
+use crate::error::{map_err, set_up_store};
+
+/// The store's tables; keys are overwritten on delete (`secure_delete`).
+const SCHEMA: &str = "PRAGMA secure_delete = ON;
+CREATE TABLE IF NOT EXISTS subject_keys (
+    tag        BLOB PRIMARY KEY NOT NULL CHECK (length(tag) = 32),
+    wrapped    BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS erasure_epoch (
+    one   INTEGER PRIMARY KEY CHECK (one = 1),
+    epoch INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO erasure_epoch (one, epoch) VALUES (1, 0);";
 
 /// Wrapped subject keys in their own SQLite file.
 #[derive(Clone)]
@@ -43,31 +56,9 @@ impl SqliteSubjectKeyStore {
         crate::create_private_file(&path);
         let conn = Connection::open(&path)
             .map_err(|e| map_err(&path, "opening the subject key store", e))?;
-        let busy = std::time::Duration::from_secs(30);
-        conn.busy_timeout(busy)
+        conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(|e| map_err(&path, "configuring the subject key store", e))?;
-        // Two processes opening a new store at once both ask for WAL mode;
-        // SQLite answers one of them "busy" at once, without waiting (the
-        // switch would otherwise deadlock), so the switch is retried.
-        retry_busy(&path, "configuring the subject key store", busy, || {
-            conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
-        })?;
-        retry_busy(&path, "creating the subject key store", busy, || {
-            conn.execute_batch(
-                "PRAGMA secure_delete = ON;
-             PRAGMA synchronous = FULL;
-             CREATE TABLE IF NOT EXISTS subject_keys (
-                 tag        BLOB PRIMARY KEY NOT NULL CHECK (length(tag) = 32),
-                 wrapped    BLOB NOT NULL,
-                 created_at INTEGER NOT NULL
-             ) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS erasure_epoch (
-                 one   INTEGER PRIMARY KEY CHECK (one = 1),
-                 epoch INTEGER NOT NULL
-             );
-             INSERT OR IGNORE INTO erasure_epoch (one, epoch) VALUES (1, 0);",
-            )
-        })?;
+        set_up_store(&conn, &path, "creating the subject key store", SCHEMA)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path: Arc::new(path),

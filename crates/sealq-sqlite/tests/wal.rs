@@ -11,6 +11,20 @@ use sealq::testkit::fixtures::task_at;
 use sealq::{Clock, SystemClock};
 use sealq_sqlite::{SqliteBroker, SqliteOptions, Synchronous};
 
+/// A broker on `path` with `synchronous = NORMAL`: the same checkpoints and
+/// WAL handling, without an fsync per commit (test speed).
+fn open_normal(path: &std::path::Path) -> SqliteBroker {
+    SqliteBroker::open_with(
+        path,
+        SqliteOptions {
+            synchronous: Synchronous::Normal,
+            clock: Arc::new(SystemClock),
+            ..SqliteOptions::default()
+        },
+    )
+    .unwrap()
+}
+
 /// Frames the writer lets the WAL reach before it checkpoints itself.
 const RESTART_PAGES: u64 = 8000;
 
@@ -40,16 +54,7 @@ async fn one_call_enqueue_a_lone_producer_keeps_the_wal_bounded() {
 async fn wal_stays_bounded(producers: usize, each: usize, restart: u64) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wal.db");
-    // NORMAL: the same checkpoints, without an fsync per commit (test speed).
-    let broker = SqliteBroker::open_with(
-        &path,
-        SqliteOptions {
-            synchronous: Synchronous::Normal,
-            clock: Arc::new(SystemClock),
-            ..SqliteOptions::default()
-        },
-    )
-    .unwrap();
+    let broker = open_normal(&path);
     let wal = dir.path().join("wal.db-wal");
     let page = 4096 + 24; // a WAL frame: page plus frame header
     let mut largest = 0;
@@ -94,15 +99,7 @@ async fn eight_producers_the_wal_file_is_grown_once_busy_and_a_crash_image_opens
     let path = dir.path().join("grow.db");
     let wal = dir.path().join("grow.db-wal");
     let working = 32 + 9000 * (4096 + 24);
-    let broker = SqliteBroker::open_with(
-        &path,
-        SqliteOptions {
-            synchronous: Synchronous::Normal,
-            clock: Arc::new(SystemClock),
-            ..SqliteOptions::default()
-        },
-    )
-    .unwrap();
+    let broker = open_normal(&path);
     let one = || {
         let now = SystemClock.now_ms();
         let mut t = task_at("grow", now, now);

@@ -280,6 +280,15 @@ pub async fn fresh_db_on(server: &PgServer) -> String {
     server.url(&name)
 }
 
+/// A plain client of `url` (no TLS), its connection driven by a task.
+pub async fn client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
 /// A fresh database on the shared server; returns its URL.
 pub async fn fresh_db() -> String {
     fresh_db_on(shared()).await
