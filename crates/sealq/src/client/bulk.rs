@@ -1,14 +1,15 @@
-//! [`Client::enqueue_bulk`]: many tasks in batches, sealed on a blocking
-//! thread while earlier batches are stored, with up to [`IN_FLIGHT`]
+//! [`Client::enqueue_bulk`]: many tasks in batches, sealed on blocking
+//! threads while earlier batches are stored, with up to [`IN_FLIGHT`]
 //! batches sent and not yet answered.
 
 use std::pin::pin;
+use std::sync::{Arc, OnceLock};
 
 use futures::StreamExt as _;
 use futures::future::Either;
 use futures::stream::FuturesOrdered;
 
-use super::{Client, RawTask};
+use super::{Client, Prepared, RawTask};
 use crate::error::{BrokerError, BrokerErrorKind, Error, Result};
 use crate::model::id::TaskId;
 
@@ -19,6 +20,13 @@ use crate::model::id::TaskId;
 /// a time, that wait was a tenth to a quarter of a batch's time:
 /// docs/benchmarks.md, "Redis enqueue (issue 20 cost)").
 pub(super) const IN_FLIGHT: usize = 2;
+
+/// The fewest tasks a sealing thread is given: a smaller batch is sealed on
+/// one thread, where splitting it would cost more than it saves.
+const MIN_PER_SEALER: usize = 64;
+
+/// The most threads one batch is sealed on.
+const MAX_SEALERS: usize = 4;
 
 impl Client {
     /// Check, seal and enqueue a large number of tasks, sending them in
@@ -113,6 +121,57 @@ impl Client {
         }
         out
     }
+}
+
+impl Client {
+    /// As [`Client::prepare`], sealing on blocking threads: a bulk enqueue
+    /// seals one batch while the runtime's threads store the previous one.
+    /// (Sealing on the runtime thread would hold up the broker connection's
+    /// own task, which the scheduler keeps on the same thread.) A large
+    /// batch is split over up to one thread per core ([`MAX_SEALERS`] at
+    /// most): sealing is this process' largest cost, and one thread leaves
+    /// the other cores idle while the broker stores.
+    async fn prepare_apart(&self, tasks: Vec<RawTask>) -> Result<Prepared> {
+        let data_keys = Arc::new(self.data_keys_for(&tasks).await?);
+        let sealers = sealers_for(tasks.len());
+        let per = tasks.len().div_ceil(sealers).max(1);
+        let mut rest = tasks.into_iter();
+        let mut handles = Vec::with_capacity(sealers);
+        loop {
+            let part: Vec<RawTask> = rest.by_ref().take(per).collect();
+            if part.is_empty() {
+                break;
+            }
+            let client = self.clone();
+            let keys = Arc::clone(&data_keys);
+            handles.push(tokio::task::spawn_blocking(move || {
+                client.seal_all(part, &keys)
+            }));
+        }
+        let mut batch = Prepared {
+            out: Vec::new(),
+            sealed: Vec::new(),
+            slots: Vec::new(),
+        };
+        for handle in handles {
+            let part = handle
+                .await
+                .map_err(|e| Error::Config(format!("sealing thread failed: {e}")))?;
+            let at = batch.out.len();
+            batch.out.extend(part.out);
+            batch.sealed.extend(part.sealed);
+            batch.slots.extend(part.slots.into_iter().map(|s| s + at));
+        }
+        self.offload(batch, &data_keys).await
+    }
+}
+
+/// How many threads seal a batch of `n` tasks: one per core, each with at
+/// least [`MIN_PER_SEALER`] tasks, at most [`MAX_SEALERS`].
+fn sealers_for(n: usize) -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |c| c.get()));
+    cores.min(MAX_SEALERS).min(n / MIN_PER_SEALER).max(1)
 }
 
 /// The error a bulk enqueue reports for a task it did not store, because its

@@ -398,24 +398,8 @@ impl Client {
         self.offload(batch, &data_keys).await
     }
 
-    /// As [`Client::prepare`], sealing on a blocking thread: a bulk enqueue
-    /// seals one batch while the runtime's threads store the previous one.
-    /// (Sealing on the runtime thread would hold up the broker connection's
-    /// own task, which the scheduler keeps on the same thread.)
-    async fn prepare_apart(&self, tasks: Vec<RawTask>) -> Result<Prepared> {
-        let data_keys = self.data_keys_for(&tasks).await?;
-        let client = self.clone();
-        let (batch, data_keys) = tokio::task::spawn_blocking(move || {
-            let batch = client.seal_all(tasks, &data_keys);
-            (batch, data_keys)
-        })
-        .await
-        .map_err(|e| Error::Config(format!("sealing thread failed: {e}")))?;
-        self.offload(batch, &data_keys).await
-    }
-
     /// Check and seal each task; refusals are recorded in place.
-    fn seal_all(
+    pub(super) fn seal_all(
         &self,
         tasks: Vec<RawTask>,
         data_keys: &HashMap<SubjectTag, Arc<DataKey>>,
@@ -450,7 +434,7 @@ impl Client {
 
     /// Move large sealed payloads to the claim-check store, if configured
     /// (those of tasks with a subject sealed with its data key, `data_keys`).
-    async fn offload(
+    pub(super) async fn offload(
         &self,
         mut batch: Prepared,
         data_keys: &HashMap<SubjectTag, Arc<DataKey>>,
@@ -509,7 +493,10 @@ impl Client {
     }
 
     /// The data keys of every subject named in `tasks` (created on first use).
-    async fn data_keys_for(&self, tasks: &[RawTask]) -> Result<HashMap<SubjectTag, Arc<DataKey>>> {
+    pub(super) async fn data_keys_for(
+        &self,
+        tasks: &[RawTask],
+    ) -> Result<HashMap<SubjectTag, Arc<DataKey>>> {
         let tags: Vec<SubjectTag> = tasks
             .iter()
             .filter_map(|t| t.options.subject.as_deref())
@@ -646,13 +633,13 @@ impl Client {
 }
 
 /// Tasks checked and sealed, not yet sent ([`Client::prepare`]).
-struct Prepared {
+pub(super) struct Prepared {
     /// Per task, in order: its id, or why it was refused before sealing.
-    out: Vec<Result<TaskId>>,
+    pub(super) out: Vec<Result<TaskId>>,
     /// The sealed tasks, in order.
-    sealed: Vec<NewTask>,
+    pub(super) sealed: Vec<NewTask>,
     /// Where each sealed task's result goes in `out`.
-    slots: Vec<usize>,
+    pub(super) slots: Vec<usize>,
 }
 
 /// The rule a refusal before sealing is counted under: the scanner rule,

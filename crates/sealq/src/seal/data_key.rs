@@ -34,13 +34,12 @@
 
 use std::collections::HashMap;
 
-use chacha20poly1305::aead::AeadInOut;
-use chacha20poly1305::{Key, KeyInit, Tag, XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, IntegrityError};
 use crate::model::id::SubjectTag;
 use crate::model::trace_parent::TraceParent;
+use crate::seal::aead::XChaCha;
 use crate::seal::envelope::{Aad, parse_header};
 use crate::seal::keyring::{
     Keyring, open_traced_with_cipher, open_with_cipher, random_nonce, seal_with_cipher,
@@ -133,7 +132,7 @@ fn wrap_ad(tag: &SubjectTag, format: u8, key_id: Option<&str>) -> Vec<u8> {
 /// One subject's data key. Wiped from memory on drop; never printed.
 pub struct DataKey {
     secret: Zeroizing<[u8; 32]>,
-    cipher: XChaCha20Poly1305,
+    cipher: XChaCha,
 }
 
 impl std::fmt::Debug for DataKey {
@@ -144,7 +143,7 @@ impl std::fmt::Debug for DataKey {
 
 impl DataKey {
     fn from_secret(secret: Zeroizing<[u8; 32]>) -> Self {
-        let cipher = XChaCha20Poly1305::new(<&Key>::from(&*secret));
+        let cipher = XChaCha::new(&secret);
         DataKey { secret, cipher }
     }
 
@@ -220,17 +219,17 @@ pub fn is_subject_sealed(envelope: &[u8]) -> bool {
 /// with epochs only while its `open_legacy` is set.
 pub(crate) struct Keks {
     /// The format-1 KEK (from the `subject_tag_key`): opens only.
-    v1_kek: Option<XChaCha20Poly1305>,
+    v1_kek: Option<XChaCha>,
     /// The format-2 KEK of every keyring key, by key id.
-    by_key: HashMap<String, XChaCha20Poly1305>,
+    by_key: HashMap<String, XChaCha>,
     /// The format-3 KEK of every epoch, by epoch id.
-    by_epoch: HashMap<String, XChaCha20Poly1305>,
+    by_epoch: HashMap<String, XChaCha>,
     /// What wraps new keys: the current epoch, or the primary key.
     wraps: WrappedUnder,
 }
 
-fn cipher(k: &[u8; 32]) -> XChaCha20Poly1305 {
-    XChaCha20Poly1305::new(<&Key>::from(k))
+fn cipher(k: &[u8; 32]) -> XChaCha {
+    XChaCha::new(k)
 }
 
 impl Keks {
@@ -297,7 +296,7 @@ impl Keks {
         let at = out.len();
         out.extend_from_slice(key.secret.as_ref());
         let t = kek
-            .encrypt_inout_detached(<&XNonce>::from(&nonce), &ad, (&mut out[at..]).into())
+            .seal_in_place(&nonce, &ad, &mut out[at..])
             .map_err(|_| Error::Keyring("wrapping a subject key failed".into()))?;
         out.extend_from_slice(&t);
         Ok(out)
@@ -337,14 +336,9 @@ impl Keks {
         let nonce: [u8; 24] = body[..24].try_into().map_err(|_| bad())?;
         let mut secret = Zeroizing::new([0u8; 32]);
         secret.copy_from_slice(&body[24..56]);
-        let t = <&Tag>::try_from(&body[56..]).map_err(|_| bad())?;
-        kek.decrypt_inout_detached(
-            <&XNonce>::from(&nonce),
-            &ad,
-            secret.as_mut_slice().into(),
-            t,
-        )
-        .map_err(|_| bad())?;
+        let t: &[u8; 16] = body[56..].try_into().map_err(|_| bad())?;
+        kek.open_in_place(&nonce, &ad, secret.as_mut_slice(), t)
+            .map_err(|_| bad())?;
         Ok(DataKey::from_secret(secret))
     }
 }
@@ -353,17 +347,13 @@ impl Keks {
 /// A format-1 wrapped key (what earlier versions stored), for `key`.
 pub(crate) fn wrap_v1(keyring: &Keyring, tag: &SubjectTag, key: &DataKey) -> Vec<u8> {
     let kek = keyring.derive_stable_key(KEK_V1_LABEL);
-    let kek = XChaCha20Poly1305::new(<&Key>::from(&*kek));
+    let kek = XChaCha::new(&kek);
     let nonce = random_nonce().unwrap();
     let mut out = vec![1];
     out.extend_from_slice(&nonce);
     out.extend_from_slice(key.secret.as_ref());
     let t = kek
-        .encrypt_inout_detached(
-            <&XNonce>::from(&nonce),
-            &wrap_ad(tag, 1, None),
-            (&mut out[25..]).into(),
-        )
+        .seal_in_place(&nonce, &wrap_ad(tag, 1, None), &mut out[25..])
         .unwrap();
     out.extend_from_slice(&t);
     out

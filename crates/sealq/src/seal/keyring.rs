@@ -58,8 +58,6 @@ use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use chacha20poly1305::aead::AeadInOut;
-use chacha20poly1305::{Key, KeyInit, Tag, XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
@@ -68,6 +66,7 @@ use zeroize::Zeroizing;
 use crate::error::{Error, IntegrityError};
 use crate::model::id::SubjectTag;
 use crate::model::trace_parent::TraceParent;
+use crate::seal::aead::XChaCha;
 use crate::seal::envelope::{
     self, Aad, Algorithm, NONCE_LEN, TAG_LEN, is_valid_key_id, parse_header, write_header,
 };
@@ -99,14 +98,13 @@ const SUBKEY_SALT: &[u8] = b"sealq-subkey-v1";
 /// One sealing key: the secret (kept for export) and its precomputed cipher.
 struct KeyEntry {
     secret: Zeroizing<[u8; KEY_LEN]>,
-    cipher: XChaCha20Poly1305,
+    cipher: XChaCha,
     created: Option<jiff::Timestamp>,
 }
 
 impl KeyEntry {
     fn new(secret: Zeroizing<[u8; KEY_LEN]>, created: Option<jiff::Timestamp>) -> Self {
-        let key: &Key = (&*secret).into();
-        let cipher = XChaCha20Poly1305::new(key);
+        let cipher = XChaCha::new(&secret);
         KeyEntry {
             secret,
             cipher,
@@ -805,7 +803,7 @@ fn now_seconds() -> jiff::Timestamp {
 /// Seal with `cipher` under the header key id `key_id` (shared by the
 /// keyring and per-subject data keys).
 pub(crate) fn seal_with_cipher(
-    cipher: &XChaCha20Poly1305,
+    cipher: &XChaCha,
     key_id: &str,
     aad: &Aad<'_>,
     plaintext: &[u8],
@@ -818,7 +816,7 @@ pub(crate) fn seal_with_cipher(
 /// write anything but [`envelope::VERSION`]).
 pub(crate) fn seal_with_cipher_as(
     version: u8,
-    cipher: &XChaCha20Poly1305,
+    cipher: &XChaCha,
     key_id: &str,
     aad: &Aad<'_>,
     plaintext: &[u8],
@@ -836,11 +834,7 @@ pub(crate) fn seal_with_cipher_as(
     write_header(&mut out, version, alg, key_id, &nonce);
     out.extend_from_slice(plaintext);
     let tag = cipher
-        .encrypt_inout_detached(
-            <&XNonce>::from(&nonce),
-            &ad,
-            (&mut out[header_len..]).into(),
-        )
+        .seal_in_place(&nonce, &ad, &mut out[header_len..])
         .map_err(|_| Error::InvalidArgument {
             what: "plaintext",
             reason: "too long for XChaCha20-Poly1305 (over 256 GiB)".into(),
@@ -851,7 +845,7 @@ pub(crate) fn seal_with_cipher_as(
 
 /// Open `envelope` with `cipher` (the caller picked it from the header's key id).
 pub(crate) fn open_with_cipher(
-    cipher: &XChaCha20Poly1305,
+    cipher: &XChaCha,
     aad: &Aad<'_>,
     envelope: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, IntegrityError> {
@@ -860,7 +854,7 @@ pub(crate) fn open_with_cipher(
 
 /// [`open_with_cipher`], also returning a version-3 envelope's trace context.
 pub(crate) fn open_traced_with_cipher(
-    cipher: &XChaCha20Poly1305,
+    cipher: &XChaCha,
     aad: &Aad<'_>,
     envelope: &[u8],
 ) -> Result<(Zeroizing<Vec<u8>>, Option<TraceParent>), IntegrityError> {
@@ -874,7 +868,7 @@ pub(crate) fn open_traced_with_cipher(
 
 /// Authenticate and decrypt: the plaintext as sealed (framed, for version 3).
 fn open_frame_with_cipher(
-    cipher: &XChaCha20Poly1305,
+    cipher: &XChaCha,
     aad: &Aad<'_>,
     envelope: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, IntegrityError> {
@@ -893,17 +887,12 @@ fn open_frame_with_cipher(
             len: envelope.len(),
         })?;
     let (ciphertext, tag) = body.split_at(ct_len);
-    let tag = <&Tag>::try_from(tag).map_err(|_| IntegrityError::Tampered)?;
+    let tag: &[u8; TAG_LEN] = tag.try_into().map_err(|_| IntegrityError::Tampered)?;
     let mut plaintext = Zeroizing::new(Vec::with_capacity(ct_len));
     plaintext.extend_from_slice(ciphertext);
     match header.alg {
         Algorithm::XChaCha20Poly1305 => cipher
-            .decrypt_inout_detached(
-                <&XNonce>::from(&header.nonce),
-                &ad,
-                plaintext.as_mut_slice().into(),
-                tag,
-            )
+            .open_in_place(&header.nonce, &ad, plaintext.as_mut_slice(), tag)
             .map_err(|_| IntegrityError::Tampered)?,
     }
     Ok(plaintext)

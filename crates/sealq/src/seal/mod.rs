@@ -3,6 +3,7 @@
 //! Knows keys and bytes, never a store: it imports only [`crate::model`] and
 //! the error type.
 //!
+//! - `aead`: XChaCha20-Poly1305 (HChaCha20, then `ring`'s ChaCha20-Poly1305).
 //! - [`envelope`]: the sealed bytes and the associated data they are bound to.
 //! - [`keyring`]: named keys, one primary; seals and opens envelopes.
 //! - [`data_key`]: per-subject data keys and the KEKs that wrap them.
@@ -13,6 +14,7 @@
 //! - `audit_encode`: the canonical bytes of audit records, fast path.
 //! - [`audit_head`]: tree heads over the whole log, the audit key id, anchors.
 
+pub(crate) mod aead;
 pub mod audit_chain;
 pub(crate) mod audit_encode;
 pub mod audit_head;

@@ -43,6 +43,7 @@ use crate::testkit::Harness;
 
 pub mod audit;
 pub mod bulk;
+pub mod bulk_enqueue;
 pub mod erasure;
 pub mod keyring;
 pub mod leases;
@@ -54,6 +55,7 @@ pub mod worker;
 
 pub use audit::*;
 pub use bulk::*;
+pub use bulk_enqueue::*;
 pub use erasure::*;
 pub use keyring::*;
 pub use leases::*;
@@ -229,6 +231,7 @@ macro_rules! scenario_tests {
             recovery_the_producer_reads_its_tasks_result_and_error,
             recovery_an_unknown_id_is_not_found_and_a_wait_times_out,
             recovery_bulk_rerun_and_delete_act_on_exactly_the_filtered_tasks,
+            bulk_enqueue_sealed_on_several_threads_keeps_each_result_in_place,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
