@@ -30,9 +30,11 @@ const MAX_SEALERS: usize = 4;
 
 impl Client {
     /// Check, seal and enqueue a large number of tasks, sending them in
-    /// batches of `batch` tasks while the next batch is being sealed, so that
-    /// sealing (this process' CPU) and storing (the broker's) overlap, and
-    /// with the next batch sent before the previous one is answered.
+    /// batches of `batch` tasks while the next batch is being sealed (a
+    /// batch of 128 tasks or more on one blocking thread per core, up to
+    /// four), so that sealing (this process' CPU) and storing (the broker's)
+    /// overlap, and with the next batch sent before the previous one is
+    /// answered.
     /// Batches are at most the broker's [`Broker::bulk_batch_limit`] (256 on
     /// Redis, where one call holds the server: smaller calls keep workers
     /// sharing it fed, at the same enqueue rate).
