@@ -42,10 +42,14 @@ use crate::writer::OpCtx;
 pub(crate) const CHUNK: usize = 20;
 
 /// Columns bound per task by [`INSERT_CHUNK_SQL`].
-const TASK_PARAMS: usize = 10;
+const TASK_PARAMS: usize = 8;
 
 /// Columns bound per task by [`INSERT_BODIES_SQL`].
 const BODY_PARAMS: usize = 3;
+
+/// The parameter of [`INSERT_CHUNK_SQL`] holding the operation's time,
+/// bound once per chunk after the tasks' columns.
+const NOW_PARAM: usize = CHUNK * TASK_PARAMS + 1;
 
 /// `(?1, ?2, …), (…), …`: `rows` rows of `cols` parameters each.
 fn values(rows: usize, cols: usize) -> String {
@@ -67,14 +71,20 @@ fn values(rows: usize, cols: usize) -> String {
 }
 
 /// The chunk path's `tasks` insert: [`CHUNK`] rows, each (seq, id, queue,
-/// kind, subject_tag, max_retries, retention_ms, state, run_at,
-/// updated_at). A row whose id is in the replay memory or already stored is
+/// kind, subject_tag, max_retries, retention_ms, run_at), and the time
+/// ([`NOW_PARAM`]): the state (`pending`, or `scheduled` when `run_at` is
+/// later, as [`state_at`] decides) and `updated_at` are computed here rather
+/// than bound per task (a text bound is copied into an allocation of its
+/// own). A row whose id is in the replay memory or already stored is
 /// skipped; any other constraint failure fails the statement.
 static INSERT_CHUNK_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO tasks (seq, id, queue, kind, subject_tag, max_retries, retention_ms, \
                             state, run_at, updated_at) \
-         SELECT * FROM (VALUES {}) \
+         SELECT column1, column2, column3, column4, column5, column6, column7, \
+                CASE WHEN column8 <= ?{NOW_PARAM} THEN 'pending' ELSE 'scheduled' END, \
+                column8, ?{NOW_PARAM} \
+         FROM (VALUES {}) \
          WHERE NOT EXISTS (SELECT 1 FROM completed_ids c WHERE c.id = column2) \
          ON CONFLICT (id) DO NOTHING",
         values(CHUNK, TASK_PARAMS)
@@ -375,10 +385,9 @@ impl Store<'_> {
             insert.raw_bind_parameter(at + 5, t.meta.subject_tag.as_ref().map(|s| s.0))?;
             insert.raw_bind_parameter(at + 6, i64::from(t.meta.max_retries))?;
             insert.raw_bind_parameter(at + 7, ms_to_sql(t.meta.retention_ms))?;
-            insert.raw_bind_parameter(at + 8, state_at(t, now))?;
-            insert.raw_bind_parameter(at + 9, t.run_at_ms)?;
-            insert.raw_bind_parameter(at + 10, now)?;
+            insert.raw_bind_parameter(at + 8, t.run_at_ms)?;
         }
+        insert.raw_bind_parameter(NOW_PARAM, now)?;
         let stored = insert.raw_execute()?;
         self.next_seq = Some(first + CHUNK as i64);
         let mut present = [true; CHUNK];
