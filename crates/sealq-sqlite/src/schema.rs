@@ -234,10 +234,12 @@ const WRITER_CACHE_KIB: u32 = 512;
 /// system two writes (the frame header, then the page) and the checkpoint a
 /// read and a write: with 8 KiB pages a bulk enqueue makes half the system
 /// calls per task and spent 27% less system time (measured in
-/// `docs/benchmarks.md`, "SQLite bulk writer at session 8"). Larger pages
-/// saved little more there but cost the small commits: a one-call
-/// enqueue dirties four pages whatever their size, so 16 KiB pages
-/// checkpointed four times as often and passed 1.05 fsync calls per task.
+/// `docs/benchmarks.md`, "SQLite bulk writer at session 8"). The small
+/// commits pay for it: a one-call enqueue dirties about four pages whatever
+/// their size, so its fdatasync writes twice the bytes (7-14% slower,
+/// measured). Larger pages saved little more for the bulk enqueue and
+/// cost the small commits more: 16 KiB pages passed 1.05 fsync calls per
+/// one-call enqueue.
 /// An existing database keeps its page size (SQLite cannot change it in WAL
 /// mode); the WAL thresholds follow each database's own
 /// (`checkpoint::Frames`).
