@@ -51,19 +51,65 @@ use sealq::{BrokerError, BrokerErrorKind};
 use crate::error::map_err;
 use crate::wal_size::GROW_AFTER_PAGES;
 
-/// WAL growth (frames) between two checkpoint requests.
+/// The page size the WAL thresholds below are given in frames of: a
+/// database with larger pages gets proportionally fewer frames, so the
+/// thresholds hold the same bytes of WAL whatever the page size.
+pub(crate) const REFERENCE_PAGE_SIZE: u32 = 4096;
+
+/// WAL growth (frames of [`REFERENCE_PAGE_SIZE`]) between two checkpoint
+/// requests.
 pub(crate) const CHECKPOINT_PAGES: i32 = 1000;
 
-/// WAL size (frames) at which the writer checkpoints the rest itself so the
-/// WAL can restart.
+/// WAL size (frames of [`REFERENCE_PAGE_SIZE`]) at which the writer
+/// checkpoints the rest itself so the WAL can restart.
 pub(crate) const RESTART_PAGES: i32 = 8 * CHECKPOINT_PAGES;
 
-/// WAL size (frames) at which the WAL restarts when commits are small and
-/// not shared (see [`WalState::restart_due`]).
+/// WAL size (frames of [`REFERENCE_PAGE_SIZE`]) at which the WAL restarts
+/// when commits are small and not shared (see [`WalState::restart_due`]).
 pub(crate) const LONE_RESTART_PAGES: i32 = 2 * CHECKPOINT_PAGES;
 
-/// A commit that added at most this many frames is small.
+/// A commit that added at most this many frames (of
+/// [`REFERENCE_PAGE_SIZE`]) is small.
 const SMALL_COMMIT_PAGES: i32 = 64;
+
+/// The WAL thresholds in frames of a database's own page size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Frames {
+    /// [`CHECKPOINT_PAGES`].
+    pub(crate) checkpoint: i32,
+    /// [`RESTART_PAGES`].
+    pub(crate) restart: i32,
+    /// [`LONE_RESTART_PAGES`].
+    pub(crate) lone_restart: i32,
+    /// [`SMALL_COMMIT_PAGES`].
+    pub(crate) small_commit: i32,
+    /// [`GROW_AFTER_PAGES`].
+    pub(crate) grow_after: i32,
+}
+
+impl Frames {
+    /// The thresholds for pages of `page_size` bytes (at least one frame each).
+    pub(crate) fn for_page_size(page_size: u32) -> Self {
+        let scale = |frames: i32| {
+            let bytes = i64::from(frames) * i64::from(REFERENCE_PAGE_SIZE);
+            let own = (bytes / i64::from(page_size.max(512))).max(1);
+            i32::try_from(own).unwrap_or(i32::MAX)
+        };
+        Self {
+            checkpoint: scale(CHECKPOINT_PAGES),
+            restart: scale(RESTART_PAGES),
+            lone_restart: scale(LONE_RESTART_PAGES),
+            small_commit: scale(SMALL_COMMIT_PAGES),
+            grow_after: scale(GROW_AFTER_PAGES),
+        }
+    }
+}
+
+impl Default for Frames {
+    fn default() -> Self {
+        Self::for_page_size(REFERENCE_PAGE_SIZE)
+    }
+}
 
 /// Commits of one operation each, in a row, after which a caller counts as
 /// lone. Concurrent callers share groups; a group of one among them now and
@@ -90,9 +136,24 @@ pub(crate) struct WalState {
     /// Set once this process has grown the WAL file to its working size
     /// (or tried to): see the `wal_size` module.
     grown: AtomicBool,
+    /// The thresholds in frames of this database's page size.
+    frames: Frames,
 }
 
 impl WalState {
+    /// The state of a WAL whose database has pages of `page_size` bytes.
+    pub(crate) fn for_page_size(page_size: u32) -> Self {
+        Self {
+            frames: Frames::for_page_size(page_size),
+            ..Self::default()
+        }
+    }
+
+    /// The thresholds in frames of this database's page size.
+    pub(crate) fn frames(&self) -> Frames {
+        self.frames
+    }
+
     /// Frames in the WAL after the writer's last commit.
     pub(crate) fn pages(&self) -> i32 {
         self.pages.load(Ordering::Relaxed)
@@ -118,11 +179,16 @@ impl WalState {
     /// `docs/benchmarks.md`, "SQLite worker memory and quiet-machine
     /// ratios"). A restarted WAL is overwritten in place.
     pub(crate) fn restart_due(&self) -> bool {
-        let pages = self.pages();
-        pages >= RESTART_PAGES
-            || (pages >= LONE_RESTART_PAGES
+        let (pages, f) = (self.pages(), &self.frames);
+        pages >= f.restart
+            || (pages >= f.lone_restart
                 && self.singles.load(Ordering::Relaxed) >= LONE_STREAK
-                && self.added.load(Ordering::Relaxed) <= SMALL_COMMIT_PAGES)
+                && self.small_commit())
+    }
+
+    /// Whether the last commit added at most [`SMALL_COMMIT_PAGES`] frames.
+    fn small_commit(&self) -> bool {
+        self.added.load(Ordering::Relaxed) <= self.frames.small_commit
     }
 
     /// Whether the writer thread has WAL work to do between two groups: a
@@ -130,12 +196,12 @@ impl WalState {
     /// it first holds [`GROW_AFTER_PAGES`] frames in this process.
     pub(crate) fn work_due(&self) -> bool {
         self.restart_due()
-            || (self.pages() >= GROW_AFTER_PAGES && !self.grown.load(Ordering::Relaxed))
+            || (self.pages() >= self.frames.grow_after && !self.grown.load(Ordering::Relaxed))
     }
 
     /// The writer thread's WAL work between two groups ([`Self::work_due`]).
     pub(crate) fn do_work(&self, conn: &Connection, path: &Path) {
-        if self.pages() >= GROW_AFTER_PAGES && !self.grown.swap(true, Ordering::Relaxed) {
+        if self.pages() >= self.frames.grow_after && !self.grown.swap(true, Ordering::Relaxed) {
             match crate::wal_size::grow(conn, path) {
                 Ok(bytes) => {
                     tracing::debug!(path = %path.display(), bytes, "WAL file grown ahead")
@@ -151,7 +217,7 @@ impl WalState {
     }
 
     /// Called by the writer thread between two groups: once the WAL holds
-    /// [`RESTART_PAGES`] frames, copy what is left so that the next
+    /// [`RESTART_PAGES`] frames (see [`Self::restart_due`]), copy what is left so that the next
     /// transaction restarts the WAL. Retried after every group until a
     /// checkpoint copied everything.
     pub(crate) fn restart_if_large(&self, conn: &Connection, path: &Path) {
@@ -170,7 +236,12 @@ impl WalState {
 pub(crate) fn install(conn: &mut Connection, path: &Path) -> Result<Arc<WalState>, BrokerError> {
     let (tx, rx): (SyncSender<()>, Receiver<()>) = sync_channel(1);
     let thread_path = path.to_path_buf();
-    let state = Arc::new(WalState::default());
+    let page_size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .map_err(|e| map_err(path, "reading the page size", e))?;
+    let page_size = u32::try_from(page_size).unwrap_or(REFERENCE_PAGE_SIZE);
+    let state = Arc::new(WalState::for_page_size(page_size));
+    let every = state.frames().checkpoint;
     std::thread::Builder::new()
         .name("sealq-sqlite-ckpt".into())
         .spawn({
@@ -186,7 +257,7 @@ pub(crate) fn install(conn: &mut Connection, path: &Path) -> Result<Arc<WalState
         })?;
     let hook_state = Arc::clone(&state);
     // The WAL size at which the next request is sent.
-    let mut next_request = CHECKPOINT_PAGES;
+    let mut next_request = every;
     // Replaces SQLite's automatic checkpoint (which is itself a WAL hook).
     conn.wal_hook(Some(move |_wal: &mut rusqlite::hooks::Wal, pages: i32| {
         let before = hook_state.pages.swap(pages, Ordering::Relaxed);
@@ -196,12 +267,12 @@ pub(crate) fn install(conn: &mut Connection, path: &Path) -> Result<Arc<WalState
             pages
         };
         hook_state.added.store(added, Ordering::Relaxed);
-        if pages < next_request - CHECKPOINT_PAGES {
+        if pages < next_request - every {
             // The WAL restarted from its start.
-            next_request = CHECKPOINT_PAGES;
+            next_request = every;
         }
         if pages >= next_request {
-            next_request = pages + CHECKPOINT_PAGES;
+            next_request = pages + every;
             // Full means a request is already pending: nothing to add.
             if let Err(TrySendError::Disconnected(())) = tx.try_send(()) {
                 tracing::warn!("SQLite checkpoint thread is gone; the WAL will grow");
@@ -261,6 +332,37 @@ mod tests {
         w.added.store(added, Ordering::Relaxed);
         w.singles.store(singles, Ordering::Relaxed);
         w
+    }
+
+    /// Issue 22 (bulk enqueue): the thresholds hold the same bytes of WAL
+    /// whatever the page size.
+    #[test]
+    fn bulk_enqueue_wal_thresholds_scale_with_the_page_size() {
+        assert_eq!(
+            Frames::default(),
+            Frames {
+                checkpoint: CHECKPOINT_PAGES,
+                restart: RESTART_PAGES,
+                lone_restart: LONE_RESTART_PAGES,
+                small_commit: SMALL_COMMIT_PAGES,
+                grow_after: GROW_AFTER_PAGES,
+            }
+        );
+        let f = Frames::for_page_size(16384);
+        assert_eq!(
+            (
+                f.checkpoint,
+                f.restart,
+                f.lone_restart,
+                f.small_commit,
+                f.grow_after
+            ),
+            (250, 2000, 500, 16, 64)
+        );
+        let w = WalState::for_page_size(16384);
+        w.pages.store(2000, Ordering::Relaxed);
+        assert!(w.restart_due(), "8000 frames of 4 KiB are 2000 of 16 KiB");
+        assert_eq!(Frames::for_page_size(65536).small_commit, 4);
     }
 
     /// Issue 22: a lone caller's small commits restart the WAL at

@@ -11,7 +11,8 @@
 //! queue, takes the row-at-a-time path (a few statements per task: the
 //! replay memory probe, the unique key holder, the insert, the body, the
 //! key). Runs of [`CHUNK`] consecutive tasks without either (the common bulk
-//! case) take the chunk path instead: one multi-row `INSERT … SELECT FROM
+//! case; [`SMALL_CHUNK`] for what is left of a shorter run) take the chunk
+//! path instead: one multi-row `INSERT … SELECT FROM
 //! (VALUES …)` for the `tasks` rows, which skips in the same statement an id
 //! in the replay memory (`NOT EXISTS` in `completed_ids`) or already stored
 //! (`ON CONFLICT (id) DO NOTHING`), and one multi-row insert of the bodies.
@@ -36,15 +37,24 @@ use crate::error::map_err;
 use crate::schema::READY_CONDITION;
 use crate::writer::OpCtx;
 
-/// Tasks per multi-row statement of the chunk path. Measured on the bulk
-/// enqueue (instructions per task): 10 rows cost 8% more than 20, and 32 or
-/// 50 rows 2-3% more (longer statements, more parameters to bind).
-pub(crate) const CHUNK: usize = 20;
+/// Tasks per multi-row statement of the chunk path. Each such statement
+/// keeps a statement journal (an explicit `seq` may fail to convert, so
+/// SQLite must be able to undo the statement alone), which copies every
+/// page the statement changes that existed before it: fewer, longer
+/// statements copy fewer pages per task. With 8 KiB pages, 50 rows took
+/// 3.7% off the writer's instructions per task against 20, and 100 rows
+/// less (`docs/benchmarks.md`, "SQLite bulk writer at session 8").
+pub(crate) const CHUNK: usize = 50;
 
-/// Columns bound per task by [`INSERT_CHUNK_SQL`].
-const TASK_PARAMS: usize = 10;
+/// Rows per statement for a run of tasks shorter than [`CHUNK`] (a batch's
+/// tail, or a run cut short by a task with a unique key): such runs go
+/// [`SMALL_CHUNK`] rows at a time, and what is left of them row at a time.
+pub(crate) const SMALL_CHUNK: usize = 20;
 
-/// Columns bound per task by [`INSERT_BODIES_SQL`].
+/// Columns bound per task by the chunk path's `tasks` insert.
+const TASK_PARAMS: usize = 8;
+
+/// Columns bound per task by the chunk path's `task_bodies` insert.
 const BODY_PARAMS: usize = 3;
 
 /// `(?1, ?2, …), (…), …`: `rows` rows of `cols` parameters each.
@@ -66,28 +76,61 @@ fn values(rows: usize, cols: usize) -> String {
     out
 }
 
-/// The chunk path's `tasks` insert: [`CHUNK`] rows, each (seq, id, queue,
-/// kind, subject_tag, max_retries, retention_ms, state, run_at,
-/// updated_at). A row whose id is in the replay memory or already stored is
-/// skipped; any other constraint failure fails the statement.
-static INSERT_CHUNK_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "INSERT INTO tasks (seq, id, queue, kind, subject_tag, max_retries, retention_ms, \
-                            state, run_at, updated_at) \
-         SELECT * FROM (VALUES {}) \
-         WHERE NOT EXISTS (SELECT 1 FROM completed_ids c WHERE c.id = column2) \
-         ON CONFLICT (id) DO NOTHING",
-        values(CHUNK, TASK_PARAMS)
-    )
-});
+/// The chunk path's two statements for a number of rows.
+struct ChunkSql {
+    /// Rows per statement.
+    rows: usize,
+    /// The `tasks` insert: `rows` rows, each (seq, id, queue, kind,
+    /// subject_tag, max_retries, retention_ms, run_at), and the time (the
+    /// parameter after them, [`ChunkSql::now_param`]): the state (`pending`,
+    /// or `scheduled` when `run_at` is later, as [`state_at`] decides) and
+    /// `updated_at` are computed here rather than bound per task (a text
+    /// bound is copied into an allocation of its own). A row whose id is in
+    /// the replay memory or already stored is skipped; any other constraint
+    /// failure fails the statement.
+    tasks: String,
+    /// The `task_bodies` insert: `rows` rows of (seq, envelope, meta).
+    bodies: String,
+}
 
-/// The chunk path's `task_bodies` insert: [`CHUNK`] rows of (seq, envelope, meta).
-static INSERT_BODIES_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "INSERT INTO task_bodies (seq, envelope, meta) VALUES {}",
-        values(CHUNK, BODY_PARAMS)
-    )
-});
+impl ChunkSql {
+    fn new(rows: usize) -> Self {
+        let now = Self::now_param_of(rows);
+        Self {
+            rows,
+            tasks: format!(
+                "INSERT INTO tasks (seq, id, queue, kind, subject_tag, max_retries, \
+                                    retention_ms, state, run_at, updated_at) \
+                 SELECT column1, column2, column3, column4, column5, column6, column7, \
+                        CASE WHEN column8 <= ?{now} THEN 'pending' ELSE 'scheduled' END, \
+                        column8, ?{now} \
+                 FROM (VALUES {}) \
+                 WHERE NOT EXISTS (SELECT 1 FROM completed_ids c WHERE c.id = column2) \
+                 ON CONFLICT (id) DO NOTHING",
+                values(rows, TASK_PARAMS)
+            ),
+            bodies: format!(
+                "INSERT INTO task_bodies (seq, envelope, meta) VALUES {}",
+                values(rows, BODY_PARAMS)
+            ),
+        }
+    }
+
+    fn now_param_of(rows: usize) -> usize {
+        rows * TASK_PARAMS + 1
+    }
+
+    /// The parameter of [`ChunkSql::tasks`] holding the operation's time.
+    fn now_param(&self) -> usize {
+        Self::now_param_of(self.rows)
+    }
+}
+
+/// The chunk path's statements for [`CHUNK`] rows.
+static CHUNK_SQL: LazyLock<ChunkSql> = LazyLock::new(|| ChunkSql::new(CHUNK));
+
+/// The chunk path's statements for [`SMALL_CHUNK`] rows.
+static SMALL_CHUNK_SQL: LazyLock<ChunkSql> = LazyLock::new(|| ChunkSql::new(SMALL_CHUNK));
 
 /// One task's body.
 const INSERT_BODY_SQL: &str = "INSERT INTO task_bodies (seq, envelope, meta) VALUES (?1, ?2, ?3)";
@@ -155,28 +198,22 @@ pub(crate) fn enqueue(
     };
     let mut results = Vec::with_capacity(tasks.len());
     // Tasks `run..i` need neither a unique key check nor a queue's room:
-    // they wait for a whole chunk.
+    // they are stored in chunks once the run ends.
     let mut run = 0;
     for (i, t) in tasks.iter().enumerate() {
         let room = rooms[slot[i]].as_mut();
         if t.unique.is_none() && room.is_none() {
-            if i + 1 - run == CHUNK {
-                store
-                    .chunk(&tasks[run..=i], &metas[run..=i], &mut results)
-                    .map_err(err)?;
-                run = i + 1;
-            }
             continue;
         }
-        for j in run..i {
-            results.push(store.one(&tasks[j], &metas[j], None).map_err(err)?);
-        }
+        store
+            .run(&tasks[run..i], &metas[run..i], &mut results)
+            .map_err(err)?;
         run = i + 1;
         results.push(store.one(t, &metas[i], room).map_err(err)?);
     }
-    for j in run..tasks.len() {
-        results.push(store.one(&tasks[j], &metas[j], None).map_err(err)?);
-    }
+    store
+        .run(&tasks[run..], &metas[run..], &mut results)
+        .map_err(err)?;
     ctx.wake |= store.ready;
     Ok(results)
 }
@@ -222,8 +259,10 @@ struct Stmts<'c> {
     insert: Option<CachedStatement<'c>>,
     body: Option<CachedStatement<'c>>,
     take_key: Option<CachedStatement<'c>>,
-    chunk: Option<CachedStatement<'c>>,
-    bodies: Option<CachedStatement<'c>>,
+    /// The chunk path's `tasks` inserts: [`CHUNK`] rows, [`SMALL_CHUNK`] rows.
+    chunk: [Option<CachedStatement<'c>>; 2],
+    /// The chunk path's `task_bodies` inserts, likewise.
+    bodies: [Option<CachedStatement<'c>>; 2],
 }
 
 /// The statement in `slot`, prepared from `sql` on first use.
@@ -337,15 +376,66 @@ impl Store<'_> {
         Ok(EnqueueResult::Enqueued)
     }
 
-    /// Store [`CHUNK`] tasks without unique keys, for uncapped queues, with
-    /// two statements; their results are appended to `out`.
+    /// Store a run of tasks without unique keys, for uncapped queues:
+    /// [`CHUNK`] at a time, then [`SMALL_CHUNK`] at a time, the rest row at
+    /// a time (each row there costs about three times a chunk's row). One
+    /// full chunk fewer when that leaves fewer rows for the last part: 64
+    /// tasks go as three short chunks and four rows, not as one full chunk
+    /// and fourteen rows. Their results are appended to `out`.
+    fn run(
+        &mut self,
+        tasks: &[NewTask],
+        metas: &[Vec<u8>],
+        out: &mut Vec<EnqueueResult>,
+    ) -> rusqlite::Result<()> {
+        let split = full_chunks(tasks.len()) * CHUNK;
+        for (ts, ms) in tasks[..split]
+            .chunks_exact(CHUNK)
+            .zip(metas[..split].chunks_exact(CHUNK))
+        {
+            self.chunk(ts, ms, out)?;
+        }
+        self.rest(&tasks[split..], &metas[split..], out)
+    }
+
+    /// Store a run of tasks without unique keys, for uncapped queues:
+    /// [`SMALL_CHUNK`] at a time, the rest row at a time; their results are
+    /// appended to `out`.
+    fn rest(
+        &mut self,
+        tasks: &[NewTask],
+        metas: &[Vec<u8>],
+        out: &mut Vec<EnqueueResult>,
+    ) -> rusqlite::Result<()> {
+        let chunked = tasks.len() / SMALL_CHUNK * SMALL_CHUNK;
+        for (ts, ms) in tasks[..chunked]
+            .chunks_exact(SMALL_CHUNK)
+            .zip(metas[..chunked].chunks_exact(SMALL_CHUNK))
+        {
+            self.chunk(ts, ms, out)?;
+        }
+        for (t, meta) in tasks[chunked..].iter().zip(&metas[chunked..]) {
+            let r = self.one(t, meta, None)?;
+            out.push(r);
+        }
+        Ok(())
+    }
+
+    /// Store [`CHUNK`] or [`SMALL_CHUNK`] tasks without unique keys, for
+    /// uncapped queues, with two statements; their results are appended to
+    /// `out`.
     fn chunk(
         &mut self,
         tasks: &[NewTask],
         metas: &[Vec<u8>],
         out: &mut Vec<EnqueueResult>,
     ) -> rusqlite::Result<()> {
-        debug_assert_eq!(tasks.len(), CHUNK);
+        let (sql, slot) = match tasks.len() {
+            CHUNK => (&*CHUNK_SQL, 0),
+            _ => (&*SMALL_CHUNK_SQL, 1),
+        };
+        let rows = sql.rows;
+        debug_assert_eq!(tasks.len(), rows);
         let (conn, now) = (self.conn, self.now);
         let first = match self.next_seq {
             Some(seq) => seq,
@@ -358,14 +448,14 @@ impl Store<'_> {
         // at random), or an id twice in the chunk (the first must win, as
         // row at a time): store the chunk row at a time.
         let ascending = tasks.windows(2).all(|w| w[0].id < w[1].id);
-        if first > i64::MAX - CHUNK as i64 || !ascending && has_repeated_id(tasks) {
+        if first > i64::MAX - rows as i64 || !ascending && has_repeated_id(tasks) {
             for (t, meta) in tasks.iter().zip(metas) {
                 let r = self.one(t, meta, None)?;
                 out.push(r);
             }
             return Ok(());
         }
-        let insert = stmt(&mut self.stmts.chunk, conn, &INSERT_CHUNK_SQL)?;
+        let insert = stmt(&mut self.stmts.chunk[slot], conn, &sql.tasks)?;
         for (j, t) in tasks.iter().enumerate() {
             let at = j * TASK_PARAMS;
             insert.raw_bind_parameter(at + 1, first + j as i64)?;
@@ -375,15 +465,15 @@ impl Store<'_> {
             insert.raw_bind_parameter(at + 5, t.meta.subject_tag.as_ref().map(|s| s.0))?;
             insert.raw_bind_parameter(at + 6, i64::from(t.meta.max_retries))?;
             insert.raw_bind_parameter(at + 7, ms_to_sql(t.meta.retention_ms))?;
-            insert.raw_bind_parameter(at + 8, state_at(t, now))?;
-            insert.raw_bind_parameter(at + 9, t.run_at_ms)?;
-            insert.raw_bind_parameter(at + 10, now)?;
+            insert.raw_bind_parameter(at + 8, t.run_at_ms)?;
         }
+        insert.raw_bind_parameter(sql.now_param(), now)?;
         let stored = insert.raw_execute()?;
-        self.next_seq = Some(first + CHUNK as i64);
+        self.next_seq = Some(first + rows as i64);
         let mut present = [true; CHUNK];
-        if stored == CHUNK {
-            let bodies = stmt(&mut self.stmts.bodies, conn, &INSERT_BODIES_SQL)?;
+        let present = &mut present[..rows];
+        if stored == rows {
+            let bodies = stmt(&mut self.stmts.bodies[slot], conn, &sql.bodies)?;
             for (j, (t, meta)) in tasks.iter().zip(metas).enumerate() {
                 let at = j * BODY_PARAMS;
                 bodies.raw_bind_parameter(at + 1, first + j as i64)?;
@@ -394,11 +484,11 @@ impl Store<'_> {
         } else {
             // Some ids were remembered or stored: the rows that went in
             // are those whose `seq` is now stored.
-            present = [false; CHUNK];
+            present.fill(false);
             let mut seqs =
                 conn.prepare_cached("SELECT seq FROM tasks WHERE seq >= ?1 AND seq < ?2")?;
-            let rows = seqs.query_map([first, first + CHUNK as i64], |r| r.get::<_, i64>(0))?;
-            for seq in rows {
+            let found = seqs.query_map([first, first + rows as i64], |r| r.get::<_, i64>(0))?;
+            for seq in found {
                 if let Some(p) = usize::try_from(seq? - first)
                     .ok()
                     .and_then(|j| present.get_mut(j))
@@ -413,7 +503,7 @@ impl Store<'_> {
                 }
             }
         }
-        for (t, stored) in tasks.iter().zip(present) {
+        for (t, stored) in tasks.iter().zip(present.iter().copied()) {
             out.push(if stored {
                 self.ready |= t.run_at_ms <= now;
                 EnqueueResult::Enqueued
@@ -425,10 +515,48 @@ impl Store<'_> {
     }
 }
 
+/// How many full chunks a run of `len` tasks is stored in (see
+/// [`Store::run`]): one fewer than fit when that leaves fewer tasks to store
+/// row at a time.
+fn full_chunks(len: usize) -> usize {
+    let rows_left = |rest: usize| rest % SMALL_CHUNK;
+    let (full, rest) = (len / CHUNK, len % CHUNK);
+    if full > 0 && rows_left(rest + CHUNK) < rows_left(rest) {
+        full - 1
+    } else {
+        full
+    }
+}
+
 /// Whether an id occurs twice among `tasks`.
 fn has_repeated_id(tasks: &[NewTask]) -> bool {
     tasks
         .iter()
         .enumerate()
         .any(|(i, t)| tasks[i + 1..].iter().any(|u| u.id == t.id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 22 (bulk enqueue): a run is split into full chunks, short
+    /// chunks and rows so that the fewest tasks go row at a time.
+    #[test]
+    fn bulk_enqueue_runs_split_into_full_and_short_chunks() {
+        let split = |len: usize| {
+            let full = full_chunks(len);
+            let rest = len - full * CHUNK;
+            (full, rest / SMALL_CHUNK, rest % SMALL_CHUNK)
+        };
+        assert_eq!(split(1000), (20, 0, 0));
+        assert_eq!(split(64), (0, 3, 4), "not one full chunk and 14 rows");
+        assert_eq!(split(60), (0, 3, 0));
+        assert_eq!(split(70), (1, 1, 0));
+        assert_eq!(split(105), (2, 0, 5));
+        assert_eq!(split(125), (2, 1, 5));
+        assert_eq!(split(49), (0, 2, 9));
+        assert_eq!(split(3), (0, 0, 3));
+        assert_eq!(split(0), (0, 0, 0));
+    }
 }

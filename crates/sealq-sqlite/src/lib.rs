@@ -66,9 +66,12 @@
 //!
 //! Per task the broker does a few cached-statement executions, except that
 //! an enqueue stores runs of tasks without a unique key (for uncapped
-//! queues) twenty at a time in two multi-row statements (see the `enqueue`
-//! module); a batch is one transaction; envelopes live in their own table so state changes
-//! rewrite small rows. Measure with
+//! queues) fifty (or twenty) at a time in two multi-row statements (see the
+//! `enqueue` module); a batch is one transaction; envelopes live in their
+//! own table so state changes rewrite small rows. A new database gets 8 KiB
+//! pages, half the WAL frames (and the file system writes) per task of
+//! SQLite's default 4 KiB; an existing one keeps its page size (see
+//! `schema::NEW_DATABASE_PAGE_SIZE`). Measure with
 //! `cargo run --release -p sealq-sqlite --example throughput [full|normal] [tasks] [batch] [envelope-bytes]`
 //! (enqueue a batch, dequeue it, ack it, repeated). On the 2-core development
 //! machine, shared with other builds, that gave 9–12k tasks/s end to end with

@@ -12,7 +12,8 @@
 //!
 //! So once the WAL holds [`GROW_AFTER_PAGES`] frames (a one-shot command
 //! never gets there), the writer extends the file with zeros to the size
-//! of [`RESTART_PAGES`] frames, once per process. It does so holding the
+//! of the restart's frames ([`crate::checkpoint::RESTART_PAGES`], counted
+//! in bytes of 4 KiB pages whatever the page size), once per process. It does so holding the
 //! database's write lock (`BEGIN IMMEDIATE`; no frame is being written by
 //! any connection, in any process) and only past the file's current end,
 //! so no frame is touched. SQLite never reads past the last valid frame:
@@ -29,9 +30,10 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
-use crate::checkpoint::{CHECKPOINT_PAGES, RESTART_PAGES};
+use crate::checkpoint::{Frames, REFERENCE_PAGE_SIZE};
 
-/// Frames in the WAL after which the writer grows the file.
+/// Frames (of [`crate::checkpoint::REFERENCE_PAGE_SIZE`]) in the WAL after
+/// which the writer grows the file.
 pub(crate) const GROW_AFTER_PAGES: i32 = 256;
 
 /// A WAL frame's header, in bytes (before each page).
@@ -47,12 +49,12 @@ fn wal_path(db: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// The WAL's working size for pages of `page_size` bytes: [`RESTART_PAGES`]
-/// frames and one [`CHECKPOINT_PAGES`] more (a restart comes after the
-/// commit that crossed it).
+/// The WAL's working size for pages of `page_size` bytes: the restart's
+/// frames and one checkpoint's more (a restart comes after the commit that
+/// crossed it; [`Frames`]).
 pub(crate) fn working_size(page_size: u64) -> u64 {
-    WAL_HEADER
-        + u64::from((RESTART_PAGES + CHECKPOINT_PAGES).unsigned_abs()) * (page_size + FRAME_HEADER)
+    let f = Frames::for_page_size(u32::try_from(page_size).unwrap_or(REFERENCE_PAGE_SIZE));
+    WAL_HEADER + u64::from((f.restart + f.checkpoint).unsigned_abs()) * (page_size + FRAME_HEADER)
 }
 
 /// Grow the WAL of `conn`'s database (at `db`) to its working size, under
@@ -94,6 +96,9 @@ mod tests {
     fn the_working_size_holds_a_full_pass_of_frames() {
         // 9,000 frames of 4 KiB pages and their headers, plus the file's header.
         assert_eq!(working_size(4096), 32 + 9000 * 4120);
+        // The same bytes of pages in larger frames.
+        assert_eq!(working_size(16384), 32 + 2250 * (16384 + 24));
+        assert!(working_size(65536) < 64 * 1024 * 1024);
         assert!(
             working_size(4096) < 64 * 1024 * 1024,
             "below journal_size_limit"

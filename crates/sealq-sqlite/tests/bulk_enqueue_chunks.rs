@@ -80,10 +80,13 @@ impl Before {
 /// unique keys (held before, new, repeated); the capped queue past its
 /// room; a chunk with an id of the first chunk; a chunk holding an id
 /// twice; a tail shorter than a chunk.
-fn batch(before: &Before, now: i64) -> Vec<NewTask> {
+///
+/// Each chunk is `n` tasks long: 20 (the short runs' statements, two such
+/// chunks in a row being shorter than one of 50), or 50 (the full chunk).
+fn batch(before: &Before, now: i64, n: usize) -> Vec<NewTask> {
     let new = |queue: &str| task_at(queue, now, now);
-    let mut out: Vec<NewTask> = (0..20).map(|_| new("q")).collect();
-    let mut mixed: Vec<NewTask> = (0..20).map(|_| new("q")).collect();
+    let mut out: Vec<NewTask> = (0..n).map(|_| new("q")).collect();
+    let mut mixed: Vec<NewTask> = (0..n).map(|_| new("q")).collect();
     mixed[2] = before.completed.clone();
     mixed[5] = before.stored.clone();
     mixed[9] = before.deleted.clone();
@@ -97,10 +100,10 @@ fn batch(before: &Before, now: i64) -> Vec<NewTask> {
         out.push(t);
     }
     out.extend((0..4).map(|_| new("capped")));
-    let mut late: Vec<NewTask> = (0..20).map(|_| new("q")).collect();
+    let mut late: Vec<NewTask> = (0..n).map(|_| new("q")).collect();
     late[3] = out[7].clone();
     out.extend(late);
-    let mut twice: Vec<NewTask> = (0..20).map(|_| new("q")).collect();
+    let mut twice: Vec<NewTask> = (0..n).map(|_| new("q")).collect();
     twice[11] = twice[4].clone();
     out.extend(twice);
     out.extend((0..5).map(|_| new("q")));
@@ -108,18 +111,20 @@ fn batch(before: &Before, now: i64) -> Vec<NewTask> {
 }
 
 /// The batch's results, position by position, as storing row at a time
-/// gives them.
-fn expected(batch: &[NewTask], before: &Before, k2: TaskId) -> Vec<EnqueueResult> {
+/// gives them (chunks of `n` tasks, [`batch`]).
+fn expected(batch: &[NewTask], before: &Before, k2: TaskId, n: usize) -> Vec<EnqueueResult> {
     use EnqueueResult::*;
     let mut out = vec![Enqueued; batch.len()];
-    for i in [22, 25, 29, 50, 78] {
+    // The completed, stored and deleted ids; the id of the first chunk
+    // again; the id twice in a chunk.
+    for i in [n + 2, n + 5, n + 9, 2 * n + 10, 3 * n + 18] {
         out[i] = IdExists;
     }
-    out[40] = Duplicate {
+    out[2 * n] = Duplicate {
         existing: before.holder.id,
     };
-    out[42] = Duplicate { existing: k2 };
-    for r in &mut out[44..47] {
+    out[2 * n + 2] = Duplicate { existing: k2 };
+    for r in &mut out[2 * n + 4..2 * n + 7] {
         *r = QueueFull { max_depth: 2 };
     }
     out
@@ -128,14 +133,25 @@ fn expected(batch: &[NewTask], before: &Before, k2: TaskId) -> Vec<EnqueueResult
 /// Issue 22: a batch mixing new ids, completed, stored and deleted ids, an
 /// id repeated in a chunk, unique keys and a capped queue gets, task by
 /// task, the results and stored rows of enqueueing its tasks one at a time.
+/// Its chunks are 20 tasks long: the statements of the short runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_enqueue_chunk_mixing_ids_keys_and_caps_matches_row_at_a_time() {
+    mixed_batch_matches_row_at_a_time(20).await;
+}
+
+/// The same with chunks of 50 tasks, the full chunk's statements (session 8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_enqueue_full_chunks_mixing_ids_keys_and_caps_match_row_at_a_time() {
+    mixed_batch_matches_row_at_a_time(50).await;
+}
+
+async fn mixed_batch_matches_row_at_a_time(n: usize) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_now();
     let now = clock.now_ms();
     let before = Before::new(now);
-    let tasks = batch(&before, now);
-    assert_eq!(tasks.len(), 92);
+    let tasks = batch(&before, now, n);
+    assert_eq!(tasks.len(), 4 * n + 12);
 
     let bulk = open(&dir.path().join("bulk.db"), &clock);
     before.apply(&bulk).await;
@@ -148,7 +164,7 @@ async fn bulk_enqueue_chunk_mixing_ids_keys_and_caps_matches_row_at_a_time() {
         one_by_one.extend(single.enqueue(vec![t.clone()]).await.unwrap());
     }
 
-    assert_eq!(got, expected(&tasks, &before, tasks[41].id));
+    assert_eq!(got, expected(&tasks, &before, tasks[2 * n + 1].id, n));
     assert_eq!(got, one_by_one, "chunked and row at a time differ");
     for t in &tasks {
         let (a, b) = (
@@ -178,8 +194,8 @@ async fn bulk_enqueue_chunk_mixing_ids_keys_and_caps_matches_row_at_a_time() {
     }
     assert_eq!(bulk.stats().await.unwrap(), single.stats().await.unwrap());
     // Dequeue hands out the same tasks, with their envelopes, in the same order.
-    let a = bulk.dequeue(&req("q", 200)).await.unwrap();
-    let b = single.dequeue(&req("q", 200)).await.unwrap();
+    let a = bulk.dequeue(&req("q", 400)).await.unwrap();
+    let b = single.dequeue(&req("q", 400)).await.unwrap();
     let ids = |v: &[sealq::broker::LeasedTask]| -> Vec<(TaskId, Vec<u8>)> {
         v.iter()
             .map(|l| (l.record.id, l.record.envelope.clone()))
@@ -188,7 +204,7 @@ async fn bulk_enqueue_chunk_mixing_ids_keys_and_caps_matches_row_at_a_time() {
     assert_eq!(ids(&a), ids(&b));
     assert_eq!(
         a.len(),
-        2 + 20 + 15 + 1 + 19 + 19 + 5,
+        2 + n + (n - 5) + 1 + (n - 1) + (n - 1) + 5,
         "stored before, ready now"
     );
 }
@@ -212,9 +228,10 @@ async fn bulk_enqueue_chunk_near_the_last_seq_stores_every_task() {
     )
     .unwrap();
     drop(raw);
-    let tasks: Vec<NewTask> = (0..45).map(|_| task_at("q", now, now)).collect();
+    // Two full chunks, a short run's chunk and five rows.
+    let tasks: Vec<NewTask> = (0..125).map(|_| task_at("q", now, now)).collect();
     let got = b.enqueue(tasks.clone()).await.unwrap();
-    assert_eq!(got, vec![EnqueueResult::Enqueued; 45]);
+    assert_eq!(got, vec![EnqueueResult::Enqueued; 125]);
     for t in tasks.iter().chain([&first]) {
         let rec = b.get(t.id).await.unwrap().expect("stored");
         assert_eq!(rec.envelope, t.envelope, "{}", t.id);

@@ -1,7 +1,9 @@
 //! The WAL stays bounded under a sustained load of one-task commits: the
 //! checkpointer copies frames back off the commit path, and the writer
-//! lets the WAL restart once it holds 8000 frames (2000 when a lone caller
-//! commits small transactions; see the `checkpoint` module). Without the restart every commit would append to the WAL for as
+//! lets the WAL restart once it holds 8000 frames of 4 KiB (2000 when a lone
+//! caller commits small transactions; see the `checkpoint` module), the same
+//! bytes in fewer, larger frames for larger pages (a new store has 8 KiB
+//! pages). Without the restart every commit would append to the WAL for as
 //! long as the load lasts.
 
 use std::sync::Arc;
@@ -25,8 +27,30 @@ fn open_normal(path: &std::path::Path) -> SqliteBroker {
     .unwrap()
 }
 
-/// Frames the writer lets the WAL reach before it checkpoints itself.
+/// Frames of 4 KiB the writer lets the WAL reach before it checkpoints
+/// itself (fewer, larger frames for larger pages, the same bytes).
 const RESTART_PAGES: u64 = 8000;
+
+/// The page size of the database at `path`.
+fn page_size(path: &std::path::Path) -> u64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let page: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    page.unsigned_abs()
+}
+
+/// A store at `path` whose database has pages of `page` bytes, as a
+/// release before session 8 made every store (SQLite's default 4 KiB).
+fn create_with_page_size(path: &std::path::Path, page: u32) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(&format!("PRAGMA page_size = {page}"))
+        .unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_restarts_under_a_sustained_load() {
@@ -46,7 +70,8 @@ async fn one_call_enqueue_a_lone_producer_keeps_the_wal_bounded() {
 }
 
 /// `producers` loops of `each` one-task calls: about 3 frames per commit,
-/// so about 108,000 frames in all, 13 times RESTART_PAGES. A WAL that
+/// so about 108,000 frames in all, 13 times RESTART_PAGES (`restart`, in
+/// frames of 4 KiB; scaled to the store's page size). A WAL that
 /// never restarts ends that large; one that restarts stays near
 /// `restart` frames. The bound allows the checkpointer to lag behind the
 /// producers on a loaded machine (up to twice `restart` more) without
@@ -56,7 +81,9 @@ async fn wal_stays_bounded(producers: usize, each: usize, restart: u64) {
     let path = dir.path().join("wal.db");
     let broker = open_normal(&path);
     let wal = dir.path().join("wal.db-wal");
-    let page = 4096 + 24; // a WAL frame: page plus frame header
+    let page_size = page_size(&path);
+    let restart = restart * 4096 / page_size; // in frames of this page size
+    let page = page_size + 24; // a WAL frame: page plus frame header
     let mut largest = 0;
     let loops: Vec<_> = (0..producers)
         .map(|_| {
@@ -86,20 +113,41 @@ async fn wal_stays_bounded(producers: usize, each: usize, restart: u64) {
     );
 }
 
-/// Issue 22 (8 producers): once the WAL holds 256 frames in a process, the
-/// writer grows the WAL file with zeros to a full pass of frames (9,000
-/// frames of 4 KiB pages), so later commits overwrite in place instead of
-/// growing the file (`wal_size` module). A handful of commits never
-/// grows it. A crash image taken after the growth (the database and WAL
-/// files copied while the broker runs) opens whole: every task stored, the
-/// zeros past the last frame ignored, `integrity_check` ok.
+/// Issue 22 (8 producers): once the WAL holds 256 frames (of 4 KiB; 128 of
+/// a new store's 8 KiB) in a process, the writer grows the WAL file with
+/// zeros to a full pass of frames (9,000 frames of 4 KiB pages, the same
+/// bytes of pages in 4,500 frames of 8 KiB), so later commits overwrite in
+/// place instead of growing the file (`wal_size` module). A handful of
+/// commits never grows it. A crash image taken after the growth (the
+/// database and WAL files copied while the broker runs) opens whole: every
+/// task stored, the zeros past the last frame ignored, `integrity_check` ok.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_producers_the_wal_file_is_grown_once_busy_and_a_crash_image_opens_whole() {
+    grown_once_busy(None).await;
+}
+
+/// Issue 22 (bulk enqueue): a store made before new stores got 8 KiB pages
+/// keeps its 4 KiB pages, and its WAL thresholds stay in its own frames:
+/// it is grown to 9,000 frames of 4 KiB, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_enqueue_a_4_kib_store_keeps_its_pages_and_its_wal_working_size() {
+    grown_once_busy(Some(4096)).await;
+}
+
+/// The growth test on a new store (`page: None`) or on one made with pages
+/// of `page` bytes.
+async fn grown_once_busy(page: Option<u32>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("grow.db");
     let wal = dir.path().join("grow.db-wal");
-    let working = 32 + 9000 * (4096 + 24);
+    if let Some(page) = page {
+        create_with_page_size(&path, page);
+    }
     let broker = open_normal(&path);
+    let page_bytes = page_size(&path);
+    assert_eq!(page_bytes, page.map_or(8192, u64::from));
+    let frames = 9000 * 4096 / page_bytes;
+    let working = 32 + frames * (page_bytes + 24);
     let one = || {
         let now = SystemClock.now_ms();
         let mut t = task_at("grow", now, now);
@@ -131,6 +179,10 @@ async fn eight_producers_the_wal_file_is_grown_once_busy_and_a_crash_image_opens
         grown >= working && stored < 1_000,
         "the WAL file was not grown ahead: {grown} bytes after {stored} tasks"
     );
+    assert!(
+        grown < working + (1 << 20),
+        "grown to its working size, not past it: {grown} bytes against {working}"
+    );
 
     let copy = tempfile::tempdir().unwrap();
     std::fs::copy(&path, copy.path().join("grow.db")).unwrap();
@@ -144,4 +196,6 @@ async fn eight_producers_the_wal_file_is_grown_once_busy_and_a_crash_image_opens
     drop(conn);
     let reopened = SqliteBroker::open(copy.path().join("grow.db")).unwrap();
     assert_eq!(reopened.stats().await.unwrap()[0].pending, stored);
+    drop(reopened);
+    assert_eq!(page_size(&copy.path().join("grow.db")), page_bytes, "kept");
 }
