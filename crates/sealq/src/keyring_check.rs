@@ -66,8 +66,9 @@ impl KeyringCheck {
 }
 
 /// Sample up to a few waiting tasks (pending, scheduled, retry) of each of
-/// `queues` ([`Broker::sample_waiting`]) (every queue the broker knows when `None`): which keys their
-/// keyring-sealed payloads name, and whether `keyring` opens them.
+/// `queues` (every queue the broker knows when `None`;
+/// [`Broker::sample_waiting`]): which keys their keyring-sealed payloads
+/// name, and whether `keyring` opens them.
 pub async fn check_keyring(
     broker: &dyn Broker,
     keyring: &Keyring,
