@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use sealq::broker::{BrokerResult, ListQuery, QueueStats, RateLimit, TaskRecord};
 use sealq::model::key_check::KeyCheck;
 use sealq::{TaskId, TaskState};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 use crate::Inner;
@@ -86,6 +87,42 @@ pub(crate) async fn list(inner: &Inner, q: &ListQuery) -> BrokerResult<Vec<TaskR
         }
     }
     Ok(out)
+}
+
+/// Up to `limit` waiting tasks of `queue`, the first in claim order
+/// (`sealq.sample_waiting`, migration 10): the keyring check's sample,
+/// read from `tasks_ready` in its own order whatever the backlog. `None`
+/// when this login may not call the function (roles set up before
+/// migration 10 and not applied again since): the caller falls back to the
+/// by-id lists. Rows that do not decode are left out (and logged).
+pub(crate) async fn sample_waiting(
+    inner: &Inner,
+    queue: &str,
+    limit: usize,
+) -> BrokerResult<Option<Vec<TaskRecord>>> {
+    const SAMPLE: Stmt = Stmt {
+        sql: "SELECT * FROM sealq.sample_waiting($1, $2)",
+        types: &[Type::TEXT, Type::INT8],
+    };
+    let what = "sampling waiting tasks";
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let client = inner.client(what).await?;
+    let rows = match Conn::Client(&client)
+        .query(inner.unnamed(), &SAMPLE, &[&queue, &limit])
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => return Ok(None),
+        Err(e) => return Err(map(&inner.target, what, e)),
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        match record_from_row(row) {
+            Ok(r) => out.push(r),
+            Err(m) => report_skipped(&m, "sample"),
+        }
+    }
+    Ok(Some(out))
 }
 
 /// Counts by queue and state, plus paused, capped and rate-limited queues.

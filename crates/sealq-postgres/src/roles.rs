@@ -88,7 +88,8 @@ pub const FUNCTIONS: &[FunctionGrant] = &[
     // quarantine, forward due tasks, recover expired leases, purge, read
     // rate limits and queue counts (readiness and the queue-depth metrics
     // call `stats`: counts only, nothing about a task), sample waiting
-    // tasks (`list_waiting`: the keyring check at start) and keep their
+    // tasks (`sample_waiting`, or `list_waiting` where a role setup
+    // predates it: the keyring check at start) and keep their
     // live-worker registration; operators list,
     // inspect and manage tasks and queues, erase and re-seal, and list
     // workers.
@@ -252,6 +253,10 @@ pub const FUNCTIONS: &[FunctionGrant] = &[
     },
     FunctionGrant {
         signature: "sealq.list_waiting(text, text, bytea, uuid, bigint)",
+        roles: &[Worker, Operator, Admin],
+    },
+    FunctionGrant {
+        signature: "sealq.sample_waiting(text, bigint)",
         roles: &[Worker, Operator, Admin],
     },
     FunctionGrant {

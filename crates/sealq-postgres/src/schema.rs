@@ -73,6 +73,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "claim and ack by key",
         sql: include_str!("migrations/0009_claim_and_ack_by_key.sql"),
     },
+    Migration {
+        version: 10,
+        name: "sample waiting tasks",
+        sql: include_str!("migrations/0010_sample_waiting.sql"),
+    },
 ];
 
 /// The schema version this build writes and expects.

@@ -103,3 +103,120 @@ async fn processing_cost_claims_and_acks_never_read_the_whole_task_table() {
         .get(0);
     assert_eq!(remembered, 1500);
 }
+
+/// Wait until no other session is connected to this database: a backend
+/// reports its statistics when it exits, so the counters then hold
+/// everything the closed sessions read.
+async fn others_gone(client: &tokio_postgres::Client) {
+    for _ in 0..200 {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the broker's sessions did not close within 10 s");
+}
+
+/// Index entries of `sealq.tasks` read so far, and rows read by sequential
+/// scans, as reported (this session's counters flushed first; other
+/// sessions report theirs when they end: [`others_gone`]).
+async fn task_reads(client: &tokio_postgres::Client) -> (i64, i64) {
+    client
+        .batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    let row = client
+        .query_one(
+            "SELECT (SELECT coalesce(sum(idx_tup_read), 0)::bigint FROM pg_stat_user_indexes \
+                     WHERE schemaname = 'sealq' AND relname = 'tasks'), \
+                    (SELECT coalesce(sum(seq_tup_read), 0)::bigint FROM pg_stat_user_tables \
+                     WHERE schemaname = 'sealq' AND relname = 'tasks')",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// The keyring check at worker start (session 8's known slowness): on a
+/// backlog loaded moments before, with no statistics yet, it sampled each
+/// waiting state by id, and each of its three lists read and sorted every
+/// waiting task of the queue (15,000 index entries here; 43-80 ms each at
+/// 100,000 tasks). Migration 10's sample reads the first tasks in claim
+/// order, as many index entries as it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyring_check_on_an_unanalyzed_backlog_reads_only_its_sample() {
+    use std::sync::Arc;
+
+    let url = support::fresh_db().await;
+    let broker = PostgresBroker::connect(&url).await.unwrap();
+    let client = support::client(&url).await;
+    // No statistics: autovacuum would analyze the table behind the test.
+    client
+        .batch_execute("ALTER TABLE sealq.tasks SET (autovacuum_enabled = false)")
+        .await
+        .unwrap();
+    let keyring = Arc::new(sealq::Keyring::generate());
+    let producer = sealq::Client::builder(Arc::new(broker.clone()), keyring.clone())
+        .producer("tests")
+        .build();
+    let raw = |n: u32| {
+        sealq::RawTask::from_json("k", &serde_json::json!({ "n": n }), Default::default()).unwrap()
+    };
+    let stored = producer.enqueue_bulk((0..5000).map(raw), 1000).await;
+    assert!(stored.iter().all(Result::is_ok), "5,000 tasks enqueued");
+    drop((producer, broker));
+    others_gone(&client).await;
+
+    // A worker's start: its own broker, the check, and the broker closed
+    // (its sessions' counters reported).
+    let before = task_reads(&client).await;
+    let worker = PostgresBroker::connect(&url).await.unwrap();
+    let queues = vec!["default".to_owned()];
+    let check = sealq::keyring_check::check_keyring(&worker, &keyring, Some(&queues))
+        .await
+        .unwrap();
+    drop(worker);
+    others_gone(&client).await;
+    let after = task_reads(&client).await;
+    assert_eq!(
+        after.1, before.1,
+        "the check read the task table sequentially"
+    );
+    let index_entries = after.0 - before.0;
+    assert!(
+        index_entries <= 100,
+        "the keyring check read {index_entries} index entries of sealq.tasks for a sample of 24"
+    );
+    assert_eq!(check.sampled, 24, "the check sampled 24 tasks: {check:?}");
+    assert_eq!(check.opened, 24, "the keyring opened every sampled task");
+    assert!(!check.is_wrong_keyring());
+
+    // A wrong keyring is still refused from the same sample.
+    let broker = PostgresBroker::connect(&url).await.unwrap();
+    let wrong =
+        sealq::keyring_check::check_keyring(&broker, &sealq::Keyring::generate(), Some(&queues))
+            .await
+            .unwrap();
+    assert!(wrong.is_wrong_keyring(), "{wrong:?}");
+
+    // The sample is the first waiting tasks in claim order.
+    let sample = broker.sample_waiting("default", 5).await.unwrap();
+    assert_eq!(sample.len(), 5);
+    let mut by_claim = sample.clone();
+    by_claim.sort_by_key(|r| (r.run_at_ms, r.id.0));
+    assert_eq!(
+        sample.iter().map(|r| r.id).collect::<Vec<_>>(),
+        by_claim.iter().map(|r| r.id).collect::<Vec<_>>()
+    );
+    assert!(sample.iter().all(|r| r.state == sealq::TaskState::Pending));
+}

@@ -799,3 +799,51 @@ async fn roles_a_producer_login_enqueues_and_audits_in_its_own_transaction() {
     let producer_sink = PostgresAuditSink::connect(&as_producer).await.unwrap();
     assert!(producer_sink.read_records().await.is_err());
 }
+
+/// Migration 10's `sealq.sample_waiting` is granted to workers by the role
+/// setup; a deployment that upgraded the schema without applying the roles
+/// again has a worker login that may not call it. Its keyring check then
+/// samples with the by-id lists it may call, as before; a producer may
+/// call neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_a_worker_login_without_the_sample_grant_samples_with_the_by_id_lists() {
+    use sealq::broker::Broker;
+    use sealq::testkit::fixtures::task_at;
+    use sealq_postgres::PostgresBroker;
+
+    let f = Fixture::new().await;
+    let owner = PostgresBroker::connect(&f.url).await.unwrap();
+    let now = now_ms();
+    let tasks: Vec<_> = (0..3).map(|_| task_at("roles", now, now)).collect();
+    owner.enqueue(tasks).await.unwrap();
+
+    let worker = PostgresBroker::connect(&f.url_as("worker")).await.unwrap();
+    let granted = worker
+        .sample_waiting("roles", 24)
+        .await
+        .expect("worker samples");
+    assert_eq!(granted.len(), 3);
+
+    connect(&f.url)
+        .await
+        .batch_execute(
+            "REVOKE EXECUTE ON FUNCTION sealq.sample_waiting(text, bigint) FROM sealq_worker",
+        )
+        .await
+        .unwrap();
+    let worker = PostgresBroker::connect(&f.url_as("worker")).await.unwrap();
+    let listed = worker
+        .sample_waiting("roles", 24)
+        .await
+        .expect("a worker without the grant samples through list_waiting");
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().all(|r| r.queue == "roles"));
+
+    let producer = PostgresBroker::connect(&f.url_as("producer"))
+        .await
+        .unwrap();
+    assert_denied(
+        producer.sample_waiting("roles", 24).await,
+        "producer sample",
+    );
+}

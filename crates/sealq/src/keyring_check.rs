@@ -21,14 +21,14 @@ pub mod stored;
 use std::collections::BTreeSet;
 
 use crate::model::record::TaskRecord;
-use crate::model::state::TaskState;
 use crate::seal::envelope::{Aad, Purpose, parse_header};
 use crate::seal::keyring::Keyring;
 use crate::seal::opener::{KeyNeeded, key_needed};
-use crate::store::broker::{Broker, BrokerResult, ListQuery};
+use crate::store::broker::{Broker, BrokerResult};
 
-/// Tasks sampled per queue and state.
-const SAMPLE_PER_QUEUE: usize = 8;
+/// Tasks sampled per queue ([`Broker::sample_waiting`]: by default 8 of
+/// each waiting state).
+const SAMPLE_PER_QUEUE: usize = 24;
 
 /// What [`check_keyring`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,8 +66,9 @@ impl KeyringCheck {
 }
 
 /// Sample up to a few waiting tasks (pending, scheduled, retry) of each of
-/// `queues` (every queue the broker knows when `None`): which keys their
-/// keyring-sealed payloads name, and whether `keyring` opens them.
+/// `queues` (every queue the broker knows when `None`;
+/// [`Broker::sample_waiting`]): which keys their keyring-sealed payloads
+/// name, and whether `keyring` opens them.
 pub async fn check_keyring(
     broker: &dyn Broker,
     keyring: &Keyring,
@@ -79,16 +80,8 @@ pub async fn check_keyring(
     };
     let mut check = KeyringCheck::default();
     for queue in names {
-        for state in [TaskState::Pending, TaskState::Scheduled, TaskState::Retry] {
-            let query = ListQuery {
-                queue: Some(queue.clone()),
-                state: Some(state),
-                limit: SAMPLE_PER_QUEUE,
-                ..ListQuery::default()
-            };
-            for record in broker.list(&query).await? {
-                sample(&mut check, keyring, &record);
-            }
+        for record in broker.sample_waiting(&queue, SAMPLE_PER_QUEUE).await? {
+            sample(&mut check, keyring, &record);
         }
     }
     Ok(check)

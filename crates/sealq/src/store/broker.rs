@@ -274,6 +274,17 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// List tasks, ordered by id.
     async fn list(&self, query: &ListQuery) -> BrokerResult<Vec<TaskRecord>>;
 
+    /// A sample of at most `limit` tasks waiting in `queue` (pending,
+    /// scheduled or retry), for the keyring check at worker start
+    /// (`keyring_check`): which tasks is the broker's choice, the cheapest
+    /// it has, and nothing about them is changed. The default lists each
+    /// waiting state by id ([`Broker::list`]), up to a third of `limit`
+    /// (rounded up) of each; a broker whose by-id list is costly on a large
+    /// backlog overrides it (Postgres takes the first ones in claim order).
+    async fn sample_waiting(&self, queue: &str, limit: usize) -> BrokerResult<Vec<TaskRecord>> {
+        sample_waiting_by_state(self, queue, limit).await
+    }
+
     /// One task by id.
     async fn get(&self, id: TaskId) -> BrokerResult<Option<TaskRecord>>;
 
@@ -502,4 +513,31 @@ fn no_worker_registry(broker: String) -> BrokerError {
         BrokerErrorKind::Unsupported,
         format!("{broker} keeps no registry of live workers yet"),
     )
+}
+
+/// [`Broker::sample_waiting`]'s default: each waiting state listed by id
+/// ([`Broker::list`]), up to a third of `limit` (rounded up) of each, at
+/// most `limit` in all. Public for brokers that override the method and
+/// fall back to it.
+pub async fn sample_waiting_by_state<B: Broker + ?Sized>(
+    broker: &B,
+    queue: &str,
+    limit: usize,
+) -> BrokerResult<Vec<TaskRecord>> {
+    let per_state = limit.div_ceil(3);
+    let mut out = Vec::new();
+    for state in [TaskState::Pending, TaskState::Scheduled, TaskState::Retry] {
+        if per_state == 0 || out.len() >= limit {
+            break;
+        }
+        let query = ListQuery {
+            queue: Some(queue.to_owned()),
+            state: Some(state),
+            limit: per_state,
+            ..ListQuery::default()
+        };
+        out.extend(broker.list(&query).await?);
+    }
+    out.truncate(limit);
+    Ok(out)
 }
