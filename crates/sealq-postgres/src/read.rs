@@ -125,25 +125,51 @@ pub(crate) async fn sample_waiting(
     Ok(Some(out))
 }
 
-/// Counts by queue and state, plus paused, capped and rate-limited queues.
+/// Counts by queue and state (`sealq.task_counts`, exact: reads every
+/// task), plus paused, capped and rate-limited queues.
 pub(crate) async fn stats(inner: &Inner) -> BrokerResult<Vec<QueueStats>> {
     const COUNTS: Stmt = Stmt {
         sql: "SELECT r_queue, r_state, r_count FROM sealq.task_counts()",
         types: &[],
     };
-    const SETTINGS: Stmt = Stmt {
-        sql: "SELECT r_queue, r_paused, r_max_depth, r_rate_limit, r_period_ms FROM sealq.queue_settings()",
-        types: &[],
-    };
     let what = "reading queue stats";
     let client = inner.client(what).await?;
-    let c = Conn::Client(&client);
-    let mut by_queue: BTreeMap<String, QueueStats> = BTreeMap::new();
-    for row in c
+    let rows = Conn::Client(&client)
         .query(inner.unnamed(), &COUNTS, &[])
         .await
-        .map_err(|e| map(&inner.target, what, e))?
+        .map_err(|e| map(&inner.target, what, e))?;
+    with_settings(inner, &client, counts(&rows)).await
+}
+
+/// [`stats`] for the worker's gauges (`sealq.queue_depths`, migration 11):
+/// the live and archived states counted through the partial indexes that
+/// hold them, completed tasks exact up to 10,000 and estimated above (from
+/// the table's statistics), so the call never reads every retained task.
+/// `None` when this login may not call the function (roles set up before
+/// migration 11 and not applied again since): the caller falls back to
+/// [`stats`].
+pub(crate) async fn queue_depths(inner: &Inner) -> BrokerResult<Option<Vec<QueueStats>>> {
+    const DEPTHS: Stmt = Stmt {
+        sql: "SELECT r_queue, r_state, r_count FROM sealq.queue_depths()",
+        types: &[],
+    };
+    let what = "reading queue depths";
+    let client = inner.client(what).await?;
+    let rows = match Conn::Client(&client)
+        .query(inner.unnamed(), &DEPTHS, &[])
+        .await
     {
+        Ok(rows) => rows,
+        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => return Ok(None),
+        Err(e) => return Err(map(&inner.target, what, e)),
+    };
+    with_settings(inner, &client, counts(&rows)).await.map(Some)
+}
+
+/// Rows of (queue, state, count) folded by queue; unknown states left out.
+fn counts(rows: &[tokio_postgres::Row]) -> BTreeMap<String, QueueStats> {
+    let mut by_queue: BTreeMap<String, QueueStats> = BTreeMap::new();
+    for row in rows {
         let queue: String = row.get(0);
         let state: String = row.get(1);
         let n = row.get::<_, i64>(2).max(0) as u64;
@@ -163,7 +189,22 @@ pub(crate) async fn stats(inner: &Inner) -> BrokerResult<Vec<QueueStats>> {
             TaskState::Archived => s.archived += n,
         }
     }
-    for row in c
+    by_queue
+}
+
+/// `by_queue` with every queue's settings (paused, depth cap, rate limit)
+/// added, queues with settings and no task included.
+async fn with_settings(
+    inner: &Inner,
+    client: &deadpool_postgres::ClientWrapper,
+    mut by_queue: BTreeMap<String, QueueStats>,
+) -> BrokerResult<Vec<QueueStats>> {
+    const SETTINGS: Stmt = Stmt {
+        sql: "SELECT r_queue, r_paused, r_max_depth, r_rate_limit, r_period_ms FROM sealq.queue_settings()",
+        types: &[],
+    };
+    let what = "reading queue settings";
+    for row in Conn::Client(client)
         .query(inner.unnamed(), &SETTINGS, &[])
         .await
         .map_err(|e| map(&inner.target, what, e))?

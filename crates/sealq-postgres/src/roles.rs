@@ -244,6 +244,10 @@ pub const FUNCTIONS: &[FunctionGrant] = &[
         roles: &[Worker, Operator, Admin],
     },
     FunctionGrant {
+        signature: "sealq.queue_depths()",
+        roles: &[Worker, Operator, Admin],
+    },
+    FunctionGrant {
         signature: "sealq.queue_settings()",
         roles: &[Worker, Operator, Admin],
     },

@@ -78,6 +78,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "sample waiting tasks",
         sql: include_str!("migrations/0010_sample_waiting.sql"),
     },
+    Migration {
+        version: 11,
+        name: "queue depths",
+        sql: include_str!("migrations/0011_queue_depths.sql"),
+    },
 ];
 
 /// The schema version this build writes and expects.

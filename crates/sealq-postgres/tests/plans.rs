@@ -220,3 +220,171 @@ async fn keyring_check_on_an_unanalyzed_backlog_reads_only_its_sample() {
     );
     assert!(sample.iter().all(|r| r.state == sealq::TaskState::Pending));
 }
+
+/// One row of `sealq.queue_depths()`: queue, state, count, estimated.
+type Depth = (String, String, i64, bool);
+
+/// `sealq.queue_depths()` called by this session, with the index entries
+/// of `sealq.tasks` it read and the rows it read sequentially.
+async fn queue_depths(client: &tokio_postgres::Client) -> (Vec<Depth>, i64, i64) {
+    let before = task_reads(client).await;
+    let rows = client
+        .query(
+            "SELECT r_queue, r_state, r_count, r_estimated FROM sealq.queue_depths()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let after = task_reads(client).await;
+    let rows = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    (rows, after.0 - before.0, after.1 - before.1)
+}
+
+/// Operations, queue metrics (session 8's finding): every worker samples
+/// its queue depths at start and every 15 s, and `sealq.task_counts` read
+/// the whole task table for it, completed (retained) tasks included.
+/// Migration 11's `sealq.queue_depths` counts the live and archived states
+/// through the partial indexes that hold them and the completed tasks
+/// exactly up to 10,000, estimated from the table's statistics above: with
+/// 60,000 completed tasks and a few live ones it reads no table
+/// sequentially and at most 10,001 entries for the completed ones, with or
+/// without statistics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_queue_metrics_never_read_the_retained_completed_tasks() {
+    let url = support::fresh_db().await;
+    let broker = PostgresBroker::connect(&url).await.unwrap();
+    let client = support::client(&url).await;
+    client
+        .batch_execute("ALTER TABLE sealq.tasks SET (autovacuum_enabled = false)")
+        .await
+        .unwrap();
+    let now = sealq::clock::system_clock().now_ms();
+    let task = |q: &str| sealq::testkit::fixtures::task_at(q, now, now);
+    broker
+        .enqueue((0..5).map(|_| task("big")).collect())
+        .await
+        .unwrap();
+    broker
+        .enqueue((0..3).map(|_| task("small")).collect())
+        .await
+        .unwrap();
+    broker
+        .enqueue(vec![sealq::testkit::fixtures::task_at(
+            "later",
+            now + 3_600_000,
+            now,
+        )])
+        .await
+        .unwrap();
+    // Two tasks of "small" claimed, one of them completed.
+    let claimed = client
+        .query(
+            "SELECT id FROM sealq.dequeue(ARRAY['small'], 2, $1, 30000, 'w', 7)",
+            &[&now],
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    let done: uuid::Uuid = claimed[0].get(0);
+    client
+        .query(
+            "SELECT * FROM sealq.ack($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &now,
+                &vec![done],
+                &vec![7i64],
+                &vec!["complete"],
+                &vec![None::<i64>],
+                &vec![None::<Vec<u8>>],
+                &vec![None::<String>],
+            ],
+        )
+        .await
+        .unwrap();
+
+    // Few completed tasks: the gauges are exact, as `stats` is.
+    let exact = broker.stats().await.unwrap();
+    assert_eq!(broker.queue_depths().await.unwrap(), exact);
+
+    // A store retaining 60,000 completed tasks of "big".
+    client
+        .batch_execute(&format!(
+            "INSERT INTO sealq.tasks (id, queue, kind, max_retries, retention_ms, state, \
+                                      attempts, run_at, finished_at, purge_at, updated_at) \
+             SELECT gen_random_uuid(), 'big', 'k', 0, 86400000, 'completed', 1, {now}, {now}, \
+                    {now} + 86400000, {now} FROM generate_series(1, 60000)"
+        ))
+        .await
+        .unwrap();
+
+    let live = |rows: &[Depth]| {
+        let mut l: Vec<Depth> = rows
+            .iter()
+            .filter(|r| r.1 != "completed")
+            .cloned()
+            .collect();
+        l.sort();
+        l
+    };
+    let want_live = vec![
+        ("big".to_owned(), "pending".to_owned(), 5, false),
+        ("later".to_owned(), "scheduled".to_owned(), 1, false),
+        ("small".to_owned(), "active".to_owned(), 1, false),
+        ("small".to_owned(), "pending".to_owned(), 1, false),
+    ];
+
+    // No statistics yet (a table loaded moments before).
+    let (rows, index_entries, seq_rows) = queue_depths(&client).await;
+    assert_eq!(seq_rows, 0, "the depths read the task table sequentially");
+    assert!(
+        index_entries <= 10_100,
+        "the depths read {index_entries} index entries of sealq.tasks for 8 live tasks"
+    );
+    assert_eq!(live(&rows), want_live, "live depths are exact: {rows:?}");
+
+    // With statistics: the completed depth is an estimate, labelled so.
+    client.batch_execute("ANALYZE sealq.tasks").await.unwrap();
+    let (rows, index_entries, seq_rows) = queue_depths(&client).await;
+    assert_eq!(seq_rows, 0, "the depths read the task table sequentially");
+    assert!(
+        index_entries <= 10_100,
+        "the depths read {index_entries} index entries of sealq.tasks for 8 live tasks"
+    );
+    assert_eq!(live(&rows), want_live, "live depths are exact: {rows:?}");
+    let big = rows
+        .iter()
+        .find(|r| r.0 == "big" && r.1 == "completed")
+        .unwrap_or_else(|| panic!("an estimate of big's completed tasks: {rows:?}"));
+    assert!(big.3, "an estimate is flagged as one: {big:?}");
+    assert!(
+        (54_000..=66_000).contains(&big.2),
+        "big's completed estimate {} is within 10 % of 60,000",
+        big.2
+    );
+
+    eprintln!("queue_depths read {index_entries} index entries of sealq.tasks");
+
+    // What the gauges read before migration 11 (and `stats` still reads,
+    // exactly): every task, sequentially.
+    let before = task_reads(&client).await;
+    client
+        .query("SELECT * FROM sealq.task_counts()", &[])
+        .await
+        .unwrap();
+    let after = task_reads(&client).await;
+    assert!(
+        after.1 - before.1 >= 60_000,
+        "task_counts reads the table: the counters would see a table read"
+    );
+
+    // The broker's gauges carry the same numbers; `stats` stays exact.
+    let gauges = broker.queue_depths().await.unwrap();
+    let g = gauges.iter().find(|q| q.queue == "big").unwrap();
+    assert_eq!((g.pending, g.completed), (5, big.2 as u64));
+    let exact = broker.stats().await.unwrap();
+    let e = exact.iter().find(|q| q.queue == "big").unwrap();
+    assert_eq!((e.pending, e.completed), (5, 60_000));
+}

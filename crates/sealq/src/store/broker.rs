@@ -268,8 +268,23 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// Delete completed tasks past their retention; returns how many.
     async fn purge_completed(&self) -> BrokerResult<u64>;
 
-    /// Per-queue counts (every queue that has tasks or is paused).
+    /// Per-queue counts (every queue that has tasks or is paused). Every
+    /// count is exact, which may cost a read of every task the broker
+    /// holds, completed (retained) ones included: for sampled gauges use
+    /// [`Broker::queue_depths`].
     async fn stats(&self) -> BrokerResult<Vec<QueueStats>>;
+
+    /// Per-queue counts for sampled gauges (the worker's queue metrics,
+    /// every `queue_metrics_interval`): like [`Broker::stats`], except that
+    /// a broker may report the `completed` count as an ESTIMATE (and leave
+    /// out a queue whose only tasks are completed ones) where an exact
+    /// count would read every retained task. The other states are exact.
+    /// The default is [`Broker::stats`]; Postgres overrides it (exact up to
+    /// 10,000 completed tasks, estimated from the planner's statistics
+    /// above: `docs/postgres.md`).
+    async fn queue_depths(&self) -> BrokerResult<Vec<QueueStats>> {
+        self.stats().await
+    }
 
     /// List tasks, ordered by id.
     async fn list(&self, query: &ListQuery) -> BrokerResult<Vec<TaskRecord>>;

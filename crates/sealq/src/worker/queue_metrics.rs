@@ -1,6 +1,8 @@
 //! Sampled gauges: queue depth by state, paused queues and the audit
-//! backlog, read every `queue_metrics_interval` from [`Broker::stats`]
-//! (one broker call, not one per task).
+//! backlog, read every `queue_metrics_interval` from
+//! [`Broker::queue_depths`] (one broker call, not one per task; a broker
+//! may estimate the `completed` depth rather than read every retained
+//! task).
 //!
 //! A queue the broker stops reporting (drained and forgotten) is set to
 //! zero rather than left at its last value.
@@ -48,7 +50,7 @@ pub(crate) async fn queue_metrics_loop(state: Arc<WorkerState>, stop: Cancellati
 /// Set the gauges of every queue the broker reports, and zero those of
 /// queues reported before and not now.
 async fn sample(broker: &dyn Broker, reported: &mut BTreeSet<String>) {
-    let stats = match broker.stats().await {
+    let stats = match broker.queue_depths().await {
         Ok(stats) => stats,
         Err(e) => {
             metric::broker_error("stats", &e);
