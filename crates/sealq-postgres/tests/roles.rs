@@ -847,3 +847,41 @@ async fn roles_a_worker_login_without_the_sample_grant_samples_with_the_by_id_li
         "producer sample",
     );
 }
+
+/// Migration 11's `sealq.queue_depths` (the worker's gauges) is granted to
+/// workers by the role setup; a worker login set up before it samples its
+/// gauges with the exact counts it may call; a producer may call neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_a_worker_login_without_the_depths_grant_reads_the_exact_counts() {
+    use sealq::broker::Broker;
+    use sealq::testkit::fixtures::task_at;
+    use sealq_postgres::PostgresBroker;
+
+    let f = Fixture::new().await;
+    let owner = PostgresBroker::connect(&f.url).await.unwrap();
+    let now = now_ms();
+    let tasks: Vec<_> = (0..3).map(|_| task_at("roles", now, now)).collect();
+    owner.enqueue(tasks).await.unwrap();
+
+    let worker = PostgresBroker::connect(&f.url_as("worker")).await.unwrap();
+    let granted = worker.queue_depths().await.expect("worker reads depths");
+    assert_eq!(granted, owner.stats().await.unwrap());
+    assert_eq!(granted[0].pending, 3);
+
+    connect(&f.url)
+        .await
+        .batch_execute("REVOKE EXECUTE ON FUNCTION sealq.queue_depths() FROM sealq_worker")
+        .await
+        .unwrap();
+    let worker = PostgresBroker::connect(&f.url_as("worker")).await.unwrap();
+    let counted = worker
+        .queue_depths()
+        .await
+        .expect("a worker without the grant reads task_counts");
+    assert_eq!(counted, granted);
+
+    let producer = PostgresBroker::connect(&f.url_as("producer"))
+        .await
+        .unwrap();
+    assert_denied(producer.queue_depths().await, "producer depths");
+}
