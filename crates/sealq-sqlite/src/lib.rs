@@ -188,7 +188,12 @@ impl SqliteBroker {
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, BrokerError> {
         let path = path.as_ref().to_path_buf();
         create_private_file(&path);
-        let mut conn = schema::open_writer(&path, options.synchronous, options.busy_timeout)?;
+        let mut conn = schema::open_writer(
+            &path,
+            options.synchronous,
+            options.busy_timeout,
+            options.page_size,
+        )?;
         let wal = checkpoint::install(&mut conn, &path)?;
         let wake = Arc::new(Wake::default());
         let watcher = Watcher::start(path.clone(), options.watch_interval, Arc::clone(&wake))?;

@@ -242,8 +242,14 @@ const WRITER_CACHE_KIB: u32 = 512;
 /// one-call enqueue.
 /// An existing database keeps its page size (SQLite cannot change it in WAL
 /// mode); the WAL thresholds follow each database's own
-/// (`checkpoint::Frames`).
+/// (`checkpoint::Frames`). [`crate::SqliteOptions::page_size`] overrides it.
 pub(crate) const NEW_DATABASE_PAGE_SIZE: u32 = 8192;
+
+/// Whether SQLite accepts `n` as a page size: a power of two from 512 to
+/// 65536.
+pub(crate) fn valid_page_size(n: u32) -> bool {
+    n.is_power_of_two() && (512..=65536).contains(&n)
+}
 
 /// Each read connection's page cache, in KiB: `get`, `list`, `stats` and
 /// the commit watcher read little, and idle pooled connections keep their
@@ -265,6 +271,7 @@ pub(crate) fn open_writer(
     path: &Path,
     synchronous: Synchronous,
     busy: Duration,
+    page_size: u32,
 ) -> Result<Connection, BrokerError> {
     check_header(path)?;
     let conn = open_raw(
@@ -289,7 +296,17 @@ pub(crate) fn open_writer(
         conn.query_row("PRAGMA page_count", [], |r| r.get(0))
     })?;
     if pages == 0 {
-        conn.execute_batch(&format!("PRAGMA page_size = {NEW_DATABASE_PAGE_SIZE}"))
+        if !valid_page_size(page_size) {
+            return Err(BrokerError::new(
+                BrokerErrorKind::Config,
+                format!(
+                    "page size {page_size} for the new database `{}`: expected a power of two \
+                     from 512 to 65536 (bytes)",
+                    path.display()
+                ),
+            ));
+        }
+        conn.execute_batch(&format!("PRAGMA page_size = {page_size}"))
             .map_err(|e| map_err(path, "setting the page size", e))?;
     }
 
@@ -432,6 +449,7 @@ mod tests {
             &dir.path().join("q.db"),
             Synchronous::Full,
             Duration::from_secs(1),
+            NEW_DATABASE_PAGE_SIZE,
         )
         .unwrap();
         (dir, conn)
@@ -519,7 +537,13 @@ mod tests {
     fn worker_rss_page_caches_of_writer_and_readers_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q.db");
-        let writer = open_writer(&path, Synchronous::Full, Duration::from_secs(5)).unwrap();
+        let writer = open_writer(
+            &path,
+            Synchronous::Full,
+            Duration::from_secs(5),
+            NEW_DATABASE_PAGE_SIZE,
+        )
+        .unwrap();
         assert_eq!(cache_size(&writer), -i64::from(WRITER_CACHE_KIB));
         let reader = open_reader(&path).unwrap();
         assert_eq!(cache_size(&reader), -i64::from(READER_CACHE_KIB));

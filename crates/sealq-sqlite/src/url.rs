@@ -4,7 +4,8 @@
 //! - `sqlite:///var/lib/app/queue.db` (absolute path)
 //! - `sqlite://queue.db`, `sqlite:queue.db`, `sqlite:./data/queue.db` (relative)
 //! - query options: `synchronous=full|normal`, `busy_timeout_ms=N`,
-//!   `watch_interval_ms=N`, for example `sqlite://queue.db?synchronous=normal`.
+//!   `watch_interval_ms=N`, `page_size=N` (bytes, for a database the open
+//!   creates), for example `sqlite://queue.db?synchronous=normal`.
 //!
 //! `%XX` escapes in the path are decoded.
 
@@ -71,9 +72,20 @@ pub(crate) fn parse(
             }
             "busy_timeout_ms" => base.busy_timeout = ms()?,
             "watch_interval_ms" => base.watch_interval = ms()?,
+            "page_size" => {
+                base.page_size = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| crate::schema::valid_page_size(*n))
+                    .ok_or_else(|| {
+                        config(format!(
+                            "`page_size={value}` in `{url}`: expected a power of two from 512 to 65536 (bytes)"
+                        ))
+                    })?;
+            }
             _ => {
                 return Err(config(format!(
-                    "unknown option `{key}` in `{url}`; known: synchronous, busy_timeout_ms, watch_interval_ms"
+                    "unknown option `{key}` in `{url}`; known: synchronous, busy_timeout_ms, watch_interval_ms, page_size"
                 )));
             }
         }
@@ -125,6 +137,9 @@ mod tests {
         assert_eq!(o.busy_timeout, Duration::from_millis(1500));
         let (_, o) = p("sqlite:q.db?synchronous=FULL").unwrap();
         assert_eq!(o.synchronous, Synchronous::Full);
+        assert_eq!(o.page_size, 8192, "the default");
+        let (_, o) = p("sqlite:q.db?page_size=4096").unwrap();
+        assert_eq!(o.page_size, 4096);
     }
 
     #[test]
@@ -135,6 +150,10 @@ mod tests {
             "sqlite:q.db?synchronous=off",
             "sqlite:q.db?nope=1",
             "sqlite:q.db?busy_timeout_ms=x",
+            "sqlite:q.db?page_size=5000",
+            "sqlite:q.db?page_size=256",
+            "sqlite:q.db?page_size=131072",
+            "sqlite:q.db?page_size=",
             "sqlite:%zz",
         ] {
             let e = p(bad).unwrap_err();

@@ -1,15 +1,16 @@
 //! Issue 22 (bulk enqueue): a new store gets 8 KiB pages (half the WAL
-//! frames, so half the system calls, per task of a bulk enqueue); a store
-//! made before keeps its 4 KiB pages and works as before: tasks stored in
-//! bulk and one at a time, leased, acked, listed, reopened, on real files.
+//! frames, so half the system calls, per task of a bulk enqueue), or the
+//! page size its options or URL name (`page_size`); a store made before
+//! keeps its 4 KiB pages and works as before: tasks stored in bulk and one
+//! at a time, leased, acked, listed, reopened, on real files.
 
 use std::time::Duration;
 
 use rusqlite::Connection;
-use sealq::Clock;
 use sealq::broker::{Ack, AckResult, Broker, DequeueRequest, EnqueueResult, Outcome};
 use sealq::clock::ManualClock;
 use sealq::testkit::fixtures::task_at;
+use sealq::{BrokerErrorKind, Clock};
 use sealq_sqlite::{SqliteBroker, SqliteOptions};
 
 fn page_size(path: &std::path::Path) -> i64 {
@@ -108,4 +109,57 @@ async fn bulk_enqueue_an_existing_4_kib_store_keeps_its_page_size() {
     assert_eq!(exercise(&b, &clock).await, (4_410, 600));
     drop(b);
     assert_eq!(page_size(&path), 4096);
+}
+
+/// A new store made with `page_size = 4096` (for one-call enqueues: a
+/// one-task commit then writes 4 KiB frames) has 4 KiB pages and works;
+/// reopening it with the default options keeps them. The URL names it the
+/// same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_enqueue_the_page_size_of_a_new_store_is_an_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.db");
+    let clock = ManualClock::new(1_700_000_000_000);
+    let opts = SqliteOptions {
+        page_size: 4096,
+        ..SqliteOptions::with_clock(clock.clone())
+    };
+    let b = SqliteBroker::open_with(&path, opts).unwrap();
+    assert_eq!(page_size(&path), 4096);
+    assert_eq!(exercise(&b, &clock).await, (2_205, 300));
+    drop(b);
+    let b = SqliteBroker::open_with(&path, SqliteOptions::with_clock(clock.clone())).unwrap();
+    assert_eq!(exercise(&b, &clock).await, (4_410, 600));
+    drop(b);
+    assert_eq!(page_size(&path), 4096, "kept under the default options");
+    assert_eq!(integrity(&path), "ok");
+
+    let url = format!(
+        "sqlite://{}?page_size=16384",
+        dir.path().join("url.db").display()
+    );
+    let b = SqliteBroker::open_url(&url).unwrap();
+    drop(b);
+    assert_eq!(page_size(&dir.path().join("url.db")), 16384);
+}
+
+/// A page size SQLite would not take is refused with a message naming it,
+/// and no database is created with another size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_enqueue_an_invalid_page_size_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.db");
+    let opts = SqliteOptions {
+        page_size: 5000,
+        ..SqliteOptions::default()
+    };
+    let e = SqliteBroker::open_with(&path, opts).unwrap_err();
+    assert_eq!(e.kind, BrokerErrorKind::Config);
+    assert!(e.message.contains("page size 5000"), "{}", e.message);
+    let url = format!("sqlite://{}?page_size=1000", path.display());
+    let e = SqliteBroker::open_url(&url).unwrap_err();
+    assert_eq!(e.kind, BrokerErrorKind::Config);
+    assert!(e.message.contains("page_size=1000"), "{}", e.message);
+    let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+    assert_eq!(len, 0, "nothing written to the file");
 }
