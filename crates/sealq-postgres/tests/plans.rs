@@ -157,14 +157,7 @@ async fn task_reads(client: &tokio_postgres::Client) -> (i64, i64) {
 async fn keyring_check_on_an_unanalyzed_backlog_reads_only_its_sample() {
     use std::sync::Arc;
 
-    let url = support::fresh_db().await;
-    let broker = PostgresBroker::connect(&url).await.unwrap();
-    let client = support::client(&url).await;
-    // No statistics: autovacuum would analyze the table behind the test.
-    client
-        .batch_execute("ALTER TABLE sealq.tasks SET (autovacuum_enabled = false)")
-        .await
-        .unwrap();
+    let (url, broker, client) = unanalyzed_db().await;
     let keyring = Arc::new(sealq::Keyring::generate());
     let producer = sealq::Client::builder(Arc::new(broker.clone()), keyring.clone())
         .producer("tests")
@@ -254,13 +247,7 @@ async fn queue_depths(client: &tokio_postgres::Client) -> (Vec<Depth>, i64, i64)
 /// without statistics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_queue_metrics_never_read_the_retained_completed_tasks() {
-    let url = support::fresh_db().await;
-    let broker = PostgresBroker::connect(&url).await.unwrap();
-    let client = support::client(&url).await;
-    client
-        .batch_execute("ALTER TABLE sealq.tasks SET (autovacuum_enabled = false)")
-        .await
-        .unwrap();
+    let (_, broker, client) = unanalyzed_db().await;
     let now = sealq::clock::system_clock().now_ms();
     let task = |q: &str| sealq::testkit::fixtures::task_at(q, now, now);
     broker
@@ -387,4 +374,18 @@ async fn operations_queue_metrics_never_read_the_retained_completed_tasks() {
     let exact = broker.stats().await.unwrap();
     let e = exact.iter().find(|q| q.queue == "big").unwrap();
     assert_eq!((e.pending, e.completed), (5, 60_000));
+}
+
+/// A fresh database, a broker and a plain client on it, with autovacuum off
+/// for the task table: no statistics unless a test gathers them (autovacuum
+/// would analyze the table behind the test).
+async fn unanalyzed_db() -> (String, PostgresBroker, tokio_postgres::Client) {
+    let url = support::fresh_db().await;
+    let broker = PostgresBroker::connect(&url).await.unwrap();
+    let client = support::client(&url).await;
+    client
+        .batch_execute("ALTER TABLE sealq.tasks SET (autovacuum_enabled = false)")
+        .await
+        .unwrap();
+    (url, broker, client)
 }

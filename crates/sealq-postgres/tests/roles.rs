@@ -30,6 +30,21 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// A fixture whose owner login has enqueued three tasks to `roles`.
+    async fn with_three_tasks() -> (Self, sealq_postgres::PostgresBroker) {
+        use sealq::broker::Broker as _;
+        let f = Fixture::new().await;
+        let owner = sealq_postgres::PostgresBroker::connect(&f.url)
+            .await
+            .unwrap();
+        let now = now_ms();
+        let tasks: Vec<_> = (0..3)
+            .map(|_| sealq::testkit::fixtures::task_at("roles", now, now))
+            .collect();
+        owner.enqueue(tasks).await.unwrap();
+        (f, owner)
+    }
+
     async fn new() -> Self {
         let url = support::fresh_db().await;
         let db = url.rsplit('/').next().unwrap().to_owned();
@@ -808,14 +823,9 @@ async fn roles_a_producer_login_enqueues_and_audits_in_its_own_transaction() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_a_worker_login_without_the_sample_grant_samples_with_the_by_id_lists() {
     use sealq::broker::Broker;
-    use sealq::testkit::fixtures::task_at;
     use sealq_postgres::PostgresBroker;
 
-    let f = Fixture::new().await;
-    let owner = PostgresBroker::connect(&f.url).await.unwrap();
-    let now = now_ms();
-    let tasks: Vec<_> = (0..3).map(|_| task_at("roles", now, now)).collect();
-    owner.enqueue(tasks).await.unwrap();
+    let (f, _owner) = Fixture::with_three_tasks().await;
 
     let worker = PostgresBroker::connect(&f.url_as("worker")).await.unwrap();
     let granted = worker
@@ -854,14 +864,9 @@ async fn roles_a_worker_login_without_the_sample_grant_samples_with_the_by_id_li
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_a_worker_login_without_the_depths_grant_reads_the_exact_counts() {
     use sealq::broker::Broker;
-    use sealq::testkit::fixtures::task_at;
     use sealq_postgres::PostgresBroker;
 
-    let f = Fixture::new().await;
-    let owner = PostgresBroker::connect(&f.url).await.unwrap();
-    let now = now_ms();
-    let tasks: Vec<_> = (0..3).map(|_| task_at("roles", now, now)).collect();
-    owner.enqueue(tasks).await.unwrap();
+    let (f, owner) = Fixture::with_three_tasks().await;
 
     let worker = PostgresBroker::connect(&f.url_as("worker")).await.unwrap();
     let granted = worker.queue_depths().await.expect("worker reads depths");
