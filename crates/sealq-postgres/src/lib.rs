@@ -164,6 +164,10 @@ pub(crate) struct Inner {
     config: tokio_postgres::Config,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     pub(crate) wake: wake::Wake,
+    /// Set when this login was refused `sealq.queue_depths` (roles set up
+    /// before migration 11): the gauges then read the exact counts without
+    /// asking again every sample (and logging a refusal each time).
+    pub(crate) depths_denied: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -262,6 +266,7 @@ impl PostgresBroker {
                 config: parsed.config,
                 tls: parsed.tls,
                 wake: wake::Wake::new(),
+                depths_denied: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         {

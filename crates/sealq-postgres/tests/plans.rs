@@ -11,19 +11,14 @@ use sealq_postgres::PostgresBroker;
 /// Sequential scans of one `sealq` table so far (this session's counters
 /// flushed first).
 async fn seq_scans(client: &tokio_postgres::Client, table: &str) -> i64 {
-    client
-        .batch_execute("SELECT pg_stat_force_next_flush()")
-        .await
-        .unwrap();
-    client
-        .query_one(
-            "SELECT coalesce(sum(seq_scan), 0)::bigint FROM pg_stat_user_tables \
-             WHERE schemaname = 'sealq' AND relname = $1",
-            &[&table],
-        )
-        .await
-        .unwrap()
-        .get(0)
+    support::flushed_stats(
+        client,
+        "SELECT coalesce(sum(seq_scan), 0)::bigint FROM pg_stat_user_tables \
+         WHERE schemaname = 'sealq' AND relname = $1",
+        &[&table],
+    )
+    .await
+    .get(0)
 }
 
 /// Claims of 500 tasks and their acks on a table of 5,000, each call
@@ -130,20 +125,15 @@ async fn others_gone(client: &tokio_postgres::Client) {
 /// scans, as reported (this session's counters flushed first; other
 /// sessions report theirs when they end: [`others_gone`]).
 async fn task_reads(client: &tokio_postgres::Client) -> (i64, i64) {
-    client
-        .batch_execute("SELECT pg_stat_force_next_flush()")
-        .await
-        .unwrap();
-    let row = client
-        .query_one(
-            "SELECT (SELECT coalesce(sum(idx_tup_read), 0)::bigint FROM pg_stat_user_indexes \
-                     WHERE schemaname = 'sealq' AND relname = 'tasks'), \
-                    (SELECT coalesce(sum(seq_tup_read), 0)::bigint FROM pg_stat_user_tables \
-                     WHERE schemaname = 'sealq' AND relname = 'tasks')",
-            &[],
-        )
-        .await
-        .unwrap();
+    let row = support::flushed_stats(
+        client,
+        "SELECT (SELECT coalesce(sum(idx_tup_read), 0)::bigint FROM pg_stat_user_indexes \
+                 WHERE schemaname = 'sealq' AND relname = 'tasks'), \
+                (SELECT coalesce(sum(seq_tup_read), 0)::bigint FROM pg_stat_user_tables \
+                 WHERE schemaname = 'sealq' AND relname = 'tasks')",
+        &[],
+    )
+    .await;
     (row.get(0), row.get(1))
 }
 
@@ -236,6 +226,20 @@ async fn queue_depths(client: &tokio_postgres::Client) -> (Vec<Depth>, i64, i64)
     (rows, after.0 - before.0, after.1 - before.1)
 }
 
+/// [`queue_depths`], asserting that it read the task table through its
+/// indexes only, at most 10,100 entries (the completed ones counted up to
+/// 10,001; 8 live tasks in the test below).
+async fn queue_depths_reading_only_indexes(client: &tokio_postgres::Client) -> Vec<Depth> {
+    let (rows, index_entries, seq_rows) = queue_depths(client).await;
+    eprintln!("queue_depths read {index_entries} index entries of sealq.tasks");
+    assert_eq!(seq_rows, 0, "the depths read the task table sequentially");
+    assert!(
+        index_entries <= 10_100,
+        "the depths read {index_entries} index entries of sealq.tasks for 8 live tasks"
+    );
+    rows
+}
+
 /// Operations, queue metrics (session 8's finding): every worker samples
 /// its queue depths at start and every 15 s, and `sealq.task_counts` read
 /// the whole task table for it, completed (retained) tasks included.
@@ -324,22 +328,12 @@ async fn operations_queue_metrics_never_read_the_retained_completed_tasks() {
     ];
 
     // No statistics yet (a table loaded moments before).
-    let (rows, index_entries, seq_rows) = queue_depths(&client).await;
-    assert_eq!(seq_rows, 0, "the depths read the task table sequentially");
-    assert!(
-        index_entries <= 10_100,
-        "the depths read {index_entries} index entries of sealq.tasks for 8 live tasks"
-    );
+    let rows = queue_depths_reading_only_indexes(&client).await;
     assert_eq!(live(&rows), want_live, "live depths are exact: {rows:?}");
 
     // With statistics: the completed depth is an estimate, labelled so.
     client.batch_execute("ANALYZE sealq.tasks").await.unwrap();
-    let (rows, index_entries, seq_rows) = queue_depths(&client).await;
-    assert_eq!(seq_rows, 0, "the depths read the task table sequentially");
-    assert!(
-        index_entries <= 10_100,
-        "the depths read {index_entries} index entries of sealq.tasks for 8 live tasks"
-    );
+    let rows = queue_depths_reading_only_indexes(&client).await;
     assert_eq!(live(&rows), want_live, "live depths are exact: {rows:?}");
     let big = rows
         .iter()
@@ -351,8 +345,6 @@ async fn operations_queue_metrics_never_read_the_retained_completed_tasks() {
         "big's completed estimate {} is within 10 % of 60,000",
         big.2
     );
-
-    eprintln!("queue_depths read {index_entries} index entries of sealq.tasks");
 
     // What the gauges read before migration 11 (and `stats` still reads,
     // exactly): every task, sequentially.

@@ -402,19 +402,14 @@ async fn latency_a_wake_up_between_dequeue_and_wait_is_not_lost() {
 /// How many scans `pg_stat_user_indexes` counts for index `index` of
 /// `sealq.tasks`, this session's own scans included (flushed first).
 async fn index_scans(client: &tokio_postgres::Client, index: &str) -> i64 {
-    client
-        .batch_execute("SELECT pg_stat_force_next_flush()")
-        .await
-        .unwrap();
-    client
-        .query_one(
-            "SELECT coalesce(sum(idx_scan), 0)::bigint FROM pg_stat_user_indexes \
-             WHERE schemaname = 'sealq' AND indexrelname = $1",
-            &[&index],
-        )
-        .await
-        .unwrap()
-        .get(0)
+    support::flushed_stats(
+        client,
+        "SELECT coalesce(sum(idx_scan), 0)::bigint FROM pg_stat_user_indexes \
+         WHERE schemaname = 'sealq' AND indexrelname = $1",
+        &[&index],
+    )
+    .await
+    .get(0)
 }
 
 /// Issue 23: `sealq.ack` and `sealq.extend_leases` find their tasks by

@@ -289,6 +289,21 @@ pub async fn client(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// One row of statistics counters (`pg_stat_user_tables`,
+/// `pg_stat_user_indexes`) as `query` selects them, after flushing this
+/// session's own counters (other sessions report theirs when they end).
+pub async fn flushed_stats(
+    client: &tokio_postgres::Client,
+    query: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> tokio_postgres::Row {
+    client
+        .batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    client.query_one(query, params).await.unwrap()
+}
+
 /// A fresh database on the shared server; returns its URL.
 pub async fn fresh_db() -> String {
     fresh_db_on(shared()).await
