@@ -83,6 +83,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "queue depths",
         sql: include_str!("migrations/0011_queue_depths.sql"),
     },
+    Migration {
+        version: 12,
+        name: "plans by key",
+        sql: include_str!("migrations/0012_plans_by_key.sql"),
+    },
 ];
 
 /// The schema version this build writes and expects.
