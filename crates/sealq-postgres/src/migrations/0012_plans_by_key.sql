@@ -17,7 +17,7 @@
 --
 -- The claim now reads each leased task's body with one primary-key probe
 -- (`LATERAL … LIMIT 1`, as for the replay memory since migration 9), and
--- sequential scans are off inside every function that reaches rows by id
+-- sequential scans are off inside every function that reaches task rows by id
 -- (claim, ack, enqueue, lease extension, quarantine, purge, the body
 -- trigger): each has an index for every row it reads, and with
 -- sequential scans off the planner takes it at any estimate. Same
