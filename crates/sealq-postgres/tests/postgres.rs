@@ -550,3 +550,44 @@ async fn claim_commit_skips_the_flush_wait_and_the_session_keeps_durable_commits
     let rec = broker.get(id).await.unwrap().expect("stored");
     assert_eq!(rec.state, sealq::TaskState::Active);
 }
+
+/// Issue 23 (bytes per task): metadata is stored positional, a third of
+/// the named form's bytes, and a row written in the named form before
+/// still reads back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_meta_is_positional_and_named_rows_still_read() {
+    use sealq::broker::Broker;
+    let url = support::fresh_db().await;
+    let broker = PostgresBroker::connect(&url).await.unwrap();
+    let client = support::client(&url).await;
+    let now = sealq::clock::system_clock().now_ms();
+    let (old, new) = (task("meta", now), task("meta", now));
+    broker
+        .enqueue(vec![old.clone(), new.clone()])
+        .await
+        .unwrap();
+    let stored: Vec<u8> = client
+        .query_one(
+            "SELECT meta FROM sealq.task_bodies WHERE id = $1",
+            &[&new.id.0],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, new.meta.to_stored_bytes().unwrap());
+    assert_eq!(stored[0] & 0xf0, 0x90, "a MessagePack array, not a map");
+    // A row from before: the named form.
+    let named = rmp_serde::to_vec_named(&old.meta).unwrap();
+    assert!(named.len() > 2 * stored.len());
+    client
+        .execute(
+            "UPDATE sealq.task_bodies SET meta = $2 WHERE id = $1",
+            &[&old.id.0, &named],
+        )
+        .await
+        .unwrap();
+    for t in [&old, &new] {
+        let got = broker.get(t.id).await.unwrap().expect("stored");
+        assert_eq!(got.meta, t.meta);
+    }
+}
