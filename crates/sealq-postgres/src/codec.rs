@@ -33,11 +33,9 @@ impl Malformed {
     }
 }
 
-/// Encode task metadata for the `meta` column: positional MessagePack
-/// ([`TaskMeta::to_stored_bytes`]); rows written before hold the named
-/// form, which [`record_from_row`] reads too.
-pub(crate) fn encode_meta(meta: &TaskMeta) -> sealq::Result<Vec<u8>> {
-    meta.to_stored_bytes()
+/// Encode task metadata for the `meta` column (named MessagePack).
+pub(crate) fn encode_meta(meta: &TaskMeta) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    rmp_serde::to_vec_named(meta)
 }
 
 /// Read one task row (of `sealq.dequeue`, `sealq.get_task` or
@@ -53,8 +51,8 @@ pub(crate) fn record_from_row(row: &Row) -> Result<TaskRecord, Malformed> {
     let (Some(envelope), Some(meta)) = (envelope, meta) else {
         return Err(bad("its body row (envelope and metadata) is missing"));
     };
-    let meta = TaskMeta::from_stored_bytes(&meta)
-        .map_err(|_| bad("meta does not decode as task metadata"))?;
+    let meta: TaskMeta =
+        rmp_serde::from_slice(&meta).map_err(|_| bad("meta does not decode as task metadata"))?;
     let state: String = row.get(5);
     let state: TaskState = state
         .parse()
