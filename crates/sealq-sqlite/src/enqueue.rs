@@ -18,14 +18,16 @@
 //! (`ON CONFLICT (id) DO NOTHING`), and one multi-row insert of the bodies.
 //! Such tasks read nothing another task of the batch writes except ids, so
 //! storing them a chunk at a time gives the results row-at-a-time storing
-//! gives; the chunk path gives each row its `seq` itself (the largest stored
-//! plus one, what SQLite would pick) so that it knows which rows went in.
-//! A statement run costs SQLite about as much as the b-tree work of a row:
+//! gives; the chunk path knows the `seq` SQLite gives each row (the largest
+//! stored plus one) and so which rows went in (see [`chunk`]: its
+//! statements keep no statement journal since session 9). A statement run costs SQLite about as much as the b-tree work of a row:
 //! the chunk path takes a third off the writer's instructions per task
 //! (`docs/benchmarks.md`, "SQLite bulk enqueue, writer cost (issue 22),
 //! session 7").
 
 use std::collections::HashMap;
+mod chunk;
+
 use std::sync::LazyLock;
 
 use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
@@ -36,101 +38,7 @@ use crate::codec::{encode_meta, id_blob, id_from_row, ms_to_sql};
 use crate::error::map_err;
 use crate::schema::READY_CONDITION;
 use crate::writer::OpCtx;
-
-/// Tasks per multi-row statement of the chunk path. Each such statement
-/// keeps a statement journal (an explicit `seq` may fail to convert, so
-/// SQLite must be able to undo the statement alone), which copies every
-/// page the statement changes that existed before it: fewer, longer
-/// statements copy fewer pages per task. With 8 KiB pages, 50 rows took
-/// 3.7% off the writer's instructions per task against 20, and 100 rows
-/// less (`docs/benchmarks.md`, "SQLite bulk writer at session 8").
-pub(crate) const CHUNK: usize = 50;
-
-/// Rows per statement for a run of tasks shorter than [`CHUNK`] (a batch's
-/// tail, or a run cut short by a task with a unique key): such runs go
-/// [`SMALL_CHUNK`] rows at a time, and what is left of them row at a time.
-pub(crate) const SMALL_CHUNK: usize = 20;
-
-/// Columns bound per task by the chunk path's `tasks` insert.
-const TASK_PARAMS: usize = 8;
-
-/// Columns bound per task by the chunk path's `task_bodies` insert.
-const BODY_PARAMS: usize = 3;
-
-/// `(?1, ?2, …), (…), …`: `rows` rows of `cols` parameters each.
-fn values(rows: usize, cols: usize) -> String {
-    let mut out = String::with_capacity(rows * cols * 6);
-    for r in 0..rows {
-        if r > 0 {
-            out.push_str(", ");
-        }
-        out.push('(');
-        for c in 0..cols {
-            if c > 0 {
-                out.push_str(", ");
-            }
-            out.push_str(&format!("?{}", r * cols + c + 1));
-        }
-        out.push(')');
-    }
-    out
-}
-
-/// The chunk path's two statements for a number of rows.
-struct ChunkSql {
-    /// Rows per statement.
-    rows: usize,
-    /// The `tasks` insert: `rows` rows, each (seq, id, queue, kind,
-    /// subject_tag, max_retries, retention_ms, run_at), and the time (the
-    /// parameter after them, [`ChunkSql::now_param`]): the state (`pending`,
-    /// or `scheduled` when `run_at` is later, as [`state_at`] decides) and
-    /// `updated_at` are computed here rather than bound per task (a text
-    /// bound is copied into an allocation of its own). A row whose id is in
-    /// the replay memory or already stored is skipped; any other constraint
-    /// failure fails the statement.
-    tasks: String,
-    /// The `task_bodies` insert: `rows` rows of (seq, envelope, meta).
-    bodies: String,
-}
-
-impl ChunkSql {
-    fn new(rows: usize) -> Self {
-        let now = Self::now_param_of(rows);
-        Self {
-            rows,
-            tasks: format!(
-                "INSERT INTO tasks (seq, id, queue, kind, subject_tag, max_retries, \
-                                    retention_ms, state, run_at, updated_at) \
-                 SELECT column1, column2, column3, column4, column5, column6, column7, \
-                        CASE WHEN column8 <= ?{now} THEN 'pending' ELSE 'scheduled' END, \
-                        column8, ?{now} \
-                 FROM (VALUES {}) \
-                 WHERE NOT EXISTS (SELECT 1 FROM completed_ids c WHERE c.id = column2) \
-                 ON CONFLICT (id) DO NOTHING",
-                values(rows, TASK_PARAMS)
-            ),
-            bodies: format!(
-                "INSERT INTO task_bodies (seq, envelope, meta) VALUES {}",
-                values(rows, BODY_PARAMS)
-            ),
-        }
-    }
-
-    fn now_param_of(rows: usize) -> usize {
-        rows * TASK_PARAMS + 1
-    }
-
-    /// The parameter of [`ChunkSql::tasks`] holding the operation's time.
-    fn now_param(&self) -> usize {
-        Self::now_param_of(self.rows)
-    }
-}
-
-/// The chunk path's statements for [`CHUNK`] rows.
-static CHUNK_SQL: LazyLock<ChunkSql> = LazyLock::new(|| ChunkSql::new(CHUNK));
-
-/// The chunk path's statements for [`SMALL_CHUNK`] rows.
-static SMALL_CHUNK_SQL: LazyLock<ChunkSql> = LazyLock::new(|| ChunkSql::new(SMALL_CHUNK));
+use chunk::{CHUNK, SMALL_CHUNK};
 
 /// One task's body.
 const INSERT_BODY_SQL: &str = "INSERT INTO task_bodies (seq, envelope, meta) VALUES (?1, ?2, ?3)";
@@ -259,10 +167,8 @@ struct Stmts<'c> {
     insert: Option<CachedStatement<'c>>,
     body: Option<CachedStatement<'c>>,
     take_key: Option<CachedStatement<'c>>,
-    /// The chunk path's `tasks` inserts: [`CHUNK`] rows, [`SMALL_CHUNK`] rows.
-    chunk: [Option<CachedStatement<'c>>; 2],
-    /// The chunk path's `task_bodies` inserts, likewise.
-    bodies: [Option<CachedStatement<'c>>; 2],
+    /// The chunk path's statements: [`CHUNK`] rows, [`SMALL_CHUNK`] rows.
+    chunk: [chunk::ChunkStmts<'c>; 2],
 }
 
 /// The statement in `slot`, prepared from `sql` on first use.
@@ -281,10 +187,9 @@ fn stmt<'s, 'c>(
 struct Store<'c> {
     conn: &'c Connection,
     now: i64,
-    /// The `seq` the chunk path gives its next row, when known (at least
-    /// the largest stored plus one). Forgotten when a row is stored row at
-    /// a time (SQLite picks that row's `seq`).
-    next_seq: Option<i64>,
+    /// The `seq`s the chunk path's next rows get, when known. Forgotten
+    /// when a row is stored row at a time.
+    next_seq: Option<chunk::NextSeq>,
     /// Whether a stored task is ready to run now.
     ready: bool,
     stmts: Stmts<'c>,
@@ -417,99 +322,6 @@ impl Store<'_> {
         for (t, meta) in tasks[chunked..].iter().zip(&metas[chunked..]) {
             let r = self.one(t, meta, None)?;
             out.push(r);
-        }
-        Ok(())
-    }
-
-    /// Store [`CHUNK`] or [`SMALL_CHUNK`] tasks without unique keys, for
-    /// uncapped queues, with two statements; their results are appended to
-    /// `out`.
-    fn chunk(
-        &mut self,
-        tasks: &[NewTask],
-        metas: &[Vec<u8>],
-        out: &mut Vec<EnqueueResult>,
-    ) -> rusqlite::Result<()> {
-        let (sql, slot) = match tasks.len() {
-            CHUNK => (&*CHUNK_SQL, 0),
-            _ => (&*SMALL_CHUNK_SQL, 1),
-        };
-        let rows = sql.rows;
-        debug_assert_eq!(tasks.len(), rows);
-        let (conn, now) = (self.conn, self.now);
-        let first = match self.next_seq {
-            Some(seq) => seq,
-            None => conn
-                .prepare_cached("SELECT coalesce(max(seq), 0) FROM tasks")?
-                .query_row([], |r| r.get::<_, i64>(0))?
-                .saturating_add(1),
-        };
-        // Near the end of the `seq` range (SQLite then picks free values
-        // at random), or an id twice in the chunk (the first must win, as
-        // row at a time): store the chunk row at a time.
-        let ascending = tasks.windows(2).all(|w| w[0].id < w[1].id);
-        if first > i64::MAX - rows as i64 || !ascending && has_repeated_id(tasks) {
-            for (t, meta) in tasks.iter().zip(metas) {
-                let r = self.one(t, meta, None)?;
-                out.push(r);
-            }
-            return Ok(());
-        }
-        let insert = stmt(&mut self.stmts.chunk[slot], conn, &sql.tasks)?;
-        for (j, t) in tasks.iter().enumerate() {
-            let at = j * TASK_PARAMS;
-            insert.raw_bind_parameter(at + 1, first + j as i64)?;
-            insert.raw_bind_parameter(at + 2, id_blob(&t.id))?;
-            insert.raw_bind_parameter(at + 3, &t.queue)?;
-            insert.raw_bind_parameter(at + 4, &t.kind)?;
-            insert.raw_bind_parameter(at + 5, t.meta.subject_tag.as_ref().map(|s| s.0))?;
-            insert.raw_bind_parameter(at + 6, i64::from(t.meta.max_retries))?;
-            insert.raw_bind_parameter(at + 7, ms_to_sql(t.meta.retention_ms))?;
-            insert.raw_bind_parameter(at + 8, t.run_at_ms)?;
-        }
-        insert.raw_bind_parameter(sql.now_param(), now)?;
-        let stored = insert.raw_execute()?;
-        self.next_seq = Some(first + rows as i64);
-        let mut present = [true; CHUNK];
-        let present = &mut present[..rows];
-        if stored == rows {
-            let bodies = stmt(&mut self.stmts.bodies[slot], conn, &sql.bodies)?;
-            for (j, (t, meta)) in tasks.iter().zip(metas).enumerate() {
-                let at = j * BODY_PARAMS;
-                bodies.raw_bind_parameter(at + 1, first + j as i64)?;
-                bodies.raw_bind_parameter(at + 2, &t.envelope)?;
-                bodies.raw_bind_parameter(at + 3, meta)?;
-            }
-            bodies.raw_execute()?;
-        } else {
-            // Some ids were remembered or stored: the rows that went in
-            // are those whose `seq` is now stored.
-            present.fill(false);
-            let mut seqs =
-                conn.prepare_cached("SELECT seq FROM tasks WHERE seq >= ?1 AND seq < ?2")?;
-            let found = seqs.query_map([first, first + rows as i64], |r| r.get::<_, i64>(0))?;
-            for seq in found {
-                if let Some(p) = usize::try_from(seq? - first)
-                    .ok()
-                    .and_then(|j| present.get_mut(j))
-                {
-                    *p = true;
-                }
-            }
-            let body = stmt(&mut self.stmts.body, conn, INSERT_BODY_SQL)?;
-            for (j, (t, meta)) in tasks.iter().zip(metas).enumerate() {
-                if present[j] {
-                    body.execute(params![first + j as i64, t.envelope, meta])?;
-                }
-            }
-        }
-        for (t, stored) in tasks.iter().zip(present.iter().copied()) {
-            out.push(if stored {
-                self.ready |= t.run_at_ms <= now;
-                EnqueueResult::Enqueued
-            } else {
-                EnqueueResult::IdExists
-            });
         }
         Ok(())
     }
