@@ -452,3 +452,56 @@ async fn bulk_enqueue_chunk_gives_bodies_their_seq_when_the_tables_end_apart() {
         assert_eq!(unmatched, 0, "{damage}");
     }
 }
+
+/// Issue 22, session 9: task metadata is stored positional from schema
+/// version 7 on; the named metadata of rows stored before reads as it did
+/// (`get`, dequeue with its record) beside rows stored after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_enqueue_rows_stored_with_named_metadata_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let clock = ManualClock::starting_now();
+    let now = clock.now_ms();
+    let b = open(&path, &clock);
+    let mut old: Vec<NewTask> = (0..30).map(|_| task_at("q", now, now)).collect();
+    old[4].meta.subject_tag = Some(subject(4));
+    b.enqueue(old.clone()).await.unwrap();
+    {
+        let raw = Connection::open(&path).unwrap();
+        let first: Vec<u8> = raw
+            .query_row(
+                "SELECT meta FROM task_bodies ORDER BY seq LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(matches!(first[0], 0x90..=0x9f), "stored positional");
+        for t in &old {
+            let named = rmp_serde::to_vec_named(&t.meta).unwrap();
+            let n = raw
+                .execute(
+                    "UPDATE task_bodies SET meta = ?1 \
+                     WHERE seq = (SELECT seq FROM tasks WHERE id = ?2)",
+                    rusqlite::params![named, t.id.as_bytes()],
+                )
+                .unwrap();
+            assert_eq!(n, 1);
+        }
+    }
+    let new: Vec<NewTask> = (0..30).map(|_| task_at("q", now, now)).collect();
+    b.enqueue(new.clone()).await.unwrap();
+    for t in old.iter().chain(&new) {
+        let rec = b.get(t.id).await.unwrap().expect("stored");
+        assert_eq!(rec.meta, t.meta, "{}", t.id);
+    }
+    let leased = b.dequeue(&req("q", 100)).await.unwrap();
+    assert_eq!(leased.len(), 60, "none quarantined");
+    for l in &leased {
+        let t = old
+            .iter()
+            .chain(&new)
+            .find(|t| t.id == l.record.id)
+            .unwrap();
+        assert_eq!(l.record.meta, t.meta, "{}", t.id);
+    }
+}
