@@ -36,7 +36,7 @@ use sealq::{BrokerError, BrokerErrorKind};
 
 use crate::codec::{encode_meta, id_blob, id_from_row, ms_to_sql};
 use crate::error::map_err;
-use crate::schema::READY_CONDITION;
+use crate::schema::{READY_CONDITION, WRITER_CACHE_KIB};
 use crate::writer::OpCtx;
 use chunk::{CHUNK, SMALL_CHUNK};
 
@@ -97,9 +97,61 @@ pub(crate) fn enqueue(
             slot.push(at);
         }
     }
+    // A large batch gets room in the page cache for every page it writes
+    // until the commit ([`bulk_cache_kib`]); the connection's own size is
+    // back once the batch is stored (the pages it dirtied stay until the
+    // commit writes them, then the cache shrinks).
+    let raised = bulk_cache_kib(tasks.len());
+    if let Some(kib) = raised {
+        set_cache_kib(conn, kib).map_err(err)?;
+    }
+    let stored = store_all(conn, ctx.now, tasks, metas, &mut rooms, &slot);
+    if raised.is_some() {
+        set_cache_kib(conn, WRITER_CACHE_KIB).map_err(err)?;
+    }
+    let (results, ready) = stored.map_err(err)?;
+    ctx.wake |= ready;
+    Ok(results)
+}
+
+/// The writer's page cache in KiB while it stores a batch of `tasks`
+/// tasks, when larger than its own ([`WRITER_CACHE_KIB`]): about 1.5 KiB a
+/// task (a 1 KiB task takes 1.35 KiB of pages across its rows and index
+/// entries), up to [`BULK_CACHE_MAX_KIB`]. With its own 512 KiB a batch of
+/// 1,000 tasks spilled most of its pages to the WAL before the commit, and
+/// as the cache then held nothing clean but the pages the batch kept
+/// reading (the replay memory's, the indexes' upper levels), SQLite evicted
+/// those first and read them back from the WAL: 1,350 reads of 8 KiB per
+/// 20,000 tasks (`docs/benchmarks.md`, "SQLite bulk writer at session
+/// 9"). Workers, whose batches are small, keep the small cache.
+fn bulk_cache_kib(tasks: usize) -> Option<u32> {
+    let kib = u32::try_from(tasks.saturating_mul(3) / 2)
+        .unwrap_or(u32::MAX)
+        .saturating_add(WRITER_CACHE_KIB)
+        .min(BULK_CACHE_MAX_KIB);
+    (kib > 2 * WRITER_CACHE_KIB).then_some(kib)
+}
+
+/// The largest page cache a batch raises the writer's to, in KiB.
+const BULK_CACHE_MAX_KIB: u32 = 16 * 1024;
+
+/// Set the write connection's page cache size, in KiB.
+fn set_cache_kib(conn: &Connection, kib: u32) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "cache_size", -i64::from(kib))
+}
+
+/// Store a batch: each task's result, and whether a stored task is ready now.
+fn store_all(
+    conn: &Connection,
+    now: i64,
+    tasks: &[NewTask],
+    metas: &[Vec<u8>],
+    rooms: &mut [Room],
+    slot: &[usize],
+) -> rusqlite::Result<(Vec<EnqueueResult>, bool)> {
     let mut store = Store {
         conn,
-        now: ctx.now,
+        now,
         next_seq: None,
         ready: false,
         stmts: Default::default(),
@@ -113,17 +165,12 @@ pub(crate) fn enqueue(
         if t.unique.is_none() && room.is_none() {
             continue;
         }
-        store
-            .run(&tasks[run..i], &metas[run..i], &mut results)
-            .map_err(err)?;
+        store.run(&tasks[run..i], &metas[run..i], &mut results)?;
         run = i + 1;
-        results.push(store.one(t, &metas[i], room).map_err(err)?);
+        results.push(store.one(t, &metas[i], room)?);
     }
-    store
-        .run(&tasks[run..], &metas[run..], &mut results)
-        .map_err(err)?;
-    ctx.wake |= store.ready;
-    Ok(results)
+    store.run(&tasks[run..], &metas[run..], &mut results)?;
+    Ok((results, store.ready))
 }
 
 /// How many tasks wait in a queue (pending, scheduled or retry): through
@@ -370,5 +417,71 @@ mod tests {
         assert_eq!(split(49), (0, 2, 9));
         assert_eq!(split(3), (0, 0, 3));
         assert_eq!(split(0), (0, 0, 0));
+    }
+
+    /// Issue 22, session 9: a large batch raises the writer's page cache to
+    /// about 1.5 KiB a task, up to a bound; a worker's small batches keep
+    /// the connection's own.
+    #[test]
+    fn bulk_enqueue_large_batches_get_room_in_the_page_cache() {
+        assert_eq!(bulk_cache_kib(1), None);
+        assert_eq!(bulk_cache_kib(64), None);
+        assert_eq!(bulk_cache_kib(341), None);
+        assert_eq!(bulk_cache_kib(342), Some(WRITER_CACHE_KIB + 513));
+        assert_eq!(bulk_cache_kib(1000), Some(WRITER_CACHE_KIB + 1500));
+        assert_eq!(bulk_cache_kib(100_000), Some(BULK_CACHE_MAX_KIB));
+        assert_eq!(bulk_cache_kib(usize::MAX), Some(BULK_CACHE_MAX_KIB));
+    }
+
+    /// Issue 22, session 9: after a large batch the writer's page cache is
+    /// its own size again, and every task of the batch was stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_enqueue_large_batch_gives_the_cache_back() {
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use crate::checkpoint::WalState;
+        use crate::wake::Wake;
+        use crate::writer::{Writer, WriterEnv};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let conn = crate::schema::open_writer(
+            &path,
+            crate::Synchronous::Full,
+            Duration::from_secs(5),
+            crate::schema::NEW_DATABASE_PAGE_SIZE,
+        )
+        .unwrap();
+        let w = Writer::start(
+            conn,
+            WriterEnv {
+                path,
+                clock: Arc::new(sealq::SystemClock),
+                busy: Duration::from_millis(200),
+                max_group: 64,
+                replay_horizon_ms: 0,
+                wake: Arc::new(Wake::default()),
+                wal: Arc::new(WalState::default()),
+            },
+        )
+        .unwrap();
+        let tasks: Vec<NewTask> = (0..1000)
+            .map(|_| sealq::testkit::fixtures::task_at("q", 0, 0))
+            .collect();
+        let metas = encode_metas(&tasks).unwrap();
+        let (results, cache, stored) = w
+            .call(move |ctx| {
+                let results = enqueue(ctx, &tasks, &metas)?;
+                let q = |sql: &str| ctx.conn.query_row(sql, [], |r| r.get::<_, i64>(0));
+                let cache = q("PRAGMA cache_size").unwrap();
+                let stored = q("SELECT count(*) FROM tasks JOIN task_bodies USING (seq)").unwrap();
+                Ok((results, cache, stored))
+            })
+            .await
+            .unwrap();
+        assert_eq!(results, vec![EnqueueResult::Enqueued; 1000]);
+        assert_eq!(cache, -i64::from(WRITER_CACHE_KIB));
+        assert_eq!(stored, 1000);
     }
 }

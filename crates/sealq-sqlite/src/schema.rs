@@ -274,7 +274,7 @@ fn check_header(path: &Path) -> Result<(), BrokerError> {
 /// "The embedded worker's memory" and "SQLite worker memory and
 /// quiet-machine ratios"). 64 pages of 8 KiB (128 of 4 KiB in an older
 /// database): more than a lease or ack group of a few hundred tasks dirties.
-const WRITER_CACHE_KIB: u32 = 512;
+pub(crate) const WRITER_CACHE_KIB: u32 = 512;
 
 /// The page size of a new database, in bytes (SQLite's default is 4096). A
 /// task is about 1.3 KiB across its rows (the sealed envelope, its metadata,
