@@ -26,7 +26,7 @@ use std::fmt;
 use rusqlite::types::{Type, ValueRef};
 use rusqlite::{Connection, Row, params};
 use sealq::broker::TaskRecord;
-use sealq::{BrokerError, BrokerErrorKind, TaskId, TaskState};
+use sealq::{BrokerError, BrokerErrorKind, TaskId, TaskMeta, TaskState};
 
 use crate::codec::{SEQ_COLUMN, record_from_row};
 
@@ -115,7 +115,7 @@ enum Want {
     OptInt,
     /// TEXT or NULL.
     OptText,
-    /// MessagePack [`TaskMeta`], positional or named (`codec::decode_meta`).
+    /// Named MessagePack [`TaskMeta`].
     Meta,
     /// A [`TaskState`] name.
     State,
@@ -177,7 +177,7 @@ pub(crate) fn diagnose(row: &Row<'_>) -> Malformed {
             (Want::OptText | Want::OptBlob | Want::OptInt, ValueRef::Null) => None,
             (Want::Blob | Want::OptBlob, ValueRef::Blob(_)) => None,
             (Want::Int | Want::OptInt, ValueRef::Integer(_)) => None,
-            (Want::Meta, ValueRef::Blob(b)) => crate::codec::decode_meta(b)
+            (Want::Meta, ValueRef::Blob(b)) => rmp_serde::from_slice::<TaskMeta>(b)
                 .err()
                 .map(|_| format!("{name} does not decode as task metadata")),
             (Want::State, ValueRef::Text(t)) => match std::str::from_utf8(t) {
