@@ -109,18 +109,18 @@ pub(crate) fn enqueue(
 }
 
 /// The writer's page cache in KiB for a batch of `tasks` tasks, when larger
-/// than its own ([`WRITER_CACHE_KIB`]): about 1.5 KiB a task (a 1 KiB task
-/// takes 1.35 KiB of pages across its rows and index entries), up to
+/// than its own ([`WRITER_CACHE_KIB`]): 1.5 KiB a task (what a 1 KiB task
+/// takes in pages across its body, row and index entries), up to
 /// [`BULK_CACHE_MAX_KIB`]. With its own 512 KiB a batch of 1,000 tasks
 /// spilled most of its pages to the WAL before the commit, and as the cache
 /// then held nothing clean but the pages the batch kept reading (the replay
 /// memory's, the indexes' upper levels), SQLite evicted those first and read
-/// them back from the WAL: 951 reads of 8 KiB per 20,000 tasks
-/// (`docs/benchmarks.md`, "SQLite bulk writer at session 9"). The cache is
-/// raised, never lowered again ([`raise_cache_kib`]): giving the pages back
-/// after each batch freed and allocated them again batch after batch, which
-/// cost the writer thread more than the reads had. Workers, whose batches
-/// are small, keep the small cache.
+/// them back from the WAL: about a thousand reads of 8 KiB per 20,000
+/// tasks (`docs/benchmarks.md`, "SQLite bulk writer at session 9"). The
+/// cache is raised, never lowered again ([`raise_cache_kib`]): giving the
+/// pages back after each batch freed and allocated them again batch after
+/// batch, on the writer thread (`perf`). Workers, whose batches are small,
+/// keep the small cache.
 fn bulk_cache_kib(tasks: usize) -> Option<u32> {
     let kib = u32::try_from(tasks.saturating_mul(3) / 2)
         .unwrap_or(u32::MAX)
