@@ -18,14 +18,16 @@
 //! (`ON CONFLICT (id) DO NOTHING`), and one multi-row insert of the bodies.
 //! Such tasks read nothing another task of the batch writes except ids, so
 //! storing them a chunk at a time gives the results row-at-a-time storing
-//! gives; the chunk path gives each row its `seq` itself (the largest stored
-//! plus one, what SQLite would pick) so that it knows which rows went in.
-//! A statement run costs SQLite about as much as the b-tree work of a row:
+//! gives; the chunk path knows the `seq` SQLite gives each row (the largest
+//! stored plus one) and so which rows went in (see [`chunk`]: its
+//! statements keep no statement journal since session 9). A statement run costs SQLite about as much as the b-tree work of a row:
 //! the chunk path takes a third off the writer's instructions per task
 //! (`docs/benchmarks.md`, "SQLite bulk enqueue, writer cost (issue 22),
 //! session 7").
 
 use std::collections::HashMap;
+mod chunk;
+
 use std::sync::LazyLock;
 
 use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
@@ -34,103 +36,9 @@ use sealq::{BrokerError, BrokerErrorKind};
 
 use crate::codec::{encode_meta, id_blob, id_from_row, ms_to_sql};
 use crate::error::map_err;
-use crate::schema::READY_CONDITION;
+use crate::schema::{READY_CONDITION, WRITER_CACHE_KIB};
 use crate::writer::OpCtx;
-
-/// Tasks per multi-row statement of the chunk path. Each such statement
-/// keeps a statement journal (an explicit `seq` may fail to convert, so
-/// SQLite must be able to undo the statement alone), which copies every
-/// page the statement changes that existed before it: fewer, longer
-/// statements copy fewer pages per task. With 8 KiB pages, 50 rows took
-/// 3.7% off the writer's instructions per task against 20, and 100 rows
-/// less (`docs/benchmarks.md`, "SQLite bulk writer at session 8").
-pub(crate) const CHUNK: usize = 50;
-
-/// Rows per statement for a run of tasks shorter than [`CHUNK`] (a batch's
-/// tail, or a run cut short by a task with a unique key): such runs go
-/// [`SMALL_CHUNK`] rows at a time, and what is left of them row at a time.
-pub(crate) const SMALL_CHUNK: usize = 20;
-
-/// Columns bound per task by the chunk path's `tasks` insert.
-const TASK_PARAMS: usize = 8;
-
-/// Columns bound per task by the chunk path's `task_bodies` insert.
-const BODY_PARAMS: usize = 3;
-
-/// `(?1, ?2, …), (…), …`: `rows` rows of `cols` parameters each.
-fn values(rows: usize, cols: usize) -> String {
-    let mut out = String::with_capacity(rows * cols * 6);
-    for r in 0..rows {
-        if r > 0 {
-            out.push_str(", ");
-        }
-        out.push('(');
-        for c in 0..cols {
-            if c > 0 {
-                out.push_str(", ");
-            }
-            out.push_str(&format!("?{}", r * cols + c + 1));
-        }
-        out.push(')');
-    }
-    out
-}
-
-/// The chunk path's two statements for a number of rows.
-struct ChunkSql {
-    /// Rows per statement.
-    rows: usize,
-    /// The `tasks` insert: `rows` rows, each (seq, id, queue, kind,
-    /// subject_tag, max_retries, retention_ms, run_at), and the time (the
-    /// parameter after them, [`ChunkSql::now_param`]): the state (`pending`,
-    /// or `scheduled` when `run_at` is later, as [`state_at`] decides) and
-    /// `updated_at` are computed here rather than bound per task (a text
-    /// bound is copied into an allocation of its own). A row whose id is in
-    /// the replay memory or already stored is skipped; any other constraint
-    /// failure fails the statement.
-    tasks: String,
-    /// The `task_bodies` insert: `rows` rows of (seq, envelope, meta).
-    bodies: String,
-}
-
-impl ChunkSql {
-    fn new(rows: usize) -> Self {
-        let now = Self::now_param_of(rows);
-        Self {
-            rows,
-            tasks: format!(
-                "INSERT INTO tasks (seq, id, queue, kind, subject_tag, max_retries, \
-                                    retention_ms, state, run_at, updated_at) \
-                 SELECT column1, column2, column3, column4, column5, column6, column7, \
-                        CASE WHEN column8 <= ?{now} THEN 'pending' ELSE 'scheduled' END, \
-                        column8, ?{now} \
-                 FROM (VALUES {}) \
-                 WHERE NOT EXISTS (SELECT 1 FROM completed_ids c WHERE c.id = column2) \
-                 ON CONFLICT (id) DO NOTHING",
-                values(rows, TASK_PARAMS)
-            ),
-            bodies: format!(
-                "INSERT INTO task_bodies (seq, envelope, meta) VALUES {}",
-                values(rows, BODY_PARAMS)
-            ),
-        }
-    }
-
-    fn now_param_of(rows: usize) -> usize {
-        rows * TASK_PARAMS + 1
-    }
-
-    /// The parameter of [`ChunkSql::tasks`] holding the operation's time.
-    fn now_param(&self) -> usize {
-        Self::now_param_of(self.rows)
-    }
-}
-
-/// The chunk path's statements for [`CHUNK`] rows.
-static CHUNK_SQL: LazyLock<ChunkSql> = LazyLock::new(|| ChunkSql::new(CHUNK));
-
-/// The chunk path's statements for [`SMALL_CHUNK`] rows.
-static SMALL_CHUNK_SQL: LazyLock<ChunkSql> = LazyLock::new(|| ChunkSql::new(SMALL_CHUNK));
+use chunk::{CHUNK, SMALL_CHUNK};
 
 /// One task's body.
 const INSERT_BODY_SQL: &str = "INSERT INTO task_bodies (seq, envelope, meta) VALUES (?1, ?2, ?3)";
@@ -189,9 +97,63 @@ pub(crate) fn enqueue(
             slot.push(at);
         }
     }
+    // A large batch gets room in the page cache for every page it writes
+    // until the commit ([`bulk_cache_kib`]).
+    if let Some(kib) = bulk_cache_kib(tasks.len()) {
+        raise_cache_kib(conn, kib).map_err(err)?;
+    }
+    let (results, ready) =
+        store_all(conn, ctx.now, tasks, metas, &mut rooms, &slot).map_err(err)?;
+    ctx.wake |= ready;
+    Ok(results)
+}
+
+/// The writer's page cache in KiB for a batch of `tasks` tasks, when larger
+/// than its own ([`WRITER_CACHE_KIB`]): 1.5 KiB a task (what a 1 KiB task
+/// takes in pages across its body, row and index entries), up to
+/// [`BULK_CACHE_MAX_KIB`]. With its own 512 KiB a batch of 1,000 tasks
+/// spilled most of its pages to the WAL before the commit, and as the cache
+/// then held nothing clean but the pages the batch kept reading (the replay
+/// memory's, the indexes' upper levels), SQLite evicted those first and read
+/// them back from the WAL: about a thousand reads of 8 KiB per 20,000
+/// tasks (`docs/benchmarks.md`, "SQLite bulk writer at session 9"). The
+/// cache is raised, never lowered again ([`raise_cache_kib`]): giving the
+/// pages back after each batch freed and allocated them again batch after
+/// batch, on the writer thread (`perf`). Workers, whose batches are small,
+/// keep the small cache.
+fn bulk_cache_kib(tasks: usize) -> Option<u32> {
+    let kib = u32::try_from(tasks.saturating_mul(3) / 2)
+        .unwrap_or(u32::MAX)
+        .saturating_add(WRITER_CACHE_KIB)
+        .min(BULK_CACHE_MAX_KIB);
+    (kib > 2 * WRITER_CACHE_KIB).then_some(kib)
+}
+
+/// The largest page cache a batch raises the writer's to, in KiB.
+const BULK_CACHE_MAX_KIB: u32 = 16 * 1024;
+
+/// Raise the write connection's page cache to `kib` KiB, if smaller.
+fn raise_cache_kib(conn: &Connection, kib: u32) -> rusqlite::Result<()> {
+    let now: i64 = conn.query_row("PRAGMA cache_size", [], |r| r.get(0))?;
+    // Negative: KiB; positive: pages (never set so by sealq).
+    if now < 0 && now.unsigned_abs() >= u64::from(kib) {
+        return Ok(());
+    }
+    conn.pragma_update(None, "cache_size", -i64::from(kib))
+}
+
+/// Store a batch: each task's result, and whether a stored task is ready now.
+fn store_all(
+    conn: &Connection,
+    now: i64,
+    tasks: &[NewTask],
+    metas: &[Vec<u8>],
+    rooms: &mut [Room],
+    slot: &[usize],
+) -> rusqlite::Result<(Vec<EnqueueResult>, bool)> {
     let mut store = Store {
         conn,
-        now: ctx.now,
+        now,
         next_seq: None,
         ready: false,
         stmts: Default::default(),
@@ -205,17 +167,12 @@ pub(crate) fn enqueue(
         if t.unique.is_none() && room.is_none() {
             continue;
         }
-        store
-            .run(&tasks[run..i], &metas[run..i], &mut results)
-            .map_err(err)?;
+        store.run(&tasks[run..i], &metas[run..i], &mut results)?;
         run = i + 1;
-        results.push(store.one(t, &metas[i], room).map_err(err)?);
+        results.push(store.one(t, &metas[i], room)?);
     }
-    store
-        .run(&tasks[run..], &metas[run..], &mut results)
-        .map_err(err)?;
-    ctx.wake |= store.ready;
-    Ok(results)
+    store.run(&tasks[run..], &metas[run..], &mut results)?;
+    Ok((results, store.ready))
 }
 
 /// How many tasks wait in a queue (pending, scheduled or retry): through
@@ -259,10 +216,8 @@ struct Stmts<'c> {
     insert: Option<CachedStatement<'c>>,
     body: Option<CachedStatement<'c>>,
     take_key: Option<CachedStatement<'c>>,
-    /// The chunk path's `tasks` inserts: [`CHUNK`] rows, [`SMALL_CHUNK`] rows.
-    chunk: [Option<CachedStatement<'c>>; 2],
-    /// The chunk path's `task_bodies` inserts, likewise.
-    bodies: [Option<CachedStatement<'c>>; 2],
+    /// The chunk path's statements: [`CHUNK`] rows, [`SMALL_CHUNK`] rows.
+    chunk: [chunk::ChunkStmts<'c>; 2],
 }
 
 /// The statement in `slot`, prepared from `sql` on first use.
@@ -281,10 +236,9 @@ fn stmt<'s, 'c>(
 struct Store<'c> {
     conn: &'c Connection,
     now: i64,
-    /// The `seq` the chunk path gives its next row, when known (at least
-    /// the largest stored plus one). Forgotten when a row is stored row at
-    /// a time (SQLite picks that row's `seq`).
-    next_seq: Option<i64>,
+    /// The `seq`s the chunk path's next rows get, when known. Forgotten
+    /// when a row is stored row at a time.
+    next_seq: Option<chunk::NextSeq>,
     /// Whether a stored task is ready to run now.
     ready: bool,
     stmts: Stmts<'c>,
@@ -420,99 +374,6 @@ impl Store<'_> {
         }
         Ok(())
     }
-
-    /// Store [`CHUNK`] or [`SMALL_CHUNK`] tasks without unique keys, for
-    /// uncapped queues, with two statements; their results are appended to
-    /// `out`.
-    fn chunk(
-        &mut self,
-        tasks: &[NewTask],
-        metas: &[Vec<u8>],
-        out: &mut Vec<EnqueueResult>,
-    ) -> rusqlite::Result<()> {
-        let (sql, slot) = match tasks.len() {
-            CHUNK => (&*CHUNK_SQL, 0),
-            _ => (&*SMALL_CHUNK_SQL, 1),
-        };
-        let rows = sql.rows;
-        debug_assert_eq!(tasks.len(), rows);
-        let (conn, now) = (self.conn, self.now);
-        let first = match self.next_seq {
-            Some(seq) => seq,
-            None => conn
-                .prepare_cached("SELECT coalesce(max(seq), 0) FROM tasks")?
-                .query_row([], |r| r.get::<_, i64>(0))?
-                .saturating_add(1),
-        };
-        // Near the end of the `seq` range (SQLite then picks free values
-        // at random), or an id twice in the chunk (the first must win, as
-        // row at a time): store the chunk row at a time.
-        let ascending = tasks.windows(2).all(|w| w[0].id < w[1].id);
-        if first > i64::MAX - rows as i64 || !ascending && has_repeated_id(tasks) {
-            for (t, meta) in tasks.iter().zip(metas) {
-                let r = self.one(t, meta, None)?;
-                out.push(r);
-            }
-            return Ok(());
-        }
-        let insert = stmt(&mut self.stmts.chunk[slot], conn, &sql.tasks)?;
-        for (j, t) in tasks.iter().enumerate() {
-            let at = j * TASK_PARAMS;
-            insert.raw_bind_parameter(at + 1, first + j as i64)?;
-            insert.raw_bind_parameter(at + 2, id_blob(&t.id))?;
-            insert.raw_bind_parameter(at + 3, &t.queue)?;
-            insert.raw_bind_parameter(at + 4, &t.kind)?;
-            insert.raw_bind_parameter(at + 5, t.meta.subject_tag.as_ref().map(|s| s.0))?;
-            insert.raw_bind_parameter(at + 6, i64::from(t.meta.max_retries))?;
-            insert.raw_bind_parameter(at + 7, ms_to_sql(t.meta.retention_ms))?;
-            insert.raw_bind_parameter(at + 8, t.run_at_ms)?;
-        }
-        insert.raw_bind_parameter(sql.now_param(), now)?;
-        let stored = insert.raw_execute()?;
-        self.next_seq = Some(first + rows as i64);
-        let mut present = [true; CHUNK];
-        let present = &mut present[..rows];
-        if stored == rows {
-            let bodies = stmt(&mut self.stmts.bodies[slot], conn, &sql.bodies)?;
-            for (j, (t, meta)) in tasks.iter().zip(metas).enumerate() {
-                let at = j * BODY_PARAMS;
-                bodies.raw_bind_parameter(at + 1, first + j as i64)?;
-                bodies.raw_bind_parameter(at + 2, &t.envelope)?;
-                bodies.raw_bind_parameter(at + 3, meta)?;
-            }
-            bodies.raw_execute()?;
-        } else {
-            // Some ids were remembered or stored: the rows that went in
-            // are those whose `seq` is now stored.
-            present.fill(false);
-            let mut seqs =
-                conn.prepare_cached("SELECT seq FROM tasks WHERE seq >= ?1 AND seq < ?2")?;
-            let found = seqs.query_map([first, first + rows as i64], |r| r.get::<_, i64>(0))?;
-            for seq in found {
-                if let Some(p) = usize::try_from(seq? - first)
-                    .ok()
-                    .and_then(|j| present.get_mut(j))
-                {
-                    *p = true;
-                }
-            }
-            let body = stmt(&mut self.stmts.body, conn, INSERT_BODY_SQL)?;
-            for (j, (t, meta)) in tasks.iter().zip(metas).enumerate() {
-                if present[j] {
-                    body.execute(params![first + j as i64, t.envelope, meta])?;
-                }
-            }
-        }
-        for (t, stored) in tasks.iter().zip(present.iter().copied()) {
-            out.push(if stored {
-                self.ready |= t.run_at_ms <= now;
-                EnqueueResult::Enqueued
-            } else {
-                EnqueueResult::IdExists
-            });
-        }
-        Ok(())
-    }
 }
 
 /// How many full chunks a run of `len` tasks is stored in (see
@@ -558,5 +419,91 @@ mod tests {
         assert_eq!(split(49), (0, 2, 9));
         assert_eq!(split(3), (0, 0, 3));
         assert_eq!(split(0), (0, 0, 0));
+    }
+
+    /// Issue 22, session 9: a large batch raises the writer's page cache to
+    /// about 1.5 KiB a task, up to a bound; a worker's small batches keep
+    /// the connection's own.
+    #[test]
+    fn bulk_enqueue_large_batches_get_room_in_the_page_cache() {
+        assert_eq!(bulk_cache_kib(1), None);
+        assert_eq!(bulk_cache_kib(64), None);
+        assert_eq!(bulk_cache_kib(341), None);
+        assert_eq!(bulk_cache_kib(342), Some(WRITER_CACHE_KIB + 513));
+        assert_eq!(bulk_cache_kib(1000), Some(WRITER_CACHE_KIB + 1500));
+        assert_eq!(bulk_cache_kib(100_000), Some(BULK_CACHE_MAX_KIB));
+        assert_eq!(bulk_cache_kib(usize::MAX), Some(BULK_CACHE_MAX_KIB));
+    }
+
+    /// Issue 22, session 9: a large batch raises the writer's page cache,
+    /// which stays raised (a smaller batch leaves it), and every task of
+    /// the batches is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_enqueue_large_batch_raises_the_cache_once() {
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use crate::checkpoint::WalState;
+        use crate::wake::Wake;
+        use crate::writer::{Writer, WriterEnv};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let conn = crate::schema::open_writer(
+            &path,
+            crate::Synchronous::Full,
+            Duration::from_secs(5),
+            crate::schema::NEW_DATABASE_PAGE_SIZE,
+        )
+        .unwrap();
+        let w = Writer::start(
+            conn,
+            WriterEnv {
+                path,
+                clock: Arc::new(sealq::SystemClock),
+                busy: Duration::from_millis(200),
+                max_group: 64,
+                replay_horizon_ms: 0,
+                wake: Arc::new(Wake::default()),
+                wal: Arc::new(WalState::default()),
+            },
+        )
+        .unwrap();
+        let mut caches = Vec::new();
+        for n in [1000, 400, 20] {
+            let tasks: Vec<NewTask> = (0..n)
+                .map(|_| sealq::testkit::fixtures::task_at("q", 0, 0))
+                .collect();
+            let metas = encode_metas(&tasks).unwrap();
+            let (results, cache) = w
+                .call(move |ctx| {
+                    let results = enqueue(ctx, &tasks, &metas)?;
+                    let cache = ctx
+                        .conn
+                        .query_row("PRAGMA cache_size", [], |r| r.get::<_, i64>(0))
+                        .unwrap();
+                    Ok((results, cache))
+                })
+                .await
+                .unwrap();
+            assert_eq!(results, vec![EnqueueResult::Enqueued; n]);
+            caches.push(cache);
+        }
+        let big = -i64::from(WRITER_CACHE_KIB + 1500);
+        assert_eq!(caches, [big, big, big]);
+        let stored: i64 = w
+            .call(|ctx| {
+                Ok(ctx
+                    .conn
+                    .query_row(
+                        "SELECT count(*) FROM tasks JOIN task_bodies USING (seq)",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .unwrap())
+            })
+            .await
+            .unwrap();
+        assert_eq!(stored, 1420);
     }
 }

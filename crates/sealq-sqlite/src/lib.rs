@@ -328,10 +328,17 @@ impl Broker for SqliteBroker {
         }
         // Encoded here, on the caller's thread: the writer thread is shared.
         let metas = enqueue::encode_metas(&tasks)?;
-        self.inner
+        // Shared with the operation, which the writer drops before it
+        // replies: the batch is freed here, on the caller's thread.
+        let batch = Arc::new((tasks, metas));
+        let op_batch = Arc::clone(&batch);
+        let results = self
+            .inner
             .writer
-            .call_leading(move |ctx| enqueue::enqueue(ctx, &tasks, &metas))
-            .await
+            .call_leading(move |ctx| enqueue::enqueue(ctx, &op_batch.0, &op_batch.1))
+            .await;
+        drop(batch);
+        results
     }
 
     async fn dequeue(&self, req: &DequeueRequest) -> BrokerResult<Vec<LeasedTask>> {

@@ -8,8 +8,9 @@
 //!
 //! Tables:
 //! - `tasks`: one row per task, a column per mutable [`sealq::broker::TaskRecord`]
-//!   field. `id` is the 16-byte UUID (so `ORDER BY id` is id order), `seq` a
-//!   stable integer key; the fields of [`sealq::TaskMeta`] the broker queries
+//!   field. `id` is the 16-byte UUID (so `ORDER BY id` is id order; since
+//!   migration 7 no `CHECK` on its length, which cost every bulk insert a
+//!   statement journal), `seq` a stable integer key; the fields of [`sealq::TaskMeta`] the broker queries
 //!   on (`subject_tag`, `max_retries`, `retention_ms`) are copied into
 //!   columns; `lease_token` is the current lease's token; `purge_at` is when a
 //!   completed task may be purged.
@@ -56,7 +57,7 @@ use crate::options::Synchronous;
 pub(crate) const APPLICATION_ID: i32 = 0x5345_414C;
 
 /// Migrations in order; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE tasks (
     seq              INTEGER PRIMARY KEY,
@@ -174,6 +175,53 @@ DROP INDEX tasks_ready;
 CREATE INDEX tasks_ready ON tasks (queue, run_at, id, state)
     WHERE (state = 'pending' OR state = 'scheduled' OR state = 'retry');
 "#,
+    // Migration 7: `tasks` without `CHECK (length(id) = 16)`. A function
+    // call in a table's constraints makes every multi-row insert into it
+    // keep a statement journal (a copy of each page it changes that
+    // existed before it), which the bulk enqueue's chunk statements are
+    // written to need no longer (issue 22; `enqueue::chunk`). Every id is
+    // bound from a 16-byte array, and a row whose id is not 16 bytes is
+    // quarantined when read, as before. SQLite cannot drop a constraint in
+    // place: the table is rebuilt (same columns in the same order, same
+    // `seq`s), and its indexes and trigger made again as migrations 1, 5
+    // and 6 left them. Dropping the old table drops its trigger before
+    // deleting its rows, so no body is deleted.
+    r#"
+CREATE TABLE tasks_v7 (
+    seq              INTEGER PRIMARY KEY,
+    id               BLOB UNIQUE NOT NULL,
+    queue            TEXT NOT NULL,
+    kind             TEXT NOT NULL,
+    subject_tag      BLOB,
+    max_retries      INTEGER NOT NULL,
+    retention_ms     INTEGER NOT NULL,
+    state            TEXT NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    run_at           INTEGER NOT NULL,
+    last_error       BLOB,
+    result           BLOB,
+    archive_reason   TEXT,
+    lease_token      INTEGER,
+    lease_expires_at INTEGER,
+    worker           TEXT,
+    finished_at      INTEGER,
+    purge_at         INTEGER,
+    updated_at       INTEGER NOT NULL
+);
+INSERT INTO tasks_v7 SELECT * FROM tasks;
+DROP TABLE tasks;
+ALTER TABLE tasks_v7 RENAME TO tasks;
+CREATE TRIGGER tasks_delete_body AFTER DELETE ON tasks BEGIN
+    DELETE FROM task_bodies WHERE seq = OLD.seq;
+END;
+CREATE INDEX tasks_ready ON tasks (queue, run_at, id, state)
+    WHERE (state = 'pending' OR state = 'scheduled' OR state = 'retry');
+CREATE INDEX tasks_due ON tasks (run_at) WHERE state IN ('scheduled', 'retry');
+CREATE INDEX tasks_lease ON tasks (lease_expires_at) WHERE state = 'active';
+CREATE INDEX tasks_purge ON tasks (purge_at) WHERE purge_at IS NOT NULL;
+CREATE INDEX tasks_queue_state ON tasks (queue, state) WHERE state != 'pending';
+CREATE INDEX tasks_subject ON tasks (subject_tag) WHERE subject_tag IS NOT NULL;
+"#,
 ];
 
 /// The condition of the `tasks_queue_state` index (migration 6), word for
@@ -226,7 +274,7 @@ fn check_header(path: &Path) -> Result<(), BrokerError> {
 /// "The embedded worker's memory" and "SQLite worker memory and
 /// quiet-machine ratios"). 64 pages of 8 KiB (128 of 4 KiB in an older
 /// database): more than a lease or ack group of a few hundred tasks dirties.
-const WRITER_CACHE_KIB: u32 = 512;
+pub(crate) const WRITER_CACHE_KIB: u32 = 512;
 
 /// The page size of a new database, in bytes (SQLite's default is 4096). A
 /// task is about 1.3 KiB across its rows (the sealed envelope, its metadata,
@@ -424,128 +472,4 @@ fn migrate(path: &Path, conn: &Connection, busy: Duration) -> Result<(), BrokerE
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Column `col` of every row of `sql` (parameters left unbound).
-    fn column(conn: &Connection, sql: &str, col: usize) -> Vec<String> {
-        let mut stmt = conn.prepare(sql).unwrap();
-        let mut rows = stmt.raw_query();
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().unwrap() {
-            out.push(row.get(col).unwrap());
-        }
-        out
-    }
-
-    /// The operations (`opcode` column) of `EXPLAIN sql`.
-    fn opcodes(conn: &Connection, sql: &str) -> Vec<String> {
-        column(conn, &format!("EXPLAIN {sql}"), 1)
-    }
-
-    fn writer() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = open_writer(
-            &dir.path().join("q.db"),
-            Synchronous::Full,
-            Duration::from_secs(1),
-            NEW_DATABASE_PAGE_SIZE,
-        )
-        .unwrap();
-        (dir, conn)
-    }
-
-    /// Issue 22, bulk enqueue: inserting a task, and changing its state,
-    /// evaluate the partial indexes' conditions without building a
-    /// temporary b-tree per statement run (what `state IN (three
-    /// constants)` cost on every row).
-    #[test]
-    fn bulk_enqueue_task_writes_build_no_temporary_btree() {
-        let (_dir, conn) = writer();
-        for sql in [
-            "INSERT INTO tasks (id, queue, kind, subject_tag, max_retries, retention_ms, \
-             state, attempts, run_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9) ON CONFLICT (id) DO NOTHING",
-            "UPDATE tasks SET state = 'active', attempts = attempts + 1 WHERE seq = ?1",
-            "UPDATE tasks SET state = 'completed' WHERE seq = ?1 AND state = 'active'",
-            "UPDATE tasks SET state = 'retry', run_at = ?2 WHERE seq = ?1",
-        ] {
-            let ops = opcodes(&conn, sql);
-            assert!(ops.iter().any(|o| o == "IdxInsert"), "{sql}: {ops:?}");
-            assert!(
-                !ops.iter().any(|o| o == "OpenEphemeral"),
-                "{sql} builds a temporary b-tree: {ops:?}"
-            );
-        }
-    }
-
-    /// Issue 22: with `tasks_ready`'s condition as comparisons, dequeue's
-    /// query still reads the ready tasks through that index, in order.
-    #[test]
-    fn bulk_enqueue_dequeue_still_reads_through_tasks_ready() {
-        let (_dir, conn) = writer();
-        let plan = column(
-            &conn,
-            &format!("EXPLAIN QUERY PLAN {}", *crate::ops::READY_SQL),
-            3,
-        );
-        assert_eq!(
-            plan,
-            // Covering since migration 6 (the state is in the index).
-            ["SEARCH tasks USING COVERING INDEX tasks_ready (queue=? AND run_at<?)"],
-            "no sort, no other index"
-        );
-    }
-
-    /// Issue 22, bulk enqueue: with `tasks_queue_state` leaving pending
-    /// tasks out (migration 6), stats and the capped queues' count still
-    /// read covering index scans, without sorting.
-    #[test]
-    fn bulk_enqueue_stats_and_room_read_through_partial_indexes() {
-        let (_dir, conn) = writer();
-        let plan = |sql: &str| column(&conn, &format!("EXPLAIN QUERY PLAN {sql}"), 3);
-        assert_eq!(
-            plan(&crate::read::STATS_NOT_PENDING_SQL),
-            ["SCAN tasks USING COVERING INDEX tasks_queue_state"]
-        );
-        assert_eq!(
-            plan(&crate::read::STATS_PENDING_SQL),
-            ["SCAN tasks USING COVERING INDEX tasks_ready"]
-        );
-        assert_eq!(
-            plan(&crate::enqueue::WAITING_SQL),
-            ["SEARCH tasks USING COVERING INDEX tasks_ready (queue=?)"]
-        );
-        let listed = plan(&format!(
-            "SELECT id FROM tasks t WHERE t.queue = ?1 AND t.state = ?2 AND {NOT_PENDING} \
-             ORDER BY t.id"
-        ));
-        assert!(
-            listed[0].contains("USING INDEX tasks_queue_state (queue=? AND state=?)"),
-            "{listed:?}"
-        );
-    }
-
-    fn cache_size(conn: &Connection) -> i64 {
-        conn.query_row("PRAGMA cache_size", [], |r| r.get(0))
-            .unwrap()
-    }
-
-    /// Issue 22, "worker RSS at most 16 MiB": the page caches of the write
-    /// and read connections are bounded below SQLite's 2,000 KiB default.
-    #[test]
-    fn worker_rss_page_caches_of_writer_and_readers_are_bounded() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("q.db");
-        let writer = open_writer(
-            &path,
-            Synchronous::Full,
-            Duration::from_secs(5),
-            NEW_DATABASE_PAGE_SIZE,
-        )
-        .unwrap();
-        assert_eq!(cache_size(&writer), -i64::from(WRITER_CACHE_KIB));
-        let reader = open_reader(&path).unwrap();
-        assert_eq!(cache_size(&reader), -i64::from(READER_CACHE_KIB));
-    }
-}
+mod tests;

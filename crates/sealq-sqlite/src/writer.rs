@@ -141,7 +141,17 @@ where
     F: FnMut(&mut OpCtx<'_>) -> BrokerResult<T> + Send + 'static,
 {
     fn finish(self: Box<Self>, commit: Result<(), &BrokerError>) {
-        let reply = match (commit, self.job.result) {
+        let TypedJob {
+            job: InlineJob { op, result },
+            reply: tx,
+        } = *self;
+        // The operation (and what it captured) goes before the reply: a
+        // caller that shares its input with it (`Arc`) then holds the last
+        // reference and frees it on its own thread, not on this one, which
+        // every write of the store waits for (freeing a bulk enqueue's
+        // envelopes, allocated by other threads, took this one's time).
+        drop(op);
+        let reply = match (commit, result) {
             (Ok(()), Some(result)) => result,
             (Err(e), _) => Err(copy_error(e)),
             (Ok(()), None) => Err(BrokerError::new(
@@ -149,7 +159,7 @@ where
                 "internal error: operation was not run",
             )),
         };
-        let _ = self.reply.send(reply);
+        let _ = tx.send(reply);
     }
 }
 

@@ -324,7 +324,7 @@ async fn bulk_enqueue_a_version_5_store_migrates_tasks_queue_state() {
         .unwrap()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 6);
+    assert_eq!(version, 7);
     let raw = Connection::open(&path).unwrap();
     let sql: String = raw
         .query_row(
@@ -345,4 +345,110 @@ async fn bulk_enqueue_a_version_5_store_migrates_tasks_queue_state() {
         again.push(b.list(&q).await.unwrap().len());
     }
     assert_eq!(again, listed);
+}
+
+/// The `tasks` columns of every stored task but its `seq`, by id.
+fn task_columns(path: &std::path::Path) -> Vec<Vec<rusqlite::types::Value>> {
+    let raw = Connection::open(path).unwrap();
+    let mut stmt = raw
+        .prepare(
+            "SELECT id, queue, kind, subject_tag, max_retries, retention_ms, state, attempts, \
+             run_at, updated_at, b.envelope, b.meta FROM tasks JOIN task_bodies b USING (seq) \
+             ORDER BY id",
+        )
+        .unwrap();
+    stmt.query_map([], |r| (0..12).map(|i| r.get(i)).collect())
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Issue 22, session 9: a chunk binds the queue, kind, subject tag, retry
+/// limit and retention once when its tasks share them, and per task when
+/// they do not; either way every column and body is the one storing the
+/// tasks one at a time writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_enqueue_chunks_of_shared_and_own_values_store_each_tasks_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_now();
+    let now = clock.now_ms();
+    // A shared chunk (some scheduled later), a chunk where each of the
+    // values differs somewhere, and a short run of shared values.
+    let mut tasks: Vec<NewTask> = (0..50).map(|_| task_at("q", now, now)).collect();
+    for t in tasks.iter_mut().step_by(7) {
+        t.run_at_ms = now + 60_000;
+    }
+    let mut own: Vec<NewTask> = (0..50).map(|_| task_at("q", now, now)).collect();
+    for (i, t) in own.iter_mut().enumerate() {
+        match i % 5 {
+            0 => t.queue = format!("q{}", i % 3),
+            1 => t.kind = format!("kind.{i}"),
+            2 => t.meta.subject_tag = Some(subject(i as u8)),
+            3 => t.meta.max_retries = i as u32,
+            _ => t.meta.retention_ms = 1_000 * i as u64,
+        }
+    }
+    tasks.extend(own);
+    tasks.extend((0..20).map(|_| task_at("r", now, now)));
+
+    let bulk_path = dir.path().join("bulk.db");
+    let bulk = open(&bulk_path, &clock);
+    assert_eq!(
+        bulk.enqueue(tasks.clone()).await.unwrap(),
+        vec![EnqueueResult::Enqueued; 120]
+    );
+    let single_path = dir.path().join("single.db");
+    let single = open(&single_path, &clock);
+    for t in &tasks {
+        single.enqueue(vec![t.clone()]).await.unwrap();
+    }
+    drop((bulk, single));
+    let got = task_columns(&bulk_path);
+    assert_eq!(got.len(), 120);
+    assert_eq!(got, task_columns(&single_path));
+}
+
+/// Issue 22, session 9: when `task_bodies` does not end where `tasks` does
+/// (a body deleted by hand, or one left over), the chunk gives each body
+/// its task's `seq` itself, and every task is stored with its own body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_enqueue_chunk_gives_bodies_their_seq_when_the_tables_end_apart() {
+    for damage in [
+        "DELETE FROM task_bodies WHERE seq = (SELECT max(seq) FROM task_bodies)",
+        "INSERT INTO task_bodies (seq, envelope, meta) VALUES (100000, x'00', x'80')",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let clock = ManualClock::starting_now();
+        let now = clock.now_ms();
+        let b = open(&path, &clock);
+        b.enqueue((0..3).map(|_| task_at("q", now, now)).collect())
+            .await
+            .unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(damage)
+            .unwrap();
+        let tasks: Vec<NewTask> = (0..70).map(|_| task_at("q", now, now)).collect();
+        assert_eq!(
+            b.enqueue(tasks.clone()).await.unwrap(),
+            vec![EnqueueResult::Enqueued; 70],
+            "{damage}"
+        );
+        for t in &tasks {
+            let rec = b.get(t.id).await.unwrap().expect("stored");
+            assert_eq!(rec.envelope, t.envelope, "{damage}: {}", t.id);
+            assert_eq!(rec.meta, t.meta, "{damage}: {}", t.id);
+        }
+        let raw = Connection::open(&path).unwrap();
+        let unmatched: i64 = raw
+            .query_row(
+                "SELECT count(*) FROM tasks t WHERE t.seq > 3 AND NOT EXISTS \
+                 (SELECT 1 FROM task_bodies b WHERE b.seq = t.seq)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(unmatched, 0, "{damage}");
+    }
 }

@@ -313,7 +313,7 @@ async fn a_version_2_store_migrates_to_key_checks_and_keeps_its_tasks() {
             .unwrap()
     );
     assert_eq!(b.key_checks().await.unwrap(), Some(vec![check]));
-    assert_eq!(user_version(&path), 6);
+    assert_eq!(user_version(&path), 7);
 }
 
 /// Migration 4 (the registry of live workers, issue 21) on a version-3
@@ -352,7 +352,7 @@ async fn live_workers_a_version_3_store_migrates_and_keeps_its_tasks() {
     let listed = b.list_workers().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].run_id, "r-1");
-    assert_eq!(user_version(&path), 6);
+    assert_eq!(user_version(&path), 7);
 }
 
 /// Migration 5 (issue 22, bulk enqueue: `tasks_ready`'s condition as
@@ -387,7 +387,7 @@ async fn bulk_enqueue_a_version_4_store_migrates_tasks_ready() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!(v, 6);
+    assert_eq!(v, 7);
     assert!(
         sql.contains("state = 'pending' OR state = 'scheduled' OR state = 'retry'"),
         "{sql}"
