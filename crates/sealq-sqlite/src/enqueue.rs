@@ -440,11 +440,8 @@ mod tests {
     /// the batches is stored.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bulk_enqueue_large_batch_raises_the_cache_once() {
-        use std::sync::Arc;
         use std::time::Duration;
 
-        use crate::checkpoint::WalState;
-        use crate::wake::Wake;
         use crate::writer::{Writer, WriterEnv};
 
         let dir = tempfile::tempdir().unwrap();
@@ -456,19 +453,7 @@ mod tests {
             crate::schema::NEW_DATABASE_PAGE_SIZE,
         )
         .unwrap();
-        let w = Writer::start(
-            conn,
-            WriterEnv {
-                path,
-                clock: Arc::new(sealq::SystemClock),
-                busy: Duration::from_millis(200),
-                max_group: 64,
-                replay_horizon_ms: 0,
-                wake: Arc::new(Wake::default()),
-                wal: Arc::new(WalState::default()),
-            },
-        )
-        .unwrap();
+        let w = Writer::start(conn, WriterEnv::for_tests(path)).unwrap();
         let mut caches = Vec::new();
         for n in [1000, 400, 20] {
             let tasks: Vec<NewTask> = (0..n)

@@ -76,6 +76,23 @@ pub(crate) struct WriterEnv {
     pub(crate) wal: Arc<WalState>,
 }
 
+#[cfg(test)]
+impl WriterEnv {
+    /// The environment a unit test's writer runs in: the system clock,
+    /// groups of 64, no replay memory horizon.
+    pub(crate) fn for_tests(path: PathBuf) -> Self {
+        WriterEnv {
+            path,
+            clock: Arc::new(sealq::SystemClock),
+            busy: Duration::from_millis(200),
+            max_group: 64,
+            replay_horizon_ms: 0,
+            wake: Arc::new(Wake::default()),
+            wal: Arc::new(WalState::default()),
+        }
+    }
+}
+
 /// What an operation sees while it runs inside the group's transaction.
 pub(crate) struct OpCtx<'a> {
     /// The write connection, inside `BEGIN IMMEDIATE`.

@@ -8,19 +8,7 @@ fn writer(dir: &tempfile::TempDir) -> Writer {
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (n INTEGER)")
         .unwrap();
-    Writer::start(
-        conn,
-        WriterEnv {
-            path,
-            clock: Arc::new(sealq::SystemClock),
-            busy: Duration::from_millis(200),
-            max_group: 64,
-            replay_horizon_ms: 0,
-            wake: Arc::new(Wake::default()),
-            wal: Arc::new(WalState::default()),
-        },
-    )
-    .unwrap()
+    Writer::start(conn, WriterEnv::for_tests(path)).unwrap()
 }
 
 /// Insert a row; return the name of the thread that ran the insert.
