@@ -88,6 +88,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "plans by key",
         sql: include_str!("migrations/0012_plans_by_key.sql"),
     },
+    Migration {
+        version: 13,
+        name: "bounded waiting depths",
+        sql: include_str!("migrations/0013_bounded_waiting_depths.sql"),
+    },
 ];
 
 /// The schema version this build writes and expects.

@@ -430,6 +430,76 @@ async fn operations_queue_metrics_never_read_the_retained_completed_tasks() {
     assert_eq!((e.pending, e.completed), (5, 60_000));
 }
 
+/// Operations, queue metrics under a backlog (session 9's finding): the
+/// waiting tasks were counted exactly, each one's row visited (278-296 ms
+/// at 500,000 pending tasks), by every worker every 15 s. Migration 13
+/// counts them queue by queue, exactly up to 10,000 and estimated above:
+/// a queue of 12,000 pending tasks reads at most 10,001 of them once the
+/// table has statistics (and shows what it read, flagged as an estimate,
+/// before), while a small queue beside it stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_queue_metrics_read_at_most_ten_thousand_waiting_tasks_a_queue() {
+    let (_, broker, client) = unanalyzed_db().await;
+    let now = sealq::clock::system_clock().now_ms();
+    let task = |q: &str| sealq::testkit::fixtures::task_at(q, now, now);
+    for _ in 0..12 {
+        broker
+            .enqueue((0..1000).map(|_| task("backlog")).collect())
+            .await
+            .unwrap();
+    }
+    broker
+        .enqueue((0..5).map(|_| task("small")).collect())
+        .await
+        .unwrap();
+    broker
+        .enqueue(vec![sealq::testkit::fixtures::task_at(
+            "small",
+            now + 3_600_000,
+            now,
+        )])
+        .await
+        .unwrap();
+    let small_is_exact = |rows: &[Depth]| {
+        assert!(
+            rows.contains(&("small".into(), "pending".into(), 5, false)),
+            "{rows:?}"
+        );
+        assert!(
+            rows.contains(&("small".into(), "scheduled".into(), 1, false)),
+            "{rows:?}"
+        );
+    };
+
+    // No statistics yet: what the probe saw, flagged.
+    let (rows, _, seq_rows) = queue_depths(&client).await;
+    assert_eq!(seq_rows, 0, "the depths read the task table sequentially");
+    small_is_exact(&rows);
+    let backlog: Vec<&Depth> = rows.iter().filter(|r| r.0 == "backlog").collect();
+    assert_eq!(
+        backlog,
+        vec![&("backlog".to_owned(), "pending".to_owned(), 10_001, true)]
+    );
+
+    // With statistics: an estimate, and at most 10,001 of the backlog read.
+    client.batch_execute("ANALYZE sealq.tasks").await.unwrap();
+    let (rows, index_entries, seq_rows) = queue_depths(&client).await;
+    assert_eq!(seq_rows, 0, "the depths read the task table sequentially");
+    assert!(
+        index_entries <= 10_100,
+        "the depths read {index_entries} index entries of sealq.tasks for 12,006 waiting tasks"
+    );
+    small_is_exact(&rows);
+    let estimate = rows
+        .iter()
+        .find(|r| r.0 == "backlog" && r.1 == "pending")
+        .expect("the backlog's pending depth");
+    assert!(
+        estimate.3 && (10_800..=13_200).contains(&estimate.2),
+        "{estimate:?}"
+    );
+}
+
 /// A fresh database, a broker and a plain client on it, with autovacuum off
 /// for the task table: no statistics unless a test gathers them (autovacuum
 /// would analyze the table behind the test).
