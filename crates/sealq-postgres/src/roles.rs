@@ -352,8 +352,12 @@ pub const FUNCTIONS: &[FunctionGrant] = &[
 ];
 
 /// Functions of the schema that no role may call directly (trigger
-/// functions).
-pub const UNGRANTED: &[&str] = &["sealq.audit_refuse_change()", "sealq.drop_bodies()"];
+/// functions, and helpers that definer functions call as the owner).
+pub const UNGRANTED: &[&str] = &[
+    "sealq.audit_refuse_change()",
+    "sealq.drop_bodies()",
+    "sealq.queue_depth_estimates()",
+];
 
 /// The functions `role` may call.
 pub fn functions_of(role: Role) -> impl Iterator<Item = &'static str> {

@@ -343,13 +343,22 @@ impl Store<'_> {
         out: &mut Vec<EnqueueResult>,
     ) -> rusqlite::Result<()> {
         let split = full_chunks(tasks.len()) * CHUNK;
-        for (ts, ms) in tasks[..split]
-            .chunks_exact(CHUNK)
-            .zip(metas[..split].chunks_exact(CHUNK))
-        {
+        self.chunks_of(CHUNK, &tasks[..split], &metas[..split], out)?;
+        self.rest(&tasks[split..], &metas[split..], out)
+    }
+
+    /// Store `tasks` (a multiple of `size` of them) `size` at a time.
+    fn chunks_of(
+        &mut self,
+        size: usize,
+        tasks: &[NewTask],
+        metas: &[Vec<u8>],
+        out: &mut Vec<EnqueueResult>,
+    ) -> rusqlite::Result<()> {
+        for (ts, ms) in tasks.chunks_exact(size).zip(metas.chunks_exact(size)) {
             self.chunk(ts, ms, out)?;
         }
-        self.rest(&tasks[split..], &metas[split..], out)
+        Ok(())
     }
 
     /// Store a run of tasks without unique keys, for uncapped queues:
@@ -362,12 +371,7 @@ impl Store<'_> {
         out: &mut Vec<EnqueueResult>,
     ) -> rusqlite::Result<()> {
         let chunked = tasks.len() / SMALL_CHUNK * SMALL_CHUNK;
-        for (ts, ms) in tasks[..chunked]
-            .chunks_exact(SMALL_CHUNK)
-            .zip(metas[..chunked].chunks_exact(SMALL_CHUNK))
-        {
-            self.chunk(ts, ms, out)?;
-        }
+        self.chunks_of(SMALL_CHUNK, &tasks[..chunked], &metas[..chunked], out)?;
         for (t, meta) in tasks[chunked..].iter().zip(&metas[chunked..]) {
             let r = self.one(t, meta, None)?;
             out.push(r);

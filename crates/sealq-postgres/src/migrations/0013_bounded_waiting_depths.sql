@@ -17,6 +17,28 @@
 -- Active, archived and completed tasks are counted as in migration 11.
 -- `Broker::stats` and `sealq queues` stay exact (`sealq.task_counts`).
 
+-- Depths by queue and state as the statistics estimate them: the
+-- table's row count at its last ANALYZE times the share of each (queue,
+-- state) in the MCV list of `sealq.tasks_queue_state` (migration 11). Only
+-- `sealq.queue_depths` calls it (as the schema owner): no role is granted it.
+CREATE FUNCTION sealq.queue_depth_estimates()
+RETURNS TABLE (r_queue text, r_state text, r_count bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT m.queue, m.state, round(m.freq * greatest(c.reltuples, 0))::bigint
+    FROM (SELECT s.most_common_vals[i][1] AS queue, s.most_common_vals[i][2] AS state,
+                 s.most_common_freqs[i] AS freq
+          FROM pg_stats_ext s,
+               generate_subscripts(s.most_common_freqs, 1) AS i
+          WHERE s.statistics_schemaname = 'sealq'
+            AND s.statistics_name = 'tasks_queue_state'
+            AND NOT s.inherited) m,
+         pg_class c
+    WHERE c.oid = 'sealq.tasks'::regclass
+$$;
+REVOKE ALL ON FUNCTION sealq.queue_depth_estimates() FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION sealq.queue_depths()
 RETURNS TABLE (r_queue text, r_state text, r_count bigint, r_estimated boolean)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -44,17 +66,8 @@ BEGIN
             GROUP BY t.queue, t.state;
         ELSE
             RETURN QUERY
-            SELECT m.queue, m.state, round(m.freq * greatest(c.reltuples, 0))::bigint, true
-            FROM (SELECT s.most_common_vals[i][1] AS queue, s.most_common_vals[i][2] AS state,
-                         s.most_common_freqs[i] AS freq
-                  FROM pg_stats_ext s,
-                       generate_subscripts(s.most_common_freqs, 1) AS i
-                  WHERE s.statistics_schemaname = 'sealq'
-                    AND s.statistics_name = 'tasks_queue_state'
-                    AND NOT s.inherited) m,
-                 pg_class c
-            WHERE c.oid = 'sealq.tasks'::regclass AND m.queue = v_queue
-              AND m.state IN ('pending', 'scheduled', 'retry');
+            SELECT e.r_queue, e.r_state, e.r_count, true FROM sealq.queue_depth_estimates() e
+            WHERE e.r_queue = v_queue AND e.r_state IN ('pending', 'scheduled', 'retry');
             IF NOT FOUND THEN
                 RETURN QUERY
                 SELECT v_queue, w.state, count(*), true FROM (
@@ -90,17 +103,8 @@ BEGIN
         GROUP BY t.queue, t.state;
     ELSE
         RETURN QUERY
-        SELECT m.queue, 'completed'::text,
-               round(m.freq * greatest(c.reltuples, 0))::bigint, true
-        FROM (SELECT s.most_common_vals[i][1] AS queue, s.most_common_vals[i][2] AS state,
-                     s.most_common_freqs[i] AS freq
-              FROM pg_stats_ext s,
-                   generate_subscripts(s.most_common_freqs, 1) AS i
-              WHERE s.statistics_schemaname = 'sealq'
-                AND s.statistics_name = 'tasks_queue_state'
-                AND NOT s.inherited) m,
-             pg_class c
-        WHERE c.oid = 'sealq.tasks'::regclass AND m.state = 'completed';
+        SELECT e.r_queue, e.r_state, e.r_count, true FROM sealq.queue_depth_estimates() e
+        WHERE e.r_state = 'completed';
     END IF;
 END
 $$;
