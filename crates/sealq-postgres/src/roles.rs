@@ -357,6 +357,9 @@ pub const UNGRANTED: &[&str] = &[
     "sealq.audit_refuse_change()",
     "sealq.drop_bodies()",
     "sealq.queue_depth_estimates()",
+    "sealq.remember_deleted_completed()",
+    "sealq.remember_reopened_completed()",
+    "sealq.remember_truncated_completed()",
 ];
 
 /// The functions `role` may call.

@@ -1,9 +1,11 @@
 //! Replay (finding 2 of the security review): a task whose id completed or
 //! was deleted never runs again, whatever its stored state says.
 //!
-//! The replay memory takes an id when its task completes (not when it is
-//! purged) and when it is deleted in any state; dequeue flags a leased task
-//! whose id is remembered `replayed` (the worker archives it `replay`
+//! The replay memory holds an id from the moment its task completes (not
+//! from when it is purged) and from when it is deleted in any state; how is
+//! the backend's affair (Postgres lets a kept completed row stand for it
+//! and copies the id when the row goes or changes). Dequeue flags a leased
+//! task whose id is remembered `replayed` (the worker archives it `replay`
 //! without running it). Two kinds of case:
 //!
 //! - plain conformance cases (`finding_2_…` in [`crate::conformance_tests!`]),
@@ -141,8 +143,9 @@ pub async fn finding_2_a_second_success_of_one_id_still_applies(ctx: Ctx, tamper
     );
 }
 
-/// The replay memory takes the id at completion: the same id is refused at
-/// enqueue while the completed task is retained, and after it is purged.
+/// The replay memory holds the id from its completion: the same id is
+/// refused at enqueue while the completed task is retained, and after it is
+/// purged.
 pub async fn finding_2_a_completed_id_is_refused_while_retained_and_after_purge(ctx: Ctx) {
     let t = ctx.task("rp-enq");
     ctx.enqueue_ok(vec![t.clone()]).await;
