@@ -14,6 +14,7 @@ mod output;
 mod serve;
 mod skipped;
 mod stdout;
+mod text_pages;
 
 use std::process::ExitCode;
 

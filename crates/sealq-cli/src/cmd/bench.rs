@@ -243,6 +243,8 @@ pub(crate) async fn run(global: &Global, args: BenchArgs) -> CliResult {
             enqueue_time = enqueue_all(&client, &args, &filler, &pb).await?;
         }
         (BenchRole::Worker, _) => {
+            // As `sealq work` does once started (see `text_pages`).
+            crate::text_pages::release();
             let h = worker.spawn();
             wait_done(h, args.tasks, &pb, limit, &mut segments).await?;
             process_time = started.elapsed();

@@ -94,6 +94,8 @@ pub(crate) async fn run(global: &Global, args: WorkerArgs) -> CliResult {
         })
         .build()?;
     let serving = crate::serve::start(&args.serve, recorder, health).await?;
+    // Start-up is over: its code pages can go (see the module).
+    crate::text_pages::release();
     let report = worker.run().await;
     // Commands of tasks the shutdown gave back: SIGKILL after their grace.
     runner.finish().await;
