@@ -14,6 +14,20 @@ use sealq::testkit::{Ctx, ManualClock, START_MS};
 use sealq_postgres::{PostgresBroker, PostgresOptions};
 use uuid::Uuid;
 
+/// A fresh database, a broker on it on a manual clock, and an owner's
+/// connection to look at the tables.
+async fn setup() -> (Ctx, tokio_postgres::Client) {
+    let url = support::fresh_db().await;
+    let clock = ManualClock::new(START_MS);
+    let broker = PostgresBroker::connect_with(&url, PostgresOptions::with_clock(clock.clone()))
+        .await
+        .expect("connect");
+    (
+        Ctx::new(Arc::new(broker), clock),
+        support::client(&url).await,
+    )
+}
+
 /// When the replay memory says `id` completed, if it holds it.
 async fn remembered(client: &tokio_postgres::Client, id: Uuid) -> Option<i64> {
     client
@@ -28,13 +42,7 @@ async fn remembered(client: &tokio_postgres::Client, id: Uuid) -> Option<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_2_every_way_a_completed_row_goes_leaves_its_id_remembered() {
-    let url = support::fresh_db().await;
-    let clock = ManualClock::new(START_MS);
-    let broker = PostgresBroker::connect_with(&url, PostgresOptions::with_clock(clock.clone()))
-        .await
-        .expect("connect");
-    let ctx = Ctx::new(Arc::new(broker), clock);
-    let client = support::client(&url).await;
+    let (ctx, client) = setup().await;
     let q = "rm-ways";
     let tasks: Vec<_> = (0..6).map(|_| ctx.task(q)).collect();
     ctx.enqueue_ok(tasks.clone()).await;
@@ -126,13 +134,7 @@ async fn finding_2_every_way_a_completed_row_goes_leaves_its_id_remembered() {
 /// (a second success) is reported as repeated and refreshes its entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_2_only_a_completed_row_leaving_writes_the_memory() {
-    let url = support::fresh_db().await;
-    let clock = ManualClock::new(START_MS);
-    let broker = PostgresBroker::connect_with(&url, PostgresOptions::with_clock(clock.clone()))
-        .await
-        .expect("connect");
-    let ctx = Ctx::new(Arc::new(broker), clock);
-    let client = support::client(&url).await;
+    let (ctx, client) = setup().await;
     let q = "rm-other";
     let tasks: Vec<_> = (0..4).map(|_| ctx.task(q)).collect();
     ctx.enqueue_ok(tasks.clone()).await;
