@@ -117,6 +117,12 @@ impl Default for Frames {
 /// when one such group was enough).
 const LONE_STREAK: u32 = 32;
 
+/// Small commits in a row after which the WAL file is grown ahead (see
+/// [`WalState::grow_due`]): a large commit now and then (a bulk enqueue
+/// beside one-call producers) restarts the count, and a stray small commit
+/// after a bulk enqueue does not zero 37 MB.
+const GROW_STREAK: u32 = 16;
+
 /// The checkpointer also runs after this long without a request.
 pub(crate) const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 
@@ -133,6 +139,8 @@ pub(crate) struct WalState {
     /// checkpointer then starts no round of its own (a round in progress
     /// holds SQLite's checkpoint lock, and the writer's attempt would fail).
     restart_wanted: AtomicBool,
+    /// Small commits (at most [`SMALL_COMMIT_PAGES`] frames) in a row.
+    smalls: AtomicU32,
     /// Set once this process has grown the WAL file to its working size
     /// (or tried to): see the `wal_size` module.
     grown: AtomicBool,
@@ -157,6 +165,24 @@ impl WalState {
     /// Frames in the WAL after the writer's last commit.
     pub(crate) fn pages(&self) -> i32 {
         self.pages.load(Ordering::Relaxed)
+    }
+
+    /// Record a commit after which the WAL holds `pages` frames (the WAL
+    /// hook); returns how many frames it added.
+    fn after_commit(&self, pages: i32) -> i32 {
+        let before = self.pages.swap(pages, Ordering::Relaxed);
+        let added = if pages > before {
+            pages - before
+        } else {
+            pages
+        };
+        self.added.store(added, Ordering::Relaxed);
+        if added <= self.frames.small_commit {
+            self.smalls.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.smalls.store(0, Ordering::Relaxed);
+        }
+        added
     }
 
     /// Record a commit of `ops` operations (a caller's own, or a writer
@@ -191,17 +217,33 @@ impl WalState {
         self.added.load(Ordering::Relaxed) <= self.frames.small_commit
     }
 
+    /// Whether the WAL file is due to grow to its working size (the
+    /// `wal_size` module): once per process, when the WAL holds
+    /// [`GROW_AFTER_PAGES`] frames and the last [`GROW_STREAK`] commits
+    /// were small. Small commits are the ones that gain: each pays its own
+    /// fdatasync, which a growing file makes also commit the file system's
+    /// journal. Large ones (a bulk enqueue's batches) do not wait for it:
+    /// their fdatasync writes far more than the journal's few blocks, and
+    /// zeroing the file would write the whole first pass of the WAL twice,
+    /// the zeros first, in the middle of the bulk enqueue (40 ms of a
+    /// 190 ms bulk enqueue of 20,000 tasks, measured in
+    /// `docs/benchmarks.md`, "SQLite bulk at session 10").
+    fn grow_due(&self) -> bool {
+        !self.grown.load(Ordering::Relaxed)
+            && self.pages() >= self.frames.grow_after
+            && self.smalls.load(Ordering::Relaxed) >= GROW_STREAK
+    }
+
     /// Whether the writer thread has WAL work to do between two groups: a
-    /// restart ([`Self::restart_due`]), or growing the WAL file once, when
-    /// it first holds [`GROW_AFTER_PAGES`] frames in this process.
+    /// restart ([`Self::restart_due`]), or growing the WAL file once
+    /// ([`Self::grow_due`]).
     pub(crate) fn work_due(&self) -> bool {
-        self.restart_due()
-            || (self.pages() >= self.frames.grow_after && !self.grown.load(Ordering::Relaxed))
+        self.restart_due() || self.grow_due()
     }
 
     /// The writer thread's WAL work between two groups ([`Self::work_due`]).
     pub(crate) fn do_work(&self, conn: &Connection, path: &Path) {
-        if self.pages() >= self.frames.grow_after && !self.grown.swap(true, Ordering::Relaxed) {
+        if self.grow_due() && !self.grown.swap(true, Ordering::Relaxed) {
             match crate::wal_size::grow(conn, path) {
                 Ok(bytes) => {
                     tracing::debug!(path = %path.display(), bytes, "WAL file grown ahead")
@@ -260,13 +302,7 @@ pub(crate) fn install(conn: &mut Connection, path: &Path) -> Result<Arc<WalState
     let mut next_request = every;
     // Replaces SQLite's automatic checkpoint (which is itself a WAL hook).
     conn.wal_hook(Some(move |_wal: &mut rusqlite::hooks::Wal, pages: i32| {
-        let before = hook_state.pages.swap(pages, Ordering::Relaxed);
-        let added = if pages > before {
-            pages - before
-        } else {
-            pages
-        };
-        hook_state.added.store(added, Ordering::Relaxed);
+        hook_state.after_commit(pages);
         if pages < next_request - every {
             // The WAL restarted from its start.
             next_request = every;
@@ -363,6 +399,46 @@ mod tests {
         w.pages.store(2000, Ordering::Relaxed);
         assert!(w.restart_due(), "8000 frames of 4 KiB are 2000 of 16 KiB");
         assert_eq!(Frames::for_page_size(65536).small_commit, 4);
+    }
+
+    /// Issue 22 (bulk enqueue), session 10: the WAL file is grown ahead once
+    /// small commits run (GROW_STREAK in a row, the WAL past
+    /// GROW_AFTER_PAGES), never after a bulk enqueue's large commits, and
+    /// only once.
+    #[test]
+    fn bulk_enqueue_large_commits_never_grow_the_wal_file() {
+        let w = WalState::default();
+        for n in 1..=3 {
+            assert_eq!(w.after_commit(n * 400), 400);
+        }
+        assert!(!w.work_due(), "large commits past GROW_AFTER_PAGES");
+        let mut pages = 1200;
+        for _ in 1..GROW_STREAK {
+            pages += 3;
+            w.after_commit(pages);
+        }
+        assert!(!w.work_due(), "a short streak of small commits");
+        pages += SMALL_COMMIT_PAGES;
+        assert_eq!(w.after_commit(pages), SMALL_COMMIT_PAGES);
+        assert!(w.work_due(), "GROW_STREAK small commits in a row");
+        pages += SMALL_COMMIT_PAGES + 1;
+        w.after_commit(pages);
+        assert!(!w.work_due(), "a large commit restarts the streak");
+        for _ in 0..GROW_STREAK {
+            pages += 1;
+            w.after_commit(pages);
+        }
+        assert!(w.work_due());
+        w.grown.store(true, Ordering::Relaxed);
+        assert!(!w.work_due(), "grown once per process");
+
+        let small = WalState::default();
+        for n in 1..=2 * GROW_STREAK {
+            small.after_commit(i32::try_from(n).unwrap());
+        }
+        assert!(!small.work_due(), "small commits of a small WAL");
+        small.after_commit(GROW_AFTER_PAGES);
+        assert!(!small.work_due(), "that commit was large");
     }
 
     /// Issue 22: a lone caller's small commits restart the WAL at

@@ -98,8 +98,10 @@ pub(crate) fn enqueue(
         }
     }
     // A large batch gets room in the page cache for every page it writes
-    // until the commit ([`bulk_cache_kib`]).
-    if let Some(kib) = bulk_cache_kib(tasks.len()) {
+    // until the commit ([`bulk_cache_kib`]), with those of the batches
+    // before it in the same transaction.
+    ctx.txn_tasks = ctx.txn_tasks.saturating_add(tasks.len());
+    if let Some(kib) = bulk_cache_kib(ctx.txn_tasks) {
         raise_cache_kib(conn, kib).map_err(err)?;
     }
     let (results, ready) =
@@ -423,6 +425,40 @@ mod tests {
         assert_eq!(split(49), (0, 2, 9));
         assert_eq!(split(3), (0, 0, 3));
         assert_eq!(split(0), (0, 0, 0));
+    }
+
+    /// Issue 22 (bulk enqueue), session 10: a bulk enqueue's batch is
+    /// stored by the writer thread even when the writer is idle, where a
+    /// one-call enqueue leads (stores on its caller's thread, no group of
+    /// the writer thread): the bulk enqueue's task goes on sealing its next
+    /// batch meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_enqueue_batches_are_stored_by_the_writer_thread() {
+        use sealq::broker::Broker as _;
+
+        let dir = tempfile::tempdir().unwrap();
+        let broker = crate::SqliteBroker::open(dir.path().join("q.db")).unwrap();
+        let writer = &broker.inner.writer;
+        let task = || sealq::testkit::fixtures::task_at("q", 0, 0);
+        let before = writer.groups_run();
+        for _ in 0..3 {
+            let r = broker.enqueue(vec![task()]).await.unwrap();
+            assert_eq!(r, vec![EnqueueResult::Enqueued]);
+        }
+        assert_eq!(
+            writer.groups_run(),
+            before,
+            "one-call enqueues on an idle writer lead"
+        );
+        for n in 1..=3 {
+            let r = broker
+                .enqueue_bulk_batch((0..100).map(|_| task()).collect())
+                .await
+                .unwrap();
+            assert_eq!(r, vec![EnqueueResult::Enqueued; 100]);
+            assert_eq!(writer.groups_run(), before + n, "batch {n}");
+        }
+        assert_eq!(broker.stats().await.unwrap()[0].pending, 303);
     }
 
     /// Issue 22, session 9: a large batch raises the writer's page cache to

@@ -37,7 +37,12 @@ impl Client {
     /// answered.
     /// Batches are at most the broker's [`Broker::bulk_batch_limit`] (256 on
     /// Redis, where one call holds the server: smaller calls keep workers
-    /// sharing it fed, at the same enqueue rate).
+    /// sharing it fed, at the same enqueue rate). Each is sent with
+    /// [`Broker::enqueue_bulk_batch`]: one broker call, applied atomically
+    /// and durable (as the broker makes an enqueue durable) before it is
+    /// answered, stored off this call's task where the broker would
+    /// otherwise store it in place (SQLite's writer thread), so that the
+    /// task goes on sealing the next batch.
     ///
     /// Unlike [`Client::enqueue_batch`] this is not atomic: each batch is
     /// applied on its own. The results are per task, in order. If a batch
@@ -49,6 +54,7 @@ impl Client {
     /// for.
     ///
     /// [`Broker::bulk_batch_limit`]: crate::store::broker::Broker::bulk_batch_limit
+    /// [`Broker::enqueue_bulk_batch`]: crate::store::broker::Broker::enqueue_bulk_batch
     pub async fn enqueue_bulk<I>(&self, tasks: I, batch: usize) -> Vec<Result<TaskId>>
     where
         I: IntoIterator<Item = RawTask>,
@@ -105,7 +111,7 @@ impl Client {
                     break;
                 }
             };
-            sent.push_back(async move { (n, self.submit(p).await) });
+            sent.push_back(async move { (n, self.submit(p, true).await) });
             // At most IN_FLIGHT sent: wait for the oldest (this also sends
             // the one just added).
             while sent.len() >= IN_FLIGHT {

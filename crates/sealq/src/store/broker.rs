@@ -382,6 +382,18 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
+    /// Store one batch of a bulk enqueue ([`crate::Client::enqueue_bulk`]):
+    /// as [`Broker::enqueue`] (one result per task, in order, the batch
+    /// applied atomically and durable before the call returns), for a
+    /// caller that has its next batch to seal meanwhile. A backend that
+    /// would run a lone caller's write on the caller's own thread hands it
+    /// to a thread of its own instead, so that the caller's task goes on
+    /// preparing the next batch (SQLite: its writer thread, never a
+    /// leading caller). The default calls [`Broker::enqueue`].
+    async fn enqueue_bulk_batch(&self, tasks: Vec<NewTask>) -> BrokerResult<Vec<EnqueueResult>> {
+        self.enqueue(tasks).await
+    }
+
     /// The ceiling of a worker's adaptive prefetch, in tasks per handler
     /// slot (`None`: the worker's own, 16 per slot and 4,096 at most). A
     /// backend whose lease is a local call sets a lower one: a few
