@@ -141,6 +141,8 @@ pub(crate) struct WalState {
     restart_wanted: AtomicBool,
     /// Small commits (at most [`SMALL_COMMIT_PAGES`] frames) in a row.
     smalls: AtomicU32,
+    /// Set once the WAL has restarted from its start in this process.
+    restarted: AtomicBool,
     /// Set once this process has grown the WAL file to its working size
     /// (or tried to): see the `wal_size` module.
     grown: AtomicBool,
@@ -176,6 +178,10 @@ impl WalState {
         } else {
             pages
         };
+        if pages < before {
+            // The WAL restarted from its start.
+            self.restarted.store(true, Ordering::Relaxed);
+        }
         self.added.store(added, Ordering::Relaxed);
         if added <= self.frames.small_commit {
             self.smalls.fetch_add(1, Ordering::Relaxed);
@@ -206,10 +212,35 @@ impl WalState {
     /// ratios"). A restarted WAL is overwritten in place.
     pub(crate) fn restart_due(&self) -> bool {
         let (pages, f) = (self.pages(), &self.frames);
-        pages >= f.restart
+        let restart = if self.deferring() {
+            f.restart + f.checkpoint
+        } else {
+            f.restart
+        };
+        pages >= restart
             || (pages >= f.lone_restart
                 && self.singles.load(Ordering::Relaxed) >= LONE_STREAK
                 && self.small_commit())
+    }
+
+    /// Whether checkpoints wait for the WAL's restart size: on the WAL's
+    /// first pass in this process (a file that grows with every commit:
+    /// not grown ahead, not restarted yet) while commits are large (a bulk
+    /// enqueue). There each commit's fdatasync also commits the file
+    /// system's journal, which then waits for whatever the checkpointer
+    /// wrote to the database file meanwhile (ext4 `data=ordered`), and the
+    /// checkpointer's copy competes with the bulk enqueue for CPU and disk
+    /// (measured in `docs/benchmarks.md`, "SQLite bulk at session 10"). So
+    /// the checkpointer is asked once the WAL holds [`RESTART_PAGES`]
+    /// frames, and copies them while the writer goes on; the writer copies
+    /// what is left itself [`CHECKPOINT_PAGES`] frames later (the WAL
+    /// file's working size, `wal_size`), and the WAL restarts. A burst that
+    /// ends before gets its copy from the idle checkpoint
+    /// ([`IDLE_CHECKPOINT`]) or the next small commit's request.
+    fn deferring(&self) -> bool {
+        !self.restarted.load(Ordering::Relaxed)
+            && !self.grown.load(Ordering::Relaxed)
+            && !self.small_commit()
     }
 
     /// Whether the last commit added at most [`SMALL_COMMIT_PAGES`] frames.
@@ -268,6 +299,7 @@ impl WalState {
         }
         self.restart_wanted.store(true, Ordering::Relaxed);
         if passive(conn, path) {
+            self.restarted.store(true, Ordering::Relaxed);
             self.restart_wanted.store(false, Ordering::Relaxed);
             self.pages.store(0, Ordering::Relaxed);
         }
@@ -306,8 +338,14 @@ pub(crate) fn install(conn: &mut Connection, path: &Path) -> Result<Arc<WalState
         if pages < next_request - every {
             // The WAL restarted from its start.
             next_request = every;
+            hook_state.restarted.store(true, Ordering::Relaxed);
         }
-        if pages >= next_request {
+        let due = if hook_state.deferring() {
+            next_request.max(hook_state.frames.restart)
+        } else {
+            next_request
+        };
+        if pages >= due {
             next_request = pages + every;
             // Full means a request is already pending: nothing to add.
             if let Err(TrySendError::Disconnected(())) = tx.try_send(()) {
@@ -441,6 +479,43 @@ mod tests {
         assert!(!small.work_due(), "that commit was large");
     }
 
+    /// Issue 22 (bulk enqueue), session 10: on the WAL's first pass, large
+    /// commits ask for no checkpoint before RESTART_PAGES, and the writer
+    /// restarts the WAL CHECKPOINT_PAGES later (the checkpointer copies
+    /// meanwhile); small commits, a grown file or a restarted WAL restart
+    /// at RESTART_PAGES as before.
+    #[test]
+    fn bulk_enqueue_first_pass_large_commits_leave_checkpoints_to_the_restart() {
+        let w = WalState::default();
+        w.after_commit(RESTART_PAGES - 500);
+        assert!(w.deferring(), "first pass, large commits");
+        w.after_commit(RESTART_PAGES);
+        assert!(!w.restart_due(), "the checkpointer copies first");
+        w.after_commit(RESTART_PAGES + CHECKPOINT_PAGES);
+        assert!(w.restart_due(), "the writer restarts at the working size");
+
+        let small = wal(RESTART_PAGES, 3, 0);
+        assert!(!small.deferring());
+        assert!(small.restart_due(), "a small commit at RESTART_PAGES");
+
+        let grown = WalState::default();
+        grown.grown.store(true, Ordering::Relaxed);
+        grown.after_commit(RESTART_PAGES);
+        assert!(!grown.deferring());
+        assert!(grown.restart_due(), "a grown WAL file");
+
+        let again = WalState::default();
+        again.after_commit(RESTART_PAGES + CHECKPOINT_PAGES);
+        again.after_commit(600);
+        assert!(
+            again.restarted.load(Ordering::Relaxed),
+            "the WAL shrank: restarted"
+        );
+        again.after_commit(RESTART_PAGES);
+        assert!(!again.deferring(), "second pass: the file has its size");
+        assert!(again.restart_due());
+    }
+
     /// Issue 22: a lone caller's small commits restart the WAL at
     /// LONE_RESTART_PAGES; shared groups, large commits and short streaks
     /// wait for RESTART_PAGES.
@@ -456,9 +531,12 @@ mod tests {
             !wal(LONE_RESTART_PAGES, SMALL_COMMIT_PAGES + 1, LONE_STREAK).restart_due(),
             "a large commit"
         );
+        let second_pass = wal(RESTART_PAGES, 500, 0);
+        second_pass.restarted.store(true, Ordering::Relaxed);
         assert!(
-            wal(RESTART_PAGES, 500, 0).restart_due(),
-            "any commit at 8000"
+            second_pass.restart_due(),
+            "any commit at 8000 once the WAL has restarted (first pass: \
+             bulk_enqueue_first_pass_large_commits_leave_checkpoints_to_the_restart)"
         );
 
         let w = wal(LONE_RESTART_PAGES, 3, 0);

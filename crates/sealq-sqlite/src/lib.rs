@@ -320,6 +320,10 @@ fn lease_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Batches a bulk enqueue keeps sent and not yet answered on this broker
+/// ([`Broker::bulk_in_flight`]).
+const BULK_IN_FLIGHT: usize = 4;
+
 /// Whether an enqueue may run on its caller's thread ([`Writer::call_leading`]).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Lead {
@@ -361,6 +365,13 @@ impl SqliteBroker {
 impl Broker for SqliteBroker {
     async fn enqueue(&self, tasks: Vec<NewTask>) -> BrokerResult<Vec<EnqueueResult>> {
         self.store_tasks(tasks, Lead::IfIdle).await
+    }
+
+    /// Four: while the writer commits one group, the bulk enqueue seals
+    /// and queues the next batches, which the writer then takes together
+    /// into one transaction (one fsync for several batches).
+    fn bulk_in_flight(&self) -> usize {
+        BULK_IN_FLIGHT
     }
 
     /// A bulk enqueue's batch never leads: its caller's task seals the next

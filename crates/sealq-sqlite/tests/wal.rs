@@ -249,3 +249,38 @@ async fn bulk_enqueue_large_commits_do_not_grow_the_wal_file() {
     );
     assert_eq!(broker.stats().await.unwrap()[0].pending, 3000 + calls);
 }
+
+/// Issue 22 (bulk enqueue), session 10: a long bulk enqueue on a new WAL
+/// (large commits, no checkpoint asked before the restart size) still
+/// restarts it: the WAL file stays near its working size, far below the
+/// bytes of frames written, and every task is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_enqueue_a_long_bulk_enqueue_restarts_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.db");
+    let wal = dir.path().join("long.db-wal");
+    let broker = open_normal(&path);
+    let page_bytes = page_size(&path);
+    let working = 32 + (9000 * 4096 / page_bytes) * (page_bytes + 24);
+    let one = || {
+        let now = SystemClock.now_ms();
+        let mut t = task_at("long", now, now);
+        t.envelope.resize(1024, 7);
+        t
+    };
+    let mut largest = 0;
+    for _ in 0..36 {
+        let r = broker
+            .enqueue_bulk_batch((0..1000).map(|_| one()).collect())
+            .await
+            .unwrap();
+        assert!(r.iter().all(|r| *r == EnqueueResult::Enqueued));
+        largest = largest.max(std::fs::metadata(&wal).unwrap().len());
+    }
+    // 36,000 tasks of 1 KiB write about 55 MiB of frames.
+    assert!(
+        largest < working + (8 << 20),
+        "the WAL reached {largest} bytes (working size {working}): it did not restart"
+    );
+    assert_eq!(broker.stats().await.unwrap()[0].pending, 36_000);
+}

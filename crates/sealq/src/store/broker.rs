@@ -382,6 +382,15 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
+    /// How many batches a bulk enqueue ([`crate::Client::enqueue_bulk`])
+    /// keeps sent and not yet answered (at least one). Two keep a server
+    /// busy (the next call is queued behind the one it runs); a backend
+    /// that stores queued batches together in one commit sets more, so
+    /// that each commit (and its fsync) takes several. Default 2.
+    fn bulk_in_flight(&self) -> usize {
+        2
+    }
+
     /// Store one batch of a bulk enqueue ([`crate::Client::enqueue_bulk`]):
     /// as [`Broker::enqueue`] (one result per task, in order, the batch
     /// applied atomically and durable before the call returns), for a
