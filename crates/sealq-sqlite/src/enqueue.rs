@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 mod chunk;
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
 use sealq::broker::{BrokerResult, EnqueueResult, NewTask};
@@ -58,6 +58,44 @@ pub(crate) fn encode_metas(tasks: &[NewTask]) -> BrokerResult<Vec<Vec<u8>>> {
             })
         })
         .collect()
+}
+
+/// Whether an enqueue may run on its caller's thread
+/// ([`crate::writer::Writer::call_leading`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lead {
+    /// When the writer is idle: a one-call enqueue.
+    IfIdle,
+    /// Never: a bulk enqueue's batch, whose caller has more to do meanwhile.
+    Never,
+}
+
+impl crate::SqliteBroker {
+    /// Store a batch of new tasks in one write transaction (shared with
+    /// other callers' operations when they are queued together).
+    pub(crate) async fn store_tasks(
+        &self,
+        tasks: Vec<NewTask>,
+        lead: Lead,
+    ) -> BrokerResult<Vec<EnqueueResult>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Encoded here, on the caller's thread: the writer thread is shared.
+        let metas = encode_metas(&tasks)?;
+        // Shared with the operation, which the writer drops before it
+        // replies: the batch is freed here, on the caller's thread.
+        let batch = Arc::new((tasks, metas));
+        let op_batch = Arc::clone(&batch);
+        let op = move |ctx: &mut OpCtx<'_>| enqueue(ctx, &op_batch.0, &op_batch.1);
+        let writer = &self.inner.writer;
+        let results = match lead {
+            Lead::IfIdle => writer.call_leading(op).await,
+            Lead::Never => writer.call(op).await,
+        };
+        drop(batch);
+        results
+    }
 }
 
 /// A capped queue's cap and the room left in it ([`sealq::broker::Broker::set_max_depth`]).

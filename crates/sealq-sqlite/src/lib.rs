@@ -324,47 +324,10 @@ fn lease_ms(d: Duration) -> i64 {
 /// ([`Broker::bulk_in_flight`]).
 const BULK_IN_FLIGHT: usize = 4;
 
-/// Whether an enqueue may run on its caller's thread ([`Writer::call_leading`]).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Lead {
-    /// When the writer is idle: a one-call enqueue.
-    IfIdle,
-    /// Never: a bulk enqueue's batch, whose caller has more to do meanwhile.
-    Never,
-}
-
-impl SqliteBroker {
-    /// Store a batch of new tasks in one write transaction (shared with
-    /// other callers' operations when they are queued together).
-    async fn store_tasks(
-        &self,
-        tasks: Vec<NewTask>,
-        lead: Lead,
-    ) -> BrokerResult<Vec<EnqueueResult>> {
-        if tasks.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Encoded here, on the caller's thread: the writer thread is shared.
-        let metas = enqueue::encode_metas(&tasks)?;
-        // Shared with the operation, which the writer drops before it
-        // replies: the batch is freed here, on the caller's thread.
-        let batch = Arc::new((tasks, metas));
-        let op_batch = Arc::clone(&batch);
-        let op = move |ctx: &mut writer::OpCtx<'_>| enqueue::enqueue(ctx, &op_batch.0, &op_batch.1);
-        let writer = &self.inner.writer;
-        let results = match lead {
-            Lead::IfIdle => writer.call_leading(op).await,
-            Lead::Never => writer.call(op).await,
-        };
-        drop(batch);
-        results
-    }
-}
-
 #[async_trait]
 impl Broker for SqliteBroker {
     async fn enqueue(&self, tasks: Vec<NewTask>) -> BrokerResult<Vec<EnqueueResult>> {
-        self.store_tasks(tasks, Lead::IfIdle).await
+        self.store_tasks(tasks, enqueue::Lead::IfIdle).await
     }
 
     /// Four: while the writer commits one group, the bulk enqueue seals
@@ -378,7 +341,7 @@ impl Broker for SqliteBroker {
     /// batch while the writer thread stores this one (see the `writer`
     /// module).
     async fn enqueue_bulk_batch(&self, tasks: Vec<NewTask>) -> BrokerResult<Vec<EnqueueResult>> {
-        self.store_tasks(tasks, Lead::Never).await
+        self.store_tasks(tasks, enqueue::Lead::Never).await
     }
 
     async fn dequeue(&self, req: &DequeueRequest) -> BrokerResult<Vec<LeasedTask>> {
