@@ -35,6 +35,13 @@
 //!   measured: 2.6-2.8 context switches per one-call enqueue against
 //!   2.3 once the WAL is overwritten in place). Groups of several callers
 //!   and large commits keep [`RESTART_PAGES`]: they restart less often.
+//! - on the WAL's first pass in a process (not grown ahead, not restarted
+//!   yet) large commits (a bulk enqueue) ask for no checkpoint before
+//!   [`RESTART_PAGES`], and the writer restarts the WAL [`CHECKPOINT_PAGES`]
+//!   frames later, the checkpointer having copied meanwhile (see
+//!   [`WalState::deferring`]): there each commit's fdatasync also commits
+//!   the file system's journal, which waits for the checkpointer's writes
+//!   to the database file.
 //!
 //! The thread sleeps on a channel with a timeout. It ends when the writer
 //! connection (and with it the hook and the sender) is dropped.
