@@ -35,6 +35,13 @@
 //!   measured: 2.6-2.8 context switches per one-call enqueue against
 //!   2.3 once the WAL is overwritten in place). Groups of several callers
 //!   and large commits keep [`RESTART_PAGES`]: they restart less often.
+//! - on the WAL's first pass in a process (not grown ahead, not restarted
+//!   yet) large commits (a bulk enqueue) ask for no checkpoint before
+//!   [`RESTART_PAGES`], and the writer restarts the WAL [`CHECKPOINT_PAGES`]
+//!   frames later, the checkpointer having copied meanwhile (see
+//!   [`WalState::deferring`]): there each commit's fdatasync also commits
+//!   the file system's journal, which waits for the checkpointer's writes
+//!   to the database file.
 //!
 //! The thread sleeps on a channel with a timeout. It ends when the writer
 //! connection (and with it the hook and the sender) is dropped.
@@ -117,6 +124,12 @@ impl Default for Frames {
 /// when one such group was enough).
 const LONE_STREAK: u32 = 32;
 
+/// Small commits in a row after which the WAL file is grown ahead (see
+/// [`WalState::grow_due`]): a large commit now and then (a bulk enqueue
+/// beside one-call producers) restarts the count, and a stray small commit
+/// after a bulk enqueue does not zero 37 MB.
+const GROW_STREAK: u32 = 16;
+
 /// The checkpointer also runs after this long without a request.
 pub(crate) const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 
@@ -133,6 +146,10 @@ pub(crate) struct WalState {
     /// checkpointer then starts no round of its own (a round in progress
     /// holds SQLite's checkpoint lock, and the writer's attempt would fail).
     restart_wanted: AtomicBool,
+    /// Small commits (at most [`SMALL_COMMIT_PAGES`] frames) in a row.
+    smalls: AtomicU32,
+    /// Set once the WAL has restarted from its start in this process.
+    restarted: AtomicBool,
     /// Set once this process has grown the WAL file to its working size
     /// (or tried to): see the `wal_size` module.
     grown: AtomicBool,
@@ -159,6 +176,28 @@ impl WalState {
         self.pages.load(Ordering::Relaxed)
     }
 
+    /// Record a commit after which the WAL holds `pages` frames (the WAL
+    /// hook); returns how many frames it added.
+    fn after_commit(&self, pages: i32) -> i32 {
+        let before = self.pages.swap(pages, Ordering::Relaxed);
+        let added = if pages > before {
+            pages - before
+        } else {
+            pages
+        };
+        if pages < before {
+            // The WAL restarted from its start.
+            self.restarted.store(true, Ordering::Relaxed);
+        }
+        self.added.store(added, Ordering::Relaxed);
+        if added <= self.frames.small_commit {
+            self.smalls.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.smalls.store(0, Ordering::Relaxed);
+        }
+        added
+    }
+
     /// Record a commit of `ops` operations (a caller's own, or a writer
     /// thread group's). A hint, not an invariant: a count that wraps after
     /// 2^32 single commits only delays one early restart.
@@ -180,10 +219,35 @@ impl WalState {
     /// ratios"). A restarted WAL is overwritten in place.
     pub(crate) fn restart_due(&self) -> bool {
         let (pages, f) = (self.pages(), &self.frames);
-        pages >= f.restart
+        let restart = if self.deferring() {
+            f.restart + f.checkpoint
+        } else {
+            f.restart
+        };
+        pages >= restart
             || (pages >= f.lone_restart
                 && self.singles.load(Ordering::Relaxed) >= LONE_STREAK
                 && self.small_commit())
+    }
+
+    /// Whether checkpoints wait for the WAL's restart size: on the WAL's
+    /// first pass in this process (a file that grows with every commit:
+    /// not grown ahead, not restarted yet) while commits are large (a bulk
+    /// enqueue). There each commit's fdatasync also commits the file
+    /// system's journal, which then waits for whatever the checkpointer
+    /// wrote to the database file meanwhile (ext4 `data=ordered`), and the
+    /// checkpointer's copy competes with the bulk enqueue for CPU and disk
+    /// (measured in `docs/benchmarks.md`, "SQLite bulk at session 10"). So
+    /// the checkpointer is asked once the WAL holds [`RESTART_PAGES`]
+    /// frames, and copies them while the writer goes on; the writer copies
+    /// what is left itself [`CHECKPOINT_PAGES`] frames later (the WAL
+    /// file's working size, `wal_size`), and the WAL restarts. A burst that
+    /// ends before gets its copy from the idle checkpoint
+    /// ([`IDLE_CHECKPOINT`]) or the next small commit's request.
+    fn deferring(&self) -> bool {
+        !self.restarted.load(Ordering::Relaxed)
+            && !self.grown.load(Ordering::Relaxed)
+            && !self.small_commit()
     }
 
     /// Whether the last commit added at most [`SMALL_COMMIT_PAGES`] frames.
@@ -191,17 +255,33 @@ impl WalState {
         self.added.load(Ordering::Relaxed) <= self.frames.small_commit
     }
 
+    /// Whether the WAL file is due to grow to its working size (the
+    /// `wal_size` module): once per process, when the WAL holds
+    /// [`GROW_AFTER_PAGES`] frames and the last [`GROW_STREAK`] commits
+    /// were small. Small commits are the ones that gain: each pays its own
+    /// fdatasync, which a growing file makes also commit the file system's
+    /// journal. Large ones (a bulk enqueue's batches) do not wait for it:
+    /// their fdatasync writes far more than the journal's few blocks, and
+    /// zeroing the file would write the whole first pass of the WAL twice,
+    /// the zeros first, in the middle of the bulk enqueue (40 ms of a
+    /// 190 ms bulk enqueue of 20,000 tasks, measured in
+    /// `docs/benchmarks.md`, "SQLite bulk at session 10").
+    fn grow_due(&self) -> bool {
+        !self.grown.load(Ordering::Relaxed)
+            && self.pages() >= self.frames.grow_after
+            && self.smalls.load(Ordering::Relaxed) >= GROW_STREAK
+    }
+
     /// Whether the writer thread has WAL work to do between two groups: a
-    /// restart ([`Self::restart_due`]), or growing the WAL file once, when
-    /// it first holds [`GROW_AFTER_PAGES`] frames in this process.
+    /// restart ([`Self::restart_due`]), or growing the WAL file once
+    /// ([`Self::grow_due`]).
     pub(crate) fn work_due(&self) -> bool {
-        self.restart_due()
-            || (self.pages() >= self.frames.grow_after && !self.grown.load(Ordering::Relaxed))
+        self.restart_due() || self.grow_due()
     }
 
     /// The writer thread's WAL work between two groups ([`Self::work_due`]).
     pub(crate) fn do_work(&self, conn: &Connection, path: &Path) {
-        if self.pages() >= self.frames.grow_after && !self.grown.swap(true, Ordering::Relaxed) {
+        if self.grow_due() && !self.grown.swap(true, Ordering::Relaxed) {
             match crate::wal_size::grow(conn, path) {
                 Ok(bytes) => {
                     tracing::debug!(path = %path.display(), bytes, "WAL file grown ahead")
@@ -226,6 +306,7 @@ impl WalState {
         }
         self.restart_wanted.store(true, Ordering::Relaxed);
         if passive(conn, path) {
+            self.restarted.store(true, Ordering::Relaxed);
             self.restart_wanted.store(false, Ordering::Relaxed);
             self.pages.store(0, Ordering::Relaxed);
         }
@@ -260,18 +341,18 @@ pub(crate) fn install(conn: &mut Connection, path: &Path) -> Result<Arc<WalState
     let mut next_request = every;
     // Replaces SQLite's automatic checkpoint (which is itself a WAL hook).
     conn.wal_hook(Some(move |_wal: &mut rusqlite::hooks::Wal, pages: i32| {
-        let before = hook_state.pages.swap(pages, Ordering::Relaxed);
-        let added = if pages > before {
-            pages - before
-        } else {
-            pages
-        };
-        hook_state.added.store(added, Ordering::Relaxed);
+        hook_state.after_commit(pages);
         if pages < next_request - every {
             // The WAL restarted from its start.
             next_request = every;
+            hook_state.restarted.store(true, Ordering::Relaxed);
         }
-        if pages >= next_request {
+        let due = if hook_state.deferring() {
+            next_request.max(hook_state.frames.restart)
+        } else {
+            next_request
+        };
+        if pages >= due {
             next_request = pages + every;
             // Full means a request is already pending: nothing to add.
             if let Err(TrySendError::Disconnected(())) = tx.try_send(()) {
@@ -365,6 +446,83 @@ mod tests {
         assert_eq!(Frames::for_page_size(65536).small_commit, 4);
     }
 
+    /// Issue 22 (bulk enqueue), session 10: the WAL file is grown ahead once
+    /// small commits run (GROW_STREAK in a row, the WAL past
+    /// GROW_AFTER_PAGES), never after a bulk enqueue's large commits, and
+    /// only once.
+    #[test]
+    fn bulk_enqueue_large_commits_never_grow_the_wal_file() {
+        let w = WalState::default();
+        for n in 1..=3 {
+            assert_eq!(w.after_commit(n * 400), 400);
+        }
+        assert!(!w.work_due(), "large commits past GROW_AFTER_PAGES");
+        let mut pages = 1200;
+        for _ in 1..GROW_STREAK {
+            pages += 3;
+            w.after_commit(pages);
+        }
+        assert!(!w.work_due(), "a short streak of small commits");
+        pages += SMALL_COMMIT_PAGES;
+        assert_eq!(w.after_commit(pages), SMALL_COMMIT_PAGES);
+        assert!(w.work_due(), "GROW_STREAK small commits in a row");
+        pages += SMALL_COMMIT_PAGES + 1;
+        w.after_commit(pages);
+        assert!(!w.work_due(), "a large commit restarts the streak");
+        for _ in 0..GROW_STREAK {
+            pages += 1;
+            w.after_commit(pages);
+        }
+        assert!(w.work_due());
+        w.grown.store(true, Ordering::Relaxed);
+        assert!(!w.work_due(), "grown once per process");
+
+        let small = WalState::default();
+        for n in 1..=2 * GROW_STREAK {
+            small.after_commit(i32::try_from(n).unwrap());
+        }
+        assert!(!small.work_due(), "small commits of a small WAL");
+        small.after_commit(GROW_AFTER_PAGES);
+        assert!(!small.work_due(), "that commit was large");
+    }
+
+    /// Issue 22 (bulk enqueue), session 10: on the WAL's first pass, large
+    /// commits ask for no checkpoint before RESTART_PAGES, and the writer
+    /// restarts the WAL CHECKPOINT_PAGES later (the checkpointer copies
+    /// meanwhile); small commits, a grown file or a restarted WAL restart
+    /// at RESTART_PAGES as before.
+    #[test]
+    fn bulk_enqueue_first_pass_large_commits_leave_checkpoints_to_the_restart() {
+        let w = WalState::default();
+        w.after_commit(RESTART_PAGES - 500);
+        assert!(w.deferring(), "first pass, large commits");
+        w.after_commit(RESTART_PAGES);
+        assert!(!w.restart_due(), "the checkpointer copies first");
+        w.after_commit(RESTART_PAGES + CHECKPOINT_PAGES);
+        assert!(w.restart_due(), "the writer restarts at the working size");
+
+        let small = wal(RESTART_PAGES, 3, 0);
+        assert!(!small.deferring());
+        assert!(small.restart_due(), "a small commit at RESTART_PAGES");
+
+        let grown = WalState::default();
+        grown.grown.store(true, Ordering::Relaxed);
+        grown.after_commit(RESTART_PAGES);
+        assert!(!grown.deferring());
+        assert!(grown.restart_due(), "a grown WAL file");
+
+        let again = WalState::default();
+        again.after_commit(RESTART_PAGES + CHECKPOINT_PAGES);
+        again.after_commit(600);
+        assert!(
+            again.restarted.load(Ordering::Relaxed),
+            "the WAL shrank: restarted"
+        );
+        again.after_commit(RESTART_PAGES);
+        assert!(!again.deferring(), "second pass: the file has its size");
+        assert!(again.restart_due());
+    }
+
     /// Issue 22: a lone caller's small commits restart the WAL at
     /// LONE_RESTART_PAGES; shared groups, large commits and short streaks
     /// wait for RESTART_PAGES.
@@ -380,9 +538,12 @@ mod tests {
             !wal(LONE_RESTART_PAGES, SMALL_COMMIT_PAGES + 1, LONE_STREAK).restart_due(),
             "a large commit"
         );
+        let second_pass = wal(RESTART_PAGES, 500, 0);
+        second_pass.restarted.store(true, Ordering::Relaxed);
         assert!(
-            wal(RESTART_PAGES, 500, 0).restart_due(),
-            "any commit at 8000"
+            second_pass.restart_due(),
+            "any commit at 8000 once the WAL has restarted (first pass: \
+             bulk_enqueue_first_pass_large_commits_leave_checkpoints_to_the_restart)"
         );
 
         let w = wal(LONE_RESTART_PAGES, 3, 0);

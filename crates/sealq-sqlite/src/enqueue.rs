@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 mod chunk;
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
 use sealq::broker::{BrokerResult, EnqueueResult, NewTask};
@@ -58,6 +58,44 @@ pub(crate) fn encode_metas(tasks: &[NewTask]) -> BrokerResult<Vec<Vec<u8>>> {
             })
         })
         .collect()
+}
+
+/// Whether an enqueue may run on its caller's thread
+/// ([`crate::writer::Writer::call_leading`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lead {
+    /// When the writer is idle: a one-call enqueue.
+    IfIdle,
+    /// Never: a bulk enqueue's batch, whose caller has more to do meanwhile.
+    Never,
+}
+
+impl crate::SqliteBroker {
+    /// Store a batch of new tasks in one write transaction (shared with
+    /// other callers' operations when they are queued together).
+    pub(crate) async fn store_tasks(
+        &self,
+        tasks: Vec<NewTask>,
+        lead: Lead,
+    ) -> BrokerResult<Vec<EnqueueResult>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Encoded here, on the caller's thread: the writer thread is shared.
+        let metas = encode_metas(&tasks)?;
+        // Shared with the operation, which the writer drops before it
+        // replies: the batch is freed here, on the caller's thread.
+        let batch = Arc::new((tasks, metas));
+        let op_batch = Arc::clone(&batch);
+        let op = move |ctx: &mut OpCtx<'_>| enqueue(ctx, &op_batch.0, &op_batch.1);
+        let writer = &self.inner.writer;
+        let results = match lead {
+            Lead::IfIdle => writer.call_leading(op).await,
+            Lead::Never => writer.call(op).await,
+        };
+        drop(batch);
+        results
+    }
 }
 
 /// A capped queue's cap and the room left in it ([`sealq::broker::Broker::set_max_depth`]).
@@ -98,8 +136,10 @@ pub(crate) fn enqueue(
         }
     }
     // A large batch gets room in the page cache for every page it writes
-    // until the commit ([`bulk_cache_kib`]).
-    if let Some(kib) = bulk_cache_kib(tasks.len()) {
+    // until the commit ([`bulk_cache_kib`]), with those of the batches
+    // before it in the same transaction.
+    ctx.txn_tasks = ctx.txn_tasks.saturating_add(tasks.len());
+    if let Some(kib) = bulk_cache_kib(ctx.txn_tasks) {
         raise_cache_kib(conn, kib).map_err(err)?;
     }
     let (results, ready) =
@@ -423,6 +463,40 @@ mod tests {
         assert_eq!(split(49), (0, 2, 9));
         assert_eq!(split(3), (0, 0, 3));
         assert_eq!(split(0), (0, 0, 0));
+    }
+
+    /// Issue 22 (bulk enqueue), session 10: a bulk enqueue's batch is
+    /// stored by the writer thread even when the writer is idle, where a
+    /// one-call enqueue leads (stores on its caller's thread, no group of
+    /// the writer thread): the bulk enqueue's task goes on sealing its next
+    /// batch meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_enqueue_batches_are_stored_by_the_writer_thread() {
+        use sealq::broker::Broker as _;
+
+        let dir = tempfile::tempdir().unwrap();
+        let broker = crate::SqliteBroker::open(dir.path().join("q.db")).unwrap();
+        let writer = &broker.inner.writer;
+        let task = || sealq::testkit::fixtures::task_at("q", 0, 0);
+        let before = writer.groups_run();
+        for _ in 0..3 {
+            let r = broker.enqueue(vec![task()]).await.unwrap();
+            assert_eq!(r, vec![EnqueueResult::Enqueued]);
+        }
+        assert_eq!(
+            writer.groups_run(),
+            before,
+            "one-call enqueues on an idle writer lead"
+        );
+        for n in 1..=3 {
+            let r = broker
+                .enqueue_bulk_batch((0..100).map(|_| task()).collect())
+                .await
+                .unwrap();
+            assert_eq!(r, vec![EnqueueResult::Enqueued; 100]);
+            assert_eq!(writer.groups_run(), before + n, "batch {n}");
+        }
+        assert_eq!(broker.stats().await.unwrap()[0].pending, 303);
     }
 
     /// Issue 22, session 9: a large batch raises the writer's page cache to

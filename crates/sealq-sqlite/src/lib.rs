@@ -320,25 +320,28 @@ fn lease_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Batches a bulk enqueue keeps sent and not yet answered on this broker
+/// ([`Broker::bulk_in_flight`]).
+const BULK_IN_FLIGHT: usize = 4;
+
 #[async_trait]
 impl Broker for SqliteBroker {
     async fn enqueue(&self, tasks: Vec<NewTask>) -> BrokerResult<Vec<EnqueueResult>> {
-        if tasks.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Encoded here, on the caller's thread: the writer thread is shared.
-        let metas = enqueue::encode_metas(&tasks)?;
-        // Shared with the operation, which the writer drops before it
-        // replies: the batch is freed here, on the caller's thread.
-        let batch = Arc::new((tasks, metas));
-        let op_batch = Arc::clone(&batch);
-        let results = self
-            .inner
-            .writer
-            .call_leading(move |ctx| enqueue::enqueue(ctx, &op_batch.0, &op_batch.1))
-            .await;
-        drop(batch);
-        results
+        self.store_tasks(tasks, enqueue::Lead::IfIdle).await
+    }
+
+    /// Four: while the writer commits one group, the bulk enqueue seals
+    /// and queues the next batches, which the writer then takes together
+    /// into one transaction (one fsync for several batches).
+    fn bulk_in_flight(&self) -> usize {
+        BULK_IN_FLIGHT
+    }
+
+    /// A bulk enqueue's batch never leads: its caller's task seals the next
+    /// batch while the writer thread stores this one (see the `writer`
+    /// module).
+    async fn enqueue_bulk_batch(&self, tasks: Vec<NewTask>) -> BrokerResult<Vec<EnqueueResult>> {
+        self.store_tasks(tasks, enqueue::Lead::Never).await
     }
 
     async fn dequeue(&self, req: &DequeueRequest) -> BrokerResult<Vec<LeasedTask>> {

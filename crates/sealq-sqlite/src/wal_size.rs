@@ -11,7 +11,10 @@
 //! WAL and 18,175-21,294/s on one already at its size.
 //!
 //! So once the WAL holds [`GROW_AFTER_PAGES`] frames (a one-shot command
-//! never gets there), the writer extends the file with zeros to the size
+//! never gets there) and small commits run (a few in a row; see
+//! `WalState::grow_due` in the `checkpoint` module: a bulk enqueue's large
+//! commits never grow it, as zeroing the file ahead would write their
+//! first pass of the WAL twice), the writer extends the file with zeros to the size
 //! of the restart's frames ([`crate::checkpoint::RESTART_PAGES`], counted
 //! in bytes of 4 KiB pages whatever the page size), once per process. It does so holding the
 //! database's write lock (`BEGIN IMMEDIATE`; no frame is being written by

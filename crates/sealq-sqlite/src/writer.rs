@@ -9,7 +9,9 @@
 //! concurrency instead of being capped at one commit per operation.
 //!
 //! **A caller that finds the writer idle leads** ([`Writer::call_leading`],
-//! used by enqueue): nothing queued, no group running and the last group had
+//! used by a one-call enqueue; a bulk enqueue's batches always queue, so
+//! that the bulk enqueue's task seals its next batch meanwhile instead of
+//! blocking on this one's commit): nothing queued, no group running and the last group had
 //! a single operation (no concurrent callers lately). It then runs its own
 //! operation in a transaction on its own thread (through
 //! `tokio::task::block_in_place` on a multi-thread runtime, so the runtime's
@@ -103,6 +105,10 @@ pub(crate) struct OpCtx<'a> {
     pub(crate) wake: bool,
     /// The writer's settings.
     pub(crate) env: &'a WriterEnv,
+    /// Tasks enqueued in this transaction so far, by this operation and the
+    /// ones before it in the group: an enqueue adds its own, and sizes the
+    /// page cache for them all (several bulk batches may share a commit).
+    pub(crate) txn_tasks: usize,
 }
 
 /// An operation, type-erased.
@@ -197,6 +203,8 @@ struct Shared {
     /// callers are concurrent, and then they leave every commit to the
     /// writer thread so that they share them.
     last_group: AtomicUsize,
+    /// Groups the writer thread has run (what tests observe).
+    groups: AtomicUsize,
 }
 
 impl Shared {
@@ -223,6 +231,7 @@ impl Writer {
             env,
             queued: AtomicUsize::new(0),
             last_group: AtomicUsize::new(0),
+            groups: AtomicUsize::new(0),
         });
         let thread = std::thread::Builder::new()
             .name("sealq-sqlite-writer".into())
@@ -242,6 +251,12 @@ impl Writer {
             tx: Some(tx),
             thread: Some(thread),
         })
+    }
+
+    /// Groups the writer thread has run so far.
+    #[cfg(test)]
+    pub(crate) fn groups_run(&self) -> usize {
+        self.shared.groups.load(Ordering::Relaxed)
     }
 
     fn stopped(&self) -> BrokerError {
@@ -417,6 +432,7 @@ fn writer_loop(shared: &Shared, rx: &Receiver<Box<dyn Job>>) {
         );
         last = group.len();
         shared.last_group.store(last, Ordering::Relaxed);
+        shared.groups.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let wake = run_group(&conn, env, &mut group, &mut done);
         took = started.elapsed();
@@ -578,14 +594,18 @@ fn run_jobs<'a>(
     .map_err(Abort::Db)?;
     let mut wake = false;
     let mut outcome = Ok(());
+    let mut txn_tasks = 0;
     for job in jobs {
         let mut ctx = OpCtx {
             conn,
             now: env.clock.now_ms(),
             wake: false,
             env,
+            txn_tasks,
         };
-        if job.run(&mut ctx) {
+        let ok = job.run(&mut ctx);
+        txn_tasks = ctx.txn_tasks;
+        if ok {
             wake |= ctx.wake;
         } else {
             outcome = Err(Abort::Op);

@@ -199,3 +199,88 @@ async fn grown_once_busy(page: Option<u32>) {
     drop(reopened);
     assert_eq!(page_size(&copy.path().join("grow.db")), page_bytes, "kept");
 }
+
+/// Issue 22 (bulk enqueue), session 10: a bulk enqueue's batches (large
+/// commits) leave the WAL file at the size of its frames: it is not zeroed
+/// ahead to its working size in the middle of the bulk enqueue. One-task
+/// commits after them grow it once they run in a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_enqueue_large_commits_do_not_grow_the_wal_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bulk.db");
+    let wal = dir.path().join("bulk.db-wal");
+    let broker = open_normal(&path);
+    let page_bytes = page_size(&path);
+    let working = 32 + (9000 * 4096 / page_bytes) * (page_bytes + 24);
+    let one = || {
+        let now = SystemClock.now_ms();
+        let mut t = task_at("bulk", now, now);
+        t.envelope.resize(1024, 7);
+        t
+    };
+    for _ in 0..3 {
+        let r = broker
+            .enqueue_bulk_batch((0..1000).map(|_| one()).collect())
+            .await
+            .unwrap();
+        assert!(r.iter().all(|r| *r == EnqueueResult::Enqueued));
+    }
+    let after_bulk = std::fs::metadata(&wal).unwrap().len();
+    let frames = (after_bulk - 32) / (page_bytes + 24);
+    // 3,000 tasks of 1 KiB take about 4.5 MiB of pages: past the 1 MiB
+    // (256 frames of 4 KiB) after which small commits grow the file.
+    assert!(
+        frames * page_bytes > 2 << 20,
+        "the bulk enqueue wrote {frames} frames"
+    );
+    assert!(
+        after_bulk < working / 2,
+        "grown during the bulk enqueue: {after_bulk} bytes against {working}"
+    );
+
+    let mut calls = 0u64;
+    while std::fs::metadata(&wal).unwrap().len() < working && calls < 200 {
+        broker.enqueue(vec![one()]).await.unwrap();
+        calls += 1;
+    }
+    assert!(
+        (16..100).contains(&calls),
+        "one-task commits grow the WAL file after 16 in a row: {calls} calls"
+    );
+    assert_eq!(broker.stats().await.unwrap()[0].pending, 3000 + calls);
+}
+
+/// Issue 22 (bulk enqueue), session 10: a long bulk enqueue on a new WAL
+/// (large commits, no checkpoint asked before the restart size) still
+/// restarts it: the WAL file stays near its working size, far below the
+/// bytes of frames written, and every task is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_enqueue_a_long_bulk_enqueue_restarts_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.db");
+    let wal = dir.path().join("long.db-wal");
+    let broker = open_normal(&path);
+    let page_bytes = page_size(&path);
+    let working = 32 + (9000 * 4096 / page_bytes) * (page_bytes + 24);
+    let one = || {
+        let now = SystemClock.now_ms();
+        let mut t = task_at("long", now, now);
+        t.envelope.resize(1024, 7);
+        t
+    };
+    let mut largest = 0;
+    for _ in 0..36 {
+        let r = broker
+            .enqueue_bulk_batch((0..1000).map(|_| one()).collect())
+            .await
+            .unwrap();
+        assert!(r.iter().all(|r| *r == EnqueueResult::Enqueued));
+        largest = largest.max(std::fs::metadata(&wal).unwrap().len());
+    }
+    // 36,000 tasks of 1 KiB write about 55 MiB of frames.
+    assert!(
+        largest < working + (8 << 20),
+        "the WAL reached {largest} bytes (working size {working}): it did not restart"
+    );
+    assert_eq!(broker.stats().await.unwrap()[0].pending, 36_000);
+}

@@ -100,3 +100,39 @@ async fn one_call_enqueue_a_failing_leading_call_rolls_back_and_the_next_commits
     insert_where(&w).await;
     assert_eq!(rows(&w).await, 1, "the failed call's row was rolled back");
 }
+
+/// Issue 22 (bulk enqueue), session 10: the operations of one group see
+/// the tasks enqueued before them in the same transaction (an enqueue
+/// sizes the page cache for them all: bulk batches of concurrent callers
+/// share commits); the next transaction starts from none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_enqueue_batches_of_one_group_count_their_tasks_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Arc::new(writer(&dir));
+    let add = |n: usize| {
+        let w = Arc::clone(&w);
+        tokio::spawn(async move {
+            w.call(move |ctx| {
+                ctx.txn_tasks += n;
+                Ok(ctx.txn_tasks)
+            })
+            .await
+            .unwrap()
+        })
+    };
+    // Held as a leading caller's commit would: both calls join one group.
+    let held = w.shared.lock();
+    let first = add(10);
+    while w.shared.queued.load(Ordering::SeqCst) < 1 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let second = add(5);
+    while w.shared.queued.load(Ordering::SeqCst) < 2 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(held);
+    assert_eq!(first.await.unwrap(), 10);
+    assert_eq!(second.await.unwrap(), 15);
+    assert_eq!(w.shared.last_group.load(Ordering::Relaxed), 2);
+    assert_eq!(w.call(|ctx| Ok(ctx.txn_tasks)).await.unwrap(), 0);
+}

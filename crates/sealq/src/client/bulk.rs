@@ -1,6 +1,6 @@
 //! [`Client::enqueue_bulk`]: many tasks in batches, sealed on blocking
-//! threads while earlier batches are stored, with up to [`IN_FLIGHT`]
-//! batches sent and not yet answered.
+//! threads while earlier batches are stored, with up to the broker's
+//! `Broker::bulk_in_flight` batches sent and not yet answered.
 
 use std::pin::pin;
 use std::sync::{Arc, OnceLock};
@@ -12,14 +12,6 @@ use futures::stream::FuturesOrdered;
 use super::{Client, Prepared, RawTask};
 use crate::error::{BrokerError, BrokerErrorKind, Error, Result};
 use crate::model::id::TaskId;
-
-/// Batches a bulk enqueue has sent and not yet seen answered. Two keep the
-/// broker busy: while it stores one batch, the next is already on the
-/// connection behind it, so it never waits for this process to turn a
-/// reply around and encode the next call (on Redis, which runs one call at
-/// a time, that wait was a tenth to a quarter of a batch's time:
-/// docs/benchmarks.md, "Redis enqueue (issue 20 cost)").
-pub(super) const IN_FLIGHT: usize = 2;
 
 /// The fewest tasks a sealing thread is given: a smaller batch is sealed on
 /// one thread, where splitting it would cost more than it saves.
@@ -37,18 +29,27 @@ impl Client {
     /// answered.
     /// Batches are at most the broker's [`Broker::bulk_batch_limit`] (256 on
     /// Redis, where one call holds the server: smaller calls keep workers
-    /// sharing it fed, at the same enqueue rate).
+    /// sharing it fed, at the same enqueue rate). Each is sent with
+    /// [`Broker::enqueue_bulk_batch`]: one broker call, applied atomically
+    /// and durable (as the broker makes an enqueue durable) before it is
+    /// answered, stored off this call's task where the broker would
+    /// otherwise store it in place (SQLite's writer thread), so that the
+    /// task goes on sealing the next batch.
     ///
     /// Unlike [`Client::enqueue_batch`] this is not atomic: each batch is
     /// applied on its own. The results are per task, in order. If a batch
     /// fails (the broker is unavailable, say), its tasks and every later one
-    /// not yet sent get the error and are not sent; a batch already sent
-    /// behind it (at most one) is reported as it ended. Tasks reported `Ok`
+    /// not yet sent get the error and are not sent; the batches already
+    /// sent behind it (at most [`Broker::bulk_in_flight`] less one: one on
+    /// Redis and Postgres, three on SQLite) are reported as they ended, each
+    /// stored whole or not at all. Tasks reported `Ok`
     /// are stored; every task reported with a broker error was not stored
     /// and can be sent again, so nothing accepted is lost or unaccounted
     /// for.
     ///
     /// [`Broker::bulk_batch_limit`]: crate::store::broker::Broker::bulk_batch_limit
+    /// [`Broker::enqueue_bulk_batch`]: crate::store::broker::Broker::enqueue_bulk_batch
+    /// [`Broker::bulk_in_flight`]: crate::store::broker::Broker::bulk_in_flight
     pub async fn enqueue_bulk<I>(&self, tasks: I, batch: usize) -> Vec<Result<TaskId>>
     where
         I: IntoIterator<Item = RawTask>,
@@ -59,6 +60,13 @@ impl Client {
             .bulk_batch_limit()
             .map_or(batch, |limit| batch.min(limit))
             .max(1);
+        // Batches sent and not yet answered: the broker's
+        // `bulk_in_flight` (two keep a server busy: while it stores one
+        // batch, the next is already on the connection behind it, so it
+        // never waits for this process to turn a reply around; on Redis
+        // that wait was a tenth to a quarter of a batch's time,
+        // docs/benchmarks.md, "Redis enqueue (issue 20 cost)").
+        let in_flight = self.broker().bulk_in_flight().max(1);
         let mut rest = tasks.into_iter();
         let mut out: Vec<Result<TaskId>> = Vec::with_capacity(rest.size_hint().0);
         // Sent batches, oldest first: each yields its size and outcome.
@@ -105,10 +113,10 @@ impl Client {
                     break;
                 }
             };
-            sent.push_back(async move { (n, self.submit(p).await) });
-            // At most IN_FLIGHT sent: wait for the oldest (this also sends
-            // the one just added).
-            while sent.len() >= IN_FLIGHT {
+            sent.push_back(async move { (n, self.submit(p, true).await) });
+            // At most `in_flight` sent: wait for the oldest (this also
+            // sends the one just added).
+            while sent.len() >= in_flight {
                 if let Some(done) = sent.next().await {
                     record(&mut out, &mut failure, done);
                 }

@@ -367,7 +367,7 @@ impl Client {
     /// a task refused by the policy or a unique key does not stop the others.
     pub async fn enqueue_batch(&self, tasks: Vec<RawTask>) -> Result<Vec<Result<TaskId>>> {
         let batch = self.prepare(tasks).await?;
-        self.submit(batch).await
+        self.submit(batch, false).await
     }
 
     /// Check and seal `tasks` for a store the caller writes itself, as
@@ -454,8 +454,12 @@ impl Client {
         Ok(batch)
     }
 
-    /// Store prepared tasks in one broker call; the second half of an enqueue.
-    async fn submit(&self, batch: Prepared) -> Result<Vec<Result<TaskId>>> {
+    /// Store prepared tasks in one broker call; the second half of an
+    /// enqueue. `bulk`: a batch of [`Client::enqueue_bulk`], sent with
+    /// [`Broker::enqueue_bulk_batch`].
+    ///
+    /// [`Broker::enqueue_bulk_batch`]: crate::store::broker::Broker::enqueue_bulk_batch
+    async fn submit(&self, batch: Prepared, bulk: bool) -> Result<Vec<Result<TaskId>>> {
         let Prepared {
             mut out,
             sealed,
@@ -472,10 +476,13 @@ impl Client {
         let call = EnqueueCall::new(&sealed, &slots, self.inner.audit.is_some());
         self.check_keyring_once().await?;
         let span = crate::store::spans::enqueue(&sealed);
-        let results = self
-            .inner
-            .broker
-            .enqueue(sealed)
+        let broker = &self.inner.broker;
+        let stored = if bulk {
+            broker.enqueue_bulk_batch(sealed)
+        } else {
+            broker.enqueue(sealed)
+        };
+        let results = stored
             .instrument(span)
             .await
             .inspect_err(|e| metric::broker_error("enqueue", e))?;

@@ -382,6 +382,27 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
+    /// How many batches a bulk enqueue ([`crate::Client::enqueue_bulk`])
+    /// keeps sent and not yet answered (at least one). Two keep a server
+    /// busy (the next call is queued behind the one it runs); a backend
+    /// that stores queued batches together in one commit sets more, so
+    /// that each commit (and its fsync) takes several. Default 2.
+    fn bulk_in_flight(&self) -> usize {
+        2
+    }
+
+    /// Store one batch of a bulk enqueue ([`crate::Client::enqueue_bulk`]):
+    /// as [`Broker::enqueue`] (one result per task, in order, the batch
+    /// applied atomically and durable before the call returns), for a
+    /// caller that has its next batch to seal meanwhile. A backend that
+    /// would run a lone caller's write on the caller's own thread hands it
+    /// to a thread of its own instead, so that the caller's task goes on
+    /// preparing the next batch (SQLite: its writer thread, never a
+    /// leading caller). The default calls [`Broker::enqueue`].
+    async fn enqueue_bulk_batch(&self, tasks: Vec<NewTask>) -> BrokerResult<Vec<EnqueueResult>> {
+        self.enqueue(tasks).await
+    }
+
     /// The ceiling of a worker's adaptive prefetch, in tasks per handler
     /// slot (`None`: the worker's own, 16 per slot and 4,096 at most). A
     /// backend whose lease is a local call sets a lower one: a few

@@ -15,6 +15,18 @@ use crate::seal::envelope::{Aad, Purpose};
 /// each result is the task's own id or its own refusal, in order, and each
 /// stored task opens to its own payload.
 pub async fn bulk_enqueue_sealed_on_several_threads_keeps_each_result_in_place(e: Scene) {
+    keeps_each_result_in_place(e, 1_000).await;
+}
+
+/// The same in batches of 64 (16 batches, the broker's `bulk_in_flight`
+/// of them sent and not yet answered at a time, stored in one commit where
+/// the broker groups them): each result still in its task's place.
+pub async fn bulk_enqueue_batches_in_flight_keep_each_result_in_place(e: Scene) {
+    keeps_each_result_in_place(e, 64).await;
+}
+
+/// 1,000 tasks enqueued in batches of `batch`; see the scenarios above.
+async fn keeps_each_result_in_place(e: Scene, batch: usize) {
     const N: usize = 1_000;
     let refused = |i: usize| i % 97 == 13;
     let taken = |i: usize| i % 89 == 7 && !refused(i);
@@ -35,7 +47,7 @@ pub async fn bulk_enqueue_sealed_on_several_threads_keeps_each_result_in_place(e
         options.id = Some(ids[i]);
         RawTask::typed(&Greet { name }, options).unwrap()
     });
-    let results = e.client.enqueue_bulk(tasks, N).await;
+    let results = e.client.enqueue_bulk(tasks, batch).await;
     assert_eq!(results.len(), N);
     for (i, r) in results.iter().enumerate() {
         match r {

@@ -232,6 +232,7 @@ macro_rules! scenario_tests {
             recovery_an_unknown_id_is_not_found_and_a_wait_times_out,
             recovery_bulk_rerun_and_delete_act_on_exactly_the_filtered_tasks,
             bulk_enqueue_sealed_on_several_threads_keeps_each_result_in_place,
+            bulk_enqueue_batches_in_flight_keep_each_result_in_place,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
