@@ -93,6 +93,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "bounded waiting depths",
         sql: include_str!("migrations/0013_bounded_waiting_depths.sql"),
     },
+    Migration {
+        version: 14,
+        name: "cheaper enqueue",
+        sql: include_str!("migrations/0014_cheaper_enqueue.sql"),
+    },
 ];
 
 /// The schema version this build writes and expects.
