@@ -189,3 +189,67 @@ async fn enqueue_one_granted_on_upgrade_to_every_role_that_could_enqueue() {
         .expect_err("a worker cannot enqueue");
     assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
 }
+
+/// `(calls, plans)` of the statements whose text starts with `prefix`, at
+/// the top level or inside functions.
+async fn planned(client: &tokio_postgres::Client, toplevel: bool, prefix: &str) -> (i64, i64) {
+    let row = client
+        .query_one(
+            "SELECT coalesce(sum(calls), 0)::bigint, coalesce(sum(plans), 0)::bigint \
+             FROM pg_stat_statements WHERE toplevel = $1 AND starts_with(query, $2)",
+            &[&toplevel, &prefix],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_batches_are_planned_once_per_session() {
+    let server = support::PgServer::start(&[
+        ("shared_preload_libraries", "pg_stat_statements"),
+        ("pg_stat_statements.track", "all"),
+        ("pg_stat_statements.track_planning", "on"),
+    ]);
+    let url = support::fresh_db_on(&server).await;
+    let su = support::client(&url).await;
+    su.batch_execute("CREATE EXTENSION pg_stat_statements")
+        .await
+        .unwrap();
+    let now = now_ms();
+    let batch = || -> Vec<NewTask> { (0..10).map(|_| task_at("plans", now, now)).collect() };
+    const TOP: &str = "SELECT idx, outcome, existing, max_depth FROM sealq.enqueue(";
+    const BODIES: &str = "INSERT INTO sealq.task_bodies";
+
+    // One pooled session: the call and the statements inside the function
+    // are planned once, then the plan is kept (a custom plan for each of
+    // the first five calls before).
+    let broker = PostgresBroker::connect(&format!("{url}?pool_size=1"))
+        .await
+        .unwrap();
+    su.batch_execute("SELECT pg_stat_statements_reset()")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let out = broker.enqueue(batch()).await.unwrap();
+        assert_eq!(out, vec![EnqueueResult::Enqueued; 10]);
+    }
+    assert_eq!(planned(&su, true, TOP).await, (3, 1));
+    assert_eq!(planned(&su, false, BODIES).await, (3, 1));
+
+    // Poll-only (PgBouncer in transaction mode): unnamed statements and no
+    // session setting, so the call is planned each time; inside the
+    // function the plans are generic all the same.
+    let poll = PostgresBroker::connect(&format!("{url}?pool_size=1&poll_only=true"))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let out = poll.enqueue(batch()).await.unwrap();
+        assert_eq!(out, vec![EnqueueResult::Enqueued; 10]);
+    }
+    assert_eq!(planned(&su, true, TOP).await, (6, 4));
+    assert_eq!(planned(&su, false, BODIES).await, (6, 2));
+    drop(broker);
+    drop(poll);
+    drop(server);
+}

@@ -19,6 +19,12 @@
 -- statement. The producer and admin roles get EXECUTE on `enqueue_one`
 -- here already, copied from `sealq.enqueue`'s grants, so a role setup
 -- applied before this migration keeps enqueueing.
+--
+-- Both functions plan their statements generically from the first call
+-- (`plan_cache_mode`): a custom plan of the batch statements copies the
+-- batch's arrays into the plan as constants, 0.4-0.7 ms for 1,000 tasks,
+-- which plpgsql paid on a session's first five calls and again whenever
+-- the generic plan looked dearer.
 CREATE OR REPLACE FUNCTION sealq.enqueue(
     p_now bigint, p_ids uuid[], p_queues text[], p_kinds text[], p_subjects bytea[],
     p_max_retries integer[], p_retention_ms bigint[], p_run_at bigint[], p_envelopes bytea[],
@@ -27,6 +33,7 @@ RETURNS TABLE (idx integer, outcome text, existing uuid, max_depth bigint)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off
+SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -188,6 +195,7 @@ CREATE FUNCTION sealq.enqueue_one(
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off
+SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_variable
 DECLARE
