@@ -253,3 +253,50 @@ async fn enqueue_batches_are_planned_once_per_session() {
     drop(poll);
     drop(server);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_batch_refuses_ids_in_the_replay_memory_within_its_id_range() {
+    let url = support::fresh_db().await;
+    let broker = PostgresBroker::connect(&url).await.expect("connect");
+    let now = now_ms();
+    // Three ids in the order made (UUID v7); the middle one is stored, then
+    // deleted: the replay memory holds it.
+    let batch: Vec<NewTask> = (0..3).map(|_| task_at("replay", now, now)).collect();
+    let ids: Vec<_> = batch.iter().map(|t| t.id).collect();
+    assert!(ids[0] < ids[1] && ids[1] < ids[2]);
+    assert_eq!(
+        broker.enqueue(vec![batch[1].clone()]).await.unwrap(),
+        vec![EnqueueResult::Enqueued]
+    );
+    assert_eq!(broker.delete(&[ids[1]]).await.unwrap(), 1);
+
+    // A batch whose id range holds the remembered id: refused for it alone.
+    let out = broker.enqueue(batch).await.unwrap();
+    assert_eq!(
+        out,
+        vec![
+            EnqueueResult::Enqueued,
+            EnqueueResult::IdExists,
+            EnqueueResult::Enqueued
+        ]
+    );
+    assert!(broker.get(ids[0]).await.unwrap().is_some());
+    assert!(broker.get(ids[1]).await.unwrap().is_none());
+    assert!(broker.get(ids[2]).await.unwrap().is_some());
+
+    // Fresh ids, newer than any remembered one, into two queues, one task
+    // not due yet: all stored, each in its state.
+    let mut fresh: Vec<NewTask> = (0..4).map(|_| task_at("replay", now, now)).collect();
+    fresh[3].queue = "other".to_owned();
+    fresh[3].run_at_ms = now + 60_000;
+    let fresh_ids: Vec<_> = fresh.iter().map(|t| t.id).collect();
+    assert_eq!(
+        broker.enqueue(fresh).await.unwrap(),
+        vec![EnqueueResult::Enqueued; 4]
+    );
+    let last = broker.get(fresh_ids[3]).await.unwrap().unwrap();
+    assert_eq!(
+        (last.queue.as_str(), last.state),
+        ("other", TaskState::Scheduled)
+    );
+}

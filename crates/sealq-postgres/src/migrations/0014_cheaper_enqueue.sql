@@ -5,8 +5,11 @@
 -- Batches: the fast path's two inserts read the argument arrays with
 -- `unnest` in the select list (a ProjectSet node, row by row) instead of
 -- `unnest(a, b, …)` in FROM, which is a function scan that first copies
--- every row, sealed envelopes included, into a tuple store. Same checks,
--- same results.
+-- every row, sealed envelopes included, into a tuple store. The replay
+-- memory is first probed once for the batch's id range (one primary-key
+-- probe per id only when that range holds a completed id: 2.5 ms per
+-- 1,000 random ids against 100,000 remembered ones), and a batch into one
+-- queue notifies without a query. Same checks, same results.
 --
 -- One task: `sealq.enqueue_one` takes the task as plain values, not as
 -- twelve one-element arrays (plpgsql turns every array argument into an
@@ -88,8 +91,17 @@ BEGIN
     -- path.
     IF v_n > 1 AND NOT EXISTS (SELECT 1 FROM unnest(p_unique_keys) AS k WHERE k IS NOT NULL)
        AND NOT EXISTS (SELECT 1 FROM sealq.queue_limits l WHERE l.queue = ANY (p_queues))
-       AND NOT EXISTS (SELECT 1 FROM unnest(p_ids) AS d(id) CROSS JOIN LATERAL
-                       (SELECT 1 FROM sealq.completed_ids c WHERE c.id = d.id LIMIT 1) AS x) THEN
+       -- The replay memory: first one range probe between the batch's
+       -- least and greatest id (fresh UUID v7 ids are newer than any
+       -- completed one, so it finds nothing), then, only if it finds
+       -- something, one primary-key probe per id.
+       AND (NOT EXISTS (SELECT 1 FROM sealq.completed_ids c
+                        WHERE c.id >= (SELECT d FROM unnest(p_ids) AS d ORDER BY d LIMIT 1)
+                          AND c.id <= (SELECT d FROM unnest(p_ids) AS d
+                                       ORDER BY d DESC LIMIT 1))
+            OR NOT EXISTS (SELECT 1 FROM unnest(p_ids) AS d(id) CROSS JOIN LATERAL
+                           (SELECT 1 FROM sealq.completed_ids c WHERE c.id = d.id LIMIT 1) AS x))
+       THEN
         BEGIN
             INSERT INTO sealq.tasks (id, queue, kind, subject_tag, max_retries, retention_ms,
                                      state, attempts, run_at, updated_at)
@@ -103,9 +115,17 @@ BEGIN
                          unnest(p_run_at) AS run_at) AS u;
             INSERT INTO sealq.task_bodies (id, envelope, meta)
                 SELECT unnest(p_ids), unnest(p_envelopes), unnest(p_metas);
-            PERFORM pg_notify('sealq_wake', w.q) FROM (
-                SELECT DISTINCT u.q FROM unnest(p_queues, p_run_at) AS u(q, r)
-                WHERE u.r <= p_now) AS w;
+            -- One notification per queue that got ready work; a batch
+            -- into one queue (the common case) without a query.
+            IF p_queues[1] = ALL (p_queues) THEN
+                IF p_now >= ANY (p_run_at) THEN
+                    PERFORM pg_notify('sealq_wake', p_queues[1]);
+                END IF;
+            ELSE
+                PERFORM pg_notify('sealq_wake', w.q) FROM (
+                    SELECT DISTINCT u.q FROM unnest(p_queues, p_run_at) AS u(q, r)
+                    WHERE u.r <= p_now) AS w;
+            END IF;
             RETURN QUERY SELECT g, 'enqueued'::text, NULL::uuid, NULL::bigint
                 FROM generate_series(1, v_n) AS g;
             RETURN;
