@@ -6,10 +6,11 @@
 -- `unnest` in the select list (a ProjectSet node, row by row) instead of
 -- `unnest(a, b, …)` in FROM, which is a function scan that first copies
 -- every row, sealed envelopes included, into a tuple store. The replay
--- memory is first probed once for the batch's id range (one primary-key
--- probe per id only when that range holds a completed id: 2.5 ms per
--- 1,000 random ids against 100,000 remembered ones), and a batch into one
--- queue notifies without a query. Same checks, same results.
+-- memory is first probed once for the batch's id range, and by primary
+-- key per id only when that range holds a remembered id (1,000 fresh ids
+-- against 100,000 remembered ones: 0.25-0.34 ms instead of 1.2-1.3), and
+-- a batch into one queue notifies without a query. Same checks, same
+-- results.
 --
 -- One task: `sealq.enqueue_one` takes the task as plain values, not as
 -- twelve one-element arrays (plpgsql turns every array argument into an
