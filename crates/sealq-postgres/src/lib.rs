@@ -245,18 +245,34 @@ impl PostgresBroker {
                 manager_config,
             ),
         };
-        let pool = deadpool_postgres::Pool::builder(manager)
+        let mut builder = deadpool_postgres::Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_secs(30)))
-            .create_timeout(Some(Duration::from_secs(15)))
-            .build()
-            .map_err(|e| {
-                BrokerError::new(
-                    BrokerErrorKind::Config,
-                    format!("cannot build the connection pool for {target}: {e}"),
-                )
-            })?;
+            .create_timeout(Some(Duration::from_secs(15)));
+        if !options.poll_only {
+            // Every statement is a call of a `sealq.*` function: a plan
+            // made for the values bound (a custom plan, which Postgres
+            // makes for a prepared statement's first five runs) is the
+            // same function scan, only dearer to make, most of all with a
+            // batch's arrays as constants (0.5-1.4 ms for 1,000 tasks).
+            // Not behind PgBouncer in transaction mode (poll-only), where
+            // a session setting would reach other clients.
+            builder = builder.post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+                Box::pin(async move {
+                    client
+                        .batch_execute("SET plan_cache_mode = force_generic_plan")
+                        .await
+                        .map_err(deadpool_postgres::HookError::Backend)
+                })
+            }));
+        }
+        let pool = builder.build().map_err(|e| {
+            BrokerError::new(
+                BrokerErrorKind::Config,
+                format!("cannot build the connection pool for {target}: {e}"),
+            )
+        })?;
         let this = Self {
             inner: Arc::new(Inner {
                 pool,

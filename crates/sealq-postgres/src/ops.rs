@@ -34,6 +34,26 @@ const ENQUEUE: Stmt = Stmt {
     ],
 };
 
+/// One task without a unique key: `sealq.enqueue_one` (migration 15) takes
+/// its fields as plain values, which costs the server less than twelve
+/// one-element arrays.
+const ENQUEUE_ONE: Stmt = Stmt {
+    sql: "SELECT outcome, existing, max_depth \
+          FROM sealq.enqueue_one($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    types: &[
+        Type::INT8,
+        Type::UUID,
+        Type::TEXT,
+        Type::TEXT,
+        Type::BYTEA,
+        Type::INT4,
+        Type::INT8,
+        Type::INT8,
+        Type::BYTEA,
+        Type::BYTEA,
+    ],
+};
+
 /// The arrays `sealq.enqueue` takes, built from a batch.
 struct EnqueueArgs {
     now: i64,
@@ -48,6 +68,16 @@ struct EnqueueArgs {
     metas: Vec<Vec<u8>>,
     keys: Vec<Option<String>>,
     ttls: Vec<Option<i64>>,
+}
+
+/// The metadata bytes of one task.
+fn meta_bytes(t: &NewTask) -> BrokerResult<Vec<u8>> {
+    encode_meta(&t.meta).map_err(|e| {
+        BrokerError::new(
+            BrokerErrorKind::Other,
+            format!("cannot encode the metadata of task {}: {e}", t.id),
+        )
+    })
 }
 
 impl EnqueueArgs {
@@ -68,12 +98,7 @@ impl EnqueueArgs {
             ttls: Vec::with_capacity(n),
         };
         for t in tasks {
-            a.metas.push(encode_meta(&t.meta).map_err(|e| {
-                BrokerError::new(
-                    BrokerErrorKind::Other,
-                    format!("cannot encode the metadata of task {}: {e}", t.id),
-                )
-            })?);
+            a.metas.push(meta_bytes(&t)?);
             a.ids.push(t.id.0);
             a.subjects
                 .push(t.meta.subject_tag.as_ref().map(|s| s.0.to_vec()));
@@ -91,8 +116,8 @@ impl EnqueueArgs {
         Ok(a)
     }
 
-    fn params(&self) -> [Param<'_>; 12] {
-        [
+    fn params(&self) -> Vec<Param<'_>> {
+        vec![
             &self.now,
             &self.ids,
             &self.queues,
@@ -109,25 +134,118 @@ impl EnqueueArgs {
     }
 }
 
+/// The values `sealq.enqueue_one` takes.
+struct OneArgs {
+    now: i64,
+    id: uuid::Uuid,
+    queue: String,
+    kind: String,
+    subject: Option<Vec<u8>>,
+    retries: i32,
+    retention: i64,
+    run_at: i64,
+    envelope: Vec<u8>,
+    meta: Vec<u8>,
+}
+
+impl OneArgs {
+    fn new(now: i64, t: NewTask) -> BrokerResult<Self> {
+        Ok(OneArgs {
+            now,
+            meta: meta_bytes(&t)?,
+            id: t.id.0,
+            subject: t.meta.subject_tag.as_ref().map(|s| s.0.to_vec()),
+            retries: i32::try_from(t.meta.max_retries).unwrap_or(i32::MAX),
+            retention: ms_to_sql(t.meta.retention_ms),
+            run_at: t.run_at_ms,
+            envelope: t.envelope,
+            queue: t.queue,
+            kind: t.kind,
+        })
+    }
+
+    fn params(&self) -> Vec<Param<'_>> {
+        vec![
+            &self.now,
+            &self.id,
+            &self.queue,
+            &self.kind,
+            &self.subject,
+            &self.retries,
+            &self.retention,
+            &self.run_at,
+            &self.envelope,
+            &self.meta,
+        ]
+    }
+}
+
+/// A batch as the enqueue statements take it: one task without a unique
+/// key as plain values, anything else as arrays.
+enum Args {
+    One(OneArgs),
+    Many(EnqueueArgs),
+}
+
+impl Args {
+    fn new(now: i64, mut tasks: Vec<NewTask>) -> BrokerResult<Self> {
+        if tasks.len() == 1
+            && tasks[0].unique.is_none()
+            && let Some(t) = tasks.pop()
+        {
+            return OneArgs::new(now, t).map(Args::One);
+        }
+        EnqueueArgs::new(now, tasks).map(Args::Many)
+    }
+
+    fn stmt(&self) -> &'static Stmt {
+        match self {
+            Args::One(_) => &ENQUEUE_ONE,
+            Args::Many(_) => &ENQUEUE,
+        }
+    }
+
+    fn params(&self) -> Vec<Param<'_>> {
+        match self {
+            Args::One(a) => a.params(),
+            Args::Many(a) => a.params(),
+        }
+    }
+
+    /// One result per task from the rows the statement returned.
+    fn results(&self, n: usize, rows: Vec<tokio_postgres::Row>) -> Vec<EnqueueResult> {
+        match self {
+            Args::One(_) => vec![rows.first().map_or(EnqueueResult::IdExists, |r| {
+                outcome(r.get(0), r.get(1), r.get(2))
+            })],
+            Args::Many(_) => enqueue_results(n, rows),
+        }
+    }
+}
+
+/// One task's result from the outcome columns.
+fn outcome(outcome: &str, existing: Option<uuid::Uuid>, max_depth: Option<i64>) -> EnqueueResult {
+    match (outcome, existing) {
+        ("enqueued", _) => EnqueueResult::Enqueued,
+        ("duplicate", Some(existing)) => EnqueueResult::Duplicate {
+            existing: TaskId(existing),
+        },
+        ("queue_full", _) => EnqueueResult::QueueFull {
+            max_depth: max_depth.unwrap_or(0).max(0) as u64,
+        },
+        _ => EnqueueResult::IdExists,
+    }
+}
+
 /// One result per task from the rows `sealq.enqueue` returned.
 fn enqueue_results(n: usize, rows: Vec<tokio_postgres::Row>) -> Vec<EnqueueResult> {
     let mut out = vec![EnqueueResult::IdExists; n];
     for row in rows {
         let idx: i32 = row.get(0);
-        let outcome: &str = row.get(1);
         let Some(slot) = usize::try_from(idx - 1).ok().and_then(|i| out.get_mut(i)) else {
             continue;
         };
-        *slot = match outcome {
-            "enqueued" => EnqueueResult::Enqueued,
-            "duplicate" => EnqueueResult::Duplicate {
-                existing: TaskId(row.get::<_, uuid::Uuid>(2)),
-            },
-            "queue_full" => EnqueueResult::QueueFull {
-                max_depth: row.get::<_, Option<i64>>(3).unwrap_or(0).max(0) as u64,
-            },
-            _ => EnqueueResult::IdExists,
-        };
+        *slot = outcome(row.get(1), row.get(2), row.get(3));
     }
     out
 }
@@ -139,24 +257,36 @@ pub(crate) async fn enqueue(
 ) -> BrokerResult<Vec<EnqueueResult>> {
     let now = inner.now();
     let n = tasks.len();
-    let ready: Vec<(String, bool)> = tasks
+    // The queues that get ready work (each named once), and each task's
+    // among them: one local wake-up per queue, as the notification is one
+    // per queue per transaction.
+    let mut ready: Vec<String> = Vec::new();
+    let slots: Vec<Option<usize>> = tasks
         .iter()
-        .map(|t| (t.queue.clone(), t.run_at_ms <= now))
+        .map(|t| {
+            (t.run_at_ms <= now).then(|| {
+                ready.iter().position(|q| *q == t.queue).unwrap_or_else(|| {
+                    ready.push(t.queue.clone());
+                    ready.len() - 1
+                })
+            })
+        })
         .collect();
-    let args = EnqueueArgs::new(now, tasks)?;
+    let args = Args::new(now, tasks)?;
     let client = inner.client("enqueueing tasks").await?;
     let rows = Conn::Client(&client)
-        .query(inner.unnamed(), &ENQUEUE, &args.params())
+        .query(inner.unnamed(), args.stmt(), &args.params())
         .await
         .map_err(|e| map(&inner.target, "enqueueing tasks", e))?;
-    let out = enqueue_results(n, rows);
-    // One local wake-up per queue that got ready work, as the
-    // notification is one per queue per transaction.
-    let mut woken: Vec<&str> = Vec::new();
-    for ((queue, ready), r) in ready.iter().zip(&out) {
-        if *ready && *r == EnqueueResult::Enqueued && !woken.contains(&queue.as_str()) {
-            woken.push(queue);
-            inner.wake.local(queue);
+    let out = args.results(n, rows);
+    let mut woken = vec![false; ready.len()];
+    for (slot, r) in slots.iter().zip(&out) {
+        if let Some(i) = *slot
+            && *r == EnqueueResult::Enqueued
+            && !woken[i]
+        {
+            woken[i] = true;
+            inner.wake.local(&ready[i]);
         }
     }
     Ok(out)
@@ -173,19 +303,20 @@ where
     C: tokio_postgres::GenericClient + Sync,
 {
     let n = tasks.len();
-    let args = EnqueueArgs::new(inner.now(), tasks)?;
+    let args = Args::new(inner.now(), tasks)?;
+    let stmt = args.stmt();
     let params = args.params();
     let typed: Vec<(Param<'_>, Type)> = params
         .iter()
-        .zip(ENQUEUE.types)
+        .zip(stmt.types)
         .map(|(p, t)| (*p, t.clone()))
         .collect();
     // Unnamed: the caller's connection may sit behind PgBouncer.
     let rows = client
-        .query_typed(ENQUEUE.sql, &typed)
+        .query_typed(stmt.sql, &typed)
         .await
         .map_err(|e| map(&inner.target, "enqueueing tasks in a transaction", e))?;
-    Ok(enqueue_results(n, rows))
+    Ok(args.results(n, rows))
 }
 
 const DEQUEUE: Stmt = Stmt {

@@ -99,6 +99,11 @@ pub const FUNCTIONS: &[FunctionGrant] = &[
         roles: &[Producer, Admin],
     },
     FunctionGrant {
+        signature: "sealq.enqueue_one(bigint, uuid, text, text, bytea, integer, bigint, \
+                    bigint, bytea, bytea)",
+        roles: &[Producer, Admin],
+    },
+    FunctionGrant {
         signature: "sealq.key_checks_read()",
         roles: EVERYONE,
     },

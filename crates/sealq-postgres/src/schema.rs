@@ -98,6 +98,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "replay memory at removal",
         sql: include_str!("migrations/0014_replay_memory_at_removal.sql"),
     },
+    Migration {
+        version: 15,
+        name: "cheaper enqueue",
+        sql: include_str!("migrations/0015_cheaper_enqueue.sql"),
+    },
 ];
 
 /// The schema version this build writes and expects.
